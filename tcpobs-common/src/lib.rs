@@ -1,0 +1,367 @@
+//! Types shared by the kernel programs (`tcpobs-ebpf`) and the daemon (`tcpobs`).
+//!
+//! # Layout contract
+//!
+//! Every type here is `#[repr(C)]`, holds only integers and byte arrays, and has its padding
+//! spelled out as `_pad` fields, so that any byte pattern is a valid value and both sides agree
+//! on the layout bit for bit. Sizes and offsets are pinned by the tests at the bottom of this
+//! file. The daemon decodes these to Rust enums with `TryFrom`; nothing here is a Rust enum.
+//!
+//! Units are in the field names: `_ns` is nanoseconds of `CLOCK_MONOTONIC` as returned by
+//! `bpf_ktime_get_ns`, `bytes` is application payload bytes as counted by `sendmsg`/`recvmsg`.
+//! Every multi-byte integer is in host byte order unless the field says otherwise; addresses
+//! are kept in network order, as the kernel stores them.
+//!
+//! # Ring buffer protocol
+//!
+//! The kernel side keeps one [`SockRecord`] per TCP socket and only writes to the ring buffer
+//! on lifecycle transitions and at the end of a data burst:
+//!
+//! - [`OpenEvent`] when a socket reaches `ESTABLISHED`, or when a socket that was already open
+//!   is seen for the first time (flag [`FLAG_PARTIAL`]);
+//! - [`BurstEvent`] when the data direction flips (the previous burst is complete);
+//! - [`StateEvent`] for teardown transitions (`FIN_WAIT1`, `CLOSE_WAIT`, `FIN_WAIT2`, ...);
+//! - [`CloseEvent`] once, when the socket is done, carrying the whole record and the pending
+//!   burst.
+//!
+//! A connection is identified by the socket address ([`EventHeader::sock`]) *and* its
+//! generation ([`EventHeader::start_ns`]): the kernel reuses socket memory within
+//! milliseconds.
+#![no_std]
+
+pub mod names;
+pub mod offsets;
+
+pub use offsets::Offsets;
+
+/// TCP states, numbered as in the kernel's `include/net/tcp_states.h`.
+pub mod tcp_state {
+    pub const ESTABLISHED: u8 = 1;
+    pub const SYN_SENT: u8 = 2;
+    pub const SYN_RECV: u8 = 3;
+    pub const FIN_WAIT1: u8 = 4;
+    pub const FIN_WAIT2: u8 = 5;
+    pub const TIME_WAIT: u8 = 6;
+    pub const CLOSE: u8 = 7;
+    pub const CLOSE_WAIT: u8 = 8;
+    pub const LAST_ACK: u8 = 9;
+    pub const LISTEN: u8 = 10;
+    pub const CLOSING: u8 = 11;
+    pub const NEW_SYN_RECV: u8 = 12;
+}
+
+/// `EventHeader::kind` values.
+pub mod kind {
+    pub const OPEN: u32 = 1;
+    pub const BURST: u32 = 2;
+    pub const STATE: u32 = 3;
+    pub const CLOSE: u32 = 4;
+}
+
+/// Socket role, from the side this host sees.
+pub mod role {
+    /// Already open when first seen: nobody knows who connected.
+    pub const UNKNOWN: u8 = 0;
+    /// Active open (`CLOSE -> SYN_SENT`).
+    pub const CLIENT: u8 = 1;
+    /// Passive open (`LISTEN -> SYN_RECV`).
+    pub const SERVER: u8 = 2;
+}
+
+/// Data direction of a burst, from the socket's point of view.
+pub mod direction {
+    pub const NONE: u8 = 0;
+    /// Bytes the local application sent.
+    pub const OUT: u8 = 1;
+    /// Bytes the local application received.
+    pub const IN: u8 = 2;
+}
+
+/// The first sign of teardown on a connection (`SockRecord::first_teardown`).
+pub mod teardown {
+    pub const NONE: u8 = 0;
+    /// This side sent FIN first (`ESTABLISHED -> FIN_WAIT1`).
+    pub const LOCAL_FIN: u8 = 1;
+    /// The peer sent FIN first (`ESTABLISHED -> CLOSE_WAIT`).
+    pub const PEER_FIN: u8 = 2;
+    /// This side sent a reset before any FIN.
+    pub const LOCAL_RST: u8 = 3;
+    /// A reset arrived before any FIN.
+    pub const PEER_RST: u8 = 4;
+}
+
+/// `SockRecord::flags` bits.
+pub const FLAG_PARTIAL: u8 = 1 << 0;
+/// A reset was sent on this socket (`tcp:tcp_send_reset`).
+pub const FLAG_RST_SENT: u8 = 1 << 1;
+/// A reset arrived on this socket (`tcp:tcp_receive_reset`).
+pub const FLAG_RST_RECV: u8 = 1 << 2;
+/// The socket went through `CLOSE_WAIT` (the peer closed first).
+pub const FLAG_CLOSE_WAIT: u8 = 1 << 3;
+/// The local application closed or shut down the socket (`FIN_WAIT1` or `LAST_ACK` seen, or a
+/// reset sent after `CLOSE_WAIT`).
+pub const FLAG_APP_CLOSED: u8 = 1 << 4;
+
+/// `STATS` per-CPU array indexes: what the kernel side had to drop.
+pub mod stat {
+    /// Events dropped because the ring buffer was full.
+    pub const RINGBUF_FULL: u32 = 0;
+    /// Sockets not traced because the socket table insert failed.
+    pub const TABLE_INSERT_FAILED: u32 = 1;
+    /// Sockets adopted mid-life (already open when tcpobs started, or whose record was evicted
+    /// from the LRU socket table).
+    pub const ADOPTED: u32 = 2;
+    /// Number of counters.
+    pub const COUNT: u32 = 3;
+}
+
+/// `FILTER` array, index 0: runtime filter settings.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FilterConfig {
+    /// 0: trace every port; 1: trace only sockets whose local or remote port is in
+    /// `PORT_FILTER`.
+    pub port_allowlist: u32,
+    pub _pad: u32,
+}
+
+/// Header of every ring buffer event.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EventHeader {
+    /// One of [`kind`].
+    pub kind: u32,
+    pub _pad: u32,
+    /// When the event happened (`CLOCK_MONOTONIC` ns).
+    pub ts_ns: u64,
+    /// Kernel address of the `struct sock`; with `start_ns`, the connection's identity.
+    pub sock: u64,
+    /// When the kernel started tracking this socket (`CLOCK_MONOTONIC` ns): the SYN for
+    /// connections seen from the start, the first sighting for partial ones.
+    pub start_ns: u64,
+}
+
+/// Addresses and ports of a socket.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Endpoints {
+    /// Local address, network byte order; IPv4 uses the first 4 bytes.
+    pub laddr: [u8; 16],
+    /// Remote address, network byte order; IPv4 uses the first 4 bytes.
+    pub raddr: [u8; 16],
+    /// Local port, host byte order.
+    pub lport: u16,
+    /// Remote port, host byte order.
+    pub rport: u16,
+    /// `AF_INET` (2) or `AF_INET6` (10).
+    pub family: u16,
+    pub _pad: u16,
+}
+
+/// The process a socket is attributed to (taken in process context only).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Task {
+    /// Process id (kernel tgid); 0 when not yet known.
+    pub pid: u32,
+    /// Thread id (kernel pid).
+    pub tid: u32,
+    /// `comm`, NUL-padded.
+    pub comm: [u8; 16],
+}
+
+/// A run of send or receive calls in one direction.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Burst {
+    /// Completion time of the first call of the burst (ns).
+    pub first_ns: u64,
+    /// Completion time of the last call of the burst (ns).
+    pub last_ns: u64,
+    /// Payload bytes moved by the burst.
+    pub bytes: u64,
+    /// Number of successful calls in the burst.
+    pub calls: u32,
+    /// One of [`direction`]; [`direction::NONE`] when there is no burst.
+    pub dir: u8,
+    pub _pad: [u8; 3],
+}
+
+/// The kernel's per-socket record (value of the `SOCKETS` LRU hash, keyed by socket address).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SockRecord {
+    /// Generation: SYN time, or first sighting for partial records (ns).
+    pub start_ns: u64,
+    /// When the socket reached `ESTABLISHED` (ns); 0 if it never did (or was already there).
+    pub established_ns: u64,
+    /// First FIN or reset, either direction (ns); 0 if none.
+    pub teardown_ns: u64,
+    /// When the socket entered `CLOSE_WAIT` (ns); 0 if it never did.
+    pub close_wait_ns: u64,
+    /// When the local application closed or shut down the socket (ns); 0 if not seen.
+    pub app_close_ns: u64,
+    /// When the socket reached `CLOSE` (ns); 0 while open.
+    pub close_ns: u64,
+    /// Payload bytes sent over the whole connection.
+    pub bytes_sent: u64,
+    /// Payload bytes received over the whole connection.
+    pub bytes_recv: u64,
+    /// The burst in progress.
+    pub burst: Burst,
+    /// Who the socket belongs to.
+    pub task: Task,
+    /// Addresses and ports, taken when the connection is established (or first seen).
+    pub endpoints: Endpoints,
+    /// Retransmitted segments (`tcp:tcp_retransmit_skb`).
+    pub retransmits: u32,
+    /// `sk->sk_err` when the socket reached `CLOSE` (an errno, e.g. 110 for `ETIMEDOUT`).
+    pub sk_err: u32,
+    /// One of [`role`].
+    pub role: u8,
+    /// `FLAG_*` bits.
+    pub flags: u8,
+    /// Current TCP state ([`tcp_state`]).
+    pub state: u8,
+    /// One of [`teardown`].
+    pub first_teardown: u8,
+    /// The state the socket left when it reached `CLOSE`.
+    pub final_state: u8,
+    pub _pad: [u8; 3],
+}
+
+/// A connection was established, or an already-open socket was seen for the first time.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OpenEvent {
+    pub hdr: EventHeader,
+    pub endpoints: Endpoints,
+    pub task: Task,
+    /// One of [`role`].
+    pub role: u8,
+    /// `FLAG_*` bits ([`FLAG_PARTIAL`] for a socket already open when first seen).
+    pub flags: u8,
+    pub _pad: [u8; 6],
+}
+
+/// A data burst ended (the direction flipped).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BurstEvent {
+    pub hdr: EventHeader,
+    pub burst: Burst,
+    /// Who the socket belongs to so far (a server socket learns it at its first recv).
+    pub task: Task,
+}
+
+/// A teardown state transition.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StateEvent {
+    pub hdr: EventHeader,
+    /// Previous state ([`tcp_state`]).
+    pub old_state: u8,
+    /// New state ([`tcp_state`]).
+    pub new_state: u8,
+    pub _pad: [u8; 6],
+}
+
+/// The socket is done; `record` is its final record, including the burst in progress.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CloseEvent {
+    pub hdr: EventHeader,
+    pub record: SockRecord,
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: all of these are `#[repr(C)]`, contain only integers and byte arrays, and have no
+    // implicit padding (pinned by the layout tests), so every byte pattern is a valid value.
+    unsafe impl aya::Pod for super::Offsets {}
+    unsafe impl aya::Pod for super::FilterConfig {}
+    unsafe impl aya::Pod for super::SockRecord {}
+}
+
+/// Reads a `T` from the start of `bytes`, or `None` if `bytes` is too short.
+///
+/// Ring buffer records are only 8-byte aligned by the kernel; this copies instead of casting.
+#[cfg(feature = "user")]
+pub fn read_pod<T: Copy>(bytes: &[u8]) -> Option<T> {
+    if bytes.len() < core::mem::size_of::<T>() {
+        return None;
+    }
+    // SAFETY: the length is checked above, `read_unaligned` has no alignment requirement, and
+    // the types used with this function hold only integers and byte arrays, for which every
+    // byte pattern is valid.
+    Some(unsafe { core::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) })
+}
+
+#[cfg(test)]
+mod tests {
+    use core::mem::{align_of, offset_of, size_of};
+
+    use super::*;
+
+    #[test]
+    fn layouts_are_pinned() {
+        assert_eq!(size_of::<EventHeader>(), 32);
+        assert_eq!(size_of::<Endpoints>(), 40);
+        assert_eq!(size_of::<Task>(), 24);
+        assert_eq!(size_of::<Burst>(), 32);
+        assert_eq!(size_of::<SockRecord>(), 176);
+        assert_eq!(size_of::<OpenEvent>(), 104);
+        assert_eq!(size_of::<BurstEvent>(), 88);
+        assert_eq!(size_of::<StateEvent>(), 40);
+        assert_eq!(size_of::<CloseEvent>(), 208);
+        assert_eq!(size_of::<FilterConfig>(), 8);
+        assert_eq!(align_of::<CloseEvent>(), 8);
+        assert_eq!(offset_of!(EventHeader, ts_ns), 8);
+        assert_eq!(offset_of!(EventHeader, start_ns), 24);
+        assert_eq!(offset_of!(Endpoints, lport), 32);
+        assert_eq!(offset_of!(SockRecord, burst), 64);
+        assert_eq!(offset_of!(SockRecord, task), 96);
+        assert_eq!(offset_of!(SockRecord, endpoints), 120);
+        assert_eq!(offset_of!(SockRecord, retransmits), 160);
+        assert_eq!(offset_of!(SockRecord, role), 168);
+        assert_eq!(offset_of!(OpenEvent, role), 96);
+        assert_eq!(offset_of!(CloseEvent, record), 32);
+        assert_eq!(offset_of!(StateEvent, new_state), 33);
+    }
+
+    #[cfg(feature = "user")]
+    #[test]
+    fn read_pod_round_trips_and_rejects_short_input() {
+        let event = BurstEvent {
+            hdr: EventHeader {
+                kind: kind::BURST,
+                _pad: 0,
+                ts_ns: 7,
+                sock: 0xffff_8880_dead_beef,
+                start_ns: 3,
+            },
+            burst: Burst {
+                first_ns: 4,
+                last_ns: 6,
+                bytes: 1500,
+                calls: 2,
+                dir: direction::IN,
+                _pad: [0; 3],
+            },
+            task: Task {
+                pid: 42,
+                tid: 43,
+                comm: *b"curl\0\0\0\0\0\0\0\0\0\0\0\0",
+            },
+        };
+        // SAFETY: BurstEvent is plain old data without implicit padding.
+        let bytes: &[u8] = unsafe {
+            core::slice::from_raw_parts((&raw const event).cast::<u8>(), size_of::<BurstEvent>())
+        };
+        // Decode from an odd offset to prove alignment does not matter.
+        let mut shifted = [0u8; 89];
+        shifted[1..].copy_from_slice(bytes);
+        assert_eq!(read_pod::<BurstEvent>(&shifted[1..]), Some(event));
+        assert_eq!(read_pod::<BurstEvent>(&bytes[..87]), None);
+    }
+}

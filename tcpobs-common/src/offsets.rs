@@ -1,0 +1,107 @@
+//! Kernel layout facts the programs need, resolved by the daemon at start-up and passed in as
+//! the read-only global [`crate::names::OFFSETS_GLOBAL`].
+//!
+//! aya-ebpf has no CO-RE relocations, so nothing here is hard-coded: `struct sock` offsets come
+//! from `/sys/kernel/btf/vmlinux`, classic tracepoint record offsets from the tracepoint's
+//! `format` file in tracefs. One binary then runs on every kernel.
+
+/// Byte offsets into kernel structures, plus the ring buffer wake-up threshold.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Offsets {
+    /// `struct sock`: `__sk_common.skc_family` (u16).
+    pub sk_family: u16,
+    /// `struct sock`: `__sk_common.skc_state` (u8).
+    pub sk_state: u16,
+    /// `struct sock`: `__sk_common.skc_num`, the local port in host order (u16).
+    pub sk_num: u16,
+    /// `struct sock`: `__sk_common.skc_dport`, the remote port in network order (u16).
+    pub sk_dport: u16,
+    /// `struct sock`: `__sk_common.skc_rcv_saddr`, local IPv4 address (4 bytes).
+    pub sk_rcv_saddr: u16,
+    /// `struct sock`: `__sk_common.skc_daddr`, remote IPv4 address (4 bytes).
+    pub sk_daddr: u16,
+    /// `struct sock`: `__sk_common.skc_v6_rcv_saddr`, local IPv6 address (16 bytes).
+    pub sk_v6_rcv_saddr: u16,
+    /// `struct sock`: `__sk_common.skc_v6_daddr`, remote IPv6 address (16 bytes).
+    pub sk_v6_daddr: u16,
+    /// `struct sock`: `sk_protocol` (u16).
+    pub sk_protocol: u16,
+    /// `struct sock`: `sk_err` (int).
+    pub sk_err: u16,
+    /// `sock:inet_sock_set_state` record: `skaddr`.
+    pub tp_state_sk: u16,
+    /// `sock:inet_sock_set_state` record: `oldstate`.
+    pub tp_state_old: u16,
+    /// `sock:inet_sock_set_state` record: `newstate`.
+    pub tp_state_new: u16,
+    /// `sock:sock_send_length` record: `sk`.
+    pub tp_send_sk: u16,
+    /// `sock:sock_send_length` record: `ret`.
+    pub tp_send_ret: u16,
+    /// `sock:sock_send_length` record: `flags`.
+    pub tp_send_flags: u16,
+    /// `sock:sock_recv_length` record: `sk`.
+    pub tp_recv_sk: u16,
+    /// `sock:sock_recv_length` record: `ret`.
+    pub tp_recv_ret: u16,
+    /// `sock:sock_recv_length` record: `flags`.
+    pub tp_recv_flags: u16,
+    /// `tcp:tcp_destroy_sock` record: `skaddr`.
+    pub tp_destroy_sk: u16,
+    /// `tcp:tcp_send_reset` record: `skaddr`.
+    pub tp_send_reset_sk: u16,
+    /// `tcp:tcp_receive_reset` record: `skaddr`.
+    pub tp_recv_reset_sk: u16,
+    /// `tcp:tcp_retransmit_skb` record: `skaddr`.
+    pub tp_retransmit_sk: u16,
+    pub _pad: u16,
+    /// Wake the reader once this many bytes are waiting in the ring buffer; below that the
+    /// reader polls on a timer (events are submitted with `BPF_RB_NO_WAKEUP`).
+    pub wakeup_bytes: u64,
+}
+
+impl Offsets {
+    /// All zero: the value compiled into the object file, always overridden by the loader.
+    pub const UNSET: Self = Self {
+        sk_family: 0,
+        sk_state: 0,
+        sk_num: 0,
+        sk_dport: 0,
+        sk_rcv_saddr: 0,
+        sk_daddr: 0,
+        sk_v6_rcv_saddr: 0,
+        sk_v6_daddr: 0,
+        sk_protocol: 0,
+        sk_err: 0,
+        tp_state_sk: 0,
+        tp_state_old: 0,
+        tp_state_new: 0,
+        tp_send_sk: 0,
+        tp_send_ret: 0,
+        tp_send_flags: 0,
+        tp_recv_sk: 0,
+        tp_recv_ret: 0,
+        tp_recv_flags: 0,
+        tp_destroy_sk: 0,
+        tp_send_reset_sk: 0,
+        tp_recv_reset_sk: 0,
+        tp_retransmit_sk: 0,
+        _pad: 0,
+        wakeup_bytes: 0,
+    };
+}
+
+#[cfg(test)]
+mod tests {
+    use core::mem::{offset_of, size_of};
+
+    use super::*;
+
+    #[test]
+    fn layout_is_pinned() {
+        assert_eq!(size_of::<Offsets>(), 56);
+        assert_eq!(offset_of!(Offsets, wakeup_bytes), 48);
+        assert_eq!(Offsets::UNSET, Offsets::default());
+    }
+}

@@ -1,0 +1,69 @@
+//! Close family: the socket is freed.
+//!
+//! Hook: `tcp:tcp_destroy_sock` (Linux 4.15), fired by `inet_csk_destroy_sock()` once a socket
+//! in `CLOSE` is orphaned, i.e. both the connection and the application are done with it.
+//! - tp_btf prototype: `(struct sock *sk)`.
+//! - classic record: `skaddr, sport, dport, family, saddr, daddr, ..., sock_cookie`.
+//!
+//! The state hook sends the final record at `CLOSE` when the cause is known; otherwise the
+//! record waits for this hook, which catches the reset that `close()` sends *after* setting
+//! `CLOSE` (`SO_LINGER` 0, unread data). It also flushes any record whose `CLOSE` transition
+//! was missed.
+
+use aya_ebpf::{
+    macros::{btf_tracepoint, tracepoint},
+    programs::{BtfTracePointContext, TracePointContext},
+};
+use tcpobs_common::{Offsets, tcp_state};
+
+use crate::{
+    maps::{OFFSETS, SOCKETS},
+    sock::Sock,
+    track::{finish, now_ns},
+};
+
+#[btf_tracepoint(function = "tcp_destroy_sock")]
+pub fn destroy_btf(ctx: BtfTracePointContext) -> i32 {
+    match try_destroy_btf(&ctx) {
+        Ok(ret) => ret,
+        Err(ret) => ret,
+    }
+}
+
+fn try_destroy_btf(ctx: &BtfTracePointContext) -> Result<i32, i32> {
+    let sk: *const u8 = ctx.arg(0);
+    on_destroy(&OFFSETS.load(), Sock(sk));
+    Ok(0)
+}
+
+#[tracepoint(category = "tcp", name = "tcp_destroy_sock")]
+pub fn destroy_tp(ctx: TracePointContext) -> u32 {
+    match try_destroy_tp(&ctx) {
+        Ok(ret) => ret,
+        Err(ret) => ret,
+    }
+}
+
+fn try_destroy_tp(ctx: &TracePointContext) -> Result<u32, u32> {
+    let o = OFFSETS.load();
+    // SAFETY: the offset comes from this tracepoint's format file.
+    let sk = unsafe { ctx.read_at::<u64>(usize::from(o.tp_destroy_sk)) }.map_err(|_| 1u32)?;
+    on_destroy(&o, Sock(sk as *const u8));
+    Ok(0)
+}
+
+#[inline(always)]
+fn on_destroy(o: &Offsets, sk: Sock) {
+    let Some(rec) = SOCKETS.get_ptr_mut(sk.key()) else {
+        return;
+    };
+    // SAFETY: the pointer comes from a successful lookup; see `track::record_or_adopt`.
+    let rec = unsafe { &mut *rec };
+    let now = now_ns();
+    if rec.close_ns == 0 {
+        rec.close_ns = now;
+        rec.final_state = rec.state;
+        rec.state = tcp_state::CLOSE;
+    }
+    finish(o, sk.key(), rec, now);
+}

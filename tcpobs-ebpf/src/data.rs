@@ -1,0 +1,129 @@
+//! Data family: how many bytes the application moved, and when.
+//!
+//! Hooks: `sock:sock_send_length` and `sock:sock_recv_length` (Linux 6.3), fired by
+//! `sock_sendmsg()` / `sock_recvmsg()` for every socket type once the call returns.
+//! - tp_btf prototype: `(struct sock *sk, int ret, int flags)`.
+//! - classic record: `sk, family, protocol, ret, flags`.
+//!
+//! They catch `send`/`write`/`sendmsg`/`sendfile` and `recv`/`read`/`recvmsg` on TCP without
+//! a kprobe. Calls are coalesced in the socket record into bursts; an event goes out only when
+//! the direction flips, so the cost grows with request/response exchanges, not with syscalls
+//! or bytes. Failed calls (`ret <= 0`) and `MSG_PEEK` reads move no data and are ignored.
+
+use aya_ebpf::{
+    macros::{btf_tracepoint, tracepoint},
+    programs::{BtfTracePointContext, TracePointContext},
+};
+use tcpobs_common::{Burst, Offsets, direction, role};
+
+use crate::{
+    maps::OFFSETS,
+    sock::Sock,
+    track::{claim, emit_burst, now_ns, record_or_adopt},
+};
+
+const MSG_PEEK: i32 = 2;
+
+#[btf_tracepoint(function = "sock_send_length")]
+pub fn send_len_btf(ctx: BtfTracePointContext) -> i32 {
+    match try_len_btf(&ctx, direction::OUT) {
+        Ok(ret) => ret,
+        Err(ret) => ret,
+    }
+}
+
+#[btf_tracepoint(function = "sock_recv_length")]
+pub fn recv_len_btf(ctx: BtfTracePointContext) -> i32 {
+    match try_len_btf(&ctx, direction::IN) {
+        Ok(ret) => ret,
+        Err(ret) => ret,
+    }
+}
+
+#[inline(always)]
+fn try_len_btf(ctx: &BtfTracePointContext, dir: u8) -> Result<i32, i32> {
+    let sk: *const u8 = ctx.arg(0);
+    let ret: i32 = ctx.arg(1);
+    let flags: i32 = ctx.arg(2);
+    on_data(&OFFSETS.load(), Sock(sk), ret, flags, dir);
+    Ok(0)
+}
+
+#[tracepoint(category = "sock", name = "sock_send_length")]
+pub fn send_len_tp(ctx: TracePointContext) -> u32 {
+    let o = OFFSETS.load();
+    match try_len_tp(
+        &ctx,
+        &o,
+        [o.tp_send_sk, o.tp_send_ret, o.tp_send_flags],
+        direction::OUT,
+    ) {
+        Ok(ret) => ret,
+        Err(ret) => ret,
+    }
+}
+
+#[tracepoint(category = "sock", name = "sock_recv_length")]
+pub fn recv_len_tp(ctx: TracePointContext) -> u32 {
+    let o = OFFSETS.load();
+    match try_len_tp(
+        &ctx,
+        &o,
+        [o.tp_recv_sk, o.tp_recv_ret, o.tp_recv_flags],
+        direction::IN,
+    ) {
+        Ok(ret) => ret,
+        Err(ret) => ret,
+    }
+}
+
+/// `fields` are the record offsets of `sk`, `ret` and `flags`.
+#[inline(always)]
+fn try_len_tp(ctx: &TracePointContext, o: &Offsets, fields: [u16; 3], dir: u8) -> Result<u32, u32> {
+    let [sk, ret, flags] = fields.map(usize::from);
+    // SAFETY: the offsets come from this tracepoint's format file.
+    let (sk, ret, flags) = unsafe {
+        (
+            ctx.read_at::<u64>(sk).map_err(|_| 1u32)?,
+            ctx.read_at::<i32>(ret).map_err(|_| 1u32)?,
+            ctx.read_at::<i32>(flags).map_err(|_| 1u32)?,
+        )
+    };
+    on_data(o, Sock(sk as *const u8), ret, flags, dir);
+    Ok(0)
+}
+
+#[inline(always)]
+fn on_data(o: &Offsets, sk: Sock, ret: i32, flags: i32, dir: u8) {
+    if ret <= 0 || (dir == direction::IN && flags & MSG_PEEK != 0) || sk.is_null() {
+        return;
+    }
+    let now = now_ns();
+    let Some(rec) = record_or_adopt(o, sk, None, role::UNKNOWN, now) else {
+        return;
+    };
+    let bytes = ret as u64;
+    if rec.burst.dir == dir {
+        rec.burst.last_ns = now;
+        rec.burst.bytes += bytes;
+        rec.burst.calls += 1;
+    } else {
+        if rec.burst.dir != direction::NONE {
+            emit_burst(o, sk.key(), rec, now);
+        }
+        rec.burst = Burst {
+            first_ns: now,
+            last_ns: now,
+            bytes,
+            calls: 1,
+            dir,
+            _pad: [0; 3],
+        };
+    }
+    if dir == direction::OUT {
+        rec.bytes_sent += bytes;
+    } else {
+        rec.bytes_recv += bytes;
+    }
+    claim(rec);
+}

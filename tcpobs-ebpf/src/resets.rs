@@ -1,0 +1,96 @@
+//! Resets family: which side aborted.
+//!
+//! Hooks (Linux 4.15):
+//! - `tcp:tcp_send_reset`: tp_btf `(const struct sock *sk, const struct sk_buff *skb,
+//!   const enum sk_rst_reason reason)` since 6.10, `(sk, skb)` before; classic record
+//!   `skbaddr, skaddr, ...`. `sk` is NULL for resets sent without a socket, and may be a
+//!   request or time-wait socket, which `record_or_adopt` never adopts.
+//! - `tcp:tcp_receive_reset`: tp_btf `(struct sock *sk)`; classic record `skaddr, ...`.
+//!
+//! A reset makes the close kind `rst`. `tcp_receive_reset` fires before the kernel moves the
+//! socket to `CLOSE`; `tcp_send_reset` may fire after (see `close`).
+
+use aya_ebpf::{
+    macros::{btf_tracepoint, tracepoint},
+    programs::{BtfTracePointContext, TracePointContext},
+};
+use tcpobs_common::{
+    FLAG_CLOSE_WAIT, FLAG_RST_RECV, FLAG_RST_SENT, Offsets, role, tcp_state, teardown,
+};
+
+use crate::{
+    maps::OFFSETS,
+    sock::Sock,
+    state::{app_closed, first_teardown},
+    track::{now_ns, record_or_adopt},
+};
+
+#[btf_tracepoint(function = "tcp_send_reset")]
+pub fn send_reset_btf(ctx: BtfTracePointContext) -> i32 {
+    let sk: *const u8 = ctx.arg(0);
+    on_send_reset(&OFFSETS.load(), Sock(sk));
+    0
+}
+
+#[tracepoint(category = "tcp", name = "tcp_send_reset")]
+pub fn send_reset_tp(ctx: TracePointContext) -> u32 {
+    let o = OFFSETS.load();
+    match read_sk(&ctx, o.tp_send_reset_sk) {
+        Ok(sk) => {
+            on_send_reset(&o, sk);
+            0
+        }
+        Err(ret) => ret,
+    }
+}
+
+#[btf_tracepoint(function = "tcp_receive_reset")]
+pub fn recv_reset_btf(ctx: BtfTracePointContext) -> i32 {
+    let sk: *const u8 = ctx.arg(0);
+    on_recv_reset(&OFFSETS.load(), Sock(sk));
+    0
+}
+
+#[tracepoint(category = "tcp", name = "tcp_receive_reset")]
+pub fn recv_reset_tp(ctx: TracePointContext) -> u32 {
+    let o = OFFSETS.load();
+    match read_sk(&ctx, o.tp_recv_reset_sk) {
+        Ok(sk) => {
+            on_recv_reset(&o, sk);
+            0
+        }
+        Err(ret) => ret,
+    }
+}
+
+/// Reads a socket pointer from a classic tracepoint record.
+#[inline(always)]
+pub fn read_sk(ctx: &TracePointContext, offset: u16) -> Result<Sock, u32> {
+    // SAFETY: the offset comes from the tracepoint's format file.
+    let sk = unsafe { ctx.read_at::<u64>(usize::from(offset)) }.map_err(|_| 1u32)?;
+    Ok(Sock(sk as *const u8))
+}
+
+#[inline(always)]
+fn on_send_reset(o: &Offsets, sk: Sock) {
+    let now = now_ns();
+    let Some(rec) = record_or_adopt(o, sk, None, role::UNKNOWN, now) else {
+        return;
+    };
+    rec.flags |= FLAG_RST_SENT;
+    first_teardown(rec, teardown::LOCAL_RST, now);
+    if rec.state == tcp_state::CLOSE || rec.flags & FLAG_CLOSE_WAIT != 0 {
+        // An abortive close() (SO_LINGER 0, unread data): the application closed it.
+        app_closed(rec, now);
+    }
+}
+
+#[inline(always)]
+fn on_recv_reset(o: &Offsets, sk: Sock) {
+    let now = now_ns();
+    let Some(rec) = record_or_adopt(o, sk, None, role::UNKNOWN, now) else {
+        return;
+    };
+    rec.flags |= FLAG_RST_RECV;
+    first_teardown(rec, teardown::PEER_RST, now);
+}

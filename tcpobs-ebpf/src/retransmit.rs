@@ -1,0 +1,47 @@
+//! Retransmits family.
+//!
+//! Hook: `tcp:tcp_retransmit_skb` (Linux 4.15), fired for every retransmitted segment.
+//! - tp_btf prototype: `(const struct sock *sk, const struct sk_buff *skb)`, plus `int err`
+//!   since 6.15.
+//! - classic record: `skbaddr, skaddr, state, sport, dport, family, ...`.
+//!
+//! Counted in the socket record and reported with the connection.
+
+use aya_ebpf::{
+    macros::{btf_tracepoint, tracepoint},
+    programs::{BtfTracePointContext, TracePointContext},
+};
+use tcpobs_common::{Offsets, role};
+
+use crate::{
+    maps::OFFSETS,
+    resets::read_sk,
+    sock::Sock,
+    track::{now_ns, record_or_adopt},
+};
+
+#[btf_tracepoint(function = "tcp_retransmit_skb")]
+pub fn retransmit_btf(ctx: BtfTracePointContext) -> i32 {
+    let sk: *const u8 = ctx.arg(0);
+    on_retransmit(&OFFSETS.load(), Sock(sk));
+    0
+}
+
+#[tracepoint(category = "tcp", name = "tcp_retransmit_skb")]
+pub fn retransmit_tp(ctx: TracePointContext) -> u32 {
+    let o = OFFSETS.load();
+    match read_sk(&ctx, o.tp_retransmit_sk) {
+        Ok(sk) => {
+            on_retransmit(&o, sk);
+            0
+        }
+        Err(ret) => ret,
+    }
+}
+
+#[inline(always)]
+fn on_retransmit(o: &Offsets, sk: Sock) {
+    if let Some(rec) = record_or_adopt(o, sk, None, role::UNKNOWN, now_ns()) {
+        rec.retransmits += 1;
+    }
+}

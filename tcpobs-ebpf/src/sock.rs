@@ -1,0 +1,99 @@
+//! Reading `struct sock` fields at offsets resolved from BTF by the daemon.
+//!
+//! All reads go through `bpf_probe_read_kernel`, which works from both `tp_btf` and classic
+//! tracepoint programs and never faults, whatever the pointer.
+
+use aya_ebpf::helpers::bpf_probe_read_kernel;
+use tcpobs_common::{Endpoints, Offsets, tcp_state};
+
+const AF_INET: u16 = 2;
+const AF_INET6: u16 = 10;
+const IPPROTO_TCP: u16 = 6;
+
+/// A `struct sock *`.
+#[derive(Clone, Copy)]
+pub struct Sock(pub *const u8);
+
+impl Sock {
+    /// The socket's address: its identity in the `SOCKETS` table.
+    #[inline(always)]
+    pub fn key(self) -> u64 {
+        self.0 as u64
+    }
+
+    #[inline(always)]
+    pub fn is_null(self) -> bool {
+        self.0.is_null()
+    }
+
+    #[inline(always)]
+    fn read<T>(self, offset: u16) -> Option<T> {
+        // SAFETY: bpf_probe_read_kernel validates the address and fails instead of faulting.
+        unsafe { bpf_probe_read_kernel(self.0.add(usize::from(offset)).cast::<T>()).ok() }
+    }
+
+    #[inline(always)]
+    pub fn state(self, o: &Offsets) -> u8 {
+        self.read::<u8>(o.sk_state).unwrap_or(0)
+    }
+
+    /// IPv4 or IPv6 TCP. Only valid on full sockets (not request or time-wait sockets).
+    #[inline(always)]
+    pub fn is_tcp(self, o: &Offsets) -> bool {
+        let family = self.read::<u16>(o.sk_family).unwrap_or(0);
+        (family == AF_INET || family == AF_INET6)
+            && self.read::<u16>(o.sk_protocol) == Some(IPPROTO_TCP)
+    }
+
+    /// `sk_err`, an errno (0 when there is none).
+    #[inline(always)]
+    pub fn err(self, o: &Offsets) -> u32 {
+        self.read::<i32>(o.sk_err).unwrap_or(0).unsigned_abs()
+    }
+
+    /// (local port, remote port), host byte order.
+    #[inline(always)]
+    pub fn ports(self, o: &Offsets) -> (u16, u16) {
+        let local = self.read::<u16>(o.sk_num).unwrap_or(0);
+        let remote = u16::from_be(self.read::<u16>(o.sk_dport).unwrap_or(0));
+        (local, remote)
+    }
+
+    #[inline(always)]
+    pub fn endpoints(self, o: &Offsets) -> Endpoints {
+        let family = self.read::<u16>(o.sk_family).unwrap_or(0);
+        let (lport, rport) = self.ports(o);
+        let mut endpoints = Endpoints {
+            lport,
+            rport,
+            family,
+            ..Endpoints::default()
+        };
+        if family == AF_INET6 {
+            endpoints.laddr = self.read::<[u8; 16]>(o.sk_v6_rcv_saddr).unwrap_or_default();
+            endpoints.raddr = self.read::<[u8; 16]>(o.sk_v6_daddr).unwrap_or_default();
+        } else {
+            let local = self.read::<[u8; 4]>(o.sk_rcv_saddr).unwrap_or_default();
+            let remote = self.read::<[u8; 4]>(o.sk_daddr).unwrap_or_default();
+            endpoints.laddr[..4].copy_from_slice(&local);
+            endpoints.raddr[..4].copy_from_slice(&remote);
+        }
+        endpoints
+    }
+}
+
+/// States in which a socket carries a connection worth adopting when first seen mid-life.
+#[inline(always)]
+pub fn is_connected_state(state: u8) -> bool {
+    matches!(
+        state,
+        tcp_state::ESTABLISHED
+            | tcp_state::SYN_SENT
+            | tcp_state::SYN_RECV
+            | tcp_state::FIN_WAIT1
+            | tcp_state::FIN_WAIT2
+            | tcp_state::CLOSE_WAIT
+            | tcp_state::LAST_ACK
+            | tcp_state::CLOSING
+    )
+}

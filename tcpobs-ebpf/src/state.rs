@@ -1,0 +1,178 @@
+//! State family: every TCP state change.
+//!
+//! Hook: `sock:inet_sock_set_state` (Linux 4.16), the stable tracepoint that `tcp_set_state()`
+//! fires *before* storing the new state.
+//! - tp_btf prototype: `(const struct sock *sk, const int oldstate, const int newstate)`.
+//! - classic record: `skaddr, oldstate, newstate, sport, dport, family, protocol, ...`.
+//!
+//! It sees active opens (`CLOSE -> SYN_SENT`, in the connecting process's context), passive
+//! opens (`LISTEN -> SYN_RECV` on the new child socket, in softirq), establishment, the first
+//! FIN in either direction (`ESTABLISHED -> FIN_WAIT1` is a local close, `-> CLOSE_WAIT` a peer
+//! close) and the end (`-> CLOSE`). It also fires for SCTP and MPTCP sockets, which the
+//! protocol check drops.
+//!
+//! When the socket reaches `CLOSE` the final record is sent right away if the cause is already
+//! known (a reset arrived, or `sk_err` says timeout/refused). Otherwise the close came from the
+//! application (`close()` with `SO_LINGER` 0 or unread data sets `CLOSE` *then* sends the
+//! reset), and `tcp:tcp_destroy_sock`, which follows in the same call, sends it instead.
+
+use aya_ebpf::{
+    macros::{btf_tracepoint, tracepoint},
+    programs::{BtfTracePointContext, TracePointContext},
+};
+use tcpobs_common::{
+    FLAG_APP_CLOSED, FLAG_CLOSE_WAIT, FLAG_RST_RECV, Offsets, SockRecord, role, tcp_state, teardown,
+};
+
+use crate::{
+    maps::OFFSETS,
+    sock::Sock,
+    track::{claim, current_task, emit_open, emit_state, finish, now_ns, record_or_adopt, start},
+};
+
+#[btf_tracepoint(function = "inet_sock_set_state")]
+pub fn set_state_btf(ctx: BtfTracePointContext) -> i32 {
+    match try_set_state_btf(&ctx) {
+        Ok(ret) => ret,
+        Err(ret) => ret,
+    }
+}
+
+fn try_set_state_btf(ctx: &BtfTracePointContext) -> Result<i32, i32> {
+    let sk: *const u8 = ctx.arg(0);
+    let old: i32 = ctx.arg(1);
+    let new: i32 = ctx.arg(2);
+    on_set_state(&OFFSETS.load(), Sock(sk), old as u8, new as u8);
+    Ok(0)
+}
+
+#[tracepoint(category = "sock", name = "inet_sock_set_state")]
+pub fn set_state_tp(ctx: TracePointContext) -> u32 {
+    match try_set_state_tp(&ctx) {
+        Ok(ret) => ret,
+        Err(ret) => ret,
+    }
+}
+
+fn try_set_state_tp(ctx: &TracePointContext) -> Result<u32, u32> {
+    let o = OFFSETS.load();
+    // SAFETY: the offsets come from this tracepoint's format file.
+    let (sk, old, new) = unsafe {
+        (
+            ctx.read_at::<u64>(usize::from(o.tp_state_sk))
+                .map_err(|_| 1u32)?,
+            ctx.read_at::<i32>(usize::from(o.tp_state_old))
+                .map_err(|_| 1u32)?,
+            ctx.read_at::<i32>(usize::from(o.tp_state_new))
+                .map_err(|_| 1u32)?,
+        )
+    };
+    on_set_state(&o, Sock(sk as *const u8), old as u8, new as u8);
+    Ok(0)
+}
+
+#[inline(always)]
+fn on_set_state(o: &Offsets, sk: Sock, old: u8, new: u8) {
+    if sk.is_null() || old == new || !sk.is_tcp(o) {
+        return;
+    }
+    let now = now_ns();
+    match (old, new) {
+        (_, tcp_state::LISTEN) | (tcp_state::LISTEN, tcp_state::CLOSE) => {}
+        (tcp_state::CLOSE, tcp_state::SYN_SENT) => {
+            start(o, sk, role::CLIENT, current_task(), now);
+        }
+        (tcp_state::LISTEN, tcp_state::SYN_RECV) => {
+            start(o, sk, role::SERVER, Default::default(), now);
+        }
+        (_, tcp_state::ESTABLISHED) => established(o, sk, old, now),
+        (_, tcp_state::CLOSE) => closed(o, sk, old, now),
+        _ => teardown_step(o, sk, old, new, now),
+    }
+}
+
+/// The role a socket must have to make this transition, if it says anything.
+#[inline(always)]
+fn role_from(old: u8) -> u8 {
+    match old {
+        tcp_state::SYN_SENT => role::CLIENT,
+        tcp_state::SYN_RECV => role::SERVER,
+        _ => role::UNKNOWN,
+    }
+}
+
+#[inline(always)]
+fn established(o: &Offsets, sk: Sock, old: u8, now: u64) {
+    let Some(rec) = record_or_adopt(o, sk, Some(old), role_from(old), now) else {
+        return;
+    };
+    if rec.established_ns != 0 {
+        return;
+    }
+    rec.state = tcp_state::ESTABLISHED;
+    if rec.start_ns == now {
+        // Adopted just now, and `adopt` already announced it.
+        return;
+    }
+    rec.established_ns = now;
+    rec.endpoints = sk.endpoints(o);
+    emit_open(o, sk.key(), rec, now);
+}
+
+#[inline(always)]
+fn closed(o: &Offsets, sk: Sock, old: u8, now: u64) {
+    let Some(rec) = record_or_adopt(o, sk, Some(old), role_from(old), now) else {
+        return;
+    };
+    if rec.established_ns == 0 && rec.endpoints.rport == 0 {
+        // Never established: the local port was only bound after SYN_SENT, read it now.
+        rec.endpoints = sk.endpoints(o);
+    }
+    rec.close_ns = now;
+    rec.final_state = old;
+    rec.state = tcp_state::CLOSE;
+    rec.sk_err = sk.err(o);
+    if rec.flags & FLAG_RST_RECV != 0 || rec.sk_err != 0 {
+        finish(o, sk.key(), rec, now);
+    }
+}
+
+#[inline(always)]
+fn teardown_step(o: &Offsets, sk: Sock, old: u8, new: u8, now: u64) {
+    let Some(rec) = record_or_adopt(o, sk, Some(old), role::UNKNOWN, now) else {
+        return;
+    };
+    match new {
+        tcp_state::FIN_WAIT1 => {
+            first_teardown(rec, teardown::LOCAL_FIN, now);
+            app_closed(rec, now);
+        }
+        tcp_state::CLOSE_WAIT => {
+            first_teardown(rec, teardown::PEER_FIN, now);
+            rec.flags |= FLAG_CLOSE_WAIT;
+            rec.close_wait_ns = now;
+        }
+        tcp_state::LAST_ACK => app_closed(rec, now),
+        _ => {}
+    }
+    rec.state = new;
+    emit_state(o, sk.key(), rec, old, new, now);
+}
+
+#[inline(always)]
+pub fn first_teardown(rec: &mut SockRecord, how: u8, now: u64) {
+    if rec.first_teardown == teardown::NONE {
+        rec.first_teardown = how;
+        rec.teardown_ns = now;
+    }
+}
+
+/// The application closed or shut down the socket: a process-context transition.
+#[inline(always)]
+pub fn app_closed(rec: &mut SockRecord, now: u64) {
+    if rec.flags & FLAG_APP_CLOSED == 0 {
+        rec.flags |= FLAG_APP_CLOSED;
+        rec.app_close_ns = now;
+        claim(rec);
+    }
+}

@@ -1,0 +1,417 @@
+//! Just enough of a BTF reader to find where a struct member lives.
+//!
+//! aya-ebpf has no CO-RE relocations, so the daemon reads `struct sock` member offsets from the
+//! running kernel's BTF (`/sys/kernel/btf/vmlinux`) and hands them to the programs as a global.
+//! The format is the kernel's `Documentation/bpf/btf.rst`: a header, a type section of
+//! variable-length records (type ids start at 1), and a string section.
+
+use std::{fs, path::Path};
+
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum BtfError {
+    #[error(
+        "cannot read kernel BTF at {path}: {source} (tcpobs needs a kernel built with CONFIG_DEBUG_INFO_BTF=y)"
+    )]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("malformed BTF: {0}")]
+    Malformed(&'static str),
+    #[error("kernel BTF has no struct {0}")]
+    NoStruct(String),
+    #[error("kernel BTF: struct {ty} has no member {member}")]
+    NoMember { ty: String, member: String },
+    #[error("kernel BTF: {ty}.{member} is a bitfield, which tcpobs cannot read")]
+    Bitfield { ty: String, member: String },
+}
+
+const MAGIC: u16 = 0xeb9f;
+
+const KIND_INT: u32 = 1;
+const KIND_PTR: u32 = 2;
+const KIND_ARRAY: u32 = 3;
+const KIND_STRUCT: u32 = 4;
+const KIND_UNION: u32 = 5;
+const KIND_ENUM: u32 = 6;
+const KIND_FWD: u32 = 7;
+const KIND_TYPEDEF: u32 = 8;
+const KIND_VOLATILE: u32 = 9;
+const KIND_CONST: u32 = 10;
+const KIND_RESTRICT: u32 = 11;
+const KIND_FUNC: u32 = 12;
+const KIND_FUNC_PROTO: u32 = 13;
+const KIND_VAR: u32 = 14;
+const KIND_DATASEC: u32 = 15;
+const KIND_FLOAT: u32 = 16;
+const KIND_DECL_TAG: u32 = 17;
+const KIND_TYPE_TAG: u32 = 18;
+const KIND_ENUM64: u32 = 19;
+
+/// A parsed BTF blob: the raw type section, the position of each type record, the strings.
+pub struct Btf {
+    types: Vec<u8>,
+    /// `positions[id - 1]` is the byte offset of type `id` in `types`.
+    positions: Vec<usize>,
+    strings: Vec<u8>,
+}
+
+/// Where a member lives: byte offset from the start of the outer struct, and its size.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Member {
+    pub offset: u32,
+    pub size: u32,
+}
+
+#[derive(Clone, Copy)]
+struct TypeHeader {
+    name_off: u32,
+    kind: u32,
+    kind_flag: bool,
+    vlen: usize,
+    /// `size` for ints, structs, unions, enums; `type` for pointers, typedefs, modifiers.
+    size_or_type: u32,
+}
+
+fn u32_at(bytes: &[u8], at: usize) -> Result<u32, BtfError> {
+    bytes
+        .get(at..at + 4)
+        .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .ok_or(BtfError::Malformed("truncated"))
+}
+
+impl Btf {
+    /// Reads the running kernel's BTF.
+    pub fn from_file(path: &Path) -> Result<Self, BtfError> {
+        let data = fs::read(path).map_err(|source| BtfError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::parse(&data)
+    }
+
+    /// Parses a little-endian BTF blob.
+    pub fn parse(data: &[u8]) -> Result<Self, BtfError> {
+        let magic = data
+            .get(0..2)
+            .map(|b| u16::from_le_bytes([b[0], b[1]]))
+            .ok_or(BtfError::Malformed("truncated header"))?;
+        if magic != MAGIC {
+            return Err(BtfError::Malformed("bad magic (not little-endian BTF)"));
+        }
+        let hdr_len = u32_at(data, 4)? as usize;
+        let type_off = u32_at(data, 8)? as usize;
+        let type_len = u32_at(data, 12)? as usize;
+        let str_off = u32_at(data, 16)? as usize;
+        let str_len = u32_at(data, 20)? as usize;
+        let section = |off: usize, len: usize| {
+            let start = hdr_len + off;
+            data.get(start..start + len)
+                .ok_or(BtfError::Malformed("section out of bounds"))
+        };
+        let types = section(type_off, type_len)?.to_vec();
+        let strings = section(str_off, str_len)?.to_vec();
+        let mut positions = Vec::new();
+        let mut at = 0;
+        while at < types.len() {
+            positions.push(at);
+            let header = Self::header_at(&types, at)?;
+            at += 12 + Self::trailer_len(&header)?;
+        }
+        Ok(Self {
+            types,
+            positions,
+            strings,
+        })
+    }
+
+    fn header_at(types: &[u8], at: usize) -> Result<TypeHeader, BtfError> {
+        let info = u32_at(types, at + 4)?;
+        Ok(TypeHeader {
+            name_off: u32_at(types, at)?,
+            kind: (info >> 24) & 0x1f,
+            kind_flag: info >> 31 == 1,
+            vlen: (info & 0xffff) as usize,
+            size_or_type: u32_at(types, at + 8)?,
+        })
+    }
+
+    /// Bytes that follow the 12-byte common header, by kind.
+    fn trailer_len(header: &TypeHeader) -> Result<usize, BtfError> {
+        Ok(match header.kind {
+            KIND_INT | KIND_VAR | KIND_DECL_TAG => 4,
+            KIND_ARRAY => 12,
+            KIND_STRUCT | KIND_UNION | KIND_DATASEC | KIND_ENUM64 => 12 * header.vlen,
+            KIND_ENUM | KIND_FUNC_PROTO => 8 * header.vlen,
+            KIND_PTR | KIND_FWD | KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT
+            | KIND_FUNC | KIND_FLOAT | KIND_TYPE_TAG => 0,
+            _ => return Err(BtfError::Malformed("unknown type kind")),
+        })
+    }
+
+    fn string(&self, off: u32) -> &str {
+        let tail = self.strings.get(off as usize..).unwrap_or_default();
+        let end = tail.iter().position(|&b| b == 0).unwrap_or(tail.len());
+        std::str::from_utf8(&tail[..end]).unwrap_or_default()
+    }
+
+    fn header(&self, id: u32) -> Result<(usize, TypeHeader), BtfError> {
+        let at = *id
+            .checked_sub(1)
+            .and_then(|index| self.positions.get(index as usize))
+            .ok_or(BtfError::Malformed("type id out of range"))?;
+        Ok((at, Self::header_at(&self.types, at)?))
+    }
+
+    /// Follows typedefs and qualifiers to the underlying type.
+    fn resolve(&self, mut id: u32) -> Result<(u32, TypeHeader), BtfError> {
+        for _ in 0..32 {
+            let (_, header) = self.header(id)?;
+            match header.kind {
+                KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT | KIND_TYPE_TAG => {
+                    id = header.size_or_type;
+                }
+                _ => return Ok((id, header)),
+            }
+        }
+        Err(BtfError::Malformed("type chain too long"))
+    }
+
+    fn size_of(&self, id: u32) -> Result<u32, BtfError> {
+        let (id, header) = self.resolve(id)?;
+        match header.kind {
+            KIND_PTR => Ok(8),
+            KIND_ARRAY => {
+                let (at, _) = self.header(id)?;
+                let elem = u32_at(&self.types, at + 12)?;
+                let count = u32_at(&self.types, at + 20)?;
+                Ok(self.size_of(elem)? * count)
+            }
+            _ => Ok(header.size_or_type),
+        }
+    }
+
+    /// The id of the struct named `name`.
+    fn struct_id(&self, name: &str) -> Result<u32, BtfError> {
+        (1..=self.positions.len() as u32)
+            .find(|&id| {
+                self.header(id).is_ok_and(|(_, header)| {
+                    header.kind == KIND_STRUCT && self.string(header.name_off) == name
+                })
+            })
+            .ok_or_else(|| BtfError::NoStruct(name.to_owned()))
+    }
+
+    /// Finds `name` among the members of struct/union `id`, looking through anonymous struct
+    /// and union members. Returns (bit offset, member type id, bitfield size).
+    fn find_member(&self, id: u32, name: &str) -> Result<Option<(u32, u32, u32)>, BtfError> {
+        let (id, header) = self.resolve(id)?;
+        if header.kind != KIND_STRUCT && header.kind != KIND_UNION {
+            return Ok(None);
+        }
+        let (at, _) = self.header(id)?;
+        for index in 0..header.vlen {
+            let member = at + 12 + 12 * index;
+            let member_name = self.string(u32_at(&self.types, member)?);
+            let member_type = u32_at(&self.types, member + 4)?;
+            let raw_offset = u32_at(&self.types, member + 8)?;
+            let (bit_offset, bitfield_size) = if header.kind_flag {
+                (raw_offset & 0x00ff_ffff, raw_offset >> 24)
+            } else {
+                (raw_offset, 0)
+            };
+            if member_name == name {
+                return Ok(Some((bit_offset, member_type, bitfield_size)));
+            }
+            if member_name.is_empty()
+                && let Some((inner, ty, bits)) = self.find_member(member_type, name)?
+            {
+                return Ok(Some((bit_offset + inner, ty, bits)));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Byte offset and size of a member of `struct ty`, given as a dotted path through nested
+    /// named members, e.g. `member("sock", "__sk_common.skc_family")`.
+    pub fn member(&self, ty: &str, path: &str) -> Result<Member, BtfError> {
+        let mut id = self.struct_id(ty)?;
+        let mut bits = 0;
+        for part in path.split('.') {
+            let (offset, member_type, bitfield) =
+                self.find_member(id, part)?
+                    .ok_or_else(|| BtfError::NoMember {
+                        ty: ty.to_owned(),
+                        member: path.to_owned(),
+                    })?;
+            if bitfield != 0 || offset % 8 != 0 {
+                return Err(BtfError::Bitfield {
+                    ty: ty.to_owned(),
+                    member: path.to_owned(),
+                });
+            }
+            bits += offset;
+            id = member_type;
+        }
+        Ok(Member {
+            offset: bits / 8,
+            size: self.size_of(id)?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Builds a BTF blob: `struct outer { int a; union { short b; struct { char c; int d; }; };
+    /// struct inner in; }` and `struct inner { long x; unsigned char y[6]; }`.
+    fn sample() -> Vec<u8> {
+        let strings = b"\0int\0short\0char\0long\0outer\0a\0b\0c\0d\0in\0inner\0x\0y\0\0".to_vec();
+        let s = |name: &str| {
+            let needle = format!("\0{name}\0");
+            strings
+                .windows(needle.len())
+                .position(|w| w == needle.as_bytes())
+                .unwrap() as u32
+                + 1
+        };
+        let mut types = Vec::new();
+        let mut push = |words: &[u32]| {
+            for word in words {
+                types.extend_from_slice(&word.to_le_bytes());
+            }
+        };
+        let info = |kind: u32, vlen: u32| (kind << 24) | vlen;
+        // 1: int (4 bytes)
+        push(&[s("int"), info(KIND_INT, 0), 4, 32]);
+        // 2: short
+        push(&[s("short"), info(KIND_INT, 0), 2, 16]);
+        // 3: char
+        push(&[s("char"), info(KIND_INT, 0), 1, 8]);
+        // 4: long
+        push(&[s("long"), info(KIND_INT, 0), 8, 64]);
+        // 5: anonymous struct { char c; int d; }
+        push(&[0, info(KIND_STRUCT, 2), 8, s("c"), 3, 0, s("d"), 1, 32]);
+        // 6: anonymous union { short b; struct 5; }
+        push(&[0, info(KIND_UNION, 2), 8, s("b"), 2, 0, 0, 5, 0]);
+        // 7: typedef-free array char[6]
+        push(&[0, info(KIND_ARRAY, 0), 0, 3, 1, 6]);
+        // 8: struct inner { long x; char y[6]; }
+        push(&[
+            s("inner"),
+            info(KIND_STRUCT, 2),
+            16,
+            s("x"),
+            4,
+            0,
+            s("y"),
+            7,
+            64,
+        ]);
+        // 9: const struct inner
+        push(&[0, info(KIND_CONST, 0), 8]);
+        // 10: struct outer { int a; union 6; const struct inner in; }
+        push(&[
+            s("outer"),
+            info(KIND_STRUCT, 3),
+            32,
+            s("a"),
+            1,
+            0,
+            0,
+            6,
+            32,
+            s("in"),
+            9,
+            128,
+        ]);
+        let mut blob = Vec::new();
+        blob.extend_from_slice(&MAGIC.to_le_bytes());
+        blob.extend_from_slice(&[1, 0]);
+        for word in [
+            24u32,
+            0,
+            types.len() as u32,
+            types.len() as u32,
+            strings.len() as u32,
+        ] {
+            blob.extend_from_slice(&word.to_le_bytes());
+        }
+        blob.extend_from_slice(&types);
+        blob.extend_from_slice(&strings);
+        blob
+    }
+
+    #[test]
+    fn finds_members_through_anonymous_unions_and_nested_structs() {
+        let btf = Btf::parse(&sample()).unwrap();
+        assert_eq!(
+            btf.member("outer", "a").unwrap(),
+            Member { offset: 0, size: 4 }
+        );
+        assert_eq!(
+            btf.member("outer", "b").unwrap(),
+            Member { offset: 4, size: 2 }
+        );
+        assert_eq!(
+            btf.member("outer", "d").unwrap(),
+            Member { offset: 8, size: 4 }
+        );
+        assert_eq!(
+            btf.member("outer", "in.x").unwrap(),
+            Member {
+                offset: 16,
+                size: 8
+            }
+        );
+        assert_eq!(
+            btf.member("outer", "in.y").unwrap(),
+            Member {
+                offset: 24,
+                size: 6
+            }
+        );
+    }
+
+    #[test]
+    fn reports_missing_structs_and_members() {
+        let btf = Btf::parse(&sample()).unwrap();
+        assert!(matches!(btf.member("nope", "a"), Err(BtfError::NoStruct(name)) if name == "nope"));
+        assert!(matches!(
+            btf.member("outer", "in.z"),
+            Err(BtfError::NoMember { member, .. }) if member == "in.z"
+        ));
+    }
+
+    #[test]
+    fn rejects_garbage() {
+        assert!(matches!(
+            Btf::parse(b"hello world, not btf"),
+            Err(BtfError::Malformed(_))
+        ));
+        let mut truncated = sample();
+        truncated.truncate(40);
+        assert!(Btf::parse(&truncated).is_err());
+    }
+
+    #[test]
+    fn reads_struct_sock_from_the_running_kernel() {
+        let path = Path::new("/sys/kernel/btf/vmlinux");
+        if !path.exists() {
+            return;
+        }
+        let btf = Btf::from_file(path).unwrap();
+        let family = btf.member("sock", "__sk_common.skc_family").unwrap();
+        assert_eq!(family.size, 2);
+        // sock_common sits at the start of struct sock on every kernel.
+        assert!(family.offset < 64, "skc_family at {}", family.offset);
+        assert_eq!(
+            btf.member("sock", "__sk_common.skc_v6_daddr").unwrap().size,
+            16
+        );
+        assert_eq!(btf.member("sock", "sk_protocol").unwrap().size, 2);
+    }
+}

@@ -1,0 +1,257 @@
+//! NDJSON events: one object per line, each with `type` and `schema_version`.
+//!
+//! Written by hand rather than through serde: the field set is fixed, keys need no escaping,
+//! and durations print as plain decimal seconds (`0.00007`, not `7e-5`).
+
+use std::fmt::Write as _;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+
+use crate::model::{ConnectionRecord, ExchangeRecord, state_name};
+
+/// Bumped on any incompatible change to the JSON events.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// Builds one JSON object on a line.
+pub struct Object<'a> {
+    out: &'a mut String,
+    empty: bool,
+}
+
+impl<'a> Object<'a> {
+    /// Starts an object of this `type`.
+    pub fn new(out: &'a mut String, kind: &str) -> Self {
+        out.push('{');
+        let mut object = Self { out, empty: true };
+        object.str("type", kind);
+        object.u64("schema_version", u64::from(SCHEMA_VERSION));
+        object
+    }
+
+    fn key(&mut self, key: &str) {
+        if !self.empty {
+            self.out.push(',');
+        }
+        self.empty = false;
+        self.out.push('"');
+        self.out.push_str(key);
+        self.out.push_str("\":");
+    }
+
+    pub fn str(&mut self, key: &str, value: &str) -> &mut Self {
+        self.key(key);
+        escape_into(self.out, value);
+        self
+    }
+
+    pub fn opt_str(&mut self, key: &str, value: Option<&str>) -> &mut Self {
+        match value {
+            Some(value) => self.str(key, value),
+            None => self.null(key),
+        }
+    }
+
+    pub fn display(&mut self, key: &str, value: impl std::fmt::Display) -> &mut Self {
+        self.key(key);
+        self.out.push('"');
+        let _ = write!(self.out, "{value}");
+        self.out.push('"');
+        self
+    }
+
+    pub fn u64(&mut self, key: &str, value: u64) -> &mut Self {
+        self.key(key);
+        let _ = write!(self.out, "{value}");
+        self
+    }
+
+    pub fn opt_u64(&mut self, key: &str, value: Option<u64>) -> &mut Self {
+        match value {
+            Some(value) => self.u64(key, value),
+            None => self.null(key),
+        }
+    }
+
+    pub fn bool(&mut self, key: &str, value: bool) -> &mut Self {
+        self.key(key);
+        self.out.push_str(if value { "true" } else { "false" });
+        self
+    }
+
+    pub fn null(&mut self, key: &str) -> &mut Self {
+        self.key(key);
+        self.out.push_str("null");
+        self
+    }
+
+    /// Nanoseconds as decimal seconds, trailing zeros trimmed.
+    pub fn secs(&mut self, key: &str, ns: Option<u64>) -> &mut Self {
+        let Some(ns) = ns else {
+            return self.null(key);
+        };
+        self.key(key);
+        let _ = write!(self.out, "{}", ns / 1_000_000_000);
+        let fraction = ns % 1_000_000_000;
+        if fraction != 0 {
+            let digits = format!("{fraction:09}");
+            self.out.push('.');
+            self.out.push_str(digits.trim_end_matches('0'));
+        }
+        self
+    }
+
+    pub fn time(&mut self, key: &str, at: DateTime<Utc>) -> &mut Self {
+        self.key(key);
+        self.out.push('"');
+        let _ = write!(
+            self.out,
+            "{}",
+            at.to_rfc3339_opts(SecondsFormat::Micros, true)
+        );
+        self.out.push('"');
+        self
+    }
+
+    /// Closes the object and the line.
+    pub fn end(self) {
+        self.out.push_str("}\n");
+    }
+}
+
+fn escape_into(out: &mut String, value: &str) {
+    out.push('"');
+    for c in value.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if c.is_control() => {
+                let _ = write!(out, "\\u{:04x}", u32::from(c));
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+/// Converts the kernel's monotonic nanoseconds to wall-clock time.
+pub trait WallClock {
+    fn wall(&self, monotonic_ns: u64) -> DateTime<Utc>;
+}
+
+/// A `connection` event.
+pub fn connection(out: &mut String, record: &ConnectionRecord, clock: &impl WallClock) {
+    let mut object = Object::new(out, "connection");
+    let end_ns = record.start_ns + record.lifetime_ns;
+    object
+        .u64("id", record.id)
+        .time("time", clock.wall(end_ns))
+        .time("start", clock.wall(record.start_ns))
+        .str("role", record.role.as_str())
+        .bool("partial", record.partial.is_some())
+        .opt_str(
+            "partial_reason",
+            record.partial.map(|reason| reason.as_str()),
+        )
+        .display("local_ip", record.addrs.local.ip())
+        .u64("local_port", u64::from(record.addrs.local.port()))
+        .display("remote_ip", record.addrs.remote.ip())
+        .u64("remote_port", u64::from(record.addrs.remote.port()))
+        .opt_u64("pid", record.process.as_ref().map(|p| u64::from(p.pid)))
+        .opt_str("comm", record.process.as_ref().map(|p| p.comm.as_str()))
+        .secs("connect_s", record.connect_ns)
+        .opt_str(
+            "connect_failure",
+            record.connect_failure.map(|f| f.as_str()),
+        )
+        .secs("lifetime_s", Some(record.lifetime_ns))
+        .u64("exchanges", u64::from(record.exchanges))
+        .u64("bytes_sent", record.bytes_sent)
+        .u64("bytes_received", record.bytes_received)
+        .u64("retransmits", u64::from(record.retransmits));
+    let close = record.close.as_ref();
+    object
+        .bool("open", close.is_none())
+        .opt_str("close_originator", close.map(|c| c.originator.as_str()))
+        .opt_str(
+            "closed_by",
+            close.and_then(|c| c.closed_by).map(|s| s.as_str()),
+        )
+        .opt_str("close_kind", close.map(|c| c.kind.as_str()))
+        .opt_str("rst", close.and_then(|c| c.rst).map(|s| s.as_str()))
+        .opt_str("final_state", close.map(|c| state_name(c.final_state)))
+        .secs("teardown_s", close.and_then(|c| c.teardown_ns))
+        .secs("close_wait_s", close.and_then(|c| c.close_wait_ns))
+        .bool(
+            "close_wait_unclosed",
+            close.is_some_and(|c| c.close_wait_unclosed),
+        )
+        .opt_str(
+            "error",
+            close.and_then(|c| crate::model::errno_name(c.errno)),
+        );
+    object.end();
+}
+
+/// An `exchange` event.
+pub fn exchange(out: &mut String, record: &ExchangeRecord, clock: &impl WallClock) {
+    let (client, server) = record.addrs.client_server(record.role);
+    let mut object = Object::new(out, "exchange");
+    object
+        .u64("conn_id", record.conn_id)
+        .time("time", clock.wall(record.start_ns))
+        .str("role", record.role.as_str())
+        .display("client_ip", client.ip())
+        .u64("client_port", u64::from(client.port()))
+        .display("server_ip", server.ip())
+        .u64("server_port", u64::from(server.port()))
+        .opt_u64("pid", record.process.as_ref().map(|p| u64::from(p.pid)))
+        .opt_str("comm", record.process.as_ref().map(|p| p.comm.as_str()))
+        .u64("seq", u64::from(record.seq))
+        .str("class", record.class.as_str())
+        .secs("connect_s", record.connect_ns)
+        .secs("idle_before_s", record.idle_before_ns)
+        .secs("request_s", record.request_ns)
+        .secs("response_begin_s", record.response_begin_ns)
+        .secs("response_end_s", record.response_end_ns)
+        .secs("response_s", record.response_ns)
+        .secs("idle_after_s", record.idle_after_ns)
+        .secs("session_s", Some(record.session_ns))
+        .u64("request_bytes", record.request_bytes)
+        .u64("response_bytes", record.response_bytes)
+        .opt_str(
+            "close_originator",
+            record.close_originator.map(|o| o.as_str()),
+        );
+    object.end();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn objects_are_valid_json_with_plain_decimals() {
+        let mut out = String::new();
+        let mut object = Object::new(&mut out, "test");
+        object
+            .secs("a", Some(70_000))
+            .secs("b", Some(1_500_000_000))
+            .secs("c", Some(0))
+            .secs("d", None)
+            .str("e", "quote\" back\\ nl\n ctl\u{1}")
+            .bool("f", true);
+        object.end();
+        assert!(out.ends_with("}\n"));
+        assert!(
+            out.contains("\"a\":0.00007,\"b\":1.5,\"c\":0,\"d\":null"),
+            "{out}"
+        );
+        let value: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(value["type"], "test");
+        assert_eq!(value["schema_version"], SCHEMA_VERSION);
+        assert_eq!(value["e"], "quote\" back\\ nl\n ctl\u{1}");
+    }
+}

@@ -1,0 +1,124 @@
+//! The ring buffer reader: kernel records to typed events, with loss accounting.
+//!
+//! The kernel submits events without waking the reader unless a quarter of the ring is full,
+//! so the reader drains on a short timer as well as on readiness. Draining is a tight,
+//! allocation-free loop over the mapped ring.
+
+use aya::maps::{MapData, PerCpuArray, RingBuf};
+use tcpobs_common::{names, stat};
+use tokio::io::{Interest, unix::AsyncFd};
+use tracing::warn;
+
+use crate::{
+    decode::{KIND_NAMES, KernelEvent},
+    loader::LoadError,
+};
+
+/// What the kernel side had to drop (summed over CPUs).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelStats {
+    /// Events dropped because the ring buffer was full.
+    pub ringbuf_full: u64,
+    /// Sockets not traced because the socket table insert failed.
+    pub table_insert_failed: u64,
+    /// Sockets adopted mid-life (already open, or evicted and seen again).
+    pub adopted: u64,
+}
+
+/// Events received, per kind, and records that could not be decoded.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReaderStats {
+    /// Indexed like [`KIND_NAMES`].
+    pub events: [u64; KIND_NAMES.len()],
+    pub undecodable: u64,
+}
+
+impl ReaderStats {
+    pub fn total(&self) -> u64 {
+        self.events.iter().sum()
+    }
+}
+
+pub struct Reader {
+    ring: AsyncFd<RingBuf<MapData>>,
+    stats_map: PerCpuArray<MapData, u64>,
+    stats: ReaderStats,
+}
+
+impl Reader {
+    /// Takes the ring buffer and the stats map out of the loaded object, so that they outlive
+    /// the programs (the last events are drained after detaching).
+    pub fn new(ebpf: &mut aya::Ebpf) -> Result<Self, LoadError> {
+        let map_error = |map, reason: String| LoadError::Map { map, reason };
+        let ring = ebpf
+            .take_map(names::EVENTS_MAP)
+            .ok_or_else(|| map_error(names::EVENTS_MAP, "missing".into()))?;
+        let ring =
+            RingBuf::try_from(ring).map_err(|err| map_error(names::EVENTS_MAP, err.to_string()))?;
+        // SAFETY: the ring buffer owns its map fd, which stays open, and is the fd `as_raw_fd`
+        // returns, for as long as the `RingBuf` (and so the `AsyncFd`) lives.
+        let ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
+            .map_err(|err| map_error(names::EVENTS_MAP, err.to_string()))?;
+        let stats_map = ebpf
+            .take_map(names::STATS_MAP)
+            .ok_or_else(|| map_error(names::STATS_MAP, "missing".into()))?;
+        let stats_map = PerCpuArray::try_from(stats_map)
+            .map_err(|err| map_error(names::STATS_MAP, err.to_string()))?;
+        Ok(Self {
+            ring,
+            stats_map,
+            stats: ReaderStats::default(),
+        })
+    }
+
+    /// Waits until the kernel signals pending data (it only does so when the ring fills up;
+    /// callers also drain on a timer).
+    pub async fn readable(&self) -> std::io::Result<()> {
+        let mut guard = self.ring.readable().await?;
+        guard.clear_ready();
+        Ok(())
+    }
+
+    /// Decodes every pending event and hands it to `handle`. Returns how many were read.
+    pub fn drain(&mut self, mut handle: impl FnMut(&KernelEvent)) -> usize {
+        let mut read = 0;
+        let ring = self.ring.get_mut();
+        while let Some(item) = ring.next() {
+            read += 1;
+            match KernelEvent::try_from(&*item) {
+                Ok(event) => {
+                    self.stats.events[event.kind_index()] += 1;
+                    handle(&event);
+                }
+                Err(err) => {
+                    self.stats.undecodable += 1;
+                    if self.stats.undecodable == 1 {
+                        warn!(
+                            "undecodable ring buffer record ({err}); further ones are only counted"
+                        );
+                    }
+                }
+            }
+        }
+        read
+    }
+
+    pub fn stats(&self) -> ReaderStats {
+        self.stats
+    }
+
+    /// The kernel's drop counters, summed over CPUs.
+    pub fn kernel_stats(&self) -> KernelStats {
+        let sum = |index: u32| {
+            self.stats_map
+                .get(&index, 0)
+                .map(|values| values.iter().sum())
+                .unwrap_or(0)
+        };
+        KernelStats {
+            ringbuf_full: sum(stat::RINGBUF_FULL),
+            table_insert_failed: sum(stat::TABLE_INSERT_FAILED),
+            adopted: sum(stat::ADOPTED),
+        }
+    }
+}

@@ -1,0 +1,199 @@
+//! Exchanges: pairing request and response bursts into justniffer's per-exchange timings.
+//!
+//! The kernel sends a burst when the direction flips, so bursts alternate: request, response,
+//! request, ... (requests are what a client sends and what a server receives). An exchange is
+//! complete when its response burst arrives, but its class (`start`/`continue` versus
+//! `last`/`unique`) and its `idle_after` are only known when the next request starts or the
+//! connection closes. So each connection holds at most one exchange in progress, and an
+//! exchange is emitted one step late. A connection whose role is unknown yields no exchanges.
+
+use tcpobs_common::{Burst, direction};
+
+use super::Conn;
+use crate::model::{CloseOriginator, ExchangeClass, ExchangeRecord, Record, Role};
+
+/// One direction of an exchange: first byte, last byte, size.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Span {
+    first_ns: u64,
+    last_ns: u64,
+    bytes: u64,
+}
+
+impl Span {
+    fn extend(&mut self, other: Span) {
+        self.last_ns = self.last_ns.max(other.last_ns);
+        self.bytes += other.bytes;
+    }
+}
+
+/// The exchange in progress: a request and maybe its response (or a response alone, for
+/// protocols where the server speaks first).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(super) struct Pending {
+    request: Option<Span>,
+    response: Option<Span>,
+}
+
+impl Pending {
+    fn opened_by(is_request: bool, span: Span) -> Self {
+        if is_request {
+            Self {
+                request: Some(span),
+                response: None,
+            }
+        } else {
+            Self {
+                request: None,
+                response: Some(span),
+            }
+        }
+    }
+
+    fn first_ns(&self) -> u64 {
+        self.request
+            .or(self.response)
+            .map_or(0, |span| span.first_ns)
+    }
+
+    fn last_ns(&self) -> u64 {
+        self.response
+            .or(self.request)
+            .map_or(0, |span| span.last_ns)
+    }
+}
+
+/// How an exchange ended: the next request started, or the connection closed/was flushed.
+pub(super) enum ExchangeEnd {
+    /// A new request began at this time: the exchange was not the last.
+    NextRequest(u64),
+    /// The connection closed: `idle_end` is the first FIN/RST, `session_end` the close.
+    Closed {
+        idle_end: Option<u64>,
+        session_end: u64,
+        originator: CloseOriginator,
+    },
+    /// tcpobs is stopping with the connection still open.
+    Flushed { now: u64 },
+}
+
+impl Conn {
+    fn is_request(&self, dir: u8) -> Option<bool> {
+        match self.role {
+            Role::Client => Some(dir == direction::OUT),
+            Role::Server => Some(dir == direction::IN),
+            Role::Unknown => None,
+        }
+    }
+
+    /// Applies one burst; may complete the previous exchange.
+    pub(super) fn on_burst(&mut self, burst: &Burst, out: &mut Vec<Record>) {
+        let Some(is_request) = self.is_request(burst.dir) else {
+            return;
+        };
+        let span = Span {
+            first_ns: burst.first_ns,
+            last_ns: burst.last_ns,
+            bytes: burst.bytes,
+        };
+        match &mut self.pending {
+            None => self.pending = Some(Pending::opened_by(is_request, span)),
+            // A request after a complete exchange: the previous one was not the last.
+            Some(pending) if is_request && pending.response.is_some() => {
+                self.finish_exchange(ExchangeEnd::NextRequest(span.first_ns), out);
+                self.pending = Some(Pending::opened_by(true, span));
+            }
+            // Two bursts in the same direction can only follow a lost event: merge them.
+            Some(Pending {
+                request: Some(request),
+                ..
+            }) if is_request => request.extend(span),
+            Some(Pending {
+                response: Some(response),
+                ..
+            }) if !is_request => response.extend(span),
+            Some(pending) if is_request => pending.request = Some(span),
+            Some(pending) => pending.response = Some(span),
+        }
+    }
+
+    /// Emits the exchange in progress, if any, classified by how it ended.
+    pub(super) fn finish_exchange(&mut self, end: ExchangeEnd, out: &mut Vec<Record>) {
+        let Some(pending) = self.pending.take() else {
+            return;
+        };
+        self.exchanges += 1;
+        let seq = self.exchanges;
+        let (class, idle_end, session_end, close_originator) = match end {
+            ExchangeEnd::NextRequest(next) => (
+                if seq == 1 {
+                    ExchangeClass::Start
+                } else {
+                    ExchangeClass::Continue
+                },
+                Some(next),
+                pending.last_ns(),
+                None,
+            ),
+            ExchangeEnd::Closed {
+                idle_end,
+                session_end,
+                originator,
+            } => (
+                if seq == 1 {
+                    ExchangeClass::Unique
+                } else {
+                    ExchangeClass::Last
+                },
+                idle_end,
+                session_end,
+                Some(originator),
+            ),
+            // Still open: as far as anyone knows, more exchanges follow.
+            ExchangeEnd::Flushed { now } => (
+                if seq == 1 {
+                    ExchangeClass::Start
+                } else {
+                    ExchangeClass::Continue
+                },
+                None,
+                now,
+                None,
+            ),
+        };
+        let first_exchange = seq == 1 && self.partial.is_none();
+        let established = self.established_ns.filter(|_| first_exchange);
+        let response_begin_ns = pending
+            .request
+            .zip(pending.response)
+            .map(|(request, response)| response.first_ns.saturating_sub(request.last_ns));
+        let response_end_ns = pending
+            .response
+            .map(|response| response.last_ns - response.first_ns);
+        out.push(Record::Exchange(ExchangeRecord {
+            conn_id: self.id,
+            role: self.role,
+            addrs: self.addrs,
+            process: self.process.clone(),
+            seq,
+            class,
+            start_ns: pending.first_ns(),
+            connect_ns: established.map(|established| established - self.start_ns),
+            idle_before_ns: established
+                .map(|established| pending.first_ns().saturating_sub(established)),
+            request_ns: pending
+                .request
+                .map(|request| request.last_ns - request.first_ns),
+            response_begin_ns,
+            response_end_ns,
+            response_ns: response_begin_ns
+                .zip(response_end_ns)
+                .map(|(begin, end)| begin + end),
+            idle_after_ns: idle_end.map(|end| end.saturating_sub(pending.last_ns())),
+            session_ns: session_end.saturating_sub(self.start_ns),
+            request_bytes: pending.request.map_or(0, |span| span.bytes),
+            response_bytes: pending.response.map_or(0, |span| span.bytes),
+            close_originator,
+        }));
+    }
+}
