@@ -1,1 +1,271 @@
-//! placeholder
+//! Test harness: runs the real tracer (real kernel programs) in a background thread and
+//! collects its records, filtered in the kernel to the test's own ports, so other traffic on
+//! the machine never shows up.
+//!
+//! Tests share the kernel's tracepoints; a global lock runs them one at a time.
+
+pub mod nginx;
+
+use std::{
+    io::{self, Read, Write},
+    net::{SocketAddr, TcpListener, TcpStream},
+    os::fd::AsRawFd,
+    path::PathBuf,
+    sync::{Arc, Mutex, MutexGuard, mpsc},
+    thread,
+    time::{Duration, Instant},
+};
+
+use tcpobs::{
+    daemon::{Stats, Tracer},
+    loader::{Attached, LoadOptions, TracepointMode},
+    model::{ConnectionRecord, ExchangeRecord, Record},
+    output::Sink,
+};
+
+/// How long to wait for records to show up before failing. Generous: the machine is shared
+/// and may be loaded; passing tests never wait this long.
+pub const PATIENCE: Duration = Duration::from_secs(20);
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> MutexGuard<'static, ()> {
+    SERIAL
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The tcpobs binary built for these tests.
+pub fn tcpobs_binary() -> PathBuf {
+    let target = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug/tcpobs");
+    assert!(
+        target.exists(),
+        "{} missing: build it with `cargo build -p tcpobs` (cargo xtask test does)",
+        target.display()
+    );
+    target
+}
+
+/// Load options for the test's ports, with the defaults the daemon uses.
+pub fn options(ports: &[u16]) -> LoadOptions {
+    LoadOptions {
+        btf_path: "/sys/kernel/btf/vmlinux".into(),
+        tracepoints: TracepointMode::Auto,
+        max_sockets: 4096,
+        ringbuf_bytes: 1 << 20,
+        ports: ports.to_vec(),
+    }
+}
+
+struct SharedSink(Arc<Mutex<Vec<Record>>>);
+
+impl Sink for SharedSink {
+    fn write(&mut self, record: &Record) -> io::Result<()> {
+        self.0.lock().unwrap().push(record.clone());
+        Ok(())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A running tracer and what it has produced so far.
+pub struct Capture {
+    records: Arc<Mutex<Vec<Record>>>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<thread::JoinHandle<Stats>>,
+    attached: Vec<Attached>,
+    _serial: MutexGuard<'static, ()>,
+}
+
+impl Capture {
+    /// Starts tracing connections on `ports` (local or remote).
+    pub fn start(ports: &[u16]) -> Self {
+        Self::start_with(options(ports))
+    }
+
+    pub fn start_with(options: LoadOptions) -> Self {
+        let serial = serial();
+        let records = Arc::new(Mutex::new(Vec::new()));
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let (ready, started) = mpsc::channel();
+        let shared = Arc::clone(&records);
+        let thread = thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async move {
+                let mut tracer = match Tracer::start(&options) {
+                    Ok(tracer) => tracer,
+                    Err(err) => {
+                        ready.send(Err(err.to_string())).unwrap();
+                        return Stats::default();
+                    }
+                };
+                ready.send(Ok(tracer.attached().to_vec())).unwrap();
+                let mut sink = SharedSink(shared);
+                tracer
+                    .run(&mut sink, Duration::from_millis(5), async {
+                        let _ = stopped.await;
+                    })
+                    .await
+                    .unwrap();
+                tracer.stop(&mut sink).unwrap()
+            })
+        });
+        let attached = match started.recv().unwrap() {
+            Ok(attached) => attached,
+            Err(err) => panic!("tcpobs failed to start: {err}"),
+        };
+        Self {
+            records,
+            stop: Some(stop),
+            thread: Some(thread),
+            attached,
+            _serial: serial,
+        }
+    }
+
+    pub fn attached(&self) -> &[Attached] {
+        &self.attached
+    }
+
+    pub fn records(&self) -> Vec<Record> {
+        self.records.lock().unwrap().clone()
+    }
+
+    /// Polls until `check` finds what it wants in the records; panics after [`PATIENCE`]
+    /// with everything recorded so far.
+    pub fn wait_for<T>(&self, what: &str, check: impl Fn(&[Record]) -> Option<T>) -> T {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if let Some(found) = check(&self.records.lock().unwrap()) {
+                return found;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "timed out waiting for {what}; records: {:#?}",
+                    self.records()
+                );
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits for `n` closed connections (connection records with a close) and returns all
+    /// connection records.
+    pub fn wait_connections(&self, n: usize) -> Vec<ConnectionRecord> {
+        self.wait_for(&format!("{n} closed connections"), |records| {
+            let closed: Vec<_> = connections(records)
+                .into_iter()
+                .filter(|connection| connection.close.is_some())
+                .collect();
+            (closed.len() >= n).then_some(closed)
+        })
+    }
+
+    /// Stops the tracer (detach, drain, flush open connections) and returns everything.
+    pub fn stop(mut self) -> (Vec<Record>, Stats) {
+        self.stop.take().unwrap().send(()).unwrap();
+        let stats = self.thread.take().unwrap().join().unwrap();
+        (self.records(), stats)
+    }
+}
+
+impl Drop for Capture {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+pub fn connections(records: &[Record]) -> Vec<ConnectionRecord> {
+    records
+        .iter()
+        .filter_map(|record| match record {
+            Record::Connection(connection) => Some(connection.clone()),
+            Record::Exchange(_) => None,
+        })
+        .collect()
+}
+
+pub fn exchanges(records: &[Record]) -> Vec<ExchangeRecord> {
+    records
+        .iter()
+        .filter_map(|record| match record {
+            Record::Exchange(exchange) => Some(exchange.clone()),
+            Record::Connection(_) => None,
+        })
+        .collect()
+}
+
+/// The exchanges of one connection, in order.
+pub fn exchanges_of(records: &[Record], conn_id: u64) -> Vec<ExchangeRecord> {
+    let mut found: Vec<_> = exchanges(records)
+        .into_iter()
+        .filter(|exchange| exchange.conn_id == conn_id)
+        .collect();
+    found.sort_by_key(|exchange| exchange.seq);
+    found
+}
+
+/// A listener on a free loopback port (`"127.0.0.1:0"` or `"[::1]:0"`).
+pub fn listen(addr: &str) -> (TcpListener, SocketAddr) {
+    let listener = TcpListener::bind(addr).unwrap();
+    let addr = listener.local_addr().unwrap();
+    (listener, addr)
+}
+
+/// A loopback port nothing listens on (bound, then released).
+pub fn closed_port() -> u16 {
+    let (listener, addr) = listen("127.0.0.1:0");
+    drop(listener);
+    addr.port()
+}
+
+/// SO_LINGER with a zero timeout: `close()` then sends a reset instead of FIN.
+pub fn set_linger_zero(stream: &TcpStream) {
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: valid fd, valid pointer and length for SO_LINGER.
+    let rc = unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&raw const linger).cast(),
+            size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(
+        rc,
+        0,
+        "setsockopt(SO_LINGER): {}",
+        io::Error::last_os_error()
+    );
+}
+
+/// Reads exactly `n` bytes.
+pub fn read_n(stream: &mut TcpStream, n: usize) -> Vec<u8> {
+    let mut buf = vec![0; n];
+    stream.read_exact(&mut buf).unwrap();
+    buf
+}
+
+/// Writes all of `data`.
+pub fn write_all(stream: &mut TcpStream, data: &[u8]) {
+    stream.write_all(data).unwrap();
+}
+
+/// Seconds, for assertion messages.
+pub fn secs(ns: u64) -> f64 {
+    ns as f64 / 1e9
+}

@@ -1,1 +1,160 @@
-fn main() {}
+//! Developer and CI tasks: `cargo xtask <setup|run|test>`.
+//!
+//! Every task first makes sure the machine has what tcpobs needs (see [`setup`]): on a
+//! brand-new Debian 12 machine, as root, `cargo xtask run` and `cargo xtask test` install
+//! everything and then build; on a machine that has it all, the checks take well under a
+//! second and cargo's incremental build does the rest.
+
+mod setup;
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, ExitCode},
+};
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "cargo xtask", about = "tcpobs developer and CI tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Debug, Subcommand)]
+enum Task {
+    /// Install missing prerequisites: Debian packages (LLVM 22, nginx, curl), the nightly
+    /// rust-src component, bpf-linker.
+    Setup,
+    /// Build tcpobs (release) and run it with sensible defaults; arguments after `--` go to
+    /// tcpobs, e.g. `cargo xtask run -- --events exchanges --port 80`.
+    Run {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Run the whole test suite: formatting and lints, unit tests, and the integration tests
+    /// that load the real programs and drive real traffic (needs root).
+    Test {
+        /// Extra arguments for the integration test binaries, e.g. a test name filter.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse().task) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("xtask: error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(task: Task) -> Result<()> {
+    let root = workspace_root();
+    match task {
+        Task::Setup => setup::ensure(setup::Needs::Test),
+        Task::Run { args } => {
+            setup::ensure(setup::Needs::Run)?;
+            cargo(&root, &["build", "--release", "--package", "tcpobs"])?;
+            let binary = root.join("target/release/tcpobs");
+            let status = Command::new(&binary)
+                .args(&args)
+                .status()
+                .with_context(|| format!("running {}", binary.display()))?;
+            match status.code() {
+                Some(0) => Ok(()),
+                _ => bail!("tcpobs exited with {status}"),
+            }
+        }
+        Task::Test { args } => {
+            setup::ensure(setup::Needs::Test)?;
+            test(&root, &args)
+        }
+    }
+}
+
+fn test(root: &Path, args: &[String]) -> Result<()> {
+    if !setup::is_root() {
+        bail!("the integration tests load eBPF programs: run `cargo xtask test` as root");
+    }
+    cargo_toolchain(root, "nightly", &["fmt", "--all", "--", "--check"])
+        .context("formatting differs: run `cargo +nightly fmt --all`")?;
+    cargo(root, &["clippy", "--all-targets", "--", "-D", "warnings"])?;
+    cargo_toolchain(
+        root,
+        "nightly",
+        &[
+            "clippy",
+            "--package",
+            "tcpobs-ebpf",
+            "--bins",
+            "--release",
+            "--target",
+            "bpfel-unknown-none",
+            "-Z",
+            "build-std=core",
+            "--",
+            "-D",
+            "warnings",
+        ],
+    )?;
+    cargo(
+        root,
+        &["test", "--package", "tcpobs-common", "--features", "user"],
+    )?;
+    cargo(root, &["test", "--package", "tcpobs", "--package", "xtask"])?;
+    // The CLI tests run the binary itself.
+    cargo(root, &["build", "--package", "tcpobs"])?;
+    // The integration tests share the kernel's tracepoints: one at a time.
+    let mut integration = vec![
+        "test",
+        "--package",
+        "tcpobs-tests",
+        "--",
+        "--test-threads=1",
+    ];
+    integration.extend(args.iter().map(String::as_str));
+    cargo(root, &integration)
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
+}
+
+fn cargo(root: &Path, args: &[&str]) -> Result<()> {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut command = Command::new(cargo);
+    command.current_dir(root).args(args);
+    run_command(command)
+}
+
+/// Runs cargo through rustup with a given toolchain (for nightly-only steps).
+fn cargo_toolchain(root: &Path, toolchain: &str, args: &[&str]) -> Result<()> {
+    let mut command = Command::new("rustup");
+    command
+        .current_dir(root)
+        .args(["run", toolchain, "cargo"])
+        .args(args)
+        // The outer `cargo xtask` sets these for the stable toolchain.
+        .env_remove("RUSTC")
+        .env_remove("CARGO")
+        .env_remove("RUSTUP_TOOLCHAIN");
+    run_command(command)
+}
+
+fn run_command(mut command: Command) -> Result<()> {
+    let shown = format!("{command:?}");
+    let status = command
+        .status()
+        .with_context(|| format!("cannot run {shown}"))?;
+    if !status.success() {
+        bail!("{shown} failed: {status}");
+    }
+    Ok(())
+}

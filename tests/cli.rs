@@ -1,0 +1,324 @@
+//! The `tcpobs` binary: flags, exit codes, privilege and kernel-feature errors, the signal
+//! path (detach, flush open connections, exit 0), and both output formats from real runs.
+
+use std::{
+    fs,
+    io::{BufRead, BufReader, Read},
+    net::TcpStream,
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    sync::mpsc,
+    thread,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+use tcpobs_tests::{
+    PATIENCE, closed_port, listen,
+    nginx::{Nginx, curl},
+    read_n, tcpobs_binary, write_all,
+};
+
+fn tcpobs(args: &[&str]) -> std::process::Output {
+    Command::new(tcpobs_binary()).args(args).output().unwrap()
+}
+
+#[test]
+fn help_explains_every_setting() {
+    let output = tcpobs(&["--help"]);
+    assert!(output.status.success());
+    let help = String::from_utf8(output.stdout).unwrap();
+    for flag in [
+        "--format",
+        "--log-format",
+        "--output",
+        "--events",
+        "--port",
+        "--tracepoints",
+        "--max-sockets",
+        "--ringbuf-bytes",
+        "--drain-interval",
+        "--log-level",
+    ] {
+        assert!(
+            help.contains(flag),
+            "--help does not mention {flag}:\n{help}"
+        );
+    }
+}
+
+#[test]
+fn invalid_settings_exit_2_and_name_the_setting() {
+    for (args, needle) in [
+        (&["--format", "xml"][..], "--format"),
+        (
+            &[
+                "--format",
+                "justniffer",
+                "-l",
+                "%dest.port %request.header.host",
+            ],
+            "%request.header.host",
+        ),
+        (&["--port", "http"], "--port"),
+        (&["--ringbuf-bytes", "1000"], "--ringbuf-bytes"),
+        (&["--output", "/nonexistent/dir/out.json"], "--output"),
+    ] {
+        let output = tcpobs(args);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(needle), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+}
+
+#[test]
+fn unprivileged_user_gets_one_line_and_exit_1() {
+    let output = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+        ])
+        .arg(tcpobs_binary())
+        .output()
+        .expect("setpriv (util-linux)");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
+    assert!(
+        stderr.contains("root") && stderr.contains("CAP_BPF"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn missing_btf_names_the_kernel_feature() {
+    let output = tcpobs(&["--btf", "/nonexistent/vmlinux"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("CONFIG_DEBUG_INFO_BTF"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+/// A running daemon; its stderr is watched for the start-up line.
+struct Daemon {
+    child: Child,
+    output: PathBuf,
+}
+
+impl Daemon {
+    fn start(args: &[&str], name: &str) -> Self {
+        let output = std::env::temp_dir().join(format!("tcpobs-{name}-{}.out", std::process::id()));
+        let _ = fs::remove_file(&output);
+        let mut child = Command::new(tcpobs_binary())
+            .args(args)
+            .arg("--output")
+            .arg(&output)
+            .args(["--drain-interval", "5ms"])
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (ready, started) = mpsc::channel();
+        thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("tcpobs: {line}");
+                if line.contains("tracing TCP connections") {
+                    let _ = ready.send(());
+                }
+            }
+        });
+        started
+            .recv_timeout(PATIENCE)
+            .expect("tcpobs did not report that it is tracing");
+        Self { child, output }
+    }
+
+    fn lines(&self) -> Vec<String> {
+        fs::read_to_string(&self.output)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+
+    fn wait_lines(&self, what: &str, check: impl Fn(&[String]) -> bool) -> Vec<String> {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let lines = self.lines();
+            if check(&lines) {
+                return lines;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}: {lines:#?}"
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGTERM, then the exit code and the output.
+    fn terminate(mut self) -> (Option<i32>, Vec<String>) {
+        // SAFETY: kill with a valid pid and signal.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let status = self.child.wait().unwrap();
+        let lines = self.lines();
+        let _ = fs::remove_file(&self.output);
+        (status.code(), lines)
+    }
+}
+
+fn json(line: &str) -> Value {
+    serde_json::from_str(line).unwrap_or_else(|err| panic!("not JSON ({err}): {line}"))
+}
+
+#[test]
+fn sigterm_flushes_open_connections_and_exits_0() {
+    let (listener, addr) = listen("127.0.0.1:0");
+    let port = addr.port().to_string();
+    let daemon = Daemon::start(&["--port", &port, "--events", "exchanges"], "sigterm");
+    // One connection that closes, one left open.
+    {
+        let mut client = TcpStream::connect(addr).unwrap();
+        let (mut server, _) = listener.accept().unwrap();
+        write_all(&mut client, b"GET");
+        assert_eq!(read_n(&mut server, 3), b"GET");
+        write_all(&mut server, b"OK");
+        assert_eq!(read_n(&mut client, 2), b"OK");
+        // The client closes first.
+        drop(client);
+        let mut rest = Vec::new();
+        server.read_to_end(&mut rest).unwrap();
+    }
+    let mut open_client = TcpStream::connect(addr).unwrap();
+    let (mut open_server, _) = listener.accept().unwrap();
+    write_all(&mut open_client, b"x");
+    assert_eq!(read_n(&mut open_server, 1), b"x");
+    daemon.wait_lines("two connection events", |lines| {
+        lines
+            .iter()
+            .filter(|l| l.contains("\"type\":\"connection\""))
+            .count()
+            >= 2
+    });
+    let (code, lines) = daemon.terminate();
+    assert_eq!(code, Some(0), "{lines:#?}");
+    let events: Vec<Value> = lines.iter().map(|line| json(line)).collect();
+    for event in &events {
+        assert_eq!(event["schema_version"], 1, "{event}");
+        assert!(event["type"].is_string(), "{event}");
+    }
+    let closed: Vec<_> = events
+        .iter()
+        .filter(|e| e["type"] == "connection" && e["open"] == false)
+        .collect();
+    assert_eq!(closed.len(), 2, "{events:#?}");
+    for event in &closed {
+        assert_eq!(event["close_originator"], "client", "{event}");
+        assert_eq!(event["close_kind"], "fin");
+        assert_eq!(event["exchanges"], 1);
+    }
+    let open: Vec<_> = events
+        .iter()
+        .filter(|e| e["type"] == "connection" && e["open"] == true)
+        .collect();
+    assert_eq!(
+        open.len(),
+        2,
+        "the open connection, from both ends: {events:#?}"
+    );
+    for event in &open {
+        assert_eq!(event["partial"], true);
+        assert_eq!(event["partial_reason"], "shutdown");
+        assert!(event["close_originator"].is_null());
+    }
+    let exchanges = events.iter().filter(|e| e["type"] == "exchange").count();
+    assert_eq!(exchanges, 2, "{events:#?}");
+    let stats = events.last().unwrap();
+    assert_eq!(stats["type"], "stats");
+    assert_eq!(stats["events_lost"], 0);
+    assert_eq!(stats["unmatched_events"], 0);
+    drop((open_client, open_server));
+}
+
+#[test]
+fn justniffer_lines_from_nginx_and_curl() {
+    let nginx = Nginx::start(closed_port(), "75s");
+    let port = nginx.port.to_string();
+    let format = "%request.timestamp %source.ip %dest.port c=%connection.time i=%idle.time.0 \
+                  req=%request.time resp=%response.time i2=%idle.time.1 s=%session.time \
+                  n=%session.requests %connection %close.originator";
+    let daemon = Daemon::start(
+        &["--port", &port, "--format", "justniffer", "-l", format],
+        "jn",
+    );
+    let url = nginx.url("/");
+    curl(&[&url, &url, &url]);
+    let lines = daemon.wait_lines("six exchange lines", |lines| lines.len() >= 6);
+    let (code, after) = daemon.terminate();
+    assert_eq!(code, Some(0));
+    assert_eq!(
+        after.len(),
+        6,
+        "no stats line in justniffer format: {after:#?}"
+    );
+    for line in &lines {
+        eprintln!("{line}");
+        let fields: Vec<&str> = line.split(' ').collect();
+        assert_eq!(fields.len(), 13, "{line}");
+        assert_eq!(fields[0].len(), 10, "date: {line}");
+        assert_eq!(fields[1].len(), 15, "time with microseconds: {line}");
+        assert_eq!(fields[2], "127.0.0.1");
+        assert_eq!(fields[3], port);
+        let seq: u32 = fields[10].trim_start_matches("n=").parse().unwrap();
+        let class = fields[11];
+        let expected = match seq {
+            1 => "start",
+            2 => "continue",
+            _ => "last",
+        };
+        assert_eq!(class, expected, "{line}");
+        if seq == 1 {
+            assert!(
+                fields[4].starts_with("c=0.") && fields[5].starts_with("i=0."),
+                "{line}"
+            );
+        } else {
+            assert_eq!((fields[4], fields[5]), ("c=-", "i=-"), "{line}");
+        }
+        for field in &fields[6..10] {
+            let value = field.split('=').nth(1).unwrap();
+            let seconds: f64 = value
+                .parse()
+                .unwrap_or_else(|_| panic!("{field} in {line}"));
+            assert!(value.len() >= 8 && seconds < 10.0, "{field} in {line}");
+        }
+        assert!(
+            line.ends_with(if seq == 3 { "last client" } else { " -" }),
+            "{line}"
+        );
+    }
+}
+
+#[test]
+fn refused_connections_are_reported() {
+    let port = closed_port();
+    let daemon = Daemon::start(&["--port", &port.to_string()], "refused");
+    let mut buf = [0u8; 1];
+    assert!(
+        TcpStream::connect(("127.0.0.1", port))
+            .and_then(|mut s| s.read(&mut buf))
+            .is_err()
+    );
+    let lines = daemon.wait_lines("a connection event", |lines| !lines.is_empty());
+    let (code, _) = daemon.terminate();
+    assert_eq!(code, Some(0));
+    let event = json(&lines[0]);
+    assert_eq!(event["type"], "connection");
+    assert_eq!(event["connect_failure"], "refused");
+    assert_eq!(event["error"], "ECONNREFUSED");
+    assert_eq!(event["remote_port"], port);
+    assert!(event["connect_s"].is_null());
+}

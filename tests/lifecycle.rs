@@ -1,0 +1,462 @@
+//! The real programs against real loopback sockets (Rust client and server, IPv4 and IPv6):
+//! who closes, resets, refused connects, exchanges with known pauses, connections already
+//! open, and the classic tracepoint strategy giving the same answers as tp_btf.
+
+use std::{
+    io::Read,
+    net::{TcpListener, TcpStream},
+    thread,
+    time::Duration,
+};
+
+use tcpobs::{
+    loader::{Strategy, TracepointMode},
+    model::{
+        CloseKind, CloseOriginator, ConnectFailure, ConnectionRecord, ExchangeClass, PartialReason,
+        Role, Side,
+    },
+};
+use tcpobs_tests::{
+    Capture, closed_port, connections, exchanges_of, listen, options, read_n, secs,
+    set_linger_zero, write_all,
+};
+
+const MS: u64 = 1_000_000;
+
+fn by_role(connections: &[ConnectionRecord], role: Role) -> ConnectionRecord {
+    let found: Vec<_> = connections.iter().filter(|c| c.role == role).collect();
+    assert_eq!(
+        found.len(),
+        1,
+        "one {role:?} connection expected: {connections:#?}"
+    );
+    found[0].clone()
+}
+
+/// One request ("hello") and response ("world!"); then `client_closes` picks who closes first.
+fn one_exchange(addr: &str, client_closes: bool) -> (Vec<ConnectionRecord>, Capture) {
+    let (listener, addr) = listen(addr);
+    let capture = Capture::start(&[addr.port()]);
+    thread::scope(|scope| {
+        scope.spawn(|| {
+            let (mut stream, _) = listener.accept().unwrap();
+            assert_eq!(read_n(&mut stream, 5), b"hello");
+            write_all(&mut stream, b"world!");
+            if client_closes {
+                let mut rest = Vec::new();
+                stream.read_to_end(&mut rest).unwrap();
+            }
+        });
+        let mut client = TcpStream::connect(addr).unwrap();
+        write_all(&mut client, b"hello");
+        assert_eq!(read_n(&mut client, 6), b"world!");
+        if !client_closes {
+            let mut rest = Vec::new();
+            client.read_to_end(&mut rest).unwrap();
+        }
+    });
+    let connections = capture.wait_connections(2);
+    (connections, capture)
+}
+
+#[test]
+fn ipv4_client_closes_first() {
+    let (connections, capture) = one_exchange("127.0.0.1:0", true);
+    let client = by_role(&connections, Role::Client);
+    let server = by_role(&connections, Role::Server);
+    assert_eq!(client.addrs.local, server.addrs.remote);
+    assert_eq!(client.addrs.remote, server.addrs.local);
+    assert!(client.addrs.local.is_ipv4());
+    for connection in [&client, &server] {
+        let close = connection.close.as_ref().unwrap();
+        assert_eq!(close.originator, CloseOriginator::Client, "{connection:#?}");
+        assert_eq!(close.kind, CloseKind::Fin);
+        assert_eq!(connection.exchanges, 1);
+        assert_eq!(connection.partial, None);
+        assert_eq!(connection.connect_failure, None);
+        assert_eq!(connection.process.as_ref().unwrap().pid, std::process::id());
+        let connect = connection.connect_ns.unwrap();
+        assert!(
+            connect < 1_000 * MS,
+            "loopback handshake took {}s",
+            secs(connect)
+        );
+    }
+    assert_eq!(client.close.as_ref().unwrap().closed_by, Some(Side::Local));
+    assert_eq!(server.close.as_ref().unwrap().closed_by, Some(Side::Peer));
+    assert_eq!((client.bytes_sent, client.bytes_received), (5, 6));
+    assert_eq!((server.bytes_sent, server.bytes_received), (6, 5));
+    let (records, stats) = capture.stop();
+    let mut exchanges = exchanges_of(&records, client.id);
+    exchanges.extend(exchanges_of(&records, server.id));
+    assert_eq!(exchanges.len(), 2);
+    for exchange in &exchanges {
+        assert_eq!(exchange.class, ExchangeClass::Unique);
+        assert_eq!((exchange.request_bytes, exchange.response_bytes), (5, 6));
+        assert_eq!(exchange.close_originator, Some(CloseOriginator::Client));
+        assert!(exchange.connect_ns.is_some() && exchange.idle_before_ns.is_some());
+    }
+    assert_eq!(stats.kernel.ringbuf_full, 0);
+    assert_eq!((stats.tracker.unmatched, stats.tracker.lost), (0, 0));
+}
+
+#[test]
+fn ipv6_server_closes_first() {
+    let (connections, _capture) = one_exchange("[::1]:0", false);
+    let client = by_role(&connections, Role::Client);
+    let server = by_role(&connections, Role::Server);
+    assert!(client.addrs.local.is_ipv6() && server.addrs.local.is_ipv6());
+    for connection in [&client, &server] {
+        let close = connection.close.as_ref().unwrap();
+        assert_eq!(close.originator, CloseOriginator::Server, "{connection:#?}");
+        assert_eq!(close.kind, CloseKind::Fin);
+    }
+    let client_close = client.close.unwrap();
+    assert_eq!(client_close.closed_by, Some(Side::Peer));
+    assert!(
+        client_close.close_wait_ns.is_some(),
+        "the client went through CLOSE_WAIT"
+    );
+    assert!(!client_close.close_wait_unclosed);
+    assert_eq!(server.close.unwrap().closed_by, Some(Side::Local));
+}
+
+#[test]
+fn linger_zero_is_a_reset_from_the_client() {
+    let (listener, addr) = listen("127.0.0.1:0");
+    let capture = Capture::start(&[addr.port()]);
+    thread::scope(|scope| {
+        scope.spawn(|| {
+            let (mut stream, _) = listener.accept().unwrap();
+            assert_eq!(read_n(&mut stream, 5), b"hello");
+            write_all(&mut stream, b"world!");
+            let mut rest = Vec::new();
+            let err = stream.read_to_end(&mut rest).unwrap_err();
+            assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset);
+        });
+        let mut client = TcpStream::connect(addr).unwrap();
+        set_linger_zero(&client);
+        write_all(&mut client, b"hello");
+        assert_eq!(read_n(&mut client, 6), b"world!");
+    });
+    let connections = capture.wait_connections(2);
+    let client = by_role(&connections, Role::Client).close.unwrap();
+    let server = by_role(&connections, Role::Server).close.unwrap();
+    assert_eq!(
+        (client.kind, client.rst),
+        (CloseKind::Rst, Some(Side::Local))
+    );
+    assert_eq!(client.originator, CloseOriginator::Client);
+    assert_eq!(
+        (server.kind, server.rst),
+        (CloseKind::Rst, Some(Side::Peer))
+    );
+    assert_eq!(server.originator, CloseOriginator::Client);
+}
+
+#[test]
+fn refused_connect_is_a_connect_failure() {
+    let port = closed_port();
+    let capture = Capture::start(&[port]);
+    let err = TcpStream::connect(("127.0.0.1", port)).unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused);
+    let connections = capture.wait_connections(1);
+    assert_eq!(connections.len(), 1, "{connections:#?}");
+    let failed = &connections[0];
+    assert_eq!(failed.role, Role::Client);
+    assert_eq!(failed.connect_failure, Some(ConnectFailure::Refused));
+    assert_eq!(failed.connect_ns, None);
+    assert_eq!(failed.exchanges, 0);
+    assert_eq!(failed.addrs.remote.port(), port);
+    assert_eq!(failed.partial, None);
+    let (_, stats) = capture.stop();
+    assert_eq!(
+        stats.tracker.unmatched, 0,
+        "a failed connect needs no open event"
+    );
+}
+
+/// Three exchanges with known pauses and server think times; the request is two writes.
+fn paced_exchanges(
+    capture_options: tcpobs::loader::LoadOptions,
+    listener: TcpListener,
+) -> (Vec<ConnectionRecord>, Vec<tcpobs::model::Record>, Capture) {
+    let addr = listener.local_addr().unwrap();
+    let capture = Capture::start_with(capture_options);
+    let pauses = [500, 300];
+    let think = [0, 100, 0];
+    thread::scope(|scope| {
+        scope.spawn(|| {
+            let (mut stream, _) = listener.accept().unwrap();
+            for delay in think {
+                assert_eq!(read_n(&mut stream, 8), b"GET /abc");
+                thread::sleep(Duration::from_millis(delay));
+                write_all(&mut stream, b"200 OK");
+            }
+            let mut rest = Vec::new();
+            stream.read_to_end(&mut rest).unwrap();
+        });
+        let mut client = TcpStream::connect(addr).unwrap();
+        for round in 0..3 {
+            write_all(&mut client, b"GET ");
+            thread::sleep(Duration::from_millis(50));
+            write_all(&mut client, b"/abc");
+            assert_eq!(read_n(&mut client, 6), b"200 OK");
+            if let Some(pause) = pauses.get(round) {
+                thread::sleep(Duration::from_millis(*pause));
+            }
+        }
+        thread::sleep(Duration::from_millis(200));
+    });
+    let connections = capture.wait_connections(2);
+    let records = capture.records();
+    (connections, records, capture)
+}
+
+#[test]
+fn exchanges_with_known_pauses() {
+    let (listener, addr) = listen("127.0.0.1:0");
+    let (connections, records, _capture) = paced_exchanges(options(&[addr.port()]), listener);
+    for role in [Role::Client, Role::Server] {
+        let connection = by_role(&connections, role);
+        assert_eq!(connection.exchanges, 3);
+        assert_eq!(
+            connection.close.as_ref().unwrap().originator,
+            CloseOriginator::Client
+        );
+        let exchanges = exchanges_of(&records, connection.id);
+        let classes: Vec<_> = exchanges.iter().map(|e| e.class).collect();
+        assert_eq!(
+            classes,
+            [
+                ExchangeClass::Start,
+                ExchangeClass::Continue,
+                ExchangeClass::Last
+            ],
+            "{role:?}"
+        );
+        assert_eq!(
+            exchanges.iter().map(|e| e.seq).collect::<Vec<_>>(),
+            [1, 2, 3]
+        );
+        // Idle gaps follow the client's pauses: at least the pause, well under 2 s.
+        for (exchange, pause) in exchanges.iter().zip([500, 300, 200]) {
+            let idle = exchange.idle_after_ns.unwrap();
+            assert!(
+                (pause * MS..2_000 * MS).contains(&idle),
+                "{role:?} exchange {}: idle_after {}s for a {pause} ms pause",
+                exchange.seq,
+                secs(idle)
+            );
+            assert_eq!((exchange.request_bytes, exchange.response_bytes), (8, 6));
+        }
+        // The server thought for 100 ms before the second response.
+        let first_byte = exchanges[1].response_begin_ns.unwrap();
+        assert!(
+            (100 * MS..2_000 * MS).contains(&first_byte),
+            "{role:?}: time to first byte {}s for 100 ms of server think time",
+            secs(first_byte)
+        );
+        // Only the first exchange carries the handshake and the first idle gap.
+        assert!(exchanges[0].connect_ns.is_some() && exchanges[0].idle_before_ns.is_some());
+        assert!(exchanges[1..].iter().all(|e| e.connect_ns.is_none()));
+        assert!(
+            exchanges
+                .windows(2)
+                .all(|w| w[0].session_ns < w[1].session_ns)
+        );
+        assert_eq!(exchanges[2].close_originator, Some(CloseOriginator::Client));
+    }
+    // The client wrote each request in two calls 50 ms apart: one request, 50 ms long.
+    let client = by_role(&connections, Role::Client);
+    for exchange in exchanges_of(&records, client.id) {
+        let request = exchange.request_ns.unwrap();
+        assert!(
+            (50 * MS..2_000 * MS).contains(&request),
+            "request took {}s",
+            secs(request)
+        );
+    }
+}
+
+/// The same traffic through classic tracepoints gives the same records as tp_btf.
+#[test]
+fn classic_tracepoints_match_tp_btf() {
+    let mut outcomes = Vec::new();
+    for (mode, strategy) in [
+        (TracepointMode::Btf, Strategy::TpBtf),
+        (TracepointMode::Classic, Strategy::Tracepoint),
+    ] {
+        let (listener, addr) = listen("127.0.0.1:0");
+        let mut capture_options = options(&[addr.port()]);
+        capture_options.tracepoints = mode;
+        let (connections, records, capture) = paced_exchanges(capture_options, listener);
+        assert!(
+            capture.attached().iter().all(|a| a.strategy == strategy),
+            "{mode:?}: {:?}",
+            capture.attached()
+        );
+        let mut outcome: Vec<_> = connections
+            .iter()
+            .map(|c| {
+                let close = c.close.as_ref().unwrap();
+                let classes: Vec<_> = exchanges_of(&records, c.id)
+                    .iter()
+                    .map(|e| e.class)
+                    .collect();
+                (
+                    c.role.as_str(),
+                    c.exchanges,
+                    c.bytes_sent,
+                    c.bytes_received,
+                    close.originator,
+                    close.kind,
+                    classes,
+                )
+            })
+            .collect();
+        outcome.sort_by_key(|o| o.0);
+        outcomes.push(outcome);
+    }
+    assert_eq!(outcomes[0], outcomes[1]);
+}
+
+/// A connection opened before tcpobs started is adopted mid-life: role unknown, partial,
+/// no exchange guessed, bytes counted from the moment it was seen.
+#[test]
+fn already_open_connection_is_partial_with_unknown_role() {
+    let (listener, addr) = listen("127.0.0.1:0");
+    let mut client = TcpStream::connect(addr).unwrap();
+    let (mut server, _) = listener.accept().unwrap();
+    let capture = Capture::start(&[addr.port()]);
+    write_all(&mut client, b"ping");
+    assert_eq!(read_n(&mut server, 4), b"ping");
+    write_all(&mut server, b"pong!");
+    assert_eq!(read_n(&mut client, 5), b"pong!");
+    drop(client);
+    let mut rest = Vec::new();
+    server.read_to_end(&mut rest).unwrap();
+    drop(server);
+    let connections = capture.wait_connections(2);
+    for connection in &connections {
+        assert_eq!(connection.role, Role::Unknown, "{connection:#?}");
+        assert_eq!(connection.partial, Some(PartialReason::AlreadyOpen));
+        assert_eq!(connection.exchanges, 0);
+        assert_eq!(connection.connect_ns, None);
+        let close = connection.close.as_ref().unwrap();
+        assert_eq!(close.originator, CloseOriginator::Unknown);
+        assert_eq!(close.kind, CloseKind::Fin);
+        assert_eq!(connection.bytes_sent + connection.bytes_received, 9);
+    }
+    let closed_by: Vec<_> = connections
+        .iter()
+        .map(|c| {
+            (
+                c.addrs.local.port() == addr.port(),
+                c.close.as_ref().unwrap().closed_by,
+            )
+        })
+        .collect();
+    assert!(
+        closed_by.contains(&(false, Some(Side::Local))),
+        "{closed_by:?}"
+    );
+    assert!(
+        closed_by.contains(&(true, Some(Side::Peer))),
+        "{closed_by:?}"
+    );
+    let (records, stats) = capture.stop();
+    assert!(tcpobs_tests::exchanges(&records).is_empty());
+    assert_eq!(stats.kernel.adopted, 2);
+}
+
+/// 8 MiB in 64 KiB writes is one burst: events scale with exchanges, not with syscalls.
+#[test]
+fn bulk_transfer_is_one_burst() {
+    const TOTAL: usize = 8 << 20;
+    let (listener, addr) = listen("127.0.0.1:0");
+    let capture = Capture::start(&[addr.port()]);
+    thread::scope(|scope| {
+        scope.spawn(|| {
+            let (mut stream, _) = listener.accept().unwrap();
+            let mut received = 0;
+            let mut buf = vec![0; 64 << 10];
+            while received < TOTAL {
+                received += stream.read(&mut buf).unwrap();
+            }
+            write_all(&mut stream, b"done");
+        });
+        let mut client = TcpStream::connect(addr).unwrap();
+        let chunk = vec![7u8; 64 << 10];
+        for _ in 0..TOTAL / chunk.len() {
+            write_all(&mut client, &chunk);
+        }
+        assert_eq!(read_n(&mut client, 4), b"done");
+    });
+    let connections = capture.wait_connections(2);
+    let client = by_role(&connections, Role::Client);
+    assert_eq!(client.bytes_sent, TOTAL as u64);
+    assert_eq!(
+        by_role(&connections, Role::Server).bytes_received,
+        TOTAL as u64
+    );
+    let (records, stats) = capture.stop();
+    assert_eq!(exchanges_of(&records, client.id).len(), 1);
+    // Per socket: open, one burst at the flip, a few teardown states, close.
+    let events = stats.reader.total();
+    assert!(
+        events <= 14,
+        "{events} events for 128+ send calls: {stats:?}"
+    );
+    assert_eq!(stats.kernel.ringbuf_full, 0);
+}
+
+/// Traffic on other ports is filtered in the kernel and never reaches the records.
+#[test]
+fn other_ports_are_not_traced() {
+    let (traced, traced_addr) = listen("127.0.0.1:0");
+    let (other, other_addr) = listen("127.0.0.1:0");
+    let capture = Capture::start(&[traced_addr.port()]);
+    for (listener, addr) in [(&other, other_addr), (&traced, traced_addr)] {
+        let mut client = TcpStream::connect(addr).unwrap();
+        let (mut server, _) = listener.accept().unwrap();
+        write_all(&mut client, b"x");
+        assert_eq!(read_n(&mut server, 1), b"x");
+    }
+    capture.wait_connections(2);
+    let (records, _) = capture.stop();
+    let all = connections(&records);
+    assert!(
+        all.iter().all(|c| c.addrs.local.port() != other_addr.port()
+            && c.addrs.remote.port() != other_addr.port()),
+        "{all:#?}"
+    );
+    assert_eq!(all.len(), 2);
+}
+
+/// Stopping tcpobs reports connections still open as partial, with what is known so far.
+#[test]
+fn stop_flushes_open_connections() {
+    let (listener, addr) = listen("127.0.0.1:0");
+    let capture = Capture::start(&[addr.port()]);
+    let mut client = TcpStream::connect(addr).unwrap();
+    let (mut server, _) = listener.accept().unwrap();
+    write_all(&mut client, b"abc");
+    assert_eq!(read_n(&mut server, 3), b"abc");
+    write_all(&mut server, b"de");
+    assert_eq!(read_n(&mut client, 2), b"de");
+    write_all(&mut client, b"f");
+    assert_eq!(read_n(&mut server, 1), b"f");
+    // Stopping detaches, then drains what the kernel already sent.
+    let (records, _) = capture.stop();
+    let open = connections(&records);
+    assert_eq!(open.len(), 2, "{open:#?}");
+    for connection in &open {
+        assert_eq!(connection.partial, Some(PartialReason::Shutdown));
+        assert!(connection.close.is_none());
+        assert!(connection.connect_ns.is_some());
+        // The first exchange (abc/de) completed when the next request (f) started.
+        assert_eq!(connection.exchanges, 1, "{connection:#?}");
+    }
+    drop((client, server));
+}

@@ -1,0 +1,141 @@
+//! Prerequisites, installed when missing and skipped when present.
+//!
+//! - Debian packages: LLVM 22 development libraries (bpf-linker links against them), and
+//!   nginx and curl for the integration tests.
+//! - The nightly toolchain's `rust-src` (the kernel programs build `core` for
+//!   `bpfel-unknown-none`).
+//! - `bpf-linker` 0.13.0 built against LLVM 22 (the nightly's LLVM).
+//!
+//! Installing needs root (apt); checking does not.
+
+use std::process::{Command, Stdio};
+
+use anyhow::{Context as _, Result, bail};
+
+/// What the task at hand needs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Needs {
+    /// Build and run the daemon.
+    Run,
+    /// Also the tools the integration tests drive.
+    Test,
+}
+
+const BUILD_PACKAGES: &[&str] = &[
+    "llvm-22-dev",
+    "libpolly-22-dev",
+    "libzstd-dev",
+    "zlib1g-dev",
+];
+const TEST_PACKAGES: &[&str] = &["nginx-light", "curl"];
+const BPF_LINKER_VERSION: &str = "0.13.0";
+const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
+
+pub fn ensure(needs: Needs) -> Result<()> {
+    let mut packages: Vec<&str> = BUILD_PACKAGES.to_vec();
+    if needs == Needs::Test {
+        packages.extend(TEST_PACKAGES);
+    }
+    let missing: Vec<&str> = packages
+        .into_iter()
+        .filter(|package| !deb_installed(package))
+        .collect();
+    if !missing.is_empty() {
+        apt_install(&missing)?;
+    }
+    ensure_rust_src()?;
+    ensure_bpf_linker()
+}
+
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+fn deb_installed(package: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", package])
+        .stderr(Stdio::null())
+        .output()
+        .is_ok_and(|out| String::from_utf8_lossy(&out.stdout).ends_with("install ok installed"))
+}
+
+fn apt_install(packages: &[&str]) -> Result<()> {
+    if !is_root() {
+        bail!(
+            "missing Debian packages {}: run this task as root, or `apt-get install {}`",
+            packages.join(" "),
+            packages.join(" ")
+        );
+    }
+    eprintln!("xtask: installing {}", packages.join(" "));
+    let apt = |args: &[&str]| -> Result<()> {
+        let status = Command::new("apt-get")
+            .args(args)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .status()
+            .context("cannot run apt-get")?;
+        if !status.success() {
+            bail!("apt-get {} failed: {status}", args.join(" "));
+        }
+        Ok(())
+    };
+    apt(&["update", "-qq"])?;
+    let mut args = vec!["install", "-y", "-qq", "--no-install-recommends"];
+    args.extend(packages);
+    apt(&args)
+}
+
+fn ensure_rust_src() -> Result<()> {
+    let installed = Command::new("rustup")
+        .args(["component", "list", "--installed", "--toolchain", "nightly"])
+        .output()
+        .context("cannot run rustup (tcpobs needs rustup with a nightly toolchain)")?;
+    if !installed.status.success() {
+        bail!(
+            "no nightly toolchain: `rustup toolchain install nightly --component rust-src` \
+             ({})",
+            String::from_utf8_lossy(&installed.stderr).trim()
+        );
+    }
+    if String::from_utf8_lossy(&installed.stdout)
+        .lines()
+        .any(|line| line.trim() == "rust-src")
+    {
+        return Ok(());
+    }
+    eprintln!("xtask: adding rust-src to the nightly toolchain");
+    let status = Command::new("rustup")
+        .args(["component", "add", "rust-src", "--toolchain", "nightly"])
+        .status()
+        .context("cannot run rustup")?;
+    if !status.success() {
+        bail!("rustup component add rust-src --toolchain nightly failed: {status}");
+    }
+    Ok(())
+}
+
+fn ensure_bpf_linker() -> Result<()> {
+    let version = Command::new("bpf-linker").arg("--version").output();
+    if version.is_ok_and(|out| String::from_utf8_lossy(&out.stdout).contains(BPF_LINKER_VERSION)) {
+        return Ok(());
+    }
+    eprintln!("xtask: installing bpf-linker {BPF_LINKER_VERSION} (about two minutes)");
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let status = Command::new(cargo)
+        .args([
+            "install",
+            &format!("bpf-linker@{BPF_LINKER_VERSION}"),
+            "--locked",
+            "--no-default-features",
+            "--features",
+            "llvm-22",
+        ])
+        .env("LLVM_PREFIX", LLVM_PREFIX)
+        .status()
+        .context("cannot run cargo install")?;
+    if !status.success() {
+        bail!("cargo install bpf-linker failed: {status}");
+    }
+    Ok(())
+}
