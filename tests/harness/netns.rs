@@ -1,0 +1,129 @@
+//! Two network namespaces joined by a veth pair, made by the test, so that it can lose
+//! packets (take a link down) or talk to a silent host without touching the machine's own
+//! network.
+
+use std::{
+    fs::File,
+    os::fd::AsRawFd,
+    process::Command,
+    sync::atomic::{AtomicU32, Ordering},
+    thread,
+};
+
+/// Namespaces `<base>a` (10.231.N.1) and `<base>b` (10.231.N.2), deleted on drop.
+pub struct NetnsPair {
+    pub a: String,
+    pub b: String,
+    pub subnet: u8,
+}
+
+static PAIRS: AtomicU32 = AtomicU32::new(0);
+
+fn ip(args: &[&str]) {
+    let output = Command::new("ip")
+        .args(args)
+        .output()
+        .expect("ip (iproute2)");
+    assert!(
+        output.status.success(),
+        "ip {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+impl NetnsPair {
+    pub fn new() -> Self {
+        let n = PAIRS.fetch_add(1, Ordering::Relaxed);
+        let base = format!("tcpobs{}x{n}", std::process::id());
+        let subnet = (std::process::id() as u8).wrapping_add(n as u8);
+        let (a, b) = (format!("{base}a"), format!("{base}b"));
+        ip(&["netns", "add", &a]);
+        ip(&["netns", "add", &b]);
+        let pair = Self { a, b, subnet };
+        ip(&[
+            "link", "add", "va", "netns", &pair.a, "type", "veth", "peer", "name", "vb", "netns",
+            &pair.b,
+        ]);
+        ip(&[
+            "-n",
+            &pair.a,
+            "addr",
+            "add",
+            &format!("{}/24", pair.addr_a()),
+            "dev",
+            "va",
+        ]);
+        ip(&[
+            "-n",
+            &pair.b,
+            "addr",
+            "add",
+            &format!("{}/24", pair.addr_b()),
+            "dev",
+            "vb",
+        ]);
+        for (ns, dev) in [(&pair.a, "va"), (&pair.b, "vb")] {
+            ip(&["-n", ns, "link", "set", dev, "up"]);
+            ip(&["-n", ns, "link", "set", "lo", "up"]);
+        }
+        pair
+    }
+
+    pub fn addr_a(&self) -> String {
+        format!("10.231.{}.1", self.subnet)
+    }
+
+    pub fn addr_b(&self) -> String {
+        format!("10.231.{}.2", self.subnet)
+    }
+
+    /// An address on the link where nothing answers; `static_neighbor` makes frames to it
+    /// leave without an ARP exchange (so a SYN goes out and is never answered).
+    pub fn silent_host(&self, static_neighbor: bool) -> String {
+        let addr = format!("10.231.{}.9", self.subnet);
+        if static_neighbor {
+            ip(&[
+                "-n",
+                &self.a,
+                "neigh",
+                "add",
+                &addr,
+                "lladdr",
+                "02:00:00:00:00:09",
+                "dev",
+                "va",
+            ]);
+        }
+        addr
+    }
+
+    /// Takes namespace b's end of the link down: packets from a are lost from now on.
+    pub fn cut(&self) {
+        ip(&["-n", &self.b, "link", "set", "vb", "down"]);
+    }
+}
+
+impl Drop for NetnsPair {
+    fn drop(&mut self) {
+        for ns in [&self.a, &self.b] {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}
+
+/// Runs `f` on a thread that has entered network namespace `ns`; sockets it creates live
+/// there.
+pub fn in_netns<T: Send + 'static>(
+    ns: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> thread::JoinHandle<T> {
+    let path = format!("/var/run/netns/{ns}");
+    thread::spawn(move || {
+        let file = File::open(&path).unwrap_or_else(|err| panic!("{path}: {err}"));
+        // SAFETY: a valid namespace fd; setns only affects the calling thread.
+        let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
+        f()
+    })
+}
