@@ -48,7 +48,7 @@ fn client_of(connections: &[ConnectionRecord]) -> ConnectionRecord {
 /// (TCP_USER_TIMEOUT): close kind and originator `timeout`, retransmits counted.
 #[test]
 fn established_connection_times_out_after_retransmits() {
-    let pair = NetnsPair::new();
+    let pair = NetnsPair::create();
     let port = closed_port();
     let server_addr: SocketAddr = format!("{}:{port}", pair.addr_b()).parse().unwrap();
     let listener = in_netns(&pair.b, move || TcpListener::bind(server_addr).unwrap())
@@ -106,7 +106,7 @@ fn established_connection_times_out_after_retransmits() {
 /// A SYN into silence, with one retry: connect timeout, and the SYN retransmit is counted.
 #[test]
 fn unanswered_syn_is_a_connect_timeout() {
-    let pair = NetnsPair::new();
+    let pair = NetnsPair::create();
     let port = closed_port();
     let target: SocketAddr = format!("{}:{port}", pair.silent_host(true))
         .parse()
@@ -136,7 +136,7 @@ fn unanswered_syn_is_a_connect_timeout() {
 /// Nobody answers ARP: the kernel reports the host unreachable.
 #[test]
 fn unresolvable_neighbor_is_unreachable() {
-    let pair = NetnsPair::new();
+    let pair = NetnsPair::create();
     let port = closed_port();
     let target: SocketAddr = format!("{}:{port}", pair.silent_host(false))
         .parse()

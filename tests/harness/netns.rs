@@ -33,7 +33,8 @@ fn ip(args: &[&str]) {
 }
 
 impl NetnsPair {
-    pub fn new() -> Self {
+    /// Creates both namespaces and the link between them.
+    pub fn create() -> Self {
         let n = PAIRS.fetch_add(1, Ordering::Relaxed);
         let base = format!("tcpobs{}x{n}", std::process::id());
         let subnet = (std::process::id() as u8).wrapping_add(n as u8);
