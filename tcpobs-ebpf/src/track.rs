@@ -74,71 +74,55 @@ pub fn port_allowed(local: u16, remote: u16) -> bool {
     }
 }
 
-pub fn emit_open(o: &Offsets, sock: u64, rec: &SockRecord, ts_ns: u64) {
-    let Some(mut entry) = EVENTS.reserve::<OpenEvent>(0) else {
+/// Reserves a `T` in the ring buffer, lets `fill` write every field, and submits it; counts
+/// the event as lost if the ring buffer is full.
+#[inline(always)]
+fn emit<T: 'static>(o: &Offsets, fill: impl FnOnce(*mut T)) {
+    let Some(mut entry) = EVENTS.reserve::<T>(0) else {
         count(stat::RINGBUF_FULL);
         return;
     };
-    let event = entry.as_mut_ptr();
-    // SAFETY: `event` points to a reserved ring buffer slot of the right size; every field is
-    // written before submit.
-    unsafe {
+    fill(entry.as_mut_ptr());
+    entry.submit(submit_flags(o));
+}
+
+pub fn emit_open(o: &Offsets, sock: u64, rec: &SockRecord, ts_ns: u64) {
+    // SAFETY (all `emit` closures): the pointer is a reserved ring buffer slot of the event's
+    // size, and every field is written before submit.
+    emit(o, |event: *mut OpenEvent| unsafe {
         (*event).hdr = header(kind::OPEN, ts_ns, sock, rec);
         (*event).endpoints = rec.endpoints;
         (*event).task = rec.task;
         (*event).role = rec.role;
         (*event).flags = rec.flags;
         (*event)._pad = [0; 6];
-    }
-    entry.submit(submit_flags(o));
+    });
 }
 
 /// Sends the burst in progress (the direction just flipped).
 pub fn emit_burst(o: &Offsets, sock: u64, rec: &SockRecord, ts_ns: u64) {
-    let Some(mut entry) = EVENTS.reserve::<BurstEvent>(0) else {
-        count(stat::RINGBUF_FULL);
-        return;
-    };
-    let event = entry.as_mut_ptr();
-    // SAFETY: as in `emit_open`.
-    unsafe {
+    emit(o, |event: *mut BurstEvent| unsafe {
         (*event).hdr = header(kind::BURST, ts_ns, sock, rec);
         (*event).burst = rec.burst;
         (*event).task = rec.task;
-    }
-    entry.submit(submit_flags(o));
+    });
 }
 
 pub fn emit_state(o: &Offsets, sock: u64, rec: &SockRecord, old: u8, new: u8, ts_ns: u64) {
-    let Some(mut entry) = EVENTS.reserve::<StateEvent>(0) else {
-        count(stat::RINGBUF_FULL);
-        return;
-    };
-    let event = entry.as_mut_ptr();
-    // SAFETY: as in `emit_open`.
-    unsafe {
+    emit(o, |event: *mut StateEvent| unsafe {
         (*event).hdr = header(kind::STATE, ts_ns, sock, rec);
         (*event).old_state = old;
         (*event).new_state = new;
         (*event)._pad = [0; 6];
-    }
-    entry.submit(submit_flags(o));
+    });
 }
 
 /// Sends the final record and forgets the socket.
 pub fn finish(o: &Offsets, sock: u64, rec: &SockRecord, ts_ns: u64) {
-    match EVENTS.reserve::<CloseEvent>(0) {
-        Some(mut entry) => {
-            let event = entry.as_mut_ptr();
-            // SAFETY: as in `emit_open`.
-            unsafe {
-                (*event).hdr = header(kind::CLOSE, ts_ns, sock, rec);
-                (*event).record = *rec;
-            }
-            entry.submit(submit_flags(o));
-        }
-        None => count(stat::RINGBUF_FULL),
-    }
+    emit(o, |event: *mut CloseEvent| unsafe {
+        (*event).hdr = header(kind::CLOSE, ts_ns, sock, rec);
+        (*event).record = *rec;
+    });
     let _: Result<(), i32> = SOCKETS.remove(sock);
 }
 

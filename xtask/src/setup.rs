@@ -81,7 +81,7 @@ fn apt_install(packages: &[&str]) -> Result<()> {
         Ok(())
     };
     apt(&["update", "-qq"])?;
-    let mut args = vec!["install", "-y", "-qq", "--no-install-recommends"];
+    let mut args = vec!["install", "-y", "-qq"];
     args.extend(packages);
     apt(&args)
 }
