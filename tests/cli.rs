@@ -20,7 +20,11 @@ use tcpobs_tests::{
 };
 
 fn tcpobs(args: &[&str]) -> std::process::Output {
-    Command::new(tcpobs_binary()).args(args).output().unwrap()
+    Command::new(tcpobs_binary())
+        .args(args)
+        .args(["--listen", "127.0.0.1:0"])
+        .output()
+        .unwrap()
 }
 
 #[test]
@@ -82,6 +86,7 @@ fn unprivileged_user_gets_one_line_and_exit_1() {
             "--inh-caps=-all",
         ])
         .arg(tcpobs_binary())
+        .args(["--listen", "127.0.0.1:0"])
         .output()
         .expect("setpriv (util-linux)");
     let stderr = String::from_utf8_lossy(&output.stderr);
@@ -116,7 +121,7 @@ impl Daemon {
             .args(args)
             .arg("--output")
             .arg(&output)
-            .args(["--drain-interval", "5ms"])
+            .args(["--drain-interval", "5ms", "--listen", "127.0.0.1:0"])
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();

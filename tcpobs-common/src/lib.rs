@@ -17,8 +17,9 @@
 //! The kernel side keeps one [`SockRecord`] per TCP socket and only writes to the ring buffer
 //! on lifecycle transitions and at the end of a data burst:
 //!
-//! - [`OpenEvent`] when a socket reaches `ESTABLISHED`, or when a socket that was already open
-//!   is seen for the first time (flag [`FLAG_PARTIAL`]);
+//! - [`OpenEvent`] of kind [`kind::CONNECT`] when a client starts connecting (`SYN_SENT`);
+//! - [`OpenEvent`] of kind [`kind::OPEN`] when a socket reaches `ESTABLISHED`, or when a socket
+//!   that was already open is seen for the first time (flag [`FLAG_PARTIAL`]);
 //! - [`BurstEvent`] when the data direction flips (the previous burst is complete);
 //! - [`StateEvent`] for teardown transitions (`FIN_WAIT1`, `CLOSE_WAIT`, `FIN_WAIT2`, ...);
 //! - [`CloseEvent`] once, when the socket is done, carrying the whole record and the pending
@@ -56,6 +57,8 @@ pub mod kind {
     pub const BURST: u32 = 2;
     pub const STATE: u32 = 3;
     pub const CLOSE: u32 = 4;
+    /// An [`crate::OpenEvent`] sent when a client enters `SYN_SENT` (local port not yet known).
+    pub const CONNECT: u32 = 5;
 }
 
 /// Socket role, from the side this host sees.
@@ -101,6 +104,9 @@ pub const FLAG_CLOSE_WAIT: u8 = 1 << 3;
 /// The local application closed or shut down the socket (`FIN_WAIT1` or `LAST_ACK` seen, or a
 /// reset sent after `CLOSE_WAIT`).
 pub const FLAG_APP_CLOSED: u8 = 1 << 4;
+/// The socket is excluded by the kernel-side filters: the record is only a marker, so that
+/// every later event for the socket costs one lookup and sends nothing.
+pub const FLAG_IGNORED: u8 = 1 << 5;
 
 /// `STATS` per-CPU array indexes: what the kernel side had to drop.
 pub mod stat {
@@ -115,14 +121,43 @@ pub mod stat {
     pub const COUNT: u32 = 3;
 }
 
-/// `FILTER` array, index 0: runtime filter settings.
+/// How one kind of kernel-side filter applies (`FilterConfig` fields).
+pub mod filter_mode {
+    /// The filter is off.
+    pub const OFF: u8 = 0;
+    /// Trace only sockets that match.
+    pub const INCLUDE: u8 = 1;
+    /// Trace only sockets that do not match.
+    pub const EXCLUDE: u8 = 2;
+}
+
+/// `FILTER` array, index 0: which kernel-side filters apply. A socket is traced if it passes
+/// every filter that is on. Each field is a [`filter_mode`].
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FilterConfig {
-    /// 0: trace every port; 1: trace only sockets whose local or remote port is in
-    /// `PORT_FILTER`.
-    pub port_allowlist: u32,
+    /// Local or remote port in `PORT_FILTER`.
+    pub ports: u8,
+    /// Local or remote address in `CIDR4_FILTER` / `CIDR6_FILTER`.
+    pub cidrs: u8,
+    /// Owning process (tgid) in `PID_FILTER`.
+    pub pids: u8,
+    /// Owning cgroup (v2 id) in `CGROUP_FILTER`.
+    pub cgroups: u8,
+    pub _pad: [u8; 4],
+}
+
+/// The process and cgroup behind a listening port (`LISTENERS` value): accepted sockets are
+/// created in softirq, where the current task says nothing, so pid and cgroup filters use
+/// the process that called `listen()`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Owner {
+    /// Process id (tgid).
+    pub pid: u32,
     pub _pad: u32,
+    /// cgroup v2 id (the cgroup directory's inode number).
+    pub cgroup: u64,
 }
 
 /// Header of every ring buffer event.
@@ -241,7 +276,9 @@ pub struct OpenEvent {
     pub role: u8,
     /// `FLAG_*` bits ([`FLAG_PARTIAL`] for a socket already open when first seen).
     pub flags: u8,
-    pub _pad: [u8; 6],
+    /// The socket's TCP state ([`tcp_state`]).
+    pub state: u8,
+    pub _pad: [u8; 5],
 }
 
 /// A data burst ended (the direction flipped).
@@ -280,6 +317,7 @@ mod pod {
     // implicit padding (pinned by the layout tests), so every byte pattern is a valid value.
     unsafe impl aya::Pod for super::Offsets {}
     unsafe impl aya::Pod for super::FilterConfig {}
+    unsafe impl aya::Pod for super::Owner {}
     unsafe impl aya::Pod for super::SockRecord {}
 }
 
@@ -315,6 +353,7 @@ mod tests {
         assert_eq!(size_of::<StateEvent>(), 40);
         assert_eq!(size_of::<CloseEvent>(), 208);
         assert_eq!(size_of::<FilterConfig>(), 8);
+        assert_eq!(size_of::<Owner>(), 16);
         assert_eq!(align_of::<CloseEvent>(), 8);
         assert_eq!(offset_of!(EventHeader, ts_ns), 8);
         assert_eq!(offset_of!(EventHeader, start_ns), 24);
@@ -325,6 +364,7 @@ mod tests {
         assert_eq!(offset_of!(SockRecord, retransmits), 160);
         assert_eq!(offset_of!(SockRecord, role), 168);
         assert_eq!(offset_of!(OpenEvent, role), 96);
+        assert_eq!(offset_of!(OpenEvent, state), 98);
         assert_eq!(offset_of!(CloseEvent, record), 32);
         assert_eq!(offset_of!(StateEvent, new_state), 33);
     }

@@ -6,9 +6,19 @@ pub const EVENTS_MAP: &str = "EVENTS";
 pub const SOCKETS_MAP: &str = "SOCKETS";
 /// Drop counters (`PerCpuArray<u64>`, indexes in [`crate::stat`]).
 pub const STATS_MAP: &str = "STATS";
-/// Port allowlist (`HashMap<u16, u8>`), host byte order.
+/// Ports for the port filter (`HashMap<u16, u8>`), host byte order.
 pub const PORT_FILTER_MAP: &str = "PORT_FILTER";
-/// Runtime filter settings (`Array<FilterConfig>`, one entry).
+/// IPv4 networks for the CIDR filter (`LpmTrie<[u8; 4], u8>`), network byte order.
+pub const CIDR4_FILTER_MAP: &str = "CIDR4_FILTER";
+/// IPv6 networks for the CIDR filter (`LpmTrie<[u8; 16], u8>`), network byte order.
+pub const CIDR6_FILTER_MAP: &str = "CIDR6_FILTER";
+/// Process ids (tgid) for the pid filter (`HashMap<u32, u8>`).
+pub const PID_FILTER_MAP: &str = "PID_FILTER";
+/// cgroup v2 ids for the cgroup filter (`HashMap<u64, u8>`).
+pub const CGROUP_FILTER_MAP: &str = "CGROUP_FILTER";
+/// Listening ports and who listens (`HashMap<u16, Owner>`), for filtering accepted sockets.
+pub const LISTENERS_MAP: &str = "LISTENERS";
+/// Which filters apply (`Array<FilterConfig>`, one entry).
 pub const FILTER_MAP: &str = "FILTER";
 /// Layout facts ([`crate::Offsets`]), a read-only global.
 pub const OFFSETS_GLOBAL: &str = "OFFSETS";

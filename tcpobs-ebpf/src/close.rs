@@ -14,7 +14,7 @@ use aya_ebpf::{
     macros::{btf_tracepoint, tracepoint},
     programs::{BtfTracePointContext, TracePointContext},
 };
-use tcpobs_common::{Offsets, tcp_state};
+use tcpobs_common::{FLAG_IGNORED, Offsets, tcp_state};
 
 use crate::{
     maps::{OFFSETS, SOCKETS},
@@ -59,6 +59,10 @@ fn on_destroy(o: &Offsets, sk: Sock) {
     };
     // SAFETY: the pointer comes from a successful lookup; see `track::record_or_adopt`.
     let rec = unsafe { &mut *rec };
+    if rec.flags & FLAG_IGNORED != 0 {
+        let _ = SOCKETS.remove(sk.key());
+        return;
+    }
     let now = now_ns();
     if rec.close_ns == 0 {
         rec.close_ns = now;

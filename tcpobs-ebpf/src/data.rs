@@ -14,12 +14,12 @@ use aya_ebpf::{
     macros::{btf_tracepoint, tracepoint},
     programs::{BtfTracePointContext, TracePointContext},
 };
-use tcpobs_common::{Burst, Offsets, direction, role};
+use tcpobs_common::{Burst, Offsets, direction};
 
 use crate::{
     maps::OFFSETS,
     sock::Sock,
-    track::{claim, emit_burst, now_ns, record_or_adopt},
+    track::{Adoption, claim, emit_burst, now_ns, record_or_adopt},
 };
 
 const MSG_PEEK: i32 = 2;
@@ -98,10 +98,10 @@ fn on_data(o: &Offsets, sk: Sock, ret: i32, flags: i32, dir: u8) {
     if ret <= 0 || (dir == direction::IN && flags & MSG_PEEK != 0) || sk.is_null() {
         return;
     }
-    let now = now_ns();
-    let Some(rec) = record_or_adopt(o, sk, None, role::UNKNOWN, now) else {
+    let Some(rec) = record_or_adopt(o, sk, None, Adoption::process_context()) else {
         return;
     };
+    let now = now_ns();
     let bytes = ret as u64;
     if rec.burst.dir == dir {
         rec.burst.last_ns = now;

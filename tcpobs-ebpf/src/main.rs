@@ -8,6 +8,7 @@
 
 mod close;
 mod data;
+mod filter;
 mod maps;
 mod resets;
 mod retransmit;

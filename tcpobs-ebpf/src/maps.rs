@@ -3,9 +3,9 @@
 use aya_ebpf::{
     Global,
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{LruHashMap, PerCpuArray, RingBuf},
 };
-use tcpobs_common::{FilterConfig, Offsets, SockRecord, stat};
+use tcpobs_common::{Offsets, SockRecord, stat};
 
 /// Events to the daemon. The size is set by the loader (`--ringbuf-bytes`).
 #[map]
@@ -20,14 +20,6 @@ pub static SOCKETS: LruHashMap<u64, SockRecord> = LruHashMap::with_max_entries(1
 /// Drop counters, indexed by `tcpobs_common::stat`.
 #[map]
 pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stat::COUNT, 0);
-
-/// Port allowlist (host byte order), consulted when `FILTER[0].port_allowlist` is set.
-#[map]
-pub static PORT_FILTER: HashMap<u16, u8> = HashMap::with_max_entries(1024, 0);
-
-/// Runtime filter settings, one entry.
-#[map]
-pub static FILTER: Array<FilterConfig> = Array::with_max_entries(1, 0);
 
 /// Kernel layout facts, written by the loader before the programs load.
 #[unsafe(no_mangle)]

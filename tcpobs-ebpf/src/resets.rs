@@ -22,7 +22,7 @@ use crate::{
     maps::OFFSETS,
     sock::Sock,
     state::{app_closed, first_teardown},
-    track::{now_ns, record_or_adopt},
+    track::{Adoption, now_ns, record_or_adopt},
 };
 
 #[btf_tracepoint(function = "tcp_send_reset")]
@@ -73,10 +73,10 @@ pub fn read_sk(ctx: &TracePointContext, offset: u16) -> Result<Sock, u32> {
 
 #[inline(always)]
 fn on_send_reset(o: &Offsets, sk: Sock) {
-    let now = now_ns();
-    let Some(rec) = record_or_adopt(o, sk, None, role::UNKNOWN, now) else {
+    let Some(rec) = record_or_adopt(o, sk, None, Adoption::other_context(role::UNKNOWN)) else {
         return;
     };
+    let now = now_ns();
     rec.flags |= FLAG_RST_SENT;
     first_teardown(rec, teardown::LOCAL_RST, now);
     if rec.state == tcp_state::CLOSE || rec.flags & FLAG_CLOSE_WAIT != 0 {
@@ -87,10 +87,10 @@ fn on_send_reset(o: &Offsets, sk: Sock) {
 
 #[inline(always)]
 fn on_recv_reset(o: &Offsets, sk: Sock) {
-    let now = now_ns();
-    let Some(rec) = record_or_adopt(o, sk, None, role::UNKNOWN, now) else {
+    let Some(rec) = record_or_adopt(o, sk, None, Adoption::other_context(role::UNKNOWN)) else {
         return;
     };
+    let now = now_ns();
     rec.flags |= FLAG_RST_RECV;
     first_teardown(rec, teardown::PEER_RST, now);
 }

@@ -17,7 +17,7 @@ use crate::{
     maps::OFFSETS,
     resets::read_sk,
     sock::Sock,
-    track::{now_ns, record_or_adopt},
+    track::{Adoption, record_or_adopt},
 };
 
 #[btf_tracepoint(function = "tcp_retransmit_skb")]
@@ -41,7 +41,7 @@ pub fn retransmit_tp(ctx: TracePointContext) -> u32 {
 
 #[inline(always)]
 fn on_retransmit(o: &Offsets, sk: Sock) {
-    if let Some(rec) = record_or_adopt(o, sk, None, role::UNKNOWN, now_ns()) {
+    if let Some(rec) = record_or_adopt(o, sk, None, Adoption::other_context(role::UNKNOWN)) {
         rec.retransmits += 1;
     }
 }

@@ -21,13 +21,15 @@ use aya_ebpf::{
     programs::{BtfTracePointContext, TracePointContext},
 };
 use tcpobs_common::{
-    FLAG_APP_CLOSED, FLAG_CLOSE_WAIT, FLAG_RST_RECV, Offsets, SockRecord, role, tcp_state, teardown,
+    FLAG_APP_CLOSED, FLAG_CLOSE_WAIT, FLAG_PARTIAL, FLAG_RST_RECV, Offsets, SockRecord, kind, role,
+    tcp_state, teardown,
 };
 
 use crate::{
+    filter::{LISTENERS, current_owner},
     maps::OFFSETS,
     sock::Sock,
-    track::{claim, current_task, emit_open, emit_state, finish, now_ns, record_or_adopt, start},
+    track::{Adoption, claim, emit_open, emit_state, finish, now_ns, record_or_adopt, start},
 };
 
 #[btf_tracepoint(function = "inet_sock_set_state")]
@@ -78,13 +80,15 @@ fn on_set_state(o: &Offsets, sk: Sock, old: u8, new: u8) {
     }
     let now = now_ns();
     match (old, new) {
-        (_, tcp_state::LISTEN) | (tcp_state::LISTEN, tcp_state::CLOSE) => {}
-        (tcp_state::CLOSE, tcp_state::SYN_SENT) => {
-            start(o, sk, role::CLIENT, current_task(), now);
+        // listen() runs in the listening process: remember who owns the port.
+        (_, tcp_state::LISTEN) => {
+            let _ = LISTENERS.insert(sk.ports(o).0, current_owner(), 0);
         }
-        (tcp_state::LISTEN, tcp_state::SYN_RECV) => {
-            start(o, sk, role::SERVER, Default::default(), now);
+        (tcp_state::LISTEN, tcp_state::CLOSE) => {
+            let _ = LISTENERS.remove(sk.ports(o).0);
         }
+        (tcp_state::CLOSE, tcp_state::SYN_SENT) => start(o, sk, role::CLIENT, now),
+        (tcp_state::LISTEN, tcp_state::SYN_RECV) => start(o, sk, role::SERVER, now),
         (_, tcp_state::ESTABLISHED) => established(o, sk, old, now),
         (_, tcp_state::CLOSE) => closed(o, sk, old, now),
         _ => teardown_step(o, sk, old, new, now),
@@ -103,29 +107,28 @@ fn role_from(old: u8) -> u8 {
 
 #[inline(always)]
 fn established(o: &Offsets, sk: Sock, old: u8, now: u64) {
-    let Some(rec) = record_or_adopt(o, sk, Some(old), role_from(old), now) else {
+    let adoption = Adoption::other_context(role_from(old));
+    let Some(rec) = record_or_adopt(o, sk, Some(old), adoption) else {
         return;
     };
-    if rec.established_ns != 0 {
-        return;
-    }
     rec.state = tcp_state::ESTABLISHED;
-    if rec.start_ns == now {
-        // Adopted just now, and `adopt` already announced it.
+    if rec.established_ns != 0 || rec.flags & FLAG_PARTIAL != 0 {
+        // Already announced (a partial record is announced when adopted).
         return;
     }
     rec.established_ns = now;
     rec.endpoints = sk.endpoints(o);
-    emit_open(o, sk.key(), rec, now);
+    emit_open(o, kind::OPEN, sk.key(), rec, now);
 }
 
 #[inline(always)]
 fn closed(o: &Offsets, sk: Sock, old: u8, now: u64) {
-    let Some(rec) = record_or_adopt(o, sk, Some(old), role_from(old), now) else {
+    let adoption = Adoption::other_context(role_from(old));
+    let Some(rec) = record_or_adopt(o, sk, Some(old), adoption) else {
         return;
     };
-    if rec.established_ns == 0 && rec.endpoints.rport == 0 {
-        // Never established: the local port was only bound after SYN_SENT, read it now.
+    if rec.established_ns == 0 && rec.flags & FLAG_PARTIAL == 0 {
+        // Never established: the local port was bound after SYN_SENT, read it now.
         rec.endpoints = sk.endpoints(o);
     }
     rec.close_ns = now;
@@ -139,7 +142,8 @@ fn closed(o: &Offsets, sk: Sock, old: u8, now: u64) {
 
 #[inline(always)]
 fn teardown_step(o: &Offsets, sk: Sock, old: u8, new: u8, now: u64) {
-    let Some(rec) = record_or_adopt(o, sk, Some(old), role::UNKNOWN, now) else {
+    let adoption = Adoption::other_context(role::UNKNOWN);
+    let Some(rec) = record_or_adopt(o, sk, Some(old), adoption) else {
         return;
     };
     match new {

@@ -9,14 +9,48 @@ use aya_ebpf::{
     helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, generated::bpf_ktime_get_ns},
 };
 use tcpobs_common::{
-    BurstEvent, CloseEvent, EventHeader, FLAG_PARTIAL, FilterConfig, Offsets, OpenEvent,
+    BurstEvent, CloseEvent, EventHeader, FLAG_IGNORED, FLAG_PARTIAL, Offsets, OpenEvent, Owner,
     SockRecord, StateEvent, Task, kind, role, stat, tcp_state,
 };
 
 use crate::{
-    maps::{EVENTS, FILTER, PORT_FILTER, SOCKETS, count},
+    filter::{allowed, current_owner, listener},
+    maps::{EVENTS, SOCKETS, count},
     sock::{Sock, is_connected_state},
 };
+
+/// What a hook can tell about a socket it has no record for: the role, and whether it runs
+/// in the context of the process that owns the socket (packed in one byte: BPF functions take
+/// at most five arguments).
+#[derive(Clone, Copy)]
+pub struct Adoption(u8);
+
+impl Adoption {
+    const PROCESS_CONTEXT: u8 = 1 << 7;
+
+    /// A hook that runs in softirq or timer context.
+    pub const fn other_context(role: u8) -> Self {
+        Self(role)
+    }
+
+    /// A hook that runs in the owning process's system call (send, recv).
+    pub const fn process_context() -> Self {
+        Self(role::UNKNOWN | Self::PROCESS_CONTEXT)
+    }
+
+    fn role(self) -> u8 {
+        self.0 & !Self::PROCESS_CONTEXT
+    }
+
+    /// The socket's owner, as far as this hook can know it.
+    fn owner(self, local_port: u16) -> Option<Owner> {
+        if self.0 & Self::PROCESS_CONTEXT != 0 {
+            Some(current_owner())
+        } else {
+            listener(local_port)
+        }
+    }
+}
 
 #[inline(always)]
 pub fn now_ns() -> u64 {
@@ -63,17 +97,6 @@ pub fn claim(rec: &mut SockRecord) {
     }
 }
 
-/// Whether the kernel-side filter lets a socket with these ports through.
-#[inline(always)]
-pub fn port_allowed(local: u16, remote: u16) -> bool {
-    match FILTER.get(0) {
-        Some(FilterConfig {
-            port_allowlist: 1, ..
-        }) => PORT_FILTER.get_ptr(local).is_some() || PORT_FILTER.get_ptr(remote).is_some(),
-        _ => true,
-    }
-}
-
 /// Reserves a `T` in the ring buffer, lets `fill` write every field, and submits it; counts
 /// the event as lost if the ring buffer is full.
 #[inline(always)]
@@ -86,16 +109,18 @@ fn emit<T: 'static>(o: &Offsets, fill: impl FnOnce(*mut T)) {
     entry.submit(submit_flags(o));
 }
 
-pub fn emit_open(o: &Offsets, sock: u64, rec: &SockRecord, ts_ns: u64) {
+/// Announces a connection: `kind::OPEN` (established, or adopted) or `kind::CONNECT`.
+pub fn emit_open(o: &Offsets, kind: u32, sock: u64, rec: &SockRecord, ts_ns: u64) {
     // SAFETY (all `emit` closures): the pointer is a reserved ring buffer slot of the event's
     // size, and every field is written before submit.
     emit(o, |event: *mut OpenEvent| unsafe {
-        (*event).hdr = header(kind::OPEN, ts_ns, sock, rec);
+        (*event).hdr = header(kind, ts_ns, sock, rec);
         (*event).endpoints = rec.endpoints;
         (*event).task = rec.task;
         (*event).role = rec.role;
         (*event).flags = rec.flags;
-        (*event)._pad = [0; 6];
+        (*event).state = rec.state;
+        (*event)._pad = [0; 5];
     });
 }
 
@@ -126,45 +151,55 @@ pub fn finish(o: &Offsets, sock: u64, rec: &SockRecord, ts_ns: u64) {
     let _: Result<(), i32> = SOCKETS.remove(sock);
 }
 
-/// The record of a socket, adopting it if tcpobs has none: a connection already open when
-/// tcpobs started, or whose record the LRU table evicted. `state` is the socket's state if the
-/// hook knows it (state hooks fire before the kernel stores the new state), `None` to read it
-/// from the socket; `role` is what the hook can tell (usually unknown).
+/// The record of a traced socket, adopting the socket if tcpobs has none: a connection already
+/// open when tcpobs started, or whose record the LRU table evicted. `state` is the socket's
+/// state if the hook knows it (state hooks fire before the kernel stores the new state),
+/// `None` to read it from the socket. `None` for sockets that are not traced.
 #[inline(always)]
 pub fn record_or_adopt(
     o: &Offsets,
     sk: Sock,
     state: Option<u8>,
-    role: u8,
-    now: u64,
+    adoption: Adoption,
 ) -> Option<&'static mut SockRecord> {
     let key = sk.key();
     if let Some(rec) = SOCKETS.get_ptr_mut(key) {
         // SAFETY: map values live until removed; concurrent updates from another CPU can only
         // make counters approximate, never invalid (every field is an integer).
-        return Some(unsafe { &mut *rec });
+        let rec = unsafe { &mut *rec };
+        return (rec.flags & FLAG_IGNORED == 0).then_some(rec);
     }
     if sk.is_null() {
         return None;
     }
     // The state lives in `sock_common`, valid even for request and time-wait sockets, which
     // `adopt` rules out before anything beyond `sock_common` is read.
-    adopt(o, sk, state.unwrap_or_else(|| sk.state(o)), role, now)
+    adopt(
+        o,
+        sk,
+        state.unwrap_or_else(|| sk.state(o)),
+        adoption,
+        now_ns(),
+    )
 }
 
 #[inline(never)]
-fn adopt(o: &Offsets, sk: Sock, state: u8, role: u8, now: u64) -> Option<&'static mut SockRecord> {
+fn adopt(
+    o: &Offsets,
+    sk: Sock,
+    state: u8,
+    adoption: Adoption,
+    now: u64,
+) -> Option<&'static mut SockRecord> {
     if !is_connected_state(state) || !sk.is_tcp(o) {
         return None;
     }
     let endpoints = sk.endpoints(o);
-    if !port_allowed(endpoints.lport, endpoints.rport) {
-        return None;
-    }
+    let traced = allowed(&endpoints, adoption.owner(endpoints.lport));
     let rec = SockRecord {
         start_ns: now,
-        role,
-        flags: FLAG_PARTIAL,
+        role: adoption.role(),
+        flags: if traced { FLAG_PARTIAL } else { FLAG_IGNORED },
         state,
         endpoints,
         ..SockRecord::default()
@@ -173,41 +208,60 @@ fn adopt(o: &Offsets, sk: Sock, state: u8, role: u8, now: u64) -> Option<&'stati
         count(stat::TABLE_INSERT_FAILED);
         return None;
     }
+    if !traced {
+        return None;
+    }
     count(stat::ADOPTED);
-    emit_open(o, sk.key(), &rec, now);
+    emit_open(o, kind::OPEN, sk.key(), &rec, now);
     // SAFETY: as in `record_or_adopt`.
     SOCKETS
         .get_ptr_mut(sk.key())
         .map(|rec| unsafe { &mut *rec })
 }
 
-/// Starts a fresh record for a connection being opened (`CLOSE -> SYN_SENT` for a client,
-/// `LISTEN -> SYN_RECV` for a server), subject to the port filter.
-pub fn start(o: &Offsets, sk: Sock, role: u8, task: Task, now: u64) {
+/// The traced record of a socket, without adopting it.
+#[inline(always)]
+pub fn traced_record(sk: Sock) -> Option<&'static mut SockRecord> {
+    // SAFETY: as in `record_or_adopt`.
+    let rec = unsafe { &mut *SOCKETS.get_ptr_mut(sk.key())? };
+    (rec.flags & FLAG_IGNORED == 0).then_some(rec)
+}
+
+/// Starts a fresh record for a connection being opened: `CLOSE -> SYN_SENT` for a client (in
+/// the connecting process), `LISTEN -> SYN_RECV` for a server (in softirq). Excluded sockets get
+/// an ignored marker. A client's record is announced right away (`kind::CONNECT`), a server's
+/// when it is established.
+pub fn start(o: &Offsets, sk: Sock, role: u8, now: u64) {
     let key = sk.key();
-    if let Some(previous) = SOCKETS.get_ptr_mut(key) {
+    if let Some(previous) = traced_record(sk) {
         // The same socket was disconnected (connect(AF_UNSPEC)) and is connecting again: the
         // previous connection is over.
-        // SAFETY: as in `record_or_adopt`.
-        finish(o, key, unsafe { &*previous }, now);
+        finish(o, key, previous, now);
     }
-    let (local, remote) = sk.ports(o);
-    if !port_allowed(local, remote) {
-        return;
-    }
-    let state = if role == role::CLIENT {
-        tcp_state::SYN_SENT
+    let endpoints = sk.endpoints(o);
+    let client = role == role::CLIENT;
+    let (owner, task) = if client {
+        (Some(current_owner()), current_task())
     } else {
-        tcp_state::SYN_RECV
+        (listener(endpoints.lport), Task::default())
     };
+    let traced = allowed(&endpoints, owner);
     let rec = SockRecord {
         start_ns: now,
         role,
-        state,
+        state: if client {
+            tcp_state::SYN_SENT
+        } else {
+            tcp_state::SYN_RECV
+        },
+        flags: if traced { 0 } else { FLAG_IGNORED },
         task,
+        endpoints,
         ..SockRecord::default()
     };
     if SOCKETS.insert(key, rec, 0).is_err() {
         count(stat::TABLE_INSERT_FAILED);
+    } else if traced && client {
+        emit_open(o, kind::CONNECT, key, &rec, now);
     }
 }

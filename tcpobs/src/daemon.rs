@@ -1,17 +1,30 @@
 //! The running tracer: kernel programs, ring buffer reader and tracker, pumping records into
-//! a [`Sink`] until told to stop.
+//! the metrics and a [`Sink`], sweeping for stuck connections, until told to stop.
 
-use std::{future::Future, io, time::Duration};
+use std::{
+    future::Future,
+    io,
+    sync::{Arc, Mutex, MutexGuard},
+    time::Duration,
+};
 
-use tokio::time::{MissedTickBehavior, interval};
+use aya::maps::{HashMap, MapData};
+use tcpobs_common::{SockRecord, names};
+use tokio::{
+    sync::watch,
+    time::{MissedTickBehavior, interval},
+};
 use tracing::{info, warn};
 
 use crate::{
+    kfilter::KernelFilters,
     loader::{self, Attached, LoadError, LoadOptions, Loaded},
+    metrics::{Metrics, collect::Health},
     model::Record,
     output::{Clock, Sink, json::Object},
     reader::{KernelStats, Reader, ReaderStats},
-    tracker::{Tracker, TrackerStats},
+    runtime::Runtime,
+    tracker::{KernelView, StuckThresholds, SweepReport, Tracker, TrackerStats},
 };
 
 /// Every loss and health counter, from the kernel, the reader and the tracker.
@@ -40,13 +53,25 @@ impl Stats {
     }
 }
 
-/// How often to look at the loss counters and warn when they grow.
-const LOSS_CHECK: Duration = Duration::from_secs(5);
+/// How often the loop drains the ring buffer and sweeps for stuck connections.
+#[derive(Clone, Copy, Debug)]
+pub struct Timing {
+    pub drain: Duration,
+    pub sweep: Duration,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
 
 pub struct Tracer {
     loaded: Loaded,
     reader: Reader,
-    tracker: Tracker,
+    /// The kernel's socket table, for the hang detector's checks.
+    sockets: HashMap<MapData, u64, SockRecord>,
+    tracker: Arc<Mutex<Tracker>>,
+    health: Arc<Mutex<Health>>,
+    metrics: Option<Metrics>,
     records: Vec<Record>,
     reported_loss: u64,
 }
@@ -55,12 +80,39 @@ impl Tracer {
     /// Loads and attaches the programs. Must run inside a tokio runtime (the ring buffer is
     /// registered with its reactor).
     pub fn start(options: &LoadOptions) -> Result<Self, LoadError> {
+        Self::start_shared(options, Arc::default(), Arc::default())
+    }
+
+    /// Like [`Tracer::start`], with a live table and health counters already shared with the
+    /// HTTP API and the metrics.
+    pub fn start_shared(
+        options: &LoadOptions,
+        tracker: Arc<Mutex<Tracker>>,
+        health: Arc<Mutex<Health>>,
+    ) -> Result<Self, LoadError> {
         let mut loaded = loader::load(options)?;
         let reader = Reader::new(&mut loaded.ebpf)?;
+        let sockets = loaded
+            .ebpf
+            .take_map(names::SOCKETS_MAP)
+            .ok_or_else(|| LoadError::Map {
+                map: names::SOCKETS_MAP,
+                reason: "missing".into(),
+            })
+            .and_then(|map| {
+                HashMap::try_from(map).map_err(|err| LoadError::Map {
+                    map: names::SOCKETS_MAP,
+                    reason: err.to_string(),
+                })
+            })?;
+        lock(&health).probes = loaded.attached.clone();
         Ok(Self {
             loaded,
             reader,
-            tracker: Tracker::new(),
+            sockets,
+            tracker,
+            health,
+            metrics: None,
             records: Vec::with_capacity(1024),
             reported_loss: 0,
         })
@@ -70,91 +122,161 @@ impl Tracer {
         &self.loaded.attached
     }
 
-    pub fn tracker(&self) -> &Tracker {
-        &self.tracker
+    /// The live table, shared with the HTTP API and the metrics.
+    pub fn tracker(&self) -> Arc<Mutex<Tracker>> {
+        Arc::clone(&self.tracker)
+    }
+
+    /// Reader and kernel counters, refreshed every sweep, for the metrics.
+    pub fn health(&self) -> Arc<Mutex<Health>> {
+        Arc::clone(&self.health)
+    }
+
+    /// Hands the kernel filter maps to whoever changes them at runtime (once).
+    pub fn take_filters(&mut self) -> Option<KernelFilters> {
+        self.loaded.filters.take()
+    }
+
+    /// Feeds every record to these metrics from now on.
+    pub fn set_metrics(&mut self, metrics: Metrics) {
+        self.metrics = Some(metrics);
     }
 
     pub fn stats(&self) -> Stats {
         Stats {
             reader: self.reader.stats(),
             kernel: self.reader.kernel_stats(),
-            tracker: self.tracker.stats(),
+            tracker: lock(&self.tracker).stats(),
         }
     }
 
-    /// Drains the ring buffer once into `sink`. Returns how many events were read.
-    pub fn pump(&mut self, sink: &mut dyn Sink) -> io::Result<usize> {
-        let Self {
-            reader,
-            tracker,
-            records,
-            ..
-        } = self;
-        let read = reader.drain(|event| tracker.handle(event, records));
+    fn dispatch(
+        records: &mut Vec<Record>,
+        metrics: Option<&Metrics>,
+        sink: &mut dyn Sink,
+    ) -> io::Result<()> {
         for record in records.drain(..) {
+            if let Some(metrics) = metrics {
+                metrics.observe(&record);
+            }
             sink.write(&record)?;
         }
+        Ok(())
+    }
+
+    /// Drains the ring buffer once into the metrics and `sink`. Returns how many events.
+    pub fn pump(&mut self, sink: &mut dyn Sink) -> io::Result<usize> {
+        let read = {
+            let mut tracker = lock(&self.tracker);
+            let records = &mut self.records;
+            self.reader.drain(|event| tracker.handle(event, records))
+        };
+        Self::dispatch(&mut self.records, self.metrics.as_ref(), sink)?;
         if read > 0 {
             sink.flush()?;
         }
         Ok(read)
     }
 
-    /// Pumps events until `shutdown` completes.
-    pub async fn run(
-        &mut self,
-        sink: &mut dyn Sink,
-        drain_interval: Duration,
-        shutdown: impl Future<Output = ()>,
-    ) -> io::Result<()> {
-        let mut tick = interval(drain_interval);
-        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        let mut loss_check = interval(LOSS_CHECK);
-        tokio::pin!(shutdown);
-        loop {
-            tokio::select! {
-                () = &mut shutdown => return Ok(()),
-                ready = self.reader.readable() => ready?,
-                _ = tick.tick() => {}
-                _ = loss_check.tick() => self.warn_on_loss(),
-            }
-            self.pump(sink)?;
+    /// One hang-detection sweep; also refreshes the health counters.
+    pub fn sweep(&mut self, thresholds: &StuckThresholds, sink: &mut dyn Sink) -> io::Result<SweepReport> {
+        let sockets = &self.sockets;
+        let lookup = |sock: u64| {
+            sockets.get(&sock, 0).ok().map(|record| KernelView {
+                last_data_ns: record.burst.last_ns,
+                bytes: record.bytes_sent + record.bytes_recv,
+            })
+        };
+        let report = lock(&self.tracker).sweep(Clock::monotonic_now_ns(), thresholds, lookup, &mut self.records);
+        if let Some(metrics) = &self.metrics {
+            metrics.set_stuck(&report.stuck);
         }
+        Self::dispatch(&mut self.records, self.metrics.as_ref(), sink)?;
+        sink.flush()?;
+        {
+            let mut health = lock(&self.health);
+            health.reader = self.reader.stats();
+            health.kernel = self.reader.kernel_stats();
+        }
+        self.warn_on_loss();
+        Ok(report)
     }
 
     fn warn_on_loss(&mut self) {
-        let lost = self.reader.kernel_stats().ringbuf_full;
+        let lost = lock(&self.health).kernel.ringbuf_full;
         if lost > self.reported_loss {
             warn!(
                 dropped = lost - self.reported_loss,
                 total = lost,
-                "ring buffer full: events dropped; raise --ringbuf-bytes or --drain-interval lower"
+                "ring buffer full: events dropped; raise --ringbuf-bytes or lower --drain-interval"
             );
             self.reported_loss = lost;
         }
     }
 
+    /// Pumps events and sweeps until `shutdown` completes, following runtime setting changes.
+    pub async fn run(
+        &mut self,
+        sink: &mut dyn Sink,
+        timing: Timing,
+        mut runtime: watch::Receiver<Runtime>,
+        shutdown: impl Future<Output = ()>,
+    ) -> io::Result<()> {
+        let mut thresholds = {
+            let current = runtime.borrow_and_update();
+            sink.configure(&current);
+            current.thresholds.stuck()
+        };
+        let mut drain = interval(timing.drain);
+        drain.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut sweep = interval(timing.sweep);
+        sweep.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut watching = true;
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                () = &mut shutdown => return Ok(()),
+                ready = self.reader.readable() => {
+                    ready?;
+                    self.pump(sink)?;
+                }
+                _ = drain.tick() => {
+                    self.pump(sink)?;
+                }
+                _ = sweep.tick() => {
+                    self.pump(sink)?;
+                    self.sweep(&thresholds, sink)?;
+                }
+                changed = runtime.changed(), if watching => match changed {
+                    Ok(()) => {
+                        let current = runtime.borrow_and_update();
+                        sink.configure(&current);
+                        thresholds = current.thresholds.stuck();
+                    }
+                    Err(_) => watching = false,
+                },
+            }
+        }
+    }
+
     /// Detaches the programs, drains what is left, reports connections still open as partial
     /// and returns the final counters.
-    pub fn stop(self, sink: &mut dyn Sink) -> io::Result<Stats> {
-        let Self {
-            loaded,
-            mut reader,
-            mut tracker,
-            mut records,
-            ..
-        } = self;
-        drop(loaded);
-        reader.drain(|event| tracker.handle(event, &mut records));
-        tracker.flush(Clock::monotonic_now_ns(), &mut records);
-        for record in records.drain(..) {
-            sink.write(&record)?;
+    pub fn stop(mut self, sink: &mut dyn Sink) -> io::Result<Stats> {
+        let attached = self.loaded.attached.len();
+        drop(self.loaded.ebpf);
+        info!(hooks = attached, "detached");
+        {
+            let mut tracker = lock(&self.tracker);
+            let records = &mut self.records;
+            self.reader.drain(|event| tracker.handle(event, records));
+            tracker.flush(Clock::monotonic_now_ns(), records);
         }
+        Self::dispatch(&mut self.records, self.metrics.as_ref(), sink)?;
         sink.flush()?;
         Ok(Stats {
-            reader: reader.stats(),
-            kernel: reader.kernel_stats(),
-            tracker: tracker.stats(),
+            reader: self.reader.stats(),
+            kernel: self.reader.kernel_stats(),
+            tracker: lock(&self.tracker).stats(),
         })
     }
 }

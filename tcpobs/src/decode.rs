@@ -16,6 +16,8 @@ pub enum DecodeError {
 /// One event from the kernel programs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum KernelEvent {
+    /// A client entered `SYN_SENT`.
+    Connect(OpenEvent),
     Open(OpenEvent),
     Burst(BurstEvent),
     State(StateEvent),
@@ -23,12 +25,12 @@ pub enum KernelEvent {
 }
 
 /// Names of the event kinds, indexed by `kind - 1` (for per-kind counters).
-pub const KIND_NAMES: [&str; 4] = ["open", "burst", "state", "close"];
+pub const KIND_NAMES: [&str; 5] = ["open", "burst", "state", "close", "connect"];
 
 impl KernelEvent {
     pub fn header(&self) -> &EventHeader {
         match self {
-            Self::Open(e) => &e.hdr,
+            Self::Connect(e) | Self::Open(e) => &e.hdr,
             Self::Burst(e) => &e.hdr,
             Self::State(e) => &e.hdr,
             Self::Close(e) => &e.hdr,
@@ -59,6 +61,7 @@ impl TryFrom<&[u8]> for KernelEvent {
             kind::BURST => Self::Burst(decode(header.kind, bytes)?),
             kind::STATE => Self::State(decode(header.kind, bytes)?),
             kind::CLOSE => Self::Close(decode(header.kind, bytes)?),
+            kind::CONNECT => Self::Connect(decode(header.kind, bytes)?),
             other => return Err(DecodeError::UnknownKind(other)),
         })
     }

@@ -3,16 +3,24 @@
 //! The kernel programs (`tcpobs-ebpf`) keep one record per socket and send lifecycle
 //! transitions and burst ends through a ring buffer. This library loads them ([`loader`]),
 //! reads the ring buffer ([`reader`]), turns events into connection and exchange records
-//! ([`tracker`], a pure state machine) and writes them out ([`output`]). [`daemon`] ties it
-//! together; `main.rs` only parses flags and maps errors to exit codes.
+//! ([`tracker`], a pure state machine), writes them out ([`output`]) and counts them
+//! ([`metrics`]), served with the live table and runtime settings over HTTP ([`http`]).
+//! [`daemon`] runs the pipeline and [`app`] ties it to the HTTP server and signals; `main.rs`
+//! only sets up logging and maps errors to exit codes.
 
+pub mod app;
 pub mod btf;
 pub mod config;
+pub mod control;
 pub mod daemon;
 pub mod decode;
+pub mod http;
+pub mod kfilter;
 pub mod loader;
+pub mod metrics;
 pub mod model;
 pub mod output;
 pub mod reader;
+pub mod runtime;
 pub mod tracefs;
 pub mod tracker;

@@ -11,13 +11,13 @@
 
 use std::{fmt, io, path::PathBuf};
 
+
 use aya::{
     Btf as AyaBtf, Ebpf, EbpfLoader, Endianness,
-    maps::{Array, HashMap},
     programs::{BtfTracePoint, ProgramError, TracePoint},
 };
 use tcpobs_common::{
-    FilterConfig, Offsets,
+    Offsets,
     names::{self, HOOKS, Hook},
 };
 use thiserror::Error;
@@ -25,6 +25,8 @@ use tracing::{debug, info, warn};
 
 use crate::{
     btf::{Btf, BtfError},
+    kfilter::{KernelFilters, Resolved},
+    runtime::Filters,
     tracefs::{self, Format, TracefsError},
 };
 
@@ -77,8 +79,8 @@ pub struct LoadOptions {
     pub max_sockets: u32,
     /// Ring buffer size in bytes (a power of two, at least one page).
     pub ringbuf_bytes: u32,
-    /// Trace only connections with one of these local or remote ports (all when empty).
-    pub ports: Vec<u16>,
+    /// Kernel-side filters to start with.
+    pub filters: Filters,
 }
 
 /// One attached hook.
@@ -113,12 +115,16 @@ pub enum LoadError {
     },
     #[error("cannot set up kernel map {map}: {reason}")]
     Map { map: &'static str, reason: String },
+    #[error("cannot set up the kernel filters: {0}")]
+    Filter(String),
 }
 
 /// The loaded object and how each hook is attached. Dropping it detaches everything.
 pub struct Loaded {
     pub ebpf: Ebpf,
     pub attached: Vec<Attached>,
+    /// The filter maps, taken out of `ebpf` (until someone takes them over).
+    pub filters: Option<KernelFilters>,
 }
 
 /// Loads, configures and attaches everything.
@@ -146,7 +152,10 @@ pub fn load(options: &LoadOptions) -> Result<Loaded, LoadError> {
         .map_max_entries(names::SOCKETS_MAP, options.max_sockets)
         .load(OBJECT)
         .map_err(|err| LoadError::Load(error_chain(&err)))?;
-    set_port_filter(&mut ebpf, &options.ports)?;
+    let resolved = Resolved::new(&options.filters).map_err(LoadError::Filter)?;
+    let mut filters = KernelFilters::take(&mut ebpf)?;
+    filters.seed_listeners();
+    filters.apply(&resolved).map_err(LoadError::Filter)?;
     let mut attached = Vec::with_capacity(HOOKS.len());
     for hook in HOOKS {
         let strategy = attach(&mut ebpf, &aya_btf, hook, options.tracepoints, &classic)?;
@@ -158,7 +167,11 @@ pub fn load(options: &LoadOptions) -> Result<Loaded, LoadError> {
         );
         attached.push(Attached { hook, strategy });
     }
-    Ok(Loaded { ebpf, attached })
+    Ok(Loaded {
+        ebpf,
+        attached,
+        filters: Some(filters),
+    })
 }
 
 fn attach(
@@ -232,36 +245,6 @@ fn attach_classic(ebpf: &mut Ebpf, hook: Hook) -> Result<(), String> {
     Ok(())
 }
 
-/// Writes the port allowlist into the kernel filter maps (empty: trace every port).
-pub fn set_port_filter(ebpf: &mut Ebpf, ports: &[u16]) -> Result<(), LoadError> {
-    let map_error = |map, err: &dyn std::error::Error| LoadError::Map {
-        map,
-        reason: error_chain(err),
-    };
-    let mut allowlist: HashMap<_, u16, u8> = ebpf
-        .map_mut(names::PORT_FILTER_MAP)
-        .ok_or_else(|| map_error(names::PORT_FILTER_MAP, &io::Error::other("missing")))?
-        .try_into()
-        .map_err(|err| map_error(names::PORT_FILTER_MAP, &err))?;
-    for &port in ports {
-        allowlist
-            .insert(port, 1, 0)
-            .map_err(|err| map_error(names::PORT_FILTER_MAP, &err))?;
-    }
-    let mut config: Array<_, FilterConfig> = ebpf
-        .map_mut(names::FILTER_MAP)
-        .ok_or_else(|| map_error(names::FILTER_MAP, &io::Error::other("missing")))?
-        .try_into()
-        .map_err(|err| map_error(names::FILTER_MAP, &err))?;
-    let filter = FilterConfig {
-        port_allowlist: u32::from(!ports.is_empty()),
-        _pad: 0,
-    };
-    config
-        .set(0, filter, 0)
-        .map_err(|err| map_error(names::FILTER_MAP, &err))
-}
-
 /// `struct sock` member offsets from the kernel's BTF.
 fn sock_offsets(btf: &Btf) -> Result<Offsets, BtfError> {
     let offset = |path: &str, size: u32| -> Result<u16, BtfError> {
@@ -318,7 +301,7 @@ const CAP_PERFMON: u32 = 38;
 const CAP_BPF: u32 = 39;
 
 /// Root, or CAP_BPF + CAP_PERFMON (CAP_SYS_ADMIN covers both).
-fn check_privileges() -> Result<(), LoadError> {
+pub fn check_privileges() -> Result<(), LoadError> {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     let effective = status
         .lines()

@@ -184,6 +184,88 @@ impl PartialReason {
     }
 }
 
+/// A phase a live connection can be stuck in (hang detection).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Phase {
+    /// `SYN_SENT` for too long: the SYN gets no answer.
+    SynSent,
+    /// `ESTABLISHED` and nothing sent or received yet.
+    NoData,
+    /// `ESTABLISHED`, idle far beyond the exchange rhythm (a zombie).
+    Idle,
+    /// `CLOSE_WAIT` for too long: the peer closed and the application did not.
+    CloseWait,
+    /// `FIN_WAIT2` for too long: this side closed and the peer never finished.
+    FinWait2,
+}
+
+impl Phase {
+    pub const ALL: [Self; 5] = [
+        Self::SynSent,
+        Self::NoData,
+        Self::Idle,
+        Self::CloseWait,
+        Self::FinWait2,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::SynSent => "syn_sent",
+            Self::NoData => "no_data",
+            Self::Idle => "idle",
+            Self::CloseWait => "close_wait",
+            Self::FinWait2 => "fin_wait2",
+        }
+    }
+
+    /// Likely cause and action, from the seed's troubleshooting matrix.
+    pub fn hint(self) -> &'static str {
+        match self {
+            Self::SynSent => {
+                "the SYN gets no answer: the peer host is down or a firewall drops it; check                  the route to the peer and that it listens"
+            }
+            Self::NoData => {
+                "connected but nothing was sent: a pool warming connections ahead of use, or                  both sides waiting for the other to speak; check the client's pool and the                  protocol's greeting"
+            }
+            Self::Idle => {
+                "zombie connection: idle far beyond the exchange rhythm; load balancers, NAT                  gateways and firewalls drop idle flows silently; send keep-alive probes or                  PINGs below the intermediary's idle timeout"
+            }
+            Self::CloseWait => {
+                "CLOSE_WAIT leak: the peer closed and the application never called close();                  fix the code path that drops the socket"
+            }
+            Self::FinWait2 => {
+                "half-closed: this side closed and the peer never closed its end; check the                  peer application and intermediaries that may drop its FIN"
+            }
+        }
+    }
+
+    fn bit(self) -> u8 {
+        1 << self as u8
+    }
+}
+
+/// A set of [`Phase`]s.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PhaseSet(u8);
+
+impl PhaseSet {
+    pub fn contains(self, phase: Phase) -> bool {
+        self.0 & phase.bit() != 0
+    }
+
+    pub fn insert(&mut self, phase: Phase) {
+        self.0 |= phase.bit();
+    }
+
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+
+    pub fn iter(self) -> impl Iterator<Item = Phase> {
+        Phase::ALL.into_iter().filter(move |phase| self.contains(*phase))
+    }
+}
+
 /// Name of a kernel TCP state, as in `/proc/net/tcp` tools.
 pub fn state_name(state: u8) -> &'static str {
     match state {
@@ -331,6 +413,42 @@ pub struct ConnectionRecord {
     pub retransmits: u32,
     /// `None` while the connection is still open.
     pub close: Option<Close>,
+    /// The longest time to first byte among its exchanges (ns).
+    pub max_response_begin_ns: Option<u64>,
+    /// The longest idle gap among its exchanges (ns).
+    pub max_idle_ns: Option<u64>,
+    /// Phases the hang detector flagged during the connection's life.
+    pub stuck: PhaseSet,
+    /// A stuck episode still going on when the connection ended: the phase and how long.
+    pub stuck_at_end: Option<(Phase, u64)>,
+}
+
+/// A connection just established (for counters and the handshake histogram).
+#[derive(Clone, Debug, PartialEq)]
+pub struct OpenedRecord {
+    pub id: u64,
+    pub role: Role,
+    pub addrs: Addrs,
+    pub process: Option<Process>,
+    pub connect_ns: u64,
+}
+
+/// A live connection the hang detector flagged (once per connection and phase).
+#[derive(Clone, Debug, PartialEq)]
+pub struct AnomalyRecord {
+    pub conn_id: u64,
+    pub phase: Phase,
+    pub role: Role,
+    pub addrs: Addrs,
+    pub process: Option<Process>,
+    /// TCP state when flagged.
+    pub state: u8,
+    /// When the phase began (ns).
+    pub since_ns: u64,
+    /// When the sweep flagged it (ns).
+    pub at_ns: u64,
+    /// The threshold it crossed (ns).
+    pub threshold_ns: u64,
 }
 
 /// One request/response exchange (a justniffer line).
@@ -359,11 +477,15 @@ pub struct ExchangeRecord {
     pub close_originator: Option<CloseOriginator>,
 }
 
-/// What the tracker hands to the outputs.
+/// What the tracker hands to the outputs and metrics.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Record {
     Connection(ConnectionRecord),
     Exchange(ExchangeRecord),
+    Opened(OpenedRecord),
+    Anomaly(AnomalyRecord),
+    /// A stuck episode ended while the connection went on: the phase and how long it lasted.
+    Unstuck(Phase, u64),
 }
 
 #[cfg(test)]

@@ -18,10 +18,11 @@ use std::{
 };
 
 use tcpobs::{
-    daemon::{Stats, Tracer},
+    daemon::{Stats, Timing, Tracer},
     loader::{Attached, LoadOptions, TracepointMode},
     model::{ConnectionRecord, ExchangeRecord, Record},
-    output::Sink,
+    output::{EventSelection, Sink},
+    runtime::{Filter, Filters, Runtime, Thresholds},
 };
 
 /// How long to wait for records to show up before failing. Generous: the machine is shared
@@ -54,7 +55,21 @@ pub fn options(ports: &[u16]) -> LoadOptions {
         tracepoints: TracepointMode::Auto,
         max_sockets: 4096,
         ringbuf_bytes: 1 << 20,
-        ports: ports.to_vec(),
+        filters: Filters {
+            ports: Filter::Include(ports.to_vec()),
+            ..Filters::default()
+        },
+    }
+}
+
+/// Runtime settings for captures: the defaults, with the hang detector's thresholds given.
+pub fn runtime(thresholds: Thresholds) -> Runtime {
+    Runtime {
+        events: EventSelection::Exchanges,
+        sample: None,
+        thresholds,
+        log_level: "info".to_owned(),
+        filters: Filters::default(),
     }
 }
 
@@ -87,17 +102,23 @@ impl Capture {
     }
 
     pub fn start_with(options: LoadOptions) -> Self {
+        Self::start_full(options, runtime(Thresholds::default()))
+    }
+
+    /// Starts tracing with these runtime settings (thresholds for the hang detector); the
+    /// sweep runs every 200 ms.
+    pub fn start_full(options: LoadOptions, runtime: Runtime) -> Self {
         let serial = serial();
         let records = Arc::new(Mutex::new(Vec::new()));
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let (ready, started) = mpsc::channel();
         let shared = Arc::clone(&records);
         let thread = thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
+            let executor = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .unwrap();
-            runtime.block_on(async move {
+            executor.block_on(async move {
                 let mut tracer = match Tracer::start(&options) {
                     Ok(tracer) => tracer,
                     Err(err) => {
@@ -107,8 +128,13 @@ impl Capture {
                 };
                 ready.send(Ok(tracer.attached().to_vec())).unwrap();
                 let mut sink = SharedSink(shared);
+                let (_keep, changes) = tokio::sync::watch::channel(runtime);
+                let timing = Timing {
+                    drain: Duration::from_millis(5),
+                    sweep: Duration::from_millis(200),
+                };
                 tracer
-                    .run(&mut sink, Duration::from_millis(5), async {
+                    .run(&mut sink, timing, changes, async {
                         let _ = stopped.await;
                     })
                     .await
@@ -191,7 +217,7 @@ pub fn connections(records: &[Record]) -> Vec<ConnectionRecord> {
         .iter()
         .filter_map(|record| match record {
             Record::Connection(connection) => Some(connection.clone()),
-            Record::Exchange(_) => None,
+            _ => None,
         })
         .collect()
 }
@@ -201,7 +227,7 @@ pub fn exchanges(records: &[Record]) -> Vec<ExchangeRecord> {
         .iter()
         .filter_map(|record| match record {
             Record::Exchange(exchange) => Some(exchange.clone()),
-            Record::Connection(_) => None,
+            _ => None,
         })
         .collect()
 }
@@ -269,4 +295,15 @@ pub fn write_all(stream: &mut TcpStream, data: &[u8]) {
 /// Seconds, for assertion messages.
 pub fn secs(ns: u64) -> f64 {
     ns as f64 / 1e9
+}
+
+/// The anomaly records so far.
+pub fn anomalies(records: &[Record]) -> Vec<tcpobs::model::AnomalyRecord> {
+    records
+        .iter()
+        .filter_map(|record| match record {
+            Record::Anomaly(anomaly) => Some(anomaly.clone()),
+            _ => None,
+        })
+        .collect()
 }

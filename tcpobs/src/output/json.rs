@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 
 use chrono::{DateTime, SecondsFormat, Utc};
 
-use crate::model::{ConnectionRecord, ExchangeRecord, state_name};
+use crate::model::{AnomalyRecord, ConnectionRecord, ExchangeRecord, state_name};
 
 /// Bumped on any incompatible change to the JSON events.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -70,6 +70,19 @@ impl<'a> Object<'a> {
             Some(value) => self.u64(key, value),
             None => self.null(key),
         }
+    }
+
+    pub fn strs<'s>(&mut self, key: &str, values: impl IntoIterator<Item = &'s str>) -> &mut Self {
+        self.key(key);
+        self.out.push('[');
+        for (index, value) in values.into_iter().enumerate() {
+            if index > 0 {
+                self.out.push(',');
+            }
+            escape_into(self.out, value);
+        }
+        self.out.push(']');
+        self
     }
 
     pub fn bool(&mut self, key: &str, value: bool) -> &mut Self {
@@ -141,8 +154,13 @@ pub trait WallClock {
     fn wall(&self, monotonic_ns: u64) -> DateTime<Utc>;
 }
 
-/// A `connection` event.
-pub fn connection(out: &mut String, record: &ConnectionRecord, clock: &impl WallClock) {
+/// A `connection` event; `anomalies` says why it is one (see `select::anomalies_of`).
+pub fn connection(
+    out: &mut String,
+    record: &ConnectionRecord,
+    anomalies: &[&str],
+    clock: &impl WallClock,
+) {
     let mut object = Object::new(out, "connection");
     let end_ns = record.start_ns + record.lifetime_ns;
     object
@@ -191,7 +209,31 @@ pub fn connection(out: &mut String, record: &ConnectionRecord, clock: &impl Wall
         .opt_str(
             "error",
             close.and_then(|c| crate::model::errno_name(c.errno)),
-        );
+        )
+        .strs("stuck", record.stuck.iter().map(|phase| phase.as_str()))
+        .strs("anomalies", anomalies.iter().copied());
+    object.end();
+}
+
+/// An `anomaly` event: a live connection stuck in a phase.
+pub fn anomaly(out: &mut String, record: &AnomalyRecord, clock: &impl WallClock) {
+    let mut object = Object::new(out, "anomaly");
+    object
+        .u64("conn_id", record.conn_id)
+        .time("time", clock.wall(record.at_ns))
+        .str("phase", record.phase.as_str())
+        .str("state", state_name(record.state))
+        .time("since", clock.wall(record.since_ns))
+        .secs("age_s", Some(record.at_ns.saturating_sub(record.since_ns)))
+        .secs("threshold_s", Some(record.threshold_ns))
+        .str("role", record.role.as_str())
+        .display("local_ip", record.addrs.local.ip())
+        .u64("local_port", u64::from(record.addrs.local.port()))
+        .display("remote_ip", record.addrs.remote.ip())
+        .u64("remote_port", u64::from(record.addrs.remote.port()))
+        .opt_u64("pid", record.process.as_ref().map(|p| u64::from(p.pid)))
+        .opt_str("comm", record.process.as_ref().map(|p| p.comm.as_str()))
+        .str("hint", record.phase.hint());
     object.end();
 }
 

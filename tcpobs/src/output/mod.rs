@@ -2,34 +2,34 @@
 
 pub mod json;
 pub mod justniffer;
+pub mod select;
 
 use std::{
     fs::OpenOptions,
     io::{self, BufWriter, Write},
     path::Path,
+    sync::{Arc, atomic::Ordering},
 };
 
 use chrono::{DateTime, Local, TimeZone, Utc};
 
-use self::{json::WallClock, justniffer::LineFormat};
-use crate::model::Record;
-
-/// Which JSON events to write (`--events`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
-pub enum EventSelection {
-    /// One aggregate `connection` event per connection, when it closes.
-    #[default]
-    Connections,
-    /// `connection` events plus one `exchange` event per request/response exchange.
-    Exchanges,
-    /// No events (counters only).
-    None,
-}
+pub use self::select::EventSelection;
+use self::{
+    json::WallClock,
+    justniffer::LineFormat,
+    select::{OutputCounts, Sampler, anomalies_of, selected},
+};
+use crate::{
+    model::Record,
+    runtime::{Runtime, Thresholds},
+};
 
 /// How records are written.
 #[derive(Clone, Debug)]
 pub enum Format {
-    Json(EventSelection),
+    /// NDJSON events, selected by the runtime `events` setting.
+    Json,
+    /// One justniffer line per exchange (nothing with `--events none`).
     Justniffer(LineFormat),
 }
 
@@ -80,16 +80,23 @@ impl WallClock for Clock {
 pub trait Sink {
     fn write(&mut self, record: &Record) -> io::Result<()>;
 
+    /// Takes new runtime settings (event selection, sampling, thresholds).
+    fn configure(&mut self, _runtime: &Runtime) {}
+
     /// Called after each batch of events.
     fn flush(&mut self) -> io::Result<()>;
 }
 
-/// The configured output: a format over a buffered writer.
+/// The configured output: a format over a buffered writer, with event selection and sampling.
 pub struct Output {
     writer: BufWriter<Box<dyn Write + Send>>,
     format: Format,
     clock: Clock,
     line: String,
+    selection: EventSelection,
+    thresholds: Thresholds,
+    sampler: Sampler,
+    counts: Arc<OutputCounts>,
 }
 
 impl Output {
@@ -99,6 +106,10 @@ impl Output {
             format,
             clock,
             line: String::with_capacity(1024),
+            selection: EventSelection::default(),
+            thresholds: Thresholds::default(),
+            sampler: Sampler::new(None),
+            counts: Arc::default(),
         }
     }
 
@@ -111,33 +122,61 @@ impl Output {
         Ok(Self::new(writer, format, clock))
     }
 
+    /// Events written and sampled out, for the metrics.
+    pub fn counts(&self) -> Arc<OutputCounts> {
+        Arc::clone(&self.counts)
+    }
+
     /// Writes a line that is not a record (e.g. the final `stats` event), JSON format only.
     pub fn write_json_line(&mut self, line: &str) -> io::Result<()> {
-        if matches!(self.format, Format::Json(_)) {
+        if matches!(self.format, Format::Json) {
             self.writer.write_all(line.as_bytes())?;
         }
         Ok(())
     }
+
+    /// Where this record goes, if anywhere (index into `EVENT_TYPES`).
+    fn route(&self, record: &Record) -> Option<usize> {
+        match (&self.format, record) {
+            (Format::Json, _) => selected(self.selection, record, &self.thresholds),
+            (Format::Justniffer(_), Record::Exchange(_)) => {
+                (self.selection != EventSelection::None).then_some(1)
+            }
+            (Format::Justniffer(_), _) => None,
+        }
+    }
 }
 
 impl Sink for Output {
+    fn configure(&mut self, runtime: &Runtime) {
+        self.selection = runtime.events;
+        self.thresholds = runtime.thresholds;
+        self.sampler = Sampler::new(runtime.sample);
+    }
+
     fn write(&mut self, record: &Record) -> io::Result<()> {
+        let Some(kind) = self.route(record) else {
+            return Ok(());
+        };
+        if !self.sampler.admit(Clock::monotonic_now_ns()) {
+            self.counts.sampled_out[kind].fetch_add(1, Ordering::Relaxed);
+            return Ok(());
+        }
         self.line.clear();
         match (&self.format, record) {
-            (Format::Json(EventSelection::None), _) => return Ok(()),
-            (Format::Json(_), Record::Connection(connection)) => {
-                json::connection(&mut self.line, connection, &self.clock);
-            }
-            (Format::Json(EventSelection::Exchanges), Record::Exchange(exchange)) => {
-                json::exchange(&mut self.line, exchange, &self.clock);
-            }
-            (Format::Json(EventSelection::Connections), Record::Exchange(_)) => return Ok(()),
             (Format::Justniffer(format), Record::Exchange(exchange)) => {
                 let start = self.clock.wall(exchange.start_ns).with_timezone(&Local);
                 format.write(&mut self.line, exchange, start);
             }
-            (Format::Justniffer(_), Record::Connection(_)) => return Ok(()),
+            (_, Record::Connection(connection)) => {
+                let anomalies = anomalies_of(connection, &self.thresholds);
+                json::connection(&mut self.line, connection, &anomalies, &self.clock);
+            }
+            (_, Record::Exchange(exchange)) => json::exchange(&mut self.line, exchange, &self.clock),
+            (_, Record::Anomaly(anomaly)) => json::anomaly(&mut self.line, anomaly, &self.clock),
+            (_, Record::Opened(_) | Record::Unstuck(..)) => return Ok(()),
         }
+        self.counts.written[kind].fetch_add(1, Ordering::Relaxed);
         self.writer.write_all(self.line.as_bytes())
     }
 

@@ -170,6 +170,9 @@ impl Conn {
         let response_end_ns = pending
             .response
             .map(|response| response.last_ns - response.first_ns);
+        let idle_after_ns = idle_end.map(|end| end.saturating_sub(pending.last_ns()));
+        self.max_response_begin_ns = self.max_response_begin_ns.max(response_begin_ns);
+        self.max_idle_ns = self.max_idle_ns.max(idle_after_ns);
         out.push(Record::Exchange(ExchangeRecord {
             conn_id: self.id,
             role: self.role,
@@ -189,7 +192,7 @@ impl Conn {
             response_ns: response_begin_ns
                 .zip(response_end_ns)
                 .map(|(begin, end)| begin + end),
-            idle_after_ns: idle_end.map(|end| end.saturating_sub(pending.last_ns())),
+            idle_after_ns,
             session_ns: session_end.saturating_sub(self.start_ns),
             request_bytes: pending.request.map_or(0, |span| span.bytes),
             response_bytes: pending.response.map_or(0, |span| span.bytes),

@@ -2,42 +2,52 @@
 //!
 //! It knows nothing of aya, tokio or output formats: [`Tracker::handle`] takes one decoded
 //! event and appends whatever records it completes. Times are the kernel's monotonic
-//! nanoseconds; the caller supplies "now" when it needs one ([`Tracker::flush`]).
+//! nanoseconds; the caller supplies "now" when it needs one ([`Tracker::flush`],
+//! [`Tracker::sweep`]).
 //!
 //! # Connection states
 //!
 //! A connection is keyed by socket address *and* generation (`start_ns`): socket memory is
 //! reused within milliseconds.
 //!
+//! - *connecting*: a `Connect` event (a client entered `SYN_SENT`).
 //! - *live*: an `Open` event arrived (at `ESTABLISHED`, or at first sighting for a socket that
 //!   was already open, which is marked partial with role `unknown`). `Burst` events build
 //!   exchanges ([`exchange`]); `State` events track teardown.
 //! - *closed*: the `Close` event carries the whole final record, so a connection is reported
-//!   even if its earlier events were lost. Connect failures have no `Open` at all.
-//! - *lost*: an `Open` for a new generation on a socket whose previous generation never closed
+//!   even if its earlier events were lost.
+//! - *lost*: an event for a new generation on a socket whose previous generation never closed
 //!   means the kernel evicted that record or its close was dropped; the old connection is
 //!   reported partial (`lost`) and counted.
 //!
 //! Events for connections the tracker does not know are counted as unmatched, never guessed.
+//! The tracker also keeps the live counts behind the gauges (open connections by role and
+//! state, bytes by role and direction) and runs the hang detector's sweep ([`hang`]).
 
 mod close;
 mod exchange;
+mod hang;
 #[cfg(test)]
 mod tests;
 
 use std::collections::HashMap;
 
 use tcpobs_common::{
-    Burst, CloseEvent, FLAG_PARTIAL, OpenEvent, SockRecord, StateEvent, direction, tcp_state,
+    CloseEvent, FLAG_PARTIAL, OpenEvent, SockRecord, StateEvent, Task, direction,
+    tcp_state,
 };
 
+pub use self::hang::{KernelView, StuckThresholds, SweepReport};
 use self::{
     close::{close_of, connect_failure_of},
     exchange::{ExchangeEnd, Pending},
 };
 use crate::{
     decode::KernelEvent,
-    model::{Addrs, ConnectionRecord, PartialReason, Process, Record, Role},
+    model::{
+        Addrs, ConnectionRecord, OpenedRecord, PartialReason, Phase, PhaseSet, Process, Record,
+        Role,
+    },
 };
 
 /// Data-loss counters kept by the tracker.
@@ -48,6 +58,37 @@ pub struct TrackerStats {
     /// Connections abandoned because a newer one appeared on the same socket before they were
     /// seen to close (kernel record evicted, or close event dropped).
     pub lost: u64,
+}
+
+/// Index of a role in the per-role counters.
+pub fn role_index(role: Role) -> usize {
+    match role {
+        Role::Client => 0,
+        Role::Server => 1,
+        Role::Unknown => 2,
+    }
+}
+
+/// Counters the gauges and byte counters read at scrape time.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LiveCounts {
+    /// Live connections by [`role_index`] and TCP state.
+    pub open: [[u64; 16]; 3],
+    /// Payload bytes by [`role_index`]: `[sent, received]`.
+    pub bytes: [[u64; 2]; 3],
+    /// Retransmitted segments of closed connections, by [`role_index`].
+    pub retransmits: [u64; 3],
+}
+
+impl LiveCounts {
+    fn add(&mut self, role: Role, state: u8) {
+        self.open[role_index(role)][usize::from(state & 15)] += 1;
+    }
+
+    fn remove(&mut self, role: Role, state: u8) {
+        let slot = &mut self.open[role_index(role)][usize::from(state & 15)];
+        *slot = slot.saturating_sub(1);
+    }
 }
 
 /// A live connection.
@@ -62,12 +103,23 @@ pub struct Conn {
     process: Option<Process>,
     established_ns: Option<u64>,
     state: u8,
+    /// When the connection entered `state` (ns).
+    state_since_ns: u64,
     exchanges: u32,
     pending: Option<Pending>,
+    /// Bytes seen in bursts so far.
     bytes_sent: u64,
     bytes_received: u64,
-    /// Last event seen for this connection (ns).
-    last_event_ns: u64,
+    /// Data has moved (from bursts, or the kernel's record for a burst in progress).
+    saw_data: bool,
+    /// Last data (or lifecycle event) known to the tracker (ns).
+    last_activity_ns: u64,
+    max_response_begin_ns: Option<u64>,
+    max_idle_ns: Option<u64>,
+    /// Phases already reported by the hang detector.
+    flagged: PhaseSet,
+    /// The stuck episode in progress: phase and when it began.
+    stuck: Option<(Phase, u64)>,
 }
 
 impl Conn {
@@ -84,26 +136,28 @@ impl Conn {
             process: None,
             established_ns: None,
             state: tcp_state::ESTABLISHED,
+            state_since_ns: start_ns,
             exchanges: 0,
             pending: None,
             bytes_sent: 0,
             bytes_received: 0,
-            last_event_ns: start_ns,
+            saw_data: false,
+            last_activity_ns: start_ns,
+            max_response_begin_ns: None,
+            max_idle_ns: None,
+            flagged: PhaseSet::default(),
+            stuck: None,
         }
     }
 
-    fn from_open(id: u64, event: &OpenEvent) -> Self {
+    fn from_event(id: u64, event: &OpenEvent) -> Self {
         let partial = event.flags & FLAG_PARTIAL != 0;
-        let mut conn = Self::new(
-            id,
-            event.hdr.start_ns,
-            Role::from_kernel(event.role),
-            partial,
-        );
+        let mut conn = Self::new(id, event.hdr.start_ns, Role::from_kernel(event.role), partial);
         conn.addrs = Addrs::from_kernel(&event.endpoints);
         conn.process = Process::from_kernel(&event.task);
-        conn.established_ns = (!partial).then_some(event.hdr.ts_ns);
-        conn.last_event_ns = event.hdr.ts_ns;
+        conn.state = event.state;
+        conn.state_since_ns = event.hdr.ts_ns;
+        conn.last_activity_ns = event.hdr.ts_ns;
         conn
     }
 
@@ -121,6 +175,7 @@ impl Conn {
         }
         conn.addrs = Addrs::from_kernel(&rec.endpoints);
         conn.established_ns = (rec.established_ns != 0).then_some(rec.established_ns);
+        conn.state = rec.final_state;
         conn
     }
 
@@ -136,60 +191,94 @@ impl Conn {
         &self.addrs
     }
 
+    pub fn process(&self) -> Option<&Process> {
+        self.process.as_ref()
+    }
+
     pub fn state(&self) -> u8 {
         self.state
     }
 
-    pub fn last_event_ns(&self) -> u64 {
-        self.last_event_ns
+    pub fn start_ns(&self) -> u64 {
+        self.start_ns
     }
 
-    fn update_process(&mut self, task: &tcpobs_common::Task) {
+    pub fn partial(&self) -> bool {
+        self.partial.is_some()
+    }
+
+    pub fn exchanges(&self) -> u32 {
+        self.exchanges
+    }
+
+    pub fn bytes(&self) -> (u64, u64) {
+        (self.bytes_sent, self.bytes_received)
+    }
+
+    pub fn last_activity_ns(&self) -> u64 {
+        self.last_activity_ns
+    }
+
+    /// Phases the hang detector has flagged.
+    pub fn flagged(&self) -> PhaseSet {
+        self.flagged
+    }
+
+    /// Ends the stuck episode in progress, if any (the connection moved on).
+    fn unstick(&mut self, now: u64, out: &mut Vec<Record>) {
+        if let Some((phase, since)) = self.stuck.take() {
+            out.push(Record::Unstuck(phase, now.saturating_sub(since)));
+        }
+    }
+
+    fn update_process(&mut self, task: &Task) {
         if self.process.is_none() {
             self.process = Process::from_kernel(task);
         }
     }
 
-    fn apply_burst(&mut self, burst: &Burst, out: &mut Vec<Record>) {
-        match burst.dir {
-            direction::OUT => self.bytes_sent += burst.bytes,
-            direction::IN => self.bytes_received += burst.bytes,
-            _ => return,
+    fn connect_ns(&self) -> Option<u64> {
+        match self.partial {
+            None => self.established_ns.map(|at| at.saturating_sub(self.start_ns)),
+            Some(_) => None,
         }
-        self.last_event_ns = self.last_event_ns.max(burst.last_ns);
-        self.on_burst(burst, out);
     }
 
-    /// The record of a connection that is not closing normally.
-    fn unfinished(mut self, reason: PartialReason, now: u64, out: &mut Vec<Record>) {
-        self.finish_exchange(ExchangeEnd::Flushed { now }, out);
-        let connect_ns = self.connect_ns();
-        out.push(Record::Connection(ConnectionRecord {
+    /// The stuck episode in progress at `end_ns`, as (phase, duration).
+    fn stuck_at(&self, end_ns: u64) -> Option<(Phase, u64)> {
+        self.stuck
+            .map(|(phase, since)| (phase, end_ns.saturating_sub(since)))
+    }
+
+    fn record(&self, partial: Option<PartialReason>, lifetime_ns: u64) -> ConnectionRecord {
+        ConnectionRecord {
             id: self.id,
             role: self.role,
-            partial: Some(reason),
+            partial,
             addrs: self.addrs,
-            process: self.process,
+            process: self.process.clone(),
             start_ns: self.start_ns,
             established_ns: self.established_ns,
-            connect_ns,
+            connect_ns: self.connect_ns(),
             connect_failure: None,
-            lifetime_ns: now.saturating_sub(self.start_ns),
+            lifetime_ns,
             exchanges: self.exchanges,
             bytes_sent: self.bytes_sent,
             bytes_received: self.bytes_received,
             retransmits: 0,
             close: None,
-        }));
+            max_response_begin_ns: self.max_response_begin_ns,
+            max_idle_ns: self.max_idle_ns,
+            stuck: self.flagged,
+            stuck_at_end: self.stuck_at(self.start_ns + lifetime_ns),
+        }
     }
 
-    fn connect_ns(&self) -> Option<u64> {
-        match self.partial {
-            None => self
-                .established_ns
-                .map(|at| at.saturating_sub(self.start_ns)),
-            Some(_) => None,
-        }
+    /// The record of a connection that is not closing normally.
+    fn unfinished(mut self, reason: PartialReason, now: u64, out: &mut Vec<Record>) {
+        self.finish_exchange(ExchangeEnd::Flushed { now }, out);
+        let record = self.record(Some(reason), now.saturating_sub(self.start_ns));
+        out.push(Record::Connection(record));
     }
 
     /// The final record of a closed connection, after its last exchange.
@@ -213,23 +302,13 @@ impl Conn {
             },
             out,
         );
-        out.push(Record::Connection(ConnectionRecord {
-            connect_ns: self.connect_ns(),
-            id: self.id,
-            role: self.role,
-            partial: self.partial,
-            addrs: self.addrs,
-            process: self.process,
-            start_ns: self.start_ns,
-            established_ns: self.established_ns,
-            connect_failure: connect_failure_of(rec),
-            lifetime_ns: rec.close_ns.saturating_sub(self.start_ns),
-            exchanges: self.exchanges,
-            bytes_sent: rec.bytes_sent,
-            bytes_received: rec.bytes_recv,
-            retransmits: rec.retransmits,
-            close: Some(close),
-        }));
+        let mut record = self.record(self.partial, rec.close_ns.saturating_sub(self.start_ns));
+        record.connect_failure = connect_failure_of(rec);
+        record.bytes_sent = rec.bytes_sent;
+        record.bytes_received = rec.bytes_recv;
+        record.retransmits = rec.retransmits;
+        record.close = Some(close);
+        out.push(Record::Connection(record));
     }
 }
 
@@ -239,6 +318,8 @@ pub struct Tracker {
     conns: HashMap<u64, Conn>,
     next_id: u64,
     stats: TrackerStats,
+    counts: LiveCounts,
+    sweeps: u64,
 }
 
 impl Tracker {
@@ -250,9 +331,21 @@ impl Tracker {
         self.stats
     }
 
+    pub fn counts(&self) -> &LiveCounts {
+        &self.counts
+    }
+
     /// Live connections, in no particular order.
     pub fn live(&self) -> impl Iterator<Item = &Conn> {
         self.conns.values()
+    }
+
+    pub fn len(&self) -> usize {
+        self.conns.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.conns.is_empty()
     }
 
     fn next_id(&mut self) -> u64 {
@@ -260,17 +353,47 @@ impl Tracker {
         self.next_id
     }
 
+    fn insert(&mut self, sock: u64, conn: Conn) {
+        self.counts.add(conn.role, conn.state);
+        self.conns.insert(sock, conn);
+    }
+
+    fn remove(&mut self, sock: u64) -> Option<Conn> {
+        let conn = self.conns.remove(&sock)?;
+        self.counts.remove(conn.role, conn.state);
+        Some(conn)
+    }
+
     /// Applies one kernel event, appending the records it completes to `out`.
     pub fn handle(&mut self, event: &KernelEvent, out: &mut Vec<Record>) {
         match event {
+            KernelEvent::Connect(connect) => self.on_connect(connect, out),
             KernelEvent::Open(open) => self.on_open(open, out),
             KernelEvent::Burst(burst) => {
-                if let Some(conn) = self.matching(burst.hdr.sock, burst.hdr.start_ns) {
-                    conn.update_process(&burst.task);
-                    conn.apply_burst(&burst.burst, out);
-                }
+                let Some(conn) = self.matching(burst.hdr.sock, burst.hdr.start_ns) else {
+                    return;
+                };
+                conn.update_process(&burst.task);
+                let (dir, role) = (burst.burst.dir, conn.role);
+                conn.last_activity_ns = conn.last_activity_ns.max(burst.hdr.ts_ns);
+                conn.unstick(burst.hdr.ts_ns, out);
+                conn.on_burst(&burst.burst, out);
+                let bytes = burst.burst.bytes;
+                let slot = match dir {
+                    direction::OUT => {
+                        conn.bytes_sent += bytes;
+                        0
+                    }
+                    direction::IN => {
+                        conn.bytes_received += bytes;
+                        1
+                    }
+                    _ => return,
+                };
+                conn.saw_data = true;
+                self.counts.bytes[role_index(role)][slot] += bytes;
             }
-            KernelEvent::State(state) => self.on_state(state),
+            KernelEvent::State(state) => self.on_state(state, out),
             KernelEvent::Close(close) => self.on_close(close, out),
         }
     }
@@ -288,41 +411,86 @@ impl Tracker {
 
     /// Reports a connection that never closed as lost.
     fn abandon(&mut self, sock: u64, out: &mut Vec<Record>) {
-        if let Some(conn) = self.conns.remove(&sock) {
+        if let Some(conn) = self.remove(sock) {
             self.stats.lost += 1;
-            let now = conn.last_event_ns;
+            let now = conn.last_activity_ns;
             conn.unfinished(PartialReason::Lost, now, out);
+        }
+    }
+
+    /// Makes room for a new generation on `sock`; false if this generation is already known.
+    fn replace(&mut self, sock: u64, start_ns: u64, out: &mut Vec<Record>) -> bool {
+        if self
+            .conns
+            .get(&sock)
+            .is_some_and(|conn| conn.start_ns == start_ns)
+        {
+            return false;
+        }
+        self.abandon(sock, out);
+        true
+    }
+
+    fn on_connect(&mut self, connect: &OpenEvent, out: &mut Vec<Record>) {
+        let sock = connect.hdr.sock;
+        if self.replace(sock, connect.hdr.start_ns, out) {
+            let id = self.next_id();
+            self.insert(sock, Conn::from_event(id, connect));
         }
     }
 
     fn on_open(&mut self, open: &OpenEvent, out: &mut Vec<Record>) {
         let sock = open.hdr.sock;
-        if self
-            .conns
-            .get(&sock)
-            .is_some_and(|conn| conn.start_ns == open.hdr.start_ns)
-        {
-            return;
+        if self.replace(sock, open.hdr.start_ns, out) {
+            let id = self.next_id();
+            self.insert(sock, Conn::from_event(id, open));
+        } else if let Some(conn) = self.conns.get(&sock) {
+            // Established after a connect: the local port is known now.
+            let (role, state) = (conn.role, conn.state);
+            self.counts.remove(role, state);
+            self.counts.add(role, open.state);
+            let conn = self.conns.get_mut(&sock).expect("checked above");
+            conn.addrs = Addrs::from_kernel(&open.endpoints);
+            conn.update_process(&open.task);
+            conn.state = open.state;
+            conn.state_since_ns = open.hdr.ts_ns;
+            conn.last_activity_ns = open.hdr.ts_ns;
+            conn.unstick(open.hdr.ts_ns, out);
         }
-        self.abandon(sock, out);
-        let id = self.next_id();
-        self.conns.insert(sock, Conn::from_open(id, open));
+        let conn = self.conns.get_mut(&sock).expect("inserted or known");
+        if open.flags & FLAG_PARTIAL == 0 {
+            conn.established_ns = Some(open.hdr.ts_ns);
+            out.push(Record::Opened(OpenedRecord {
+                id: conn.id,
+                role: conn.role,
+                addrs: conn.addrs,
+                process: conn.process.clone(),
+                connect_ns: open.hdr.ts_ns.saturating_sub(conn.start_ns),
+            }));
+        }
     }
 
-    fn on_state(&mut self, state: &StateEvent) {
-        if let Some(conn) = self.matching(state.hdr.sock, state.hdr.start_ns) {
-            conn.state = state.new_state;
-            conn.last_event_ns = conn.last_event_ns.max(state.hdr.ts_ns);
-        }
+    fn on_state(&mut self, state: &StateEvent, out: &mut Vec<Record>) {
+        let Some(conn) = self.matching(state.hdr.sock, state.hdr.start_ns) else {
+            return;
+        };
+        let (role, old) = (conn.role, conn.state);
+        conn.state = state.new_state;
+        conn.state_since_ns = state.hdr.ts_ns;
+        conn.last_activity_ns = conn.last_activity_ns.max(state.hdr.ts_ns);
+        // Every phase belongs to one state: leaving the state ends the episode.
+        conn.unstick(state.hdr.ts_ns, out);
+        self.counts.remove(role, old);
+        self.counts.add(role, state.new_state);
     }
 
     fn on_close(&mut self, event: &CloseEvent, out: &mut Vec<Record>) {
         let sock = event.hdr.sock;
-        let conn = match self.conns.remove(&sock) {
+        let conn = match self.remove(sock) {
             Some(conn) if conn.start_ns == event.hdr.start_ns => conn,
             other => {
                 if let Some(other) = other {
-                    self.conns.insert(sock, other);
+                    self.insert(sock, other);
                     self.abandon(sock, out);
                 }
                 let id = self.next_id();
@@ -333,15 +501,24 @@ impl Tracker {
                 conn
             }
         };
-        conn.closed(&event.record, out);
+        let role = conn.role;
+        let (counted_sent, counted_received) = conn.bytes();
+        let rec = &event.record;
+        let index = role_index(role);
+        self.counts.bytes[index][0] += rec.bytes_sent.saturating_sub(counted_sent);
+        self.counts.bytes[index][1] += rec.bytes_recv.saturating_sub(counted_received);
+        self.counts.retransmits[index] += u64::from(rec.retransmits);
+        conn.closed(rec, out);
     }
 
     /// Reports every live connection as partial (tcpobs is stopping) and forgets them.
     pub fn flush(&mut self, now_ns: u64, out: &mut Vec<Record>) {
-        let mut conns: Vec<Conn> = self.conns.drain().map(|(_, conn)| conn).collect();
-        conns.sort_by_key(|conn| conn.id);
-        for conn in conns {
-            conn.unfinished(PartialReason::Shutdown, now_ns, out);
+        let mut socks: Vec<(u64, u64)> = self.conns.iter().map(|(s, c)| (c.id, *s)).collect();
+        socks.sort_unstable();
+        for (_, sock) in socks {
+            if let Some(conn) = self.remove(sock) {
+                conn.unfinished(PartialReason::Shutdown, now_ns, out);
+            }
         }
     }
 }

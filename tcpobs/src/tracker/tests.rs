@@ -5,7 +5,7 @@
 //! on teardown transitions and `Close` with the final record.
 
 use tcpobs_common::{
-    BurstEvent, CloseEvent, EventHeader, FLAG_APP_CLOSED, FLAG_CLOSE_WAIT, FLAG_PARTIAL,
+    Burst, BurstEvent, CloseEvent, EventHeader, FLAG_APP_CLOSED, FLAG_CLOSE_WAIT, FLAG_PARTIAL,
     FLAG_RST_RECV, FLAG_RST_SENT, OpenEvent, SockRecord, StateEvent, Task, direction, kind, role,
     tcp_state, teardown,
 };
@@ -78,7 +78,8 @@ impl Sock {
             task: self.rec.task,
             role: self.rec.role,
             flags: self.rec.flags,
-            _pad: [0; 6],
+            state: self.rec.state,
+            _pad: [0; 5],
         }));
         self
     }
@@ -209,6 +210,7 @@ fn split(
         match record {
             Record::Exchange(exchange) => exchanges.push(exchange),
             Record::Connection(connection) => connections.push(connection),
+            Record::Opened(_) | Record::Anomaly(_) | Record::Unstuck(..) => {}
         }
     }
     (exchanges, connections, tracker)
@@ -606,8 +608,8 @@ fn shutdown_flushes_live_connections_as_partial() {
     }
     assert_eq!(tracker.live().count(), 1);
     // The second request is still a burst in progress in the kernel: the first exchange's
-    // class is not known yet.
-    assert!(out.is_empty(), "{out:?}");
+    // class is not known yet. Only the establishment was announced.
+    assert!(matches!(out[..], [Record::Opened(_)]), "{out:?}");
     tracker.flush(10 * MS, &mut out);
     let (exchanges, connections, tracker) = split(out, tracker);
     assert_eq!(tracker.live().count(), 0);
@@ -618,4 +620,41 @@ fn shutdown_flushes_live_connections_as_partial() {
     assert_eq!(connections[0].lifetime_ns, 10 * MS);
     assert!(connections[0].close.is_none());
     assert_eq!(connections[0].exchanges, 1);
+}
+
+/// A client's connect is known before it is established; the counters follow its states.
+#[test]
+fn connect_then_establish_is_one_connection_with_live_counts() {
+    let mut tracker = Tracker::new();
+    let mut out = Vec::new();
+    let sock = Sock::client(0);
+    let connect = KernelEvent::Connect(OpenEvent {
+        hdr: sock.hdr(kind::CONNECT, 0),
+        endpoints: sock.rec.endpoints,
+        role: role::CLIENT,
+        state: tcp_state::SYN_SENT,
+        ..Default::default()
+    });
+    tracker.handle(&connect, &mut out);
+    let syn_sent = usize::from(tcp_state::SYN_SENT);
+    let established = usize::from(tcp_state::ESTABLISHED);
+    assert_eq!(tracker.counts().open[0][syn_sent], 1);
+    assert!(out.is_empty());
+    let events = sock.established(70 * US).send(MS, 10).recv(2 * MS, 20).events;
+    for event in &events {
+        tracker.handle(event, &mut out);
+    }
+    assert_eq!(tracker.live().count(), 1, "the connect and the open are one connection");
+    assert_eq!(tracker.counts().open[0][syn_sent], 0);
+    assert_eq!(tracker.counts().open[0][established], 1);
+    let Record::Opened(opened) = &out[0] else {
+        panic!("{out:?}");
+    };
+    assert_eq!(opened.connect_ns, 70 * US);
+    assert_eq!(tracker.counts().bytes[0], [10, 0], "the send burst ended at the flip");
+    let close = Sock::client(0).close(3 * MS, 0);
+    let mut closed = Vec::new();
+    tracker.handle(&close[0], &mut closed);
+    assert_eq!(tracker.counts().open[0][established], 0);
+    assert_eq!(tracker.stats(), TrackerStats::default());
 }

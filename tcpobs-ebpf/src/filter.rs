@@ -1,0 +1,121 @@
+//! Kernel-side filters: which sockets are traced at all.
+//!
+//! The daemon writes the sets (`PORT_FILTER`, `CIDR4_FILTER`, `CIDR6_FILTER`, `PID_FILTER`,
+//! `CGROUP_FILTER`) and the modes (`FILTER[0]`); they can change at runtime. A socket is judged
+//! once, when its record starts (connect, accept, or first sighting): an excluded socket gets
+//! an `FLAG_IGNORED` marker record, so each of its later events costs one lookup and sends
+//! nothing. Sockets already traced or ignored keep that decision when the filters change.
+//!
+//! Pid and cgroup filters need the socket's owner. A connecting socket's owner is the current
+//! task (`connect()` runs in process context); an accepted socket is created in softirq, so
+//! its owner is whoever listens on its local port (`LISTENERS`, filled at `listen()` and, for
+//! listeners older than tcpobs, by the daemon at start-up). An owner that cannot be known
+//! fails an include filter and passes an exclude filter.
+
+use aya_ebpf::{
+    helpers::{bpf_get_current_pid_tgid, generated::bpf_get_current_cgroup_id},
+    macros::map,
+    maps::{Array, HashMap, LpmTrie, lpm_trie::Key},
+};
+use tcpobs_common::{Endpoints, FilterConfig, Owner, filter_mode};
+
+const AF_INET6: u16 = 10;
+
+/// Which filters apply, one entry.
+#[map]
+pub static FILTER: Array<FilterConfig> = Array::with_max_entries(1, 0);
+
+#[map]
+pub static PORT_FILTER: HashMap<u16, u8> = HashMap::with_max_entries(1024, 0);
+
+#[map]
+pub static CIDR4_FILTER: LpmTrie<[u8; 4], u8> = LpmTrie::with_max_entries(1024, 0);
+
+#[map]
+pub static CIDR6_FILTER: LpmTrie<[u8; 16], u8> = LpmTrie::with_max_entries(1024, 0);
+
+#[map]
+pub static PID_FILTER: HashMap<u32, u8> = HashMap::with_max_entries(1024, 0);
+
+#[map]
+pub static CGROUP_FILTER: HashMap<u64, u8> = HashMap::with_max_entries(1024, 0);
+
+/// Local port -> the process that listens on it.
+#[map]
+pub static LISTENERS: HashMap<u16, Owner> = HashMap::with_max_entries(16_384, 0);
+
+/// The current task as an owner (process context only).
+#[inline(always)]
+pub fn current_owner() -> Owner {
+    Owner {
+        pid: (bpf_get_current_pid_tgid() >> 32) as u32,
+        _pad: 0,
+        // SAFETY: bpf_get_current_cgroup_id has no preconditions.
+        cgroup: unsafe { bpf_get_current_cgroup_id() },
+    }
+}
+
+/// Who listens on `port`, if known.
+#[inline(always)]
+pub fn listener(port: u16) -> Option<Owner> {
+    // SAFETY: plain data copied out of the map value.
+    unsafe { LISTENERS.get(port).copied() }
+}
+
+#[inline(always)]
+fn applies(mode: u8, matched: impl FnOnce() -> bool) -> bool {
+    match mode {
+        filter_mode::INCLUDE => matched(),
+        filter_mode::EXCLUDE => !matched(),
+        _ => true,
+    }
+}
+
+/// Whether a socket with these endpoints and owner is traced.
+#[inline(always)]
+pub fn allowed(endpoints: &Endpoints, owner: Option<Owner>) -> bool {
+    let Some(config) = FILTER.get(0) else {
+        return true;
+    };
+    let FilterConfig {
+        ports,
+        cidrs,
+        pids,
+        cgroups,
+        ..
+    } = *config;
+    if ports | cidrs | pids | cgroups == filter_mode::OFF {
+        return true;
+    }
+    applies(ports, || {
+        PORT_FILTER.get_ptr(endpoints.lport).is_some()
+            || PORT_FILTER.get_ptr(endpoints.rport).is_some()
+    }) && applies(cidrs, || cidr_match(endpoints))
+        && applies(pids, || {
+            owner.is_some_and(|owner| PID_FILTER.get_ptr(owner.pid).is_some())
+        })
+        && applies(cgroups, || {
+            owner.is_some_and(|owner| CGROUP_FILTER.get_ptr(owner.cgroup).is_some())
+        })
+}
+
+#[inline(always)]
+fn cidr_match(endpoints: &Endpoints) -> bool {
+    let v4 = |addr: &[u8; 16], at: usize| {
+        let mut ip = [0u8; 4];
+        ip.copy_from_slice(&addr[at..at + 4]);
+        CIDR4_FILTER.get(Key::new(32, ip)).is_some()
+    };
+    if endpoints.family != AF_INET6 {
+        return v4(&endpoints.raddr, 0) || v4(&endpoints.laddr, 0);
+    }
+    let mapped = |addr: &[u8; 16]| addr[..10] == [0; 10] && addr[10..12] == [0xff, 0xff];
+    let v6 = |addr: &[u8; 16]| {
+        if mapped(addr) {
+            v4(addr, 12)
+        } else {
+            CIDR6_FILTER.get(Key::new(128, *addr)).is_some()
+        }
+    };
+    v6(&endpoints.raddr) || v6(&endpoints.laddr)
+}

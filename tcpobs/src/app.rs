@@ -1,0 +1,155 @@
+//! tcpobs as a daemon: the HTTP API, the tracer and the signals, in the order that gives
+//! clear failures. The HTTP port is bound first (a port in use fails fast, before anything is
+//! loaded) and `/readyz` answers 503 until every program is attached. SIGHUP re-reads the
+//! config file and applies its runtime settings; SIGINT/SIGTERM stop cleanly.
+
+use std::{io, net::SocketAddr, sync::Arc};
+
+use prometheus_client::{metrics::info::Info, registry::Registry};
+use thiserror::Error;
+use tokio::{net::TcpListener, sync::watch};
+use tracing::{error, info, warn};
+
+use crate::{
+    config::{Loader, Settings},
+    control::{Control, LogLevelSetter},
+    daemon::{Timing, Tracer, shutdown_signal},
+    http::{AppState, Readiness, router},
+    loader::{self, LoadError},
+    metrics::{Metrics, collect::Scrape},
+    output::{Clock, Output, Sink as _},
+};
+
+#[derive(Debug, Error)]
+pub enum AppError {
+    #[error("cannot listen on {addr} for the HTTP API: {source}{hint}")]
+    Listen {
+        addr: SocketAddr,
+        source: io::Error,
+        hint: &'static str,
+    },
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    #[error("writing events: {0}")]
+    Output(#[from] io::Error),
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, AppError> {
+    TcpListener::bind(addr).await.map_err(|source| AppError::Listen {
+        addr,
+        hint: if source.kind() == io::ErrorKind::AddrInUse {
+            " (another tcpobs?); choose another address with --listen, or --listen none"
+        } else {
+            ""
+        },
+        source,
+    })
+}
+
+/// Runs tcpobs until SIGINT or SIGTERM. `loader` re-reads the settings on SIGHUP.
+pub async fn run(
+    settings: Settings,
+    loader: Option<Loader>,
+    mut output: Output,
+    set_log_level: LogLevelSetter,
+) -> Result<(), AppError> {
+    // Before anything else, so that an unprivileged run says only that.
+    loader::check_privileges()?;
+    let listener = match settings.listen {
+        Some(addr) => Some(bind(addr).await?),
+        None => None,
+    };
+    let readiness = Arc::new(Readiness::new("loading the kernel programs"));
+    let (control, runtime) = Control::new(settings.runtime.clone(), settings.statics(), set_log_level);
+    let tracker = Arc::default();
+    let health = Arc::default();
+    let mut registry = Registry::default();
+    let metrics = Metrics::new(&mut registry, &settings.labels, settings.label_series_cap);
+    registry.register(
+        "tcpobs_build",
+        "tcpobs version",
+        Info::new([("version", env!("CARGO_PKG_VERSION"))]),
+    );
+    registry.register_collector(Box::new(Scrape {
+        tracker: Arc::clone(&tracker),
+        health: Arc::clone(&health),
+        output: output.counts(),
+    }));
+    let (stop_http, http_stopped) = watch::channel(false);
+    let server = listener.map(|listener| {
+        let app = router(AppState {
+            registry: Arc::new(registry),
+            tracker: Arc::clone(&tracker),
+            control: Arc::clone(&control),
+            readiness: Arc::clone(&readiness),
+            clock: Clock::new(),
+        });
+        if let Ok(addr) = listener.local_addr() {
+            info!(%addr, "HTTP API listening");
+        }
+        let mut stopped = http_stopped;
+        tokio::spawn(async move {
+            let shutdown = async move {
+                let _ = stopped.wait_for(|stop| *stop).await;
+            };
+            if let Err(err) = axum::serve(listener, app).with_graceful_shutdown(shutdown).await {
+                error!("HTTP server: {err}");
+            }
+        })
+    });
+
+    let mut tracer = Tracer::start_shared(&settings.load, tracker, health)?;
+    if let Some(filters) = tracer.take_filters() {
+        control.attach_filters(filters);
+    }
+    tracer.set_metrics(metrics);
+    readiness.set_ready();
+    info!(
+        version = env!("CARGO_PKG_VERSION"),
+        hooks = tracer.attached().len(),
+        filters = ?settings.load.filters,
+        "tracing TCP connections"
+    );
+    if let (Some(loader), Some(_)) = (loader, settings.config.as_ref()) {
+        tokio::spawn(reload_on_sighup(loader, settings.clone(), Arc::clone(&control)));
+    }
+
+    let timing = Timing {
+        drain: settings.drain_interval,
+        sweep: settings.sweep_interval,
+    };
+    tracer.run(&mut output, timing, runtime, shutdown_signal()).await?;
+    readiness.set_not_ready("stopping");
+    let stats = tracer.stop(&mut output)?;
+    output.write_json_line(&stats.to_json_line())?;
+    output.flush()?;
+    info!(?stats, "stopped");
+    let _ = stop_http.send(true);
+    if let Some(server) = server {
+        let _ = server.await;
+    }
+    Ok(())
+}
+
+/// Re-reads the settings on every SIGHUP and applies the runtime ones.
+async fn reload_on_sighup(loader: Loader, started: Settings, control: Arc<Control>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+        warn!("cannot install the SIGHUP handler; the config file will not be re-read");
+        return;
+    };
+    while hangups.recv().await.is_some() {
+        match loader.load() {
+            Ok(settings) => {
+                if settings.statics() != started.statics() {
+                    warn!("SIGHUP: settings other than the runtime ones need a restart; ignored");
+                }
+                match control.replace(settings.runtime) {
+                    Ok(_) => info!("SIGHUP: configuration re-read"),
+                    Err(err) => error!("SIGHUP: configuration not applied: {err}"),
+                }
+            }
+            Err(err) => error!("SIGHUP: configuration not applied: {}", err.to_string().trim()),
+        }
+    }
+}

@@ -1,0 +1,156 @@
+//! The TOML config file, merged below flags and environment variables.
+//!
+//! The file's keys are the long flag names (`ringbuf-bytes` or `ringbuf_bytes`); values are
+//! strings, numbers, booleans, or arrays for repeatable flags. A key is used only when neither
+//! its flag nor its environment variable was given, which is done by parsing once, asking clap
+//! where each value came from, and parsing again with the file's values added as flags, so
+//! that the same validation (and the same exit code 2) applies to all three sources.
+
+use std::{ffi::OsString, fs, path::Path};
+
+use clap::{ArgMatches, CommandFactory as _, FromArgMatches as _, error::ErrorKind, parser::ValueSource};
+use toml::Value;
+
+use super::{Cli, Settings};
+
+/// Reads settings from the command line, the environment and the config file; can read them
+/// again (SIGHUP).
+#[derive(Clone, Debug)]
+pub struct Loader {
+    args: Vec<OsString>,
+}
+
+fn file_error(path: &Path, message: String) -> clap::Error {
+    Cli::command().error(
+        ErrorKind::ValueValidation,
+        format!("invalid value for --config: {}: {message}", path.display()),
+    )
+}
+
+/// A TOML scalar as a flag value.
+fn flag_value(key: &str, value: &Value) -> Result<String, String> {
+    match value {
+        Value::String(text) => Ok(text.clone()),
+        Value::Integer(n) => Ok(n.to_string()),
+        Value::Float(x) => Ok(x.to_string()),
+        Value::Boolean(b) => Ok(b.to_string()),
+        _ => Err(format!("`{key}` must be a string, number or boolean")),
+    }
+}
+
+impl Loader {
+    pub fn new(args: impl IntoIterator<Item = impl Into<OsString>>) -> Self {
+        Self {
+            args: args.into_iter().map(Into::into).collect(),
+        }
+    }
+
+    /// The process's own arguments.
+    pub fn from_env() -> Self {
+        Self::new(std::env::args_os())
+    }
+
+    /// Parses and validates everything; errors exit with code 2.
+    pub fn load(&self) -> Result<Settings, clap::Error> {
+        let matches = Cli::command().try_get_matches_from(&self.args)?;
+        let mut args = self.args.clone();
+        if let Some(path) = matches.get_one::<std::path::PathBuf>("config") {
+            args.extend(file_args(path, &matches)?);
+        }
+        let matches = Cli::command().try_get_matches_from(&args)?;
+        Cli::from_arg_matches(&matches)?.into_settings()
+    }
+}
+
+/// The file's settings as flags, for keys not given by flag or environment.
+fn file_args(path: &Path, matches: &ArgMatches) -> Result<Vec<OsString>, clap::Error> {
+    let text = fs::read_to_string(path).map_err(|err| file_error(path, err.to_string()))?;
+    let table: toml::Table = text
+        .parse()
+        .map_err(|err: toml::de::Error| file_error(path, err.message().to_owned()))?;
+    let command = Cli::command();
+    let mut args = Vec::new();
+    for (key, value) in &table {
+        let long = key.replace('_', "-");
+        let arg = command
+            .get_arguments()
+            .find(|arg| arg.get_long() == Some(long.as_str()) && long != "config")
+            .ok_or_else(|| file_error(path, format!("unknown setting `{key}`")))?;
+        let id = arg.get_id().as_str();
+        if matches!(
+            matches.value_source(id),
+            Some(ValueSource::CommandLine | ValueSource::EnvVariable)
+        ) {
+            continue;
+        }
+        let values = match value {
+            Value::Array(items) => items
+                .iter()
+                .map(|item| flag_value(key, item))
+                .collect::<Result<Vec<_>, _>>(),
+            scalar => flag_value(key, scalar).map(|value| vec![value]),
+        }
+        .map_err(|err| file_error(path, err))?;
+        args.extend(values.into_iter().map(|value| OsString::from(format!("--{long}={value}"))));
+    }
+    Ok(args)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{output::EventSelection, runtime::Filter};
+
+    fn with_file(content: &str, args: &[&str]) -> Result<Settings, clap::Error> {
+        static FILES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = FILES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = std::env::temp_dir().join(format!(
+            "tcpobs-config-test-{}-{n}.toml",
+            std::process::id()
+        ));
+        fs::write(&path, content).unwrap();
+        let mut argv = vec!["tcpobs".to_owned(), "--config".to_owned(), path.display().to_string()];
+        argv.extend(args.iter().map(|arg| (*arg).to_owned()));
+        let result = Loader::new(argv).load();
+        let _ = fs::remove_file(&path);
+        result
+    }
+
+    #[test]
+    fn the_file_fills_in_what_flags_leave_out() {
+        let settings = with_file(
+            "events = \"exchanges\"\nport = [80, 443]\nringbuf_bytes = 8192\nthreshold-idle = \"2m\"\nanomaly-resets = false\n",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(settings.runtime.events, EventSelection::Exchanges);
+        assert_eq!(settings.runtime.filters.ports, Filter::Include(vec![80, 443]));
+        assert_eq!(settings.load.ringbuf_bytes, 8192);
+        assert_eq!(settings.runtime.thresholds.idle_s, 120.0);
+        assert!(!settings.runtime.thresholds.resets);
+    }
+
+    #[test]
+    fn flags_beat_the_file() {
+        let settings = with_file("events = \"exchanges\"\nport = [80]\n", &["--events", "none", "--port", "22"]).unwrap();
+        assert_eq!(settings.runtime.events, EventSelection::None);
+        assert_eq!(settings.runtime.filters.ports, Filter::Include(vec![22]));
+    }
+
+    #[test]
+    fn bad_files_name_the_setting() {
+        for (content, needle) in [
+            ("colour = \"red\"\n", "unknown setting `colour`"),
+            ("events = \"loud\"\n", "--events"),
+            ("ringbuf_bytes = 100\n", "--ringbuf-bytes"),
+            ("port = { a = 1 }\n", "`port`"),
+            ("not toml at all", "--config"),
+        ] {
+            let err = with_file(content, &[]).unwrap_err();
+            assert_eq!(err.exit_code(), 2);
+            assert!(err.to_string().contains(needle), "{content}: {err}");
+        }
+        let err = Loader::new(["tcpobs", "--config", "/nonexistent/tcpobs.toml"]).load().unwrap_err();
+        assert!(err.to_string().contains("/nonexistent/tcpobs.toml"), "{err}");
+    }
+}

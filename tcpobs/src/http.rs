@@ -1,0 +1,403 @@
+//! The HTTP API (axum): metrics, health, the live connection table and runtime settings.
+//!
+//! | route | |
+//! |---|---|
+//! | `GET /metrics` | OpenMetrics text |
+//! | `GET /healthz` | 200 while the process runs |
+//! | `GET /readyz` | 200 once every program is attached, else 503 and the reason |
+//! | `GET /connections` | live connections; `?state=`, `?port=`, `?min_idle_s=`, `?limit=` (default 1000) |
+//! | `GET /config` | runtime settings, and those that need a restart |
+//! | `PUT /config` | change runtime settings (JSON, any subset); 400 and no change on error |
+
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+};
+
+use axum::{
+    Json, Router,
+    extract::{Query, State},
+    http::{StatusCode, header},
+    response::{IntoResponse, Response},
+    routing::get,
+};
+use prometheus_client::{encoding::text::encode, registry::Registry};
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use crate::{
+    control::Control,
+    model::state_name,
+    output::{Clock, json::WallClock},
+    tracker::Tracker,
+};
+
+/// Content type of the OpenMetrics text format.
+pub const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+const DEFAULT_LIMIT: usize = 1000;
+const MAX_LIMIT: usize = 100_000;
+
+/// Whether tcpobs is ready, and why not.
+#[derive(Debug)]
+pub struct Readiness {
+    ready: AtomicBool,
+    reason: Mutex<String>,
+}
+
+impl Readiness {
+    pub fn new(reason: &str) -> Self {
+        Self {
+            ready: AtomicBool::new(false),
+            reason: Mutex::new(reason.to_owned()),
+        }
+    }
+
+    pub fn set_ready(&self) {
+        self.ready.store(true, Ordering::Release);
+    }
+
+    pub fn set_not_ready(&self, reason: &str) {
+        *self.reason.lock().unwrap_or_else(|p| p.into_inner()) = reason.to_owned();
+        self.ready.store(false, Ordering::Release);
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+}
+
+/// What the handlers share.
+#[derive(Clone)]
+pub struct AppState {
+    pub registry: Arc<Registry>,
+    pub tracker: Arc<Mutex<Tracker>>,
+    pub control: Arc<Control>,
+    pub readiness: Arc<Readiness>,
+    pub clock: Clock,
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/connections", get(connections))
+        .route("/config", get(get_config).put(put_config))
+        .with_state(state)
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, Json(json!({ "error": message.into() }))).into_response()
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    let mut body = String::with_capacity(64 * 1024);
+    match encode(&mut body, &state.registry) {
+        Ok(()) => ([(header::CONTENT_TYPE, OPENMETRICS)], body).into_response(),
+        Err(_) => error(StatusCode::INTERNAL_SERVER_ERROR, "cannot encode the metrics"),
+    }
+}
+
+async fn readyz(State(state): State<AppState>) -> Response {
+    if state.readiness.is_ready() {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        let reason = state
+            .readiness
+            .reason
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {reason}\n")).into_response()
+    }
+}
+
+async fn get_config(State(state): State<AppState>) -> Json<Value> {
+    Json(state.control.describe())
+}
+
+async fn put_config(State(state): State<AppState>, body: String) -> Response {
+    let patch: Value = match serde_json::from_str(&body) {
+        Ok(patch) => patch,
+        Err(err) => return error(StatusCode::BAD_REQUEST, format!("invalid JSON: {err}")),
+    };
+    match state.control.patch(&patch) {
+        Ok(_) => Json(state.control.describe()).into_response(),
+        Err(err) => error(StatusCode::BAD_REQUEST, err),
+    }
+}
+
+/// One live connection, as `/connections` shows it.
+#[derive(Debug, Serialize)]
+struct LiveConnection {
+    id: u64,
+    role: &'static str,
+    state: &'static str,
+    partial: bool,
+    local_ip: String,
+    local_port: u16,
+    remote_ip: String,
+    remote_port: u16,
+    pid: Option<u32>,
+    comm: Option<String>,
+    start: String,
+    age_s: f64,
+    idle_s: f64,
+    exchanges: u32,
+    bytes_sent: u64,
+    bytes_received: u64,
+    stuck: Vec<&'static str>,
+}
+
+/// Parsed `/connections` filters.
+struct ConnectionFilter {
+    state: Option<u8>,
+    port: Option<u16>,
+    min_idle_ns: u64,
+    limit: usize,
+}
+
+fn parse_state(name: &str) -> Option<u8> {
+    let wanted = name.to_ascii_uppercase();
+    (1..=12).find(|&state| state_name(state) == wanted)
+}
+
+impl ConnectionFilter {
+    fn parse(query: &HashMap<String, String>) -> Result<Self, String> {
+        let mut filter = Self {
+            state: None,
+            port: None,
+            min_idle_ns: 0,
+            limit: DEFAULT_LIMIT,
+        };
+        for (key, value) in query {
+            match key.as_str() {
+                "state" => {
+                    filter.state = Some(parse_state(value).ok_or_else(|| {
+                        format!("state: `{value}` is not a TCP state (e.g. ESTABLISHED, CLOSE_WAIT)")
+                    })?);
+                }
+                "port" => {
+                    filter.port = Some(value.parse().map_err(|_| format!("port: `{value}` is not a port"))?);
+                }
+                "min_idle_s" => {
+                    let seconds: f64 = value
+                        .parse()
+                        .ok()
+                        .filter(|s: &f64| s.is_finite() && *s >= 0.0)
+                        .ok_or_else(|| format!("min_idle_s: `{value}` is not a number of seconds"))?;
+                    filter.min_idle_ns = crate::runtime::ns(seconds);
+                }
+                "limit" => {
+                    filter.limit = value
+                        .parse()
+                        .ok()
+                        .filter(|n| (1..=MAX_LIMIT).contains(n))
+                        .ok_or_else(|| format!("limit: `{value}` is not a number from 1 to {MAX_LIMIT}"))?;
+                }
+                other => {
+                    return Err(format!(
+                        "unknown parameter `{other}`: use state, port, min_idle_s, limit"
+                    ));
+                }
+            }
+        }
+        Ok(filter)
+    }
+}
+
+async fn connections(
+    State(state): State<AppState>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
+    let filter = match ConnectionFilter::parse(&query) {
+        Ok(filter) => filter,
+        Err(err) => return error(StatusCode::BAD_REQUEST, err),
+    };
+    let now = Clock::monotonic_now_ns();
+    let tracker = state.tracker.lock().unwrap_or_else(|p| p.into_inner());
+    let mut matching: Vec<_> = tracker
+        .live()
+        .filter(|conn| filter.state.is_none_or(|s| conn.state() == s))
+        .filter(|conn| {
+            filter.port.is_none_or(|port| {
+                conn.addrs().local.port() == port || conn.addrs().remote.port() == port
+            })
+        })
+        .filter(|conn| now.saturating_sub(conn.last_activity_ns()) >= filter.min_idle_ns)
+        .collect();
+    matching.sort_unstable_by_key(|conn| conn.id());
+    let total = matching.len();
+    let secs = |ns: u64| ns as f64 / 1e9;
+    let listed: Vec<LiveConnection> = matching
+        .into_iter()
+        .take(filter.limit)
+        .map(|conn| {
+            let (bytes_sent, bytes_received) = conn.bytes();
+            LiveConnection {
+                id: conn.id(),
+                role: conn.role().as_str(),
+                state: state_name(conn.state()),
+                partial: conn.partial(),
+                local_ip: conn.addrs().local.ip().to_string(),
+                local_port: conn.addrs().local.port(),
+                remote_ip: conn.addrs().remote.ip().to_string(),
+                remote_port: conn.addrs().remote.port(),
+                pid: conn.process().map(|p| p.pid),
+                comm: conn.process().map(|p| p.comm.clone()),
+                start: state.clock.wall(conn.start_ns()).to_rfc3339(),
+                age_s: secs(now.saturating_sub(conn.start_ns())),
+                idle_s: secs(now.saturating_sub(conn.last_activity_ns())),
+                exchanges: conn.exchanges(),
+                bytes_sent,
+                bytes_received,
+                stuck: conn.flagged().iter().map(|p| p.as_str()).collect(),
+            }
+        })
+        .collect();
+    drop(tracker);
+    Json(json!({
+        "total": total,
+        "returned": listed.len(),
+        "truncated": listed.len() < total,
+        "connections": listed,
+    }))
+    .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::body::{Body, to_bytes};
+    use tcpobs_common::{EventHeader, OpenEvent, kind, role, tcp_state};
+    use tower::ServiceExt as _;
+
+    use super::*;
+    use crate::{
+        decode::KernelEvent,
+        output::EventSelection,
+        runtime::{Filters, Runtime, Thresholds},
+    };
+
+    fn state() -> AppState {
+        let mut registry = Registry::default();
+        let metrics = crate::metrics::Metrics::new(&mut registry, &[], 10);
+        metrics.set_stuck(&[0, 0, 2, 0, 0]);
+        let mut tracker = Tracker::new();
+        for (sock, port, state) in [(1, 80, tcp_state::ESTABLISHED), (2, 443, tcp_state::ESTABLISHED)] {
+            let mut event = OpenEvent {
+                hdr: EventHeader {
+                    kind: kind::OPEN,
+                    ts_ns: Clock::monotonic_now_ns(),
+                    sock,
+                    start_ns: sock,
+                    ..Default::default()
+                },
+                role: role::CLIENT,
+                state,
+                ..Default::default()
+            };
+            event.endpoints.rport = port;
+            event.endpoints.family = 2;
+            tracker.handle(&KernelEvent::Open(event), &mut Vec::new());
+        }
+        let (control, _) = Control::new(
+            Runtime {
+                events: EventSelection::Connections,
+                sample: None,
+                thresholds: Thresholds::default(),
+                log_level: "info".into(),
+                filters: Filters::default(),
+            },
+            json!({}),
+            Box::new(|_| Ok(())),
+        );
+        AppState {
+            registry: Arc::new(registry),
+            tracker: Arc::new(Mutex::new(tracker)),
+            control,
+            readiness: Arc::new(Readiness::new("loading")),
+            clock: Clock::new(),
+        }
+    }
+
+    async fn call(state: &AppState, method: &str, uri: &str, body: &str) -> (StatusCode, String, String) {
+        let request = axum::http::Request::builder()
+            .method(method)
+            .uri(uri)
+            .body(Body::from(body.to_owned()))
+            .unwrap();
+        let response = router(state.clone()).oneshot(request).await.unwrap();
+        let status = response.status();
+        let content_type = response
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .map(|v| v.to_str().unwrap().to_owned())
+            .unwrap_or_default();
+        let body = to_bytes(response.into_body(), 1 << 20).await.unwrap();
+        (status, content_type, String::from_utf8(body.to_vec()).unwrap())
+    }
+
+    #[tokio::test]
+    async fn metrics_are_openmetrics() {
+        let state = state();
+        let (status, content_type, body) = call(&state, "GET", "/metrics", "").await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(content_type, OPENMETRICS);
+        assert!(body.contains("tcpobs_stuck_connections{phase=\"idle\"} 2"), "{body}");
+        assert!(body.ends_with("# EOF\n"));
+    }
+
+    #[tokio::test]
+    async fn health_and_readiness() {
+        let state = state();
+        assert_eq!(call(&state, "GET", "/healthz", "").await.0, StatusCode::OK);
+        let (status, _, body) = call(&state, "GET", "/readyz", "").await;
+        assert_eq!((status, body.as_str()), (StatusCode::SERVICE_UNAVAILABLE, "not ready: loading\n"));
+        state.readiness.set_ready();
+        assert_eq!(call(&state, "GET", "/readyz", "").await.0, StatusCode::OK);
+    }
+
+    #[tokio::test]
+    async fn connections_filter_and_limit() {
+        let state = state();
+        let (status, _, body) = call(&state, "GET", "/connections", "").await;
+        assert_eq!(status, StatusCode::OK);
+        let all: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(all["total"], 2);
+        assert_eq!(all["connections"][0]["remote_port"], 80);
+        assert_eq!(all["connections"][0]["state"], "ESTABLISHED");
+        let (_, _, body) = call(&state, "GET", "/connections?port=443", "").await;
+        let one: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!((one["total"].as_u64(), one["connections"][0]["remote_port"].as_u64()), (Some(1), Some(443)));
+        let (_, _, body) = call(&state, "GET", "/connections?limit=1&state=established", "").await;
+        let limited: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!((limited["returned"].as_u64(), limited["truncated"].as_bool()), (Some(1), Some(true)));
+        let (_, _, body) = call(&state, "GET", "/connections?min_idle_s=3600", "").await;
+        assert_eq!(serde_json::from_str::<Value>(&body).unwrap()["total"], 0);
+        for bad in ["/connections?state=DANCING", "/connections?limit=0", "/connections?colour=1"] {
+            let (status, _, body) = call(&state, "GET", bad, "").await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}: {body}");
+            assert!(body.contains("error"), "{body}");
+        }
+    }
+
+    #[tokio::test]
+    async fn config_round_trip_and_validation() {
+        let state = state();
+        let (status, _, body) = call(&state, "PUT", "/config", r#"{"events":"anomalies","thresholds":{"idle_s":5}}"#).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let (_, _, body) = call(&state, "GET", "/config", "").await;
+        let config: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(config["runtime"]["events"], "anomalies");
+        assert_eq!(config["runtime"]["thresholds"]["idle_s"], 5.0);
+        for bad in ["{", r#"{"events":"loud"}"#, r#"{"thresholds":{"idle_s":-2}}"#, r#"{"listen":"x"}"#] {
+            let (status, _, body) = call(&state, "PUT", "/config", bad).await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}: {body}");
+        }
+        assert_eq!(state.control.runtime().events, EventSelection::Anomalies, "unchanged by bad bodies");
+    }
+}

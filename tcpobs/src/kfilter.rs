@@ -1,0 +1,290 @@
+//! Writing the kernel-side filters (see `tcpobs-ebpf/src/filter.rs` for how they apply).
+//!
+//! The sets live in BPF maps, so a change takes effect for the next socket without reloading
+//! anything; sockets already traced or ignored keep their fate. Pid and cgroup filters judge
+//! an accepted socket by the process listening on its port: `listen()` calls are seen as they
+//! happen, and listeners older than tcpobs are found at start-up in `/proc` (this network
+//! namespace only).
+
+use std::{
+    collections::{HashMap as StdHashMap, HashSet},
+    fs,
+    hash::Hash,
+    net::IpAddr,
+    os::unix::fs::MetadataExt as _,
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    Ebpf, Pod,
+    maps::{Array, HashMap, LpmTrie, MapData, lpm_trie::Key},
+};
+use tcpobs_common::{FilterConfig, Owner, filter_mode, names};
+use tracing::{debug, warn};
+
+use crate::{
+    loader::LoadError,
+    runtime::{CgroupRef, Filter, Filters},
+};
+
+const CGROUP_ROOT: &str = "/sys/fs/cgroup";
+
+/// Filters with cgroups resolved to ids, ready for the maps.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Resolved {
+    ports: (u8, Vec<u16>),
+    cidr4: Vec<([u8; 4], u32)>,
+    cidr6: Vec<([u8; 16], u32)>,
+    cidr_mode: u8,
+    pids: (u8, Vec<u32>),
+    cgroups: (u8, Vec<u64>),
+}
+
+fn mode<T>(filter: &Filter<T>) -> u8 {
+    match filter {
+        Filter::Off => filter_mode::OFF,
+        Filter::Include(_) => filter_mode::INCLUDE,
+        Filter::Exclude(_) => filter_mode::EXCLUDE,
+    }
+}
+
+/// The id of a cgroup v2 (its directory's inode number).
+pub fn cgroup_id(cgroup: &CgroupRef) -> Result<u64, String> {
+    match cgroup {
+        CgroupRef::Id(id) => Ok(*id),
+        CgroupRef::Path(path) => {
+            let path = Path::new(path);
+            let full = if path.is_absolute() {
+                path.to_path_buf()
+            } else {
+                Path::new(CGROUP_ROOT).join(path)
+            };
+            let metadata = fs::metadata(&full)
+                .map_err(|err| format!("cgroup {}: {err}", full.display()))?;
+            if !metadata.is_dir() {
+                return Err(format!("cgroup {}: not a directory", full.display()));
+            }
+            Ok(metadata.ino())
+        }
+    }
+}
+
+impl Resolved {
+    pub fn new(filters: &Filters) -> Result<Self, String> {
+        let mut resolved = Self {
+            ports: (mode(&filters.ports), filters.ports.values().to_vec()),
+            cidr_mode: mode(&filters.cidrs),
+            pids: (mode(&filters.pids), filters.pids.values().to_vec()),
+            ..Self::default()
+        };
+        for cidr in filters.cidrs.values() {
+            match cidr.addr {
+                IpAddr::V4(addr) => resolved.cidr4.push((addr.octets(), u32::from(cidr.prefix))),
+                IpAddr::V6(addr) => resolved.cidr6.push((addr.octets(), u32::from(cidr.prefix))),
+            }
+        }
+        let ids = filters
+            .cgroups
+            .values()
+            .iter()
+            .map(cgroup_id)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|err| format!("filters.cgroups: {err}"))?;
+        resolved.cgroups = (mode(&filters.cgroups), ids);
+        Ok(resolved)
+    }
+}
+
+/// Handles on the filter maps.
+pub struct KernelFilters {
+    config: Array<MapData, FilterConfig>,
+    ports: HashMap<MapData, u16, u8>,
+    cidr4: LpmTrie<MapData, [u8; 4], u8>,
+    cidr6: LpmTrie<MapData, [u8; 16], u8>,
+    pids: HashMap<MapData, u32, u8>,
+    cgroups: HashMap<MapData, u64, u8>,
+    listeners: HashMap<MapData, u16, Owner>,
+}
+
+fn take<T: TryFrom<aya::maps::Map>>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, LoadError>
+where
+    T::Error: std::fmt::Display,
+{
+    let map = ebpf.take_map(name).ok_or_else(|| LoadError::Map {
+        map: name,
+        reason: "missing from the object".to_owned(),
+    })?;
+    T::try_from(map).map_err(|err| LoadError::Map {
+        map: name,
+        reason: err.to_string(),
+    })
+}
+
+/// Makes `map` hold exactly `keys`.
+fn sync_hash<K: Pod + Eq + Hash>(map: &mut HashMap<MapData, K, u8>, keys: &[K]) -> Result<(), String> {
+    let wanted: HashSet<K> = keys.iter().copied().collect();
+    let stale: Vec<K> = map.keys().filter_map(Result::ok).filter(|k| !wanted.contains(k)).collect();
+    for key in stale {
+        map.remove(&key).map_err(|err| err.to_string())?;
+    }
+    for key in wanted {
+        map.insert(key, 1, 0).map_err(|err| err.to_string())?;
+    }
+    Ok(())
+}
+
+fn sync_trie<K: Pod + Eq + Hash>(map: &mut LpmTrie<MapData, K, u8>, nets: &[(K, u32)]) -> Result<(), String> {
+    let stale: Vec<Key<K>> = map.keys().filter_map(Result::ok).collect();
+    for key in stale {
+        map.remove(&key).map_err(|err| err.to_string())?;
+    }
+    for &(addr, prefix) in nets {
+        map.insert(&Key::new(prefix, addr), 1, 0)
+            .map_err(|err| err.to_string())?;
+    }
+    Ok(())
+}
+
+impl KernelFilters {
+    /// Takes the filter maps out of the loaded object.
+    pub fn take(ebpf: &mut Ebpf) -> Result<Self, LoadError> {
+        Ok(Self {
+            config: take(ebpf, names::FILTER_MAP)?,
+            ports: take(ebpf, names::PORT_FILTER_MAP)?,
+            cidr4: take(ebpf, names::CIDR4_FILTER_MAP)?,
+            cidr6: take(ebpf, names::CIDR6_FILTER_MAP)?,
+            pids: take(ebpf, names::PID_FILTER_MAP)?,
+            cgroups: take(ebpf, names::CGROUP_FILTER_MAP)?,
+            listeners: take(ebpf, names::LISTENERS_MAP)?,
+        })
+    }
+
+    /// Writes the sets, then the modes.
+    pub fn apply(&mut self, filters: &Resolved) -> Result<(), String> {
+        sync_hash(&mut self.ports, &filters.ports.1).map_err(|err| format!("ports: {err}"))?;
+        sync_trie(&mut self.cidr4, &filters.cidr4).map_err(|err| format!("cidrs: {err}"))?;
+        sync_trie(&mut self.cidr6, &filters.cidr6).map_err(|err| format!("cidrs: {err}"))?;
+        sync_hash(&mut self.pids, &filters.pids.1).map_err(|err| format!("pids: {err}"))?;
+        sync_hash(&mut self.cgroups, &filters.cgroups.1).map_err(|err| format!("cgroups: {err}"))?;
+        let config = FilterConfig {
+            ports: filters.ports.0,
+            cidrs: filters.cidr_mode,
+            pids: filters.pids.0,
+            cgroups: filters.cgroups.0,
+            _pad: [0; 4],
+        };
+        self.config
+            .set(0, config, 0)
+            .map_err(|err| format!("filter modes: {err}"))
+    }
+
+    /// Records who listens on ports opened before tcpobs started. Returns how many.
+    pub fn seed_listeners(&mut self) -> usize {
+        let listeners = proc_listeners();
+        let mut seeded = 0;
+        for (port, owner) in listeners {
+            match self.listeners.insert(port, owner, 0) {
+                Ok(()) => seeded += 1,
+                Err(err) => warn!(port, "cannot record the listener: {err}"),
+            }
+        }
+        debug!(seeded, "listeners found in /proc");
+        seeded
+    }
+}
+
+/// Listening TCP ports of this network namespace and the processes behind them.
+fn proc_listeners() -> StdHashMap<u16, Owner> {
+    let mut by_inode: StdHashMap<u64, u16> = StdHashMap::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = fs::read_to_string(table) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            // sl local_address rem_address st ... uid timeout inode
+            if fields.len() < 10 || fields[3] != "0A" {
+                continue;
+            }
+            let port = fields[1]
+                .rsplit(':')
+                .next()
+                .and_then(|hex| u16::from_str_radix(hex, 16).ok());
+            if let (Some(port), Ok(inode)) = (port, fields[9].parse()) {
+                by_inode.insert(inode, port);
+            }
+        }
+    }
+    let mut owners = StdHashMap::new();
+    let Ok(processes) = fs::read_dir("/proc") else {
+        return owners;
+    };
+    for process in processes.filter_map(Result::ok) {
+        let Some(pid) = process.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(fds) = fs::read_dir(process.path().join("fd")) else {
+            continue;
+        };
+        for fd in fds.filter_map(Result::ok) {
+            let Ok(target) = fs::read_link(fd.path()) else {
+                continue;
+            };
+            let inode = target
+                .to_str()
+                .and_then(|t| t.strip_prefix("socket:["))
+                .and_then(|t| t.strip_suffix(']'))
+                .and_then(|t| t.parse::<u64>().ok());
+            if let Some(port) = inode.and_then(|inode| by_inode.get(&inode)) {
+                owners.entry(*port).or_insert_with(|| Owner {
+                    pid,
+                    _pad: 0,
+                    cgroup: process_cgroup(pid).unwrap_or(0),
+                });
+            }
+        }
+    }
+    owners
+}
+
+/// The cgroup v2 id of a process.
+pub fn process_cgroup(pid: u32) -> Option<u64> {
+    let text = fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    let path = text.lines().find_map(|line| line.strip_prefix("0::"))?;
+    let full: PathBuf = Path::new(CGROUP_ROOT).join(path.trim_start_matches('/'));
+    fs::metadata(full).ok().map(|m| m.ino())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resolves_filters() {
+        let filters = Filters {
+            ports: Filter::Include(vec![80]),
+            cidrs: Filter::Exclude(vec!["10.0.0.0/8".parse().unwrap(), "fd00::/8".parse().unwrap()]),
+            pids: Filter::Off,
+            cgroups: Filter::Include(vec![CgroupRef::Id(42)]),
+        };
+        let resolved = Resolved::new(&filters).unwrap();
+        assert_eq!(resolved.ports, (filter_mode::INCLUDE, vec![80]));
+        assert_eq!(resolved.cidr_mode, filter_mode::EXCLUDE);
+        assert_eq!(resolved.cidr4, [([10, 0, 0, 0], 8)]);
+        assert_eq!(resolved.cidr6.len(), 1);
+        assert_eq!(resolved.pids.0, filter_mode::OFF);
+        assert_eq!(resolved.cgroups, (filter_mode::INCLUDE, vec![42]));
+    }
+
+    #[test]
+    fn cgroup_paths_resolve_to_inodes() {
+        let root = cgroup_id(&CgroupRef::Path("/".into()));
+        if Path::new(CGROUP_ROOT).join("cgroup.controllers").exists() {
+            assert!(root.unwrap() > 0);
+            let own = process_cgroup(std::process::id());
+            assert!(own.is_some(), "this process has a cgroup v2");
+        }
+        let err = cgroup_id(&CgroupRef::Path("no/such/cgroup".into())).unwrap_err();
+        assert!(err.contains("/sys/fs/cgroup/no/such/cgroup"), "{err}");
+    }
+}

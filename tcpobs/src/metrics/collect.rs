@@ -1,0 +1,190 @@
+//! Values computed at scrape time: live counts kept by the tracker, loss counters from the
+//! reader and the kernel, output counters, and which probes are attached.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeMetric},
+    metrics::{MetricType, counter::ConstCounter, gauge::ConstGauge},
+};
+use tcpobs_common::tcp_state;
+
+use crate::{
+    decode::KIND_NAMES,
+    loader::Attached,
+    model::state_name,
+    output::select::{EVENT_TYPES, OutputCounts},
+    reader::{KernelStats, ReaderStats},
+    tracker::Tracker,
+};
+
+const ROLES: [&str; 3] = ["client", "server", "unknown"];
+
+/// States a live connection can be in.
+const STATES: [u8; 10] = [
+    tcp_state::SYN_SENT,
+    tcp_state::SYN_RECV,
+    tcp_state::ESTABLISHED,
+    tcp_state::FIN_WAIT1,
+    tcp_state::FIN_WAIT2,
+    tcp_state::CLOSE_WAIT,
+    tcp_state::LAST_ACK,
+    tcp_state::CLOSING,
+    tcp_state::TIME_WAIT,
+    tcp_state::CLOSE,
+];
+
+/// Reader and kernel counters and the attached probes, refreshed by the daemon's loop.
+#[derive(Clone, Debug, Default)]
+pub struct Health {
+    pub reader: ReaderStats,
+    pub kernel: KernelStats,
+    pub probes: Vec<Attached>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The scrape-time collector.
+#[derive(Debug)]
+pub struct Scrape {
+    pub tracker: Arc<Mutex<Tracker>>,
+    pub health: Arc<Mutex<Health>>,
+    pub output: Arc<OutputCounts>,
+}
+
+fn counter(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    series: impl IntoIterator<Item = (Vec<(&'static str, &'static str)>, u64)>,
+) -> Result<(), std::fmt::Error> {
+    let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+    for (labels, value) in series {
+        if labels.is_empty() {
+            ConstCounter::new(value).encode(metric)?;
+            return Ok(());
+        }
+        ConstCounter::new(value).encode(metric.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+impl Collector for Scrape {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let (counts, stats) = {
+            let tracker = lock(&self.tracker);
+            (tracker.counts().clone(), tracker.stats())
+        };
+        let health = lock(&self.health).clone();
+
+        let mut open = encoder.encode_descriptor(
+            "tcpobs_open_connections",
+            "Live connections by role and TCP state",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (role, by_state) in ROLES.iter().zip(&counts.open) {
+            for state in STATES {
+                let labels = [("role", *role), ("state", state_name(state))];
+                let value = i64::try_from(by_state[usize::from(state)]).unwrap_or(i64::MAX);
+                ConstGauge::new(value).encode(open.encode_family(&labels)?)?;
+            }
+        }
+        counter(
+            &mut encoder,
+            "tcpobs_bytes",
+            "Application payload bytes, by role and direction",
+            ROLES.iter().zip(&counts.bytes).flat_map(|(role, [sent, received])| {
+                [
+                    (vec![("role", *role), ("direction", "sent")], *sent),
+                    (vec![("role", *role), ("direction", "received")], *received),
+                ]
+            }),
+        )?;
+        counter(
+            &mut encoder,
+            "tcpobs_retransmits",
+            "Retransmitted segments of closed connections, by role",
+            ROLES
+                .iter()
+                .zip(counts.retransmits)
+                .map(|(role, n)| (vec![("role", *role)], n)),
+        )?;
+        counter(
+            &mut encoder,
+            "tcpobs_events",
+            "Events received from the kernel, by kind",
+            KIND_NAMES
+                .iter()
+                .zip(health.reader.events)
+                .map(|(kind, n)| (vec![("kind", *kind)], n)),
+        )?;
+        for (name, help, value) in [
+            (
+                "tcpobs_events_lost",
+                "Events the kernel dropped because the ring buffer was full",
+                health.kernel.ringbuf_full,
+            ),
+            (
+                "tcpobs_events_undecodable",
+                "Ring buffer records that could not be decoded",
+                health.reader.undecodable,
+            ),
+            (
+                "tcpobs_sockets_evicted",
+                "Connections tcpobs lost track of (kernel table eviction or dropped close)",
+                stats.lost,
+            ),
+            (
+                "tcpobs_unmatched_events",
+                "Events for connections whose open event never arrived",
+                stats.unmatched,
+            ),
+            (
+                "tcpobs_sockets_adopted",
+                "Sockets first seen mid-life (already open, or evicted and seen again)",
+                health.kernel.adopted,
+            ),
+            (
+                "tcpobs_sockets_untracked",
+                "Sockets the kernel could not add to its table",
+                health.kernel.table_insert_failed,
+            ),
+        ] {
+            counter(&mut encoder, name, help, [(vec![], value)])?;
+        }
+        let (written, sampled_out) = self.output.get();
+        counter(
+            &mut encoder,
+            "tcpobs_output_events",
+            "Events written to the output, by type",
+            EVENT_TYPES.iter().zip(written).map(|(t, n)| (vec![("type", *t)], n)),
+        )?;
+        counter(
+            &mut encoder,
+            "tcpobs_output_events_sampled_out",
+            "Events left out of the output by sampling, by type",
+            EVENT_TYPES.iter().zip(sampled_out).map(|(t, n)| (vec![("type", *t)], n)),
+        )?;
+        let mut probes = encoder.encode_descriptor(
+            "tcpobs_probe",
+            "Attach strategy in use, per hook family",
+            None,
+            MetricType::Info,
+        )?;
+        let mut families: Vec<(&str, &str)> = health
+            .probes
+            .iter()
+            .map(|probe| (probe.hook.family, probe.strategy.as_str()))
+            .collect();
+        families.sort_unstable();
+        families.dedup();
+        for (family, strategy) in families {
+            probes.encode_info(&[("family", family), ("strategy", strategy)])?;
+        }
+        Ok(())
+    }
+}

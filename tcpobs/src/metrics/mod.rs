@@ -1,0 +1,286 @@
+//! Prometheus metrics: one [`Metrics`] of typed families, registered once, updated from the
+//! tracker's records; counts that live in the tracker, the reader and the kernel are read at
+//! scrape time by [`collect`]. Names are `tcpobs_*` in base units; counters end in `_total`
+//! (prometheus-client adds the suffix).
+
+pub mod collect;
+pub mod labels;
+
+use std::sync::{Arc, Mutex};
+
+use prometheus_client::{
+    metrics::{
+        counter::Counter,
+        family::{Family, MetricConstructor},
+        gauge::Gauge,
+        histogram::{Histogram, exponential_buckets_range},
+    },
+    registry::Registry,
+};
+
+use self::labels::{ConnLabels, Dims, Fixed, LabelPolicy, LabelSpec};
+use crate::model::{Phase, Record};
+
+/// Bucket layouts chosen for the quantity.
+#[derive(Clone, Copy, Debug)]
+enum Buckets {
+    /// 50 µs to 60 s.
+    Latency,
+    /// 1 ms to 1 h.
+    Idle,
+    /// 1 ms to 1 day.
+    Lifetime,
+    /// 1 to 10,000.
+    Count,
+    /// 1 s to 1 day (stuck connections are stuck for at least their threshold).
+    Stuck,
+}
+
+impl MetricConstructor<Histogram> for Buckets {
+    fn new_metric(&self) -> Histogram {
+        match self {
+            Self::Latency => Histogram::new(exponential_buckets_range(0.000_05, 60.0, 22)),
+            Self::Idle => Histogram::new(exponential_buckets_range(0.001, 3600.0, 23)),
+            Self::Lifetime => Histogram::new(exponential_buckets_range(0.001, 86_400.0, 25)),
+            Self::Count => Histogram::new([
+                1.0, 2.0, 3.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0,
+                5000.0, 10_000.0,
+            ]),
+            Self::Stuck => Histogram::new(exponential_buckets_range(1.0, 86_400.0, 18)),
+        }
+    }
+}
+
+type Histograms<const N: usize> = Family<ConnLabels<N>, Histogram, Buckets>;
+type Counters<const N: usize> = Family<ConnLabels<N>, Counter>;
+
+/// Every family tcpobs updates on events. Cloning shares the same series.
+#[derive(Clone, Debug)]
+pub struct Metrics {
+    handshake: Histograms<1>,
+    duration: Histograms<1>,
+    exchanges_per_connection: Histograms<1>,
+    request: Histograms<1>,
+    first_byte: Histograms<1>,
+    response: Histograms<1>,
+    idle_before: Histograms<1>,
+    idle_after: Histograms<1>,
+    opened: Counters<1>,
+    closed: Counters<3>,
+    exchanges: Counters<2>,
+    connect_failures: Family<Fixed<1>, Counter>,
+    anomalies: Family<Fixed<1>, Counter>,
+    stuck: Family<Fixed<1>, Gauge>,
+    stuck_duration: Family<Fixed<1>, Histogram, Buckets>,
+    policy: Arc<Mutex<LabelPolicy>>,
+}
+
+fn secs(ns: u64) -> f64 {
+    ns as f64 / 1e9
+}
+
+impl Metrics {
+    /// Creates the families and registers them in `registry`.
+    pub fn new(registry: &mut Registry, labels: &[LabelSpec], series_cap: usize) -> Self {
+        let histograms = |buckets| Histograms::<1>::new_with_constructor(buckets);
+        let metrics = Self {
+            handshake: histograms(Buckets::Latency),
+            duration: histograms(Buckets::Lifetime),
+            exchanges_per_connection: histograms(Buckets::Count),
+            request: histograms(Buckets::Latency),
+            first_byte: histograms(Buckets::Latency),
+            response: histograms(Buckets::Latency),
+            idle_before: histograms(Buckets::Idle),
+            idle_after: histograms(Buckets::Idle),
+            opened: Counters::default(),
+            closed: Counters::default(),
+            exchanges: Counters::default(),
+            connect_failures: Family::default(),
+            anomalies: Family::default(),
+            stuck: Family::default(),
+            stuck_duration: Family::new_with_constructor(Buckets::Stuck),
+            policy: Arc::new(Mutex::new(LabelPolicy::new(labels, series_cap))),
+        };
+        registry.register(
+            "tcpobs_handshake_duration_seconds",
+            "TCP handshake: SYN_SENT (client) or SYN_RECV (server) to ESTABLISHED",
+            metrics.handshake.clone(),
+        );
+        registry.register(
+            "tcpobs_connection_duration_seconds",
+            "Connection lifetime, start to close, of connections seen from their start",
+            metrics.duration.clone(),
+        );
+        registry.register(
+            "tcpobs_exchanges_per_connection",
+            "Request/response exchanges per closed connection (1 everywhere means churn)",
+            metrics.exchanges_per_connection.clone(),
+        );
+        registry.register(
+            "tcpobs_request_duration_seconds",
+            "First to last byte of a request",
+            metrics.request.clone(),
+        );
+        registry.register(
+            "tcpobs_response_first_byte_seconds",
+            "Last request byte to first response byte (time to first byte)",
+            metrics.first_byte.clone(),
+        );
+        registry.register(
+            "tcpobs_response_duration_seconds",
+            "Last request byte to last response byte",
+            metrics.response.clone(),
+        );
+        registry.register(
+            "tcpobs_idle_before_request_seconds",
+            "ESTABLISHED to the first request byte (first exchange only)",
+            metrics.idle_before.clone(),
+        );
+        registry.register(
+            "tcpobs_idle_after_response_seconds",
+            "Last response byte to the next request, or to the first FIN/RST",
+            metrics.idle_after.clone(),
+        );
+        registry.register(
+            "tcpobs_connections_opened",
+            "Connections established",
+            metrics.opened.clone(),
+        );
+        registry.register(
+            "tcpobs_connections_closed",
+            "Connections closed (failed connects excluded), by who closed first and how",
+            metrics.closed.clone(),
+        );
+        registry.register(
+            "tcpobs_exchanges",
+            "Request/response exchanges, by reuse class",
+            metrics.exchanges.clone(),
+        );
+        registry.register(
+            "tcpobs_connect_failures",
+            "Connections that never got past the handshake, by reason",
+            metrics.connect_failures.clone(),
+        );
+        registry.register(
+            "tcpobs_anomalies",
+            "Live connections flagged as stuck, by phase (each once per phase)",
+            metrics.anomalies.clone(),
+        );
+        registry.register(
+            "tcpobs_stuck_connections",
+            "Live connections stuck right now, by phase (as of the last sweep)",
+            metrics.stuck.clone(),
+        );
+        registry.register(
+            "tcpobs_stuck_duration_seconds",
+            "How long connections stayed stuck, observed when the episode ended, by phase",
+            metrics.stuck_duration.clone(),
+        );
+        for phase in Phase::ALL {
+            metrics.stuck.get_or_create(&[("phase", phase.as_str())]).set(0);
+        }
+        metrics
+    }
+
+    fn dims(&self, addrs: &crate::model::Addrs, process: Option<&crate::model::Process>) -> Dims {
+        self.policy
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .dims(addrs, process)
+    }
+
+    /// Updates the families for one record.
+    pub fn observe(&self, record: &Record) {
+        match record {
+            Record::Opened(opened) => {
+                let labels = ConnLabels {
+                    fixed: [("role", opened.role.as_str())],
+                    dims: self.dims(&opened.addrs, opened.process.as_ref()),
+                };
+                self.opened.get_or_create(&labels).inc();
+                self.handshake.get_or_create(&labels).observe(secs(opened.connect_ns));
+            }
+            Record::Connection(connection) => {
+                if let Some(failure) = connection.connect_failure {
+                    self.connect_failures
+                        .get_or_create(&[("reason", failure.as_str())])
+                        .inc();
+                } else if let Some(close) = &connection.close {
+                    let dims = self.dims(&connection.addrs, connection.process.as_ref());
+                    let role = connection.role.as_str();
+                    self.closed
+                        .get_or_create(&ConnLabels {
+                            fixed: [
+                                ("role", role),
+                                ("close_originator", close.originator.as_str()),
+                                ("close_kind", close.kind.as_str()),
+                            ],
+                            dims: dims.clone(),
+                        })
+                        .inc();
+                    if connection.partial.is_none() {
+                        let labels = ConnLabels {
+                            fixed: [("role", role)],
+                            dims,
+                        };
+                        self.duration
+                            .get_or_create(&labels)
+                            .observe(secs(connection.lifetime_ns));
+                        self.exchanges_per_connection
+                            .get_or_create(&labels)
+                            .observe(f64::from(connection.exchanges));
+                    }
+                }
+                if let Some((phase, duration)) = connection.stuck_at_end {
+                    self.unstuck(phase, duration);
+                }
+            }
+            Record::Exchange(exchange) => {
+                let dims = self.dims(&exchange.addrs, exchange.process.as_ref());
+                let role = exchange.role.as_str();
+                self.exchanges
+                    .get_or_create(&ConnLabels {
+                        fixed: [("role", role), ("class", exchange.class.as_str())],
+                        dims: dims.clone(),
+                    })
+                    .inc();
+                let labels = ConnLabels {
+                    fixed: [("role", role)],
+                    dims,
+                };
+                for (family, value) in [
+                    (&self.request, exchange.request_ns),
+                    (&self.first_byte, exchange.response_begin_ns),
+                    (&self.response, exchange.response_ns),
+                    (&self.idle_before, exchange.idle_before_ns),
+                    (&self.idle_after, exchange.idle_after_ns),
+                ] {
+                    if let Some(ns) = value {
+                        family.get_or_create(&labels).observe(secs(ns));
+                    }
+                }
+            }
+            Record::Anomaly(anomaly) => {
+                self.anomalies
+                    .get_or_create(&[("phase", anomaly.phase.as_str())])
+                    .inc();
+            }
+            Record::Unstuck(phase, duration) => self.unstuck(*phase, *duration),
+        }
+    }
+
+    fn unstuck(&self, phase: Phase, duration_ns: u64) {
+        self.stuck_duration
+            .get_or_create(&[("phase", phase.as_str())])
+            .observe(secs(duration_ns));
+    }
+
+    /// Sets the stuck-connection gauge from a sweep (indexed like [`Phase::ALL`]).
+    pub fn set_stuck(&self, stuck: &[u64; 5]) {
+        for (phase, count) in Phase::ALL.iter().zip(stuck) {
+            self.stuck
+                .get_or_create(&[("phase", phase.as_str())])
+                .set(i64::try_from(*count).unwrap_or(i64::MAX));
+        }
+    }
+}

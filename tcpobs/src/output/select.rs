@@ -1,0 +1,214 @@
+//! Log-volume control (the seed's "why reduce logs"): which events to write, and sampling.
+//!
+//! - `--events connections`: one `connection` event per connection, plus `anomaly` events;
+//!   `exchanges` adds one event per exchange; `anomalies` writes only anomaly events and the
+//!   connections that breached a threshold, reset, failed or got stuck; `none` writes nothing.
+//! - `--sample first=N,thereafter=M`: per second, the first N events, then every Mth. What is
+//!   left out is counted, never silently lost.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    model::{CloseKind, ConnectionRecord, Record},
+    runtime::{Sample, Thresholds, ns},
+};
+
+/// Which JSON events to write (`--events`).
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum EventSelection {
+    /// One aggregate `connection` event per connection when it closes, plus `anomaly` events.
+    #[default]
+    Connections,
+    /// Also one `exchange` event per request/response exchange.
+    Exchanges,
+    /// Only `anomaly` events and the connections that breached a threshold.
+    Anomalies,
+    /// No events (metrics only).
+    None,
+}
+
+/// Event types, for the per-type counters.
+pub const EVENT_TYPES: [&str; 3] = ["connection", "exchange", "anomaly"];
+
+/// Events written and left out by sampling, per [`EVENT_TYPES`] index.
+#[derive(Debug, Default)]
+pub struct OutputCounts {
+    pub written: [AtomicU64; 3],
+    pub sampled_out: [AtomicU64; 3],
+}
+
+impl OutputCounts {
+    pub fn get(&self) -> ([u64; 3], [u64; 3]) {
+        (
+            self.written.each_ref().map(|n| n.load(Ordering::Relaxed)),
+            self.sampled_out.each_ref().map(|n| n.load(Ordering::Relaxed)),
+        )
+    }
+}
+
+/// Per-second sampler: the first `first` events of each second, then every `thereafter`-th.
+#[derive(Clone, Debug, Default)]
+pub struct Sampler {
+    sample: Option<Sample>,
+    second: u64,
+    seen: u64,
+}
+
+impl Sampler {
+    pub fn new(sample: Option<Sample>) -> Self {
+        Self {
+            sample,
+            second: u64::MAX,
+            seen: 0,
+        }
+    }
+
+    /// Whether the next event, at `now_ns`, is written.
+    pub fn admit(&mut self, now_ns: u64) -> bool {
+        let Some(Sample { first, thereafter }) = self.sample else {
+            return true;
+        };
+        let second = now_ns / 1_000_000_000;
+        if second != self.second {
+            (self.second, self.seen) = (second, 0);
+        }
+        self.seen += 1;
+        let (first, thereafter) = (u64::from(first), u64::from(thereafter.max(1)));
+        self.seen <= first || (self.seen - first) % thereafter == 0
+    }
+}
+
+/// Why a closed connection is an anomaly (empty if it is not).
+pub fn anomalies_of(record: &ConnectionRecord, thresholds: &Thresholds) -> Vec<&'static str> {
+    let over = |value: Option<u64>, seconds: f64| {
+        let limit = ns(seconds);
+        limit != 0 && value.is_some_and(|value| value > limit)
+    };
+    let mut found = Vec::new();
+    if record.connect_failure.is_some() {
+        found.push("connect_failure");
+    }
+    if over(record.connect_ns, thresholds.handshake_s) {
+        found.push("slow_handshake");
+    }
+    if over(record.max_response_begin_ns, thresholds.first_byte_s) {
+        found.push("slow_first_byte");
+    }
+    if over(record.max_idle_ns, thresholds.idle_s) {
+        found.push("long_idle");
+    }
+    if let Some(close) = &record.close {
+        if close.close_wait_unclosed || over(close.close_wait_ns, thresholds.close_wait_s) {
+            found.push("close_wait");
+        }
+        match close.kind {
+            CloseKind::Rst if thresholds.resets => found.push("reset"),
+            CloseKind::Timeout => found.push("timeout"),
+            _ => {}
+        }
+    }
+    if !record.stuck.is_empty() {
+        found.push("stuck");
+    }
+    found
+}
+
+/// Where a record goes under an event selection.
+pub fn selected(selection: EventSelection, record: &Record, thresholds: &Thresholds) -> Option<usize> {
+    use EventSelection as S;
+    match (selection, record) {
+        (S::None, _) | (_, Record::Opened(_) | Record::Unstuck(..)) => None,
+        (S::Connections | S::Exchanges, Record::Connection(_)) => Some(0),
+        (S::Anomalies, Record::Connection(connection)) => {
+            (!anomalies_of(connection, thresholds).is_empty()).then_some(0)
+        }
+        (S::Exchanges, Record::Exchange(_)) => Some(1),
+        (_, Record::Exchange(_)) => None,
+        (_, Record::Anomaly(_)) => Some(2),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Addrs, Close, CloseOriginator, PhaseSet, Role};
+
+    #[test]
+    fn sampler_keeps_first_n_then_every_mth_per_second() {
+        let mut sampler = Sampler::new(Some(Sample { first: 3, thereafter: 4 }));
+        let kept: Vec<bool> = (0..12).map(|_| sampler.admit(5_000_000_000)).collect();
+        assert_eq!(
+            kept,
+            [true, true, true, false, false, false, true, false, false, false, true, false]
+        );
+        assert!(sampler.admit(6_000_000_000), "a new second starts over");
+        assert!(Sampler::new(None).admit(0));
+    }
+
+    fn connection() -> ConnectionRecord {
+        ConnectionRecord {
+            id: 1,
+            role: Role::Client,
+            partial: None,
+            addrs: Addrs {
+                local: "127.0.0.1:1".parse().unwrap(),
+                remote: "127.0.0.1:2".parse().unwrap(),
+            },
+            process: None,
+            start_ns: 0,
+            established_ns: Some(1),
+            connect_ns: Some(1_000),
+            connect_failure: None,
+            lifetime_ns: 10,
+            exchanges: 1,
+            bytes_sent: 1,
+            bytes_received: 1,
+            retransmits: 0,
+            close: Some(Close {
+                at_ns: 10,
+                originator: CloseOriginator::Client,
+                closed_by: None,
+                kind: CloseKind::Fin,
+                rst: None,
+                final_state: 5,
+                teardown_ns: None,
+                close_wait_ns: None,
+                close_wait_unclosed: false,
+                errno: 0,
+            }),
+            max_response_begin_ns: Some(2_000_000_000),
+            max_idle_ns: None,
+            stuck: PhaseSet::default(),
+            stuck_at_end: None,
+        }
+    }
+
+    #[test]
+    fn anomalies_follow_the_thresholds() {
+        let thresholds = Thresholds::default();
+        assert_eq!(anomalies_of(&connection(), &thresholds), ["slow_first_byte"]);
+        let relaxed = Thresholds {
+            first_byte_s: 0.0,
+            ..thresholds
+        };
+        assert!(anomalies_of(&connection(), &relaxed).is_empty());
+        let mut reset = connection();
+        reset.close.as_mut().unwrap().kind = CloseKind::Rst;
+        assert_eq!(anomalies_of(&reset, &relaxed), ["reset"]);
+        let quiet = Thresholds {
+            resets: false,
+            ..relaxed
+        };
+        assert!(anomalies_of(&reset, &quiet).is_empty());
+        let plain = Record::Connection(connection());
+        assert_eq!(selected(EventSelection::Anomalies, &plain, &relaxed), None);
+        assert_eq!(selected(EventSelection::Anomalies, &plain, &thresholds), Some(0));
+        assert_eq!(selected(EventSelection::Connections, &plain, &relaxed), Some(0));
+        assert_eq!(selected(EventSelection::None, &plain, &thresholds), None);
+    }
+}

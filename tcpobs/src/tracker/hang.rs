@@ -1,0 +1,318 @@
+//! Hang detection: a periodic sweep over the live table that flags connections stuck in a
+//! phase (DESIGN §3, "Hang detection").
+//!
+//! | phase | condition |
+//! |---|---|
+//! | `syn_sent` | `SYN_SENT` for longer than the threshold |
+//! | `no_data` | `ESTABLISHED`, nothing sent or received, for longer than the threshold |
+//! | `idle` | `ESTABLISHED`, no data for longer than the threshold (a zombie) |
+//! | `close_wait` | `CLOSE_WAIT` for longer than the threshold (a leak) |
+//! | `fin_wait2` | `FIN_WAIT2` for longer than the threshold |
+//!
+//! The tracker only learns of data when a burst ends, so a connection that *looks* idle or
+//! data-less is checked against the kernel's own record (one map lookup, through the caller's
+//! `lookup`) before it is flagged; already-flagged idle connections are re-checked on a slow
+//! rotation, so a host with many zombies costs a bounded number of lookups per sweep. Each
+//! connection is reported once per phase ([`Record::Anomaly`]); the report also counts how
+//! many connections are stuck in each phase right now, for the gauge.
+
+use super::{Conn, Tracker};
+use crate::model::{AnomalyRecord, Phase, Record};
+
+/// Thresholds per phase (ns); 0 turns a phase off.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StuckThresholds {
+    pub syn_sent_ns: u64,
+    pub no_data_ns: u64,
+    pub idle_ns: u64,
+    pub close_wait_ns: u64,
+    pub fin_wait2_ns: u64,
+}
+
+impl StuckThresholds {
+    fn of(&self, phase: Phase) -> u64 {
+        match phase {
+            Phase::SynSent => self.syn_sent_ns,
+            Phase::NoData => self.no_data_ns,
+            Phase::Idle => self.idle_ns,
+            Phase::CloseWait => self.close_wait_ns,
+            Phase::FinWait2 => self.fin_wait2_ns,
+        }
+    }
+}
+
+/// What the kernel's record says about a socket.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelView {
+    /// Last send/recv (ns), 0 if none.
+    pub last_data_ns: u64,
+    /// Bytes moved in either direction.
+    pub bytes: u64,
+}
+
+/// Result of one sweep.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SweepReport {
+    /// Connections stuck right now, indexed like [`Phase::ALL`].
+    pub stuck: [u64; 5],
+    /// Kernel lookups made.
+    pub lookups: u64,
+}
+
+/// Already-flagged idle connections are re-checked against the kernel once per this many
+/// sweeps (spread by connection id).
+const RECHECK_EVERY: u64 = 30;
+
+fn index(phase: Phase) -> usize {
+    phase as usize
+}
+
+impl Conn {
+    /// The phase the tracker's own view puts the connection in, and when that phase began.
+    fn candidate(&self, now: u64, thresholds: &StuckThresholds) -> Option<(Phase, u64)> {
+        use tcpobs_common::tcp_state::*;
+        let (phase, since) = match self.state {
+            SYN_SENT => (Phase::SynSent, self.start_ns),
+            ESTABLISHED if !self.saw_data => {
+                (Phase::NoData, self.established_ns.unwrap_or(self.state_since_ns))
+            }
+            ESTABLISHED => (Phase::Idle, self.last_activity_ns),
+            CLOSE_WAIT => (Phase::CloseWait, self.state_since_ns),
+            FIN_WAIT2 => (Phase::FinWait2, self.state_since_ns),
+            _ => return None,
+        };
+        let threshold = thresholds.of(phase);
+        (threshold != 0 && now.saturating_sub(since) >= threshold).then_some((phase, since))
+    }
+}
+
+impl Tracker {
+    /// Flags stuck connections. `lookup` reads the kernel's record of a socket (`None` if it
+    /// has none). Anomalies for newly stuck connections are appended to `out`.
+    pub fn sweep(
+        &mut self,
+        now: u64,
+        thresholds: &StuckThresholds,
+        mut lookup: impl FnMut(u64) -> Option<KernelView>,
+        out: &mut Vec<Record>,
+    ) -> SweepReport {
+        self.sweeps += 1;
+        let sweep = self.sweeps;
+        let mut report = SweepReport::default();
+        for (&sock, conn) in &mut self.conns {
+            let mut candidate = conn.candidate(now, thresholds);
+            let needs_kernel = match candidate {
+                Some((Phase::NoData | Phase::Idle, _)) => {
+                    !conn.stuck.is_some_and(|(phase, _)| conn.flagged.contains(phase))
+                        || (conn.id + sweep) % RECHECK_EVERY == 0
+                }
+                _ => false,
+            };
+            if needs_kernel {
+                report.lookups += 1;
+                if let Some(view) = lookup(sock) {
+                    // Data the tracker may not have seen yet: a burst still in progress.
+                    conn.saw_data |= view.bytes > 0;
+                    conn.last_activity_ns = conn.last_activity_ns.max(view.last_data_ns);
+                    candidate = conn.candidate(now, thresholds);
+                }
+            }
+            match candidate {
+                Some((phase, since)) => {
+                    report.stuck[index(phase)] += 1;
+                    if conn.stuck.is_none_or(|(current, _)| current != phase) {
+                        conn.unstick(now, out);
+                        conn.stuck = Some((phase, since));
+                    }
+                    if !conn.flagged.contains(phase) {
+                        conn.flagged.insert(phase);
+                        out.push(Record::Anomaly(AnomalyRecord {
+                            conn_id: conn.id,
+                            phase,
+                            role: conn.role,
+                            addrs: conn.addrs,
+                            process: conn.process.clone(),
+                            state: conn.state,
+                            since_ns: since,
+                            at_ns: now,
+                            threshold_ns: thresholds.of(phase),
+                        }));
+                    }
+                }
+                None => conn.unstick(now, out),
+            }
+        }
+        report
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tcpobs_common::{
+        BurstEvent, EventHeader, OpenEvent, StateEvent, direction, kind, role, tcp_state,
+    };
+
+    use super::*;
+    use crate::decode::KernelEvent;
+
+    const S: u64 = 1_000_000_000;
+
+    fn thresholds() -> StuckThresholds {
+        StuckThresholds {
+            syn_sent_ns: 3 * S,
+            no_data_ns: 10 * S,
+            idle_ns: 60 * S,
+            close_wait_ns: 5 * S,
+            fin_wait2_ns: 30 * S,
+        }
+    }
+
+    fn hdr(kind: u32, sock: u64, ts_ns: u64) -> EventHeader {
+        EventHeader {
+            kind,
+            ts_ns,
+            sock,
+            start_ns: 0,
+            ..Default::default()
+        }
+    }
+
+    fn open(tracker: &mut Tracker, sock: u64, event_kind: u32, state: u8, at: u64) {
+        let event = OpenEvent {
+            hdr: hdr(event_kind, sock, at),
+            role: role::CLIENT,
+            state,
+            ..Default::default()
+        };
+        let event = if event_kind == kind::CONNECT {
+            KernelEvent::Connect(event)
+        } else {
+            KernelEvent::Open(event)
+        };
+        tracker.handle(&event, &mut Vec::new());
+    }
+
+    fn anomalies(out: &[Record]) -> Vec<Phase> {
+        out.iter()
+            .filter_map(|record| match record {
+                Record::Anomaly(anomaly) => Some(anomaly.phase),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn flags_each_phase_once_on_the_first_sweep_past_its_threshold() {
+        let mut tracker = Tracker::new();
+        open(&mut tracker, 1, kind::CONNECT, tcp_state::SYN_SENT, 0);
+        open(&mut tracker, 2, kind::OPEN, tcp_state::ESTABLISHED, 0);
+        open(&mut tracker, 3, kind::OPEN, tcp_state::ESTABLISHED, 0);
+        tracker.handle(
+            &KernelEvent::State(StateEvent {
+                hdr: hdr(kind::STATE, 3, S),
+                old_state: tcp_state::ESTABLISHED,
+                new_state: tcp_state::CLOSE_WAIT,
+                ..Default::default()
+            }),
+            &mut Vec::new(),
+        );
+        let no_kernel = |_| None;
+        let mut out = Vec::new();
+        // One second before the close_wait threshold (CLOSE_WAIT since 1 s, threshold 5 s).
+        let report = tracker.sweep(5 * S, &thresholds(), no_kernel, &mut out);
+        assert_eq!(anomalies(&out), [Phase::SynSent]);
+        assert_eq!(report.stuck, [1, 0, 0, 0, 0]);
+        out.clear();
+        let report = tracker.sweep(6 * S, &thresholds(), no_kernel, &mut out);
+        assert_eq!(anomalies(&out), [Phase::CloseWait], "first sweep past the threshold");
+        assert_eq!(report.stuck, [1, 0, 0, 1, 0]);
+        out.clear();
+        let report = tracker.sweep(11 * S, &thresholds(), no_kernel, &mut out);
+        assert_eq!(anomalies(&out), [Phase::NoData]);
+        assert_eq!(report.stuck, [1, 1, 0, 1, 0], "still stuck, not reported again");
+    }
+
+    #[test]
+    fn the_kernel_record_vetoes_idle_and_no_data() {
+        let mut tracker = Tracker::new();
+        open(&mut tracker, 1, kind::OPEN, tcp_state::ESTABLISHED, 0);
+        open(&mut tracker, 2, kind::OPEN, tcp_state::ESTABLISHED, 0);
+        // Socket 2 had a burst at 1 s (it ended at 2 s, when the direction flipped).
+        tracker.handle(
+            &KernelEvent::Burst(BurstEvent {
+                hdr: hdr(kind::BURST, 2, 2 * S),
+                burst: tcpobs_common::Burst {
+                    first_ns: S,
+                    last_ns: S,
+                    bytes: 10,
+                    calls: 1,
+                    dir: direction::OUT,
+                    _pad: [0; 3],
+                },
+                ..Default::default()
+            }),
+            &mut Vec::new(),
+        );
+        // The kernel saw socket 1 send at 9 s (a burst still in progress) and socket 2 at 61 s.
+        let kernel = |sock| {
+            Some(match sock {
+                1 => KernelView { last_data_ns: 9 * S, bytes: 5 },
+                _ => KernelView { last_data_ns: 61 * S, bytes: 30 },
+            })
+        };
+        let mut out = Vec::new();
+        let report = tracker.sweep(63 * S, &thresholds(), kernel, &mut out);
+        assert!(anomalies(&out).is_empty(), "{out:?}");
+        assert_eq!(report.lookups, 2);
+        // The tracker keeps what the kernel said: without it now, still nothing is stuck.
+        let mut out = Vec::new();
+        let report = tracker.sweep(63 * S, &thresholds(), |_| None, &mut out);
+        assert!(anomalies(&out).is_empty(), "{out:?}");
+        assert_eq!(report.stuck, [0; 5]);
+        // A minute of real silence later, socket 1 is a zombie.
+        let report = tracker.sweep(70 * S, &thresholds(), |_| None, &mut out);
+        assert_eq!(anomalies(&out), [Phase::Idle]);
+        assert_eq!(report.stuck, [0, 0, 1, 0, 0]);
+    }
+
+    #[test]
+    fn an_episode_ends_when_the_connection_moves_on() {
+        let mut tracker = Tracker::new();
+        open(&mut tracker, 1, kind::OPEN, tcp_state::ESTABLISHED, 0);
+        tracker.handle(
+            &KernelEvent::State(StateEvent {
+                hdr: hdr(kind::STATE, 1, S),
+                old_state: tcp_state::ESTABLISHED,
+                new_state: tcp_state::CLOSE_WAIT,
+                ..Default::default()
+            }),
+            &mut Vec::new(),
+        );
+        let mut out = Vec::new();
+        tracker.sweep(7 * S, &thresholds(), |_| None, &mut out);
+        assert_eq!(anomalies(&out), [Phase::CloseWait]);
+        let mut out = Vec::new();
+        tracker.handle(
+            &KernelEvent::State(StateEvent {
+                hdr: hdr(kind::STATE, 1, 9 * S),
+                old_state: tcp_state::CLOSE_WAIT,
+                new_state: tcp_state::LAST_ACK,
+                ..Default::default()
+            }),
+            &mut out,
+        );
+        assert_eq!(out, [Record::Unstuck(Phase::CloseWait, 8 * S)]);
+        let conn = tracker.live().next().unwrap();
+        assert!(conn.flagged().contains(Phase::CloseWait));
+    }
+
+    #[test]
+    fn zero_thresholds_turn_phases_off() {
+        let mut tracker = Tracker::new();
+        open(&mut tracker, 1, kind::CONNECT, tcp_state::SYN_SENT, 0);
+        let mut out = Vec::new();
+        let report = tracker.sweep(100 * S, &StuckThresholds::default(), |_| None, &mut out);
+        assert!(out.is_empty());
+        assert_eq!(report, SweepReport::default());
+    }
+}
