@@ -1,20 +1,13 @@
 //! The `tcpobs` binary: flags, exit codes, privilege and kernel-feature errors, the signal
 //! path (detach, flush open connections, exit 0), and both output formats from real runs.
 
-use std::{
-    fs,
-    io::{BufRead, BufReader, Read},
-    net::TcpStream,
-    path::PathBuf,
-    process::{Child, Command, Stdio},
-    sync::mpsc,
-    thread,
-    time::{Duration, Instant},
-};
+use std::{io::Read, net::TcpStream, process::Command};
 
 use serde_json::Value;
 use tcpobs_tests::{
-    PATIENCE, closed_port, listen,
+    closed_port,
+    daemon::Daemon,
+    listen,
     nginx::{Nginx, curl},
     read_n, tcpobs_binary, write_all,
 };
@@ -107,74 +100,6 @@ fn missing_btf_names_the_kernel_feature() {
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
 
-/// A running daemon; its stderr is watched for the start-up line.
-struct Daemon {
-    child: Child,
-    output: PathBuf,
-}
-
-impl Daemon {
-    fn start(args: &[&str], name: &str) -> Self {
-        let output = std::env::temp_dir().join(format!("tcpobs-{name}-{}.out", std::process::id()));
-        let _ = fs::remove_file(&output);
-        let mut child = Command::new(tcpobs_binary())
-            .args(args)
-            .arg("--output")
-            .arg(&output)
-            .args(["--drain-interval", "5ms", "--listen", "127.0.0.1:0"])
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let (ready, started) = mpsc::channel();
-        thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                eprintln!("tcpobs: {line}");
-                if line.contains("tracing TCP connections") {
-                    let _ = ready.send(());
-                }
-            }
-        });
-        started
-            .recv_timeout(PATIENCE)
-            .expect("tcpobs did not report that it is tracing");
-        Self { child, output }
-    }
-
-    fn lines(&self) -> Vec<String> {
-        fs::read_to_string(&self.output)
-            .unwrap_or_default()
-            .lines()
-            .map(str::to_owned)
-            .collect()
-    }
-
-    fn wait_lines(&self, what: &str, check: impl Fn(&[String]) -> bool) -> Vec<String> {
-        let deadline = Instant::now() + PATIENCE;
-        loop {
-            let lines = self.lines();
-            if check(&lines) {
-                return lines;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "timed out waiting for {what}: {lines:#?}"
-            );
-            thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// SIGTERM, then the exit code and the output.
-    fn terminate(mut self) -> (Option<i32>, Vec<String>) {
-        // SAFETY: kill with a valid pid and signal.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let status = self.child.wait().unwrap();
-        let lines = self.lines();
-        let _ = fs::remove_file(&self.output);
-        (status.code(), lines)
-    }
-}
-
 fn json(line: &str) -> Value {
     serde_json::from_str(line).unwrap_or_else(|err| panic!("not JSON ({err}): {line}"))
 }
@@ -183,7 +108,7 @@ fn json(line: &str) -> Value {
 fn sigterm_flushes_open_connections_and_exits_0() {
     let (listener, addr) = listen("127.0.0.1:0");
     let port = addr.port().to_string();
-    let daemon = Daemon::start(&["--port", &port, "--events", "exchanges"], "sigterm");
+    let daemon = Daemon::start(&["--port", &port, "--events", "exchanges"]);
     // One connection that closes, one left open.
     {
         let mut client = TcpStream::connect(addr).unwrap();
@@ -255,10 +180,7 @@ fn justniffer_lines_from_nginx_and_curl() {
     let format = "%request.timestamp %source.ip %dest.port c=%connection.time i=%idle.time.0 \
                   req=%request.time resp=%response.time i2=%idle.time.1 s=%session.time \
                   n=%session.requests %connection %close.originator";
-    let daemon = Daemon::start(
-        &["--port", &port, "--format", "justniffer", "-l", format],
-        "jn",
-    );
+    let daemon = Daemon::start(&["--port", &port, "--format", "justniffer", "-l", format]);
     let url = nginx.url("/");
     curl(&[&url, &url, &url]);
     let lines = daemon.wait_lines("six exchange lines", |lines| lines.len() >= 6);
@@ -310,7 +232,7 @@ fn justniffer_lines_from_nginx_and_curl() {
 #[test]
 fn refused_connections_are_reported() {
     let port = closed_port();
-    let daemon = Daemon::start(&["--port", &port.to_string()], "refused");
+    let daemon = Daemon::start(&["--port", &port.to_string()]);
     let mut buf = [0u8; 1];
     assert!(
         TcpStream::connect(("127.0.0.1", port))

@@ -35,15 +35,17 @@ pub enum AppError {
 }
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener, AppError> {
-    TcpListener::bind(addr).await.map_err(|source| AppError::Listen {
-        addr,
-        hint: if source.kind() == io::ErrorKind::AddrInUse {
-            " (another tcpobs?); choose another address with --listen, or --listen none"
-        } else {
-            ""
-        },
-        source,
-    })
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| AppError::Listen {
+            addr,
+            hint: if source.kind() == io::ErrorKind::AddrInUse {
+                " (another tcpobs?); choose another address with --listen, or --listen none"
+            } else {
+                ""
+            },
+            source,
+        })
 }
 
 /// Runs tcpobs until SIGINT or SIGTERM. `loader` re-reads the settings on SIGHUP.
@@ -60,7 +62,8 @@ pub async fn run(
         None => None,
     };
     let readiness = Arc::new(Readiness::new("loading the kernel programs"));
-    let (control, runtime) = Control::new(settings.runtime.clone(), settings.statics(), set_log_level);
+    let (control, runtime) =
+        Control::new(settings.runtime.clone(), settings.statics(), set_log_level);
     let tracker = Arc::default();
     let health = Arc::default();
     let mut registry = Registry::default();
@@ -92,7 +95,10 @@ pub async fn run(
             let shutdown = async move {
                 let _ = stopped.wait_for(|stop| *stop).await;
             };
-            if let Err(err) = axum::serve(listener, app).with_graceful_shutdown(shutdown).await {
+            if let Err(err) = axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown)
+                .await
+            {
                 error!("HTTP server: {err}");
             }
         })
@@ -111,14 +117,20 @@ pub async fn run(
         "tracing TCP connections"
     );
     if let (Some(loader), Some(_)) = (loader, settings.config.as_ref()) {
-        tokio::spawn(reload_on_sighup(loader, settings.clone(), Arc::clone(&control)));
+        tokio::spawn(reload_on_sighup(
+            loader,
+            settings.clone(),
+            Arc::clone(&control),
+        ));
     }
 
     let timing = Timing {
         drain: settings.drain_interval,
         sweep: settings.sweep_interval,
     };
-    tracer.run(&mut output, timing, runtime, shutdown_signal()).await?;
+    tracer
+        .run(&mut output, timing, runtime, shutdown_signal())
+        .await?;
     readiness.set_not_ready("stopping");
     let stats = tracer.stop(&mut output)?;
     output.write_json_line(&stats.to_json_line())?;
@@ -149,7 +161,10 @@ async fn reload_on_sighup(loader: Loader, started: Settings, control: Arc<Contro
                     Err(err) => error!("SIGHUP: configuration not applied: {err}"),
                 }
             }
-            Err(err) => error!("SIGHUP: configuration not applied: {}", err.to_string().trim()),
+            Err(err) => error!(
+                "SIGHUP: configuration not applied: {}",
+                err.to_string().trim()
+            ),
         }
     }
 }

@@ -36,7 +36,9 @@ pub struct Control {
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl Control {
@@ -86,14 +88,14 @@ impl Control {
         }
         if next.filters != runtime.filters {
             let resolved = Resolved::new(&next.filters)?;
-            if let Some(filters) = lock(&self.filters).as_mut() {
-                if let Err(err) = filters.apply(&resolved) {
-                    // Put the previous filters back rather than leave a half-written set.
-                    if let Ok(previous) = Resolved::new(&runtime.filters) {
-                        let _ = filters.apply(&previous);
-                    }
-                    return Err(format!("kernel filters: {err}"));
+            if let Some(filters) = lock(&self.filters).as_mut()
+                && let Err(err) = filters.apply(&resolved)
+            {
+                // Put the previous filters back rather than leave a half-written set.
+                if let Ok(previous) = Resolved::new(&runtime.filters) {
+                    let _ = filters.apply(&previous);
                 }
+                return Err(format!("kernel filters: {err}"));
             }
         }
         if next.log_level != runtime.log_level {
@@ -126,7 +128,11 @@ mod tests {
         runtime::{Filters, Thresholds},
     };
 
-    fn control() -> (Arc<Control>, watch::Receiver<Runtime>, Arc<Mutex<Vec<String>>>) {
+    fn control() -> (
+        Arc<Control>,
+        watch::Receiver<Runtime>,
+        Arc<Mutex<Vec<String>>>,
+    ) {
         let levels = Arc::new(Mutex::new(Vec::new()));
         let seen = Arc::clone(&levels);
         let (control, changes) = Control::new(
@@ -154,10 +160,16 @@ mod tests {
             .unwrap();
         assert_eq!(next.events, EventSelection::Exchanges);
         assert!(changes.has_changed().unwrap());
-        assert_eq!(changes.borrow_and_update().events, EventSelection::Exchanges);
+        assert_eq!(
+            changes.borrow_and_update().events,
+            EventSelection::Exchanges
+        );
         assert_eq!(*levels.lock().unwrap(), ["debug"]);
         assert_eq!(control.describe()["runtime"]["events"], "exchanges");
-        assert_eq!(control.describe()["restart_required"]["listen"], "127.0.0.1:0");
+        assert_eq!(
+            control.describe()["restart_required"]["listen"],
+            "127.0.0.1:0"
+        );
     }
 
     #[test]

@@ -61,7 +61,9 @@ pub struct Timing {
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 pub struct Tracer {
@@ -171,6 +173,9 @@ impl Tracer {
             let records = &mut self.records;
             self.reader.drain(|event| tracker.handle(event, records))
         };
+        if read > 0 {
+            lock(&self.health).reader = self.reader.stats();
+        }
         Self::dispatch(&mut self.records, self.metrics.as_ref(), sink)?;
         if read > 0 {
             sink.flush()?;
@@ -179,7 +184,11 @@ impl Tracer {
     }
 
     /// One hang-detection sweep; also refreshes the health counters.
-    pub fn sweep(&mut self, thresholds: &StuckThresholds, sink: &mut dyn Sink) -> io::Result<SweepReport> {
+    pub fn sweep(
+        &mut self,
+        thresholds: &StuckThresholds,
+        sink: &mut dyn Sink,
+    ) -> io::Result<SweepReport> {
         let sockets = &self.sockets;
         let lookup = |sock: u64| {
             sockets.get(&sock, 0).ok().map(|record| KernelView {
@@ -187,7 +196,12 @@ impl Tracer {
                 bytes: record.bytes_sent + record.bytes_recv,
             })
         };
-        let report = lock(&self.tracker).sweep(Clock::monotonic_now_ns(), thresholds, lookup, &mut self.records);
+        let report = lock(&self.tracker).sweep(
+            Clock::monotonic_now_ns(),
+            thresholds,
+            lookup,
+            &mut self.records,
+        );
         if let Some(metrics) = &self.metrics {
             metrics.set_stuck(&report.stuck);
         }

@@ -20,7 +20,7 @@ use std::{
 use axum::{
     Json, Router,
     extract::{Query, State},
-    http::{StatusCode, header},
+    http::{HeaderMap, StatusCode, header},
     response::{IntoResponse, Response},
     routing::get,
 };
@@ -37,6 +37,8 @@ use crate::{
 
 /// Content type of the OpenMetrics text format.
 pub const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+/// Content type of the classic Prometheus text format.
+pub const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 const DEFAULT_LIMIT: usize = 1000;
 const MAX_LIMIT: usize = 100_000;
@@ -94,11 +96,62 @@ fn error(status: StatusCode, message: impl Into<String>) -> Response {
     (status, Json(json!({ "error": message.into() }))).into_response()
 }
 
-async fn metrics(State(state): State<AppState>) -> Response {
+/// Whether the client asked for the classic text format rather than OpenMetrics (e.g.
+/// `Accept: text/plain`, as `promtool` and older scrapers do). Prometheus itself asks for
+/// OpenMetrics first, and so does anyone who sends no preference.
+fn wants_classic_text(headers: &HeaderMap) -> bool {
+    let accept = headers
+        .get(header::ACCEPT)
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or_default();
+    accept.contains("text/plain") && !accept.contains("application/openmetrics-text")
+}
+
+/// Rewrites OpenMetrics text as the classic Prometheus text format (0.0.4): counter and info
+/// families take their sample names, info becomes a gauge, `# UNIT` and `# EOF` go.
+pub fn to_classic_text(openmetrics: &str) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::with_capacity(openmetrics.len());
+    // prometheus-client writes each family's HELP right before its TYPE.
+    let mut help: Option<(&str, &str)> = None;
+    for line in openmetrics.lines() {
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            help = Some(rest.split_once(' ').unwrap_or((rest, "")));
+        } else if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').unwrap_or((rest, "untyped"));
+            let (suffix, kind) = match kind {
+                "counter" => ("_total", "counter"),
+                "info" => ("_info", "gauge"),
+                other => ("", other),
+            };
+            if let Some((_, text)) = help.take().filter(|(help_name, _)| *help_name == name) {
+                let _ = writeln!(out, "# HELP {name}{suffix} {text}");
+            }
+            let _ = writeln!(out, "# TYPE {name}{suffix} {kind}");
+        } else if !line.starts_with("# UNIT ") && line != "# EOF" {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out
+}
+
+async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Response {
     let mut body = String::with_capacity(64 * 1024);
-    match encode(&mut body, &state.registry) {
-        Ok(()) => ([(header::CONTENT_TYPE, OPENMETRICS)], body).into_response(),
-        Err(_) => error(StatusCode::INTERNAL_SERVER_ERROR, "cannot encode the metrics"),
+    if encode(&mut body, &state.registry).is_err() {
+        return error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "cannot encode the metrics",
+        );
+    }
+    if wants_classic_text(&headers) {
+        (
+            [(header::CONTENT_TYPE, PROMETHEUS_TEXT)],
+            to_classic_text(&body),
+        )
+            .into_response()
+    } else {
+        ([(header::CONTENT_TYPE, OPENMETRICS)], body).into_response()
     }
 }
 
@@ -112,7 +165,11 @@ async fn readyz(State(state): State<AppState>) -> Response {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
-        (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {reason}\n")).into_response()
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {reason}\n"),
+        )
+            .into_response()
     }
 }
 
@@ -178,18 +235,26 @@ impl ConnectionFilter {
             match key.as_str() {
                 "state" => {
                     filter.state = Some(parse_state(value).ok_or_else(|| {
-                        format!("state: `{value}` is not a TCP state (e.g. ESTABLISHED, CLOSE_WAIT)")
+                        format!(
+                            "state: `{value}` is not a TCP state (e.g. ESTABLISHED, CLOSE_WAIT)"
+                        )
                     })?);
                 }
                 "port" => {
-                    filter.port = Some(value.parse().map_err(|_| format!("port: `{value}` is not a port"))?);
+                    filter.port = Some(
+                        value
+                            .parse()
+                            .map_err(|_| format!("port: `{value}` is not a port"))?,
+                    );
                 }
                 "min_idle_s" => {
                     let seconds: f64 = value
                         .parse()
                         .ok()
                         .filter(|s: &f64| s.is_finite() && *s >= 0.0)
-                        .ok_or_else(|| format!("min_idle_s: `{value}` is not a number of seconds"))?;
+                        .ok_or_else(|| {
+                            format!("min_idle_s: `{value}` is not a number of seconds")
+                        })?;
                     filter.min_idle_ns = crate::runtime::ns(seconds);
                 }
                 "limit" => {
@@ -197,7 +262,9 @@ impl ConnectionFilter {
                         .parse()
                         .ok()
                         .filter(|n| (1..=MAX_LIMIT).contains(n))
-                        .ok_or_else(|| format!("limit: `{value}` is not a number from 1 to {MAX_LIMIT}"))?;
+                        .ok_or_else(|| {
+                            format!("limit: `{value}` is not a number from 1 to {MAX_LIMIT}")
+                        })?;
                 }
                 other => {
                     return Err(format!(
@@ -287,7 +354,10 @@ mod tests {
         let metrics = crate::metrics::Metrics::new(&mut registry, &[], 10);
         metrics.set_stuck(&[0, 0, 2, 0, 0]);
         let mut tracker = Tracker::new();
-        for (sock, port, state) in [(1, 80, tcp_state::ESTABLISHED), (2, 443, tcp_state::ESTABLISHED)] {
+        for (sock, port, state) in [
+            (1, 80, tcp_state::ESTABLISHED),
+            (2, 443, tcp_state::ESTABLISHED),
+        ] {
             let mut event = OpenEvent {
                 hdr: EventHeader {
                     kind: kind::OPEN,
@@ -324,7 +394,12 @@ mod tests {
         }
     }
 
-    async fn call(state: &AppState, method: &str, uri: &str, body: &str) -> (StatusCode, String, String) {
+    async fn call(
+        state: &AppState,
+        method: &str,
+        uri: &str,
+        body: &str,
+    ) -> (StatusCode, String, String) {
         let request = axum::http::Request::builder()
             .method(method)
             .uri(uri)
@@ -338,7 +413,11 @@ mod tests {
             .map(|v| v.to_str().unwrap().to_owned())
             .unwrap_or_default();
         let body = to_bytes(response.into_body(), 1 << 20).await.unwrap();
-        (status, content_type, String::from_utf8(body.to_vec()).unwrap())
+        (
+            status,
+            content_type,
+            String::from_utf8(body.to_vec()).unwrap(),
+        )
     }
 
     #[tokio::test]
@@ -347,8 +426,48 @@ mod tests {
         let (status, content_type, body) = call(&state, "GET", "/metrics", "").await;
         assert_eq!(status, StatusCode::OK);
         assert_eq!(content_type, OPENMETRICS);
-        assert!(body.contains("tcpobs_stuck_connections{phase=\"idle\"} 2"), "{body}");
+        assert!(
+            body.contains("tcpobs_stuck_connections{phase=\"idle\"} 2"),
+            "{body}"
+        );
         assert!(body.ends_with("# EOF\n"));
+    }
+
+    #[tokio::test]
+    async fn classic_text_on_request() {
+        let state = state();
+        let request = axum::http::Request::builder()
+            .uri("/metrics")
+            .header(header::ACCEPT, "text/plain; version=0.0.4")
+            .body(Body::empty())
+            .unwrap();
+        let response = router(state).oneshot(request).await.unwrap();
+        assert_eq!(response.headers()[header::CONTENT_TYPE], PROMETHEUS_TEXT);
+        let body = to_bytes(response.into_body(), 1 << 20).await.unwrap();
+        let body = String::from_utf8(body.to_vec()).unwrap();
+        assert!(
+            body.contains("# TYPE tcpobs_connect_failures_total counter"),
+            "{body}"
+        );
+        assert!(
+            body.contains("# HELP tcpobs_connect_failures_total "),
+            "{body}"
+        );
+        assert!(!body.contains("# EOF"));
+    }
+
+    #[test]
+    fn classic_text_conversion() {
+        let openmetrics = "# HELP a_things Things.\n# TYPE a_things counter\na_things_total{x=\"1\"} 3\n\
+                           # HELP b_build Build.\n# TYPE b_build info\nb_build_info{version=\"1\"} 1\n\
+                           # HELP c_seconds Time.\n# TYPE c_seconds histogram\n# UNIT c_seconds seconds\n\
+                           c_seconds_count 0\n# EOF\n";
+        assert_eq!(
+            to_classic_text(openmetrics),
+            "# HELP a_things_total Things.\n# TYPE a_things_total counter\na_things_total{x=\"1\"} 3\n\
+             # HELP b_build_info Build.\n# TYPE b_build_info gauge\nb_build_info{version=\"1\"} 1\n\
+             # HELP c_seconds Time.\n# TYPE c_seconds histogram\nc_seconds_count 0\n"
+        );
     }
 
     #[tokio::test]
@@ -356,7 +475,10 @@ mod tests {
         let state = state();
         assert_eq!(call(&state, "GET", "/healthz", "").await.0, StatusCode::OK);
         let (status, _, body) = call(&state, "GET", "/readyz", "").await;
-        assert_eq!((status, body.as_str()), (StatusCode::SERVICE_UNAVAILABLE, "not ready: loading\n"));
+        assert_eq!(
+            (status, body.as_str()),
+            (StatusCode::SERVICE_UNAVAILABLE, "not ready: loading\n")
+        );
         state.readiness.set_ready();
         assert_eq!(call(&state, "GET", "/readyz", "").await.0, StatusCode::OK);
     }
@@ -372,13 +494,26 @@ mod tests {
         assert_eq!(all["connections"][0]["state"], "ESTABLISHED");
         let (_, _, body) = call(&state, "GET", "/connections?port=443", "").await;
         let one: Value = serde_json::from_str(&body).unwrap();
-        assert_eq!((one["total"].as_u64(), one["connections"][0]["remote_port"].as_u64()), (Some(1), Some(443)));
+        assert_eq!(
+            (
+                one["total"].as_u64(),
+                one["connections"][0]["remote_port"].as_u64()
+            ),
+            (Some(1), Some(443))
+        );
         let (_, _, body) = call(&state, "GET", "/connections?limit=1&state=established", "").await;
         let limited: Value = serde_json::from_str(&body).unwrap();
-        assert_eq!((limited["returned"].as_u64(), limited["truncated"].as_bool()), (Some(1), Some(true)));
+        assert_eq!(
+            (limited["returned"].as_u64(), limited["truncated"].as_bool()),
+            (Some(1), Some(true))
+        );
         let (_, _, body) = call(&state, "GET", "/connections?min_idle_s=3600", "").await;
         assert_eq!(serde_json::from_str::<Value>(&body).unwrap()["total"], 0);
-        for bad in ["/connections?state=DANCING", "/connections?limit=0", "/connections?colour=1"] {
+        for bad in [
+            "/connections?state=DANCING",
+            "/connections?limit=0",
+            "/connections?colour=1",
+        ] {
             let (status, _, body) = call(&state, "GET", bad, "").await;
             assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}: {body}");
             assert!(body.contains("error"), "{body}");
@@ -388,16 +523,31 @@ mod tests {
     #[tokio::test]
     async fn config_round_trip_and_validation() {
         let state = state();
-        let (status, _, body) = call(&state, "PUT", "/config", r#"{"events":"anomalies","thresholds":{"idle_s":5}}"#).await;
+        let (status, _, body) = call(
+            &state,
+            "PUT",
+            "/config",
+            r#"{"events":"anomalies","thresholds":{"idle_s":5}}"#,
+        )
+        .await;
         assert_eq!(status, StatusCode::OK, "{body}");
         let (_, _, body) = call(&state, "GET", "/config", "").await;
         let config: Value = serde_json::from_str(&body).unwrap();
         assert_eq!(config["runtime"]["events"], "anomalies");
         assert_eq!(config["runtime"]["thresholds"]["idle_s"], 5.0);
-        for bad in ["{", r#"{"events":"loud"}"#, r#"{"thresholds":{"idle_s":-2}}"#, r#"{"listen":"x"}"#] {
+        for bad in [
+            "{",
+            r#"{"events":"loud"}"#,
+            r#"{"thresholds":{"idle_s":-2}}"#,
+            r#"{"listen":"x"}"#,
+        ] {
             let (status, _, body) = call(&state, "PUT", "/config", bad).await;
             assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}: {body}");
         }
-        assert_eq!(state.control.runtime().events, EventSelection::Anomalies, "unchanged by bad bodies");
+        assert_eq!(
+            state.control.runtime().events,
+            EventSelection::Anomalies,
+            "unchanged by bad bodies"
+        );
     }
 }

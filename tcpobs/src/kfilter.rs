@@ -59,8 +59,8 @@ pub fn cgroup_id(cgroup: &CgroupRef) -> Result<u64, String> {
             } else {
                 Path::new(CGROUP_ROOT).join(path)
             };
-            let metadata = fs::metadata(&full)
-                .map_err(|err| format!("cgroup {}: {err}", full.display()))?;
+            let metadata =
+                fs::metadata(&full).map_err(|err| format!("cgroup {}: {err}", full.display()))?;
             if !metadata.is_dir() {
                 return Err(format!("cgroup {}: not a directory", full.display()));
             }
@@ -121,9 +121,16 @@ where
 }
 
 /// Makes `map` hold exactly `keys`.
-fn sync_hash<K: Pod + Eq + Hash>(map: &mut HashMap<MapData, K, u8>, keys: &[K]) -> Result<(), String> {
+fn sync_hash<K: Pod + Eq + Hash>(
+    map: &mut HashMap<MapData, K, u8>,
+    keys: &[K],
+) -> Result<(), String> {
     let wanted: HashSet<K> = keys.iter().copied().collect();
-    let stale: Vec<K> = map.keys().filter_map(Result::ok).filter(|k| !wanted.contains(k)).collect();
+    let stale: Vec<K> = map
+        .keys()
+        .filter_map(Result::ok)
+        .filter(|k| !wanted.contains(k))
+        .collect();
     for key in stale {
         map.remove(&key).map_err(|err| err.to_string())?;
     }
@@ -133,7 +140,10 @@ fn sync_hash<K: Pod + Eq + Hash>(map: &mut HashMap<MapData, K, u8>, keys: &[K]) 
     Ok(())
 }
 
-fn sync_trie<K: Pod + Eq + Hash>(map: &mut LpmTrie<MapData, K, u8>, nets: &[(K, u32)]) -> Result<(), String> {
+fn sync_trie<K: Pod + Eq + Hash>(
+    map: &mut LpmTrie<MapData, K, u8>,
+    nets: &[(K, u32)],
+) -> Result<(), String> {
     let stale: Vec<Key<K>> = map.keys().filter_map(Result::ok).collect();
     for key in stale {
         map.remove(&key).map_err(|err| err.to_string())?;
@@ -165,7 +175,8 @@ impl KernelFilters {
         sync_trie(&mut self.cidr4, &filters.cidr4).map_err(|err| format!("cidrs: {err}"))?;
         sync_trie(&mut self.cidr6, &filters.cidr6).map_err(|err| format!("cidrs: {err}"))?;
         sync_hash(&mut self.pids, &filters.pids.1).map_err(|err| format!("pids: {err}"))?;
-        sync_hash(&mut self.cgroups, &filters.cgroups.1).map_err(|err| format!("cgroups: {err}"))?;
+        sync_hash(&mut self.cgroups, &filters.cgroups.1)
+            .map_err(|err| format!("cgroups: {err}"))?;
         let config = FilterConfig {
             ports: filters.ports.0,
             cidrs: filters.cidr_mode,
@@ -220,7 +231,11 @@ fn proc_listeners() -> StdHashMap<u16, Owner> {
         return owners;
     };
     for process in processes.filter_map(Result::ok) {
-        let Some(pid) = process.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+        let Some(pid) = process
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
             continue;
         };
         let Ok(fds) = fs::read_dir(process.path().join("fd")) else {
@@ -263,7 +278,10 @@ mod tests {
     fn resolves_filters() {
         let filters = Filters {
             ports: Filter::Include(vec![80]),
-            cidrs: Filter::Exclude(vec!["10.0.0.0/8".parse().unwrap(), "fd00::/8".parse().unwrap()]),
+            cidrs: Filter::Exclude(vec![
+                "10.0.0.0/8".parse().unwrap(),
+                "fd00::/8".parse().unwrap(),
+            ]),
             pids: Filter::Off,
             cgroups: Filter::Include(vec![CgroupRef::Id(42)]),
         };

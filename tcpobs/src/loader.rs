@@ -11,7 +11,6 @@
 
 use std::{fmt, io, path::PathBuf};
 
-
 use aya::{
     Btf as AyaBtf, Ebpf, EbpfLoader, Endianness,
     programs::{BtfTracePoint, ProgramError, TracePoint},

@@ -19,14 +19,22 @@ fn main() -> ExitCode {
         Ok(settings) => settings,
         Err(err) => err.exit(),
     };
-    let output = match Output::open(settings.output.as_deref(), settings.format.clone(), Clock::new()) {
+    let output = match Output::open(
+        settings.output.as_deref(),
+        settings.format.clone(),
+        Clock::new(),
+    ) {
         Ok(output) => output,
         Err(err) => Cli::command()
             .error(
                 ErrorKind::ValueValidation,
                 format!(
                     "invalid value for --output: cannot open {}: {err}",
-                    settings.output.as_deref().unwrap_or("stdout".as_ref()).display()
+                    settings
+                        .output
+                        .as_deref()
+                        .unwrap_or("stdout".as_ref())
+                        .display()
                 ),
             )
             .exit(),

@@ -262,7 +262,9 @@ impl PhaseSet {
     }
 
     pub fn iter(self) -> impl Iterator<Item = Phase> {
-        Phase::ALL.into_iter().filter(move |phase| self.contains(*phase))
+        Phase::ALL
+            .into_iter()
+            .filter(move |phase| self.contains(*phase))
     }
 }
 

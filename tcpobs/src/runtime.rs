@@ -95,7 +95,8 @@ impl Default for Thresholds {
 
 /// Seconds to nanoseconds (0 stays 0: off).
 pub fn ns(seconds: f64) -> u64 {
-    Duration::try_from_secs_f64(seconds).map_or(0, |d| d.as_nanos().min(u128::from(u64::MAX)) as u64)
+    Duration::try_from_secs_f64(seconds)
+        .map_or(0, |d| d.as_nanos().min(u128::from(u64::MAX)) as u64)
 }
 
 impl Thresholds {
@@ -108,8 +109,10 @@ impl Thresholds {
             ("fin_wait2_s", self.fin_wait2_s),
             ("no_data_s", self.no_data_s),
         ] {
-            if !value.is_finite() || value < 0.0 || value > 1e9 {
-                return Err(format!("thresholds.{name}: {value} is not a number of seconds from 0 to 1e9"));
+            if !value.is_finite() || !(0.0..=1e9).contains(&value) {
+                return Err(format!(
+                    "thresholds.{name}: {value} is not a number of seconds from 0 to 1e9"
+                ));
             }
         }
         Ok(())
@@ -258,7 +261,9 @@ impl Filters {
         ];
         for (name, size) in sizes {
             if size > FILTER_CAPACITY {
-                return Err(format!("filters.{name}: {size} values, at most {FILTER_CAPACITY}"));
+                return Err(format!(
+                    "filters.{name}: {size} values, at most {FILTER_CAPACITY}"
+                ));
             }
         }
         if self.ports.values().contains(&0) {
@@ -281,7 +286,11 @@ pub struct Runtime {
 
 impl Runtime {
     /// Applies a JSON patch (any subset of the fields) to a copy; errors name the field.
-    pub fn patched(&self, patch: &Value, check_log_level: impl Fn(&str) -> Result<(), String>) -> Result<Self, String> {
+    pub fn patched(
+        &self,
+        patch: &Value,
+        check_log_level: impl Fn(&str) -> Result<(), String>,
+    ) -> Result<Self, String> {
         let Value::Object(patch) = patch else {
             return Err("the body must be a JSON object".to_owned());
         };
@@ -293,7 +302,9 @@ impl Runtime {
                     next.sample = match value {
                         Value::Null => None,
                         Value::String(text) if text == "off" => None,
-                        Value::String(text) => Some(text.parse().map_err(|err| format!("sample: {err}"))?),
+                        Value::String(text) => {
+                            Some(text.parse().map_err(|err| format!("sample: {err}"))?)
+                        }
                         other => Some(field(key, other)?),
                     };
                 }
@@ -332,7 +343,11 @@ fn field<T: serde::de::DeserializeOwned>(key: &str, value: &Value) -> Result<T, 
 }
 
 /// `current` with the keys of `patch` (an object) replaced.
-fn merged<T: Serialize + serde::de::DeserializeOwned>(key: &str, current: &T, patch: &Value) -> Result<T, String> {
+fn merged<T: Serialize + serde::de::DeserializeOwned>(
+    key: &str,
+    current: &T,
+    patch: &Value,
+) -> Result<T, String> {
     let Value::Object(patch) = patch else {
         return Err(format!("{key}: expected an object"));
     };
@@ -366,7 +381,13 @@ mod tests {
     #[test]
     fn sample_parses_and_prints() {
         let sample: Sample = "first=100,thereafter=10".parse().unwrap();
-        assert_eq!(sample, Sample { first: 100, thereafter: 10 });
+        assert_eq!(
+            sample,
+            Sample {
+                first: 100,
+                thereafter: 10
+            }
+        );
         assert_eq!(sample.to_string(), "first=100,thereafter=10");
         assert!("first=1".parse::<Sample>().is_err());
         assert!("first=1,every=2".parse::<Sample>().is_err());
@@ -375,7 +396,10 @@ mod tests {
 
     #[test]
     fn cidrs_parse() {
-        assert_eq!("10.0.0.0/8".parse::<Cidr>().unwrap().to_string(), "10.0.0.0/8");
+        assert_eq!(
+            "10.0.0.0/8".parse::<Cidr>().unwrap().to_string(),
+            "10.0.0.0/8"
+        );
         assert_eq!("::1".parse::<Cidr>().unwrap().to_string(), "::1/128");
         assert!("10.0.0.0/33".parse::<Cidr>().is_err());
         assert!("example.com/8".parse::<Cidr>().is_err());
@@ -395,12 +419,29 @@ mod tests {
             )
             .unwrap();
         assert_eq!(next.events, EventSelection::Anomalies);
-        assert_eq!(next.sample, Some(Sample { first: 5, thereafter: 2 }));
+        assert_eq!(
+            next.sample,
+            Some(Sample {
+                first: 5,
+                thereafter: 2
+            })
+        );
         assert_eq!(next.thresholds.idle_s, 2.5);
-        assert_eq!(next.thresholds.handshake_s, 1.0, "untouched keys keep their value");
+        assert_eq!(
+            next.thresholds.handshake_s, 1.0,
+            "untouched keys keep their value"
+        );
         assert_eq!(next.filters.ports, Filter::Include(vec![80, 443]));
-        assert_eq!(next.filters.cidrs, Filter::Exclude(vec!["10.0.0.0/8".parse().unwrap()]));
-        let off = next.patched(&json!({"sample": null, "filters": {"ports": "off"}}), any_level).unwrap();
+        assert_eq!(
+            next.filters.cidrs,
+            Filter::Exclude(vec!["10.0.0.0/8".parse().unwrap()])
+        );
+        let off = next
+            .patched(
+                &json!({"sample": null, "filters": {"ports": "off"}}),
+                any_level,
+            )
+            .unwrap();
         assert_eq!(off.sample, None);
         assert_eq!(off.filters.ports, Filter::Off);
     }
@@ -412,8 +453,14 @@ mod tests {
             (json!({"thresholds": {"idle_s": -1}}), "thresholds.idle_s"),
             (json!({"thresholds": {"idle": 1}}), "thresholds"),
             (json!({"sample": {"first": 1, "thereafter": 0}}), "sample"),
-            (json!({"filters": {"ports": {"include": [0]}}}), "filters.ports"),
-            (json!({"filters": {"cidrs": {"include": ["nope"]}}}), "filters"),
+            (
+                json!({"filters": {"ports": {"include": [0]}}}),
+                "filters.ports",
+            ),
+            (
+                json!({"filters": {"cidrs": {"include": ["nope"]}}}),
+                "filters",
+            ),
             (json!({"colour": "red"}), "colour"),
             (json!([1, 2]), "object"),
         ] {
@@ -421,7 +468,9 @@ mod tests {
             assert!(err.contains(needle), "{patch}: {err}");
         }
         let err = runtime()
-            .patched(&json!({"log_level": "loud"}), |_| Err("bad filter".to_owned()))
+            .patched(&json!({"log_level": "loud"}), |_| {
+                Err("bad filter".to_owned())
+            })
             .unwrap_err();
         assert!(err.starts_with("log_level"), "{err}");
     }

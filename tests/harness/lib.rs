@@ -4,6 +4,7 @@
 //!
 //! Tests share the kernel's tracepoints; a global lock runs them one at a time.
 
+pub mod daemon;
 pub mod netns;
 pub mod nginx;
 

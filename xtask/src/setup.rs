@@ -1,7 +1,7 @@
 //! Prerequisites, installed when missing and skipped when present.
 //!
 //! - Debian packages: LLVM 22 development libraries (bpf-linker links against them), and
-//!   nginx and curl for the integration tests.
+//!   nginx, curl and Prometheus (with promtool) for the integration tests.
 //! - The nightly toolchain's `rust-src` (the kernel programs build `core` for
 //!   `bpfel-unknown-none`).
 //! - `bpf-linker` 0.13.0 built against LLVM 22 (the nightly's LLVM).
@@ -27,7 +27,7 @@ const BUILD_PACKAGES: &[&str] = &[
     "libzstd-dev",
     "zlib1g-dev",
 ];
-const TEST_PACKAGES: &[&str] = &["nginx-light", "curl"];
+const TEST_PACKAGES: &[&str] = &["nginx-light", "curl", "prometheus"];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 

@@ -8,7 +8,9 @@
 
 use std::{ffi::OsString, fs, path::Path};
 
-use clap::{ArgMatches, CommandFactory as _, FromArgMatches as _, error::ErrorKind, parser::ValueSource};
+use clap::{
+    ArgMatches, CommandFactory as _, FromArgMatches as _, error::ErrorKind, parser::ValueSource,
+};
 use toml::Value;
 
 use super::{Cli, Settings};
@@ -91,7 +93,11 @@ fn file_args(path: &Path, matches: &ArgMatches) -> Result<Vec<OsString>, clap::E
             scalar => flag_value(key, scalar).map(|value| vec![value]),
         }
         .map_err(|err| file_error(path, err))?;
-        args.extend(values.into_iter().map(|value| OsString::from(format!("--{long}={value}"))));
+        args.extend(
+            values
+                .into_iter()
+                .map(|value| OsString::from(format!("--{long}={value}"))),
+        );
     }
     Ok(args)
 }
@@ -109,7 +115,11 @@ mod tests {
             std::process::id()
         ));
         fs::write(&path, content).unwrap();
-        let mut argv = vec!["tcpobs".to_owned(), "--config".to_owned(), path.display().to_string()];
+        let mut argv = vec![
+            "tcpobs".to_owned(),
+            "--config".to_owned(),
+            path.display().to_string(),
+        ];
         argv.extend(args.iter().map(|arg| (*arg).to_owned()));
         let result = Loader::new(argv).load();
         let _ = fs::remove_file(&path);
@@ -124,7 +134,10 @@ mod tests {
         )
         .unwrap();
         assert_eq!(settings.runtime.events, EventSelection::Exchanges);
-        assert_eq!(settings.runtime.filters.ports, Filter::Include(vec![80, 443]));
+        assert_eq!(
+            settings.runtime.filters.ports,
+            Filter::Include(vec![80, 443])
+        );
         assert_eq!(settings.load.ringbuf_bytes, 8192);
         assert_eq!(settings.runtime.thresholds.idle_s, 120.0);
         assert!(!settings.runtime.thresholds.resets);
@@ -132,7 +145,11 @@ mod tests {
 
     #[test]
     fn flags_beat_the_file() {
-        let settings = with_file("events = \"exchanges\"\nport = [80]\n", &["--events", "none", "--port", "22"]).unwrap();
+        let settings = with_file(
+            "events = \"exchanges\"\nport = [80]\n",
+            &["--events", "none", "--port", "22"],
+        )
+        .unwrap();
         assert_eq!(settings.runtime.events, EventSelection::None);
         assert_eq!(settings.runtime.filters.ports, Filter::Include(vec![22]));
     }
@@ -150,7 +167,12 @@ mod tests {
             assert_eq!(err.exit_code(), 2);
             assert!(err.to_string().contains(needle), "{content}: {err}");
         }
-        let err = Loader::new(["tcpobs", "--config", "/nonexistent/tcpobs.toml"]).load().unwrap_err();
-        assert!(err.to_string().contains("/nonexistent/tcpobs.toml"), "{err}");
+        let err = Loader::new(["tcpobs", "--config", "/nonexistent/tcpobs.toml"])
+            .load()
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("/nonexistent/tcpobs.toml"),
+            "{err}"
+        );
     }
 }

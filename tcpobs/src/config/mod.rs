@@ -64,7 +64,12 @@ pub struct Cli {
 
     /// Address for the HTTP API (/metrics, /healthz, /readyz, /connections, /config), or
     /// `none` for no HTTP server.
-    #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:9752", env = "TCPOBS_LISTEN")]
+    #[arg(
+        long,
+        value_name = "ADDR:PORT",
+        default_value = "127.0.0.1:9752",
+        env = "TCPOBS_LISTEN"
+    )]
     pub listen: String,
 
     /// Output format.
@@ -77,7 +82,12 @@ pub struct Cli {
     /// %connection.time %idle.time.0 %request.time %response.time %response.time.begin
     /// %response.time.end %idle.time.1 %session.time %session.requests %connection
     /// %close.originator %request.size %response.size. `%%` is a literal percent sign.
-    #[arg(short = 'l', long = "log-format", value_name = "FORMAT", env = "TCPOBS_LOG_FORMAT")]
+    #[arg(
+        short = 'l',
+        long = "log-format",
+        value_name = "FORMAT",
+        env = "TCPOBS_LOG_FORMAT"
+    )]
     pub log_format: Option<String>,
 
     /// Write events to this file (appending; created if missing) instead of stdout.
@@ -143,35 +153,69 @@ pub struct Cli {
 
     /// Trace only connections whose local or remote address is in CIDR (10.0.0.0/8,
     /// 2001:db8::/32). Repeatable. Runtime setting.
-    #[arg(long = "cidr", value_name = "CIDR", env = "TCPOBS_CIDR", value_delimiter = ',')]
+    #[arg(
+        long = "cidr",
+        value_name = "CIDR",
+        env = "TCPOBS_CIDR",
+        value_delimiter = ','
+    )]
     pub cidrs: Vec<Cidr>,
 
     /// Trace only connections whose addresses are both outside CIDR.
-    #[arg(long = "exclude-cidr", value_name = "CIDR", env = "TCPOBS_EXCLUDE_CIDR", value_delimiter = ',')]
+    #[arg(
+        long = "exclude-cidr",
+        value_name = "CIDR",
+        env = "TCPOBS_EXCLUDE_CIDR",
+        value_delimiter = ','
+    )]
     pub exclude_cidrs: Vec<Cidr>,
 
     /// Trace only connections of process PID (the connecting process, or the one listening
     /// on the port of an accepted connection). Repeatable. Runtime setting.
-    #[arg(long = "pid", value_name = "PID", env = "TCPOBS_PID", value_delimiter = ',')]
+    #[arg(
+        long = "pid",
+        value_name = "PID",
+        env = "TCPOBS_PID",
+        value_delimiter = ','
+    )]
     pub pids: Vec<u32>,
 
     /// Trace only connections not owned by process PID.
-    #[arg(long = "exclude-pid", value_name = "PID", env = "TCPOBS_EXCLUDE_PID", value_delimiter = ',')]
+    #[arg(
+        long = "exclude-pid",
+        value_name = "PID",
+        env = "TCPOBS_EXCLUDE_PID",
+        value_delimiter = ','
+    )]
     pub exclude_pids: Vec<u32>,
 
     /// Trace only connections of processes in this cgroup v2 (a path, absolute or relative to
     /// /sys/fs/cgroup, or an id). Repeatable. Runtime setting.
-    #[arg(long = "cgroup", value_name = "PATH|ID", env = "TCPOBS_CGROUP", value_delimiter = ',')]
+    #[arg(
+        long = "cgroup",
+        value_name = "PATH|ID",
+        env = "TCPOBS_CGROUP",
+        value_delimiter = ','
+    )]
     pub cgroups: Vec<CgroupRef>,
 
     /// Trace only connections of processes outside this cgroup v2.
-    #[arg(long = "exclude-cgroup", value_name = "PATH|ID", env = "TCPOBS_EXCLUDE_CGROUP", value_delimiter = ',')]
+    #[arg(
+        long = "exclude-cgroup",
+        value_name = "PATH|ID",
+        env = "TCPOBS_EXCLUDE_CGROUP",
+        value_delimiter = ','
+    )]
     pub exclude_cgroups: Vec<CgroupRef>,
 
     /// Add a label to the per-connection metrics: `local_port`, `remote_port` or `comm`,
     /// optionally `=top:N` (the N busiest values, default 10) or `=v1,v2` (an allowlist);
     /// other values become `other`. Each kept value costs about 230 series per role.
-    #[arg(long = "label", value_name = "NAME[=top:N|=V,...]", env = "TCPOBS_LABEL")]
+    #[arg(
+        long = "label",
+        value_name = "NAME[=top:N|=V,...]",
+        env = "TCPOBS_LABEL"
+    )]
     pub labels: Vec<LabelSpec>,
 
     /// Most distinct combinations of --label values; past it, new ones are `other`.
@@ -205,12 +249,22 @@ pub struct Cli {
 
     /// The daemon's own log level on stderr (error, warn, info, debug, trace), or a
     /// tracing filter such as `tcpobs=debug`. Runtime setting.
-    #[arg(long, value_name = "LEVEL", default_value = "info", env = "TCPOBS_LOG_LEVEL")]
+    #[arg(
+        long,
+        value_name = "LEVEL",
+        default_value = "info",
+        env = "TCPOBS_LOG_LEVEL"
+    )]
     pub log_level: String,
 
     /// Kernel BTF to read `struct sock` offsets from.
-    #[arg(long, value_name = "PATH", default_value = "/sys/kernel/btf/vmlinux",
-          env = "TCPOBS_BTF", hide_short_help = true)]
+    #[arg(
+        long,
+        value_name = "PATH",
+        default_value = "/sys/kernel/btf/vmlinux",
+        env = "TCPOBS_BTF",
+        hide_short_help = true
+    )]
     pub btf: PathBuf,
 }
 
@@ -260,7 +314,9 @@ impl Cli {
         let format = match (self.format, self.log_format) {
             (FormatKind::Json, None) => Format::Json,
             (FormatKind::Json, Some(_)) => {
-                return Err(invalid("--log-format only applies to --format justniffer".to_owned()));
+                return Err(invalid(
+                    "--log-format only applies to --format justniffer".to_owned(),
+                ));
             }
             (FormatKind::Justniffer, line) => Format::Justniffer(match line {
                 Some(line) => line
@@ -278,12 +334,17 @@ impl Cli {
             }
         }
         check_log_level(&self.log_level).map_err(|err| {
-            invalid(format!("invalid value '{}' for --log-level: {err}", self.log_level))
+            invalid(format!(
+                "invalid value '{}' for --log-level: {err}",
+                self.log_level
+            ))
         })?;
         let listen = match self.listen.as_str() {
             "none" | "off" => None,
             addr => Some(addr.parse().map_err(|_| {
-                invalid(format!("invalid value '{addr}' for --listen: expected ADDR:PORT or none"))
+                invalid(format!(
+                    "invalid value '{addr}' for --listen: expected ADDR:PORT or none"
+                ))
             })?),
         };
         let filters = Filters {
@@ -293,7 +354,8 @@ impl Cli {
             cgroups: Filter::from_flags("cgroup", self.cgroups, self.exclude_cgroups)
                 .map_err(invalid)?,
         };
-        Resolved::new(&filters).map_err(|err| invalid(format!("invalid value for --cgroup: {err}")))?;
+        Resolved::new(&filters)
+            .map_err(|err| invalid(format!("invalid value for --cgroup: {err}")))?;
         let runtime = Runtime {
             events: self.events,
             sample: self.sample,
@@ -309,7 +371,9 @@ impl Cli {
             log_level: self.log_level,
             filters: filters.clone(),
         };
-        runtime.validate().map_err(|err| invalid(format!("invalid settings: {err}")))?;
+        runtime
+            .validate()
+            .map_err(|err| invalid(format!("invalid settings: {err}")))?;
         Ok(Settings {
             load: LoadOptions {
                 btf_path: self.btf,
@@ -361,7 +425,9 @@ pub fn parse_duration(value: &str) -> Result<Duration, String> {
         "m" => Ok(seconds(60)),
         "h" => Ok(seconds(3600)),
         "d" => Ok(seconds(86_400)),
-        _ => Err(format!("unknown unit `{unit}` in `{value}`: use us, ms, s, m, h or d")),
+        _ => Err(format!(
+            "unknown unit `{unit}` in `{value}`: use us, ms, s, m, h or d"
+        )),
     }
 }
 
@@ -370,8 +436,7 @@ mod tests {
     use super::*;
 
     fn parse(args: &[&str]) -> Result<Settings, clap::Error> {
-        Cli::try_parse_from(std::iter::once("tcpobs").chain(args.iter().copied()))?
-            .into_settings()
+        Cli::try_parse_from(std::iter::once("tcpobs").chain(args.iter().copied()))?.into_settings()
     }
 
     #[test]
@@ -384,14 +449,34 @@ mod tests {
         assert_eq!(settings.load.filters, Filters::default());
         assert_eq!(settings.drain_interval, Duration::from_millis(10));
         assert_eq!(settings.listen, Some("127.0.0.1:9752".parse().unwrap()));
-        assert_eq!(settings.runtime.thresholds, Thresholds { idle_s: 300.0, ..Thresholds::default() });
+        assert_eq!(
+            settings.runtime.thresholds,
+            Thresholds {
+                idle_s: 300.0,
+                ..Thresholds::default()
+            }
+        );
     }
 
     #[test]
     fn filters_from_flags() {
-        let settings = parse(&["--port", "80", "--port", "443,8080", "--exclude-cidr", "10.0.0.0/8"]).unwrap();
-        assert_eq!(settings.load.filters.ports, Filter::Include(vec![80, 443, 8080]));
-        assert_eq!(settings.runtime.filters.cidrs, Filter::Exclude(vec!["10.0.0.0/8".parse().unwrap()]));
+        let settings = parse(&[
+            "--port",
+            "80",
+            "--port",
+            "443,8080",
+            "--exclude-cidr",
+            "10.0.0.0/8",
+        ])
+        .unwrap();
+        assert_eq!(
+            settings.load.filters.ports,
+            Filter::Include(vec![80, 443, 8080])
+        );
+        assert_eq!(
+            settings.runtime.filters.cidrs,
+            Filter::Exclude(vec!["10.0.0.0/8".parse().unwrap()])
+        );
         assert!(parse(&["--port", "0"]).is_err());
         assert!(parse(&["--port", "70000"]).is_err());
         let err = parse(&["--pid", "1", "--exclude-pid", "2"]).unwrap_err();

@@ -44,7 +44,9 @@ pub struct Health {
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// The scrape-time collector.
@@ -97,12 +99,15 @@ impl Collector for Scrape {
             &mut encoder,
             "tcpobs_bytes",
             "Application payload bytes, by role and direction",
-            ROLES.iter().zip(&counts.bytes).flat_map(|(role, [sent, received])| {
-                [
-                    (vec![("role", *role), ("direction", "sent")], *sent),
-                    (vec![("role", *role), ("direction", "received")], *received),
-                ]
-            }),
+            ROLES
+                .iter()
+                .zip(&counts.bytes)
+                .flat_map(|(role, [sent, received])| {
+                    [
+                        (vec![("role", *role), ("direction", "sent")], *sent),
+                        (vec![("role", *role), ("direction", "received")], *received),
+                    ]
+                }),
         )?;
         counter(
             &mut encoder,
@@ -161,13 +166,19 @@ impl Collector for Scrape {
             &mut encoder,
             "tcpobs_output_events",
             "Events written to the output, by type",
-            EVENT_TYPES.iter().zip(written).map(|(t, n)| (vec![("type", *t)], n)),
+            EVENT_TYPES
+                .iter()
+                .zip(written)
+                .map(|(t, n)| (vec![("type", *t)], n)),
         )?;
         counter(
             &mut encoder,
             "tcpobs_output_events_sampled_out",
             "Events left out of the output by sampling, by type",
-            EVENT_TYPES.iter().zip(sampled_out).map(|(t, n)| (vec![("type", *t)], n)),
+            EVENT_TYPES
+                .iter()
+                .zip(sampled_out)
+                .map(|(t, n)| (vec![("type", *t)], n)),
         )?;
         let mut probes = encoder.encode_descriptor(
             "tcpobs_probe",

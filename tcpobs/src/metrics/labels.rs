@@ -69,7 +69,9 @@ impl FromStr for LabelSpec {
         let dim = Dim::ALL
             .into_iter()
             .find(|dim| dim.name() == name)
-            .ok_or_else(|| format!("unknown label `{name}`: use local_port, remote_port or comm"))?;
+            .ok_or_else(|| {
+                format!("unknown label `{name}`: use local_port, remote_port or comm")
+            })?;
         let keep = match keep.strip_prefix("top:") {
             Some(n) => Keep::Top(
                 n.parse()
@@ -159,7 +161,11 @@ impl DimState {
             if self.observed % RERANK_EVERY == 1 {
                 let mut ranked: Vec<_> = self.counts.iter().collect();
                 ranked.sort_unstable_by(|a, b| b.1.cmp(a.1).then_with(|| a.0.cmp(b.0)));
-                self.kept = ranked.into_iter().take(n).map(|(v, _)| Arc::clone(v)).collect();
+                self.kept = ranked
+                    .into_iter()
+                    .take(n)
+                    .map(|(v, _)| Arc::clone(v))
+                    .collect();
             }
         }
         self.kept
@@ -203,6 +209,12 @@ impl LabelPolicy {
             admitted: HashSet::new(),
             other,
         }
+    }
+
+    /// Dimension values that stand for everything not kept (no labels when no dimension
+    /// is on).
+    pub fn other(&self) -> Dims {
+        self.other.clone()
     }
 
     /// Dimension values for a connection.
@@ -250,7 +262,10 @@ mod tests {
         let spec: LabelSpec = "remote_port=80,443".parse().unwrap();
         assert_eq!(spec.keep, Keep::Allow(vec!["80".into(), "443".into()]));
         assert_eq!("comm".parse::<LabelSpec>().unwrap().keep, Keep::Top(10));
-        assert_eq!("local_port=top:3".parse::<LabelSpec>().unwrap().to_string(), "local_port=top:3");
+        assert_eq!(
+            "local_port=top:3".parse::<LabelSpec>().unwrap().to_string(),
+            "local_port=top:3"
+        );
         assert!("pod".parse::<LabelSpec>().is_err());
         assert!("comm=top:0".parse::<LabelSpec>().is_err());
         assert!("comm=a,,b".parse::<LabelSpec>().is_err());
@@ -259,8 +274,14 @@ mod tests {
     #[test]
     fn allowlist_and_other() {
         let mut policy = LabelPolicy::new(&["remote_port=80".parse().unwrap()], 100);
-        assert_eq!(values(&policy.dims(&addrs(5000, 80), None)), [None, Some("80"), None]);
-        assert_eq!(values(&policy.dims(&addrs(5000, 22), None)), [None, Some("other"), None]);
+        assert_eq!(
+            values(&policy.dims(&addrs(5000, 80), None)),
+            [None, Some("80"), None]
+        );
+        assert_eq!(
+            values(&policy.dims(&addrs(5000, 22), None)),
+            [None, Some("other"), None]
+        );
     }
 
     #[test]
@@ -270,16 +291,27 @@ mod tests {
             policy.dims(&addrs(443, 1), None);
         }
         policy.dims(&addrs(8080, 1), None);
-        assert_eq!(values(&policy.dims(&addrs(443, 1), None)), [Some("443"), None, None]);
-        assert_eq!(values(&policy.dims(&addrs(8080, 1), None)), [Some("other"), None, None]);
+        assert_eq!(
+            values(&policy.dims(&addrs(443, 1), None)),
+            [Some("443"), None, None]
+        );
+        assert_eq!(
+            values(&policy.dims(&addrs(8080, 1), None)),
+            [Some("other"), None, None]
+        );
     }
 
     #[test]
     fn a_port_scan_hits_the_series_cap() {
         let mut policy = LabelPolicy::new(&["remote_port=top:1000".parse().unwrap()], 5);
-        let distinct: HashSet<Dims> = (1..=2000).map(|port| policy.dims(&addrs(1, port), None)).collect();
+        let distinct: HashSet<Dims> = (1..=2000)
+            .map(|port| policy.dims(&addrs(1, port), None))
+            .collect();
         assert!(distinct.len() <= 6, "{} label sets", distinct.len());
         assert!(distinct.iter().any(|d| values(d)[1] == Some("other")));
-        assert_eq!(LabelPolicy::new(&[], 5).dims(&addrs(1, 2), None), Dims::default());
+        assert_eq!(
+            LabelPolicy::new(&[], 5).dims(&addrs(1, 2), None),
+            Dims::default()
+        );
     }
 }

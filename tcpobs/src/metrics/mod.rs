@@ -43,8 +43,8 @@ impl MetricConstructor<Histogram> for Buckets {
             Self::Idle => Histogram::new(exponential_buckets_range(0.001, 3600.0, 23)),
             Self::Lifetime => Histogram::new(exponential_buckets_range(0.001, 86_400.0, 25)),
             Self::Count => Histogram::new([
-                1.0, 2.0, 3.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0,
-                5000.0, 10_000.0,
+                1.0, 2.0, 3.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0, 5000.0,
+                10_000.0,
             ]),
             Self::Stuck => Histogram::new(exponential_buckets_range(1.0, 86_400.0, 18)),
         }
@@ -176,10 +176,68 @@ impl Metrics {
             "How long connections stayed stuck, observed when the episode ended, by phase",
             metrics.stuck_duration.clone(),
         );
-        for phase in Phase::ALL {
-            metrics.stuck.get_or_create(&[("phase", phase.as_str())]).set(0);
-        }
+        metrics.prefill();
         metrics
+    }
+
+    /// Creates the bounded series up front, so that every name exists from the first scrape
+    /// and rates and alerts see zeros rather than absent series.
+    fn prefill(&self) {
+        let other = self
+            .policy
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .other();
+        for role in ["client", "server"] {
+            let labels = ConnLabels {
+                fixed: [("role", role)],
+                dims: other.clone(),
+            };
+            let _ = self.opened.get_or_create(&labels);
+            for family in [
+                &self.handshake,
+                &self.duration,
+                &self.exchanges_per_connection,
+                &self.request,
+                &self.first_byte,
+                &self.response,
+                &self.idle_before,
+                &self.idle_after,
+            ] {
+                let _ = family.get_or_create(&labels);
+            }
+            for class in ["unique", "start", "continue", "last"] {
+                let _ = self.exchanges.get_or_create(&ConnLabels {
+                    fixed: [("role", role), ("class", class)],
+                    dims: other.clone(),
+                });
+            }
+            for (originator, kind) in [
+                ("client", "fin"),
+                ("server", "fin"),
+                ("client", "rst"),
+                ("server", "rst"),
+                ("timeout", "timeout"),
+            ] {
+                let _ = self.closed.get_or_create(&ConnLabels {
+                    fixed: [
+                        ("role", role),
+                        ("close_originator", originator),
+                        ("close_kind", kind),
+                    ],
+                    dims: other.clone(),
+                });
+            }
+        }
+        for reason in ["refused", "timeout", "unreachable", "other"] {
+            let _ = self.connect_failures.get_or_create(&[("reason", reason)]);
+        }
+        for phase in Phase::ALL {
+            let labels = [("phase", phase.as_str())];
+            self.stuck.get_or_create(&labels).set(0);
+            let _ = self.anomalies.get_or_create(&labels);
+            let _ = self.stuck_duration.get_or_create(&labels);
+        }
     }
 
     fn dims(&self, addrs: &crate::model::Addrs, process: Option<&crate::model::Process>) -> Dims {
@@ -198,7 +256,9 @@ impl Metrics {
                     dims: self.dims(&opened.addrs, opened.process.as_ref()),
                 };
                 self.opened.get_or_create(&labels).inc();
-                self.handshake.get_or_create(&labels).observe(secs(opened.connect_ns));
+                self.handshake
+                    .get_or_create(&labels)
+                    .observe(secs(opened.connect_ns));
             }
             Record::Connection(connection) => {
                 if let Some(failure) = connection.connect_failure {

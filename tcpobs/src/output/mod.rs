@@ -172,7 +172,9 @@ impl Sink for Output {
                 let anomalies = anomalies_of(connection, &self.thresholds);
                 json::connection(&mut self.line, connection, &anomalies, &self.clock);
             }
-            (_, Record::Exchange(exchange)) => json::exchange(&mut self.line, exchange, &self.clock),
+            (_, Record::Exchange(exchange)) => {
+                json::exchange(&mut self.line, exchange, &self.clock)
+            }
             (_, Record::Anomaly(anomaly)) => json::anomaly(&mut self.line, anomaly, &self.clock),
             (_, Record::Opened(_) | Record::Unstuck(..)) => return Ok(()),
         }

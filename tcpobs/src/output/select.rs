@@ -16,9 +16,7 @@ use crate::{
 };
 
 /// Which JSON events to write (`--events`).
-#[derive(
-    Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize,
-)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum EventSelection {
     /// One aggregate `connection` event per connection when it closes, plus `anomaly` events.
@@ -46,7 +44,9 @@ impl OutputCounts {
     pub fn get(&self) -> ([u64; 3], [u64; 3]) {
         (
             self.written.each_ref().map(|n| n.load(Ordering::Relaxed)),
-            self.sampled_out.each_ref().map(|n| n.load(Ordering::Relaxed)),
+            self.sampled_out
+                .each_ref()
+                .map(|n| n.load(Ordering::Relaxed)),
         )
     }
 }
@@ -79,7 +79,7 @@ impl Sampler {
         }
         self.seen += 1;
         let (first, thereafter) = (u64::from(first), u64::from(thereafter.max(1)));
-        self.seen <= first || (self.seen - first) % thereafter == 0
+        self.seen <= first || (self.seen - first).is_multiple_of(thereafter)
     }
 }
 
@@ -119,7 +119,11 @@ pub fn anomalies_of(record: &ConnectionRecord, thresholds: &Thresholds) -> Vec<&
 }
 
 /// Where a record goes under an event selection.
-pub fn selected(selection: EventSelection, record: &Record, thresholds: &Thresholds) -> Option<usize> {
+pub fn selected(
+    selection: EventSelection,
+    record: &Record,
+    thresholds: &Thresholds,
+) -> Option<usize> {
     use EventSelection as S;
     match (selection, record) {
         (S::None, _) | (_, Record::Opened(_) | Record::Unstuck(..)) => None,
@@ -140,11 +144,16 @@ mod tests {
 
     #[test]
     fn sampler_keeps_first_n_then_every_mth_per_second() {
-        let mut sampler = Sampler::new(Some(Sample { first: 3, thereafter: 4 }));
+        let mut sampler = Sampler::new(Some(Sample {
+            first: 3,
+            thereafter: 4,
+        }));
         let kept: Vec<bool> = (0..12).map(|_| sampler.admit(5_000_000_000)).collect();
         assert_eq!(
             kept,
-            [true, true, true, false, false, false, true, false, false, false, true, false]
+            [
+                true, true, true, false, false, false, true, false, false, false, true, false
+            ]
         );
         assert!(sampler.admit(6_000_000_000), "a new second starts over");
         assert!(Sampler::new(None).admit(0));
@@ -191,7 +200,10 @@ mod tests {
     #[test]
     fn anomalies_follow_the_thresholds() {
         let thresholds = Thresholds::default();
-        assert_eq!(anomalies_of(&connection(), &thresholds), ["slow_first_byte"]);
+        assert_eq!(
+            anomalies_of(&connection(), &thresholds),
+            ["slow_first_byte"]
+        );
         let relaxed = Thresholds {
             first_byte_s: 0.0,
             ..thresholds
@@ -207,8 +219,14 @@ mod tests {
         assert!(anomalies_of(&reset, &quiet).is_empty());
         let plain = Record::Connection(connection());
         assert_eq!(selected(EventSelection::Anomalies, &plain, &relaxed), None);
-        assert_eq!(selected(EventSelection::Anomalies, &plain, &thresholds), Some(0));
-        assert_eq!(selected(EventSelection::Connections, &plain, &relaxed), Some(0));
+        assert_eq!(
+            selected(EventSelection::Anomalies, &plain, &thresholds),
+            Some(0)
+        );
+        assert_eq!(
+            selected(EventSelection::Connections, &plain, &relaxed),
+            Some(0)
+        );
         assert_eq!(selected(EventSelection::None, &plain, &thresholds), None);
     }
 }

@@ -73,9 +73,10 @@ impl Conn {
         use tcpobs_common::tcp_state::*;
         let (phase, since) = match self.state {
             SYN_SENT => (Phase::SynSent, self.start_ns),
-            ESTABLISHED if !self.saw_data => {
-                (Phase::NoData, self.established_ns.unwrap_or(self.state_since_ns))
-            }
+            ESTABLISHED if !self.saw_data => (
+                Phase::NoData,
+                self.established_ns.unwrap_or(self.state_since_ns),
+            ),
             ESTABLISHED => (Phase::Idle, self.last_activity_ns),
             CLOSE_WAIT => (Phase::CloseWait, self.state_since_ns),
             FIN_WAIT2 => (Phase::FinWait2, self.state_since_ns),
@@ -103,8 +104,10 @@ impl Tracker {
             let mut candidate = conn.candidate(now, thresholds);
             let needs_kernel = match candidate {
                 Some((Phase::NoData | Phase::Idle, _)) => {
-                    !conn.stuck.is_some_and(|(phase, _)| conn.flagged.contains(phase))
-                        || (conn.id + sweep) % RECHECK_EVERY == 0
+                    !conn
+                        .stuck
+                        .is_some_and(|(phase, _)| conn.flagged.contains(phase))
+                        || (conn.id + sweep).is_multiple_of(RECHECK_EVERY)
                 }
                 _ => false,
             };
@@ -224,12 +227,20 @@ mod tests {
         assert_eq!(report.stuck, [1, 0, 0, 0, 0]);
         out.clear();
         let report = tracker.sweep(6 * S, &thresholds(), no_kernel, &mut out);
-        assert_eq!(anomalies(&out), [Phase::CloseWait], "first sweep past the threshold");
+        assert_eq!(
+            anomalies(&out),
+            [Phase::CloseWait],
+            "first sweep past the threshold"
+        );
         assert_eq!(report.stuck, [1, 0, 0, 1, 0]);
         out.clear();
         let report = tracker.sweep(11 * S, &thresholds(), no_kernel, &mut out);
         assert_eq!(anomalies(&out), [Phase::NoData]);
-        assert_eq!(report.stuck, [1, 1, 0, 1, 0], "still stuck, not reported again");
+        assert_eq!(
+            report.stuck,
+            [1, 1, 0, 1, 0],
+            "still stuck, not reported again"
+        );
     }
 
     #[test]
@@ -256,8 +267,14 @@ mod tests {
         // The kernel saw socket 1 send at 9 s (a burst still in progress) and socket 2 at 61 s.
         let kernel = |sock| {
             Some(match sock {
-                1 => KernelView { last_data_ns: 9 * S, bytes: 5 },
-                _ => KernelView { last_data_ns: 61 * S, bytes: 30 },
+                1 => KernelView {
+                    last_data_ns: 9 * S,
+                    bytes: 5,
+                },
+                _ => KernelView {
+                    last_data_ns: 61 * S,
+                    bytes: 30,
+                },
             })
         };
         let mut out = Vec::new();

@@ -33,8 +33,7 @@ mod tests;
 use std::collections::HashMap;
 
 use tcpobs_common::{
-    CloseEvent, FLAG_PARTIAL, OpenEvent, SockRecord, StateEvent, Task, direction,
-    tcp_state,
+    CloseEvent, FLAG_PARTIAL, OpenEvent, SockRecord, StateEvent, Task, direction, tcp_state,
 };
 
 pub use self::hang::{KernelView, StuckThresholds, SweepReport};
@@ -152,7 +151,12 @@ impl Conn {
 
     fn from_event(id: u64, event: &OpenEvent) -> Self {
         let partial = event.flags & FLAG_PARTIAL != 0;
-        let mut conn = Self::new(id, event.hdr.start_ns, Role::from_kernel(event.role), partial);
+        let mut conn = Self::new(
+            id,
+            event.hdr.start_ns,
+            Role::from_kernel(event.role),
+            partial,
+        );
         conn.addrs = Addrs::from_kernel(&event.endpoints);
         conn.process = Process::from_kernel(&event.task);
         conn.state = event.state;
@@ -239,7 +243,9 @@ impl Conn {
 
     fn connect_ns(&self) -> Option<u64> {
         match self.partial {
-            None => self.established_ns.map(|at| at.saturating_sub(self.start_ns)),
+            None => self
+                .established_ns
+                .map(|at| at.saturating_sub(self.start_ns)),
             Some(_) => None,
         }
     }

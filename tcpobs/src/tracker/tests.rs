@@ -640,18 +640,30 @@ fn connect_then_establish_is_one_connection_with_live_counts() {
     let established = usize::from(tcp_state::ESTABLISHED);
     assert_eq!(tracker.counts().open[0][syn_sent], 1);
     assert!(out.is_empty());
-    let events = sock.established(70 * US).send(MS, 10).recv(2 * MS, 20).events;
+    let events = sock
+        .established(70 * US)
+        .send(MS, 10)
+        .recv(2 * MS, 20)
+        .events;
     for event in &events {
         tracker.handle(event, &mut out);
     }
-    assert_eq!(tracker.live().count(), 1, "the connect and the open are one connection");
+    assert_eq!(
+        tracker.live().count(),
+        1,
+        "the connect and the open are one connection"
+    );
     assert_eq!(tracker.counts().open[0][syn_sent], 0);
     assert_eq!(tracker.counts().open[0][established], 1);
     let Record::Opened(opened) = &out[0] else {
         panic!("{out:?}");
     };
     assert_eq!(opened.connect_ns, 70 * US);
-    assert_eq!(tracker.counts().bytes[0], [10, 0], "the send burst ended at the flip");
+    assert_eq!(
+        tracker.counts().bytes[0],
+        [10, 0],
+        "the send burst ended at the flip"
+    );
     let close = Sock::client(0).close(3 * MS, 0);
     let mut closed = Vec::new();
     tracker.handle(&close[0], &mut closed);

@@ -1,0 +1,528 @@
+//! The exporter end to end: a real Prometheus scrapes the daemon while the test drives known
+//! traffic; promtool checks a real exposition; kernel-side filters; the hang detector; runtime
+//! reconfiguration; the HTTP port in use; SIGHUP.
+
+use std::{
+    fs,
+    io::Read,
+    net::{TcpListener, TcpStream},
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+use tcpobs_tests::{
+    PATIENCE, closed_port,
+    daemon::{Daemon, curl_status, sample_value},
+    listen, read_n, write_all,
+};
+
+/// A server that answers every 4-byte request with 2 bytes, on every connection, until the
+/// client closes.
+fn serve(listener: TcpListener, connections: usize) -> thread::JoinHandle<()> {
+    thread::spawn(move || {
+        let mut handlers = Vec::new();
+        for _ in 0..connections {
+            let (mut stream, _) = listener.accept().unwrap();
+            handlers.push(thread::spawn(move || {
+                let mut request = [0; 4];
+                while stream.read_exact(&mut request).is_ok() {
+                    write_all(&mut stream, b"ok");
+                }
+            }));
+        }
+        for handler in handlers {
+            handler.join().unwrap();
+        }
+    })
+}
+
+/// One client connection with `exchanges` request/response exchanges; the client closes.
+fn client(addr: std::net::SocketAddr, exchanges: usize) {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    for _ in 0..exchanges {
+        write_all(&mut stream, b"ping");
+        assert_eq!(read_n(&mut stream, 2), b"ok");
+    }
+}
+
+/// A Prometheus server scraping `target` every second.
+struct Prometheus {
+    child: Child,
+    dir: PathBuf,
+    url: String,
+}
+
+impl Prometheus {
+    fn start(target: std::net::SocketAddr) -> Self {
+        let port = closed_port();
+        let dir = std::env::temp_dir().join(format!("tcpobs-prometheus-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        let config = dir.join("prometheus.yml");
+        fs::write(
+            &config,
+            format!(
+                "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: tcpobs\n    static_configs:\n      - targets: ['{target}']\n"
+            ),
+        )
+        .unwrap();
+        let child = Command::new("prometheus")
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("data").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("prometheus not installed: run `cargo xtask setup`");
+        let prometheus = Self {
+            child,
+            dir,
+            url: format!("http://127.0.0.1:{port}"),
+        };
+        let deadline = Instant::now() + PATIENCE;
+        while curl_status("GET", &format!("{}/-/ready", prometheus.url), None, None).0 != 200 {
+            assert!(Instant::now() < deadline, "Prometheus did not become ready");
+            thread::sleep(Duration::from_millis(100));
+        }
+        prometheus
+    }
+
+    /// The value of an instant query that returns one series.
+    fn query(&self, query: &str) -> Option<f64> {
+        let encoded: String = query
+            .bytes()
+            .map(|b| match b {
+                b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'_' | b'.' => (b as char).to_string(),
+                _ => format!("%{b:02X}"),
+            })
+            .collect();
+        let (status, body) = curl_status(
+            "GET",
+            &format!("{}/api/v1/query?query={encoded}", self.url),
+            None,
+            None,
+        );
+        assert_eq!(status, 200, "{query}: {body}");
+        let response: Value = serde_json::from_str(&body).unwrap();
+        let result = response["data"]["result"].as_array()?;
+        assert!(result.len() <= 1, "{query} matches several series: {body}");
+        result.first()?["value"][1].as_str()?.parse().ok()
+    }
+
+    /// Waits until `query` evaluates to `expected` (scrapes happen every second).
+    fn expect(&self, query: &str, expected: f64) {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let value = self.query(query);
+            if value == Some(expected) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "Prometheus says {query} = {value:?}, expected {expected}"
+            );
+            thread::sleep(Duration::from_millis(250));
+        }
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[test]
+fn prometheus_scrapes_what_the_traffic_did() {
+    let (listener, addr) = listen("127.0.0.1:0");
+    let refused = closed_port();
+    let ports = format!("{},{refused}", addr.port());
+    let daemon = Daemon::start(&["--port", &ports]);
+    let prometheus = Prometheus::start(daemon.api);
+    let server = serve(listener, 5);
+    for _ in 0..4 {
+        client(addr, 1);
+    }
+    client(addr, 3);
+    assert!(TcpStream::connect(("127.0.0.1", refused)).is_err());
+    server.join().unwrap();
+
+    for role in ["client", "server"] {
+        let sel = |extra: &str| format!("{{role=\"{role}\"{extra}}}");
+        prometheus.expect(&format!("tcpobs_connections_opened_total{}", sel("")), 5.0);
+        prometheus.expect(
+            &format!("tcpobs_handshake_duration_seconds_count{}", sel("")),
+            5.0,
+        );
+        prometheus.expect(
+            &format!(
+                "tcpobs_connections_closed_total{}",
+                sel(",close_originator=\"client\",close_kind=\"fin\"")
+            ),
+            5.0,
+        );
+        prometheus.expect(
+            &format!("tcpobs_connection_duration_seconds_count{}", sel("")),
+            5.0,
+        );
+        prometheus.expect(
+            &format!("tcpobs_exchanges_per_connection_count{}", sel("")),
+            5.0,
+        );
+        prometheus.expect(
+            &format!("tcpobs_exchanges_per_connection_sum{}", sel("")),
+            7.0,
+        );
+        prometheus.expect(
+            &format!("tcpobs_exchanges_total{}", sel(",class=\"unique\"")),
+            4.0,
+        );
+        for class in ["start", "continue", "last"] {
+            prometheus.expect(
+                &format!(
+                    "tcpobs_exchanges_total{}",
+                    sel(&format!(",class=\"{class}\""))
+                ),
+                1.0,
+            );
+        }
+        prometheus.expect(
+            &format!("tcpobs_request_duration_seconds_count{}", sel("")),
+            7.0,
+        );
+        prometheus.expect(
+            &format!("tcpobs_response_first_byte_seconds_count{}", sel("")),
+            7.0,
+        );
+        prometheus.expect(
+            &format!("tcpobs_idle_before_request_seconds_count{}", sel("")),
+            5.0,
+        );
+        prometheus.expect(
+            &format!("tcpobs_idle_after_response_seconds_count{}", sel("")),
+            7.0,
+        );
+    }
+    prometheus.expect(
+        "tcpobs_bytes_total{role=\"client\",direction=\"sent\"}",
+        28.0,
+    );
+    prometheus.expect(
+        "tcpobs_bytes_total{role=\"server\",direction=\"sent\"}",
+        14.0,
+    );
+    prometheus.expect("tcpobs_connect_failures_total{reason=\"refused\"}", 1.0);
+    prometheus.expect("tcpobs_events_lost_total", 0.0);
+    prometheus.expect("tcpobs_unmatched_events_total", 0.0);
+    prometheus.expect(
+        "tcpobs_probe_info{family=\"state\",strategy=\"tp_btf\"}",
+        1.0,
+    );
+    prometheus.expect("tcpobs_build_info{version=\"0.1.0\"}", 1.0);
+    prometheus.expect("up{job=\"tcpobs\"}", 1.0);
+
+    // promtool accepts a real exposition, in the format it reads.
+    let (status, classic) = daemon.api("GET", "/metrics", None, Some("text/plain; version=0.0.4"));
+    assert_eq!(status, 200);
+    let mut promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian package prometheus)");
+    std::io::Write::write_all(&mut promtool.stdin.take().unwrap(), classic.as_bytes()).unwrap();
+    let checked = promtool.wait_with_output().unwrap();
+    assert!(
+        checked.status.success(),
+        "promtool check metrics: {}{}",
+        String::from_utf8_lossy(&checked.stdout),
+        String::from_utf8_lossy(&checked.stderr)
+    );
+    let (code, _) = daemon.terminate();
+    assert_eq!(code, Some(0));
+}
+
+fn events_total(daemon: &Daemon) -> f64 {
+    let (_, body) = daemon.api("GET", "/metrics", None, None);
+    ["open", "burst", "state", "close", "connect"]
+        .iter()
+        .map(|kind| {
+            sample_value(&body, &format!("tcpobs_events_total{{kind=\"{kind}\"}}")).unwrap()
+        })
+        .sum()
+}
+
+/// Events counted for one traced connection (one exchange, client closes), measured as the
+/// counter's growth until both its connection events are out. The ring buffer is ordered, so
+/// anything sent before it has been counted by then too.
+fn marker(daemon: &Daemon, addr: std::net::SocketAddr) -> f64 {
+    let before = events_total(daemon);
+    let seen = daemon
+        .events()
+        .iter()
+        .filter(|e| e["type"] == "connection")
+        .count();
+    client(addr, 1);
+    daemon.wait_events("the marker connection", |events| {
+        events.iter().filter(|e| e["type"] == "connection").count() >= seen + 2
+    });
+    events_total(daemon) - before
+}
+
+/// Filtered sockets produce no events at all (read from the daemon's own events counter),
+/// for the exclude and include forms, and when the filter changes at runtime.
+#[test]
+fn kernel_filters_keep_other_ports_out_of_the_ring_buffer() {
+    let (traced, traced_addr) = listen("127.0.0.1:0");
+    let (other, other_addr) = listen("127.0.0.1:0");
+    let traced_server = serve(traced, 4);
+    let other_server = serve(other, 10);
+    // The daemon's own API is excluded too: these scrapes are connections as well.
+    let api = closed_port();
+    let daemon = Daemon::start(&[
+        "--exclude-port",
+        &format!("{},{api}", other_addr.port()),
+        "--listen",
+        &format!("127.0.0.1:{api}"),
+    ]);
+    let alone = marker(&daemon, traced_addr);
+    assert!(
+        alone >= 8.0,
+        "a traced connection sends events from both ends: {alone}"
+    );
+    let before = events_total(&daemon);
+    for _ in 0..5 {
+        client(other_addr, 2);
+    }
+    let with_excluded = marker(&daemon, traced_addr);
+    assert_eq!(
+        with_excluded, alone,
+        "five connections on the excluded port added events ({before} before)"
+    );
+
+    // Switch to an include filter on the traced port at runtime.
+    let filter = format!(
+        r#"{{"filters": {{"ports": {{"include": [{}]}}}}}}"#,
+        traced_addr.port()
+    );
+    let (status, body) = daemon.api("PUT", "/config", Some(&filter), None);
+    assert_eq!(status, 200, "{body}");
+    for _ in 0..5 {
+        client(other_addr, 1);
+    }
+    let with_outside = marker(&daemon, traced_addr);
+    assert_eq!(
+        with_outside, alone,
+        "ports outside the include filter added events"
+    );
+    drop(daemon);
+    // Unblock the servers' remaining accepts.
+    client(traced_addr, 1);
+    traced_server.join().unwrap();
+    other_server.join().unwrap();
+}
+
+/// A server that never closes (CLOSE_WAIT leak) and an idle connection are each flagged.
+#[test]
+fn close_wait_leaks_and_idle_connections_are_flagged() {
+    let (listener, addr) = listen("127.0.0.1:0");
+    let daemon = Daemon::start(&[
+        "--port",
+        &addr.port().to_string(),
+        "--threshold-close-wait",
+        "1s",
+        "--threshold-idle",
+        "1s",
+        "--sweep-interval",
+        "250ms",
+    ]);
+    // The leak: the client closes, the server keeps its socket open.
+    let leaking_client = TcpStream::connect(addr).unwrap();
+    let (leaked, _) = listener.accept().unwrap();
+    drop(leaking_client);
+    // The zombie: one exchange, then silence.
+    let mut idle_client = TcpStream::connect(addr).unwrap();
+    let (mut idle_server, _) = listener.accept().unwrap();
+    write_all(&mut idle_client, b"ping");
+    assert_eq!(read_n(&mut idle_server, 4), b"ping");
+    write_all(&mut idle_server, b"ok");
+    assert_eq!(read_n(&mut idle_client, 2), b"ok");
+
+    let events = daemon.wait_events("close_wait and idle anomalies", |events| {
+        let phases: Vec<&str> = events
+            .iter()
+            .filter(|e| e["type"] == "anomaly")
+            .filter_map(|e| e["phase"].as_str())
+            .collect();
+        phases.contains(&"close_wait") && phases.iter().filter(|p| **p == "idle").count() >= 2
+    });
+    let anomalies: Vec<&Value> = events.iter().filter(|e| e["type"] == "anomaly").collect();
+    let close_wait: Vec<_> = anomalies
+        .iter()
+        .filter(|e| e["phase"] == "close_wait")
+        .collect();
+    assert_eq!(
+        close_wait.len(),
+        1,
+        "once per connection and phase: {anomalies:#?}"
+    );
+    let leak = close_wait[0];
+    assert_eq!(leak["role"], "server");
+    assert_eq!(leak["state"], "CLOSE_WAIT");
+    assert_eq!(leak["local_port"], addr.port());
+    assert!(
+        leak["hint"]
+            .as_str()
+            .unwrap()
+            .contains("never called close()"),
+        "{leak}"
+    );
+    let age = leak["age_s"].as_f64().unwrap();
+    assert!(
+        (1.0..30.0).contains(&age),
+        "flagged at {age}s for a 1 s threshold"
+    );
+    for zombie in anomalies.iter().filter(|e| e["phase"] == "idle") {
+        assert_eq!(zombie["state"], "ESTABLISHED");
+        assert!(
+            zombie["hint"].as_str().unwrap().contains("zombie"),
+            "{zombie}"
+        );
+        assert!(zombie["age_s"].as_f64().unwrap() >= 1.0);
+    }
+    // The same in the gauge and the live table.
+    let deadline = Instant::now() + PATIENCE;
+    while daemon.metric("tcpobs_stuck_connections{phase=\"close_wait\"}") < 1.0 {
+        assert!(Instant::now() < deadline, "the close_wait gauge stays at 0");
+        thread::sleep(Duration::from_millis(100));
+    }
+    assert!(daemon.metric("tcpobs_stuck_connections{phase=\"idle\"}") >= 2.0);
+    assert_eq!(
+        daemon.metric("tcpobs_anomalies_total{phase=\"close_wait\"}"),
+        1.0
+    );
+    let (status, body) = daemon.api("GET", "/connections?state=close_wait", None, None);
+    assert_eq!(status, 200);
+    let table: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(table["total"], 1, "{body}");
+    assert_eq!(table["connections"][0]["stuck"][0], "close_wait");
+    let (_, body) = daemon.api("GET", "/connections?min_idle_s=1", None, None);
+    let idle: Value = serde_json::from_str(&body).unwrap();
+    assert!(idle["total"].as_u64().unwrap() >= 3, "{body}");
+    drop((leaked, idle_client, idle_server));
+}
+
+/// `PUT /config` changes the event mode at runtime, keeps tracked connections, and rejects a
+/// bad body without changing anything.
+#[test]
+fn runtime_reconfiguration_keeps_tracked_connections() {
+    let (listener, addr) = listen("127.0.0.1:0");
+    let daemon = Daemon::start(&["--port", &addr.port().to_string()]);
+    let mut client = TcpStream::connect(addr).unwrap();
+    let (mut server, _) = listener.accept().unwrap();
+    let exchange = |client: &mut TcpStream, server: &mut TcpStream| {
+        write_all(client, b"ping");
+        assert_eq!(read_n(server, 4), b"ping");
+        write_all(server, b"ok");
+        assert_eq!(read_n(client, 2), b"ok");
+    };
+    exchange(&mut client, &mut server);
+    exchange(&mut client, &mut server);
+
+    let (status, body) = daemon.api("PUT", "/config", Some(r#"{"events": "loud"}"#), None);
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("events"), "{body}");
+    let other = closed_port();
+    let change = format!(
+        r#"{{"events": "exchanges", "sample": null, "filters": {{"ports": {{"include": [{other}]}}}}}}"#
+    );
+    let (status, body) = daemon.api("PUT", "/config", Some(&change), None);
+    assert_eq!(status, 200, "{body}");
+    let (_, body) = daemon.api("GET", "/config", None, None);
+    let config: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(config["runtime"]["events"], "exchanges");
+    assert_eq!(config["runtime"]["filters"]["ports"]["include"][0], other);
+
+    exchange(&mut client, &mut server);
+    drop(client);
+    let mut rest = Vec::new();
+    server.read_to_end(&mut rest).unwrap();
+    drop(server);
+    let events = daemon.wait_events("both connection events", |events| {
+        events.iter().filter(|e| e["type"] == "connection").count() >= 2
+    });
+    for connection in events.iter().filter(|e| e["type"] == "connection") {
+        assert_eq!(
+            connection["exchanges"], 3,
+            "still tracked after the change: {connection}"
+        );
+        assert_eq!(connection["partial"], false);
+    }
+    let exchanges = events.iter().filter(|e| e["type"] == "exchange").count();
+    assert!(
+        exchanges >= 2,
+        "exchange events after the switch: {events:#?}"
+    );
+}
+
+#[test]
+fn the_http_port_in_use_is_an_error() {
+    let (_taken, addr) = listen("127.0.0.1:0");
+    let output = Command::new(tcpobs_tests::tcpobs_binary())
+        .args(["--listen", &addr.to_string()])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&addr.to_string()) && stderr.contains("in use"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn sighup_rereads_the_config_file() {
+    let config = std::env::temp_dir().join(format!("tcpobs-sighup-{}.toml", std::process::id()));
+    fs::write(
+        &config,
+        "events = \"connections\"\nthreshold-idle = \"10m\"\n",
+    )
+    .unwrap();
+    let daemon = Daemon::start(&[
+        "--config",
+        config.to_str().unwrap(),
+        "--port",
+        &closed_port().to_string(),
+    ]);
+    let (status, _) = daemon.api("GET", "/readyz", None, None);
+    assert_eq!(status, 200);
+    fs::write(&config, "events = \"anomalies\"\nthreshold-idle = \"2m\"\n").unwrap();
+    daemon.signal(libc::SIGHUP);
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let (_, body) = daemon.api("GET", "/config", None, None);
+        let config: Value = serde_json::from_str(&body).unwrap();
+        if config["runtime"]["events"] == "anomalies" {
+            assert_eq!(config["runtime"]["thresholds"]["idle_s"], 120.0);
+            break;
+        }
+        assert!(Instant::now() < deadline, "SIGHUP not applied: {body}");
+        thread::sleep(Duration::from_millis(50));
+    }
+    // A broken file is refused and changes nothing.
+    fs::write(&config, "events = \"sometimes\"\n").unwrap();
+    daemon.signal(libc::SIGHUP);
+    thread::sleep(Duration::from_millis(300));
+    let (_, body) = daemon.api("GET", "/config", None, None);
+    assert!(body.contains("\"anomalies\""), "{body}");
+    let _ = fs::remove_file(&config);
+}

@@ -1,0 +1,215 @@
+//! The tcpobs binary as a child process, with its HTTP API and its event output.
+
+use std::{
+    fs,
+    io::{BufRead, BufReader},
+    net::SocketAddr,
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    sync::{
+        atomic::{AtomicU32, Ordering},
+        mpsc,
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+use crate::{PATIENCE, tcpobs_binary};
+
+static DAEMONS: AtomicU32 = AtomicU32::new(0);
+
+/// A running daemon; its stderr is echoed and watched for the start-up lines.
+pub struct Daemon {
+    child: Child,
+    pub output: PathBuf,
+    /// Where its HTTP API listens (an ephemeral port).
+    pub api: SocketAddr,
+}
+
+impl Daemon {
+    /// Starts `tcpobs` with `args`, events to a temporary file, the HTTP API on an ephemeral
+    /// loopback port (unless `args` has `--listen`), and waits until it traces.
+    pub fn start(args: &[&str]) -> Self {
+        let output = std::env::temp_dir().join(format!(
+            "tcpobs-daemon-{}-{}.out",
+            std::process::id(),
+            DAEMONS.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = fs::remove_file(&output);
+        let listen = if args.contains(&"--listen") {
+            &[][..]
+        } else {
+            &["--listen", "127.0.0.1:0"][..]
+        };
+        let mut child = Command::new(tcpobs_binary())
+            .arg("--output")
+            .arg(&output)
+            .args(["--drain-interval", "5ms"])
+            .args(listen)
+            .args(args)
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (ready, started) = mpsc::channel();
+        thread::spawn(move || {
+            let mut api = None;
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("tcpobs: {line}");
+                if let Some(addr) = line.split("addr=").nth(1) {
+                    api = addr.split_whitespace().next().and_then(|a| a.parse().ok());
+                }
+                if line.contains("tracing TCP connections") {
+                    let _ = ready.send(api.take());
+                }
+            }
+        });
+        let api = started
+            .recv_timeout(PATIENCE)
+            .expect("tcpobs did not report that it is tracing")
+            .expect("tcpobs did not report its HTTP address");
+        Self { child, output, api }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn lines(&self) -> Vec<String> {
+        fs::read_to_string(&self.output)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// The output's JSON events.
+    pub fn events(&self) -> Vec<Value> {
+        self.lines()
+            .iter()
+            .map(|line| serde_json::from_str(line).unwrap_or_else(|err| panic!("{err}: {line}")))
+            .collect()
+    }
+
+    pub fn wait_lines(&self, what: &str, check: impl Fn(&[String]) -> bool) -> Vec<String> {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let lines = self.lines();
+            if check(&lines) {
+                return lines;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}: {lines:#?}"
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits for events that satisfy `check`, returns them all.
+    pub fn wait_events(&self, what: &str, check: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let events = self.events();
+            if check(&events) {
+                return events;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}: {events:#?}"
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// `curl` against the daemon's API: (status, body).
+    pub fn api(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+        accept: Option<&str>,
+    ) -> (u16, String) {
+        let url = format!("http://{}{path}", self.api);
+        curl_status(method, &url, body, accept)
+    }
+
+    /// The value of one unlabelled or labelled sample in the exposition (`name{labels}`).
+    pub fn metric(&self, sample: &str) -> f64 {
+        let (status, body) = self.api("GET", "/metrics", None, None);
+        assert_eq!(status, 200, "{body}");
+        sample_value(&body, sample).unwrap_or_else(|| panic!("no sample `{sample}` in:\n{body}"))
+    }
+
+    /// Sends `signal` (e.g. `libc::SIGHUP`).
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: kill with a valid pid and signal number.
+        unsafe { libc::kill(self.child.id() as i32, signal) };
+    }
+
+    /// SIGTERM, then the exit code and the output.
+    pub fn terminate(mut self) -> (Option<i32>, Vec<String>) {
+        self.signal(libc::SIGTERM);
+        let status = self.child.wait().unwrap();
+        let lines = self.lines();
+        let _ = fs::remove_file(&self.output);
+        (status.code(), lines)
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// The value of a sample line `name{labels} value` (exact name and label text).
+pub fn sample_value(exposition: &str, sample: &str) -> Option<f64> {
+    exposition.lines().find_map(|line| {
+        let rest = line.strip_prefix(sample)?;
+        rest.strip_prefix(' ')?
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()
+    })
+}
+
+/// Runs curl; returns the HTTP status and the body.
+pub fn curl_status(
+    method: &str,
+    url: &str,
+    body: Option<&str>,
+    accept: Option<&str>,
+) -> (u16, String) {
+    let mut command = Command::new("curl");
+    command.args([
+        "--silent",
+        "--max-time",
+        "10",
+        "-X",
+        method,
+        "-w",
+        "\n%{http_code}",
+    ]);
+    if let Some(body) = body {
+        command.args([
+            "-H",
+            "Content-Type: application/json",
+            "--data-binary",
+            body,
+        ]);
+    }
+    if let Some(accept) = accept {
+        command.args(["-H", &format!("Accept: {accept}")]);
+    }
+    let output = command.arg(url).output().expect("curl");
+    let text = String::from_utf8(output.stdout).unwrap();
+    let (body, status) = text.rsplit_once('\n').unwrap_or(("", &text));
+    (status.trim().parse().unwrap_or(0), body.to_owned())
+}
