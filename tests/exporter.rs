@@ -526,3 +526,48 @@ fn sighup_rereads_the_config_file() {
     assert!(body.contains("\"anomalies\""), "{body}");
     let _ = fs::remove_file(&config);
 }
+
+/// Sampling keeps the first event of each second and counts what it leaves out; nothing is
+/// lost silently: written + sampled out = every connection event.
+#[test]
+fn sampling_counts_what_it_leaves_out() {
+    let (listener, addr) = listen("127.0.0.1:0");
+    let daemon = Daemon::start(&[
+        "--port",
+        &addr.port().to_string(),
+        "--sample",
+        "first=1,thereafter=1000000",
+    ]);
+    let server = serve(listener, 6);
+    for _ in 0..6 {
+        client(addr, 1);
+    }
+    server.join().unwrap();
+    let deadline = Instant::now() + PATIENCE;
+    let (written, sampled_out) = loop {
+        let written = daemon.metric("tcpobs_output_events_total{type=\"connection\"}");
+        let sampled_out =
+            daemon.metric("tcpobs_output_events_sampled_out_total{type=\"connection\"}");
+        if written + sampled_out >= 12.0 {
+            break (written, sampled_out);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{written} written, {sampled_out} sampled out"
+        );
+        thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(
+        written + sampled_out,
+        12.0,
+        "six connections, two ends each"
+    );
+    assert!(sampled_out >= 1.0, "one per second kept: {written} written");
+    // The output is flushed after each batch: wait for it, then it must hold exactly those.
+    let lines = daemon.wait_lines("the written events", |lines| lines.len() as f64 >= written);
+    assert_eq!(
+        lines.len() as f64,
+        written,
+        "the output holds exactly the written events"
+    );
+}
