@@ -283,7 +283,9 @@ impl Tracer {
             let mut tracker = lock(&self.tracker);
             let records = &mut self.records;
             self.reader.drain(|event| tracker.handle(event, records));
-            tracker.flush(Clock::monotonic_now_ns(), records);
+            let sockets = &self.sockets;
+            let lookup = |sock: u64| sockets.get(&sock, 0).ok();
+            tracker.flush(Clock::monotonic_now_ns(), lookup, records);
         }
         Self::dispatch(&mut self.records, self.metrics.as_ref(), sink)?;
         sink.flush()?;

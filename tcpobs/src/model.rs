@@ -222,19 +222,19 @@ impl Phase {
     pub fn hint(self) -> &'static str {
         match self {
             Self::SynSent => {
-                "the SYN gets no answer: the peer host is down or a firewall drops it; check                  the route to the peer and that it listens"
+                "the SYN gets no answer: the peer host is down or a firewall drops it; check the route to the peer and that it listens"
             }
             Self::NoData => {
-                "connected but nothing was sent: a pool warming connections ahead of use, or                  both sides waiting for the other to speak; check the client's pool and the                  protocol's greeting"
+                "connected but nothing was sent: a pool warming connections ahead of use, or both sides waiting for the other to speak; check the client's pool and the protocol's greeting"
             }
             Self::Idle => {
-                "zombie connection: idle far beyond the exchange rhythm; load balancers, NAT                  gateways and firewalls drop idle flows silently; send keep-alive probes or                  PINGs below the intermediary's idle timeout"
+                "zombie connection: idle far beyond the exchange rhythm; load balancers, NAT gateways and firewalls drop idle flows silently; send keep-alive probes or PINGs below the intermediary's idle timeout"
             }
             Self::CloseWait => {
-                "CLOSE_WAIT leak: the peer closed and the application never called close();                  fix the code path that drops the socket"
+                "CLOSE_WAIT leak: the peer closed and the application never called close(); fix the code path that drops the socket"
             }
             Self::FinWait2 => {
-                "half-closed: this side closed and the peer never closed its end; check the                  peer application and intermediaries that may drop its FIN"
+                "half-closed: this side closed and the peer never closed its end; check the peer application and intermediaries that may drop its FIN"
             }
         }
     }
@@ -528,6 +528,17 @@ mod tests {
         let addrs = Addrs::from_kernel(&endpoints);
         assert_eq!(addrs.local, "192.0.2.1:8080".parse().unwrap());
         assert_eq!(addrs.remote, "[2001:db8::1]:41000".parse().unwrap());
+    }
+
+    #[test]
+    fn hints_read_as_one_sentence() {
+        for phase in Phase::ALL {
+            let hint = phase.hint();
+            assert!(
+                !hint.contains("  ") && !hint.contains('\n'),
+                "{phase:?}: {hint}"
+            );
+        }
     }
 
     #[test]

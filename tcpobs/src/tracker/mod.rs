@@ -111,6 +111,8 @@ pub struct Conn {
     bytes_received: u64,
     /// Data has moved (from bursts, or the kernel's record for a burst in progress).
     saw_data: bool,
+    /// Retransmits, known from the kernel's record (at close, or when tcpobs stops).
+    retransmits: u32,
     /// Last data (or lifecycle event) known to the tracker (ns).
     last_activity_ns: u64,
     max_response_begin_ns: Option<u64>,
@@ -141,6 +143,7 @@ impl Conn {
             bytes_sent: 0,
             bytes_received: 0,
             saw_data: false,
+            retransmits: 0,
             last_activity_ns: start_ns,
             max_response_begin_ns: None,
             max_idle_ns: None,
@@ -271,7 +274,7 @@ impl Conn {
             exchanges: self.exchanges,
             bytes_sent: self.bytes_sent,
             bytes_received: self.bytes_received,
-            retransmits: 0,
+            retransmits: self.retransmits,
             close: None,
             max_response_begin_ns: self.max_response_begin_ns,
             max_idle_ns: self.max_idle_ns,
@@ -518,13 +521,29 @@ impl Tracker {
     }
 
     /// Reports every live connection as partial (tcpobs is stopping) and forgets them.
-    pub fn flush(&mut self, now_ns: u64, out: &mut Vec<Record>) {
+    /// `lookup` reads the kernel's record of a socket: the burst in progress and the byte
+    /// totals there complete what the events said so far.
+    pub fn flush(
+        &mut self,
+        now_ns: u64,
+        mut lookup: impl FnMut(u64) -> Option<SockRecord>,
+        out: &mut Vec<Record>,
+    ) {
         let mut socks: Vec<(u64, u64)> = self.conns.iter().map(|(s, c)| (c.id, *s)).collect();
         socks.sort_unstable();
         for (_, sock) in socks {
-            if let Some(conn) = self.remove(sock) {
-                conn.unfinished(PartialReason::Shutdown, now_ns, out);
+            let Some(mut conn) = self.remove(sock) else {
+                continue;
+            };
+            if let Some(rec) = lookup(sock).filter(|rec| rec.start_ns == conn.start_ns) {
+                if rec.burst.dir != direction::NONE {
+                    conn.on_burst(&rec.burst, out);
+                }
+                conn.bytes_sent = conn.bytes_sent.max(rec.bytes_sent);
+                conn.bytes_received = conn.bytes_received.max(rec.bytes_recv);
+                conn.retransmits = rec.retransmits;
             }
+            conn.unfinished(PartialReason::Shutdown, now_ns, out);
         }
     }
 }

@@ -610,7 +610,7 @@ fn shutdown_flushes_live_connections_as_partial() {
     // The second request is still a burst in progress in the kernel: the first exchange's
     // class is not known yet. Only the establishment was announced.
     assert!(matches!(out[..], [Record::Opened(_)]), "{out:?}");
-    tracker.flush(10 * MS, &mut out);
+    tracker.flush(10 * MS, |_| None, &mut out);
     let (exchanges, connections, tracker) = split(out, tracker);
     assert_eq!(tracker.live().count(), 0);
     assert_eq!(classes(&exchanges), [ExchangeClass::Start]);
@@ -669,4 +669,33 @@ fn connect_then_establish_is_one_connection_with_live_counts() {
     tracker.handle(&close[0], &mut closed);
     assert_eq!(tracker.counts().open[0][established], 0);
     assert_eq!(tracker.stats(), TrackerStats::default());
+}
+
+/// At shutdown the kernel's record completes the exchange in progress and the byte totals.
+#[test]
+fn shutdown_uses_the_kernel_record_for_what_is_in_progress() {
+    let sock = Sock::server(0)
+        .established(50 * US)
+        .recv(MS, 18)
+        .send(2 * MS, 40);
+    let mut tracker = Tracker::new();
+    let mut out = Vec::new();
+    for event in &sock.events {
+        tracker.handle(event, &mut out);
+    }
+    let mut kernel = sock.rec;
+    kernel.retransmits = 2;
+    let socket = sock.sock;
+    tracker.flush(10 * MS, |s| (s == socket).then_some(kernel), &mut out);
+    let (exchanges, connections, _) = split(out, tracker);
+    assert_eq!(exchanges.len(), 1);
+    assert_eq!(
+        exchanges[0].response_bytes, 40,
+        "the response burst was still in the kernel"
+    );
+    assert_eq!(exchanges[0].response_begin_ns, Some(MS));
+    let connection = &connections[0];
+    assert_eq!((connection.bytes_sent, connection.bytes_received), (40, 18));
+    assert_eq!(connection.retransmits, 2);
+    assert_eq!(connection.partial, Some(PartialReason::Shutdown));
 }
