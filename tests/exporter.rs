@@ -571,3 +571,39 @@ fn sampling_counts_what_it_leaves_out() {
         "the output holds exactly the written events"
     );
 }
+
+/// `--pid`: a connecting socket belongs to the process that connected, an accepted one to the
+/// process that listens. Only this test process's sockets are traced, not a child's.
+#[test]
+fn pid_filter_follows_connecting_and_listening_processes() {
+    let (listener, addr) = listen("127.0.0.1:0");
+    let me = std::process::id().to_string();
+    let daemon = Daemon::start(&["--pid", &me, "--port", &addr.port().to_string()]);
+    let server = serve(listener, 2);
+    client(addr, 1);
+    // A child process connects: its socket is not ours, but the accepting one is.
+    let status = Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "exec 3<>/dev/tcp/127.0.0.1/{}; printf ping >&3; head -c 2 <&3 >/dev/null",
+            addr.port()
+        ))
+        .status()
+        .unwrap();
+    assert!(status.success());
+    server.join().unwrap();
+    let events = daemon.wait_events("three connection events", |events| {
+        events.iter().filter(|e| e["type"] == "connection").count() >= 3
+    });
+    thread::sleep(Duration::from_millis(200));
+    let connections: Vec<Value> = daemon
+        .events()
+        .into_iter()
+        .filter(|e| e["type"] == "connection")
+        .collect();
+    assert_eq!(connections.len(), 3, "{events:#?}");
+    let clients: Vec<_> = connections.iter().filter(|c| c["role"] == "client").collect();
+    assert_eq!(clients.len(), 1, "only our own connect: {connections:#?}");
+    assert_eq!(clients[0]["pid"], std::process::id());
+    assert_eq!(connections.iter().filter(|c| c["role"] == "server").count(), 2);
+}
