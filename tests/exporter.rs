@@ -602,8 +602,14 @@ fn pid_filter_follows_connecting_and_listening_processes() {
         .filter(|e| e["type"] == "connection")
         .collect();
     assert_eq!(connections.len(), 3, "{events:#?}");
-    let clients: Vec<_> = connections.iter().filter(|c| c["role"] == "client").collect();
+    let clients: Vec<_> = connections
+        .iter()
+        .filter(|c| c["role"] == "client")
+        .collect();
     assert_eq!(clients.len(), 1, "only our own connect: {connections:#?}");
     assert_eq!(clients[0]["pid"], std::process::id());
-    assert_eq!(connections.iter().filter(|c| c["role"] == "server").count(), 2);
+    assert_eq!(
+        connections.iter().filter(|c| c["role"] == "server").count(),
+        2
+    );
 }

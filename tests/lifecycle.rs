@@ -168,6 +168,11 @@ fn refused_connect_is_a_connect_failure() {
     assert_eq!(failed.connect_ns, None);
     assert_eq!(failed.exchanges, 0);
     assert_eq!(failed.addrs.remote.port(), port);
+    assert_ne!(
+        failed.addrs.local.port(),
+        0,
+        "the ephemeral port is known even after CLOSE"
+    );
     assert_eq!(failed.partial, None);
     let (_, stats) = capture.stop();
     assert_eq!(
@@ -461,4 +466,72 @@ fn stop_flushes_open_connections() {
         assert_eq!(connection.bytes_sent + connection.bytes_received, 6);
     }
     drop((client, server));
+}
+
+/// The peer closes, the server writes anyway and gets a reset while in CLOSE_WAIT, then
+/// closes: that is not a CLOSE_WAIT leak.
+#[test]
+fn reset_in_close_wait_is_not_a_leak() {
+    let (listener, addr) = listen("127.0.0.1:0");
+    let capture = Capture::start(&[addr.port()]);
+    let mut client = TcpStream::connect(addr).unwrap();
+    let (mut server, _) = listener.accept().unwrap();
+    write_all(&mut client, b"ping");
+    assert_eq!(read_n(&mut server, 4), b"ping");
+    drop(client);
+    // The client's FIN arrives; writing to a peer that is gone draws a reset.
+    let mut eof = [0u8; 1];
+    assert_eq!(std::io::Read::read(&mut server, &mut eof).unwrap(), 0);
+    let _ = std::io::Write::write_all(&mut server, b"late answer");
+    thread::sleep(Duration::from_millis(100));
+    let _ = std::io::Write::write_all(&mut server, b"again");
+    drop(server);
+    let connections = capture.wait_connections(2);
+    let server = by_role(&connections, Role::Server);
+    let close = server.close.as_ref().unwrap();
+    assert_eq!(close.originator, CloseOriginator::Client, "{server:#?}");
+    assert!(close.close_wait_ns.is_some(), "{server:#?}");
+    assert!(
+        !close.close_wait_unclosed,
+        "the application did close: {server:#?}"
+    );
+}
+
+/// A CIDR filter judges accepted sockets by their own addresses, not the listener's.
+#[test]
+fn cidr_filters_apply_to_accepted_connections() {
+    let listener = TcpListener::bind("0.0.0.0:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let mut options = options(&[]);
+    options.filters = tcpobs::runtime::Filters {
+        cidrs: tcpobs::runtime::Filter::Include(vec!["127.0.0.2/32".parse().unwrap()]),
+        ..Default::default()
+    };
+    let capture = Capture::start_with(options);
+    for target in ["127.0.0.1", "127.0.0.2"] {
+        let mut client = TcpStream::connect((target, port)).unwrap();
+        let (mut server, _) = listener.accept().unwrap();
+        write_all(&mut client, b"x");
+        assert_eq!(read_n(&mut server, 1), b"x");
+    }
+    capture.wait_connections(2);
+    thread::sleep(Duration::from_millis(200));
+    let (records, _) = capture.stop();
+    let all: Vec<_> = connections(&records)
+        .into_iter()
+        .filter(|c| c.addrs.local.port() == port || c.addrs.remote.port() == port)
+        .collect();
+    assert_eq!(
+        all.len(),
+        2,
+        "both ends of the 127.0.0.2 connection only: {all:#?}"
+    );
+    for connection in &all {
+        let ends = [connection.addrs.local.ip(), connection.addrs.remote.ip()];
+        assert!(
+            ends.contains(&"127.0.0.2".parse::<std::net::IpAddr>().unwrap()),
+            "{connection:#?}"
+        );
+    }
+    assert!(all.iter().any(|c| c.role == Role::Server), "{all:#?}");
 }

@@ -20,7 +20,8 @@
 //! - [`OpenEvent`] of kind [`kind::CONNECT`] when a client starts connecting (`SYN_SENT`);
 //! - [`OpenEvent`] of kind [`kind::OPEN`] when a socket reaches `ESTABLISHED`, or when a socket
 //!   that was already open is seen for the first time (flag [`FLAG_PARTIAL`]);
-//! - [`BurstEvent`] when the data direction flips (the previous burst is complete);
+//! - [`BurstEvent`] every second time the data direction flips, carrying the two bursts that
+//!   just completed: one event per request/response exchange;
 //! - [`StateEvent`] for teardown transitions (`FIN_WAIT1`, `CLOSE_WAIT`, `FIN_WAIT2`, ...);
 //! - [`CloseEvent`] once, when the socket is done, carrying the whole record and the pending
 //!   burst.
@@ -147,9 +148,7 @@ pub struct FilterConfig {
     pub _pad: [u8; 4],
 }
 
-/// The process and cgroup behind a listening port (`LISTENERS` value): accepted sockets are
-/// created in softirq, where the current task says nothing, so pid and cgroup filters use
-/// the process that called `listen()`.
+/// A process and its cgroup: who owns a socket, for the pid and cgroup filters.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Owner {
@@ -158,6 +157,29 @@ pub struct Owner {
     pub _pad: u32,
     /// cgroup v2 id (the cgroup directory's inode number).
     pub cgroup: u64,
+}
+
+/// `LISTENERS` key: a listening port in a network namespace.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ListenKey {
+    /// The network namespace's inode number (`/proc/PID/ns/net`).
+    pub netns: u32,
+    /// Local port, host byte order.
+    pub port: u16,
+    pub _pad: u16,
+}
+
+/// `LISTENERS` value: who listens, and how many listening sockets share the port
+/// (`SO_REUSEPORT`). Accepted sockets are created in softirq, where the current task says
+/// nothing, so pid and cgroup filters judge them by the process that called `listen()`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Listener {
+    pub owner: Owner,
+    /// Listening sockets on this port.
+    pub count: u32,
+    pub _pad: u32,
 }
 
 /// Header of every ring buffer event.
@@ -242,6 +264,8 @@ pub struct SockRecord {
     pub bytes_sent: u64,
     /// Payload bytes received over the whole connection.
     pub bytes_recv: u64,
+    /// A completed burst not sent yet: bursts go out in pairs.
+    pub held: Burst,
     /// The burst in progress.
     pub burst: Burst,
     /// Who the socket belongs to.
@@ -281,12 +305,16 @@ pub struct OpenEvent {
     pub _pad: [u8; 5],
 }
 
-/// A data burst ended (the direction flipped).
+/// Two data bursts completed (the direction flipped twice): usually a request and its
+/// response.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct BurstEvent {
     pub hdr: EventHeader,
-    pub burst: Burst,
+    /// The earlier burst.
+    pub first: Burst,
+    /// The later burst, in the other direction.
+    pub second: Burst,
     /// Who the socket belongs to so far (a server socket learns it at its first recv).
     pub task: Task,
 }
@@ -318,6 +346,8 @@ mod pod {
     unsafe impl aya::Pod for super::Offsets {}
     unsafe impl aya::Pod for super::FilterConfig {}
     unsafe impl aya::Pod for super::Owner {}
+    unsafe impl aya::Pod for super::ListenKey {}
+    unsafe impl aya::Pod for super::Listener {}
     unsafe impl aya::Pod for super::SockRecord {}
 }
 
@@ -347,22 +377,25 @@ mod tests {
         assert_eq!(size_of::<Endpoints>(), 40);
         assert_eq!(size_of::<Task>(), 24);
         assert_eq!(size_of::<Burst>(), 32);
-        assert_eq!(size_of::<SockRecord>(), 176);
+        assert_eq!(size_of::<SockRecord>(), 208);
         assert_eq!(size_of::<OpenEvent>(), 104);
-        assert_eq!(size_of::<BurstEvent>(), 88);
+        assert_eq!(size_of::<BurstEvent>(), 120);
         assert_eq!(size_of::<StateEvent>(), 40);
-        assert_eq!(size_of::<CloseEvent>(), 208);
+        assert_eq!(size_of::<CloseEvent>(), 240);
         assert_eq!(size_of::<FilterConfig>(), 8);
         assert_eq!(size_of::<Owner>(), 16);
+        assert_eq!(size_of::<ListenKey>(), 8);
+        assert_eq!(size_of::<Listener>(), 24);
         assert_eq!(align_of::<CloseEvent>(), 8);
         assert_eq!(offset_of!(EventHeader, ts_ns), 8);
         assert_eq!(offset_of!(EventHeader, start_ns), 24);
         assert_eq!(offset_of!(Endpoints, lport), 32);
-        assert_eq!(offset_of!(SockRecord, burst), 64);
-        assert_eq!(offset_of!(SockRecord, task), 96);
-        assert_eq!(offset_of!(SockRecord, endpoints), 120);
-        assert_eq!(offset_of!(SockRecord, retransmits), 160);
-        assert_eq!(offset_of!(SockRecord, role), 168);
+        assert_eq!(offset_of!(SockRecord, held), 64);
+        assert_eq!(offset_of!(SockRecord, burst), 96);
+        assert_eq!(offset_of!(SockRecord, task), 128);
+        assert_eq!(offset_of!(SockRecord, endpoints), 152);
+        assert_eq!(offset_of!(SockRecord, retransmits), 192);
+        assert_eq!(offset_of!(SockRecord, role), 200);
         assert_eq!(offset_of!(OpenEvent, role), 96);
         assert_eq!(offset_of!(OpenEvent, state), 98);
         assert_eq!(offset_of!(CloseEvent, record), 32);
@@ -380,7 +413,7 @@ mod tests {
                 sock: 0xffff_8880_dead_beef,
                 start_ns: 3,
             },
-            burst: Burst {
+            first: Burst {
                 first_ns: 4,
                 last_ns: 6,
                 bytes: 1500,
@@ -388,6 +421,7 @@ mod tests {
                 dir: direction::IN,
                 _pad: [0; 3],
             },
+            second: Burst::default(),
             task: Task {
                 pid: 42,
                 tid: 43,
@@ -399,9 +433,9 @@ mod tests {
             core::slice::from_raw_parts((&raw const event).cast::<u8>(), size_of::<BurstEvent>())
         };
         // Decode from an odd offset to prove alignment does not matter.
-        let mut shifted = [0u8; 89];
+        let mut shifted = [0u8; 121];
         shifted[1..].copy_from_slice(bytes);
         assert_eq!(read_pod::<BurstEvent>(&shifted[1..]), Some(event));
-        assert_eq!(read_pod::<BurstEvent>(&bytes[..87]), None);
+        assert_eq!(read_pod::<BurstEvent>(&bytes[..119]), None);
     }
 }

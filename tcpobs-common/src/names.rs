@@ -16,7 +16,8 @@ pub const CIDR6_FILTER_MAP: &str = "CIDR6_FILTER";
 pub const PID_FILTER_MAP: &str = "PID_FILTER";
 /// cgroup v2 ids for the cgroup filter (`HashMap<u64, u8>`).
 pub const CGROUP_FILTER_MAP: &str = "CGROUP_FILTER";
-/// Listening ports and who listens (`HashMap<u16, Owner>`), for filtering accepted sockets.
+/// Listening ports and who listens (`HashMap<ListenKey, Listener>`), for filtering accepted
+/// sockets.
 pub const LISTENERS_MAP: &str = "LISTENERS";
 /// Which filters apply (`Array<FilterConfig>`, one entry).
 pub const FILTER_MAP: &str = "FILTER";

@@ -13,8 +13,9 @@ pub struct Offsets {
     pub sk_family: u16,
     /// `struct sock`: `__sk_common.skc_state` (u8).
     pub sk_state: u16,
-    /// `struct sock`: `__sk_common.skc_num`, the local port in host order (u16).
-    pub sk_num: u16,
+    /// `struct inet_sock` (which starts with `struct sock`): `inet_sport`, the local port in
+    /// network order (u16). Unlike `skc_num`, still set when the socket reaches `CLOSE`.
+    pub inet_sport: u16,
     /// `struct sock`: `__sk_common.skc_dport`, the remote port in network order (u16).
     pub sk_dport: u16,
     /// `struct sock`: `__sk_common.skc_rcv_saddr`, local IPv4 address (4 bytes).
@@ -29,6 +30,13 @@ pub struct Offsets {
     pub sk_protocol: u16,
     /// `struct sock`: `sk_err` (int).
     pub sk_err: u16,
+    /// `struct sock`: `sk_type` (u16), `SOCK_STREAM` for TCP (raw sockets can say
+    /// `IPPROTO_TCP` too).
+    pub sk_type: u16,
+    /// `struct sock`: `__sk_common.skc_net.net`, the network namespace (pointer).
+    pub sk_net: u16,
+    /// `struct net`: `ns.inum`, the namespace's inode number (u32).
+    pub net_inum: u16,
     /// `sock:inet_sock_set_state` record: `skaddr`.
     pub tp_state_sk: u16,
     /// `sock:inet_sock_set_state` record: `oldstate`.
@@ -55,7 +63,7 @@ pub struct Offsets {
     pub tp_recv_reset_sk: u16,
     /// `tcp:tcp_retransmit_skb` record: `skaddr`.
     pub tp_retransmit_sk: u16,
-    pub _pad: u16,
+    pub _pad: [u16; 2],
     /// Wake the reader once this many bytes are waiting in the ring buffer; below that the
     /// reader polls on a timer (events are submitted with `BPF_RB_NO_WAKEUP`).
     pub wakeup_bytes: u64,
@@ -66,7 +74,7 @@ impl Offsets {
     pub const UNSET: Self = Self {
         sk_family: 0,
         sk_state: 0,
-        sk_num: 0,
+        inet_sport: 0,
         sk_dport: 0,
         sk_rcv_saddr: 0,
         sk_daddr: 0,
@@ -74,6 +82,9 @@ impl Offsets {
         sk_v6_daddr: 0,
         sk_protocol: 0,
         sk_err: 0,
+        sk_type: 0,
+        sk_net: 0,
+        net_inum: 0,
         tp_state_sk: 0,
         tp_state_old: 0,
         tp_state_new: 0,
@@ -87,7 +98,7 @@ impl Offsets {
         tp_send_reset_sk: 0,
         tp_recv_reset_sk: 0,
         tp_retransmit_sk: 0,
-        _pad: 0,
+        _pad: [0; 2],
         wakeup_bytes: 0,
     };
 }
@@ -100,8 +111,8 @@ mod tests {
 
     #[test]
     fn layout_is_pinned() {
-        assert_eq!(size_of::<Offsets>(), 56);
-        assert_eq!(offset_of!(Offsets, wakeup_bytes), 48);
+        assert_eq!(size_of::<Offsets>(), 64);
+        assert_eq!(offset_of!(Offsets, wakeup_bytes), 56);
         assert_eq!(Offsets::UNSET, Offsets::default());
     }
 }

@@ -14,10 +14,10 @@ use aya_ebpf::{
     macros::{btf_tracepoint, tracepoint},
     programs::{BtfTracePointContext, TracePointContext},
 };
-use tcpobs_common::{FLAG_IGNORED, Offsets, tcp_state};
+use tcpobs_common::{FLAG_APP_CLOSED, FLAG_CLOSE_WAIT, FLAG_IGNORED, tcp_state};
 
 use crate::{
-    maps::{OFFSETS, SOCKETS},
+    maps::{SOCKETS, offsets},
     sock::Sock,
     track::{finish, now_ns},
 };
@@ -32,7 +32,7 @@ pub fn destroy_btf(ctx: BtfTracePointContext) -> i32 {
 
 fn try_destroy_btf(ctx: &BtfTracePointContext) -> Result<i32, i32> {
     let sk: *const u8 = ctx.arg(0);
-    on_destroy(&OFFSETS.load(), Sock(sk));
+    on_destroy(Sock(sk));
     Ok(0)
 }
 
@@ -45,15 +45,15 @@ pub fn destroy_tp(ctx: TracePointContext) -> u32 {
 }
 
 fn try_destroy_tp(ctx: &TracePointContext) -> Result<u32, u32> {
-    let o = OFFSETS.load();
+    let o = offsets();
     // SAFETY: the offset comes from this tracepoint's format file.
     let sk = unsafe { ctx.read_at::<u64>(usize::from(o.tp_destroy_sk)) }.map_err(|_| 1u32)?;
-    on_destroy(&o, Sock(sk as *const u8));
+    on_destroy(Sock(sk as *const u8));
     Ok(0)
 }
 
 #[inline(always)]
-fn on_destroy(o: &Offsets, sk: Sock) {
+fn on_destroy(sk: Sock) {
     let Some(rec) = SOCKETS.get_ptr_mut(sk.key()) else {
         return;
     };
@@ -69,5 +69,10 @@ fn on_destroy(o: &Offsets, sk: Sock) {
         rec.final_state = rec.state;
         rec.state = tcp_state::CLOSE;
     }
-    finish(o, sk.key(), rec, now);
+    if rec.flags & (FLAG_CLOSE_WAIT | FLAG_APP_CLOSED) == FLAG_CLOSE_WAIT {
+        // Destroyed when the last reference goes: the application closed its end now.
+        rec.flags |= FLAG_APP_CLOSED;
+        rec.app_close_ns = now;
+    }
+    finish(sk.key(), rec, now);
 }

@@ -6,9 +6,11 @@
 //! - classic record: `sk, family, protocol, ret, flags`.
 //!
 //! They catch `send`/`write`/`sendmsg`/`sendfile` and `recv`/`read`/`recvmsg` on TCP without
-//! a kprobe. Calls are coalesced in the socket record into bursts; an event goes out only when
-//! the direction flips, so the cost grows with request/response exchanges, not with syscalls
-//! or bytes. Failed calls (`ret <= 0`) and `MSG_PEEK` reads move no data and are ignored.
+//! a kprobe. Calls are coalesced in the socket record into bursts. A completed burst is held
+//! until the next one completes, and the two go out in one event: one event per
+//! request/response exchange, whatever the number of syscalls or bytes; a connection with one
+//! exchange sends its bursts with its close. Failed calls (`ret <= 0`) and `MSG_PEEK` reads
+//! move no data and are ignored.
 
 use aya_ebpf::{
     macros::{btf_tracepoint, tracepoint},
@@ -17,9 +19,9 @@ use aya_ebpf::{
 use tcpobs_common::{Burst, Offsets, direction};
 
 use crate::{
-    maps::OFFSETS,
+    maps::offsets,
     sock::Sock,
-    track::{Adoption, claim, emit_burst, now_ns, record_or_adopt},
+    track::{Adoption, claim, emit_bursts, now_ns, record_or_adopt},
 };
 
 const MSG_PEEK: i32 = 2;
@@ -45,16 +47,16 @@ fn try_len_btf(ctx: &BtfTracePointContext, dir: u8) -> Result<i32, i32> {
     let sk: *const u8 = ctx.arg(0);
     let ret: i32 = ctx.arg(1);
     let flags: i32 = ctx.arg(2);
-    on_data(&OFFSETS.load(), Sock(sk), ret, flags, dir);
+    on_data(offsets(), Sock(sk), ret, flags, dir);
     Ok(0)
 }
 
 #[tracepoint(category = "sock", name = "sock_send_length")]
 pub fn send_len_tp(ctx: TracePointContext) -> u32 {
-    let o = OFFSETS.load();
+    let o = offsets();
     match try_len_tp(
         &ctx,
-        &o,
+        o,
         [o.tp_send_sk, o.tp_send_ret, o.tp_send_flags],
         direction::OUT,
     ) {
@@ -65,10 +67,10 @@ pub fn send_len_tp(ctx: TracePointContext) -> u32 {
 
 #[tracepoint(category = "sock", name = "sock_recv_length")]
 pub fn recv_len_tp(ctx: TracePointContext) -> u32 {
-    let o = OFFSETS.load();
+    let o = offsets();
     match try_len_tp(
         &ctx,
-        &o,
+        o,
         [o.tp_recv_sk, o.tp_recv_ret, o.tp_recv_flags],
         direction::IN,
     ) {
@@ -109,7 +111,12 @@ fn on_data(o: &Offsets, sk: Sock, ret: i32, flags: i32, dir: u8) {
         rec.burst.calls += 1;
     } else {
         if rec.burst.dir != direction::NONE {
-            emit_burst(o, sk.key(), rec, now);
+            if rec.held.dir == direction::NONE {
+                rec.held = rec.burst;
+            } else {
+                emit_bursts(sk.key(), rec, now);
+                rec.held.dir = direction::NONE;
+            }
         }
         rec.burst = Burst {
             first_ns: now,

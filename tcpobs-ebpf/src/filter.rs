@@ -17,7 +17,9 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, LpmTrie, lpm_trie::Key},
 };
-use tcpobs_common::{Endpoints, FilterConfig, Owner, filter_mode};
+use tcpobs_common::{Endpoints, FilterConfig, ListenKey, Listener, Offsets, Owner, filter_mode};
+
+use crate::sock::Sock;
 
 const AF_INET6: u16 = 10;
 
@@ -40,9 +42,9 @@ pub static PID_FILTER: HashMap<u32, u8> = HashMap::with_max_entries(1024, 0);
 #[map]
 pub static CGROUP_FILTER: HashMap<u64, u8> = HashMap::with_max_entries(1024, 0);
 
-/// Local port -> the process that listens on it.
+/// (network namespace, local port) -> the process that listens on it.
 #[map]
-pub static LISTENERS: HashMap<u16, Owner> = HashMap::with_max_entries(16_384, 0);
+pub static LISTENERS: HashMap<ListenKey, Listener> = HashMap::with_max_entries(16_384, 0);
 
 /// The current task as an owner (process context only).
 #[inline(always)]
@@ -55,11 +57,55 @@ pub fn current_owner() -> Owner {
     }
 }
 
-/// Who listens on `port`, if known.
 #[inline(always)]
-pub fn listener(port: u16) -> Option<Owner> {
+fn listen_key(o: &Offsets, sk: Sock, port: u16) -> ListenKey {
+    ListenKey {
+        netns: sk.netns(o),
+        port,
+        _pad: 0,
+    }
+}
+
+/// Who listens on the socket's local port in its network namespace, if known.
+#[inline(always)]
+pub fn listener(o: &Offsets, sk: Sock, local_port: u16) -> Option<Owner> {
+    let key = listen_key(o, sk, local_port);
     // SAFETY: plain data copied out of the map value.
-    unsafe { LISTENERS.get(port).copied() }
+    unsafe { LISTENERS.get(key).map(|listener| listener.owner) }
+}
+
+/// A socket started listening (in the process that called `listen()`).
+#[inline(always)]
+pub fn listening(o: &Offsets, sk: Sock) {
+    let key = listen_key(o, sk, sk.ports(o).0);
+    if let Some(listener) = LISTENERS.get_ptr_mut(key) {
+        // SAFETY: a valid map value; the count is approximate under races, never invalid.
+        unsafe { (*listener).count += 1 };
+        return;
+    }
+    let listener = Listener {
+        owner: current_owner(),
+        count: 1,
+        _pad: 0,
+    };
+    let _ = LISTENERS.insert(key, listener, 0);
+}
+
+/// A listening socket closed (or its `listen()` failed).
+#[inline(always)]
+pub fn not_listening(o: &Offsets, sk: Sock) {
+    let key = listen_key(o, sk, sk.ports(o).0);
+    let Some(listener) = LISTENERS.get_ptr_mut(key) else {
+        return;
+    };
+    // SAFETY: as in `listening`.
+    let left = unsafe {
+        (*listener).count = (*listener).count.saturating_sub(1);
+        (*listener).count
+    };
+    if left == 0 {
+        let _ = LISTENERS.remove(key);
+    }
 }
 
 #[inline(always)]

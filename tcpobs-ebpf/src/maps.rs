@@ -1,7 +1,6 @@
 //! Maps and globals shared by every hook family. Names match `tcpobs_common::names`.
 
 use aya_ebpf::{
-    Global,
     macros::map,
     maps::{LruHashMap, PerCpuArray, RingBuf},
 };
@@ -17,13 +16,41 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
 #[map]
 pub static SOCKETS: LruHashMap<u64, SockRecord> = LruHashMap::with_max_entries(131_072, 0);
 
+/// Scratch space to build a record in: a `SockRecord` is too big for the 512-byte stack
+/// alongside everything else.
+#[map]
+pub static SCRATCH: PerCpuArray<SockRecord> = PerCpuArray::with_max_entries(1, 0);
+
+/// A zeroed record to fill in and insert (per CPU; programs do not nest on one CPU for the
+/// same hook).
+#[inline(always)]
+pub fn scratch_record() -> Option<&'static mut SockRecord> {
+    let rec = SCRATCH.get_ptr_mut(0)?;
+    // SAFETY: the pointer is this CPU's slot of a one-entry array; SockRecord is plain data,
+    // for which all-zero bytes are a valid value.
+    unsafe {
+        core::ptr::write_bytes(rec, 0, 1);
+        Some(&mut *rec)
+    }
+}
+
 /// Drop counters, indexed by `tcpobs_common::stat`.
 #[map]
 pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stat::COUNT, 0);
 
 /// Kernel layout facts, written by the loader before the programs load.
 #[unsafe(no_mangle)]
-pub static OFFSETS: Global<Offsets> = Global::new(Offsets::UNSET);
+static OFFSETS: Offsets = Offsets::UNSET;
+
+/// The loader's layout facts, read in place. The pointer goes through a volatile read so that
+/// the compiler cannot fold the zeroes compiled into the object into the code, and no program
+/// copies the whole struct onto its 512-byte stack.
+#[inline(always)]
+pub fn offsets() -> &'static Offsets {
+    let ptr: *const Offsets = &raw const OFFSETS;
+    // SAFETY: a volatile read of a local; the static lives as long as the program.
+    unsafe { &*core::ptr::read_volatile(&ptr) }
+}
 
 /// Adds one to a drop counter.
 #[inline(always)]

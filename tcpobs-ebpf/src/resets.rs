@@ -14,30 +14,28 @@ use aya_ebpf::{
     macros::{btf_tracepoint, tracepoint},
     programs::{BtfTracePointContext, TracePointContext},
 };
-use tcpobs_common::{
-    FLAG_CLOSE_WAIT, FLAG_RST_RECV, FLAG_RST_SENT, Offsets, role, tcp_state, teardown,
-};
+use tcpobs_common::{FLAG_RST_RECV, FLAG_RST_SENT, Offsets, role, tcp_state, teardown};
 
 use crate::{
-    maps::OFFSETS,
+    maps::offsets,
     sock::Sock,
     state::{app_closed, first_teardown},
-    track::{Adoption, now_ns, record_or_adopt},
+    track::{Adoption, learn_local_port, now_ns, record_or_adopt},
 };
 
 #[btf_tracepoint(function = "tcp_send_reset")]
 pub fn send_reset_btf(ctx: BtfTracePointContext) -> i32 {
     let sk: *const u8 = ctx.arg(0);
-    on_send_reset(&OFFSETS.load(), Sock(sk));
+    on_send_reset(offsets(), Sock(sk));
     0
 }
 
 #[tracepoint(category = "tcp", name = "tcp_send_reset")]
 pub fn send_reset_tp(ctx: TracePointContext) -> u32 {
-    let o = OFFSETS.load();
+    let o = offsets();
     match read_sk(&ctx, o.tp_send_reset_sk) {
         Ok(sk) => {
-            on_send_reset(&o, sk);
+            on_send_reset(o, sk);
             0
         }
         Err(ret) => ret,
@@ -47,16 +45,16 @@ pub fn send_reset_tp(ctx: TracePointContext) -> u32 {
 #[btf_tracepoint(function = "tcp_receive_reset")]
 pub fn recv_reset_btf(ctx: BtfTracePointContext) -> i32 {
     let sk: *const u8 = ctx.arg(0);
-    on_recv_reset(&OFFSETS.load(), Sock(sk));
+    on_recv_reset(offsets(), Sock(sk));
     0
 }
 
 #[tracepoint(category = "tcp", name = "tcp_receive_reset")]
 pub fn recv_reset_tp(ctx: TracePointContext) -> u32 {
-    let o = OFFSETS.load();
+    let o = offsets();
     match read_sk(&ctx, o.tp_recv_reset_sk) {
         Ok(sk) => {
-            on_recv_reset(&o, sk);
+            on_recv_reset(o, sk);
             0
         }
         Err(ret) => ret,
@@ -79,8 +77,8 @@ fn on_send_reset(o: &Offsets, sk: Sock) {
     let now = now_ns();
     rec.flags |= FLAG_RST_SENT;
     first_teardown(rec, teardown::LOCAL_RST, now);
-    if rec.state == tcp_state::CLOSE || rec.flags & FLAG_CLOSE_WAIT != 0 {
-        // An abortive close() (SO_LINGER 0, unread data): the application closed it.
+    if rec.state == tcp_state::CLOSE {
+        // An abortive close() (SO_LINGER 0, unread data): CLOSE first, then the reset.
         app_closed(rec, now);
     }
 }
@@ -91,6 +89,7 @@ fn on_recv_reset(o: &Offsets, sk: Sock) {
         return;
     };
     let now = now_ns();
+    learn_local_port(o, sk, rec);
     rec.flags |= FLAG_RST_RECV;
     first_teardown(rec, teardown::PEER_RST, now);
 }

@@ -14,25 +14,25 @@ use aya_ebpf::{
 use tcpobs_common::{Offsets, role};
 
 use crate::{
-    maps::OFFSETS,
+    maps::offsets,
     resets::read_sk,
     sock::Sock,
-    track::{Adoption, record_or_adopt},
+    track::{Adoption, learn_local_port, record_or_adopt},
 };
 
 #[btf_tracepoint(function = "tcp_retransmit_skb")]
 pub fn retransmit_btf(ctx: BtfTracePointContext) -> i32 {
     let sk: *const u8 = ctx.arg(0);
-    on_retransmit(&OFFSETS.load(), Sock(sk));
+    on_retransmit(offsets(), Sock(sk));
     0
 }
 
 #[tracepoint(category = "tcp", name = "tcp_retransmit_skb")]
 pub fn retransmit_tp(ctx: TracePointContext) -> u32 {
-    let o = OFFSETS.load();
+    let o = offsets();
     match read_sk(&ctx, o.tp_retransmit_sk) {
         Ok(sk) => {
-            on_retransmit(&o, sk);
+            on_retransmit(o, sk);
             0
         }
         Err(ret) => ret,
@@ -43,5 +43,6 @@ pub fn retransmit_tp(ctx: TracePointContext) -> u32 {
 fn on_retransmit(o: &Offsets, sk: Sock) {
     if let Some(rec) = record_or_adopt(o, sk, None, Adoption::other_context(role::UNKNOWN)) {
         rec.retransmits += 1;
+        learn_local_port(o, sk, rec);
     }
 }

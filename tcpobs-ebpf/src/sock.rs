@@ -3,12 +3,13 @@
 //! All reads go through `bpf_probe_read_kernel`, which works from both `tp_btf` and classic
 //! tracepoint programs and never faults, whatever the pointer.
 
-use aya_ebpf::helpers::bpf_probe_read_kernel;
+use aya_ebpf::helpers::{bpf_probe_read_kernel, bpf_probe_read_kernel_buf};
 use tcpobs_common::{Endpoints, Offsets, tcp_state};
 
 const AF_INET: u16 = 2;
 const AF_INET6: u16 = 10;
 const IPPROTO_TCP: u16 = 6;
+const SOCK_STREAM: u16 = 1;
 
 /// A `struct sock *`.
 #[derive(Clone, Copy)]
@@ -37,12 +38,25 @@ impl Sock {
         self.read::<u8>(o.sk_state).unwrap_or(0)
     }
 
-    /// IPv4 or IPv6 TCP. Only valid on full sockets (not request or time-wait sockets).
+    /// An IPv4 or IPv6 TCP stream socket (a raw socket can have `IPPROTO_TCP` too). Only
+    /// valid on full sockets (not request or time-wait sockets).
     #[inline(always)]
     pub fn is_tcp(self, o: &Offsets) -> bool {
         let family = self.read::<u16>(o.sk_family).unwrap_or(0);
         (family == AF_INET || family == AF_INET6)
             && self.read::<u16>(o.sk_protocol) == Some(IPPROTO_TCP)
+            && self.read::<u16>(o.sk_type) == Some(SOCK_STREAM)
+    }
+
+    /// The inode number of the socket's network namespace (0 if unreadable).
+    #[inline(always)]
+    pub fn netns(self, o: &Offsets) -> u32 {
+        let Some(net) = self.read::<*const u8>(o.sk_net) else {
+            return 0;
+        };
+        // SAFETY: as in `read`.
+        unsafe { bpf_probe_read_kernel(net.add(usize::from(o.net_inum)).cast::<u32>()) }
+            .unwrap_or(0)
     }
 
     /// `sk_err`, an errno (0 when there is none).
@@ -54,31 +68,32 @@ impl Sock {
     /// (local port, remote port), host byte order.
     #[inline(always)]
     pub fn ports(self, o: &Offsets) -> (u16, u16) {
-        let local = self.read::<u16>(o.sk_num).unwrap_or(0);
+        let local = u16::from_be(self.read::<u16>(o.inet_sport).unwrap_or(0));
         let remote = u16::from_be(self.read::<u16>(o.sk_dport).unwrap_or(0));
         (local, remote)
     }
 
+    /// Reads addresses and ports straight into `endpoints` (no copy on the stack).
     #[inline(always)]
-    pub fn endpoints(self, o: &Offsets) -> Endpoints {
+    pub fn read_endpoints(self, o: &Offsets, endpoints: &mut Endpoints) {
         let family = self.read::<u16>(o.sk_family).unwrap_or(0);
-        let (lport, rport) = self.ports(o);
-        let mut endpoints = Endpoints {
-            lport,
-            rport,
-            family,
-            ..Endpoints::default()
-        };
-        if family == AF_INET6 {
-            endpoints.laddr = self.read::<[u8; 16]>(o.sk_v6_rcv_saddr).unwrap_or_default();
-            endpoints.raddr = self.read::<[u8; 16]>(o.sk_v6_daddr).unwrap_or_default();
+        (endpoints.lport, endpoints.rport) = self.ports(o);
+        endpoints.family = family;
+        let (local, remote, len) = if family == AF_INET6 {
+            (o.sk_v6_rcv_saddr, o.sk_v6_daddr, 16)
         } else {
-            let local = self.read::<[u8; 4]>(o.sk_rcv_saddr).unwrap_or_default();
-            let remote = self.read::<[u8; 4]>(o.sk_daddr).unwrap_or_default();
-            endpoints.laddr[..4].copy_from_slice(&local);
-            endpoints.raddr[..4].copy_from_slice(&remote);
+            (o.sk_rcv_saddr, o.sk_daddr, 4)
+        };
+        for (offset, addr) in [
+            (local, &mut endpoints.laddr),
+            (remote, &mut endpoints.raddr),
+        ] {
+            *addr = [0; 16];
+            // SAFETY: as in `read`; the destination is a 16-byte array.
+            let _ = unsafe {
+                bpf_probe_read_kernel_buf(self.0.add(usize::from(offset)), &mut addr[..len])
+            };
         }
-        endpoints
     }
 }
 

@@ -14,7 +14,9 @@
 //! When the socket reaches `CLOSE` the final record is sent right away if the cause is already
 //! known (a reset arrived, or `sk_err` says timeout/refused). Otherwise the close came from the
 //! application (`close()` with `SO_LINGER` 0 or unread data sets `CLOSE` *then* sends the
-//! reset), and `tcp:tcp_destroy_sock`, which follows in the same call, sends it instead.
+//! reset), and `tcp:tcp_destroy_sock`, which follows in the same call, sends it instead. A
+//! socket in `CLOSE_WAIT` that the application has not closed also waits for
+//! `tcp_destroy_sock`, which fires when the application finally closes it.
 
 use aya_ebpf::{
     macros::{btf_tracepoint, tracepoint},
@@ -26,10 +28,13 @@ use tcpobs_common::{
 };
 
 use crate::{
-    filter::{LISTENERS, current_owner},
-    maps::OFFSETS,
+    filter::{listening, not_listening},
+    maps::offsets,
     sock::Sock,
-    track::{Adoption, claim, emit_open, emit_state, finish, now_ns, record_or_adopt, start},
+    track::{
+        Adoption, claim, emit_open, emit_state, finish, judge_server, learn_local_port, now_ns,
+        record_or_adopt, start,
+    },
 };
 
 #[btf_tracepoint(function = "inet_sock_set_state")]
@@ -44,7 +49,7 @@ fn try_set_state_btf(ctx: &BtfTracePointContext) -> Result<i32, i32> {
     let sk: *const u8 = ctx.arg(0);
     let old: i32 = ctx.arg(1);
     let new: i32 = ctx.arg(2);
-    on_set_state(&OFFSETS.load(), Sock(sk), old as u8, new as u8);
+    on_set_state(offsets(), Sock(sk), old as u8, new as u8);
     Ok(0)
 }
 
@@ -57,7 +62,7 @@ pub fn set_state_tp(ctx: TracePointContext) -> u32 {
 }
 
 fn try_set_state_tp(ctx: &TracePointContext) -> Result<u32, u32> {
-    let o = OFFSETS.load();
+    let o = offsets();
     // SAFETY: the offsets come from this tracepoint's format file.
     let (sk, old, new) = unsafe {
         (
@@ -69,7 +74,7 @@ fn try_set_state_tp(ctx: &TracePointContext) -> Result<u32, u32> {
                 .map_err(|_| 1u32)?,
         )
     };
-    on_set_state(&o, Sock(sk as *const u8), old as u8, new as u8);
+    on_set_state(o, Sock(sk as *const u8), old as u8, new as u8);
     Ok(0)
 }
 
@@ -81,12 +86,8 @@ fn on_set_state(o: &Offsets, sk: Sock, old: u8, new: u8) {
     let now = now_ns();
     match (old, new) {
         // listen() runs in the listening process: remember who owns the port.
-        (_, tcp_state::LISTEN) => {
-            let _ = LISTENERS.insert(sk.ports(o).0, current_owner(), 0);
-        }
-        (tcp_state::LISTEN, tcp_state::CLOSE) => {
-            let _ = LISTENERS.remove(sk.ports(o).0);
-        }
+        (_, tcp_state::LISTEN) => listening(o, sk),
+        (tcp_state::LISTEN, tcp_state::CLOSE) => not_listening(o, sk),
         (tcp_state::CLOSE, tcp_state::SYN_SENT) => start(o, sk, role::CLIENT, now),
         (tcp_state::LISTEN, tcp_state::SYN_RECV) => start(o, sk, role::SERVER, now),
         (_, tcp_state::ESTABLISHED) => established(o, sk, old, now),
@@ -108,7 +109,8 @@ fn role_from(old: u8) -> u8 {
 #[inline(always)]
 fn established(o: &Offsets, sk: Sock, old: u8, now: u64) {
     let adoption = Adoption::other_context(role_from(old));
-    let Some(rec) = record_or_adopt(o, sk, Some(old), adoption) else {
+    // A socket adopted here is adopted as established: that is what it is about to be.
+    let Some(rec) = record_or_adopt(o, sk, Some(tcp_state::ESTABLISHED), adoption) else {
         return;
     };
     rec.state = tcp_state::ESTABLISHED;
@@ -117,8 +119,11 @@ fn established(o: &Offsets, sk: Sock, old: u8, now: u64) {
         return;
     }
     rec.established_ns = now;
-    rec.endpoints = sk.endpoints(o);
-    emit_open(o, kind::OPEN, sk.key(), rec, now);
+    sk.read_endpoints(o, &mut rec.endpoints);
+    if rec.role == role::SERVER && !judge_server(o, sk, rec) {
+        return;
+    }
+    emit_open(kind::OPEN, sk.key(), rec, now);
 }
 
 #[inline(always)]
@@ -127,16 +132,16 @@ fn closed(o: &Offsets, sk: Sock, old: u8, now: u64) {
     let Some(rec) = record_or_adopt(o, sk, Some(old), adoption) else {
         return;
     };
-    if rec.established_ns == 0 && rec.flags & FLAG_PARTIAL == 0 {
-        // Never established: the local port was bound after SYN_SENT, read it now.
-        rec.endpoints = sk.endpoints(o);
-    }
+    learn_local_port(o, sk, rec);
     rec.close_ns = now;
     rec.final_state = old;
     rec.state = tcp_state::CLOSE;
     rec.sk_err = sk.err(o);
-    if rec.flags & FLAG_RST_RECV != 0 || rec.sk_err != 0 {
-        finish(o, sk.key(), rec, now);
+    // The peer had closed and the application has not yet: it learns of the reset or error
+    // now and closes (or leaks) later; `tcp_destroy_sock` tells which.
+    let waiting_for_app = rec.flags & (FLAG_CLOSE_WAIT | FLAG_APP_CLOSED) == FLAG_CLOSE_WAIT;
+    if (rec.flags & FLAG_RST_RECV != 0 || rec.sk_err != 0) && !waiting_for_app {
+        finish(sk.key(), rec, now);
     }
 }
 
@@ -160,7 +165,7 @@ fn teardown_step(o: &Offsets, sk: Sock, old: u8, new: u8, now: u64) {
         _ => {}
     }
     rec.state = new;
-    emit_state(o, sk.key(), rec, old, new, now);
+    emit_state(sk.key(), rec, old, new, now);
 }
 
 #[inline(always)]

@@ -15,7 +15,7 @@ use tcpobs_common::{
 
 use crate::{
     filter::{allowed, current_owner, listener},
-    maps::{EVENTS, SOCKETS, count},
+    maps::{EVENTS, SOCKETS, count, offsets, scratch_record},
     sock::{Sock, is_connected_state},
 };
 
@@ -43,11 +43,11 @@ impl Adoption {
     }
 
     /// The socket's owner, as far as this hook can know it.
-    fn owner(self, local_port: u16) -> Option<Owner> {
+    fn owner(self, o: &Offsets, sk: Sock, local_port: u16) -> Option<Owner> {
         if self.0 & Self::PROCESS_CONTEXT != 0 {
             Some(current_owner())
         } else {
-            listener(local_port)
+            listener(o, sk, local_port)
         }
     }
 }
@@ -59,8 +59,8 @@ pub fn now_ns() -> u64 {
 }
 
 #[inline(always)]
-fn submit_flags(o: &Offsets) -> u64 {
-    if EVENTS.query(u64::from(BPF_RB_AVAIL_DATA)) >= o.wakeup_bytes {
+fn submit_flags() -> u64 {
+    if EVENTS.query(u64::from(BPF_RB_AVAIL_DATA)) >= offsets().wakeup_bytes {
         u64::from(BPF_RB_FORCE_WAKEUP)
     } else {
         u64::from(BPF_RB_NO_WAKEUP)
@@ -100,20 +100,24 @@ pub fn claim(rec: &mut SockRecord) {
 /// Reserves a `T` in the ring buffer, lets `fill` write every field, and submits it; counts
 /// the event as lost if the ring buffer is full.
 #[inline(always)]
-fn emit<T: 'static>(o: &Offsets, fill: impl FnOnce(*mut T)) {
+fn emit<T: 'static>(fill: impl FnOnce(*mut T)) {
     let Some(mut entry) = EVENTS.reserve::<T>(0) else {
         count(stat::RINGBUF_FULL);
         return;
     };
     fill(entry.as_mut_ptr());
-    entry.submit(submit_flags(o));
+    entry.submit(submit_flags());
 }
 
 /// Announces a connection: `kind::OPEN` (established, or adopted) or `kind::CONNECT`.
-pub fn emit_open(o: &Offsets, kind: u32, sock: u64, rec: &SockRecord, ts_ns: u64) {
+///
+/// The event writers are separate BPF functions (`inline(never)`): inlined into every caller
+/// they would add their stack slots to each program's 512 bytes.
+#[inline(never)]
+pub fn emit_open(kind: u32, sock: u64, rec: &SockRecord, ts_ns: u64) {
     // SAFETY (all `emit` closures): the pointer is a reserved ring buffer slot of the event's
     // size, and every field is written before submit.
-    emit(o, |event: *mut OpenEvent| unsafe {
+    emit(|event: *mut OpenEvent| unsafe {
         (*event).hdr = header(kind, ts_ns, sock, rec);
         (*event).endpoints = rec.endpoints;
         (*event).task = rec.task;
@@ -124,17 +128,20 @@ pub fn emit_open(o: &Offsets, kind: u32, sock: u64, rec: &SockRecord, ts_ns: u64
     });
 }
 
-/// Sends the burst in progress (the direction just flipped).
-pub fn emit_burst(o: &Offsets, sock: u64, rec: &SockRecord, ts_ns: u64) {
-    emit(o, |event: *mut BurstEvent| unsafe {
+/// Sends the held burst and the one that just completed (the direction flipped).
+#[inline(never)]
+pub fn emit_bursts(sock: u64, rec: &SockRecord, ts_ns: u64) {
+    emit(|event: *mut BurstEvent| unsafe {
         (*event).hdr = header(kind::BURST, ts_ns, sock, rec);
-        (*event).burst = rec.burst;
+        (*event).first = rec.held;
+        (*event).second = rec.burst;
         (*event).task = rec.task;
     });
 }
 
-pub fn emit_state(o: &Offsets, sock: u64, rec: &SockRecord, old: u8, new: u8, ts_ns: u64) {
-    emit(o, |event: *mut StateEvent| unsafe {
+#[inline(never)]
+pub fn emit_state(sock: u64, rec: &SockRecord, old: u8, new: u8, ts_ns: u64) {
+    emit(|event: *mut StateEvent| unsafe {
         (*event).hdr = header(kind::STATE, ts_ns, sock, rec);
         (*event).old_state = old;
         (*event).new_state = new;
@@ -143,8 +150,9 @@ pub fn emit_state(o: &Offsets, sock: u64, rec: &SockRecord, old: u8, new: u8, ts
 }
 
 /// Sends the final record and forgets the socket.
-pub fn finish(o: &Offsets, sock: u64, rec: &SockRecord, ts_ns: u64) {
-    emit(o, |event: *mut CloseEvent| unsafe {
+#[inline(never)]
+pub fn finish(sock: u64, rec: &SockRecord, ts_ns: u64) {
+    emit(|event: *mut CloseEvent| unsafe {
         (*event).hdr = header(kind::CLOSE, ts_ns, sock, rec);
         (*event).record = *rec;
     });
@@ -194,17 +202,16 @@ fn adopt(
     if !is_connected_state(state) || !sk.is_tcp(o) {
         return None;
     }
-    let endpoints = sk.endpoints(o);
-    let traced = allowed(&endpoints, adoption.owner(endpoints.lport));
-    let rec = SockRecord {
-        start_ns: now,
-        role: adoption.role(),
-        flags: if traced { FLAG_PARTIAL } else { FLAG_IGNORED },
-        state,
-        endpoints,
-        ..SockRecord::default()
-    };
-    if SOCKETS.insert(sk.key(), rec, 0).is_err() {
+    let rec = scratch_record()?;
+    sk.read_endpoints(o, &mut rec.endpoints);
+    let traced = allowed(&rec.endpoints, adoption.owner(o, sk, rec.endpoints.lport));
+    rec.start_ns = now;
+    rec.role = adoption.role();
+    rec.flags = if traced { FLAG_PARTIAL } else { FLAG_IGNORED };
+    rec.state = state;
+    // By reference: a copy would put the record on the stack.
+    let record: &SockRecord = rec;
+    if SOCKETS.insert(sk.key(), record, 0).is_err() {
         count(stat::TABLE_INSERT_FAILED);
         return None;
     }
@@ -212,7 +219,7 @@ fn adopt(
         return None;
     }
     count(stat::ADOPTED);
-    emit_open(o, kind::OPEN, sk.key(), &rec, now);
+    emit_open(kind::OPEN, sk.key(), rec, now);
     // SAFETY: as in `record_or_adopt`.
     SOCKETS
         .get_ptr_mut(sk.key())
@@ -228,40 +235,61 @@ pub fn traced_record(sk: Sock) -> Option<&'static mut SockRecord> {
 }
 
 /// Starts a fresh record for a connection being opened: `CLOSE -> SYN_SENT` for a client (in
-/// the connecting process), `LISTEN -> SYN_RECV` for a server (in softirq). Excluded sockets get
-/// an ignored marker. A client's record is announced right away (`kind::CONNECT`), a server's
-/// when it is established.
+/// the connecting process), `LISTEN -> SYN_RECV` for a server (in softirq). A client is judged
+/// by the filters now (an excluded one gets an ignored marker) and announced right away
+/// (`kind::CONNECT`); a server is judged and announced when it is established, the moment its
+/// addresses are sure to be set ([`judge_server`]).
 pub fn start(o: &Offsets, sk: Sock, role: u8, now: u64) {
     let key = sk.key();
     if let Some(previous) = traced_record(sk) {
         // The same socket was disconnected (connect(AF_UNSPEC)) and is connecting again: the
         // previous connection is over.
-        finish(o, key, previous, now);
+        finish(key, previous, now);
     }
-    let endpoints = sk.endpoints(o);
+    let Some(rec) = scratch_record() else {
+        return;
+    };
+    sk.read_endpoints(o, &mut rec.endpoints);
     let client = role == role::CLIENT;
-    let (owner, task) = if client {
-        (Some(current_owner()), current_task())
+    let traced = if client {
+        rec.task = current_task();
+        allowed(&rec.endpoints, Some(current_owner()))
     } else {
-        (listener(endpoints.lport), Task::default())
+        true
     };
-    let traced = allowed(&endpoints, owner);
-    let rec = SockRecord {
-        start_ns: now,
-        role,
-        state: if client {
-            tcp_state::SYN_SENT
-        } else {
-            tcp_state::SYN_RECV
-        },
-        flags: if traced { 0 } else { FLAG_IGNORED },
-        task,
-        endpoints,
-        ..SockRecord::default()
+    rec.start_ns = now;
+    rec.role = role;
+    rec.state = if client {
+        tcp_state::SYN_SENT
+    } else {
+        tcp_state::SYN_RECV
     };
-    if SOCKETS.insert(key, rec, 0).is_err() {
+    rec.flags = if traced { 0 } else { FLAG_IGNORED };
+    let record: &SockRecord = rec;
+    if SOCKETS.insert(key, record, 0).is_err() {
         count(stat::TABLE_INSERT_FAILED);
     } else if traced && client {
-        emit_open(o, kind::CONNECT, key, &rec, now);
+        emit_open(kind::CONNECT, key, rec, now);
+    }
+}
+
+/// Whether an accepted socket, now established, passes the filters (judged by whoever listens
+/// on its port); if not, its record becomes an ignored marker.
+#[inline(always)]
+pub fn judge_server(o: &Offsets, sk: Sock, rec: &mut SockRecord) -> bool {
+    let owner = listener(o, sk, rec.endpoints.lport);
+    if allowed(&rec.endpoints, owner) {
+        return true;
+    }
+    rec.flags |= FLAG_IGNORED;
+    false
+}
+
+/// A connecting socket gets its local port after `SYN_SENT` and loses it again when a failed
+/// connect reaches `CLOSE`; hooks that see it in between (a reset, a SYN retransmit) fill it in.
+#[inline(always)]
+pub fn learn_local_port(o: &Offsets, sk: Sock, rec: &mut SockRecord) {
+    if rec.endpoints.lport == 0 && rec.state == tcp_state::SYN_SENT {
+        sk.read_endpoints(o, &mut rec.endpoints);
     }
 }

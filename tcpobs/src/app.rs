@@ -104,9 +104,16 @@ pub async fn run(
         })
     });
 
+    // Before loading, so that an early SIGHUP does not stop tcpobs.
+    tokio::spawn(on_sighup(
+        loader.filter(|_| settings.config.is_some()),
+        settings.clone(),
+        Arc::clone(&control),
+        output.reopen_handle(),
+    ));
     let mut tracer = Tracer::start_shared(&settings.load, tracker, health)?;
     if let Some(filters) = tracer.take_filters() {
-        control.attach_filters(filters);
+        control.attach_filters(filters).map_err(LoadError::Filter)?;
     }
     tracer.set_metrics(metrics);
     readiness.set_ready();
@@ -116,13 +123,6 @@ pub async fn run(
         filters = ?settings.load.filters,
         "tracing TCP connections"
     );
-    if let (Some(loader), Some(_)) = (loader, settings.config.as_ref()) {
-        tokio::spawn(reload_on_sighup(
-            loader,
-            settings.clone(),
-            Arc::clone(&control),
-        ));
-    }
 
     let timing = Timing {
         drain: settings.drain_interval,
@@ -143,14 +143,25 @@ pub async fn run(
     Ok(())
 }
 
-/// Re-reads the settings on every SIGHUP and applies the runtime ones.
-async fn reload_on_sighup(loader: Loader, started: Settings, control: Arc<Control>) {
+/// On every SIGHUP: reopens the output file (log rotation) and, with `--config`, re-reads the
+/// settings and applies the runtime ones.
+async fn on_sighup(
+    loader: Option<Loader>,
+    started: Settings,
+    control: Arc<Control>,
+    reopen: Arc<std::sync::atomic::AtomicBool>,
+) {
     use tokio::signal::unix::{SignalKind, signal};
     let Ok(mut hangups) = signal(SignalKind::hangup()) else {
-        warn!("cannot install the SIGHUP handler; the config file will not be re-read");
+        warn!("cannot install the SIGHUP handler; SIGHUP will stop tcpobs");
         return;
     };
     while hangups.recv().await.is_some() {
+        reopen.store(true, std::sync::atomic::Ordering::Relaxed);
+        let Some(loader) = &loader else {
+            info!("SIGHUP: output reopened (no --config to re-read)");
+            continue;
+        };
         match loader.load() {
             Ok(settings) => {
                 if settings.statics() != started.statics() {

@@ -62,9 +62,13 @@ impl Control {
         lock(&self.runtime).clone()
     }
 
-    /// Hands over the kernel filter maps (once the programs are loaded).
-    pub fn attach_filters(&self, filters: KernelFilters) {
+    /// Hands over the kernel filter maps (once the programs are loaded) and writes the
+    /// filters in force now, which a `PUT /config` during loading may have changed.
+    pub fn attach_filters(&self, mut filters: KernelFilters) -> Result<(), String> {
+        let runtime = lock(&self.runtime);
+        filters.apply(&Resolved::new(&runtime.filters)?)?;
         *lock(&self.filters) = Some(filters);
+        Ok(())
     }
 
     /// Applies a JSON patch of runtime settings. On error nothing has changed.

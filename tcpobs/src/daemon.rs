@@ -157,9 +157,14 @@ impl Tracer {
         metrics: Option<&Metrics>,
         sink: &mut dyn Sink,
     ) -> io::Result<()> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let now = Clock::monotonic_now_ns();
         for record in records.drain(..) {
             if let Some(metrics) = metrics {
                 metrics.observe(&record);
+                metrics.observe_delay(&record, now);
             }
             sink.write(&record)?;
         }
@@ -192,6 +197,7 @@ impl Tracer {
         let sockets = &self.sockets;
         let lookup = |sock: u64| {
             sockets.get(&sock, 0).ok().map(|record| KernelView {
+                start_ns: record.start_ns,
                 last_data_ns: record.burst.last_ns,
                 bytes: record.bytes_sent + record.bytes_recv,
             })

@@ -19,7 +19,7 @@ use aya::{
     Ebpf, Pod,
     maps::{Array, HashMap, LpmTrie, MapData, lpm_trie::Key},
 };
-use tcpobs_common::{FilterConfig, Owner, filter_mode, names};
+use tcpobs_common::{FilterConfig, ListenKey, Listener, Owner, filter_mode, names};
 use tracing::{debug, warn};
 
 use crate::{
@@ -103,7 +103,9 @@ pub struct KernelFilters {
     cidr6: LpmTrie<MapData, [u8; 16], u8>,
     pids: HashMap<MapData, u32, u8>,
     cgroups: HashMap<MapData, u64, u8>,
-    listeners: HashMap<MapData, u16, Owner>,
+    listeners: HashMap<MapData, ListenKey, Listener>,
+    /// What the maps hold now.
+    applied: Resolved,
 }
 
 fn take<T: TryFrom<aya::maps::Map>>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, LoadError>
@@ -166,11 +168,38 @@ impl KernelFilters {
             pids: take(ebpf, names::PID_FILTER_MAP)?,
             cgroups: take(ebpf, names::CGROUP_FILTER_MAP)?,
             listeners: take(ebpf, names::LISTENERS_MAP)?,
+            applied: Resolved::default(),
         })
     }
 
-    /// Writes the sets, then the modes.
+    fn write_modes(&mut self, ports: u8, cidrs: u8, pids: u8, cgroups: u8) -> Result<(), String> {
+        let config = FilterConfig {
+            ports,
+            cidrs,
+            pids,
+            cgroups,
+            _pad: [0; 4],
+        };
+        self.config
+            .set(0, config, 0)
+            .map_err(|err| format!("filter modes: {err}"))
+    }
+
+    /// Writes new filters. A kind that changes is switched off while its set is rewritten, so
+    /// that for that instant sockets are traced rather than wrongly ignored (each socket is
+    /// judged once, for good); then the new modes are written.
     pub fn apply(&mut self, filters: &Resolved) -> Result<(), String> {
+        let old = &self.applied;
+        let keep = |changed: bool, mode: u8| if changed { filter_mode::OFF } else { mode };
+        let cidrs_changed = old.cidr_mode != filters.cidr_mode
+            || old.cidr4 != filters.cidr4
+            || old.cidr6 != filters.cidr6;
+        self.write_modes(
+            keep(old.ports != filters.ports, old.ports.0),
+            keep(cidrs_changed, old.cidr_mode),
+            keep(old.pids != filters.pids, old.pids.0),
+            keep(old.cgroups != filters.cgroups, old.cgroups.0),
+        )?;
         sync_hash(&mut self.ports, &filters.ports.1).map_err(|err| format!("ports: {err}"))?;
         sync_trie(&mut self.cidr4, &filters.cidr4).map_err(|err| format!("cidrs: {err}"))?;
         sync_trie(&mut self.cidr6, &filters.cidr6).map_err(|err| format!("cidrs: {err}"))?;
@@ -189,12 +218,26 @@ impl KernelFilters {
             .map_err(|err| format!("filter modes: {err}"))
     }
 
-    /// Records who listens on ports opened before tcpobs started. Returns how many.
+    /// Records who listens on ports opened before tcpobs started, in tcpobs's own network
+    /// namespace. Returns how many.
     pub fn seed_listeners(&mut self) -> usize {
-        let listeners = proc_listeners();
+        let Ok(netns) = fs::metadata("/proc/self/ns/net").map(|m| m.ino() as u32) else {
+            warn!("cannot read this network namespace; older listeners are unknown");
+            return 0;
+        };
         let mut seeded = 0;
-        for (port, owner) in listeners {
-            match self.listeners.insert(port, owner, 0) {
+        for (port, (owner, count)) in proc_listeners() {
+            let key = ListenKey {
+                netns,
+                port,
+                _pad: 0,
+            };
+            let listener = Listener {
+                owner,
+                count,
+                _pad: 0,
+            };
+            match self.listeners.insert(key, listener, 0) {
                 Ok(()) => seeded += 1,
                 Err(err) => warn!(port, "cannot record the listener: {err}"),
             }
@@ -204,9 +247,11 @@ impl KernelFilters {
     }
 }
 
-/// Listening TCP ports of this network namespace and the processes behind them.
-fn proc_listeners() -> StdHashMap<u16, Owner> {
+/// Listening TCP ports of this network namespace: the process behind each, and how many
+/// listening sockets share it.
+fn proc_listeners() -> StdHashMap<u16, (Owner, u32)> {
     let mut by_inode: StdHashMap<u64, u16> = StdHashMap::new();
+    let mut sockets: StdHashMap<u16, u32> = StdHashMap::new();
     for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
         let Ok(text) = fs::read_to_string(table) else {
             continue;
@@ -223,6 +268,7 @@ fn proc_listeners() -> StdHashMap<u16, Owner> {
                 .and_then(|hex| u16::from_str_radix(hex, 16).ok());
             if let (Some(port), Ok(inode)) = (port, fields[9].parse()) {
                 by_inode.insert(inode, port);
+                *sockets.entry(port).or_default() += 1;
             }
         }
     }
@@ -251,10 +297,13 @@ fn proc_listeners() -> StdHashMap<u16, Owner> {
                 .and_then(|t| t.strip_suffix(']'))
                 .and_then(|t| t.parse::<u64>().ok());
             if let Some(port) = inode.and_then(|inode| by_inode.get(&inode)) {
-                owners.entry(*port).or_insert_with(|| Owner {
-                    pid,
-                    _pad: 0,
-                    cgroup: process_cgroup(pid).unwrap_or(0),
+                owners.entry(*port).or_insert_with(|| {
+                    let owner = Owner {
+                        pid,
+                        _pad: 0,
+                        cgroup: process_cgroup(pid).unwrap_or(0),
+                    };
+                    (owner, sockets.get(port).copied().unwrap_or(1))
                 });
             }
         }

@@ -246,20 +246,22 @@ fn attach_classic(ebpf: &mut Ebpf, hook: Hook) -> Result<(), String> {
 
 /// `struct sock` member offsets from the kernel's BTF.
 fn sock_offsets(btf: &Btf) -> Result<Offsets, BtfError> {
-    let offset = |path: &str, size: u32| -> Result<u16, BtfError> {
-        let member = btf.member("sock", path)?;
+    let offset_in = |ty: &str, path: &str, size: u32| -> Result<u16, BtfError> {
+        let member = btf.member(ty, path)?;
         if member.size != size {
             return Err(BtfError::NoMember {
-                ty: "sock".to_owned(),
+                ty: ty.to_owned(),
                 member: format!("{path} of {size} bytes (found {} bytes)", member.size),
             });
         }
         u16::try_from(member.offset).map_err(|_| BtfError::Malformed("offset beyond 64 KiB"))
     };
+    let offset = |path: &str, size: u32| offset_in("sock", path, size);
     Ok(Offsets {
         sk_family: offset("__sk_common.skc_family", 2)?,
         sk_state: offset("__sk_common.skc_state", 1)?,
-        sk_num: offset("__sk_common.skc_num", 2)?,
+        // `struct inet_sock` starts with `struct sock`: same base address.
+        inet_sport: offset_in("inet_sock", "inet_sport", 2)?,
         sk_dport: offset("__sk_common.skc_dport", 2)?,
         sk_rcv_saddr: offset("__sk_common.skc_rcv_saddr", 4)?,
         sk_daddr: offset("__sk_common.skc_daddr", 4)?,
@@ -267,6 +269,9 @@ fn sock_offsets(btf: &Btf) -> Result<Offsets, BtfError> {
         sk_v6_daddr: offset("__sk_common.skc_v6_daddr", 16)?,
         sk_protocol: offset("sk_protocol", 2)?,
         sk_err: offset("sk_err", 4)?,
+        sk_type: offset("sk_type", 2)?,
+        sk_net: offset("__sk_common.skc_net.net", 8)?,
+        net_inum: offset_in("net", "ns.inum", 4)?,
         ..Offsets::UNSET
     })
 }

@@ -5,6 +5,7 @@
 //! everything and then build; on a machine that has it all, the checks take well under a
 //! second and cargo's incremental build does the rest.
 
+mod bench;
 mod setup;
 
 use std::{
@@ -33,8 +34,22 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Run the whole test suite: formatting and lints, unit tests, and the integration tests
-    /// that load the real programs and drive real traffic (needs root).
+    /// Measure tcpobs's overhead side by side with no tracer and with tcplife, and write
+    /// BENCHMARKS.md (needs root; about 15 minutes, `--quick` about one).
+    Bench {
+        /// A one-minute subset.
+        #[arg(long, conflicts_with = "smoke")]
+        quick: bool,
+        /// One short pair of everything, to check the harness; writes nothing.
+        #[arg(long)]
+        smoke: bool,
+        /// Where to write the report.
+        #[arg(long, default_value = "BENCHMARKS.md")]
+        output: PathBuf,
+    },
+    /// Run the whole test suite: formatting and lints, unit tests, the integration tests
+    /// that load the real programs and drive real traffic, and a smoke run of the benchmark
+    /// harness (needs root).
     Test {
         /// Extra arguments for the integration test binaries, e.g. a test name filter.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -69,9 +84,24 @@ fn run(task: Task) -> Result<()> {
                 _ => bail!("tcpobs exited with {status}"),
             }
         }
+        Task::Bench {
+            quick,
+            smoke,
+            output,
+        } => {
+            setup::ensure(setup::Needs::Bench)?;
+            let mode = match (quick, smoke) {
+                (_, true) => bench::Mode::SMOKE,
+                (true, _) => bench::Mode::QUICK,
+                _ => bench::Mode::FULL,
+            };
+            bench(&root, mode, &output)
+        }
         Task::Test { args } => {
             setup::ensure(setup::Needs::Test)?;
-            test(&root, &args)
+            test(&root, &args)?;
+            // The harness must keep working; its figures are not checked here.
+            bench(&root, bench::Mode::SMOKE, Path::new("/dev/null"))
         }
     }
 }
@@ -118,6 +148,19 @@ fn test(root: &Path, args: &[String]) -> Result<()> {
     ];
     integration.extend(args.iter().map(String::as_str));
     cargo(root, &integration)
+}
+
+fn bench(root: &Path, mode: bench::Mode, output: &Path) -> Result<()> {
+    if !setup::is_root() {
+        bail!("the benchmarks load eBPF programs: run `cargo xtask bench` as root");
+    }
+    cargo(root, &["build", "--release", "--package", "tcpobs"])?;
+    let output = if output.is_relative() {
+        root.join(output)
+    } else {
+        output.to_path_buf()
+    };
+    bench::run(root, &root.join("target/release/tcpobs"), mode, &output)
 }
 
 fn workspace_root() -> PathBuf {

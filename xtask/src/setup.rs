@@ -1,7 +1,8 @@
 //! Prerequisites, installed when missing and skipped when present.
 //!
-//! - Debian packages: LLVM 22 development libraries (bpf-linker links against them), and
-//!   nginx, curl and Prometheus (with promtool) for the integration tests.
+//! - Debian packages: LLVM 22 development libraries (bpf-linker links against them); nginx,
+//!   curl and Prometheus (with promtool) for the integration tests; wrk and libbpf-tools
+//!   (tcplife) for the benchmarks, whose smoke run is part of the tests.
 //! - The nightly toolchain's `rust-src` (the kernel programs build `core` for
 //!   `bpfel-unknown-none`).
 //! - `bpf-linker` 0.13.0 built against LLVM 22 (the nightly's LLVM).
@@ -19,6 +20,8 @@ pub enum Needs {
     Run,
     /// Also the tools the integration tests drive.
     Test,
+    /// The tools the benchmarks drive (a superset of the tests').
+    Bench,
 }
 
 const BUILD_PACKAGES: &[&str] = &[
@@ -27,13 +30,13 @@ const BUILD_PACKAGES: &[&str] = &[
     "libzstd-dev",
     "zlib1g-dev",
 ];
-const TEST_PACKAGES: &[&str] = &["nginx-light", "curl", "prometheus"];
+const TEST_PACKAGES: &[&str] = &["nginx-light", "curl", "prometheus", "wrk", "libbpf-tools"];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 
 pub fn ensure(needs: Needs) -> Result<()> {
     let mut packages: Vec<&str> = BUILD_PACKAGES.to_vec();
-    if needs == Needs::Test {
+    if needs != Needs::Run {
         packages.extend(TEST_PACKAGES);
     }
     let missing: Vec<&str> = packages

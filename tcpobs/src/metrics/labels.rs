@@ -154,7 +154,15 @@ impl DimState {
         if let Keep::Top(n) = self.keep {
             if let Some(count) = self.counts.get_mut(raw) {
                 *count += 1;
-            } else if self.counts.len() < MAX_COUNTED {
+            } else {
+                if self.counts.len() >= MAX_COUNTED {
+                    // Make room for newcomers: forget the less busy half.
+                    let mut counts: Vec<u64> = self.counts.values().copied().collect();
+                    counts.sort_unstable();
+                    let median = counts[counts.len() / 2];
+                    self.counts
+                        .retain(|value, count| *count > median || self.kept.contains(value));
+                }
                 self.counts.insert(Arc::from(raw), 1);
             }
             self.observed += 1;
@@ -298,6 +306,23 @@ mod tests {
         assert_eq!(
             values(&policy.dims(&addrs(8080, 1), None)),
             [Some("other"), None, None]
+        );
+    }
+
+    #[test]
+    fn top_n_makes_room_for_newcomers() {
+        let mut policy = LabelPolicy::new(&["remote_port=top:1".parse().unwrap()], 100_000);
+        // Thousands of one-off ports fill the counting table...
+        for port in 1..=(MAX_COUNTED as u16 + 100) {
+            policy.dims(&addrs(1, port), None);
+        }
+        // ...and a busy newcomer still gets counted and kept.
+        for _ in 0..(2 * RERANK_EVERY) {
+            policy.dims(&addrs(1, 60_000), None);
+        }
+        assert_eq!(
+            values(&policy.dims(&addrs(1, 60_000), None))[1],
+            Some("60000")
         );
     }
 

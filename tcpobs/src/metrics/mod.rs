@@ -65,6 +65,10 @@ pub struct Metrics {
     response: Histograms<1>,
     idle_before: Histograms<1>,
     idle_after: Histograms<1>,
+    transfer: Histograms<1>,
+    session: Histograms<1>,
+    teardown: Histograms<1>,
+    close_wait: Histograms<1>,
     opened: Counters<1>,
     closed: Counters<3>,
     exchanges: Counters<2>,
@@ -72,6 +76,8 @@ pub struct Metrics {
     anomalies: Family<Fixed<1>, Counter>,
     stuck: Family<Fixed<1>, Gauge>,
     stuck_duration: Family<Fixed<1>, Histogram, Buckets>,
+    delay: Histogram,
+    sweep_duration: Gauge<f64, std::sync::atomic::AtomicU64>,
     policy: Arc<Mutex<LabelPolicy>>,
 }
 
@@ -92,6 +98,10 @@ impl Metrics {
             response: histograms(Buckets::Latency),
             idle_before: histograms(Buckets::Idle),
             idle_after: histograms(Buckets::Idle),
+            transfer: histograms(Buckets::Latency),
+            session: histograms(Buckets::Lifetime),
+            teardown: histograms(Buckets::Latency),
+            close_wait: histograms(Buckets::Idle),
             opened: Counters::default(),
             closed: Counters::default(),
             exchanges: Counters::default(),
@@ -99,6 +109,8 @@ impl Metrics {
             anomalies: Family::default(),
             stuck: Family::default(),
             stuck_duration: Family::new_with_constructor(Buckets::Stuck),
+            delay: Histogram::new(exponential_buckets_range(0.000_1, 10.0, 16)),
+            sweep_duration: Gauge::default(),
             policy: Arc::new(Mutex::new(LabelPolicy::new(labels, series_cap))),
         };
         registry.register(
@@ -142,6 +154,26 @@ impl Metrics {
             metrics.idle_after.clone(),
         );
         registry.register(
+            "tcpobs_response_transfer_seconds",
+            "First to last response byte",
+            metrics.transfer.clone(),
+        );
+        registry.register(
+            "tcpobs_session_duration_seconds",
+            "Connection start to the end of each exchange (to the close for the last)",
+            metrics.session.clone(),
+        );
+        registry.register(
+            "tcpobs_teardown_duration_seconds",
+            "First FIN or RST to CLOSE",
+            metrics.teardown.clone(),
+        );
+        registry.register(
+            "tcpobs_close_wait_duration_seconds",
+            "Peer's FIN to the application's close, for connections the peer closed first",
+            metrics.close_wait.clone(),
+        );
+        registry.register(
             "tcpobs_connections_opened",
             "Connections established",
             metrics.opened.clone(),
@@ -176,8 +208,32 @@ impl Metrics {
             "How long connections stayed stuck, observed when the episode ended, by phase",
             metrics.stuck_duration.clone(),
         );
+        registry.register(
+            "tcpobs_event_delay_seconds",
+            "From a connection's close in the kernel to its record reaching the outputs",
+            metrics.delay.clone(),
+        );
+        registry.register(
+            "tcpobs_sweep_duration_seconds",
+            "How long the last hang-detection sweep took",
+            metrics.sweep_duration.clone(),
+        );
         metrics.prefill();
         metrics
+    }
+
+    /// Records how late a closed connection's record is, `now_ns` being the kernel clock.
+    pub fn observe_delay(&self, record: &Record, now_ns: u64) {
+        if let Record::Connection(connection) = record
+            && let Some(close) = &connection.close
+        {
+            self.delay.observe(secs(now_ns.saturating_sub(close.at_ns)));
+        }
+    }
+
+    /// Records how long a sweep took.
+    pub fn set_sweep_duration(&self, duration: std::time::Duration) {
+        self.sweep_duration.set(duration.as_secs_f64());
     }
 
     /// Creates the bounded series up front, so that every name exists from the first scrape
@@ -203,6 +259,10 @@ impl Metrics {
                 &self.response,
                 &self.idle_before,
                 &self.idle_after,
+                &self.transfer,
+                &self.session,
+                &self.teardown,
+                &self.close_wait,
             ] {
                 let _ = family.get_or_create(&labels);
             }
@@ -278,17 +338,25 @@ impl Metrics {
                             dims: dims.clone(),
                         })
                         .inc();
+                    let labels = ConnLabels {
+                        fixed: [("role", role)],
+                        dims,
+                    };
                     if connection.partial.is_none() {
-                        let labels = ConnLabels {
-                            fixed: [("role", role)],
-                            dims,
-                        };
                         self.duration
                             .get_or_create(&labels)
                             .observe(secs(connection.lifetime_ns));
                         self.exchanges_per_connection
                             .get_or_create(&labels)
                             .observe(f64::from(connection.exchanges));
+                    }
+                    for (family, value) in [
+                        (&self.teardown, close.teardown_ns),
+                        (&self.close_wait, close.close_wait_ns),
+                    ] {
+                        if let Some(ns) = value {
+                            family.get_or_create(&labels).observe(secs(ns));
+                        }
                     }
                 }
                 if let Some((phase, duration)) = connection.stuck_at_end {
@@ -314,6 +382,8 @@ impl Metrics {
                     (&self.response, exchange.response_ns),
                     (&self.idle_before, exchange.idle_before_ns),
                     (&self.idle_after, exchange.idle_after_ns),
+                    (&self.transfer, exchange.response_end_ns),
+                    (&self.session, Some(exchange.session_ns)),
                 ] {
                     if let Some(ns) = value {
                         family.get_or_create(&labels).observe(secs(ns));

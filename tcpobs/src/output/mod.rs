@@ -7,8 +7,11 @@ pub mod select;
 use std::{
     fs::OpenOptions,
     io::{self, BufWriter, Write},
-    path::Path,
-    sync::{Arc, atomic::Ordering},
+    path::{Path, PathBuf},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
 };
 
 use chrono::{DateTime, Local, TimeZone, Utc};
@@ -97,6 +100,15 @@ pub struct Output {
     thresholds: Thresholds,
     sampler: Sampler,
     counts: Arc<OutputCounts>,
+    /// The file written to (`None`: stdout), and a request to reopen it (log rotation).
+    path: Option<PathBuf>,
+    reopen: Arc<AtomicBool>,
+}
+
+fn open_file(path: &Path) -> io::Result<Box<dyn Write + Send>> {
+    Ok(Box::new(
+        OpenOptions::new().create(true).append(true).open(path)?,
+    ))
 }
 
 impl Output {
@@ -110,16 +122,25 @@ impl Output {
             thresholds: Thresholds::default(),
             sampler: Sampler::new(None),
             counts: Arc::default(),
+            path: None,
+            reopen: Arc::default(),
         }
     }
 
     /// Standard output, or `path` opened for appending (created if missing).
     pub fn open(path: Option<&Path>, format: Format, clock: Clock) -> io::Result<Self> {
-        let writer: Box<dyn Write + Send> = match path {
-            Some(path) => Box::new(OpenOptions::new().create(true).append(true).open(path)?),
+        let writer = match path {
+            Some(path) => open_file(path)?,
             None => Box::new(io::stdout()),
         };
-        Ok(Self::new(writer, format, clock))
+        let mut output = Self::new(writer, format, clock);
+        output.path = path.map(Path::to_path_buf);
+        Ok(output)
+    }
+
+    /// Set it to have the output file reopened at the next flush (after log rotation).
+    pub fn reopen_handle(&self) -> Arc<AtomicBool> {
+        Arc::clone(&self.reopen)
     }
 
     /// Events written and sampled out, for the metrics.
@@ -183,6 +204,12 @@ impl Sink for Output {
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        self.writer.flush()
+        self.writer.flush()?;
+        if self.reopen.swap(false, Ordering::Relaxed)
+            && let Some(path) = &self.path
+        {
+            self.writer = BufWriter::with_capacity(64 * 1024, open_file(path)?);
+        }
+        Ok(())
     }
 }

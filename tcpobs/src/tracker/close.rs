@@ -45,6 +45,13 @@ pub fn close_of(rec: &SockRecord, role: Role) -> Close {
         CloseKind::Error
     };
     let originator = match closed_by {
+        // The keep-alive timer resets the connection as it gives up: the kernel timed out,
+        // nobody closed.
+        Some(Side::Local)
+            if kind == CloseKind::Timeout && rec.first_teardown == teardown::LOCAL_RST =>
+        {
+            CloseOriginator::Timeout
+        }
         Some(side) => CloseOriginator::from_side(side, role),
         None if kind == CloseKind::Timeout => CloseOriginator::Timeout,
         None => CloseOriginator::Unknown,

@@ -21,6 +21,17 @@ pub(super) struct Span {
 }
 
 impl Span {
+    /// From a kernel burst. The kernel updates a burst without a lock, so a socket used by two
+    /// threads at once (one sending, one receiving) can tear it; times are never trusted to be
+    /// ordered.
+    fn of(burst: &Burst) -> Self {
+        Self {
+            first_ns: burst.first_ns.min(burst.last_ns),
+            last_ns: burst.last_ns.max(burst.first_ns),
+            bytes: burst.bytes,
+        }
+    }
+
     fn extend(&mut self, other: Span) {
         self.last_ns = self.last_ns.max(other.last_ns);
         self.bytes += other.bytes;
@@ -91,11 +102,7 @@ impl Conn {
         let Some(is_request) = self.is_request(burst.dir) else {
             return;
         };
-        let span = Span {
-            first_ns: burst.first_ns,
-            last_ns: burst.last_ns,
-            bytes: burst.bytes,
-        };
+        let span = Span::of(burst);
         match &mut self.pending {
             None => self.pending = Some(Pending::opened_by(is_request, span)),
             // A request after a complete exchange: the previous one was not the last.
@@ -169,7 +176,7 @@ impl Conn {
             .map(|(request, response)| response.first_ns.saturating_sub(request.last_ns));
         let response_end_ns = pending
             .response
-            .map(|response| response.last_ns - response.first_ns);
+            .map(|response| response.last_ns.saturating_sub(response.first_ns));
         let idle_after_ns = idle_end.map(|end| end.saturating_sub(pending.last_ns()));
         self.max_response_begin_ns = self.max_response_begin_ns.max(response_begin_ns);
         self.max_idle_ns = self.max_idle_ns.max(idle_after_ns);
@@ -181,12 +188,12 @@ impl Conn {
             seq,
             class,
             start_ns: pending.first_ns(),
-            connect_ns: established.map(|established| established - self.start_ns),
+            connect_ns: established.map(|established| established.saturating_sub(self.start_ns)),
             idle_before_ns: established
                 .map(|established| pending.first_ns().saturating_sub(established)),
             request_ns: pending
                 .request
-                .map(|request| request.last_ns - request.first_ns),
+                .map(|request| request.last_ns.saturating_sub(request.first_ns)),
             response_begin_ns,
             response_end_ns,
             response_ns: response_begin_ns

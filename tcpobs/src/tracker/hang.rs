@@ -15,6 +15,11 @@
 //! rotation, so a host with many zombies costs a bounded number of lookups per sweep. Each
 //! connection is reported once per phase ([`Record::Anomaly`]); the report also counts how
 //! many connections are stuck in each phase right now, for the gauge.
+//!
+//! The sweep also audits every live connection against the kernel's table on a slow rotation
+//! (once per [`AUDIT_EVERY`] sweeps): a connection whose kernel record is gone, or belongs to a
+//! newer connection, on two audits in a row was lost (its close event dropped from a full ring
+//! buffer, or its record evicted from a full table) and is reported partial (`lost`).
 
 use super::{Conn, Tracker};
 use crate::model::{AnomalyRecord, Phase, Record};
@@ -44,6 +49,8 @@ impl StuckThresholds {
 /// What the kernel's record says about a socket.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct KernelView {
+    /// The record's generation (its `start_ns`).
+    pub start_ns: u64,
     /// Last send/recv (ns), 0 if none.
     pub last_data_ns: u64,
     /// Bytes moved in either direction.
@@ -57,11 +64,16 @@ pub struct SweepReport {
     pub stuck: [u64; 5],
     /// Kernel lookups made.
     pub lookups: u64,
+    /// Connections found lost by the audit.
+    pub lost: u64,
 }
 
 /// Already-flagged idle connections are re-checked against the kernel once per this many
 /// sweeps (spread by connection id).
 const RECHECK_EVERY: u64 = 30;
+
+/// Every live connection is checked against the kernel's table once per this many sweeps.
+pub const AUDIT_EVERY: u64 = 60;
 
 fn index(phase: Phase) -> usize {
     phase as usize
@@ -100,24 +112,38 @@ impl Tracker {
         self.sweeps += 1;
         let sweep = self.sweeps;
         let mut report = SweepReport::default();
+        let mut vanished = Vec::new();
         for (&sock, conn) in &mut self.conns {
             let mut candidate = conn.candidate(now, thresholds);
-            let needs_kernel = match candidate {
-                Some((Phase::NoData | Phase::Idle, _)) => {
-                    !conn
-                        .stuck
-                        .is_some_and(|(phase, _)| conn.flagged.contains(phase))
-                        || (conn.id + sweep).is_multiple_of(RECHECK_EVERY)
-                }
-                _ => false,
-            };
+            let audit = (conn.id + sweep).is_multiple_of(AUDIT_EVERY);
+            let needs_kernel = audit
+                || match candidate {
+                    Some((Phase::NoData | Phase::Idle, _)) => {
+                        !conn
+                            .stuck
+                            .is_some_and(|(phase, _)| conn.flagged.contains(phase))
+                            || (conn.id + sweep).is_multiple_of(RECHECK_EVERY)
+                    }
+                    _ => false,
+                };
             if needs_kernel {
                 report.lookups += 1;
-                if let Some(view) = lookup(sock) {
-                    // Data the tracker may not have seen yet: a burst still in progress.
-                    conn.saw_data |= view.bytes > 0;
-                    conn.last_activity_ns = conn.last_activity_ns.max(view.last_data_ns);
-                    candidate = conn.candidate(now, thresholds);
+                match lookup(sock).filter(|view| view.start_ns == conn.start_ns) {
+                    Some(view) => {
+                        conn.missing = 0;
+                        // Data the tracker may not have seen yet: a burst still in progress.
+                        conn.saw_data |= view.bytes > 0;
+                        conn.last_activity_ns = conn.last_activity_ns.max(view.last_data_ns);
+                        candidate = conn.candidate(now, thresholds);
+                    }
+                    None if audit => {
+                        conn.missing += 1;
+                        if conn.missing >= 2 {
+                            vanished.push(sock);
+                            continue;
+                        }
+                    }
+                    None => {}
                 }
             }
             match candidate {
@@ -144,6 +170,10 @@ impl Tracker {
                 }
                 None => conn.unstick(now, out),
             }
+        }
+        for sock in vanished {
+            self.abandon(sock, out);
+            report.lost += 1;
         }
         report
     }
@@ -252,7 +282,7 @@ mod tests {
         tracker.handle(
             &KernelEvent::Burst(BurstEvent {
                 hdr: hdr(kind::BURST, 2, 2 * S),
-                burst: tcpobs_common::Burst {
+                first: tcpobs_common::Burst {
                     first_ns: S,
                     last_ns: S,
                     bytes: 10,
@@ -268,10 +298,12 @@ mod tests {
         let kernel = |sock| {
             Some(match sock {
                 1 => KernelView {
+                    start_ns: 0,
                     last_data_ns: 9 * S,
                     bytes: 5,
                 },
                 _ => KernelView {
+                    start_ns: 0,
                     last_data_ns: 61 * S,
                     bytes: 30,
                 },
@@ -321,6 +353,38 @@ mod tests {
         assert_eq!(out, [Record::Unstuck(Phase::CloseWait, 8 * S)]);
         let conn = tracker.live().next().unwrap();
         assert!(conn.flagged().contains(Phase::CloseWait));
+    }
+
+    #[test]
+    fn connections_gone_from_the_kernel_are_reported_lost() {
+        let mut tracker = Tracker::new();
+        open(&mut tracker, 1, kind::OPEN, tcp_state::ESTABLISHED, 0);
+        open(&mut tracker, 2, kind::OPEN, tcp_state::ESTABLISHED, 0);
+        let alive = |sock| {
+            (sock == 2).then_some(KernelView {
+                start_ns: 0,
+                ..KernelView::default()
+            })
+        };
+        let mut out = Vec::new();
+        let mut lost = 0;
+        // Two full audit rotations: socket 1 is missing both times.
+        for sweep in 0..2 * AUDIT_EVERY {
+            lost += tracker
+                .sweep(sweep * S, &StuckThresholds::default(), alive, &mut out)
+                .lost;
+        }
+        assert_eq!(lost, 1);
+        assert_eq!(tracker.live().count(), 1);
+        assert_eq!(tracker.stats().lost, 1);
+        let partial: Vec<_> = out
+            .iter()
+            .filter_map(|record| match record {
+                Record::Connection(c) => Some(c.partial),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(partial, [Some(crate::model::PartialReason::Lost)]);
     }
 
     #[test]

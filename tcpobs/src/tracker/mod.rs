@@ -33,7 +33,7 @@ mod tests;
 use std::collections::HashMap;
 
 use tcpobs_common::{
-    CloseEvent, FLAG_PARTIAL, OpenEvent, SockRecord, StateEvent, Task, direction, tcp_state,
+    Burst, CloseEvent, FLAG_PARTIAL, OpenEvent, SockRecord, StateEvent, Task, direction, tcp_state,
 };
 
 pub use self::hang::{KernelView, StuckThresholds, SweepReport};
@@ -121,6 +121,8 @@ pub struct Conn {
     flagged: PhaseSet,
     /// The stuck episode in progress: phase and when it began.
     stuck: Option<(Phase, u64)>,
+    /// Audits in a row that found no kernel record for this connection.
+    missing: u8,
 }
 
 impl Conn {
@@ -149,6 +151,7 @@ impl Conn {
             max_idle_ns: None,
             flagged: PhaseSet::default(),
             stuck: None,
+            missing: 0,
         }
     }
 
@@ -231,6 +234,32 @@ impl Conn {
         self.flagged
     }
 
+    /// Applies one completed burst: exchanges, bytes, activity. Returns the direction's slot
+    /// (0 sent, 1 received) and the bytes, for the counters.
+    fn take_burst(&mut self, burst: &Burst, out: &mut Vec<Record>) -> Option<(usize, u64)> {
+        let slot = match burst.dir {
+            direction::OUT => 0,
+            direction::IN => 1,
+            _ => return None,
+        };
+        self.on_burst(burst, out);
+        if slot == 0 {
+            self.bytes_sent += burst.bytes;
+        } else {
+            self.bytes_received += burst.bytes;
+        }
+        self.saw_data = true;
+        self.last_activity_ns = self.last_activity_ns.max(burst.last_ns);
+        Some((slot, burst.bytes))
+    }
+
+    /// Applies the bursts a kernel record still holds: the held one, then the one in progress.
+    fn take_pending(&mut self, rec: &SockRecord, out: &mut Vec<Record>) {
+        for burst in [&rec.held, &rec.burst] {
+            self.take_burst(burst, out);
+        }
+    }
+
     /// Ends the stuck episode in progress, if any (the connection moved on).
     fn unstick(&mut self, now: u64, out: &mut Vec<Record>) {
         if let Some((phase, since)) = self.stuck.take() {
@@ -292,8 +321,11 @@ impl Conn {
 
     /// The final record of a closed connection, after its last exchange.
     fn closed(mut self, rec: &SockRecord, out: &mut Vec<Record>) {
-        if rec.burst.dir != direction::NONE {
-            self.on_burst(&rec.burst, out);
+        self.take_pending(rec, out);
+        // The kernel's record has the final word on addresses: a connect announced before its
+        // local port was bound learns it here.
+        if rec.endpoints.lport != 0 || rec.endpoints.rport != 0 {
+            self.addrs = Addrs::from_kernel(&rec.endpoints);
         }
         let role = Role::from_kernel(rec.role);
         if role != Role::Unknown {
@@ -378,29 +410,23 @@ impl Tracker {
         match event {
             KernelEvent::Connect(connect) => self.on_connect(connect, out),
             KernelEvent::Open(open) => self.on_open(open, out),
-            KernelEvent::Burst(burst) => {
-                let Some(conn) = self.matching(burst.hdr.sock, burst.hdr.start_ns) else {
+            KernelEvent::Burst(bursts) => {
+                let Some(conn) = self.matching(bursts.hdr.sock, bursts.hdr.start_ns) else {
                     return;
                 };
-                conn.update_process(&burst.task);
-                let (dir, role) = (burst.burst.dir, conn.role);
-                conn.last_activity_ns = conn.last_activity_ns.max(burst.hdr.ts_ns);
-                conn.unstick(burst.hdr.ts_ns, out);
-                conn.on_burst(&burst.burst, out);
-                let bytes = burst.burst.bytes;
-                let slot = match dir {
-                    direction::OUT => {
-                        conn.bytes_sent += bytes;
-                        0
+                conn.update_process(&bursts.task);
+                conn.last_activity_ns = conn.last_activity_ns.max(bursts.hdr.ts_ns);
+                conn.unstick(bursts.hdr.ts_ns, out);
+                let role = role_index(conn.role);
+                let mut moved = [0u64; 2];
+                for burst in [&bursts.first, &bursts.second] {
+                    if let Some((slot, bytes)) = conn.take_burst(burst, out) {
+                        moved[slot] += bytes;
                     }
-                    direction::IN => {
-                        conn.bytes_received += bytes;
-                        1
-                    }
-                    _ => return,
-                };
-                conn.saw_data = true;
-                self.counts.bytes[role_index(role)][slot] += bytes;
+                }
+                for (total, bytes) in self.counts.bytes[role].iter_mut().zip(moved) {
+                    *total += bytes;
+                }
             }
             KernelEvent::State(state) => self.on_state(state, out),
             KernelEvent::Close(close) => self.on_close(close, out),
@@ -536,9 +562,7 @@ impl Tracker {
                 continue;
             };
             if let Some(rec) = lookup(sock).filter(|rec| rec.start_ns == conn.start_ns) {
-                if rec.burst.dir != direction::NONE {
-                    conn.on_burst(&rec.burst, out);
-                }
+                conn.take_pending(&rec, out);
                 conn.bytes_sent = conn.bytes_sent.max(rec.bytes_sent);
                 conn.bytes_received = conn.bytes_received.max(rec.bytes_recv);
                 conn.retransmits = rec.retransmits;

@@ -1,0 +1,165 @@
+//! HTTP workloads: nginx (one worker) and wrk on loopback, with `Connection: close` (every
+//! request a new connection: churn) or keep-alive.
+
+use std::{
+    fs,
+    net::TcpStream,
+    path::Path,
+    process::{Child, Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+
+use super::tracer::scratch;
+
+pub struct Nginx {
+    child: Child,
+    pub port: u16,
+}
+
+impl Nginx {
+    pub fn start(root: &Path) -> Result<Self> {
+        let dir = scratch(root, "nginx")?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let config = format!(
+            "worker_processes 1;
+pid {dir}/nginx.pid;
+error_log {dir}/error.log;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    keepalive_timeout 75s;
+    keepalive_requests 10000000;
+    client_body_temp_path {dir}/body;
+    proxy_temp_path {dir}/proxy;
+    fastcgi_temp_path {dir}/fastcgi;
+    uwsgi_temp_path {dir}/uwsgi;
+    scgi_temp_path {dir}/scgi;
+    server {{
+        listen 127.0.0.1:{port} backlog=4096;
+        location / {{ return 200 'hello from nginx\\n'; }}
+    }}
+}}
+",
+            dir = dir.display()
+        );
+        let conf = dir.join("nginx.conf");
+        fs::write(&conf, config)?;
+        let child = Command::new("nginx")
+            .arg("-p")
+            .arg(&dir)
+            .arg("-c")
+            .arg(&conf)
+            .args(["-g", "daemon off;"])
+            .stdout(Stdio::null())
+            .spawn()
+            .context("running nginx")?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if Instant::now() > deadline {
+                bail!("nginx did not start");
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        Ok(Self { child, port })
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        // SAFETY: kill with a valid pid and signal.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGQUIT) };
+        let _ = self.child.wait();
+    }
+}
+
+/// What one wrk run measured.
+#[derive(Clone, Copy, Debug)]
+pub struct WrkResult {
+    pub requests_per_s: f64,
+    /// 99th percentile latency, seconds.
+    pub p99_s: f64,
+}
+
+fn seconds(value: &str) -> Option<f64> {
+    let (number, factor) = if let Some(n) = value.strip_suffix("us") {
+        (n, 1e-6)
+    } else if let Some(n) = value.strip_suffix("ms") {
+        (n, 1e-3)
+    } else if let Some(n) = value.strip_suffix('s') {
+        (n, 1.0)
+    } else {
+        return None;
+    };
+    number.parse::<f64>().ok().map(|n| n * factor)
+}
+
+/// Parses wrk's `--latency` report.
+pub fn parse_wrk(report: &str) -> Option<WrkResult> {
+    let requests_per_s = report
+        .lines()
+        .find_map(|line| line.trim().strip_prefix("Requests/sec:"))?
+        .trim()
+        .parse()
+        .ok()?;
+    let p99_s = report
+        .lines()
+        .find_map(|line| line.trim().strip_prefix("99%"))
+        .and_then(|value| seconds(value.trim()))?;
+    Some(WrkResult {
+        requests_per_s,
+        p99_s,
+    })
+}
+
+/// One wrk run of `duration` against nginx; `close` sends `Connection: close`.
+pub fn wrk(port: u16, duration: Duration, close: bool) -> Result<WrkResult> {
+    let mut command = Command::new("wrk");
+    command.args(["-t2", "-c64", "--latency"]);
+    command.arg(format!("-d{}s", duration.as_secs().max(1)));
+    if close {
+        command.args(["-H", "Connection: close"]);
+    }
+    let output = command
+        .arg(format!("http://127.0.0.1:{port}/"))
+        .output()
+        .context("running wrk (Debian package wrk)")?;
+    let report = String::from_utf8_lossy(&output.stdout);
+    if !output.status.success() {
+        bail!(
+            "wrk failed: {report}{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    parse_wrk(&report).with_context(|| format!("cannot read wrk's report:\n{report}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_wrk_reports() {
+        let report = "Running 10s test @ http://127.0.0.1:8080/
+  2 threads and 64 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency     2.01ms    1.02ms  30.12ms   85.00%
+  Latency Distribution
+     50%    1.80ms
+     75%    2.40ms
+     90%    3.10ms
+     99%  812.00us
+  301000 requests in 10.00s, 50.00MB read
+Requests/sec:  30100.25
+Transfer/sec:      5.00MB
+";
+        let result = parse_wrk(report).unwrap();
+        assert_eq!(result.requests_per_s, 30100.25);
+        assert!((result.p99_s - 0.000812).abs() < 1e-12);
+        assert!(parse_wrk("nothing").is_none());
+    }
+}

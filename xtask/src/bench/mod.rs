@@ -1,0 +1,309 @@
+//! `cargo xtask bench`: what tcpobs costs, side by side with no tracer and with libbpf-tools'
+//! tcplife, on loopback.
+//!
+//! Every ratio comes from runs alternated in one session (A B A C ...), reported as the median
+//! and the spread (min to max) of the per-pair ratios; absolute numbers from separate sessions
+//! mean nothing on a shared, noisy machine. `--quick` is a one-minute subset; `--smoke` runs
+//! one short pair of everything (the test suite uses it so the harness cannot rot) and writes
+//! nothing.
+
+mod http;
+mod load;
+mod report;
+mod tracer;
+
+use std::{
+    path::Path,
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result};
+
+use self::{
+    report::{Report, Row, spread},
+    tracer::{Tracer, bpf_map_bytes, cpu_seconds, histogram_quantile, rss_bytes},
+};
+
+/// How much of everything to run.
+#[derive(Clone, Copy, Debug)]
+pub struct Mode {
+    pub name: &'static str,
+    pairs: usize,
+    http: Duration,
+    stress: Duration,
+    bulk: Duration,
+    idle: usize,
+    write_report: bool,
+}
+
+impl Mode {
+    pub const FULL: Self = Self {
+        name: "full",
+        pairs: 5,
+        http: Duration::from_secs(10),
+        stress: Duration::from_secs(30),
+        bulk: Duration::from_secs(10),
+        idle: 100_000,
+        write_report: true,
+    };
+    pub const QUICK: Self = Self {
+        name: "quick",
+        pairs: 2,
+        http: Duration::from_secs(4),
+        stress: Duration::from_secs(8),
+        bulk: Duration::from_secs(3),
+        idle: 20_000,
+        write_report: true,
+    };
+    pub const SMOKE: Self = Self {
+        name: "smoke",
+        pairs: 1,
+        http: Duration::from_secs(1),
+        stress: Duration::from_secs(2),
+        bulk: Duration::from_secs(1),
+        idle: 500,
+        write_report: false,
+    };
+}
+
+const MIB: f64 = 1024.0 * 1024.0;
+
+fn ratios(pairs: &[(f64, f64)]) -> Vec<f64> {
+    pairs.iter().map(|(base, traced)| traced / base).collect()
+}
+
+/// Runs every workload and prints (and, unless smoke, writes) the report.
+pub fn run(root: &Path, binary: &Path, mode: Mode, output: &Path) -> Result<()> {
+    let mut report = Report::new(mode);
+    http_workloads(root, binary, mode, &mut report)?;
+    stress(binary, mode, &mut report)?;
+    bulk(binary, mode, &mut report)?;
+    scale(binary, mode, &mut report)?;
+    println!("{}", report.table());
+    if mode.write_report {
+        report.write(output)?;
+        println!("written to {}", output.display());
+    }
+    Ok(())
+}
+
+fn under<T>(
+    binary: &Path,
+    tracer: Tracer,
+    args: &[&str],
+    work: impl FnOnce() -> Result<T>,
+) -> Result<T> {
+    let running = tracer::start(tracer, binary, args)?;
+    let result = work();
+    running.stop()?;
+    result
+}
+
+fn http_workloads(root: &Path, binary: &Path, mode: Mode, report: &mut Report) -> Result<()> {
+    let nginx = http::Nginx::start(root)?;
+    // Warm nginx and the page cache up before measuring.
+    http::wrk(nginx.port, Duration::from_secs(1), true)?;
+    for (name, close, args, goal) in [
+        ("HTTP churn (Connection: close)", true, &[][..], 0.97),
+        (
+            "HTTP keep-alive",
+            false,
+            &["--events", "exchanges"][..],
+            0.98,
+        ),
+    ] {
+        let (mut with_tcpobs, mut with_tcplife) = (Vec::new(), Vec::new());
+        for _ in 0..mode.pairs {
+            let base = http::wrk(nginx.port, mode.http, close)?;
+            let run = || http::wrk(nginx.port, mode.http, close);
+            with_tcpobs.push((base, under(binary, Tracer::Tcpobs, args, run)?));
+            let base = http::wrk(nginx.port, mode.http, close)?;
+            with_tcplife.push((base, under(binary, Tracer::Tcplife, &[], run)?));
+        }
+        let rps = |pairs: &[(http::WrkResult, http::WrkResult)]| -> Vec<(f64, f64)> {
+            pairs
+                .iter()
+                .map(|(a, b)| (a.requests_per_s, b.requests_per_s))
+                .collect()
+        };
+        let p99 = |pairs: &[(http::WrkResult, http::WrkResult)]| -> Vec<(f64, f64)> {
+            pairs.iter().map(|(a, b)| (a.p99_s, b.p99_s)).collect()
+        };
+        report.push(Row::ratio(
+            name,
+            "requests/s",
+            &rps(&with_tcpobs),
+            &rps(&with_tcplife),
+            Some((goal, true)),
+            |v| format!("{v:.0}"),
+        ));
+        report.push(Row::ratio(
+            name,
+            "p99 latency",
+            &p99(&with_tcpobs),
+            &p99(&with_tcplife),
+            None,
+            |v| format!("{:.2} ms", v * 1e3),
+        ));
+    }
+    Ok(())
+}
+
+fn stress(binary: &Path, mode: Mode, report: &mut Report) -> Result<()> {
+    let clients = 4;
+    let untraced = load::churn(mode.stress, clients)? as f64 / mode.stress.as_secs_f64();
+    let running = tracer::start(Tracer::Tcpobs, binary, &[])?;
+    let pid = running.pid().context("tcpobs pid")?;
+    let cpu_before = cpu_seconds(pid)?;
+    let started = Instant::now();
+    let connections = load::churn(mode.stress, clients)?;
+    let elapsed = started.elapsed().as_secs_f64();
+    // Let the last events drain before reading the counters.
+    thread::sleep(Duration::from_millis(300));
+    let cpu = cpu_seconds(pid)? - cpu_before;
+    let (metrics, _) = running.get("/metrics")?;
+    running.stop()?;
+    let lost = tracer::sample_value(&metrics, "tcpobs_events_lost_total").unwrap_or(f64::NAN);
+    let p50 = histogram_quantile(&metrics, "tcpobs_event_delay_seconds", 0.50).unwrap_or(f64::NAN);
+    let p99 = histogram_quantile(&metrics, "tcpobs_event_delay_seconds", 0.99).unwrap_or(f64::NAN);
+    let per_second = connections as f64 / elapsed;
+    let name = "connection-rate stress";
+    report.push(Row::single(
+        name,
+        "connections/s",
+        format!("{untraced:.0}"),
+        format!("{per_second:.0}"),
+        format!("{:.2}", per_second / untraced),
+        None,
+    ));
+    report.push(Row::single(
+        name,
+        "events lost",
+        String::new(),
+        format!("{lost}"),
+        String::new(),
+        Some(("0", lost == 0.0)),
+    ));
+    let micros = cpu / connections.max(1) as f64 * 1e6;
+    report.push(Row::single(
+        name,
+        "daemon CPU per connection (2 sockets)",
+        String::new(),
+        format!("{micros:.2} µs"),
+        String::new(),
+        Some(("≤ 3 µs", micros <= 3.0)),
+    ));
+    report.push(Row::single(
+        name,
+        "close → event delay p50 / p99",
+        String::new(),
+        format!("{:.2} / {:.2} ms", p50 * 1e3, p99 * 1e3),
+        String::new(),
+        Some(("p99 ≤ 50 ms", p99 <= 0.050)),
+    ));
+    Ok(())
+}
+
+fn bulk(binary: &Path, mode: Mode, report: &mut Report) -> Result<()> {
+    let mut pairs = Vec::new();
+    let mut events_per_second = Vec::new();
+    for _ in 0..mode.pairs {
+        let base = load::bulk(mode.bulk)?;
+        let running = tracer::start(Tracer::Tcpobs, binary, &[])?;
+        let events = |running: &tracer::Running| -> Result<f64> {
+            let (metrics, _) = running.get("/metrics")?;
+            Ok(["open", "burst", "state", "close", "connect"]
+                .iter()
+                .filter_map(|kind| {
+                    tracer::sample_value(
+                        &metrics,
+                        &format!("tcpobs_events_total{{kind=\"{kind}\"}}"),
+                    )
+                })
+                .sum())
+        };
+        let before = events(&running)?;
+        let traced = load::bulk(mode.bulk)?;
+        thread::sleep(Duration::from_millis(300));
+        let after = events(&running)?;
+        running.stop()?;
+        pairs.push((base, traced));
+        // Other traffic on the machine counts too: this is an upper bound.
+        events_per_second.push((after - before) / mode.bulk.as_secs_f64());
+    }
+    report.push(Row::ratio(
+        "bulk transfer (one stream)",
+        "throughput",
+        &pairs,
+        &[],
+        Some((0.99, true)),
+        |v| format!("{:.0} MiB/s", v / MIB),
+    ));
+    let (median, low, high) = spread(&events_per_second);
+    report.push(Row::single(
+        "bulk transfer (one stream)",
+        "ring buffer events/s, all sockets on the host",
+        String::new(),
+        format!("{median:.1} ({low:.1}–{high:.1})"),
+        String::new(),
+        None,
+    ));
+    Ok(())
+}
+
+fn scale(binary: &Path, mode: Mode, report: &mut Report) -> Result<()> {
+    let sockets = (2 * mode.idle + 4096).next_power_of_two().to_string();
+    let running = tracer::start(Tracer::Tcpobs, binary, &["--max-sockets", &sockets])?;
+    let pid = running.pid().context("tcpobs pid")?;
+    let rss_before = rss_bytes(pid)?;
+    let idle = load::idle(mode.idle)?;
+    // A few sweeps over the full table.
+    thread::sleep(Duration::from_secs(3));
+    let rss = rss_bytes(pid)?;
+    let maps = bpf_map_bytes(pid)?;
+    let mut scrapes: Vec<f64> = (0..5)
+        .map(|_| running.get("/metrics").map(|(_, took)| took.as_secs_f64()))
+        .collect::<Result<_>>()?;
+    scrapes.sort_by(f64::total_cmp);
+    let sweep = running.metric("tcpobs_sweep_duration_seconds")?;
+    let established = running
+        .metric("tcpobs_open_connections{role=\"client\",state=\"ESTABLISHED\"}")?
+        + running.metric("tcpobs_open_connections{role=\"server\",state=\"ESTABLISHED\"}")?;
+    drop(idle);
+    running.stop()?;
+    let name = format!("scale ({} idle connections)", mode.idle);
+    report.push(Row::single(
+        &name,
+        "daemon RSS",
+        format!("{:.1} MiB before", rss_before as f64 / MIB),
+        format!("{:.1} MiB", rss as f64 / MIB),
+        String::new(),
+        (mode.idle >= 100_000).then_some(("≤ 64 MiB", (rss as f64) <= 64.0 * MIB)),
+    ));
+    report.push(Row::single(
+        &name,
+        "kernel map memory",
+        String::new(),
+        format!("{:.1} MiB (--max-sockets {sockets})", maps as f64 / MIB),
+        String::new(),
+        None,
+    ));
+    report.push(Row::single(
+        &name,
+        "/metrics scrape (median of 5)",
+        String::new(),
+        format!("{:.1} ms", scrapes[scrapes.len() / 2] * 1e3),
+        String::new(),
+        None,
+    ));
+    report.push(Row::single(
+        &name,
+        "hang-detection sweep",
+        String::new(),
+        format!("{:.1} ms over {established} sockets", sweep * 1e3),
+        String::new(),
+        None,
+    ));
+    Ok(())
+}
