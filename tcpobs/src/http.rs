@@ -315,7 +315,7 @@ async fn connections(
                 remote_ip: conn.addrs().remote.ip().to_string(),
                 remote_port: conn.addrs().remote.port(),
                 pid: conn.process().map(|p| p.pid),
-                comm: conn.process().map(|p| p.comm.clone()),
+                comm: conn.process().map(|p| p.comm.to_string()),
                 start: state.clock.wall(conn.start_ns()).to_rfc3339(),
                 age_s: secs(now.saturating_sub(conn.start_ns())),
                 idle_s: secs(now.saturating_sub(conn.last_activity_ns())),

@@ -338,11 +338,61 @@ impl Addrs {
     }
 }
 
+/// A process name (`comm`), at most 15 bytes, kept inline: records are copied a lot and a
+/// heap string each would cost an allocation per connection.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct Comm {
+    bytes: [u8; 16],
+    len: u8,
+}
+
+impl Comm {
+    /// From the kernel's NUL-padded `comm`; bytes that are not UTF-8 become `?`.
+    pub fn from_kernel(raw: &[u8; 16]) -> Self {
+        let len = raw.iter().position(|&b| b == 0).unwrap_or(raw.len());
+        let mut bytes = [0u8; 16];
+        bytes[..len].copy_from_slice(&raw[..len]);
+        if std::str::from_utf8(&bytes[..len]).is_err() {
+            for byte in &mut bytes[..len] {
+                if !byte.is_ascii() {
+                    *byte = b'?';
+                }
+            }
+        }
+        Self {
+            bytes,
+            len: len as u8,
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.bytes[..usize::from(self.len)]).unwrap_or("?")
+    }
+}
+
+impl fmt::Debug for Comm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+impl fmt::Display for Comm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl PartialEq<&str> for Comm {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
 /// The process a socket belongs to.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Process {
     pub pid: u32,
-    pub comm: String,
+    pub comm: Comm,
 }
 
 impl Process {
@@ -350,14 +400,9 @@ impl Process {
         if task.pid == 0 {
             return None;
         }
-        let end = task
-            .comm
-            .iter()
-            .position(|&b| b == 0)
-            .unwrap_or(task.comm.len());
         Some(Self {
             pid: task.pid,
-            comm: String::from_utf8_lossy(&task.comm[..end]).into_owned(),
+            comm: Comm::from_kernel(&task.comm),
         })
     }
 }
@@ -551,5 +596,8 @@ mod tests {
         };
         let process = Process::from_kernel(&task).unwrap();
         assert_eq!(process.to_string(), "7/nginx");
+        assert_eq!(process.comm, "nginx");
+        let odd = Comm::from_kernel(b"a\xffb\0\0\0\0\0\0\0\0\0\0\0\0\0");
+        assert_eq!(odd.as_str(), "a?b");
     }
 }

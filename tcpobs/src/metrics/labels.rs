@@ -235,7 +235,7 @@ impl LabelPolicy {
             let raw = match state.dim {
                 Dim::LocalPort => addrs.local.port().to_string(),
                 Dim::RemotePort => addrs.remote.port().to_string(),
-                Dim::Comm => process.map_or_else(|| "unknown".to_owned(), |p| p.comm.clone()),
+                Dim::Comm => process.map_or_else(|| "unknown".to_owned(), |p| p.comm.to_string()),
             };
             dims.0[state.dim as usize] = Some(state.value(&raw));
         }

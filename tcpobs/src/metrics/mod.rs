@@ -2,11 +2,18 @@
 //! tracker's records; counts that live in the tracker, the reader and the kernel are read at
 //! scrape time by [`collect`]. Names are `tcpobs_*` in base units; counters end in `_total`
 //! (prometheus-client adds the suffix).
+//!
+//! Updating a family means hashing its label set under a lock; with no optional dimensions
+//! (the default) every label set is known in advance, so the handles are resolved once
+//! ([`Fast`]) and an update is a plain atomic add.
 
 pub mod collect;
 pub mod labels;
 
-use std::sync::{Arc, Mutex};
+use std::{
+    sync::{Arc, Mutex, atomic::AtomicU64},
+    time::Duration,
+};
 
 use prometheus_client::{
     metrics::{
@@ -19,7 +26,9 @@ use prometheus_client::{
 };
 
 use self::labels::{ConnLabels, Dims, Fixed, LabelPolicy, LabelSpec};
-use crate::model::{Phase, Record};
+use crate::model::{
+    Addrs, CloseKind, CloseOriginator, ExchangeClass, Phase, Process, Record, Role,
+};
 
 /// Bucket layouts chosen for the quantity.
 #[derive(Clone, Copy, Debug)]
@@ -51,24 +60,140 @@ impl MetricConstructor<Histogram> for Buckets {
     }
 }
 
-type Histograms<const N: usize> = Family<ConnLabels<N>, Histogram, Buckets>;
+/// The per-connection histograms, labelled by role (and the optional dimensions).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Hist {
+    Handshake,
+    Duration,
+    ExchangesPerConnection,
+    Request,
+    FirstByte,
+    Response,
+    IdleBefore,
+    IdleAfter,
+    Transfer,
+    Session,
+    Teardown,
+    CloseWait,
+}
+
+/// (histogram, name, help, buckets), in `Hist` order.
+const HISTOGRAMS: [(Hist, &str, &str, Buckets); 12] = [
+    (
+        Hist::Handshake,
+        "tcpobs_handshake_duration_seconds",
+        "TCP handshake: SYN_SENT (client) or SYN_RECV (server) to ESTABLISHED",
+        Buckets::Latency,
+    ),
+    (
+        Hist::Duration,
+        "tcpobs_connection_duration_seconds",
+        "Connection lifetime, start to close, of connections seen from their start",
+        Buckets::Lifetime,
+    ),
+    (
+        Hist::ExchangesPerConnection,
+        "tcpobs_exchanges_per_connection",
+        "Request/response exchanges per closed connection (1 everywhere means churn)",
+        Buckets::Count,
+    ),
+    (
+        Hist::Request,
+        "tcpobs_request_duration_seconds",
+        "First to last byte of a request",
+        Buckets::Latency,
+    ),
+    (
+        Hist::FirstByte,
+        "tcpobs_response_first_byte_seconds",
+        "Last request byte to first response byte (time to first byte)",
+        Buckets::Latency,
+    ),
+    (
+        Hist::Response,
+        "tcpobs_response_duration_seconds",
+        "Last request byte to last response byte",
+        Buckets::Latency,
+    ),
+    (
+        Hist::IdleBefore,
+        "tcpobs_idle_before_request_seconds",
+        "ESTABLISHED to the first request byte (first exchange only)",
+        Buckets::Idle,
+    ),
+    (
+        Hist::IdleAfter,
+        "tcpobs_idle_after_response_seconds",
+        "Last response byte to the next request, or to the first FIN/RST",
+        Buckets::Idle,
+    ),
+    (
+        Hist::Transfer,
+        "tcpobs_response_transfer_seconds",
+        "First to last response byte",
+        Buckets::Latency,
+    ),
+    (
+        Hist::Session,
+        "tcpobs_session_duration_seconds",
+        "Connection start to the end of each exchange (to the close for the last)",
+        Buckets::Lifetime,
+    ),
+    (
+        Hist::Teardown,
+        "tcpobs_teardown_duration_seconds",
+        "First FIN or RST to CLOSE",
+        Buckets::Latency,
+    ),
+    (
+        Hist::CloseWait,
+        "tcpobs_close_wait_duration_seconds",
+        "Peer's FIN to the application's close, for connections the peer closed first",
+        Buckets::Idle,
+    ),
+];
+
+type Histograms = Family<ConnLabels<1>, Histogram, Buckets>;
 type Counters<const N: usize> = Family<ConnLabels<N>, Counter>;
+
+const ROLES: [Role; 2] = [Role::Client, Role::Server];
+const CLASSES: [ExchangeClass; 4] = [
+    ExchangeClass::Unique,
+    ExchangeClass::Start,
+    ExchangeClass::Continue,
+    ExchangeClass::Last,
+];
+const ORIGINATORS: [CloseOriginator; 4] = [
+    CloseOriginator::Client,
+    CloseOriginator::Server,
+    CloseOriginator::Timeout,
+    CloseOriginator::Unknown,
+];
+const KINDS: [CloseKind; 4] = [
+    CloseKind::Fin,
+    CloseKind::Rst,
+    CloseKind::Timeout,
+    CloseKind::Error,
+];
+
+fn index_of<T: PartialEq>(all: &[T], value: T) -> usize {
+    all.iter().position(|v| *v == value).unwrap_or(0)
+}
+
+/// Handles resolved once, for when no optional dimension is on: indexed by role (client,
+/// server), then class, or originator and kind.
+#[derive(Clone, Debug)]
+struct Fast {
+    histograms: Vec<[Histogram; 2]>,
+    opened: [Counter; 2],
+    exchanges: [[Counter; 4]; 2],
+    closed: [[[Counter; 4]; 4]; 2],
+}
 
 /// Every family tcpobs updates on events. Cloning shares the same series.
 #[derive(Clone, Debug)]
 pub struct Metrics {
-    handshake: Histograms<1>,
-    duration: Histograms<1>,
-    exchanges_per_connection: Histograms<1>,
-    request: Histograms<1>,
-    first_byte: Histograms<1>,
-    response: Histograms<1>,
-    idle_before: Histograms<1>,
-    idle_after: Histograms<1>,
-    transfer: Histograms<1>,
-    session: Histograms<1>,
-    teardown: Histograms<1>,
-    close_wait: Histograms<1>,
+    histograms: Vec<Histograms>,
     opened: Counters<1>,
     closed: Counters<3>,
     exchanges: Counters<2>,
@@ -77,31 +202,33 @@ pub struct Metrics {
     stuck: Family<Fixed<1>, Gauge>,
     stuck_duration: Family<Fixed<1>, Histogram, Buckets>,
     delay: Histogram,
-    sweep_duration: Gauge<f64, std::sync::atomic::AtomicU64>,
+    sweep_duration: Gauge<f64, AtomicU64>,
     policy: Arc<Mutex<LabelPolicy>>,
+    fast: Option<Fast>,
 }
 
 fn secs(ns: u64) -> f64 {
     ns as f64 / 1e9
 }
 
+fn role_labels<const N: usize>(
+    fixed: [(&'static str, &'static str); N],
+    dims: &Dims,
+) -> ConnLabels<N> {
+    ConnLabels {
+        fixed,
+        dims: dims.clone(),
+    }
+}
+
 impl Metrics {
     /// Creates the families and registers them in `registry`.
     pub fn new(registry: &mut Registry, labels: &[LabelSpec], series_cap: usize) -> Self {
-        let histograms = |buckets| Histograms::<1>::new_with_constructor(buckets);
-        let metrics = Self {
-            handshake: histograms(Buckets::Latency),
-            duration: histograms(Buckets::Lifetime),
-            exchanges_per_connection: histograms(Buckets::Count),
-            request: histograms(Buckets::Latency),
-            first_byte: histograms(Buckets::Latency),
-            response: histograms(Buckets::Latency),
-            idle_before: histograms(Buckets::Idle),
-            idle_after: histograms(Buckets::Idle),
-            transfer: histograms(Buckets::Latency),
-            session: histograms(Buckets::Lifetime),
-            teardown: histograms(Buckets::Latency),
-            close_wait: histograms(Buckets::Idle),
+        let mut metrics = Self {
+            histograms: HISTOGRAMS
+                .iter()
+                .map(|(_, _, _, buckets)| Histograms::new_with_constructor(*buckets))
+                .collect(),
             opened: Counters::default(),
             closed: Counters::default(),
             exchanges: Counters::default(),
@@ -112,67 +239,11 @@ impl Metrics {
             delay: Histogram::new(exponential_buckets_range(0.000_1, 10.0, 16)),
             sweep_duration: Gauge::default(),
             policy: Arc::new(Mutex::new(LabelPolicy::new(labels, series_cap))),
+            fast: None,
         };
-        registry.register(
-            "tcpobs_handshake_duration_seconds",
-            "TCP handshake: SYN_SENT (client) or SYN_RECV (server) to ESTABLISHED",
-            metrics.handshake.clone(),
-        );
-        registry.register(
-            "tcpobs_connection_duration_seconds",
-            "Connection lifetime, start to close, of connections seen from their start",
-            metrics.duration.clone(),
-        );
-        registry.register(
-            "tcpobs_exchanges_per_connection",
-            "Request/response exchanges per closed connection (1 everywhere means churn)",
-            metrics.exchanges_per_connection.clone(),
-        );
-        registry.register(
-            "tcpobs_request_duration_seconds",
-            "First to last byte of a request",
-            metrics.request.clone(),
-        );
-        registry.register(
-            "tcpobs_response_first_byte_seconds",
-            "Last request byte to first response byte (time to first byte)",
-            metrics.first_byte.clone(),
-        );
-        registry.register(
-            "tcpobs_response_duration_seconds",
-            "Last request byte to last response byte",
-            metrics.response.clone(),
-        );
-        registry.register(
-            "tcpobs_idle_before_request_seconds",
-            "ESTABLISHED to the first request byte (first exchange only)",
-            metrics.idle_before.clone(),
-        );
-        registry.register(
-            "tcpobs_idle_after_response_seconds",
-            "Last response byte to the next request, or to the first FIN/RST",
-            metrics.idle_after.clone(),
-        );
-        registry.register(
-            "tcpobs_response_transfer_seconds",
-            "First to last response byte",
-            metrics.transfer.clone(),
-        );
-        registry.register(
-            "tcpobs_session_duration_seconds",
-            "Connection start to the end of each exchange (to the close for the last)",
-            metrics.session.clone(),
-        );
-        registry.register(
-            "tcpobs_teardown_duration_seconds",
-            "First FIN or RST to CLOSE",
-            metrics.teardown.clone(),
-        );
-        registry.register(
-            "tcpobs_close_wait_duration_seconds",
-            "Peer's FIN to the application's close, for connections the peer closed first",
-            metrics.close_wait.clone(),
-        );
+        for ((_, name, help, _), family) in HISTOGRAMS.iter().zip(&metrics.histograms) {
+            registry.register(*name, *help, family.clone());
+        }
         registry.register(
             "tcpobs_connections_opened",
             "Connections established",
@@ -218,8 +289,74 @@ impl Metrics {
             "How long the last hang-detection sweep took",
             metrics.sweep_duration.clone(),
         );
-        metrics.prefill();
+        metrics.prefill(labels.is_empty());
         metrics
+    }
+
+    /// Creates the bounded series up front, so that every name exists from the first scrape
+    /// and rates and alerts see zeros rather than absent series; with no optional dimension,
+    /// keeps their handles.
+    fn prefill(&mut self, keep_handles: bool) {
+        let other = self
+            .policy
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .other();
+        let per_role = |role: Role| {
+            let labels = role_labels([("role", role.as_str())], &other);
+            let histograms: Vec<Histogram> = self
+                .histograms
+                .iter()
+                .map(|family| family.get_or_create(&labels).clone())
+                .collect();
+            let opened = self.opened.get_or_create(&labels).clone();
+            let exchanges = CLASSES.map(|class| {
+                self.exchanges
+                    .get_or_create(&role_labels(
+                        [("role", role.as_str()), ("class", class.as_str())],
+                        &other,
+                    ))
+                    .clone()
+            });
+            let closed = ORIGINATORS.map(|originator| {
+                KINDS.map(|kind| {
+                    self.closed
+                        .get_or_create(&role_labels(
+                            [
+                                ("role", role.as_str()),
+                                ("close_originator", originator.as_str()),
+                                ("close_kind", kind.as_str()),
+                            ],
+                            &other,
+                        ))
+                        .clone()
+                })
+            });
+            (histograms, opened, exchanges, closed)
+        };
+        let [client, server] = ROLES.map(per_role);
+        for reason in ["refused", "timeout", "unreachable", "other"] {
+            let _ = self.connect_failures.get_or_create(&[("reason", reason)]);
+        }
+        for phase in Phase::ALL {
+            let labels = [("phase", phase.as_str())];
+            self.stuck.get_or_create(&labels).set(0);
+            let _ = self.anomalies.get_or_create(&labels);
+            let _ = self.stuck_duration.get_or_create(&labels);
+        }
+        if keep_handles {
+            self.fast = Some(Fast {
+                histograms: client
+                    .0
+                    .into_iter()
+                    .zip(server.0)
+                    .map(|(c, s)| [c, s])
+                    .collect(),
+                opened: [client.1, server.1],
+                exchanges: [client.2, server.2],
+                closed: [client.3, server.3],
+            });
+        }
     }
 
     /// Records how late a closed connection's record is, `now_ns` being the kernel clock.
@@ -232,163 +369,101 @@ impl Metrics {
     }
 
     /// Records how long a sweep took.
-    pub fn set_sweep_duration(&self, duration: std::time::Duration) {
+    pub fn set_sweep_duration(&self, duration: Duration) {
         self.sweep_duration.set(duration.as_secs_f64());
     }
 
-    /// Creates the bounded series up front, so that every name exists from the first scrape
-    /// and rates and alerts see zeros rather than absent series.
-    fn prefill(&self) {
-        let other = self
-            .policy
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .other();
-        for role in ["client", "server"] {
-            let labels = ConnLabels {
-                fixed: [("role", role)],
-                dims: other.clone(),
-            };
-            let _ = self.opened.get_or_create(&labels);
-            for family in [
-                &self.handshake,
-                &self.duration,
-                &self.exchanges_per_connection,
-                &self.request,
-                &self.first_byte,
-                &self.response,
-                &self.idle_before,
-                &self.idle_after,
-                &self.transfer,
-                &self.session,
-                &self.teardown,
-                &self.close_wait,
-            ] {
-                let _ = family.get_or_create(&labels);
-            }
-            for class in ["unique", "start", "continue", "last"] {
-                let _ = self.exchanges.get_or_create(&ConnLabels {
-                    fixed: [("role", role), ("class", class)],
-                    dims: other.clone(),
-                });
-            }
-            for (originator, kind) in [
-                ("client", "fin"),
-                ("server", "fin"),
-                ("client", "rst"),
-                ("server", "rst"),
-                ("timeout", "timeout"),
-            ] {
-                let _ = self.closed.get_or_create(&ConnLabels {
-                    fixed: [
-                        ("role", role),
-                        ("close_originator", originator),
-                        ("close_kind", kind),
-                    ],
-                    dims: other.clone(),
-                });
-            }
-        }
-        for reason in ["refused", "timeout", "unreachable", "other"] {
-            let _ = self.connect_failures.get_or_create(&[("reason", reason)]);
-        }
-        for phase in Phase::ALL {
-            let labels = [("phase", phase.as_str())];
-            self.stuck.get_or_create(&labels).set(0);
-            let _ = self.anomalies.get_or_create(&labels);
-            let _ = self.stuck_duration.get_or_create(&labels);
-        }
-    }
-
-    fn dims(&self, addrs: &crate::model::Addrs, process: Option<&crate::model::Process>) -> Dims {
+    fn dims(&self, addrs: &Addrs, process: Option<&Process>) -> Dims {
         self.policy
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .dims(addrs, process)
     }
 
+    /// The fast handles' role index, if they apply.
+    fn fast(&self, role: Role) -> Option<(&Fast, usize)> {
+        let fast = self.fast.as_ref()?;
+        match role {
+            Role::Client => Some((fast, 0)),
+            Role::Server => Some((fast, 1)),
+            Role::Unknown => None,
+        }
+    }
+
+    fn observe_histograms(
+        &self,
+        role: Role,
+        addrs: &Addrs,
+        process: Option<&Process>,
+        values: &[(Hist, Option<u64>)],
+    ) {
+        if let Some((fast, r)) = self.fast(role) {
+            for &(hist, value) in values {
+                if let Some(value) = value {
+                    fast.histograms[hist as usize][r].observe(as_value(hist, value));
+                }
+            }
+            return;
+        }
+        let labels = role_labels([("role", role.as_str())], &self.dims(addrs, process));
+        for &(hist, value) in values {
+            if let Some(value) = value {
+                self.histograms[hist as usize]
+                    .get_or_create(&labels)
+                    .observe(as_value(hist, value));
+            }
+        }
+    }
+
     /// Updates the families for one record.
     pub fn observe(&self, record: &Record) {
         match record {
             Record::Opened(opened) => {
-                let labels = ConnLabels {
-                    fixed: [("role", opened.role.as_str())],
-                    dims: self.dims(&opened.addrs, opened.process.as_ref()),
+                match self.fast(opened.role) {
+                    Some((fast, r)) => fast.opened[r].inc(),
+                    None => {
+                        let dims = self.dims(&opened.addrs, opened.process.as_ref());
+                        self.opened
+                            .get_or_create(&role_labels([("role", opened.role.as_str())], &dims))
+                            .inc()
+                    }
                 };
-                self.opened.get_or_create(&labels).inc();
-                self.handshake
-                    .get_or_create(&labels)
-                    .observe(secs(opened.connect_ns));
+                self.observe_histograms(
+                    opened.role,
+                    &opened.addrs,
+                    opened.process.as_ref(),
+                    &[(Hist::Handshake, Some(opened.connect_ns))],
+                );
             }
-            Record::Connection(connection) => {
-                if let Some(failure) = connection.connect_failure {
-                    self.connect_failures
-                        .get_or_create(&[("reason", failure.as_str())])
-                        .inc();
-                } else if let Some(close) = &connection.close {
-                    let dims = self.dims(&connection.addrs, connection.process.as_ref());
-                    let role = connection.role.as_str();
-                    self.closed
-                        .get_or_create(&ConnLabels {
-                            fixed: [
-                                ("role", role),
-                                ("close_originator", close.originator.as_str()),
-                                ("close_kind", close.kind.as_str()),
-                            ],
-                            dims: dims.clone(),
-                        })
-                        .inc();
-                    let labels = ConnLabels {
-                        fixed: [("role", role)],
-                        dims,
-                    };
-                    if connection.partial.is_none() {
-                        self.duration
-                            .get_or_create(&labels)
-                            .observe(secs(connection.lifetime_ns));
-                        self.exchanges_per_connection
-                            .get_or_create(&labels)
-                            .observe(f64::from(connection.exchanges));
-                    }
-                    for (family, value) in [
-                        (&self.teardown, close.teardown_ns),
-                        (&self.close_wait, close.close_wait_ns),
-                    ] {
-                        if let Some(ns) = value {
-                            family.get_or_create(&labels).observe(secs(ns));
-                        }
-                    }
-                }
-                if let Some((phase, duration)) = connection.stuck_at_end {
-                    self.unstuck(phase, duration);
-                }
-            }
+            Record::Connection(connection) => self.observe_connection(connection),
             Record::Exchange(exchange) => {
-                let dims = self.dims(&exchange.addrs, exchange.process.as_ref());
-                let role = exchange.role.as_str();
-                self.exchanges
-                    .get_or_create(&ConnLabels {
-                        fixed: [("role", role), ("class", exchange.class.as_str())],
-                        dims: dims.clone(),
-                    })
-                    .inc();
-                let labels = ConnLabels {
-                    fixed: [("role", role)],
-                    dims,
-                };
-                for (family, value) in [
-                    (&self.request, exchange.request_ns),
-                    (&self.first_byte, exchange.response_begin_ns),
-                    (&self.response, exchange.response_ns),
-                    (&self.idle_before, exchange.idle_before_ns),
-                    (&self.idle_after, exchange.idle_after_ns),
-                    (&self.transfer, exchange.response_end_ns),
-                    (&self.session, Some(exchange.session_ns)),
-                ] {
-                    if let Some(ns) = value {
-                        family.get_or_create(&labels).observe(secs(ns));
+                match self.fast(exchange.role) {
+                    Some((fast, r)) => fast.exchanges[r][index_of(&CLASSES, exchange.class)].inc(),
+                    None => {
+                        let dims = self.dims(&exchange.addrs, exchange.process.as_ref());
+                        let fixed = [
+                            ("role", exchange.role.as_str()),
+                            ("class", exchange.class.as_str()),
+                        ];
+                        self.exchanges
+                            .get_or_create(&role_labels(fixed, &dims))
+                            .inc()
                     }
-                }
+                };
+                self.observe_histograms(
+                    exchange.role,
+                    &exchange.addrs,
+                    exchange.process.as_ref(),
+                    &[
+                        (Hist::Request, exchange.request_ns),
+                        (Hist::FirstByte, exchange.response_begin_ns),
+                        (Hist::Response, exchange.response_ns),
+                        (Hist::IdleBefore, exchange.idle_before_ns),
+                        (Hist::IdleAfter, exchange.idle_after_ns),
+                        (Hist::Transfer, exchange.response_end_ns),
+                        (Hist::Session, Some(exchange.session_ns)),
+                    ],
+                );
             }
             Record::Anomaly(anomaly) => {
                 self.anomalies
@@ -397,6 +472,51 @@ impl Metrics {
             }
             Record::Unstuck(phase, duration) => self.unstuck(*phase, *duration),
         }
+    }
+
+    fn observe_connection(&self, connection: &crate::model::ConnectionRecord) {
+        if let Some((phase, duration)) = connection.stuck_at_end {
+            self.unstuck(phase, duration);
+        }
+        if let Some(failure) = connection.connect_failure {
+            self.connect_failures
+                .get_or_create(&[("reason", failure.as_str())])
+                .inc();
+            return;
+        }
+        let Some(close) = &connection.close else {
+            return;
+        };
+        let role = connection.role;
+        match self.fast(role) {
+            Some((fast, r)) => fast.closed[r][index_of(&ORIGINATORS, close.originator)]
+                [index_of(&KINDS, close.kind)]
+            .inc(),
+            None => {
+                let dims = self.dims(&connection.addrs, connection.process.as_ref());
+                let fixed = [
+                    ("role", role.as_str()),
+                    ("close_originator", close.originator.as_str()),
+                    ("close_kind", close.kind.as_str()),
+                ];
+                self.closed.get_or_create(&role_labels(fixed, &dims)).inc()
+            }
+        };
+        let whole = connection.partial.is_none();
+        self.observe_histograms(
+            role,
+            &connection.addrs,
+            connection.process.as_ref(),
+            &[
+                (Hist::Duration, whole.then_some(connection.lifetime_ns)),
+                (
+                    Hist::ExchangesPerConnection,
+                    whole.then_some(u64::from(connection.exchanges)),
+                ),
+                (Hist::Teardown, close.teardown_ns),
+                (Hist::CloseWait, close.close_wait_ns),
+            ],
+        );
     }
 
     fn unstuck(&self, phase: Phase, duration_ns: u64) {
@@ -411,6 +531,88 @@ impl Metrics {
             self.stuck
                 .get_or_create(&[("phase", phase.as_str())])
                 .set(i64::try_from(*count).unwrap_or(i64::MAX));
+        }
+    }
+}
+
+/// A histogram's observation: seconds, except exchange counts.
+fn as_value(hist: Hist, value: u64) -> f64 {
+    if hist == Hist::ExchangesPerConnection {
+        value as f64
+    } else {
+        secs(value)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use prometheus_client::encoding::text::encode;
+
+    use super::*;
+    use crate::model::{ExchangeRecord, OpenedRecord};
+
+    fn addrs() -> Addrs {
+        Addrs {
+            local: "127.0.0.1:40000".parse().unwrap(),
+            remote: "127.0.0.1:80".parse().unwrap(),
+        }
+    }
+
+    fn exposition(labels: &[LabelSpec]) -> String {
+        let mut registry = Registry::default();
+        let metrics = Metrics::new(&mut registry, labels, 10);
+        metrics.observe(&Record::Opened(OpenedRecord {
+            id: 1,
+            role: Role::Client,
+            addrs: addrs(),
+            process: None,
+            connect_ns: 70_000,
+        }));
+        metrics.observe(&Record::Exchange(ExchangeRecord {
+            conn_id: 1,
+            role: Role::Server,
+            addrs: addrs(),
+            process: None,
+            seq: 2,
+            class: ExchangeClass::Continue,
+            start_ns: 0,
+            connect_ns: None,
+            idle_before_ns: None,
+            request_ns: Some(0),
+            response_begin_ns: Some(2_000_000),
+            response_end_ns: Some(0),
+            response_ns: Some(2_000_000),
+            idle_after_ns: Some(1_000_000_000),
+            session_ns: 3_000_000_000,
+            request_bytes: 1,
+            response_bytes: 1,
+            close_originator: None,
+        }));
+        let mut text = String::new();
+        encode(&mut text, &registry).unwrap();
+        text
+    }
+
+    /// The cached handles and the label-hashing path count the same things.
+    #[test]
+    fn fast_handles_and_families_agree() {
+        for (labels, suffix) in [
+            (vec![], ""),
+            (
+                vec!["remote_port=80".parse().unwrap()],
+                ",remote_port=\"80\"",
+            ),
+        ] {
+            let text = exposition(&labels);
+            for sample in [
+                format!("tcpobs_connections_opened_total{{role=\"client\"{suffix}}} 1"),
+                format!("tcpobs_handshake_duration_seconds_count{{role=\"client\"{suffix}}} 1"),
+                format!("tcpobs_exchanges_total{{role=\"server\",class=\"continue\"{suffix}}} 1"),
+                format!("tcpobs_response_first_byte_seconds_sum{{role=\"server\"{suffix}}} 0.002"),
+                format!("tcpobs_session_duration_seconds_count{{role=\"server\"{suffix}}} 1"),
+            ] {
+                assert!(text.contains(&sample), "missing `{sample}` in:\n{text}");
+            }
         }
     }
 }

@@ -3,9 +3,9 @@
 //! Written by hand rather than through serde: the field set is fixed, keys need no escaping,
 //! and durations print as plain decimal seconds (`0.00007`, not `7e-5`).
 
-use std::fmt::Write as _;
+use std::{fmt::Write as _, net::IpAddr};
 
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, Utc};
 
 use crate::model::{AnomalyRecord, ConnectionRecord, ExchangeRecord, state_name};
 
@@ -51,17 +51,29 @@ impl<'a> Object<'a> {
         }
     }
 
-    pub fn display(&mut self, key: &str, value: impl std::fmt::Display) -> &mut Self {
+    pub fn ip(&mut self, key: &str, value: IpAddr) -> &mut Self {
         self.key(key);
         self.out.push('"');
-        let _ = write!(self.out, "{value}");
+        match value {
+            IpAddr::V4(v4) => {
+                for (index, octet) in v4.octets().into_iter().enumerate() {
+                    if index > 0 {
+                        self.out.push('.');
+                    }
+                    self.out.push_str(itoa::Buffer::new().format(octet));
+                }
+            }
+            IpAddr::V6(v6) => {
+                let _ = write!(self.out, "{v6}");
+            }
+        }
         self.out.push('"');
         self
     }
 
     pub fn u64(&mut self, key: &str, value: u64) -> &mut Self {
         self.key(key);
-        let _ = write!(self.out, "{value}");
+        self.out.push_str(itoa::Buffer::new().format(value));
         self
     }
 
@@ -103,25 +115,44 @@ impl<'a> Object<'a> {
             return self.null(key);
         };
         self.key(key);
-        let _ = write!(self.out, "{}", ns / 1_000_000_000);
-        let fraction = ns % 1_000_000_000;
+        self.out
+            .push_str(itoa::Buffer::new().format(ns / 1_000_000_000));
+        let mut fraction = ns % 1_000_000_000;
         if fraction != 0 {
-            let digits = format!("{fraction:09}");
+            let mut width = 9;
+            while fraction % 10 == 0 {
+                fraction /= 10;
+                width -= 1;
+            }
             self.out.push('.');
-            self.out.push_str(digits.trim_end_matches('0'));
+            push_padded(self.out, fraction, width);
         }
         self
     }
 
-    pub fn time(&mut self, key: &str, at: DateTime<Utc>) -> &mut Self {
+    /// A UTC timestamp with microseconds (`2026-11-21T09:30:00.123456Z`) from Unix nanoseconds.
+    pub fn time(&mut self, key: &str, unix_ns: i64) -> &mut Self {
         self.key(key);
-        self.out.push('"');
-        let _ = write!(
-            self.out,
-            "{}",
-            at.to_rfc3339_opts(SecondsFormat::Micros, true)
-        );
-        self.out.push('"');
+        let secs = unix_ns.div_euclid(1_000_000_000);
+        let micros = unix_ns.rem_euclid(1_000_000_000) as u64 / 1_000;
+        let (year, month, day) = civil_from_days(secs.div_euclid(86_400));
+        let of_day = secs.rem_euclid(86_400) as u64;
+        let out = &mut *self.out;
+        out.push('"');
+        push_padded(out, year.clamp(0, 9999) as u64, 4);
+        for (separator, value) in [
+            ('-', u64::from(month)),
+            ('-', u64::from(day)),
+            ('T', of_day / 3_600),
+            (':', of_day / 60 % 60),
+            (':', of_day % 60),
+        ] {
+            out.push(separator);
+            push_padded(out, value, 2);
+        }
+        out.push('.');
+        push_padded(out, micros, 6);
+        out.push_str("Z\"");
         self
     }
 
@@ -131,8 +162,46 @@ impl<'a> Object<'a> {
     }
 }
 
+/// `value` in decimal, zero-padded on the left to `width` digits.
+fn push_padded(out: &mut String, value: u64, width: usize) {
+    let mut buffer = itoa::Buffer::new();
+    let digits = buffer.format(value);
+    for _ in digits.len()..width {
+        out.push('0');
+    }
+    out.push_str(digits);
+}
+
+/// The proleptic Gregorian (year, month, day) of a count of days since 1970-01-01
+/// (Howard Hinnant's `civil_from_days`).
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let day_of_era = z.rem_euclid(146_097);
+    let year_of_era =
+        (day_of_era - day_of_era / 1_460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let shifted_month = (5 * day_of_year + 2) / 153;
+    let day = (day_of_year - (153 * shifted_month + 2) / 5 + 1) as u32;
+    let month = if shifted_month < 10 {
+        shifted_month + 3
+    } else {
+        shifted_month - 9
+    } as u32;
+    let year = year_of_era + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
 fn escape_into(out: &mut String, value: &str) {
     out.push('"');
+    if value
+        .bytes()
+        .all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\')
+    {
+        out.push_str(value);
+        out.push('"');
+        return;
+    }
     for c in value.chars() {
         match c {
             '"' => out.push_str("\\\""),
@@ -151,7 +220,12 @@ fn escape_into(out: &mut String, value: &str) {
 
 /// Converts the kernel's monotonic nanoseconds to wall-clock time.
 pub trait WallClock {
-    fn wall(&self, monotonic_ns: u64) -> DateTime<Utc>;
+    /// Nanoseconds since the Unix epoch.
+    fn unix_ns(&self, monotonic_ns: u64) -> i64;
+
+    fn wall(&self, monotonic_ns: u64) -> DateTime<Utc> {
+        DateTime::from_timestamp_nanos(self.unix_ns(monotonic_ns))
+    }
 }
 
 /// A `connection` event; `anomalies` says why it is one (see `select::anomalies_of`).
@@ -165,17 +239,17 @@ pub fn connection(
     let end_ns = record.start_ns + record.lifetime_ns;
     object
         .u64("id", record.id)
-        .time("time", clock.wall(end_ns))
-        .time("start", clock.wall(record.start_ns))
+        .time("time", clock.unix_ns(end_ns))
+        .time("start", clock.unix_ns(record.start_ns))
         .str("role", record.role.as_str())
         .bool("partial", record.partial.is_some())
         .opt_str(
             "partial_reason",
             record.partial.map(|reason| reason.as_str()),
         )
-        .display("local_ip", record.addrs.local.ip())
+        .ip("local_ip", record.addrs.local.ip())
         .u64("local_port", u64::from(record.addrs.local.port()))
-        .display("remote_ip", record.addrs.remote.ip())
+        .ip("remote_ip", record.addrs.remote.ip())
         .u64("remote_port", u64::from(record.addrs.remote.port()))
         .opt_u64("pid", record.process.as_ref().map(|p| u64::from(p.pid)))
         .opt_str("comm", record.process.as_ref().map(|p| p.comm.as_str()))
@@ -220,16 +294,16 @@ pub fn anomaly(out: &mut String, record: &AnomalyRecord, clock: &impl WallClock)
     let mut object = Object::new(out, "anomaly");
     object
         .u64("conn_id", record.conn_id)
-        .time("time", clock.wall(record.at_ns))
+        .time("time", clock.unix_ns(record.at_ns))
         .str("phase", record.phase.as_str())
         .str("state", state_name(record.state))
-        .time("since", clock.wall(record.since_ns))
+        .time("since", clock.unix_ns(record.since_ns))
         .secs("age_s", Some(record.at_ns.saturating_sub(record.since_ns)))
         .secs("threshold_s", Some(record.threshold_ns))
         .str("role", record.role.as_str())
-        .display("local_ip", record.addrs.local.ip())
+        .ip("local_ip", record.addrs.local.ip())
         .u64("local_port", u64::from(record.addrs.local.port()))
-        .display("remote_ip", record.addrs.remote.ip())
+        .ip("remote_ip", record.addrs.remote.ip())
         .u64("remote_port", u64::from(record.addrs.remote.port()))
         .opt_u64("pid", record.process.as_ref().map(|p| u64::from(p.pid)))
         .opt_str("comm", record.process.as_ref().map(|p| p.comm.as_str()))
@@ -243,11 +317,11 @@ pub fn exchange(out: &mut String, record: &ExchangeRecord, clock: &impl WallCloc
     let mut object = Object::new(out, "exchange");
     object
         .u64("conn_id", record.conn_id)
-        .time("time", clock.wall(record.start_ns))
+        .time("time", clock.unix_ns(record.start_ns))
         .str("role", record.role.as_str())
-        .display("client_ip", client.ip())
+        .ip("client_ip", client.ip())
         .u64("client_port", u64::from(client.port()))
-        .display("server_ip", server.ip())
+        .ip("server_ip", server.ip())
         .u64("server_port", u64::from(server.port()))
         .opt_u64("pid", record.process.as_ref().map(|p| u64::from(p.pid)))
         .opt_str("comm", record.process.as_ref().map(|p| p.comm.as_str()))
@@ -283,6 +357,7 @@ mod tests {
             .secs("b", Some(1_500_000_000))
             .secs("c", Some(0))
             .secs("d", None)
+            .secs("g", Some(12_000_000_001))
             .str("e", "quote\" back\\ nl\n ctl\u{1}")
             .bool("f", true);
         object.end();
@@ -291,9 +366,44 @@ mod tests {
             out.contains("\"a\":0.00007,\"b\":1.5,\"c\":0,\"d\":null"),
             "{out}"
         );
+        assert!(out.contains("\"g\":12.000000001"), "{out}");
         let value: serde_json::Value = serde_json::from_str(&out).unwrap();
         assert_eq!(value["type"], "test");
         assert_eq!(value["schema_version"], SCHEMA_VERSION);
         assert_eq!(value["e"], "quote\" back\\ nl\n ctl\u{1}");
+    }
+
+    #[test]
+    fn times_match_chrono() {
+        use chrono::SecondsFormat;
+        for unix_ns in [
+            0,
+            1_700_000_000_123_456_789,
+            951_782_400_000_000_000, // 2000-02-29
+            4_102_444_799_999_999_999,
+            -1,
+            1_000,
+        ] {
+            let mut out = String::new();
+            let mut object = Object::new(&mut out, "t");
+            object.time("at", unix_ns);
+            object.end();
+            let value: serde_json::Value = serde_json::from_str(&out).unwrap();
+            let expected = DateTime::from_timestamp_nanos(unix_ns)
+                .to_rfc3339_opts(SecondsFormat::Micros, true);
+            assert_eq!(value["at"], expected, "{unix_ns}");
+        }
+    }
+
+    #[test]
+    fn addresses_print_as_std_does() {
+        for ip in ["127.0.0.1", "10.200.0.255", "::1", "fd00::1:2"] {
+            let ip: IpAddr = ip.parse().unwrap();
+            let mut out = String::new();
+            let mut object = Object::new(&mut out, "t");
+            object.ip("ip", ip);
+            object.end();
+            assert!(out.contains(&format!("\"ip\":\"{ip}\"")), "{out}");
+        }
     }
 }

@@ -14,7 +14,7 @@ use std::{
     },
 };
 
-use chrono::{DateTime, Local, TimeZone, Utc};
+use chrono::Local;
 
 pub use self::select::EventSelection;
 use self::{
@@ -73,9 +73,8 @@ impl Default for Clock {
 }
 
 impl WallClock for Clock {
-    fn wall(&self, monotonic_ns: u64) -> DateTime<Utc> {
-        let ns = i128::from(monotonic_ns) + self.realtime_minus_monotonic_ns;
-        Utc.timestamp_nanos(ns as i64)
+    fn unix_ns(&self, monotonic_ns: u64) -> i64 {
+        (i128::from(monotonic_ns) + self.realtime_minus_monotonic_ns) as i64
     }
 }
 
@@ -179,7 +178,7 @@ impl Sink for Output {
         let Some(kind) = self.route(record) else {
             return Ok(());
         };
-        if !self.sampler.admit(Clock::monotonic_now_ns()) {
+        if !self.sampler.admit(Clock::monotonic_now_ns) {
             self.counts.sampled_out[kind].fetch_add(1, Ordering::Relaxed);
             return Ok(());
         }

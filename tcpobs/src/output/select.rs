@@ -68,12 +68,12 @@ impl Sampler {
         }
     }
 
-    /// Whether the next event, at `now_ns`, is written.
-    pub fn admit(&mut self, now_ns: u64) -> bool {
+    /// Whether the next event is written; `now_ns` reads the clock, only when sampling.
+    pub fn admit(&mut self, now_ns: impl FnOnce() -> u64) -> bool {
         let Some(Sample { first, thereafter }) = self.sample else {
             return true;
         };
-        let second = now_ns / 1_000_000_000;
+        let second = now_ns() / 1_000_000_000;
         if second != self.second {
             (self.second, self.seen) = (second, 0);
         }
@@ -148,15 +148,15 @@ mod tests {
             first: 3,
             thereafter: 4,
         }));
-        let kept: Vec<bool> = (0..12).map(|_| sampler.admit(5_000_000_000)).collect();
+        let kept: Vec<bool> = (0..12).map(|_| sampler.admit(|| 5_000_000_000)).collect();
         assert_eq!(
             kept,
             [
                 true, true, true, false, false, false, true, false, false, false, true, false
             ]
         );
-        assert!(sampler.admit(6_000_000_000), "a new second starts over");
-        assert!(Sampler::new(None).admit(0));
+        assert!(sampler.admit(|| 6_000_000_000), "a new second starts over");
+        assert!(Sampler::new(None).admit(|| 0));
     }
 
     fn connection() -> ConnectionRecord {

@@ -184,7 +184,7 @@ impl Conn {
             conn_id: self.id,
             role: self.role,
             addrs: self.addrs,
-            process: self.process.clone(),
+            process: self.process,
             seq,
             class,
             start_ns: pending.first_ns(),

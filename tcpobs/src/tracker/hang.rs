@@ -160,7 +160,7 @@ impl Tracker {
                             phase,
                             role: conn.role,
                             addrs: conn.addrs,
-                            process: conn.process.clone(),
+                            process: conn.process,
                             state: conn.state,
                             since_ns: since,
                             at_ns: now,
