@@ -295,8 +295,11 @@ fn kernel_filters_keep_other_ports_out_of_the_ring_buffer() {
         &format!("127.0.0.1:{api}"),
     ]);
     let alone = marker(&daemon, traced_addr);
+    // Each end: its open and its close (which carries the one exchange's bursts); the client
+    // closes first and reaches FIN_WAIT2, the server CLOSE_WAIT. Nothing for the brief states
+    // or for the connect, which needed no SYN retransmit.
     assert!(
-        alone >= 8.0,
+        alone >= 6.0,
         "a traced connection sends events from both ends: {alone}"
     );
     let before = events_total(&daemon);

@@ -17,12 +17,17 @@
 //! The kernel side keeps one [`SockRecord`] per TCP socket and only writes to the ring buffer
 //! on lifecycle transitions and at the end of a data burst:
 //!
-//! - [`OpenEvent`] of kind [`kind::CONNECT`] when a client starts connecting (`SYN_SENT`);
+//! - [`OpenEvent`] of kind [`kind::CONNECT`] when a connecting client's SYN is first
+//!   retransmitted: a connect that completes (or fails) within its first round trip needs no
+//!   event of its own, and one that hangs in `SYN_SENT` is announced after the first SYN
+//!   timeout (one second);
 //! - [`OpenEvent`] of kind [`kind::OPEN`] when a socket reaches `ESTABLISHED`, or when a socket
 //!   that was already open is seen for the first time (flag [`FLAG_PARTIAL`]);
 //! - [`BurstEvent`] every second time the data direction flips, carrying the two bursts that
 //!   just completed: one event per request/response exchange;
-//! - [`StateEvent`] for teardown transitions (`FIN_WAIT1`, `CLOSE_WAIT`, `FIN_WAIT2`, ...);
+//! - [`StateEvent`] when a socket enters a state it can hang in (`CLOSE_WAIT`, `FIN_WAIT2`);
+//!   the other teardown states usually last one round trip, are kept in the record, and
+//!   the daemon reads them from the table when it needs them;
 //! - [`CloseEvent`] once, when the socket is done, carrying the whole record and the pending
 //!   burst.
 //!
@@ -108,6 +113,8 @@ pub const FLAG_APP_CLOSED: u8 = 1 << 4;
 /// The socket is excluded by the kernel-side filters: the record is only a marker, so that
 /// every later event for the socket costs one lookup and sends nothing.
 pub const FLAG_IGNORED: u8 = 1 << 5;
+/// The `kind::CONNECT` event was sent (the SYN was retransmitted).
+pub const FLAG_CONNECT_SENT: u8 = 1 << 6;
 
 /// `STATS` per-CPU array indexes: what the kernel side had to drop.
 pub mod stat {

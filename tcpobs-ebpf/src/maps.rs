@@ -26,10 +26,17 @@ pub static SCRATCH: PerCpuArray<SockRecord> = PerCpuArray::with_max_entries(1, 0
 #[inline(always)]
 pub fn scratch_record() -> Option<&'static mut SockRecord> {
     let rec = SCRATCH.get_ptr_mut(0)?;
-    // SAFETY: the pointer is this CPU's slot of a one-entry array; SockRecord is plain data,
-    // for which all-zero bytes are a valid value.
+    const WORDS: usize = core::mem::size_of::<SockRecord>() / 8;
+    const _: () = assert!(core::mem::size_of::<SockRecord>().is_multiple_of(8));
+    let words = rec.cast::<u64>();
+    // SAFETY: the pointer is this CPU's slot of a one-entry array, 8-byte aligned and
+    // `WORDS` words long; SockRecord is plain data, for which all-zero bytes are a valid
+    // value. Volatile word stores, because `write_bytes` becomes a call to a byte-at-a-time
+    // `memset` subprogram.
     unsafe {
-        core::ptr::write_bytes(rec, 0, 1);
+        for index in 0..WORDS {
+            core::ptr::write_volatile(words.add(index), 0);
+        }
         Some(&mut *rec)
     }
 }

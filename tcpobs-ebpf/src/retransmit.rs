@@ -5,19 +5,22 @@
 //!   since 6.15.
 //! - classic record: `skbaddr, skaddr, state, sport, dport, family, ...`.
 //!
-//! Counted in the socket record and reported with the connection.
+//! Counted in the socket record and reported with the connection. The first retransmitted
+//! SYN of a connecting client also announces the connect (`kind::CONNECT`): a connect that
+//! needs no retransmit is over (established or failed) within a round trip and is announced
+//! by that, which saves an event on every healthy connection.
 
 use aya_ebpf::{
     macros::{btf_tracepoint, tracepoint},
     programs::{BtfTracePointContext, TracePointContext},
 };
-use tcpobs_common::{Offsets, role};
+use tcpobs_common::{FLAG_CONNECT_SENT, Offsets, kind, role, tcp_state};
 
 use crate::{
     maps::offsets,
     resets::read_sk,
     sock::Sock,
-    track::{Adoption, learn_local_port, record_or_adopt},
+    track::{Adoption, emit_open, learn_local_port, now_ns, record_or_adopt},
 };
 
 #[btf_tracepoint(function = "tcp_retransmit_skb")]
@@ -44,5 +47,12 @@ fn on_retransmit(o: &Offsets, sk: Sock) {
     if let Some(rec) = record_or_adopt(o, sk, None, Adoption::other_context(role::UNKNOWN)) {
         rec.retransmits += 1;
         learn_local_port(o, sk, rec);
+        if rec.state == tcp_state::SYN_SENT
+            && rec.role == role::CLIENT
+            && rec.flags & FLAG_CONNECT_SENT == 0
+        {
+            rec.flags |= FLAG_CONNECT_SENT;
+            emit_open(kind::CONNECT, sk.key(), rec, now_ns());
+        }
     }
 }

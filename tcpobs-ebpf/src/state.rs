@@ -165,7 +165,11 @@ fn teardown_step(o: &Offsets, sk: Sock, old: u8, new: u8, now: u64) {
         _ => {}
     }
     rec.state = new;
-    emit_state(sk.key(), rec, old, new, now);
+    // Only the states a connection can hang in are worth an event; the daemon reads the others
+    // from the record when it needs them.
+    if matches!(new, tcp_state::CLOSE_WAIT | tcp_state::FIN_WAIT2) {
+        emit_state(sk.key(), rec, old, new, now);
+    }
 }
 
 #[inline(always)]

@@ -236,9 +236,10 @@ pub fn traced_record(sk: Sock) -> Option<&'static mut SockRecord> {
 
 /// Starts a fresh record for a connection being opened: `CLOSE -> SYN_SENT` for a client (in
 /// the connecting process), `LISTEN -> SYN_RECV` for a server (in softirq). A client is judged
-/// by the filters now (an excluded one gets an ignored marker) and announced right away
-/// (`kind::CONNECT`); a server is judged and announced when it is established, the moment its
-/// addresses are sure to be set ([`judge_server`]).
+/// by the filters now (an excluded one gets an ignored marker), and announced when it is
+/// established, fails, or retransmits its SYN (`kind::CONNECT`, see `retransmit`); a server
+/// is judged and announced when it is established, the moment its addresses are sure to be
+/// set ([`judge_server`]).
 pub fn start(o: &Offsets, sk: Sock, role: u8, now: u64) {
     let key = sk.key();
     if let Some(previous) = traced_record(sk) {
@@ -268,8 +269,6 @@ pub fn start(o: &Offsets, sk: Sock, role: u8, now: u64) {
     let record: &SockRecord = rec;
     if SOCKETS.insert(key, record, 0).is_err() {
         count(stat::TABLE_INSERT_FAILED);
-    } else if traced && client {
-        emit_open(kind::CONNECT, key, rec, now);
     }
 }
 

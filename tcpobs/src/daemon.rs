@@ -200,6 +200,7 @@ impl Tracer {
                 start_ns: record.start_ns,
                 last_data_ns: record.burst.last_ns,
                 bytes: record.bytes_sent + record.bytes_recv,
+                state: record.state,
             })
         };
         let report = lock(&self.tracker).sweep(

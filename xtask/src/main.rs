@@ -47,6 +47,9 @@ enum Task {
         #[arg(long, default_value = "BENCHMARKS.md")]
         output: PathBuf,
     },
+    /// Internal to `bench`: hold `count` idle loopback connections until stdin closes.
+    #[command(hide = true)]
+    BenchHold { count: usize, first: u64 },
     /// Run the whole test suite: formatting and lints, unit tests, the integration tests
     /// that load the real programs and drive real traffic, and a smoke run of the benchmark
     /// harness (needs root).
@@ -97,6 +100,7 @@ fn run(task: Task) -> Result<()> {
             };
             bench(&root, mode, &output)
         }
+        Task::BenchHold { count, first } => bench::hold(count, first),
         Task::Test { args } => {
             setup::ensure(setup::Needs::Test)?;
             test(&root, &args)?;

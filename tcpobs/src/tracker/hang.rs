@@ -9,10 +9,12 @@
 //! | `close_wait` | `CLOSE_WAIT` for longer than the threshold (a leak) |
 //! | `fin_wait2` | `FIN_WAIT2` for longer than the threshold |
 //!
-//! The tracker only learns of data when a burst ends, so a connection that *looks* idle or
-//! data-less is checked against the kernel's own record (one map lookup, through the caller's
-//! `lookup`) before it is flagged; already-flagged idle connections are re-checked on a slow
-//! rotation, so a host with many zombies costs a bounded number of lookups per sweep. Each
+//! The tracker only learns of data when a burst ends, and of the brief teardown states
+//! (`FIN_WAIT1`, `LAST_ACK`, `CLOSING`) not at all, so a connection that *looks* stuck is
+//! checked against the kernel's own record (one map lookup, through the caller's `lookup`)
+//! before it is flagged: the record has the data in progress and the current state.
+//! Already-flagged connections are re-checked on a slow rotation, so a host with many zombies
+//! costs a bounded number of lookups per sweep. Each
 //! connection is reported once per phase ([`Record::Anomaly`]); the report also counts how
 //! many connections are stuck in each phase right now, for the gauge.
 //!
@@ -20,6 +22,8 @@
 //! (once per [`AUDIT_EVERY`] sweeps): a connection whose kernel record is gone, or belongs to a
 //! newer connection, on two audits in a row was lost (its close event dropped from a full ring
 //! buffer, or its record evicted from a full table) and is reported partial (`lost`).
+
+use tcpobs_common::tcp_state;
 
 use super::{Conn, Tracker};
 use crate::model::{AnomalyRecord, Phase, Record};
@@ -55,6 +59,8 @@ pub struct KernelView {
     pub last_data_ns: u64,
     /// Bytes moved in either direction.
     pub bytes: u64,
+    /// The socket's state (`tcp_state`).
+    pub state: u8,
 }
 
 /// Result of one sweep.
@@ -74,6 +80,15 @@ const RECHECK_EVERY: u64 = 30;
 
 /// Every live connection is checked against the kernel's table once per this many sweeps.
 pub const AUDIT_EVERY: u64 = 60;
+
+/// A state a socket in the table can be in, short of `CLOSE` (whose event is on its way).
+fn is_open_state(state: u8) -> bool {
+    use tcp_state::*;
+    matches!(
+        state,
+        ESTABLISHED | SYN_SENT | SYN_RECV | FIN_WAIT1 | FIN_WAIT2 | CLOSE_WAIT | LAST_ACK | CLOSING
+    )
+}
 
 fn index(phase: Phase) -> usize {
     phase as usize
@@ -118,13 +133,14 @@ impl Tracker {
             let audit = (conn.id + sweep).is_multiple_of(AUDIT_EVERY);
             let needs_kernel = audit
                 || match candidate {
-                    Some((Phase::NoData | Phase::Idle, _)) => {
+                    // SYN_SENT is never left silently: the open or the close follows.
+                    Some((Phase::SynSent, _)) | None => false,
+                    Some(_) => {
                         !conn
                             .stuck
                             .is_some_and(|(phase, _)| conn.flagged.contains(phase))
                             || (conn.id + sweep).is_multiple_of(RECHECK_EVERY)
                     }
-                    _ => false,
                 };
             if needs_kernel {
                 report.lookups += 1;
@@ -134,6 +150,13 @@ impl Tracker {
                         // Data the tracker may not have seen yet: a burst still in progress.
                         conn.saw_data |= view.bytes > 0;
                         conn.last_activity_ns = conn.last_activity_ns.max(view.last_data_ns);
+                        if view.state != conn.state && is_open_state(view.state) {
+                            // A state entered without an event (see the module docs).
+                            self.counts.remove(conn.role, conn.state);
+                            self.counts.add(conn.role, view.state);
+                            conn.state = view.state;
+                            conn.state_since_ns = now;
+                        }
                         candidate = conn.candidate(now, thresholds);
                     }
                     None if audit => {
@@ -301,11 +324,13 @@ mod tests {
                     start_ns: 0,
                     last_data_ns: 9 * S,
                     bytes: 5,
+                    state: tcp_state::ESTABLISHED,
                 },
                 _ => KernelView {
                     start_ns: 0,
                     last_data_ns: 61 * S,
                     bytes: 30,
+                    state: tcp_state::ESTABLISHED,
                 },
             })
         };
@@ -353,6 +378,40 @@ mod tests {
         assert_eq!(out, [Record::Unstuck(Phase::CloseWait, 8 * S)]);
         let conn = tracker.live().next().unwrap();
         assert!(conn.flagged().contains(Phase::CloseWait));
+    }
+
+    #[test]
+    fn a_state_left_without_an_event_is_read_from_the_kernel() {
+        let mut tracker = Tracker::new();
+        open(&mut tracker, 1, kind::OPEN, tcp_state::ESTABLISHED, 0);
+        tracker.handle(
+            &KernelEvent::State(StateEvent {
+                hdr: hdr(kind::STATE, 1, S),
+                old_state: tcp_state::ESTABLISHED,
+                new_state: tcp_state::CLOSE_WAIT,
+                ..Default::default()
+            }),
+            &mut Vec::new(),
+        );
+        // The application closed (LAST_ACK, which sends no event) and the FIN goes unanswered.
+        let kernel = |_| {
+            Some(KernelView {
+                start_ns: 0,
+                state: tcp_state::LAST_ACK,
+                ..KernelView::default()
+            })
+        };
+        let mut out = Vec::new();
+        let report = tracker.sweep(40 * S, &thresholds(), kernel, &mut out);
+        assert!(anomalies(&out).is_empty(), "{out:?}");
+        assert_eq!((report.lookups, report.stuck), (1, [0; 5]));
+        assert_eq!(tracker.live().next().unwrap().state(), tcp_state::LAST_ACK);
+        let open = &tracker.counts().open[0];
+        let (last_ack, close_wait) = (
+            open[usize::from(tcp_state::LAST_ACK)],
+            open[usize::from(tcp_state::CLOSE_WAIT)],
+        );
+        assert_eq!((last_ack, close_wait), (1, 0), "the gauge follows");
     }
 
     #[test]

@@ -2,8 +2,9 @@
 //! stream, and many idle connections.
 
 use std::{
-    io::{Read, Write},
+    io::{BufRead as _, BufReader, Read, Write},
     net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream},
+    process::{Child, Command, Stdio},
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -97,15 +98,61 @@ pub fn bulk(duration: Duration) -> Result<f64> {
     Ok(received as f64 / started.elapsed().as_secs_f64())
 }
 
-/// `count` idle connections, held open until dropped.
+/// Idle connections held open by helper processes (one process may hold only as many
+/// sockets as its open-file limit allows, and that limit cannot always be raised), until
+/// dropped.
 pub struct Idle {
-    _clients: Vec<TcpStream>,
-    _servers: Vec<TcpStream>,
+    holders: Vec<Child>,
 }
 
-/// Opens `count` connections spread over several loopback addresses.
+impl Drop for Idle {
+    fn drop(&mut self) {
+        for holder in &mut self.holders {
+            // Closing its stdin tells the holder to exit.
+            drop(holder.stdin.take());
+        }
+        for holder in &mut self.holders {
+            let _ = holder.wait();
+        }
+    }
+}
+
+/// Opens `count` connections spread over several loopback addresses, in as many holder
+/// processes (`cargo xtask bench-hold`) as the open-file limit needs.
 pub fn idle(count: usize) -> Result<Idle> {
-    raise_fd_limit(2 * count as u64 + 1024)?;
+    let limit = fd_limit()?;
+    // Both ends of each connection, plus room for the listener and the runtime.
+    let per_holder = usize::try_from(limit.saturating_sub(256) / 2)
+        .unwrap_or(usize::MAX)
+        .max(1);
+    let exe = std::env::current_exe().context("finding the xtask binary")?;
+    let mut idle = Idle {
+        holders: Vec::new(),
+    };
+    let mut opened = 0;
+    while opened < count {
+        let batch = per_holder.min(count - opened);
+        let mut holder = Command::new(&exe)
+            .args(["bench-hold", &batch.to_string(), &opened.to_string()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .context("starting a connection holder")?;
+        let stdout = holder.stdout.take().context("holder stdout")?;
+        idle.holders.push(holder);
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line)?;
+        if line.trim() != "ready" {
+            anyhow::bail!("a connection holder failed after {opened} of {count} connections");
+        }
+        opened += batch;
+    }
+    Ok(idle)
+}
+
+/// The holder process: opens `count` connections (numbered from `first`, for the spread over
+/// addresses), says `ready` on stdout, and keeps them until stdin closes.
+pub fn hold(count: usize, first: u64) -> Result<()> {
     let listener = TcpListener::bind("0.0.0.0:0")?;
     let port = listener.local_addr()?.port();
     let acceptor = thread::spawn(move || -> Result<Vec<TcpStream>> {
@@ -116,32 +163,37 @@ pub fn idle(count: usize) -> Result<Idle> {
         Ok(servers)
     });
     let mut clients = Vec::with_capacity(count);
-    for n in 0..count as u64 {
+    for n in first..first + count as u64 {
         clients.push(
-            TcpStream::connect(destination(port, n))
-                .with_context(|| format!("connection {n} of {count}"))?,
+            TcpStream::connect(destination(port, n)).with_context(|| format!("connection {n}"))?,
         );
     }
-    let servers = acceptor
+    let _servers = acceptor
         .join()
         .map_err(|_| anyhow::anyhow!("acceptor panicked"))??;
-    Ok(Idle {
-        _clients: clients,
-        _servers: servers,
-    })
+    println!("ready");
+    std::io::stdout().flush()?;
+    let mut rest = Vec::new();
+    std::io::stdin().read_to_end(&mut rest)?;
+    drop(clients);
+    Ok(())
 }
 
-fn raise_fd_limit(wanted: u64) -> Result<()> {
-    let limit = libc::rlimit {
-        rlim_cur: wanted,
-        rlim_max: wanted,
+/// The open-file limit, the soft one raised to the hard one first.
+fn fd_limit() -> Result<u64> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
     };
-    // SAFETY: setrlimit reads a valid rlimit.
-    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } != 0 {
+    // SAFETY: getrlimit writes into a valid rlimit.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
         anyhow::bail!(
-            "cannot raise the open file limit to {wanted}: {}",
+            "cannot read the open file limit: {}",
             std::io::Error::last_os_error()
         );
     }
-    Ok(())
+    limit.rlim_cur = limit.rlim_max;
+    // SAFETY: setrlimit reads a valid rlimit; the soft limit may always go up to the hard one.
+    unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) };
+    Ok(limit.rlim_cur)
 }

@@ -20,6 +20,7 @@ use std::{
 
 use anyhow::{Context as _, Result};
 
+pub use self::load::hold;
 use self::{
     report::{Report, Row, spread},
     tracer::{Tracer, bpf_map_bytes, cpu_seconds, histogram_quantile, rss_bytes},
