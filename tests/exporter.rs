@@ -409,6 +409,8 @@ fn close_wait_leaks_and_idle_connections_are_flagged() {
         thread::sleep(Duration::from_millis(100));
     }
     assert!(daemon.metric("tcpobs_stuck_connections{phase=\"idle\"}") >= 2.0);
+    // Sweeps have run over a table with these connections in it, so they took some time.
+    assert!(daemon.metric("tcpobs_sweep_duration_seconds") > 0.0);
     assert_eq!(
         daemon.metric("tcpobs_anomalies_total{phase=\"close_wait\"}"),
         1.0

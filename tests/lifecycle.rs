@@ -64,9 +64,9 @@ fn ipv4_client_closes_first() {
     let (connections, capture) = one_exchange("127.0.0.1:0", true);
     let client = by_role(&connections, Role::Client);
     let server = by_role(&connections, Role::Server);
-    assert_eq!(client.addrs.local, server.addrs.remote);
-    assert_eq!(client.addrs.remote, server.addrs.local);
-    assert!(client.addrs.local.is_ipv4());
+    assert_eq!(client.addrs.local(), server.addrs.remote());
+    assert_eq!(client.addrs.remote(), server.addrs.local());
+    assert!(client.addrs.local().is_ipv4());
     for connection in [&client, &server] {
         let close = connection.close.as_ref().unwrap();
         assert_eq!(close.originator, CloseOriginator::Client, "{connection:#?}");
@@ -105,7 +105,7 @@ fn ipv6_server_closes_first() {
     let (connections, _capture) = one_exchange("[::1]:0", false);
     let client = by_role(&connections, Role::Client);
     let server = by_role(&connections, Role::Server);
-    assert!(client.addrs.local.is_ipv6() && server.addrs.local.is_ipv6());
+    assert!(client.addrs.local().is_ipv6() && server.addrs.local().is_ipv6());
     for connection in [&client, &server] {
         let close = connection.close.as_ref().unwrap();
         assert_eq!(close.originator, CloseOriginator::Server, "{connection:#?}");
@@ -167,9 +167,9 @@ fn refused_connect_is_a_connect_failure() {
     assert_eq!(failed.connect_failure, Some(ConnectFailure::Refused));
     assert_eq!(failed.connect_ns, None);
     assert_eq!(failed.exchanges, 0);
-    assert_eq!(failed.addrs.remote.port(), port);
+    assert_eq!(failed.addrs.remote().port(), port);
     assert_ne!(
-        failed.addrs.local.port(),
+        failed.addrs.local().port(),
         0,
         "the ephemeral port is known even after CLOSE"
     );
@@ -357,7 +357,7 @@ fn already_open_connection_is_partial_with_unknown_role() {
         .iter()
         .map(|c| {
             (
-                c.addrs.local.port() == addr.port(),
+                c.addrs.local().port() == addr.port(),
                 c.close.as_ref().unwrap().closed_by,
             )
         })
@@ -432,8 +432,9 @@ fn other_ports_are_not_traced() {
     let (records, _) = capture.stop();
     let all = connections(&records);
     assert!(
-        all.iter().all(|c| c.addrs.local.port() != other_addr.port()
-            && c.addrs.remote.port() != other_addr.port()),
+        all.iter()
+            .all(|c| c.addrs.local().port() != other_addr.port()
+                && c.addrs.remote().port() != other_addr.port()),
         "{all:#?}"
     );
     assert_eq!(all.len(), 2);
@@ -519,7 +520,7 @@ fn cidr_filters_apply_to_accepted_connections() {
     let (records, _) = capture.stop();
     let all: Vec<_> = connections(&records)
         .into_iter()
-        .filter(|c| c.addrs.local.port() == port || c.addrs.remote.port() == port)
+        .filter(|c| c.addrs.local().port() == port || c.addrs.remote().port() == port)
         .collect();
     assert_eq!(
         all.len(),
@@ -527,7 +528,10 @@ fn cidr_filters_apply_to_accepted_connections() {
         "both ends of the 127.0.0.2 connection only: {all:#?}"
     );
     for connection in &all {
-        let ends = [connection.addrs.local.ip(), connection.addrs.remote.ip()];
+        let ends = [
+            connection.addrs.local().ip(),
+            connection.addrs.remote().ip(),
+        ];
         assert!(
             ends.contains(&"127.0.0.2".parse::<std::net::IpAddr>().unwrap()),
             "{connection:#?}"

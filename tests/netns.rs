@@ -127,7 +127,7 @@ fn unanswered_syn_is_a_connect_timeout() {
         "{record:#?}"
     );
     assert!(record.retransmits >= 1, "{record:#?}");
-    assert_eq!(record.addrs.remote, target);
+    assert_eq!(record.addrs.remote(), target);
     let close = record.close.unwrap();
     assert_eq!(close.final_state, 2, "left from SYN_SENT");
     assert_eq!(close.errno, 110);

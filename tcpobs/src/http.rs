@@ -292,7 +292,7 @@ async fn connections(
         .filter(|conn| filter.state.is_none_or(|s| conn.state() == s))
         .filter(|conn| {
             filter.port.is_none_or(|port| {
-                conn.addrs().local.port() == port || conn.addrs().remote.port() == port
+                conn.addrs().local().port() == port || conn.addrs().remote().port() == port
             })
         })
         .filter(|conn| now.saturating_sub(conn.last_activity_ns()) >= filter.min_idle_ns)
@@ -310,10 +310,10 @@ async fn connections(
                 role: conn.role().as_str(),
                 state: state_name(conn.state()),
                 partial: conn.partial(),
-                local_ip: conn.addrs().local.ip().to_string(),
-                local_port: conn.addrs().local.port(),
-                remote_ip: conn.addrs().remote.ip().to_string(),
-                remote_port: conn.addrs().remote.port(),
+                local_ip: conn.addrs().local().ip().to_string(),
+                local_port: conn.addrs().local().port(),
+                remote_ip: conn.addrs().remote().ip().to_string(),
+                remote_port: conn.addrs().remote().port(),
                 pid: conn.process().map(|p| p.pid),
                 comm: conn.process().map(|p| p.comm.to_string()),
                 start: state.clock.wall(conn.start_ns()).to_rfc3339(),

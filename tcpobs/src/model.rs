@@ -306,14 +306,27 @@ pub fn errno_name(errno: u32) -> Option<&'static str> {
 pub const ETIMEDOUT: u32 = 110;
 pub const ECONNREFUSED: u32 = 111;
 
-/// The local and remote ends of a socket.
+/// The local and remote ends of a socket. Kept as addresses and ports rather than two
+/// `SocketAddr`s (whose IPv6 flow and scope fields tcpobs never uses): the live table holds
+/// one per connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Addrs {
-    pub local: SocketAddr,
-    pub remote: SocketAddr,
+    local_ip: IpAddr,
+    remote_ip: IpAddr,
+    local_port: u16,
+    remote_port: u16,
 }
 
 impl Addrs {
+    pub fn new(local: SocketAddr, remote: SocketAddr) -> Self {
+        Self {
+            local_ip: local.ip(),
+            remote_ip: remote.ip(),
+            local_port: local.port(),
+            remote_port: remote.port(),
+        }
+    }
+
     /// IPv4-mapped IPv6 addresses are shown as IPv4.
     pub fn from_kernel(endpoints: &Endpoints) -> Self {
         let ip = |bytes: &[u8; 16]| -> IpAddr {
@@ -324,32 +337,39 @@ impl Addrs {
             }
         };
         Self {
-            local: SocketAddr::new(ip(&endpoints.laddr), endpoints.lport),
-            remote: SocketAddr::new(ip(&endpoints.raddr), endpoints.rport),
+            local_ip: ip(&endpoints.laddr),
+            remote_ip: ip(&endpoints.raddr),
+            local_port: endpoints.lport,
+            remote_port: endpoints.rport,
         }
+    }
+
+    pub fn local(&self) -> SocketAddr {
+        SocketAddr::new(self.local_ip, self.local_port)
+    }
+
+    pub fn remote(&self) -> SocketAddr {
+        SocketAddr::new(self.remote_ip, self.remote_port)
     }
 
     /// (client end, server end) for a socket of this role; local first when unknown.
     pub fn client_server(&self, role: Role) -> (SocketAddr, SocketAddr) {
         match role {
-            Role::Server => (self.remote, self.local),
-            Role::Client | Role::Unknown => (self.local, self.remote),
+            Role::Server => (self.remote(), self.local()),
+            Role::Client | Role::Unknown => (self.local(), self.remote()),
         }
     }
 }
 
-/// A process name (`comm`), at most 15 bytes, kept inline: records are copied a lot and a
-/// heap string each would cost an allocation per connection.
+/// A process name (`comm`), at most 15 bytes, NUL-padded as the kernel keeps it, inline:
+/// records are copied a lot and a heap string each would cost an allocation per connection.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
-pub struct Comm {
-    bytes: [u8; 16],
-    len: u8,
-}
+pub struct Comm([u8; 16]);
 
 impl Comm {
     /// From the kernel's NUL-padded `comm`; bytes that are not UTF-8 become `?`.
     pub fn from_kernel(raw: &[u8; 16]) -> Self {
-        let len = raw.iter().position(|&b| b == 0).unwrap_or(raw.len());
+        let len = raw.iter().position(|&b| b == 0).unwrap_or(raw.len() - 1);
         let mut bytes = [0u8; 16];
         bytes[..len].copy_from_slice(&raw[..len]);
         if std::str::from_utf8(&bytes[..len]).is_err() {
@@ -359,14 +379,12 @@ impl Comm {
                 }
             }
         }
-        Self {
-            bytes,
-            len: len as u8,
-        }
+        Self(bytes)
     }
 
     pub fn as_str(&self) -> &str {
-        std::str::from_utf8(&self.bytes[..usize::from(self.len)]).unwrap_or("?")
+        let len = self.0.iter().position(|&b| b == 0).unwrap_or(self.0.len());
+        std::str::from_utf8(&self.0[..len]).unwrap_or("?")
     }
 }
 
@@ -560,19 +578,19 @@ mod tests {
         endpoints.laddr[..4].copy_from_slice(&[127, 0, 0, 1]);
         endpoints.raddr[..4].copy_from_slice(&[10, 1, 2, 3]);
         let addrs = Addrs::from_kernel(&endpoints);
-        assert_eq!(addrs.local, "127.0.0.1:8080".parse().unwrap());
-        assert_eq!(addrs.remote, "10.1.2.3:41000".parse().unwrap());
+        assert_eq!(addrs.local(), "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(addrs.remote(), "10.1.2.3:41000".parse().unwrap());
         assert_eq!(
             addrs.client_server(Role::Server),
-            (addrs.remote, addrs.local)
+            (addrs.remote(), addrs.local())
         );
 
         endpoints.family = 10;
         endpoints.laddr = "::ffff:192.0.2.1".parse::<Ipv6Addr>().unwrap().octets();
         endpoints.raddr = "2001:db8::1".parse::<Ipv6Addr>().unwrap().octets();
         let addrs = Addrs::from_kernel(&endpoints);
-        assert_eq!(addrs.local, "192.0.2.1:8080".parse().unwrap());
-        assert_eq!(addrs.remote, "[2001:db8::1]:41000".parse().unwrap());
+        assert_eq!(addrs.local(), "192.0.2.1:8080".parse().unwrap());
+        assert_eq!(addrs.remote(), "[2001:db8::1]:41000".parse().unwrap());
     }
 
     #[test]

@@ -46,6 +46,9 @@ enum Task {
         /// Where to write the report.
         #[arg(long, default_value = "BENCHMARKS.md")]
         output: PathBuf,
+        /// Run only these workloads and print their rows (writes nothing).
+        #[arg(long, value_delimiter = ',', value_parser = clap::builder::PossibleValuesParser::new(bench::WORKLOADS))]
+        only: Vec<String>,
     },
     /// Internal to `bench`: hold `count` idle loopback connections until stdin closes.
     #[command(hide = true)]
@@ -91,6 +94,7 @@ fn run(task: Task) -> Result<()> {
             quick,
             smoke,
             output,
+            only,
         } => {
             setup::ensure(setup::Needs::Bench)?;
             let mode = match (quick, smoke) {
@@ -98,14 +102,14 @@ fn run(task: Task) -> Result<()> {
                 (true, _) => bench::Mode::QUICK,
                 _ => bench::Mode::FULL,
             };
-            bench(&root, mode, &output)
+            bench(&root, mode, &only, &output)
         }
         Task::BenchHold { count, first } => bench::hold(count, first),
         Task::Test { args } => {
             setup::ensure(setup::Needs::Test)?;
             test(&root, &args)?;
             // The harness must keep working; its figures are not checked here.
-            bench(&root, bench::Mode::SMOKE, Path::new("/dev/null"))
+            bench(&root, bench::Mode::SMOKE, &[], Path::new("/dev/null"))
         }
     }
 }
@@ -154,7 +158,7 @@ fn test(root: &Path, args: &[String]) -> Result<()> {
     cargo(root, &integration)
 }
 
-fn bench(root: &Path, mode: bench::Mode, output: &Path) -> Result<()> {
+fn bench(root: &Path, mode: bench::Mode, only: &[String], output: &Path) -> Result<()> {
     if !setup::is_root() {
         bail!("the benchmarks load eBPF programs: run `cargo xtask bench` as root");
     }
@@ -164,7 +168,13 @@ fn bench(root: &Path, mode: bench::Mode, output: &Path) -> Result<()> {
     } else {
         output.to_path_buf()
     };
-    bench::run(root, &root.join("target/release/tcpobs"), mode, &output)
+    bench::run(
+        root,
+        &root.join("target/release/tcpobs"),
+        mode,
+        only,
+        &output,
+    )
 }
 
 fn workspace_root() -> PathBuf {

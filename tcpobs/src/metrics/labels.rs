@@ -233,8 +233,8 @@ impl LabelPolicy {
         let mut dims = Dims::default();
         for state in &mut self.dims {
             let raw = match state.dim {
-                Dim::LocalPort => addrs.local.port().to_string(),
-                Dim::RemotePort => addrs.remote.port().to_string(),
+                Dim::LocalPort => addrs.local().port().to_string(),
+                Dim::RemotePort => addrs.remote().port().to_string(),
                 Dim::Comm => process.map_or_else(|| "unknown".to_owned(), |p| p.comm.to_string()),
             };
             dims.0[state.dim as usize] = Some(state.value(&raw));
@@ -255,10 +255,10 @@ mod tests {
     use super::*;
 
     fn addrs(local: u16, remote: u16) -> Addrs {
-        Addrs {
-            local: ([127, 0, 0, 1], local).into(),
-            remote: ([127, 0, 0, 1], remote).into(),
-        }
+        Addrs::new(
+            ([127, 0, 0, 1], local).into(),
+            ([127, 0, 0, 1], remote).into(),
+        )
     }
 
     fn values(dims: &Dims) -> Vec<Option<&str>> {

@@ -552,10 +552,10 @@ mod tests {
     use crate::model::{ExchangeRecord, OpenedRecord};
 
     fn addrs() -> Addrs {
-        Addrs {
-            local: "127.0.0.1:40000".parse().unwrap(),
-            remote: "127.0.0.1:80".parse().unwrap(),
-        }
+        Addrs::new(
+            "127.0.0.1:40000".parse().unwrap(),
+            "127.0.0.1:80".parse().unwrap(),
+        )
     }
 
     fn exposition(labels: &[LabelSpec]) -> String {

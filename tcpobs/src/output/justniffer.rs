@@ -199,10 +199,10 @@ mod tests {
         ExchangeRecord {
             conn_id: 1,
             role: Role::Server,
-            addrs: Addrs {
-                local: "127.0.0.1:8080".parse().unwrap(),
-                remote: "127.0.0.1:51000".parse().unwrap(),
-            },
+            addrs: Addrs::new(
+                "127.0.0.1:8080".parse().unwrap(),
+                "127.0.0.1:51000".parse().unwrap(),
+            ),
             process: None,
             seq: 2,
             class: ExchangeClass::Last,

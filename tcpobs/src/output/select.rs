@@ -164,10 +164,10 @@ mod tests {
             id: 1,
             role: Role::Client,
             partial: None,
-            addrs: Addrs {
-                local: "127.0.0.1:1".parse().unwrap(),
-                remote: "127.0.0.1:2".parse().unwrap(),
-            },
+            addrs: Addrs::new(
+                "127.0.0.1:1".parse().unwrap(),
+                "127.0.0.1:2".parse().unwrap(),
+            ),
             process: None,
             start_ns: 0,
             established_ns: Some(1),

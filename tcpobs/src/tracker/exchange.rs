@@ -7,15 +7,18 @@
 //! connection closes. So each connection holds at most one exchange in progress, and an
 //! exchange is emitted one step late. A connection whose role is unknown yields no exchanges.
 
+use std::num::NonZeroU64;
+
 use tcpobs_common::{Burst, direction};
 
 use super::Conn;
 use crate::model::{CloseOriginator, ExchangeClass, ExchangeRecord, Record, Role};
 
-/// One direction of an exchange: first byte, last byte, size.
+/// One direction of an exchange: first byte, last byte, size. (`first_ns` is never 0, the
+/// kernel clock starting at boot; `NonZeroU64` makes `Option<Span>` cost no tag.)
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) struct Span {
-    first_ns: u64,
+    first_ns: NonZeroU64,
     last_ns: u64,
     bytes: u64,
 }
@@ -26,10 +29,14 @@ impl Span {
     /// ordered.
     fn of(burst: &Burst) -> Self {
         Self {
-            first_ns: burst.first_ns.min(burst.last_ns),
+            first_ns: NonZeroU64::new(burst.first_ns.min(burst.last_ns)).unwrap_or(NonZeroU64::MIN),
             last_ns: burst.last_ns.max(burst.first_ns),
             bytes: burst.bytes,
         }
+    }
+
+    fn first(&self) -> u64 {
+        self.first_ns.get()
     }
 
     fn extend(&mut self, other: Span) {
@@ -64,7 +71,7 @@ impl Pending {
     fn first_ns(&self) -> u64 {
         self.request
             .or(self.response)
-            .map_or(0, |span| span.first_ns)
+            .map_or(0, |span| span.first())
     }
 
     fn last_ns(&self) -> u64 {
@@ -107,7 +114,7 @@ impl Conn {
             None => self.pending = Some(Pending::opened_by(is_request, span)),
             // A request after a complete exchange: the previous one was not the last.
             Some(pending) if is_request && pending.response.is_some() => {
-                self.finish_exchange(ExchangeEnd::NextRequest(span.first_ns), out);
+                self.finish_exchange(ExchangeEnd::NextRequest(span.first()), out);
                 self.pending = Some(Pending::opened_by(true, span));
             }
             // Two bursts in the same direction can only follow a lost event: merge them.
@@ -169,22 +176,26 @@ impl Conn {
             ),
         };
         let first_exchange = seq == 1 && self.partial.is_none();
-        let established = self.established_ns.filter(|_| first_exchange);
+        let established = self.established_ns().filter(|_| first_exchange);
         let response_begin_ns = pending
             .request
             .zip(pending.response)
-            .map(|(request, response)| response.first_ns.saturating_sub(request.last_ns));
+            .map(|(request, response)| response.first().saturating_sub(request.last_ns));
         let response_end_ns = pending
             .response
-            .map(|response| response.last_ns.saturating_sub(response.first_ns));
+            .map(|response| response.last_ns.saturating_sub(response.first()));
         let idle_after_ns = idle_end.map(|end| end.saturating_sub(pending.last_ns()));
-        self.max_response_begin_ns = self.max_response_begin_ns.max(response_begin_ns);
-        self.max_idle_ns = self.max_idle_ns.max(idle_after_ns);
+        self.max_response_begin_ns = self
+            .max_response_begin_ns
+            .max(response_begin_ns.and_then(NonZeroU64::new));
+        self.max_idle_ns = self
+            .max_idle_ns
+            .max(idle_after_ns.and_then(NonZeroU64::new));
         out.push(Record::Exchange(ExchangeRecord {
             conn_id: self.id,
             role: self.role,
             addrs: self.addrs,
-            process: self.process,
+            process: self.process().copied(),
             seq,
             class,
             start_ns: pending.first_ns(),
@@ -193,7 +204,7 @@ impl Conn {
                 .map(|established| pending.first_ns().saturating_sub(established)),
             request_ns: pending
                 .request
-                .map(|request| request.last_ns.saturating_sub(request.first_ns)),
+                .map(|request| request.last_ns.saturating_sub(request.first())),
             response_begin_ns,
             response_end_ns,
             response_ns: response_begin_ns

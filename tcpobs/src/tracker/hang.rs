@@ -102,7 +102,7 @@ impl Conn {
             SYN_SENT => (Phase::SynSent, self.start_ns),
             ESTABLISHED if !self.saw_data => (
                 Phase::NoData,
-                self.established_ns.unwrap_or(self.state_since_ns),
+                self.established_ns().unwrap_or(self.state_since_ns),
             ),
             ESTABLISHED => (Phase::Idle, self.last_activity_ns),
             CLOSE_WAIT => (Phase::CloseWait, self.state_since_ns),
@@ -128,7 +128,8 @@ impl Tracker {
         let sweep = self.sweeps;
         let mut report = SweepReport::default();
         let mut vanished = Vec::new();
-        for (&sock, conn) in &mut self.conns {
+        let counts = &mut self.counts;
+        self.conns.for_each_mut(|sock, conn| {
             let mut candidate = conn.candidate(now, thresholds);
             let audit = (conn.id + sweep).is_multiple_of(AUDIT_EVERY);
             let needs_kernel = audit
@@ -152,8 +153,8 @@ impl Tracker {
                         conn.last_activity_ns = conn.last_activity_ns.max(view.last_data_ns);
                         if view.state != conn.state && is_open_state(view.state) {
                             // A state entered without an event (see the module docs).
-                            self.counts.remove(conn.role, conn.state);
-                            self.counts.add(conn.role, view.state);
+                            counts.remove(conn.role, conn.state);
+                            counts.add(conn.role, view.state);
                             conn.state = view.state;
                             conn.state_since_ns = now;
                         }
@@ -163,7 +164,7 @@ impl Tracker {
                         conn.missing += 1;
                         if conn.missing >= 2 {
                             vanished.push(sock);
-                            continue;
+                            return;
                         }
                     }
                     None => {}
@@ -183,7 +184,7 @@ impl Tracker {
                             phase,
                             role: conn.role,
                             addrs: conn.addrs,
-                            process: conn.process,
+                            process: conn.process().copied(),
                             state: conn.state,
                             since_ns: since,
                             at_ns: now,
@@ -193,7 +194,7 @@ impl Tracker {
                 }
                 None => conn.unstick(now, out),
             }
-        }
+        });
         for sock in vanished {
             self.abandon(sock, out);
             report.lost += 1;

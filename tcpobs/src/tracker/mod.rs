@@ -27,13 +27,11 @@
 mod close;
 mod exchange;
 mod hang;
+mod table;
 #[cfg(test)]
 mod tests;
 
-use std::{
-    collections::HashMap,
-    hash::{BuildHasherDefault, Hasher},
-};
+use std::num::NonZeroU64;
 
 use tcpobs_common::{
     Burst, CloseEvent, FLAG_PARTIAL, OpenEvent, SockRecord, StateEvent, Task, direction, tcp_state,
@@ -43,6 +41,7 @@ pub use self::hang::{KernelView, StuckThresholds, SweepReport};
 use self::{
     close::{close_of, connect_failure_of},
     exchange::{ExchangeEnd, Pending},
+    table::Table,
 };
 use crate::{
     decode::KernelEvent,
@@ -102,8 +101,10 @@ pub struct Conn {
     role: Role,
     partial: Option<PartialReason>,
     addrs: Addrs,
-    process: Option<Process>,
-    established_ns: Option<u64>,
+    /// The owning process; pid 0 while unknown (an `Option` would cost a tag).
+    process: Process,
+    /// (`NonZeroU64`s keep the table's per-connection footprint down: `None` costs no tag.)
+    established_ns: Option<NonZeroU64>,
     state: u8,
     /// When the connection entered `state` (ns).
     state_since_ns: u64,
@@ -118,8 +119,9 @@ pub struct Conn {
     retransmits: u32,
     /// Last data (or lifecycle event) known to the tracker (ns).
     last_activity_ns: u64,
-    max_response_begin_ns: Option<u64>,
-    max_idle_ns: Option<u64>,
+    /// Longest time to first byte and idle gap so far (a 0 ns value counts as none).
+    max_response_begin_ns: Option<NonZeroU64>,
+    max_idle_ns: Option<NonZeroU64>,
     /// Phases already reported by the hang detector.
     flagged: PhaseSet,
     /// The stuck episode in progress: phase and when it began.
@@ -135,11 +137,8 @@ impl Conn {
             start_ns,
             role,
             partial: partial.then_some(PartialReason::AlreadyOpen),
-            addrs: Addrs {
-                local: ([0, 0, 0, 0], 0).into(),
-                remote: ([0, 0, 0, 0], 0).into(),
-            },
-            process: None,
+            addrs: Addrs::new(([0, 0, 0, 0], 0).into(), ([0, 0, 0, 0], 0).into()),
+            process: Process::default(),
             established_ns: None,
             state: tcp_state::ESTABLISHED,
             state_since_ns: start_ns,
@@ -167,7 +166,7 @@ impl Conn {
             partial,
         );
         conn.addrs = Addrs::from_kernel(&event.endpoints);
-        conn.process = Process::from_kernel(&event.task);
+        conn.process = Process::from_kernel(&event.task).unwrap_or_default();
         conn.state = event.state;
         conn.state_since_ns = event.hdr.ts_ns;
         conn.last_activity_ns = event.hdr.ts_ns;
@@ -187,7 +186,7 @@ impl Conn {
             conn.partial = Some(PartialReason::MissedOpen);
         }
         conn.addrs = Addrs::from_kernel(&rec.endpoints);
-        conn.established_ns = (rec.established_ns != 0).then_some(rec.established_ns);
+        conn.established_ns = NonZeroU64::new(rec.established_ns);
         conn.state = rec.final_state;
         conn
     }
@@ -205,7 +204,7 @@ impl Conn {
     }
 
     pub fn process(&self) -> Option<&Process> {
-        self.process.as_ref()
+        (self.process.pid != 0).then_some(&self.process)
     }
 
     pub fn state(&self) -> u8 {
@@ -271,15 +270,19 @@ impl Conn {
     }
 
     fn update_process(&mut self, task: &Task) {
-        if self.process.is_none() {
-            self.process = Process::from_kernel(task);
+        if self.process.pid == 0 {
+            self.process = Process::from_kernel(task).unwrap_or_default();
         }
+    }
+
+    fn established_ns(&self) -> Option<u64> {
+        self.established_ns.map(NonZeroU64::get)
     }
 
     fn connect_ns(&self) -> Option<u64> {
         match self.partial {
             None => self
-                .established_ns
+                .established_ns()
                 .map(|at| at.saturating_sub(self.start_ns)),
             Some(_) => None,
         }
@@ -297,9 +300,9 @@ impl Conn {
             role: self.role,
             partial,
             addrs: self.addrs,
-            process: self.process,
+            process: self.process().copied(),
             start_ns: self.start_ns,
-            established_ns: self.established_ns,
+            established_ns: self.established_ns(),
             connect_ns: self.connect_ns(),
             connect_failure: None,
             lifetime_ns,
@@ -308,8 +311,8 @@ impl Conn {
             bytes_received: self.bytes_received,
             retransmits: self.retransmits,
             close: None,
-            max_response_begin_ns: self.max_response_begin_ns,
-            max_idle_ns: self.max_idle_ns,
+            max_response_begin_ns: self.max_response_begin_ns.map(NonZeroU64::get),
+            max_idle_ns: self.max_idle_ns.map(NonZeroU64::get),
             stuck: self.flagged,
             stuck_at_end: self.stuck_at(self.start_ns + lifetime_ns),
         }
@@ -335,7 +338,7 @@ impl Conn {
             self.role = role;
         }
         if let Some(process) = Process::from_kernel(&rec.task) {
-            self.process = Some(process);
+            self.process = process;
         }
         let close = close_of(rec, self.role);
         self.finish_exchange(
@@ -356,38 +359,10 @@ impl Conn {
     }
 }
 
-/// Hashes socket addresses: a folded multiply spreads kernel pointers (whose low bits are
-/// always zero) over the table, at a fraction of SipHash's cost; nothing here needs SipHash's
-/// resistance to chosen keys.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct SockHasher(u64);
-
-impl Hasher for SockHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        for chunk in bytes.chunks(8) {
-            let mut word = [0u8; 8];
-            word[..chunk.len()].copy_from_slice(chunk);
-            self.write_u64(u64::from_le_bytes(word));
-        }
-    }
-
-    fn write_u64(&mut self, value: u64) {
-        let product = u128::from(self.0 ^ value) * 0x9e37_79b9_7f4a_7c15;
-        self.0 = (product as u64) ^ ((product >> 64) as u64);
-    }
-
-    fn finish(&self) -> u64 {
-        self.0
-    }
-}
-
-/// Live connections by socket address.
-type Conns = HashMap<u64, Conn, BuildHasherDefault<SockHasher>>;
-
 /// Live connections and the rules that turn events into records.
 #[derive(Debug, Default)]
 pub struct Tracker {
-    conns: Conns,
+    conns: Table,
     next_id: u64,
     stats: TrackerStats,
     counts: LiveCounts,
@@ -431,7 +406,7 @@ impl Tracker {
     }
 
     fn remove(&mut self, sock: u64) -> Option<Conn> {
-        let conn = self.conns.remove(&sock)?;
+        let conn = self.conns.remove(sock)?;
         self.counts.remove(conn.role, conn.state);
         Some(conn)
     }
@@ -466,7 +441,7 @@ impl Tracker {
 
     /// The live connection for this socket and generation; counts a miss as unmatched.
     fn matching(&mut self, sock: u64, start_ns: u64) -> Option<&mut Conn> {
-        match self.conns.get_mut(&sock) {
+        match self.conns.get_mut(sock) {
             Some(conn) if conn.start_ns == start_ns => Some(conn),
             _ => {
                 self.stats.unmatched += 1;
@@ -488,7 +463,7 @@ impl Tracker {
     fn replace(&mut self, sock: u64, start_ns: u64, out: &mut Vec<Record>) -> bool {
         if self
             .conns
-            .get(&sock)
+            .get(sock)
             .is_some_and(|conn| conn.start_ns == start_ns)
         {
             return false;
@@ -510,12 +485,12 @@ impl Tracker {
         if self.replace(sock, open.hdr.start_ns, out) {
             let id = self.next_id();
             self.insert(sock, Conn::from_event(id, open));
-        } else if let Some(conn) = self.conns.get(&sock) {
+        } else if let Some(conn) = self.conns.get(sock) {
             // Established after a connect: the local port is known now.
             let (role, state) = (conn.role, conn.state);
             self.counts.remove(role, state);
             self.counts.add(role, open.state);
-            let conn = self.conns.get_mut(&sock).expect("checked above");
+            let conn = self.conns.get_mut(sock).expect("checked above");
             conn.addrs = Addrs::from_kernel(&open.endpoints);
             conn.update_process(&open.task);
             conn.state = open.state;
@@ -523,14 +498,14 @@ impl Tracker {
             conn.last_activity_ns = open.hdr.ts_ns;
             conn.unstick(open.hdr.ts_ns, out);
         }
-        let conn = self.conns.get_mut(&sock).expect("inserted or known");
+        let conn = self.conns.get_mut(sock).expect("inserted or known");
         if open.flags & FLAG_PARTIAL == 0 {
-            conn.established_ns = Some(open.hdr.ts_ns);
+            conn.established_ns = NonZeroU64::new(open.hdr.ts_ns);
             out.push(Record::Opened(OpenedRecord {
                 id: conn.id,
                 role: conn.role,
                 addrs: conn.addrs,
-                process: conn.process,
+                process: conn.process().copied(),
                 connect_ns: open.hdr.ts_ns.saturating_sub(conn.start_ns),
             }));
         }
@@ -586,7 +561,7 @@ impl Tracker {
         mut lookup: impl FnMut(u64) -> Option<SockRecord>,
         out: &mut Vec<Record>,
     ) {
-        let mut socks: Vec<(u64, u64)> = self.conns.iter().map(|(s, c)| (c.id, *s)).collect();
+        let mut socks: Vec<(u64, u64)> = self.conns.iter().map(|(s, c)| (c.id, s)).collect();
         socks.sort_unstable();
         for (_, sock) in socks {
             let Some(mut conn) = self.remove(sock) else {

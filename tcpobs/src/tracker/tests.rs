@@ -446,7 +446,7 @@ fn refused_connect_is_a_failure_without_exchanges() {
     assert_eq!(connection.connect_failure, Some(ConnectFailure::Refused));
     assert_eq!(connection.connect_ns, None);
     assert_eq!(connection.partial, None);
-    assert_eq!(connection.addrs.remote.port(), 8080);
+    assert_eq!(connection.addrs.remote().port(), 8080);
     assert_eq!(
         tracker.stats(),
         TrackerStats::default(),
@@ -676,4 +676,15 @@ fn connect_then_establish_is_one_connection_with_live_counts() {
         "the close brings the bytes"
     );
     assert_eq!(tracker.stats(), TrackerStats::default());
+}
+
+/// The live table holds one `Conn` per traced socket: 200,000 of them must fit the daemon's
+/// 64 MiB (BENCHMARKS.md, scale). Growing it is a decision, not an accident.
+#[test]
+fn a_live_connection_stays_small() {
+    assert!(
+        std::mem::size_of::<super::Conn>() <= 216,
+        "{}",
+        std::mem::size_of::<super::Conn>()
+    );
 }

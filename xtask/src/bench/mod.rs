@@ -75,14 +75,28 @@ fn ratios(pairs: &[(f64, f64)]) -> Vec<f64> {
 }
 
 /// Runs every workload and prints (and, unless smoke, writes) the report.
-pub fn run(root: &Path, binary: &Path, mode: Mode, output: &Path) -> Result<()> {
+/// The workload groups, for `--only`.
+pub const WORKLOADS: [&str; 4] = ["http", "stress", "bulk", "scale"];
+
+/// Runs every workload (or those in `only`) and prints (and, unless smoke or partial, writes)
+/// the report.
+pub fn run(root: &Path, binary: &Path, mode: Mode, only: &[String], output: &Path) -> Result<()> {
     let mut report = Report::new(mode);
-    http_workloads(root, binary, mode, &mut report)?;
-    stress(binary, mode, &mut report)?;
-    bulk(binary, mode, &mut report)?;
-    scale(binary, mode, &mut report)?;
+    let wanted = |name: &str| only.is_empty() || only.iter().any(|o| o == name);
+    if wanted("http") {
+        http_workloads(root, binary, mode, &mut report)?;
+    }
+    if wanted("stress") {
+        stress(binary, mode, &mut report)?;
+    }
+    if wanted("bulk") {
+        bulk(binary, mode, &mut report)?;
+    }
+    if wanted("scale") {
+        scale(binary, mode, &mut report)?;
+    }
     println!("{}", report.table());
-    if mode.write_report {
+    if mode.write_report && only.is_empty() {
         report.write(output)?;
         println!("written to {}", output.display());
     }
