@@ -358,20 +358,6 @@ mod pod {
     unsafe impl aya::Pod for super::SockRecord {}
 }
 
-/// Reads a `T` from the start of `bytes`, or `None` if `bytes` is too short.
-///
-/// Ring buffer records are only 8-byte aligned by the kernel; this copies instead of casting.
-#[cfg(feature = "user")]
-pub fn read_pod<T: Copy>(bytes: &[u8]) -> Option<T> {
-    if bytes.len() < core::mem::size_of::<T>() {
-        return None;
-    }
-    // SAFETY: the length is checked above, `read_unaligned` has no alignment requirement, and
-    // the types used with this function hold only integers and byte arrays, for which every
-    // byte pattern is valid.
-    Some(unsafe { core::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) })
-}
-
 #[cfg(test)]
 mod tests {
     use core::mem::{align_of, offset_of, size_of};
@@ -407,42 +393,5 @@ mod tests {
         assert_eq!(offset_of!(OpenEvent, state), 98);
         assert_eq!(offset_of!(CloseEvent, record), 32);
         assert_eq!(offset_of!(StateEvent, new_state), 33);
-    }
-
-    #[cfg(feature = "user")]
-    #[test]
-    fn read_pod_round_trips_and_rejects_short_input() {
-        let event = BurstEvent {
-            hdr: EventHeader {
-                kind: kind::BURST,
-                _pad: 0,
-                ts_ns: 7,
-                sock: 0xffff_8880_dead_beef,
-                start_ns: 3,
-            },
-            first: Burst {
-                first_ns: 4,
-                last_ns: 6,
-                bytes: 1500,
-                calls: 2,
-                dir: direction::IN,
-                _pad: [0; 3],
-            },
-            second: Burst::default(),
-            task: Task {
-                pid: 42,
-                tid: 43,
-                comm: *b"curl\0\0\0\0\0\0\0\0\0\0\0\0",
-            },
-        };
-        // SAFETY: BurstEvent is plain old data without implicit padding.
-        let bytes: &[u8] = unsafe {
-            core::slice::from_raw_parts((&raw const event).cast::<u8>(), size_of::<BurstEvent>())
-        };
-        // Decode from an odd offset to prove alignment does not matter.
-        let mut shifted = [0u8; 121];
-        shifted[1..].copy_from_slice(bytes);
-        assert_eq!(read_pod::<BurstEvent>(&shifted[1..]), Some(event));
-        assert_eq!(read_pod::<BurstEvent>(&bytes[..119]), None);
     }
 }

@@ -1,6 +1,6 @@
 //! Ring buffer records to typed events.
 
-use tcpobs_common::{BurstEvent, CloseEvent, EventHeader, OpenEvent, StateEvent, kind, read_pod};
+use tcpobs_common::{BurstEvent, CloseEvent, EventHeader, OpenEvent, StateEvent, kind};
 use thiserror::Error;
 
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -11,23 +11,26 @@ pub enum DecodeError {
     UnknownKind(u32),
     #[error("event kind {kind} needs {need} bytes, got {got}")]
     Truncated { kind: u32, need: usize, got: usize },
+    #[error("ring buffer record not aligned for its event type")]
+    Misaligned,
 }
 
-/// One event from the kernel programs.
+/// One event from the kernel programs, read in place in the ring buffer (no copy: a close
+/// event is 240 bytes, and the daemon reads hundreds of thousands of events a second).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum KernelEvent {
-    /// A client entered `SYN_SENT`.
-    Connect(OpenEvent),
-    Open(OpenEvent),
-    Burst(BurstEvent),
-    State(StateEvent),
-    Close(CloseEvent),
+pub enum KernelEvent<'a> {
+    /// A connecting client retransmitted its SYN.
+    Connect(&'a OpenEvent),
+    Open(&'a OpenEvent),
+    Burst(&'a BurstEvent),
+    State(&'a StateEvent),
+    Close(&'a CloseEvent),
 }
 
 /// Names of the event kinds, indexed by `kind - 1` (for per-kind counters).
 pub const KIND_NAMES: [&str; 5] = ["open", "burst", "state", "close", "connect"];
 
-impl KernelEvent {
+impl KernelEvent<'_> {
     pub fn header(&self) -> &EventHeader {
         match self {
             Self::Connect(e) | Self::Open(e) => &e.hdr,
@@ -43,19 +46,60 @@ impl KernelEvent {
     }
 }
 
-fn decode<T: Copy>(kind: u32, bytes: &[u8]) -> Result<T, DecodeError> {
-    read_pod(bytes).ok_or(DecodeError::Truncated {
+/// An event owned rather than borrowed from the ring buffer, for tests that script the
+/// kernel side.
+#[cfg(test)]
+#[derive(Clone, Copy, Debug)]
+pub enum OwnedEvent {
+    Connect(OpenEvent),
+    Open(OpenEvent),
+    Burst(BurstEvent),
+    State(StateEvent),
+    Close(CloseEvent),
+}
+
+#[cfg(test)]
+impl OwnedEvent {
+    pub fn event(&self) -> KernelEvent<'_> {
+        match self {
+            Self::Connect(e) => KernelEvent::Connect(e),
+            Self::Open(e) => KernelEvent::Open(e),
+            Self::Burst(e) => KernelEvent::Burst(e),
+            Self::State(e) => KernelEvent::State(e),
+            Self::Close(e) => KernelEvent::Close(e),
+        }
+    }
+}
+
+/// `bytes` seen as a `T`, if long enough and aligned. Ring buffer records are 8-byte aligned,
+/// as every event type needs.
+fn view<T>(bytes: &[u8]) -> Option<Result<&T, DecodeError>> {
+    if bytes.len() < size_of::<T>() {
+        return None;
+    }
+    let ptr = bytes.as_ptr().cast::<T>();
+    if !ptr.is_aligned() {
+        return Some(Err(DecodeError::Misaligned));
+    }
+    // SAFETY: the bytes are long enough and aligned for a `T`, borrowed for the returned
+    // lifetime, and every `T` used here is plain data for which any bytes are a valid value
+    // (the layout contract of `tcpobs_common`).
+    Some(Ok(unsafe { &*ptr }))
+}
+
+fn decode<T>(kind: u32, bytes: &[u8]) -> Result<&T, DecodeError> {
+    view(bytes).unwrap_or(Err(DecodeError::Truncated {
         kind,
         need: size_of::<T>(),
         got: bytes.len(),
-    })
+    }))
 }
 
-impl TryFrom<&[u8]> for KernelEvent {
+impl<'a> TryFrom<&'a [u8]> for KernelEvent<'a> {
     type Error = DecodeError;
 
-    fn try_from(bytes: &[u8]) -> Result<Self, Self::Error> {
-        let header: EventHeader = read_pod(bytes).ok_or(DecodeError::Short(bytes.len()))?;
+    fn try_from(bytes: &'a [u8]) -> Result<Self, Self::Error> {
+        let header: &EventHeader = view(bytes).unwrap_or(Err(DecodeError::Short(bytes.len())))?;
         Ok(match header.kind {
             kind::OPEN => Self::Open(decode(header.kind, bytes)?),
             kind::BURST => Self::Burst(decode(header.kind, bytes)?),
@@ -95,7 +139,7 @@ mod tests {
         };
         assert_eq!(
             KernelEvent::try_from(bytes_of(&state)),
-            Ok(KernelEvent::State(state))
+            Ok(KernelEvent::State(&state))
         );
         let close = CloseEvent {
             hdr: hdr(kind::CLOSE),
@@ -105,7 +149,7 @@ mod tests {
             },
         };
         let decoded = KernelEvent::try_from(bytes_of(&close)).unwrap();
-        assert_eq!(decoded, KernelEvent::Close(close));
+        assert_eq!(decoded, KernelEvent::Close(&close));
         assert_eq!(KIND_NAMES[decoded.kind_index()], "close");
     }
 
@@ -129,6 +173,17 @@ mod tests {
                 need: 104,
                 got: 40
             })
+        );
+        // A record one byte off its alignment is refused, not read.
+        let mut shifted = vec![0u64; size_of::<OpenEvent>() / 8 + 1];
+        // SAFETY: the u64 buffer is at least one event long past its first byte.
+        let shifted: &mut [u8] = unsafe {
+            std::slice::from_raw_parts_mut(shifted.as_mut_ptr().cast::<u8>(), shifted.len() * 8)
+        };
+        shifted[1..1 + size_of::<OpenEvent>()].copy_from_slice(bytes_of(&open));
+        assert_eq!(
+            KernelEvent::try_from(&shifted[1..]),
+            Err(DecodeError::Misaligned)
         );
         let unknown = EventHeader {
             kind: 77,

@@ -372,7 +372,7 @@ mod tests {
             };
             event.endpoints.rport = port;
             event.endpoints.family = 2;
-            tracker.handle(&KernelEvent::Open(event), &mut Vec::new());
+            tracker.handle(&KernelEvent::Open(&event), &mut Vec::new());
         }
         let (control, _) = Control::new(
             Runtime {

@@ -8,6 +8,7 @@
 //! ([`Fast`]) and an update is a plain atomic add.
 
 pub mod collect;
+mod histogram;
 pub mod labels;
 
 use std::{
@@ -20,12 +21,15 @@ use prometheus_client::{
         counter::Counter,
         family::{Family, MetricConstructor},
         gauge::Gauge,
-        histogram::{Histogram, exponential_buckets_range},
+        histogram::exponential_buckets_range,
     },
     registry::Registry,
 };
 
-use self::labels::{ConnLabels, Dims, Fixed, LabelPolicy, LabelSpec};
+use self::{
+    histogram::Histogram,
+    labels::{ConnLabels, Dims, Fixed, LabelPolicy, LabelSpec},
+};
 use crate::model::{
     Addrs, CloseKind, CloseOriginator, ExchangeClass, Phase, Process, Record, Role,
 };
@@ -45,17 +49,23 @@ enum Buckets {
     Stuck,
 }
 
+/// Nanoseconds observed, seconds exported.
+const NS: f64 = 1e-9;
+
 impl MetricConstructor<Histogram> for Buckets {
     fn new_metric(&self) -> Histogram {
         match self {
-            Self::Latency => Histogram::new(exponential_buckets_range(0.000_05, 60.0, 22)),
-            Self::Idle => Histogram::new(exponential_buckets_range(0.001, 3600.0, 23)),
-            Self::Lifetime => Histogram::new(exponential_buckets_range(0.001, 86_400.0, 25)),
-            Self::Count => Histogram::new([
-                1.0, 2.0, 3.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0, 5000.0,
-                10_000.0,
-            ]),
-            Self::Stuck => Histogram::new(exponential_buckets_range(1.0, 86_400.0, 18)),
+            Self::Latency => Histogram::new(exponential_buckets_range(0.000_05, 60.0, 22), NS),
+            Self::Idle => Histogram::new(exponential_buckets_range(0.001, 3600.0, 23), NS),
+            Self::Lifetime => Histogram::new(exponential_buckets_range(0.001, 86_400.0, 25), NS),
+            Self::Count => Histogram::new(
+                [
+                    1.0, 2.0, 3.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0,
+                    5000.0, 10_000.0,
+                ],
+                1.0,
+            ),
+            Self::Stuck => Histogram::new(exponential_buckets_range(1.0, 86_400.0, 18), NS),
         }
     }
 }
@@ -207,10 +217,6 @@ pub struct Metrics {
     fast: Option<Fast>,
 }
 
-fn secs(ns: u64) -> f64 {
-    ns as f64 / 1e9
-}
-
 fn role_labels<const N: usize>(
     fixed: [(&'static str, &'static str); N],
     dims: &Dims,
@@ -236,7 +242,7 @@ impl Metrics {
             anomalies: Family::default(),
             stuck: Family::default(),
             stuck_duration: Family::new_with_constructor(Buckets::Stuck),
-            delay: Histogram::new(exponential_buckets_range(0.000_1, 10.0, 16)),
+            delay: Histogram::new(exponential_buckets_range(0.000_1, 10.0, 16), NS),
             sweep_duration: Gauge::default(),
             policy: Arc::new(Mutex::new(LabelPolicy::new(labels, series_cap))),
             fast: None,
@@ -364,7 +370,7 @@ impl Metrics {
         if let Record::Connection(connection) = record
             && let Some(close) = &connection.close
         {
-            self.delay.observe(secs(now_ns.saturating_sub(close.at_ns)));
+            self.delay.observe(now_ns.saturating_sub(close.at_ns));
         }
     }
 
@@ -400,7 +406,7 @@ impl Metrics {
         if let Some((fast, r)) = self.fast(role) {
             for &(hist, value) in values {
                 if let Some(value) = value {
-                    fast.histograms[hist as usize][r].observe(as_value(hist, value));
+                    fast.histograms[hist as usize][r].observe(value);
                 }
             }
             return;
@@ -410,7 +416,7 @@ impl Metrics {
             if let Some(value) = value {
                 self.histograms[hist as usize]
                     .get_or_create(&labels)
-                    .observe(as_value(hist, value));
+                    .observe(value);
             }
         }
     }
@@ -522,7 +528,7 @@ impl Metrics {
     fn unstuck(&self, phase: Phase, duration_ns: u64) {
         self.stuck_duration
             .get_or_create(&[("phase", phase.as_str())])
-            .observe(secs(duration_ns));
+            .observe(duration_ns);
     }
 
     /// Sets the stuck-connection gauge from a sweep (indexed like [`Phase::ALL`]).
@@ -532,15 +538,6 @@ impl Metrics {
                 .get_or_create(&[("phase", phase.as_str())])
                 .set(i64::try_from(*count).unwrap_or(i64::MAX));
         }
-    }
-}
-
-/// A histogram's observation: seconds, except exchange counts.
-fn as_value(hist: Hist, value: u64) -> f64 {
-    if hist == Hist::ExchangesPerConnection {
-        value as f64
-    } else {
-        secs(value)
     }
 }
 

@@ -242,9 +242,9 @@ mod tests {
             ..Default::default()
         };
         let event = if event_kind == kind::CONNECT {
-            KernelEvent::Connect(event)
+            KernelEvent::Connect(&event)
         } else {
-            KernelEvent::Open(event)
+            KernelEvent::Open(&event)
         };
         tracker.handle(&event, &mut Vec::new());
     }
@@ -265,7 +265,7 @@ mod tests {
         open(&mut tracker, 2, kind::OPEN, tcp_state::ESTABLISHED, 0);
         open(&mut tracker, 3, kind::OPEN, tcp_state::ESTABLISHED, 0);
         tracker.handle(
-            &KernelEvent::State(StateEvent {
+            &KernelEvent::State(&StateEvent {
                 hdr: hdr(kind::STATE, 3, S),
                 old_state: tcp_state::ESTABLISHED,
                 new_state: tcp_state::CLOSE_WAIT,
@@ -304,7 +304,7 @@ mod tests {
         open(&mut tracker, 2, kind::OPEN, tcp_state::ESTABLISHED, 0);
         // Socket 2 had a burst at 1 s (it ended at 2 s, when the direction flipped).
         tracker.handle(
-            &KernelEvent::Burst(BurstEvent {
+            &KernelEvent::Burst(&BurstEvent {
                 hdr: hdr(kind::BURST, 2, 2 * S),
                 first: tcpobs_common::Burst {
                     first_ns: S,
@@ -355,7 +355,7 @@ mod tests {
         let mut tracker = Tracker::new();
         open(&mut tracker, 1, kind::OPEN, tcp_state::ESTABLISHED, 0);
         tracker.handle(
-            &KernelEvent::State(StateEvent {
+            &KernelEvent::State(&StateEvent {
                 hdr: hdr(kind::STATE, 1, S),
                 old_state: tcp_state::ESTABLISHED,
                 new_state: tcp_state::CLOSE_WAIT,
@@ -368,7 +368,7 @@ mod tests {
         assert_eq!(anomalies(&out), [Phase::CloseWait]);
         let mut out = Vec::new();
         tracker.handle(
-            &KernelEvent::State(StateEvent {
+            &KernelEvent::State(&StateEvent {
                 hdr: hdr(kind::STATE, 1, 9 * S),
                 old_state: tcp_state::CLOSE_WAIT,
                 new_state: tcp_state::LAST_ACK,
@@ -386,7 +386,7 @@ mod tests {
         let mut tracker = Tracker::new();
         open(&mut tracker, 1, kind::OPEN, tcp_state::ESTABLISHED, 0);
         tracker.handle(
-            &KernelEvent::State(StateEvent {
+            &KernelEvent::State(&StateEvent {
                 hdr: hdr(kind::STATE, 1, S),
                 old_state: tcp_state::ESTABLISHED,
                 new_state: tcp_state::CLOSE_WAIT,

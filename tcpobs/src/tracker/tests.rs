@@ -11,8 +11,9 @@ use tcpobs_common::{
 };
 
 use super::*;
-use crate::model::{
-    CloseKind, CloseOriginator, ConnectFailure, ExchangeClass, ExchangeRecord, Side,
+use crate::{
+    decode::OwnedEvent,
+    model::{CloseKind, CloseOriginator, ConnectFailure, ExchangeClass, ExchangeRecord, Side},
 };
 
 const MS: u64 = 1_000_000;
@@ -21,7 +22,7 @@ const US: u64 = 1_000;
 struct Sock {
     sock: u64,
     rec: SockRecord,
-    events: Vec<KernelEvent>,
+    events: Vec<OwnedEvent>,
 }
 
 impl Sock {
@@ -72,7 +73,7 @@ impl Sock {
     fn established(mut self, at: u64) -> Self {
         self.rec.established_ns = at;
         self.rec.state = tcp_state::ESTABLISHED;
-        self.events.push(KernelEvent::Open(OpenEvent {
+        self.events.push(OwnedEvent::Open(OpenEvent {
             hdr: self.hdr(kind::OPEN, at),
             endpoints: self.rec.endpoints,
             task: self.rec.task,
@@ -95,7 +96,7 @@ impl Sock {
                 if self.rec.held.dir == direction::NONE {
                     self.rec.held = self.rec.burst;
                 } else {
-                    self.events.push(KernelEvent::Burst(BurstEvent {
+                    self.events.push(OwnedEvent::Burst(BurstEvent {
                         hdr: self.hdr(kind::BURST, at),
                         first: self.rec.held,
                         second: self.rec.burst,
@@ -156,7 +157,7 @@ impl Sock {
             _ => {}
         }
         self.rec.state = new;
-        self.events.push(KernelEvent::State(StateEvent {
+        self.events.push(OwnedEvent::State(StateEvent {
             hdr: self.hdr(kind::STATE, at),
             old_state: old,
             new_state: new,
@@ -185,12 +186,12 @@ impl Sock {
         self
     }
 
-    fn close(mut self, at: u64, sk_err: u32) -> Vec<KernelEvent> {
+    fn close(mut self, at: u64, sk_err: u32) -> Vec<OwnedEvent> {
         self.rec.final_state = self.rec.state;
         self.rec.state = tcp_state::CLOSE;
         self.rec.close_ns = at;
         self.rec.sk_err = sk_err;
-        self.events.push(KernelEvent::Close(CloseEvent {
+        self.events.push(OwnedEvent::Close(CloseEvent {
             hdr: self.hdr(kind::CLOSE, at),
             record: self.rec,
         }));
@@ -198,11 +199,11 @@ impl Sock {
     }
 }
 
-fn run(events: &[KernelEvent]) -> (Vec<ExchangeRecord>, Vec<ConnectionRecord>, Tracker) {
+fn run(events: &[OwnedEvent]) -> (Vec<ExchangeRecord>, Vec<ConnectionRecord>, Tracker) {
     let mut tracker = Tracker::new();
     let mut out = Vec::new();
     for event in events {
-        tracker.handle(event, &mut out);
+        tracker.handle(&event.event(), &mut out);
     }
     split(out, tracker)
 }
@@ -582,7 +583,7 @@ fn reused_socket_without_close_reports_the_old_connection_lost() {
 fn repeated_bursts_in_one_direction_merge() {
     let mut sock = Sock::client(0).established(50 * US).send(100 * US, 10);
     // Forge an event whose response burst was lost: two request bursts arrive back to back.
-    let first = KernelEvent::Burst(BurstEvent {
+    let first = OwnedEvent::Burst(BurstEvent {
         hdr: sock.hdr(kind::BURST, 200 * US),
         first: sock.rec.burst,
         second: Burst::default(),
@@ -610,7 +611,7 @@ fn shutdown_flushes_live_connections_as_partial() {
     let mut tracker = Tracker::new();
     let mut out = Vec::new();
     for event in &events {
-        tracker.handle(event, &mut out);
+        tracker.handle(&event.event(), &mut out);
     }
     assert_eq!(tracker.live().count(), 1);
     // The second request is still a burst in progress in the kernel: the first exchange's
@@ -634,21 +635,21 @@ fn connect_then_establish_is_one_connection_with_live_counts() {
     let mut tracker = Tracker::new();
     let mut out = Vec::new();
     let sock = Sock::client(0);
-    let connect = KernelEvent::Connect(OpenEvent {
+    let connect = OwnedEvent::Connect(OpenEvent {
         hdr: sock.hdr(kind::CONNECT, 0),
         endpoints: sock.rec.endpoints,
         role: role::CLIENT,
         state: tcp_state::SYN_SENT,
         ..Default::default()
     });
-    tracker.handle(&connect, &mut out);
+    tracker.handle(&connect.event(), &mut out);
     let syn_sent = usize::from(tcp_state::SYN_SENT);
     let established = usize::from(tcp_state::ESTABLISHED);
     assert_eq!(tracker.counts().open[0][syn_sent], 1);
     assert!(out.is_empty());
     let mut sock = sock.established(70 * US).send(MS, 10).recv(2 * MS, 20);
     for event in sock.events.drain(..) {
-        tracker.handle(&event, &mut out);
+        tracker.handle(&event.event(), &mut out);
     }
     assert_eq!(
         tracker.live().count(),
@@ -668,7 +669,7 @@ fn connect_then_establish_is_one_connection_with_live_counts() {
     );
     let close = sock.close(3 * MS, 0);
     let mut closed = Vec::new();
-    tracker.handle(&close[0], &mut closed);
+    tracker.handle(&close[0].event(), &mut closed);
     assert_eq!(tracker.counts().open[0][established], 0);
     assert_eq!(
         tracker.counts().bytes[0],
