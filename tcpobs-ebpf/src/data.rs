@@ -16,7 +16,7 @@ use aya_ebpf::{
     macros::{btf_tracepoint, tracepoint},
     programs::{BtfTracePointContext, TracePointContext},
 };
-use tcpobs_common::{Burst, Offsets, direction};
+use tcpobs_common::{Offsets, direction};
 
 use crate::{
     maps::offsets,
@@ -118,14 +118,13 @@ fn on_data(o: &Offsets, sk: Sock, ret: i32, flags: i32, dir: u8) {
                 rec.held.dir = direction::NONE;
             }
         }
-        rec.burst = Burst {
-            first_ns: now,
-            last_ns: now,
-            bytes,
-            calls: 1,
-            dir,
-            _pad: [0; 3],
-        };
+        // Field by field: a struct literal would zero `_pad` through a `memset` call (it is
+        // zero already, from the record's creation).
+        rec.burst.first_ns = now;
+        rec.burst.last_ns = now;
+        rec.burst.bytes = bytes;
+        rec.burst.calls = 1;
+        rec.burst.dir = dir;
     }
     if dir == direction::OUT {
         rec.bytes_sent += bytes;

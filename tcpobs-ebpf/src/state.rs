@@ -78,18 +78,23 @@ fn try_set_state_tp(ctx: &TracePointContext) -> Result<u32, u32> {
     Ok(0)
 }
 
+/// The protocol check (three reads of the socket) is made only where a socket is first seen:
+/// a socket with a record is TCP, and one without is checked when it is adopted.
 #[inline(always)]
 fn on_set_state(o: &Offsets, sk: Sock, old: u8, new: u8) {
-    if sk.is_null() || old == new || !sk.is_tcp(o) {
+    if sk.is_null() || old == new {
         return;
     }
     let now = now_ns();
     match (old, new) {
         // listen() runs in the listening process: remember who owns the port.
-        (_, tcp_state::LISTEN) => listening(o, sk),
-        (tcp_state::LISTEN, tcp_state::CLOSE) => not_listening(o, sk),
-        (tcp_state::CLOSE, tcp_state::SYN_SENT) => start(o, sk, role::CLIENT, now),
-        (tcp_state::LISTEN, tcp_state::SYN_RECV) => start(o, sk, role::SERVER, now),
+        (_, tcp_state::LISTEN) if sk.is_tcp(o) => listening(o, sk),
+        (tcp_state::LISTEN, tcp_state::CLOSE) if sk.is_tcp(o) => not_listening(o, sk),
+        (tcp_state::CLOSE, tcp_state::SYN_SENT) if sk.is_tcp(o) => start(o, sk, role::CLIENT, now),
+        (tcp_state::LISTEN, tcp_state::SYN_RECV) if sk.is_tcp(o) => start(o, sk, role::SERVER, now),
+        (_, tcp_state::LISTEN)
+        | (tcp_state::LISTEN, _)
+        | (tcp_state::CLOSE, tcp_state::SYN_SENT) => {}
         (_, tcp_state::ESTABLISHED) => established(o, sk, old, now),
         (_, tcp_state::CLOSE) => closed(o, sk, old, now),
         _ => teardown_step(o, sk, old, new, now),

@@ -6,7 +6,10 @@
 
 use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
-    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, generated::bpf_ktime_get_ns},
+    helpers::{
+        bpf_get_current_pid_tgid,
+        generated::{bpf_get_current_comm, bpf_ktime_get_ns},
+    },
 };
 use tcpobs_common::{
     BurstEvent, CloseEvent, EventHeader, FLAG_IGNORED, FLAG_PARTIAL, Offsets, OpenEvent, Owner,
@@ -78,14 +81,25 @@ fn header(kind: u32, ts_ns: u64, sock: u64, rec: &SockRecord) -> EventHeader {
     }
 }
 
-/// The current process, in process context (connect, send/recv, close).
+/// Writes the current process into `task`, in process context (connect, send/recv, close).
+///
+/// In place, through the raw helper: building a `Task` value (or aya's `[0; 16]` comm buffer)
+/// would zero it first with a call to a byte-at-a-time `memset` subprogram.
 #[inline(always)]
-pub fn current_task() -> Task {
+pub fn current_task(task: &mut Task) {
     let pid_tgid = bpf_get_current_pid_tgid();
-    Task {
-        pid: (pid_tgid >> 32) as u32,
-        tid: pid_tgid as u32,
-        comm: bpf_get_current_comm().unwrap_or_default(),
+    task.pid = (pid_tgid >> 32) as u32;
+    task.tid = pid_tgid as u32;
+    // SAFETY: `comm` is 16 writable bytes; the helper NUL-pads it (or zeroes it on error).
+    unsafe { bpf_get_current_comm(task.comm.as_mut_ptr().cast(), task.comm.len() as u32) };
+}
+
+/// Zeroes padding bytes with single-byte stores, for the same reason as [`current_task`].
+#[inline(always)]
+pub fn zero<const N: usize>(bytes: &mut [u8; N]) {
+    for byte in bytes.iter_mut() {
+        // SAFETY: a valid, exclusive reference.
+        unsafe { core::ptr::write_volatile(byte, 0) };
     }
 }
 
@@ -93,7 +107,7 @@ pub fn current_task() -> Task {
 #[inline(always)]
 pub fn claim(rec: &mut SockRecord) {
     if rec.task.pid == 0 {
-        rec.task = current_task();
+        current_task(&mut rec.task);
     }
 }
 
@@ -124,7 +138,7 @@ pub fn emit_open(kind: u32, sock: u64, rec: &SockRecord, ts_ns: u64) {
         (*event).role = rec.role;
         (*event).flags = rec.flags;
         (*event).state = rec.state;
-        (*event)._pad = [0; 5];
+        zero(&mut (*event)._pad);
     });
 }
 
@@ -145,7 +159,7 @@ pub fn emit_state(sock: u64, rec: &SockRecord, old: u8, new: u8, ts_ns: u64) {
         (*event).hdr = header(kind::STATE, ts_ns, sock, rec);
         (*event).old_state = old;
         (*event).new_state = new;
-        (*event)._pad = [0; 6];
+        zero(&mut (*event)._pad);
     });
 }
 
@@ -253,7 +267,7 @@ pub fn start(o: &Offsets, sk: Sock, role: u8, now: u64) {
     sk.read_endpoints(o, &mut rec.endpoints);
     let client = role == role::CLIENT;
     let traced = if client {
-        rec.task = current_task();
+        current_task(&mut rec.task);
         allowed(&rec.endpoints, Some(current_owner()))
     } else {
         true
