@@ -97,11 +97,19 @@ pub struct Report {
     rows: Vec<Row>,
 }
 
+/// What a command printed (stdout, or stderr if it printed nothing there: `nginx -v`).
 fn command_output(program: &str, args: &[&str]) -> String {
     Command::new(program)
         .args(args)
         .output()
-        .map(|out| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+        .map(|out| {
+            let text = if out.stdout.is_empty() {
+                out.stderr
+            } else {
+                out.stdout
+            };
+            String::from_utf8_lossy(&text).trim().to_owned()
+        })
         .unwrap_or_default()
 }
 
