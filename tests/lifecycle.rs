@@ -86,6 +86,23 @@ fn ipv4_client_closes_first() {
     assert_eq!(server.close.as_ref().unwrap().closed_by, Some(Side::Peer));
     assert_eq!((client.bytes_sent, client.bytes_received), (5, 6));
     assert_eq!((server.bytes_sent, server.bytes_received), (6, 5));
+    // The kernel's own counters: a loopback RTT under a second; TCP acked and received the
+    // payload plus the SYN and the FIN each way (each counts as one byte of sequence space).
+    for (connection, sent, received) in [(&client, 5, 6), (&server, 6, 5)] {
+        let tcp = connection.tcp.unwrap_or_else(|| panic!("{connection:#?}"));
+        let rtt = tcp.rtt_ns.unwrap_or_else(|| panic!("{tcp:?}"));
+        assert!(rtt > 0 && rtt < 1_000 * MS, "{tcp:?}");
+        assert!(tcp.rtt_var_ns.is_some(), "{tcp:?}");
+        assert_eq!(tcp.total_retrans, 0);
+        assert!(
+            (sent..=sent + 2).contains(&tcp.bytes_acked),
+            "{sent} sent: {tcp:?}"
+        );
+        assert!(
+            (received..=received + 2).contains(&tcp.bytes_received),
+            "{received} received: {tcp:?}"
+        );
+    }
     let (records, stats) = capture.stop();
     let mut exchanges = exchanges_of(&records, client.id);
     exchanges.extend(exchanges_of(&records, server.id));

@@ -232,6 +232,8 @@ pub struct Task {
     pub tid: u32,
     /// `comm`, NUL-padded.
     pub comm: [u8; 16],
+    /// cgroup v2 id (the inode number of the cgroup's directory), for container metadata.
+    pub cgroup: u64,
 }
 
 /// A run of send or receive calls in one direction.
@@ -294,6 +296,27 @@ pub struct SockRecord {
     /// The state the socket left when it reached `CLOSE`.
     pub final_state: u8,
     pub _pad: [u8; 3],
+    /// The kernel's own TCP counters, read when the record is sent at close.
+    pub tcp: TcpStats,
+}
+
+/// `struct tcp_sock` counters, read at close at offsets from BTF (zero where the kernel lacks
+/// the field).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TcpStats {
+    /// `srtt_us`: smoothed RTT in µs, shifted left by 3 (as the kernel keeps it).
+    pub srtt_us8: u32,
+    /// `mdev_us`: RTT mean deviation in µs, shifted left by 2.
+    pub mdev_us4: u32,
+    /// `total_retrans`: segments retransmitted over the connection's life.
+    pub total_retrans: u32,
+    /// 1 when the fields were read.
+    pub valid: u32,
+    /// `bytes_acked`: bytes the peer acknowledged (RFC 4898 `tcpEStatsAppHCThruOctetsAcked`).
+    pub bytes_acked: u64,
+    /// `bytes_received`: bytes received in order (RFC 4898 `tcpEStatsAppHCThruOctetsReceived`).
+    pub bytes_received: u64,
 }
 
 /// A connection was established, or an already-open socket was seen for the first time.
@@ -368,13 +391,14 @@ mod tests {
     fn layouts_are_pinned() {
         assert_eq!(size_of::<EventHeader>(), 32);
         assert_eq!(size_of::<Endpoints>(), 40);
-        assert_eq!(size_of::<Task>(), 24);
+        assert_eq!(size_of::<Task>(), 32);
+        assert_eq!(size_of::<TcpStats>(), 32);
         assert_eq!(size_of::<Burst>(), 32);
-        assert_eq!(size_of::<SockRecord>(), 208);
-        assert_eq!(size_of::<OpenEvent>(), 104);
-        assert_eq!(size_of::<BurstEvent>(), 120);
+        assert_eq!(size_of::<SockRecord>(), 248);
+        assert_eq!(size_of::<OpenEvent>(), 112);
+        assert_eq!(size_of::<BurstEvent>(), 128);
         assert_eq!(size_of::<StateEvent>(), 40);
-        assert_eq!(size_of::<CloseEvent>(), 240);
+        assert_eq!(size_of::<CloseEvent>(), 280);
         assert_eq!(size_of::<FilterConfig>(), 8);
         assert_eq!(size_of::<Owner>(), 16);
         assert_eq!(size_of::<ListenKey>(), 8);
@@ -386,11 +410,12 @@ mod tests {
         assert_eq!(offset_of!(SockRecord, held), 64);
         assert_eq!(offset_of!(SockRecord, burst), 96);
         assert_eq!(offset_of!(SockRecord, task), 128);
-        assert_eq!(offset_of!(SockRecord, endpoints), 152);
-        assert_eq!(offset_of!(SockRecord, retransmits), 192);
-        assert_eq!(offset_of!(SockRecord, role), 200);
-        assert_eq!(offset_of!(OpenEvent, role), 96);
-        assert_eq!(offset_of!(OpenEvent, state), 98);
+        assert_eq!(offset_of!(SockRecord, endpoints), 160);
+        assert_eq!(offset_of!(SockRecord, retransmits), 200);
+        assert_eq!(offset_of!(SockRecord, role), 208);
+        assert_eq!(offset_of!(SockRecord, tcp), 216);
+        assert_eq!(offset_of!(OpenEvent, role), 104);
+        assert_eq!(offset_of!(OpenEvent, state), 106);
         assert_eq!(offset_of!(CloseEvent, record), 32);
         assert_eq!(offset_of!(StateEvent, new_state), 33);
     }

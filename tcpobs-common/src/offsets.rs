@@ -63,7 +63,17 @@ pub struct Offsets {
     pub tp_recv_reset_sk: u16,
     /// `tcp:tcp_retransmit_skb` record: `skaddr`.
     pub tp_retransmit_sk: u16,
-    pub _pad: [u16; 2],
+    /// `struct tcp_sock`: `srtt_us` (u32); 0 where the kernel lacks it, like the four below.
+    pub tcp_srtt_us: u16,
+    /// `struct tcp_sock`: `mdev_us` (u32).
+    pub tcp_mdev_us: u16,
+    /// `struct tcp_sock`: `total_retrans` (u32).
+    pub tcp_total_retrans: u16,
+    /// `struct tcp_sock`: `bytes_acked` (u64).
+    pub tcp_bytes_acked: u16,
+    /// `struct tcp_sock`: `bytes_received` (u64).
+    pub tcp_bytes_received: u16,
+    pub _pad: u16,
     /// Wake the reader once this many bytes are waiting in the ring buffer; below that the
     /// reader polls on a timer (events are submitted with `BPF_RB_NO_WAKEUP`).
     pub wakeup_bytes: u64,
@@ -98,7 +108,12 @@ impl Offsets {
         tp_send_reset_sk: 0,
         tp_recv_reset_sk: 0,
         tp_retransmit_sk: 0,
-        _pad: [0; 2],
+        tcp_srtt_us: 0,
+        tcp_mdev_us: 0,
+        tcp_total_retrans: 0,
+        tcp_bytes_acked: 0,
+        tcp_bytes_received: 0,
+        _pad: 0,
         wakeup_bytes: 0,
     };
 }
@@ -111,8 +126,8 @@ mod tests {
 
     #[test]
     fn layout_is_pinned() {
-        assert_eq!(size_of::<Offsets>(), 64);
-        assert_eq!(offset_of!(Offsets, wakeup_bytes), 56);
+        assert_eq!(size_of::<Offsets>(), 72);
+        assert_eq!(offset_of!(Offsets, wakeup_bytes), 64);
         assert_eq!(Offsets::UNSET, Offsets::default());
     }
 }

@@ -4,7 +4,7 @@
 //! tracepoint programs and never faults, whatever the pointer.
 
 use aya_ebpf::helpers::{bpf_probe_read_kernel, bpf_probe_read_kernel_buf};
-use tcpobs_common::{Endpoints, Offsets, tcp_state};
+use tcpobs_common::{Endpoints, Offsets, TcpStats, tcp_state};
 
 const AF_INET: u16 = 2;
 const AF_INET6: u16 = 10;
@@ -46,6 +46,29 @@ impl Sock {
         (family == AF_INET || family == AF_INET6)
             && self.read::<u16>(o.sk_protocol) == Some(IPPROTO_TCP)
             && self.read::<u16>(o.sk_type) == Some(SOCK_STREAM)
+    }
+
+    /// The kernel's TCP counters (`struct tcp_sock`), where the loader found their offsets.
+    #[inline(always)]
+    pub fn tcp_stats(self, o: &Offsets, stats: &mut TcpStats) {
+        if o.tcp_srtt_us == 0 {
+            return;
+        }
+        let field = |offset: u16| if offset == 0 { None } else { Some(offset) };
+        stats.srtt_us8 = self.read::<u32>(o.tcp_srtt_us).unwrap_or(0);
+        stats.mdev_us4 = field(o.tcp_mdev_us)
+            .and_then(|at| self.read::<u32>(at))
+            .unwrap_or(0);
+        stats.total_retrans = field(o.tcp_total_retrans)
+            .and_then(|at| self.read::<u32>(at))
+            .unwrap_or(0);
+        stats.bytes_acked = field(o.tcp_bytes_acked)
+            .and_then(|at| self.read::<u64>(at))
+            .unwrap_or(0);
+        stats.bytes_received = field(o.tcp_bytes_received)
+            .and_then(|at| self.read::<u64>(at))
+            .unwrap_or(0);
+        stats.valid = 1;
     }
 
     /// The inode number of the socket's network namespace (0 if unreadable).

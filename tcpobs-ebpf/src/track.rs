@@ -8,7 +8,7 @@ use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{
         bpf_get_current_pid_tgid,
-        generated::{bpf_get_current_comm, bpf_ktime_get_ns},
+        generated::{bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_ktime_get_ns},
     },
 };
 use tcpobs_common::{
@@ -92,6 +92,8 @@ pub fn current_task(task: &mut Task) {
     task.tid = pid_tgid as u32;
     // SAFETY: `comm` is 16 writable bytes; the helper NUL-pads it (or zeroes it on error).
     unsafe { bpf_get_current_comm(task.comm.as_mut_ptr().cast(), task.comm.len() as u32) };
+    // SAFETY: bpf_get_current_cgroup_id has no preconditions.
+    task.cgroup = unsafe { bpf_get_current_cgroup_id() };
 }
 
 /// Zeroes padding bytes with single-byte stores, for the same reason as [`current_task`].
@@ -163,9 +165,10 @@ pub fn emit_state(sock: u64, rec: &SockRecord, old: u8, new: u8, ts_ns: u64) {
     });
 }
 
-/// Sends the final record and forgets the socket.
+/// Sends the final record, with the kernel's TCP counters, and forgets the socket.
 #[inline(never)]
-pub fn finish(sock: u64, rec: &SockRecord, ts_ns: u64) {
+pub fn finish(sock: u64, rec: &mut SockRecord, ts_ns: u64) {
+    Sock(sock as *const u8).tcp_stats(offsets(), &mut rec.tcp);
     emit(|event: *mut CloseEvent| unsafe {
         (*event).hdr = header(kind::CLOSE, ts_ns, sock, rec);
         (*event).record = *rec;

@@ -170,7 +170,7 @@ mod tests {
             KernelEvent::try_from(&bytes_of(&open)[..40]),
             Err(DecodeError::Truncated {
                 kind: kind::OPEN,
-                need: 104,
+                need: 112,
                 got: 40
             })
         );

@@ -272,6 +272,12 @@ fn sock_offsets(btf: &Btf) -> Result<Offsets, BtfError> {
         sk_type: offset("sk_type", 2)?,
         sk_net: offset("__sk_common.skc_net.net", 8)?,
         net_inum: offset_in("net", "ns.inum", 4)?,
+        // Reported at close when present; a kernel without one of them reports it as absent.
+        tcp_srtt_us: offset_in("tcp_sock", "srtt_us", 4).unwrap_or(0),
+        tcp_mdev_us: offset_in("tcp_sock", "mdev_us", 4).unwrap_or(0),
+        tcp_total_retrans: offset_in("tcp_sock", "total_retrans", 4).unwrap_or(0),
+        tcp_bytes_acked: offset_in("tcp_sock", "bytes_acked", 8).unwrap_or(0),
+        tcp_bytes_received: offset_in("tcp_sock", "bytes_received", 8).unwrap_or(0),
         ..Offsets::UNSET
     })
 }

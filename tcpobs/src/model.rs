@@ -411,6 +411,8 @@ impl PartialEq<&str> for Comm {
 pub struct Process {
     pub pid: u32,
     pub comm: Comm,
+    /// cgroup v2 id (0 if unknown), which names the container on a container host.
+    pub cgroup: u64,
 }
 
 impl Process {
@@ -421,6 +423,7 @@ impl Process {
         Some(Self {
             pid: task.pid,
             comm: Comm::from_kernel(&task.comm),
+            cgroup: task.cgroup,
         })
     }
 }
@@ -478,6 +481,9 @@ pub struct ConnectionRecord {
     pub retransmits: u32,
     /// `None` while the connection is still open.
     pub close: Option<Close>,
+    /// The kernel's own TCP counters, read at close (`None` while open, or on a kernel
+    /// without them).
+    pub tcp: Option<TcpCounters>,
     /// The longest time to first byte among its exchanges (ns).
     pub max_response_begin_ns: Option<u64>,
     /// The longest idle gap among its exchanges (ns).
@@ -486,6 +492,37 @@ pub struct ConnectionRecord {
     pub stuck: PhaseSet,
     /// A stuck episode still going on when the connection ended: the phase and how long.
     pub stuck_at_end: Option<(Phase, u64)>,
+}
+
+/// The kernel's TCP counters for a connection (`struct tcp_sock`), at close.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TcpCounters {
+    /// Smoothed round-trip time (ns); `None` if no RTT sample was taken.
+    pub rtt_ns: Option<u64>,
+    /// Round-trip time mean deviation (ns).
+    pub rtt_var_ns: Option<u64>,
+    /// Segments retransmitted.
+    pub total_retrans: u32,
+    /// Bytes the peer acknowledged.
+    pub bytes_acked: u64,
+    /// Bytes received in order.
+    pub bytes_received: u64,
+}
+
+impl TcpCounters {
+    pub fn from_kernel(stats: &tcpobs_common::TcpStats) -> Option<Self> {
+        if stats.valid == 0 {
+            return None;
+        }
+        let rtt = |us: u64| (us != 0).then_some(us * 1_000);
+        Some(Self {
+            rtt_ns: rtt(u64::from(stats.srtt_us8 >> 3)),
+            rtt_var_ns: rtt(u64::from(stats.mdev_us4 >> 2)).filter(|_| stats.srtt_us8 != 0),
+            total_retrans: stats.total_retrans,
+            bytes_acked: stats.bytes_acked,
+            bytes_received: stats.bytes_received,
+        })
+    }
 }
 
 /// A connection just established (for counters and the handshake histogram).
@@ -611,10 +648,12 @@ mod tests {
             pid: 7,
             tid: 8,
             comm: *b"nginx\0\0\0\0\0\0\0\0\0\0\0",
+            cgroup: 1234,
         };
         let process = Process::from_kernel(&task).unwrap();
         assert_eq!(process.to_string(), "7/nginx");
         assert_eq!(process.comm, "nginx");
+        assert_eq!(process.cgroup, 1234);
         let odd = Comm::from_kernel(b"a\xffb\0\0\0\0\0\0\0\0\0\0\0\0\0");
         assert_eq!(odd.as_str(), "a?b");
     }

@@ -85,10 +85,11 @@ enum Hist {
     Session,
     Teardown,
     CloseWait,
+    Rtt,
 }
 
 /// (histogram, name, help, buckets), in `Hist` order.
-const HISTOGRAMS: [(Hist, &str, &str, Buckets); 12] = [
+const HISTOGRAMS: [(Hist, &str, &str, Buckets); 13] = [
     (
         Hist::Handshake,
         "tcpobs_handshake_duration_seconds",
@@ -160,6 +161,12 @@ const HISTOGRAMS: [(Hist, &str, &str, Buckets); 12] = [
         "tcpobs_close_wait_duration_seconds",
         "Peer's FIN to the application's close, for connections the peer closed first",
         Buckets::Idle,
+    ),
+    (
+        Hist::Rtt,
+        "tcpobs_rtt_seconds",
+        "The kernel's smoothed round-trip time (srtt) of each connection at close",
+        Buckets::Latency,
     ),
 ];
 
@@ -521,6 +528,7 @@ impl Metrics {
                 ),
                 (Hist::Teardown, close.teardown_ns),
                 (Hist::CloseWait, close.close_wait_ns),
+                (Hist::Rtt, connection.tcp.and_then(|tcp| tcp.rtt_ns)),
             ],
         );
     }
@@ -588,6 +596,14 @@ mod tests {
         let mut text = String::new();
         encode(&mut text, &registry).unwrap();
         text
+    }
+
+    /// Families are indexed by `Hist as usize`: the table must follow the enum's order.
+    #[test]
+    fn histogram_table_follows_the_enum() {
+        for (index, (hist, ..)) in HISTOGRAMS.iter().enumerate() {
+            assert_eq!(*hist as usize, index, "{hist:?}");
+        }
     }
 
     /// The cached handles and the label-hashing path count the same things.

@@ -263,6 +263,13 @@ pub fn connection(
         .u64("bytes_sent", record.bytes_sent)
         .u64("bytes_received", record.bytes_received)
         .u64("retransmits", u64::from(record.retransmits));
+    let tcp = record.tcp.as_ref();
+    object
+        .secs("rtt_s", tcp.and_then(|t| t.rtt_ns))
+        .secs("rtt_var_s", tcp.and_then(|t| t.rtt_var_ns))
+        .opt_u64("tcp_total_retrans", tcp.map(|t| u64::from(t.total_retrans)))
+        .opt_u64("tcp_bytes_acked", tcp.map(|t| t.bytes_acked))
+        .opt_u64("tcp_bytes_received", tcp.map(|t| t.bytes_received));
     let close = record.close.as_ref();
     object
         .bool("open", close.is_none())

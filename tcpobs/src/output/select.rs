@@ -190,6 +190,7 @@ mod tests {
                 close_wait_unclosed: false,
                 errno: 0,
             }),
+            tcp: None,
             max_response_begin_ns: Some(2_000_000_000),
             max_idle_ns: None,
             stuck: PhaseSet::default(),

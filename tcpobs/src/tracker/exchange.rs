@@ -195,7 +195,7 @@ impl Conn {
             conn_id: self.id,
             role: self.role,
             addrs: self.addrs,
-            process: self.process().copied(),
+            process: self.process(),
             seq,
             class,
             start_ns: pending.first_ns(),

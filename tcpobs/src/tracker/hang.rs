@@ -138,8 +138,8 @@ impl Tracker {
                     Some((Phase::SynSent, _)) | None => false,
                     Some(_) => {
                         !conn
-                            .stuck
-                            .is_some_and(|(phase, _)| conn.flagged.contains(phase))
+                            .stuck_phase
+                            .is_some_and(|phase| conn.flagged.contains(phase))
                             || (conn.id + sweep).is_multiple_of(RECHECK_EVERY)
                     }
                 };
@@ -173,9 +173,9 @@ impl Tracker {
             match candidate {
                 Some((phase, since)) => {
                     report.stuck[index(phase)] += 1;
-                    if conn.stuck.is_none_or(|(current, _)| current != phase) {
+                    if conn.stuck_phase != Some(phase) {
                         conn.unstick(now, out);
-                        conn.stuck = Some((phase, since));
+                        (conn.stuck_phase, conn.stuck_since_ns) = (Some(phase), since);
                     }
                     if !conn.flagged.contains(phase) {
                         conn.flagged.insert(phase);
@@ -184,7 +184,7 @@ impl Tracker {
                             phase,
                             role: conn.role,
                             addrs: conn.addrs,
-                            process: conn.process().copied(),
+                            process: conn.process(),
                             state: conn.state,
                             since_ns: since,
                             at_ns: now,

@@ -46,8 +46,8 @@ use self::{
 use crate::{
     decode::KernelEvent,
     model::{
-        Addrs, ConnectionRecord, OpenedRecord, PartialReason, Phase, PhaseSet, Process, Record,
-        Role,
+        Addrs, Comm, ConnectionRecord, OpenedRecord, PartialReason, Phase, PhaseSet, Process,
+        Record, Role, TcpCounters,
     },
 };
 
@@ -101,8 +101,11 @@ pub struct Conn {
     role: Role,
     partial: Option<PartialReason>,
     addrs: Addrs,
-    /// The owning process; pid 0 while unknown (an `Option` would cost a tag).
-    process: Process,
+    /// The owning process, as loose fields (a `Process`, or an `Option` of one, would pad):
+    /// pid 0 while unknown.
+    pid: u32,
+    comm: Comm,
+    cgroup: u64,
     /// (`NonZeroU64`s keep the table's per-connection footprint down: `None` costs no tag.)
     established_ns: Option<NonZeroU64>,
     state: u8,
@@ -115,8 +118,6 @@ pub struct Conn {
     bytes_received: u64,
     /// Data has moved (from bursts, or the kernel's record for a burst in progress).
     saw_data: bool,
-    /// Retransmits, known from the kernel's record (at close, or when tcpobs stops).
-    retransmits: u32,
     /// Last data (or lifecycle event) known to the tracker (ns).
     last_activity_ns: u64,
     /// Longest time to first byte and idle gap so far (a 0 ns value counts as none).
@@ -124,8 +125,10 @@ pub struct Conn {
     max_idle_ns: Option<NonZeroU64>,
     /// Phases already reported by the hang detector.
     flagged: PhaseSet,
-    /// The stuck episode in progress: phase and when it began.
-    stuck: Option<(Phase, u64)>,
+    /// The stuck episode in progress: phase, and when it began (two fields rather than an
+    /// `Option` of a pair, which would pad the phase to 8 bytes).
+    stuck_phase: Option<Phase>,
+    stuck_since_ns: u64,
     /// Audits in a row that found no kernel record for this connection.
     missing: u8,
 }
@@ -138,7 +141,9 @@ impl Conn {
             role,
             partial: partial.then_some(PartialReason::AlreadyOpen),
             addrs: Addrs::new(([0, 0, 0, 0], 0).into(), ([0, 0, 0, 0], 0).into()),
-            process: Process::default(),
+            pid: 0,
+            comm: Comm::default(),
+            cgroup: 0,
             established_ns: None,
             state: tcp_state::ESTABLISHED,
             state_since_ns: start_ns,
@@ -147,12 +152,12 @@ impl Conn {
             bytes_sent: 0,
             bytes_received: 0,
             saw_data: false,
-            retransmits: 0,
             last_activity_ns: start_ns,
             max_response_begin_ns: None,
             max_idle_ns: None,
             flagged: PhaseSet::default(),
-            stuck: None,
+            stuck_phase: None,
+            stuck_since_ns: 0,
             missing: 0,
         }
     }
@@ -166,7 +171,7 @@ impl Conn {
             partial,
         );
         conn.addrs = Addrs::from_kernel(&event.endpoints);
-        conn.process = Process::from_kernel(&event.task).unwrap_or_default();
+        conn.set_process(Process::from_kernel(&event.task));
         conn.state = event.state;
         conn.state_since_ns = event.hdr.ts_ns;
         conn.last_activity_ns = event.hdr.ts_ns;
@@ -203,8 +208,12 @@ impl Conn {
         &self.addrs
     }
 
-    pub fn process(&self) -> Option<&Process> {
-        (self.process.pid != 0).then_some(&self.process)
+    pub fn process(&self) -> Option<Process> {
+        (self.pid != 0).then_some(Process {
+            pid: self.pid,
+            comm: self.comm,
+            cgroup: self.cgroup,
+        })
     }
 
     pub fn state(&self) -> u8 {
@@ -264,14 +273,21 @@ impl Conn {
 
     /// Ends the stuck episode in progress, if any (the connection moved on).
     fn unstick(&mut self, now: u64, out: &mut Vec<Record>) {
-        if let Some((phase, since)) = self.stuck.take() {
+        if let Some((phase, since)) = self.stuck() {
+            self.stuck_phase = None;
             out.push(Record::Unstuck(phase, now.saturating_sub(since)));
         }
     }
 
+    fn set_process(&mut self, process: Option<Process>) {
+        if let Some(process) = process {
+            (self.pid, self.comm, self.cgroup) = (process.pid, process.comm, process.cgroup);
+        }
+    }
+
     fn update_process(&mut self, task: &Task) {
-        if self.process.pid == 0 {
-            self.process = Process::from_kernel(task).unwrap_or_default();
+        if self.pid == 0 {
+            self.set_process(Process::from_kernel(task));
         }
     }
 
@@ -288,9 +304,14 @@ impl Conn {
         }
     }
 
+    /// The stuck episode in progress: phase and when it began.
+    fn stuck(&self) -> Option<(Phase, u64)> {
+        self.stuck_phase.map(|phase| (phase, self.stuck_since_ns))
+    }
+
     /// The stuck episode in progress at `end_ns`, as (phase, duration).
     fn stuck_at(&self, end_ns: u64) -> Option<(Phase, u64)> {
-        self.stuck
+        self.stuck()
             .map(|(phase, since)| (phase, end_ns.saturating_sub(since)))
     }
 
@@ -300,7 +321,7 @@ impl Conn {
             role: self.role,
             partial,
             addrs: self.addrs,
-            process: self.process().copied(),
+            process: self.process(),
             start_ns: self.start_ns,
             established_ns: self.established_ns(),
             connect_ns: self.connect_ns(),
@@ -309,8 +330,9 @@ impl Conn {
             exchanges: self.exchanges,
             bytes_sent: self.bytes_sent,
             bytes_received: self.bytes_received,
-            retransmits: self.retransmits,
+            retransmits: 0,
             close: None,
+            tcp: None,
             max_response_begin_ns: self.max_response_begin_ns.map(NonZeroU64::get),
             max_idle_ns: self.max_idle_ns.map(NonZeroU64::get),
             stuck: self.flagged,
@@ -319,9 +341,17 @@ impl Conn {
     }
 
     /// The record of a connection that is not closing normally.
-    fn unfinished(mut self, reason: PartialReason, now: u64, out: &mut Vec<Record>) {
+    /// `retransmits` comes from the kernel's record, if it was read.
+    fn unfinished(
+        mut self,
+        reason: PartialReason,
+        now: u64,
+        retransmits: u32,
+        out: &mut Vec<Record>,
+    ) {
         self.finish_exchange(ExchangeEnd::Flushed { now }, out);
-        let record = self.record(Some(reason), now.saturating_sub(self.start_ns));
+        let mut record = self.record(Some(reason), now.saturating_sub(self.start_ns));
+        record.retransmits = retransmits;
         out.push(Record::Connection(record));
     }
 
@@ -338,7 +368,7 @@ impl Conn {
             self.role = role;
         }
         if let Some(process) = Process::from_kernel(&rec.task) {
-            self.process = process;
+            self.set_process(Some(process));
         }
         let close = close_of(rec, self.role);
         self.finish_exchange(
@@ -354,6 +384,7 @@ impl Conn {
         record.bytes_sent = rec.bytes_sent;
         record.bytes_received = rec.bytes_recv;
         record.retransmits = rec.retransmits;
+        record.tcp = TcpCounters::from_kernel(&rec.tcp);
         record.close = Some(close);
         out.push(Record::Connection(record));
     }
@@ -455,7 +486,7 @@ impl Tracker {
         if let Some(conn) = self.remove(sock) {
             self.stats.lost += 1;
             let now = conn.last_activity_ns;
-            conn.unfinished(PartialReason::Lost, now, out);
+            conn.unfinished(PartialReason::Lost, now, 0, out);
         }
     }
 
@@ -505,7 +536,7 @@ impl Tracker {
                 id: conn.id,
                 role: conn.role,
                 addrs: conn.addrs,
-                process: conn.process().copied(),
+                process: conn.process(),
                 connect_ns: open.hdr.ts_ns.saturating_sub(conn.start_ns),
             }));
         }
@@ -567,13 +598,14 @@ impl Tracker {
             let Some(mut conn) = self.remove(sock) else {
                 continue;
             };
+            let mut retransmits = 0;
             if let Some(rec) = lookup(sock).filter(|rec| rec.start_ns == conn.start_ns) {
                 conn.take_pending(&rec, out);
                 conn.bytes_sent = conn.bytes_sent.max(rec.bytes_sent);
                 conn.bytes_received = conn.bytes_received.max(rec.bytes_recv);
-                conn.retransmits = rec.retransmits;
+                retransmits = rec.retransmits;
             }
-            conn.unfinished(PartialReason::Shutdown, now_ns, out);
+            conn.unfinished(PartialReason::Shutdown, now_ns, retransmits, out);
         }
     }
 }

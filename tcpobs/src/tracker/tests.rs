@@ -124,6 +124,7 @@ impl Sock {
                 pid: 4242,
                 tid: 4242,
                 comm: *b"app\0\0\0\0\0\0\0\0\0\0\0\0\0",
+                cgroup: 99,
             };
         }
         self
