@@ -1,4 +1,4 @@
-//! Developer and CI tasks: `cargo xtask <setup|run|test>`.
+//! Developer and CI tasks: `cargo xtask <setup|run|test|bench|vm-test>`.
 //!
 //! Every task first makes sure the machine has what tcpobs needs (see [`setup`]): on a
 //! brand-new Debian 12 machine, as root, `cargo xtask run` and `cargo xtask test` install
@@ -7,6 +7,7 @@
 
 mod bench;
 mod setup;
+mod vm;
 
 use std::{
     path::{Path, PathBuf},
@@ -25,8 +26,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Task {
-    /// Install missing prerequisites: Debian packages (LLVM 22, nginx, curl), the nightly
-    /// rust-src component, bpf-linker.
+    /// Install missing prerequisites: Debian packages (LLVM 22, nginx, curl, QEMU), the
+    /// nightly rust-src component, bpf-linker.
     Setup,
     /// Build tcpobs (release) and run it with sensible defaults; arguments after `--` go to
     /// tcpobs, e.g. `cargo xtask run -- --events exchanges --port 80`.
@@ -61,11 +62,14 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Boot Debian kernels under QEMU (software emulation) and run the integration tests in
+    /// each, once per probe strategy the kernel supports; prints kernel × family × strategy.
+    VmTest(vm::Args),
 }
 
 fn main() -> ExitCode {
     match run(Cli::parse().task) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(err) => {
             eprintln!("xtask: error: {err:#}");
             ExitCode::FAILURE
@@ -73,10 +77,12 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(task: Task) -> Result<()> {
+fn run(task: Task) -> Result<ExitCode> {
     let root = workspace_root();
     match task {
-        Task::Setup => setup::ensure(setup::Needs::Test),
+        // vm-test has exit codes of its own.
+        Task::VmTest(args) => return Ok(vm::main(&root, &args)),
+        Task::Setup => setup::ensure(setup::Needs::Vm),
         Task::Run { args } => {
             setup::ensure(setup::Needs::Run)?;
             cargo(&root, &["build", "--release", "--package", "tcpobs"])?;
@@ -112,6 +118,7 @@ fn run(task: Task) -> Result<()> {
             bench(&root, bench::Mode::SMOKE, &[], Path::new("/dev/null"))
         }
     }
+    .map(|()| ExitCode::SUCCESS)
 }
 
 fn test(root: &Path, args: &[String]) -> Result<()> {

@@ -2,7 +2,10 @@
 //!
 //! - Debian packages: LLVM 22 development libraries (bpf-linker links against them); nginx,
 //!   curl and Prometheus (with promtool) for the integration tests; wrk and libbpf-tools
-//!   (tcplife) for the benchmarks, whose smoke run is part of the tests.
+//!   (tcplife) for the benchmarks, whose smoke run is part of the tests; for the kernel matrix
+//!   (`vm-test`), QEMU, kmod (depmod indexes the guest kernels' modules) and Debian's archive
+//!   keyring (APT verifies the kernel packages with it), QEMU without its recommends (GUI
+//!   front ends, firmware for other architectures).
 //! - The nightly toolchain's `rust-src` (the kernel programs build `core` for
 //!   `bpfel-unknown-none`).
 //! - `bpf-linker` 0.13.0 built against LLVM 22 (the nightly's LLVM).
@@ -22,6 +25,8 @@ pub enum Needs {
     Test,
     /// The tools the benchmarks drive (a superset of the tests').
     Bench,
+    /// The tests' tools and the kernel matrix's (QEMU and what fetches Debian kernels).
+    Vm,
 }
 
 const BUILD_PACKAGES: &[&str] = &[
@@ -31,6 +36,7 @@ const BUILD_PACKAGES: &[&str] = &[
     "zlib1g-dev",
 ];
 const TEST_PACKAGES: &[&str] = &["nginx-light", "curl", "prometheus", "wrk", "libbpf-tools"];
+const VM_PACKAGES: &[&str] = &["qemu-system-x86", "kmod", "debian-archive-keyring"];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 
@@ -39,12 +45,22 @@ pub fn ensure(needs: Needs) -> Result<()> {
     if needs != Needs::Run {
         packages.extend(TEST_PACKAGES);
     }
-    let missing: Vec<&str> = packages
-        .into_iter()
-        .filter(|package| !deb_installed(package))
-        .collect();
-    if !missing.is_empty() {
-        apt_install(&missing)?;
+    let missing = |packages: &[&str]| -> Vec<String> {
+        packages
+            .iter()
+            .filter(|package| !deb_installed(package))
+            .map(|package| (*package).to_owned())
+            .collect()
+    };
+    let needed = missing(&packages);
+    if !needed.is_empty() {
+        apt_install(&needed, true)?;
+    }
+    if needs == Needs::Vm {
+        let needed = missing(VM_PACKAGES);
+        if !needed.is_empty() {
+            apt_install(&needed, false)?;
+        }
     }
     ensure_rust_src()?;
     ensure_bpf_linker()
@@ -63,7 +79,7 @@ fn deb_installed(package: &str) -> bool {
         .is_ok_and(|out| String::from_utf8_lossy(&out.stdout).ends_with("install ok installed"))
 }
 
-fn apt_install(packages: &[&str]) -> Result<()> {
+fn apt_install(packages: &[String], recommends: bool) -> Result<()> {
     if !is_root() {
         bail!(
             "missing Debian packages {}: run this task as root, or `apt-get install {}`",
@@ -85,7 +101,10 @@ fn apt_install(packages: &[&str]) -> Result<()> {
     };
     apt(&["update", "-qq"])?;
     let mut args = vec!["install", "-y", "-qq"];
-    args.extend(packages);
+    if !recommends {
+        args.push("--no-install-recommends");
+    }
+    args.extend(packages.iter().map(String::as_str));
     apt(&args)
 }
 
