@@ -36,7 +36,12 @@ const BUILD_PACKAGES: &[&str] = &[
     "zlib1g-dev",
 ];
 const TEST_PACKAGES: &[&str] = &["nginx-light", "curl", "prometheus", "wrk", "libbpf-tools"];
-const VM_PACKAGES: &[&str] = &["qemu-system-x86", "kmod", "debian-archive-keyring"];
+const VM_PACKAGES: &[&str] = &[
+    "qemu-system-x86",
+    "kmod",
+    "debian-archive-keyring",
+    "iproute2",
+];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 

@@ -225,7 +225,8 @@ fn stop(qemu: &mut Child) {
     let _ = qemu.wait();
 }
 
-fn console_tail(console: &Path) -> String {
+/// The end of the guest's console, introduced for an error message.
+pub fn console_tail(console: &Path) -> String {
     let text = fs::read_to_string(console).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
     let tail = lines[lines.len().saturating_sub(25)..].join("\n");

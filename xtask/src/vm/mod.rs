@@ -9,6 +9,7 @@
 //! (installing, building, downloading or unpacking a kernel); 4 a guest did not boot or
 //! crashed; 5 a guest ran out of time. With `--exec`, the command's own exit status.
 
+mod apt;
 mod guest;
 mod initramfs;
 mod kernel;
@@ -246,6 +247,12 @@ fn run(root: &Path, args: &Args) -> Result<u8, Fatal> {
             }
         }
         eprintln!("vm-test {name}: {heading}");
+        if boot.ending == Ending::Crashed {
+            eprintln!(
+                "vm-test {name}: the guest stopped{}",
+                guest::console_tail(&boot.console)
+            );
+        }
         match &work {
             Work::Exec(_) => {
                 let (status, said) = match boot.outcomes[0].status {
