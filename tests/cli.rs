@@ -32,6 +32,8 @@ fn help_explains_every_setting() {
         "--events",
         "--port",
         "--tracepoints",
+        "--probe-strategy",
+        "--check",
         "--max-sockets",
         "--ringbuf-bytes",
         "--drain-interval",
@@ -60,6 +62,9 @@ fn invalid_settings_exit_2_and_name_the_setting() {
         (&["--port", "http"], "--port"),
         (&["--ringbuf-bytes", "1000"], "--ringbuf-bytes"),
         (&["--output", "/nonexistent/dir/out.json"], "--output"),
+        (&["--probe-strategy", "uprobe"], "--probe-strategy"),
+        (&["--probe-strategy", "state=fentry"], "no fentry strategy"),
+        (&["--probe-strategy", "dns=kprobe"], "unknown hook family"),
     ] {
         let output = tcpobs(args);
         let stderr = String::from_utf8_lossy(&output.stderr);
@@ -98,6 +103,65 @@ fn missing_btf_names_the_kernel_feature() {
     assert_eq!(output.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("CONFIG_DEBUG_INFO_BTF"), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+/// `--check` attaches every family, says how, and exits; the same with every strategy forced
+/// either works on this kernel or names what the kernel lacks.
+#[test]
+fn check_reports_every_family_or_what_is_missing() {
+    let output = Command::new(tcpobs_binary())
+        .arg("--check")
+        .env_remove("TCPOBS_PROBE_STRATEGY")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let families: Vec<&str> = stdout
+        .lines()
+        .filter_map(|line| line.strip_prefix("family="))
+        .map(|rest| rest.split_whitespace().next().unwrap())
+        .collect();
+    assert_eq!(
+        families,
+        ["data", "resets", "retransmits", "close", "connect", "state"],
+        "{stdout}"
+    );
+    assert!(
+        stdout.lines().all(|line| line.contains(" strategy=")),
+        "{stdout}"
+    );
+    // kprobes are not compiled into this host's kernel; fentry is refused by it. Elsewhere
+    // (the QEMU kernel matrix) they work.
+    let kprobes = std::path::Path::new("/sys/bus/event_source/devices/kprobe").exists();
+    for (strategy, available, missing) in [
+        ("kprobe", kprobes, "CONFIG_KPROBES"),
+        ("fentry", true, "BPF trampolines"),
+    ] {
+        let output = Command::new(tcpobs_binary())
+            .args(["--check", "--probe-strategy", strategy])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!stderr.contains("panicked"), "{stderr}");
+        if output.status.success() {
+            assert!(available, "{strategy} attached on a kernel without it");
+            let stdout = String::from_utf8_lossy(&output.stdout);
+            assert!(
+                stdout.contains(&format!("family=data strategy={strategy}")),
+                "{stdout}"
+            );
+        } else {
+            assert_eq!(output.status.code(), Some(1), "{stderr}");
+            assert!(
+                stderr.contains(missing) && stderr.contains("--probe-strategy"),
+                "{strategy}: {stderr}"
+            );
+        }
+    }
 }
 
 fn json(line: &str) -> Value {

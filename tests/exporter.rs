@@ -13,6 +13,7 @@ use std::{
 };
 
 use serde_json::Value;
+use tcpobs::loader::Strategy;
 use tcpobs_tests::{
     PATIENCE, closed_port,
     daemon::{Daemon, curl_status, sample_value},
@@ -222,9 +223,22 @@ fn prometheus_scrapes_what_the_traffic_did() {
     prometheus.expect("tcpobs_connect_failures_total{reason=\"refused\"}", 1.0);
     prometheus.expect("tcpobs_events_lost_total", 0.0);
     prometheus.expect("tcpobs_unmatched_events_total", 0.0);
+    // Each family says how it is attached: the state family by tracepoint (tp_btf on this
+    // host), unless the suite runs with kprobes forced (the kernel matrix).
+    let state = match tcpobs_tests::strategy().all {
+        Some(Strategy::Kprobe) => "strategy=\"kprobe\",programs=\"kprobe\"",
+        _ => "strategy=\"tracepoint\"",
+    };
     prometheus.expect(
-        "tcpobs_probe_info{family=\"state\",strategy=\"tp_btf\"}",
+        &format!("tcpobs_probe_info{{family=\"state\",{state}}}"),
         1.0,
+    );
+    prometheus.expect(
+        &format!(
+            "count(tcpobs_probe_info{{family=~\"{}\"}})",
+            tcpobs::loader::FAMILIES.map(|f| f.name).join("|")
+        ),
+        6.0,
     );
     prometheus.expect("tcpobs_build_info{version=\"0.1.0\"}", 1.0);
     prometheus.expect("up{job=\"tcpobs\"}", 1.0);

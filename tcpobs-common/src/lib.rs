@@ -166,6 +166,18 @@ pub struct Owner {
     pub cgroup: u64,
 }
 
+/// `DATA_CALLS` value: a `tcp_sendmsg`/`tcp_recvmsg` call in progress (kprobe strategy),
+/// read back by the kretprobe, which sees only the return value.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DataCall {
+    /// The socket (`struct sock *`).
+    pub sk: u64,
+    /// `tcp_recvmsg`'s flags (0 for sends).
+    pub flags: i32,
+    pub _pad: u32,
+}
+
 /// `LISTENERS` key: a listening port in a network namespace.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -378,6 +390,7 @@ mod pod {
     unsafe impl aya::Pod for super::Owner {}
     unsafe impl aya::Pod for super::ListenKey {}
     unsafe impl aya::Pod for super::Listener {}
+    unsafe impl aya::Pod for super::DataCall {}
     unsafe impl aya::Pod for super::SockRecord {}
 }
 
@@ -403,6 +416,7 @@ mod tests {
         assert_eq!(size_of::<Owner>(), 16);
         assert_eq!(size_of::<ListenKey>(), 8);
         assert_eq!(size_of::<Listener>(), 24);
+        assert_eq!(size_of::<DataCall>(), 16);
         assert_eq!(align_of::<CloseEvent>(), 8);
         assert_eq!(offset_of!(EventHeader, ts_ns), 8);
         assert_eq!(offset_of!(EventHeader, start_ns), 24);

@@ -24,89 +24,315 @@ pub const FILTER_MAP: &str = "FILTER";
 /// Layout facts ([`crate::Offsets`]), a read-only global.
 pub const OFFSETS_GLOBAL: &str = "OFFSETS";
 
+/// 1 when a `tcp_connect` program (fentry or kprobe) starts client records, so that the state
+/// program leaves `CLOSE -> SYN_SENT` alone (`Array<u32>`, one entry).
+pub const CONNECT_HOOKED_MAP: &str = "CONNECT_HOOKED";
+/// Arguments of `tcp_sendmsg`/`tcp_recvmsg` calls in progress, by thread, for the kretprobes
+/// (`LruHashMap<u64, DataCall>`).
+pub const DATA_CALLS_MAP: &str = "DATA_CALLS";
+
 /// Hook families, as in the design's strategy table.
 pub mod family {
     pub const STATE: &str = "state";
+    pub const CONNECT: &str = "connect";
     pub const DATA: &str = "data";
     pub const CLOSE: &str = "close";
     pub const RESETS: &str = "resets";
     pub const RETRANSMITS: &str = "retransmits";
 }
 
-/// One kernel tracepoint and the two programs that can attach to it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Hook {
-    /// Hook family ([`family`]).
-    pub family: &'static str,
-    /// Tracepoint category (tracefs directory), e.g. `sock`.
-    pub category: &'static str,
-    /// Tracepoint name, e.g. `inet_sock_set_state`.
-    pub name: &'static str,
-    /// First kernel version that has the tracepoint.
-    pub since: &'static str,
-    /// The `tp_btf` program.
-    pub btf_program: &'static str,
-    /// The classic tracepoint program.
-    pub tracepoint_program: &'static str,
+/// Attach strategies, in the order `auto` tries them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Strategy {
+    /// fentry/fexit: BPF trampolines (BTF, Linux 5.5).
+    Fentry,
+    /// Stable tracepoints: `tp_btf` where it loads, else the classic tracepoint.
+    Tracepoint,
+    /// kprobes and kretprobes (`CONFIG_KPROBES`).
+    Kprobe,
 }
 
-/// Every hook tcpobs attaches, in attach order: the state family goes last so that by the time
-/// connections start being tracked, the hooks that update them are in place.
-pub const HOOKS: [Hook; 7] = [
-    Hook {
-        family: family::DATA,
-        category: "sock",
-        name: "sock_send_length",
-        since: "6.3",
-        btf_program: "send_len_btf",
-        tracepoint_program: "send_len_tp",
+impl Strategy {
+    pub const ALL: [Self; 3] = [Self::Fentry, Self::Tracepoint, Self::Kprobe];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Fentry => "fentry",
+            Self::Tracepoint => "tracepoint",
+            Self::Kprobe => "kprobe",
+        }
+    }
+}
+
+/// One program and where it attaches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Attach {
+    /// A stable tracepoint: the `tp_btf` program if it loads, else the classic one.
+    Tracepoint {
+        /// Tracepoint category (tracefs directory), e.g. `sock`.
+        category: &'static str,
+        /// Tracepoint name, e.g. `inet_sock_set_state`.
+        name: &'static str,
+        /// First kernel version that has the tracepoint.
+        since: &'static str,
+        btf_program: &'static str,
+        tracepoint_program: &'static str,
     },
-    Hook {
-        family: family::DATA,
-        category: "sock",
-        name: "sock_recv_length",
-        since: "6.3",
-        btf_program: "recv_len_btf",
-        tracepoint_program: "recv_len_tp",
+    /// fentry on a kernel function.
+    FEntry {
+        function: &'static str,
+        program: &'static str,
     },
-    Hook {
-        family: family::RESETS,
-        category: "tcp",
-        name: "tcp_send_reset",
-        since: "4.15",
-        btf_program: "send_reset_btf",
-        tracepoint_program: "send_reset_tp",
+    /// fexit on a kernel function; the program is chosen by the function's parameter count
+    /// (the return value follows the parameters), from the kernel's BTF.
+    FExit {
+        function: &'static str,
+        programs: &'static [(usize, &'static str)],
     },
-    Hook {
-        family: family::RESETS,
-        category: "tcp",
-        name: "tcp_receive_reset",
-        since: "4.15",
-        btf_program: "recv_reset_btf",
-        tracepoint_program: "recv_reset_tp",
+    KProbe {
+        function: &'static str,
+        program: &'static str,
     },
-    Hook {
-        family: family::RETRANSMITS,
-        category: "tcp",
-        name: "tcp_retransmit_skb",
-        since: "4.15",
-        btf_program: "retransmit_btf",
-        tracepoint_program: "retransmit_tp",
+    KRetProbe {
+        function: &'static str,
+        program: &'static str,
     },
-    Hook {
-        family: family::CLOSE,
-        category: "tcp",
-        name: "tcp_destroy_sock",
-        since: "4.15",
-        btf_program: "destroy_btf",
-        tracepoint_program: "destroy_tp",
+}
+
+impl Attach {
+    /// The kernel program type, for logs and metrics.
+    pub const fn program_type(&self) -> &'static str {
+        match self {
+            Self::Tracepoint { .. } => "tracepoint",
+            Self::FEntry { .. } => "fentry",
+            Self::FExit { .. } => "fexit",
+            Self::KProbe { .. } => "kprobe",
+            Self::KRetProbe { .. } => "kretprobe",
+        }
+    }
+}
+
+/// A family's programs under one strategy: all of them attach, or the strategy is not used.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Way {
+    pub strategy: Strategy,
+    pub attach: &'static [Attach],
+}
+
+/// A hook family and its strategies, in `auto` order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Family {
+    pub name: &'static str,
+    pub ways: &'static [Way],
+}
+
+const fn tracepoint(
+    category: &'static str,
+    name: &'static str,
+    since: &'static str,
+    btf_program: &'static str,
+    tracepoint_program: &'static str,
+) -> Attach {
+    Attach::Tracepoint {
+        category,
+        name,
+        since,
+        btf_program,
+        tracepoint_program,
+    }
+}
+
+/// Every family, in attach order: the state family goes last so that by the time connections
+/// start being tracked, the hooks that update them are in place; the connect family goes
+/// just before it, so that the state program knows whether to start clients itself.
+pub const FAMILIES: [Family; 6] = [
+    Family {
+        name: family::DATA,
+        ways: &[
+            Way {
+                strategy: Strategy::Fentry,
+                attach: &[
+                    Attach::FExit {
+                        function: "tcp_sendmsg",
+                        programs: &[(3, "send_fexit")],
+                    },
+                    Attach::FExit {
+                        function: "tcp_recvmsg",
+                        // Linux 5.19 dropped the `nonblock` parameter.
+                        programs: &[(5, "recv_fexit"), (6, "recv_fexit_nonblock")],
+                    },
+                ],
+            },
+            Way {
+                strategy: Strategy::Tracepoint,
+                attach: &[
+                    tracepoint(
+                        "sock",
+                        "sock_send_length",
+                        "6.3",
+                        "send_len_btf",
+                        "send_len_tp",
+                    ),
+                    tracepoint(
+                        "sock",
+                        "sock_recv_length",
+                        "6.3",
+                        "recv_len_btf",
+                        "recv_len_tp",
+                    ),
+                ],
+            },
+            Way {
+                strategy: Strategy::Kprobe,
+                attach: &[
+                    Attach::KProbe {
+                        function: "tcp_sendmsg",
+                        program: "send_kprobe",
+                    },
+                    Attach::KRetProbe {
+                        function: "tcp_sendmsg",
+                        program: "send_kretprobe",
+                    },
+                    Attach::KProbe {
+                        function: "tcp_recvmsg",
+                        program: "recv_kprobe",
+                    },
+                    Attach::KRetProbe {
+                        function: "tcp_recvmsg",
+                        program: "recv_kretprobe",
+                    },
+                ],
+            },
+        ],
     },
-    Hook {
-        family: family::STATE,
-        category: "sock",
-        name: "inet_sock_set_state",
-        since: "4.16",
-        btf_program: "set_state_btf",
-        tracepoint_program: "set_state_tp",
+    Family {
+        name: family::RESETS,
+        ways: &[Way {
+            strategy: Strategy::Tracepoint,
+            attach: &[
+                tracepoint(
+                    "tcp",
+                    "tcp_send_reset",
+                    "4.15",
+                    "send_reset_btf",
+                    "send_reset_tp",
+                ),
+                tracepoint(
+                    "tcp",
+                    "tcp_receive_reset",
+                    "4.15",
+                    "recv_reset_btf",
+                    "recv_reset_tp",
+                ),
+            ],
+        }],
+    },
+    Family {
+        name: family::RETRANSMITS,
+        ways: &[Way {
+            strategy: Strategy::Tracepoint,
+            attach: &[tracepoint(
+                "tcp",
+                "tcp_retransmit_skb",
+                "4.15",
+                "retransmit_btf",
+                "retransmit_tp",
+            )],
+        }],
+    },
+    Family {
+        name: family::CLOSE,
+        ways: &[
+            Way {
+                strategy: Strategy::Fentry,
+                attach: &[
+                    Attach::FEntry {
+                        function: "tcp_close",
+                        program: "close_fentry",
+                    },
+                    Attach::FEntry {
+                        function: "tcp_v4_destroy_sock",
+                        program: "destroy_fentry",
+                    },
+                ],
+            },
+            Way {
+                strategy: Strategy::Tracepoint,
+                attach: &[tracepoint(
+                    "tcp",
+                    "tcp_destroy_sock",
+                    "4.15",
+                    "destroy_btf",
+                    "destroy_tp",
+                )],
+            },
+            Way {
+                strategy: Strategy::Kprobe,
+                attach: &[
+                    Attach::KProbe {
+                        function: "tcp_close",
+                        program: "close_kprobe",
+                    },
+                    Attach::KProbe {
+                        function: "tcp_v4_destroy_sock",
+                        program: "destroy_kprobe",
+                    },
+                ],
+            },
+        ],
+    },
+    Family {
+        name: family::CONNECT,
+        ways: &[
+            Way {
+                strategy: Strategy::Fentry,
+                attach: &[Attach::FEntry {
+                    function: "tcp_connect",
+                    program: "connect_fentry",
+                }],
+            },
+            // The state program's `CLOSE -> SYN_SENT`: nothing of its own to attach.
+            Way {
+                strategy: Strategy::Tracepoint,
+                attach: &[],
+            },
+            Way {
+                strategy: Strategy::Kprobe,
+                attach: &[Attach::KProbe {
+                    function: "tcp_connect",
+                    program: "connect_kprobe",
+                }],
+            },
+        ],
+    },
+    Family {
+        name: family::STATE,
+        ways: &[
+            Way {
+                strategy: Strategy::Tracepoint,
+                attach: &[tracepoint(
+                    "sock",
+                    "inet_sock_set_state",
+                    "4.16",
+                    "set_state_btf",
+                    "set_state_tp",
+                )],
+            },
+            // The two functions that fire the tracepoint: `inet_sk_state_store` (every
+            // `tcp_set_state`, and `listen()`) and `inet_sk_set_state` (new accepted sockets).
+            Way {
+                strategy: Strategy::Kprobe,
+                attach: &[
+                    Attach::KProbe {
+                        function: "inet_sk_state_store",
+                        program: "state_store_kprobe",
+                    },
+                    Attach::KProbe {
+                        function: "inet_sk_set_state",
+                        program: "set_state_kprobe",
+                    },
+                ],
+            },
+        ],
     },
 ];

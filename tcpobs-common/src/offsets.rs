@@ -73,7 +73,9 @@ pub struct Offsets {
     pub tcp_bytes_acked: u16,
     /// `struct tcp_sock`: `bytes_received` (u64).
     pub tcp_bytes_received: u16,
-    pub _pad: u16,
+    /// `tcp_recvmsg()`: the index of its `flags` parameter (4 before Linux 5.19, which dropped
+    /// `nonblock`, 3 since), for the kprobe.
+    pub recv_flags_arg: u16,
     /// Wake the reader once this many bytes are waiting in the ring buffer; below that the
     /// reader polls on a timer (events are submitted with `BPF_RB_NO_WAKEUP`).
     pub wakeup_bytes: u64,
@@ -113,7 +115,7 @@ impl Offsets {
         tcp_total_retrans: 0,
         tcp_bytes_acked: 0,
         tcp_bytes_received: 0,
-        _pad: 0,
+        recv_flags_arg: 0,
         wakeup_bytes: 0,
     };
 }

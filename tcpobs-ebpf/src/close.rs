@@ -1,9 +1,13 @@
-//! Close family: the socket is freed.
+//! Close family: the application closes the socket, and the socket is freed.
 //!
-//! Hook: `tcp:tcp_destroy_sock` (Linux 4.15), fired by `inet_csk_destroy_sock()` once a socket
-//! in `CLOSE` is orphaned, i.e. both the connection and the application are done with it.
-//! - tp_btf prototype: `(struct sock *sk)`.
-//! - classic record: `skaddr, sport, dport, family, saddr, daddr, ..., sock_cookie`.
+//! Hooks, by strategy:
+//! - tracepoint: `tcp:tcp_destroy_sock` (Linux 4.15), fired by `tcp_v4_destroy_sock()` (for
+//!   IPv6 sockets too) once a socket in `CLOSE` is orphaned, i.e. both the connection and the
+//!   application are done with it. tp_btf prototype `(struct sock *sk)`; classic record
+//!   `skaddr, sport, dport, family, saddr, daddr, ..., sock_cookie`. The application's
+//!   `close()` is seen by the state family (`-> FIN_WAIT1`, `-> LAST_ACK`).
+//! - fentry / kprobe: on `tcp_v4_destroy_sock(sk)` itself, plus `tcp_close(sk, timeout)`, which
+//!   marks the application's close when it happens, in the closing process.
 //!
 //! The state hook sends the final record at `CLOSE` when the cause is known; otherwise the
 //! record waits for this hook, which catches the reset that `close()` sends *after* setting
@@ -11,16 +15,58 @@
 //! was missed.
 
 use aya_ebpf::{
-    macros::{btf_tracepoint, tracepoint},
-    programs::{BtfTracePointContext, TracePointContext},
+    macros::{btf_tracepoint, fentry, kprobe, tracepoint},
+    programs::{BtfTracePointContext, FEntryContext, ProbeContext, TracePointContext},
 };
 use tcpobs_common::{FLAG_APP_CLOSED, FLAG_CLOSE_WAIT, FLAG_IGNORED, tcp_state};
 
 use crate::{
     maps::{SOCKETS, offsets},
     sock::Sock,
-    track::{finish, now_ns},
+    state::app_closed,
+    track::{finish, now_ns, traced_record},
 };
+
+#[fentry(function = "tcp_v4_destroy_sock")]
+pub fn destroy_fentry(ctx: FEntryContext) -> u32 {
+    on_destroy(Sock(ctx.arg(0)));
+    0
+}
+
+#[kprobe]
+pub fn destroy_kprobe(ctx: ProbeContext) -> u32 {
+    if let Some(sk) = ctx.arg::<*const u8>(0) {
+        on_destroy(Sock(sk));
+    }
+    0
+}
+
+#[fentry(function = "tcp_close")]
+pub fn close_fentry(ctx: FEntryContext) -> u32 {
+    on_close(Sock(ctx.arg(0)));
+    0
+}
+
+#[kprobe]
+pub fn close_kprobe(ctx: ProbeContext) -> u32 {
+    if let Some(sk) = ctx.arg::<*const u8>(0) {
+        on_close(Sock(sk));
+    }
+    0
+}
+
+/// `close()` on a traced socket, in the closing process: the same mark the state family sets
+/// at `-> FIN_WAIT1` / `-> LAST_ACK`, only sooner (and also for a socket that is already
+/// `CLOSE`, whose `close()` the state family cannot see).
+#[inline(always)]
+fn on_close(sk: Sock) {
+    if sk.is_null() {
+        return;
+    }
+    if let Some(rec) = traced_record(sk) {
+        app_closed(rec, now_ns());
+    }
+}
 
 #[btf_tracepoint(function = "tcp_destroy_sock")]
 pub fn destroy_btf(ctx: BtfTracePointContext) -> i32 {

@@ -1,25 +1,36 @@
 //! Data family: how many bytes the application moved, and when.
 //!
-//! Hooks: `sock:sock_send_length` and `sock:sock_recv_length` (Linux 6.3), fired by
-//! `sock_sendmsg()` / `sock_recvmsg()` for every socket type once the call returns.
-//! - tp_btf prototype: `(struct sock *sk, int ret, int flags)`.
-//! - classic record: `sk, family, protocol, ret, flags`.
+//! Hooks, by strategy:
+//! - tracepoint: `sock:sock_send_length` and `sock:sock_recv_length` (Linux 6.3), fired by
+//!   `sock_sendmsg()` / `sock_recvmsg()` for every socket type once the call returns.
+//!   tp_btf prototype `(struct sock *sk, int ret, int flags)`; classic record
+//!   `sk, family, protocol, ret, flags`. They catch `send`/`write`/`sendmsg`/`sendfile` and
+//!   `recv`/`read`/`recvmsg`.
+//! - fentry: fexit on `tcp_sendmsg(sk, msg, size)` and `tcp_recvmsg(sk, msg, len, [nonblock,]
+//!   flags, addr_len)`; the return value follows the parameters, so `tcp_recvmsg` has two
+//!   programs, for the parameter lists before and after Linux 5.19.
+//! - kprobe: a kprobe on each saves the socket (and flags) by thread in `DATA_CALLS`, and a
+//!   kretprobe reads the return value.
 //!
-//! They catch `send`/`write`/`sendmsg`/`sendfile` and `recv`/`read`/`recvmsg` on TCP without
-//! a kprobe. Calls are coalesced in the socket record into bursts. A completed burst is held
+//! The fentry and kprobe hooks see the calls that reach TCP through `sendmsg`/`recvmsg`;
+//! kernels before 6.5 send `sendfile()` data through `tcp_sendpage()` instead, which they do
+//! not see. Calls are coalesced in the socket record into bursts. A completed burst is held
 //! until the next one completes, and the two go out in one event: one event per
 //! request/response exchange, whatever the number of syscalls or bytes; a connection with one
 //! exchange sends its bursts with its close. Failed calls (`ret <= 0`) and `MSG_PEEK` reads
 //! move no data and are ignored.
 
 use aya_ebpf::{
-    macros::{btf_tracepoint, tracepoint},
-    programs::{BtfTracePointContext, TracePointContext},
+    helpers::bpf_get_current_pid_tgid,
+    macros::{btf_tracepoint, fexit, kprobe, kretprobe, tracepoint},
+    programs::{
+        BtfTracePointContext, FExitContext, ProbeContext, RetProbeContext, TracePointContext,
+    },
 };
-use tcpobs_common::{Offsets, direction};
+use tcpobs_common::{DataCall, Offsets, direction};
 
 use crate::{
-    maps::offsets,
+    maps::{DATA_CALLS, offsets},
     sock::Sock,
     track::{Adoption, claim, emit_bursts, now_ns, record_or_adopt},
 };
@@ -93,6 +104,98 @@ fn try_len_tp(ctx: &TracePointContext, o: &Offsets, fields: [u16; 3], dir: u8) -
     };
     on_data(o, Sock(sk as *const u8), ret, flags, dir);
     Ok(0)
+}
+
+#[fexit(function = "tcp_sendmsg")]
+pub fn send_fexit(ctx: FExitContext) -> u32 {
+    let ret: i64 = ctx.arg(3);
+    on_data(offsets(), Sock(ctx.arg(0)), ret as i32, 0, direction::OUT);
+    0
+}
+
+/// `tcp_recvmsg(sk, msg, len, flags, addr_len)`, Linux 5.19 and later.
+#[fexit(function = "tcp_recvmsg")]
+pub fn recv_fexit(ctx: FExitContext) -> u32 {
+    let (flags, ret): (i32, i64) = (ctx.arg(3), ctx.arg(5));
+    on_data(
+        offsets(),
+        Sock(ctx.arg(0)),
+        ret as i32,
+        flags,
+        direction::IN,
+    );
+    0
+}
+
+/// `tcp_recvmsg(sk, msg, len, nonblock, flags, addr_len)`, before Linux 5.19.
+#[fexit(function = "tcp_recvmsg")]
+pub fn recv_fexit_nonblock(ctx: FExitContext) -> u32 {
+    let (flags, ret): (i32, i64) = (ctx.arg(4), ctx.arg(6));
+    on_data(
+        offsets(),
+        Sock(ctx.arg(0)),
+        ret as i32,
+        flags,
+        direction::IN,
+    );
+    0
+}
+
+#[kprobe]
+pub fn send_kprobe(ctx: ProbeContext) -> u32 {
+    if let Some(sk) = ctx.arg::<u64>(0) {
+        save_call(sk, 0);
+    }
+    0
+}
+
+#[kprobe]
+pub fn recv_kprobe(ctx: ProbeContext) -> u32 {
+    let flags = if offsets().recv_flags_arg == 3 {
+        ctx.arg::<i32>(3)
+    } else {
+        ctx.arg::<i32>(4)
+    };
+    if let Some(sk) = ctx.arg::<u64>(0) {
+        save_call(sk, flags.unwrap_or(0));
+    }
+    0
+}
+
+#[kretprobe]
+pub fn send_kretprobe(ctx: RetProbeContext) -> u32 {
+    on_return(&ctx, direction::OUT);
+    0
+}
+
+#[kretprobe]
+pub fn recv_kretprobe(ctx: RetProbeContext) -> u32 {
+    on_return(&ctx, direction::IN);
+    0
+}
+
+#[inline(always)]
+fn save_call(sk: u64, flags: i32) {
+    let call = DataCall { sk, flags, _pad: 0 };
+    let _ = DATA_CALLS.insert(bpf_get_current_pid_tgid(), call, 0);
+}
+
+#[inline(always)]
+fn on_return(ctx: &RetProbeContext, dir: u8) {
+    let thread = bpf_get_current_pid_tgid();
+    // SAFETY: plain data copied out of the map value.
+    let Some(call) = (unsafe { DATA_CALLS.get(thread) }).copied() else {
+        return;
+    };
+    let _ = DATA_CALLS.remove(thread);
+    let ret: i64 = ctx.ret();
+    on_data(
+        offsets(),
+        Sock(call.sk as *const u8),
+        ret as i32,
+        call.flags,
+        dir,
+    );
 }
 
 #[inline(always)]

@@ -1,12 +1,14 @@
 //! tcpobs's kernel programs: one module per hook family (DESIGN §2).
 //!
-//! Every hook has two programs: a `tp_btf` one (raw arguments, cheapest) and a classic
-//! tracepoint one (record fields at offsets read from tracefs). The daemon attaches the first
-//! that loads. Both feed the same per-socket logic in [`track`].
+//! Every hook family has programs for up to three attach strategies (DESIGN §2): fentry/fexit,
+//! tracepoints (a `tp_btf` program with raw arguments, and a classic one reading record fields
+//! at offsets from tracefs) and kprobes. The daemon attaches, per family, the first strategy
+//! that loads (or the one asked for). All feed the same per-socket logic in [`track`].
 #![no_std]
 #![no_main]
 
 mod close;
+mod connect;
 mod data;
 mod filter;
 mod maps;

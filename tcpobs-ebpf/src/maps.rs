@@ -2,9 +2,9 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, LruHashMap, PerCpuArray, RingBuf},
 };
-use tcpobs_common::{Offsets, SockRecord, stat};
+use tcpobs_common::{DataCall, Offsets, SockRecord, stat};
 
 /// Events to the daemon. The size is set by the loader (`--ringbuf-bytes`).
 #[map]
@@ -40,6 +40,22 @@ pub fn scratch_record() -> Option<&'static mut SockRecord> {
         Some(&mut *rec)
     }
 }
+
+/// 1 when a `tcp_connect` program starts client records (set by the loader before the state
+/// family attaches).
+#[map]
+pub static CONNECT_HOOKED: Array<u32> = Array::with_max_entries(1, 0);
+
+/// Whether the state program should leave client starts to the connect family.
+#[inline(always)]
+pub fn connect_hooked() -> bool {
+    CONNECT_HOOKED.get(0).is_some_and(|hooked| *hooked != 0)
+}
+
+/// `tcp_sendmsg`/`tcp_recvmsg` calls in progress, by thread (`pid_tgid`), for the kretprobes.
+/// LRU, so that calls whose return was never seen cannot fill it.
+#[map]
+pub static DATA_CALLS: LruHashMap<u64, DataCall> = LruHashMap::with_max_entries(16_384, 0);
 
 /// Drop counters, indexed by `tcpobs_common::stat`.
 #[map]

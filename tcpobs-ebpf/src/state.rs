@@ -1,7 +1,8 @@
 //! State family: every TCP state change.
 //!
 //! Hook: `sock:inet_sock_set_state` (Linux 4.16), the stable tracepoint that `tcp_set_state()`
-//! fires *before* storing the new state.
+//! fires *before* storing the new state; or, with the kprobe strategy, kprobes on the two
+//! functions that fire it.
 //! - tp_btf prototype: `(const struct sock *sk, const int oldstate, const int newstate)`.
 //! - classic record: `skaddr, oldstate, newstate, sport, dport, family, protocol, ...`.
 //!
@@ -19,8 +20,8 @@
 //! `tcp_destroy_sock`, which fires when the application finally closes it.
 
 use aya_ebpf::{
-    macros::{btf_tracepoint, tracepoint},
-    programs::{BtfTracePointContext, TracePointContext},
+    macros::{btf_tracepoint, kprobe, tracepoint},
+    programs::{BtfTracePointContext, ProbeContext, TracePointContext},
 };
 use tcpobs_common::{
     FLAG_APP_CLOSED, FLAG_CLOSE_WAIT, FLAG_PARTIAL, FLAG_RST_RECV, Offsets, SockRecord, kind, role,
@@ -29,7 +30,7 @@ use tcpobs_common::{
 
 use crate::{
     filter::{listening, not_listening},
-    maps::offsets,
+    maps::{connect_hooked, offsets},
     sock::Sock,
     track::{
         Adoption, claim, emit_open, emit_state, finish, judge_server, learn_local_port, now_ns,
@@ -78,6 +79,35 @@ fn try_set_state_tp(ctx: &TracePointContext) -> Result<u32, u32> {
     Ok(0)
 }
 
+/// kprobe strategy: `inet_sk_state_store(sk, newstate)`, called by every `tcp_set_state()`
+/// and by `listen()`, fires the tracepoint on entry; so does `inet_sk_set_state(sk, state)`,
+/// which new accepted sockets go through. Same point, same logic, old state read from the
+/// socket (not yet overwritten on entry).
+#[kprobe]
+pub fn state_store_kprobe(ctx: ProbeContext) -> u32 {
+    on_state_kprobe(&ctx);
+    0
+}
+
+#[kprobe]
+pub fn set_state_kprobe(ctx: ProbeContext) -> u32 {
+    on_state_kprobe(&ctx);
+    0
+}
+
+#[inline(always)]
+fn on_state_kprobe(ctx: &ProbeContext) {
+    let (Some(sk), Some(new)) = (ctx.arg::<*const u8>(0), ctx.arg::<i32>(1)) else {
+        return;
+    };
+    let o = offsets();
+    let sk = Sock(sk);
+    if sk.is_null() {
+        return;
+    }
+    on_set_state(o, sk, sk.state(o), new as u8);
+}
+
 /// The protocol check (three reads of the socket) is made only where a socket is first seen:
 /// a socket with a record is TCP, and one without is checked when it is adopted.
 #[inline(always)]
@@ -90,7 +120,9 @@ fn on_set_state(o: &Offsets, sk: Sock, old: u8, new: u8) {
         // listen() runs in the listening process: remember who owns the port.
         (_, tcp_state::LISTEN) if sk.is_tcp(o) => listening(o, sk),
         (tcp_state::LISTEN, tcp_state::CLOSE) if sk.is_tcp(o) => not_listening(o, sk),
-        (tcp_state::CLOSE, tcp_state::SYN_SENT) if sk.is_tcp(o) => start(o, sk, role::CLIENT, now),
+        (tcp_state::CLOSE, tcp_state::SYN_SENT) if !connect_hooked() && sk.is_tcp(o) => {
+            start(o, sk, role::CLIENT, now)
+        }
         (tcp_state::LISTEN, tcp_state::SYN_RECV) if sk.is_tcp(o) => start(o, sk, role::SERVER, now),
         (_, tcp_state::LISTEN)
         | (tcp_state::LISTEN, _)

@@ -48,6 +48,21 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener, AppError> {
         })
 }
 
+/// `--check`: loads and attaches everything, prints how each family is attached, detaches.
+pub fn check(settings: &Settings) -> Result<(), AppError> {
+    loader::check_privileges()?;
+    let loaded = loader::load(&settings.load)?;
+    for family in &loaded.families {
+        println!(
+            "family={} strategy={} programs={}",
+            family.family,
+            family.strategy.as_str(),
+            family.program_types()
+        );
+    }
+    Ok(())
+}
+
 /// Runs tcpobs until SIGINT or SIGTERM. `loader` re-reads the settings on SIGHUP.
 pub async fn run(
     settings: Settings,
@@ -119,7 +134,7 @@ pub async fn run(
     readiness.set_ready();
     info!(
         version = env!("CARGO_PKG_VERSION"),
-        hooks = tracer.attached().len(),
+        families = tracer.families().len(),
         filters = ?settings.load.filters,
         "tracing TCP connections"
     );

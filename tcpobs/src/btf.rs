@@ -26,6 +26,8 @@ pub enum BtfError {
     NoMember { ty: String, member: String },
     #[error("kernel BTF: {ty}.{member} is a bitfield, which tcpobs cannot read")]
     Bitfield { ty: String, member: String },
+    #[error("kernel BTF has no function {0}")]
+    NoFunction(String),
 }
 
 const MAGIC: u16 = 0xeb9f;
@@ -234,6 +236,27 @@ impl Btf {
         Ok(None)
     }
 
+    /// The parameter names of kernel function `name`, in order.
+    pub fn func_params(&self, name: &str) -> Result<Vec<String>, BtfError> {
+        let func = (1..=self.positions.len() as u32)
+            .find_map(|id| {
+                let (_, header) = self.header(id).ok()?;
+                (header.kind == KIND_FUNC && self.string(header.name_off) == name)
+                    .then_some(header.size_or_type)
+            })
+            .ok_or_else(|| BtfError::NoFunction(name.to_owned()))?;
+        let (at, proto) = self.header(func)?;
+        if proto.kind != KIND_FUNC_PROTO {
+            return Err(BtfError::Malformed("function without a prototype"));
+        }
+        (0..proto.vlen)
+            .map(|index| {
+                let name_off = u32_at(&self.types, at + 12 + 8 * index)?;
+                Ok(self.string(name_off).to_owned())
+            })
+            .collect()
+    }
+
     /// Byte offset and size of a member of `struct ty`, given as a dotted path through nested
     /// named members, e.g. `member("sock", "__sk_common.skc_family")`.
     pub fn member(&self, ty: &str, path: &str) -> Result<Member, BtfError> {
@@ -328,6 +351,9 @@ mod tests {
             9,
             128,
         ]);
+        // 11: int (*)(int a, long x); 12: func `outer` of that prototype
+        push(&[0, info(KIND_FUNC_PROTO, 2), 1, s("a"), 1, s("x"), 4]);
+        push(&[s("outer"), info(KIND_FUNC, 0), 11]);
         let mut blob = Vec::new();
         blob.extend_from_slice(&MAGIC.to_le_bytes());
         blob.extend_from_slice(&[1, 0]);
@@ -377,6 +403,16 @@ mod tests {
     }
 
     #[test]
+    fn finds_function_parameters() {
+        let btf = Btf::parse(&sample()).unwrap();
+        assert_eq!(btf.func_params("outer").unwrap(), ["a", "x"]);
+        assert!(matches!(
+            btf.func_params("inner"),
+            Err(BtfError::NoFunction(_))
+        ));
+    }
+
+    #[test]
     fn reports_missing_structs_and_members() {
         let btf = Btf::parse(&sample()).unwrap();
         assert!(matches!(btf.member("nope", "a"), Err(BtfError::NoStruct(name)) if name == "nope"));
@@ -413,5 +449,12 @@ mod tests {
             16
         );
         assert_eq!(btf.member("sock", "sk_protocol").unwrap().size, 2);
+        let send = btf.func_params("tcp_sendmsg").unwrap();
+        assert_eq!(send[0], "sk");
+        assert!(
+            btf.func_params("tcp_recvmsg")
+                .unwrap()
+                .contains(&"flags".to_owned())
+        );
     }
 }

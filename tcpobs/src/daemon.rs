@@ -18,7 +18,7 @@ use tracing::{info, warn};
 
 use crate::{
     kfilter::KernelFilters,
-    loader::{self, Attached, LoadError, LoadOptions, Loaded},
+    loader::{self, FamilyAttach, LoadError, LoadOptions, Loaded},
     metrics::{Metrics, collect::Health},
     model::Record,
     output::{Clock, Sink, json::Object},
@@ -111,7 +111,7 @@ impl Tracer {
                     reason: err.to_string(),
                 })
             })?;
-        lock(&health).probes = loaded.attached.clone();
+        lock(&health).probes = loaded.families.clone();
         Ok(Self {
             loaded,
             reader,
@@ -124,8 +124,9 @@ impl Tracer {
         })
     }
 
-    pub fn attached(&self) -> &[Attached] {
-        &self.loaded.attached
+    /// How each hook family is attached.
+    pub fn families(&self) -> &[FamilyAttach] {
+        &self.loaded.families
     }
 
     /// The live table, shared with the HTTP API and the metrics.
@@ -289,7 +290,7 @@ impl Tracer {
     /// Detaches the programs, drains what is left, reports connections still open as partial
     /// and returns the final counters.
     pub fn stop(mut self, sink: &mut dyn Sink) -> io::Result<Stats> {
-        let attached = self.loaded.attached.len();
+        let attached = self.loaded.families.len();
         drop(self.loaded.ebpf);
         info!(hooks = attached, "detached");
         {

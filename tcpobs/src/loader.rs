@@ -1,26 +1,32 @@
 //! Loading and attaching the kernel programs.
 //!
 //! Start-up happens in three steps, each with an error a user can act on:
-//! 1. **Prepare**: check privileges, resolve kernel layout (`struct sock` offsets from BTF,
-//!    classic tracepoint record offsets from tracefs) into the `OFFSETS` global.
+//! 1. **Prepare**: check privileges, resolve kernel layout (`struct sock` offsets and
+//!    function parameters from BTF, classic tracepoint record offsets from tracefs) into the
+//!    `OFFSETS` global.
 //! 2. **Load** the object with the table and ring buffer sizes chosen on the command line,
 //!    and write the kernel-side filter.
-//! 3. **Attach** every hook, choosing per hook the first strategy that loads and attaches:
-//!    `tp_btf` (raw arguments, cheapest), then the classic tracepoint. The choice is logged and
-//!    kept in [`Attached`] for the metrics.
+//! 3. **Attach** every hook family (DESIGN §2), choosing per family the first strategy whose
+//!    programs all load and attach, in the order fentry, tracepoint, kprobe (or the strategy
+//!    asked for with `--probe-strategy`). Within the tracepoint strategy each hook prefers
+//!    `tp_btf` (raw arguments, cheapest) to the classic tracepoint. The choice is logged and
+//!    kept in [`FamilyAttach`] for the metrics; a family with no working strategy stops
+//!    start-up with what each strategy lacked.
 
-use std::{fmt, io, path::PathBuf};
+use std::{fmt, io, path::PathBuf, str::FromStr};
 
 use aya::{
     Btf as AyaBtf, Ebpf, EbpfLoader, Endianness,
-    programs::{BtfTracePoint, ProgramError, TracePoint},
+    maps::Array,
+    programs::{BtfTracePoint, FEntry, FExit, KProbe, Program, ProgramError, TracePoint},
 };
+pub use tcpobs_common::names::{FAMILIES, Strategy};
 use tcpobs_common::{
     Offsets,
-    names::{self, HOOKS, Hook},
+    names::{self, Attach, Family, Way, family},
 };
 use thiserror::Error;
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
 use crate::{
     btf::{Btf, BtfError},
@@ -31,30 +37,6 @@ use crate::{
 
 /// The compiled kernel programs, built by build.rs.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tcpobs"));
-
-/// How a hook is attached.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Strategy {
-    /// BTF-enabled raw tracepoint (`tp_btf`).
-    TpBtf,
-    /// Classic tracepoint through perf events and tracefs.
-    Tracepoint,
-}
-
-impl Strategy {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::TpBtf => "tp_btf",
-            Self::Tracepoint => "tracepoint",
-        }
-    }
-}
-
-impl fmt::Display for Strategy {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
 
 /// Which tracepoint flavours the loader may use.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -68,11 +50,125 @@ pub enum TracepointMode {
     Classic,
 }
 
+/// `--probe-strategy`: `auto`, one strategy for every family that has it, and/or
+/// `family=strategy` for one family, comma-separated (`kprobe,state=tracepoint`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StrategyChoice {
+    /// Every family that has this strategy must use it; the others choose as with `auto`.
+    pub all: Option<Strategy>,
+    /// These families must use these strategies.
+    pub families: Vec<(&'static str, Strategy)>,
+}
+
+fn parse_strategy(text: &str) -> Result<Strategy, String> {
+    Strategy::ALL
+        .into_iter()
+        .find(|strategy| strategy.as_str() == text)
+        .ok_or_else(|| format!("unknown strategy `{text}` (expected fentry, tracepoint or kprobe)"))
+}
+
+impl FromStr for StrategyChoice {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let mut choice = Self::default();
+        for item in text
+            .split(',')
+            .map(str::trim)
+            .filter(|item| !item.is_empty())
+        {
+            match item.split_once('=') {
+                None if item == "auto" => {}
+                None => choice.all = Some(parse_strategy(item)?),
+                Some((name, strategy)) => {
+                    let family = FAMILIES
+                        .iter()
+                        .find(|family| family.name == name)
+                        .ok_or_else(|| {
+                            format!(
+                                "unknown hook family `{name}` (expected one of: {})",
+                                family_names()
+                            )
+                        })?;
+                    let strategy = parse_strategy(strategy)?;
+                    if !family.ways.iter().any(|way| way.strategy == strategy) {
+                        return Err(format!(
+                            "the {} family has no {} strategy (it has: {})",
+                            family.name,
+                            strategy.as_str(),
+                            strategies_of(family)
+                        ));
+                    }
+                    choice.families.retain(|(other, _)| *other != family.name);
+                    choice.families.push((family.name, strategy));
+                }
+            }
+        }
+        Ok(choice)
+    }
+}
+
+impl fmt::Display for StrategyChoice {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut items: Vec<String> = self.all.iter().map(|s| s.as_str().to_owned()).collect();
+        items.extend(
+            self.families
+                .iter()
+                .map(|(family, strategy)| format!("{family}={}", strategy.as_str())),
+        );
+        if items.is_empty() {
+            f.write_str("auto")
+        } else {
+            f.write_str(&items.join(","))
+        }
+    }
+}
+
+fn family_names() -> String {
+    FAMILIES.map(|family| family.name).join(", ")
+}
+
+fn strategies_of(family: &Family) -> String {
+    family
+        .ways
+        .iter()
+        .map(|way| way.strategy.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+impl StrategyChoice {
+    /// The ways to try for `family`, in order, and whether one was forced.
+    fn ways(&self, family: &Family) -> (Vec<Way>, bool) {
+        let forced = self
+            .families
+            .iter()
+            .find(|(name, _)| *name == family.name)
+            .map(|&(_, strategy)| strategy)
+            .or(self
+                .all
+                .filter(|all| family.ways.iter().any(|way| way.strategy == *all)));
+        match forced {
+            Some(strategy) => (
+                family
+                    .ways
+                    .iter()
+                    .filter(|way| way.strategy == strategy)
+                    .copied()
+                    .collect(),
+                true,
+            ),
+            None => (family.ways.to_vec(), false),
+        }
+    }
+}
+
 /// What the loader needs to know.
 #[derive(Clone, Debug)]
 pub struct LoadOptions {
     /// Kernel BTF, normally `/sys/kernel/btf/vmlinux`.
     pub btf_path: PathBuf,
+    pub strategy: StrategyChoice,
     pub tracepoints: TracepointMode,
     /// Capacity of the kernel socket table.
     pub max_sockets: u32,
@@ -82,11 +178,37 @@ pub struct LoadOptions {
     pub filters: Filters,
 }
 
-/// One attached hook.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// One attached program.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Attached {
-    pub hook: Hook,
+    /// `tp_btf`, `tracepoint` (classic), `fentry`, `fexit`, `kprobe` or `kretprobe`.
+    pub program_type: &'static str,
+    /// The tracepoint (`sock:inet_sock_set_state`) or kernel function.
+    pub target: String,
+}
+
+/// How one hook family is attached.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FamilyAttach {
+    pub family: &'static str,
     pub strategy: Strategy,
+    /// Empty for the connect family under the tracepoint strategy, which the state hook
+    /// covers.
+    pub programs: Vec<Attached>,
+}
+
+impl FamilyAttach {
+    /// The distinct program types, joined with `+` (`kprobe+kretprobe`), or `state` for a
+    /// family served by the state hook.
+    pub fn program_types(&self) -> String {
+        let mut types: Vec<&str> = self.programs.iter().map(|p| p.program_type).collect();
+        types.dedup();
+        if types.is_empty() {
+            "state".to_owned()
+        } else {
+            types.join("+")
+        }
+    }
 }
 
 #[derive(Debug, Error)]
@@ -102,14 +224,9 @@ pub enum LoadError {
     AyaBtf { path: String, reason: String },
     #[error("the kernel refused to load tcpobs's programs: {0}")]
     Load(String),
-    #[error(
-        "cannot attach to tracepoint {category}:{name} (needs Linux {since} or newer): \
-         {reasons}"
-    )]
+    #[error("cannot attach the {family} hooks on this kernel: {reasons}")]
     Attach {
-        category: &'static str,
-        name: &'static str,
-        since: &'static str,
+        family: &'static str,
         reasons: String,
     },
     #[error("cannot set up kernel map {map}: {reason}")]
@@ -118,12 +235,21 @@ pub enum LoadError {
     Filter(String),
 }
 
-/// The loaded object and how each hook is attached. Dropping it detaches everything.
+/// The loaded object and how each family is attached. Dropping it detaches everything.
 pub struct Loaded {
     pub ebpf: Ebpf,
-    pub attached: Vec<Attached>,
+    pub families: Vec<FamilyAttach>,
     /// The filter maps, taken out of `ebpf` (until someone takes them over).
     pub filters: Option<KernelFilters>,
+}
+
+/// Layout and signature facts the attach step needs besides `OFFSETS`.
+struct Kernel {
+    btf: Btf,
+    aya_btf: AyaBtf,
+    /// Classic tracepoints are usable (tracefs mounted, record offsets read), or why not.
+    classic: Result<(), String>,
+    tracepoints: TracepointMode,
 }
 
 /// Loads, configures and attaches everything.
@@ -133,6 +259,12 @@ pub fn load(options: &LoadOptions) -> Result<Loaded, LoadError> {
     let btf = Btf::from_file(&options.btf_path)?;
     let mut offsets = sock_offsets(&btf)?;
     offsets.wakeup_bytes = u64::from(options.ringbuf_bytes / 4);
+    offsets.recv_flags_arg = btf
+        .func_params("tcp_recvmsg")
+        .ok()
+        .and_then(|params| params.iter().position(|param| param == "flags"))
+        .and_then(|index| u16::try_from(index).ok())
+        .unwrap_or(3);
     let classic = if options.tracepoints == TracepointMode::Btf {
         Err("not allowed by --tracepoints btf".to_owned())
     } else {
@@ -155,91 +287,264 @@ pub fn load(options: &LoadOptions) -> Result<Loaded, LoadError> {
     let mut filters = KernelFilters::take(&mut ebpf)?;
     filters.seed_listeners();
     filters.apply(&resolved).map_err(LoadError::Filter)?;
-    let mut attached = Vec::with_capacity(HOOKS.len());
-    for hook in HOOKS {
-        let strategy = attach(&mut ebpf, &aya_btf, hook, options.tracepoints, &classic)?;
+    let kernel = Kernel {
+        btf,
+        aya_btf,
+        classic,
+        tracepoints: options.tracepoints,
+    };
+    let mut families = Vec::with_capacity(FAMILIES.len());
+    for family in &FAMILIES {
+        let attached = attach_family(&mut ebpf, &kernel, family, &options.strategy)?;
         info!(
-            family = hook.family,
-            tracepoint = format!("{}:{}", hook.category, hook.name),
-            %strategy,
+            family = family.name,
+            strategy = attached.strategy.as_str(),
+            programs = attached.program_types(),
+            targets = attached
+                .programs
+                .iter()
+                .map(|p| p.target.as_str())
+                .collect::<Vec<_>>()
+                .join(","),
             "attached"
         );
-        attached.push(Attached { hook, strategy });
+        if family.name == family::CONNECT && attached.strategy != Strategy::Tracepoint {
+            set_connect_hooked(&mut ebpf)?;
+        }
+        families.push(attached);
     }
     Ok(Loaded {
         ebpf,
-        attached,
+        families,
         filters: Some(filters),
     })
 }
 
-fn attach(
+/// Tells the state program that a `tcp_connect` program starts client records.
+fn set_connect_hooked(ebpf: &mut Ebpf) -> Result<(), LoadError> {
+    let map_error = |reason: String| LoadError::Map {
+        map: names::CONNECT_HOOKED_MAP,
+        reason,
+    };
+    let map = ebpf
+        .map_mut(names::CONNECT_HOOKED_MAP)
+        .ok_or_else(|| map_error("missing".into()))?;
+    let mut hooked: Array<_, u32> =
+        Array::try_from(map).map_err(|err| map_error(err.to_string()))?;
+    hooked
+        .set(0, 1, 0)
+        .map_err(|err| map_error(err.to_string()))
+}
+
+/// Attaches `family` by the first of its ways that works entirely.
+fn attach_family(
     ebpf: &mut Ebpf,
-    btf: &AyaBtf,
-    hook: Hook,
-    mode: TracepointMode,
-    classic: &Result<(), String>,
-) -> Result<Strategy, LoadError> {
+    kernel: &Kernel,
+    family: &Family,
+    choice: &StrategyChoice,
+) -> Result<FamilyAttach, LoadError> {
+    let (ways, forced) = choice.ways(family);
     let mut reasons = Vec::new();
-    if mode != TracepointMode::Classic {
-        match attach_btf(ebpf, btf, hook) {
-            Ok(()) => return Ok(Strategy::TpBtf),
-            Err(err) => {
-                debug!(hook = hook.name, "tp_btf failed: {err}");
-                reasons.push(format!("tp_btf: {}", short(&err)));
+    for way in ways {
+        match attach_way(ebpf, kernel, &way) {
+            Ok(programs) => {
+                return Ok(FamilyAttach {
+                    family: family.name,
+                    strategy: way.strategy,
+                    programs,
+                });
+            }
+            Err(reason) => {
+                debug!(
+                    family = family.name,
+                    strategy = way.strategy.as_str(),
+                    "{reason}"
+                );
+                reasons.push(format!("{}: {reason}", way.strategy.as_str()));
             }
         }
     }
-    if mode != TracepointMode::Btf {
-        match classic {
-            Ok(()) => match attach_classic(ebpf, hook) {
-                Ok(()) => {
-                    if mode == TracepointMode::Auto {
-                        warn!(
-                            hook = hook.name,
-                            "tp_btf unavailable, using the classic tracepoint"
-                        );
-                    }
-                    return Ok(Strategy::Tracepoint);
-                }
-                Err(err) => {
-                    debug!(hook = hook.name, "tracepoint failed: {err}");
-                    reasons.push(format!("tracepoint: {}", short(&err)));
-                }
-            },
-            Err(reason) => reasons.push(format!("tracepoint: {reason}")),
-        }
+    if forced {
+        reasons.push(format!("asked for by --probe-strategy {choice}"));
     }
     Err(LoadError::Attach {
-        category: hook.category,
-        name: hook.name,
-        since: hook.since,
+        family: family.name,
         reasons: reasons.join("; "),
     })
 }
 
-fn attach_btf(ebpf: &mut Ebpf, btf: &AyaBtf, hook: Hook) -> Result<(), String> {
-    let program: &mut BtfTracePoint = ebpf
-        .program_mut(hook.btf_program)
-        .ok_or("program missing from the object")?
+/// Attaches every program of `way`, or none: on a failure the ones already attached are
+/// unloaded, which detaches them.
+fn attach_way(ebpf: &mut Ebpf, kernel: &Kernel, way: &Way) -> Result<Vec<Attached>, String> {
+    let mut done: Vec<(&'static str, Attached)> = Vec::new();
+    for attach in way.attach {
+        match attach_one(ebpf, kernel, attach) {
+            Ok(attached) => done.push(attached),
+            Err(reason) => {
+                for (program, _) in &done {
+                    if let Some(program) = ebpf.program_mut(program) {
+                        let _ = unload(program);
+                    }
+                }
+                return Err(reason);
+            }
+        }
+    }
+    Ok(done.into_iter().map(|(_, attached)| attached).collect())
+}
+
+fn unload(program: &mut Program) -> Result<(), ProgramError> {
+    match program {
+        Program::BtfTracePoint(p) => p.unload(),
+        Program::TracePoint(p) => p.unload(),
+        Program::FEntry(p) => p.unload(),
+        Program::FExit(p) => p.unload(),
+        Program::KProbe(p) => p.unload(),
+        _ => Ok(()),
+    }
+}
+
+fn program<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T, String>
+where
+    &'a mut T: TryFrom<&'a mut Program, Error = ProgramError>,
+{
+    ebpf.program_mut(name)
+        .ok_or_else(|| format!("program {name} missing from the object"))?
         .try_into()
-        .map_err(|err: ProgramError| error_chain(&err))?;
+        .map_err(|err: ProgramError| error_chain(&err))
+}
+
+/// Attaches one program; returns its name (to undo it) and what was attached.
+fn attach_one(
+    ebpf: &mut Ebpf,
+    kernel: &Kernel,
+    attach: &Attach,
+) -> Result<(&'static str, Attached), String> {
+    let attached = |program_type, target: &str| Attached {
+        program_type,
+        target: target.to_owned(),
+    };
+    match *attach {
+        Attach::Tracepoint {
+            category,
+            name,
+            since,
+            btf_program,
+            tracepoint_program,
+        } => {
+            let target = format!("{category}:{name}");
+            let mut reasons = Vec::new();
+            if kernel.tracepoints != TracepointMode::Classic {
+                match attach_btf(ebpf, &kernel.aya_btf, btf_program, name) {
+                    Ok(()) => return Ok((btf_program, attached("tp_btf", &target))),
+                    Err(err) => reasons.push(format!("tp_btf: {}", short(&err))),
+                }
+            }
+            if kernel.tracepoints != TracepointMode::Btf {
+                let classic = kernel
+                    .classic
+                    .clone()
+                    .and_then(|()| attach_classic(ebpf, tracepoint_program, category, name));
+                match classic {
+                    Ok(()) => return Ok((tracepoint_program, attached("tracepoint", &target))),
+                    Err(err) => reasons.push(format!("classic: {}", short(&err))),
+                }
+            }
+            Err(format!(
+                "tracepoint {target} (Linux {since} or newer): {}",
+                reasons.join(", ")
+            ))
+        }
+        Attach::FEntry {
+            function,
+            program: name,
+        } => {
+            let result = program::<FEntry>(ebpf, name).and_then(|program| {
+                program
+                    .load(function, &kernel.aya_btf)
+                    .map_err(|err| error_chain(&err))?;
+                program.attach().map_err(|err| error_chain(&err))
+            });
+            result
+                .map(|_| (name, attached("fentry", function)))
+                .map_err(|err| trampoline_reason("fentry", function, &err))
+        }
+        Attach::FExit { function, programs } => {
+            let params = kernel
+                .btf
+                .func_params(function)
+                .map_err(|err| err.to_string())?;
+            let &(_, name) = programs
+                .iter()
+                .find(|(count, _)| *count == params.len())
+                .ok_or_else(|| {
+                    format!(
+                        "fexit {function}: unexpected signature ({} parameters)",
+                        params.len()
+                    )
+                })?;
+            let result = program::<FExit>(ebpf, name).and_then(|program| {
+                program
+                    .load(function, &kernel.aya_btf)
+                    .map_err(|err| error_chain(&err))?;
+                program.attach().map_err(|err| error_chain(&err))
+            });
+            result
+                .map(|_| (name, attached("fexit", function)))
+                .map_err(|err| trampoline_reason("fexit", function, &err))
+        }
+        Attach::KProbe {
+            function,
+            program: name,
+        }
+        | Attach::KRetProbe {
+            function,
+            program: name,
+        } => {
+            let program_type = attach.program_type();
+            let result = program::<KProbe>(ebpf, name).and_then(|program| {
+                program.load().map_err(|err| error_chain(&err))?;
+                program.attach(function, 0).map_err(|err| error_chain(&err))
+            });
+            result
+                .map(|_| (name, attached(program_type, function)))
+                .map_err(|err| {
+                    format!(
+                        "{program_type} {function}: {} (needs a kernel built with CONFIG_KPROBES)",
+                        short(&err)
+                    )
+                })
+        }
+    }
+}
+
+fn trampoline_reason(program_type: &str, function: &str, err: &str) -> String {
+    format!(
+        "{program_type} {function}: {} (needs BPF trampolines: Linux 5.5 or newer with BTF, on \
+         x86_64 or arm64, and a kernel that allows them)",
+        short(err)
+    )
+}
+
+fn attach_btf(ebpf: &mut Ebpf, btf: &AyaBtf, name: &str, tracepoint: &str) -> Result<(), String> {
+    let program: &mut BtfTracePoint = program(ebpf, name)?;
     program
-        .load(hook.name, btf)
+        .load(tracepoint, btf)
         .map_err(|err| error_chain(&err))?;
     program.attach().map_err(|err| error_chain(&err))?;
     Ok(())
 }
 
-fn attach_classic(ebpf: &mut Ebpf, hook: Hook) -> Result<(), String> {
-    let program: &mut TracePoint = ebpf
-        .program_mut(hook.tracepoint_program)
-        .ok_or("program missing from the object")?
-        .try_into()
-        .map_err(|err: ProgramError| error_chain(&err))?;
+fn attach_classic(
+    ebpf: &mut Ebpf,
+    name: &str,
+    category: &str,
+    tracepoint: &str,
+) -> Result<(), String> {
+    let program: &mut TracePoint = program(ebpf, name)?;
     program.load().map_err(|err| error_chain(&err))?;
     program
-        .attach(hook.category, hook.name)
+        .attach(category, tracepoint)
         .map_err(|err| error_chain(&err))?;
     Ok(())
 }

@@ -53,6 +53,15 @@ fn main() -> ExitCode {
         let filter = EnvFilter::try_new(level).map_err(|err| err.to_string())?;
         handle.reload(filter).map_err(|err| err.to_string())
     });
+    if settings.check {
+        return match app::check(&settings) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(err) => {
+                eprintln!("tcpobs: error: {err}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()

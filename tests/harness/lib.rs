@@ -20,7 +20,7 @@ use std::{
 
 use tcpobs::{
     daemon::{Stats, Timing, Tracer},
-    loader::{Attached, LoadOptions, TracepointMode},
+    loader::{FamilyAttach, LoadOptions, StrategyChoice, TracepointMode},
     model::{ConnectionRecord, ExchangeRecord, Record},
     output::{EventSelection, Sink},
     runtime::{Filter, Filters, Runtime, Thresholds},
@@ -49,10 +49,24 @@ pub fn tcpobs_binary() -> PathBuf {
     target
 }
 
+/// The attach strategy the whole suite runs with: `TCPOBS_PROBE_STRATEGY` if set (the kernel
+/// matrix runs the suite once per strategy), else `auto`. Daemons the tests start inherit the
+/// variable, and read it themselves.
+pub fn strategy() -> StrategyChoice {
+    std::env::var("TCPOBS_PROBE_STRATEGY")
+        .map(|value| {
+            value
+                .parse()
+                .unwrap_or_else(|err| panic!("TCPOBS_PROBE_STRATEGY: {err}"))
+        })
+        .unwrap_or_default()
+}
+
 /// Load options for the test's ports, with the defaults the daemon uses.
 pub fn options(ports: &[u16]) -> LoadOptions {
     LoadOptions {
         btf_path: "/sys/kernel/btf/vmlinux".into(),
+        strategy: strategy(),
         tracepoints: TracepointMode::Auto,
         max_sockets: 4096,
         ringbuf_bytes: 1 << 20,
@@ -92,7 +106,7 @@ pub struct Capture {
     records: Arc<Mutex<Vec<Record>>>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<thread::JoinHandle<Stats>>,
-    attached: Vec<Attached>,
+    families: Vec<FamilyAttach>,
     _serial: MutexGuard<'static, ()>,
 }
 
@@ -127,7 +141,7 @@ impl Capture {
                         return Stats::default();
                     }
                 };
-                ready.send(Ok(tracer.attached().to_vec())).unwrap();
+                ready.send(Ok(tracer.families().to_vec())).unwrap();
                 let mut sink = SharedSink(shared);
                 let (_keep, changes) = tokio::sync::watch::channel(runtime);
                 let timing = Timing {
@@ -143,21 +157,22 @@ impl Capture {
                 tracer.stop(&mut sink).unwrap()
             })
         });
-        let attached = match started.recv().unwrap() {
-            Ok(attached) => attached,
+        let families = match started.recv().unwrap() {
+            Ok(families) => families,
             Err(err) => panic!("tcpobs failed to start: {err}"),
         };
         Self {
             records,
             stop: Some(stop),
             thread: Some(thread),
-            attached,
+            families,
             _serial: serial,
         }
     }
 
-    pub fn attached(&self) -> &[Attached] {
-        &self.attached
+    /// How each hook family is attached.
+    pub fn families(&self) -> &[FamilyAttach] {
+        &self.families
     }
 
     pub fn records(&self) -> Vec<Record> {

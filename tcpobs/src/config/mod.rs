@@ -15,7 +15,7 @@ pub use self::file::Loader;
 use crate::{
     control::check_log_level,
     kfilter::Resolved,
-    loader::{LoadOptions, TracepointMode},
+    loader::{LoadOptions, StrategyChoice, TracepointMode},
     metrics::labels::LabelSpec,
     output::{EventSelection, Format, justniffer::LineFormat},
     runtime::{CgroupRef, Cidr, Filter, Filters, Runtime, Sample, Thresholds},
@@ -33,8 +33,9 @@ before the first request, request, time to first response byte, response, idle a
 was reused (unique, start, continue, last), and who closed it and how (client or server, FIN,
 RST or timeout). No packet capture and no change to applications.
 
-It needs root (or CAP_BPF and CAP_PERFMON) and a kernel with BTF (Linux 6.3 or newer for the
-send/receive tracepoints).
+It needs root (or CAP_BPF and CAP_PERFMON) and a kernel with BTF (Linux 5.10 or newer; it
+attaches by fentry, tracepoints or kprobes, whichever the kernel allows, per hook family:
+--probe-strategy).
 
 Events go to stdout (or --output): by default one JSON object per closed connection plus
 anomaly events; --events exchanges adds one per exchange; --format justniffer prints
@@ -223,6 +224,21 @@ pub struct Cli {
           value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub label_series_cap: u32,
 
+    /// How to attach each hook family: `auto` (per family, the first of fentry, tracepoint,
+    /// kprobe whose programs all load and attach), one of `fentry`, `tracepoint`, `kprobe`
+    /// (every family that has it must use it; the others choose as with auto), and/or
+    /// `family=strategy` for one family (families: state, connect, data, close, resets,
+    /// retransmits), comma-separated, e.g. `kprobe,state=tracepoint`.
+    #[arg(long, value_name = "STRATEGY", default_value = "auto", env = "TCPOBS_PROBE_STRATEGY",
+          value_parser = parse_strategy_choice)]
+    pub probe_strategy: StrategyChoice,
+
+    /// Load and attach every hook family, print how each is attached (one
+    /// `family=NAME strategy=STRATEGY programs=TYPES` line per family), and exit: 0 if all
+    /// attached, 1 naming what the kernel lacks otherwise.
+    #[arg(long)]
+    pub check: bool,
+
     /// Which tracepoint flavour to attach: `auto` (tp_btf where it loads, else the classic
     /// tracepoint, per hook), `btf` or `classic`.
     #[arg(long, value_enum, default_value_t, env = "TCPOBS_TRACEPOINTS")]
@@ -271,6 +287,8 @@ pub struct Cli {
 /// Validated settings.
 #[derive(Clone, Debug)]
 pub struct Settings {
+    /// `--check`: attach, report and exit.
+    pub check: bool,
     pub load: LoadOptions,
     pub format: Format,
     pub output: Option<PathBuf>,
@@ -295,6 +313,7 @@ impl Settings {
             "output": self.output,
             "labels": self.labels.iter().map(ToString::to_string).collect::<Vec<_>>(),
             "label_series_cap": self.label_series_cap,
+            "probe_strategy": self.load.strategy.to_string(),
             "tracepoints": format!("{:?}", self.load.tracepoints).to_lowercase(),
             "max_sockets": self.load.max_sockets,
             "ringbuf_bytes": self.load.ringbuf_bytes,
@@ -375,8 +394,10 @@ impl Cli {
             .validate()
             .map_err(|err| invalid(format!("invalid settings: {err}")))?;
         Ok(Settings {
+            check: self.check,
             load: LoadOptions {
                 btf_path: self.btf,
+                strategy: self.probe_strategy,
                 tracepoints: self.tracepoints,
                 max_sockets: self.max_sockets,
                 ringbuf_bytes: self.ringbuf_bytes,
@@ -393,6 +414,10 @@ impl Cli {
             config: self.config,
         })
     }
+}
+
+fn parse_strategy_choice(value: &str) -> Result<StrategyChoice, String> {
+    value.parse()
 }
 
 fn parse_ringbuf_bytes(value: &str) -> Result<u32, String> {

@@ -12,7 +12,7 @@ use tcpobs_common::tcp_state;
 
 use crate::{
     decode::KIND_NAMES,
-    loader::Attached,
+    loader::FamilyAttach,
     model::state_name,
     output::select::{EVENT_TYPES, OutputCounts},
     reader::{KernelStats, ReaderStats},
@@ -40,7 +40,7 @@ const STATES: [u8; 10] = [
 pub struct Health {
     pub reader: ReaderStats,
     pub kernel: KernelStats,
-    pub probes: Vec<Attached>,
+    pub probes: Vec<FamilyAttach>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -186,15 +186,12 @@ impl Collector for Scrape {
             None,
             MetricType::Info,
         )?;
-        let mut families: Vec<(&str, &str)> = health
-            .probes
-            .iter()
-            .map(|probe| (probe.hook.family, probe.strategy.as_str()))
-            .collect();
-        families.sort_unstable();
-        families.dedup();
-        for (family, strategy) in families {
-            probes.encode_info(&[("family", family), ("strategy", strategy)])?;
+        for probe in &health.probes {
+            probes.encode_info(&[
+                ("family", probe.family),
+                ("strategy", probe.strategy.as_str()),
+                ("programs", &probe.program_types()),
+            ])?;
         }
         Ok(())
     }
