@@ -149,8 +149,13 @@ pub fn run(
         }
     };
     let Some(booted) = booted else {
+        let qemu_said = fs::read_to_string(results.join("qemu.log")).unwrap_or_default();
+        let qemu_said = match qemu_said.trim() {
+            "" => String::new(),
+            said => format!("; QEMU said: {said}"),
+        };
         bail!(
-            "the guest stopped before it booted{}",
+            "the guest stopped before it booted{qemu_said}{}",
             console_tail(&console)
         );
     };

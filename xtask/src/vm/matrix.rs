@@ -4,8 +4,9 @@
 //! `tcpobs --probe-strategy S --check` prints one `family=F strategy=T` line per hook family
 //! it attached and exits 0 when every family attached (1 when the kernel lacks a feature,
 //! naming it). A family reported with T = S passes, one reported with another strategy has
-//! no S variant (shown as `via T`), one missing after exit 1 is unsupported, and any other
-//! exit (a crash, a timeout) fails. The integration test binaries then run with
+//! no S variant (shown as `via T`); after exit 1, a family the error names is unsupported and
+//! the others were not checked (`-`: the check stops at the first family that cannot
+//! attach); any other exit (a crash, a timeout) fails. The integration test binaries then run with
 //! `TCPOBS_PROBE_STRATEGY=S`, only for strategies whose check passed.
 //!
 //! Until the daemon has those flags, each test binary runs once per kernel with the daemon's
@@ -102,6 +103,8 @@ pub enum Verdict {
     Pass,
     Fail,
     Unsupported,
+    /// The check stopped before it reached this family.
+    Unchecked,
     /// The family has no variant for the forced strategy and used this one.
     Via(String),
     TimedOut,
@@ -128,6 +131,7 @@ impl Cell {
             Verdict::Pass => "pass".to_owned(),
             Verdict::Fail => "FAIL".to_owned(),
             Verdict::Unsupported => "unsupported".to_owned(),
+            Verdict::Unchecked => "-".to_owned(),
             Verdict::Via(other) => format!("via {other}"),
             Verdict::TimedOut => "TIMEOUT".to_owned(),
             Verdict::NotRun => "not run".to_owned(),
@@ -222,7 +226,7 @@ pub fn table(mode: &Mode, tests: &[TestBinary], outcomes: &[Outcome]) -> Table {
                     check.log.display()
                 ));
             }
-            checks.push((check.status, families(&log)));
+            checks.push((check.status, families(&log), blamed(&log)));
         }
         for (test, cells) in tests.iter().zip(&mut test_cells) {
             let Some(outcome) = outcomes.next() else {
@@ -247,11 +251,11 @@ pub fn table(mode: &Mode, tests: &[TestBinary], outcomes: &[Outcome]) -> Table {
             "check".to_owned(),
             checks
                 .iter()
-                .map(|(status, _)| Cell::new(check_verdict(*status)))
+                .map(|(status, ..)| Cell::new(check_verdict(*status)))
                 .collect(),
         ));
         let mut names: Vec<&str> = Vec::new();
-        for (_, families) in &checks {
+        for (_, families, _) in &checks {
             for (family, _) in families {
                 if !names.contains(&family.as_str()) {
                     names.push(family);
@@ -262,8 +266,9 @@ pub fn table(mode: &Mode, tests: &[TestBinary], outcomes: &[Outcome]) -> Table {
             let cells = columns
                 .iter()
                 .zip(&checks)
-                .map(|(column, (status, families))| {
-                    Cell::new(family_verdict(column, *status, families, name))
+                .map(|(column, (status, families, blamed))| {
+                    let blamed = blamed.iter().any(|word| word == name);
+                    Cell::new(family_verdict(column, *status, families, name, blamed))
                 })
                 .collect();
             rows.push((format!("family {name}"), cells));
@@ -294,6 +299,7 @@ fn family_verdict(
     status: Status,
     families: &[(String, String)],
     name: &str,
+    blamed: bool,
 ) -> Verdict {
     let reported = families
         .iter()
@@ -303,11 +309,22 @@ fn family_verdict(
     match (check_verdict(status), reported) {
         (Verdict::Pass | Verdict::Unsupported, Some(chosen)) if chosen == strategy => Verdict::Pass,
         (Verdict::Pass | Verdict::Unsupported, Some(chosen)) => Verdict::Via(chosen.clone()),
-        (Verdict::Unsupported, None) => Verdict::Unsupported,
+        (Verdict::Unsupported, None) if blamed => Verdict::Unsupported,
+        (Verdict::Unsupported, None) => Verdict::Unchecked,
         // Every family attached, yet this one was not reported.
         (Verdict::Pass, None) => Verdict::Fail,
         (other, _) => other,
     }
+}
+
+/// The words of the check's error lines, to see which families it names.
+fn blamed(log: &str) -> Vec<String> {
+    log.lines()
+        .filter(|line| line.contains("error") && !line.contains("family="))
+        .flat_map(|line| line.split(|c: char| !c.is_alphanumeric() && c != '_'))
+        .filter(|word| !word.is_empty())
+        .map(str::to_owned)
+        .collect()
 }
 
 /// `family=F strategy=S` pairs from the check's output, in order.
@@ -381,7 +398,16 @@ fn failure_summary(log: &str) -> String {
                 .split("panicked at ")
                 .nth(1)?
                 .trim_end_matches(':');
-            Some(format!("{place}: {}", shorten(lines.get(at + 1)?, 300)))
+            let mut panic = format!("{place}: {}", shorten(lines.get(at + 1)?, 300));
+            // assert_eq! puts the compared values after its (maybe long) message.
+            let sides = lines[at + 1..]
+                .iter()
+                .take_while(|line| !line.starts_with("note: ") && !line.starts_with("---- "))
+                .filter(|line| line.starts_with("  left: ") || line.starts_with(" right: "));
+            for side in sides {
+                let _ = write!(panic, "\n  {}", shorten(side.trim(), 200));
+            }
+            Some(panic)
         });
     let mut summary = match failing.len() {
         0 => "no test result (see the log)".to_owned(),
@@ -477,9 +503,10 @@ mod tests {
     #[test]
     fn check_output_becomes_family_cells() {
         let mode = Mode::Forced(vec!["fentry".into(), "kprobe".into()]);
-        let fentry = "family=state strategy=tracepoint\nfamily=data strategy=fentry\n";
+        let fentry = "family=state strategy=tracepoint\nfamily=data strategy=fentry\n\
+                      family=close strategy=fentry\n";
         let kprobe = "family=state strategy=kprobe\n\
-                      error: family data: kprobes are not enabled (CONFIG_KPROBES)\n";
+                      tcpobs: error: cannot attach the data hooks: kprobes are not enabled\n";
         let passed = "test result: ok. 12 passed; 0 failed; 0 ignored; finished in 58.31s\n";
         let table = table(
             &mode,
@@ -509,12 +536,17 @@ mod tests {
         );
         assert_eq!(row("family data"), ["family data", "pass", "unsupported"]);
         assert_eq!(
+            row("family close"),
+            ["family close", "pass", "-"],
+            "not reached"
+        );
+        assert_eq!(
             row("test lifecycle"),
             ["test lifecycle", "pass (12/12, 58 s)", "unsupported"]
         );
         assert!(!table.failed(), "{rendered}");
         assert!(
-            rendered.contains("kprobe: the check says: family=state strategy=kprobe\n    error: family data: kprobes"),
+            rendered.contains("kprobe: the check says: family=state strategy=kprobe\n    tcpobs: error: cannot attach the data hooks"),
             "{rendered}"
         );
     }
@@ -541,6 +573,19 @@ mod tests {
         assert!(
             rendered.contains("lifecycle [auto]: 2 failed: a, b\n    first panic: tests/harness/lib.rs:148:25: tcpobs failed to start: cannot attach to tracepoint sock:sock_send_length"),
             "{rendered}"
+        );
+    }
+
+    #[test]
+    fn compared_values_follow_the_panic() {
+        let log = "thread 'b' (154) panicked at tests/netns.rs:159:5:\n\
+                   assertion `left == right` failed: ConnectionRecord {\n    id: 1,\n}\n  \
+                   left: Some(Other)\n right: Some(Unreachable)\n\
+                   note: run with `RUST_BACKTRACE=1`\n\nfailures:\n    b\n\n";
+        assert_eq!(
+            failure_summary(log),
+            "1 failed: b\nfirst panic: tests/netns.rs:159:5: assertion `left == right` failed: \
+             ConnectionRecord {\n  left: Some(Other)\n  right: Some(Unreachable)"
         );
     }
 }
