@@ -205,10 +205,7 @@ fn qemu(kernel: &Prepared, machine: &Machine, results: &Path, console: &Path) ->
         .arg(&kernel.vmlinuz)
         .arg("-initrd")
         .arg(&kernel.initramfs)
-        .args([
-            "-append",
-            "console=ttyS0 panic=-1 rdinit=/init mitigations=off",
-        ])
+        .args(["-append", "console=ttyS0 panic=-1 rdinit=/init"])
         .args([
             "-fsdev",
             &share("hostroot", Path::new("/"), ",readonly=on,multidevs=remap"),
