@@ -60,7 +60,7 @@ pub struct Args {
     /// Integration test binaries to run in each guest, or `all`.
     #[arg(long, value_delimiter = ',', default_values = DEFAULT_TESTS)]
     tests: Vec<String>,
-    /// Strategies to force (once tcpobs has --probe-strategy); all by default.
+    /// Strategies to force, in turn; all by default.
     #[arg(long, value_delimiter = ',', value_parser = clap::builder::PossibleValuesParser::new(STRATEGIES))]
     strategy: Vec<String>,
     /// Run this shell command in each guest instead of the tests, show its output and exit
@@ -134,8 +134,12 @@ fn run(root: &Path, args: &Args) -> Result<u8, Fatal> {
     let kernels: Vec<Kernel> = if args.all {
         Kernel::ALL.to_vec()
     } else {
-        let mut kernels = args.kernel.clone();
-        kernels.dedup();
+        let mut kernels = Vec::new();
+        for kernel in &args.kernel {
+            if !kernels.contains(kernel) {
+                kernels.push(*kernel);
+            }
+        }
         kernels
     };
     setup::ensure(setup::Needs::Vm).code(NOT_READY)?;
