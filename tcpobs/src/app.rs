@@ -16,6 +16,7 @@ use crate::{
     daemon::{Timing, Tracer, shutdown_signal},
     http::{AppState, Readiness, router},
     loader::{self, LoadError},
+    meta::Metadata,
     metrics::{Metrics, collect::Scrape},
     output::{Clock, Output, Sink as _},
 };
@@ -67,7 +68,10 @@ pub async fn run(
     let tracker = Arc::default();
     let health = Arc::default();
     let mut registry = Registry::default();
-    let metrics = Metrics::new(&mut registry, &settings.labels, settings.label_series_cap);
+    let mut metrics = Metrics::new(&mut registry, &settings.labels, settings.label_series_cap);
+    let metadata = Arc::new(Metadata::new(settings.meta_roots.clone()));
+    metrics.set_metadata(Arc::clone(&metadata));
+    output.set_metadata(metadata);
     registry.register(
         "tcpobs_build",
         "tcpobs version",

@@ -17,6 +17,7 @@ pub mod decode;
 pub mod http;
 pub mod kfilter;
 pub mod loader;
+pub mod meta;
 pub mod metrics;
 pub mod model;
 pub mod output;
