@@ -1,7 +1,8 @@
 //! tcpobs as a daemon: the HTTP API, the tracer and the signals, in the order that gives
 //! clear failures. The HTTP port is bound first (a port in use fails fast, before anything is
-//! loaded) and `/readyz` answers 503 until every program is attached. SIGHUP re-reads the
-//! config file and applies its runtime settings; SIGINT/SIGTERM stop cleanly.
+//! loaded) and `/readyz` answers 503 until every program is attached; at that moment systemd
+//! is told `READY=1` too ([`crate::notify`]). SIGHUP re-reads the config file and applies its
+//! runtime settings; SIGINT/SIGTERM stop cleanly (systemd hears `STOPPING=1`).
 
 use std::{io, net::SocketAddr, sync::Arc};
 
@@ -18,6 +19,7 @@ use crate::{
     loader::{self, LoadError},
     meta::Metadata,
     metrics::{Metrics, collect::Scrape},
+    notify::Notifier,
     output::{Clock, Output, Sink as _},
 };
 
@@ -121,6 +123,13 @@ pub async fn run(
     }
     tracer.set_metrics(metrics);
     readiness.set_ready();
+    let notifier = Notifier::from_env();
+    if let Some(notifier) = &notifier {
+        notifier.notify(&format!(
+            "READY=1\nSTATUS=tracing TCP connections ({} hooks attached)",
+            tracer.attached().len()
+        ));
+    }
     info!(
         version = env!("CARGO_PKG_VERSION"),
         hooks = tracer.attached().len(),
@@ -135,6 +144,9 @@ pub async fn run(
     tracer
         .run(&mut output, timing, runtime, shutdown_signal())
         .await?;
+    if let Some(notifier) = &notifier {
+        notifier.notify("STOPPING=1\nSTATUS=stopping: draining events");
+    }
     readiness.set_not_ready("stopping");
     let stats = tracer.stop(&mut output)?;
     output.write_json_line(&stats.to_json_line())?;

@@ -20,6 +20,7 @@ pub mod loader;
 pub mod meta;
 pub mod metrics;
 pub mod model;
+pub mod notify;
 pub mod output;
 pub mod reader;
 pub mod runtime;

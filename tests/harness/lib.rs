@@ -49,6 +49,13 @@ pub fn tcpobs_binary() -> PathBuf {
     target
 }
 
+/// A file of the repository (`packaging/...`, `deploy/...`).
+pub fn repo_file(path: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join(path)
+}
+
 /// Load options for the test's ports, with the defaults the daemon uses.
 pub fn options(ports: &[u16]) -> LoadOptions {
     LoadOptions {
