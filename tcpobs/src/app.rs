@@ -17,7 +17,7 @@ use crate::{
     daemon::{Timing, Tracer, shutdown_signal},
     http::{AppState, Readiness, router},
     loader::{self, LoadError},
-    meta::Metadata,
+    meta::{self, Metadata},
     metrics::{Metrics, collect::Scrape},
     notify::Notifier,
     output::{Clock, Output, Sink as _},
@@ -71,9 +71,16 @@ pub async fn run(
     let health = Arc::default();
     let mut registry = Registry::default();
     let mut metrics = Metrics::new(&mut registry, &settings.labels, settings.label_series_cap);
-    let metadata = Arc::new(Metadata::new(settings.meta_roots.clone()));
-    metrics.set_metadata(Arc::clone(&metadata));
-    output.set_metadata(metadata);
+    if meta::is_cgroup2(&settings.meta_roots.cgroup) {
+        let metadata = Arc::new(Metadata::new(settings.meta_roots.clone()));
+        metrics.set_metadata(Arc::clone(&metadata));
+        output.set_metadata(metadata);
+    } else {
+        info!(
+            root = %settings.meta_roots.cgroup.display(),
+            "no cgroup v2 file system here: connections get no cgroup, container or pod"
+        );
+    }
     registry.register(
         "tcpobs_build",
         "tcpobs version",

@@ -70,6 +70,19 @@ pub fn default_cgroup_root() -> &'static Path {
     })
 }
 
+/// Whether `path` is a cgroup v2 file system. Anything else (the tmpfs that holds cgroup v1
+/// hierarchies, on a host without cgroup v2) has inode numbers unrelated to cgroup ids.
+pub fn is_cgroup2(path: &Path) -> bool {
+    let Ok(c_path) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else {
+        return false;
+    };
+    // SAFETY: all zeroes is a valid value of this plain C struct.
+    let mut stat: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid NUL-terminated path, and a statfs to write into.
+    let rc = unsafe { libc::statfs(c_path.as_ptr(), &mut stat) };
+    rc == 0 && stat.f_type == libc::CGROUP2_SUPER_MAGIC
+}
+
 /// Mount points of cgroup2 file systems in a `/proc/<pid>/mountinfo` text.
 fn cgroup2_mounts(mountinfo: &str) -> Vec<PathBuf> {
     mountinfo

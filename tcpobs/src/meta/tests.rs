@@ -188,6 +188,8 @@ fn cgroup2_mounts_come_from_mountinfo() {
         [PathBuf::from("/sys/fs/cgroup/unified")]
     );
     assert!(cgroup2_mounts("garbage\n\n").is_empty());
+    assert!(!is_cgroup2(&std::env::temp_dir()));
+    assert!(!is_cgroup2(Path::new("/nonexistent")));
 }
 
 /// On this machine: the real cgroup v2 tree resolves this process's own cgroup.
@@ -198,6 +200,7 @@ fn the_real_cgroup_tree_resolves_this_process() {
         eprintln!("no cgroup v2 mounted; skipped");
         return;
     }
+    assert!(is_cgroup2(&roots.cgroup));
     let own = fs::read_to_string("/proc/self/cgroup").unwrap();
     let path = own
         .lines()
