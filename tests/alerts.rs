@@ -294,3 +294,30 @@ fn the_dashboard_covers_the_three_pillars_handshakes_and_health() {
         .collect();
     assert_eq!(variables, ["datasource", "instance", "role"]);
 }
+
+/// The README's Prometheus configuration, with the rule file beside it, is valid. (Debian's
+/// Prometheus is built without Kubernetes service discovery, so the README's Kubernetes job
+/// cannot be checked here.)
+#[test]
+fn the_readme_scrape_configuration_is_valid() {
+    let readme = fs::read_to_string(repo_file("README.md")).unwrap();
+    let section = readme
+        .split("## Prometheus, alerts and dashboard")
+        .nth(1)
+        .expect("the README's Prometheus section");
+    let config = section
+        .split("```yaml\n")
+        .nth(1)
+        .and_then(|rest| rest.split("```").next())
+        .expect("a yaml block in the Prometheus section");
+    assert!(config.contains("rule_files:"), "{config}");
+    let dir = std::env::temp_dir().join(format!("tcpobs-scrape-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir).unwrap();
+    fs::write(dir.join("prometheus.yml"), config).unwrap();
+    fs::copy(repo_file(RULES), dir.join("tcpobs-rules.yaml")).unwrap();
+    let (ok, report) = promtool(&["check", "config", "prometheus.yml"], &dir);
+    assert!(ok, "promtool check config:\n{config}\n{report}");
+    assert!(report.contains("8 rules found"), "{report}");
+    fs::remove_dir_all(&dir).unwrap();
+}
