@@ -201,7 +201,10 @@ fn the_daemon_runs_as_the_unit_runs_it_and_notifies_systemd() {
 
 #[test]
 fn each_capability_of_the_unit_is_needed() {
-    for (cap, needed_by) in [("CAP_BPF", "CAP_BPF"), ("CAP_PERFMON", "CAP_PERFMON")] {
+    for (cap, needed_by) in [
+        ("CAP_BPF", "missing: CAP_BPF)"),
+        ("CAP_PERFMON", "missing: CAP_PERFMON)"),
+    ] {
         let wrapper = as_the_unit(&bounding_set(Some(cap)));
         let output = Command::new(&wrapper[0])
             .args(&wrapper[1..])

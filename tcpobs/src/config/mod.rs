@@ -209,9 +209,10 @@ pub struct Cli {
     )]
     pub exclude_cgroups: Vec<CgroupRef>,
 
-    /// Add a label to the per-connection metrics: `local_port`, `remote_port` or `comm`,
-    /// optionally `=top:N` (the N busiest values, default 10) or `=v1,v2` (an allowlist);
-    /// other values become `other`. Each kept value costs about 230 series per role.
+    /// Add a label to the per-connection metrics: `local_port`, `remote_port`, `comm`, `pod` or
+    /// `namespace`, optionally `=top:N` (the N busiest values, default 10) or `=v1,v2` (an
+    /// allowlist); other values become `other`. Each kept value costs about 230 series per
+    /// role.
     #[arg(
         long = "label",
         value_name = "NAME[=top:N|=V,...]",

@@ -25,6 +25,7 @@ pub mod pods;
 use std::{
     collections::HashMap,
     fs,
+    hash::BuildHasherDefault,
     os::unix::fs::{DirEntryExt as _, MetadataExt as _},
     path::{Path, PathBuf},
     sync::{Arc, Mutex, MutexGuard, OnceLock},
@@ -34,7 +35,10 @@ use std::{
 use tracing::debug;
 
 pub use self::pods::PodName;
-use crate::model::Process;
+use crate::{model::Process, tracker::SockHasher};
+
+/// Cgroup ids (inode numbers) need no SipHash: the lookup is on every event's path.
+type IdMap<V> = HashMap<u64, V, BuildHasherDefault<SockHasher>>;
 
 /// Where cgroup v2 is mounted on most hosts.
 pub const CGROUP_ROOT: &str = "/sys/fs/cgroup";
@@ -159,9 +163,9 @@ enum Entry {
 #[derive(Debug)]
 pub struct Resolver {
     roots: MetaRoots,
-    entries: HashMap<u64, Entry>,
+    entries: IdMap<Entry>,
     /// The last walk's index: cgroup id → path below the root.
-    tree: HashMap<u64, Box<str>>,
+    tree: IdMap<Box<str>>,
     last_walk: Option<Instant>,
     pods: HashMap<Arc<str>, PodName>,
     last_pod_read: Option<Instant>,
@@ -197,8 +201,8 @@ impl Resolver {
     pub fn new(roots: MetaRoots) -> Self {
         Self {
             roots,
-            entries: HashMap::new(),
-            tree: HashMap::new(),
+            entries: IdMap::default(),
+            tree: IdMap::default(),
             last_walk: None,
             pods: HashMap::new(),
             last_pod_read: None,
@@ -328,7 +332,7 @@ impl Resolver {
         let started = Instant::now();
         self.last_walk = Some(now);
         self.walks += 1;
-        let mut tree = HashMap::new();
+        let mut tree = IdMap::default();
         let root = &self.roots.cgroup;
         if let Ok(metadata) = fs::metadata(root) {
             tree.insert(metadata.ino(), Box::from("/"));

@@ -188,7 +188,9 @@ impl Sink for Output {
             Format::Json => self.metadata.as_deref(),
             Format::Justniffer(_) => None,
         };
-        if let (Some(metadata), Record::Opened(opened)) = (metadata, record) {
+        if let (Some(metadata), Record::Opened(opened)) = (metadata, record)
+            && self.selection != EventSelection::None
+        {
             // Resolved while the connection is young, so that a short-lived container is
             // still there to be found; its events then hit the cache.
             metadata.lookup(opened.process.as_ref());
