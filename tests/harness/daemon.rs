@@ -32,6 +32,13 @@ impl Daemon {
     /// Starts `tcpobs` with `args`, events to a temporary file, the HTTP API on an ephemeral
     /// loopback port (unless `args` has `--listen`), and waits until it traces.
     pub fn start(args: &[&str]) -> Self {
+        Self::start_with(&[], args, &[])
+    }
+
+    /// Like [`Daemon::start`], run through `wrapper` (a command and its options that ends by
+    /// running the program after it, such as `setpriv ... --`; empty for none) and with `env`
+    /// added to the environment.
+    pub fn start_with(wrapper: &[&str], args: &[&str], env: &[(&str, &str)]) -> Self {
         let output = std::env::temp_dir().join(format!(
             "tcpobs-daemon-{}-{}.out",
             std::process::id(),
@@ -43,7 +50,16 @@ impl Daemon {
         } else {
             &["--listen", "127.0.0.1:0"][..]
         };
-        let mut child = Command::new(tcpobs_binary())
+        let mut command = match wrapper.split_first() {
+            Some((program, options)) => {
+                let mut command = Command::new(program);
+                command.args(options).arg(tcpobs_binary());
+                command
+            }
+            None => Command::new(tcpobs_binary()),
+        };
+        let mut child = command
+            .envs(env.iter().copied())
             .arg("--output")
             .arg(&output)
             .args(["--drain-interval", "5ms"])

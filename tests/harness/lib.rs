@@ -62,6 +62,13 @@ pub fn strategy() -> StrategyChoice {
         .unwrap_or_default()
 }
 
+/// A file of the repository (`packaging/...`, `deploy/...`).
+pub fn repo_file(path: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join(path)
+}
+
 /// Load options for the test's ports, with the defaults the daemon uses.
 pub fn options(ports: &[u16]) -> LoadOptions {
     LoadOptions {

@@ -1,15 +1,23 @@
 //! Prerequisites, installed when missing and skipped when present.
 //!
 //! - Debian packages: LLVM 22 development libraries (bpf-linker links against them); nginx,
-//!   curl and Prometheus (with promtool) for the integration tests; wrk and libbpf-tools
-//!   (tcplife) for the benchmarks, whose smoke run is part of the tests.
+//!   curl and Prometheus (with promtool) for the integration tests, systemd (systemd-analyze)
+//!   and procps for the service's tests, python3-venv for the manifest validators; wrk and
+//!   libbpf-tools (tcplife) for the benchmarks, whose smoke run is part of the tests.
+//! - Python tools in a project-local virtual environment ([`VENV`]), from PyPI: the Kubernetes
+//!   schema validator `kubernetes-validate` (it ships the schemas, so it works offline) and
+//!   the Prometheus Operator's models, for the ServiceMonitor.
 //! - The nightly toolchain's `rust-src` (the kernel programs build `core` for
 //!   `bpfel-unknown-none`).
 //! - `bpf-linker` 0.13.0 built against LLVM 22 (the nightly's LLVM).
 //!
 //! Installing needs root (apt); checking does not.
 
-use std::process::{Command, Stdio};
+use std::{
+    fs,
+    path::Path,
+    process::{Command, Stdio},
+};
 
 use anyhow::{Context as _, Result, bail};
 
@@ -30,11 +38,28 @@ const BUILD_PACKAGES: &[&str] = &[
     "libzstd-dev",
     "zlib1g-dev",
 ];
-const TEST_PACKAGES: &[&str] = &["nginx-light", "curl", "prometheus", "wrk", "libbpf-tools"];
+const TEST_PACKAGES: &[&str] = &[
+    "nginx-light",
+    "curl",
+    "prometheus",
+    "wrk",
+    "libbpf-tools",
+    "systemd",
+    "procps",
+    "python3-venv",
+];
+/// The virtual environment of the test tools, relative to the workspace root (the
+/// integration tests look for it there).
+pub const VENV: &str = "target/tools/venv";
+/// Its packages, pinned.
+const PYTHON_TOOLS: &[&str] = &[
+    "kubernetes-validate==1.37.0",
+    "cloudcoil-models-prometheus-operator==0.80.1.0",
+];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 
-pub fn ensure(needs: Needs) -> Result<()> {
+pub fn ensure(needs: Needs, root: &Path) -> Result<()> {
     let mut packages: Vec<&str> = BUILD_PACKAGES.to_vec();
     if needs != Needs::Run {
         packages.extend(TEST_PACKAGES);
@@ -47,7 +72,11 @@ pub fn ensure(needs: Needs) -> Result<()> {
         apt_install(&missing)?;
     }
     ensure_rust_src()?;
-    ensure_bpf_linker()
+    ensure_bpf_linker()?;
+    if needs != Needs::Run {
+        ensure_python_tools(&root.join(VENV))?;
+    }
+    Ok(())
 }
 
 pub fn is_root() -> bool {
@@ -140,5 +169,39 @@ fn ensure_bpf_linker() -> Result<()> {
     if !status.success() {
         bail!("cargo install bpf-linker failed: {status}");
     }
+    Ok(())
+}
+
+/// Creates the tools' virtual environment, unless it has exactly [`PYTHON_TOOLS`] already.
+fn ensure_python_tools(venv: &Path) -> Result<()> {
+    let stamp = venv.join("tcpobs-tools.txt");
+    let wanted = PYTHON_TOOLS.join("\n");
+    if venv.join("bin/python").exists()
+        && fs::read_to_string(&stamp).is_ok_and(|installed| installed == wanted)
+    {
+        return Ok(());
+    }
+    eprintln!(
+        "xtask: installing {} in {}",
+        PYTHON_TOOLS.join(" "),
+        venv.display()
+    );
+    let run = |program: &Path, args: &[&str]| -> Result<()> {
+        let status = Command::new(program)
+            .args(args)
+            .status()
+            .with_context(|| format!("cannot run {}", program.display()))?;
+        if !status.success() {
+            bail!("{} {} failed: {status}", program.display(), args.join(" "));
+        }
+        Ok(())
+    };
+    let venv_arg = venv.to_str().context("the venv path is not UTF-8")?;
+    run(Path::new("python3"), &["-m", "venv", "--clear", venv_arg])
+        .context("creating the tools' virtual environment (needs python3 and python3-venv)")?;
+    let mut args = vec!["install", "--quiet", "--disable-pip-version-check"];
+    args.extend(PYTHON_TOOLS);
+    run(&venv.join("bin/pip"), &args)?;
+    fs::write(&stamp, wanted).with_context(|| format!("writing {}", stamp.display()))?;
     Ok(())
 }

@@ -16,6 +16,7 @@ use crate::{
     control::check_log_level,
     kfilter::Resolved,
     loader::{LoadOptions, StrategyChoice, TracepointMode},
+    meta::MetaRoots,
     metrics::labels::LabelSpec,
     output::{EventSelection, Format, justniffer::LineFormat},
     runtime::{CgroupRef, Cidr, Filter, Filters, Runtime, Sample, Thresholds},
@@ -191,7 +192,7 @@ pub struct Cli {
     pub exclude_pids: Vec<u32>,
 
     /// Trace only connections of processes in this cgroup v2 (a path, absolute or relative to
-    /// /sys/fs/cgroup, or an id). Repeatable. Runtime setting.
+    /// the cgroup v2 mount, normally /sys/fs/cgroup, or an id). Repeatable. Runtime setting.
     #[arg(
         long = "cgroup",
         value_name = "PATH|ID",
@@ -209,9 +210,10 @@ pub struct Cli {
     )]
     pub exclude_cgroups: Vec<CgroupRef>,
 
-    /// Add a label to the per-connection metrics: `local_port`, `remote_port` or `comm`,
-    /// optionally `=top:N` (the N busiest values, default 10) or `=v1,v2` (an allowlist);
-    /// other values become `other`. Each kept value costs about 230 series per role.
+    /// Add a label to the per-connection metrics: `local_port`, `remote_port`, `comm`, `pod` or
+    /// `namespace`, optionally `=top:N` (the N busiest values, default 10) or `=v1,v2` (an
+    /// allowlist); other values become `other`. Each kept value costs about 230 series per
+    /// role.
     #[arg(
         long = "label",
         value_name = "NAME[=top:N|=V,...]",
@@ -273,6 +275,27 @@ pub struct Cli {
     )]
     pub log_level: String,
 
+    /// Where cgroup v2 is mounted, to find the cgroup of a connection's process (its container
+    /// and pod). Default: the cgroup2 mount in /proc/self/mountinfo (/sys/fs/cgroup).
+    #[arg(
+        long,
+        value_name = "PATH",
+        env = "TCPOBS_CGROUP_ROOT",
+        hide_short_help = true
+    )]
+    pub cgroup_root: Option<PathBuf>,
+
+    /// The kubelet's pod log directory, whose `<namespace>_<name>_<uid>` entries name the pods
+    /// on this node.
+    #[arg(
+        long,
+        value_name = "PATH",
+        default_value = "/var/log/pods",
+        env = "TCPOBS_POD_LOG_ROOT",
+        hide_short_help = true
+    )]
+    pub pod_log_root: PathBuf,
+
     /// Kernel BTF to read `struct sock` offsets from.
     #[arg(
         long,
@@ -301,6 +324,8 @@ pub struct Settings {
     pub labels: Vec<LabelSpec>,
     pub label_series_cap: usize,
     pub config: Option<PathBuf>,
+    /// Where container and pod metadata are looked up.
+    pub meta_roots: MetaRoots,
 }
 
 impl Settings {
@@ -412,6 +437,13 @@ impl Cli {
             labels: self.labels,
             label_series_cap: self.label_series_cap as usize,
             config: self.config,
+            meta_roots: MetaRoots {
+                cgroup: self
+                    .cgroup_root
+                    .unwrap_or_else(|| crate::meta::default_cgroup_root().to_path_buf()),
+                pod_logs: self.pod_log_root,
+                ..MetaRoots::default()
+            },
         })
     }
 }
@@ -523,7 +555,7 @@ mod tests {
             (&["--sample", "first=1,thereafter=0"], "thereafter"),
             (&["--cidr", "10.0.0.0/99"], "--cidr"),
             (&["--cgroup", "no/such/cgroup/here"], "--cgroup"),
-            (&["--label", "pod"], "--label"),
+            (&["--label", "container"], "--label"),
             (&["--threshold-idle", "soon"], "--threshold-idle"),
             (&["--anomaly-resets", "maybe"], "--anomaly-resets"),
         ] {

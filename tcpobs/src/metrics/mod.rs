@@ -30,8 +30,9 @@ use self::{
     histogram::Histogram,
     labels::{ConnLabels, Dims, Fixed, LabelPolicy, LabelSpec},
 };
-use crate::model::{
-    Addrs, CloseKind, CloseOriginator, ExchangeClass, Phase, Process, Record, Role,
+use crate::{
+    meta::Metadata,
+    model::{Addrs, CloseKind, CloseOriginator, ExchangeClass, Phase, Process, Record, Role},
 };
 
 /// Bucket layouts chosen for the quantity.
@@ -222,6 +223,8 @@ pub struct Metrics {
     sweep_duration: Gauge<f64, AtomicU64>,
     policy: Arc<Mutex<LabelPolicy>>,
     fast: Option<Fast>,
+    /// Where the `pod` and `namespace` label values come from.
+    metadata: Option<Arc<Metadata>>,
 }
 
 fn role_labels<const N: usize>(
@@ -253,6 +256,7 @@ impl Metrics {
             sweep_duration: Gauge::default(),
             policy: Arc::new(Mutex::new(LabelPolicy::new(labels, series_cap))),
             fast: None,
+            metadata: None,
         };
         for ((_, name, help, _), family) in HISTOGRAMS.iter().zip(&metrics.histograms) {
             registry.register(*name, *help, family.clone());
@@ -381,6 +385,11 @@ impl Metrics {
         }
     }
 
+    /// Takes the `pod` and `namespace` label values from `metadata`.
+    pub fn set_metadata(&mut self, metadata: Arc<Metadata>) {
+        self.metadata = Some(metadata);
+    }
+
     /// Records how long a sweep took.
     pub fn set_sweep_duration(&self, duration: Duration) {
         self.sweep_duration.set(duration.as_secs_f64());
@@ -390,7 +399,7 @@ impl Metrics {
         self.policy
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .dims(addrs, process)
+            .dims(addrs, process, self.metadata.as_deref())
     }
 
     /// The fast handles' role index, if they apply.

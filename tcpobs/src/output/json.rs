@@ -7,7 +7,10 @@ use std::{fmt::Write as _, net::IpAddr};
 
 use chrono::{DateTime, Utc};
 
-use crate::model::{AnomalyRecord, ConnectionRecord, ExchangeRecord, state_name};
+use crate::{
+    meta::Meta,
+    model::{AnomalyRecord, ConnectionRecord, ExchangeRecord, state_name},
+};
 
 /// Bumped on any incompatible change to the JSON events.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -156,6 +159,16 @@ impl<'a> Object<'a> {
         self
     }
 
+    /// Where the process runs: `cgroup`, `container_id`, `pod_uid`, `namespace`, `pod`
+    /// (`null` when unknown).
+    pub fn meta(&mut self, meta: Option<&Meta>) -> &mut Self {
+        self.opt_str("cgroup", meta.map(|m| &*m.cgroup))
+            .opt_str("container_id", meta.and_then(|m| m.container_id.as_deref()))
+            .opt_str("pod_uid", meta.and_then(|m| m.pod_uid.as_deref()))
+            .opt_str("namespace", meta.and_then(Meta::namespace))
+            .opt_str("pod", meta.and_then(Meta::pod_name))
+    }
+
     /// Closes the object and the line.
     pub fn end(self) {
         self.out.push_str("}\n");
@@ -228,11 +241,13 @@ pub trait WallClock {
     }
 }
 
-/// A `connection` event; `anomalies` says why it is one (see `select::anomalies_of`).
+/// A `connection` event; `anomalies` says why it is one (see `select::anomalies_of`), `meta`
+/// where its process runs.
 pub fn connection(
     out: &mut String,
     record: &ConnectionRecord,
     anomalies: &[&str],
+    meta: Option<&Meta>,
     clock: &impl WallClock,
 ) {
     let mut object = Object::new(out, "connection");
@@ -253,6 +268,7 @@ pub fn connection(
         .u64("remote_port", u64::from(record.addrs.remote().port()))
         .opt_u64("pid", record.process.as_ref().map(|p| u64::from(p.pid)))
         .opt_str("comm", record.process.as_ref().map(|p| p.comm.as_str()))
+        .meta(meta)
         .secs("connect_s", record.connect_ns)
         .opt_str(
             "connect_failure",
@@ -297,7 +313,12 @@ pub fn connection(
 }
 
 /// An `anomaly` event: a live connection stuck in a phase.
-pub fn anomaly(out: &mut String, record: &AnomalyRecord, clock: &impl WallClock) {
+pub fn anomaly(
+    out: &mut String,
+    record: &AnomalyRecord,
+    meta: Option<&Meta>,
+    clock: &impl WallClock,
+) {
     let mut object = Object::new(out, "anomaly");
     object
         .u64("conn_id", record.conn_id)
@@ -314,12 +335,18 @@ pub fn anomaly(out: &mut String, record: &AnomalyRecord, clock: &impl WallClock)
         .u64("remote_port", u64::from(record.addrs.remote().port()))
         .opt_u64("pid", record.process.as_ref().map(|p| u64::from(p.pid)))
         .opt_str("comm", record.process.as_ref().map(|p| p.comm.as_str()))
+        .meta(meta)
         .str("hint", record.phase.hint());
     object.end();
 }
 
 /// An `exchange` event.
-pub fn exchange(out: &mut String, record: &ExchangeRecord, clock: &impl WallClock) {
+pub fn exchange(
+    out: &mut String,
+    record: &ExchangeRecord,
+    meta: Option<&Meta>,
+    clock: &impl WallClock,
+) {
     let (client, server) = record.addrs.client_server(record.role);
     let mut object = Object::new(out, "exchange");
     object
@@ -332,6 +359,7 @@ pub fn exchange(out: &mut String, record: &ExchangeRecord, clock: &impl WallCloc
         .u64("server_port", u64::from(server.port()))
         .opt_u64("pid", record.process.as_ref().map(|p| u64::from(p.pid)))
         .opt_str("comm", record.process.as_ref().map(|p| p.comm.as_str()))
+        .meta(meta)
         .u64("seq", u64::from(record.seq))
         .str("class", record.class.as_str())
         .secs("connect_s", record.connect_ns)
@@ -400,6 +428,38 @@ mod tests {
                 .to_rfc3339_opts(SecondsFormat::Micros, true);
             assert_eq!(value["at"], expected, "{unix_ns}");
         }
+    }
+
+    #[test]
+    fn metadata_fields_are_null_when_unknown() {
+        use std::sync::Arc;
+
+        use crate::meta::PodName;
+        let mut out = String::new();
+        let mut object = Object::new(&mut out, "t");
+        object.meta(None);
+        object.end();
+        let value: serde_json::Value = serde_json::from_str(&out).unwrap();
+        for key in ["cgroup", "container_id", "pod_uid", "namespace", "pod"] {
+            assert!(value[key].is_null(), "{key}: {out}");
+        }
+        let meta = Meta {
+            cgroup: Arc::from("/kubepods/pod1/abc"),
+            container_id: Some(Arc::from("abc")),
+            pod_uid: Some(Arc::from("1")),
+            pod: Some(PodName {
+                namespace: Arc::from("shop"),
+                name: Arc::from("web-0"),
+            }),
+        };
+        let mut out = String::new();
+        let mut object = Object::new(&mut out, "t");
+        object.meta(Some(&meta));
+        object.end();
+        assert!(
+            out.contains(r#""cgroup":"/kubepods/pod1/abc","container_id":"abc","pod_uid":"1","namespace":"shop","pod":"web-0""#),
+            "{out}"
+        );
     }
 
     #[test]

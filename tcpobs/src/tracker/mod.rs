@@ -38,6 +38,8 @@ use tcpobs_common::{
 };
 
 pub use self::hang::{KernelView, StuckThresholds, SweepReport};
+/// A cheap hasher for integer keys, shared with the container metadata cache.
+pub(crate) use self::table::SockHasher;
 use self::{
     close::{close_of, connect_failure_of},
     exchange::{ExchangeEnd, Pending},
