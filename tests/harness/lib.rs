@@ -24,6 +24,7 @@ use tcpobs::{
     model::{ConnectionRecord, ExchangeRecord, Record},
     output::{EventSelection, Sink},
     runtime::{Filter, Filters, Runtime, Thresholds},
+    uprobes::PhaseOptions,
 };
 
 /// How long to wait for records to show up before failing. Generous: the machine is shared
@@ -74,6 +75,7 @@ pub fn options(ports: &[u16]) -> LoadOptions {
             ports: Filter::Include(ports.to_vec()),
             ..Filters::default()
         },
+        phases: PhaseOptions::default(),
     }
 }
 

@@ -10,6 +10,7 @@
 pub mod collect;
 mod histogram;
 pub mod labels;
+mod phases;
 
 use std::{
     sync::{Arc, Mutex, atomic::AtomicU64},
@@ -29,6 +30,7 @@ use prometheus_client::{
 use self::{
     histogram::Histogram,
     labels::{ConnLabels, Dims, Fixed, LabelPolicy, LabelSpec},
+    phases::PhaseMetrics,
 };
 use crate::model::{
     Addrs, CloseKind, CloseOriginator, ExchangeClass, Phase, Process, Record, Role,
@@ -220,6 +222,7 @@ pub struct Metrics {
     stuck_duration: Family<Fixed<1>, Histogram, Buckets>,
     delay: Histogram,
     sweep_duration: Gauge<f64, AtomicU64>,
+    phases: PhaseMetrics,
     policy: Arc<Mutex<LabelPolicy>>,
     fast: Option<Fast>,
 }
@@ -251,6 +254,7 @@ impl Metrics {
             stuck_duration: Family::new_with_constructor(Buckets::Stuck),
             delay: Histogram::new(exponential_buckets_range(0.000_1, 10.0, 16), NS),
             sweep_duration: Gauge::default(),
+            phases: PhaseMetrics::new(registry),
             policy: Arc::new(Mutex::new(LabelPolicy::new(labels, series_cap))),
             fast: None,
         };
@@ -484,6 +488,8 @@ impl Metrics {
                     .inc();
             }
             Record::Unstuck(phase, duration) => self.unstuck(*phase, *duration),
+            Record::Dns(dns) => self.phases.observe_dns(dns),
+            Record::Tls(tls) => self.phases.observe_tls(tls),
         }
     }
 

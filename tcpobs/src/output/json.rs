@@ -7,7 +7,7 @@ use std::{fmt::Write as _, net::IpAddr};
 
 use chrono::{DateTime, Utc};
 
-use crate::model::{AnomalyRecord, ConnectionRecord, ExchangeRecord, state_name};
+use crate::model::{AnomalyRecord, ConnectionRecord, ExchangeRecord, phases::Timeline, state_name};
 
 /// Bumped on any incompatible change to the JSON events.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -26,6 +26,16 @@ impl<'a> Object<'a> {
         object.str("type", kind);
         object.u64("schema_version", u64::from(SCHEMA_VERSION));
         object
+    }
+
+    /// Starts an object inside another's value (no `type`); close it with [`Object::close`].
+    fn nested(out: &'a mut String) -> Self {
+        out.push('{');
+        Self { out, empty: true }
+    }
+
+    fn close(self) {
+        self.out.push('}');
     }
 
     fn key(&mut self, key: &str) {
@@ -95,6 +105,48 @@ impl<'a> Object<'a> {
         }
         self.out.push(']');
         self
+    }
+
+    pub fn ips(&mut self, key: &str, values: impl IntoIterator<Item = IpAddr>) -> &mut Self {
+        self.key(key);
+        self.out.push('[');
+        for (index, ip) in values.into_iter().enumerate() {
+            if index > 0 {
+                self.out.push(',');
+            }
+            let _ = write!(self.out, "\"{ip}\"");
+        }
+        self.out.push(']');
+        self
+    }
+
+    /// A timeline: `[{"name": ..., "start": ..., "duration_s": ...}, ...]` (exchanges also
+    /// have `seq`).
+    pub fn phases(&mut self, key: &str, timeline: &Timeline, clock: &impl WallClock) -> &mut Self {
+        self.key(key);
+        self.out.push('[');
+        for (index, entry) in timeline.entries().iter().enumerate() {
+            if index > 0 {
+                self.out.push(',');
+            }
+            let mut item = Object::nested(self.out);
+            item.str("name", entry.name)
+                .time("start", clock.unix_ns(entry.start_ns))
+                .secs("duration_s", Some(entry.duration_ns));
+            if let Some(seq) = entry.seq {
+                item.u64("seq", u64::from(seq));
+            }
+            item.close();
+        }
+        self.out.push(']');
+        self
+    }
+
+    pub fn opt_bool(&mut self, key: &str, value: Option<bool>) -> &mut Self {
+        match value {
+            Some(value) => self.bool(key, value),
+            None => self.null(key),
+        }
     }
 
     pub fn bool(&mut self, key: &str, value: bool) -> &mut Self {
@@ -258,6 +310,10 @@ pub fn connection(
             "connect_failure",
             record.connect_failure.map(|f| f.as_str()),
         )
+        .opt_str("dns_host", record.dns().map(|dns| &*dns.host))
+        .secs("dns_s", record.dns().map(|dns| dns.duration_ns))
+        .secs("tls_handshake_s", record.tls().map(|tls| tls.duration_ns))
+        .opt_bool("tls_ok", record.tls().and_then(|tls| tls.ok))
         .secs("lifetime_s", Some(record.lifetime_ns))
         .u64("exchanges", u64::from(record.exchanges))
         .u64("bytes_sent", record.bytes_sent)
@@ -292,7 +348,9 @@ pub fn connection(
             close.and_then(|c| crate::model::errno_name(c.errno)),
         )
         .strs("stuck", record.stuck.iter().map(|phase| phase.as_str()))
-        .strs("anomalies", anomalies.iter().copied());
+        .strs("anomalies", anomalies.iter().copied())
+        .phases("phases", &record.timeline(), clock)
+        .u64("phases_omitted", u64::from(record.phases_omitted()));
     object.end();
 }
 
