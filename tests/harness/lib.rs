@@ -3,10 +3,14 @@
 //! the machine never shows up.
 //!
 //! Tests share the kernel's tracepoints; a global lock runs them one at a time.
+//!
+//! The phase probes (uprobes on the C library and libssl) see every process on the host, so
+//! phase tests pick their records by the pids of the processes they start.
 
 pub mod daemon;
 pub mod netns;
 pub mod nginx;
+pub mod phases;
 
 use std::{
     io::{self, Read, Write},

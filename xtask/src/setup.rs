@@ -1,8 +1,10 @@
 //! Prerequisites, installed when missing and skipped when present.
 //!
 //! - Debian packages: LLVM 22 development libraries (bpf-linker links against them); nginx,
-//!   curl and Prometheus (with promtool) for the integration tests; wrk and libbpf-tools
-//!   (tcplife) for the benchmarks, whose smoke run is part of the tests.
+//!   curl and Prometheus (with promtool) for the integration tests, and for the phase tests
+//!   openssl (certificates, `s_server`), Python 3 (`ssl` clients) and iproute2 (loopback in a
+//!   network namespace); wrk and libbpf-tools (tcplife) for the benchmarks, whose smoke run
+//!   is part of the tests.
 //! - The nightly toolchain's `rust-src` (the kernel programs build `core` for
 //!   `bpfel-unknown-none`).
 //! - `bpf-linker` 0.13.0 built against LLVM 22 (the nightly's LLVM).
@@ -30,7 +32,16 @@ const BUILD_PACKAGES: &[&str] = &[
     "libzstd-dev",
     "zlib1g-dev",
 ];
-const TEST_PACKAGES: &[&str] = &["nginx-light", "curl", "prometheus", "wrk", "libbpf-tools"];
+const TEST_PACKAGES: &[&str] = &[
+    "nginx-light",
+    "curl",
+    "prometheus",
+    "openssl",
+    "python3",
+    "iproute2",
+    "wrk",
+    "libbpf-tools",
+];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 
