@@ -222,16 +222,17 @@ impl PhaseProbes {
             self.stats.libraries[index] = count as u64;
             if count == 0 && !self.missing_logged[index] {
                 self.missing_logged[index] = true;
+                let mut files: Vec<String> = Vec::new();
+                for path in discover::candidates(family.library) {
+                    let file = path.rsplit('/').next().unwrap_or_default().to_owned();
+                    if !files.contains(&file) {
+                        files.push(file);
+                    }
+                }
                 warn!(
                     family = family.name,
                     "no {} found under {}{}: this phase is not traced until one appears",
-                    discover::candidates(family.library)
-                        .iter()
-                        .filter_map(|path| path.rsplit('/').next())
-                        .collect::<HashSet<_>>()
-                        .into_iter()
-                        .collect::<Vec<_>>()
-                        .join(" or "),
+                    files.join(" or "),
                     self.host_root.display(),
                     if self.containers {
                         " or in containers"
