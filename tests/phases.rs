@@ -265,8 +265,8 @@ fn curl_resolves_connects_and_handshakes_on_one_timeline() {
     let port = closed_port();
     let capture = Capture::start(&[port]);
     let _server = TlsServer::start(&pki, port, 1, true);
-    // curl resolves in a thread of its own and handshakes on a non-blocking socket, in
-    // several SSL_connect calls; both must still land on its connection.
+    // curl (its own resolver code around getaddrinfo, a non-blocking socket, SSL_connect):
+    // the resolution and the handshake land on its connection.
     let url = format!("https://{TLS_HOST}:{port}/");
     let ca = pki.ca.display().to_string();
     let ran = in_namespace(
