@@ -100,8 +100,8 @@ pub struct PhaseProbes {
     attached: HashMap<FileId, AttachedLib>,
     /// Roots searched, by (mount namespace, root directory), and what was found there.
     roots: HashMap<(u64, FileId), Vec<FileId>>,
-    /// Files that failed to attach (not retried).
-    failed: HashSet<FileId>,
+    /// Files that failed to attach (not retried), and their library.
+    failed: HashMap<FileId, Library>,
     missing_logged: [bool; 2],
     full_logged: bool,
     stats: PhaseStats,
@@ -186,7 +186,7 @@ impl PhaseProbes {
             own_mnt_ns: namespace_inode(Path::new("/proc/self/ns/mnt")).unwrap_or(0),
             attached: HashMap::new(),
             roots: HashMap::new(),
-            failed: HashSet::new(),
+            failed: HashMap::new(),
             missing_logged: [false; 2],
             full_logged: false,
             stats: PhaseStats::default(),
@@ -220,7 +220,12 @@ impl PhaseProbes {
                 .filter(|lib| lib.library == family.library)
                 .count();
             self.stats.libraries[index] = count as u64;
-            if count == 0 && !self.missing_logged[index] {
+            // A library found but not attachable was logged as such.
+            let unattachable = self
+                .failed
+                .values()
+                .any(|library| *library == family.library);
+            if count == 0 && !unattachable && !self.missing_logged[index] {
                 self.missing_logged[index] = true;
                 let mut files: Vec<String> = Vec::new();
                 for path in discover::candidates(family.library) {
@@ -298,7 +303,7 @@ impl PhaseProbes {
         if self.attached.contains_key(&found.id) {
             return true;
         }
-        if self.failed.contains(&found.id) {
+        if self.failed.contains_key(&found.id) {
             return false;
         }
         let family = family_of(found.library);
@@ -326,7 +331,7 @@ impl PhaseProbes {
                 Err(err) => {
                     detach(ebpf, links);
                     warn!(family = family.name, path = %found.path.display(), "cannot attach: {err}");
-                    self.failed.insert(found.id);
+                    self.failed.insert(found.id, found.library);
                     return false;
                 }
             }
