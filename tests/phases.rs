@@ -1,6 +1,6 @@
 //! The phases around connections, with real resolvers and real TLS peers on loopback:
-//! `getaddrinfo` through the C library (`localhost`, a hosts file the test writes, a
-//! `.invalid` name, a resolver nobody answers for), OpenSSL handshakes by Python and curl
+//! `getaddrinfo` through the C library (`localhost` with glibc and with musl, a hosts file
+//! the test writes, a `.invalid` name, a resolver nobody answers for), OpenSSL handshakes by Python and curl
 //! against `openssl s_server` (a good certificate, and one from an unknown authority), and the
 //! daemon with the phases on, off, and without the libraries.
 //!
@@ -24,8 +24,8 @@ use tcpobs_tests::{
     daemon::Daemon,
     listen,
     phases::{
-        CONNECT_BY_NAME, Pki, Ran, Scratch, TLS_HOST, TlsServer, in_namespace, python,
-        python_tls_client, run,
+        CONNECT_BY_NAME, Pki, Ran, Scratch, TLS_HOST, TlsServer, in_namespace, musl_resolver,
+        python, python_tls_client, run,
     },
 };
 
@@ -130,6 +130,22 @@ fn localhost_resolves_and_its_connection_carries_the_resolution() {
         .find(|c| c.role == Role::Server && c.process.is_some_and(|p| p.pid == std::process::id()))
         .unwrap();
     assert!(server.dns().is_none(), "{server:#?}");
+}
+
+/// musl's C library is probed too: a program linked against it is seen resolving.
+#[test]
+fn a_program_linked_against_musl_is_seen_resolving() {
+    let scratch = Scratch::new("musl");
+    let binary = musl_resolver(&scratch);
+    let capture = Capture::start(&[closed_port()]);
+    let ran = run(Command::new(&binary));
+    assert_eq!(ran.stdout().trim(), "0", "{:?}", ran.output);
+    let dns = capture.wait_for("musl's resolution", |records| {
+        dns_records(records, ran.pid).into_iter().next()
+    });
+    assert_eq!((&*dns.host, dns.code), ("localhost", 0), "{dns:?}");
+    assert!(dns.addrs.contains(LOOPBACK), "{dns:?}");
+    assert!(u128::from(dns.duration_ns) <= ran.elapsed.as_nanos());
 }
 
 #[test]

@@ -305,3 +305,38 @@ except ssl.SSLError as err:
     command.args(["-c", CLIENT, &port.to_string()]).arg(ca);
     run(command)
 }
+
+/// A C program that resolves its first argument with `getaddrinfo` and prints the result.
+const GETADDRINFO_C: &str = r#"
+#include <netdb.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/socket.h>
+int main(int argc, char **argv) {
+    struct addrinfo hints, *res;
+    memset(&hints, 0, sizeof hints);
+    hints.ai_socktype = SOCK_STREAM;
+    int rc = getaddrinfo(argc > 1 ? argv[1] : "localhost", NULL, &hints, &res);
+    printf("%d\n", rc);
+    return rc != 0;
+}
+"#;
+
+/// That program built with `musl-gcc` (Debian package musl-tools): dynamically linked
+/// against musl's shared C library, `/lib/ld-musl-<arch>.so.1`.
+pub fn musl_resolver(scratch: &Scratch) -> PathBuf {
+    let source = scratch.write("getaddrinfo.c", GETADDRINFO_C);
+    let binary = scratch.path("getaddrinfo-musl");
+    let output = Command::new("musl-gcc")
+        .arg("-o")
+        .arg(&binary)
+        .arg(&source)
+        .output()
+        .expect("musl-gcc (Debian package musl-tools)");
+    assert!(
+        output.status.success(),
+        "musl-gcc: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    binary
+}

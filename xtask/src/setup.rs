@@ -2,8 +2,8 @@
 //!
 //! - Debian packages: LLVM 22 development libraries (bpf-linker links against them); nginx,
 //!   curl and Prometheus (with promtool) for the integration tests, and for the phase tests
-//!   openssl (certificates, `s_server`), Python 3 (`ssl` clients) and iproute2 (loopback in a
-//!   network namespace); wrk and libbpf-tools (tcplife) for the benchmarks, whose smoke run
+//!   openssl (certificates, `s_server`), Python 3 (`ssl` clients), iproute2 (loopback in a
+//!   network namespace) and musl-tools (a program linked against musl's shared C library); wrk and libbpf-tools (tcplife) for the benchmarks, whose smoke run
 //!   is part of the tests.
 //! - The nightly toolchain's `rust-src` (the kernel programs build `core` for
 //!   `bpfel-unknown-none`).
@@ -39,6 +39,7 @@ const TEST_PACKAGES: &[&str] = &[
     "openssl",
     "python3",
     "iproute2",
+    "musl-tools",
     "wrk",
     "libbpf-tools",
 ];
