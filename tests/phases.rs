@@ -1,6 +1,7 @@
 //! The phases around connections, with real resolvers and real TLS peers on loopback:
-//! `getaddrinfo` through the C library (`localhost` with glibc and with musl, a hosts file
-//! the test writes, a `.invalid` name, a resolver nobody answers for), OpenSSL handshakes by Python and curl
+//! `getaddrinfo` through the C library (`localhost` with glibc and with musl, a container
+//! root with its own C library, a hosts file the test writes, a `.invalid` name, a resolver
+//! nobody answers for), OpenSSL handshakes by Python and curl
 //! against `openssl s_server` (a good certificate, and one from an unknown authority), and the
 //! daemon with the phases on, off, and without the libraries.
 //!
@@ -10,17 +11,19 @@
 use std::{
     io::Read,
     net::{IpAddr, Ipv4Addr},
-    process::Command,
+    process::{Command, Stdio},
     thread,
+    time::{Duration, Instant},
 };
 
 use tcpobs::{
     model::{ConnectionRecord, DnsFailure, DnsRecord, Record, Role, TlsRecord},
     output::select::anomalies_of,
     runtime::Thresholds,
+    uprobes::RESCAN_INTERVAL,
 };
 use tcpobs_tests::{
-    Capture, closed_port, connections,
+    Capture, PATIENCE, closed_port, connections,
     daemon::Daemon,
     listen,
     phases::{
@@ -146,6 +149,87 @@ fn a_program_linked_against_musl_is_seen_resolving() {
     assert_eq!((&*dns.host, dns.code), ("localhost", 0), "{dns:?}");
     assert!(dns.addrs.contains(LOOPBACK), "{dns:?}");
     assert!(u128::from(dns.duration_ns) <= ran.elapsed.as_nanos());
+}
+
+/// A container: a root filesystem with its own copy of the C library (musl's, so that one
+/// file is the whole C library), entered in a mount namespace of its own. The daemon finds
+/// the copy at its next scan, sees the container's process resolve through it, and detaches
+/// once the container is gone.
+#[test]
+fn a_containers_own_c_library_is_found_probed_and_released() {
+    let scratch = Scratch::new("container");
+    let binary = musl_resolver(&scratch);
+    let root = scratch.path("root");
+    let arch = std::env::consts::ARCH;
+    for dir in ["lib", "bin", "etc"] {
+        std::fs::create_dir_all(root.join(dir)).unwrap();
+    }
+    let musl = std::fs::canonicalize(format!("/lib/ld-musl-{arch}.so.1")).unwrap();
+    std::fs::copy(&musl, root.join(format!("lib/ld-musl-{arch}.so.1"))).unwrap();
+    std::fs::copy(&binary, root.join("bin/resolve")).unwrap();
+    std::fs::write(root.join("etc/hosts"), "127.0.0.1 container-test.example\n").unwrap();
+
+    let daemon = Daemon::start(&[
+        "--port",
+        &closed_port().to_string(),
+        "--events",
+        "exchanges",
+    ]);
+    let libraries = || daemon.metric("tcpobs_phase_libraries{family=\"dns\"}");
+    let before = libraries();
+    let mut container = Command::new("unshare")
+        .arg("--mount")
+        .arg("chroot")
+        .arg(&root)
+        .args(["/bin/resolve", "container-test.example", "wait"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = container.id();
+    until_a_scan("the container's C library attached", &daemon, || {
+        libraries() > before
+    });
+    let copy = format!("/proc/{pid}/root/lib/ld-musl-{arch}.so.1");
+    assert!(
+        daemon
+            .log()
+            .iter()
+            .any(|line| line.contains("attached") && line.contains(&copy)),
+        "{:#?}",
+        daemon.log()
+    );
+    std::io::Write::write_all(&mut container.stdin.take().unwrap(), b"go\n").unwrap();
+    let output = container.wait_with_output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&output.stdout).trim(), "0");
+    let events = daemon.wait_events("the container's resolution", |events| {
+        events
+            .iter()
+            .any(|e| e["type"] == "dns" && e["pid"] == u64::from(pid))
+    });
+    let resolved = events
+        .iter()
+        .find(|e| e["type"] == "dns" && e["pid"] == u64::from(pid))
+        .unwrap();
+    assert_eq!(resolved["host"], "container-test.example");
+    assert_eq!(resolved["addresses"], serde_json::json!(["127.0.0.1"]));
+    // Gone with its container, at a later scan.
+    until_a_scan("the container's C library detached", &daemon, || {
+        libraries() == before
+    });
+}
+
+/// Polls `done` for as long as two library scans and the usual patience take.
+fn until_a_scan(what: &str, daemon: &Daemon, done: impl Fn() -> bool) {
+    let deadline = Instant::now() + 2 * RESCAN_INTERVAL + PATIENCE;
+    while !done() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}: {:#?}",
+            daemon.log()
+        );
+        thread::sleep(Duration::from_millis(200));
+    }
 }
 
 #[test]

@@ -306,7 +306,8 @@ except ssl.SSLError as err:
     run(command)
 }
 
-/// A C program that resolves its first argument with `getaddrinfo` and prints the result.
+/// A C program that resolves its first argument with `getaddrinfo` and prints the result;
+/// with a second argument, only once a line arrives on its standard input.
 const GETADDRINFO_C: &str = r#"
 #include <netdb.h>
 #include <stdio.h>
@@ -314,6 +315,9 @@ const GETADDRINFO_C: &str = r#"
 #include <sys/socket.h>
 int main(int argc, char **argv) {
     struct addrinfo hints, *res;
+    char line[16];
+    if (argc > 2 && !fgets(line, sizeof line, stdin))
+        return 2;
     memset(&hints, 0, sizeof hints);
     hints.ai_socktype = SOCK_STREAM;
     int rc = getaddrinfo(argc > 1 ? argv[1] : "localhost", NULL, &hints, &res);
