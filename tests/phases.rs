@@ -28,7 +28,7 @@ use tcpobs_tests::{
     listen,
     phases::{
         CONNECT_BY_NAME, Pki, Ran, Scratch, TLS_HOST, TlsServer, in_namespace, musl_resolver,
-        python, python_tls_client, run,
+        python, python_tls_client, python_tls_command, run,
     },
 };
 
@@ -539,6 +539,34 @@ fn the_daemon_writes_phase_events_and_metrics() {
     let stats: serde_json::Value = serde_json::from_str(lines.last().unwrap()).unwrap();
     assert_eq!(stats["type"], "stats");
     assert_eq!(stats["tls_untracked"], 0);
+}
+
+/// A thread killed inside a handshake call never returns from it: the daemon finds its
+/// kernel entry and counts it, so the data hooks stop looking threads up for it.
+#[test]
+fn a_thread_killed_inside_a_handshake_is_reaped() {
+    let scratch = Scratch::new("killed");
+    let pki = Pki::new(&scratch);
+    let (listener, addr) = listen("127.0.0.1:0");
+    let daemon = Daemon::start(&["--port", &addr.port().to_string()]);
+    let before = daemon.metric("tcpobs_tls_abandoned_total");
+    let mut client = python_tls_command(addr.port(), &pki.ca)
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    // A server that never answers: once its ClientHello is here, the client waits inside
+    // SSL_do_handshake.
+    let (mut accepted, _) = listener.accept().unwrap();
+    let mut hello = [0u8; 5];
+    accepted.read_exact(&mut hello).unwrap();
+    assert_eq!(hello[0], 22, "a TLS handshake record");
+    client.kill().unwrap();
+    client.wait().unwrap();
+    let deadline = Instant::now() + PATIENCE;
+    while daemon.metric("tcpobs_tls_abandoned_total") < before + 1.0 {
+        assert!(Instant::now() < deadline, "{:#?}", daemon.log());
+        thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// With no C library and no libssl to attach to, the daemon says so once per family and

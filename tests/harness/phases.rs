@@ -289,6 +289,11 @@ impl Drop for TlsServer {
 /// A Python `ssl` client: connects to 127.0.0.1:`port`, handshakes (`SSL_do_handshake`)
 /// trusting `ca` for `localhost`, sends a line, closes. Prints `ok`, or `failed <error>`.
 pub fn python_tls_client(port: u16, ca: &Path) -> Ran {
+    run(python_tls_command(port, ca))
+}
+
+/// The command [`python_tls_client`] runs.
+pub fn python_tls_command(port: u16, ca: &Path) -> Command {
     const CLIENT: &str = "
 import socket, ssl, sys
 context = ssl.create_default_context(cafile=sys.argv[2])
@@ -303,7 +308,7 @@ except ssl.SSLError as err:
 ";
     let mut command = Command::new(python());
     command.args(["-c", CLIENT, &port.to_string()]).arg(ca);
-    run(command)
+    command
 }
 
 /// A C program that resolves its first argument with `getaddrinfo` and prints the result;
