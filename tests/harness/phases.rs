@@ -4,14 +4,18 @@
 
 use std::{
     fs,
-    io::{BufRead, BufReader},
+    io::{BufRead, BufReader, Read},
+    net::{IpAddr, Ipv4Addr, TcpListener},
     path::{Path, PathBuf},
     process::{Child, Command, Output, Stdio},
     sync::atomic::{AtomicU32, Ordering},
+    thread,
     time::{Duration, Instant},
 };
 
-use crate::PATIENCE;
+use tcpobs::model::{ConnectionRecord, DnsRecord, Record, Role, TlsRecord};
+
+use crate::{PATIENCE, connections};
 
 static SCRATCH: AtomicU32 = AtomicU32::new(0);
 
@@ -348,4 +352,60 @@ pub fn musl_resolver(scratch: &Scratch) -> PathBuf {
         String::from_utf8_lossy(&output.stderr)
     );
     binary
+}
+
+/// 127.0.0.1.
+pub const LOOPBACK: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+
+/// The resolutions of process `pid`.
+pub fn dns_records(records: &[Record], pid: u32) -> Vec<DnsRecord> {
+    records
+        .iter()
+        .filter_map(|record| match record {
+            Record::Dns(dns) if dns.process.pid == pid => Some(dns.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The handshakes of process `pid`.
+pub fn tls_records(records: &[Record], pid: u32) -> Vec<TlsRecord> {
+    records
+        .iter()
+        .filter_map(|record| match record {
+            Record::Tls(tls) if tls.process.is_some_and(|p| p.pid == pid) => Some(tls.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The closed, established client connection of `pid` to 127.0.0.1:`port`.
+pub fn client_of(records: &[Record], pid: u32, port: u16) -> Option<ConnectionRecord> {
+    connections(records).into_iter().find(|c| {
+        c.role == Role::Client
+            && c.close.is_some()
+            && c.connect_failure.is_none()
+            && c.process.is_some_and(|p| p.pid == pid)
+            && c.addrs.remote() == (LOOPBACK, port).into()
+    })
+}
+
+/// The names on a connection's timeline, in order.
+pub fn timeline_names(connection: &ConnectionRecord) -> Vec<&'static str> {
+    connection
+        .timeline()
+        .entries()
+        .iter()
+        .map(|entry| entry.name)
+        .collect()
+}
+
+/// Accepts one connection and reads it to the end, in the background.
+pub fn accept_one(listener: TcpListener) -> thread::JoinHandle<Vec<u8>> {
+    thread::spawn(move || {
+        let (mut stream, _) = listener.accept().unwrap();
+        let mut data = Vec::new();
+        stream.read_to_end(&mut data).unwrap();
+        data
+    })
 }
