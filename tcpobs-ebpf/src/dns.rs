@@ -53,6 +53,7 @@ struct AddrInfo {
     next: u64,
 }
 
+/// `getaddrinfo` entry: saves `node` and `res` for the return.
 #[uprobe]
 pub fn getaddrinfo_entry(ctx: ProbeContext) -> u32 {
     let (Some(node), Some(res)) = (ctx.arg::<u64>(0), ctx.arg::<u64>(3)) else {
@@ -67,6 +68,7 @@ pub fn getaddrinfo_entry(ctx: ProbeContext) -> u32 {
     0
 }
 
+/// `getaddrinfo` return: the result, the name and the answer's first addresses.
 #[uretprobe]
 pub fn getaddrinfo_return(ctx: RetProbeContext) -> u32 {
     let thread = bpf_get_current_pid_tgid();

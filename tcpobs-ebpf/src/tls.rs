@@ -74,30 +74,35 @@ fn add_active(delta: u64) {
     }
 }
 
+/// `int SSL_do_handshake(SSL *s)`: the explicit handshake, either role (Python's `ssl`, nginx).
 #[uprobe]
 pub fn ssl_do_handshake_entry(ctx: ProbeContext) -> u32 {
     on_entry(&ctx, tls_func::DO_HANDSHAKE);
     0
 }
 
+/// `int SSL_connect(SSL *s)`: a client's handshake (curl, `openssl s_client`).
 #[uprobe]
 pub fn ssl_connect_entry(ctx: ProbeContext) -> u32 {
     on_entry(&ctx, tls_func::CONNECT);
     0
 }
 
+/// `int SSL_accept(SSL *s)`: a server's handshake (`openssl s_server`).
 #[uprobe]
 pub fn ssl_accept_entry(ctx: ProbeContext) -> u32 {
     on_entry(&ctx, tls_func::ACCEPT);
     0
 }
 
+/// The return of any of the three: 1 when the handshake completed.
 #[uretprobe]
 pub fn ssl_handshake_return(ctx: RetProbeContext) -> u32 {
     on_return(ctx.ret::<i32>());
     0
 }
 
+/// `void SSL_free(SSL *s)`: the end of an `SSL`; a handshake still pending failed.
 #[uprobe]
 pub fn ssl_free_entry(ctx: ProbeContext) -> u32 {
     if let Some(ssl) = ctx.arg::<u64>(0) {

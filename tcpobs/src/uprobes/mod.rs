@@ -150,13 +150,13 @@ impl PhaseProbes {
     /// libraries found now. `None` if the programs cannot load (logged; tcpobs works on
     /// without the phases).
     pub fn start(ebpf: &mut Ebpf, options: &PhaseOptions) -> Option<Self> {
-        let mut names: Vec<&str> = PHASE_FAMILIES
+        let mut programs: Vec<&str> = PHASE_FAMILIES
             .iter()
             .flat_map(|family| family.probes.iter().map(|probe| probe.program))
             .collect();
-        names.sort_unstable();
-        names.dedup();
-        for name in names {
+        programs.sort_unstable();
+        programs.dedup();
+        for name in programs {
             if let Err(err) =
                 program(ebpf, name).and_then(|p| p.load().map_err(|e| error_chain(&e)))
             {
