@@ -81,7 +81,7 @@ pub fn ssl_do_handshake_entry(ctx: ProbeContext) -> u32 {
     0
 }
 
-/// `int SSL_connect(SSL *s)`: a client's handshake (curl, `openssl s_client`).
+/// `int SSL_connect(SSL *s)`: a client's handshake (curl).
 #[uprobe]
 pub fn ssl_connect_entry(ctx: ProbeContext) -> u32 {
     on_entry(&ctx, tls_func::CONNECT);
