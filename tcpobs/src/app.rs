@@ -63,6 +63,17 @@ pub fn check(settings: &Settings) -> Result<(), AppError> {
             family.program_types()
         );
     }
+    // The phase families never fail the check: a missing library is not an error.
+    if let Some(phases) = &loaded.phases {
+        for (family, libraries) in phases.families().iter().zip(phases.stats().libraries) {
+            println!(
+                "family={} strategy={} programs={} libraries={libraries}",
+                family.family,
+                family.strategy.as_str(),
+                family.program_types()
+            );
+        }
+    }
     Ok(())
 }
 

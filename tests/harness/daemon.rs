@@ -7,6 +7,7 @@ use std::{
     path::PathBuf,
     process::{Child, Command, Stdio},
     sync::{
+        Arc, Mutex,
         atomic::{AtomicU32, Ordering},
         mpsc,
     },
@@ -26,6 +27,7 @@ pub struct Daemon {
     pub output: PathBuf,
     /// Where its HTTP API listens (an ephemeral port).
     pub api: SocketAddr,
+    log: Arc<Mutex<Vec<String>>>,
 }
 
 impl Daemon {
@@ -70,10 +72,13 @@ impl Daemon {
             .unwrap();
         let stderr = child.stderr.take().unwrap();
         let (ready, started) = mpsc::channel();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let kept = Arc::clone(&log);
         thread::spawn(move || {
             let mut api = None;
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 eprintln!("tcpobs: {line}");
+                kept.lock().unwrap().push(line.clone());
                 if let Some(addr) = line.split("addr=").nth(1) {
                     api = addr.split_whitespace().next().and_then(|a| a.parse().ok());
                 }
@@ -86,7 +91,17 @@ impl Daemon {
             .recv_timeout(PATIENCE)
             .expect("tcpobs did not report that it is tracing")
             .expect("tcpobs did not report its HTTP address");
-        Self { child, output, api }
+        Self {
+            child,
+            output,
+            api,
+            log,
+        }
+    }
+
+    /// Its log (stderr) so far.
+    pub fn log(&self) -> Vec<String> {
+        self.log.lock().unwrap().clone()
     }
 
     pub fn pid(&self) -> u32 {

@@ -2,8 +2,11 @@
 //!
 //! - Debian packages: LLVM 22 development libraries (bpf-linker links against them); nginx,
 //!   curl and Prometheus (with promtool) for the integration tests, systemd (systemd-analyze)
-//!   and procps for the service's tests, python3-venv for the manifest validators; wrk and
-//!   libbpf-tools (tcplife) for the benchmarks, whose smoke run is part of the tests.
+//!   and procps for the service's tests, python3-venv for the manifest validators, and for
+//!   the phase tests openssl (certificates, `s_server`), Python 3 (`ssl` clients), iproute2
+//!   (loopback in a network namespace) and musl-tools (a program linked against musl's
+//!   shared C library); wrk and libbpf-tools (tcplife) for the benchmarks, whose smoke run is
+//!   part of the tests.
 //! - Python tools in a project-local virtual environment ([`VENV`]), from PyPI: the Kubernetes
 //!   schema validator `kubernetes-validate` (it ships the schemas, so it works offline) and
 //!   the Prometheus Operator's models, for the ServiceMonitor.
@@ -42,6 +45,10 @@ const TEST_PACKAGES: &[&str] = &[
     "nginx-light",
     "curl",
     "prometheus",
+    "openssl",
+    "python3",
+    "iproute2",
+    "musl-tools",
     "wrk",
     "libbpf-tools",
     "systemd",

@@ -20,6 +20,7 @@ use crate::{
     metrics::labels::LabelSpec,
     output::{EventSelection, Format, justniffer::LineFormat},
     runtime::{CgroupRef, Cidr, Filter, Filters, Runtime, Sample, Thresholds},
+    uprobes::PhaseOptions,
 };
 
 const ABOUT: &str = "eBPF TCP connection lifecycle tracer: handshake time, request/response \
@@ -38,6 +39,9 @@ It needs root (or CAP_BPF and CAP_PERFMON) and a kernel with BTF (Linux 5.10 or 
 attaches by fentry, tracepoints or kprobes, whichever the kernel allows, per hook family:
 --probe-strategy).
 
+With --phases on (the default) it also times name resolution (the C library's getaddrinfo)
+and TLS handshakes (OpenSSL), on the host and in containers, and ties them to connections.
+
 Events go to stdout (or --output): by default one JSON object per closed connection plus
 anomaly events; --events exchanges adds one per exchange; --format justniffer prints
 justniffer-style lines. Prometheus metrics, health, the live connection table and runtime
@@ -46,6 +50,14 @@ open as partial, and exits 0; on SIGHUP it re-reads --config.
 
 Every setting can also come from a TCPOBS_* environment variable or a key of the --config
 file (the long flag name); a flag beats the environment, which beats the file.";
+
+/// `on` or `off`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum Switch {
+    #[default]
+    On,
+    Off,
+}
 
 /// Output format.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
@@ -241,6 +253,16 @@ pub struct Cli {
     #[arg(long)]
     pub check: bool,
 
+    /// Time name resolution (uprobes on the C library's getaddrinfo) and TLS handshakes
+    /// (uprobes on OpenSSL's libssl.so.3), on the host and in containers, and tie them to
+    /// connections (`dns_host`, `tls_handshake_s`, `phases`). `off` attaches no uprobes.
+    #[arg(long, value_enum, default_value_t, env = "TCPOBS_PHASES")]
+    pub phases: Switch,
+
+    /// Look for the phase families' libraries under this directory only (tests).
+    #[arg(long, value_name = "PATH", env = "TCPOBS_PHASES_LIB_ROOT", hide = true)]
+    pub phases_lib_root: Option<PathBuf>,
+
     /// Which tracepoint flavour to attach: `auto` (tp_btf where it loads, else the classic
     /// tracepoint, per hook), `btf` or `classic`.
     #[arg(long, value_enum, default_value_t, env = "TCPOBS_TRACEPOINTS")]
@@ -339,6 +361,7 @@ impl Settings {
             "labels": self.labels.iter().map(ToString::to_string).collect::<Vec<_>>(),
             "label_series_cap": self.label_series_cap,
             "probe_strategy": self.load.strategy.to_string(),
+            "phases": if self.load.phases.enabled { "on" } else { "off" },
             "tracepoints": format!("{:?}", self.load.tracepoints).to_lowercase(),
             "max_sockets": self.load.max_sockets,
             "ringbuf_bytes": self.load.ringbuf_bytes,
@@ -427,6 +450,10 @@ impl Cli {
                 max_sockets: self.max_sockets,
                 ringbuf_bytes: self.ringbuf_bytes,
                 filters,
+                phases: PhaseOptions {
+                    enabled: self.phases == Switch::On,
+                    lib_root: self.phases_lib_root,
+                },
             },
             format,
             output: self.output,
@@ -506,6 +533,8 @@ mod tests {
         assert_eq!(settings.load.filters, Filters::default());
         assert_eq!(settings.drain_interval, Duration::from_millis(10));
         assert_eq!(settings.listen, Some("127.0.0.1:9752".parse().unwrap()));
+        assert_eq!(settings.load.phases, PhaseOptions::default());
+        assert!(!parse(&["--phases", "off"]).unwrap().load.phases.enabled);
         assert_eq!(
             settings.runtime.thresholds,
             Thresholds {
@@ -558,6 +587,7 @@ mod tests {
             (&["--label", "container"], "--label"),
             (&["--threshold-idle", "soon"], "--threshold-idle"),
             (&["--anomaly-resets", "maybe"], "--anomaly-resets"),
+            (&["--phases", "maybe"], "--phases"),
         ] {
             let err = parse(args).unwrap_err();
             assert_eq!(err.exit_code(), 2, "{args:?}");

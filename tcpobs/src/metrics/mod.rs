@@ -10,6 +10,7 @@
 pub mod collect;
 mod histogram;
 pub mod labels;
+mod phases;
 
 use std::{
     sync::{Arc, Mutex, atomic::AtomicU64},
@@ -29,6 +30,7 @@ use prometheus_client::{
 use self::{
     histogram::Histogram,
     labels::{ConnLabels, Dims, Fixed, LabelPolicy, LabelSpec},
+    phases::PhaseMetrics,
 };
 use crate::{
     meta::Metadata,
@@ -221,6 +223,7 @@ pub struct Metrics {
     stuck_duration: Family<Fixed<1>, Histogram, Buckets>,
     delay: Histogram,
     sweep_duration: Gauge<f64, AtomicU64>,
+    phases: PhaseMetrics,
     policy: Arc<Mutex<LabelPolicy>>,
     fast: Option<Fast>,
     /// Where the `pod` and `namespace` label values come from.
@@ -254,6 +257,7 @@ impl Metrics {
             stuck_duration: Family::new_with_constructor(Buckets::Stuck),
             delay: Histogram::new(exponential_buckets_range(0.000_1, 10.0, 16), NS),
             sweep_duration: Gauge::default(),
+            phases: PhaseMetrics::new(registry),
             policy: Arc::new(Mutex::new(LabelPolicy::new(labels, series_cap))),
             fast: None,
             metadata: None,
@@ -493,6 +497,8 @@ impl Metrics {
                     .inc();
             }
             Record::Unstuck(phase, duration) => self.unstuck(*phase, *duration),
+            Record::Dns(dns) => self.phases.observe_dns(dns),
+            Record::Tls(tls) => self.phases.observe_tls(tls),
         }
     }
 

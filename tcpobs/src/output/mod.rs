@@ -2,6 +2,7 @@
 
 pub mod json;
 pub mod justniffer;
+pub mod phases;
 pub mod select;
 
 use std::{
@@ -227,6 +228,8 @@ impl Sink for Output {
                 let meta = metadata.and_then(|m| m.lookup(anomaly.process.as_ref()));
                 json::anomaly(&mut self.line, anomaly, meta.as_deref(), &self.clock)
             }
+            (_, Record::Dns(dns)) => phases::dns(&mut self.line, dns, &self.clock),
+            (_, Record::Tls(tls)) => phases::tls(&mut self.line, tls, &self.clock),
             (_, Record::Opened(_) | Record::Unstuck(..)) => return Ok(()),
         }
         self.counts.written[kind].fetch_add(1, Ordering::Relaxed);
