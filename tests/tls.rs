@@ -151,7 +151,10 @@ fn a_thread_killed_inside_a_handshake_is_reaped() {
     let (listener, addr) = listen("127.0.0.1:0");
     let daemon = Daemon::start(&["--port", &addr.port().to_string()]);
     let before = daemon.metric("tcpobs_tls_abandoned_total");
+    // Blocking, so that the client waits inside SSL_do_handshake rather than in poll(2)
+    // between two calls of it.
     let mut client = python_tls_command(addr.port(), &pki.ca)
+        .arg("blocking")
         .stdout(Stdio::null())
         .spawn()
         .unwrap();

@@ -297,11 +297,16 @@ pub fn python_tls_client(port: u16, ca: &Path) -> Ran {
 }
 
 /// The command [`python_tls_client`] runs.
+///
+/// The client connects with a 10 s timeout, which makes Python drive the socket
+/// non-blocking: each handshake call returns as soon as it would wait. Add the argument
+/// `blocking` for a client that waits inside the handshake call instead.
 pub fn python_tls_command(port: u16, ca: &Path) -> Command {
     const CLIENT: &str = "
 import socket, ssl, sys
 context = ssl.create_default_context(cafile=sys.argv[2])
-sock = socket.create_connection(('127.0.0.1', int(sys.argv[1])), timeout=10)
+timeout = None if sys.argv[3:] == ['blocking'] else 10
+sock = socket.create_connection(('127.0.0.1', int(sys.argv[1])), timeout=timeout)
 try:
     with context.wrap_socket(sock, server_hostname='localhost') as tls:
         tls.sendall(b'hello\\n')
