@@ -38,6 +38,7 @@ fn help_explains_every_setting() {
         "--ringbuf-bytes",
         "--drain-interval",
         "--log-level",
+        "--phases",
     ] {
         assert!(
             help.contains(flag),
@@ -125,11 +126,29 @@ fn check_reports_every_family_or_what_is_missing() {
         .filter_map(|line| line.strip_prefix("family="))
         .map(|rest| rest.split_whitespace().next().unwrap())
         .collect();
+    // The phase families last: uprobes on the host's C library and libssl.
     assert_eq!(
         families,
-        ["data", "resets", "retransmits", "close", "connect", "state"],
+        [
+            "data",
+            "resets",
+            "retransmits",
+            "close",
+            "connect",
+            "state",
+            "dns",
+            "tls"
+        ],
         "{stdout}"
     );
+    for family in ["dns", "tls"] {
+        assert!(
+            stdout.contains(&format!(
+                "family={family} strategy=uprobe programs=uprobe+uretprobe libraries="
+            )),
+            "{stdout}"
+        );
+    }
     assert!(
         stdout.lines().all(|line| line.contains(" strategy=")),
         "{stdout}"

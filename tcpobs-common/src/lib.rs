@@ -34,12 +34,17 @@
 //! A connection is identified by the socket address ([`EventHeader::sock`]) *and* its
 //! generation ([`EventHeader::start_ns`]): the kernel reuses socket memory within
 //! milliseconds.
+//!
+//! The phases before and around a connection (name resolution, TLS handshake) have their own
+//! events, in [`phases`].
 #![no_std]
 
 pub mod names;
 pub mod offsets;
+pub mod phases;
 
 pub use offsets::Offsets;
+pub use phases::{DnsCall, DnsEvent, TlsCall, TlsEvent, TlsPending};
 
 /// TCP states, numbered as in the kernel's `include/net/tcp_states.h`.
 pub mod tcp_state {
@@ -65,6 +70,10 @@ pub mod kind {
     pub const CLOSE: u32 = 4;
     /// An [`crate::OpenEvent`] sent when a client enters `SYN_SENT` (local port not yet known).
     pub const CONNECT: u32 = 5;
+    /// A [`crate::DnsEvent`]: a `getaddrinfo` call returned.
+    pub const DNS: u32 = 6;
+    /// A [`crate::TlsEvent`]: a TLS handshake call returned, or an unfinished one was freed.
+    pub const TLS: u32 = 7;
 }
 
 /// Socket role, from the side this host sees.
@@ -125,8 +134,10 @@ pub mod stat {
     /// Sockets adopted mid-life (already open when tcpobs started, or whose record was evicted
     /// from the LRU socket table).
     pub const ADOPTED: u32 = 2;
+    /// TLS handshake calls not followed because the per-thread table (`TLS_THREADS`) was full.
+    pub const TLS_UNTRACKED: u32 = 3;
     /// Number of counters.
-    pub const COUNT: u32 = 3;
+    pub const COUNT: u32 = 4;
 }
 
 /// How one kind of kernel-side filter applies (`FilterConfig` fields).

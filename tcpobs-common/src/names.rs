@@ -31,6 +31,18 @@ pub const CONNECT_HOOKED_MAP: &str = "CONNECT_HOOKED";
 /// (`LruHashMap<u64, DataCall>`).
 pub const DATA_CALLS_MAP: &str = "DATA_CALLS";
 
+/// `getaddrinfo` calls in progress, by thread (`LruHashMap<u64, DnsCall>`).
+pub const DNS_CALLS_MAP: &str = "DNS_CALLS";
+/// The TLS handshake call each thread is in (`HashMap<u64, TlsCall>`, by `pid_tgid`). Not LRU:
+/// every entry is counted in the in-progress counter the data hooks read, and an eviction
+/// would leave the counter high for good.
+pub const TLS_THREADS_MAP: &str = "TLS_THREADS";
+/// Handshakes that took more than one call so far (`LruHashMap<u64, TlsPending>`, by `SSL *`).
+pub const TLS_PENDING_MAP: &str = "TLS_PENDING";
+/// `TLS_THREADS` entries the daemon removed because their thread died mid-call
+/// (`Array<u64>`, one entry, written by the daemon only).
+pub const TLS_ABANDONED_MAP: &str = "TLS_ABANDONED";
+
 /// Hook families, as in the design's strategy table.
 pub mod family {
     pub const STATE: &str = "state";
@@ -39,6 +51,10 @@ pub mod family {
     pub const CLOSE: &str = "close";
     pub const RESETS: &str = "resets";
     pub const RETRANSMITS: &str = "retransmits";
+    /// Name resolution: uprobes on the C library's `getaddrinfo`.
+    pub const DNS: &str = "dns";
+    /// TLS handshakes: uprobes on OpenSSL's libssl.
+    pub const TLS: &str = "tls";
 }
 
 /// Attach strategies, in the order `auto` tries them.
@@ -50,9 +66,13 @@ pub enum Strategy {
     Tracepoint,
     /// kprobes and kretprobes (`CONFIG_KPROBES`).
     Kprobe,
+    /// uprobes and uretprobes on user-space libraries: the only way of the phase families
+    /// ([`PHASE_FAMILIES`]), never chosen for the kernel families.
+    Uprobe,
 }
 
 impl Strategy {
+    /// The strategies of the kernel families, in `auto` order.
     pub const ALL: [Self; 3] = [Self::Fentry, Self::Tracepoint, Self::Kprobe];
 
     pub const fn as_str(self) -> &'static str {
@@ -60,6 +80,7 @@ impl Strategy {
             Self::Fentry => "fentry",
             Self::Tracepoint => "tracepoint",
             Self::Kprobe => "kprobe",
+            Self::Uprobe => "uprobe",
         }
     }
 }
@@ -333,6 +354,83 @@ pub const FAMILIES: [Family; 6] = [
                     },
                 ],
             },
+        ],
+    },
+];
+
+/// A user-space library the phase families probe.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Library {
+    /// The C library: glibc's `libc.so.6`, or musl's `ld-musl-<arch>.so.1`.
+    Libc,
+    /// OpenSSL 3's `libssl.so.3`.
+    Libssl,
+}
+
+impl Library {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Libc => "libc",
+            Self::Libssl => "libssl",
+        }
+    }
+}
+
+/// One uprobe (function entry) or uretprobe (function return) on a library symbol.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UProbeSpec {
+    pub symbol: &'static str,
+    pub program: &'static str,
+    /// A uretprobe.
+    pub ret: bool,
+}
+
+/// A phase family: its library and probes. It attaches to every copy of the library found
+/// (on the host and in containers), or to none.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PhaseFamily {
+    pub name: &'static str,
+    pub library: Library,
+    pub probes: &'static [UProbeSpec],
+}
+
+const fn uprobe(symbol: &'static str, program: &'static str) -> UProbeSpec {
+    UProbeSpec {
+        symbol,
+        program,
+        ret: false,
+    }
+}
+
+const fn uretprobe(symbol: &'static str, program: &'static str) -> UProbeSpec {
+    UProbeSpec {
+        symbol,
+        program,
+        ret: true,
+    }
+}
+
+/// The phase families (`--phases`).
+pub const PHASE_FAMILIES: [PhaseFamily; 2] = [
+    PhaseFamily {
+        name: family::DNS,
+        library: Library::Libc,
+        probes: &[
+            uprobe("getaddrinfo", "getaddrinfo_entry"),
+            uretprobe("getaddrinfo", "getaddrinfo_return"),
+        ],
+    },
+    PhaseFamily {
+        name: family::TLS,
+        library: Library::Libssl,
+        probes: &[
+            uprobe("SSL_do_handshake", "ssl_do_handshake_entry"),
+            uretprobe("SSL_do_handshake", "ssl_handshake_return"),
+            uprobe("SSL_connect", "ssl_connect_entry"),
+            uretprobe("SSL_connect", "ssl_handshake_return"),
+            uprobe("SSL_accept", "ssl_accept_entry"),
+            uretprobe("SSL_accept", "ssl_handshake_return"),
+            uprobe("SSL_free", "ssl_free_entry"),
         ],
     },
 ];

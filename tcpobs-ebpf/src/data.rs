@@ -18,7 +18,8 @@
 //! until the next one completes, and the two go out in one event: one event per
 //! request/response exchange, whatever the number of syscalls or bytes; a connection with one
 //! exchange sends its bursts with its close. Failed calls (`ret <= 0`) and `MSG_PEEK` reads
-//! move no data and are ignored.
+//! move no data and are ignored. While a thread is in a TLS handshake call, the socket it
+//! moves data on is the handshake's ([`crate::tls`]).
 
 use aya_ebpf::{
     helpers::bpf_get_current_pid_tgid,
@@ -32,6 +33,7 @@ use tcpobs_common::{DataCall, Offsets, direction};
 use crate::{
     maps::{DATA_CALLS, offsets},
     sock::Sock,
+    tls,
     track::{Adoption, claim, emit_bursts, now_ns, record_or_adopt},
 };
 
@@ -235,4 +237,6 @@ fn on_data(o: &Offsets, sk: Sock, ret: i32, flags: i32, dir: u8) {
         rec.bytes_recv += bytes;
     }
     claim(rec);
+    // One load from a global unless some thread is in a TLS handshake.
+    tls::note_socket(sk.key(), rec.start_ns);
 }

@@ -116,7 +116,7 @@ pub fn claim(rec: &mut SockRecord) {
 /// Reserves a `T` in the ring buffer, lets `fill` write every field, and submits it; counts
 /// the event as lost if the ring buffer is full.
 #[inline(always)]
-fn emit<T: 'static>(fill: impl FnOnce(*mut T)) {
+pub fn emit<T: 'static>(fill: impl FnOnce(*mut T)) {
     let Some(mut entry) = EVENTS.reserve::<T>(0) else {
         count(stat::RINGBUF_FULL);
         return;

@@ -1,7 +1,8 @@
 //! tcpobs as a daemon: the HTTP API, the tracer and the signals, in the order that gives
 //! clear failures. The HTTP port is bound first (a port in use fails fast, before anything is
-//! loaded) and `/readyz` answers 503 until every program is attached. SIGHUP re-reads the
-//! config file and applies its runtime settings; SIGINT/SIGTERM stop cleanly.
+//! loaded) and `/readyz` answers 503 until every program is attached; at that moment systemd
+//! is told `READY=1` too ([`crate::notify`]). SIGHUP re-reads the config file and applies its
+//! runtime settings; SIGINT/SIGTERM stop cleanly (systemd hears `STOPPING=1`).
 
 use std::{io, net::SocketAddr, sync::Arc};
 
@@ -16,7 +17,9 @@ use crate::{
     daemon::{Timing, Tracer, shutdown_signal},
     http::{AppState, Readiness, router},
     loader::{self, LoadError},
+    meta::{self, Metadata},
     metrics::{Metrics, collect::Scrape},
+    notify::Notifier,
     output::{Clock, Output, Sink as _},
 };
 
@@ -60,6 +63,17 @@ pub fn check(settings: &Settings) -> Result<(), AppError> {
             family.program_types()
         );
     }
+    // The phase families never fail the check: a missing library is not an error.
+    if let Some(phases) = &loaded.phases {
+        for (family, libraries) in phases.families().iter().zip(phases.stats().libraries) {
+            println!(
+                "family={} strategy={} programs={} libraries={libraries}",
+                family.family,
+                family.strategy.as_str(),
+                family.program_types()
+            );
+        }
+    }
     Ok(())
 }
 
@@ -82,7 +96,17 @@ pub async fn run(
     let tracker = Arc::default();
     let health = Arc::default();
     let mut registry = Registry::default();
-    let metrics = Metrics::new(&mut registry, &settings.labels, settings.label_series_cap);
+    let mut metrics = Metrics::new(&mut registry, &settings.labels, settings.label_series_cap);
+    if meta::is_cgroup2(&settings.meta_roots.cgroup) {
+        let metadata = Arc::new(Metadata::new(settings.meta_roots.clone()));
+        metrics.set_metadata(Arc::clone(&metadata));
+        output.set_metadata(metadata);
+    } else {
+        info!(
+            root = %settings.meta_roots.cgroup.display(),
+            "no cgroup v2 file system here: connections get no cgroup, container or pod"
+        );
+    }
     registry.register(
         "tcpobs_build",
         "tcpobs version",
@@ -132,6 +156,13 @@ pub async fn run(
     }
     tracer.set_metrics(metrics);
     readiness.set_ready();
+    let notifier = Notifier::from_env();
+    if let Some(notifier) = &notifier {
+        notifier.notify(&format!(
+            "READY=1\nSTATUS=tracing TCP connections ({} hook families attached)",
+            tracer.families().len()
+        ));
+    }
     info!(
         version = env!("CARGO_PKG_VERSION"),
         families = tracer.families().len(),
@@ -146,6 +177,9 @@ pub async fn run(
     tracer
         .run(&mut output, timing, runtime, shutdown_signal())
         .await?;
+    if let Some(notifier) = &notifier {
+        notifier.notify("STOPPING=1\nSTATUS=stopping: draining events");
+    }
     readiness.set_not_ready("stopping");
     let stats = tracer.stop(&mut output)?;
     output.write_json_line(&stats.to_json_line())?;

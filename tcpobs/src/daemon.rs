@@ -1,5 +1,6 @@
 //! The running tracer: kernel programs, ring buffer reader and tracker, pumping records into
-//! the metrics and a [`Sink`], sweeping for stuck connections, until told to stop.
+//! the metrics and a [`Sink`], sweeping for stuck connections, and looking for new
+//! containers' libraries for the phase probes, until told to stop.
 
 use std::{
     future::Future,
@@ -25,6 +26,7 @@ use crate::{
     reader::{KernelStats, Reader, ReaderStats},
     runtime::Runtime,
     tracker::{KernelView, StuckThresholds, SweepReport, Tracker, TrackerStats},
+    uprobes::{PhaseStats, RESCAN_INTERVAL},
 };
 
 /// Every loss and health counter, from the kernel, the reader and the tracker.
@@ -33,6 +35,7 @@ pub struct Stats {
     pub reader: ReaderStats,
     pub kernel: KernelStats,
     pub tracker: TrackerStats,
+    pub phases: PhaseStats,
 }
 
 impl Stats {
@@ -47,7 +50,11 @@ impl Stats {
             .u64("sockets_untracked", self.kernel.table_insert_failed)
             .u64("sockets_adopted", self.kernel.adopted)
             .u64("sockets_evicted", self.tracker.lost)
-            .u64("unmatched_events", self.tracker.unmatched);
+            .u64("unmatched_events", self.tracker.unmatched)
+            .u64("dns_cache_evicted", self.tracker.dns_evicted)
+            .u64("tls_untracked", self.kernel.tls_untracked)
+            .u64("tls_abandoned", self.phases.tls_abandoned)
+            .u64("phase_libraries_skipped", self.phases.skipped);
         object.end();
         line
     }
@@ -111,7 +118,14 @@ impl Tracer {
                     reason: err.to_string(),
                 })
             })?;
-        lock(&health).probes = loaded.families.clone();
+        {
+            let mut health = lock(&health);
+            health.probes = loaded.families.clone();
+            if let Some(phases) = &loaded.phases {
+                health.probes.extend(phases.families());
+                health.phases = phases.stats();
+            }
+        }
         Ok(Self {
             loaded,
             reader,
@@ -124,9 +138,33 @@ impl Tracer {
         })
     }
 
-    /// How each hook family is attached.
-    pub fn families(&self) -> &[FamilyAttach] {
-        &self.loaded.families
+    /// How each hook family is attached, the phase families last.
+    pub fn families(&self) -> Vec<FamilyAttach> {
+        let mut families = self.loaded.families.clone();
+        if let Some(phases) = &self.loaded.phases {
+            families.extend(phases.families());
+        }
+        families
+    }
+
+    fn phase_stats(&self) -> PhaseStats {
+        self.loaded
+            .phases
+            .as_ref()
+            .map(|phases| phases.stats())
+            .unwrap_or_default()
+    }
+
+    /// Looks for libraries of new containers (the phase families).
+    pub fn rescan(&mut self) {
+        let Some(phases) = &mut self.loaded.phases else {
+            return;
+        };
+        phases.rescan(&mut self.loaded.ebpf);
+        let mut health = lock(&self.health);
+        health.probes = self.loaded.families.clone();
+        health.probes.extend(phases.families());
+        health.phases = phases.stats();
     }
 
     /// The live table, shared with the HTTP API and the metrics.
@@ -154,6 +192,7 @@ impl Tracer {
             reader: self.reader.stats(),
             kernel: self.reader.kernel_stats(),
             tracker: lock(&self.tracker).stats(),
+            phases: self.phase_stats(),
         }
     }
 
@@ -221,10 +260,15 @@ impl Tracer {
         }
         Self::dispatch(&mut self.records, self.metrics.as_ref(), sink)?;
         sink.flush()?;
+        if let Some(phases) = &mut self.loaded.phases {
+            phases.reap_threads();
+        }
+        let phases = self.phase_stats();
         {
             let mut health = lock(&self.health);
             health.reader = self.reader.stats();
             health.kernel = self.reader.kernel_stats();
+            health.phases = phases;
         }
         self.warn_on_loss();
         Ok(report)
@@ -259,6 +303,10 @@ impl Tracer {
         drain.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut sweep = interval(timing.sweep);
         sweep.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut rescan = interval(RESCAN_INTERVAL);
+        rescan.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        // The first tick is immediate, and start-up has just scanned.
+        rescan.tick().await;
         let mut watching = true;
         tokio::pin!(shutdown);
         loop {
@@ -275,6 +323,7 @@ impl Tracer {
                     self.pump(sink)?;
                     self.sweep(&thresholds, sink)?;
                 }
+                _ = rescan.tick() => self.rescan(),
                 changed = runtime.changed(), if watching => match changed {
                     Ok(()) => {
                         let current = runtime.borrow_and_update();
@@ -291,6 +340,7 @@ impl Tracer {
     /// and returns the final counters.
     pub fn stop(mut self, sink: &mut dyn Sink) -> io::Result<Stats> {
         let attached = self.loaded.families.len();
+        let phases = self.phase_stats();
         drop(self.loaded.ebpf);
         info!(hooks = attached, "detached");
         {
@@ -307,6 +357,7 @@ impl Tracer {
             reader: self.reader.stats(),
             kernel: self.reader.kernel_stats(),
             tracker: lock(&self.tracker).stats(),
+            phases,
         })
     }
 }

@@ -1,6 +1,8 @@
 //! Ring buffer records to typed events.
 
-use tcpobs_common::{BurstEvent, CloseEvent, EventHeader, OpenEvent, StateEvent, kind};
+use tcpobs_common::{
+    BurstEvent, CloseEvent, DnsEvent, EventHeader, OpenEvent, StateEvent, TlsEvent, kind,
+};
 use thiserror::Error;
 
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -25,10 +27,14 @@ pub enum KernelEvent<'a> {
     Burst(&'a BurstEvent),
     State(&'a StateEvent),
     Close(&'a CloseEvent),
+    /// A `getaddrinfo` call returned.
+    Dns(&'a DnsEvent),
+    /// A TLS handshake call returned, or an unfinished handshake was freed.
+    Tls(&'a TlsEvent),
 }
 
 /// Names of the event kinds, indexed by `kind - 1` (for per-kind counters).
-pub const KIND_NAMES: [&str; 5] = ["open", "burst", "state", "close", "connect"];
+pub const KIND_NAMES: [&str; 7] = ["open", "burst", "state", "close", "connect", "dns", "tls"];
 
 impl KernelEvent<'_> {
     pub fn header(&self) -> &EventHeader {
@@ -37,6 +43,8 @@ impl KernelEvent<'_> {
             Self::Burst(e) => &e.hdr,
             Self::State(e) => &e.hdr,
             Self::Close(e) => &e.hdr,
+            Self::Dns(e) => &e.hdr,
+            Self::Tls(e) => &e.hdr,
         }
     }
 
@@ -56,6 +64,8 @@ pub enum OwnedEvent {
     Burst(BurstEvent),
     State(StateEvent),
     Close(CloseEvent),
+    Dns(DnsEvent),
+    Tls(TlsEvent),
 }
 
 #[cfg(test)]
@@ -67,6 +77,8 @@ impl OwnedEvent {
             Self::Burst(e) => KernelEvent::Burst(e),
             Self::State(e) => KernelEvent::State(e),
             Self::Close(e) => KernelEvent::Close(e),
+            Self::Dns(e) => KernelEvent::Dns(e),
+            Self::Tls(e) => KernelEvent::Tls(e),
         }
     }
 }
@@ -106,6 +118,8 @@ impl<'a> TryFrom<&'a [u8]> for KernelEvent<'a> {
             kind::STATE => Self::State(decode(header.kind, bytes)?),
             kind::CLOSE => Self::Close(decode(header.kind, bytes)?),
             kind::CONNECT => Self::Connect(decode(header.kind, bytes)?),
+            kind::DNS => Self::Dns(decode(header.kind, bytes)?),
+            kind::TLS => Self::Tls(decode(header.kind, bytes)?),
             other => return Err(DecodeError::UnknownKind(other)),
         })
     }
@@ -151,6 +165,32 @@ mod tests {
         let decoded = KernelEvent::try_from(bytes_of(&close)).unwrap();
         assert_eq!(decoded, KernelEvent::Close(&close));
         assert_eq!(KIND_NAMES[decoded.kind_index()], "close");
+        let mut dns = DnsEvent {
+            hdr: hdr(kind::DNS),
+            result: -2,
+            host_len: 9,
+            ..Default::default()
+        };
+        dns.host[..9].copy_from_slice(b"localhost");
+        let decoded = KernelEvent::try_from(bytes_of(&dns)).unwrap();
+        assert_eq!(decoded, KernelEvent::Dns(&dns));
+        assert_eq!(KIND_NAMES[decoded.kind_index()], "dns");
+        let tls = TlsEvent {
+            hdr: hdr(kind::TLS),
+            ret: 1,
+            ..Default::default()
+        };
+        let decoded = KernelEvent::try_from(bytes_of(&tls)).unwrap();
+        assert_eq!(decoded, KernelEvent::Tls(&tls));
+        assert_eq!(KIND_NAMES[decoded.kind_index()], "tls");
+        assert_eq!(
+            KernelEvent::try_from(&bytes_of(&dns)[..100]),
+            Err(DecodeError::Truncated {
+                kind: kind::DNS,
+                need: 408,
+                got: 100
+            })
+        );
     }
 
     #[test]

@@ -24,10 +24,9 @@ use tracing::{debug, warn};
 
 use crate::{
     loader::LoadError,
+    meta::default_cgroup_root,
     runtime::{CgroupRef, Filter, Filters},
 };
-
-const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 
 /// Filters with cgroups resolved to ids, ready for the maps.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -57,7 +56,7 @@ pub fn cgroup_id(cgroup: &CgroupRef) -> Result<u64, String> {
             let full = if path.is_absolute() {
                 path.to_path_buf()
             } else {
-                Path::new(CGROUP_ROOT).join(path)
+                default_cgroup_root().join(path)
             };
             let metadata =
                 fs::metadata(&full).map_err(|err| format!("cgroup {}: {err}", full.display()))?;
@@ -315,7 +314,7 @@ fn proc_listeners() -> StdHashMap<u16, (Owner, u32)> {
 pub fn process_cgroup(pid: u32) -> Option<u64> {
     let text = fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
     let path = text.lines().find_map(|line| line.strip_prefix("0::"))?;
-    let full: PathBuf = Path::new(CGROUP_ROOT).join(path.trim_start_matches('/'));
+    let full: PathBuf = default_cgroup_root().join(path.trim_start_matches('/'));
     fs::metadata(full).ok().map(|m| m.ino())
 }
 
@@ -346,12 +345,13 @@ mod tests {
     #[test]
     fn cgroup_paths_resolve_to_inodes() {
         let root = cgroup_id(&CgroupRef::Path("/".into()));
-        if Path::new(CGROUP_ROOT).join("cgroup.controllers").exists() {
+        if default_cgroup_root().join("cgroup.procs").exists() {
             assert!(root.unwrap() > 0);
             let own = process_cgroup(std::process::id());
             assert!(own.is_some(), "this process has a cgroup v2");
         }
         let err = cgroup_id(&CgroupRef::Path("no/such/cgroup".into())).unwrap_err();
-        assert!(err.contains("/sys/fs/cgroup/no/such/cgroup"), "{err}");
+        let expected = default_cgroup_root().join("no/such/cgroup");
+        assert!(err.contains(expected.to_str().unwrap()), "{err}");
     }
 }

@@ -6,7 +6,8 @@
 //! ([`tracker`], a pure state machine), writes them out ([`output`]) and counts them
 //! ([`metrics`]), served with the live table and runtime settings over HTTP ([`http`]).
 //! [`daemon`] runs the pipeline and [`app`] ties it to the HTTP server and signals; `main.rs`
-//! only sets up logging and maps errors to exit codes.
+//! only sets up logging and maps errors to exit codes. The phases around connections (name
+//! resolution, TLS handshakes) come from uprobes on user-space libraries ([`uprobes`]).
 
 pub mod app;
 pub mod btf;
@@ -17,10 +18,13 @@ pub mod decode;
 pub mod http;
 pub mod kfilter;
 pub mod loader;
+pub mod meta;
 pub mod metrics;
 pub mod model;
+pub mod notify;
 pub mod output;
 pub mod reader;
 pub mod runtime;
 pub mod tracefs;
 pub mod tracker;
+pub mod uprobes;

@@ -12,6 +12,8 @@
 //!    `tp_btf` (raw arguments, cheapest) to the classic tracepoint. The choice is logged and
 //!    kept in [`FamilyAttach`] for the metrics; a family with no working strategy stops
 //!    start-up with what each strategy lacked.
+//! 4. With `--phases on`, attach the phase families' uprobes to the libraries found
+//!    ([`crate::uprobes`]); a library that is missing is logged, never fatal.
 
 use std::{fmt, io, path::PathBuf, str::FromStr};
 
@@ -33,6 +35,7 @@ use crate::{
     kfilter::{KernelFilters, Resolved},
     runtime::Filters,
     tracefs::{self, Format, TracefsError},
+    uprobes::{PhaseOptions, PhaseProbes},
 };
 
 /// The compiled kernel programs, built by build.rs.
@@ -176,6 +179,8 @@ pub struct LoadOptions {
     pub ringbuf_bytes: u32,
     /// Kernel-side filters to start with.
     pub filters: Filters,
+    /// The DNS and TLS phase families (`--phases`).
+    pub phases: PhaseOptions,
 }
 
 /// One attached program.
@@ -198,15 +203,19 @@ pub struct FamilyAttach {
 }
 
 impl FamilyAttach {
-    /// The distinct program types, joined with `+` (`kprobe+kretprobe`), or `state` for a
-    /// family served by the state hook.
+    /// The distinct program types, joined with `+` (`kprobe+kretprobe`); `state` for a
+    /// family served by the state hook, `none` for a phase family with no library attached.
     pub fn program_types(&self) -> String {
-        let mut types: Vec<&str> = self.programs.iter().map(|p| p.program_type).collect();
-        types.dedup();
-        if types.is_empty() {
-            "state".to_owned()
-        } else {
-            types.join("+")
+        let mut types: Vec<&str> = Vec::new();
+        for program in &self.programs {
+            if !types.contains(&program.program_type) {
+                types.push(program.program_type);
+            }
+        }
+        match (types.is_empty(), self.strategy) {
+            (true, Strategy::Uprobe) => "none".to_owned(),
+            (true, _) => "state".to_owned(),
+            (false, _) => types.join("+"),
         }
     }
 }
@@ -241,6 +250,8 @@ pub struct Loaded {
     pub families: Vec<FamilyAttach>,
     /// The filter maps, taken out of `ebpf` (until someone takes them over).
     pub filters: Option<KernelFilters>,
+    /// The phase families' probes (`None` with `--phases off`, or if they cannot load).
+    pub phases: Option<PhaseProbes>,
 }
 
 /// Layout and signature facts the attach step needs besides `OFFSETS`.
@@ -276,11 +287,23 @@ pub fn load(options: &LoadOptions) -> Result<Loaded, LoadError> {
             reason: err.to_string(),
         }
     })?;
-    let mut ebpf = EbpfLoader::new()
+    let mut loader = EbpfLoader::new();
+    loader
         .btf(Some(&aya_btf))
         .override_global(names::OFFSETS_GLOBAL, &offsets, true)
         .map_max_entries(names::EVENTS_MAP, options.ringbuf_bytes)
-        .map_max_entries(names::SOCKETS_MAP, options.max_sockets)
+        .map_max_entries(names::SOCKETS_MAP, options.max_sockets);
+    if !options.phases.enabled {
+        // Unused: the smallest tables.
+        for map in [
+            names::DNS_CALLS_MAP,
+            names::TLS_THREADS_MAP,
+            names::TLS_PENDING_MAP,
+        ] {
+            loader.map_max_entries(map, 64);
+        }
+    }
+    let mut ebpf = loader
         .load(OBJECT)
         .map_err(|err| LoadError::Load(error_chain(&err)))?;
     let resolved = Resolved::new(&options.filters).map_err(LoadError::Filter)?;
@@ -313,10 +336,16 @@ pub fn load(options: &LoadOptions) -> Result<Loaded, LoadError> {
         }
         families.push(attached);
     }
+    let phases = options
+        .phases
+        .enabled
+        .then(|| PhaseProbes::start(&mut ebpf, &options.phases))
+        .flatten();
     Ok(Loaded {
         ebpf,
         families,
         filters: Some(filters),
+        phases,
     })
 }
 

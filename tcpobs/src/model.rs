@@ -1,7 +1,10 @@
 //! The connection model of DESIGN §3: what the tracker produces and the outputs print.
 //!
 //! Times are `CLOCK_MONOTONIC` nanoseconds (the kernel's clock) and durations nanoseconds;
-//! outputs convert to wall-clock timestamps and seconds.
+//! outputs convert to wall-clock timestamps and seconds. The phases around a connection
+//! (name resolution, TLS handshake, the timeline) are in [`phases`].
+
+pub mod phases;
 
 use std::{
     fmt,
@@ -9,6 +12,10 @@ use std::{
 };
 
 use tcpobs_common::{Endpoints, Task, role, tcp_state};
+
+pub use self::phases::{
+    ConnPhases, DnsFailure, DnsLink, DnsRecord, ExchangeSpan, TlsLink, TlsRecord,
+};
 
 /// Which end of the connection this socket is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -492,6 +499,11 @@ pub struct ConnectionRecord {
     pub stuck: PhaseSet,
     /// A stuck episode still going on when the connection ended: the phase and how long.
     pub stuck_at_end: Option<(Phase, u64)>,
+    /// Its resolution, TLS handshake and exchanges before the last (`None` for a connection
+    /// with none of these).
+    pub phases: Option<Box<ConnPhases>>,
+    /// Its last exchange (the one finished by the close, or in progress at shutdown).
+    pub last_exchange: Option<ExchangeSpan>,
 }
 
 /// The kernel's TCP counters for a connection (`struct tcp_sock`), at close.
@@ -588,6 +600,10 @@ pub enum Record {
     Anomaly(AnomalyRecord),
     /// A stuck episode ended while the connection went on: the phase and how long it lasted.
     Unstuck(Phase, u64),
+    /// A name resolution.
+    Dns(DnsRecord),
+    /// A TLS handshake whose outcome is known.
+    Tls(TlsRecord),
 }
 
 #[cfg(test)]

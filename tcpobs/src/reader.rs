@@ -23,6 +23,8 @@ pub struct KernelStats {
     pub table_insert_failed: u64,
     /// Sockets adopted mid-life (already open, or evicted and seen again).
     pub adopted: u64,
+    /// TLS handshake calls not followed (the kernel's per-thread table was full).
+    pub tls_untracked: u64,
 }
 
 /// Events received, per kind, and records that could not be decoded.
@@ -119,6 +121,7 @@ impl Reader {
             ringbuf_full: sum(stat::RINGBUF_FULL),
             table_insert_failed: sum(stat::TABLE_INSERT_FAILED),
             adopted: sum(stat::ADOPTED),
+            tls_untracked: sum(stat::TLS_UNTRACKED),
         }
     }
 }

@@ -183,7 +183,8 @@ impl<'de> Deserialize<'de> for Cidr {
     }
 }
 
-/// A cgroup v2, by path (absolute, or relative to `/sys/fs/cgroup`) or by numeric id.
+/// A cgroup v2, by path (absolute, or relative to the cgroup v2 mount, normally
+/// `/sys/fs/cgroup`) or by numeric id.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum CgroupRef {

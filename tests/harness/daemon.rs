@@ -7,6 +7,7 @@ use std::{
     path::PathBuf,
     process::{Child, Command, Stdio},
     sync::{
+        Arc, Mutex,
         atomic::{AtomicU32, Ordering},
         mpsc,
     },
@@ -26,12 +27,20 @@ pub struct Daemon {
     pub output: PathBuf,
     /// Where its HTTP API listens (an ephemeral port).
     pub api: SocketAddr,
+    log: Arc<Mutex<Vec<String>>>,
 }
 
 impl Daemon {
     /// Starts `tcpobs` with `args`, events to a temporary file, the HTTP API on an ephemeral
     /// loopback port (unless `args` has `--listen`), and waits until it traces.
     pub fn start(args: &[&str]) -> Self {
+        Self::start_with(&[], args, &[])
+    }
+
+    /// Like [`Daemon::start`], run through `wrapper` (a command and its options that ends by
+    /// running the program after it, such as `setpriv ... --`; empty for none) and with `env`
+    /// added to the environment.
+    pub fn start_with(wrapper: &[&str], args: &[&str], env: &[(&str, &str)]) -> Self {
         let output = std::env::temp_dir().join(format!(
             "tcpobs-daemon-{}-{}.out",
             std::process::id(),
@@ -43,7 +52,16 @@ impl Daemon {
         } else {
             &["--listen", "127.0.0.1:0"][..]
         };
-        let mut child = Command::new(tcpobs_binary())
+        let mut command = match wrapper.split_first() {
+            Some((program, options)) => {
+                let mut command = Command::new(program);
+                command.args(options).arg(tcpobs_binary());
+                command
+            }
+            None => Command::new(tcpobs_binary()),
+        };
+        let mut child = command
+            .envs(env.iter().copied())
             .arg("--output")
             .arg(&output)
             .args(["--drain-interval", "5ms"])
@@ -54,10 +72,13 @@ impl Daemon {
             .unwrap();
         let stderr = child.stderr.take().unwrap();
         let (ready, started) = mpsc::channel();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let kept = Arc::clone(&log);
         thread::spawn(move || {
             let mut api = None;
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 eprintln!("tcpobs: {line}");
+                kept.lock().unwrap().push(line.clone());
                 if let Some(addr) = line.split("addr=").nth(1) {
                     api = addr.split_whitespace().next().and_then(|a| a.parse().ok());
                 }
@@ -70,7 +91,17 @@ impl Daemon {
             .recv_timeout(PATIENCE)
             .expect("tcpobs did not report that it is tracing")
             .expect("tcpobs did not report its HTTP address");
-        Self { child, output, api }
+        Self {
+            child,
+            output,
+            api,
+            log,
+        }
+    }
+
+    /// Its log (stderr) so far.
+    pub fn log(&self) -> Vec<String> {
+        self.log.lock().unwrap().clone()
     }
 
     pub fn pid(&self) -> u32 {

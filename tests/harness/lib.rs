@@ -3,10 +3,14 @@
 //! the machine never shows up.
 //!
 //! Tests share the kernel's tracepoints; a global lock runs them one at a time.
+//!
+//! The phase probes (uprobes on the C library and libssl) see every process on the host, so
+//! phase tests pick their records by the pids of the processes they start.
 
 pub mod daemon;
 pub mod netns;
 pub mod nginx;
+pub mod phases;
 
 use std::{
     io::{self, Read, Write},
@@ -24,6 +28,7 @@ use tcpobs::{
     model::{ConnectionRecord, ExchangeRecord, Record},
     output::{EventSelection, Sink},
     runtime::{Filter, Filters, Runtime, Thresholds},
+    uprobes::PhaseOptions,
 };
 
 /// How long to wait for records to show up before failing. Generous: the machine is shared
@@ -62,6 +67,13 @@ pub fn strategy() -> StrategyChoice {
         .unwrap_or_default()
 }
 
+/// A file of the repository (`packaging/...`, `deploy/...`).
+pub fn repo_file(path: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join(path)
+}
+
 /// Load options for the test's ports, with the defaults the daemon uses.
 pub fn options(ports: &[u16]) -> LoadOptions {
     LoadOptions {
@@ -74,6 +86,7 @@ pub fn options(ports: &[u16]) -> LoadOptions {
             ports: Filter::Include(ports.to_vec()),
             ..Filters::default()
         },
+        phases: PhaseOptions::default(),
     }
 }
 

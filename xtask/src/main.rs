@@ -6,6 +6,7 @@
 //! second and cargo's incremental build does the rest.
 
 mod bench;
+mod install;
 mod setup;
 mod vm;
 
@@ -26,9 +27,22 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Task {
-    /// Install missing prerequisites: Debian packages (LLVM 22, nginx, curl, QEMU), the
-    /// nightly rust-src component, bpf-linker.
-    Setup,
+    /// Install missing prerequisites: Debian packages (LLVM 22, nginx, curl, ...), the nightly
+    /// rust-src component, bpf-linker, the Python tools the tests use, QEMU for the kernel
+    /// matrix.
+    Setup {
+        /// Only what building tcpobs needs (as the container image build does).
+        #[arg(long)]
+        build_only: bool,
+    },
+    /// Build tcpobs (release) and install it as a systemd service: the binary in
+    /// /usr/local/bin, the unit in /etc/systemd/system, a default /etc/tcpobs/tcpobs.toml
+    /// (an existing one is kept). Needs root.
+    Install {
+        /// Install below this directory instead of / (for packaging).
+        #[arg(long, default_value = "/")]
+        destdir: PathBuf,
+    },
     /// Build tcpobs (release) and run it with sensible defaults; arguments after `--` go to
     /// tcpobs, e.g. `cargo xtask run -- --events exchanges --port 80`.
     Run {
@@ -82,9 +96,21 @@ fn run(task: Task) -> Result<ExitCode> {
     match task {
         // vm-test has exit codes of its own.
         Task::VmTest(args) => return Ok(vm::main(&root, &args)),
-        Task::Setup => setup::ensure(setup::Needs::Vm),
+        Task::Setup { build_only } => setup::ensure(
+            if build_only {
+                setup::Needs::Run
+            } else {
+                setup::Needs::Test
+            },
+            &root,
+        ),
+        Task::Install { destdir } => {
+            setup::ensure(setup::Needs::Run, &root)?;
+            cargo(&root, &["build", "--release", "--package", "tcpobs"])?;
+            install::run(&root, &root.join("target/release/tcpobs"), &destdir)
+        }
         Task::Run { args } => {
-            setup::ensure(setup::Needs::Run)?;
+            setup::ensure(setup::Needs::Run, &root)?;
             cargo(&root, &["build", "--release", "--package", "tcpobs"])?;
             let binary = root.join("target/release/tcpobs");
             let status = Command::new(&binary)
@@ -102,7 +128,7 @@ fn run(task: Task) -> Result<ExitCode> {
             output,
             only,
         } => {
-            setup::ensure(setup::Needs::Bench)?;
+            setup::ensure(setup::Needs::Bench, &root)?;
             let mode = match (quick, smoke) {
                 (_, true) => bench::Mode::SMOKE,
                 (true, _) => bench::Mode::QUICK,
@@ -112,7 +138,7 @@ fn run(task: Task) -> Result<ExitCode> {
         }
         Task::BenchHold { count, first } => bench::hold(count, first),
         Task::Test { args } => {
-            setup::ensure(setup::Needs::Test)?;
+            setup::ensure(setup::Needs::Test, &root)?;
             test(&root, &args)?;
             // The harness must keep working; its figures are not checked here.
             bench(&root, bench::Mode::SMOKE, &[], Path::new("/dev/null"))

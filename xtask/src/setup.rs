@@ -1,18 +1,29 @@
 //! Prerequisites, installed when missing and skipped when present.
 //!
 //! - Debian packages: LLVM 22 development libraries (bpf-linker links against them); nginx,
-//!   curl and Prometheus (with promtool) for the integration tests; wrk and libbpf-tools
-//!   (tcplife) for the benchmarks, whose smoke run is part of the tests; for the kernel matrix
-//!   (`vm-test`), QEMU, kmod (depmod indexes the guest kernels' modules) and Debian's archive
-//!   keyring (APT verifies the kernel packages with it), QEMU without its recommends (GUI
-//!   front ends, firmware for other architectures).
+//!   curl and Prometheus (with promtool) for the integration tests, systemd (systemd-analyze)
+//!   and procps for the service's tests, python3-venv for the manifest validators, and for
+//!   the phase tests openssl (certificates, `s_server`), Python 3 (`ssl` clients), iproute2
+//!   (loopback in a network namespace) and musl-tools (a program linked against musl's
+//!   shared C library); wrk and libbpf-tools (tcplife) for the benchmarks, whose smoke run is
+//!   part of the tests; for the kernel matrix (`vm-test`, part of the tests too), QEMU, kmod
+//!   (depmod indexes the guest kernels' modules) and Debian's archive keyring (APT verifies
+//!   the kernel packages with it), without their recommends (QEMU's GUI front ends and
+//!   firmware for other architectures).
+//! - Python tools in a project-local virtual environment ([`VENV`]), from PyPI: the Kubernetes
+//!   schema validator `kubernetes-validate` (it ships the schemas, so it works offline) and
+//!   the Prometheus Operator's models, for the ServiceMonitor.
 //! - The nightly toolchain's `rust-src` (the kernel programs build `core` for
 //!   `bpfel-unknown-none`).
 //! - `bpf-linker` 0.13.0 built against LLVM 22 (the nightly's LLVM).
 //!
 //! Installing needs root (apt); checking does not.
 
-use std::process::{Command, Stdio};
+use std::{
+    fs,
+    path::Path,
+    process::{Command, Stdio},
+};
 
 use anyhow::{Context as _, Result, bail};
 
@@ -25,8 +36,6 @@ pub enum Needs {
     Test,
     /// The tools the benchmarks drive (a superset of the tests').
     Bench,
-    /// The tests' tools and the kernel matrix's (QEMU and what fetches Debian kernels).
-    Vm,
 }
 
 const BUILD_PACKAGES: &[&str] = &[
@@ -35,17 +44,34 @@ const BUILD_PACKAGES: &[&str] = &[
     "libzstd-dev",
     "zlib1g-dev",
 ];
-const TEST_PACKAGES: &[&str] = &["nginx-light", "curl", "prometheus", "wrk", "libbpf-tools"];
-const VM_PACKAGES: &[&str] = &[
-    "qemu-system-x86",
-    "kmod",
-    "debian-archive-keyring",
+const TEST_PACKAGES: &[&str] = &[
+    "nginx-light",
+    "curl",
+    "prometheus",
+    "openssl",
+    "python3",
     "iproute2",
+    "musl-tools",
+    "wrk",
+    "libbpf-tools",
+    "systemd",
+    "procps",
+    "python3-venv",
+];
+/// The kernel matrix's, installed without recommends.
+const VM_PACKAGES: &[&str] = &["qemu-system-x86", "kmod", "debian-archive-keyring"];
+/// The virtual environment of the test tools, relative to the workspace root (the
+/// integration tests look for it there).
+pub const VENV: &str = "target/tools/venv";
+/// Its packages, pinned.
+const PYTHON_TOOLS: &[&str] = &[
+    "kubernetes-validate==1.37.0",
+    "cloudcoil-models-prometheus-operator==0.80.1.0",
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 
-pub fn ensure(needs: Needs) -> Result<()> {
+pub fn ensure(needs: Needs, root: &Path) -> Result<()> {
     let mut packages: Vec<&str> = BUILD_PACKAGES.to_vec();
     if needs != Needs::Run {
         packages.extend(TEST_PACKAGES);
@@ -61,14 +87,18 @@ pub fn ensure(needs: Needs) -> Result<()> {
     if !needed.is_empty() {
         apt_install(&needed, true)?;
     }
-    if needs == Needs::Vm {
+    if needs != Needs::Run {
         let needed = missing(VM_PACKAGES);
         if !needed.is_empty() {
             apt_install(&needed, false)?;
         }
     }
     ensure_rust_src()?;
-    ensure_bpf_linker()
+    ensure_bpf_linker()?;
+    if needs != Needs::Run {
+        ensure_python_tools(&root.join(VENV))?;
+    }
+    Ok(())
 }
 
 pub fn is_root() -> bool {
@@ -164,5 +194,39 @@ fn ensure_bpf_linker() -> Result<()> {
     if !status.success() {
         bail!("cargo install bpf-linker failed: {status}");
     }
+    Ok(())
+}
+
+/// Creates the tools' virtual environment, unless it has exactly [`PYTHON_TOOLS`] already.
+fn ensure_python_tools(venv: &Path) -> Result<()> {
+    let stamp = venv.join("tcpobs-tools.txt");
+    let wanted = PYTHON_TOOLS.join("\n");
+    if venv.join("bin/python").exists()
+        && fs::read_to_string(&stamp).is_ok_and(|installed| installed == wanted)
+    {
+        return Ok(());
+    }
+    eprintln!(
+        "xtask: installing {} in {}",
+        PYTHON_TOOLS.join(" "),
+        venv.display()
+    );
+    let run = |program: &Path, args: &[&str]| -> Result<()> {
+        let status = Command::new(program)
+            .args(args)
+            .status()
+            .with_context(|| format!("cannot run {}", program.display()))?;
+        if !status.success() {
+            bail!("{} {} failed: {status}", program.display(), args.join(" "));
+        }
+        Ok(())
+    };
+    let venv_arg = venv.to_str().context("the venv path is not UTF-8")?;
+    run(Path::new("python3"), &["-m", "venv", "--clear", venv_arg])
+        .context("creating the tools' virtual environment (needs python3 and python3-venv)")?;
+    let mut args = vec!["install", "--quiet", "--disable-pip-version-check"];
+    args.extend(PYTHON_TOOLS);
+    run(&venv.join("bin/pip"), &args)?;
+    fs::write(&stamp, wanted).with_context(|| format!("writing {}", stamp.display()))?;
     Ok(())
 }

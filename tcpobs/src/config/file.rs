@@ -129,10 +129,11 @@ mod tests {
     #[test]
     fn the_file_fills_in_what_flags_leave_out() {
         let settings = with_file(
-            "events = \"exchanges\"\nport = [80, 443]\nringbuf_bytes = 8192\nthreshold-idle = \"2m\"\nanomaly-resets = false\n",
+            "events = \"exchanges\"\nport = [80, 443]\nringbuf_bytes = 8192\nthreshold-idle = \"2m\"\nanomaly-resets = false\nphases = \"off\"\n",
             &[],
         )
         .unwrap();
+        assert!(!settings.load.phases.enabled);
         assert_eq!(settings.runtime.events, EventSelection::Exchanges);
         assert_eq!(
             settings.runtime.filters.ports,
@@ -160,6 +161,7 @@ mod tests {
             ("colour = \"red\"\n", "unknown setting `colour`"),
             ("events = \"loud\"\n", "--events"),
             ("ringbuf_bytes = 100\n", "--ringbuf-bytes"),
+            ("phases = \"sometimes\"\n", "--phases"),
             ("port = { a = 1 }\n", "`port`"),
             ("not toml at all", "--config"),
         ] {

@@ -16,9 +16,11 @@ use crate::{
     control::check_log_level,
     kfilter::Resolved,
     loader::{LoadOptions, StrategyChoice, TracepointMode},
+    meta::MetaRoots,
     metrics::labels::LabelSpec,
     output::{EventSelection, Format, justniffer::LineFormat},
     runtime::{CgroupRef, Cidr, Filter, Filters, Runtime, Sample, Thresholds},
+    uprobes::PhaseOptions,
 };
 
 const ABOUT: &str = "eBPF TCP connection lifecycle tracer: handshake time, request/response \
@@ -37,6 +39,9 @@ It needs root (or CAP_BPF and CAP_PERFMON) and a kernel with BTF (Linux 5.10 or 
 attaches by fentry, tracepoints or kprobes, whichever the kernel allows, per hook family:
 --probe-strategy).
 
+With --phases on (the default) it also times name resolution (the C library's getaddrinfo)
+and TLS handshakes (OpenSSL), on the host and in containers, and ties them to connections.
+
 Events go to stdout (or --output): by default one JSON object per closed connection plus
 anomaly events; --events exchanges adds one per exchange; --format justniffer prints
 justniffer-style lines. Prometheus metrics, health, the live connection table and runtime
@@ -45,6 +50,14 @@ open as partial, and exits 0; on SIGHUP it re-reads --config.
 
 Every setting can also come from a TCPOBS_* environment variable or a key of the --config
 file (the long flag name); a flag beats the environment, which beats the file.";
+
+/// `on` or `off`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum Switch {
+    #[default]
+    On,
+    Off,
+}
 
 /// Output format.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
@@ -191,7 +204,7 @@ pub struct Cli {
     pub exclude_pids: Vec<u32>,
 
     /// Trace only connections of processes in this cgroup v2 (a path, absolute or relative to
-    /// /sys/fs/cgroup, or an id). Repeatable. Runtime setting.
+    /// the cgroup v2 mount, normally /sys/fs/cgroup, or an id). Repeatable. Runtime setting.
     #[arg(
         long = "cgroup",
         value_name = "PATH|ID",
@@ -209,9 +222,10 @@ pub struct Cli {
     )]
     pub exclude_cgroups: Vec<CgroupRef>,
 
-    /// Add a label to the per-connection metrics: `local_port`, `remote_port` or `comm`,
-    /// optionally `=top:N` (the N busiest values, default 10) or `=v1,v2` (an allowlist);
-    /// other values become `other`. Each kept value costs about 230 series per role.
+    /// Add a label to the per-connection metrics: `local_port`, `remote_port`, `comm`, `pod` or
+    /// `namespace`, optionally `=top:N` (the N busiest values, default 10) or `=v1,v2` (an
+    /// allowlist); other values become `other`. Each kept value costs about 230 series per
+    /// role.
     #[arg(
         long = "label",
         value_name = "NAME[=top:N|=V,...]",
@@ -238,6 +252,16 @@ pub struct Cli {
     /// attached, 1 naming what the kernel lacks otherwise.
     #[arg(long)]
     pub check: bool,
+
+    /// Time name resolution (uprobes on the C library's getaddrinfo) and TLS handshakes
+    /// (uprobes on OpenSSL's libssl.so.3), on the host and in containers, and tie them to
+    /// connections (`dns_host`, `tls_handshake_s`, `phases`). `off` attaches no uprobes.
+    #[arg(long, value_enum, default_value_t, env = "TCPOBS_PHASES")]
+    pub phases: Switch,
+
+    /// Look for the phase families' libraries under this directory only (tests).
+    #[arg(long, value_name = "PATH", env = "TCPOBS_PHASES_LIB_ROOT", hide = true)]
+    pub phases_lib_root: Option<PathBuf>,
 
     /// Which tracepoint flavour to attach: `auto` (tp_btf where it loads, else the classic
     /// tracepoint, per hook), `btf` or `classic`.
@@ -273,6 +297,27 @@ pub struct Cli {
     )]
     pub log_level: String,
 
+    /// Where cgroup v2 is mounted, to find the cgroup of a connection's process (its container
+    /// and pod). Default: the cgroup2 mount in /proc/self/mountinfo (/sys/fs/cgroup).
+    #[arg(
+        long,
+        value_name = "PATH",
+        env = "TCPOBS_CGROUP_ROOT",
+        hide_short_help = true
+    )]
+    pub cgroup_root: Option<PathBuf>,
+
+    /// The kubelet's pod log directory, whose `<namespace>_<name>_<uid>` entries name the pods
+    /// on this node.
+    #[arg(
+        long,
+        value_name = "PATH",
+        default_value = "/var/log/pods",
+        env = "TCPOBS_POD_LOG_ROOT",
+        hide_short_help = true
+    )]
+    pub pod_log_root: PathBuf,
+
     /// Kernel BTF to read `struct sock` offsets from.
     #[arg(
         long,
@@ -301,6 +346,8 @@ pub struct Settings {
     pub labels: Vec<LabelSpec>,
     pub label_series_cap: usize,
     pub config: Option<PathBuf>,
+    /// Where container and pod metadata are looked up.
+    pub meta_roots: MetaRoots,
 }
 
 impl Settings {
@@ -314,6 +361,7 @@ impl Settings {
             "labels": self.labels.iter().map(ToString::to_string).collect::<Vec<_>>(),
             "label_series_cap": self.label_series_cap,
             "probe_strategy": self.load.strategy.to_string(),
+            "phases": if self.load.phases.enabled { "on" } else { "off" },
             "tracepoints": format!("{:?}", self.load.tracepoints).to_lowercase(),
             "max_sockets": self.load.max_sockets,
             "ringbuf_bytes": self.load.ringbuf_bytes,
@@ -402,6 +450,10 @@ impl Cli {
                 max_sockets: self.max_sockets,
                 ringbuf_bytes: self.ringbuf_bytes,
                 filters,
+                phases: PhaseOptions {
+                    enabled: self.phases == Switch::On,
+                    lib_root: self.phases_lib_root,
+                },
             },
             format,
             output: self.output,
@@ -412,6 +464,13 @@ impl Cli {
             labels: self.labels,
             label_series_cap: self.label_series_cap as usize,
             config: self.config,
+            meta_roots: MetaRoots {
+                cgroup: self
+                    .cgroup_root
+                    .unwrap_or_else(|| crate::meta::default_cgroup_root().to_path_buf()),
+                pod_logs: self.pod_log_root,
+                ..MetaRoots::default()
+            },
         })
     }
 }
@@ -474,6 +533,8 @@ mod tests {
         assert_eq!(settings.load.filters, Filters::default());
         assert_eq!(settings.drain_interval, Duration::from_millis(10));
         assert_eq!(settings.listen, Some("127.0.0.1:9752".parse().unwrap()));
+        assert_eq!(settings.load.phases, PhaseOptions::default());
+        assert!(!parse(&["--phases", "off"]).unwrap().load.phases.enabled);
         assert_eq!(
             settings.runtime.thresholds,
             Thresholds {
@@ -523,9 +584,10 @@ mod tests {
             (&["--sample", "first=1,thereafter=0"], "thereafter"),
             (&["--cidr", "10.0.0.0/99"], "--cidr"),
             (&["--cgroup", "no/such/cgroup/here"], "--cgroup"),
-            (&["--label", "pod"], "--label"),
+            (&["--label", "container"], "--label"),
             (&["--threshold-idle", "soon"], "--threshold-idle"),
             (&["--anomaly-resets", "maybe"], "--anomaly-resets"),
+            (&["--phases", "maybe"], "--phases"),
         ] {
             let err = parse(args).unwrap_err();
             assert_eq!(err.exit_code(), 2, "{args:?}");

@@ -8,7 +8,7 @@ use prometheus_client::{
     encoding::{DescriptorEncoder, EncodeMetric},
     metrics::{MetricType, counter::ConstCounter, gauge::ConstGauge},
 };
-use tcpobs_common::tcp_state;
+use tcpobs_common::{names::PHASE_FAMILIES, tcp_state};
 
 use crate::{
     decode::KIND_NAMES,
@@ -17,6 +17,7 @@ use crate::{
     output::select::{EVENT_TYPES, OutputCounts},
     reader::{KernelStats, ReaderStats},
     tracker::Tracker,
+    uprobes::PhaseStats,
 };
 
 const ROLES: [&str; 3] = ["client", "server", "unknown"];
@@ -41,6 +42,7 @@ pub struct Health {
     pub reader: ReaderStats,
     pub kernel: KernelStats,
     pub probes: Vec<FamilyAttach>,
+    pub phases: PhaseStats,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -158,6 +160,27 @@ impl Collector for Scrape {
                 "Sockets the kernel could not add to its table",
                 health.kernel.table_insert_failed,
             ),
+            (
+                "tcpobs_dns_cache_evicted",
+                "Resolutions dropped from the DNS correlation cache before their window ended \
+                 (connections to their addresses get no dns_host)",
+                stats.dns_evicted,
+            ),
+            (
+                "tcpobs_tls_untracked",
+                "TLS handshake calls not tied to a socket: the kernel's per-thread table was full",
+                health.kernel.tls_untracked,
+            ),
+            (
+                "tcpobs_tls_abandoned",
+                "TLS handshake calls whose thread died before returning",
+                health.phases.tls_abandoned,
+            ),
+            (
+                "tcpobs_phase_libraries_skipped",
+                "Library files the DNS and TLS phases did not attach to (too many)",
+                health.phases.skipped,
+            ),
         ] {
             counter(&mut encoder, name, help, [(vec![], value)])?;
         }
@@ -180,6 +203,16 @@ impl Collector for Scrape {
                 .zip(sampled_out)
                 .map(|(t, n)| (vec![("type", *t)], n)),
         )?;
+        let mut libraries = encoder.encode_descriptor(
+            "tcpobs_phase_libraries",
+            "Library files the phase families' uprobes are attached to, by family",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (family, count) in PHASE_FAMILIES.iter().zip(health.phases.libraries) {
+            let value = i64::try_from(count).unwrap_or(i64::MAX);
+            ConstGauge::new(value).encode(libraries.encode_family(&[("family", family.name)])?)?;
+        }
         let mut probes = encoder.encode_descriptor(
             "tcpobs_probe",
             "Attach strategy in use, per hook family",

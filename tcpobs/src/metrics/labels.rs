@@ -1,10 +1,13 @@
-//! Metric labels, and the optional dimensions (`--label local_port|remote_port|comm`).
+//! Metric labels, and the optional dimensions
+//! (`--label local_port|remote_port|comm|pod|namespace`).
 //!
 //! By default every label is bounded: role, class, close originator, close kind, reason,
 //! phase. An optional dimension adds a label to the per-connection families (handshake,
 //! duration, exchanges and the per-exchange histograms, opened/closed/exchange counters).
 //! Each dimension keeps its own values only for an allowlist (`remote_port=80,443`) or for the
 //! N busiest values seen so far (`comm=top:10`; default top 10); everything else is `other`.
+//! `pod` and `namespace` come from the container metadata ([`crate::meta`]); a process outside
+//! any pod (or unknown) has the empty value, which is always kept.
 //! On top of that a global cap (`--label-series-cap`, default 100) limits how many distinct
 //! combinations of dimension values exist; past it every new combination becomes `other`, so
 //! a port scan cannot explode cardinality.
@@ -23,7 +26,10 @@ use std::{
 
 use prometheus_client::encoding::{EncodeLabel as _, EncodeLabelSet, LabelSetEncoder};
 
-use crate::model::{Addrs, Process};
+use crate::{
+    meta::Metadata,
+    model::{Addrs, Process},
+};
 
 /// An optional label dimension.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -31,17 +37,32 @@ pub enum Dim {
     LocalPort,
     RemotePort,
     Comm,
+    Pod,
+    Namespace,
 }
 
 impl Dim {
-    const ALL: [Self; 3] = [Self::LocalPort, Self::RemotePort, Self::Comm];
+    const ALL: [Self; 5] = [
+        Self::LocalPort,
+        Self::RemotePort,
+        Self::Comm,
+        Self::Pod,
+        Self::Namespace,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
             Self::LocalPort => "local_port",
             Self::RemotePort => "remote_port",
             Self::Comm => "comm",
+            Self::Pod => "pod",
+            Self::Namespace => "namespace",
         }
+    }
+
+    /// Whether its values come from the container metadata.
+    pub fn needs_metadata(self) -> bool {
+        matches!(self, Self::Pod | Self::Namespace)
     }
 }
 
@@ -70,7 +91,9 @@ impl FromStr for LabelSpec {
             .into_iter()
             .find(|dim| dim.name() == name)
             .ok_or_else(|| {
-                format!("unknown label `{name}`: use local_port, remote_port or comm")
+                format!(
+                    "unknown label `{name}`: use local_port, remote_port, comm, pod or namespace"
+                )
             })?;
         let keep = match keep.strip_prefix("top:") {
             Some(n) => Keep::Top(
@@ -102,7 +125,7 @@ impl fmt::Display for LabelSpec {
 
 /// Values of the enabled dimensions (`None` for a dimension that is off).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
-pub struct Dims([Option<Arc<str>>; 3]);
+pub struct Dims([Option<Arc<str>>; 5]);
 
 impl Dims {
     fn encode(&self, encoder: &mut LabelSetEncoder) -> Result<(), fmt::Error> {
@@ -147,10 +170,15 @@ struct DimState {
     kept: HashSet<Arc<str>>,
     counts: HashMap<Arc<str>, u64>,
     observed: u64,
+    /// The empty value (`pod` and `namespace` outside any pod), always kept.
+    empty: Arc<str>,
 }
 
 impl DimState {
     fn value(&mut self, raw: &str) -> Arc<str> {
+        if raw.is_empty() {
+            return Arc::clone(&self.empty);
+        }
         if let Keep::Top(n) = self.keep {
             if let Some(count) = self.counts.get_mut(raw) {
                 *count += 1;
@@ -205,6 +233,7 @@ impl LabelPolicy {
                 keep: spec.keep.clone(),
                 counts: HashMap::new(),
                 observed: 0,
+                empty: Arc::from(""),
             })
             .collect();
         let mut other = Dims::default();
@@ -225,17 +254,32 @@ impl LabelPolicy {
         self.other.clone()
     }
 
-    /// Dimension values for a connection.
-    pub fn dims(&mut self, addrs: &Addrs, process: Option<&Process>) -> Dims {
+    /// Dimension values for a connection; `metadata` gives the `pod` and `namespace` values.
+    pub fn dims(
+        &mut self,
+        addrs: &Addrs,
+        process: Option<&Process>,
+        metadata: Option<&Metadata>,
+    ) -> Dims {
         if self.dims.is_empty() {
             return Dims::default();
         }
         let mut dims = Dims::default();
+        let mut meta = None;
         for state in &mut self.dims {
+            let mut from_meta = |value: fn(&crate::meta::Meta) -> Option<&str>| {
+                let meta = meta.get_or_insert_with(|| metadata.and_then(|m| m.lookup(process)));
+                meta.as_deref()
+                    .and_then(value)
+                    .unwrap_or_default()
+                    .to_owned()
+            };
             let raw = match state.dim {
                 Dim::LocalPort => addrs.local().port().to_string(),
                 Dim::RemotePort => addrs.remote().port().to_string(),
                 Dim::Comm => process.map_or_else(|| "unknown".to_owned(), |p| p.comm.to_string()),
+                Dim::Pod => from_meta(crate::meta::Meta::pod_name),
+                Dim::Namespace => from_meta(crate::meta::Meta::namespace),
             };
             dims.0[state.dim as usize] = Some(state.value(&raw));
         }
@@ -274,7 +318,14 @@ mod tests {
             "local_port=top:3".parse::<LabelSpec>().unwrap().to_string(),
             "local_port=top:3"
         );
-        assert!("pod".parse::<LabelSpec>().is_err());
+        assert!("container".parse::<LabelSpec>().is_err());
+        assert_eq!(
+            "namespace=default,kube-system"
+                .parse::<LabelSpec>()
+                .unwrap()
+                .to_string(),
+            "namespace=default,kube-system"
+        );
         assert!("comm=top:0".parse::<LabelSpec>().is_err());
         assert!("comm=a,,b".parse::<LabelSpec>().is_err());
     }
@@ -283,12 +334,12 @@ mod tests {
     fn allowlist_and_other() {
         let mut policy = LabelPolicy::new(&["remote_port=80".parse().unwrap()], 100);
         assert_eq!(
-            values(&policy.dims(&addrs(5000, 80), None)),
-            [None, Some("80"), None]
+            values(&policy.dims(&addrs(5000, 80), None, None)),
+            [None, Some("80"), None, None, None]
         );
         assert_eq!(
-            values(&policy.dims(&addrs(5000, 22), None)),
-            [None, Some("other"), None]
+            values(&policy.dims(&addrs(5000, 22), None, None)),
+            [None, Some("other"), None, None, None]
         );
     }
 
@@ -296,16 +347,16 @@ mod tests {
     fn top_n_keeps_the_busiest() {
         let mut policy = LabelPolicy::new(&["local_port=top:1".parse().unwrap()], 100);
         for _ in 0..300 {
-            policy.dims(&addrs(443, 1), None);
+            policy.dims(&addrs(443, 1), None, None);
         }
-        policy.dims(&addrs(8080, 1), None);
+        policy.dims(&addrs(8080, 1), None, None);
         assert_eq!(
-            values(&policy.dims(&addrs(443, 1), None)),
-            [Some("443"), None, None]
+            values(&policy.dims(&addrs(443, 1), None, None)),
+            [Some("443"), None, None, None, None]
         );
         assert_eq!(
-            values(&policy.dims(&addrs(8080, 1), None)),
-            [Some("other"), None, None]
+            values(&policy.dims(&addrs(8080, 1), None, None)),
+            [Some("other"), None, None, None, None]
         );
     }
 
@@ -314,28 +365,73 @@ mod tests {
         let mut policy = LabelPolicy::new(&["remote_port=top:1".parse().unwrap()], 100_000);
         // Thousands of one-off ports fill the counting table...
         for port in 1..=(MAX_COUNTED as u16 + 100) {
-            policy.dims(&addrs(1, port), None);
+            policy.dims(&addrs(1, port), None, None);
         }
         // ...and a busy newcomer still gets counted and kept.
         for _ in 0..(2 * RERANK_EVERY) {
-            policy.dims(&addrs(1, 60_000), None);
+            policy.dims(&addrs(1, 60_000), None, None);
         }
         assert_eq!(
-            values(&policy.dims(&addrs(1, 60_000), None))[1],
+            values(&policy.dims(&addrs(1, 60_000), None, None))[1],
             Some("60000")
         );
+    }
+
+    /// `pod` and `namespace` come from the metadata; processes outside pods get the empty
+    /// value, and a pod outside the allowlist is `other`.
+    #[test]
+    fn pod_and_namespace_from_the_metadata() {
+        use std::{fs, os::unix::fs::MetadataExt as _};
+
+        use crate::meta::{MetaRoots, Metadata};
+        let base = std::env::temp_dir().join(format!("tcpobs-labels-test-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&base);
+        let uid = "5c0a6d32-8a4f-4f0e-9b7d-2c1e3f4a5b6c";
+        let container = base.join(format!(
+            "cgroup/kubepods/burstable/pod{uid}/{}",
+            "ab".repeat(32)
+        ));
+        fs::create_dir_all(&container).unwrap();
+        fs::create_dir_all(base.join(format!("pods/shop_web-0_{uid}"))).unwrap();
+        fs::create_dir_all(base.join("cgroup/system.slice")).unwrap();
+        fs::create_dir_all(base.join("proc")).unwrap();
+        let metadata = Metadata::new(MetaRoots {
+            cgroup: base.join("cgroup"),
+            pod_logs: base.join("pods"),
+            proc: base.join("proc"),
+        });
+        let process = |dir: &std::path::Path| Process {
+            cgroup: fs::metadata(dir).unwrap().ino(),
+            ..Process::default()
+        };
+        let in_pod = process(&container);
+        let on_host = process(&base.join("cgroup/system.slice"));
+        let mut policy = LabelPolicy::new(
+            &["namespace".parse().unwrap(), "pod=web-0".parse().unwrap()],
+            100,
+        );
+        let dims = policy.dims(&addrs(1, 2), Some(&in_pod), Some(&metadata));
+        assert_eq!(values(&dims)[3..], [Some("web-0"), Some("shop")]);
+        let dims = policy.dims(&addrs(1, 2), Some(&on_host), Some(&metadata));
+        assert_eq!(values(&dims)[3..], [Some(""), Some("")]);
+        let dims = policy.dims(&addrs(1, 2), None, Some(&metadata));
+        assert_eq!(values(&dims)[3..], [Some(""), Some("")]);
+        let mut policy = LabelPolicy::new(&["pod=api-0".parse().unwrap()], 100);
+        let dims = policy.dims(&addrs(1, 2), Some(&in_pod), Some(&metadata));
+        assert_eq!(values(&dims)[3], Some("other"));
+        fs::remove_dir_all(&base).unwrap();
     }
 
     #[test]
     fn a_port_scan_hits_the_series_cap() {
         let mut policy = LabelPolicy::new(&["remote_port=top:1000".parse().unwrap()], 5);
         let distinct: HashSet<Dims> = (1..=2000)
-            .map(|port| policy.dims(&addrs(1, port), None))
+            .map(|port| policy.dims(&addrs(1, port), None, None))
             .collect();
         assert!(distinct.len() <= 6, "{} label sets", distinct.len());
         assert!(distinct.iter().any(|d| values(d)[1] == Some("other")));
         assert_eq!(
-            LabelPolicy::new(&[], 5).dims(&addrs(1, 2), None),
+            LabelPolicy::new(&[], 5).dims(&addrs(1, 2), None, None),
             Dims::default()
         );
     }

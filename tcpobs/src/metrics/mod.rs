@@ -10,6 +10,7 @@
 pub mod collect;
 mod histogram;
 pub mod labels;
+mod phases;
 
 use std::{
     sync::{Arc, Mutex, atomic::AtomicU64},
@@ -29,9 +30,11 @@ use prometheus_client::{
 use self::{
     histogram::Histogram,
     labels::{ConnLabels, Dims, Fixed, LabelPolicy, LabelSpec},
+    phases::PhaseMetrics,
 };
-use crate::model::{
-    Addrs, CloseKind, CloseOriginator, ExchangeClass, Phase, Process, Record, Role,
+use crate::{
+    meta::Metadata,
+    model::{Addrs, CloseKind, CloseOriginator, ExchangeClass, Phase, Process, Record, Role},
 };
 
 /// Bucket layouts chosen for the quantity.
@@ -220,8 +223,11 @@ pub struct Metrics {
     stuck_duration: Family<Fixed<1>, Histogram, Buckets>,
     delay: Histogram,
     sweep_duration: Gauge<f64, AtomicU64>,
+    phases: PhaseMetrics,
     policy: Arc<Mutex<LabelPolicy>>,
     fast: Option<Fast>,
+    /// Where the `pod` and `namespace` label values come from.
+    metadata: Option<Arc<Metadata>>,
 }
 
 fn role_labels<const N: usize>(
@@ -251,8 +257,10 @@ impl Metrics {
             stuck_duration: Family::new_with_constructor(Buckets::Stuck),
             delay: Histogram::new(exponential_buckets_range(0.000_1, 10.0, 16), NS),
             sweep_duration: Gauge::default(),
+            phases: PhaseMetrics::new(registry),
             policy: Arc::new(Mutex::new(LabelPolicy::new(labels, series_cap))),
             fast: None,
+            metadata: None,
         };
         for ((_, name, help, _), family) in HISTOGRAMS.iter().zip(&metrics.histograms) {
             registry.register(*name, *help, family.clone());
@@ -381,6 +389,11 @@ impl Metrics {
         }
     }
 
+    /// Takes the `pod` and `namespace` label values from `metadata`.
+    pub fn set_metadata(&mut self, metadata: Arc<Metadata>) {
+        self.metadata = Some(metadata);
+    }
+
     /// Records how long a sweep took.
     pub fn set_sweep_duration(&self, duration: Duration) {
         self.sweep_duration.set(duration.as_secs_f64());
@@ -390,7 +403,7 @@ impl Metrics {
         self.policy
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .dims(addrs, process)
+            .dims(addrs, process, self.metadata.as_deref())
     }
 
     /// The fast handles' role index, if they apply.
@@ -484,6 +497,8 @@ impl Metrics {
                     .inc();
             }
             Record::Unstuck(phase, duration) => self.unstuck(*phase, *duration),
+            Record::Dns(dns) => self.phases.observe_dns(dns),
+            Record::Tls(tls) => self.phases.observe_tls(tls),
         }
     }
 

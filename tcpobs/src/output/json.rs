@@ -7,7 +7,10 @@ use std::{fmt::Write as _, net::IpAddr};
 
 use chrono::{DateTime, Utc};
 
-use crate::model::{AnomalyRecord, ConnectionRecord, ExchangeRecord, state_name};
+use crate::{
+    meta::Meta,
+    model::{AnomalyRecord, ConnectionRecord, ExchangeRecord, phases::Timeline, state_name},
+};
 
 /// Bumped on any incompatible change to the JSON events.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -16,16 +19,34 @@ pub const SCHEMA_VERSION: u32 = 1;
 pub struct Object<'a> {
     out: &'a mut String,
     empty: bool,
+    /// The last timestamp's second (Unix) and its `YYYY-MM-DDTHH:MM:SS`: the timestamps of
+    /// one event (a connection's start, end and phases) mostly share their second.
+    second: i64,
+    second_text: [u8; 19],
 }
 
 impl<'a> Object<'a> {
     /// Starts an object of this `type`.
     pub fn new(out: &'a mut String, kind: &str) -> Self {
         out.push('{');
-        let mut object = Self { out, empty: true };
+        let mut object = Self {
+            out,
+            empty: true,
+            second: i64::MIN,
+            second_text: [b'0'; 19],
+        };
         object.str("type", kind);
         object.u64("schema_version", u64::from(SCHEMA_VERSION));
         object
+    }
+
+    /// Writes the fields `fill` adds as an object inside this one's current value.
+    fn nested(&mut self, fill: impl FnOnce(&mut Self)) {
+        self.out.push('{');
+        self.empty = true;
+        fill(self);
+        self.out.push('}');
+        self.empty = false;
     }
 
     fn key(&mut self, key: &str) {
@@ -97,6 +118,48 @@ impl<'a> Object<'a> {
         self
     }
 
+    pub fn ips(&mut self, key: &str, values: impl IntoIterator<Item = IpAddr>) -> &mut Self {
+        self.key(key);
+        self.out.push('[');
+        for (index, ip) in values.into_iter().enumerate() {
+            if index > 0 {
+                self.out.push(',');
+            }
+            let _ = write!(self.out, "\"{ip}\"");
+        }
+        self.out.push(']');
+        self
+    }
+
+    /// A timeline: `[{"name": ..., "start": ..., "duration_s": ...}, ...]` (exchanges also
+    /// have `seq`).
+    pub fn phases(&mut self, key: &str, timeline: &Timeline, clock: &impl WallClock) -> &mut Self {
+        self.key(key);
+        self.out.push('[');
+        for (index, entry) in timeline.entries().iter().enumerate() {
+            if index > 0 {
+                self.out.push(',');
+            }
+            self.nested(|item| {
+                item.str("name", entry.name)
+                    .time("start", clock.unix_ns(entry.start_ns))
+                    .secs("duration_s", Some(entry.duration_ns));
+                if let Some(seq) = entry.seq {
+                    item.u64("seq", u64::from(seq));
+                }
+            });
+        }
+        self.out.push(']');
+        self
+    }
+
+    pub fn opt_bool(&mut self, key: &str, value: Option<bool>) -> &mut Self {
+        match value {
+            Some(value) => self.bool(key, value),
+            None => self.null(key),
+        }
+    }
+
     pub fn bool(&mut self, key: &str, value: bool) -> &mut Self {
         self.key(key);
         self.out.push_str(if value { "true" } else { "false" });
@@ -135,30 +198,53 @@ impl<'a> Object<'a> {
         self.key(key);
         let secs = unix_ns.div_euclid(1_000_000_000);
         let micros = unix_ns.rem_euclid(1_000_000_000) as u64 / 1_000;
-        let (year, month, day) = civil_from_days(secs.div_euclid(86_400));
-        let of_day = secs.rem_euclid(86_400) as u64;
+        if secs != self.second {
+            self.second = secs;
+            let (year, month, day) = civil_from_days(secs.div_euclid(86_400));
+            let of_day = secs.rem_euclid(86_400) as u64;
+            let text = &mut self.second_text;
+            put_digits(&mut text[0..4], year.clamp(0, 9999) as u64);
+            for (at, separator, value) in [
+                (4, b'-', u64::from(month)),
+                (7, b'-', u64::from(day)),
+                (10, b'T', of_day / 3_600),
+                (13, b':', of_day / 60 % 60),
+                (16, b':', of_day % 60),
+            ] {
+                text[at] = separator;
+                put_digits(&mut text[at + 1..at + 3], value);
+            }
+        }
         let out = &mut *self.out;
         out.push('"');
-        push_padded(out, year.clamp(0, 9999) as u64, 4);
-        for (separator, value) in [
-            ('-', u64::from(month)),
-            ('-', u64::from(day)),
-            ('T', of_day / 3_600),
-            (':', of_day / 60 % 60),
-            (':', of_day % 60),
-        ] {
-            out.push(separator);
-            push_padded(out, value, 2);
-        }
+        out.push_str(std::str::from_utf8(&self.second_text).unwrap_or("0000-00-00T00:00:00"));
         out.push('.');
         push_padded(out, micros, 6);
         out.push_str("Z\"");
         self
     }
 
+    /// Where the process runs: `cgroup`, `container_id`, `pod_uid`, `namespace`, `pod`
+    /// (`null` when unknown).
+    pub fn meta(&mut self, meta: Option<&Meta>) -> &mut Self {
+        self.opt_str("cgroup", meta.map(|m| &*m.cgroup))
+            .opt_str("container_id", meta.and_then(|m| m.container_id.as_deref()))
+            .opt_str("pod_uid", meta.and_then(|m| m.pod_uid.as_deref()))
+            .opt_str("namespace", meta.and_then(Meta::namespace))
+            .opt_str("pod", meta.and_then(Meta::pod_name))
+    }
+
     /// Closes the object and the line.
     pub fn end(self) {
         self.out.push_str("}\n");
+    }
+}
+
+/// `value`'s last `digits.len()` decimal digits, zero-padded, as ASCII.
+fn put_digits(digits: &mut [u8], mut value: u64) {
+    for digit in digits.iter_mut().rev() {
+        *digit = b'0' + (value % 10) as u8;
+        value /= 10;
     }
 }
 
@@ -228,11 +314,13 @@ pub trait WallClock {
     }
 }
 
-/// A `connection` event; `anomalies` says why it is one (see `select::anomalies_of`).
+/// A `connection` event; `anomalies` says why it is one (see `select::anomalies_of`), `meta`
+/// where its process runs.
 pub fn connection(
     out: &mut String,
     record: &ConnectionRecord,
     anomalies: &[&str],
+    meta: Option<&Meta>,
     clock: &impl WallClock,
 ) {
     let mut object = Object::new(out, "connection");
@@ -253,11 +341,16 @@ pub fn connection(
         .u64("remote_port", u64::from(record.addrs.remote().port()))
         .opt_u64("pid", record.process.as_ref().map(|p| u64::from(p.pid)))
         .opt_str("comm", record.process.as_ref().map(|p| p.comm.as_str()))
+        .meta(meta)
         .secs("connect_s", record.connect_ns)
         .opt_str(
             "connect_failure",
             record.connect_failure.map(|f| f.as_str()),
         )
+        .opt_str("dns_host", record.dns().map(|dns| &*dns.host))
+        .secs("dns_s", record.dns().map(|dns| dns.duration_ns))
+        .secs("tls_handshake_s", record.tls().map(|tls| tls.duration_ns))
+        .opt_bool("tls_ok", record.tls().and_then(|tls| tls.ok))
         .secs("lifetime_s", Some(record.lifetime_ns))
         .u64("exchanges", u64::from(record.exchanges))
         .u64("bytes_sent", record.bytes_sent)
@@ -292,12 +385,19 @@ pub fn connection(
             close.and_then(|c| crate::model::errno_name(c.errno)),
         )
         .strs("stuck", record.stuck.iter().map(|phase| phase.as_str()))
-        .strs("anomalies", anomalies.iter().copied());
+        .strs("anomalies", anomalies.iter().copied())
+        .phases("phases", &record.timeline(), clock)
+        .u64("phases_omitted", u64::from(record.phases_omitted()));
     object.end();
 }
 
 /// An `anomaly` event: a live connection stuck in a phase.
-pub fn anomaly(out: &mut String, record: &AnomalyRecord, clock: &impl WallClock) {
+pub fn anomaly(
+    out: &mut String,
+    record: &AnomalyRecord,
+    meta: Option<&Meta>,
+    clock: &impl WallClock,
+) {
     let mut object = Object::new(out, "anomaly");
     object
         .u64("conn_id", record.conn_id)
@@ -314,12 +414,18 @@ pub fn anomaly(out: &mut String, record: &AnomalyRecord, clock: &impl WallClock)
         .u64("remote_port", u64::from(record.addrs.remote().port()))
         .opt_u64("pid", record.process.as_ref().map(|p| u64::from(p.pid)))
         .opt_str("comm", record.process.as_ref().map(|p| p.comm.as_str()))
+        .meta(meta)
         .str("hint", record.phase.hint());
     object.end();
 }
 
 /// An `exchange` event.
-pub fn exchange(out: &mut String, record: &ExchangeRecord, clock: &impl WallClock) {
+pub fn exchange(
+    out: &mut String,
+    record: &ExchangeRecord,
+    meta: Option<&Meta>,
+    clock: &impl WallClock,
+) {
     let (client, server) = record.addrs.client_server(record.role);
     let mut object = Object::new(out, "exchange");
     object
@@ -332,6 +438,7 @@ pub fn exchange(out: &mut String, record: &ExchangeRecord, clock: &impl WallCloc
         .u64("server_port", u64::from(server.port()))
         .opt_u64("pid", record.process.as_ref().map(|p| u64::from(p.pid)))
         .opt_str("comm", record.process.as_ref().map(|p| p.comm.as_str()))
+        .meta(meta)
         .u64("seq", u64::from(record.seq))
         .str("class", record.class.as_str())
         .secs("connect_s", record.connect_ns)
@@ -381,6 +488,31 @@ mod tests {
     }
 
     #[test]
+    fn times_in_one_object_match_chrono() {
+        use chrono::SecondsFormat;
+        let stamps = [
+            1_700_000_000_123_456_789,
+            1_700_000_000_999_999_999,
+            1_700_000_001_000_000_000,
+            1_700_000_000_000_000_001,
+            951_868_799_999_999_000, // 2000-02-29T23:59:59
+            951_868_800_000_000_000,
+        ];
+        let mut out = String::new();
+        let mut object = Object::new(&mut out, "t");
+        for (index, unix_ns) in stamps.iter().enumerate() {
+            object.time(&format!("t{index}"), *unix_ns);
+        }
+        object.end();
+        let value: serde_json::Value = serde_json::from_str(&out).unwrap();
+        for (index, unix_ns) in stamps.iter().enumerate() {
+            let expected = DateTime::from_timestamp_nanos(*unix_ns)
+                .to_rfc3339_opts(SecondsFormat::Micros, true);
+            assert_eq!(value[format!("t{index}")], expected, "{unix_ns}");
+        }
+    }
+
+    #[test]
     fn times_match_chrono() {
         use chrono::SecondsFormat;
         for unix_ns in [
@@ -400,6 +532,38 @@ mod tests {
                 .to_rfc3339_opts(SecondsFormat::Micros, true);
             assert_eq!(value["at"], expected, "{unix_ns}");
         }
+    }
+
+    #[test]
+    fn metadata_fields_are_null_when_unknown() {
+        use std::sync::Arc;
+
+        use crate::meta::PodName;
+        let mut out = String::new();
+        let mut object = Object::new(&mut out, "t");
+        object.meta(None);
+        object.end();
+        let value: serde_json::Value = serde_json::from_str(&out).unwrap();
+        for key in ["cgroup", "container_id", "pod_uid", "namespace", "pod"] {
+            assert!(value[key].is_null(), "{key}: {out}");
+        }
+        let meta = Meta {
+            cgroup: Arc::from("/kubepods/pod1/abc"),
+            container_id: Some(Arc::from("abc")),
+            pod_uid: Some(Arc::from("1")),
+            pod: Some(PodName {
+                namespace: Arc::from("shop"),
+                name: Arc::from("web-0"),
+            }),
+        };
+        let mut out = String::new();
+        let mut object = Object::new(&mut out, "t");
+        object.meta(Some(&meta));
+        object.end();
+        assert!(
+            out.contains(r#""cgroup":"/kubepods/pod1/abc","container_id":"abc","pod_uid":"1","namespace":"shop","pod":"web-0""#),
+            "{out}"
+        );
     }
 
     #[test]

@@ -2,6 +2,7 @@
 
 pub mod json;
 pub mod justniffer;
+pub mod phases;
 pub mod select;
 
 use std::{
@@ -23,6 +24,7 @@ use self::{
     select::{OutputCounts, Sampler, anomalies_of, selected},
 };
 use crate::{
+    meta::Metadata,
     model::Record,
     runtime::{Runtime, Thresholds},
 };
@@ -102,6 +104,8 @@ pub struct Output {
     /// The file written to (`None`: stdout), and a request to reopen it (log rotation).
     path: Option<PathBuf>,
     reopen: Arc<AtomicBool>,
+    /// Container and pod metadata for JSON events, if enabled.
+    metadata: Option<Arc<Metadata>>,
 }
 
 fn open_file(path: &Path) -> io::Result<Box<dyn Write + Send>> {
@@ -123,7 +127,13 @@ impl Output {
             counts: Arc::default(),
             path: None,
             reopen: Arc::default(),
+            metadata: None,
         }
+    }
+
+    /// Adds container and pod metadata to the JSON events.
+    pub fn set_metadata(&mut self, metadata: Arc<Metadata>) {
+        self.metadata = Some(metadata);
     }
 
     /// Standard output, or `path` opened for appending (created if missing).
@@ -175,6 +185,17 @@ impl Sink for Output {
     }
 
     fn write(&mut self, record: &Record) -> io::Result<()> {
+        let metadata = match self.format {
+            Format::Json => self.metadata.as_deref(),
+            Format::Justniffer(_) => None,
+        };
+        if let (Some(metadata), Record::Opened(opened)) = (metadata, record)
+            && self.selection != EventSelection::None
+        {
+            // Resolved while the connection is young, so that a short-lived container is
+            // still there to be found; its events then hit the cache.
+            metadata.lookup(opened.process.as_ref());
+        }
         let Some(kind) = self.route(record) else {
             return Ok(());
         };
@@ -190,12 +211,25 @@ impl Sink for Output {
             }
             (_, Record::Connection(connection)) => {
                 let anomalies = anomalies_of(connection, &self.thresholds);
-                json::connection(&mut self.line, connection, &anomalies, &self.clock);
+                let meta = metadata.and_then(|m| m.lookup(connection.process.as_ref()));
+                json::connection(
+                    &mut self.line,
+                    connection,
+                    &anomalies,
+                    meta.as_deref(),
+                    &self.clock,
+                );
             }
             (_, Record::Exchange(exchange)) => {
-                json::exchange(&mut self.line, exchange, &self.clock)
+                let meta = metadata.and_then(|m| m.lookup(exchange.process.as_ref()));
+                json::exchange(&mut self.line, exchange, meta.as_deref(), &self.clock)
             }
-            (_, Record::Anomaly(anomaly)) => json::anomaly(&mut self.line, anomaly, &self.clock),
+            (_, Record::Anomaly(anomaly)) => {
+                let meta = metadata.and_then(|m| m.lookup(anomaly.process.as_ref()));
+                json::anomaly(&mut self.line, anomaly, meta.as_deref(), &self.clock)
+            }
+            (_, Record::Dns(dns)) => phases::dns(&mut self.line, dns, &self.clock),
+            (_, Record::Tls(tls)) => phases::tls(&mut self.line, tls, &self.clock),
             (_, Record::Opened(_) | Record::Unstuck(..)) => return Ok(()),
         }
         self.counts.written[kind].fetch_add(1, Ordering::Relaxed);

@@ -1,8 +1,10 @@
 //! Log-volume control (the seed's "why reduce logs"): which events to write, and sampling.
 //!
-//! - `--events connections`: one `connection` event per connection, plus `anomaly` events;
-//!   `exchanges` adds one event per exchange; `anomalies` writes only anomaly events and the
-//!   connections that breached a threshold, reset, failed or got stuck; `none` writes nothing.
+//! - `--events connections`: one `connection` event per connection, plus `anomaly` events,
+//!   failed name resolutions (`dns`) and failed TLS handshakes not tied to a connection
+//!   (`tls`); `exchanges` adds one event per exchange, resolution and handshake; `anomalies`
+//!   writes only anomaly events, failed resolutions and handshakes, and the connections that
+//!   breached a threshold, reset, failed or got stuck; `none` writes nothing.
 //! - `--sample first=N,thereafter=M`: per second, the first N events, then every Mth. What is
 //!   left out is counted, never silently lost.
 
@@ -31,17 +33,17 @@ pub enum EventSelection {
 }
 
 /// Event types, for the per-type counters.
-pub const EVENT_TYPES: [&str; 3] = ["connection", "exchange", "anomaly"];
+pub const EVENT_TYPES: [&str; 5] = ["connection", "exchange", "anomaly", "dns", "tls"];
 
 /// Events written and left out by sampling, per [`EVENT_TYPES`] index.
 #[derive(Debug, Default)]
 pub struct OutputCounts {
-    pub written: [AtomicU64; 3],
-    pub sampled_out: [AtomicU64; 3],
+    pub written: [AtomicU64; EVENT_TYPES.len()],
+    pub sampled_out: [AtomicU64; EVENT_TYPES.len()],
 }
 
 impl OutputCounts {
-    pub fn get(&self) -> ([u64; 3], [u64; 3]) {
+    pub fn get(&self) -> ([u64; EVENT_TYPES.len()], [u64; EVENT_TYPES.len()]) {
         (
             self.written.each_ref().map(|n| n.load(Ordering::Relaxed)),
             self.sampled_out
@@ -115,6 +117,9 @@ pub fn anomalies_of(record: &ConnectionRecord, thresholds: &Thresholds) -> Vec<&
     if !record.stuck.is_empty() {
         found.push("stuck");
     }
+    if record.tls().is_some_and(|tls| tls.ok == Some(false)) {
+        found.push("tls_failure");
+    }
     found
 }
 
@@ -134,6 +139,12 @@ pub fn selected(
         (S::Exchanges, Record::Exchange(_)) => Some(1),
         (_, Record::Exchange(_)) => None,
         (_, Record::Anomaly(_)) => Some(2),
+        (S::Exchanges, Record::Dns(_)) => Some(3),
+        // A failed resolution has no connection record to show it.
+        (_, Record::Dns(dns)) => dns.failure().is_some().then_some(3),
+        (S::Exchanges, Record::Tls(_)) => Some(4),
+        // A failed handshake on a connection shows in the connection record.
+        (_, Record::Tls(tls)) => (!tls.ok && tls.conn_id.is_none()).then_some(4),
     }
 }
 
@@ -195,6 +206,8 @@ mod tests {
             max_idle_ns: None,
             stuck: PhaseSet::default(),
             stuck_at_end: None,
+            phases: None,
+            last_exchange: None,
         }
     }
 

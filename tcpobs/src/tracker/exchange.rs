@@ -6,13 +6,17 @@
 //! `last`/`unique`) and its `idle_after` are only known when the next request starts or the
 //! connection closes. So each connection holds at most one exchange in progress, and an
 //! exchange is emitted one step late. A connection whose role is unknown yields no exchanges.
+//!
+//! For the connection's timeline, an exchange finished by the next request is kept in the
+//! connection's phases (allocated then, bounded); the last one, finished by the close, goes
+//! straight into the connection record. A connection with one exchange allocates nothing.
 
 use std::num::NonZeroU64;
 
 use tcpobs_common::{Burst, direction};
 
 use super::Conn;
-use crate::model::{CloseOriginator, ExchangeClass, ExchangeRecord, Record, Role};
+use crate::model::{CloseOriginator, ExchangeClass, ExchangeRecord, ExchangeSpan, Record, Role};
 
 /// One direction of an exchange: first byte, last byte, size. (`first_ns` is never 0, the
 /// kernel clock starting at boot; `NonZeroU64` makes `Option<Span>` cost no tag.)
@@ -46,7 +50,8 @@ impl Span {
 }
 
 /// The exchange in progress: a request and maybe its response (or a response alone, for
-/// protocols where the server speaks first).
+/// protocols where the server speaks first). Empty when there is none (rather than an
+/// `Option`, which would cost the live table 8 bytes per connection).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(super) struct Pending {
     request: Option<Span>,
@@ -54,6 +59,10 @@ pub(super) struct Pending {
 }
 
 impl Pending {
+    fn is_empty(&self) -> bool {
+        self.request.is_none() && self.response.is_none()
+    }
+
     fn opened_by(is_request: bool, span: Span) -> Self {
         if is_request {
             Self {
@@ -110,32 +119,46 @@ impl Conn {
             return;
         };
         let span = Span::of(burst);
+        if self.pending.is_empty() {
+            self.pending = Pending::opened_by(is_request, span);
+            return;
+        }
         match &mut self.pending {
-            None => self.pending = Some(Pending::opened_by(is_request, span)),
             // A request after a complete exchange: the previous one was not the last.
-            Some(pending) if is_request && pending.response.is_some() => {
-                self.finish_exchange(ExchangeEnd::NextRequest(span.first()), out);
-                self.pending = Some(Pending::opened_by(true, span));
+            pending if is_request && pending.response.is_some() => {
+                if let Some(done) =
+                    self.finish_exchange(ExchangeEnd::NextRequest(span.first()), out)
+                {
+                    let start_ns = self.start_ns;
+                    self.phases_mut().push_exchange(start_ns, &done);
+                }
+                self.pending = Pending::opened_by(true, span);
             }
             // Two bursts in the same direction can only follow a lost event: merge them.
-            Some(Pending {
+            Pending {
                 request: Some(request),
                 ..
-            }) if is_request => request.extend(span),
-            Some(Pending {
+            } if is_request => request.extend(span),
+            Pending {
                 response: Some(response),
                 ..
-            }) if !is_request => response.extend(span),
-            Some(pending) if is_request => pending.request = Some(span),
-            Some(pending) => pending.response = Some(span),
+            } if !is_request => response.extend(span),
+            pending if is_request => pending.request = Some(span),
+            pending => pending.response = Some(span),
         }
     }
 
-    /// Emits the exchange in progress, if any, classified by how it ended.
-    pub(super) fn finish_exchange(&mut self, end: ExchangeEnd, out: &mut Vec<Record>) {
-        let Some(pending) = self.pending.take() else {
-            return;
-        };
+    /// Emits the exchange in progress, if any, classified by how it ended; returns its span
+    /// for the connection's timeline.
+    pub(super) fn finish_exchange(
+        &mut self,
+        end: ExchangeEnd,
+        out: &mut Vec<Record>,
+    ) -> Option<ExchangeSpan> {
+        let pending = std::mem::take(&mut self.pending);
+        if pending.is_empty() {
+            return None;
+        }
         self.exchanges += 1;
         let seq = self.exchanges;
         let (class, idle_end, session_end, close_originator) = match end {
@@ -216,5 +239,10 @@ impl Conn {
             response_bytes: pending.response.map_or(0, |span| span.bytes),
             close_originator,
         }));
+        Some(ExchangeSpan {
+            seq,
+            start_ns: pending.first_ns(),
+            duration_ns: pending.last_ns().saturating_sub(pending.first_ns()),
+        })
     }
 }

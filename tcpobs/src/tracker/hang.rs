@@ -125,6 +125,7 @@ impl Tracker {
         out: &mut Vec<Record>,
     ) -> SweepReport {
         self.sweeps += 1;
+        self.dns.expire(now);
         let sweep = self.sweeps;
         let mut report = SweepReport::default();
         let mut vanished = Vec::new();

@@ -23,10 +23,12 @@
 //! Events for connections the tracker does not know are counted as unmatched, never guessed.
 //! The tracker also keeps the live counts behind the gauges (open connections by role and
 //! state, bytes by role and direction) and runs the hang detector's sweep ([`hang`]).
+//! Name resolutions and TLS handshakes are tied to connections in [`phases`].
 
 mod close;
 mod exchange;
 mod hang;
+mod phases;
 mod table;
 #[cfg(test)]
 mod tests;
@@ -37,17 +39,22 @@ use tcpobs_common::{
     Burst, CloseEvent, FLAG_PARTIAL, OpenEvent, SockRecord, StateEvent, Task, direction, tcp_state,
 };
 
-pub use self::hang::{KernelView, StuckThresholds, SweepReport};
+/// A cheap hasher for integer keys, shared with the container metadata cache.
+pub(crate) use self::table::SockHasher;
 use self::{
     close::{close_of, connect_failure_of},
     exchange::{ExchangeEnd, Pending},
     table::Table,
 };
+pub use self::{
+    hang::{KernelView, StuckThresholds, SweepReport},
+    phases::{DNS_WINDOW_NS, DnsCache, dns_record},
+};
 use crate::{
     decode::KernelEvent,
     model::{
-        Addrs, Comm, ConnectionRecord, OpenedRecord, PartialReason, Phase, PhaseSet, Process,
-        Record, Role, TcpCounters,
+        Addrs, Comm, ConnPhases, ConnectionRecord, OpenedRecord, PartialReason, Phase, PhaseSet,
+        Process, Record, Role, TcpCounters,
     },
 };
 
@@ -59,6 +66,8 @@ pub struct TrackerStats {
     /// Connections abandoned because a newer one appeared on the same socket before they were
     /// seen to close (kernel record evicted, or close event dropped).
     pub lost: u64,
+    /// Resolutions dropped from the DNS correlation cache before their window ended.
+    pub dns_evicted: u64,
 }
 
 /// Index of a role in the per-role counters.
@@ -112,7 +121,10 @@ pub struct Conn {
     /// When the connection entered `state` (ns).
     state_since_ns: u64,
     exchanges: u32,
-    pending: Option<Pending>,
+    pending: Pending,
+    /// Resolution, TLS handshake and earlier exchanges, for the timeline; allocated only for
+    /// connections that have one.
+    phases: Option<Box<ConnPhases>>,
     /// Bytes seen in bursts so far.
     bytes_sent: u64,
     bytes_received: u64,
@@ -148,7 +160,8 @@ impl Conn {
             state: tcp_state::ESTABLISHED,
             state_since_ns: start_ns,
             exchanges: 0,
-            pending: None,
+            pending: Pending::default(),
+            phases: None,
             bytes_sent: 0,
             bytes_received: 0,
             saw_data: false,
@@ -191,6 +204,7 @@ impl Conn {
             conn.partial = Some(PartialReason::MissedOpen);
         }
         conn.addrs = Addrs::from_kernel(&rec.endpoints);
+        conn.set_process(Process::from_kernel(&rec.task));
         conn.established_ns = NonZeroU64::new(rec.established_ns);
         conn.state = rec.final_state;
         conn
@@ -315,7 +329,8 @@ impl Conn {
             .map(|(phase, since)| (phase, end_ns.saturating_sub(since)))
     }
 
-    fn record(&self, partial: Option<PartialReason>, lifetime_ns: u64) -> ConnectionRecord {
+    /// The connection record; takes the phases along.
+    fn record(&mut self, partial: Option<PartialReason>, lifetime_ns: u64) -> ConnectionRecord {
         ConnectionRecord {
             id: self.id,
             role: self.role,
@@ -337,6 +352,8 @@ impl Conn {
             max_idle_ns: self.max_idle_ns.map(NonZeroU64::get),
             stuck: self.flagged,
             stuck_at_end: self.stuck_at(self.start_ns + lifetime_ns),
+            phases: self.phases.take(),
+            last_exchange: None,
         }
     }
 
@@ -349,9 +366,10 @@ impl Conn {
         retransmits: u32,
         out: &mut Vec<Record>,
     ) {
-        self.finish_exchange(ExchangeEnd::Flushed { now }, out);
+        let last = self.finish_exchange(ExchangeEnd::Flushed { now }, out);
         let mut record = self.record(Some(reason), now.saturating_sub(self.start_ns));
         record.retransmits = retransmits;
+        record.last_exchange = last;
         out.push(Record::Connection(record));
     }
 
@@ -371,7 +389,7 @@ impl Conn {
             self.set_process(Some(process));
         }
         let close = close_of(rec, self.role);
-        self.finish_exchange(
+        let last = self.finish_exchange(
             ExchangeEnd::Closed {
                 idle_end: (rec.teardown_ns != 0).then_some(rec.teardown_ns),
                 session_end: rec.close_ns,
@@ -379,7 +397,9 @@ impl Conn {
             },
             out,
         );
+        self.settle_tls(out);
         let mut record = self.record(self.partial, rec.close_ns.saturating_sub(self.start_ns));
+        record.last_exchange = last;
         record.connect_failure = connect_failure_of(rec);
         record.bytes_sent = rec.bytes_sent;
         record.bytes_received = rec.bytes_recv;
@@ -398,6 +418,8 @@ pub struct Tracker {
     stats: TrackerStats,
     counts: LiveCounts,
     sweeps: u64,
+    /// Recent resolutions, for tying them to connections.
+    dns: DnsCache,
 }
 
 impl Tracker {
@@ -406,7 +428,10 @@ impl Tracker {
     }
 
     pub fn stats(&self) -> TrackerStats {
-        self.stats
+        TrackerStats {
+            dns_evicted: self.dns.evicted(),
+            ..self.stats
+        }
     }
 
     pub fn counts(&self) -> &LiveCounts {
@@ -467,6 +492,8 @@ impl Tracker {
             }
             KernelEvent::State(state) => self.on_state(state, out),
             KernelEvent::Close(close) => self.on_close(close, out),
+            KernelEvent::Dns(dns) => self.on_dns(dns, out),
+            KernelEvent::Tls(tls) => self.on_tls(tls, out),
         }
     }
 
@@ -507,7 +534,9 @@ impl Tracker {
         let sock = connect.hdr.sock;
         if self.replace(sock, connect.hdr.start_ns, out) {
             let id = self.next_id();
-            self.insert(sock, Conn::from_event(id, connect));
+            let mut conn = Conn::from_event(id, connect);
+            conn.link_dns(&self.dns);
+            self.insert(sock, conn);
         }
     }
 
@@ -530,6 +559,7 @@ impl Tracker {
             conn.unstick(open.hdr.ts_ns, out);
         }
         let conn = self.conns.get_mut(sock).expect("inserted or known");
+        conn.link_dns(&self.dns);
         if open.flags & FLAG_PARTIAL == 0 {
             conn.established_ns = NonZeroU64::new(open.hdr.ts_ns);
             out.push(Record::Opened(OpenedRecord {
@@ -566,10 +596,11 @@ impl Tracker {
                     self.abandon(sock, out);
                 }
                 let id = self.next_id();
-                let conn = Conn::from_close(id, event);
+                let mut conn = Conn::from_close(id, event);
                 if conn.partial == Some(PartialReason::MissedOpen) {
                     self.stats.unmatched += 1;
                 }
+                conn.link_dns(&self.dns);
                 conn
             }
         };

@@ -10,6 +10,8 @@ use tcpobs_common::{
     tcp_state, teardown,
 };
 
+mod phases;
+
 use super::*;
 use crate::{
     decode::OwnedEvent,
@@ -218,7 +220,11 @@ fn split(
         match record {
             Record::Exchange(exchange) => exchanges.push(exchange),
             Record::Connection(connection) => connections.push(connection),
-            Record::Opened(_) | Record::Anomaly(_) | Record::Unstuck(..) => {}
+            Record::Opened(_)
+            | Record::Anomaly(_)
+            | Record::Unstuck(..)
+            | Record::Dns(_)
+            | Record::Tls(_) => {}
         }
     }
     (exchanges, connections, tracker)

@@ -142,7 +142,7 @@ fn run(root: &Path, args: &Args) -> Result<u8, Fatal> {
         }
         kernels
     };
-    setup::ensure(setup::Needs::Vm).code(NOT_READY)?;
+    setup::ensure(setup::Needs::Test, root).code(NOT_READY)?;
     let work = match &args.exec {
         Some(command) => Work::Exec(command.clone()),
         None => {
