@@ -153,10 +153,14 @@ pub fn send_kprobe(ctx: ProbeContext) -> u32 {
 
 #[kprobe]
 pub fn recv_kprobe(ctx: ProbeContext) -> u32 {
+    // Both registers are read, then one value is picked: picking the register first lets
+    // the compiler compute the context offset at run time, which the verifier refuses
+    // ("dereference of modified ctx ptr").
+    let (arg3, arg4) = (ctx.arg::<i32>(3), ctx.arg::<i32>(4));
     let flags = if offsets().recv_flags_arg == 3 {
-        ctx.arg::<i32>(3)
+        arg3
     } else {
-        ctx.arg::<i32>(4)
+        arg4
     };
     if let Some(sk) = ctx.arg::<u64>(0) {
         save_call(sk, flags.unwrap_or(0));

@@ -531,16 +531,20 @@ fn attach_one(
             program: name,
         } => {
             let program_type = attach.program_type();
-            let result = program::<KProbe>(ebpf, name).and_then(|program| {
-                program.load().map_err(|err| error_chain(&err))?;
-                program.attach(function, 0).map_err(|err| error_chain(&err))
-            });
-            result
+            let program = program::<KProbe>(ebpf, name)?;
+            program.load().map_err(|err| {
+                format!(
+                    "{program_type} {function}: the kernel refused the program: {}",
+                    short(&error_chain(&err))
+                )
+            })?;
+            program
+                .attach(function, 0)
                 .map(|_| (name, attached(program_type, function)))
                 .map_err(|err| {
                     format!(
                         "{program_type} {function}: {} (needs a kernel built with CONFIG_KPROBES)",
-                        short(&err)
+                        short(&error_chain(&err))
                     )
                 })
         }
@@ -706,9 +710,16 @@ pub fn error_chain(err: &dyn std::error::Error) -> String {
     text
 }
 
-/// The first line of an error, without a verifier log.
+/// The first line of an error, without a verifier log; the log, when there is one, goes to
+/// the debug log (`--log-level debug`).
 fn short(err: &str) -> &str {
-    let end = err.find(". Verifier output").unwrap_or(err.len());
+    let end = match err.find(". Verifier output") {
+        Some(end) => {
+            debug!("{err}");
+            end
+        }
+        None => err.len(),
+    };
     let line = err[..end].lines().next().unwrap_or_default();
     &line[..line.len().min(300)]
 }

@@ -99,9 +99,21 @@ impl NetnsPair {
         addr
     }
 
-    /// Takes namespace b's end of the link down: packets from a are lost from now on.
+    /// Makes namespace b drop whatever a sends from now on, silently: b's address goes, so
+    /// packets still arrive but are for no one (b does not forward, so it sends no ICMP
+    /// either). a's sends keep succeeding and its retransmits are real ones; taking the link
+    /// down instead makes them fail in a's own stack on some kernels (6.1), and the kernel
+    /// does not count those.
     pub fn cut(&self) {
-        ip(&["-n", &self.b, "link", "set", "vb", "down"]);
+        ip(&[
+            "-n",
+            &self.b,
+            "addr",
+            "del",
+            &format!("{}/24", self.addr_b()),
+            "dev",
+            "vb",
+        ]);
     }
 }
 

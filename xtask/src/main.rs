@@ -69,9 +69,14 @@ enum Task {
     #[command(hide = true)]
     BenchHold { count: usize, first: u64 },
     /// Run the whole test suite: formatting and lints, unit tests, the integration tests
-    /// that load the real programs and drive real traffic, and a smoke run of the benchmark
-    /// harness (needs root).
+    /// that load the real programs and drive real traffic, a smoke run of the benchmark
+    /// harness, and the integration tests again in Linux 6.1 and 5.10 under QEMU with each
+    /// of the fentry and kprobe strategies (needs root).
     Test {
+        /// Skip the kernel matrix part (`vm-test --kernel 6.1,5.10 --strategy fentry,kprobe`,
+        /// about 12 minutes), for a quicker run on the host kernel alone. CI runs it.
+        #[arg(long)]
+        no_vm: bool,
         /// Extra arguments for the integration test binaries, e.g. a test name filter.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
@@ -137,11 +142,16 @@ fn run(task: Task) -> Result<ExitCode> {
             bench(&root, mode, &only, &output)
         }
         Task::BenchHold { count, first } => bench::hold(count, first),
-        Task::Test { args } => {
+        Task::Test { no_vm, args } => {
             setup::ensure(setup::Needs::Test, &root)?;
             test(&root, &args)?;
             // The harness must keep working; its figures are not checked here.
-            bench(&root, bench::Mode::SMOKE, &[], Path::new("/dev/null"))
+            bench(&root, bench::Mode::SMOKE, &[], Path::new("/dev/null"))?;
+            if no_vm {
+                eprintln!("xtask: the kernel matrix was skipped (--no-vm)");
+                return Ok(ExitCode::SUCCESS);
+            }
+            vm::in_tests(&root, &args)
         }
     }
     .map(|()| ExitCode::SUCCESS)
