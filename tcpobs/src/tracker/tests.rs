@@ -15,7 +15,10 @@ mod phases;
 use super::*;
 use crate::{
     decode::OwnedEvent,
-    model::{CloseKind, CloseOriginator, ConnectFailure, ExchangeClass, ExchangeRecord, Side},
+    model::{
+        CloseKind, CloseOriginator, ConnectFailure, ConnectionRecord, ExchangeClass,
+        ExchangeRecord, Side,
+    },
 };
 
 const MS: u64 = 1_000_000;
