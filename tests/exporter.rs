@@ -1,11 +1,10 @@
 //! The exporter end to end: a real Prometheus scrapes the daemon while the test drives known
-//! traffic; promtool checks a real exposition; kernel-side filters; the hang detector; runtime
-//! reconfiguration; the HTTP port in use; SIGHUP.
+//! traffic; promtool checks a real exposition; the hang detector; sampling; the HTTP port in
+//! use. The kernel-side filters, runtime reconfiguration and SIGHUP are in `runtime.rs`.
 
 use std::{
     fs,
-    io::Read,
-    net::{TcpListener, TcpStream},
+    net::TcpStream,
     path::PathBuf,
     process::{Child, Command, Stdio},
     thread,
@@ -16,38 +15,11 @@ use serde_json::Value;
 use tcpobs::loader::Strategy;
 use tcpobs_tests::{
     PATIENCE, closed_port,
-    daemon::{Daemon, curl_status, sample_value},
-    listen, read_n, write_all,
+    daemon::{Daemon, curl_status},
+    listen, read_n,
+    traffic::{client, serve},
+    write_all,
 };
-
-/// A server that answers every 4-byte request with 2 bytes, on every connection, until the
-/// client closes.
-fn serve(listener: TcpListener, connections: usize) -> thread::JoinHandle<()> {
-    thread::spawn(move || {
-        let mut handlers = Vec::new();
-        for _ in 0..connections {
-            let (mut stream, _) = listener.accept().unwrap();
-            handlers.push(thread::spawn(move || {
-                let mut request = [0; 4];
-                while stream.read_exact(&mut request).is_ok() {
-                    write_all(&mut stream, b"ok");
-                }
-            }));
-        }
-        for handler in handlers {
-            handler.join().unwrap();
-        }
-    })
-}
-
-/// One client connection with `exchanges` request/response exchanges; the client closes.
-fn client(addr: std::net::SocketAddr, exchanges: usize) {
-    let mut stream = TcpStream::connect(addr).unwrap();
-    for _ in 0..exchanges {
-        write_all(&mut stream, b"ping");
-        assert_eq!(read_n(&mut stream, 2), b"ok");
-    }
-}
 
 /// A Prometheus server scraping `target` every second.
 struct Prometheus {
@@ -265,89 +237,6 @@ fn prometheus_scrapes_what_the_traffic_did() {
     assert_eq!(code, Some(0));
 }
 
-fn events_total(daemon: &Daemon) -> f64 {
-    let (_, body) = daemon.api("GET", "/metrics", None, None);
-    ["open", "burst", "state", "close", "connect"]
-        .iter()
-        .map(|kind| {
-            sample_value(&body, &format!("tcpobs_events_total{{kind=\"{kind}\"}}")).unwrap()
-        })
-        .sum()
-}
-
-/// Events counted for one traced connection (one exchange, client closes), measured as the
-/// counter's growth until both its connection events are out. The ring buffer is ordered, so
-/// anything sent before it has been counted by then too.
-fn marker(daemon: &Daemon, addr: std::net::SocketAddr) -> f64 {
-    let before = events_total(daemon);
-    let seen = daemon
-        .events()
-        .iter()
-        .filter(|e| e["type"] == "connection")
-        .count();
-    client(addr, 1);
-    daemon.wait_events("the marker connection", |events| {
-        events.iter().filter(|e| e["type"] == "connection").count() >= seen + 2
-    });
-    events_total(daemon) - before
-}
-
-/// Filtered sockets produce no events at all (read from the daemon's own events counter),
-/// for the exclude and include forms, and when the filter changes at runtime.
-#[test]
-fn kernel_filters_keep_other_ports_out_of_the_ring_buffer() {
-    let (traced, traced_addr) = listen("127.0.0.1:0");
-    let (other, other_addr) = listen("127.0.0.1:0");
-    let traced_server = serve(traced, 4);
-    let other_server = serve(other, 10);
-    // The daemon's own API is excluded too: these scrapes are connections as well.
-    let api = closed_port();
-    let daemon = Daemon::start(&[
-        "--exclude-port",
-        &format!("{},{api}", other_addr.port()),
-        "--listen",
-        &format!("127.0.0.1:{api}"),
-    ]);
-    let alone = marker(&daemon, traced_addr);
-    // Each end: its open and its close (which carries the one exchange's bursts); the client
-    // closes first and reaches FIN_WAIT2, the server CLOSE_WAIT. Nothing for the brief states
-    // or for the connect, which needed no SYN retransmit.
-    assert!(
-        alone >= 6.0,
-        "a traced connection sends events from both ends: {alone}"
-    );
-    let before = events_total(&daemon);
-    for _ in 0..5 {
-        client(other_addr, 2);
-    }
-    let with_excluded = marker(&daemon, traced_addr);
-    assert_eq!(
-        with_excluded, alone,
-        "five connections on the excluded port added events ({before} before)"
-    );
-
-    // Switch to an include filter on the traced port at runtime.
-    let filter = format!(
-        r#"{{"filters": {{"ports": {{"include": [{}]}}}}}}"#,
-        traced_addr.port()
-    );
-    let (status, body) = daemon.api("PUT", "/config", Some(&filter), None);
-    assert_eq!(status, 200, "{body}");
-    for _ in 0..5 {
-        client(other_addr, 1);
-    }
-    let with_outside = marker(&daemon, traced_addr);
-    assert_eq!(
-        with_outside, alone,
-        "ports outside the include filter added events"
-    );
-    drop(daemon);
-    // Unblock the servers' remaining accepts.
-    client(traced_addr, 1);
-    traced_server.join().unwrap();
-    other_server.join().unwrap();
-}
-
 /// A server that never closes (CLOSE_WAIT leak) and an idle connection are each flagged.
 #[test]
 fn close_wait_leaks_and_idle_connections_are_flagged() {
@@ -440,59 +329,6 @@ fn close_wait_leaks_and_idle_connections_are_flagged() {
     drop((leaked, idle_client, idle_server));
 }
 
-/// `PUT /config` changes the event mode at runtime, keeps tracked connections, and rejects a
-/// bad body without changing anything.
-#[test]
-fn runtime_reconfiguration_keeps_tracked_connections() {
-    let (listener, addr) = listen("127.0.0.1:0");
-    let daemon = Daemon::start(&["--port", &addr.port().to_string()]);
-    let mut client = TcpStream::connect(addr).unwrap();
-    let (mut server, _) = listener.accept().unwrap();
-    let exchange = |client: &mut TcpStream, server: &mut TcpStream| {
-        write_all(client, b"ping");
-        assert_eq!(read_n(server, 4), b"ping");
-        write_all(server, b"ok");
-        assert_eq!(read_n(client, 2), b"ok");
-    };
-    exchange(&mut client, &mut server);
-    exchange(&mut client, &mut server);
-
-    let (status, body) = daemon.api("PUT", "/config", Some(r#"{"events": "loud"}"#), None);
-    assert_eq!(status, 400, "{body}");
-    assert!(body.contains("events"), "{body}");
-    let other = closed_port();
-    let change = format!(
-        r#"{{"events": "exchanges", "sample": null, "filters": {{"ports": {{"include": [{other}]}}}}}}"#
-    );
-    let (status, body) = daemon.api("PUT", "/config", Some(&change), None);
-    assert_eq!(status, 200, "{body}");
-    let (_, body) = daemon.api("GET", "/config", None, None);
-    let config: Value = serde_json::from_str(&body).unwrap();
-    assert_eq!(config["runtime"]["events"], "exchanges");
-    assert_eq!(config["runtime"]["filters"]["ports"]["include"][0], other);
-
-    exchange(&mut client, &mut server);
-    drop(client);
-    let mut rest = Vec::new();
-    server.read_to_end(&mut rest).unwrap();
-    drop(server);
-    let events = daemon.wait_events("both connection events", |events| {
-        events.iter().filter(|e| e["type"] == "connection").count() >= 2
-    });
-    for connection in events.iter().filter(|e| e["type"] == "connection") {
-        assert_eq!(
-            connection["exchanges"], 3,
-            "still tracked after the change: {connection}"
-        );
-        assert_eq!(connection["partial"], false);
-    }
-    let exchanges = events.iter().filter(|e| e["type"] == "exchange").count();
-    assert!(
-        exchanges >= 2,
-        "exchange events after the switch: {events:#?}"
-    );
-}
-
 #[test]
 fn the_http_port_in_use_is_an_error() {
     let (_taken, addr) = listen("127.0.0.1:0");
@@ -506,44 +342,6 @@ fn the_http_port_in_use_is_an_error() {
         stderr.contains(&addr.to_string()) && stderr.contains("in use"),
         "{stderr}"
     );
-}
-
-#[test]
-fn sighup_rereads_the_config_file() {
-    let config = std::env::temp_dir().join(format!("tcpobs-sighup-{}.toml", std::process::id()));
-    fs::write(
-        &config,
-        "events = \"connections\"\nthreshold-idle = \"10m\"\n",
-    )
-    .unwrap();
-    let daemon = Daemon::start(&[
-        "--config",
-        config.to_str().unwrap(),
-        "--port",
-        &closed_port().to_string(),
-    ]);
-    let (status, _) = daemon.api("GET", "/readyz", None, None);
-    assert_eq!(status, 200);
-    fs::write(&config, "events = \"anomalies\"\nthreshold-idle = \"2m\"\n").unwrap();
-    daemon.signal(libc::SIGHUP);
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        let (_, body) = daemon.api("GET", "/config", None, None);
-        let config: Value = serde_json::from_str(&body).unwrap();
-        if config["runtime"]["events"] == "anomalies" {
-            assert_eq!(config["runtime"]["thresholds"]["idle_s"], 120.0);
-            break;
-        }
-        assert!(Instant::now() < deadline, "SIGHUP not applied: {body}");
-        thread::sleep(Duration::from_millis(50));
-    }
-    // A broken file is refused and changes nothing.
-    fs::write(&config, "events = \"sometimes\"\n").unwrap();
-    daemon.signal(libc::SIGHUP);
-    thread::sleep(Duration::from_millis(300));
-    let (_, body) = daemon.api("GET", "/config", None, None);
-    assert!(body.contains("\"anomalies\""), "{body}");
-    let _ = fs::remove_file(&config);
 }
 
 /// Sampling keeps the first event of each second and counts what it leaves out; nothing is
@@ -588,47 +386,5 @@ fn sampling_counts_what_it_leaves_out() {
         lines.len() as f64,
         written,
         "the output holds exactly the written events"
-    );
-}
-
-/// `--pid`: a connecting socket belongs to the process that connected, an accepted one to the
-/// process that listens. Only this test process's sockets are traced, not a child's.
-#[test]
-fn pid_filter_follows_connecting_and_listening_processes() {
-    let (listener, addr) = listen("127.0.0.1:0");
-    let me = std::process::id().to_string();
-    let daemon = Daemon::start(&["--pid", &me, "--port", &addr.port().to_string()]);
-    let server = serve(listener, 2);
-    client(addr, 1);
-    // A child process connects: its socket is not ours, but the accepting one is.
-    let status = Command::new("bash")
-        .arg("-c")
-        .arg(format!(
-            "exec 3<>/dev/tcp/127.0.0.1/{}; printf ping >&3; head -c 2 <&3 >/dev/null",
-            addr.port()
-        ))
-        .status()
-        .unwrap();
-    assert!(status.success());
-    server.join().unwrap();
-    let events = daemon.wait_events("three connection events", |events| {
-        events.iter().filter(|e| e["type"] == "connection").count() >= 3
-    });
-    thread::sleep(Duration::from_millis(200));
-    let connections: Vec<Value> = daemon
-        .events()
-        .into_iter()
-        .filter(|e| e["type"] == "connection")
-        .collect();
-    assert_eq!(connections.len(), 3, "{events:#?}");
-    let clients: Vec<_> = connections
-        .iter()
-        .filter(|c| c["role"] == "client")
-        .collect();
-    assert_eq!(clients.len(), 1, "only our own connect: {connections:#?}");
-    assert_eq!(clients[0]["pid"], std::process::id());
-    assert_eq!(
-        connections.iter().filter(|c| c["role"] == "server").count(),
-        2
     );
 }

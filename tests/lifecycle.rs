@@ -11,53 +11,16 @@ use std::{
 
 use tcpobs::{
     loader::{FAMILIES, Strategy, StrategyChoice, TracepointMode},
-    model::{
-        CloseKind, CloseOriginator, ConnectFailure, ConnectionRecord, ExchangeClass, PartialReason,
-        Role, Side,
-    },
+    model::{CloseKind, CloseOriginator, ConnectFailure, ExchangeClass, PartialReason, Role, Side},
 };
 use tcpobs_tests::{
-    Capture, closed_port, connections, exchanges_of, listen, options, read_n, secs,
-    set_linger_zero, write_all,
+    Capture, by_role, closed_port, connections, exchanges_of, listen, options, read_n, secs,
+    set_linger_zero,
+    traffic::{one_exchange, paced_exchanges},
+    write_all,
 };
 
 const MS: u64 = 1_000_000;
-
-fn by_role(connections: &[ConnectionRecord], role: Role) -> ConnectionRecord {
-    let found: Vec<_> = connections.iter().filter(|c| c.role == role).collect();
-    assert_eq!(
-        found.len(),
-        1,
-        "one {role:?} connection expected: {connections:#?}"
-    );
-    found[0].clone()
-}
-
-/// One request ("hello") and response ("world!"); then `client_closes` picks who closes first.
-fn one_exchange(addr: &str, client_closes: bool) -> (Vec<ConnectionRecord>, Capture) {
-    let (listener, addr) = listen(addr);
-    let capture = Capture::start(&[addr.port()]);
-    thread::scope(|scope| {
-        scope.spawn(|| {
-            let (mut stream, _) = listener.accept().unwrap();
-            assert_eq!(read_n(&mut stream, 5), b"hello");
-            write_all(&mut stream, b"world!");
-            if client_closes {
-                let mut rest = Vec::new();
-                stream.read_to_end(&mut rest).unwrap();
-            }
-        });
-        let mut client = TcpStream::connect(addr).unwrap();
-        write_all(&mut client, b"hello");
-        assert_eq!(read_n(&mut client, 6), b"world!");
-        if !client_closes {
-            let mut rest = Vec::new();
-            client.read_to_end(&mut rest).unwrap();
-        }
-    });
-    let connections = capture.wait_connections(2);
-    (connections, capture)
-}
 
 #[test]
 fn ipv4_client_closes_first() {
@@ -196,43 +159,6 @@ fn refused_connect_is_a_connect_failure() {
         stats.tracker.unmatched, 0,
         "a failed connect needs no open event"
     );
-}
-
-/// Three exchanges with known pauses and server think times; the request is two writes.
-fn paced_exchanges(
-    capture_options: tcpobs::loader::LoadOptions,
-    listener: TcpListener,
-) -> (Vec<ConnectionRecord>, Vec<tcpobs::model::Record>, Capture) {
-    let addr = listener.local_addr().unwrap();
-    let capture = Capture::start_with(capture_options);
-    let pauses = [500, 300];
-    let think = [0, 100, 0];
-    thread::scope(|scope| {
-        scope.spawn(|| {
-            let (mut stream, _) = listener.accept().unwrap();
-            for delay in think {
-                assert_eq!(read_n(&mut stream, 8), b"GET /abc");
-                thread::sleep(Duration::from_millis(delay));
-                write_all(&mut stream, b"200 OK");
-            }
-            let mut rest = Vec::new();
-            stream.read_to_end(&mut rest).unwrap();
-        });
-        let mut client = TcpStream::connect(addr).unwrap();
-        for round in 0..3 {
-            write_all(&mut client, b"GET ");
-            thread::sleep(Duration::from_millis(50));
-            write_all(&mut client, b"/abc");
-            assert_eq!(read_n(&mut client, 6), b"200 OK");
-            if let Some(pause) = pauses.get(round) {
-                thread::sleep(Duration::from_millis(*pause));
-            }
-        }
-        thread::sleep(Duration::from_millis(200));
-    });
-    let connections = capture.wait_connections(2);
-    let records = capture.records();
-    (connections, records, capture)
 }
 
 #[test]

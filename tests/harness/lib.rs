@@ -11,6 +11,7 @@ pub mod daemon;
 pub mod netns;
 pub mod nginx;
 pub mod phases;
+pub mod traffic;
 
 use std::{
     io::{self, Read, Write},
@@ -25,7 +26,7 @@ use std::{
 use tcpobs::{
     daemon::{Stats, Timing, Tracer},
     loader::{FamilyAttach, LoadOptions, StrategyChoice, TracepointMode},
-    model::{ConnectionRecord, ExchangeRecord, Record},
+    model::{ConnectionRecord, ExchangeRecord, Record, Role},
     output::{EventSelection, Sink},
     runtime::{Filter, Filters, Runtime, Thresholds},
     uprobes::PhaseOptions,
@@ -269,6 +270,16 @@ pub fn exchanges_of(records: &[Record], conn_id: u64) -> Vec<ExchangeRecord> {
         .collect();
     found.sort_by_key(|exchange| exchange.seq);
     found
+}
+
+pub fn by_role(connections: &[ConnectionRecord], role: Role) -> ConnectionRecord {
+    let found: Vec<_> = connections.iter().filter(|c| c.role == role).collect();
+    assert_eq!(
+        found.len(),
+        1,
+        "one {role:?} connection expected: {connections:#?}"
+    );
+    found[0].clone()
 }
 
 /// A listener on a free loopback port (`"127.0.0.1:0"` or `"[::1]:0"`).

@@ -6,8 +6,12 @@
 //! Updating a family means hashing its label set under a lock; with no optional dimensions
 //! (the default) every label set is known in advance, so the handles are resolved once
 //! ([`Fast`]) and an update is a plain atomic add.
+//!
+//! The families' shapes (bucket layouts, the histogram table, the bounded label values) are in
+//! `families`.
 
 pub mod collect;
+mod families;
 mod histogram;
 pub mod labels;
 mod phases;
@@ -19,186 +23,24 @@ use std::{
 
 use prometheus_client::{
     metrics::{
-        counter::Counter,
-        family::{Family, MetricConstructor},
-        gauge::Gauge,
-        histogram::exponential_buckets_range,
+        counter::Counter, family::Family, gauge::Gauge, histogram::exponential_buckets_range,
     },
     registry::Registry,
 };
 
 use self::{
+    families::{
+        Buckets, CLASSES, Counters, HISTOGRAMS, Hist, Histograms, KINDS, NS, ORIGINATORS, ROLES,
+        index_of,
+    },
     histogram::Histogram,
     labels::{ConnLabels, Dims, Fixed, LabelPolicy, LabelSpec},
     phases::PhaseMetrics,
 };
 use crate::{
     meta::Metadata,
-    model::{Addrs, CloseKind, CloseOriginator, ExchangeClass, Phase, Process, Record, Role},
+    model::{Addrs, Phase, Process, Record, Role},
 };
-
-/// Bucket layouts chosen for the quantity.
-#[derive(Clone, Copy, Debug)]
-enum Buckets {
-    /// 50 µs to 60 s.
-    Latency,
-    /// 1 ms to 1 h.
-    Idle,
-    /// 1 ms to 1 day.
-    Lifetime,
-    /// 1 to 10,000.
-    Count,
-    /// 1 s to 1 day (stuck connections are stuck for at least their threshold).
-    Stuck,
-}
-
-/// Nanoseconds observed, seconds exported.
-const NS: f64 = 1e-9;
-
-impl MetricConstructor<Histogram> for Buckets {
-    fn new_metric(&self) -> Histogram {
-        match self {
-            Self::Latency => Histogram::new(exponential_buckets_range(0.000_05, 60.0, 22), NS),
-            Self::Idle => Histogram::new(exponential_buckets_range(0.001, 3600.0, 23), NS),
-            Self::Lifetime => Histogram::new(exponential_buckets_range(0.001, 86_400.0, 25), NS),
-            Self::Count => Histogram::new(
-                [
-                    1.0, 2.0, 3.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0,
-                    5000.0, 10_000.0,
-                ],
-                1.0,
-            ),
-            Self::Stuck => Histogram::new(exponential_buckets_range(1.0, 86_400.0, 18), NS),
-        }
-    }
-}
-
-/// The per-connection histograms, labelled by role (and the optional dimensions).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Hist {
-    Handshake,
-    Duration,
-    ExchangesPerConnection,
-    Request,
-    FirstByte,
-    Response,
-    IdleBefore,
-    IdleAfter,
-    Transfer,
-    Session,
-    Teardown,
-    CloseWait,
-    Rtt,
-}
-
-/// (histogram, name, help, buckets), in `Hist` order.
-const HISTOGRAMS: [(Hist, &str, &str, Buckets); 13] = [
-    (
-        Hist::Handshake,
-        "tcpobs_handshake_duration_seconds",
-        "TCP handshake: SYN_SENT (client) or SYN_RECV (server) to ESTABLISHED",
-        Buckets::Latency,
-    ),
-    (
-        Hist::Duration,
-        "tcpobs_connection_duration_seconds",
-        "Connection lifetime, start to close, of connections seen from their start",
-        Buckets::Lifetime,
-    ),
-    (
-        Hist::ExchangesPerConnection,
-        "tcpobs_exchanges_per_connection",
-        "Request/response exchanges per closed connection (1 everywhere means churn)",
-        Buckets::Count,
-    ),
-    (
-        Hist::Request,
-        "tcpobs_request_duration_seconds",
-        "First to last byte of a request",
-        Buckets::Latency,
-    ),
-    (
-        Hist::FirstByte,
-        "tcpobs_response_first_byte_seconds",
-        "Last request byte to first response byte (time to first byte)",
-        Buckets::Latency,
-    ),
-    (
-        Hist::Response,
-        "tcpobs_response_duration_seconds",
-        "Last request byte to last response byte",
-        Buckets::Latency,
-    ),
-    (
-        Hist::IdleBefore,
-        "tcpobs_idle_before_request_seconds",
-        "ESTABLISHED to the first request byte (first exchange only)",
-        Buckets::Idle,
-    ),
-    (
-        Hist::IdleAfter,
-        "tcpobs_idle_after_response_seconds",
-        "Last response byte to the next request, or to the first FIN/RST",
-        Buckets::Idle,
-    ),
-    (
-        Hist::Transfer,
-        "tcpobs_response_transfer_seconds",
-        "First to last response byte",
-        Buckets::Latency,
-    ),
-    (
-        Hist::Session,
-        "tcpobs_session_duration_seconds",
-        "Connection start to the end of each exchange (to the close for the last)",
-        Buckets::Lifetime,
-    ),
-    (
-        Hist::Teardown,
-        "tcpobs_teardown_duration_seconds",
-        "First FIN or RST to CLOSE",
-        Buckets::Latency,
-    ),
-    (
-        Hist::CloseWait,
-        "tcpobs_close_wait_duration_seconds",
-        "Peer's FIN to the application's close, for connections the peer closed first",
-        Buckets::Idle,
-    ),
-    (
-        Hist::Rtt,
-        "tcpobs_rtt_seconds",
-        "The kernel's smoothed round-trip time (srtt) of each connection at close",
-        Buckets::Latency,
-    ),
-];
-
-type Histograms = Family<ConnLabels<1>, Histogram, Buckets>;
-type Counters<const N: usize> = Family<ConnLabels<N>, Counter>;
-
-const ROLES: [Role; 2] = [Role::Client, Role::Server];
-const CLASSES: [ExchangeClass; 4] = [
-    ExchangeClass::Unique,
-    ExchangeClass::Start,
-    ExchangeClass::Continue,
-    ExchangeClass::Last,
-];
-const ORIGINATORS: [CloseOriginator; 4] = [
-    CloseOriginator::Client,
-    CloseOriginator::Server,
-    CloseOriginator::Timeout,
-    CloseOriginator::Unknown,
-];
-const KINDS: [CloseKind; 4] = [
-    CloseKind::Fin,
-    CloseKind::Rst,
-    CloseKind::Timeout,
-    CloseKind::Error,
-];
-
-fn index_of<T: PartialEq>(all: &[T], value: T) -> usize {
-    all.iter().position(|v| *v == value).unwrap_or(0)
-}
 
 /// Handles resolved once, for when no optional dimension is on: indexed by role (client,
 /// server), then class, or originator and kind.
@@ -569,7 +411,7 @@ mod tests {
     use prometheus_client::encoding::text::encode;
 
     use super::*;
-    use crate::model::{ExchangeRecord, OpenedRecord};
+    use crate::model::{ExchangeClass, ExchangeRecord, OpenedRecord};
 
     fn addrs() -> Addrs {
         Addrs::new(
@@ -611,14 +453,6 @@ mod tests {
         let mut text = String::new();
         encode(&mut text, &registry).unwrap();
         text
-    }
-
-    /// Families are indexed by `Hist as usize`: the table must follow the enum's order.
-    #[test]
-    fn histogram_table_follows_the_enum() {
-        for (index, (hist, ..)) in HISTOGRAMS.iter().enumerate() {
-            assert_eq!(*hist as usize, index, "{hist:?}");
-        }
     }
 
     /// The cached handles and the label-hashing path count the same things.

@@ -1,0 +1,85 @@
+//! Start-up errors, each saying what the user can do about it, and kernel errors made short
+//! enough to read (the verifier log goes to the debug log).
+
+use thiserror::Error;
+use tracing::debug;
+
+use crate::btf::BtfError;
+
+#[derive(Debug, Error)]
+pub enum LoadError {
+    #[error(
+        "tcpobs needs root, or the capabilities CAP_BPF and CAP_PERFMON (missing: {missing}); \
+         run it with sudo"
+    )]
+    Privileges { missing: String },
+    #[error(transparent)]
+    Btf(#[from] BtfError),
+    #[error("cannot parse kernel BTF at {path} for tp_btf programs: {reason}")]
+    AyaBtf { path: String, reason: String },
+    #[error("the kernel refused to load tcpobs's programs: {0}")]
+    Load(String),
+    #[error("cannot attach the {family} hooks on this kernel: {reasons}")]
+    Attach {
+        family: &'static str,
+        reasons: String,
+    },
+    #[error("cannot set up kernel map {map}: {reason}")]
+    Map { map: &'static str, reason: String },
+    #[error("cannot set up the kernel filters: {0}")]
+    Filter(String),
+}
+
+/// An error and its sources, joined with ": " (sources already in the message are skipped).
+pub fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+/// The first line of an error, without a verifier log; the log, when there is one, goes to
+/// the debug log (`--log-level debug`).
+pub(super) fn short(err: &str) -> &str {
+    let end = match err.find(". Verifier output") {
+        Some(end) => {
+            debug!("{err}");
+            end
+        }
+        None => err.len(),
+    };
+    let line = err[..end].lines().next().unwrap_or_default();
+    &line[..line.len().min(300)]
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io;
+
+    use super::*;
+
+    #[test]
+    fn short_drops_the_verifier_log() {
+        let err = "the BPF_PROG_LOAD syscall returned Permission denied (os error 13). \
+                   Verifier output: 0: R1=ctx\n1: ...";
+        assert_eq!(
+            short(err),
+            "the BPF_PROG_LOAD syscall returned Permission denied (os error 13)"
+        );
+    }
+
+    #[test]
+    fn error_chain_joins_sources() {
+        let err = io::Error::other(BtfError::Malformed("truncated"));
+        assert_eq!(error_chain(&err), "malformed BTF: truncated");
+        let err = LoadError::Btf(BtfError::NoStruct("sock".into()));
+        assert_eq!(error_chain(&err), "kernel BTF has no struct sock");
+    }
+}

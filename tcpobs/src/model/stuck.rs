@@ -1,0 +1,102 @@
+//! The phases a live connection can be stuck in (hang detection), with the likely cause and
+//! action for each, and sets of them.
+
+/// A phase a live connection can be stuck in (hang detection).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Phase {
+    /// `SYN_SENT` for too long: the SYN gets no answer.
+    SynSent,
+    /// `ESTABLISHED` and nothing sent or received yet.
+    NoData,
+    /// `ESTABLISHED`, idle far beyond the exchange rhythm (a zombie).
+    Idle,
+    /// `CLOSE_WAIT` for too long: the peer closed and the application did not.
+    CloseWait,
+    /// `FIN_WAIT2` for too long: this side closed and the peer never finished.
+    FinWait2,
+}
+
+impl Phase {
+    pub const ALL: [Self; 5] = [
+        Self::SynSent,
+        Self::NoData,
+        Self::Idle,
+        Self::CloseWait,
+        Self::FinWait2,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::SynSent => "syn_sent",
+            Self::NoData => "no_data",
+            Self::Idle => "idle",
+            Self::CloseWait => "close_wait",
+            Self::FinWait2 => "fin_wait2",
+        }
+    }
+
+    /// Likely cause and action, from the seed's troubleshooting matrix.
+    pub fn hint(self) -> &'static str {
+        match self {
+            Self::SynSent => {
+                "the SYN gets no answer: the peer host is down or a firewall drops it; check the route to the peer and that it listens"
+            }
+            Self::NoData => {
+                "connected but nothing was sent: a pool warming connections ahead of use, or both sides waiting for the other to speak; check the client's pool and the protocol's greeting"
+            }
+            Self::Idle => {
+                "zombie connection: idle far beyond the exchange rhythm; load balancers, NAT gateways and firewalls drop idle flows silently; send keep-alive probes or PINGs below the intermediary's idle timeout"
+            }
+            Self::CloseWait => {
+                "CLOSE_WAIT leak: the peer closed and the application never called close(); fix the code path that drops the socket"
+            }
+            Self::FinWait2 => {
+                "half-closed: this side closed and the peer never closed its end; check the peer application and intermediaries that may drop its FIN"
+            }
+        }
+    }
+
+    fn bit(self) -> u8 {
+        1 << self as u8
+    }
+}
+
+/// A set of [`Phase`]s.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PhaseSet(u8);
+
+impl PhaseSet {
+    pub fn contains(self, phase: Phase) -> bool {
+        self.0 & phase.bit() != 0
+    }
+
+    pub fn insert(&mut self, phase: Phase) {
+        self.0 |= phase.bit();
+    }
+
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+
+    pub fn iter(self) -> impl Iterator<Item = Phase> {
+        Phase::ALL
+            .into_iter()
+            .filter(move |phase| self.contains(*phase))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hints_read_as_one_sentence() {
+        for phase in Phase::ALL {
+            let hint = phase.hint();
+            assert!(
+                !hint.contains("  ") && !hint.contains('\n'),
+                "{phase:?}: {hint}"
+            );
+        }
+    }
+}

@@ -1,0 +1,331 @@
+//! A live connection: what the tracker keeps of one socket generation (role, addresses,
+//! process, state, the exchange in progress, activity and stuck episodes), and how its record
+//! is built when it closes or is given up.
+
+use std::num::NonZeroU64;
+
+use tcpobs_common::{
+    Burst, CloseEvent, FLAG_PARTIAL, OpenEvent, SockRecord, Task, direction, tcp_state,
+};
+
+use super::{
+    close::{close_of, connect_failure_of},
+    exchange::{ExchangeEnd, Pending},
+};
+use crate::model::{
+    Addrs, Comm, ConnPhases, ConnectionRecord, PartialReason, Phase, PhaseSet, Process, Record,
+    Role, TcpCounters,
+};
+
+/// A live connection.
+#[derive(Clone, Debug)]
+pub struct Conn {
+    pub(super) id: u64,
+    /// Generation: the kernel record's `start_ns`.
+    pub(super) start_ns: u64,
+    pub(super) role: Role,
+    pub(super) partial: Option<PartialReason>,
+    pub(super) addrs: Addrs,
+    /// The owning process, as loose fields (a `Process`, or an `Option` of one, would pad):
+    /// pid 0 while unknown.
+    pub(super) pid: u32,
+    pub(super) comm: Comm,
+    pub(super) cgroup: u64,
+    /// (`NonZeroU64`s keep the table's per-connection footprint down: `None` costs no tag.)
+    pub(super) established_ns: Option<NonZeroU64>,
+    pub(super) state: u8,
+    /// When the connection entered `state` (ns).
+    pub(super) state_since_ns: u64,
+    pub(super) exchanges: u32,
+    pub(super) pending: Pending,
+    /// Resolution, TLS handshake and earlier exchanges, for the timeline; allocated only for
+    /// connections that have one.
+    pub(super) phases: Option<Box<ConnPhases>>,
+    /// Bytes seen in bursts so far.
+    pub(super) bytes_sent: u64,
+    pub(super) bytes_received: u64,
+    /// Data has moved (from bursts, or the kernel's record for a burst in progress).
+    pub(super) saw_data: bool,
+    /// Last data (or lifecycle event) known to the tracker (ns).
+    pub(super) last_activity_ns: u64,
+    /// Longest time to first byte and idle gap so far (a 0 ns value counts as none).
+    pub(super) max_response_begin_ns: Option<NonZeroU64>,
+    pub(super) max_idle_ns: Option<NonZeroU64>,
+    /// Phases already reported by the hang detector.
+    pub(super) flagged: PhaseSet,
+    /// The stuck episode in progress: phase, and when it began (two fields rather than an
+    /// `Option` of a pair, which would pad the phase to 8 bytes).
+    pub(super) stuck_phase: Option<Phase>,
+    pub(super) stuck_since_ns: u64,
+    /// Audits in a row that found no kernel record for this connection.
+    pub(super) missing: u8,
+}
+
+impl Conn {
+    pub(super) fn new(id: u64, start_ns: u64, role: Role, partial: bool) -> Self {
+        Self {
+            id,
+            start_ns,
+            role,
+            partial: partial.then_some(PartialReason::AlreadyOpen),
+            addrs: Addrs::new(([0, 0, 0, 0], 0).into(), ([0, 0, 0, 0], 0).into()),
+            pid: 0,
+            comm: Comm::default(),
+            cgroup: 0,
+            established_ns: None,
+            state: tcp_state::ESTABLISHED,
+            state_since_ns: start_ns,
+            exchanges: 0,
+            pending: Pending::default(),
+            phases: None,
+            bytes_sent: 0,
+            bytes_received: 0,
+            saw_data: false,
+            last_activity_ns: start_ns,
+            max_response_begin_ns: None,
+            max_idle_ns: None,
+            flagged: PhaseSet::default(),
+            stuck_phase: None,
+            stuck_since_ns: 0,
+            missing: 0,
+        }
+    }
+
+    pub(super) fn from_event(id: u64, event: &OpenEvent) -> Self {
+        let partial = event.flags & FLAG_PARTIAL != 0;
+        let mut conn = Self::new(
+            id,
+            event.hdr.start_ns,
+            Role::from_kernel(event.role),
+            partial,
+        );
+        conn.addrs = Addrs::from_kernel(&event.endpoints);
+        conn.set_process(Process::from_kernel(&event.task));
+        conn.state = event.state;
+        conn.state_since_ns = event.hdr.ts_ns;
+        conn.last_activity_ns = event.hdr.ts_ns;
+        conn
+    }
+
+    /// A connection known only from its close: a connect failure, or one whose open was lost.
+    pub(super) fn from_close(id: u64, event: &CloseEvent) -> Self {
+        let rec = &event.record;
+        let mut conn = Self::new(
+            id,
+            event.hdr.start_ns,
+            Role::from_kernel(rec.role),
+            rec.flags & FLAG_PARTIAL != 0,
+        );
+        if conn.partial.is_none() && rec.established_ns != 0 {
+            conn.partial = Some(PartialReason::MissedOpen);
+        }
+        conn.addrs = Addrs::from_kernel(&rec.endpoints);
+        conn.set_process(Process::from_kernel(&rec.task));
+        conn.established_ns = NonZeroU64::new(rec.established_ns);
+        conn.state = rec.final_state;
+        conn
+    }
+
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    pub fn addrs(&self) -> &Addrs {
+        &self.addrs
+    }
+
+    pub fn process(&self) -> Option<Process> {
+        (self.pid != 0).then_some(Process {
+            pid: self.pid,
+            comm: self.comm,
+            cgroup: self.cgroup,
+        })
+    }
+
+    pub fn state(&self) -> u8 {
+        self.state
+    }
+
+    pub fn start_ns(&self) -> u64 {
+        self.start_ns
+    }
+
+    pub fn partial(&self) -> bool {
+        self.partial.is_some()
+    }
+
+    pub fn exchanges(&self) -> u32 {
+        self.exchanges
+    }
+
+    pub fn bytes(&self) -> (u64, u64) {
+        (self.bytes_sent, self.bytes_received)
+    }
+
+    pub fn last_activity_ns(&self) -> u64 {
+        self.last_activity_ns
+    }
+
+    /// Phases the hang detector has flagged.
+    pub fn flagged(&self) -> PhaseSet {
+        self.flagged
+    }
+
+    /// Applies one completed burst: exchanges, bytes, activity. Returns the direction's slot
+    /// (0 sent, 1 received) and the bytes, for the counters.
+    pub(super) fn take_burst(
+        &mut self,
+        burst: &Burst,
+        out: &mut Vec<Record>,
+    ) -> Option<(usize, u64)> {
+        let slot = match burst.dir {
+            direction::OUT => 0,
+            direction::IN => 1,
+            _ => return None,
+        };
+        self.on_burst(burst, out);
+        if slot == 0 {
+            self.bytes_sent += burst.bytes;
+        } else {
+            self.bytes_received += burst.bytes;
+        }
+        self.saw_data = true;
+        self.last_activity_ns = self.last_activity_ns.max(burst.last_ns);
+        Some((slot, burst.bytes))
+    }
+
+    /// Applies the bursts a kernel record still holds: the held one, then the one in progress.
+    pub(super) fn take_pending(&mut self, rec: &SockRecord, out: &mut Vec<Record>) {
+        for burst in [&rec.held, &rec.burst] {
+            self.take_burst(burst, out);
+        }
+    }
+
+    /// Ends the stuck episode in progress, if any (the connection moved on).
+    pub(super) fn unstick(&mut self, now: u64, out: &mut Vec<Record>) {
+        if let Some((phase, since)) = self.stuck() {
+            self.stuck_phase = None;
+            out.push(Record::Unstuck(phase, now.saturating_sub(since)));
+        }
+    }
+
+    fn set_process(&mut self, process: Option<Process>) {
+        if let Some(process) = process {
+            (self.pid, self.comm, self.cgroup) = (process.pid, process.comm, process.cgroup);
+        }
+    }
+
+    pub(super) fn update_process(&mut self, task: &Task) {
+        if self.pid == 0 {
+            self.set_process(Process::from_kernel(task));
+        }
+    }
+
+    pub(super) fn established_ns(&self) -> Option<u64> {
+        self.established_ns.map(NonZeroU64::get)
+    }
+
+    fn connect_ns(&self) -> Option<u64> {
+        match self.partial {
+            None => self
+                .established_ns()
+                .map(|at| at.saturating_sub(self.start_ns)),
+            Some(_) => None,
+        }
+    }
+
+    /// The stuck episode in progress: phase and when it began.
+    fn stuck(&self) -> Option<(Phase, u64)> {
+        self.stuck_phase.map(|phase| (phase, self.stuck_since_ns))
+    }
+
+    /// The stuck episode in progress at `end_ns`, as (phase, duration).
+    fn stuck_at(&self, end_ns: u64) -> Option<(Phase, u64)> {
+        self.stuck()
+            .map(|(phase, since)| (phase, end_ns.saturating_sub(since)))
+    }
+
+    /// The connection record; takes the phases along.
+    fn record(&mut self, partial: Option<PartialReason>, lifetime_ns: u64) -> ConnectionRecord {
+        ConnectionRecord {
+            id: self.id,
+            role: self.role,
+            partial,
+            addrs: self.addrs,
+            process: self.process(),
+            start_ns: self.start_ns,
+            established_ns: self.established_ns(),
+            connect_ns: self.connect_ns(),
+            connect_failure: None,
+            lifetime_ns,
+            exchanges: self.exchanges,
+            bytes_sent: self.bytes_sent,
+            bytes_received: self.bytes_received,
+            retransmits: 0,
+            close: None,
+            tcp: None,
+            max_response_begin_ns: self.max_response_begin_ns.map(NonZeroU64::get),
+            max_idle_ns: self.max_idle_ns.map(NonZeroU64::get),
+            stuck: self.flagged,
+            stuck_at_end: self.stuck_at(self.start_ns + lifetime_ns),
+            phases: self.phases.take(),
+            last_exchange: None,
+        }
+    }
+
+    /// The record of a connection that is not closing normally.
+    /// `retransmits` comes from the kernel's record, if it was read.
+    pub(super) fn unfinished(
+        mut self,
+        reason: PartialReason,
+        now: u64,
+        retransmits: u32,
+        out: &mut Vec<Record>,
+    ) {
+        let last = self.finish_exchange(ExchangeEnd::Flushed { now }, out);
+        let mut record = self.record(Some(reason), now.saturating_sub(self.start_ns));
+        record.retransmits = retransmits;
+        record.last_exchange = last;
+        out.push(Record::Connection(record));
+    }
+
+    /// The final record of a closed connection, after its last exchange.
+    pub(super) fn closed(mut self, rec: &SockRecord, out: &mut Vec<Record>) {
+        self.take_pending(rec, out);
+        // The kernel's record has the final word on addresses: a connect announced before its
+        // local port was bound learns it here.
+        if rec.endpoints.lport != 0 || rec.endpoints.rport != 0 {
+            self.addrs = Addrs::from_kernel(&rec.endpoints);
+        }
+        let role = Role::from_kernel(rec.role);
+        if role != Role::Unknown {
+            self.role = role;
+        }
+        if let Some(process) = Process::from_kernel(&rec.task) {
+            self.set_process(Some(process));
+        }
+        let close = close_of(rec, self.role);
+        let last = self.finish_exchange(
+            ExchangeEnd::Closed {
+                idle_end: (rec.teardown_ns != 0).then_some(rec.teardown_ns),
+                session_end: rec.close_ns,
+                originator: close.originator,
+            },
+            out,
+        );
+        self.settle_tls(out);
+        let mut record = self.record(self.partial, rec.close_ns.saturating_sub(self.start_ns));
+        record.last_exchange = last;
+        record.connect_failure = connect_failure_of(rec);
+        record.bytes_sent = rec.bytes_sent;
+        record.bytes_received = rec.bytes_recv;
+        record.retransmits = rec.retransmits;
+        record.tcp = TcpCounters::from_kernel(&rec.tcp);
+        record.close = Some(close);
+        out.push(Record::Connection(record));
+    }
+}

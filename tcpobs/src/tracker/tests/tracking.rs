@@ -1,0 +1,175 @@
+//! Connections the tracker sees only in part (already open, events without their open, a
+//! socket reused without a close, still open at shutdown), the live counts, and the size of
+//! a live connection.
+
+use super::*;
+
+/// A socket already open when tcpobs started: role unknown, partial, no exchange guessed.
+#[test]
+fn already_open_connections_are_partial_and_unclassified() {
+    let mut sock = Sock::new(0xffff_0000_0000_3000, role::UNKNOWN, 10 * MS);
+    sock.rec.flags = FLAG_PARTIAL;
+    let events = sock
+        .established(10 * MS)
+        .recv(10 * MS, 10)
+        .send(11 * MS, 20)
+        .recv(12 * MS, 30)
+        .state(tcp_state::CLOSE_WAIT, 13 * MS)
+        .state(tcp_state::LAST_ACK, 14 * MS)
+        .close(15 * MS, 0);
+    let (exchanges, connections, tracker) = run(&events);
+    assert!(exchanges.is_empty(), "{exchanges:?}");
+    let connection = &connections[0];
+    assert_eq!(connection.role, Role::Unknown);
+    assert_eq!(connection.partial, Some(PartialReason::AlreadyOpen));
+    assert_eq!(connection.connect_ns, None);
+    let close = connection.close.as_ref().unwrap();
+    assert_eq!(close.originator, CloseOriginator::Unknown);
+    assert_eq!(close.closed_by, Some(Side::Peer));
+    assert_eq!((connection.bytes_sent, connection.bytes_received), (20, 40));
+    assert_eq!(tracker.stats(), TrackerStats::default());
+}
+
+#[test]
+fn events_for_unknown_connections_are_unmatched() {
+    let events = Sock::client(0)
+        .established(50 * US)
+        .send(100 * US, 80)
+        .recv(MS, 80)
+        .send(2 * MS, 80)
+        .state(tcp_state::FIN_WAIT1, 3 * MS)
+        .close(4 * MS, 0);
+    // Drop the Open, as a full ring buffer would.
+    let (exchanges, connections, tracker) = run(&events[1..]);
+    assert_eq!(
+        tracker.stats().unmatched,
+        3,
+        "a pair of bursts, a state change and the close, all without their open"
+    );
+    assert_eq!(connections[0].partial, Some(PartialReason::MissedOpen));
+    // The close record alone still gives the outcome and the last exchange.
+    assert_eq!(
+        connections[0].close.as_ref().unwrap().originator,
+        CloseOriginator::Client
+    );
+    assert_eq!(
+        (connections[0].bytes_sent, connections[0].bytes_received),
+        (160, 80)
+    );
+    assert_eq!(exchanges.len(), 1);
+}
+
+/// A new generation on a socket the tracker still holds: the old connection was lost.
+#[test]
+fn reused_socket_without_close_reports_the_old_connection_lost() {
+    let old = Sock::client(0)
+        .established(50 * US)
+        .send(MS, 10)
+        .recv(2 * MS, 10);
+    let mut events = old.events;
+    let new = Sock::client(10 * MS)
+        .established(10 * MS + 50 * US)
+        .close(20 * MS, 0);
+    events.extend(new);
+    let (exchanges, connections, tracker) = run(&events);
+    assert_eq!(tracker.stats().lost, 1);
+    assert_eq!(connections.len(), 2);
+    assert_eq!(connections[0].partial, Some(PartialReason::Lost));
+    assert!(connections[0].close.is_none());
+    assert_eq!(connections[1].partial, None);
+    assert_ne!(connections[0].id, connections[1].id);
+    assert!(
+        exchanges.is_empty(),
+        "the old connection's bursts never left the kernel: {exchanges:?}"
+    );
+}
+
+#[test]
+fn shutdown_flushes_live_connections_as_partial() {
+    let events = Sock::server(0)
+        .established(50 * US)
+        .recv(MS, 10)
+        .send(2 * MS, 10)
+        .recv(3 * MS, 10)
+        .events;
+    let mut tracker = Tracker::new();
+    let mut out = Vec::new();
+    for event in &events {
+        tracker.handle(&event.event(), &mut out);
+    }
+    assert_eq!(tracker.live().count(), 1);
+    // The second request is still a burst in progress in the kernel: the first exchange's
+    // class is not known yet. Only the establishment was announced.
+    assert!(matches!(out[..], [Record::Opened(_)]), "{out:?}");
+    tracker.flush(10 * MS, |_| None, &mut out);
+    let (exchanges, connections, tracker) = split(out, tracker);
+    assert_eq!(tracker.live().count(), 0);
+    assert_eq!(classes(&exchanges), [ExchangeClass::Start]);
+    assert_eq!(exchanges[0].response_ns, Some(MS));
+    assert_eq!(exchanges[0].idle_after_ns, None);
+    assert_eq!(connections[0].partial, Some(PartialReason::Shutdown));
+    assert_eq!(connections[0].lifetime_ns, 10 * MS);
+    assert!(connections[0].close.is_none());
+    assert_eq!(connections[0].exchanges, 1);
+}
+
+/// A client's connect is known before it is established; the counters follow its states.
+#[test]
+fn connect_then_establish_is_one_connection_with_live_counts() {
+    let mut tracker = Tracker::new();
+    let mut out = Vec::new();
+    let sock = Sock::client(0);
+    let connect = OwnedEvent::Connect(OpenEvent {
+        hdr: sock.hdr(kind::CONNECT, 0),
+        endpoints: sock.rec.endpoints,
+        role: role::CLIENT,
+        state: tcp_state::SYN_SENT,
+        ..Default::default()
+    });
+    tracker.handle(&connect.event(), &mut out);
+    let syn_sent = usize::from(tcp_state::SYN_SENT);
+    let established = usize::from(tcp_state::ESTABLISHED);
+    assert_eq!(tracker.counts().open[0][syn_sent], 1);
+    assert!(out.is_empty());
+    let mut sock = sock.established(70 * US).send(MS, 10).recv(2 * MS, 20);
+    for event in sock.events.drain(..) {
+        tracker.handle(&event.event(), &mut out);
+    }
+    assert_eq!(
+        tracker.live().count(),
+        1,
+        "the connect and the open are one connection"
+    );
+    assert_eq!(tracker.counts().open[0][syn_sent], 0);
+    assert_eq!(tracker.counts().open[0][established], 1);
+    let Record::Opened(opened) = &out[0] else {
+        panic!("{out:?}");
+    };
+    assert_eq!(opened.connect_ns, 70 * US);
+    assert_eq!(
+        tracker.counts().bytes[0],
+        [0, 0],
+        "both bursts are still in the kernel"
+    );
+    let close = sock.close(3 * MS, 0);
+    let mut closed = Vec::new();
+    tracker.handle(&close[0].event(), &mut closed);
+    assert_eq!(tracker.counts().open[0][established], 0);
+    assert_eq!(
+        tracker.counts().bytes[0],
+        [10, 20],
+        "the close brings the bytes"
+    );
+    assert_eq!(tracker.stats(), TrackerStats::default());
+}
+
+/// The live table holds one `Conn` per traced socket: 200,000 of them must fit the daemon's
+/// 64 MiB (BENCHMARKS.md, scale). Growing it is a decision, not an accident.
+#[test]
+fn a_live_connection_stays_small() {
+    assert!(
+        std::mem::size_of::<super::Conn>() <= 216,
+        "{}",
+        std::mem::size_of::<super::Conn>()
+    );
+}
