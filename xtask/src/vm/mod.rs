@@ -40,8 +40,9 @@ const TIMED_OUT: u8 = 5;
 
 /// The test binaries a guest runs unless told otherwise: the ones whose results depend on
 /// the kernel (every hook family on loopback; retransmits, timeouts and unreachable hosts
-/// across network namespaces). `http`, `cli` and `exporter` exercise the same hooks
-/// through nginx and the daemon's outputs and add minutes per strategy under emulation.
+/// across network namespaces). The others (`http`, `cli`, `exporter`, `runtime`, the phase
+/// tests, ...) exercise the same hooks through nginx, the daemon's outputs and uprobes, and
+/// add minutes per strategy under emulation.
 const DEFAULT_TESTS: [&str; 2] = ["lifecycle", "netns"];
 
 #[derive(Debug, clap::Args)]
