@@ -134,6 +134,7 @@ fn check_reports_every_family_or_what_is_missing() {
             "resets",
             "retransmits",
             "close",
+            "errors",
             "connect",
             "state",
             "dns",

@@ -306,7 +306,8 @@ pub struct SockRecord {
     pub endpoints: Endpoints,
     /// Retransmitted segments (`tcp:tcp_retransmit_skb`).
     pub retransmits: u32,
-    /// `sk->sk_err` when the socket reached `CLOSE` (an errno, e.g. 110 for `ETIMEDOUT`).
+    /// `sk->sk_err` when the socket reached `CLOSE` (an errno, e.g. 110 for `ETIMEDOUT`), or, if
+    /// the application had taken it by then, when the kernel reported it (errors family).
     pub sk_err: u32,
     /// One of [`role`].
     pub role: u8,

@@ -51,6 +51,8 @@ pub mod family {
     pub const CLOSE: &str = "close";
     pub const RESETS: &str = "resets";
     pub const RETRANSMITS: &str = "retransmits";
+    /// The error that ends a connection, when the kernel reports it.
+    pub const ERRORS: &str = "errors";
     /// Name resolution: uprobes on the C library's `getaddrinfo`.
     pub const DNS: &str = "dns";
     /// TLS handshakes: uprobes on OpenSSL's libssl.
@@ -97,7 +99,8 @@ pub enum Attach {
         /// First kernel version that has the tracepoint.
         since: &'static str,
         btf_program: &'static str,
-        tracepoint_program: &'static str,
+        /// `None` where the classic record lacks what the program needs.
+        tracepoint_program: Option<&'static str>,
     },
     /// fentry on a kernel function.
     FEntry {
@@ -145,6 +148,8 @@ pub struct Way {
 pub struct Family {
     pub name: &'static str,
     pub ways: &'static [Way],
+    /// The daemon runs without it (saying so) when none of its ways attaches.
+    pub optional: bool,
 }
 
 const fn tracepoint(
@@ -159,16 +164,17 @@ const fn tracepoint(
         name,
         since,
         btf_program,
-        tracepoint_program,
+        tracepoint_program: Some(tracepoint_program),
     }
 }
 
 /// Every family, in attach order: the state family goes last so that by the time connections
 /// start being tracked, the hooks that update them are in place; the connect family goes
 /// just before it, so that the state program knows whether to start clients itself.
-pub const FAMILIES: [Family; 6] = [
+pub const FAMILIES: [Family; 7] = [
     Family {
         name: family::DATA,
+        optional: false,
         ways: &[
             Way {
                 strategy: Strategy::Fentry,
@@ -179,8 +185,12 @@ pub const FAMILIES: [Family; 6] = [
                     },
                     Attach::FExit {
                         function: "tcp_recvmsg",
-                        // Linux 5.19 dropped the `nonblock` parameter.
-                        programs: &[(5, "recv_fexit"), (6, "recv_fexit_nonblock")],
+                        // Linux 5.19 dropped the `nonblock` parameter, Linux 7 `addr_len`.
+                        programs: &[
+                            (4, "recv_fexit_no_addr_len"),
+                            (5, "recv_fexit"),
+                            (6, "recv_fexit_nonblock"),
+                        ],
                     },
                 ],
             },
@@ -228,6 +238,7 @@ pub const FAMILIES: [Family; 6] = [
     },
     Family {
         name: family::RESETS,
+        optional: false,
         ways: &[Way {
             strategy: Strategy::Tracepoint,
             attach: &[
@@ -250,6 +261,7 @@ pub const FAMILIES: [Family; 6] = [
     },
     Family {
         name: family::RETRANSMITS,
+        optional: false,
         ways: &[Way {
             strategy: Strategy::Tracepoint,
             attach: &[tracepoint(
@@ -263,6 +275,7 @@ pub const FAMILIES: [Family; 6] = [
     },
     Family {
         name: family::CLOSE,
+        optional: false,
         ways: &[
             Way {
                 strategy: Strategy::Fentry,
@@ -303,7 +316,39 @@ pub const FAMILIES: [Family; 6] = [
         ],
     },
     Family {
+        name: family::ERRORS,
+        optional: true,
+        ways: &[
+            Way {
+                strategy: Strategy::Fentry,
+                attach: &[Attach::FEntry {
+                    function: "sock_def_error_report",
+                    program: "error_report_fentry",
+                }],
+            },
+            Way {
+                strategy: Strategy::Tracepoint,
+                attach: &[Attach::Tracepoint {
+                    category: "sock",
+                    name: "inet_sk_error_report",
+                    since: "5.14",
+                    btf_program: "error_report_btf",
+                    // The classic record has no socket address.
+                    tracepoint_program: None,
+                }],
+            },
+            Way {
+                strategy: Strategy::Kprobe,
+                attach: &[Attach::KProbe {
+                    function: "sock_def_error_report",
+                    program: "error_report_kprobe",
+                }],
+            },
+        ],
+    },
+    Family {
         name: family::CONNECT,
+        optional: false,
         ways: &[
             Way {
                 strategy: Strategy::Fentry,
@@ -328,6 +373,7 @@ pub const FAMILIES: [Family; 6] = [
     },
     Family {
         name: family::STATE,
+        optional: false,
         ways: &[
             Way {
                 strategy: Strategy::Tracepoint,

@@ -115,10 +115,24 @@ pub fn send_fexit(ctx: FExitContext) -> u32 {
     0
 }
 
-/// `tcp_recvmsg(sk, msg, len, flags, addr_len)`, Linux 5.19 and later.
+/// `tcp_recvmsg(sk, msg, len, flags, addr_len)`, Linux 5.19 to 6.x.
 #[fexit(function = "tcp_recvmsg")]
 pub fn recv_fexit(ctx: FExitContext) -> u32 {
     let (flags, ret): (i32, i64) = (ctx.arg(3), ctx.arg(5));
+    on_data(
+        offsets(),
+        Sock(ctx.arg(0)),
+        ret as i32,
+        flags,
+        direction::IN,
+    );
+    0
+}
+
+/// `tcp_recvmsg(sk, msg, len, flags)`, Linux 7 (no `addr_len`).
+#[fexit(function = "tcp_recvmsg")]
+pub fn recv_fexit_no_addr_len(ctx: FExitContext) -> u32 {
+    let (flags, ret): (i32, i64) = (ctx.arg(3), ctx.arg(4));
     on_data(
         offsets(),
         Sock(ctx.arg(0)),

@@ -20,6 +20,7 @@ mod close;
 mod connect;
 mod data;
 mod dns;
+mod errors;
 mod filter;
 mod maps;
 mod resets;

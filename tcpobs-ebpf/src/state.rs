@@ -173,7 +173,18 @@ fn closed(o: &Offsets, sk: Sock, old: u8, now: u64) {
     rec.close_ns = now;
     rec.final_state = old;
     rec.state = tcp_state::CLOSE;
-    rec.sk_err = sk.err(o);
+    // Empty if the application already took it; the errors family kept it then, unless the
+    // connection outlived that error (an ICMP error on an established socket with
+    // `IP_RECVERR`) and is ending normally, from a state only a FIN exchange leads to.
+    let err = sk.err(o);
+    if err != 0 {
+        rec.sk_err = err;
+    } else if matches!(
+        old,
+        tcp_state::FIN_WAIT2 | tcp_state::LAST_ACK | tcp_state::CLOSING
+    ) {
+        rec.sk_err = 0;
+    }
     // The peer had closed and the application has not yet: it learns of the reset or error
     // now and closes (or leaks) later; `tcp_destroy_sock` tells which.
     let waiting_for_app = rec.flags & (FLAG_CLOSE_WAIT | FLAG_APP_CLOSED) == FLAG_CLOSE_WAIT;

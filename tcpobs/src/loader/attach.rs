@@ -12,6 +12,7 @@ use tracing::debug;
 use super::{
     LoadError, Strategy, StrategyChoice, TracepointMode,
     error::{error_chain, short},
+    prepare::Unreadable,
 };
 use crate::btf::Btf;
 
@@ -56,8 +57,9 @@ impl FamilyAttach {
 pub(super) struct Kernel {
     pub(super) btf: Btf,
     pub(super) aya_btf: AyaBtf,
-    /// Classic tracepoints are usable (tracefs mounted, record offsets read), or why not.
-    pub(super) classic: Result<(), String>,
+    /// Classic tracepoints are usable (tracefs mounted) but for those whose record offsets
+    /// could not be read, or why none is.
+    pub(super) classic: Result<Unreadable, String>,
     pub(super) tracepoints: TracepointMode,
 }
 
@@ -166,12 +168,16 @@ fn attach_one(
                 }
             }
             if kernel.tracepoints != TracepointMode::Btf {
-                let classic = kernel
-                    .classic
-                    .clone()
-                    .and_then(|()| attach_classic(ebpf, tracepoint_program, category, name));
+                let classic = match (&kernel.classic, tracepoint_program) {
+                    (_, None) => Err("the record does not name the socket".to_owned()),
+                    (Err(why), _) => Err(why.clone()),
+                    (Ok(unreadable), Some(program)) => match unreadable.get(&target) {
+                        Some(why) => Err(why.clone()),
+                        None => attach_classic(ebpf, program, category, name).map(|()| program),
+                    },
+                };
                 match classic {
-                    Ok(()) => return Ok((tracepoint_program, attached("tracepoint", &target))),
+                    Ok(program) => return Ok((program, attached("tracepoint", &target))),
                     Err(err) => reasons.push(format!("classic: {}", short(&err))),
                 }
             }

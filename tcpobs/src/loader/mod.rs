@@ -29,7 +29,7 @@ use std::path::PathBuf;
 use aya::{Btf as AyaBtf, Ebpf, EbpfLoader, Endianness, maps::Array};
 use tcpobs_common::names::{self, family};
 pub use tcpobs_common::names::{FAMILIES, Strategy};
-use tracing::info;
+use tracing::{info, warn};
 
 pub use self::{
     attach::{Attached, FamilyAttach},
@@ -133,7 +133,18 @@ pub fn load(options: &LoadOptions) -> Result<Loaded, LoadError> {
     };
     let mut families = Vec::with_capacity(FAMILIES.len());
     for family in &FAMILIES {
-        let attached = attach_family(&mut ebpf, &kernel, family, &options.strategy)?;
+        let attached = match attach_family(&mut ebpf, &kernel, family, &options.strategy) {
+            Ok(attached) => attached,
+            Err(err) if family.optional => {
+                warn!(
+                    family = family.name,
+                    "not attached, tcpobs goes on without it: {}",
+                    error_chain(&err)
+                );
+                continue;
+            }
+            Err(err) => return Err(err),
+        };
         info!(
             family = family.name,
             strategy = attached.strategy.as_str(),

@@ -51,29 +51,77 @@ pub(super) fn sock_offsets(btf: &Btf) -> Result<Offsets, BtfError> {
     })
 }
 
-/// Classic tracepoint record offsets from tracefs (mounting it if needed).
-pub(super) fn tracepoint_offsets(offsets: &mut Offsets) -> Result<(), TracefsError> {
+/// Classic tracepoint record offsets from tracefs (mounting it if needed). Returns the
+/// tracepoints whose record could not be read (absent from this kernel, or laid out
+/// differently), with why: their classic programs must not be attached, the others may.
+pub(super) fn tracepoint_offsets(offsets: &mut Offsets) -> Result<Unreadable, TracefsError> {
     tracefs::ensure_mounted()?;
     let root = std::path::Path::new(tracefs::TRACEFS);
-    let format = |category, name| Format::read(root, category, name);
-    let state = format("sock", "inet_sock_set_state")?;
-    offsets.tp_state_sk = state.offset("skaddr")?;
-    offsets.tp_state_old = state.offset("oldstate")?;
-    offsets.tp_state_new = state.offset("newstate")?;
-    let send = format("sock", "sock_send_length")?;
-    offsets.tp_send_sk = send.offset("sk")?;
-    offsets.tp_send_ret = send.offset("ret")?;
-    offsets.tp_send_flags = send.offset("flags")?;
-    let recv = format("sock", "sock_recv_length")?;
-    offsets.tp_recv_sk = recv.offset("sk")?;
-    offsets.tp_recv_ret = recv.offset("ret")?;
-    offsets.tp_recv_flags = recv.offset("flags")?;
-    offsets.tp_destroy_sk = format("tcp", "tcp_destroy_sock")?.offset("skaddr")?;
-    offsets.tp_send_reset_sk = format("tcp", "tcp_send_reset")?.offset("skaddr")?;
-    offsets.tp_recv_reset_sk = format("tcp", "tcp_receive_reset")?.offset("skaddr")?;
-    offsets.tp_retransmit_sk = format("tcp", "tcp_retransmit_skb")?.offset("skaddr")?;
-    Ok(())
+    let mut unreadable = Unreadable::new();
+    let mut read = |category: &str, name: &str, fields: &mut [(&str, &mut u16)]| {
+        let read = Format::read(root, category, name).and_then(|format| {
+            for (field, offset) in fields.iter_mut() {
+                **offset = format.offset(field)?;
+            }
+            Ok(())
+        });
+        if let Err(err) = read {
+            debug!("classic tracepoint {category}:{name}: {err}");
+            unreadable.insert(format!("{category}:{name}"), err.to_string());
+        }
+    };
+    read(
+        "sock",
+        "inet_sock_set_state",
+        &mut [
+            ("skaddr", &mut offsets.tp_state_sk),
+            ("oldstate", &mut offsets.tp_state_old),
+            ("newstate", &mut offsets.tp_state_new),
+        ],
+    );
+    read(
+        "sock",
+        "sock_send_length",
+        &mut [
+            ("sk", &mut offsets.tp_send_sk),
+            ("ret", &mut offsets.tp_send_ret),
+            ("flags", &mut offsets.tp_send_flags),
+        ],
+    );
+    read(
+        "sock",
+        "sock_recv_length",
+        &mut [
+            ("sk", &mut offsets.tp_recv_sk),
+            ("ret", &mut offsets.tp_recv_ret),
+            ("flags", &mut offsets.tp_recv_flags),
+        ],
+    );
+    read(
+        "tcp",
+        "tcp_destroy_sock",
+        &mut [("skaddr", &mut offsets.tp_destroy_sk)],
+    );
+    read(
+        "tcp",
+        "tcp_send_reset",
+        &mut [("skaddr", &mut offsets.tp_send_reset_sk)],
+    );
+    read(
+        "tcp",
+        "tcp_receive_reset",
+        &mut [("skaddr", &mut offsets.tp_recv_reset_sk)],
+    );
+    read(
+        "tcp",
+        "tcp_retransmit_skb",
+        &mut [("skaddr", &mut offsets.tp_retransmit_sk)],
+    );
+    Ok(unreadable)
 }
+
+/// Classic tracepoints (`category:name`) whose record offsets are unknown, and why.
+pub(super) type Unreadable = std::collections::BTreeMap<String, String>;
 
 const CAP_SYS_ADMIN: u32 = 21;
 const CAP_PERFMON: u32 = 38;
