@@ -74,7 +74,7 @@ enum Task {
     /// of the fentry and kprobe strategies (needs root).
     Test {
         /// Skip the kernel matrix part (`vm-test --kernel 6.1,5.10 --strategy fentry,kprobe`,
-        /// about 12 minutes), for a quicker run on the host kernel alone. CI runs it.
+        /// about 9 minutes), for a quicker run on the host kernel alone. CI runs it.
         #[arg(long)]
         no_vm: bool,
         /// Extra arguments for the integration test binaries, e.g. a test name filter.
