@@ -118,35 +118,28 @@ pub fn send_fexit(ctx: FExitContext) -> u32 {
 /// `tcp_recvmsg(sk, msg, len, flags, addr_len)`, Linux 5.19 to 6.x.
 #[fexit(function = "tcp_recvmsg")]
 pub fn recv_fexit(ctx: FExitContext) -> u32 {
-    let (flags, ret): (i32, i64) = (ctx.arg(3), ctx.arg(5));
-    on_data(
-        offsets(),
-        Sock(ctx.arg(0)),
-        ret as i32,
-        flags,
-        direction::IN,
-    );
+    on_recv_exit(&ctx, ctx.arg(3), ctx.arg(5));
     0
 }
 
 /// `tcp_recvmsg(sk, msg, len, flags)`, Linux 7 (no `addr_len`).
 #[fexit(function = "tcp_recvmsg")]
 pub fn recv_fexit_no_addr_len(ctx: FExitContext) -> u32 {
-    let (flags, ret): (i32, i64) = (ctx.arg(3), ctx.arg(4));
-    on_data(
-        offsets(),
-        Sock(ctx.arg(0)),
-        ret as i32,
-        flags,
-        direction::IN,
-    );
+    on_recv_exit(&ctx, ctx.arg(3), ctx.arg(4));
     0
 }
 
 /// `tcp_recvmsg(sk, msg, len, nonblock, flags, addr_len)`, before Linux 5.19.
 #[fexit(function = "tcp_recvmsg")]
 pub fn recv_fexit_nonblock(ctx: FExitContext) -> u32 {
-    let (flags, ret): (i32, i64) = (ctx.arg(4), ctx.arg(6));
+    on_recv_exit(&ctx, ctx.arg(4), ctx.arg(6));
+    0
+}
+
+/// The return of `tcp_recvmsg`, whichever its signature: `flags` and the return value come
+/// from the parameter slots of that signature (constant indexes, as the verifier wants).
+#[inline(always)]
+fn on_recv_exit(ctx: &FExitContext, flags: i32, ret: i64) {
     on_data(
         offsets(),
         Sock(ctx.arg(0)),
@@ -154,7 +147,6 @@ pub fn recv_fexit_nonblock(ctx: FExitContext) -> u32 {
         flags,
         direction::IN,
     );
-    0
 }
 
 #[kprobe]
