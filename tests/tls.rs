@@ -58,7 +58,20 @@ fn a_tls_handshake_is_tied_to_its_connection() {
     let served = tls_records(&records, server.pid());
     assert_eq!(served.len(), 1, "{served:#?}");
     assert!(served[0].ok);
-    assert_eq!(served[0].conn_id, Some(server_end.id), "{server_end:#?}");
+    assert_eq!(
+        served[0].conn_id,
+        Some(server_end.id),
+        "{server_end:#?} {:#?} {:#?}",
+        served[0],
+        tcpobs_tests::connections(&records)
+            .iter()
+            .filter(
+                |c| c.addrs.local().port() == server_end.addrs.local().port()
+                    || c.addrs.remote().port() == server_end.addrs.local().port()
+            )
+            .map(|c| (c.id, c.role, c.start_ns, c.established_ns))
+            .collect::<Vec<_>>()
+    );
     assert_eq!(server_end.tls().and_then(|tls| tls.ok), Some(true));
     assert_eq!(
         tls_records(&records, ran.pid).len(),
