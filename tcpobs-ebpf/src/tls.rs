@@ -146,33 +146,25 @@ fn on_entry(ctx: &ProbeContext, func: u8) {
         return;
     };
     let thread = bpf_get_current_pid_tgid();
-    let now = now_ns();
-    if let Some(call) = TLS_THREADS.get_ptr_mut(thread) {
-        // SAFETY: as in `note_socket_slow`.
-        let call = unsafe { &mut *call };
-        if call.ssl == ssl {
-            call.depth += 1;
-        } else {
-            // A call whose return was never seen (the thread jumped out of it): start over.
-            *call = TlsCall {
-                ssl,
-                entry_ns: now,
-                sock: 0,
-                sock_start_ns: 0,
-                depth: 1,
-                func: u32::from(func),
-            };
-        }
-        return;
-    }
     let call = TlsCall {
         ssl,
-        entry_ns: now,
+        entry_ns: now_ns(),
         sock: 0,
         sock_start_ns: 0,
         depth: 1,
         func: u32::from(func),
     };
+    if let Some(current) = TLS_THREADS.get_ptr_mut(thread) {
+        // SAFETY: as in `note_socket_slow`.
+        let current = unsafe { &mut *current };
+        if current.ssl == ssl {
+            current.depth += 1;
+        } else {
+            // A call whose return was never seen (the thread jumped out of it): start over.
+            *current = call;
+        }
+        return;
+    }
     if TLS_THREADS
         .insert(thread, call, u64::from(BPF_NOEXIST))
         .is_err()
