@@ -152,6 +152,9 @@ pub struct Table {
     pub rows: Vec<(String, Vec<Cell>)>,
     /// Why things failed or were unsupported, with where to read more.
     pub notes: Vec<String>,
+    /// Each failing test binary's panic output (`[column] test`, excerpt), printed whole
+    /// after the table so a CI log alone explains a failure.
+    pub failures: Vec<(String, String)>,
 }
 
 impl Table {
@@ -215,6 +218,7 @@ pub fn table(mode: &Mode, tests: &[TestBinary], outcomes: &[Outcome]) -> Table {
     let mut checks = Vec::new();
     let mut test_cells: Vec<Vec<Cell>> = vec![Vec::new(); tests.len()];
     let mut notes = Vec::new();
+    let mut failures = Vec::new();
     for column in &columns {
         if matches!(mode, Mode::Forced(_)) {
             let Some(check) = outcomes.next() else { break };
@@ -241,6 +245,7 @@ pub fn table(mode: &Mode, tests: &[TestBinary], outcomes: &[Outcome]) -> Table {
                     failure_summary(&log),
                     outcome.log.display()
                 ));
+                failures.push((format!("{} [{column}]", test.name), panic_output(&log)));
             }
             cells.push(cell);
         }
@@ -281,6 +286,7 @@ pub fn table(mode: &Mode, tests: &[TestBinary], outcomes: &[Outcome]) -> Table {
         columns,
         rows,
         notes,
+        failures,
     }
 }
 
@@ -417,6 +423,38 @@ fn failure_summary(log: &str) -> String {
         let _ = write!(summary, "\nfirst panic: {panic}");
     }
     summary
+}
+
+/// The most lines of a failing test binary's output the report repeats.
+const PANIC_OUTPUT_LINES: usize = 150;
+
+/// The failing tests' own output (libtest's `---- name stdout ----` sections), or the log's
+/// tail when there are none (a crash, a timeout), capped at [`PANIC_OUTPUT_LINES`].
+fn panic_output(log: &str) -> String {
+    let lines: Vec<&str> = log.lines().collect();
+    let sections = lines
+        .iter()
+        .position(|line| line.starts_with("---- ") && line.ends_with(" ----"))
+        .map(|start| {
+            let end = lines[start..]
+                .iter()
+                .position(|line| *line == "failures:")
+                .map_or(lines.len(), |at| start + at);
+            &lines[start..end]
+        });
+    let excerpt = match sections {
+        Some(section) => section,
+        None => &lines[lines.len().saturating_sub(PANIC_OUTPUT_LINES)..],
+    };
+    let mut out = excerpt[..excerpt.len().min(PANIC_OUTPUT_LINES)].join("\n");
+    if excerpt.len() > PANIC_OUTPUT_LINES {
+        let _ = write!(
+            out,
+            "\n... {} more lines",
+            excerpt.len() - PANIC_OUTPUT_LINES
+        );
+    }
+    out
 }
 
 fn last_lines(log: &str, n: usize) -> String {
@@ -586,6 +624,25 @@ mod tests {
             failure_summary(log),
             "1 failed: b\nfirst panic: tests/netns.rs:159:5: assertion `left == right` failed: \
              ConnectionRecord {\n  left: Some(Other)\n  right: Some(Unreachable)"
+        );
+    }
+
+    #[test]
+    fn the_failing_tests_output_is_kept_whole() {
+        let log = "running 2 tests\ntest a ... ok\ntest b ... FAILED\n\nfailures:\n\n\
+                   ---- b stdout ----\nrecords: [\n  one,\n  two,\n]\n\
+                   thread 'b' panicked at tests/x.rs:1:1:\nboom\n\n\
+                   failures:\n    b\n\ntest result: FAILED. 1 passed; 1 failed\n";
+        assert_eq!(
+            panic_output(log),
+            "---- b stdout ----\nrecords: [\n  one,\n  two,\n]\n\
+             thread 'b' panicked at tests/x.rs:1:1:\nboom\n"
+        );
+        let crashed: String = (0..200).map(|n| format!("line {n}\n")).collect();
+        let tail = panic_output(&crashed);
+        assert!(
+            tail.starts_with("line 50\n") && tail.ends_with("line 199"),
+            "{tail}"
         );
     }
 }

@@ -342,6 +342,16 @@ fn print_matrix(mode: &Mode, reports: &[Report]) {
             out.push_str(&table.render());
         }
     }
+    for report in reports {
+        let failures = report.table.iter().flat_map(|table| &table.failures);
+        for (what, output) in failures {
+            let _ = writeln!(
+                out,
+                "\n---- {} {what}: the failing tests' output ----\n{output}",
+                report.kernel.name()
+            );
+        }
+    }
     print!("{out}");
 }
 
