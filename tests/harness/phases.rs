@@ -300,7 +300,11 @@ pub fn python_tls_client(port: u16, ca: &Path) -> Ran {
 ///
 /// The client connects with a 10 s timeout, which makes Python drive the socket
 /// non-blocking: each handshake call returns as soon as it would wait. Add the argument
-/// `blocking` for a client that waits inside the handshake call instead.
+/// `blocking` for a client that waits inside the handshake call instead. The client ends
+/// the session with a close_notify and waits for the server's: by then the server's own
+/// handshake call has returned, so each end's handshake lands on its connection's record
+/// (a client that just closes can reset the connection while the server is still in
+/// `SSL_accept`).
 pub fn python_tls_command(port: u16, ca: &Path) -> Command {
     const CLIENT: &str = "
 import socket, ssl, sys
@@ -310,6 +314,7 @@ sock = socket.create_connection(('127.0.0.1', int(sys.argv[1])), timeout=timeout
 try:
     with context.wrap_socket(sock, server_hostname='localhost') as tls:
         tls.sendall(b'hello\\n')
+        tls.unwrap()
     print('ok')
 except ssl.SSLError as err:
     sock.close()

@@ -128,6 +128,7 @@ mod tests {
             duration_ns: 5_000_000,
             ok: false,
             calls: 1,
+            after_close: false,
         });
         let text = exposition(&registry);
         for sample in [

@@ -174,6 +174,9 @@ pub struct TlsRecord {
     pub ok: bool,
     /// Handshake calls made (more than one on non-blocking sockets).
     pub calls: u16,
+    /// It ended after its connection closed, so the connection's own record lacks it (not
+    /// written; it decides which outputs carry a failed handshake).
+    pub after_close: bool,
 }
 
 /// The resolution that gave a connection its remote address.

@@ -124,6 +124,7 @@ mod tests {
             duration_ns: 1_500_000,
             ok: false,
             calls: 2,
+            after_close: false,
         };
         let mut out = String::new();
         tls(&mut out, &record, &Epoch);

@@ -1,8 +1,8 @@
 //! Log-volume control (the seed's "why reduce logs"): which events to write, and sampling.
 //!
 //! - `--events connections`: one `connection` event per connection, plus `anomaly` events,
-//!   failed name resolutions (`dns`) and failed TLS handshakes not tied to a connection
-//!   (`tls`); `exchanges` adds one event per exchange, resolution and handshake; `anomalies`
+//!   failed name resolutions (`dns`) and failed TLS handshakes not in a connection's event
+//!   (none tied, or ended after the connection closed) (`tls`); `exchanges` adds one event per exchange, resolution and handshake; `anomalies`
 //!   writes only anomaly events, failed resolutions and handshakes, and the connections that
 //!   breached a threshold, reset, failed or got stuck; `none` writes nothing.
 //! - `--sample first=N,thereafter=M`: per second, the first N events, then every Mth. What is
@@ -144,7 +144,11 @@ pub fn selected(
         (_, Record::Dns(dns)) => dns.failure().is_some().then_some(3),
         (S::Exchanges, Record::Tls(_)) => Some(4),
         // A failed handshake on a connection shows in the connection record.
-        (_, Record::Tls(tls)) => (!tls.ok && tls.conn_id.is_none()).then_some(4),
+        // A failed handshake on a connection is in that connection's event, unless it ended
+        // after the connection closed.
+        (_, Record::Tls(tls)) => {
+            (!tls.ok && (tls.conn_id.is_none() || tls.after_close)).then_some(4)
+        }
     }
 }
 

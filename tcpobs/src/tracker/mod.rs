@@ -45,7 +45,7 @@ use self::table::Table;
 pub use self::{
     conn::Conn,
     hang::{KernelView, StuckThresholds, SweepReport},
-    phases::{DNS_WINDOW_NS, DnsCache, dns_record},
+    phases::{DNS_WINDOW_NS, DnsCache, RecentCloses, dns_record},
 };
 use crate::{
     decode::KernelEvent,
@@ -105,6 +105,8 @@ pub struct Tracker {
     sweeps: u64,
     /// Recent resolutions, for tying them to connections.
     dns: DnsCache,
+    /// Recently closed connections, for handshakes that end after their connection.
+    recent_closes: RecentCloses,
 }
 
 impl Tracker {
@@ -296,6 +298,7 @@ impl Tracker {
         self.counts.bytes[index][0] += rec.bytes_sent.saturating_sub(counted_sent);
         self.counts.bytes[index][1] += rec.bytes_recv.saturating_sub(counted_received);
         self.counts.retransmits[index] += u64::from(rec.retransmits);
+        self.recent_closes.remember(sock, &conn);
         conn.closed(rec, out);
     }
 

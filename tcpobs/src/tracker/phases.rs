@@ -11,6 +11,10 @@
 //!   is a failure *or* a non-blocking handshake that will be called again, so the outcome
 //!   stays open until a later call completes it, the `SSL` is freed (failure), or the
 //!   connection closes (failure). Each handshake yields one [`TlsRecord`] once decided.
+//!   A handshake can end after its connection closed (a server finishing `SSL_accept` while
+//!   the client has already reset the connection): its record is still tied to the
+//!   connection through [`RecentCloses`], though the connection's own record, already
+//!   written, has no `tls` phase.
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -25,7 +29,8 @@ use tcpobs_common::{
 
 use super::{Conn, Tracker};
 use crate::model::{
-    ConnPhases, DnsLink, DnsRecord, Process, Record, Role, TlsLink, TlsRecord, phases::Resolved,
+    Addrs, ConnPhases, DnsLink, DnsRecord, Process, Record, Role, TlsLink, TlsRecord,
+    phases::Resolved,
 };
 
 /// How long after a resolution ends a connection to one of its addresses is tied to it.
@@ -43,6 +48,49 @@ struct Resolution {
     start_ns: u64,
     end_ns: u64,
     addrs: Resolved,
+}
+
+/// Closed connections remembered for late handshake results.
+const RECENT_CLOSES: usize = 1024;
+
+/// What a late handshake result needs of a connection that has closed.
+#[derive(Clone, Copy, Debug)]
+struct Closed {
+    sock: u64,
+    start_ns: u64,
+    id: u64,
+    role: Role,
+    addrs: Addrs,
+    /// A handshake on it has been reported (before or at its close, or since).
+    tls_reported: bool,
+}
+
+/// The last [`RECENT_CLOSES`] connections to close, so that a handshake whose last call
+/// returns after its connection closed is still tied to it.
+#[derive(Debug, Default)]
+pub struct RecentCloses(VecDeque<Closed>);
+
+impl RecentCloses {
+    pub(super) fn remember(&mut self, sock: u64, conn: &Conn) {
+        if self.0.len() >= RECENT_CLOSES {
+            self.0.pop_front();
+        }
+        self.0.push_back(Closed {
+            sock,
+            start_ns: conn.start_ns,
+            id: conn.id,
+            role: conn.role,
+            addrs: conn.addrs,
+            tls_reported: conn.phases.as_ref().is_some_and(|p| p.tls.is_some()),
+        });
+    }
+
+    fn find(&mut self, sock: u64, start_ns: u64) -> Option<&mut Closed> {
+        self.0
+            .iter_mut()
+            .rev()
+            .find(|closed| closed.sock == sock && closed.start_ns == start_ns)
+    }
 }
 
 /// Recent successful resolutions, per process.
@@ -175,6 +223,7 @@ impl Conn {
             duration_ns: link.duration_ns,
             ok,
             calls: link.calls,
+            after_close: false,
         }
     }
 
@@ -232,8 +281,28 @@ impl Tracker {
             .flatten()
             .filter(|conn| conn.start_ns == event.hdr.start_ns);
         let Some(conn) = conn else {
-            // Not on a live connection. A handshake tied to a socket that has closed was
-            // settled at its close; otherwise report final outcomes only.
+            if sock != 0
+                && let Some(closed) = self.recent_closes.find(sock, event.hdr.start_ns)
+            {
+                // News after the close. A handshake the close saw was settled then; one it
+                // did not see is decided now: it cannot go on without its connection.
+                if !closed.tls_reported {
+                    closed.tls_reported = true;
+                    out.push(Record::Tls(TlsRecord {
+                        conn_id: Some(closed.id),
+                        role: closed.role,
+                        addrs: Some(closed.addrs),
+                        process,
+                        start_ns: link.start_ns,
+                        duration_ns: link.duration_ns,
+                        ok: completed,
+                        calls: link.calls,
+                        after_close: true,
+                    }));
+                }
+                return;
+            }
+            // No connection known: report final outcomes only.
             if completed || (freed && sock == 0) {
                 out.push(Record::Tls(TlsRecord {
                     conn_id: None,
@@ -244,6 +313,7 @@ impl Tracker {
                     duration_ns: link.duration_ns,
                     ok: completed,
                     calls: link.calls,
+                    after_close: false,
                 }));
             }
             return;

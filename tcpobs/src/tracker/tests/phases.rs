@@ -328,6 +328,41 @@ fn a_handshake_unfinished_at_close_failed() {
 }
 
 #[test]
+fn a_handshake_ending_after_its_connection_is_still_tied_to_it() {
+    // A server's blocking SSL_accept returns after the client has already reset the
+    // connection: the first news of the handshake comes after the close.
+    let mut tracker = Tracker::new();
+    let sock = Sock::server(0).established(70 * US);
+    let mut out = handle_all(
+        &mut tracker,
+        &sock.recv(200 * US, 300).send(300 * US, 3000).close(MS, 0),
+    );
+    let sock = Sock::server(0);
+    out.extend(handle_all(
+        &mut tracker,
+        &[
+            tls(Some(&sock), 100 * US, 2 * MS, 1, tls_step::RETURN, 1),
+            tls(Some(&sock), 100 * US, 3 * MS, 0, tls_step::FREED, 1),
+        ],
+    ));
+    let handshakes = tls_records(&out);
+    assert_eq!(handshakes.len(), 1, "{out:#?}");
+    let closed = connection(&out);
+    assert_eq!(
+        (
+            handshakes[0].conn_id,
+            handshakes[0].role,
+            handshakes[0].addrs
+        ),
+        (Some(closed.id), Role::Server, Some(closed.addrs))
+    );
+    assert!(handshakes[0].ok && handshakes[0].after_close);
+    assert_eq!(handshakes[0].duration_ns, 2 * MS - 100 * US);
+    assert!(closed.tls().is_none(), "written before the handshake ended");
+    assert_eq!(tracker.stats(), TrackerStats::default());
+}
+
+#[test]
 fn handshakes_without_a_connection_report_final_outcomes_only() {
     let mut tracker = Tracker::new();
     let out = handle_all(
