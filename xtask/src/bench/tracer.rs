@@ -241,6 +241,23 @@ pub fn rss_bytes(pid: u32) -> Result<u64> {
     Ok(kib * 1024)
 }
 
+/// The resident part of the process's mappings of BPF maps (the ring buffer, mapped in full
+/// from the start, its data pages twice): kernel memory the map memory figure already counts.
+pub fn bpf_mapping_rss_bytes(pid: u32) -> Result<u64> {
+    let smaps = fs::read_to_string(format!("/proc/{pid}/smaps"))?;
+    let mut in_map = false;
+    let mut kib = 0u64;
+    for line in smaps.lines() {
+        let first = line.split_whitespace().next().unwrap_or("");
+        if first.contains('-') && first.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
+            in_map = line.ends_with("anon_inode:bpf-map");
+        } else if in_map && let Some(value) = line.strip_prefix("Rss:") {
+            kib += value.trim().trim_end_matches("kB").trim().parse::<u64>()?;
+        }
+    }
+    Ok(kib * 1024)
+}
+
 /// Kernel memory charged to the process's BPF maps (`memlock` of each map fd).
 pub fn bpf_map_bytes(pid: u32) -> Result<u64> {
     let mut total = 0;
