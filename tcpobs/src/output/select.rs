@@ -1,9 +1,9 @@
 //! Log-volume control (the seed's "why reduce logs"): which events to write, and sampling.
 //!
 //! - `--events connections`: one `connection` event per connection, plus `anomaly` events,
-//!   failed name resolutions (`dns`) and failed TLS handshakes not in a connection's event
-//!   (none tied, or ended after the connection closed) (`tls`); `exchanges` adds one event per exchange, resolution and handshake; `anomalies`
-//!   writes only anomaly events, failed resolutions and handshakes, and the connections that
+//!   failed name resolutions (`dns`) and failed TLS handshakes that no connection event shows
+//!   (`tls`: not tied to one, or ended after it closed); `exchanges` adds one event per
+//!   exchange, resolution and handshake; `anomalies` writes only anomaly events, failed resolutions and handshakes, and the connections that
 //!   breached a threshold, reset, failed or got stuck; `none` writes nothing.
 //! - `--sample first=N,thereafter=M`: per second, the first N events, then every Mth. What is
 //!   left out is counted, never silently lost.
@@ -143,9 +143,8 @@ pub fn selected(
         // A failed resolution has no connection record to show it.
         (_, Record::Dns(dns)) => dns.failure().is_some().then_some(3),
         (S::Exchanges, Record::Tls(_)) => Some(4),
-        // A failed handshake on a connection shows in the connection record.
-        // A failed handshake on a connection is in that connection's event, unless it ended
-        // after the connection closed.
+        // A failed handshake on a connection shows in the connection record, unless it
+        // ended after the connection closed.
         (_, Record::Tls(tls)) => {
             (!tls.ok && (tls.conn_id.is_none() || tls.after_close)).then_some(4)
         }
@@ -155,7 +154,7 @@ pub fn selected(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{Addrs, Close, CloseOriginator, PhaseSet, Role};
+    use crate::model::{Addrs, Close, CloseOriginator, PhaseSet, Role, TlsRecord};
 
     #[test]
     fn sampler_keeps_first_n_then_every_mth_per_second() {
@@ -246,5 +245,39 @@ mod tests {
             Some(0)
         );
         assert_eq!(selected(EventSelection::None, &plain, &thresholds), None);
+    }
+
+    #[test]
+    fn failed_handshakes_are_written_where_no_connection_event_shows_them() {
+        let handshake = |ok, conn_id, after_close| {
+            Record::Tls(TlsRecord {
+                conn_id,
+                role: Role::Server,
+                addrs: None,
+                process: None,
+                start_ns: 0,
+                duration_ns: 1,
+                ok,
+                calls: 1,
+                after_close,
+            })
+        };
+        let thresholds = Thresholds::default();
+        let written = |record: &Record| {
+            [EventSelection::Connections, EventSelection::Anomalies]
+                .map(|selection| selected(selection, record, &thresholds).is_some())
+        };
+        assert_eq!(written(&handshake(false, None, false)), [true, true]);
+        assert_eq!(written(&handshake(false, Some(7), true)), [true, true]);
+        assert_eq!(written(&handshake(false, Some(7), false)), [false, false]);
+        assert_eq!(written(&handshake(true, Some(7), true)), [false, false]);
+        assert_eq!(
+            selected(
+                EventSelection::Exchanges,
+                &handshake(true, Some(7), false),
+                &thresholds
+            ),
+            Some(4)
+        );
     }
 }

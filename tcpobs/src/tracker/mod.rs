@@ -41,12 +41,12 @@ use tcpobs_common::{CloseEvent, FLAG_PARTIAL, OpenEvent, SockRecord, StateEvent}
 
 /// A cheap hasher for integer keys, shared with the container metadata cache.
 pub(crate) use self::table::SockHasher;
-use self::table::Table;
 pub use self::{
     conn::Conn,
     hang::{KernelView, StuckThresholds, SweepReport},
-    phases::{DNS_WINDOW_NS, DnsCache, RecentCloses, dns_record},
+    phases::{DNS_WINDOW_NS, DnsCache, dns_record},
 };
+use self::{phases::RecentCloses, table::Table};
 use crate::{
     decode::KernelEvent,
     model::{Addrs, OpenedRecord, PartialReason, Record, Role},
