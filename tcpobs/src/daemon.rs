@@ -22,7 +22,10 @@ use crate::{
     loader::{self, FamilyAttach, LoadError, LoadOptions, Loaded},
     metrics::{Metrics, collect::Health},
     model::Record,
-    output::{Clock, Sink, json::Object},
+    output::{
+        Clock, Sink,
+        json::{Line, Object},
+    },
     reader::{KernelStats, Reader, ReaderStats},
     runtime::Runtime,
     tracker::{KernelView, StuckThresholds, SweepReport, Tracker, TrackerStats},
@@ -41,7 +44,7 @@ pub struct Stats {
 impl Stats {
     /// The final `stats` JSON event.
     pub fn to_json_line(&self) -> String {
-        let mut line = String::new();
+        let mut line = Line::default();
         let mut object = Object::new(&mut line, "stats");
         object
             .u64("events_received", self.reader.total())
@@ -56,7 +59,7 @@ impl Stats {
             .u64("tls_abandoned", self.phases.tls_abandoned)
             .u64("phase_libraries_skipped", self.phases.skipped);
         object.end();
-        line
+        line.as_str().to_owned()
     }
 }
 

@@ -1,9 +1,13 @@
 //! NDJSON events: one object per line, each with `type` and `schema_version`.
 //!
 //! Written by hand rather than through serde: the field set is fixed, keys need no escaping,
-//! and durations print as plain decimal seconds (`0.00007`, not `7e-5`).
+//! and durations print as plain decimal seconds (`0.00007`, not `7e-5`). The daemon writes
+//! two `connection` events per loopback connection, so this is its hottest code: the line is
+//! built in bytes (no UTF-8 encoding of each character pushed), the field writers inline so
+//! that a key is copied as a constant, and fixed-width numbers (a timestamp's microseconds, a
+//! duration's fraction) are formatted in place.
 
-use std::{fmt::Write as _, net::IpAddr};
+use std::{io::Write as _, net::IpAddr};
 
 use chrono::{DateTime, Utc};
 
@@ -15,189 +19,55 @@ use crate::{
 /// Bumped on any incompatible change to the JSON events.
 pub const SCHEMA_VERSION: u32 = 1;
 
-/// Builds one JSON object on a line.
-pub struct Object<'a> {
-    out: &'a mut String,
-    empty: bool,
-    /// The last timestamp's second (Unix) and its `YYYY-MM-DDTHH:MM:SS`: the timestamps of
-    /// one event (a connection's start, end and phases) mostly share their second.
+/// A buffer for JSON lines, reused from event to event. It remembers the last timestamp's
+/// second (Unix) formatted as `YYYY-MM-DDTHH:MM:SS`: consecutive events, and the timestamps
+/// within one (a connection's start, end and phases), mostly share their second.
+pub struct Line {
+    bytes: Vec<u8>,
     second: i64,
     second_text: [u8; 19],
 }
 
-impl<'a> Object<'a> {
-    /// Starts an object of this `type`.
-    pub fn new(out: &'a mut String, kind: &str) -> Self {
-        out.push('{');
-        let mut object = Self {
-            out,
-            empty: true,
+impl Default for Line {
+    fn default() -> Self {
+        Self {
+            bytes: Vec::new(),
             second: i64::MIN,
             second_text: [b'0'; 19],
-        };
-        object.str("type", kind);
-        object.u64("schema_version", u64::from(SCHEMA_VERSION));
-        object
-    }
-
-    /// Writes the fields `fill` adds as an object inside this one's current value.
-    fn nested(&mut self, fill: impl FnOnce(&mut Self)) {
-        self.out.push('{');
-        self.empty = true;
-        fill(self);
-        self.out.push('}');
-        self.empty = false;
-    }
-
-    fn key(&mut self, key: &str) {
-        if !self.empty {
-            self.out.push(',');
-        }
-        self.empty = false;
-        self.out.push('"');
-        self.out.push_str(key);
-        self.out.push_str("\":");
-    }
-
-    pub fn str(&mut self, key: &str, value: &str) -> &mut Self {
-        self.key(key);
-        escape_into(self.out, value);
-        self
-    }
-
-    pub fn opt_str(&mut self, key: &str, value: Option<&str>) -> &mut Self {
-        match value {
-            Some(value) => self.str(key, value),
-            None => self.null(key),
         }
     }
+}
 
-    pub fn ip(&mut self, key: &str, value: IpAddr) -> &mut Self {
-        self.key(key);
-        self.out.push('"');
-        match value {
-            IpAddr::V4(v4) => {
-                for (index, octet) in v4.octets().into_iter().enumerate() {
-                    if index > 0 {
-                        self.out.push('.');
-                    }
-                    self.out.push_str(itoa::Buffer::new().format(octet));
-                }
-            }
-            IpAddr::V6(v6) => {
-                let _ = write!(self.out, "{v6}");
-            }
-        }
-        self.out.push('"');
-        self
+impl Line {
+    /// The lines written since the last `clear`.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes
     }
 
-    pub fn u64(&mut self, key: &str, value: u64) -> &mut Self {
-        self.key(key);
-        self.out.push_str(itoa::Buffer::new().format(value));
-        self
+    /// The same, as text (every writer puts valid UTF-8).
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.bytes).unwrap_or_default()
     }
 
-    pub fn opt_u64(&mut self, key: &str, value: Option<u64>) -> &mut Self {
-        match value {
-            Some(value) => self.u64(key, value),
-            None => self.null(key),
-        }
+    pub fn len(&self) -> usize {
+        self.bytes.len()
     }
 
-    pub fn strs<'s>(&mut self, key: &str, values: impl IntoIterator<Item = &'s str>) -> &mut Self {
-        self.key(key);
-        self.out.push('[');
-        for (index, value) in values.into_iter().enumerate() {
-            if index > 0 {
-                self.out.push(',');
-            }
-            escape_into(self.out, value);
-        }
-        self.out.push(']');
-        self
+    pub fn is_empty(&self) -> bool {
+        self.bytes.is_empty()
     }
 
-    pub fn ips(&mut self, key: &str, values: impl IntoIterator<Item = IpAddr>) -> &mut Self {
-        self.key(key);
-        self.out.push('[');
-        for (index, ip) in values.into_iter().enumerate() {
-            if index > 0 {
-                self.out.push(',');
-            }
-            let _ = write!(self.out, "\"{ip}\"");
-        }
-        self.out.push(']');
-        self
+    pub fn clear(&mut self) {
+        self.bytes.clear();
     }
 
-    /// A timeline: `[{"name": ..., "start": ..., "duration_s": ...}, ...]` (exchanges also
-    /// have `seq`).
-    pub fn phases(&mut self, key: &str, timeline: &Timeline, clock: &impl WallClock) -> &mut Self {
-        self.key(key);
-        self.out.push('[');
-        for (index, entry) in timeline.entries().iter().enumerate() {
-            if index > 0 {
-                self.out.push(',');
-            }
-            self.nested(|item| {
-                item.str("name", entry.name)
-                    .time("start", clock.unix_ns(entry.start_ns))
-                    .secs("duration_s", Some(entry.duration_ns));
-                if let Some(seq) = entry.seq {
-                    item.u64("seq", u64::from(seq));
-                }
-            });
-        }
-        self.out.push(']');
-        self
+    /// Appends `text` as it is.
+    pub fn push_str(&mut self, text: &str) {
+        self.bytes.extend_from_slice(text.as_bytes());
     }
 
-    pub fn opt_bool(&mut self, key: &str, value: Option<bool>) -> &mut Self {
-        match value {
-            Some(value) => self.bool(key, value),
-            None => self.null(key),
-        }
-    }
-
-    pub fn bool(&mut self, key: &str, value: bool) -> &mut Self {
-        self.key(key);
-        self.out.push_str(if value { "true" } else { "false" });
-        self
-    }
-
-    pub fn null(&mut self, key: &str) -> &mut Self {
-        self.key(key);
-        self.out.push_str("null");
-        self
-    }
-
-    /// Nanoseconds as decimal seconds, trailing zeros trimmed.
-    pub fn secs(&mut self, key: &str, ns: Option<u64>) -> &mut Self {
-        let Some(ns) = ns else {
-            return self.null(key);
-        };
-        self.key(key);
-        self.out
-            .push_str(itoa::Buffer::new().format(ns / 1_000_000_000));
-        let mut fraction = ns % 1_000_000_000;
-        if fraction != 0 {
-            let mut width = 9;
-            while fraction % 10 == 0 {
-                fraction /= 10;
-                width -= 1;
-            }
-            self.out.push('.');
-            push_padded(self.out, fraction, width);
-        }
-        self
-    }
-
-    /// A UTC timestamp with microseconds (`2026-11-21T09:30:00.123456Z`) from Unix nanoseconds.
-    pub fn time(&mut self, key: &str, unix_ns: i64) -> &mut Self {
-        self.key(key);
-        let secs = unix_ns.div_euclid(1_000_000_000);
-        let micros = unix_ns.rem_euclid(1_000_000_000) as u64 / 1_000;
+    /// Copies `value`'s `YYYY-MM-DDTHH:MM:SS` (UTC, Unix seconds) into the line.
+    fn put_second(&mut self, secs: i64) {
         if secs != self.second {
             self.second = secs;
             let (year, month, day) = civil_from_days(secs.div_euclid(86_400));
@@ -215,12 +85,179 @@ impl<'a> Object<'a> {
                 put_digits(&mut text[at + 1..at + 3], value);
             }
         }
-        let out = &mut *self.out;
-        out.push('"');
-        out.push_str(std::str::from_utf8(&self.second_text).unwrap_or("0000-00-00T00:00:00"));
-        out.push('.');
-        push_padded(out, micros, 6);
-        out.push_str("Z\"");
+        self.bytes.extend_from_slice(&self.second_text);
+    }
+}
+
+/// Builds one JSON object on a line.
+pub struct Object<'a> {
+    line: &'a mut Line,
+    empty: bool,
+}
+
+impl<'a> Object<'a> {
+    /// Starts an object of this `type`.
+    pub fn new(line: &'a mut Line, kind: &str) -> Self {
+        line.bytes.push(b'{');
+        let mut object = Self { line, empty: true };
+        object.str("type", kind);
+        object.u64("schema_version", u64::from(SCHEMA_VERSION));
+        object
+    }
+
+    fn out(&mut self) -> &mut Vec<u8> {
+        &mut self.line.bytes
+    }
+
+    /// Writes the fields `fill` adds as an object inside this one's current value.
+    fn nested(&mut self, fill: impl FnOnce(&mut Self)) {
+        self.out().push(b'{');
+        self.empty = true;
+        fill(self);
+        self.out().push(b'}');
+        self.empty = false;
+    }
+
+    #[inline(always)]
+    fn key(&mut self, key: &str) {
+        let first = std::mem::replace(&mut self.empty, false);
+        let out = self.out();
+        if !first {
+            out.push(b',');
+        }
+        out.push(b'"');
+        out.extend_from_slice(key.as_bytes());
+        out.extend_from_slice(b"\":");
+    }
+
+    #[inline(always)]
+    pub fn str(&mut self, key: &str, value: &str) -> &mut Self {
+        self.key(key);
+        escape_into(self.out(), value);
+        self
+    }
+
+    #[inline(always)]
+    pub fn opt_str(&mut self, key: &str, value: Option<&str>) -> &mut Self {
+        match value {
+            Some(value) => self.str(key, value),
+            None => self.null(key),
+        }
+    }
+
+    #[inline(always)]
+    pub fn ip(&mut self, key: &str, value: IpAddr) -> &mut Self {
+        self.key(key);
+        push_ip(self.out(), value);
+        self
+    }
+
+    #[inline(always)]
+    pub fn u64(&mut self, key: &str, value: u64) -> &mut Self {
+        self.key(key);
+        push_u64(self.out(), value);
+        self
+    }
+
+    #[inline(always)]
+    pub fn opt_u64(&mut self, key: &str, value: Option<u64>) -> &mut Self {
+        match value {
+            Some(value) => self.u64(key, value),
+            None => self.null(key),
+        }
+    }
+
+    pub fn strs<'s>(&mut self, key: &str, values: impl IntoIterator<Item = &'s str>) -> &mut Self {
+        self.key(key);
+        let out = self.out();
+        out.push(b'[');
+        for (index, value) in values.into_iter().enumerate() {
+            if index > 0 {
+                out.push(b',');
+            }
+            escape_into(out, value);
+        }
+        out.push(b']');
+        self
+    }
+
+    pub fn ips(&mut self, key: &str, values: impl IntoIterator<Item = IpAddr>) -> &mut Self {
+        self.key(key);
+        let out = self.out();
+        out.push(b'[');
+        for (index, ip) in values.into_iter().enumerate() {
+            if index > 0 {
+                out.push(b',');
+            }
+            push_ip(out, ip);
+        }
+        out.push(b']');
+        self
+    }
+
+    /// A timeline: `[{"name": ..., "start": ..., "duration_s": ...}, ...]` (exchanges also
+    /// have `seq`).
+    pub fn phases(&mut self, key: &str, timeline: &Timeline, clock: &impl WallClock) -> &mut Self {
+        self.key(key);
+        self.out().push(b'[');
+        for (index, entry) in timeline.entries().iter().enumerate() {
+            if index > 0 {
+                self.out().push(b',');
+            }
+            self.nested(|item| {
+                item.str("name", entry.name)
+                    .time("start", clock.unix_ns(entry.start_ns))
+                    .secs("duration_s", Some(entry.duration_ns));
+                if let Some(seq) = entry.seq {
+                    item.u64("seq", u64::from(seq));
+                }
+            });
+        }
+        self.out().push(b']');
+        self
+    }
+
+    #[inline(always)]
+    pub fn opt_bool(&mut self, key: &str, value: Option<bool>) -> &mut Self {
+        match value {
+            Some(value) => self.bool(key, value),
+            None => self.null(key),
+        }
+    }
+
+    #[inline(always)]
+    pub fn bool(&mut self, key: &str, value: bool) -> &mut Self {
+        self.key(key);
+        let text: &[u8] = if value { b"true" } else { b"false" };
+        self.out().extend_from_slice(text);
+        self
+    }
+
+    #[inline(always)]
+    pub fn null(&mut self, key: &str) -> &mut Self {
+        self.key(key);
+        self.out().extend_from_slice(b"null");
+        self
+    }
+
+    /// Nanoseconds as decimal seconds, trailing zeros trimmed.
+    #[inline(always)]
+    pub fn secs(&mut self, key: &str, ns: Option<u64>) -> &mut Self {
+        match ns {
+            Some(ns) => {
+                self.key(key);
+                push_secs(self.out(), ns);
+                self
+            }
+            None => self.null(key),
+        }
+    }
+
+    /// A UTC timestamp with microseconds (`2026-11-21T09:30:00.123456Z`) from Unix nanoseconds.
+    #[inline(always)]
+    pub fn time(&mut self, key: &str, unix_ns: i64) -> &mut Self {
+        self.key(key);
+        push_time(self.line, unix_ns);
         self
     }
 
@@ -236,8 +273,67 @@ impl<'a> Object<'a> {
 
     /// Closes the object and the line.
     pub fn end(self) {
-        self.out.push_str("}\n");
+        self.line.bytes.extend_from_slice(b"}\n");
     }
+}
+
+fn push_u64(out: &mut Vec<u8>, value: u64) {
+    if value < 10 {
+        out.push(b'0' + value as u8);
+    } else {
+        out.extend_from_slice(itoa::Buffer::new().format(value).as_bytes());
+    }
+}
+
+/// `"a.b.c.d"` or `"v6"`, as `std` prints them.
+fn push_ip(out: &mut Vec<u8>, ip: IpAddr) {
+    out.push(b'"');
+    match ip {
+        IpAddr::V4(v4) => {
+            for (index, octet) in v4.octets().into_iter().enumerate() {
+                if index > 0 {
+                    out.push(b'.');
+                }
+                push_u64(out, u64::from(octet));
+            }
+        }
+        IpAddr::V6(v6) => {
+            let _ = write!(out, "{v6}");
+        }
+    }
+    out.push(b'"');
+}
+
+/// Nanoseconds as decimal seconds, trailing zeros trimmed.
+fn push_secs(out: &mut Vec<u8>, ns: u64) {
+    push_u64(out, ns / 1_000_000_000);
+    let fraction = ns % 1_000_000_000;
+    if fraction != 0 {
+        let mut buffer = itoa::Buffer::new();
+        let digits = fixed_width(&mut buffer, fraction, 1_000_000_000);
+        let kept = digits.iter().rposition(|&digit| digit != b'0').unwrap_or(0);
+        out.push(b'.');
+        out.extend_from_slice(&digits[..=kept]);
+    }
+}
+
+/// `"YYYY-MM-DDTHH:MM:SS.uuuuuuZ"` from Unix nanoseconds.
+fn push_time(line: &mut Line, unix_ns: i64) {
+    let secs = unix_ns.div_euclid(1_000_000_000);
+    let micros = unix_ns.rem_euclid(1_000_000_000) as u64 / 1_000;
+    line.bytes.push(b'"');
+    line.put_second(secs);
+    line.bytes.push(b'.');
+    let mut buffer = itoa::Buffer::new();
+    line.bytes
+        .extend_from_slice(fixed_width(&mut buffer, micros, 1_000_000));
+    line.bytes.extend_from_slice(b"Z\"");
+}
+
+/// `value` (below `power`, a power of ten) with leading zeros to `power`'s number of zeros:
+/// formats `power + value` and drops its leading `1`.
+fn fixed_width(buffer: &mut itoa::Buffer, value: u64, power: u64) -> &[u8] {
+    &buffer.format(power + value % power).as_bytes()[1..]
 }
 
 /// `value`'s last `digits.len()` decimal digits, zero-padded, as ASCII.
@@ -246,16 +342,6 @@ fn put_digits(digits: &mut [u8], mut value: u64) {
         *digit = b'0' + (value % 10) as u8;
         value /= 10;
     }
-}
-
-/// `value` in decimal, zero-padded on the left to `width` digits.
-fn push_padded(out: &mut String, value: u64, width: usize) {
-    let mut buffer = itoa::Buffer::new();
-    let digits = buffer.format(value);
-    for _ in digits.len()..width {
-        out.push('0');
-    }
-    out.push_str(digits);
 }
 
 /// The proleptic Gregorian (year, month, day) of a count of days since 1970-01-01
@@ -278,30 +364,30 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
     (year, month, day)
 }
 
-fn escape_into(out: &mut String, value: &str) {
-    out.push('"');
+fn escape_into(out: &mut Vec<u8>, value: &str) {
+    out.push(b'"');
     if value
         .bytes()
         .all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\')
     {
-        out.push_str(value);
-        out.push('"');
+        out.extend_from_slice(value.as_bytes());
+        out.push(b'"');
         return;
     }
     for c in value.chars() {
         match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
+            '"' => out.extend_from_slice(b"\\\""),
+            '\\' => out.extend_from_slice(b"\\\\"),
+            '\n' => out.extend_from_slice(b"\\n"),
+            '\r' => out.extend_from_slice(b"\\r"),
+            '\t' => out.extend_from_slice(b"\\t"),
             c if c.is_control() => {
                 let _ = write!(out, "\\u{:04x}", u32::from(c));
             }
-            c => out.push(c),
+            c => out.extend_from_slice(c.encode_utf8(&mut [0; 4]).as_bytes()),
         }
     }
-    out.push('"');
+    out.push(b'"');
 }
 
 /// Converts the kernel's monotonic nanoseconds to wall-clock time.
@@ -317,7 +403,7 @@ pub trait WallClock {
 /// A `connection` event; `anomalies` says why it is one (see `select::anomalies_of`), `meta`
 /// where its process runs.
 pub fn connection(
-    out: &mut String,
+    out: &mut Line,
     record: &ConnectionRecord,
     anomalies: &[&str],
     meta: Option<&Meta>,
@@ -393,7 +479,7 @@ pub fn connection(
 
 /// An `anomaly` event: a live connection stuck in a phase.
 pub fn anomaly(
-    out: &mut String,
+    out: &mut Line,
     record: &AnomalyRecord,
     meta: Option<&Meta>,
     clock: &impl WallClock,
@@ -421,7 +507,7 @@ pub fn anomaly(
 
 /// An `exchange` event.
 pub fn exchange(
-    out: &mut String,
+    out: &mut Line,
     record: &ExchangeRecord,
     meta: Option<&Meta>,
     clock: &impl WallClock,
@@ -464,8 +550,8 @@ mod tests {
 
     #[test]
     fn objects_are_valid_json_with_plain_decimals() {
-        let mut out = String::new();
-        let mut object = Object::new(&mut out, "test");
+        let mut line = Line::default();
+        let mut object = Object::new(&mut line, "test");
         object
             .secs("a", Some(70_000))
             .secs("b", Some(1_500_000_000))
@@ -475,13 +561,14 @@ mod tests {
             .str("e", "quote\" back\\ nl\n ctl\u{1}")
             .bool("f", true);
         object.end();
+        let out = line.as_str();
         assert!(out.ends_with("}\n"));
         assert!(
             out.contains("\"a\":0.00007,\"b\":1.5,\"c\":0,\"d\":null"),
             "{out}"
         );
         assert!(out.contains("\"g\":12.000000001"), "{out}");
-        let value: serde_json::Value = serde_json::from_str(&out).unwrap();
+        let value: serde_json::Value = serde_json::from_str(out).unwrap();
         assert_eq!(value["type"], "test");
         assert_eq!(value["schema_version"], SCHEMA_VERSION);
         assert_eq!(value["e"], "quote\" back\\ nl\n ctl\u{1}");
@@ -498,13 +585,14 @@ mod tests {
             951_868_799_999_999_000, // 2000-02-29T23:59:59
             951_868_800_000_000_000,
         ];
-        let mut out = String::new();
-        let mut object = Object::new(&mut out, "t");
+        let mut line = Line::default();
+        let mut object = Object::new(&mut line, "t");
         for (index, unix_ns) in stamps.iter().enumerate() {
             object.time(&format!("t{index}"), *unix_ns);
         }
         object.end();
-        let value: serde_json::Value = serde_json::from_str(&out).unwrap();
+        let out = line.as_str();
+        let value: serde_json::Value = serde_json::from_str(out).unwrap();
         for (index, unix_ns) in stamps.iter().enumerate() {
             let expected = DateTime::from_timestamp_nanos(*unix_ns)
                 .to_rfc3339_opts(SecondsFormat::Micros, true);
@@ -523,11 +611,12 @@ mod tests {
             -1,
             1_000,
         ] {
-            let mut out = String::new();
-            let mut object = Object::new(&mut out, "t");
+            let mut line = Line::default();
+            let mut object = Object::new(&mut line, "t");
             object.time("at", unix_ns);
             object.end();
-            let value: serde_json::Value = serde_json::from_str(&out).unwrap();
+            let out = line.as_str();
+            let value: serde_json::Value = serde_json::from_str(out).unwrap();
             let expected = DateTime::from_timestamp_nanos(unix_ns)
                 .to_rfc3339_opts(SecondsFormat::Micros, true);
             assert_eq!(value["at"], expected, "{unix_ns}");
@@ -539,11 +628,12 @@ mod tests {
         use std::sync::Arc;
 
         use crate::meta::PodName;
-        let mut out = String::new();
-        let mut object = Object::new(&mut out, "t");
+        let mut line = Line::default();
+        let mut object = Object::new(&mut line, "t");
         object.meta(None);
         object.end();
-        let value: serde_json::Value = serde_json::from_str(&out).unwrap();
+        let out = line.as_str();
+        let value: serde_json::Value = serde_json::from_str(out).unwrap();
         for key in ["cgroup", "container_id", "pod_uid", "namespace", "pod"] {
             assert!(value[key].is_null(), "{key}: {out}");
         }
@@ -556,10 +646,11 @@ mod tests {
                 name: Arc::from("web-0"),
             }),
         };
-        let mut out = String::new();
-        let mut object = Object::new(&mut out, "t");
+        let mut line = Line::default();
+        let mut object = Object::new(&mut line, "t");
         object.meta(Some(&meta));
         object.end();
+        let out = line.as_str();
         assert!(
             out.contains(r#""cgroup":"/kubepods/pod1/abc","container_id":"abc","pod_uid":"1","namespace":"shop","pod":"web-0""#),
             "{out}"
@@ -570,10 +661,11 @@ mod tests {
     fn addresses_print_as_std_does() {
         for ip in ["127.0.0.1", "10.200.0.255", "::1", "fd00::1:2"] {
             let ip: IpAddr = ip.parse().unwrap();
-            let mut out = String::new();
-            let mut object = Object::new(&mut out, "t");
+            let mut line = Line::default();
+            let mut object = Object::new(&mut line, "t");
             object.ip("ip", ip);
             object.end();
+            let out = line.as_str();
             assert!(out.contains(&format!("\"ip\":\"{ip}\"")), "{out}");
         }
     }

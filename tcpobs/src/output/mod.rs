@@ -7,7 +7,7 @@ pub mod select;
 
 use std::{
     fs::OpenOptions,
-    io::{self, BufWriter, Write},
+    io::{self, Write},
     path::{Path, PathBuf},
     sync::{
         Arc,
@@ -93,10 +93,13 @@ pub trait Sink {
 
 /// The configured output: a format over a buffered writer, with event selection and sampling.
 pub struct Output {
-    writer: BufWriter<Box<dyn Write + Send>>,
+    writer: Box<dyn Write + Send>,
     format: Format,
     clock: Clock,
-    line: String,
+    /// Lines written since the last flush, in the output's format: events are formatted
+    /// straight into the buffer that is written out (no copy of each line into another).
+    text: String,
+    json: json::Line,
     selection: EventSelection,
     thresholds: Thresholds,
     sampler: Sampler,
@@ -108,6 +111,9 @@ pub struct Output {
     metadata: Option<Arc<Metadata>>,
 }
 
+/// Buffered lines are written out once they reach this size, and at every flush.
+const FLUSH_AT: usize = 64 * 1024;
+
 fn open_file(path: &Path) -> io::Result<Box<dyn Write + Send>> {
     Ok(Box::new(
         OpenOptions::new().create(true).append(true).open(path)?,
@@ -117,10 +123,11 @@ fn open_file(path: &Path) -> io::Result<Box<dyn Write + Send>> {
 impl Output {
     pub fn new(writer: Box<dyn Write + Send>, format: Format, clock: Clock) -> Self {
         Self {
-            writer: BufWriter::with_capacity(64 * 1024, writer),
+            writer,
             format,
             clock,
-            line: String::with_capacity(1024),
+            text: String::with_capacity(FLUSH_AT),
+            json: json::Line::default(),
             selection: EventSelection::default(),
             thresholds: Thresholds::default(),
             sampler: Sampler::new(None),
@@ -160,7 +167,26 @@ impl Output {
     /// Writes a line that is not a record (e.g. the final `stats` event), JSON format only.
     pub fn write_json_line(&mut self, line: &str) -> io::Result<()> {
         if matches!(self.format, Format::Json) {
-            self.writer.write_all(line.as_bytes())?;
+            self.json.push_str(line);
+        }
+        self.write_full()
+    }
+
+    /// Writes the buffered lines out.
+    fn write_buffered(&mut self) -> io::Result<()> {
+        let result = match self.format {
+            Format::Json => self.writer.write_all(self.json.as_bytes()),
+            Format::Justniffer(_) => self.writer.write_all(self.text.as_bytes()),
+        };
+        self.json.clear();
+        self.text.clear();
+        result
+    }
+
+    /// Writes the buffered lines out if they have reached `FLUSH_AT`.
+    fn write_full(&mut self) -> io::Result<()> {
+        if self.json.len().max(self.text.len()) >= FLUSH_AT {
+            self.write_buffered()?;
         }
         Ok(())
     }
@@ -203,17 +229,16 @@ impl Sink for Output {
             self.counts.sampled_out[kind].fetch_add(1, Ordering::Relaxed);
             return Ok(());
         }
-        self.line.clear();
         match (&self.format, record) {
             (Format::Justniffer(format), Record::Exchange(exchange)) => {
                 let start = self.clock.wall(exchange.start_ns).with_timezone(&Local);
-                format.write(&mut self.line, exchange, start);
+                format.write(&mut self.text, exchange, start);
             }
             (_, Record::Connection(connection)) => {
                 let anomalies = anomalies_of(connection, &self.thresholds);
                 let meta = metadata.and_then(|m| m.lookup(connection.process.as_ref()));
                 json::connection(
-                    &mut self.line,
+                    &mut self.json,
                     connection,
                     &anomalies,
                     meta.as_deref(),
@@ -222,27 +247,125 @@ impl Sink for Output {
             }
             (_, Record::Exchange(exchange)) => {
                 let meta = metadata.and_then(|m| m.lookup(exchange.process.as_ref()));
-                json::exchange(&mut self.line, exchange, meta.as_deref(), &self.clock)
+                json::exchange(&mut self.json, exchange, meta.as_deref(), &self.clock)
             }
             (_, Record::Anomaly(anomaly)) => {
                 let meta = metadata.and_then(|m| m.lookup(anomaly.process.as_ref()));
-                json::anomaly(&mut self.line, anomaly, meta.as_deref(), &self.clock)
+                json::anomaly(&mut self.json, anomaly, meta.as_deref(), &self.clock)
             }
-            (_, Record::Dns(dns)) => phases::dns(&mut self.line, dns, &self.clock),
-            (_, Record::Tls(tls)) => phases::tls(&mut self.line, tls, &self.clock),
+            (_, Record::Dns(dns)) => phases::dns(&mut self.json, dns, &self.clock),
+            (_, Record::Tls(tls)) => phases::tls(&mut self.json, tls, &self.clock),
             (_, Record::Opened(_) | Record::Unstuck(..)) => return Ok(()),
         }
         self.counts.written[kind].fetch_add(1, Ordering::Relaxed);
-        self.writer.write_all(self.line.as_bytes())
+        self.write_full()
     }
 
     fn flush(&mut self) -> io::Result<()> {
+        self.write_buffered()?;
         self.writer.flush()?;
         if self.reopen.swap(false, Ordering::Relaxed)
             && let Some(path) = &self.path
         {
-            self.writer = BufWriter::with_capacity(64 * 1024, open_file(path)?);
+            self.writer = open_file(path)?;
         }
         Ok(())
+    }
+}
+
+impl Drop for Output {
+    /// Lines still buffered are written out (an error here has nowhere to go).
+    fn drop(&mut self) {
+        let _ = self.write_buffered();
+        let _ = self.writer.flush();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::model::{Role, TlsRecord};
+
+    /// A writer whose bytes the test can read.
+    #[derive(Clone, Default)]
+    struct Shared(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Shared {
+        fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Shared {
+        fn lines(&self) -> Vec<serde_json::Value> {
+            let bytes = self.0.lock().unwrap();
+            assert!(
+                bytes.is_empty() || bytes.ends_with(b"\n"),
+                "whole lines only"
+            );
+            bytes
+                .split(|&b| b == b'\n')
+                .filter(|line| !line.is_empty())
+                .map(|line| serde_json::from_slice(line).unwrap())
+                .collect()
+        }
+    }
+
+    /// A failed handshake on no known connection: written with the default selection.
+    fn failed_tls(start_ns: u64) -> Record {
+        Record::Tls(TlsRecord {
+            conn_id: None,
+            role: Role::Client,
+            addrs: None,
+            process: None,
+            start_ns,
+            duration_ns: 1_000,
+            ok: false,
+            calls: 1,
+            after_close: false,
+        })
+    }
+
+    #[test]
+    fn lines_are_written_when_the_buffer_fills_at_flush_and_at_drop() {
+        let shared = Shared::default();
+        let mut output = Output::new(Box::new(shared.clone()), Format::Json, Clock::new());
+        output.write(&failed_tls(0)).unwrap();
+        assert!(shared.lines().is_empty(), "held until the flush");
+        output.flush().unwrap();
+        assert_eq!(shared.lines().len(), 1);
+        assert_eq!(shared.lines()[0]["type"], "tls");
+
+        // More than FLUSH_AT bytes of events: the full buffer goes out without a flush.
+        let line_len = shared.0.lock().unwrap().len();
+        let count = FLUSH_AT / line_len * 2;
+        for index in 0..count {
+            output
+                .write(&failed_tls((index as u64 + 1) * 1_000))
+                .unwrap();
+        }
+        let before_flush = shared.lines().len();
+        assert!(
+            before_flush > 1 && before_flush < count + 1,
+            "{before_flush}"
+        );
+        output.write_json_line("{\"type\":\"stats\"}\n").unwrap();
+        drop(output);
+        let lines = shared.lines();
+        assert_eq!(lines.len(), count + 2);
+        let starts: Vec<&str> = lines.iter().filter_map(|l| l["start"].as_str()).collect();
+        assert_eq!(starts.len(), count + 1);
+        assert!(
+            starts.is_sorted_by(|a, b| a < b),
+            "every event once, in order"
+        );
+        assert_eq!(lines[count + 1]["type"], "stats", "after every event");
     }
 }

@@ -1,10 +1,10 @@
 //! `dns` and `tls` JSON events: one per name resolution, one per TLS handshake.
 
-use super::json::{Object, WallClock};
+use super::json::{Line, Object, WallClock};
 use crate::model::{DnsRecord, TlsRecord, phases::eai_name};
 
 /// A `dns` event: one `getaddrinfo` call.
-pub fn dns(out: &mut String, record: &DnsRecord, clock: &impl WallClock) {
+pub fn dns(out: &mut Line, record: &DnsRecord, clock: &impl WallClock) {
     let mut object = Object::new(out, "dns");
     object
         .time("time", clock.unix_ns(record.start_ns + record.duration_ns))
@@ -22,7 +22,7 @@ pub fn dns(out: &mut String, record: &DnsRecord, clock: &impl WallClock) {
 }
 
 /// A `tls` event: one handshake, once its outcome is known.
-pub fn tls(out: &mut String, record: &TlsRecord, clock: &impl WallClock) {
+pub fn tls(out: &mut Line, record: &TlsRecord, clock: &impl WallClock) {
     let mut object = Object::new(out, "tls");
     object
         .opt_u64("conn_id", record.conn_id)
@@ -89,9 +89,9 @@ mod tests {
             code: 0,
             addrs,
         };
-        let mut out = String::new();
+        let mut out = Line::default();
         dns(&mut out, &record, &Epoch);
-        let value: Value = serde_json::from_str(&out).unwrap();
+        let value: Value = serde_json::from_str(out.as_str()).unwrap();
         assert_eq!(value["type"], "dns");
         assert_eq!(value["host"], "localhost");
         assert_eq!(value["duration_s"], 0.00025);
@@ -104,7 +104,7 @@ mod tests {
         record.addrs = Resolved::default();
         out.clear();
         dns(&mut out, &record, &Epoch);
-        let value: Value = serde_json::from_str(&out).unwrap();
+        let value: Value = serde_json::from_str(out.as_str()).unwrap();
         assert_eq!(value["result"], "transient");
         assert_eq!(value["error"], "EAI_AGAIN");
         assert_eq!(value["addresses"], serde_json::json!([]));
@@ -126,9 +126,9 @@ mod tests {
             calls: 2,
             after_close: false,
         };
-        let mut out = String::new();
+        let mut out = Line::default();
         tls(&mut out, &record, &Epoch);
-        let value: Value = serde_json::from_str(&out).unwrap();
+        let value: Value = serde_json::from_str(out.as_str()).unwrap();
         assert_eq!(value["conn_id"], 3);
         assert_eq!(value["remote_port"], 443);
         assert_eq!(value["ok"], false);
@@ -138,7 +138,7 @@ mod tests {
         record.addrs = None;
         out.clear();
         tls(&mut out, &record, &Epoch);
-        let value: Value = serde_json::from_str(&out).unwrap();
+        let value: Value = serde_json::from_str(out.as_str()).unwrap();
         assert_eq!(value["conn_id"], Value::Null);
         assert_eq!(value["local_ip"], Value::Null);
     }

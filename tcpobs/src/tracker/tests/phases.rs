@@ -459,9 +459,9 @@ fn the_connection_event_shows_its_phases() {
         &mut tracker,
         &sock.send(5 * MS, 10).recv(6 * MS, 20).close(7 * MS, 0),
     ));
-    let mut line = String::new();
+    let mut line = crate::output::json::Line::default();
     crate::output::json::connection(&mut line, connection(&out), &[], None, &Boot);
-    let value: serde_json::Value = serde_json::from_str(&line).unwrap();
+    let value: serde_json::Value = serde_json::from_str(line.as_str()).unwrap();
     assert_eq!(value["dns_host"], "api.test");
     assert_eq!(value["dns_s"], 0.001);
     assert_eq!(value["tls_handshake_s"], 0.001);
