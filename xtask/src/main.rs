@@ -50,9 +50,9 @@ enum Task {
         args: Vec<String>,
     },
     /// Measure tcpobs's overhead side by side with no tracer and with tcplife, and write
-    /// BENCHMARKS.md (needs root; about 15 minutes, `--quick` about one).
+    /// BENCHMARKS.md (needs root; about 18 minutes, `--quick` under a minute and a half).
     Bench {
-        /// A one-minute subset.
+        /// One short pair of each workload (about 80 s), printed and not written.
         #[arg(long, conflicts_with = "smoke")]
         quick: bool,
         /// One short pair of everything, to check the harness; writes nothing.

@@ -96,10 +96,11 @@ pub struct Output {
     writer: Box<dyn Write + Send>,
     format: Format,
     clock: Clock,
-    /// Lines written since the last flush, in the output's format: events are formatted
-    /// straight into the buffer that is written out (no copy of each line into another).
+    /// Lines written since the last flush: JSON events are formatted straight into the
+    /// buffer that is written out (no copy of each line into another).
+    pending: json::Line,
+    /// One justniffer line, before it joins `pending`.
     text: String,
-    json: json::Line,
     selection: EventSelection,
     thresholds: Thresholds,
     sampler: Sampler,
@@ -126,8 +127,8 @@ impl Output {
             writer,
             format,
             clock,
-            text: String::with_capacity(FLUSH_AT),
-            json: json::Line::default(),
+            pending: json::Line::default(),
+            text: String::new(),
             selection: EventSelection::default(),
             thresholds: Thresholds::default(),
             sampler: Sampler::new(None),
@@ -167,25 +168,21 @@ impl Output {
     /// Writes a line that is not a record (e.g. the final `stats` event), JSON format only.
     pub fn write_json_line(&mut self, line: &str) -> io::Result<()> {
         if matches!(self.format, Format::Json) {
-            self.json.push_str(line);
+            self.pending.push_str(line);
         }
         self.write_full()
     }
 
     /// Writes the buffered lines out.
     fn write_buffered(&mut self) -> io::Result<()> {
-        let result = match self.format {
-            Format::Json => self.writer.write_all(self.json.as_bytes()),
-            Format::Justniffer(_) => self.writer.write_all(self.text.as_bytes()),
-        };
-        self.json.clear();
-        self.text.clear();
+        let result = self.writer.write_all(self.pending.as_bytes());
+        self.pending.clear();
         result
     }
 
     /// Writes the buffered lines out if they have reached `FLUSH_AT`.
     fn write_full(&mut self) -> io::Result<()> {
-        if self.json.len().max(self.text.len()) >= FLUSH_AT {
+        if self.pending.len() >= FLUSH_AT {
             self.write_buffered()?;
         }
         Ok(())
@@ -232,13 +229,15 @@ impl Sink for Output {
         match (&self.format, record) {
             (Format::Justniffer(format), Record::Exchange(exchange)) => {
                 let start = self.clock.wall(exchange.start_ns).with_timezone(&Local);
+                self.text.clear();
                 format.write(&mut self.text, exchange, start);
+                self.pending.push_str(&self.text);
             }
             (_, Record::Connection(connection)) => {
                 let anomalies = anomalies_of(connection, &self.thresholds);
                 let meta = metadata.and_then(|m| m.lookup(connection.process.as_ref()));
                 json::connection(
-                    &mut self.json,
+                    &mut self.pending,
                     connection,
                     &anomalies,
                     meta.as_deref(),
@@ -247,14 +246,14 @@ impl Sink for Output {
             }
             (_, Record::Exchange(exchange)) => {
                 let meta = metadata.and_then(|m| m.lookup(exchange.process.as_ref()));
-                json::exchange(&mut self.json, exchange, meta.as_deref(), &self.clock)
+                json::exchange(&mut self.pending, exchange, meta.as_deref(), &self.clock)
             }
             (_, Record::Anomaly(anomaly)) => {
                 let meta = metadata.and_then(|m| m.lookup(anomaly.process.as_ref()));
-                json::anomaly(&mut self.json, anomaly, meta.as_deref(), &self.clock)
+                json::anomaly(&mut self.pending, anomaly, meta.as_deref(), &self.clock)
             }
-            (_, Record::Dns(dns)) => phases::dns(&mut self.json, dns, &self.clock),
-            (_, Record::Tls(tls)) => phases::tls(&mut self.json, tls, &self.clock),
+            (_, Record::Dns(dns)) => phases::dns(&mut self.pending, dns, &self.clock),
+            (_, Record::Tls(tls)) => phases::tls(&mut self.pending, tls, &self.clock),
             (_, Record::Opened(_) | Record::Unstuck(..)) => return Ok(()),
         }
         self.counts.written[kind].fetch_add(1, Ordering::Relaxed);

@@ -3,8 +3,9 @@
 //! - `--events connections`: one `connection` event per connection, plus `anomaly` events,
 //!   failed name resolutions (`dns`) and failed TLS handshakes that no connection event shows
 //!   (`tls`: not tied to one, or ended after it closed); `exchanges` adds one event per
-//!   exchange, resolution and handshake; `anomalies` writes only anomaly events, failed resolutions and handshakes, and the connections that
-//!   breached a threshold, reset, failed or got stuck; `none` writes nothing.
+//!   exchange, resolution and handshake; `anomalies` writes only anomaly events, failed
+//!   resolutions and handshakes, and the connections that breached a threshold, reset, failed
+//!   or got stuck; `none` writes nothing.
 //! - `--sample first=N,thereafter=M`: per second, the first N events, then every Mth. What is
 //!   left out is counted, never silently lost.
 
