@@ -5,7 +5,7 @@
 //! (event selection, sampling, thresholds) through a watch channel. Live connections are
 //! never dropped by a change.
 
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
 use serde_json::{Value, json};
 use tokio::sync::watch;
@@ -14,6 +14,7 @@ use tracing::info;
 use crate::{
     kfilter::{KernelFilters, Resolved},
     runtime::Runtime,
+    sync::lock,
 };
 
 /// Sets the daemon's log level (a tracing filter); errors say why the level is invalid.
@@ -33,12 +34,6 @@ pub struct Control {
     set_log_level: LogLevelSetter,
     /// Settings that need a restart, shown by `GET /config`.
     statics: Value,
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl Control {

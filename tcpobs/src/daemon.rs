@@ -5,7 +5,7 @@
 use std::{
     future::Future,
     io,
-    sync::{Arc, Mutex, MutexGuard},
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
@@ -28,6 +28,7 @@ use crate::{
     },
     reader::{KernelStats, Reader, ReaderStats},
     runtime::Runtime,
+    sync::lock,
     tracker::{KernelView, StuckThresholds, SweepReport, Tracker, TrackerStats},
     uprobes::{PhaseStats, RESCAN_INTERVAL},
 };
@@ -68,12 +69,6 @@ impl Stats {
 pub struct Timing {
     pub drain: Duration,
     pub sweep: Duration,
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 pub struct Tracer {

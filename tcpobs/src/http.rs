@@ -32,6 +32,7 @@ use crate::{
     control::Control,
     model::state_name,
     output::{Clock, json::WallClock},
+    sync::lock,
     tracker::Tracker,
 };
 
@@ -63,7 +64,7 @@ impl Readiness {
     }
 
     pub fn set_not_ready(&self, reason: &str) {
-        *self.reason.lock().unwrap_or_else(|p| p.into_inner()) = reason.to_owned();
+        *lock(&self.reason) = reason.to_owned();
         self.ready.store(false, Ordering::Release);
     }
 
@@ -159,12 +160,7 @@ async fn readyz(State(state): State<AppState>) -> Response {
     if state.readiness.is_ready() {
         (StatusCode::OK, "ready\n").into_response()
     } else {
-        let reason = state
-            .readiness
-            .reason
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
+        let reason = lock(&state.readiness.reason).clone();
         (
             StatusCode::SERVICE_UNAVAILABLE,
             format!("not ready: {reason}\n"),
@@ -286,7 +282,7 @@ async fn connections(
         Err(err) => return error(StatusCode::BAD_REQUEST, err),
     };
     let now = Clock::monotonic_now_ns();
-    let tracker = state.tracker.lock().unwrap_or_else(|p| p.into_inner());
+    let tracker = lock(&state.tracker);
     let mut matching: Vec<_> = tracker
         .live()
         .filter(|conn| filter.state.is_none_or(|s| conn.state() == s))

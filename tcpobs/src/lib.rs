@@ -25,6 +25,7 @@ pub mod notify;
 pub mod output;
 pub mod reader;
 pub mod runtime;
+mod sync;
 pub mod tracefs;
 pub mod tracker;
 pub mod uprobes;

@@ -28,14 +28,14 @@ use std::{
     hash::BuildHasherDefault,
     os::unix::fs::{DirEntryExt as _, MetadataExt as _},
     path::{Path, PathBuf},
-    sync::{Arc, Mutex, MutexGuard, OnceLock},
+    sync::{Arc, Mutex, OnceLock},
     time::{Duration, Instant},
 };
 
 use tracing::debug;
 
 pub use self::pods::PodName;
-use crate::{model::Process, tracker::SockHasher};
+use crate::{model::Process, sync::lock, tracker::SockHasher};
 
 /// Cgroup ids (inode numbers) need no SipHash: the lookup is on every event's path.
 type IdMap<V> = HashMap<u64, V, BuildHasherDefault<SockHasher>>;
@@ -378,23 +378,16 @@ impl Metadata {
         Self(Mutex::new(Resolver::new(roots)))
     }
 
-    fn lock(&self) -> MutexGuard<'_, Resolver> {
-        self.0
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
     /// The metadata of a socket's process (`None` when the process or its cgroup is unknown,
     /// or the cgroup was not found).
     pub fn lookup(&self, process: Option<&Process>) -> Option<Arc<Meta>> {
         let process = process?;
-        self.lock()
-            .lookup(process.cgroup, process.pid, Instant::now)
+        lock(&self.0).lookup(process.cgroup, process.pid, Instant::now)
     }
 
     /// How many times the cgroup tree was walked.
     pub fn walks(&self) -> u64 {
-        self.lock().walks()
+        lock(&self.0).walks()
     }
 }
 

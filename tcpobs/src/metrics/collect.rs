@@ -1,7 +1,7 @@
 //! Values computed at scrape time: live counts kept by the tracker, loss counters from the
 //! reader and the kernel, output counters, and which probes are attached.
 
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
 use prometheus_client::{
     collector::Collector,
@@ -16,6 +16,7 @@ use crate::{
     model::state_name,
     output::select::{EVENT_TYPES, OutputCounts},
     reader::{KernelStats, ReaderStats},
+    sync::lock,
     tracker::Tracker,
     uprobes::PhaseStats,
 };
@@ -43,12 +44,6 @@ pub struct Health {
     pub kernel: KernelStats,
     pub probes: Vec<FamilyAttach>,
     pub phases: PhaseStats,
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// The scrape-time collector.

@@ -40,6 +40,7 @@ use self::{
 use crate::{
     meta::Metadata,
     model::{Addrs, Phase, Process, Record, Role},
+    sync::lock,
 };
 
 /// Handles resolved once, for when no optional dimension is on: indexed by role (client,
@@ -160,11 +161,7 @@ impl Metrics {
     /// and rates and alerts see zeros rather than absent series; with no optional dimension,
     /// keeps their handles.
     fn prefill(&mut self, keep_handles: bool) {
-        let other = self
-            .policy
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .other();
+        let other = lock(&self.policy).other();
         let per_role = |role: Role| {
             let labels = role_labels([("role", role.as_str())], &other);
             let histograms: Vec<Histogram> = self
@@ -242,10 +239,7 @@ impl Metrics {
     }
 
     fn dims(&self, addrs: &Addrs, process: Option<&Process>) -> Dims {
-        self.policy
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .dims(addrs, process, self.metadata.as_deref())
+        lock(&self.policy).dims(addrs, process, self.metadata.as_deref())
     }
 
     /// The fast handles' role index, if they apply.
