@@ -5,7 +5,7 @@
 //! reads the ring buffer ([`reader`]), turns events into connection and exchange records
 //! ([`tracker`], a pure state machine), writes them out ([`output`]) and counts them
 //! ([`metrics`]), served with the live table and runtime settings over HTTP ([`http`]).
-//! [`daemon`] runs the pipeline and [`app`] ties it to the HTTP server and signals; `main.rs`
+//! [`app::daemon`] runs the pipeline and [`app`] ties it to the HTTP server and signals; `main.rs`
 //! only sets up logging and maps errors to exit codes. The phases around connections (name
 //! resolution, TLS handshakes) come from uprobes on user-space libraries ([`uprobes`]).
 
@@ -13,7 +13,6 @@ pub mod app;
 pub mod btf;
 pub mod config;
 pub mod control;
-pub mod daemon;
 pub mod decode;
 pub mod http;
 pub mod kfilter;
@@ -21,7 +20,6 @@ pub mod loader;
 pub mod meta;
 pub mod metrics;
 pub mod model;
-pub mod notify;
 pub mod output;
 pub mod reader;
 pub mod runtime;

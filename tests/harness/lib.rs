@@ -24,7 +24,7 @@ use std::{
 };
 
 use tcpobs::{
-    daemon::{Stats, Timing, Tracer},
+    app::daemon::{Stats, Timing, Tracer},
     loader::{FamilyAttach, LoadOptions, StrategyChoice, TracepointMode},
     model::{ConnectionRecord, ExchangeRecord, Record, Role},
     output::{EventSelection, Sink},

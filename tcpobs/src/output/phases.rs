@@ -80,7 +80,7 @@ mod tests {
     #[test]
     fn every_event_is_pinned_byte_for_byte() {
         use crate::{
-            daemon::Stats,
+            app::daemon::Stats,
             meta::{Meta, PodName},
             model::{
                 AnomalyRecord, Close, CloseKind, CloseOriginator, ConnPhases, ConnectionRecord,

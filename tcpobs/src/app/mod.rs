@@ -1,8 +1,11 @@
 //! tcpobs as a daemon: the HTTP API, the tracer and the signals, in the order that gives
 //! clear failures. The HTTP port is bound first (a port in use fails fast, before anything is
 //! loaded) and `/readyz` answers 503 until every program is attached; at that moment systemd
-//! is told `READY=1` too ([`crate::notify`]). SIGHUP re-reads the config file and applies its
+//! is told `READY=1` too ([`notify`]). SIGHUP re-reads the config file and applies its
 //! runtime settings; SIGINT/SIGTERM stop cleanly (systemd hears `STOPPING=1`).
+
+pub mod daemon;
+mod notify;
 
 use std::{io, net::SocketAddr, sync::Arc};
 
@@ -11,15 +14,17 @@ use thiserror::Error;
 use tokio::{net::TcpListener, sync::watch};
 use tracing::{error, info, warn};
 
+use self::{
+    daemon::{Timing, Tracer, shutdown_signal},
+    notify::Notifier,
+};
 use crate::{
     config::{Loader, Settings},
     control::{Control, LogLevelSetter},
-    daemon::{Timing, Tracer, shutdown_signal},
     http::{AppState, Readiness, router},
     loader::{self, LoadError},
     meta::{self, Metadata},
     metrics::{Metrics, collect::Scrape},
-    notify::Notifier,
     output::{Clock, Output, Sink as _},
 };
 
