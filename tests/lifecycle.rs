@@ -491,8 +491,8 @@ fn cidr_filters_apply_to_accepted_connections() {
     let listener = TcpListener::bind("0.0.0.0:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     let mut options = options(&[]);
-    options.filters = tcpobs::runtime::Filters {
-        cidrs: tcpobs::runtime::Filter::Include(vec!["127.0.0.2/32".parse().unwrap()]),
+    options.filters = tcpobs::config::live::Filters {
+        cidrs: tcpobs::config::live::Filter::Include(vec!["127.0.0.2/32".parse().unwrap()]),
         ..Default::default()
     };
     let capture = Capture::start_with(options);

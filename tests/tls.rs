@@ -10,7 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use tcpobs::{model::Role, output::select::anomalies_of, runtime::Thresholds};
+use tcpobs::{config::live::Thresholds, model::Role, output::select::anomalies_of};
 use tcpobs_tests::{
     Capture, PATIENCE, closed_port, connections,
     daemon::Daemon,

@@ -29,7 +29,7 @@ use serde::Serialize;
 use serde_json::{Value, json};
 
 use crate::{
-    control::Control,
+    config::control::Control,
     model::state_name,
     output::{Clock, json::WallClock},
     sync::lock,
@@ -251,7 +251,7 @@ impl ConnectionFilter {
                         .ok_or_else(|| {
                             format!("min_idle_s: `{value}` is not a number of seconds")
                         })?;
-                    filter.min_idle_ns = crate::runtime::ns(seconds);
+                    filter.min_idle_ns = crate::config::live::ns(seconds);
                 }
                 "limit" => {
                     filter.limit = value
@@ -340,9 +340,9 @@ mod tests {
 
     use super::*;
     use crate::{
+        config::live::{Filters, LiveSettings, Thresholds},
         decode::KernelEvent,
         output::EventSelection,
-        runtime::{Filters, Runtime, Thresholds},
     };
 
     fn state() -> AppState {
@@ -371,7 +371,7 @@ mod tests {
             tracker.handle(&KernelEvent::Open(&event), &mut Vec::new());
         }
         let (control, _) = Control::new(
-            Runtime {
+            LiveSettings {
                 events: EventSelection::Connections,
                 sample: None,
                 thresholds: Thresholds::default(),
@@ -541,7 +541,7 @@ mod tests {
             assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}: {body}");
         }
         assert_eq!(
-            state.control.runtime().events,
+            state.control.live().events,
             EventSelection::Anomalies,
             "unchanged by bad bodies"
         );

@@ -23,9 +23,9 @@ use tcpobs_common::{FilterConfig, ListenKey, Listener, Owner, filter_mode, names
 use tracing::{debug, warn};
 
 use crate::{
+    config::live::{CgroupRef, Filter, Filters},
     loader::LoadError,
     meta::default_cgroup_root,
-    runtime::{CgroupRef, Filter, Filters},
 };
 
 /// Filters with cgroups resolved to ids, ready for the maps.

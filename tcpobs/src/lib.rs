@@ -12,7 +12,6 @@
 pub mod app;
 pub mod btf;
 pub mod config;
-pub mod control;
 pub mod decode;
 pub mod http;
 pub mod kfilter;
@@ -22,7 +21,6 @@ pub mod metrics;
 pub mod model;
 pub mod output;
 pub mod reader;
-pub mod runtime;
 mod sync;
 pub mod tracefs;
 pub mod tracker;

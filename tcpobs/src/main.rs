@@ -7,8 +7,7 @@ use std::process::ExitCode;
 use clap::{CommandFactory as _, error::ErrorKind};
 use tcpobs::{
     app,
-    config::{Cli, Loader},
-    control::LogLevelSetter,
+    config::{Cli, Loader, control::LogLevelSetter},
     output::{Clock, Output},
 };
 use tracing_subscriber::{EnvFilter, prelude::*, reload};
@@ -39,7 +38,7 @@ fn main() -> ExitCode {
             )
             .exit(),
     };
-    let (filter, handle) = reload::Layer::new(EnvFilter::new(&settings.runtime.log_level));
+    let (filter, handle) = reload::Layer::new(EnvFilter::new(&settings.live.log_level));
     tracing_subscriber::registry()
         .with(filter)
         .with(

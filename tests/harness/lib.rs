@@ -25,10 +25,10 @@ use std::{
 
 use tcpobs::{
     app::daemon::{Stats, Timing, Tracer},
+    config::live::{Filter, Filters, LiveSettings, Thresholds},
     loader::{FamilyAttach, LoadOptions, StrategyChoice, TracepointMode},
     model::{ConnectionRecord, ExchangeRecord, Record, Role},
     output::{EventSelection, Sink},
-    runtime::{Filter, Filters, Runtime, Thresholds},
     uprobes::PhaseOptions,
 };
 
@@ -92,8 +92,8 @@ pub fn options(ports: &[u16]) -> LoadOptions {
 }
 
 /// Runtime settings for captures: the defaults, with the hang detector's thresholds given.
-pub fn runtime(thresholds: Thresholds) -> Runtime {
-    Runtime {
+pub fn runtime(thresholds: Thresholds) -> LiveSettings {
+    LiveSettings {
         events: EventSelection::Exchanges,
         sample: None,
         thresholds,
@@ -136,7 +136,7 @@ impl Capture {
 
     /// Starts tracing with these runtime settings (thresholds for the hang detector); the
     /// sweep runs every 200 ms.
-    pub fn start_full(options: LoadOptions, runtime: Runtime) -> Self {
+    pub fn start_full(options: LoadOptions, runtime: LiveSettings) -> Self {
         let serial = serial();
         let records = Arc::new(Mutex::new(Vec::new()));
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

@@ -18,6 +18,7 @@ use tokio::{
 use tracing::{info, warn};
 
 use crate::{
+    config::live::LiveSettings,
     kfilter::KernelFilters,
     loader::{self, FamilyAttach, LoadError, LoadOptions, Loaded},
     metrics::{Metrics, collect::Health},
@@ -27,7 +28,6 @@ use crate::{
         json::{Line, Object},
     },
     reader::{KernelStats, Reader, ReaderStats},
-    runtime::Runtime,
     sync::lock,
     tracker::{KernelView, StuckThresholds, SweepReport, Tracker, TrackerStats},
     uprobes::{PhaseStats, RESCAN_INTERVAL},
@@ -289,11 +289,11 @@ impl Tracer {
         &mut self,
         sink: &mut dyn Sink,
         timing: Timing,
-        mut runtime: watch::Receiver<Runtime>,
+        mut live: watch::Receiver<LiveSettings>,
         shutdown: impl Future<Output = ()>,
     ) -> io::Result<()> {
         let mut thresholds = {
-            let current = runtime.borrow_and_update();
+            let current = live.borrow_and_update();
             sink.configure(&current);
             current.thresholds.stuck()
         };
@@ -322,9 +322,9 @@ impl Tracer {
                     self.sweep(&thresholds, sink)?;
                 }
                 _ = rescan.tick() => self.rescan(),
-                changed = runtime.changed(), if watching => match changed {
+                changed = live.changed(), if watching => match changed {
                     Ok(()) => {
-                        let current = runtime.borrow_and_update();
+                        let current = live.borrow_and_update();
                         sink.configure(&current);
                         thresholds = current.thresholds.stuck();
                     }

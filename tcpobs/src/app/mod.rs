@@ -19,8 +19,10 @@ use self::{
     notify::Notifier,
 };
 use crate::{
-    config::{Loader, Settings},
-    control::{Control, LogLevelSetter},
+    config::{
+        Loader, Settings,
+        control::{Control, LogLevelSetter},
+    },
     http::{AppState, Readiness, router},
     loader::{self, LoadError},
     meta::{self, Metadata},
@@ -96,8 +98,7 @@ pub async fn run(
         None => None,
     };
     let readiness = Arc::new(Readiness::new("loading the kernel programs"));
-    let (control, runtime) =
-        Control::new(settings.runtime.clone(), settings.statics(), set_log_level);
+    let (control, live) = Control::new(settings.live.clone(), settings.statics(), set_log_level);
     let tracker = Arc::default();
     let health = Arc::default();
     let mut registry = Registry::default();
@@ -180,7 +181,7 @@ pub async fn run(
         sweep: settings.sweep_interval,
     };
     tracer
-        .run(&mut output, timing, runtime, shutdown_signal())
+        .run(&mut output, timing, live, shutdown_signal())
         .await?;
     if let Some(notifier) = &notifier {
         notifier.notify("STOPPING=1\nSTATUS=stopping: draining events");
@@ -221,7 +222,7 @@ async fn on_sighup(
                 if settings.statics() != started.statics() {
                     warn!("SIGHUP: settings other than the runtime ones need a restart; ignored");
                 }
-                match control.replace(settings.runtime) {
+                match control.replace(settings.live) {
                     Ok(_) => info!("SIGHUP: configuration re-read"),
                     Err(err) => error!("SIGHUP: configuration not applied: {err}"),
                 }

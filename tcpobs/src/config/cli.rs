@@ -5,10 +5,10 @@ use std::{path::PathBuf, time::Duration};
 use clap::{Parser, ValueEnum};
 
 use crate::{
+    config::live::{CgroupRef, Cidr, Sample},
     loader::{StrategyChoice, TracepointMode},
     metrics::labels::LabelSpec,
     output::EventSelection,
-    runtime::{CgroupRef, Cidr, Sample},
 };
 
 const ABOUT: &str = "eBPF TCP connection lifecycle tracer: handshake time, request/response \

@@ -105,7 +105,7 @@ fn file_args(path: &Path, matches: &ArgMatches) -> Result<Vec<OsString>, clap::E
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{output::EventSelection, runtime::Filter};
+    use crate::{config::live::Filter, output::EventSelection};
 
     fn with_file(content: &str, args: &[&str]) -> Result<Settings, clap::Error> {
         static FILES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
@@ -134,14 +134,11 @@ mod tests {
         )
         .unwrap();
         assert!(!settings.load.phases.enabled);
-        assert_eq!(settings.runtime.events, EventSelection::Exchanges);
-        assert_eq!(
-            settings.runtime.filters.ports,
-            Filter::Include(vec![80, 443])
-        );
+        assert_eq!(settings.live.events, EventSelection::Exchanges);
+        assert_eq!(settings.live.filters.ports, Filter::Include(vec![80, 443]));
         assert_eq!(settings.load.ringbuf_bytes, 8192);
-        assert_eq!(settings.runtime.thresholds.idle_s, 120.0);
-        assert!(!settings.runtime.thresholds.resets);
+        assert_eq!(settings.live.thresholds.idle_s, 120.0);
+        assert!(!settings.live.thresholds.resets);
     }
 
     #[test]
@@ -151,8 +148,8 @@ mod tests {
             &["--events", "none", "--port", "22"],
         )
         .unwrap();
-        assert_eq!(settings.runtime.events, EventSelection::None);
-        assert_eq!(settings.runtime.filters.ports, Filter::Include(vec![22]));
+        assert_eq!(settings.live.events, EventSelection::None);
+        assert_eq!(settings.live.filters.ports, Filter::Include(vec![22]));
     }
 
     #[test]

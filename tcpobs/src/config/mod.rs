@@ -1,14 +1,16 @@
 //! Settings. Each has a flag, a `TCPOBS_*` environment variable and a key in the optional TOML
 //! file (`--config`; keys are the long flag names, `-` or `_`), with precedence
 //! flag > environment > file > default. Invalid values exit with code 2 and name the setting.
-//! Runtime settings ([`crate::runtime::Runtime`]) can also change through `PUT /config` and
-//! by re-reading the file on `SIGHUP`.
+//! The settings that change while tcpobs runs ([`live::LiveSettings`]) can also change through
+//! `PUT /config` and by re-reading the file on `SIGHUP` ([`control`]).
 //!
 //! The flags, with their help text and value parsers, are in `cli` and the file in `file`;
 //! this module checks them into [`Settings`].
 
 mod cli;
+pub mod control;
 mod file;
+pub mod live;
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
@@ -19,14 +21,16 @@ pub use self::{
     cli::{Cli, FormatKind, Switch, parse_duration},
     file::Loader,
 };
-use crate::{
+use self::{
     control::check_log_level,
+    live::{Filter, Filters, LiveSettings, Thresholds},
+};
+use crate::{
     kfilter::Resolved,
     loader::LoadOptions,
     meta::MetaRoots,
     metrics::labels::LabelSpec,
     output::{Format, justniffer::LineFormat},
-    runtime::{Filter, Filters, Runtime, Thresholds},
     uprobes::PhaseOptions,
 };
 
@@ -40,8 +44,8 @@ pub struct Settings {
     pub output: Option<PathBuf>,
     /// `None`: no HTTP server.
     pub listen: Option<SocketAddr>,
-    /// Start-up values of the runtime settings.
-    pub runtime: Runtime,
+    /// Start-up values of the settings that can change while tcpobs runs.
+    pub live: LiveSettings,
     pub drain_interval: Duration,
     pub sweep_interval: Duration,
     pub labels: Vec<LabelSpec>,
@@ -124,7 +128,7 @@ impl Cli {
         };
         Resolved::new(&filters)
             .map_err(|err| invalid(format!("invalid value for --cgroup: {err}")))?;
-        let runtime = Runtime {
+        let live = LiveSettings {
             events: self.events,
             sample: self.sample,
             thresholds: Thresholds {
@@ -139,8 +143,7 @@ impl Cli {
             log_level: self.log_level,
             filters: filters.clone(),
         };
-        runtime
-            .validate()
+        live.validate()
             .map_err(|err| invalid(format!("invalid settings: {err}")))?;
         Ok(Settings {
             check: self.check,
@@ -159,7 +162,7 @@ impl Cli {
             format,
             output: self.output,
             listen,
-            runtime,
+            live,
             drain_interval: self.drain_interval,
             sweep_interval: self.sweep_interval,
             labels: self.labels,
@@ -191,7 +194,7 @@ mod tests {
     fn defaults() {
         let settings = parse(&[]).unwrap();
         assert!(matches!(settings.format, Format::Json));
-        assert_eq!(settings.runtime.events, EventSelection::Connections);
+        assert_eq!(settings.live.events, EventSelection::Connections);
         assert_eq!(settings.load.ringbuf_bytes, 4 << 20);
         assert_eq!(settings.load.max_sockets, 131_072);
         assert_eq!(settings.load.filters, Filters::default());
@@ -200,7 +203,7 @@ mod tests {
         assert_eq!(settings.load.phases, PhaseOptions::default());
         assert!(!parse(&["--phases", "off"]).unwrap().load.phases.enabled);
         assert_eq!(
-            settings.runtime.thresholds,
+            settings.live.thresholds,
             Thresholds {
                 idle_s: 300.0,
                 ..Thresholds::default()
@@ -224,7 +227,7 @@ mod tests {
             Filter::Include(vec![80, 443, 8080])
         );
         assert_eq!(
-            settings.runtime.filters.cidrs,
+            settings.live.filters.cidrs,
             Filter::Exclude(vec!["10.0.0.0/8".parse().unwrap()])
         );
         assert!(parse(&["--port", "0"]).is_err());

@@ -43,8 +43,8 @@ use self::{
 };
 use crate::{
     btf::Btf,
+    config::live::Filters,
     kfilter::{KernelFilters, Resolved},
-    runtime::Filters,
     uprobes::{PhaseOptions, PhaseProbes},
 };
 

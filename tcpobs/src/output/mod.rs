@@ -24,9 +24,9 @@ use self::{
     select::{OutputCounts, Sampler, anomalies_of, selected},
 };
 use crate::{
+    config::live::{LiveSettings, Thresholds},
     meta::Metadata,
     model::Record,
-    runtime::{Runtime, Thresholds},
 };
 
 /// How records are written.
@@ -85,7 +85,7 @@ pub trait Sink {
     fn write(&mut self, record: &Record) -> io::Result<()>;
 
     /// Takes new runtime settings (event selection, sampling, thresholds).
-    fn configure(&mut self, _runtime: &Runtime) {}
+    fn configure(&mut self, _live: &LiveSettings) {}
 
     /// Called after each batch of events.
     fn flush(&mut self) -> io::Result<()>;
@@ -201,10 +201,10 @@ impl Output {
 }
 
 impl Sink for Output {
-    fn configure(&mut self, runtime: &Runtime) {
-        self.selection = runtime.events;
-        self.thresholds = runtime.thresholds;
-        self.sampler = Sampler::new(runtime.sample);
+    fn configure(&mut self, live: &LiveSettings) {
+        self.selection = live.events;
+        self.thresholds = live.thresholds;
+        self.sampler = Sampler::new(live.sample);
     }
 
     fn write(&mut self, record: &Record) -> io::Result<()> {

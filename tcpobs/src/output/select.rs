@@ -14,8 +14,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use serde::{Deserialize, Serialize};
 
 use crate::{
+    config::live::{Sample, Thresholds, ns},
     model::{CloseKind, ConnectionRecord, Record},
-    runtime::{Sample, Thresholds, ns},
 };
 
 /// Which JSON events to write (`--events`).

@@ -5,9 +5,9 @@ use tcpobs_common::{DnsEvent, TlsEvent, phases::tls_step};
 
 use super::*;
 use crate::{
+    config::live::Thresholds,
     model::{DnsFailure, TlsRecord, phases::TIMELINE_EXCHANGES},
     output::select::anomalies_of,
-    runtime::Thresholds,
 };
 
 const PID: u32 = 4242;

@@ -12,8 +12,8 @@ use tokio::sync::watch;
 use tracing::info;
 
 use crate::{
+    config::live::LiveSettings,
     kfilter::{KernelFilters, Resolved},
-    runtime::Runtime,
     sync::lock,
 };
 
@@ -28,8 +28,8 @@ pub fn check_log_level(level: &str) -> Result<(), String> {
 }
 
 pub struct Control {
-    runtime: Mutex<Runtime>,
-    changes: watch::Sender<Runtime>,
+    live: Mutex<LiveSettings>,
+    changes: watch::Sender<LiveSettings>,
     filters: Mutex<Option<KernelFilters>>,
     set_log_level: LogLevelSetter,
     /// Settings that need a restart, shown by `GET /config`.
@@ -38,13 +38,13 @@ pub struct Control {
 
 impl Control {
     pub fn new(
-        runtime: Runtime,
+        live: LiveSettings,
         statics: Value,
         set_log_level: LogLevelSetter,
-    ) -> (Arc<Self>, watch::Receiver<Runtime>) {
-        let (changes, receiver) = watch::channel(runtime.clone());
+    ) -> (Arc<Self>, watch::Receiver<LiveSettings>) {
+        let (changes, receiver) = watch::channel(live.clone());
         let control = Self {
-            runtime: Mutex::new(runtime),
+            live: Mutex::new(live),
             changes,
             filters: Mutex::new(None),
             set_log_level,
@@ -53,51 +53,51 @@ impl Control {
         (Arc::new(control), receiver)
     }
 
-    pub fn runtime(&self) -> Runtime {
-        lock(&self.runtime).clone()
+    pub fn live(&self) -> LiveSettings {
+        lock(&self.live).clone()
     }
 
     /// Hands over the kernel filter maps (once the programs are loaded) and writes the
     /// filters in force now, which a `PUT /config` during loading may have changed.
     pub fn attach_filters(&self, mut filters: KernelFilters) -> Result<(), String> {
-        let runtime = lock(&self.runtime);
-        filters.apply(&Resolved::new(&runtime.filters)?)?;
+        let live = lock(&self.live);
+        filters.apply(&Resolved::new(&live.filters)?)?;
         *lock(&self.filters) = Some(filters);
         Ok(())
     }
 
     /// Applies a JSON patch of runtime settings. On error nothing has changed.
-    pub fn patch(&self, patch: &Value) -> Result<Runtime, String> {
-        let mut runtime = lock(&self.runtime);
-        let next = runtime.patched(patch, check_log_level)?;
-        self.commit(&mut runtime, next)
+    pub fn patch(&self, patch: &Value) -> Result<LiveSettings, String> {
+        let mut live = lock(&self.live);
+        let next = live.patched(patch, check_log_level)?;
+        self.commit(&mut live, next)
     }
 
     /// Replaces the runtime settings (a reloaded config file). On error nothing has changed.
-    pub fn replace(&self, next: Runtime) -> Result<Runtime, String> {
+    pub fn replace(&self, next: LiveSettings) -> Result<LiveSettings, String> {
         next.validate()?;
         check_log_level(&next.log_level).map_err(|err| format!("log_level: {err}"))?;
-        let mut runtime = lock(&self.runtime);
-        self.commit(&mut runtime, next)
+        let mut live = lock(&self.live);
+        self.commit(&mut live, next)
     }
 
-    fn commit(&self, runtime: &mut Runtime, next: Runtime) -> Result<Runtime, String> {
-        if next == *runtime {
+    fn commit(&self, live: &mut LiveSettings, next: LiveSettings) -> Result<LiveSettings, String> {
+        if next == *live {
             return Ok(next);
         }
-        if next.filters != runtime.filters {
+        if next.filters != live.filters {
             let resolved = Resolved::new(&next.filters)?;
             if let Some(filters) = lock(&self.filters).as_mut()
                 && let Err(err) = filters.apply(&resolved)
             {
                 // Put the previous filters back rather than leave a half-written set.
-                if let Ok(previous) = Resolved::new(&runtime.filters) {
+                if let Ok(previous) = Resolved::new(&live.filters) {
                     let _ = filters.apply(&previous);
                 }
                 return Err(format!("kernel filters: {err}"));
             }
         }
-        if next.log_level != runtime.log_level {
+        if next.log_level != live.log_level {
             (self.set_log_level)(&next.log_level).map_err(|err| format!("log_level: {err}"))?;
         }
         info!(
@@ -105,7 +105,7 @@ impl Control {
             sample = ?next.sample.map(|s| s.to_string()),
             "runtime settings changed"
         );
-        *runtime = next.clone();
+        *live = next.clone();
         self.changes.send_replace(next.clone());
         Ok(next)
     }
@@ -113,7 +113,7 @@ impl Control {
     /// Everything `GET /config` shows: runtime settings, and those that need a restart.
     pub fn describe(&self) -> Value {
         json!({
-            "runtime": self.runtime(),
+            "runtime": self.live(),
             "restart_required": self.statics,
         })
     }
@@ -123,19 +123,19 @@ impl Control {
 mod tests {
     use super::*;
     use crate::{
+        config::live::{Filters, Thresholds},
         output::EventSelection,
-        runtime::{Filters, Thresholds},
     };
 
     fn control() -> (
         Arc<Control>,
-        watch::Receiver<Runtime>,
+        watch::Receiver<LiveSettings>,
         Arc<Mutex<Vec<String>>>,
     ) {
         let levels = Arc::new(Mutex::new(Vec::new()));
         let seen = Arc::clone(&levels);
         let (control, changes) = Control::new(
-            Runtime {
+            LiveSettings {
                 events: EventSelection::Connections,
                 sample: None,
                 thresholds: Thresholds::default(),
@@ -174,7 +174,7 @@ mod tests {
     #[test]
     fn a_bad_patch_changes_nothing() {
         let (control, changes, levels) = control();
-        let before = control.runtime();
+        let before = control.live();
         let err = control
             .patch(&json!({"events": "exchanges", "log_level": "tcpobs=loudest"}))
             .unwrap_err();
@@ -183,7 +183,7 @@ mod tests {
             .patch(&json!({"filters": {"cgroups": {"include": ["/no/such/cgroup"]}}}))
             .unwrap_err();
         assert!(err.contains("no/such/cgroup"), "{err}");
-        assert_eq!(control.runtime(), before);
+        assert_eq!(control.live(), before);
         assert!(!changes.has_changed().unwrap());
         assert!(levels.lock().unwrap().is_empty());
     }

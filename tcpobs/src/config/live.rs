@@ -276,7 +276,7 @@ impl Filters {
 
 /// The settings that can change at runtime.
 #[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct Runtime {
+pub struct LiveSettings {
     pub events: EventSelection,
     /// `None`: every event is written.
     pub sample: Option<Sample>,
@@ -285,7 +285,7 @@ pub struct Runtime {
     pub filters: Filters,
 }
 
-impl Runtime {
+impl LiveSettings {
     /// Applies a JSON patch (any subset of the fields) to a copy; errors name the field.
     pub fn patched(
         &self,
@@ -365,8 +365,8 @@ mod tests {
 
     use super::*;
 
-    fn runtime() -> Runtime {
-        Runtime {
+    fn runtime() -> LiveSettings {
+        LiveSettings {
             events: EventSelection::Connections,
             sample: None,
             thresholds: Thresholds::default(),
