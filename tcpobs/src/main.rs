@@ -7,14 +7,14 @@ use std::process::ExitCode;
 use clap::{CommandFactory as _, error::ErrorKind};
 use tcpobs::{
     app,
-    config::{Cli, Loader, control::LogLevelSetter},
+    config::{Cli, Sources, control::LogLevelSetter},
     output::{Clock, Output},
 };
 use tracing_subscriber::{EnvFilter, prelude::*, reload};
 
 fn main() -> ExitCode {
-    let loader = Loader::from_env();
-    let settings = match loader.load() {
+    let sources = Sources::from_env();
+    let settings = match sources.load() {
         Ok(settings) => settings,
         Err(err) => err.exit(),
     };
@@ -72,7 +72,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(app::run(settings, Some(loader), output, set_log_level)) {
+    match runtime.block_on(app::run(settings, Some(sources), output, set_log_level)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("tcpobs: error: {err}");

@@ -20,7 +20,7 @@ use self::{
 };
 use crate::{
     config::{
-        Loader, Settings,
+        Settings, Sources,
         control::{Control, LogLevelSetter},
     },
     http::{AppState, Readiness, router},
@@ -84,10 +84,10 @@ pub fn check(settings: &Settings) -> Result<(), AppError> {
     Ok(())
 }
 
-/// Runs tcpobs until SIGINT or SIGTERM. `loader` re-reads the settings on SIGHUP.
+/// Runs tcpobs until SIGINT or SIGTERM. `sources` are read again on SIGHUP.
 pub async fn run(
     settings: Settings,
-    loader: Option<Loader>,
+    sources: Option<Sources>,
     mut output: Output,
     set_log_level: LogLevelSetter,
 ) -> Result<(), AppError> {
@@ -151,7 +151,7 @@ pub async fn run(
 
     // Before loading, so that an early SIGHUP does not stop tcpobs.
     tokio::spawn(on_sighup(
-        loader.filter(|_| settings.config.is_some()),
+        sources.filter(|_| settings.config.is_some()),
         settings.clone(),
         Arc::clone(&control),
         output.reopen_handle(),
@@ -201,7 +201,7 @@ pub async fn run(
 /// On every SIGHUP: reopens the output file (log rotation) and, with `--config`, re-reads the
 /// settings and applies the runtime ones.
 async fn on_sighup(
-    loader: Option<Loader>,
+    sources: Option<Sources>,
     started: Settings,
     control: Arc<Control>,
     reopen: Arc<std::sync::atomic::AtomicBool>,
@@ -213,11 +213,11 @@ async fn on_sighup(
     };
     while hangups.recv().await.is_some() {
         reopen.store(true, std::sync::atomic::Ordering::Relaxed);
-        let Some(loader) = &loader else {
+        let Some(sources) = &sources else {
             info!("SIGHUP: output reopened (no --config to re-read)");
             continue;
         };
-        match loader.load() {
+        match sources.load() {
             Ok(settings) => {
                 if settings.statics() != started.statics() {
                     warn!("SIGHUP: settings other than the runtime ones need a restart; ignored");

@@ -1,4 +1,4 @@
-//! The TOML config file, merged below flags and environment variables.
+//! The TOML config file (`--config`), merged below flags and environment variables.
 //!
 //! The file's keys are the long flag names (`ringbuf-bytes` or `ringbuf_bytes`); values are
 //! strings, numbers, booleans, or arrays for repeatable flags. A key is used only when neither
@@ -8,19 +8,10 @@
 
 use std::{ffi::OsString, fs, path::Path};
 
-use clap::{
-    ArgMatches, CommandFactory as _, FromArgMatches as _, error::ErrorKind, parser::ValueSource,
-};
+use clap::{ArgMatches, CommandFactory as _, error::ErrorKind, parser::ValueSource};
 use toml::Value;
 
-use super::{Cli, Settings};
-
-/// Reads settings from the command line, the environment and the config file; can read them
-/// again (SIGHUP).
-#[derive(Clone, Debug)]
-pub struct Loader {
-    args: Vec<OsString>,
-}
+use super::Cli;
 
 fn file_error(path: &Path, message: String) -> clap::Error {
     Cli::command().error(
@@ -40,32 +31,8 @@ fn flag_value(key: &str, value: &Value) -> Result<String, String> {
     }
 }
 
-impl Loader {
-    pub fn new(args: impl IntoIterator<Item = impl Into<OsString>>) -> Self {
-        Self {
-            args: args.into_iter().map(Into::into).collect(),
-        }
-    }
-
-    /// The process's own arguments.
-    pub fn from_env() -> Self {
-        Self::new(std::env::args_os())
-    }
-
-    /// Parses and validates everything; errors exit with code 2.
-    pub fn load(&self) -> Result<Settings, clap::Error> {
-        let matches = Cli::command().try_get_matches_from(&self.args)?;
-        let mut args = self.args.clone();
-        if let Some(path) = matches.get_one::<std::path::PathBuf>("config") {
-            args.extend(file_args(path, &matches)?);
-        }
-        let matches = Cli::command().try_get_matches_from(&args)?;
-        Cli::from_arg_matches(&matches)?.into_settings()
-    }
-}
-
 /// The file's settings as flags, for keys not given by flag or environment.
-fn file_args(path: &Path, matches: &ArgMatches) -> Result<Vec<OsString>, clap::Error> {
+pub(super) fn file_args(path: &Path, matches: &ArgMatches) -> Result<Vec<OsString>, clap::Error> {
     let text = fs::read_to_string(path).map_err(|err| file_error(path, err.to_string()))?;
     let table: toml::Table = text
         .parse()
@@ -105,7 +72,10 @@ fn file_args(path: &Path, matches: &ArgMatches) -> Result<Vec<OsString>, clap::E
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{config::live::Filter, output::EventSelection};
+    use crate::{
+        config::{Settings, Sources, live::Filter},
+        output::EventSelection,
+    };
 
     fn with_file(content: &str, args: &[&str]) -> Result<Settings, clap::Error> {
         static FILES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
@@ -121,7 +91,7 @@ mod tests {
             path.display().to_string(),
         ];
         argv.extend(args.iter().map(|arg| (*arg).to_owned()));
-        let result = Loader::new(argv).load();
+        let result = Sources::new(argv).load();
         let _ = fs::remove_file(&path);
         result
     }
@@ -166,7 +136,7 @@ mod tests {
             assert_eq!(err.exit_code(), 2);
             assert!(err.to_string().contains(needle), "{content}: {err}");
         }
-        let err = Loader::new(["tcpobs", "--config", "/nonexistent/tcpobs.toml"])
+        let err = Sources::new(["tcpobs", "--config", "/nonexistent/tcpobs.toml"])
             .load()
             .unwrap_err();
         assert!(

@@ -11,6 +11,7 @@ mod cli;
 pub mod control;
 mod file;
 pub mod live;
+mod sources;
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
@@ -19,7 +20,7 @@ use serde_json::{Value, json};
 
 pub use self::{
     cli::{Cli, FormatKind, Switch, parse_duration},
-    file::Loader,
+    sources::Sources,
 };
 use self::{
     control::check_log_level,
