@@ -340,9 +340,8 @@ mod tests {
 
     use super::*;
     use crate::{
-        config::live::{Filters, LiveSettings, Thresholds},
+        config::live::{EventSelection, Filters, LiveSettings, Thresholds},
         decode::KernelEvent,
-        output::EventSelection,
     };
 
     fn state() -> AppState {

@@ -25,10 +25,10 @@ use std::{
 
 use tcpobs::{
     app::daemon::{Stats, Timing, Tracer},
-    config::live::{Filter, Filters, LiveSettings, Thresholds},
+    config::live::{EventSelection, Filter, Filters, LiveSettings, Thresholds},
     loader::{FamilyAttach, LoadOptions, StrategyChoice, TracepointMode},
     model::{ConnectionRecord, ExchangeRecord, Record, Role},
-    output::{EventSelection, Sink},
+    output::Sink,
     uprobes::PhaseOptions,
 };
 

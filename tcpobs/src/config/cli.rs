@@ -5,10 +5,9 @@ use std::{path::PathBuf, time::Duration};
 use clap::{Parser, ValueEnum};
 
 use crate::{
-    config::live::{CgroupRef, Cidr, Sample},
+    config::live::{CgroupRef, Cidr, EventSelection, Sample},
     loader::{StrategyChoice, TracepointMode},
     metrics::labels::LabelSpec,
-    output::EventSelection,
 };
 
 const ABOUT: &str = "eBPF TCP connection lifecycle tracer: handshake time, request/response \

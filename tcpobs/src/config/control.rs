@@ -122,10 +122,7 @@ impl Control {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{
-        config::live::{Filters, Thresholds},
-        output::EventSelection,
-    };
+    use crate::config::live::{EventSelection, Filters, Thresholds};
 
     fn control() -> (
         Arc<Control>,

@@ -72,9 +72,9 @@ pub(super) fn file_args(path: &Path, matches: &ArgMatches) -> Result<Vec<OsStrin
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{
-        config::{Settings, Sources, live::Filter},
-        output::EventSelection,
+    use crate::config::{
+        Settings, Sources,
+        live::{EventSelection, Filter},
     };
 
     fn with_file(content: &str, args: &[&str]) -> Result<Settings, clap::Error> {

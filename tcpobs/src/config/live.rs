@@ -10,7 +10,21 @@ use std::{fmt, net::IpAddr, str::FromStr, time::Duration};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::output::EventSelection;
+/// Which JSON events to write (`--events`); the output routes records by it
+/// ([`crate::output::select`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EventSelection {
+    /// One aggregate `connection` event per connection when it closes, plus `anomaly` events.
+    #[default]
+    Connections,
+    /// Also one `exchange` event per request/response exchange.
+    Exchanges,
+    /// Only `anomaly` events and the connections that breached a threshold.
+    Anomalies,
+    /// No events (metrics only).
+    None,
+}
 
 /// Sampling of the event output: per second, the first `first` events, then every
 /// `thereafter`-th.

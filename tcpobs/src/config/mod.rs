@@ -184,8 +184,7 @@ impl Cli {
 mod tests {
     use clap::Parser as _;
 
-    use super::*;
-    use crate::output::EventSelection;
+    use super::{live::EventSelection, *};
 
     fn parse(args: &[&str]) -> Result<Settings, clap::Error> {
         Cli::try_parse_from(std::iter::once("tcpobs").chain(args.iter().copied()))?.into_settings()

@@ -17,14 +17,13 @@ use std::{
 
 use chrono::Local;
 
-pub use self::select::EventSelection;
 use self::{
     json::WallClock,
     justniffer::LineFormat,
     select::{OutputCounts, Sampler, anomalies_of, selected},
 };
 use crate::{
-    config::live::{LiveSettings, Thresholds},
+    config::live::{EventSelection, LiveSettings, Thresholds},
     meta::Metadata,
     model::Record,
 };

@@ -11,27 +11,10 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use serde::{Deserialize, Serialize};
-
 use crate::{
-    config::live::{Sample, Thresholds, ns},
+    config::live::{EventSelection, Sample, Thresholds, ns},
     model::{CloseKind, ConnectionRecord, Record},
 };
-
-/// Which JSON events to write (`--events`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum EventSelection {
-    /// One aggregate `connection` event per connection when it closes, plus `anomaly` events.
-    #[default]
-    Connections,
-    /// Also one `exchange` event per request/response exchange.
-    Exchanges,
-    /// Only `anomaly` events and the connections that breached a threshold.
-    Anomalies,
-    /// No events (metrics only).
-    None,
-}
 
 /// Event types, for the per-type counters.
 pub const EVENT_TYPES: [&str; 5] = ["connection", "exchange", "anomaly", "dns", "tls"];
