@@ -28,7 +28,7 @@ struct Layout {
 
 impl Layout {
     fn new() -> Self {
-        let cgroup_root = tcpobs::meta::default_cgroup_root().to_path_buf();
+        let cgroup_root = tcpobs::metadata::default_cgroup_root().to_path_buf();
         assert!(
             cgroup_root.join("cgroup.procs").exists(),
             "cgroup v2 is not mounted at {}",

@@ -25,7 +25,7 @@ use tracing::{debug, warn};
 use crate::{
     config::live::{CgroupRef, Filter, Filters},
     loader::LoadError,
-    meta::default_cgroup_root,
+    metadata::default_cgroup_root,
 };
 
 /// Filters with cgroups resolved to ids, ready for the maps.

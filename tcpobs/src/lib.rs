@@ -16,7 +16,7 @@ pub mod decode;
 pub mod http;
 pub mod kfilter;
 pub mod loader;
-pub mod meta;
+pub mod metadata;
 pub mod metrics;
 pub mod model;
 pub mod output;

@@ -25,7 +25,7 @@ use crate::{
     },
     http::{AppState, Readiness, router},
     loader::{self, LoadError},
-    meta::{self, Metadata},
+    metadata::{self, Metadata},
     metrics::{Metrics, collect::Scrape},
     output::{Clock, Output, Sink as _},
 };
@@ -103,7 +103,7 @@ pub async fn run(
     let health = Arc::default();
     let mut registry = Registry::default();
     let mut metrics = Metrics::new(&mut registry, &settings.labels, settings.label_series_cap);
-    if meta::is_cgroup2(&settings.meta_roots.cgroup) {
+    if metadata::is_cgroup2(&settings.meta_roots.cgroup) {
         let metadata = Arc::new(Metadata::new(settings.meta_roots.clone()));
         metrics.set_metadata(Arc::clone(&metadata));
         output.set_metadata(metadata);

@@ -29,7 +29,7 @@ use self::{
 use crate::{
     kfilter::Resolved,
     loader::LoadOptions,
-    meta::MetaRoots,
+    metadata::MetaRoots,
     metrics::labels::LabelSpec,
     output::{Format, justniffer::LineFormat},
     uprobes::PhaseOptions,
@@ -172,7 +172,7 @@ impl Cli {
             meta_roots: MetaRoots {
                 cgroup: self
                     .cgroup_root
-                    .unwrap_or_else(|| crate::meta::default_cgroup_root().to_path_buf()),
+                    .unwrap_or_else(|| crate::metadata::default_cgroup_root().to_path_buf()),
                 pod_logs: self.pod_log_root,
                 ..MetaRoots::default()
             },

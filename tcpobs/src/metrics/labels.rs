@@ -6,7 +6,7 @@
 //! duration, exchanges and the per-exchange histograms, opened/closed/exchange counters).
 //! Each dimension keeps its own values only for an allowlist (`remote_port=80,443`) or for the
 //! N busiest values seen so far (`comm=top:10`; default top 10); everything else is `other`.
-//! `pod` and `namespace` come from the container metadata ([`crate::meta`]); a process outside
+//! `pod` and `namespace` come from the container metadata ([`crate::metadata`]); a process outside
 //! any pod (or unknown) has the empty value, which is always kept.
 //! On top of that a global cap (`--label-series-cap`, default 100) limits how many distinct
 //! combinations of dimension values exist; past it every new combination becomes `other`, so
@@ -27,7 +27,7 @@ use std::{
 use prometheus_client::encoding::{EncodeLabel as _, EncodeLabelSet, LabelSetEncoder};
 
 use crate::{
-    meta::Metadata,
+    metadata::Metadata,
     model::{Addrs, Process},
 };
 
@@ -267,7 +267,7 @@ impl LabelPolicy {
         let mut dims = Dims::default();
         let mut meta = None;
         for state in &mut self.dims {
-            let mut from_meta = |value: fn(&crate::meta::Meta) -> Option<&str>| {
+            let mut from_meta = |value: fn(&crate::metadata::Meta) -> Option<&str>| {
                 let meta = meta.get_or_insert_with(|| metadata.and_then(|m| m.lookup(process)));
                 meta.as_deref()
                     .and_then(value)
@@ -278,8 +278,8 @@ impl LabelPolicy {
                 Dim::LocalPort => addrs.local().port().to_string(),
                 Dim::RemotePort => addrs.remote().port().to_string(),
                 Dim::Comm => process.map_or_else(|| "unknown".to_owned(), |p| p.comm.to_string()),
-                Dim::Pod => from_meta(crate::meta::Meta::pod_name),
-                Dim::Namespace => from_meta(crate::meta::Meta::namespace),
+                Dim::Pod => from_meta(crate::metadata::Meta::pod_name),
+                Dim::Namespace => from_meta(crate::metadata::Meta::namespace),
             };
             dims.0[state.dim as usize] = Some(state.value(&raw));
         }
@@ -383,7 +383,7 @@ mod tests {
     fn pod_and_namespace_from_the_metadata() {
         use std::{fs, os::unix::fs::MetadataExt as _};
 
-        use crate::meta::{MetaRoots, Metadata};
+        use crate::metadata::{MetaRoots, Metadata};
         let base = std::env::temp_dir().join(format!("tcpobs-labels-test-{}", std::process::id()));
         let _ = fs::remove_dir_all(&base);
         let uid = "5c0a6d32-8a4f-4f0e-9b7d-2c1e3f4a5b6c";

@@ -38,7 +38,7 @@ use self::{
     phases::PhaseMetrics,
 };
 use crate::{
-    meta::Metadata,
+    metadata::Metadata,
     model::{Addrs, Phase, Process, Record, Role},
     sync::lock,
 };

@@ -12,7 +12,7 @@ use std::{io::Write as _, net::IpAddr};
 use chrono::{DateTime, Utc};
 
 use crate::{
-    meta::Meta,
+    metadata::Meta,
     model::{AnomalyRecord, ConnectionRecord, ExchangeRecord, phases::Timeline, state_name},
 };
 
@@ -627,7 +627,7 @@ mod tests {
     fn metadata_fields_are_null_when_unknown() {
         use std::sync::Arc;
 
-        use crate::meta::PodName;
+        use crate::metadata::PodName;
         let mut line = Line::default();
         let mut object = Object::new(&mut line, "t");
         object.meta(None);

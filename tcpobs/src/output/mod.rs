@@ -24,7 +24,7 @@ use self::{
 };
 use crate::{
     config::live::{EventSelection, LiveSettings, Thresholds},
-    meta::Metadata,
+    metadata::Metadata,
     model::Record,
 };
 

@@ -81,7 +81,7 @@ mod tests {
     fn every_event_is_pinned_byte_for_byte() {
         use crate::{
             app::daemon::Stats,
-            meta::{Meta, PodName},
+            metadata::{Meta, PodName},
             model::{
                 AnomalyRecord, Close, CloseKind, CloseOriginator, ConnPhases, ConnectionRecord,
                 DnsLink, ExchangeClass, ExchangeRecord, ExchangeSpan, PartialReason, Phase,
