@@ -12,7 +12,7 @@ use std::{
 };
 
 use serde_json::Value;
-use tcpobs::loader::Strategy;
+use tcpobs::kernel::loader::Strategy;
 use tcpobs_tests::{
     PATIENCE, closed_port,
     daemon::{Daemon, curl_status},
@@ -208,10 +208,10 @@ fn prometheus_scrapes_what_the_traffic_did() {
     prometheus.expect(
         &format!(
             "count(tcpobs_probe_info{{family=~\"{}\"}})",
-            tcpobs::loader::FAMILIES.map(|f| f.name).join("|")
+            tcpobs::kernel::loader::FAMILIES.map(|f| f.name).join("|")
         ),
         // Every family attaches on the machines the tests run on, the optional one too.
-        tcpobs::loader::FAMILIES.len() as f64,
+        tcpobs::kernel::loader::FAMILIES.len() as f64,
     );
     prometheus.expect("tcpobs_build_info{version=\"0.1.0\"}", 1.0);
     prometheus.expect("up{job=\"tcpobs\"}", 1.0);

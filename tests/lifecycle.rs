@@ -10,7 +10,7 @@ use std::{
 };
 
 use tcpobs::{
-    loader::{FAMILIES, Strategy, StrategyChoice, TracepointMode},
+    kernel::loader::{FAMILIES, Strategy, StrategyChoice, TracepointMode},
     model::{CloseKind, CloseOriginator, ConnectFailure, ExchangeClass, PartialReason, Role, Side},
 };
 use tcpobs_tests::{
@@ -252,7 +252,7 @@ fn every_strategy_gives_the_same_records() {
         };
         capture_options.tracepoints = mode;
         let label = format!("{} ({mode:?})", strategy.as_str());
-        if let Err(err) = tcpobs::loader::load(&capture_options) {
+        if let Err(err) = tcpobs::kernel::loader::load(&capture_options) {
             eprintln!("{label}: not supported by this kernel: {err}");
             continue;
         }

@@ -341,7 +341,7 @@ mod tests {
     use super::*;
     use crate::{
         config::live::{EventSelection, Filters, LiveSettings, Thresholds},
-        decode::KernelEvent,
+        kernel::decode::KernelEvent,
     };
 
     fn state() -> AppState {

@@ -24,7 +24,7 @@ use tracing::{debug, warn};
 
 use crate::{
     config::live::{CgroupRef, Filter, Filters},
-    loader::LoadError,
+    kernel::loader::LoadError,
     metadata::default_cgroup_root,
 };
 

@@ -1,8 +1,8 @@
 //! tcpobs: an eBPF TCP connection lifecycle tracer.
 //!
 //! The kernel programs (`tcpobs-ebpf`) keep one record per socket and send lifecycle
-//! transitions and burst ends through a ring buffer. This library loads them ([`loader`]),
-//! reads the ring buffer ([`reader`]), turns events into connection and exchange records
+//! transitions and burst ends through a ring buffer. This library loads them ([`kernel::loader`]),
+//! reads the ring buffer ([`kernel::reader`]), turns events into connection and exchange records
 //! ([`tracker`], a pure state machine), writes them out ([`output`]) and counts them
 //! ([`metrics`]), served with the live table and runtime settings over HTTP ([`http`]).
 //! [`app::daemon`] runs the pipeline and [`app`] ties it to the HTTP server and signals; `main.rs`
@@ -10,18 +10,14 @@
 //! resolution, TLS handshakes) come from uprobes on user-space libraries ([`uprobes`]).
 
 pub mod app;
-pub mod btf;
 pub mod config;
-pub mod decode;
 pub mod http;
+pub mod kernel;
 pub mod kfilter;
-pub mod loader;
 pub mod metadata;
 pub mod metrics;
 pub mod model;
 pub mod output;
-pub mod reader;
 mod sync;
-pub mod tracefs;
 pub mod tracker;
 pub mod uprobes;

@@ -26,7 +26,7 @@ use std::{
 use tcpobs::{
     app::daemon::{Stats, Timing, Tracer},
     config::live::{EventSelection, Filter, Filters, LiveSettings, Thresholds},
-    loader::{FamilyAttach, LoadOptions, StrategyChoice, TracepointMode},
+    kernel::loader::{FamilyAttach, LoadOptions, StrategyChoice, TracepointMode},
     model::{ConnectionRecord, ExchangeRecord, Record, Role},
     output::Sink,
     uprobes::PhaseOptions,

@@ -70,7 +70,7 @@ pub fn one_exchange(addr: &str, client_closes: bool) -> (Vec<ConnectionRecord>, 
 
 /// Three exchanges with known pauses and server think times; the request is two writes.
 pub fn paced_exchanges(
-    capture_options: tcpobs::loader::LoadOptions,
+    capture_options: tcpobs::kernel::loader::LoadOptions,
     listener: TcpListener,
 ) -> (Vec<ConnectionRecord>, Vec<tcpobs::model::Record>, Capture) {
     let addr = listener.local_addr().unwrap();

@@ -19,15 +19,17 @@ use tracing::{info, warn};
 
 use crate::{
     config::live::LiveSettings,
+    kernel::{
+        loader::{self, FamilyAttach, LoadError, LoadOptions, Loaded},
+        reader::{KernelStats, Reader, ReaderStats},
+    },
     kfilter::KernelFilters,
-    loader::{self, FamilyAttach, LoadError, LoadOptions, Loaded},
     metrics::{Metrics, collect::Health},
     model::Record,
     output::{
         Clock, Sink,
         json::{Line, Object},
     },
-    reader::{KernelStats, Reader, ReaderStats},
     sync::lock,
     tracker::{KernelView, StuckThresholds, SweepReport, Tracker, TrackerStats},
     uprobes::{PhaseStats, RESCAN_INTERVAL},

@@ -24,7 +24,7 @@ use crate::{
         control::{Control, LogLevelSetter},
     },
     http::{AppState, Readiness, router},
-    loader::{self, LoadError},
+    kernel::loader::{self, LoadError},
     metadata::{self, Metadata},
     metrics::{Metrics, collect::Scrape},
     output::{Clock, Output, Sink as _},

@@ -6,7 +6,7 @@ use clap::{Parser, ValueEnum};
 
 use crate::{
     config::live::{CgroupRef, Cidr, EventSelection, Sample},
-    loader::{StrategyChoice, TracepointMode},
+    kernel::loader::{StrategyChoice, TracepointMode},
     metrics::labels::LabelSpec,
 };
 

@@ -11,11 +11,13 @@ use prometheus_client::{
 use tcpobs_common::{names::PHASE_FAMILIES, tcp_state};
 
 use crate::{
-    decode::KIND_NAMES,
-    loader::FamilyAttach,
+    kernel::{
+        decode::KIND_NAMES,
+        loader::FamilyAttach,
+        reader::{KernelStats, ReaderStats},
+    },
     model::state_name,
     output::select::{EVENT_TYPES, OutputCounts},
-    reader::{KernelStats, ReaderStats},
     sync::lock,
     tracker::Tracker,
     uprobes::PhaseStats,

@@ -81,6 +81,7 @@ mod tests {
     fn every_event_is_pinned_byte_for_byte() {
         use crate::{
             app::daemon::Stats,
+            kernel::reader::{KernelStats, ReaderStats},
             metadata::{Meta, PodName},
             model::{
                 AnomalyRecord, Close, CloseKind, CloseOriginator, ConnPhases, ConnectionRecord,
@@ -88,7 +89,6 @@ mod tests {
                 PhaseSet, Side, TcpCounters, TlsLink,
             },
             output::json::{anomaly, connection, exchange},
-            reader::{KernelStats, ReaderStats},
             tracker::TrackerStats,
             uprobes::PhaseStats,
         };

@@ -211,7 +211,7 @@ mod tests {
     };
 
     use super::*;
-    use crate::decode::KernelEvent;
+    use crate::kernel::decode::KernelEvent;
 
     const S: u64 = 1_000_000_000;
 

@@ -48,7 +48,7 @@ pub use self::{
 };
 use self::{phases::RecentCloses, table::Table};
 use crate::{
-    decode::KernelEvent,
+    kernel::decode::KernelEvent,
     model::{Addrs, OpenedRecord, PartialReason, Record, Role},
 };
 

@@ -21,7 +21,7 @@ mod tracking;
 
 use super::*;
 use crate::{
-    decode::OwnedEvent,
+    kernel::decode::OwnedEvent,
     model::{
         CloseKind, CloseOriginator, ConnectFailure, ConnectionRecord, ExchangeClass,
         ExchangeRecord, Side,

@@ -9,7 +9,7 @@ use tcpobs_common::{names, stat};
 use tokio::io::{Interest, unix::AsyncFd};
 use tracing::warn;
 
-use crate::{
+use crate::kernel::{
     decode::{KIND_NAMES, KernelEvent},
     loader::LoadError,
 };

@@ -4,7 +4,7 @@
 use thiserror::Error;
 use tracing::debug;
 
-use crate::btf::BtfError;
+use crate::kernel::btf::BtfError;
 
 #[derive(Debug, Error)]
 pub enum LoadError {

@@ -14,7 +14,7 @@ use super::{
     error::{error_chain, short},
     prepare::Unreadable,
 };
-use crate::btf::Btf;
+use crate::kernel::btf::Btf;
 
 /// One attached program.
 #[derive(Clone, Debug, PartialEq, Eq)]

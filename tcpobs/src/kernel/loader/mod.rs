@@ -42,8 +42,8 @@ use self::{
     prepare::{raise_memlock_limit, sock_offsets, tracepoint_offsets},
 };
 use crate::{
-    btf::Btf,
     config::live::Filters,
+    kernel::btf::Btf,
     kfilter::{KernelFilters, Resolved},
     uprobes::{PhaseOptions, PhaseProbes},
 };

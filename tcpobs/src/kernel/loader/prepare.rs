@@ -8,7 +8,7 @@ use tcpobs_common::Offsets;
 use tracing::debug;
 
 use super::LoadError;
-use crate::{
+use crate::kernel::{
     btf::{Btf, BtfError},
     tracefs::{self, Format, TracefsError},
 };

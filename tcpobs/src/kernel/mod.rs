@@ -1,0 +1,9 @@
+//! Everything that touches the kernel programs: loading and attaching them ([`loader`]), the
+//! kernel layout they need ([`btf`], [`tracefs`]), and reading what they send ([`reader`],
+//! [`decode`]).
+
+pub mod btf;
+pub mod decode;
+pub mod loader;
+pub mod reader;
+pub mod tracefs;
