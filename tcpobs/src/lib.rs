@@ -13,7 +13,6 @@ pub mod app;
 pub mod config;
 pub mod http;
 pub mod kernel;
-pub mod kfilter;
 pub mod metadata;
 pub mod metrics;
 pub mod model;

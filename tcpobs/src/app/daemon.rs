@@ -20,10 +20,10 @@ use tracing::{info, warn};
 use crate::{
     config::live::LiveSettings,
     kernel::{
+        filters::KernelFilters,
         loader::{self, FamilyAttach, LoadError, LoadOptions, Loaded},
         reader::{KernelStats, Reader, ReaderStats},
     },
-    kfilter::KernelFilters,
     metrics::{Metrics, collect::Health},
     model::Record,
     output::{

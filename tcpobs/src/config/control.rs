@@ -13,7 +13,7 @@ use tracing::info;
 
 use crate::{
     config::live::LiveSettings,
-    kfilter::{KernelFilters, Resolved},
+    kernel::filters::{KernelFilters, Resolved},
     sync::lock,
 };
 

@@ -27,8 +27,7 @@ use self::{
     live::{Filter, Filters, LiveSettings, Thresholds},
 };
 use crate::{
-    kernel::loader::LoadOptions,
-    kfilter::Resolved,
+    kernel::{filters::Resolved, loader::LoadOptions},
     metadata::MetaRoots,
     metrics::labels::LabelSpec,
     output::{Format, justniffer::LineFormat},

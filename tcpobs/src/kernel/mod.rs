@@ -1,9 +1,10 @@
 //! Everything that touches the kernel programs: loading and attaching them ([`loader`]), the
-//! kernel layout they need ([`btf`], [`tracefs`]), and reading what they send ([`reader`],
-//! [`decode`]).
+//! kernel layout they need ([`btf`], [`tracefs`]), the kernel-side filters ([`filters`]), and
+//! reading what they send ([`reader`], [`decode`]).
 
 pub mod btf;
 pub mod decode;
+pub mod filters;
 pub mod loader;
 pub mod reader;
 pub mod tracefs;

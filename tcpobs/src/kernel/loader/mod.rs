@@ -43,8 +43,10 @@ use self::{
 };
 use crate::{
     config::live::Filters,
-    kernel::btf::Btf,
-    kfilter::{KernelFilters, Resolved},
+    kernel::{
+        btf::Btf,
+        filters::{KernelFilters, Resolved},
+    },
     uprobes::{PhaseOptions, PhaseProbes},
 };
 
