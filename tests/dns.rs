@@ -13,8 +13,8 @@ use std::{
 };
 
 use tcpobs::{
+    kernel::libcalls::RESCAN_INTERVAL,
     model::{DnsFailure, Role},
-    uprobes::RESCAN_INTERVAL,
 };
 use tcpobs_tests::{
     Capture, PATIENCE, closed_port, connections,

@@ -208,7 +208,7 @@ fn phases_off_attaches_nothing() {
         daemon
             .log()
             .iter()
-            .all(|line| !line.contains("tcpobs::uprobes"))
+            .all(|line| !line.contains("tcpobs::kernel::libcalls"))
     );
     let (status, metrics) = daemon.api("GET", "/metrics", None, None);
     assert_eq!(status, 200);

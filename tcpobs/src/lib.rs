@@ -7,7 +7,7 @@
 //! ([`metrics`]), served with the live table and runtime settings over HTTP ([`http`]).
 //! [`app::daemon`] runs the pipeline and [`app`] ties it to the HTTP server and signals; `main.rs`
 //! only sets up logging and maps errors to exit codes. The phases around connections (name
-//! resolution, TLS handshakes) come from uprobes on user-space libraries ([`uprobes`]).
+//! resolution, TLS handshakes) come from uprobes on user-space libraries ([`kernel::libcalls`]).
 
 pub mod app;
 pub mod config;
@@ -19,4 +19,3 @@ pub mod model;
 pub mod output;
 mod sync;
 pub mod tracker;
-pub mod uprobes;

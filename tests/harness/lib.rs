@@ -26,10 +26,12 @@ use std::{
 use tcpobs::{
     app::daemon::{Stats, Timing, Tracer},
     config::live::{EventSelection, Filter, Filters, LiveSettings, Thresholds},
-    kernel::loader::{FamilyAttach, LoadOptions, StrategyChoice, TracepointMode},
+    kernel::{
+        libcalls::LibcallOptions,
+        loader::{FamilyAttach, LoadOptions, StrategyChoice, TracepointMode},
+    },
     model::{ConnectionRecord, ExchangeRecord, Record, Role},
     output::Sink,
-    uprobes::PhaseOptions,
 };
 
 /// How long to wait for records to show up before failing. Generous: the machine is shared
@@ -87,7 +89,7 @@ pub fn options(ports: &[u16]) -> LoadOptions {
             ports: Filter::Include(ports.to_vec()),
             ..Filters::default()
         },
-        phases: PhaseOptions::default(),
+        libcalls: LibcallOptions::default(),
     }
 }
 

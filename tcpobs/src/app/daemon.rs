@@ -1,6 +1,6 @@
 //! The running tracer: kernel programs, ring buffer reader and tracker, pumping records into
 //! the metrics and a [`Sink`], sweeping for stuck connections, and looking for new
-//! containers' libraries for the phase probes, until told to stop.
+//! containers' libraries for the libcall probes, until told to stop.
 
 use std::{
     future::Future,
@@ -21,6 +21,7 @@ use crate::{
     config::live::LiveSettings,
     kernel::{
         filters::KernelFilters,
+        libcalls::{LibcallStats, RESCAN_INTERVAL},
         loader::{self, FamilyAttach, LoadError, LoadOptions, Loaded},
         reader::{KernelStats, Reader, ReaderStats},
     },
@@ -32,7 +33,6 @@ use crate::{
     },
     sync::lock,
     tracker::{KernelView, StuckThresholds, SweepReport, Tracker, TrackerStats},
-    uprobes::{PhaseStats, RESCAN_INTERVAL},
 };
 
 /// Every loss and health counter, from the kernel, the reader and the tracker.
@@ -41,7 +41,7 @@ pub struct Stats {
     pub reader: ReaderStats,
     pub kernel: KernelStats,
     pub tracker: TrackerStats,
-    pub phases: PhaseStats,
+    pub libcalls: LibcallStats,
 }
 
 impl Stats {
@@ -59,8 +59,8 @@ impl Stats {
             .u64("unmatched_events", self.tracker.unmatched)
             .u64("dns_cache_evicted", self.tracker.dns_evicted)
             .u64("tls_untracked", self.kernel.tls_untracked)
-            .u64("tls_abandoned", self.phases.tls_abandoned)
-            .u64("phase_libraries_skipped", self.phases.skipped);
+            .u64("tls_abandoned", self.libcalls.tls_abandoned)
+            .u64("phase_libraries_skipped", self.libcalls.skipped);
         object.end();
         line.as_str().to_owned()
     }
@@ -121,9 +121,9 @@ impl Tracer {
         {
             let mut health = lock(&health);
             health.probes = loaded.families.clone();
-            if let Some(phases) = &loaded.phases {
-                health.probes.extend(phases.families());
-                health.phases = phases.stats();
+            if let Some(libcalls) = &loaded.libcalls {
+                health.probes.extend(libcalls.families());
+                health.libcalls = libcalls.stats();
             }
         }
         Ok(Self {
@@ -138,33 +138,33 @@ impl Tracer {
         })
     }
 
-    /// How each hook family is attached, the phase families last.
+    /// How each hook family is attached, the libcall families last.
     pub fn families(&self) -> Vec<FamilyAttach> {
         let mut families = self.loaded.families.clone();
-        if let Some(phases) = &self.loaded.phases {
-            families.extend(phases.families());
+        if let Some(libcalls) = &self.loaded.libcalls {
+            families.extend(libcalls.families());
         }
         families
     }
 
-    fn phase_stats(&self) -> PhaseStats {
+    fn libcall_stats(&self) -> LibcallStats {
         self.loaded
-            .phases
+            .libcalls
             .as_ref()
-            .map(|phases| phases.stats())
+            .map(|libcalls| libcalls.stats())
             .unwrap_or_default()
     }
 
-    /// Looks for libraries of new containers (the phase families).
+    /// Looks for libraries of new containers (the libcall families).
     pub fn rescan(&mut self) {
-        let Some(phases) = &mut self.loaded.phases else {
+        let Some(libcalls) = &mut self.loaded.libcalls else {
             return;
         };
-        phases.rescan(&mut self.loaded.ebpf);
+        libcalls.rescan(&mut self.loaded.ebpf);
         let mut health = lock(&self.health);
         health.probes = self.loaded.families.clone();
-        health.probes.extend(phases.families());
-        health.phases = phases.stats();
+        health.probes.extend(libcalls.families());
+        health.libcalls = libcalls.stats();
     }
 
     /// The live table, shared with the HTTP API and the metrics.
@@ -192,7 +192,7 @@ impl Tracer {
             reader: self.reader.stats(),
             kernel: self.reader.kernel_stats(),
             tracker: lock(&self.tracker).stats(),
-            phases: self.phase_stats(),
+            libcalls: self.libcall_stats(),
         }
     }
 
@@ -260,15 +260,15 @@ impl Tracer {
         }
         Self::dispatch(&mut self.records, self.metrics.as_ref(), sink)?;
         sink.flush()?;
-        if let Some(phases) = &mut self.loaded.phases {
-            phases.reap_threads();
+        if let Some(libcalls) = &mut self.loaded.libcalls {
+            libcalls.reap_threads();
         }
-        let phases = self.phase_stats();
+        let libcalls = self.libcall_stats();
         {
             let mut health = lock(&self.health);
             health.reader = self.reader.stats();
             health.kernel = self.reader.kernel_stats();
-            health.phases = phases;
+            health.libcalls = libcalls;
         }
         self.warn_on_loss();
         Ok(report)
@@ -340,7 +340,7 @@ impl Tracer {
     /// and returns the final counters.
     pub fn stop(mut self, sink: &mut dyn Sink) -> io::Result<Stats> {
         let attached = self.loaded.families.len();
-        let phases = self.phase_stats();
+        let libcalls = self.libcall_stats();
         drop(self.loaded.ebpf);
         info!(hooks = attached, "detached");
         {
@@ -357,7 +357,7 @@ impl Tracer {
             reader: self.reader.stats(),
             kernel: self.reader.kernel_stats(),
             tracker: lock(&self.tracker).stats(),
-            phases,
+            libcalls,
         })
     }
 }

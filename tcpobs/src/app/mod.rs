@@ -70,9 +70,9 @@ pub fn check(settings: &Settings) -> Result<(), AppError> {
             family.program_types()
         );
     }
-    // The phase families never fail the check: a missing library is not an error.
-    if let Some(phases) = &loaded.phases {
-        for (family, libraries) in phases.families().iter().zip(phases.stats().libraries) {
+    // The libcall families never fail the check: a missing library is not an error.
+    if let Some(libcalls) = &loaded.libcalls {
+        for (family, libraries) in libcalls.families().iter().zip(libcalls.stats().libraries) {
             println!(
                 "family={} strategy={} programs={} libraries={libraries}",
                 family.family,

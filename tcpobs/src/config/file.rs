@@ -103,7 +103,7 @@ mod tests {
             &[],
         )
         .unwrap();
-        assert!(!settings.load.phases.enabled);
+        assert!(!settings.load.libcalls.enabled);
         assert_eq!(settings.live.events, EventSelection::Exchanges);
         assert_eq!(settings.live.filters.ports, Filter::Include(vec![80, 443]));
         assert_eq!(settings.load.ringbuf_bytes, 8192);

@@ -27,11 +27,10 @@ use self::{
     live::{Filter, Filters, LiveSettings, Thresholds},
 };
 use crate::{
-    kernel::{filters::Resolved, loader::LoadOptions},
+    kernel::{filters::Resolved, libcalls::LibcallOptions, loader::LoadOptions},
     metadata::MetaRoots,
     metrics::labels::LabelSpec,
     output::{Format, justniffer::LineFormat},
-    uprobes::PhaseOptions,
 };
 
 /// Validated settings.
@@ -66,7 +65,7 @@ impl Settings {
             "labels": self.labels.iter().map(ToString::to_string).collect::<Vec<_>>(),
             "label_series_cap": self.label_series_cap,
             "probe_strategy": self.load.strategy.to_string(),
-            "phases": if self.load.phases.enabled { "on" } else { "off" },
+            "phases": if self.load.libcalls.enabled { "on" } else { "off" },
             "tracepoints": format!("{:?}", self.load.tracepoints).to_lowercase(),
             "max_sockets": self.load.max_sockets,
             "ringbuf_bytes": self.load.ringbuf_bytes,
@@ -154,7 +153,7 @@ impl Cli {
                 max_sockets: self.max_sockets,
                 ringbuf_bytes: self.ringbuf_bytes,
                 filters,
-                phases: PhaseOptions {
+                libcalls: LibcallOptions {
                     enabled: self.phases == Switch::On,
                     lib_root: self.phases_lib_root,
                 },
@@ -199,8 +198,8 @@ mod tests {
         assert_eq!(settings.load.filters, Filters::default());
         assert_eq!(settings.drain_interval, Duration::from_millis(10));
         assert_eq!(settings.listen, Some("127.0.0.1:9752".parse().unwrap()));
-        assert_eq!(settings.load.phases, PhaseOptions::default());
-        assert!(!parse(&["--phases", "off"]).unwrap().load.phases.enabled);
+        assert_eq!(settings.load.libcalls, LibcallOptions::default());
+        assert!(!parse(&["--phases", "off"]).unwrap().load.libcalls.enabled);
         assert_eq!(
             settings.live.thresholds,
             Thresholds {

@@ -5,6 +5,7 @@
 pub mod btf;
 pub mod decode;
 pub mod filters;
+pub mod libcalls;
 pub mod loader;
 pub mod reader;
 pub mod tracefs;

@@ -13,6 +13,7 @@ use tcpobs_common::{names::PHASE_FAMILIES, tcp_state};
 use crate::{
     kernel::{
         decode::KIND_NAMES,
+        libcalls::LibcallStats,
         loader::FamilyAttach,
         reader::{KernelStats, ReaderStats},
     },
@@ -20,7 +21,6 @@ use crate::{
     output::select::{EVENT_TYPES, OutputCounts},
     sync::lock,
     tracker::Tracker,
-    uprobes::PhaseStats,
 };
 
 const ROLES: [&str; 3] = ["client", "server", "unknown"];
@@ -45,7 +45,7 @@ pub struct Health {
     pub reader: ReaderStats,
     pub kernel: KernelStats,
     pub probes: Vec<FamilyAttach>,
-    pub phases: PhaseStats,
+    pub libcalls: LibcallStats,
 }
 
 /// The scrape-time collector.
@@ -171,12 +171,12 @@ impl Collector for Scrape {
             (
                 "tcpobs_tls_abandoned",
                 "TLS handshake calls whose thread died before returning",
-                health.phases.tls_abandoned,
+                health.libcalls.tls_abandoned,
             ),
             (
                 "tcpobs_phase_libraries_skipped",
                 "Library files the DNS and TLS phases did not attach to (too many)",
-                health.phases.skipped,
+                health.libcalls.skipped,
             ),
         ] {
             counter(&mut encoder, name, help, [(vec![], value)])?;
@@ -206,7 +206,7 @@ impl Collector for Scrape {
             None,
             MetricType::Gauge,
         )?;
-        for (family, count) in PHASE_FAMILIES.iter().zip(health.phases.libraries) {
+        for (family, count) in PHASE_FAMILIES.iter().zip(health.libcalls.libraries) {
             let value = i64::try_from(count).unwrap_or(i64::MAX);
             ConstGauge::new(value).encode(libraries.encode_family(&[("family", family.name)])?)?;
         }

@@ -81,7 +81,10 @@ mod tests {
     fn every_event_is_pinned_byte_for_byte() {
         use crate::{
             app::daemon::Stats,
-            kernel::reader::{KernelStats, ReaderStats},
+            kernel::{
+                libcalls::LibcallStats,
+                reader::{KernelStats, ReaderStats},
+            },
             metadata::{Meta, PodName},
             model::{
                 AnomalyRecord, Close, CloseKind, CloseOriginator, ConnPhases, ConnectionRecord,
@@ -90,7 +93,6 @@ mod tests {
             },
             output::json::{anomaly, connection, exchange},
             tracker::TrackerStats,
-            uprobes::PhaseStats,
         };
 
         const MS: u64 = 1_000_000;
@@ -245,7 +247,7 @@ mod tests {
                 lost: 14,
                 dns_evicted: 15,
             },
-            phases: PhaseStats {
+            libcalls: LibcallStats {
                 libraries: [16, 17],
                 skipped: 18,
                 tls_abandoned: 19,

@@ -37,7 +37,7 @@ pub struct FamilyAttach {
 
 impl FamilyAttach {
     /// The distinct program types, joined with `+` (`kprobe+kretprobe`); `state` for a
-    /// family served by the state hook, `none` for a phase family with no library attached.
+    /// family served by the state hook, `none` for a libcall family with no library attached.
     pub fn program_types(&self) -> String {
         let mut types: Vec<&str> = Vec::new();
         for program in &self.programs {

@@ -12,8 +12,8 @@
 //!    `tp_btf` (raw arguments, cheapest) to the classic tracepoint. The choice is logged and
 //!    kept in [`FamilyAttach`] for the metrics; a family with no working strategy stops
 //!    start-up with what each strategy lacked.
-//! 4. With `--phases on`, attach the phase families' uprobes to the libraries found
-//!    ([`crate::uprobes`]); a library that is missing is logged, never fatal.
+//! 4. With `--phases on`, attach the libcall families' uprobes to the libraries found
+//!    ([`crate::kernel::libcalls`]); a library that is missing is logged, never fatal.
 //!
 //! `prepare` holds step 1's checks and layout readers, `attach` step 3 (and `strategy` the
 //! ways it may try, from `--probe-strategy`), `error` the errors; [`load`] runs the steps in
@@ -46,8 +46,8 @@ use crate::{
     kernel::{
         btf::Btf,
         filters::{KernelFilters, Resolved},
+        libcalls::{LibcallOptions, LibcallProbes},
     },
-    uprobes::{PhaseOptions, PhaseProbes},
 };
 
 /// The compiled kernel programs, built by build.rs.
@@ -66,8 +66,8 @@ pub struct LoadOptions {
     pub ringbuf_bytes: u32,
     /// Kernel-side filters to start with.
     pub filters: Filters,
-    /// The DNS and TLS phase families (`--phases`).
-    pub phases: PhaseOptions,
+    /// The DNS and TLS libcall families (`--phases`).
+    pub libcalls: LibcallOptions,
 }
 
 /// The loaded object and how each family is attached. Dropping it detaches everything.
@@ -76,8 +76,8 @@ pub struct Loaded {
     pub families: Vec<FamilyAttach>,
     /// The filter maps, taken out of `ebpf` (until someone takes them over).
     pub filters: Option<KernelFilters>,
-    /// The phase families' probes (`None` with `--phases off`, or if they cannot load).
-    pub phases: Option<PhaseProbes>,
+    /// The libcall families' probes (`None` with `--phases off`, or if they cannot load).
+    pub libcalls: Option<LibcallProbes>,
 }
 
 /// Loads, configures and attaches everything.
@@ -110,7 +110,7 @@ pub fn load(options: &LoadOptions) -> Result<Loaded, LoadError> {
         .override_global(names::OFFSETS_GLOBAL, &offsets, true)
         .map_max_entries(names::EVENTS_MAP, options.ringbuf_bytes)
         .map_max_entries(names::SOCKETS_MAP, options.max_sockets);
-    if !options.phases.enabled {
+    if !options.libcalls.enabled {
         // Unused: the smallest tables.
         for map in [
             names::DNS_CALLS_MAP,
@@ -164,16 +164,16 @@ pub fn load(options: &LoadOptions) -> Result<Loaded, LoadError> {
         }
         families.push(attached);
     }
-    let phases = options
-        .phases
+    let libcalls = options
+        .libcalls
         .enabled
-        .then(|| PhaseProbes::start(&mut ebpf, &options.phases))
+        .then(|| LibcallProbes::start(&mut ebpf, &options.libcalls))
         .flatten();
     Ok(Loaded {
         ebpf,
         families,
         filters: Some(filters),
-        phases,
+        libcalls,
     })
 }
 

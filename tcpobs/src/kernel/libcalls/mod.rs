@@ -1,4 +1,5 @@
-//! The phase families: uprobes on user-space libraries (`--phases`).
+//! The libcall families: uprobes on the user-space library calls that applications make around
+//! a connection (`--phases`; the JSON and the metrics call what they measure phases).
 //!
 //! - `dns`: `getaddrinfo` in the C library (glibc's `libc.so.6`, musl's `ld-musl-*.so.1`);
 //! - `tls`: OpenSSL 3's handshake functions and `SSL_free` in `libssl.so.3`.
@@ -55,14 +56,14 @@ const INIT_PID_NS: u64 = 0xEFFF_FFFC;
 
 /// `--phases` and where to look.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PhaseOptions {
+pub struct LibcallOptions {
     pub enabled: bool,
     /// Look for libraries under this directory only, instead of `/` and the containers
     /// (for tests).
     pub lib_root: Option<PathBuf>,
 }
 
-impl Default for PhaseOptions {
+impl Default for LibcallOptions {
     fn default() -> Self {
         Self {
             enabled: true,
@@ -73,7 +74,7 @@ impl Default for PhaseOptions {
 
 /// Counters for the metrics and the `stats` event.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct PhaseStats {
+pub struct LibcallStats {
     /// Library files attached, per [`PHASE_FAMILIES`] entry.
     pub libraries: [u64; 2],
     /// Library files left unattached because a family had [`MAX_LIBRARIES`] already.
@@ -90,8 +91,8 @@ struct AttachedLib {
     host: bool,
 }
 
-/// The attached phase probes.
-pub struct PhaseProbes {
+/// The attached libcall probes.
+pub struct LibcallProbes {
     host_root: PathBuf,
     /// Search other mount namespaces (not with a test root, nor outside the host PID
     /// namespace, where `/proc` does not show the kernel's process ids).
@@ -104,7 +105,7 @@ pub struct PhaseProbes {
     failed: HashMap<FileId, Library>,
     missing_logged: [bool; 2],
     full_logged: bool,
-    stats: PhaseStats,
+    stats: LibcallStats,
     tls_threads: Option<BpfHashMap<MapData, u64, TlsCall>>,
     tls_abandoned: Option<Array<MapData, u64>>,
 }
@@ -145,11 +146,11 @@ fn detach(ebpf: &mut Ebpf, links: Vec<(&'static str, UProbeLinkId)>) {
     }
 }
 
-impl PhaseProbes {
+impl LibcallProbes {
     /// Loads the uprobe programs, takes the maps the daemon tends, and attaches to the
     /// libraries found now. `None` if the programs cannot load (logged; tcpobs works on
-    /// without the phases).
-    pub fn start(ebpf: &mut Ebpf, options: &PhaseOptions) -> Option<Self> {
+    /// without them).
+    pub fn start(ebpf: &mut Ebpf, options: &LibcallOptions) -> Option<Self> {
         let mut programs: Vec<&str> = PHASE_FAMILIES
             .iter()
             .flat_map(|family| family.probes.iter().map(|probe| probe.program))
@@ -189,7 +190,7 @@ impl PhaseProbes {
             failed: HashMap::new(),
             missing_logged: [false; 2],
             full_logged: false,
-            stats: PhaseStats::default(),
+            stats: LibcallStats::default(),
             tls_threads: tls_threads.filter(|_| in_host_pid_ns),
             tls_abandoned,
         };
@@ -380,11 +381,11 @@ impl PhaseProbes {
         }
     }
 
-    pub fn stats(&self) -> PhaseStats {
+    pub fn stats(&self) -> LibcallStats {
         self.stats
     }
 
-    /// How each phase family is attached, for `--check` and `tcpobs_probe_info`: the
+    /// How each libcall family is attached, for `--check` and `tcpobs_probe_info`: the
     /// programs' types and the library files.
     pub fn families(&self) -> Vec<FamilyAttach> {
         PHASE_FAMILIES
