@@ -28,7 +28,8 @@ use tcpobs::{
     config::live::{EventSelection, Filter, Filters, LiveSettings, Thresholds},
     kernel::{
         libcalls::LibcallOptions,
-        loader::{FamilyAttach, LoadOptions, StrategyChoice, TracepointMode},
+        loader::{LoadOptions, StrategyChoice, TracepointMode},
+        report::FamilyAttach,
     },
     model::{ConnectionRecord, ExchangeRecord, Record, Role},
     output::Sink,

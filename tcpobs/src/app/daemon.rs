@@ -22,8 +22,9 @@ use crate::{
     kernel::{
         filters::KernelFilters,
         libcalls::{LibcallStats, RESCAN_INTERVAL},
-        loader::{self, FamilyAttach, LoadError, LoadOptions, Loaded},
+        loader::{self, LoadError, LoadOptions, Loaded},
         reader::{KernelStats, Reader, ReaderStats},
+        report::{FamilyAttach, take_map},
     },
     metrics::{Metrics, collect::Health},
     model::Record,
@@ -105,19 +106,7 @@ impl Tracer {
         // SAFETY: malloc_trim only releases free memory; it has no preconditions.
         unsafe { libc::malloc_trim(0) };
         let reader = Reader::new(&mut loaded.ebpf)?;
-        let sockets = loaded
-            .ebpf
-            .take_map(names::SOCKETS_MAP)
-            .ok_or_else(|| LoadError::Map {
-                map: names::SOCKETS_MAP,
-                reason: "missing".into(),
-            })
-            .and_then(|map| {
-                HashMap::try_from(map).map_err(|err| LoadError::Map {
-                    map: names::SOCKETS_MAP,
-                    reason: err.to_string(),
-                })
-            })?;
+        let sockets = take_map(&mut loaded.ebpf, names::SOCKETS_MAP)?;
         {
             let mut health = lock(&health);
             health.probes = loaded.families.clone();

@@ -158,7 +158,7 @@ pub async fn run(
     ));
     let mut tracer = Tracer::start_shared(&settings.load, tracker, health)?;
     if let Some(filters) = tracer.take_filters() {
-        control.attach_filters(filters).map_err(LoadError::Filter)?;
+        control.attach_filters(filters).map_err(LoadError::from)?;
     }
     tracer.set_metrics(metrics);
     readiness.set_ready();

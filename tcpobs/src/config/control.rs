@@ -13,7 +13,7 @@ use tracing::info;
 
 use crate::{
     config::live::LiveSettings,
-    kernel::filters::{KernelFilters, Resolved},
+    kernel::filters::{FilterError, KernelFilters, Resolved},
     sync::lock,
 };
 
@@ -59,7 +59,7 @@ impl Control {
 
     /// Hands over the kernel filter maps (once the programs are loaded) and writes the
     /// filters in force now, which a `PUT /config` during loading may have changed.
-    pub fn attach_filters(&self, mut filters: KernelFilters) -> Result<(), String> {
+    pub fn attach_filters(&self, mut filters: KernelFilters) -> Result<(), FilterError> {
         let live = lock(&self.live);
         filters.apply(&Resolved::new(&live.filters)?)?;
         *lock(&self.filters) = Some(filters);
@@ -86,7 +86,7 @@ impl Control {
             return Ok(next);
         }
         if next.filters != live.filters {
-            let resolved = Resolved::new(&next.filters)?;
+            let resolved = Resolved::new(&next.filters).map_err(|err| err.to_string())?;
             if let Some(filters) = lock(&self.filters).as_mut()
                 && let Err(err) = filters.apply(&resolved)
             {

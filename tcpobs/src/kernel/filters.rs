@@ -10,6 +10,7 @@ use std::{
     collections::{HashMap as StdHashMap, HashSet},
     fs,
     hash::Hash,
+    io,
     net::IpAddr,
     os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
@@ -17,16 +18,40 @@ use std::{
 
 use aya::{
     Ebpf, Pod,
-    maps::{Array, HashMap, LpmTrie, MapData, lpm_trie::Key},
+    maps::{Array, HashMap, LpmTrie, MapData, MapError as BpfMapError, lpm_trie::Key},
 };
 use tcpobs_common::{FilterConfig, ListenKey, Listener, Owner, filter_mode, names};
+use thiserror::Error;
 use tracing::{debug, warn};
 
 use crate::{
     config::live::{CgroupRef, Filter, Filters},
-    kernel::loader::LoadError,
+    kernel::report::{MapError, take_map},
     metadata::default_cgroup_root,
 };
+
+/// Why filters could not be resolved or written. The loader wraps it in its own error at
+/// start-up; at runtime it is the answer to a `PUT /config` or a `SIGHUP`.
+#[derive(Debug, Error)]
+pub enum FilterError {
+    /// A cgroup filter names a path that cannot be read.
+    #[error("filters.cgroups: cgroup {}: {source}", path.display())]
+    Cgroup { path: PathBuf, source: io::Error },
+    /// A cgroup filter names something other than a directory of the cgroup v2 tree.
+    #[error("filters.cgroups: cgroup {}: not a directory", path.display())]
+    NotACgroup { path: PathBuf },
+    /// Writing one of the filter maps failed (`set`: `ports`, `cidrs`, `pids`, `cgroups` or
+    /// `filter modes`).
+    #[error("{set}: {source}")]
+    Write {
+        set: &'static str,
+        source: BpfMapError,
+    },
+}
+
+fn write_error(set: &'static str) -> impl FnOnce(BpfMapError) -> FilterError {
+    move |source| FilterError::Write { set, source }
+}
 
 /// Filters with cgroups resolved to ids, ready for the maps.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -48,7 +73,7 @@ fn mode<T>(filter: &Filter<T>) -> u8 {
 }
 
 /// The id of a cgroup v2 (its directory's inode number).
-pub fn cgroup_id(cgroup: &CgroupRef) -> Result<u64, String> {
+pub fn cgroup_id(cgroup: &CgroupRef) -> Result<u64, FilterError> {
     match cgroup {
         CgroupRef::Id(id) => Ok(*id),
         CgroupRef::Path(path) => {
@@ -58,10 +83,12 @@ pub fn cgroup_id(cgroup: &CgroupRef) -> Result<u64, String> {
             } else {
                 default_cgroup_root().join(path)
             };
-            let metadata =
-                fs::metadata(&full).map_err(|err| format!("cgroup {}: {err}", full.display()))?;
+            let metadata = match fs::metadata(&full) {
+                Ok(metadata) => metadata,
+                Err(source) => return Err(FilterError::Cgroup { path: full, source }),
+            };
             if !metadata.is_dir() {
-                return Err(format!("cgroup {}: not a directory", full.display()));
+                return Err(FilterError::NotACgroup { path: full });
             }
             Ok(metadata.ino())
         }
@@ -69,7 +96,7 @@ pub fn cgroup_id(cgroup: &CgroupRef) -> Result<u64, String> {
 }
 
 impl Resolved {
-    pub fn new(filters: &Filters) -> Result<Self, String> {
+    pub fn new(filters: &Filters) -> Result<Self, FilterError> {
         let mut resolved = Self {
             ports: (mode(&filters.ports), filters.ports.values().to_vec()),
             cidr_mode: mode(&filters.cidrs),
@@ -87,8 +114,7 @@ impl Resolved {
             .values()
             .iter()
             .map(cgroup_id)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|err| format!("filters.cgroups: {err}"))?;
+            .collect::<Result<Vec<_>, _>>()?;
         resolved.cgroups = (mode(&filters.cgroups), ids);
         Ok(resolved)
     }
@@ -107,25 +133,11 @@ pub struct KernelFilters {
     applied: Resolved,
 }
 
-fn take<T: TryFrom<aya::maps::Map>>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, LoadError>
-where
-    T::Error: std::fmt::Display,
-{
-    let map = ebpf.take_map(name).ok_or_else(|| LoadError::Map {
-        map: name,
-        reason: "missing from the object".to_owned(),
-    })?;
-    T::try_from(map).map_err(|err| LoadError::Map {
-        map: name,
-        reason: err.to_string(),
-    })
-}
-
 /// Makes `map` hold exactly `keys`.
 fn sync_hash<K: Pod + Eq + Hash>(
     map: &mut HashMap<MapData, K, u8>,
     keys: &[K],
-) -> Result<(), String> {
+) -> Result<(), BpfMapError> {
     let wanted: HashSet<K> = keys.iter().copied().collect();
     let stale: Vec<K> = map
         .keys()
@@ -133,10 +145,10 @@ fn sync_hash<K: Pod + Eq + Hash>(
         .filter(|k| !wanted.contains(k))
         .collect();
     for key in stale {
-        map.remove(&key).map_err(|err| err.to_string())?;
+        map.remove(&key)?;
     }
     for key in wanted {
-        map.insert(key, 1, 0).map_err(|err| err.to_string())?;
+        map.insert(key, 1, 0)?;
     }
     Ok(())
 }
@@ -144,34 +156,39 @@ fn sync_hash<K: Pod + Eq + Hash>(
 fn sync_trie<K: Pod + Eq + Hash>(
     map: &mut LpmTrie<MapData, K, u8>,
     nets: &[(K, u32)],
-) -> Result<(), String> {
+) -> Result<(), BpfMapError> {
     let stale: Vec<Key<K>> = map.keys().filter_map(Result::ok).collect();
     for key in stale {
-        map.remove(&key).map_err(|err| err.to_string())?;
+        map.remove(&key)?;
     }
     for &(addr, prefix) in nets {
-        map.insert(&Key::new(prefix, addr), 1, 0)
-            .map_err(|err| err.to_string())?;
+        map.insert(&Key::new(prefix, addr), 1, 0)?;
     }
     Ok(())
 }
 
 impl KernelFilters {
     /// Takes the filter maps out of the loaded object.
-    pub fn take(ebpf: &mut Ebpf) -> Result<Self, LoadError> {
+    pub fn take(ebpf: &mut Ebpf) -> Result<Self, MapError> {
         Ok(Self {
-            config: take(ebpf, names::FILTER_MAP)?,
-            ports: take(ebpf, names::PORT_FILTER_MAP)?,
-            cidr4: take(ebpf, names::CIDR4_FILTER_MAP)?,
-            cidr6: take(ebpf, names::CIDR6_FILTER_MAP)?,
-            pids: take(ebpf, names::PID_FILTER_MAP)?,
-            cgroups: take(ebpf, names::CGROUP_FILTER_MAP)?,
-            listeners: take(ebpf, names::LISTENERS_MAP)?,
+            config: take_map(ebpf, names::FILTER_MAP)?,
+            ports: take_map(ebpf, names::PORT_FILTER_MAP)?,
+            cidr4: take_map(ebpf, names::CIDR4_FILTER_MAP)?,
+            cidr6: take_map(ebpf, names::CIDR6_FILTER_MAP)?,
+            pids: take_map(ebpf, names::PID_FILTER_MAP)?,
+            cgroups: take_map(ebpf, names::CGROUP_FILTER_MAP)?,
+            listeners: take_map(ebpf, names::LISTENERS_MAP)?,
             applied: Resolved::default(),
         })
     }
 
-    fn write_modes(&mut self, ports: u8, cidrs: u8, pids: u8, cgroups: u8) -> Result<(), String> {
+    fn write_modes(
+        &mut self,
+        ports: u8,
+        cidrs: u8,
+        pids: u8,
+        cgroups: u8,
+    ) -> Result<(), FilterError> {
         let config = FilterConfig {
             ports,
             cidrs,
@@ -181,13 +198,13 @@ impl KernelFilters {
         };
         self.config
             .set(0, config, 0)
-            .map_err(|err| format!("filter modes: {err}"))
+            .map_err(write_error("filter modes"))
     }
 
     /// Writes new filters. A kind that changes is switched off while its set is rewritten, so
     /// that for that instant sockets are traced rather than wrongly ignored (each socket is
     /// judged once, for good); then the new modes are written.
-    pub fn apply(&mut self, filters: &Resolved) -> Result<(), String> {
+    pub fn apply(&mut self, filters: &Resolved) -> Result<(), FilterError> {
         let old = &self.applied;
         let keep = |changed: bool, mode: u8| if changed { filter_mode::OFF } else { mode };
         let cidrs_changed = old.cidr_mode != filters.cidr_mode
@@ -199,12 +216,11 @@ impl KernelFilters {
             keep(old.pids != filters.pids, old.pids.0),
             keep(old.cgroups != filters.cgroups, old.cgroups.0),
         )?;
-        sync_hash(&mut self.ports, &filters.ports.1).map_err(|err| format!("ports: {err}"))?;
-        sync_trie(&mut self.cidr4, &filters.cidr4).map_err(|err| format!("cidrs: {err}"))?;
-        sync_trie(&mut self.cidr6, &filters.cidr6).map_err(|err| format!("cidrs: {err}"))?;
-        sync_hash(&mut self.pids, &filters.pids.1).map_err(|err| format!("pids: {err}"))?;
-        sync_hash(&mut self.cgroups, &filters.cgroups.1)
-            .map_err(|err| format!("cgroups: {err}"))?;
+        sync_hash(&mut self.ports, &filters.ports.1).map_err(write_error("ports"))?;
+        sync_trie(&mut self.cidr4, &filters.cidr4).map_err(write_error("cidrs"))?;
+        sync_trie(&mut self.cidr6, &filters.cidr6).map_err(write_error("cidrs"))?;
+        sync_hash(&mut self.pids, &filters.pids.1).map_err(write_error("pids"))?;
+        sync_hash(&mut self.cgroups, &filters.cgroups.1).map_err(write_error("cgroups"))?;
         let config = FilterConfig {
             ports: filters.ports.0,
             cidrs: filters.cidr_mode,
@@ -214,7 +230,7 @@ impl KernelFilters {
         };
         self.config
             .set(0, config, 0)
-            .map_err(|err| format!("filter modes: {err}"))
+            .map_err(write_error("filter modes"))
     }
 
     /// Records who listens on ports opened before tcpobs started, in tcpobs's own network
@@ -350,7 +366,9 @@ mod tests {
             let own = process_cgroup(std::process::id());
             assert!(own.is_some(), "this process has a cgroup v2");
         }
-        let err = cgroup_id(&CgroupRef::Path("no/such/cgroup".into())).unwrap_err();
+        let err = cgroup_id(&CgroupRef::Path("no/such/cgroup".into()))
+            .unwrap_err()
+            .to_string();
         let expected = default_cgroup_root().join("no/such/cgroup");
         assert!(err.contains(expected.to_str().unwrap()), "{err}");
     }

@@ -1,6 +1,7 @@
 //! Everything that touches the kernel programs: loading and attaching them ([`loader`]), the
 //! kernel layout they need ([`btf`], [`tracefs`]), the kernel-side filters ([`filters`]), and
-//! reading what they send ([`reader`], [`decode`]).
+//! reading what they send ([`reader`], [`decode`]). What loading reports, and the errors these
+//! modules share, are in [`report`], which imports none of them.
 
 pub mod btf;
 pub mod decode;
@@ -8,4 +9,5 @@ pub mod filters;
 pub mod libcalls;
 pub mod loader;
 pub mod reader;
+pub mod report;
 pub mod tracefs;

@@ -11,7 +11,7 @@ use tracing::warn;
 
 use crate::kernel::{
     decode::{KIND_NAMES, KernelEvent},
-    loader::LoadError,
+    report::{MapError, take_map},
 };
 
 /// What the kernel side had to drop (summed over CPUs).
@@ -50,22 +50,13 @@ pub struct Reader {
 impl Reader {
     /// Takes the ring buffer and the stats map out of the loaded object, so that they outlive
     /// the programs (the last events are drained after detaching).
-    pub fn new(ebpf: &mut aya::Ebpf) -> Result<Self, LoadError> {
-        let map_error = |map, reason: String| LoadError::Map { map, reason };
-        let ring = ebpf
-            .take_map(names::EVENTS_MAP)
-            .ok_or_else(|| map_error(names::EVENTS_MAP, "missing".into()))?;
-        let ring =
-            RingBuf::try_from(ring).map_err(|err| map_error(names::EVENTS_MAP, err.to_string()))?;
+    pub fn new(ebpf: &mut aya::Ebpf) -> Result<Self, MapError> {
+        let ring: RingBuf<MapData> = take_map(ebpf, names::EVENTS_MAP)?;
         // SAFETY: the ring buffer owns its map fd, which stays open, and is the fd `as_raw_fd`
         // returns, for as long as the `RingBuf` (and so the `AsyncFd`) lives.
         let ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
-            .map_err(|err| map_error(names::EVENTS_MAP, err.to_string()))?;
-        let stats_map = ebpf
-            .take_map(names::STATS_MAP)
-            .ok_or_else(|| map_error(names::STATS_MAP, "missing".into()))?;
-        let stats_map = PerCpuArray::try_from(stats_map)
-            .map_err(|err| map_error(names::STATS_MAP, err.to_string()))?;
+            .map_err(|err| MapError::new(names::EVENTS_MAP, err))?;
+        let stats_map = take_map(ebpf, names::STATS_MAP)?;
         Ok(Self {
             ring,
             stats_map,

@@ -14,8 +14,8 @@ use crate::{
     kernel::{
         decode::KIND_NAMES,
         libcalls::LibcallStats,
-        loader::FamilyAttach,
         reader::{KernelStats, ReaderStats},
+        report::FamilyAttach,
     },
     model::state_name,
     output::select::{EVENT_TYPES, OutputCounts},

@@ -44,7 +44,7 @@ use tcpobs_common::{
 use tracing::{debug, info, warn};
 
 use self::discover::{FileId, Found, namespace_inode, other_roots, search};
-use crate::kernel::loader::{Attached, FamilyAttach, error_chain};
+use crate::kernel::report::{Attached, FamilyAttach, error_chain};
 
 /// Most library files attached per family.
 pub const MAX_LIBRARIES: usize = 64;

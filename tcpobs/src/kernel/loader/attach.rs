@@ -9,49 +9,11 @@ use aya::{
 use tcpobs_common::names::{Attach, Family, Way};
 use tracing::debug;
 
-use super::{
-    LoadError, Strategy, StrategyChoice, TracepointMode,
-    error::{error_chain, short},
-    prepare::Unreadable,
+use super::{LoadError, StrategyChoice, TracepointMode, error::short, prepare::Unreadable};
+use crate::kernel::{
+    btf::Btf,
+    report::{Attached, FamilyAttach, error_chain},
 };
-use crate::kernel::btf::Btf;
-
-/// One attached program.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Attached {
-    /// `tp_btf`, `tracepoint` (classic), `fentry`, `fexit`, `kprobe` or `kretprobe`.
-    pub program_type: &'static str,
-    /// The tracepoint (`sock:inet_sock_set_state`) or kernel function.
-    pub target: String,
-}
-
-/// How one hook family is attached.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct FamilyAttach {
-    pub family: &'static str,
-    pub strategy: Strategy,
-    /// Empty for the connect family under the tracepoint strategy, which the state hook
-    /// covers.
-    pub programs: Vec<Attached>,
-}
-
-impl FamilyAttach {
-    /// The distinct program types, joined with `+` (`kprobe+kretprobe`); `state` for a
-    /// family served by the state hook, `none` for a libcall family with no library attached.
-    pub fn program_types(&self) -> String {
-        let mut types: Vec<&str> = Vec::new();
-        for program in &self.programs {
-            if !types.contains(&program.program_type) {
-                types.push(program.program_type);
-            }
-        }
-        match (types.is_empty(), self.strategy) {
-            (true, Strategy::Uprobe) => "none".to_owned(),
-            (true, _) => "state".to_owned(),
-            (false, _) => types.join("+"),
-        }
-    }
-}
 
 /// Layout and signature facts the attach step needs besides `OFFSETS`.
 pub(super) struct Kernel {

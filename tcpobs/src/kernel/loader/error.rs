@@ -4,7 +4,7 @@
 use thiserror::Error;
 use tracing::debug;
 
-use crate::kernel::btf::BtfError;
+use crate::kernel::{btf::BtfError, filters::FilterError, report::MapError};
 
 #[derive(Debug, Error)]
 pub enum LoadError {
@@ -24,25 +24,10 @@ pub enum LoadError {
         family: &'static str,
         reasons: String,
     },
-    #[error("cannot set up kernel map {map}: {reason}")]
-    Map { map: &'static str, reason: String },
+    #[error(transparent)]
+    Map(#[from] MapError),
     #[error("cannot set up the kernel filters: {0}")]
-    Filter(String),
-}
-
-/// An error and its sources, joined with ": " (sources already in the message are skipped).
-pub fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
+    Filter(#[from] FilterError),
 }
 
 /// The first line of an error, without a verifier log; the log, when there is one, goes to
@@ -64,6 +49,7 @@ mod tests {
     use std::io;
 
     use super::*;
+    use crate::kernel::report::error_chain;
 
     #[test]
     fn short_drops_the_verifier_log() {

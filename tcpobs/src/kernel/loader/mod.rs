@@ -31,15 +31,14 @@ use tcpobs_common::names::{self, family};
 pub use tcpobs_common::names::{FAMILIES, Strategy};
 use tracing::{info, warn};
 
-pub use self::{
-    attach::{Attached, FamilyAttach},
-    error::{LoadError, error_chain},
-    prepare::{check_privileges, missing_capabilities},
-    strategy::{StrategyChoice, TracepointMode},
-};
 use self::{
     attach::{Kernel, attach_family},
     prepare::{raise_memlock_limit, sock_offsets, tracepoint_offsets},
+};
+pub use self::{
+    error::LoadError,
+    prepare::{check_privileges, missing_capabilities},
+    strategy::{StrategyChoice, TracepointMode},
 };
 use crate::{
     config::live::Filters,
@@ -47,6 +46,7 @@ use crate::{
         btf::Btf,
         filters::{KernelFilters, Resolved},
         libcalls::{LibcallOptions, LibcallProbes},
+        report::{FamilyAttach, MapError, error_chain},
     },
 };
 
@@ -123,10 +123,10 @@ pub fn load(options: &LoadOptions) -> Result<Loaded, LoadError> {
     let mut ebpf = loader
         .load(OBJECT)
         .map_err(|err| LoadError::Load(error_chain(&err)))?;
-    let resolved = Resolved::new(&options.filters).map_err(LoadError::Filter)?;
+    let resolved = Resolved::new(&options.filters)?;
     let mut filters = KernelFilters::take(&mut ebpf)?;
     filters.seed_listeners();
-    filters.apply(&resolved).map_err(LoadError::Filter)?;
+    filters.apply(&resolved)?;
     let kernel = Kernel {
         btf,
         aya_btf,
@@ -179,16 +179,14 @@ pub fn load(options: &LoadOptions) -> Result<Loaded, LoadError> {
 
 /// Tells the state program that a `tcp_connect` program starts client records.
 fn set_connect_hooked(ebpf: &mut Ebpf) -> Result<(), LoadError> {
-    let map_error = |reason: String| LoadError::Map {
-        map: names::CONNECT_HOOKED_MAP,
-        reason,
-    };
+    let map_error = |reason| MapError::new(names::CONNECT_HOOKED_MAP, reason);
     let map = ebpf
         .map_mut(names::CONNECT_HOOKED_MAP)
-        .ok_or_else(|| map_error("missing".into()))?;
+        .ok_or_else(|| map_error("missing".to_owned()))?;
     let mut hooked: Array<_, u32> =
         Array::try_from(map).map_err(|err| map_error(err.to_string()))?;
     hooked
         .set(0, 1, 0)
-        .map_err(|err| map_error(err.to_string()))
+        .map_err(|err| map_error(err.to_string()))?;
+    Ok(())
 }
