@@ -10,7 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use tcpobs::{config::live::Thresholds, model::Role, output::select::anomalies_of};
+use tcpobs::{config::live::Thresholds, export::output::select::anomalies_of, model::Role};
 use tcpobs_tests::{
     Capture, PATIENCE, closed_port, connections,
     daemon::Daemon,

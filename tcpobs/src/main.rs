@@ -8,7 +8,7 @@ use clap::{CommandFactory as _, error::ErrorKind};
 use tcpobs::{
     app,
     config::{Cli, Sources, control::LogLevelSetter},
-    output::{Clock, Output},
+    export::output::{Clock, Output},
 };
 use tracing_subscriber::{EnvFilter, prelude::*, reload};
 

@@ -26,13 +26,13 @@ use std::{
 use tcpobs::{
     app::daemon::{Stats, Timing, Tracer},
     config::live::{EventSelection, Filter, Filters, LiveSettings, Thresholds},
+    export::output::Sink,
     kernel::{
         libcalls::LibcallOptions,
         loader::{LoadOptions, StrategyChoice, TracepointMode},
         report::FamilyAttach,
     },
     model::{ConnectionRecord, ExchangeRecord, Record, Role},
-    output::Sink,
 };
 
 /// How long to wait for records to show up before failing. Generous: the machine is shared

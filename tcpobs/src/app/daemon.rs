@@ -19,6 +19,13 @@ use tracing::{info, warn};
 
 use crate::{
     config::live::LiveSettings,
+    export::{
+        metrics::{Metrics, collect::Health},
+        output::{
+            Clock, Sink,
+            json::{Line, Object},
+        },
+    },
     kernel::{
         filters::KernelFilters,
         libcalls::{LibcallStats, RESCAN_INTERVAL},
@@ -26,12 +33,7 @@ use crate::{
         reader::{KernelStats, Reader, ReaderStats},
         report::{FamilyAttach, take_map},
     },
-    metrics::{Metrics, collect::Health},
     model::Record,
-    output::{
-        Clock, Sink,
-        json::{Line, Object},
-    },
     sync::lock,
     tracker::{KernelView, StuckThresholds, SweepReport, Tracker, TrackerStats},
 };

@@ -23,11 +23,13 @@ use crate::{
         Settings, Sources,
         control::{Control, LogLevelSetter},
     },
-    http::{AppState, Readiness, router},
+    export::{
+        http::{AppState, Readiness, router},
+        metrics::{Metrics, collect::Scrape},
+        output::{Clock, Output, Sink as _},
+    },
     kernel::loader::{self, LoadError},
     metadata::{self, Metadata},
-    metrics::{Metrics, collect::Scrape},
-    output::{Clock, Output, Sink as _},
 };
 
 #[derive(Debug, Error)]

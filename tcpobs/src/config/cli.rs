@@ -6,8 +6,8 @@ use clap::{Parser, ValueEnum};
 
 use crate::{
     config::live::{CgroupRef, Cidr, EventSelection, Sample},
+    export::metrics::labels::LabelSpec,
     kernel::loader::{StrategyChoice, TracepointMode},
-    metrics::labels::LabelSpec,
 };
 
 const ABOUT: &str = "eBPF TCP connection lifecycle tracer: handshake time, request/response \

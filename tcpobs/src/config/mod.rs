@@ -27,10 +27,12 @@ use self::{
     live::{Filter, Filters, LiveSettings, Thresholds},
 };
 use crate::{
+    export::{
+        metrics::labels::LabelSpec,
+        output::{Format, justniffer::LineFormat},
+    },
     kernel::{filters::Resolved, libcalls::LibcallOptions, loader::LoadOptions},
     metadata::MetaRoots,
-    metrics::labels::LabelSpec,
-    output::{Format, justniffer::LineFormat},
 };
 
 /// Validated settings.

@@ -6,8 +6,8 @@ use tcpobs_common::{DnsEvent, TlsEvent, phases::tls_step};
 use super::*;
 use crate::{
     config::live::Thresholds,
+    export::output::select::anomalies_of,
     model::{DnsFailure, TlsRecord, phases::TIMELINE_EXCHANGES},
-    output::select::anomalies_of,
 };
 
 const PID: u32 = 4242;
@@ -440,7 +440,7 @@ fn the_timeline_lists_exchanges_and_allocates_only_for_keep_alive() {
 #[test]
 fn the_connection_event_shows_its_phases() {
     struct Boot;
-    impl crate::output::json::WallClock for Boot {
+    impl crate::export::output::json::WallClock for Boot {
         fn unix_ns(&self, monotonic_ns: u64) -> i64 {
             monotonic_ns as i64
         }
@@ -459,8 +459,8 @@ fn the_connection_event_shows_its_phases() {
         &mut tracker,
         &sock.send(5 * MS, 10).recv(6 * MS, 20).close(7 * MS, 0),
     ));
-    let mut line = crate::output::json::Line::default();
-    crate::output::json::connection(&mut line, connection(&out), &[], None, &Boot);
+    let mut line = crate::export::output::json::Line::default();
+    crate::export::output::json::connection(&mut line, connection(&out), &[], None, &Boot);
     let value: serde_json::Value = serde_json::from_str(line.as_str()).unwrap();
     assert_eq!(value["dns_host"], "api.test");
     assert_eq!(value["dns_s"], 0.001);

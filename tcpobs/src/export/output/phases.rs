@@ -81,6 +81,7 @@ mod tests {
     fn every_event_is_pinned_byte_for_byte() {
         use crate::{
             app::daemon::Stats,
+            export::output::json::{anomaly, connection, exchange},
             kernel::{
                 libcalls::LibcallStats,
                 reader::{KernelStats, ReaderStats},
@@ -91,7 +92,6 @@ mod tests {
                 DnsLink, ExchangeClass, ExchangeRecord, ExchangeSpan, PartialReason, Phase,
                 PhaseSet, Side, TcpCounters, TlsLink,
             },
-            output::json::{anomaly, connection, exchange},
             tracker::TrackerStats,
         };
 

@@ -11,6 +11,7 @@ use prometheus_client::{
 use tcpobs_common::{names::PHASE_FAMILIES, tcp_state};
 
 use crate::{
+    export::output::select::{EVENT_TYPES, OutputCounts},
     kernel::{
         decode::KIND_NAMES,
         libcalls::LibcallStats,
@@ -18,7 +19,6 @@ use crate::{
         report::FamilyAttach,
     },
     model::state_name,
-    output::select::{EVENT_TYPES, OutputCounts},
     sync::lock,
     tracker::Tracker,
 };

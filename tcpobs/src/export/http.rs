@@ -30,8 +30,8 @@ use serde_json::{Value, json};
 
 use crate::{
     config::control::Control,
+    export::output::{Clock, json::WallClock},
     model::state_name,
-    output::{Clock, json::WallClock},
     sync::lock,
     tracker::Tracker,
 };
@@ -346,7 +346,7 @@ mod tests {
 
     fn state() -> AppState {
         let mut registry = Registry::default();
-        let metrics = crate::metrics::Metrics::new(&mut registry, &[], 10);
+        let metrics = crate::export::metrics::Metrics::new(&mut registry, &[], 10);
         metrics.set_stuck(&[0, 0, 2, 0, 0]);
         let mut tracker = Tracker::new();
         for (sock, port, state) in [

@@ -1,0 +1,7 @@
+//! Where records go: events (JSON or justniffer lines, [`output`]), Prometheus metrics
+//! ([`metrics`]), and the HTTP API that serves the metrics, the live table and the settings
+//! ([`http`]).
+
+pub mod http;
+pub mod metrics;
+pub mod output;
