@@ -2,7 +2,6 @@
 
 pub mod json;
 pub mod justniffer;
-pub mod phases;
 pub mod select;
 
 use std::{
@@ -18,7 +17,7 @@ use std::{
 use chrono::Local;
 
 use self::{
-    json::WallClock,
+    json::{WallClock, events},
     justniffer::LineFormat,
     select::{OutputCounts, Sampler, anomalies_of, selected},
 };
@@ -251,8 +250,8 @@ impl Sink for Output {
                 let meta = metadata.and_then(|m| m.lookup(anomaly.process.as_ref()));
                 json::anomaly(&mut self.pending, anomaly, meta.as_deref(), &self.clock)
             }
-            (_, Record::Dns(dns)) => phases::dns(&mut self.pending, dns, &self.clock),
-            (_, Record::Tls(tls)) => phases::tls(&mut self.pending, tls, &self.clock),
+            (_, Record::Dns(dns)) => events::dns(&mut self.pending, dns, &self.clock),
+            (_, Record::Tls(tls)) => events::tls(&mut self.pending, tls, &self.clock),
             (_, Record::Opened(_) | Record::Unstuck(..)) => return Ok(()),
         }
         self.counts.written[kind].fetch_add(1, Ordering::Relaxed);

@@ -1,6 +1,6 @@
 //! `dns` and `tls` JSON events: one per name resolution, one per TLS handshake.
 
-use super::json::{Line, Object, WallClock};
+use super::{Line, Object, WallClock};
 use crate::model::{DnsRecord, TlsRecord, phases::eai_name};
 
 /// A `dns` event: one `getaddrinfo` call.

@@ -7,6 +7,8 @@
 //! that a key is copied as a constant, and fixed-width numbers (a timestamp's microseconds, a
 //! duration's fraction) are formatted in place.
 
+pub mod events;
+
 use std::{io::Write as _, net::IpAddr};
 
 use chrono::{DateTime, Utc};
