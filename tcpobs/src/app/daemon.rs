@@ -23,7 +23,7 @@ use crate::{
         metrics::{Metrics, collect::Health},
         output::{
             Clock, Sink,
-            json::{Line, Object},
+            json::{Line, events},
         },
     },
     kernel::{
@@ -51,20 +51,13 @@ impl Stats {
     /// The final `stats` JSON event.
     pub fn to_json_line(&self) -> String {
         let mut line = Line::default();
-        let mut object = Object::new(&mut line, "stats");
-        object
-            .u64("events_received", self.reader.total())
-            .u64("events_undecodable", self.reader.undecodable)
-            .u64("events_lost", self.kernel.ringbuf_full)
-            .u64("sockets_untracked", self.kernel.table_insert_failed)
-            .u64("sockets_adopted", self.kernel.adopted)
-            .u64("sockets_evicted", self.tracker.lost)
-            .u64("unmatched_events", self.tracker.unmatched)
-            .u64("dns_cache_evicted", self.tracker.dns_evicted)
-            .u64("tls_untracked", self.kernel.tls_untracked)
-            .u64("tls_abandoned", self.libcalls.tls_abandoned)
-            .u64("phase_libraries_skipped", self.libcalls.skipped);
-        object.end();
+        events::stats(
+            &mut line,
+            &self.reader,
+            &self.kernel,
+            &self.tracker,
+            &self.libcalls,
+        );
         line.as_str().to_owned()
     }
 }

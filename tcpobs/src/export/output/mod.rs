@@ -234,7 +234,7 @@ impl Sink for Output {
             (_, Record::Connection(connection)) => {
                 let anomalies = anomalies_of(connection, &self.thresholds);
                 let meta = metadata.and_then(|m| m.lookup(connection.process.as_ref()));
-                json::connection(
+                events::connection(
                     &mut self.pending,
                     connection,
                     &anomalies,
@@ -244,11 +244,11 @@ impl Sink for Output {
             }
             (_, Record::Exchange(exchange)) => {
                 let meta = metadata.and_then(|m| m.lookup(exchange.process.as_ref()));
-                json::exchange(&mut self.pending, exchange, meta.as_deref(), &self.clock)
+                events::exchange(&mut self.pending, exchange, meta.as_deref(), &self.clock)
             }
             (_, Record::Anomaly(anomaly)) => {
                 let meta = metadata.and_then(|m| m.lookup(anomaly.process.as_ref()));
-                json::anomaly(&mut self.pending, anomaly, meta.as_deref(), &self.clock)
+                events::anomaly(&mut self.pending, anomaly, meta.as_deref(), &self.clock)
             }
             (_, Record::Dns(dns)) => events::dns(&mut self.pending, dns, &self.clock),
             (_, Record::Tls(tls)) => events::tls(&mut self.pending, tls, &self.clock),

@@ -460,7 +460,7 @@ fn the_connection_event_shows_its_phases() {
         &sock.send(5 * MS, 10).recv(6 * MS, 20).close(7 * MS, 0),
     ));
     let mut line = crate::export::output::json::Line::default();
-    crate::export::output::json::connection(&mut line, connection(&out), &[], None, &Boot);
+    crate::export::output::json::events::connection(&mut line, connection(&out), &[], None, &Boot);
     let value: serde_json::Value = serde_json::from_str(line.as_str()).unwrap();
     assert_eq!(value["dns_host"], "api.test");
     assert_eq!(value["dns_s"], 0.001);

@@ -1,7 +1,207 @@
-//! `dns` and `tls` JSON events: one per name resolution, one per TLS handshake.
+//! Every JSON event tcpobs writes, field by field: `connection` (one per connection, at its
+//! close), `exchange` (one per request/response exchange), `anomaly` (a live connection
+//! stuck), `dns` (one per name resolution), `tls` (one per TLS handshake) and `stats` (the
+//! final counters). The field writers are in the parent module; [`super::SCHEMA_VERSION`] is
+//! bumped on any incompatible change here.
 
 use super::{Line, Object, WallClock};
-use crate::model::{DnsRecord, TlsRecord, phases::eai_name};
+use crate::{
+    kernel::{
+        libcalls::LibcallStats,
+        reader::{KernelStats, ReaderStats},
+    },
+    metadata::Meta,
+    model::{
+        AnomalyRecord, ConnectionRecord, DnsRecord, ExchangeRecord, TlsRecord,
+        phases::{Timeline, eai_name},
+        state_name,
+    },
+    tracker::TrackerStats,
+};
+
+/// Schema helpers shared by several events.
+impl Object<'_> {
+    /// A connection's timeline: `[{"name": ..., "start": ..., "duration_s": ...}, ...]`
+    /// (exchanges also have `seq`).
+    pub(super) fn timeline(
+        &mut self,
+        key: &str,
+        timeline: &Timeline,
+        clock: &impl WallClock,
+    ) -> &mut Self {
+        self.key(key);
+        self.out().push(b'[');
+        for (index, entry) in timeline.entries().iter().enumerate() {
+            if index > 0 {
+                self.out().push(b',');
+            }
+            self.nested(|item| {
+                item.str("name", entry.name)
+                    .time("start", clock.unix_ns(entry.start_ns))
+                    .secs("duration_s", Some(entry.duration_ns));
+                if let Some(seq) = entry.seq {
+                    item.u64("seq", u64::from(seq));
+                }
+            });
+        }
+        self.out().push(b']');
+        self
+    }
+
+    /// Where the process runs: `cgroup`, `container_id`, `pod_uid`, `namespace`, `pod`
+    /// (`null` when unknown).
+    pub(super) fn meta(&mut self, meta: Option<&Meta>) -> &mut Self {
+        self.opt_str("cgroup", meta.map(|m| &*m.cgroup))
+            .opt_str("container_id", meta.and_then(|m| m.container_id.as_deref()))
+            .opt_str("pod_uid", meta.and_then(|m| m.pod_uid.as_deref()))
+            .opt_str("namespace", meta.and_then(Meta::namespace))
+            .opt_str("pod", meta.and_then(Meta::pod_name))
+    }
+}
+
+/// A `connection` event; `anomalies` says why it is one (see `select::anomalies_of`), `meta`
+/// where its process runs.
+pub fn connection(
+    out: &mut Line,
+    record: &ConnectionRecord,
+    anomalies: &[&str],
+    meta: Option<&Meta>,
+    clock: &impl WallClock,
+) {
+    let mut object = Object::new(out, "connection");
+    let end_ns = record.start_ns + record.lifetime_ns;
+    object
+        .u64("id", record.id)
+        .time("time", clock.unix_ns(end_ns))
+        .time("start", clock.unix_ns(record.start_ns))
+        .str("role", record.role.as_str())
+        .bool("partial", record.partial.is_some())
+        .opt_str(
+            "partial_reason",
+            record.partial.map(|reason| reason.as_str()),
+        )
+        .ip("local_ip", record.addrs.local().ip())
+        .u64("local_port", u64::from(record.addrs.local().port()))
+        .ip("remote_ip", record.addrs.remote().ip())
+        .u64("remote_port", u64::from(record.addrs.remote().port()))
+        .opt_u64("pid", record.process.as_ref().map(|p| u64::from(p.pid)))
+        .opt_str("comm", record.process.as_ref().map(|p| p.comm.as_str()))
+        .meta(meta)
+        .secs("connect_s", record.connect_ns)
+        .opt_str(
+            "connect_failure",
+            record.connect_failure.map(|f| f.as_str()),
+        )
+        .opt_str("dns_host", record.dns().map(|dns| &*dns.host))
+        .secs("dns_s", record.dns().map(|dns| dns.duration_ns))
+        .secs("tls_handshake_s", record.tls().map(|tls| tls.duration_ns))
+        .opt_bool("tls_ok", record.tls().and_then(|tls| tls.ok))
+        .secs("lifetime_s", Some(record.lifetime_ns))
+        .u64("exchanges", u64::from(record.exchanges))
+        .u64("bytes_sent", record.bytes_sent)
+        .u64("bytes_received", record.bytes_received)
+        .u64("retransmits", u64::from(record.retransmits));
+    let tcp = record.tcp.as_ref();
+    object
+        .secs("rtt_s", tcp.and_then(|t| t.rtt_ns))
+        .secs("rtt_var_s", tcp.and_then(|t| t.rtt_var_ns))
+        .opt_u64("tcp_total_retrans", tcp.map(|t| u64::from(t.total_retrans)))
+        .opt_u64("tcp_bytes_acked", tcp.map(|t| t.bytes_acked))
+        .opt_u64("tcp_bytes_received", tcp.map(|t| t.bytes_received));
+    let close = record.close.as_ref();
+    object
+        .bool("open", close.is_none())
+        .opt_str("close_originator", close.map(|c| c.originator.as_str()))
+        .opt_str(
+            "closed_by",
+            close.and_then(|c| c.closed_by).map(|s| s.as_str()),
+        )
+        .opt_str("close_kind", close.map(|c| c.kind.as_str()))
+        .opt_str("rst", close.and_then(|c| c.rst).map(|s| s.as_str()))
+        .opt_str("final_state", close.map(|c| state_name(c.final_state)))
+        .secs("teardown_s", close.and_then(|c| c.teardown_ns))
+        .secs("close_wait_s", close.and_then(|c| c.close_wait_ns))
+        .bool(
+            "close_wait_unclosed",
+            close.is_some_and(|c| c.close_wait_unclosed),
+        )
+        .opt_str(
+            "error",
+            close.and_then(|c| crate::model::errno_name(c.errno)),
+        )
+        .strs("stuck", record.stuck.iter().map(|phase| phase.as_str()))
+        .strs("anomalies", anomalies.iter().copied())
+        .timeline("phases", &record.timeline(), clock)
+        .u64("phases_omitted", u64::from(record.phases_omitted()));
+    object.end();
+}
+
+/// An `exchange` event.
+pub fn exchange(
+    out: &mut Line,
+    record: &ExchangeRecord,
+    meta: Option<&Meta>,
+    clock: &impl WallClock,
+) {
+    let (client, server) = record.addrs.client_server(record.role);
+    let mut object = Object::new(out, "exchange");
+    object
+        .u64("conn_id", record.conn_id)
+        .time("time", clock.unix_ns(record.start_ns))
+        .str("role", record.role.as_str())
+        .ip("client_ip", client.ip())
+        .u64("client_port", u64::from(client.port()))
+        .ip("server_ip", server.ip())
+        .u64("server_port", u64::from(server.port()))
+        .opt_u64("pid", record.process.as_ref().map(|p| u64::from(p.pid)))
+        .opt_str("comm", record.process.as_ref().map(|p| p.comm.as_str()))
+        .meta(meta)
+        .u64("seq", u64::from(record.seq))
+        .str("class", record.class.as_str())
+        .secs("connect_s", record.connect_ns)
+        .secs("idle_before_s", record.idle_before_ns)
+        .secs("request_s", record.request_ns)
+        .secs("response_begin_s", record.response_begin_ns)
+        .secs("response_end_s", record.response_end_ns)
+        .secs("response_s", record.response_ns)
+        .secs("idle_after_s", record.idle_after_ns)
+        .secs("session_s", Some(record.session_ns))
+        .u64("request_bytes", record.request_bytes)
+        .u64("response_bytes", record.response_bytes)
+        .opt_str(
+            "close_originator",
+            record.close_originator.map(|o| o.as_str()),
+        );
+    object.end();
+}
+
+/// An `anomaly` event: a live connection stuck in a phase.
+pub fn anomaly(
+    out: &mut Line,
+    record: &AnomalyRecord,
+    meta: Option<&Meta>,
+    clock: &impl WallClock,
+) {
+    let mut object = Object::new(out, "anomaly");
+    object
+        .u64("conn_id", record.conn_id)
+        .time("time", clock.unix_ns(record.at_ns))
+        .str("phase", record.phase.as_str())
+        .str("state", state_name(record.state))
+        .time("since", clock.unix_ns(record.since_ns))
+        .secs("age_s", Some(record.at_ns.saturating_sub(record.since_ns)))
+        .secs("threshold_s", Some(record.threshold_ns))
+        .str("role", record.role.as_str())
+        .ip("local_ip", record.addrs.local().ip())
+        .u64("local_port", u64::from(record.addrs.local().port()))
+        .ip("remote_ip", record.addrs.remote().ip())
+        .u64("remote_port", u64::from(record.addrs.remote().port()))
+        .opt_u64("pid", record.process.as_ref().map(|p| u64::from(p.pid)))
+        .opt_str("comm", record.process.as_ref().map(|p| p.comm.as_str()))
+        .meta(meta)
+        .str("hint", record.phase.hint());
+    object.end();
+}
 
 /// A `dns` event: one `getaddrinfo` call.
 pub fn dns(out: &mut Line, record: &DnsRecord, clock: &impl WallClock) {
@@ -50,311 +250,26 @@ pub fn tls(out: &mut Line, record: &TlsRecord, clock: &impl WallClock) {
     object.end();
 }
 
-#[cfg(test)]
-mod tests {
-    use std::sync::Arc;
-
-    use serde_json::Value;
-
-    use super::*;
-    use crate::model::{Addrs, Comm, Process, Role, phases::Resolved};
-
-    struct Epoch;
-
-    impl WallClock for Epoch {
-        fn unix_ns(&self, monotonic_ns: u64) -> i64 {
-            monotonic_ns as i64
-        }
-    }
-
-    fn process() -> Process {
-        Process {
-            pid: 42,
-            comm: Comm::from_kernel(b"curl\0\0\0\0\0\0\0\0\0\0\0\0"),
-            cgroup: 0,
-        }
-    }
-
-    /// The bytes of every event type, pinned: a change here is a change of the JSON schema
-    /// (bump `SCHEMA_VERSION` if it is incompatible).
-    #[test]
-    fn every_event_is_pinned_byte_for_byte() {
-        use crate::{
-            app::daemon::Stats,
-            export::output::json::{anomaly, connection, exchange},
-            kernel::{
-                libcalls::LibcallStats,
-                reader::{KernelStats, ReaderStats},
-            },
-            metadata::{Meta, PodName},
-            model::{
-                AnomalyRecord, Close, CloseKind, CloseOriginator, ConnPhases, ConnectionRecord,
-                DnsLink, ExchangeClass, ExchangeRecord, ExchangeSpan, PartialReason, Phase,
-                PhaseSet, Side, TcpCounters, TlsLink,
-            },
-            tracker::TrackerStats,
-        };
-
-        const MS: u64 = 1_000_000;
-        let meta = Meta {
-            cgroup: Arc::from("/kubepods/pod1/abc"),
-            container_id: Some(Arc::from("abc")),
-            pod_uid: Some(Arc::from("1")),
-            pod: Some(PodName {
-                namespace: Arc::from("shop"),
-                name: Arc::from("web-0"),
-            }),
-        };
-        let addrs = Addrs::new(
-            "10.0.0.1:40000".parse().unwrap(),
-            "[2001:db8::1]:443".parse().unwrap(),
-        );
-        let mut phases = ConnPhases::default();
-        phases.dns = Some(DnsLink {
-            host: Arc::from("api.test"),
-            start_ns: 0,
-            duration_ns: MS,
-        });
-        phases.tls = Some(TlsLink {
-            start_ns: 3 * MS,
-            duration_ns: 2 * MS,
-            ok: Some(false),
-            calls: 2,
-        });
-        phases.push_exchange(
-            2 * MS,
-            &ExchangeSpan {
-                seq: 1,
-                start_ns: 6 * MS,
-                duration_ns: 1_500_000,
-            },
-        );
-        let mut stuck = PhaseSet::default();
-        stuck.insert(Phase::Idle);
-        stuck.insert(Phase::SynSent);
-        let mut record = ConnectionRecord {
-            id: 7,
-            role: Role::Client,
-            partial: Some(PartialReason::AlreadyOpen),
-            addrs,
-            process: Some(process()),
-            start_ns: 2 * MS,
-            established_ns: Some(2 * MS + 70_000),
-            connect_ns: Some(70_000),
-            connect_failure: None,
-            lifetime_ns: 1_000_000_123,
-            exchanges: 2,
-            bytes_sent: 100,
-            bytes_received: 2_000,
-            retransmits: 1,
-            close: Some(Close {
-                at_ns: 2 * MS + 1_000_000_123,
-                originator: CloseOriginator::Server,
-                closed_by: Some(Side::Peer),
-                kind: CloseKind::Rst,
-                rst: Some(Side::Peer),
-                final_state: 1,
-                teardown_ns: Some(12_345),
-                close_wait_ns: Some(0),
-                close_wait_unclosed: true,
-                errno: 104,
-            }),
-            tcp: Some(TcpCounters {
-                rtt_ns: Some(31_000),
-                rtt_var_ns: None,
-                total_retrans: 1,
-                bytes_acked: 101,
-                bytes_received: 2_000,
-            }),
-            max_response_begin_ns: Some(MS),
-            max_idle_ns: None,
-            stuck,
-            stuck_at_end: Some((Phase::Idle, 5)),
-            phases: Some(Box::new(phases)),
-            last_exchange: Some(ExchangeSpan {
-                seq: 2,
-                start_ns: 9 * MS,
-                duration_ns: 3 * MS,
-            }),
-        };
-        let exchange_record = ExchangeRecord {
-            conn_id: 7,
-            role: Role::Server,
-            addrs,
-            process: None,
-            seq: 2,
-            class: ExchangeClass::Last,
-            start_ns: 9 * MS,
-            connect_ns: None,
-            idle_before_ns: Some(0),
-            request_ns: Some(1),
-            response_begin_ns: Some(20_000),
-            response_end_ns: Some(300_000_000),
-            response_ns: Some(300_020_000),
-            idle_after_ns: Some(4_000_000_000),
-            session_ns: 5_000_000_000,
-            request_bytes: 10,
-            response_bytes: 20,
-            close_originator: Some(CloseOriginator::Client),
-        };
-        let anomaly_record = AnomalyRecord {
-            conn_id: 7,
-            phase: Phase::CloseWait,
-            role: Role::Unknown,
-            addrs,
-            process: Some(process()),
-            state: 8,
-            since_ns: MS,
-            at_ns: 31 * MS,
-            threshold_ns: 30 * MS,
-        };
-        let mut addresses = Resolved::default();
-        addresses.push("192.0.2.1".parse().unwrap());
-        addresses.more = true;
-        let dns_record = DnsRecord {
-            process: process(),
-            host: Arc::from("a\"b.test"),
-            host_truncated: true,
-            start_ns: 0,
-            duration_ns: 4_000_000_001,
-            code: -2,
-            addrs: addresses,
-        };
-        let tls_record = TlsRecord {
-            conn_id: None,
-            role: Role::Unknown,
-            addrs: None,
-            process: None,
-            start_ns: 0,
-            duration_ns: 999,
-            ok: false,
-            calls: 3,
-            after_close: true,
-        };
-        let stats = Stats {
-            reader: ReaderStats {
-                events: [1, 2, 3, 4, 5, 6, 7],
-                undecodable: 8,
-            },
-            kernel: KernelStats {
-                ringbuf_full: 9,
-                table_insert_failed: 10,
-                adopted: 11,
-                tls_untracked: 12,
-            },
-            tracker: TrackerStats {
-                unmatched: 13,
-                lost: 14,
-                dns_evicted: 15,
-            },
-            libcalls: LibcallStats {
-                libraries: [16, 17],
-                skipped: 18,
-                tls_abandoned: 19,
-            },
-        };
-
-        let mut out = Line::default();
-        connection(&mut out, &record, &["reset", "stuck"], Some(&meta), &Epoch);
-        record.phases = None;
-        record.close = None;
-        record.tcp = None;
-        record.partial = None;
-        record.process = None;
-        record.stuck = PhaseSet::default();
-        connection(&mut out, &record, &[], None, &Epoch);
-        exchange(&mut out, &exchange_record, Some(&meta), &Epoch);
-        anomaly(&mut out, &anomaly_record, None, &Epoch);
-        dns(&mut out, &dns_record, &Epoch);
-        tls(&mut out, &tls_record, &Epoch);
-        out.push_str(&stats.to_json_line());
-        let expected = concat!(
-            r#"{"type":"connection","schema_version":1,"id":7,"time":"1970-01-01T00:00:01.002000Z","start":"1970-01-01T00:00:00.002000Z","role":"client","partial":true,"partial_reason":"already_open","local_ip":"10.0.0.1","local_port":40000,"remote_ip":"2001:db8::1","remote_port":443,"pid":42,"comm":"curl","cgroup":"/kubepods/pod1/abc","container_id":"abc","pod_uid":"1","namespace":"shop","pod":"web-0","connect_s":0.00007,"connect_failure":null,"dns_host":"api.test","dns_s":0.001,"tls_handshake_s":0.002,"tls_ok":false,"lifetime_s":1.000000123,"exchanges":2,"bytes_sent":100,"bytes_received":2000,"retransmits":1,"rtt_s":0.000031,"rtt_var_s":null,"tcp_total_retrans":1,"tcp_bytes_acked":101,"tcp_bytes_received":2000,"open":false,"close_originator":"server","closed_by":"peer","close_kind":"rst","rst":"peer","final_state":"ESTABLISHED","teardown_s":0.000012345,"close_wait_s":0,"close_wait_unclosed":true,"error":"ECONNRESET","stuck":["syn_sent","idle"],"anomalies":["reset","stuck"],"phases":[{"name":"dns","start":"1970-01-01T00:00:00.000000Z","duration_s":0.001},{"name":"connect","start":"1970-01-01T00:00:00.002000Z","duration_s":0.00007},{"name":"tls","start":"1970-01-01T00:00:00.003000Z","duration_s":0.002},{"name":"exchange","start":"1970-01-01T00:00:00.006000Z","duration_s":0.0015,"seq":1},{"name":"exchange","start":"1970-01-01T00:00:00.009000Z","duration_s":0.003,"seq":2},{"name":"close","start":"1970-01-01T00:00:01.001987Z","duration_s":0.000012345}],"phases_omitted":0}"#,
-            "\n",
-            r#"{"type":"connection","schema_version":1,"id":7,"time":"1970-01-01T00:00:01.002000Z","start":"1970-01-01T00:00:00.002000Z","role":"client","partial":false,"partial_reason":null,"local_ip":"10.0.0.1","local_port":40000,"remote_ip":"2001:db8::1","remote_port":443,"pid":null,"comm":null,"cgroup":null,"container_id":null,"pod_uid":null,"namespace":null,"pod":null,"connect_s":0.00007,"connect_failure":null,"dns_host":null,"dns_s":null,"tls_handshake_s":null,"tls_ok":null,"lifetime_s":1.000000123,"exchanges":2,"bytes_sent":100,"bytes_received":2000,"retransmits":1,"rtt_s":null,"rtt_var_s":null,"tcp_total_retrans":null,"tcp_bytes_acked":null,"tcp_bytes_received":null,"open":true,"close_originator":null,"closed_by":null,"close_kind":null,"rst":null,"final_state":null,"teardown_s":null,"close_wait_s":null,"close_wait_unclosed":false,"error":null,"stuck":[],"anomalies":[],"phases":[{"name":"connect","start":"1970-01-01T00:00:00.002000Z","duration_s":0.00007},{"name":"exchange","start":"1970-01-01T00:00:00.009000Z","duration_s":0.003,"seq":2}],"phases_omitted":0}"#,
-            "\n",
-            r#"{"type":"exchange","schema_version":1,"conn_id":7,"time":"1970-01-01T00:00:00.009000Z","role":"server","client_ip":"2001:db8::1","client_port":443,"server_ip":"10.0.0.1","server_port":40000,"pid":null,"comm":null,"cgroup":"/kubepods/pod1/abc","container_id":"abc","pod_uid":"1","namespace":"shop","pod":"web-0","seq":2,"class":"last","connect_s":null,"idle_before_s":0,"request_s":0.000000001,"response_begin_s":0.00002,"response_end_s":0.3,"response_s":0.30002,"idle_after_s":4,"session_s":5,"request_bytes":10,"response_bytes":20,"close_originator":"client"}"#,
-            "\n",
-            r#"{"type":"anomaly","schema_version":1,"conn_id":7,"time":"1970-01-01T00:00:00.031000Z","phase":"close_wait","state":"CLOSE_WAIT","since":"1970-01-01T00:00:00.001000Z","age_s":0.03,"threshold_s":0.03,"role":"unknown","local_ip":"10.0.0.1","local_port":40000,"remote_ip":"2001:db8::1","remote_port":443,"pid":42,"comm":"curl","cgroup":null,"container_id":null,"pod_uid":null,"namespace":null,"pod":null,"hint":"CLOSE_WAIT leak: the peer closed and the application never called close(); fix the code path that drops the socket"}"#,
-            "\n",
-            r#"{"type":"dns","schema_version":1,"time":"1970-01-01T00:00:04.000000Z","start":"1970-01-01T00:00:00.000000Z","pid":42,"comm":"curl","host":"a\"b.test","host_truncated":true,"duration_s":4.000000001,"result":"permanent","error":"EAI_NONAME","addresses":["192.0.2.1"],"addresses_truncated":true}"#,
-            "\n",
-            r#"{"type":"tls","schema_version":1,"conn_id":null,"time":"1970-01-01T00:00:00.000000Z","start":"1970-01-01T00:00:00.000000Z","role":"unknown","local_ip":null,"local_port":null,"remote_ip":null,"remote_port":null,"pid":null,"comm":null,"duration_s":0.000000999,"ok":false,"calls":3}"#,
-            "\n",
-            r#"{"type":"stats","schema_version":1,"events_received":28,"events_undecodable":8,"events_lost":9,"sockets_untracked":10,"sockets_adopted":11,"sockets_evicted":14,"unmatched_events":13,"dns_cache_evicted":15,"tls_untracked":12,"tls_abandoned":19,"phase_libraries_skipped":18}"#,
-            "\n",
-        );
-        for (line, expected) in out.as_str().lines().zip(expected.lines()) {
-            assert_eq!(line, expected);
-        }
-        assert_eq!(out.as_str(), expected);
-    }
-
-    #[test]
-    fn dns_events() {
-        let mut addrs = Resolved::default();
-        addrs.push("127.0.0.1".parse().unwrap());
-        addrs.push("::1".parse().unwrap());
-        let mut record = DnsRecord {
-            process: process(),
-            host: Arc::from("localhost"),
-            host_truncated: false,
-            start_ns: 1_000_000_000,
-            duration_ns: 250_000,
-            code: 0,
-            addrs,
-        };
-        let mut out = Line::default();
-        dns(&mut out, &record, &Epoch);
-        let value: Value = serde_json::from_str(out.as_str()).unwrap();
-        assert_eq!(value["type"], "dns");
-        assert_eq!(value["host"], "localhost");
-        assert_eq!(value["duration_s"], 0.00025);
-        assert_eq!(value["result"], "ok");
-        assert_eq!(value["error"], Value::Null);
-        assert_eq!(value["addresses"], serde_json::json!(["127.0.0.1", "::1"]));
-        assert_eq!(value["start"], "1970-01-01T00:00:01.000000Z");
-
-        record.code = -3;
-        record.addrs = Resolved::default();
-        out.clear();
-        dns(&mut out, &record, &Epoch);
-        let value: Value = serde_json::from_str(out.as_str()).unwrap();
-        assert_eq!(value["result"], "transient");
-        assert_eq!(value["error"], "EAI_AGAIN");
-        assert_eq!(value["addresses"], serde_json::json!([]));
-    }
-
-    #[test]
-    fn tls_events() {
-        let mut record = TlsRecord {
-            conn_id: Some(3),
-            role: Role::Client,
-            addrs: Some(Addrs::new(
-                "127.0.0.1:40000".parse().unwrap(),
-                "127.0.0.1:443".parse().unwrap(),
-            )),
-            process: Some(process()),
-            start_ns: 5,
-            duration_ns: 1_500_000,
-            ok: false,
-            calls: 2,
-            after_close: false,
-        };
-        let mut out = Line::default();
-        tls(&mut out, &record, &Epoch);
-        let value: Value = serde_json::from_str(out.as_str()).unwrap();
-        assert_eq!(value["conn_id"], 3);
-        assert_eq!(value["remote_port"], 443);
-        assert_eq!(value["ok"], false);
-        assert_eq!(value["duration_s"], 0.0015);
-        assert_eq!(value["calls"], 2);
-        record.conn_id = None;
-        record.addrs = None;
-        out.clear();
-        tls(&mut out, &record, &Epoch);
-        let value: Value = serde_json::from_str(out.as_str()).unwrap();
-        assert_eq!(value["conn_id"], Value::Null);
-        assert_eq!(value["local_ip"], Value::Null);
-    }
+/// The `stats` event: tcpobs's final loss and health counters, written when it stops.
+pub fn stats(
+    out: &mut Line,
+    reader: &ReaderStats,
+    kernel: &KernelStats,
+    tracker: &TrackerStats,
+    libcalls: &LibcallStats,
+) {
+    let mut object = Object::new(out, "stats");
+    object
+        .u64("events_received", reader.total())
+        .u64("events_undecodable", reader.undecodable)
+        .u64("events_lost", kernel.ringbuf_full)
+        .u64("sockets_untracked", kernel.table_insert_failed)
+        .u64("sockets_adopted", kernel.adopted)
+        .u64("sockets_evicted", tracker.lost)
+        .u64("unmatched_events", tracker.unmatched)
+        .u64("dns_cache_evicted", tracker.dns_evicted)
+        .u64("tls_untracked", kernel.tls_untracked)
+        .u64("tls_abandoned", libcalls.tls_abandoned)
+        .u64("phase_libraries_skipped", libcalls.skipped);
+    object.end();
 }
