@@ -11,6 +11,7 @@
 //! resolution, TLS handshakes) come from uprobes on user-space libraries ([`kernel::libcalls`]).
 
 pub mod app;
+pub mod clock;
 pub mod config;
 pub mod export;
 pub mod kernel;

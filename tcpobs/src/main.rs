@@ -7,8 +7,9 @@ use std::process::ExitCode;
 use clap::{CommandFactory as _, error::ErrorKind};
 use tcpobs::{
     app,
+    clock::Clock,
     config::{Cli, Sources, control::LogLevelSetter},
-    export::output::{Clock, Output},
+    export::output::Output,
 };
 use tracing_subscriber::{EnvFilter, prelude::*, reload};
 

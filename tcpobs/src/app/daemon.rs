@@ -18,11 +18,12 @@ use tokio::{
 use tracing::{info, warn};
 
 use crate::{
+    clock::monotonic_now_ns,
     config::live::LiveSettings,
     export::{
         metrics::{Metrics, collect::Health},
         output::{
-            Clock, Sink,
+            Sink,
             json::{Line, events},
         },
     },
@@ -188,7 +189,7 @@ impl Tracer {
         if records.is_empty() {
             return Ok(());
         }
-        let now = Clock::monotonic_now_ns();
+        let now = monotonic_now_ns();
         for record in records.drain(..) {
             if let Some(metrics) = metrics {
                 metrics.observe(&record);
@@ -232,12 +233,8 @@ impl Tracer {
             })
         };
         let started = Instant::now();
-        let report = lock(&self.tracker).sweep(
-            Clock::monotonic_now_ns(),
-            thresholds,
-            lookup,
-            &mut self.records,
-        );
+        let report =
+            lock(&self.tracker).sweep(monotonic_now_ns(), thresholds, lookup, &mut self.records);
         if let Some(metrics) = &self.metrics {
             metrics.set_stuck(&report.stuck);
             metrics.set_sweep_duration(started.elapsed());
@@ -333,7 +330,7 @@ impl Tracer {
             self.reader.drain(|event| tracker.handle(event, records));
             let sockets = &self.sockets;
             let lookup = |sock: u64| sockets.get(&sock, 0).ok();
-            tracker.flush(Clock::monotonic_now_ns(), lookup, records);
+            tracker.flush(monotonic_now_ns(), lookup, records);
         }
         Self::dispatch(&mut self.records, self.metrics.as_ref(), sink)?;
         sink.flush()?;

@@ -19,6 +19,7 @@ use self::{
     notify::Notifier,
 };
 use crate::{
+    clock::Clock,
     config::{
         Settings, Sources,
         control::{Control, LogLevelSetter},
@@ -26,7 +27,7 @@ use crate::{
     export::{
         http::{AppState, Readiness, router},
         metrics::{Metrics, collect::Scrape},
-        output::{Clock, Output, Sink as _},
+        output::{Output, Sink as _},
     },
     kernel::loader::{self, LoadError},
     metadata::{self, Metadata},

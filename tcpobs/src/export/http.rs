@@ -29,8 +29,8 @@ use serde::Serialize;
 use serde_json::{Value, json};
 
 use crate::{
+    clock::{Clock, WallClock as _, monotonic_now_ns},
     config::control::Control,
-    export::output::{Clock, json::WallClock},
     model::state_name,
     sync::lock,
     tracker::Tracker,
@@ -281,7 +281,7 @@ async fn connections(
         Ok(filter) => filter,
         Err(err) => return error(StatusCode::BAD_REQUEST, err),
     };
-    let now = Clock::monotonic_now_ns();
+    let now = monotonic_now_ns();
     let tracker = lock(&state.tracker);
     let mut matching: Vec<_> = tracker
         .live()
@@ -356,7 +356,7 @@ mod tests {
             let mut event = OpenEvent {
                 hdr: EventHeader {
                     kind: kind::OPEN,
-                    ts_ns: Clock::monotonic_now_ns(),
+                    ts_ns: monotonic_now_ns(),
                     sock,
                     start_ns: sock,
                     ..Default::default()

@@ -17,11 +17,12 @@ use std::{
 use chrono::Local;
 
 use self::{
-    json::{WallClock, events},
+    json::events,
     justniffer::LineFormat,
     select::{OutputCounts, Sampler, anomalies_of, selected},
 };
 use crate::{
+    clock::{Clock, WallClock as _, monotonic_now_ns},
     config::live::{EventSelection, LiveSettings, Thresholds},
     metadata::Metadata,
     model::Record,
@@ -34,48 +35,6 @@ pub enum Format {
     Json,
     /// One justniffer line per exchange (nothing with `--events none`).
     Justniffer(LineFormat),
-}
-
-/// Maps the kernel's `CLOCK_MONOTONIC` to wall-clock time, fixed at start-up.
-#[derive(Clone, Copy, Debug)]
-pub struct Clock {
-    realtime_minus_monotonic_ns: i128,
-}
-
-fn clock_ns(clock: libc::clockid_t) -> i128 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid timespec to write into; both clocks always exist on Linux.
-    unsafe { libc::clock_gettime(clock, &mut ts) };
-    i128::from(ts.tv_sec) * 1_000_000_000 + i128::from(ts.tv_nsec)
-}
-
-impl Clock {
-    pub fn new() -> Self {
-        Self {
-            realtime_minus_monotonic_ns: clock_ns(libc::CLOCK_REALTIME)
-                - clock_ns(libc::CLOCK_MONOTONIC),
-        }
-    }
-
-    /// Now, in the kernel's clock (`bpf_ktime_get_ns`).
-    pub fn monotonic_now_ns() -> u64 {
-        clock_ns(libc::CLOCK_MONOTONIC) as u64
-    }
-}
-
-impl Default for Clock {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl WallClock for Clock {
-    fn unix_ns(&self, monotonic_ns: u64) -> i64 {
-        (i128::from(monotonic_ns) + self.realtime_minus_monotonic_ns) as i64
-    }
 }
 
 /// Something that takes records (the outputs; tests use their own).
@@ -220,7 +179,7 @@ impl Sink for Output {
         let Some(kind) = self.route(record) else {
             return Ok(());
         };
-        if !self.sampler.admit(Clock::monotonic_now_ns) {
+        if !self.sampler.admit(monotonic_now_ns) {
             self.counts.sampled_out[kind].fetch_add(1, Ordering::Relaxed);
             return Ok(());
         }

@@ -439,12 +439,6 @@ fn the_timeline_lists_exchanges_and_allocates_only_for_keep_alive() {
 /// `tls_ok` and the `phases` timeline.
 #[test]
 fn the_connection_event_shows_its_phases() {
-    struct Boot;
-    impl crate::export::output::json::WallClock for Boot {
-        fn unix_ns(&self, monotonic_ns: u64) -> i64 {
-            monotonic_ns as i64
-        }
-    }
     let mut tracker = Tracker::new();
     let sock = client(2 * MS).established(2 * MS + 50 * US);
     let mut events = vec![dns(PID, "api.test", 0, MS, 0, &[[192, 0, 2, 10]])];
@@ -460,7 +454,13 @@ fn the_connection_event_shows_its_phases() {
         &sock.send(5 * MS, 10).recv(6 * MS, 20).close(7 * MS, 0),
     ));
     let mut line = crate::export::output::json::Line::default();
-    crate::export::output::json::events::connection(&mut line, connection(&out), &[], None, &Boot);
+    crate::export::output::json::events::connection(
+        &mut line,
+        connection(&out),
+        &[],
+        None,
+        &crate::clock::BootEpoch,
+    );
     let value: serde_json::Value = serde_json::from_str(line.as_str()).unwrap();
     assert_eq!(value["dns_host"], "api.test");
     assert_eq!(value["dns_s"], 0.001);

@@ -4,8 +4,9 @@
 //! final counters). The field writers are in the parent module; [`super::SCHEMA_VERSION`] is
 //! bumped on any incompatible change here.
 
-use super::{Line, Object, WallClock};
+use super::{Line, Object};
 use crate::{
+    clock::WallClock,
     kernel::{
         libcalls::LibcallStats,
         reader::{KernelStats, ReaderStats},

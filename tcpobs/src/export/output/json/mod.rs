@@ -12,8 +12,6 @@ pub mod events;
 
 use std::{io::Write as _, net::IpAddr};
 
-use chrono::{DateTime, Utc};
-
 /// Bumped on any incompatible change to the JSON events.
 pub const SCHEMA_VERSION: u32 = 1;
 
@@ -354,16 +352,6 @@ fn escape_into(out: &mut Vec<u8>, value: &str) {
         }
     }
     out.push(b'"');
-}
-
-/// Converts the kernel's monotonic nanoseconds to wall-clock time.
-pub trait WallClock {
-    /// Nanoseconds since the Unix epoch.
-    fn unix_ns(&self, monotonic_ns: u64) -> i64;
-
-    fn wall(&self, monotonic_ns: u64) -> DateTime<Utc> {
-        DateTime::from_timestamp_nanos(self.unix_ns(monotonic_ns))
-    }
 }
 
 #[cfg(test)]

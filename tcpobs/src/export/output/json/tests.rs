@@ -11,6 +11,7 @@ use super::{
     *,
 };
 use crate::{
+    clock::BootEpoch as Epoch,
     metadata::Meta,
     model::{Addrs, Comm, DnsRecord, Process, Role, TlsRecord, phases::Resolved},
 };
@@ -100,14 +101,6 @@ fn addresses_print_as_std_does() {
         object.end();
         let out = line.as_str();
         assert!(out.contains(&format!("\"ip\":\"{ip}\"")), "{out}");
-    }
-}
-
-struct Epoch;
-
-impl WallClock for Epoch {
-    fn unix_ns(&self, monotonic_ns: u64) -> i64 {
-        monotonic_ns as i64
     }
 }
 
