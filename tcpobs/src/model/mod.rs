@@ -5,8 +5,8 @@
 //! (name resolution, TLS handshake, the timeline) are in [`phases`].
 //!
 //! The records themselves are here; what they are made of is in submodules: the values they
-//! are classified by (`kinds`), who a connection is (`identity`), and the phases a live
-//! connection can be stuck in (`stuck`).
+//! are classified by (`kinds`), who a connection is (`identity`), and how a live
+//! connection can be stuck (`stuck`).
 
 mod identity;
 mod kinds;
@@ -20,7 +20,7 @@ pub use self::{
         PartialReason, Role, Side, errno_name, state_name,
     },
     phases::{ConnPhases, DnsFailure, DnsLink, DnsRecord, ExchangeSpan, TlsLink, TlsRecord},
-    stuck::{Phase, PhaseSet},
+    stuck::{Stuck, StuckSet},
 };
 
 /// How a closed connection ended.
@@ -77,10 +77,10 @@ pub struct ConnectionRecord {
     pub max_response_begin_ns: Option<u64>,
     /// The longest idle gap among its exchanges (ns).
     pub max_idle_ns: Option<u64>,
-    /// Phases the hang detector flagged during the connection's life.
-    pub stuck: PhaseSet,
-    /// A stuck episode still going on when the connection ended: the phase and how long.
-    pub stuck_at_end: Option<(Phase, u64)>,
+    /// How the hang detector found it stuck during its life.
+    pub stuck: StuckSet,
+    /// A stuck episode still going on when the connection ended: how it was stuck, and how long.
+    pub stuck_at_end: Option<(Stuck, u64)>,
     /// Its resolution, TLS handshake and exchanges before the last (`None` for a connection
     /// with none of these).
     pub phases: Option<Box<ConnPhases>>,
@@ -129,17 +129,17 @@ pub struct OpenedRecord {
     pub connect_ns: u64,
 }
 
-/// A live connection the hang detector flagged (once per connection and phase).
+/// A live connection the hang detector flagged (once per connection and way of being stuck).
 #[derive(Clone, Debug, PartialEq)]
 pub struct AnomalyRecord {
     pub conn_id: u64,
-    pub phase: Phase,
+    pub stuck: Stuck,
     pub role: Role,
     pub addrs: Addrs,
     pub process: Option<Process>,
     /// TCP state when flagged.
     pub state: u8,
-    /// When the phase began (ns).
+    /// When it got stuck: entered the state, or last moved data (ns).
     pub since_ns: u64,
     /// When the sweep flagged it (ns).
     pub at_ns: u64,
@@ -180,8 +180,8 @@ pub enum Record {
     Exchange(ExchangeRecord),
     Opened(OpenedRecord),
     Anomaly(AnomalyRecord),
-    /// A stuck episode ended while the connection went on: the phase and how long it lasted.
-    Unstuck(Phase, u64),
+    /// A stuck episode ended while the connection went on: how it was stuck, and how long.
+    Unstuck(Stuck, u64),
     /// A name resolution.
     Dns(DnsRecord),
     /// A TLS handshake whose outcome is known.

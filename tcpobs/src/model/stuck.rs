@@ -1,9 +1,10 @@
-//! The phases a live connection can be stuck in (hang detection), with the likely cause and
-//! action for each, and sets of them.
+//! How a live connection can be stuck (hang detection), with the likely cause and action for
+//! each, and sets of them. The JSON (`anomaly` events' `phase`, connections' `stuck`) and the
+//! metrics' `phase` label print [`Stuck::as_str`].
 
-/// A phase a live connection can be stuck in (hang detection).
+/// How a live connection can be stuck (hang detection).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Phase {
+pub enum Stuck {
     /// `SYN_SENT` for too long: the SYN gets no answer.
     SynSent,
     /// `ESTABLISHED` and nothing sent or received yet.
@@ -16,7 +17,7 @@ pub enum Phase {
     FinWait2,
 }
 
-impl Phase {
+impl Stuck {
     pub const ALL: [Self; 5] = [
         Self::SynSent,
         Self::NoData,
@@ -61,27 +62,27 @@ impl Phase {
     }
 }
 
-/// A set of [`Phase`]s.
+/// A set of [`Stuck`] values: how a connection has been stuck so far.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub struct PhaseSet(u8);
+pub struct StuckSet(u8);
 
-impl PhaseSet {
-    pub fn contains(self, phase: Phase) -> bool {
-        self.0 & phase.bit() != 0
+impl StuckSet {
+    pub fn contains(self, stuck: Stuck) -> bool {
+        self.0 & stuck.bit() != 0
     }
 
-    pub fn insert(&mut self, phase: Phase) {
-        self.0 |= phase.bit();
+    pub fn insert(&mut self, stuck: Stuck) {
+        self.0 |= stuck.bit();
     }
 
     pub fn is_empty(self) -> bool {
         self.0 == 0
     }
 
-    pub fn iter(self) -> impl Iterator<Item = Phase> {
-        Phase::ALL
+    pub fn iter(self) -> impl Iterator<Item = Stuck> {
+        Stuck::ALL
             .into_iter()
-            .filter(move |phase| self.contains(*phase))
+            .filter(move |stuck| self.contains(*stuck))
     }
 }
 
@@ -91,11 +92,11 @@ mod tests {
 
     #[test]
     fn hints_read_as_one_sentence() {
-        for phase in Phase::ALL {
-            let hint = phase.hint();
+        for stuck in Stuck::ALL {
+            let hint = stuck.hint();
             assert!(
                 !hint.contains("  ") && !hint.contains('\n'),
-                "{phase:?}: {hint}"
+                "{stuck:?}: {hint}"
             );
         }
     }

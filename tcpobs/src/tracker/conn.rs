@@ -13,8 +13,8 @@ use super::{
     exchange::{ExchangeEnd, Pending},
 };
 use crate::model::{
-    Addrs, Comm, ConnPhases, ConnectionRecord, PartialReason, Phase, PhaseSet, Process, Record,
-    Role, TcpCounters,
+    Addrs, Comm, ConnPhases, ConnectionRecord, PartialReason, Process, Record, Role, Stuck,
+    StuckSet, TcpCounters,
 };
 
 /// A live connection.
@@ -51,11 +51,11 @@ pub struct Conn {
     /// Longest time to first byte and idle gap so far (a 0 ns value counts as none).
     pub(super) max_response_begin_ns: Option<NonZeroU64>,
     pub(super) max_idle_ns: Option<NonZeroU64>,
-    /// Phases already reported by the hang detector.
-    pub(super) flagged: PhaseSet,
-    /// The stuck episode in progress: phase, and when it began (two fields rather than an
-    /// `Option` of a pair, which would pad the phase to 8 bytes).
-    pub(super) stuck_phase: Option<Phase>,
+    /// Ways of being stuck already reported by the hang detector.
+    pub(super) flagged: StuckSet,
+    /// The stuck episode in progress: how, and since when (two fields rather than an
+    /// `Option` of a pair, which would pad the `Stuck` to 8 bytes).
+    pub(super) stuck: Option<Stuck>,
     pub(super) stuck_since_ns: u64,
     /// Audits in a row that found no kernel record for this connection.
     pub(super) missing: u8,
@@ -84,8 +84,8 @@ impl Conn {
             last_activity_ns: start_ns,
             max_response_begin_ns: None,
             max_idle_ns: None,
-            flagged: PhaseSet::default(),
-            stuck_phase: None,
+            flagged: StuckSet::default(),
+            stuck: None,
             stuck_since_ns: 0,
             missing: 0,
         }
@@ -171,7 +171,7 @@ impl Conn {
     }
 
     /// Phases the hang detector has flagged.
-    pub fn flagged(&self) -> PhaseSet {
+    pub fn flagged(&self) -> StuckSet {
         self.flagged
     }
 
@@ -207,9 +207,9 @@ impl Conn {
 
     /// Ends the stuck episode in progress, if any (the connection moved on).
     pub(super) fn unstick(&mut self, now: u64, out: &mut Vec<Record>) {
-        if let Some((phase, since)) = self.stuck() {
-            self.stuck_phase = None;
-            out.push(Record::Unstuck(phase, now.saturating_sub(since)));
+        if let Some((stuck, since)) = self.episode() {
+            self.stuck = None;
+            out.push(Record::Unstuck(stuck, now.saturating_sub(since)));
         }
     }
 
@@ -238,15 +238,15 @@ impl Conn {
         }
     }
 
-    /// The stuck episode in progress: phase and when it began.
-    fn stuck(&self) -> Option<(Phase, u64)> {
-        self.stuck_phase.map(|phase| (phase, self.stuck_since_ns))
+    /// The stuck episode in progress: how, and since when.
+    fn episode(&self) -> Option<(Stuck, u64)> {
+        self.stuck.map(|stuck| (stuck, self.stuck_since_ns))
     }
 
-    /// The stuck episode in progress at `end_ns`, as (phase, duration).
-    fn stuck_at(&self, end_ns: u64) -> Option<(Phase, u64)> {
-        self.stuck()
-            .map(|(phase, since)| (phase, end_ns.saturating_sub(since)))
+    /// The stuck episode in progress at `end_ns`, as (how, duration).
+    fn episode_at(&self, end_ns: u64) -> Option<(Stuck, u64)> {
+        self.episode()
+            .map(|(stuck, since)| (stuck, end_ns.saturating_sub(since)))
     }
 
     /// The connection record; takes the phases along.
@@ -271,7 +271,7 @@ impl Conn {
             max_response_begin_ns: self.max_response_begin_ns.map(NonZeroU64::get),
             max_idle_ns: self.max_idle_ns.map(NonZeroU64::get),
             stuck: self.flagged,
-            stuck_at_end: self.stuck_at(self.start_ns + lifetime_ns),
+            stuck_at_end: self.episode_at(self.start_ns + lifetime_ns),
             phases: self.phases.take(),
             last_exchange: None,
         }

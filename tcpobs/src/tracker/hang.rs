@@ -1,7 +1,8 @@
-//! Hang detection: a periodic sweep over the live table that flags connections stuck in a
-//! phase (DESIGN §3, "Hang detection").
+//! Hang detection: a periodic sweep over the live table that flags stuck connections
+//! (DESIGN §3, "Hang detection"). How a connection is stuck ([`Stuck`]) is exported as the
+//! `phase` of `anomaly` events and metrics:
 //!
-//! | phase | condition |
+//! | `phase` | condition |
 //! |---|---|
 //! | `syn_sent` | `SYN_SENT` for longer than the threshold |
 //! | `no_data` | `ESTABLISHED`, nothing sent or received, for longer than the threshold |
@@ -15,8 +16,8 @@
 //! before it is flagged: the record has the data in progress and the current state.
 //! Already-flagged connections are re-checked on a slow rotation, so a host with many zombies
 //! costs a bounded number of lookups per sweep. Each
-//! connection is reported once per phase ([`Record::Anomaly`]); the report also counts how
-//! many connections are stuck in each phase right now, for the gauge.
+//! connection is reported once per way of being stuck ([`Record::Anomaly`]); the report also
+//! counts how many connections are stuck each way right now, for the gauge.
 //!
 //! The sweep also audits every live connection against the kernel's table on a slow rotation
 //! (once per [`AUDIT_EVERY`] sweeps): a connection whose kernel record is gone, or belongs to a
@@ -26,9 +27,9 @@
 use tcpobs_common::tcp_state;
 
 use super::{Conn, Tracker};
-use crate::model::{AnomalyRecord, Phase, Record};
+use crate::model::{AnomalyRecord, Record, Stuck};
 
-/// Thresholds per phase (ns); 0 turns a phase off.
+/// Thresholds per way of being stuck (ns); 0 turns a check off.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct StuckThresholds {
     pub syn_sent_ns: u64,
@@ -39,13 +40,13 @@ pub struct StuckThresholds {
 }
 
 impl StuckThresholds {
-    fn of(&self, phase: Phase) -> u64 {
-        match phase {
-            Phase::SynSent => self.syn_sent_ns,
-            Phase::NoData => self.no_data_ns,
-            Phase::Idle => self.idle_ns,
-            Phase::CloseWait => self.close_wait_ns,
-            Phase::FinWait2 => self.fin_wait2_ns,
+    fn of(&self, stuck: Stuck) -> u64 {
+        match stuck {
+            Stuck::SynSent => self.syn_sent_ns,
+            Stuck::NoData => self.no_data_ns,
+            Stuck::Idle => self.idle_ns,
+            Stuck::CloseWait => self.close_wait_ns,
+            Stuck::FinWait2 => self.fin_wait2_ns,
         }
     }
 }
@@ -66,7 +67,7 @@ pub struct KernelView {
 /// Result of one sweep.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SweepReport {
-    /// Connections stuck right now, indexed like [`Phase::ALL`].
+    /// Connections stuck right now, indexed like [`Stuck::ALL`].
     pub stuck: [u64; 5],
     /// Kernel lookups made.
     pub lookups: u64,
@@ -90,27 +91,27 @@ fn is_open_state(state: u8) -> bool {
     )
 }
 
-fn index(phase: Phase) -> usize {
-    phase as usize
+fn index(stuck: Stuck) -> usize {
+    stuck as usize
 }
 
 impl Conn {
-    /// The phase the tracker's own view puts the connection in, and when that phase began.
-    fn candidate(&self, now: u64, thresholds: &StuckThresholds) -> Option<(Phase, u64)> {
+    /// How the tracker's own view has the connection stuck, and since when.
+    fn candidate(&self, now: u64, thresholds: &StuckThresholds) -> Option<(Stuck, u64)> {
         use tcpobs_common::tcp_state::*;
-        let (phase, since) = match self.state {
-            SYN_SENT => (Phase::SynSent, self.start_ns),
+        let (stuck, since) = match self.state {
+            SYN_SENT => (Stuck::SynSent, self.start_ns),
             ESTABLISHED if !self.saw_data => (
-                Phase::NoData,
+                Stuck::NoData,
                 self.established_ns().unwrap_or(self.state_since_ns),
             ),
-            ESTABLISHED => (Phase::Idle, self.last_activity_ns),
-            CLOSE_WAIT => (Phase::CloseWait, self.state_since_ns),
-            FIN_WAIT2 => (Phase::FinWait2, self.state_since_ns),
+            ESTABLISHED => (Stuck::Idle, self.last_activity_ns),
+            CLOSE_WAIT => (Stuck::CloseWait, self.state_since_ns),
+            FIN_WAIT2 => (Stuck::FinWait2, self.state_since_ns),
             _ => return None,
         };
-        let threshold = thresholds.of(phase);
-        (threshold != 0 && now.saturating_sub(since) >= threshold).then_some((phase, since))
+        let threshold = thresholds.of(stuck);
+        (threshold != 0 && now.saturating_sub(since) >= threshold).then_some((stuck, since))
     }
 }
 
@@ -136,11 +137,9 @@ impl Tracker {
             let needs_kernel = audit
                 || match candidate {
                     // SYN_SENT is never left silently: the open or the close follows.
-                    Some((Phase::SynSent, _)) | None => false,
+                    Some((Stuck::SynSent, _)) | None => false,
                     Some(_) => {
-                        !conn
-                            .stuck_phase
-                            .is_some_and(|phase| conn.flagged.contains(phase))
+                        !conn.stuck.is_some_and(|stuck| conn.flagged.contains(stuck))
                             || (conn.id + sweep).is_multiple_of(RECHECK_EVERY)
                     }
                 };
@@ -172,24 +171,24 @@ impl Tracker {
                 }
             }
             match candidate {
-                Some((phase, since)) => {
-                    report.stuck[index(phase)] += 1;
-                    if conn.stuck_phase != Some(phase) {
+                Some((stuck, since)) => {
+                    report.stuck[index(stuck)] += 1;
+                    if conn.stuck != Some(stuck) {
                         conn.unstick(now, out);
-                        (conn.stuck_phase, conn.stuck_since_ns) = (Some(phase), since);
+                        (conn.stuck, conn.stuck_since_ns) = (Some(stuck), since);
                     }
-                    if !conn.flagged.contains(phase) {
-                        conn.flagged.insert(phase);
+                    if !conn.flagged.contains(stuck) {
+                        conn.flagged.insert(stuck);
                         out.push(Record::Anomaly(AnomalyRecord {
                             conn_id: conn.id,
-                            phase,
+                            stuck,
                             role: conn.role,
                             addrs: conn.addrs,
                             process: conn.process(),
                             state: conn.state,
                             since_ns: since,
                             at_ns: now,
-                            threshold_ns: thresholds.of(phase),
+                            threshold_ns: thresholds.of(stuck),
                         }));
                     }
                 }
@@ -250,17 +249,17 @@ mod tests {
         tracker.handle(&event, &mut Vec::new());
     }
 
-    fn anomalies(out: &[Record]) -> Vec<Phase> {
+    fn anomalies(out: &[Record]) -> Vec<Stuck> {
         out.iter()
             .filter_map(|record| match record {
-                Record::Anomaly(anomaly) => Some(anomaly.phase),
+                Record::Anomaly(anomaly) => Some(anomaly.stuck),
                 _ => None,
             })
             .collect()
     }
 
     #[test]
-    fn flags_each_phase_once_on_the_first_sweep_past_its_threshold() {
+    fn flags_each_way_once_on_the_first_sweep_past_its_threshold() {
         let mut tracker = Tracker::new();
         open(&mut tracker, 1, kind::CONNECT, tcp_state::SYN_SENT, 0);
         open(&mut tracker, 2, kind::OPEN, tcp_state::ESTABLISHED, 0);
@@ -278,19 +277,19 @@ mod tests {
         let mut out = Vec::new();
         // One second before the close_wait threshold (CLOSE_WAIT since 1 s, threshold 5 s).
         let report = tracker.sweep(5 * S, &thresholds(), no_kernel, &mut out);
-        assert_eq!(anomalies(&out), [Phase::SynSent]);
+        assert_eq!(anomalies(&out), [Stuck::SynSent]);
         assert_eq!(report.stuck, [1, 0, 0, 0, 0]);
         out.clear();
         let report = tracker.sweep(6 * S, &thresholds(), no_kernel, &mut out);
         assert_eq!(
             anomalies(&out),
-            [Phase::CloseWait],
+            [Stuck::CloseWait],
             "first sweep past the threshold"
         );
         assert_eq!(report.stuck, [1, 0, 0, 1, 0]);
         out.clear();
         let report = tracker.sweep(11 * S, &thresholds(), no_kernel, &mut out);
-        assert_eq!(anomalies(&out), [Phase::NoData]);
+        assert_eq!(anomalies(&out), [Stuck::NoData]);
         assert_eq!(
             report.stuck,
             [1, 1, 0, 1, 0],
@@ -347,7 +346,7 @@ mod tests {
         assert_eq!(report.stuck, [0; 5]);
         // A minute of real silence later, socket 1 is a zombie.
         let report = tracker.sweep(70 * S, &thresholds(), |_| None, &mut out);
-        assert_eq!(anomalies(&out), [Phase::Idle]);
+        assert_eq!(anomalies(&out), [Stuck::Idle]);
         assert_eq!(report.stuck, [0, 0, 1, 0, 0]);
     }
 
@@ -366,7 +365,7 @@ mod tests {
         );
         let mut out = Vec::new();
         tracker.sweep(7 * S, &thresholds(), |_| None, &mut out);
-        assert_eq!(anomalies(&out), [Phase::CloseWait]);
+        assert_eq!(anomalies(&out), [Stuck::CloseWait]);
         let mut out = Vec::new();
         tracker.handle(
             &KernelEvent::State(&StateEvent {
@@ -377,9 +376,9 @@ mod tests {
             }),
             &mut out,
         );
-        assert_eq!(out, [Record::Unstuck(Phase::CloseWait, 8 * S)]);
+        assert_eq!(out, [Record::Unstuck(Stuck::CloseWait, 8 * S)]);
         let conn = tracker.live().next().unwrap();
-        assert!(conn.flagged().contains(Phase::CloseWait));
+        assert!(conn.flagged().contains(Stuck::CloseWait));
     }
 
     #[test]
@@ -449,7 +448,7 @@ mod tests {
     }
 
     #[test]
-    fn zero_thresholds_turn_phases_off() {
+    fn zero_thresholds_turn_checks_off() {
         let mut tracker = Tracker::new();
         open(&mut tracker, 1, kind::CONNECT, tcp_state::SYN_SENT, 0);
         let mut out = Vec::new();

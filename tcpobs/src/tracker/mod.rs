@@ -267,7 +267,7 @@ impl Tracker {
         conn.state = state.new_state;
         conn.state_since_ns = state.hdr.ts_ns;
         conn.last_activity_ns = conn.last_activity_ns.max(state.hdr.ts_ns);
-        // Every phase belongs to one state: leaving the state ends the episode.
+        // Every way of being stuck belongs to one state: leaving the state ends the episode.
         conn.unstick(state.hdr.ts_ns, out);
         self.counts.remove(role, old);
         self.counts.add(role, state.new_state);

@@ -39,7 +39,7 @@ use self::{
 };
 use crate::{
     metadata::Metadata,
-    model::{Addrs, Phase, Process, Record, Role},
+    model::{Addrs, Process, Record, Role, Stuck},
     sync::lock,
 };
 
@@ -198,8 +198,8 @@ impl Metrics {
         for reason in ["refused", "timeout", "unreachable", "other"] {
             let _ = self.connect_failures.get_or_create(&[("reason", reason)]);
         }
-        for phase in Phase::ALL {
-            let labels = [("phase", phase.as_str())];
+        for stuck in Stuck::ALL {
+            let labels = [("phase", stuck.as_str())];
             self.stuck.get_or_create(&labels).set(0);
             let _ = self.anomalies.get_or_create(&labels);
             let _ = self.stuck_duration.get_or_create(&labels);
@@ -329,18 +329,18 @@ impl Metrics {
             }
             Record::Anomaly(anomaly) => {
                 self.anomalies
-                    .get_or_create(&[("phase", anomaly.phase.as_str())])
+                    .get_or_create(&[("phase", anomaly.stuck.as_str())])
                     .inc();
             }
-            Record::Unstuck(phase, duration) => self.unstuck(*phase, *duration),
+            Record::Unstuck(stuck, duration) => self.unstuck(*stuck, *duration),
             Record::Dns(dns) => self.phases.observe_dns(dns),
             Record::Tls(tls) => self.phases.observe_tls(tls),
         }
     }
 
     fn observe_connection(&self, connection: &crate::model::ConnectionRecord) {
-        if let Some((phase, duration)) = connection.stuck_at_end {
-            self.unstuck(phase, duration);
+        if let Some((stuck, duration)) = connection.stuck_at_end {
+            self.unstuck(stuck, duration);
         }
         if let Some(failure) = connection.connect_failure {
             self.connect_failures
@@ -384,17 +384,17 @@ impl Metrics {
         );
     }
 
-    fn unstuck(&self, phase: Phase, duration_ns: u64) {
+    fn unstuck(&self, stuck: Stuck, duration_ns: u64) {
         self.stuck_duration
-            .get_or_create(&[("phase", phase.as_str())])
+            .get_or_create(&[("phase", stuck.as_str())])
             .observe(duration_ns);
     }
 
-    /// Sets the stuck-connection gauge from a sweep (indexed like [`Phase::ALL`]).
+    /// Sets the stuck-connection gauge from a sweep (indexed like [`Stuck::ALL`]).
     pub fn set_stuck(&self, stuck: &[u64; 5]) {
-        for (phase, count) in Phase::ALL.iter().zip(stuck) {
+        for (kind, count) in Stuck::ALL.iter().zip(stuck) {
             self.stuck
-                .get_or_create(&[("phase", phase.as_str())])
+                .get_or_create(&[("phase", kind.as_str())])
                 .set(i64::try_from(*count).unwrap_or(i64::MAX));
         }
     }

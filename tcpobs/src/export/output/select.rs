@@ -138,7 +138,7 @@ pub fn selected(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{Addrs, Close, CloseOriginator, PhaseSet, Role, TlsRecord};
+    use crate::model::{Addrs, Close, CloseOriginator, Role, StuckSet, TlsRecord};
 
     #[test]
     fn sampler_keeps_first_n_then_every_mth_per_second() {
@@ -191,7 +191,7 @@ mod tests {
             tcp: None,
             max_response_begin_ns: Some(2_000_000_000),
             max_idle_ns: None,
-            stuck: PhaseSet::default(),
+            stuck: StuckSet::default(),
             stuck_at_end: None,
             phases: None,
             last_exchange: None,

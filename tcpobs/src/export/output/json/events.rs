@@ -130,7 +130,7 @@ pub fn connection(
             "error",
             close.and_then(|c| crate::model::errno_name(c.errno)),
         )
-        .strs("stuck", record.stuck.iter().map(|phase| phase.as_str()))
+        .strs("stuck", record.stuck.iter().map(|stuck| stuck.as_str()))
         .strs("anomalies", anomalies.iter().copied())
         .timeline("phases", &record.timeline(), clock)
         .u64("phases_omitted", u64::from(record.phases_omitted()));
@@ -176,7 +176,7 @@ pub fn exchange(
     object.end();
 }
 
-/// An `anomaly` event: a live connection stuck in a phase.
+/// An `anomaly` event: a live connection stuck (its `phase`: how).
 pub fn anomaly(
     out: &mut Line,
     record: &AnomalyRecord,
@@ -187,7 +187,7 @@ pub fn anomaly(
     object
         .u64("conn_id", record.conn_id)
         .time("time", clock.unix_ns(record.at_ns))
-        .str("phase", record.phase.as_str())
+        .str("phase", record.stuck.as_str())
         .str("state", state_name(record.state))
         .time("since", clock.unix_ns(record.since_ns))
         .secs("age_s", Some(record.at_ns.saturating_sub(record.since_ns)))
@@ -200,7 +200,7 @@ pub fn anomaly(
         .opt_u64("pid", record.process.as_ref().map(|p| u64::from(p.pid)))
         .opt_str("comm", record.process.as_ref().map(|p| p.comm.as_str()))
         .meta(meta)
-        .str("hint", record.phase.hint());
+        .str("hint", record.stuck.hint());
     object.end();
 }
 

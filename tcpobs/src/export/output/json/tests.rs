@@ -125,8 +125,8 @@ fn every_event_is_pinned_byte_for_byte() {
         metadata::{Meta, PodName},
         model::{
             AnomalyRecord, Close, CloseKind, CloseOriginator, ConnPhases, ConnectionRecord,
-            DnsLink, ExchangeClass, ExchangeRecord, ExchangeSpan, PartialReason, Phase, PhaseSet,
-            Side, TcpCounters, TlsLink,
+            DnsLink, ExchangeClass, ExchangeRecord, ExchangeSpan, PartialReason, Side, Stuck,
+            StuckSet, TcpCounters, TlsLink,
         },
         tracker::TrackerStats,
     };
@@ -165,9 +165,9 @@ fn every_event_is_pinned_byte_for_byte() {
             duration_ns: 1_500_000,
         },
     );
-    let mut stuck = PhaseSet::default();
-    stuck.insert(Phase::Idle);
-    stuck.insert(Phase::SynSent);
+    let mut stuck = StuckSet::default();
+    stuck.insert(Stuck::Idle);
+    stuck.insert(Stuck::SynSent);
     let mut record = ConnectionRecord {
         id: 7,
         role: Role::Client,
@@ -205,7 +205,7 @@ fn every_event_is_pinned_byte_for_byte() {
         max_response_begin_ns: Some(MS),
         max_idle_ns: None,
         stuck,
-        stuck_at_end: Some((Phase::Idle, 5)),
+        stuck_at_end: Some((Stuck::Idle, 5)),
         phases: Some(Box::new(phases)),
         last_exchange: Some(ExchangeSpan {
             seq: 2,
@@ -235,7 +235,7 @@ fn every_event_is_pinned_byte_for_byte() {
     };
     let anomaly_record = AnomalyRecord {
         conn_id: 7,
-        phase: Phase::CloseWait,
+        stuck: Stuck::CloseWait,
         role: Role::Unknown,
         addrs,
         process: Some(process()),
@@ -297,7 +297,7 @@ fn every_event_is_pinned_byte_for_byte() {
     record.tcp = None;
     record.partial = None;
     record.process = None;
-    record.stuck = PhaseSet::default();
+    record.stuck = StuckSet::default();
     connection(&mut out, &record, &[], None, &Epoch);
     exchange(&mut out, &exchange_record, Some(&meta), &Epoch);
     anomaly(&mut out, &anomaly_record, None, &Epoch);
