@@ -2,7 +2,7 @@
 //!
 //! Times are `CLOCK_MONOTONIC` nanoseconds (the kernel's clock) and durations nanoseconds;
 //! outputs convert to wall-clock timestamps and seconds. The phases around a connection
-//! (name resolution, TLS handshake, the timeline) are in [`phases`].
+//! (name resolution, TLS handshake, the timeline) are in [`libcalls`].
 //!
 //! The records themselves are here; what they are made of is in submodules: the values they
 //! are classified by (`kinds`), who a connection is (`identity`), and how a live
@@ -10,7 +10,7 @@
 
 mod identity;
 mod kinds;
-pub mod phases;
+pub mod libcalls;
 mod stuck;
 
 pub use self::{
@@ -19,7 +19,7 @@ pub use self::{
         CloseKind, CloseOriginator, ConnectFailure, ECONNREFUSED, ETIMEDOUT, ExchangeClass,
         PartialReason, Role, Side, errno_name, state_name,
     },
-    phases::{ConnPhases, DnsFailure, DnsLink, DnsRecord, ExchangeSpan, TlsLink, TlsRecord},
+    libcalls::{ConnPhases, DnsFailure, DnsLink, DnsRecord, ExchangeSpan, TlsLink, TlsRecord},
     stuck::{Stuck, StuckSet},
 };
 

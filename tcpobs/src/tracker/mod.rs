@@ -23,14 +23,14 @@
 //! Events for connections the tracker does not know are counted as unmatched, never guessed.
 //! The tracker also keeps the live counts behind the gauges (open connections by role and
 //! state, bytes by role and direction) and runs the hang detector's sweep ([`hang`]).
-//! Name resolutions and TLS handshakes are tied to connections in [`phases`]. What the
+//! Name resolutions and TLS handshakes are tied to connections in [`libcalls`]. What the
 //! tracker keeps of one live connection ([`Conn`]), and how its record is built, is in `conn`.
 
 mod close;
 mod conn;
 mod exchange;
 mod hang;
-mod phases;
+mod libcalls;
 mod table;
 #[cfg(test)]
 mod tests;
@@ -44,9 +44,9 @@ pub(crate) use self::table::SockHasher;
 pub use self::{
     conn::Conn,
     hang::{KernelView, StuckThresholds, SweepReport},
-    phases::{DNS_WINDOW_NS, DnsCache, dns_record},
+    libcalls::{DNS_WINDOW_NS, DnsCache, dns_record},
 };
-use self::{phases::RecentCloses, table::Table};
+use self::{libcalls::RecentCloses, table::Table};
 use crate::{
     kernel::decode::KernelEvent,
     model::{Addrs, OpenedRecord, PartialReason, Record, Role},

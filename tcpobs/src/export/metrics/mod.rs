@@ -14,7 +14,7 @@ pub mod collect;
 mod families;
 mod histogram;
 pub mod labels;
-mod phases;
+mod libcalls;
 
 use std::{
     sync::{Arc, Mutex, atomic::AtomicU64},
@@ -35,7 +35,7 @@ use self::{
     },
     histogram::Histogram,
     labels::{ConnLabels, Dims, Fixed, LabelPolicy, LabelSpec},
-    phases::PhaseMetrics,
+    libcalls::PhaseMetrics,
 };
 use crate::{
     metadata::Metadata,

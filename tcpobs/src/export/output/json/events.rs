@@ -14,7 +14,7 @@ use crate::{
     metadata::Meta,
     model::{
         AnomalyRecord, ConnectionRecord, DnsRecord, ExchangeRecord, TlsRecord,
-        phases::{Timeline, eai_name},
+        libcalls::{Timeline, eai_name},
         state_name,
     },
     tracker::TrackerStats,

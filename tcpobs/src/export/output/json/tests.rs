@@ -13,7 +13,7 @@ use super::{
 use crate::{
     clock::BootEpoch as Epoch,
     metadata::Meta,
-    model::{Addrs, Comm, DnsRecord, Process, Role, TlsRecord, phases::Resolved},
+    model::{Addrs, Comm, DnsRecord, Process, Role, TlsRecord, libcalls::Resolved},
 };
 
 #[test]

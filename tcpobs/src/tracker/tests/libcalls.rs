@@ -7,7 +7,7 @@ use super::*;
 use crate::{
     config::live::Thresholds,
     export::output::select::anomalies_of,
-    model::{DnsFailure, TlsRecord, phases::TIMELINE_EXCHANGES},
+    model::{DnsFailure, TlsRecord, libcalls::TIMELINE_EXCHANGES},
 };
 
 const PID: u32 = 4242;

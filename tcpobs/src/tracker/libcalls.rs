@@ -30,7 +30,7 @@ use tcpobs_common::{
 use super::{Conn, Tracker};
 use crate::model::{
     Addrs, ConnPhases, DnsLink, DnsRecord, Process, Record, Role, TlsLink, TlsRecord,
-    phases::Resolved,
+    libcalls::Resolved,
 };
 
 /// How long after a resolution ends a connection to one of its addresses is tied to it.
