@@ -1,17 +1,18 @@
 //! The connection model of DESIGN §3: what the tracker produces and the outputs print.
 //!
 //! Times are `CLOCK_MONOTONIC` nanoseconds (the kernel's clock) and durations nanoseconds;
-//! outputs convert to wall-clock timestamps and seconds. The phases around a connection
-//! (name resolution, TLS handshake, the timeline) are in [`libcalls`].
+//! outputs convert to wall-clock timestamps and seconds.
 //!
 //! The records themselves are here; what they are made of is in submodules: the values they
-//! are classified by (`kinds`), who a connection is (`identity`), and how a live
-//! connection can be stuck (`stuck`).
+//! are classified by (`kinds`), who a connection is (`identity`), how a live connection can
+//! be stuck (`stuck`), the library calls around it, name resolutions and TLS handshakes
+//! (`libcalls`), and its timeline (`timeline`).
 
 mod identity;
 mod kinds;
-pub mod libcalls;
+mod libcalls;
 mod stuck;
+mod timeline;
 
 pub use self::{
     identity::{Addrs, Comm, Process},
@@ -19,8 +20,9 @@ pub use self::{
         CloseKind, CloseOriginator, ConnectFailure, ECONNREFUSED, ETIMEDOUT, ExchangeClass,
         PartialReason, Role, Side, errno_name, state_name,
     },
-    libcalls::{ConnPhases, DnsFailure, DnsLink, DnsRecord, ExchangeSpan, TlsLink, TlsRecord},
+    libcalls::{DnsFailure, DnsLink, DnsRecord, Resolved, TlsLink, TlsRecord, eai_name},
     stuck::{Stuck, StuckSet},
+    timeline::{ExchangeSpan, TIMELINE_EXCHANGES, Timeline, TimelineEntry, TimelineSpans},
 };
 
 /// How a closed connection ended.
@@ -81,9 +83,9 @@ pub struct ConnectionRecord {
     pub stuck: StuckSet,
     /// A stuck episode still going on when the connection ended: how it was stuck, and how long.
     pub stuck_at_end: Option<(Stuck, u64)>,
-    /// Its resolution, TLS handshake and exchanges before the last (`None` for a connection
-    /// with none of these).
-    pub phases: Option<Box<ConnPhases>>,
+    /// Its resolution, TLS handshake and exchanges before the last, for the timeline (`None`
+    /// for a connection with none of these).
+    pub spans: Option<Box<TimelineSpans>>,
     /// Its last exchange (the one finished by the close, or in progress at shutdown).
     pub last_exchange: Option<ExchangeSpan>,
 }

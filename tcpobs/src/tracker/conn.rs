@@ -13,8 +13,8 @@ use super::{
     exchange::{ExchangeEnd, Pending},
 };
 use crate::model::{
-    Addrs, Comm, ConnPhases, ConnectionRecord, PartialReason, Process, Record, Role, Stuck,
-    StuckSet, TcpCounters,
+    Addrs, Comm, ConnectionRecord, PartialReason, Process, Record, Role, Stuck, StuckSet,
+    TcpCounters, TimelineSpans,
 };
 
 /// A live connection.
@@ -40,7 +40,7 @@ pub struct Conn {
     pub(super) pending: Pending,
     /// Resolution, TLS handshake and earlier exchanges, for the timeline; allocated only for
     /// connections that have one.
-    pub(super) phases: Option<Box<ConnPhases>>,
+    pub(super) spans: Option<Box<TimelineSpans>>,
     /// Bytes seen in bursts so far.
     pub(super) bytes_sent: u64,
     pub(super) bytes_received: u64,
@@ -77,7 +77,7 @@ impl Conn {
             state_since_ns: start_ns,
             exchanges: 0,
             pending: Pending::default(),
-            phases: None,
+            spans: None,
             bytes_sent: 0,
             bytes_received: 0,
             saw_data: false,
@@ -170,7 +170,7 @@ impl Conn {
         self.last_activity_ns
     }
 
-    /// Phases the hang detector has flagged.
+    /// How the hang detector has found it stuck.
     pub fn flagged(&self) -> StuckSet {
         self.flagged
     }
@@ -249,7 +249,7 @@ impl Conn {
             .map(|(stuck, since)| (stuck, end_ns.saturating_sub(since)))
     }
 
-    /// The connection record; takes the phases along.
+    /// The connection record; takes the timeline spans along.
     fn record(&mut self, partial: Option<PartialReason>, lifetime_ns: u64) -> ConnectionRecord {
         ConnectionRecord {
             id: self.id,
@@ -272,7 +272,7 @@ impl Conn {
             max_idle_ns: self.max_idle_ns.map(NonZeroU64::get),
             stuck: self.flagged,
             stuck_at_end: self.episode_at(self.start_ns + lifetime_ns),
-            phases: self.phases.take(),
+            spans: self.spans.take(),
             last_exchange: None,
         }
     }

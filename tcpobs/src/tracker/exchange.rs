@@ -8,7 +8,7 @@
 //! exchange is emitted one step late. A connection whose role is unknown yields no exchanges.
 //!
 //! For the connection's timeline, an exchange finished by the next request is kept in the
-//! connection's phases (allocated then, bounded); the last one, finished by the close, goes
+//! connection's timeline spans (allocated then, bounded); the last one, finished by the close, goes
 //! straight into the connection record. A connection with one exchange allocates nothing.
 
 use std::num::NonZeroU64;
@@ -130,7 +130,7 @@ impl Conn {
                     self.finish_exchange(ExchangeEnd::NextRequest(span.first()), out)
                 {
                     let start_ns = self.start_ns;
-                    self.phases_mut().push_exchange(start_ns, &done);
+                    self.spans_mut().push_exchange(start_ns, &done);
                 }
                 self.pending = Pending::opened_by(true, span);
             }

@@ -4,8 +4,9 @@
 //!   and service-only lookups are not name resolutions and are dropped). Successful answers
 //!   are kept in a small cache per process ([`DnsCache`]): a client connection opened by the
 //!   same process within [`DNS_WINDOW_NS`] after a resolution ended, to an address of its
-//!   answer, gets that resolution (the latest that matches) as its `dns` phase. The cache is
-//!   bounded (processes and answers per process); what it drops before expiry is counted.
+//!   answer, gets that resolution (the latest that matches) on its timeline (`dns`). The
+//!   cache is bounded (processes and answers per process); what it drops before expiry is
+//!   counted.
 //! - **TLS.** The kernel reports every return of a handshake call, with the connection the
 //!   handshake's thread moved data on. A return of 1 completes the handshake. Anything else
 //!   is a failure *or* a non-blocking handshake that will be called again, so the outcome
@@ -14,7 +15,7 @@
 //!   A handshake can end after its connection closed (a server finishing `SSL_accept` while
 //!   the client has already reset the connection): its record is still tied to the
 //!   connection through [`RecentCloses`], though the connection's own record, already
-//!   written, has no `tls` phase.
+//!   written, has no `tls` entry.
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -29,8 +30,7 @@ use tcpobs_common::{
 
 use super::{Conn, Tracker};
 use crate::model::{
-    Addrs, ConnPhases, DnsLink, DnsRecord, Process, Record, Role, TlsLink, TlsRecord,
-    libcalls::Resolved,
+    Addrs, DnsLink, DnsRecord, Process, Record, Resolved, Role, TimelineSpans, TlsLink, TlsRecord,
 };
 
 /// How long after a resolution ends a connection to one of its addresses is tied to it.
@@ -81,7 +81,7 @@ impl RecentCloses {
             id: conn.id,
             role: conn.role,
             addrs: conn.addrs,
-            tls_reported: conn.phases.as_ref().is_some_and(|p| p.tls.is_some()),
+            tls_reported: conn.spans.as_ref().is_some_and(|spans| spans.tls.is_some()),
         });
     }
 
@@ -187,9 +187,9 @@ pub fn dns_record(event: &DnsEvent) -> Option<DnsRecord> {
 }
 
 impl Conn {
-    /// The connection's phases, allocated on first use.
-    pub(super) fn phases_mut(&mut self) -> &mut ConnPhases {
-        self.phases.get_or_insert_with(Box::default)
+    /// The connection's timeline spans, allocated on first use.
+    pub(super) fn spans_mut(&mut self) -> &mut TimelineSpans {
+        self.spans.get_or_insert_with(Box::default)
     }
 
     /// Ties the latest matching resolution to a client connection seen from its start.
@@ -197,15 +197,12 @@ impl Conn {
         if self.role != Role::Client
             || self.partial.is_some()
             || self.pid == 0
-            || self
-                .phases
-                .as_ref()
-                .is_some_and(|phases| phases.dns.is_some())
+            || self.spans.as_ref().is_some_and(|spans| spans.dns.is_some())
         {
             return;
         }
         if let Some(found) = cache.lookup(self.pid, self.addrs.remote().ip(), self.start_ns) {
-            self.phases_mut().dns = Some(DnsLink {
+            self.spans_mut().dns = Some(DnsLink {
                 host: Arc::clone(&found.host),
                 start_ns: found.start_ns,
                 duration_ns: found.end_ns.saturating_sub(found.start_ns),
@@ -229,7 +226,7 @@ impl Conn {
 
     /// At close: a handshake the last call had not completed failed.
     pub(super) fn settle_tls(&mut self, out: &mut Vec<Record>) {
-        let Some(link) = self.phases.as_mut().and_then(|phases| phases.tls.as_mut()) else {
+        let Some(link) = self.spans.as_mut().and_then(|spans| spans.tls.as_mut()) else {
             return;
         };
         if link.ok.is_none() {
@@ -318,8 +315,8 @@ impl Tracker {
             }
             return;
         };
-        let phases = conn.phases_mut();
-        if phases
+        let spans = conn.spans_mut();
+        if spans
             .tls
             .is_some_and(|tls| tls.ok.is_some() && tls.start_ns != link.start_ns)
         {
@@ -330,7 +327,7 @@ impl Tracker {
             }
             return;
         }
-        phases.tls = Some(link);
+        spans.tls = Some(link);
         if let Some(ok) = link.ok {
             out.push(Record::Tls(conn.tls_record(&link, process, ok)));
         }

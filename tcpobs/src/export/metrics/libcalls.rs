@@ -80,7 +80,7 @@ mod tests {
     use prometheus_client::encoding::text::encode;
 
     use super::*;
-    use crate::model::{Process, Role, libcalls::Resolved};
+    use crate::model::{Process, Resolved, Role};
 
     fn exposition(registry: &Registry) -> String {
         let mut text = String::new();

@@ -193,7 +193,7 @@ mod tests {
             max_idle_ns: None,
             stuck: StuckSet::default(),
             stuck_at_end: None,
-            phases: None,
+            spans: None,
             last_exchange: None,
         }
     }

@@ -1,4 +1,4 @@
-//! Scenarios for the phases around connections: resolutions tied to the connections they
+//! Scenarios for the library calls around connections: resolutions tied to the connections they
 //! answered, TLS handshakes settled by completion, `SSL_free` or the close, and the timeline.
 
 use tcpobs_common::{DnsEvent, TlsEvent, phases::tls_step};
@@ -7,7 +7,7 @@ use super::*;
 use crate::{
     config::live::Thresholds,
     export::output::select::anomalies_of,
-    model::{DnsFailure, TlsRecord, libcalls::TIMELINE_EXCHANGES},
+    model::{DnsFailure, TIMELINE_EXCHANGES, TlsRecord},
 };
 
 const PID: u32 = 4242;
@@ -392,14 +392,14 @@ fn the_timeline_lists_exchanges_and_allocates_only_for_keep_alive() {
     let mut tracker = Tracker::new();
     let sock = client(0).established(70 * US).send(MS, 10).recv(2 * MS, 20);
     let mut out = handle_all(&mut tracker, &sock.events);
-    assert!(tracker.live().all(|conn| conn.phases.is_none()));
+    assert!(tracker.live().all(|conn| conn.spans.is_none()));
     let sock = Sock {
         events: Vec::new(),
         ..sock
     };
     out.extend(handle_all(&mut tracker, &sock.close(3 * MS, 0)));
     let record = connection(&out);
-    assert!(record.phases.is_none());
+    assert!(record.spans.is_none());
     let entries = record.timeline();
     let entries: Vec<_> = entries.entries().iter().map(|e| (e.name, e.seq)).collect();
     assert_eq!(
@@ -425,7 +425,7 @@ fn the_timeline_lists_exchanges_and_allocates_only_for_keep_alive() {
     expected.push(total as u32);
     assert_eq!(seqs, expected);
     assert_eq!(
-        record.phases_omitted(),
+        record.timeline_omitted(),
         total as u32 - TIMELINE_EXCHANGES as u32
     );
     let second = record.timeline().entries()[2];
@@ -435,10 +435,10 @@ fn the_timeline_lists_exchanges_and_allocates_only_for_keep_alive() {
     );
 }
 
-/// The connection event carries the phases: `dns_host`, `dns_s`, `tls_handshake_s`,
+/// The connection event carries the library calls: `dns_host`, `dns_s`, `tls_handshake_s`,
 /// `tls_ok` and the `phases` timeline.
 #[test]
-fn the_connection_event_shows_its_phases() {
+fn the_connection_event_shows_its_timeline() {
     let mut tracker = Tracker::new();
     let sock = client(2 * MS).established(2 * MS + 50 * US);
     let mut events = vec![dns(PID, "api.test", 0, MS, 0, &[[192, 0, 2, 10]])];

@@ -6,7 +6,7 @@
 //!
 //! The scenarios are grouped by family: exchanges and who closed (`exchanges`), resets,
 //! refused connects and kernel timeouts (`close`), connections seen only in part and the live
-//! counts (`tracking`), and the phases around connections (`libcalls`).
+//! counts (`tracking`), and the library calls around connections (`libcalls`).
 
 use tcpobs_common::{
     Burst, BurstEvent, CloseEvent, EventHeader, FLAG_APP_CLOSED, FLAG_CLOSE_WAIT, FLAG_PARTIAL,

@@ -13,8 +13,7 @@ use crate::{
     },
     metadata::Meta,
     model::{
-        AnomalyRecord, ConnectionRecord, DnsRecord, ExchangeRecord, TlsRecord,
-        libcalls::{Timeline, eai_name},
+        AnomalyRecord, ConnectionRecord, DnsRecord, ExchangeRecord, Timeline, TlsRecord, eai_name,
         state_name,
     },
     tracker::TrackerStats,
@@ -133,7 +132,7 @@ pub fn connection(
         .strs("stuck", record.stuck.iter().map(|stuck| stuck.as_str()))
         .strs("anomalies", anomalies.iter().copied())
         .timeline("phases", &record.timeline(), clock)
-        .u64("phases_omitted", u64::from(record.phases_omitted()));
+        .u64("phases_omitted", u64::from(record.timeline_omitted()));
     object.end();
 }
 

@@ -13,7 +13,7 @@ use super::{
 use crate::{
     clock::BootEpoch as Epoch,
     metadata::Meta,
-    model::{Addrs, Comm, DnsRecord, Process, Role, TlsRecord, libcalls::Resolved},
+    model::{Addrs, Comm, DnsRecord, Process, Resolved, Role, TlsRecord},
 };
 
 #[test]
@@ -124,9 +124,9 @@ fn every_event_is_pinned_byte_for_byte() {
         },
         metadata::{Meta, PodName},
         model::{
-            AnomalyRecord, Close, CloseKind, CloseOriginator, ConnPhases, ConnectionRecord,
-            DnsLink, ExchangeClass, ExchangeRecord, ExchangeSpan, PartialReason, Side, Stuck,
-            StuckSet, TcpCounters, TlsLink,
+            AnomalyRecord, Close, CloseKind, CloseOriginator, ConnectionRecord, DnsLink,
+            ExchangeClass, ExchangeRecord, ExchangeSpan, PartialReason, Side, Stuck, StuckSet,
+            TcpCounters, TimelineSpans, TlsLink,
         },
         tracker::TrackerStats,
     };
@@ -145,19 +145,19 @@ fn every_event_is_pinned_byte_for_byte() {
         "10.0.0.1:40000".parse().unwrap(),
         "[2001:db8::1]:443".parse().unwrap(),
     );
-    let mut phases = ConnPhases::default();
-    phases.dns = Some(DnsLink {
+    let mut spans = TimelineSpans::default();
+    spans.dns = Some(DnsLink {
         host: Arc::from("api.test"),
         start_ns: 0,
         duration_ns: MS,
     });
-    phases.tls = Some(TlsLink {
+    spans.tls = Some(TlsLink {
         start_ns: 3 * MS,
         duration_ns: 2 * MS,
         ok: Some(false),
         calls: 2,
     });
-    phases.push_exchange(
+    spans.push_exchange(
         2 * MS,
         &ExchangeSpan {
             seq: 1,
@@ -206,7 +206,7 @@ fn every_event_is_pinned_byte_for_byte() {
         max_idle_ns: None,
         stuck,
         stuck_at_end: Some((Stuck::Idle, 5)),
-        phases: Some(Box::new(phases)),
+        spans: Some(Box::new(spans)),
         last_exchange: Some(ExchangeSpan {
             seq: 2,
             start_ns: 9 * MS,
@@ -292,7 +292,7 @@ fn every_event_is_pinned_byte_for_byte() {
 
     let mut out = Line::default();
     connection(&mut out, &record, &["reset", "stuck"], Some(&meta), &Epoch);
-    record.phases = None;
+    record.spans = None;
     record.close = None;
     record.tcp = None;
     record.partial = None;

@@ -1,0 +1,267 @@
+//! A connection's timeline (the JSON's `phases`): its resolution, connect, TLS handshake,
+//! each exchange (the first ones and the last) and close, in time order. What a connection
+//! keeps for it beyond its TCP life is in its [`TimelineSpans`], allocated only when there is
+//! something to keep; the [`Timeline`] itself is built on the stack when the record is
+//! written ([`ConnectionRecord::timeline`]).
+
+use super::{ConnectionRecord, DnsLink, TlsLink};
+
+/// One exchange on a connection's timeline.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ExchangeSpan {
+    pub seq: u32,
+    /// First byte of the exchange (ns).
+    pub start_ns: u64,
+    /// First byte to last byte (ns).
+    pub duration_ns: u64,
+}
+
+/// Exchanges a connection's timeline shows at most: the first ones and the last.
+pub const TIMELINE_EXCHANGES: usize = 16;
+
+/// An exchange kept for the timeline in 8 bytes: its start in µs after the connection's start
+/// (the timeline prints microseconds), its duration in ns below 2^31 ns, else in µs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct PackedSpan {
+    start_us: u32,
+    duration: u32,
+}
+
+const MICROS: u32 = 1 << 31;
+
+impl PackedSpan {
+    fn pack(conn_start_ns: u64, span: &ExchangeSpan) -> Option<Self> {
+        let start_us = u32::try_from(span.start_ns.saturating_sub(conn_start_ns) / 1_000).ok()?;
+        let duration = match u32::try_from(span.duration_ns) {
+            Ok(ns) if ns < MICROS => ns,
+            _ => {
+                MICROS
+                    | u32::try_from(span.duration_ns / 1_000)
+                        .unwrap_or(u32::MAX)
+                        .min(!MICROS)
+            }
+        };
+        Some(Self { start_us, duration })
+    }
+
+    fn unpack(self, conn_start_ns: u64, seq: u32) -> ExchangeSpan {
+        let duration_ns = if self.duration & MICROS == 0 {
+            u64::from(self.duration)
+        } else {
+            u64::from(self.duration & !MICROS) * 1_000
+        };
+        ExchangeSpan {
+            seq,
+            start_ns: conn_start_ns + u64::from(self.start_us) * 1_000,
+            duration_ns,
+        }
+    }
+}
+
+/// What a connection keeps for its timeline beyond its TCP life: the resolution and handshake
+/// tied to it, and the exchanges before the last (the last is known at close). Allocated only for connections
+/// that have one of these, and bounded: 88 bytes, plus 8 per exchange kept (at most 15; the
+/// buffer grows to 4, 8, 16), about 250 bytes at most with the allocator's overhead.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TimelineSpans {
+    pub dns: Option<DnsLink>,
+    pub tls: Option<TlsLink>,
+    /// The first exchanges, `seq` 1, 2, ...
+    exchanges: Vec<PackedSpan>,
+    /// Exchanges before the last that the timeline leaves out.
+    omitted: u32,
+}
+
+impl TimelineSpans {
+    /// Keeps a completed exchange (not the connection's last) for the timeline.
+    pub fn push_exchange(&mut self, conn_start_ns: u64, span: &ExchangeSpan) {
+        let kept = self.exchanges.len();
+        let packed = (kept + 1 < TIMELINE_EXCHANGES && span.seq as usize == kept + 1)
+            .then(|| PackedSpan::pack(conn_start_ns, span))
+            .flatten();
+        match packed {
+            Some(packed) => {
+                if self.exchanges.capacity() == 0 {
+                    self.exchanges.reserve_exact(4);
+                }
+                self.exchanges.push(packed);
+            }
+            None => self.omitted += 1,
+        }
+    }
+
+    /// The exchanges kept, in order.
+    pub fn exchanges(&self, conn_start_ns: u64) -> impl Iterator<Item = ExchangeSpan> + '_ {
+        self.exchanges
+            .iter()
+            .zip(1..)
+            .map(move |(packed, seq)| packed.unpack(conn_start_ns, seq))
+    }
+
+    /// Exchanges left out of the timeline.
+    pub fn omitted(&self) -> u32 {
+        self.omitted
+    }
+}
+
+/// One entry of the timeline.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TimelineEntry {
+    /// `dns`, `connect`, `tls`, `exchange`, `close`.
+    pub name: &'static str,
+    pub start_ns: u64,
+    pub duration_ns: u64,
+    /// The exchange number, for exchanges.
+    pub seq: Option<u32>,
+}
+
+const TIMELINE_LEN: usize = TIMELINE_EXCHANGES + 4;
+
+/// A connection's timeline in time order, on the stack (writing a record allocates nothing).
+pub struct Timeline {
+    entries: [TimelineEntry; TIMELINE_LEN],
+    len: usize,
+}
+
+impl Timeline {
+    fn push(&mut self, name: &'static str, start_ns: u64, duration_ns: u64, seq: Option<u32>) {
+        if self.len < TIMELINE_LEN {
+            self.entries[self.len] = TimelineEntry {
+                name,
+                start_ns,
+                duration_ns,
+                seq,
+            };
+            self.len += 1;
+        }
+    }
+
+    pub fn entries(&self) -> &[TimelineEntry] {
+        &self.entries[..self.len]
+    }
+}
+
+impl ConnectionRecord {
+    /// The resolution tied to this connection.
+    pub fn dns(&self) -> Option<&DnsLink> {
+        self.spans.as_ref()?.dns.as_ref()
+    }
+
+    /// The TLS handshake on this connection.
+    pub fn tls(&self) -> Option<&TlsLink> {
+        self.spans.as_ref()?.tls.as_ref()
+    }
+
+    /// Exchanges left out of the timeline (it shows the first ones and the last).
+    pub fn timeline_omitted(&self) -> u32 {
+        self.spans.as_ref().map_or(0, |spans| spans.omitted())
+    }
+
+    /// dns, connect, tls, each exchange (the first ones and the last), close, ordered by start.
+    /// A failed connect lasts until the failure; the close runs from the first FIN or reset
+    /// to `CLOSE`.
+    pub fn timeline(&self) -> Timeline {
+        let empty = TimelineEntry {
+            name: "",
+            start_ns: 0,
+            duration_ns: 0,
+            seq: None,
+        };
+        let mut timeline = Timeline {
+            entries: [empty; TIMELINE_LEN],
+            len: 0,
+        };
+        if let Some(dns) = self.dns() {
+            timeline.push("dns", dns.start_ns, dns.duration_ns, None);
+        }
+        match (self.connect_ns, self.connect_failure) {
+            (Some(connect), _) => timeline.push("connect", self.start_ns, connect, None),
+            (None, Some(_)) => timeline.push("connect", self.start_ns, self.lifetime_ns, None),
+            (None, None) => {}
+        }
+        if let Some(tls) = self.tls() {
+            timeline.push("tls", tls.start_ns, tls.duration_ns, None);
+        }
+        if let Some(spans) = &self.spans {
+            for span in spans.exchanges(self.start_ns) {
+                timeline.push("exchange", span.start_ns, span.duration_ns, Some(span.seq));
+            }
+        }
+        if let Some(last) = &self.last_exchange {
+            timeline.push("exchange", last.start_ns, last.duration_ns, Some(last.seq));
+        }
+        if let Some(close) = &self.close {
+            let teardown = close.teardown_ns.unwrap_or(0);
+            timeline.push(
+                "close",
+                close.at_ns.saturating_sub(teardown),
+                teardown,
+                None,
+            );
+        }
+        // Stable: equal starts keep the order above (a connect and its DNS-less start).
+        timeline.entries[..timeline.len].sort_by_key(|entry| entry.start_ns);
+        timeline
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn packed_spans_keep_microsecond_starts_and_long_durations() {
+        let start = 5_000_000_000;
+        for (offset, duration) in [(0, 0), (1_234_567, 999), (60_000_000_000, 3_000_000_000)] {
+            let span = ExchangeSpan {
+                seq: 1,
+                start_ns: start + offset,
+                duration_ns: duration,
+            };
+            let back = PackedSpan::pack(start, &span).unwrap().unpack(start, 1);
+            assert_eq!(back.start_ns, start + offset / 1_000 * 1_000, "{span:?}");
+            let expected = if duration < 1 << 31 {
+                duration
+            } else {
+                duration / 1_000 * 1_000
+            };
+            assert_eq!(back.duration_ns, expected, "{span:?}");
+        }
+        // More than 71 minutes after the connection's start: left out.
+        let late = ExchangeSpan {
+            seq: 1,
+            start_ns: start + 5_000_000_000_000,
+            duration_ns: 1,
+        };
+        assert_eq!(PackedSpan::pack(start, &late), None);
+    }
+
+    /// Allocated per connection with something to keep: growing it is a decision (see
+    /// `TimelineSpans`).
+    #[test]
+    fn timeline_data_stays_small() {
+        assert!(
+            size_of::<TimelineSpans>() <= 88,
+            "{}",
+            size_of::<TimelineSpans>()
+        );
+        assert_eq!(size_of::<PackedSpan>(), 8);
+    }
+
+    #[test]
+    fn the_timeline_keeps_the_first_exchanges() {
+        let mut kept = TimelineSpans::default();
+        for seq in 1..=40 {
+            let span = ExchangeSpan {
+                seq,
+                start_ns: 1_000 + u64::from(seq) * 10_000,
+                duration_ns: 5_000,
+            };
+            kept.push_exchange(1_000, &span);
+        }
+        let seqs: Vec<u32> = kept.exchanges(1_000).map(|span| span.seq).collect();
+        assert_eq!(seqs, (1..TIMELINE_EXCHANGES as u32).collect::<Vec<_>>());
+        assert_eq!(kept.omitted(), 40 - (TIMELINE_EXCHANGES as u32 - 1));
+        assert!(kept.exchanges.capacity() <= TIMELINE_EXCHANGES);
+    }
+}
