@@ -1,4 +1,4 @@
-//! Metrics of the phases around connections: name resolution and TLS handshake durations,
+//! Metrics of the library calls around connections: name resolution and TLS handshake durations,
 //! and resolution failures by kind. Every label value is known in advance, so every series
 //! exists from the first scrape and updates go through handles resolved once.
 
@@ -15,13 +15,13 @@ const DNS_RESULTS: [&str; 4] = ["ok", "transient", "permanent", "error"];
 const TLS_RESULTS: [&str; 2] = ["ok", "failed"];
 
 #[derive(Clone, Debug)]
-pub struct PhaseMetrics {
+pub struct LibcallMetrics {
     dns_duration: [Histogram; 4],
     dns_failures: [Counter; 3],
     tls_duration: [Histogram; 2],
 }
 
-impl PhaseMetrics {
+impl LibcallMetrics {
     pub fn new(registry: &mut Registry) -> Self {
         let dns_duration: Family<Fixed<1>, Histogram, Buckets> =
             Family::new_with_constructor(Buckets::Latency);
@@ -91,7 +91,7 @@ mod tests {
     #[test]
     fn every_series_exists_from_the_start_and_counts_by_result() {
         let mut registry = Registry::default();
-        let metrics = PhaseMetrics::new(&mut registry);
+        let metrics = LibcallMetrics::new(&mut registry);
         let text = exposition(&registry);
         for sample in [
             "tcpobs_dns_duration_seconds_count{result=\"ok\"} 0",

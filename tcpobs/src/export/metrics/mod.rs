@@ -35,7 +35,7 @@ use self::{
     },
     histogram::Histogram,
     labels::{ConnLabels, Dims, Fixed, LabelPolicy, LabelSpec},
-    libcalls::PhaseMetrics,
+    libcalls::LibcallMetrics,
 };
 use crate::{
     metadata::Metadata,
@@ -66,7 +66,7 @@ pub struct Metrics {
     stuck_duration: Family<Fixed<1>, Histogram, Buckets>,
     delay: Histogram,
     sweep_duration: Gauge<f64, AtomicU64>,
-    phases: PhaseMetrics,
+    libcalls: LibcallMetrics,
     policy: Arc<Mutex<LabelPolicy>>,
     fast: Option<Fast>,
     /// Where the `pod` and `namespace` label values come from.
@@ -100,7 +100,7 @@ impl Metrics {
             stuck_duration: Family::new_with_constructor(Buckets::Stuck),
             delay: Histogram::new(exponential_buckets_range(0.000_1, 10.0, 16), NS),
             sweep_duration: Gauge::default(),
-            phases: PhaseMetrics::new(registry),
+            libcalls: LibcallMetrics::new(registry),
             policy: Arc::new(Mutex::new(LabelPolicy::new(labels, series_cap))),
             fast: None,
             metadata: None,
@@ -333,8 +333,8 @@ impl Metrics {
                     .inc();
             }
             Record::Unstuck(stuck, duration) => self.unstuck(*stuck, *duration),
-            Record::Dns(dns) => self.phases.observe_dns(dns),
-            Record::Tls(tls) => self.phases.observe_tls(tls),
+            Record::Dns(dns) => self.libcalls.observe_dns(dns),
+            Record::Tls(tls) => self.libcalls.observe_tls(tls),
         }
     }
 
