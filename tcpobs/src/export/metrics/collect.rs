@@ -11,7 +11,7 @@ use prometheus_client::{
 use tcpobs_common::{names::PHASE_FAMILIES, tcp_state};
 
 use crate::{
-    export::output::select::{EVENT_TYPES, OutputCounts},
+    export::output::select::{EventType, OutputCounts},
     kernel::{
         decode::KIND_NAMES,
         libcalls::LibcallStats,
@@ -186,19 +186,19 @@ impl Collector for Scrape {
             &mut encoder,
             "tcpobs_output_events",
             "Events written to the output, by type",
-            EVENT_TYPES
+            EventType::ALL
                 .iter()
                 .zip(written)
-                .map(|(t, n)| (vec![("type", *t)], n)),
+                .map(|(t, n)| (vec![("type", t.as_str())], n)),
         )?;
         counter(
             &mut encoder,
             "tcpobs_output_events_sampled_out",
             "Events left out of the output by sampling, by type",
-            EVENT_TYPES
+            EventType::ALL
                 .iter()
                 .zip(sampled_out)
-                .map(|(t, n)| (vec![("type", *t)], n)),
+                .map(|(t, n)| (vec![("type", t.as_str())], n)),
         )?;
         let mut libraries = encoder.encode_descriptor(
             "tcpobs_phase_libraries",

@@ -19,7 +19,7 @@ use chrono::Local;
 use self::{
     json::events,
     justniffer::LineFormat,
-    select::{OutputCounts, Sampler, anomalies_of, selected},
+    select::{EventType, OutputCounts, Sampler, anomalies_of, selected},
 };
 use crate::{
     clock::{Clock, WallClock as _, monotonic_now_ns},
@@ -145,12 +145,12 @@ impl Output {
         Ok(())
     }
 
-    /// Where this record goes, if anywhere (index into `EVENT_TYPES`).
-    fn route(&self, record: &Record) -> Option<usize> {
+    /// Which event this record makes, if any.
+    fn route(&self, record: &Record) -> Option<EventType> {
         match (&self.format, record) {
             (Format::Json, _) => selected(self.selection, record, &self.thresholds),
             (Format::Justniffer(_), Record::Exchange(_)) => {
-                (self.selection != EventSelection::None).then_some(1)
+                (self.selection != EventSelection::None).then_some(EventType::Exchange)
             }
             (Format::Justniffer(_), _) => None,
         }
@@ -180,7 +180,7 @@ impl Sink for Output {
             return Ok(());
         };
         if !self.sampler.admit(monotonic_now_ns) {
-            self.counts.sampled_out[kind].fetch_add(1, Ordering::Relaxed);
+            self.counts.sampled_out[kind.index()].fetch_add(1, Ordering::Relaxed);
             return Ok(());
         }
         match (&self.format, record) {
@@ -213,7 +213,7 @@ impl Sink for Output {
             (_, Record::Tls(tls)) => events::tls(&mut self.pending, tls, &self.clock),
             (_, Record::Opened(_) | Record::Unstuck(..)) => return Ok(()),
         }
-        self.counts.written[kind].fetch_add(1, Ordering::Relaxed);
+        self.counts.written[kind.index()].fetch_add(1, Ordering::Relaxed);
         self.write_full()
     }
 

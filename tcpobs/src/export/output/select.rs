@@ -16,18 +16,52 @@ use crate::{
     model::{CloseKind, ConnectionRecord, Record},
 };
 
-/// Event types, for the per-type counters.
-pub const EVENT_TYPES: [&str; 5] = ["connection", "exchange", "anomaly", "dns", "tls"];
+/// The type of an event: where [`selected`] routes a record, the `type` of its JSON, and the
+/// `type` label of the per-type output counters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventType {
+    Connection,
+    Exchange,
+    Anomaly,
+    Dns,
+    Tls,
+}
 
-/// Events written and left out by sampling, per [`EVENT_TYPES`] index.
+impl EventType {
+    /// Every type, in [`EventType::index`] order.
+    pub const ALL: [Self; 5] = [
+        Self::Connection,
+        Self::Exchange,
+        Self::Anomaly,
+        Self::Dns,
+        Self::Tls,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Connection => "connection",
+            Self::Exchange => "exchange",
+            Self::Anomaly => "anomaly",
+            Self::Dns => "dns",
+            Self::Tls => "tls",
+        }
+    }
+
+    /// Its place in the per-type counters ([`OutputCounts`]).
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// Events written and left out by sampling, per [`EventType::index`].
 #[derive(Debug, Default)]
 pub struct OutputCounts {
-    pub written: [AtomicU64; EVENT_TYPES.len()],
-    pub sampled_out: [AtomicU64; EVENT_TYPES.len()],
+    pub written: [AtomicU64; EventType::ALL.len()],
+    pub sampled_out: [AtomicU64; EventType::ALL.len()],
 }
 
 impl OutputCounts {
-    pub fn get(&self) -> ([u64; EVENT_TYPES.len()], [u64; EVENT_TYPES.len()]) {
+    pub fn get(&self) -> ([u64; EventType::ALL.len()], [u64; EventType::ALL.len()]) {
         (
             self.written.each_ref().map(|n| n.load(Ordering::Relaxed)),
             self.sampled_out
@@ -107,30 +141,30 @@ pub fn anomalies_of(record: &ConnectionRecord, thresholds: &Thresholds) -> Vec<&
     found
 }
 
-/// Where a record goes under an event selection.
+/// Which event a record makes under an event selection, if any.
 pub fn selected(
     selection: EventSelection,
     record: &Record,
     thresholds: &Thresholds,
-) -> Option<usize> {
+) -> Option<EventType> {
     use EventSelection as S;
     match (selection, record) {
         (S::None, _) | (_, Record::Opened(_) | Record::Unstuck(..)) => None,
-        (S::Connections | S::Exchanges, Record::Connection(_)) => Some(0),
+        (S::Connections | S::Exchanges, Record::Connection(_)) => Some(EventType::Connection),
         (S::Anomalies, Record::Connection(connection)) => {
-            (!anomalies_of(connection, thresholds).is_empty()).then_some(0)
+            (!anomalies_of(connection, thresholds).is_empty()).then_some(EventType::Connection)
         }
-        (S::Exchanges, Record::Exchange(_)) => Some(1),
+        (S::Exchanges, Record::Exchange(_)) => Some(EventType::Exchange),
         (_, Record::Exchange(_)) => None,
-        (_, Record::Anomaly(_)) => Some(2),
-        (S::Exchanges, Record::Dns(_)) => Some(3),
+        (_, Record::Anomaly(_)) => Some(EventType::Anomaly),
+        (S::Exchanges, Record::Dns(_)) => Some(EventType::Dns),
         // A failed resolution has no connection record to show it.
-        (_, Record::Dns(dns)) => dns.failure().is_some().then_some(3),
-        (S::Exchanges, Record::Tls(_)) => Some(4),
+        (_, Record::Dns(dns)) => dns.failure().is_some().then_some(EventType::Dns),
+        (S::Exchanges, Record::Tls(_)) => Some(EventType::Tls),
         // A failed handshake on a connection shows in the connection record, unless it
         // ended after the connection closed.
         (_, Record::Tls(tls)) => {
-            (!tls.ok && (tls.conn_id.is_none() || tls.after_close)).then_some(4)
+            (!tls.ok && (tls.conn_id.is_none() || tls.after_close)).then_some(EventType::Tls)
         }
     }
 }
@@ -139,6 +173,14 @@ pub fn selected(
 mod tests {
     use super::*;
     use crate::model::{Addrs, Close, CloseOriginator, Role, StuckSet, TlsRecord};
+
+    /// The counters are indexed by `EventType::index`: `ALL` must follow it.
+    #[test]
+    fn event_types_follow_their_index() {
+        for (index, event_type) in EventType::ALL.iter().enumerate() {
+            assert_eq!(event_type.index(), index, "{event_type:?}");
+        }
+    }
 
     #[test]
     fn sampler_keeps_first_n_then_every_mth_per_second() {
@@ -222,11 +264,11 @@ mod tests {
         assert_eq!(selected(EventSelection::Anomalies, &plain, &relaxed), None);
         assert_eq!(
             selected(EventSelection::Anomalies, &plain, &thresholds),
-            Some(0)
+            Some(EventType::Connection)
         );
         assert_eq!(
             selected(EventSelection::Connections, &plain, &relaxed),
-            Some(0)
+            Some(EventType::Connection)
         );
         assert_eq!(selected(EventSelection::None, &plain, &thresholds), None);
     }
@@ -261,7 +303,7 @@ mod tests {
                 &handshake(true, Some(7), false),
                 &thresholds
             ),
-            Some(4)
+            Some(EventType::Tls)
         );
     }
 }
