@@ -50,8 +50,8 @@ fn main() -> ExitCode {
         )
         .init();
     let set_log_level: LogLevelSetter = Box::new(move |level| {
-        let filter = EnvFilter::try_new(level).map_err(|err| err.to_string())?;
-        handle.reload(filter).map_err(|err| err.to_string())
+        handle.reload(EnvFilter::try_new(level)?)?;
+        Ok(())
     });
     if settings.check {
         return match app::check(&settings) {

@@ -5,7 +5,7 @@ use std::{path::PathBuf, time::Duration};
 use clap::{Parser, ValueEnum};
 
 use crate::{
-    config::live::{CgroupRef, Cidr, EventSelection, Sample},
+    config::live::{CgroupRef, Cidr, EventSelection, Sample, ValueError},
     export::metrics::labels::LabelSpec,
     kernel::loader::{StrategyChoice, TracepointMode},
 };
@@ -320,28 +320,28 @@ fn parse_strategy_choice(value: &str) -> Result<StrategyChoice, String> {
     value.parse()
 }
 
-fn parse_ringbuf_bytes(value: &str) -> Result<u32, String> {
+fn parse_ringbuf_bytes(value: &str) -> Result<u32, ValueError> {
     let bytes: u32 = value
         .parse()
-        .map_err(|_| format!("`{value}` is not a number of bytes"))?;
+        .map_err(|_| ValueError::NotBytes(value.to_owned()))?;
     if bytes < 4096 || !bytes.is_power_of_two() {
-        return Err(format!("{bytes} is not a power of two of at least 4096"));
+        return Err(ValueError::RingbufSize(bytes));
     }
     Ok(bytes)
 }
 
 /// Parses `0`, `250us`, `10ms`, `2s`, `1m`, `1h`, `1d`.
-pub fn parse_duration(value: &str) -> Result<Duration, String> {
+pub fn parse_duration(value: &str) -> Result<Duration, ValueError> {
     if value == "0" {
         return Ok(Duration::ZERO);
     }
     let split = value
         .find(|c: char| !c.is_ascii_digit())
-        .ok_or_else(|| format!("`{value}` needs a unit: us, ms, s, m, h or d"))?;
+        .ok_or_else(|| ValueError::DurationWithoutUnit(value.to_owned()))?;
     let (number, unit) = value.split_at(split);
     let number: u64 = number
         .parse()
-        .map_err(|_| format!("`{value}` does not start with a number"))?;
+        .map_err(|_| ValueError::DurationWithoutNumber(value.to_owned()))?;
     let seconds = |factor: u64| Duration::from_secs(number.saturating_mul(factor));
     match unit {
         "us" => Ok(Duration::from_micros(number)),
@@ -350,9 +350,10 @@ pub fn parse_duration(value: &str) -> Result<Duration, String> {
         "m" => Ok(seconds(60)),
         "h" => Ok(seconds(3600)),
         "d" => Ok(seconds(86_400)),
-        _ => Err(format!(
-            "unknown unit `{unit}` in `{value}`: use us, ms, s, m, h or d"
-        )),
+        _ => Err(ValueError::DurationUnit {
+            unit: unit.to_owned(),
+            value: value.to_owned(),
+        }),
     }
 }
 

@@ -8,23 +8,39 @@
 use std::sync::{Arc, Mutex};
 
 use serde_json::{Value, json};
+use thiserror::Error;
 use tokio::sync::watch;
 use tracing::info;
 
 use crate::{
-    config::live::LiveSettings,
+    config::live::{LiveSettings, LogLevelError, SettingsError},
     kernel::filters::{FilterError, KernelFilters, Resolved},
     sync::lock,
 };
 
 /// Sets the daemon's log level (a tracing filter); errors say why the level is invalid.
-pub type LogLevelSetter = Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
+pub type LogLevelSetter = Box<dyn Fn(&str) -> Result<(), LogLevelError> + Send + Sync>;
 
 /// Checks a log level without applying it.
-pub fn check_log_level(level: &str) -> Result<(), String> {
-    tracing_subscriber::EnvFilter::try_new(level)
-        .map(drop)
-        .map_err(|err| err.to_string())
+pub fn check_log_level(level: &str) -> Result<(), LogLevelError> {
+    tracing_subscriber::EnvFilter::try_new(level)?;
+    Ok(())
+}
+
+/// Why a change of the live settings was refused; nothing of it was applied.
+#[derive(Debug, Error)]
+pub enum ControlError {
+    #[error(transparent)]
+    Invalid(#[from] SettingsError),
+    /// A filter names a cgroup that is not one.
+    #[error(transparent)]
+    Filters(FilterError),
+    /// The kernel's filter maps could not be written (the previous filters are put back).
+    #[error("kernel filters: {0}")]
+    KernelFilters(FilterError),
+    /// The logger did not take the new level.
+    #[error("log_level: {0}")]
+    LogLevel(LogLevelError),
 }
 
 pub struct Control {
@@ -67,26 +83,30 @@ impl Control {
     }
 
     /// Applies a JSON patch of runtime settings. On error nothing has changed.
-    pub fn patch(&self, patch: &Value) -> Result<LiveSettings, String> {
+    pub fn patch(&self, patch: &Value) -> Result<LiveSettings, ControlError> {
         let mut live = lock(&self.live);
         let next = live.patched(patch, check_log_level)?;
         self.commit(&mut live, next)
     }
 
     /// Replaces the runtime settings (a reloaded config file). On error nothing has changed.
-    pub fn replace(&self, next: LiveSettings) -> Result<LiveSettings, String> {
+    pub fn replace(&self, next: LiveSettings) -> Result<LiveSettings, ControlError> {
         next.validate()?;
-        check_log_level(&next.log_level).map_err(|err| format!("log_level: {err}"))?;
+        check_log_level(&next.log_level).map_err(SettingsError::LogLevel)?;
         let mut live = lock(&self.live);
         self.commit(&mut live, next)
     }
 
-    fn commit(&self, live: &mut LiveSettings, next: LiveSettings) -> Result<LiveSettings, String> {
+    fn commit(
+        &self,
+        live: &mut LiveSettings,
+        next: LiveSettings,
+    ) -> Result<LiveSettings, ControlError> {
         if next == *live {
             return Ok(next);
         }
         if next.filters != live.filters {
-            let resolved = Resolved::new(&next.filters).map_err(|err| err.to_string())?;
+            let resolved = Resolved::new(&next.filters).map_err(ControlError::Filters)?;
             if let Some(filters) = lock(&self.filters).as_mut()
                 && let Err(err) = filters.apply(&resolved)
             {
@@ -94,11 +114,11 @@ impl Control {
                 if let Ok(previous) = Resolved::new(&live.filters) {
                     let _ = filters.apply(&previous);
                 }
-                return Err(format!("kernel filters: {err}"));
+                return Err(ControlError::KernelFilters(err));
             }
         }
         if next.log_level != live.log_level {
-            (self.set_log_level)(&next.log_level).map_err(|err| format!("log_level: {err}"))?;
+            (self.set_log_level)(&next.log_level).map_err(ControlError::LogLevel)?;
         }
         info!(
             events = ?next.events,
@@ -175,11 +195,11 @@ mod tests {
         let err = control
             .patch(&json!({"events": "exchanges", "log_level": "tcpobs=loudest"}))
             .unwrap_err();
-        assert!(err.contains("log_level"), "{err}");
+        assert!(err.to_string().contains("log_level"), "{err}");
         let err = control
             .patch(&json!({"filters": {"cgroups": {"include": ["/no/such/cgroup"]}}}))
             .unwrap_err();
-        assert!(err.contains("no/such/cgroup"), "{err}");
+        assert!(err.to_string().contains("no/such/cgroup"), "{err}");
         assert_eq!(control.live(), before);
         assert!(!changes.has_changed().unwrap());
         assert!(levels.lock().unwrap().is_empty());

@@ -20,14 +20,14 @@ fn file_error(path: &Path, message: String) -> clap::Error {
     )
 }
 
-/// A TOML scalar as a flag value.
-fn flag_value(key: &str, value: &Value) -> Result<String, String> {
+/// A TOML scalar as a flag value (`None` for a table or an array).
+fn flag_value(value: &Value) -> Option<String> {
     match value {
-        Value::String(text) => Ok(text.clone()),
-        Value::Integer(n) => Ok(n.to_string()),
-        Value::Float(x) => Ok(x.to_string()),
-        Value::Boolean(b) => Ok(b.to_string()),
-        _ => Err(format!("`{key}` must be a string, number or boolean")),
+        Value::String(text) => Some(text.clone()),
+        Value::Integer(n) => Some(n.to_string()),
+        Value::Float(x) => Some(x.to_string()),
+        Value::Boolean(b) => Some(b.to_string()),
+        _ => None,
     }
 }
 
@@ -53,13 +53,10 @@ pub(super) fn file_args(path: &Path, matches: &ArgMatches) -> Result<Vec<OsStrin
             continue;
         }
         let values = match value {
-            Value::Array(items) => items
-                .iter()
-                .map(|item| flag_value(key, item))
-                .collect::<Result<Vec<_>, _>>(),
-            scalar => flag_value(key, scalar).map(|value| vec![value]),
+            Value::Array(items) => items.iter().map(flag_value).collect::<Option<Vec<_>>>(),
+            scalar => flag_value(scalar).map(|value| vec![value]),
         }
-        .map_err(|err| file_error(path, err))?;
+        .ok_or_else(|| file_error(path, format!("`{key}` must be a string, number or boolean")))?;
         args.extend(
             values
                 .into_iter()

@@ -9,6 +9,83 @@ use std::{fmt, net::IpAddr, str::FromStr, time::Duration};
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
+use thiserror::Error;
+use tracing_subscriber::{filter::ParseError, reload};
+
+/// Why a value does not parse: a flag's, an environment variable's, a config file key's or a
+/// `PUT /config` field's (the caller names the setting).
+#[derive(Clone, Debug, Error, PartialEq, Eq)]
+pub enum ValueError {
+    #[error("`{0}` is not key=value")]
+    NotKeyValue(String),
+    #[error("`{0}` is not a whole number")]
+    NotWholeNumber(String),
+    #[error("unknown key `{0}`: use first=N,thereafter=M")]
+    UnknownSampleKey(String),
+    #[error("needs both first=N and thereafter=M")]
+    IncompleteSample,
+    #[error("`{0}` is not an IP address or network")]
+    NotAnAddress(String),
+    #[error("`{value}`: the prefix length must be 0 to {max}")]
+    PrefixLength { value: String, max: u8 },
+    #[error("an empty cgroup")]
+    EmptyCgroup,
+    #[error("`{0}` needs a unit: us, ms, s, m, h or d")]
+    DurationWithoutUnit(String),
+    #[error("`{0}` does not start with a number")]
+    DurationWithoutNumber(String),
+    #[error("unknown unit `{unit}` in `{value}`: use us, ms, s, m, h or d")]
+    DurationUnit { unit: String, value: String },
+    #[error("`{0}` is not a number of bytes")]
+    NotBytes(String),
+    #[error("{0} is not a power of two of at least 4096")]
+    RingbufSize(u32),
+}
+
+/// Why a log level is refused: not a tracing filter, or the logger did not take it.
+#[derive(Debug, Error)]
+pub enum LogLevelError {
+    #[error(transparent)]
+    Invalid(#[from] ParseError),
+    #[error(transparent)]
+    Reload(#[from] reload::Error),
+}
+
+/// Why live settings are refused. A change is refused whole: nothing of it is applied.
+#[derive(Debug, Error)]
+pub enum SettingsError {
+    #[error("--{kind} and --exclude-{kind} cannot be combined: choose one")]
+    IncludeAndExclude { kind: &'static str },
+    #[error("thresholds.{name}: {value} is not a number of seconds from 0 to 1e9")]
+    Threshold { name: &'static str, value: f64 },
+    #[error("filters.{name}: {size} values, at most {FILTER_CAPACITY}")]
+    TooManyValues { name: &'static str, size: usize },
+    #[error("filters.ports: port 0 is not a port")]
+    PortZero,
+    #[error("sample: thereafter must be at least 1")]
+    SampleNeverWrites,
+    #[error("sample: {0}")]
+    Sample(ValueError),
+    #[error("log_level: {0}")]
+    LogLevel(LogLevelError),
+    #[error("the body must be a JSON object")]
+    NotAnObject,
+    #[error("{key}: expected an object")]
+    ExpectedObject { key: String },
+    #[error("{key}: cannot merge")]
+    Unmergeable { key: String },
+    /// A field whose JSON does not fit its type.
+    #[error("{key}: {source}")]
+    Field {
+        key: String,
+        source: serde_json::Error,
+    },
+    #[error(
+        "unknown setting `{0}`; runtime settings are events, sample, thresholds, log_level, \
+         filters"
+    )]
+    Unknown(String),
+}
 
 /// Which JSON events to write (`--events`); the output routes records by it
 /// ([`crate::export::output::select`]).
@@ -36,7 +113,7 @@ pub struct Sample {
 }
 
 impl FromStr for Sample {
-    type Err = String;
+    type Err = ValueError;
 
     /// `first=N,thereafter=M`.
     fn from_str(value: &str) -> Result<Self, Self::Err> {
@@ -48,19 +125,19 @@ impl FromStr for Sample {
         for part in value.split(',') {
             let (key, number) = part
                 .split_once('=')
-                .ok_or_else(|| format!("`{part}` is not key=value"))?;
+                .ok_or_else(|| ValueError::NotKeyValue(part.to_owned()))?;
             let number: u32 = number
                 .trim()
                 .parse()
-                .map_err(|_| format!("`{number}` is not a whole number"))?;
+                .map_err(|_| ValueError::NotWholeNumber(number.to_owned()))?;
             match key.trim() {
                 "first" => (sample.first, first) = (number, true),
                 "thereafter" => (sample.thereafter, thereafter) = (number, true),
-                other => return Err(format!("unknown key `{other}`: use first=N,thereafter=M")),
+                other => return Err(ValueError::UnknownSampleKey(other.to_owned())),
             }
         }
         if !(first && thereafter) {
-            return Err("needs both first=N and thereafter=M".to_owned());
+            return Err(ValueError::IncompleteSample);
         }
         Ok(sample)
     }
@@ -114,7 +191,7 @@ pub fn ns(seconds: f64) -> u64 {
 }
 
 impl Thresholds {
-    fn validate(&self) -> Result<(), String> {
+    fn validate(&self) -> Result<(), SettingsError> {
         for (name, value) in [
             ("handshake_s", self.handshake_s),
             ("first_byte_s", self.first_byte_s),
@@ -124,9 +201,7 @@ impl Thresholds {
             ("no_data_s", self.no_data_s),
         ] {
             if !value.is_finite() || !(0.0..=1e9).contains(&value) {
-                return Err(format!(
-                    "thresholds.{name}: {value} is not a number of seconds from 0 to 1e9"
-                ));
+                return Err(SettingsError::Threshold { name, value });
             }
         }
         Ok(())
@@ -152,7 +227,7 @@ pub struct Cidr {
 }
 
 impl FromStr for Cidr {
-    type Err = String;
+    type Err = ValueError;
 
     fn from_str(value: &str) -> Result<Self, Self::Err> {
         let (addr, prefix) = match value.split_once('/') {
@@ -162,7 +237,7 @@ impl FromStr for Cidr {
         let addr: IpAddr = addr
             .trim()
             .parse()
-            .map_err(|_| format!("`{value}` is not an IP address or network"))?;
+            .map_err(|_| ValueError::NotAnAddress(value.to_owned()))?;
         let max = if addr.is_ipv4() { 32 } else { 128 };
         let prefix = match prefix {
             Some(prefix) => prefix
@@ -170,7 +245,10 @@ impl FromStr for Cidr {
                 .parse::<u8>()
                 .ok()
                 .filter(|&p| p <= max)
-                .ok_or_else(|| format!("`{value}`: the prefix length must be 0 to {max}"))?,
+                .ok_or_else(|| ValueError::PrefixLength {
+                    value: value.to_owned(),
+                    max,
+                })?,
             None => max,
         };
         Ok(Self { addr, prefix })
@@ -207,11 +285,11 @@ pub enum CgroupRef {
 }
 
 impl FromStr for CgroupRef {
-    type Err = String;
+    type Err = ValueError;
 
     fn from_str(value: &str) -> Result<Self, Self::Err> {
         if value.is_empty() {
-            return Err("an empty cgroup".to_owned());
+            return Err(ValueError::EmptyCgroup);
         }
         Ok(match value.parse::<u64>() {
             Ok(id) => Self::Id(id),
@@ -234,14 +312,16 @@ pub enum Filter<T> {
 
 impl<T> Filter<T> {
     /// From the include and exclude flags of one kind; both at once is an error.
-    pub fn from_flags(kind: &str, include: Vec<T>, exclude: Vec<T>) -> Result<Self, String> {
+    pub fn from_flags(
+        kind: &'static str,
+        include: Vec<T>,
+        exclude: Vec<T>,
+    ) -> Result<Self, SettingsError> {
         match (include.is_empty(), exclude.is_empty()) {
             (true, true) => Ok(Self::Off),
             (false, true) => Ok(Self::Include(include)),
             (true, false) => Ok(Self::Exclude(exclude)),
-            (false, false) => Err(format!(
-                "--{kind} and --exclude-{kind} cannot be combined: choose one"
-            )),
+            (false, false) => Err(SettingsError::IncludeAndExclude { kind }),
         }
     }
 
@@ -267,7 +347,7 @@ pub struct Filters {
 }
 
 impl Filters {
-    fn validate(&self) -> Result<(), String> {
+    fn validate(&self) -> Result<(), SettingsError> {
         let sizes = [
             ("ports", self.ports.values().len()),
             ("cidrs", self.cidrs.values().len()),
@@ -276,13 +356,11 @@ impl Filters {
         ];
         for (name, size) in sizes {
             if size > FILTER_CAPACITY {
-                return Err(format!(
-                    "filters.{name}: {size} values, at most {FILTER_CAPACITY}"
-                ));
+                return Err(SettingsError::TooManyValues { name, size });
             }
         }
         if self.ports.values().contains(&0) {
-            return Err("filters.ports: port 0 is not a port".to_owned());
+            return Err(SettingsError::PortZero);
         }
         Ok(())
     }
@@ -304,10 +382,10 @@ impl LiveSettings {
     pub fn patched(
         &self,
         patch: &Value,
-        check_log_level: impl Fn(&str) -> Result<(), String>,
-    ) -> Result<Self, String> {
+        check_log_level: impl Fn(&str) -> Result<(), LogLevelError>,
+    ) -> Result<Self, SettingsError> {
         let Value::Object(patch) = patch else {
-            return Err("the body must be a JSON object".to_owned());
+            return Err(SettingsError::NotAnObject);
         };
         let mut next = self.clone();
         for (key, value) in patch {
@@ -317,44 +395,40 @@ impl LiveSettings {
                     next.sample = match value {
                         Value::Null => None,
                         Value::String(text) if text == "off" => None,
-                        Value::String(text) => {
-                            Some(text.parse().map_err(|err| format!("sample: {err}"))?)
-                        }
+                        Value::String(text) => Some(text.parse().map_err(SettingsError::Sample)?),
                         other => Some(field(key, other)?),
                     };
                 }
                 "thresholds" => next.thresholds = merged(key, &next.thresholds, value)?,
                 "log_level" => {
                     let level: String = field(key, value)?;
-                    check_log_level(&level).map_err(|err| format!("log_level: {err}"))?;
+                    check_log_level(&level).map_err(SettingsError::LogLevel)?;
                     next.log_level = level;
                 }
                 "filters" => next.filters = merged(key, &next.filters, value)?,
-                other => {
-                    return Err(format!(
-                        "unknown setting `{other}`; runtime settings are events, sample, \
-                         thresholds, log_level, filters"
-                    ));
-                }
+                other => return Err(SettingsError::Unknown(other.to_owned())),
             }
         }
         next.validate()?;
         Ok(next)
     }
 
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), SettingsError> {
         if let Some(sample) = self.sample
             && sample.thereafter == 0
         {
-            return Err("sample: thereafter must be at least 1".to_owned());
+            return Err(SettingsError::SampleNeverWrites);
         }
         self.thresholds.validate()?;
         self.filters.validate()
     }
 }
 
-fn field<T: serde::de::DeserializeOwned>(key: &str, value: &Value) -> Result<T, String> {
-    serde_json::from_value(value.clone()).map_err(|err| format!("{key}: {err}"))
+fn field<T: serde::de::DeserializeOwned>(key: &str, value: &Value) -> Result<T, SettingsError> {
+    serde_json::from_value(value.clone()).map_err(|source| SettingsError::Field {
+        key: key.to_owned(),
+        source,
+    })
 }
 
 /// `current` with the keys of `patch` (an object) replaced.
@@ -362,12 +436,16 @@ fn merged<T: Serialize + serde::de::DeserializeOwned>(
     key: &str,
     current: &T,
     patch: &Value,
-) -> Result<T, String> {
+) -> Result<T, SettingsError> {
     let Value::Object(patch) = patch else {
-        return Err(format!("{key}: expected an object"));
+        return Err(SettingsError::ExpectedObject {
+            key: key.to_owned(),
+        });
     };
     let Ok(Value::Object(mut base)) = serde_json::to_value(current) else {
-        return Err(format!("{key}: cannot merge"));
+        return Err(SettingsError::Unmergeable {
+            key: key.to_owned(),
+        });
     };
     base.extend(patch.iter().map(|(k, v)| (k.clone(), v.clone())));
     field(key, &Value::Object(Map::from_iter(base)))
@@ -389,7 +467,7 @@ mod tests {
         }
     }
 
-    fn any_level(_: &str) -> Result<(), String> {
+    fn any_level(_: &str) -> Result<(), LogLevelError> {
         Ok(())
     }
 
@@ -480,13 +558,14 @@ mod tests {
             (json!([1, 2]), "object"),
         ] {
             let err = runtime().patched(&patch, any_level).unwrap_err();
-            assert!(err.contains(needle), "{patch}: {err}");
+            assert!(err.to_string().contains(needle), "{patch}: {err}");
         }
         let err = runtime()
-            .patched(&json!({"log_level": "loud"}), |_| {
-                Err("bad filter".to_owned())
+            .patched(&json!({"log_level": "tcpobs=loudest"}), |level| {
+                tracing_subscriber::EnvFilter::try_new(level)?;
+                Ok(())
             })
             .unwrap_err();
-        assert!(err.starts_with("log_level"), "{err}");
+        assert!(err.to_string().starts_with("log_level"), "{err}");
     }
 }

@@ -77,7 +77,7 @@ impl Settings {
     }
 }
 
-fn invalid(message: String) -> clap::Error {
+fn invalid(message: impl std::fmt::Display) -> clap::Error {
     Cli::command().error(ErrorKind::ValueValidation, message)
 }
 
