@@ -7,7 +7,7 @@ use clap::{Parser, ValueEnum};
 use crate::{
     config::live::{CgroupRef, Cidr, EventSelection, Sample, ValueError},
     export::metrics::labels::LabelSpec,
-    kernel::loader::{StrategyChoice, TracepointMode},
+    kernel::loader::{StrategyChoice, StrategyError, TracepointMode},
 };
 
 const ABOUT: &str = "eBPF TCP connection lifecycle tracer: handshake time, request/response \
@@ -316,7 +316,7 @@ pub struct Cli {
     pub btf: PathBuf,
 }
 
-fn parse_strategy_choice(value: &str) -> Result<StrategyChoice, String> {
+fn parse_strategy_choice(value: &str) -> Result<StrategyChoice, StrategyError> {
     value.parse()
 }
 

@@ -27,6 +27,7 @@ use axum::{
 use prometheus_client::{encoding::text::encode, registry::Registry};
 use serde::Serialize;
 use serde_json::{Value, json};
+use thiserror::Error;
 
 use crate::{
     clock::{Clock, WallClock as _, monotonic_now_ns},
@@ -219,8 +220,23 @@ fn parse_state(name: &str) -> Option<u8> {
     (1..=12).find(|&state| state_name(state) == wanted)
 }
 
+/// Why a `/connections` query is refused (400).
+#[derive(Debug, Error)]
+enum QueryError {
+    #[error("state: `{0}` is not a TCP state (e.g. ESTABLISHED, CLOSE_WAIT)")]
+    State(String),
+    #[error("port: `{0}` is not a port")]
+    Port(String),
+    #[error("min_idle_s: `{0}` is not a number of seconds")]
+    MinIdle(String),
+    #[error("limit: `{0}` is not a number from 1 to {MAX_LIMIT}")]
+    Limit(String),
+    #[error("unknown parameter `{0}`: use state, port, min_idle_s, limit")]
+    Unknown(String),
+}
+
 impl ConnectionFilter {
-    fn parse(query: &HashMap<String, String>) -> Result<Self, String> {
+    fn parse(query: &HashMap<String, String>) -> Result<Self, QueryError> {
         let mut filter = Self {
             state: None,
             port: None,
@@ -230,27 +246,18 @@ impl ConnectionFilter {
         for (key, value) in query {
             match key.as_str() {
                 "state" => {
-                    filter.state = Some(parse_state(value).ok_or_else(|| {
-                        format!(
-                            "state: `{value}` is not a TCP state (e.g. ESTABLISHED, CLOSE_WAIT)"
-                        )
-                    })?);
+                    filter.state =
+                        Some(parse_state(value).ok_or_else(|| QueryError::State(value.clone()))?);
                 }
                 "port" => {
-                    filter.port = Some(
-                        value
-                            .parse()
-                            .map_err(|_| format!("port: `{value}` is not a port"))?,
-                    );
+                    filter.port = Some(value.parse().map_err(|_| QueryError::Port(value.clone()))?);
                 }
                 "min_idle_s" => {
                     let seconds: f64 = value
                         .parse()
                         .ok()
                         .filter(|s: &f64| s.is_finite() && *s >= 0.0)
-                        .ok_or_else(|| {
-                            format!("min_idle_s: `{value}` is not a number of seconds")
-                        })?;
+                        .ok_or_else(|| QueryError::MinIdle(value.clone()))?;
                     filter.min_idle_ns = crate::config::live::ns(seconds);
                 }
                 "limit" => {
@@ -258,15 +265,9 @@ impl ConnectionFilter {
                         .parse()
                         .ok()
                         .filter(|n| (1..=MAX_LIMIT).contains(n))
-                        .ok_or_else(|| {
-                            format!("limit: `{value}` is not a number from 1 to {MAX_LIMIT}")
-                        })?;
+                        .ok_or_else(|| QueryError::Limit(value.clone()))?;
                 }
-                other => {
-                    return Err(format!(
-                        "unknown parameter `{other}`: use state, port, min_idle_s, limit"
-                    ));
-                }
+                other => return Err(QueryError::Unknown(other.to_owned())),
             }
         }
         Ok(filter)

@@ -25,6 +25,7 @@ use std::{
 };
 
 use prometheus_client::encoding::{EncodeLabel as _, EncodeLabelSet, LabelSetEncoder};
+use thiserror::Error;
 
 use crate::{
     metadata::Metadata,
@@ -82,30 +83,37 @@ pub struct LabelSpec {
     pub keep: Keep,
 }
 
+/// Why a `--label` flag does not parse.
+#[derive(Clone, Debug, Error, PartialEq, Eq)]
+pub enum LabelSpecError {
+    #[error("unknown label `{0}`: use local_port, remote_port, comm, pod or namespace")]
+    UnknownLabel(String),
+    #[error("`{0}`: top:N needs N from 1 to 1000")]
+    Top(String),
+    #[error("`{0}`: empty value in the allowlist")]
+    EmptyValue(String),
+}
+
 impl FromStr for LabelSpec {
-    type Err = String;
+    type Err = LabelSpecError;
 
     fn from_str(value: &str) -> Result<Self, Self::Err> {
         let (name, keep) = value.split_once('=').unwrap_or((value, "top:10"));
         let dim = Dim::ALL
             .into_iter()
             .find(|dim| dim.name() == name)
-            .ok_or_else(|| {
-                format!(
-                    "unknown label `{name}`: use local_port, remote_port, comm, pod or namespace"
-                )
-            })?;
+            .ok_or_else(|| LabelSpecError::UnknownLabel(name.to_owned()))?;
         let keep = match keep.strip_prefix("top:") {
             Some(n) => Keep::Top(
                 n.parse()
                     .ok()
                     .filter(|&n| (1..=1000).contains(&n))
-                    .ok_or_else(|| format!("`{keep}`: top:N needs N from 1 to 1000"))?,
+                    .ok_or_else(|| LabelSpecError::Top(keep.to_owned()))?,
             ),
             None => {
                 let values: Vec<String> = keep.split(',').map(|v| v.trim().to_owned()).collect();
                 if values.iter().any(String::is_empty) {
-                    return Err(format!("`{value}`: empty value in the allowlist"));
+                    return Err(LabelSpecError::EmptyValue(value.to_owned()));
                 }
                 Keep::Allow(values)
             }

@@ -9,6 +9,7 @@
 use std::{fmt::Write as _, str::FromStr};
 
 use chrono::{DateTime, Local};
+use thiserror::Error;
 
 use crate::model::ExchangeRecord;
 
@@ -72,8 +73,18 @@ pub struct LineFormat {
     tokens: Vec<Token>,
 }
 
+/// A `%keyword` the line format does not know.
+#[derive(Clone, Debug, Error, PartialEq, Eq)]
+#[error(
+    "unknown keyword `%{keyword}` in the line format; supported: {}",
+    KEYWORDS.map(|(name, _)| format!("%{name}")).join(" ")
+)]
+pub struct UnknownKeyword {
+    keyword: String,
+}
+
 impl FromStr for LineFormat {
-    type Err = String;
+    type Err = UnknownKeyword;
 
     fn from_str(format: &str) -> Result<Self, Self::Err> {
         let mut tokens = Vec::new();
@@ -93,14 +104,9 @@ impl FromStr for LineFormat {
             // A sentence-ending dot is text, not part of the keyword.
             let name = rest[..len].trim_end_matches('.');
             let Some(&(_, keyword)) = KEYWORDS.iter().find(|(known, _)| *known == name) else {
-                let known: Vec<_> = KEYWORDS
-                    .iter()
-                    .map(|(name, _)| format!("%{name}"))
-                    .collect();
-                return Err(format!(
-                    "unknown keyword `%{name}` in the line format; supported: {}",
-                    known.join(" ")
-                ));
+                return Err(UnknownKeyword {
+                    keyword: name.to_owned(),
+                });
             };
             if !text.is_empty() {
                 tokens.push(Token::Text(std::mem::take(&mut text)));
@@ -253,7 +259,8 @@ mod tests {
     fn unknown_keywords_are_errors() {
         let err = "x %request.header.connection"
             .parse::<LineFormat>()
-            .unwrap_err();
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("`%request.header.connection`"), "{err}");
         assert!(
             err.contains("%close.originator"),

@@ -38,7 +38,7 @@ use self::{
 pub use self::{
     error::LoadError,
     prepare::{check_privileges, missing_capabilities},
-    strategy::{StrategyChoice, TracepointMode},
+    strategy::{StrategyChoice, StrategyError, TracepointMode},
 };
 use crate::{
     config::live::Filters,

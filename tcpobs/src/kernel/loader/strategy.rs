@@ -4,6 +4,7 @@
 use std::{fmt, str::FromStr};
 
 use tcpobs_common::names::{Family, Way};
+use thiserror::Error;
 
 use super::{FAMILIES, Strategy};
 
@@ -29,17 +30,36 @@ pub struct StrategyChoice {
     pub families: Vec<(&'static str, Strategy)>,
 }
 
-fn parse_strategy(text: &str) -> Result<Strategy, String> {
+/// Why a `--probe-strategy` value does not parse.
+#[derive(Clone, Debug, Error, PartialEq, Eq)]
+pub enum StrategyError {
+    #[error("unknown strategy `{0}` (expected fentry, tracepoint or kprobe)")]
+    UnknownStrategy(String),
+    #[error("unknown hook family `{name}` (expected one of: {})", family_names())]
+    UnknownFamily { name: String },
+    #[error(
+        "the {} family has no {} strategy (it has: {})",
+        family.name,
+        strategy.as_str(),
+        strategies_of(family)
+    )]
+    NoSuchWay {
+        family: &'static Family,
+        strategy: Strategy,
+    },
+}
+
+fn parse_strategy(text: &str) -> Result<Strategy, StrategyError> {
     Strategy::ALL
         .into_iter()
         .find(|strategy| strategy.as_str() == text)
-        .ok_or_else(|| format!("unknown strategy `{text}` (expected fentry, tracepoint or kprobe)"))
+        .ok_or_else(|| StrategyError::UnknownStrategy(text.to_owned()))
 }
 
 impl FromStr for StrategyChoice {
-    type Err = String;
+    type Err = StrategyError;
 
-    fn from_str(text: &str) -> Result<Self, String> {
+    fn from_str(text: &str) -> Result<Self, StrategyError> {
         let mut choice = Self::default();
         for item in text
             .split(',')
@@ -53,20 +73,12 @@ impl FromStr for StrategyChoice {
                     let family = FAMILIES
                         .iter()
                         .find(|family| family.name == name)
-                        .ok_or_else(|| {
-                            format!(
-                                "unknown hook family `{name}` (expected one of: {})",
-                                family_names()
-                            )
+                        .ok_or_else(|| StrategyError::UnknownFamily {
+                            name: name.to_owned(),
                         })?;
                     let strategy = parse_strategy(strategy)?;
                     if !family.ways.iter().any(|way| way.strategy == strategy) {
-                        return Err(format!(
-                            "the {} family has no {} strategy (it has: {})",
-                            family.name,
-                            strategy.as_str(),
-                            strategies_of(family)
-                        ));
+                        return Err(StrategyError::NoSuchWay { family, strategy });
                     }
                     choice.families.retain(|(other, _)| *other != family.name);
                     choice.families.push((family.name, strategy));
