@@ -1,14 +1,18 @@
 //! What loading reports, shared by the modules that load: how each hook family ended up
 //! attached ([`FamilyAttach`], for `--check`, the logs and `tcpobs_probe_info`), kernel errors
-//! as readable text ([`error_chain`]), and taking a map out of the loaded object
-//! ([`take_map`], [`MapError`]).
+//! as readable text ([`error_chain`]), and the programs and maps of the loaded object
+//! ([`program_mut`], [`ProgramFailure`], [`take_map`], [`MapError`]).
 //!
 //! A leaf: the loader, the filters, the libcall probes and the reader import it, and it
 //! imports none of them.
 
 use std::fmt::Display;
 
-use aya::{Ebpf, maps::Map};
+use aya::{
+    Ebpf,
+    maps::Map,
+    programs::{Program, ProgramError},
+};
 use tcpobs_common::names::Strategy;
 use thiserror::Error;
 
@@ -63,6 +67,28 @@ pub fn error_chain(err: &dyn std::error::Error) -> String {
         source = cause.source();
     }
     text
+}
+
+/// A program of the loaded object that could not be used: missing (the kernel programs and
+/// the daemon disagree on its name or type), or refused by aya or the kernel.
+#[derive(Debug, Error)]
+pub enum ProgramFailure {
+    #[error("program {0} missing from the object")]
+    Missing(String),
+    /// The whole chain of aya's error (the kernel's answer is usually its last source).
+    #[error("{}", error_chain(.0))]
+    Refused(#[from] ProgramError),
+}
+
+/// Program `name` of the loaded object, as a `T` (`FEntry`, `TracePoint`, `UProbe`, ...).
+pub fn program_mut<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T, ProgramFailure>
+where
+    &'a mut T: TryFrom<&'a mut Program, Error = ProgramError>,
+{
+    let program = ebpf
+        .program_mut(name)
+        .ok_or_else(|| ProgramFailure::Missing(name.to_owned()))?;
+    Ok(program.try_into()?)
 }
 
 /// A map of the loaded object that the daemon cannot use.

@@ -41,10 +41,11 @@ use tcpobs_common::{
     TlsCall,
     names::{self, Library, PHASE_FAMILIES, PhaseFamily, Strategy, UProbeSpec},
 };
+use thiserror::Error;
 use tracing::{debug, info, warn};
 
 use self::discover::{FileId, Found, namespace_inode, other_roots, search};
-use crate::kernel::report::{Attached, FamilyAttach, error_chain};
+use crate::kernel::report::{Attached, FamilyAttach, ProgramFailure, program_mut};
 
 /// Most library files attached per family.
 pub const MAX_LIBRARIES: usize = 64;
@@ -121,17 +122,35 @@ fn family_of(library: Library) -> &'static PhaseFamily {
     &PHASE_FAMILIES[family_index(library)]
 }
 
-fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut UProbe, String> {
-    ebpf.program_mut(name)
-        .ok_or_else(|| format!("program {name} missing from the object"))?
-        .try_into()
-        .map_err(|err: aya::programs::ProgramError| error_chain(&err))
+fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut UProbe, ProgramFailure> {
+    program_mut(ebpf, name)
 }
 
-fn attach_probe(ebpf: &mut Ebpf, probe: &UProbeSpec, path: &Path) -> Result<UProbeLinkId, String> {
+/// Why a probe did not attach to a library file.
+#[derive(Debug, Error)]
+enum ProbeError {
+    #[error(transparent)]
+    Program(#[from] ProgramFailure),
+    #[error("{kind} {symbol}: {source}")]
+    Attach {
+        kind: &'static str,
+        symbol: &'static str,
+        source: ProgramFailure,
+    },
+}
+
+fn attach_probe(
+    ebpf: &mut Ebpf,
+    probe: &UProbeSpec,
+    path: &Path,
+) -> Result<UProbeLinkId, ProbeError> {
     program(ebpf, probe.program)?
         .attach(probe.symbol, path, UProbeScope::AllProcesses)
-        .map_err(|err| format!("{} {}: {}", kind(probe), probe.symbol, error_chain(&err)))
+        .map_err(|err| ProbeError::Attach {
+            kind: kind(probe),
+            symbol: probe.symbol,
+            source: err.into(),
+        })
 }
 
 fn kind(probe: &UProbeSpec) -> &'static str {
@@ -158,9 +177,7 @@ impl LibcallProbes {
         programs.sort_unstable();
         programs.dedup();
         for name in programs {
-            if let Err(err) =
-                program(ebpf, name).and_then(|p| p.load().map_err(|e| error_chain(&e)))
-            {
+            if let Err(err) = program(ebpf, name).and_then(|p| Ok(p.load()?)) {
                 warn!(
                     "cannot load the phase probes ({name}: {err}); DNS and TLS phases are not traced"
                 );

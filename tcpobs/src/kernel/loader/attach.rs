@@ -7,12 +7,14 @@ use aya::{
     programs::{BtfTracePoint, FEntry, FExit, KProbe, Program, ProgramError, TracePoint},
 };
 use tcpobs_common::names::{Attach, Family, Way};
+use thiserror::Error;
 use tracing::debug;
 
 use super::{LoadError, StrategyChoice, TracepointMode, error::short, prepare::Unreadable};
 use crate::kernel::{
-    btf::Btf,
-    report::{Attached, FamilyAttach, error_chain},
+    btf::{Btf, BtfError},
+    report::{Attached, FamilyAttach, ProgramFailure, program_mut},
+    tracefs::TracefsError,
 };
 
 /// Layout and signature facts the attach step needs besides `OFFSETS`.
@@ -21,8 +23,68 @@ pub(super) struct Kernel {
     pub(super) aya_btf: AyaBtf,
     /// Classic tracepoints are usable (tracefs mounted) but for those whose record offsets
     /// could not be read, or why none is.
-    pub(super) classic: Result<Unreadable, String>,
+    pub(super) classic: Result<Unreadable, NoClassic>,
     pub(super) tracepoints: TracepointMode,
+}
+
+/// Why no classic tracepoint may be attached.
+#[derive(Debug, Error)]
+pub(super) enum NoClassic {
+    #[error("not allowed by --tracepoints btf")]
+    NotAllowed,
+    #[error(transparent)]
+    Tracefs(#[from] TracefsError),
+}
+
+/// Why one way of attaching a hook family failed: the first of its programs that did not
+/// load or attach, and what the kernel said (first line only: a verifier log goes to the
+/// debug log).
+#[derive(Debug, Error)]
+enum WayError {
+    #[error(transparent)]
+    Program(#[from] ProgramFailure),
+    /// Neither `tp_btf` nor the classic tracepoint: why, for each that was tried.
+    #[error("tracepoint {target} (Linux {since} or newer): {}", tried.join(", "))]
+    Tracepoint {
+        target: String,
+        since: &'static str,
+        tried: Vec<String>,
+    },
+    #[error(
+        "{program_type} {function}: {} (needs BPF trampolines: Linux 5.5 or newer with BTF, on \
+         x86_64 or arm64, and a kernel that allows them)",
+        short(&source.to_string())
+    )]
+    Trampoline {
+        program_type: &'static str,
+        function: &'static str,
+        source: ProgramFailure,
+    },
+    #[error(transparent)]
+    Btf(#[from] BtfError),
+    #[error("fexit {function}: unexpected signature ({params} parameters)")]
+    Signature {
+        function: &'static str,
+        params: usize,
+    },
+    #[error(
+        "{program_type} {function}: the kernel refused the program: {}",
+        short(&source.to_string())
+    )]
+    KprobeLoad {
+        program_type: &'static str,
+        function: &'static str,
+        source: ProgramFailure,
+    },
+    #[error(
+        "{program_type} {function}: {} (needs a kernel built with CONFIG_KPROBES)",
+        short(&source.to_string())
+    )]
+    KprobeAttach {
+        program_type: &'static str,
+        function: &'static str,
+        source: ProgramFailure,
+    },
 }
 
 /// Attaches `family` by the first of its ways that works entirely.
@@ -44,6 +106,8 @@ pub(super) fn attach_family(
                 });
             }
             Err(reason) => {
+                // Once: the text may log a verifier log (see `short`).
+                let reason = reason.to_string();
                 debug!(
                     family = family.name,
                     strategy = way.strategy.as_str(),
@@ -64,7 +128,7 @@ pub(super) fn attach_family(
 
 /// Attaches every program of `way`, or none: on a failure the ones already attached are
 /// unloaded, which detaches them.
-fn attach_way(ebpf: &mut Ebpf, kernel: &Kernel, way: &Way) -> Result<Vec<Attached>, String> {
+fn attach_way(ebpf: &mut Ebpf, kernel: &Kernel, way: &Way) -> Result<Vec<Attached>, WayError> {
     let mut done: Vec<(&'static str, Attached)> = Vec::new();
     for attach in way.attach {
         match attach_one(ebpf, kernel, attach) {
@@ -93,22 +157,12 @@ fn unload(program: &mut Program) -> Result<(), ProgramError> {
     }
 }
 
-fn program<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T, String>
-where
-    &'a mut T: TryFrom<&'a mut Program, Error = ProgramError>,
-{
-    ebpf.program_mut(name)
-        .ok_or_else(|| format!("program {name} missing from the object"))?
-        .try_into()
-        .map_err(|err: ProgramError| error_chain(&err))
-}
-
 /// Attaches one program; returns its name (to undo it) and what was attached.
 fn attach_one(
     ebpf: &mut Ebpf,
     kernel: &Kernel,
     attach: &Attach,
-) -> Result<(&'static str, Attached), String> {
+) -> Result<(&'static str, Attached), WayError> {
     let attached = |program_type, target: &str| Attached {
         program_type,
         target: target.to_owned(),
@@ -126,16 +180,18 @@ fn attach_one(
             if kernel.tracepoints != TracepointMode::Classic {
                 match attach_btf(ebpf, &kernel.aya_btf, btf_program, name) {
                     Ok(()) => return Ok((btf_program, attached("tp_btf", &target))),
-                    Err(err) => reasons.push(format!("tp_btf: {}", short(&err))),
+                    Err(err) => reasons.push(format!("tp_btf: {}", short(&err.to_string()))),
                 }
             }
             if kernel.tracepoints != TracepointMode::Btf {
                 let classic = match (&kernel.classic, tracepoint_program) {
                     (_, None) => Err("the record does not name the socket".to_owned()),
-                    (Err(why), _) => Err(why.clone()),
+                    (Err(why), _) => Err(why.to_string()),
                     (Ok(unreadable), Some(program)) => match unreadable.get(&target) {
                         Some(why) => Err(why.clone()),
-                        None => attach_classic(ebpf, program, category, name).map(|()| program),
+                        None => attach_classic(ebpf, program, category, name)
+                            .map(|()| program)
+                            .map_err(|err| err.to_string()),
                     },
                 };
                 match classic {
@@ -143,48 +199,48 @@ fn attach_one(
                     Err(err) => reasons.push(format!("classic: {}", short(&err))),
                 }
             }
-            Err(format!(
-                "tracepoint {target} (Linux {since} or newer): {}",
-                reasons.join(", ")
-            ))
+            Err(WayError::Tracepoint {
+                target,
+                since,
+                tried: reasons,
+            })
         }
         Attach::FEntry {
             function,
             program: name,
         } => {
-            let result = program::<FEntry>(ebpf, name).and_then(|program| {
-                program
-                    .load(function, &kernel.aya_btf)
-                    .map_err(|err| error_chain(&err))?;
-                program.attach().map_err(|err| error_chain(&err))
+            let result = program_mut::<FEntry>(ebpf, name).and_then(|program| {
+                program.load(function, &kernel.aya_btf)?;
+                Ok(program.attach()?)
             });
             result
                 .map(|_| (name, attached("fentry", function)))
-                .map_err(|err| trampoline_reason("fentry", function, &err))
+                .map_err(|source| WayError::Trampoline {
+                    program_type: "fentry",
+                    function,
+                    source,
+                })
         }
         Attach::FExit { function, programs } => {
-            let params = kernel
-                .btf
-                .func_params(function)
-                .map_err(|err| err.to_string())?;
+            let params = kernel.btf.func_params(function)?;
             let &(_, name) = programs
                 .iter()
                 .find(|(count, _)| *count == params.len())
-                .ok_or_else(|| {
-                    format!(
-                        "fexit {function}: unexpected signature ({} parameters)",
-                        params.len()
-                    )
+                .ok_or(WayError::Signature {
+                    function,
+                    params: params.len(),
                 })?;
-            let result = program::<FExit>(ebpf, name).and_then(|program| {
-                program
-                    .load(function, &kernel.aya_btf)
-                    .map_err(|err| error_chain(&err))?;
-                program.attach().map_err(|err| error_chain(&err))
+            let result = program_mut::<FExit>(ebpf, name).and_then(|program| {
+                program.load(function, &kernel.aya_btf)?;
+                Ok(program.attach()?)
             });
             result
                 .map(|_| (name, attached("fexit", function)))
-                .map_err(|err| trampoline_reason("fexit", function, &err))
+                .map_err(|source| WayError::Trampoline {
+                    program_type: "fexit",
+                    function,
+                    source,
+                })
         }
         Attach::KProbe {
             function,
@@ -195,40 +251,33 @@ fn attach_one(
             program: name,
         } => {
             let program_type = attach.program_type();
-            let program = program::<KProbe>(ebpf, name)?;
-            program.load().map_err(|err| {
-                format!(
-                    "{program_type} {function}: the kernel refused the program: {}",
-                    short(&error_chain(&err))
-                )
+            let program = program_mut::<KProbe>(ebpf, name)?;
+            program.load().map_err(|err| WayError::KprobeLoad {
+                program_type,
+                function,
+                source: err.into(),
             })?;
             program
                 .attach(function, 0)
                 .map(|_| (name, attached(program_type, function)))
-                .map_err(|err| {
-                    format!(
-                        "{program_type} {function}: {} (needs a kernel built with CONFIG_KPROBES)",
-                        short(&error_chain(&err))
-                    )
+                .map_err(|err| WayError::KprobeAttach {
+                    program_type,
+                    function,
+                    source: err.into(),
                 })
         }
     }
 }
 
-fn trampoline_reason(program_type: &str, function: &str, err: &str) -> String {
-    format!(
-        "{program_type} {function}: {} (needs BPF trampolines: Linux 5.5 or newer with BTF, on \
-         x86_64 or arm64, and a kernel that allows them)",
-        short(err)
-    )
-}
-
-fn attach_btf(ebpf: &mut Ebpf, btf: &AyaBtf, name: &str, tracepoint: &str) -> Result<(), String> {
-    let program: &mut BtfTracePoint = program(ebpf, name)?;
-    program
-        .load(tracepoint, btf)
-        .map_err(|err| error_chain(&err))?;
-    program.attach().map_err(|err| error_chain(&err))?;
+fn attach_btf(
+    ebpf: &mut Ebpf,
+    btf: &AyaBtf,
+    name: &str,
+    tracepoint: &str,
+) -> Result<(), ProgramFailure> {
+    let program: &mut BtfTracePoint = program_mut(ebpf, name)?;
+    program.load(tracepoint, btf)?;
+    program.attach()?;
     Ok(())
 }
 
@@ -237,11 +286,75 @@ fn attach_classic(
     name: &str,
     category: &str,
     tracepoint: &str,
-) -> Result<(), String> {
-    let program: &mut TracePoint = program(ebpf, name)?;
-    program.load().map_err(|err| error_chain(&err))?;
-    program
-        .attach(category, tracepoint)
-        .map_err(|err| error_chain(&err))?;
+) -> Result<(), ProgramFailure> {
+    let program: &mut TracePoint = program_mut(ebpf, name)?;
+    program.load()?;
+    program.attach(category, tracepoint)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What `--check` and a failed start-up print for each way that did not work.
+    #[test]
+    fn reasons_name_what_was_tried_and_what_is_needed() {
+        let missing = || ProgramFailure::Missing("p".to_owned());
+        for (err, expected) in [
+            (
+                WayError::Trampoline {
+                    program_type: "fentry",
+                    function: "tcp_connect",
+                    source: missing(),
+                },
+                "fentry tcp_connect: program p missing from the object (needs BPF trampolines: \
+                 Linux 5.5 or newer with BTF, on x86_64 or arm64, and a kernel that allows them)",
+            ),
+            (
+                WayError::Signature {
+                    function: "tcp_recvmsg",
+                    params: 7,
+                },
+                "fexit tcp_recvmsg: unexpected signature (7 parameters)",
+            ),
+            (
+                WayError::KprobeLoad {
+                    program_type: "kprobe",
+                    function: "tcp_close",
+                    source: missing(),
+                },
+                "kprobe tcp_close: the kernel refused the program: program p missing from the \
+                 object",
+            ),
+            (
+                WayError::KprobeAttach {
+                    program_type: "kretprobe",
+                    function: "tcp_sendmsg",
+                    source: missing(),
+                },
+                "kretprobe tcp_sendmsg: program p missing from the object (needs a kernel built \
+                 with CONFIG_KPROBES)",
+            ),
+            (
+                WayError::Tracepoint {
+                    target: "sock:sock_send_length".to_owned(),
+                    since: "6.3",
+                    tried: vec!["tp_btf: a".to_owned(), "classic: b".to_owned()],
+                },
+                "tracepoint sock:sock_send_length (Linux 6.3 or newer): tp_btf: a, classic: b",
+            ),
+            (
+                WayError::Tracepoint {
+                    target: "tcp:tcp_send_reset".to_owned(),
+                    since: "4.15",
+                    tried: vec![format!("classic: {}", NoClassic::NotAllowed)],
+                },
+                "tracepoint tcp:tcp_send_reset (Linux 4.15 or newer): classic: not allowed by \
+                 --tracepoints btf",
+            ),
+        ] {
+            assert_eq!(err.to_string(), expected);
+        }
+    }
 }

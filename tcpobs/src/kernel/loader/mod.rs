@@ -32,7 +32,7 @@ pub use tcpobs_common::names::{FAMILIES, Strategy};
 use tracing::{info, warn};
 
 use self::{
-    attach::{Kernel, attach_family},
+    attach::{Kernel, NoClassic, attach_family},
     prepare::{raise_memlock_limit, sock_offsets, tracepoint_offsets},
 };
 pub use self::{
@@ -94,9 +94,9 @@ pub fn load(options: &LoadOptions) -> Result<Loaded, LoadError> {
         .and_then(|index| u16::try_from(index).ok())
         .unwrap_or(3);
     let classic = if options.tracepoints == TracepointMode::Btf {
-        Err("not allowed by --tracepoints btf".to_owned())
+        Err(NoClassic::NotAllowed)
     } else {
-        tracepoint_offsets(&mut offsets).map_err(|err| err.to_string())
+        tracepoint_offsets(&mut offsets).map_err(NoClassic::from)
     };
     let aya_btf = AyaBtf::parse_file(&options.btf_path, Endianness::default()).map_err(|err| {
         LoadError::AyaBtf {
