@@ -20,6 +20,10 @@ use aya::{
     Ebpf, Pod,
     maps::{Array, HashMap, LpmTrie, MapData, MapError as BpfMapError, lpm_trie::Key},
 };
+use procfs::{
+    net::TcpState,
+    process::{FDTarget, Process, all_processes},
+};
 use tcpobs_common::{FilterConfig, ListenKey, Listener, Owner, filter_mode, names};
 use thiserror::Error;
 use tracing::{debug, warn};
@@ -27,7 +31,7 @@ use tracing::{debug, warn};
 use crate::{
     config::live::{CgroupRef, Filter, Filters},
     kernel::report::{MapError, take_map},
-    metadata::default_cgroup_root,
+    metadata::{cgroup2_path, default_cgroup_root},
 };
 
 /// Why filters could not be resolved or written. The loader wraps it in its own error at
@@ -267,56 +271,34 @@ impl KernelFilters {
 fn proc_listeners() -> StdHashMap<u16, (Owner, u32)> {
     let mut by_inode: StdHashMap<u64, u16> = StdHashMap::new();
     let mut sockets: StdHashMap<u16, u32> = StdHashMap::new();
-    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
-        let Ok(text) = fs::read_to_string(table) else {
-            continue;
-        };
-        for line in text.lines().skip(1) {
-            let fields: Vec<&str> = line.split_whitespace().collect();
-            // sl local_address rem_address st ... uid timeout inode
-            if fields.len() < 10 || fields[3] != "0A" {
-                continue;
-            }
-            let port = fields[1]
-                .rsplit(':')
-                .next()
-                .and_then(|hex| u16::from_str_radix(hex, 16).ok());
-            if let (Some(port), Ok(inode)) = (port, fields[9].parse()) {
-                by_inode.insert(inode, port);
-                *sockets.entry(port).or_default() += 1;
-            }
-        }
+    let listening = [procfs::net::tcp(), procfs::net::tcp6()]
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|socket| socket.state == TcpState::Listen);
+    for socket in listening {
+        let port = socket.local_address.port();
+        by_inode.insert(socket.inode, port);
+        *sockets.entry(port).or_default() += 1;
     }
     let mut owners = StdHashMap::new();
-    let Ok(processes) = fs::read_dir("/proc") else {
+    let Ok(processes) = all_processes() else {
         return owners;
     };
     for process in processes.filter_map(Result::ok) {
-        let Some(pid) = process
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        let Ok(fds) = fs::read_dir(process.path().join("fd")) else {
+        let (Ok(pid), Ok(fds)) = (u32::try_from(process.pid), process.fd()) else {
             continue;
         };
         for fd in fds.filter_map(Result::ok) {
-            let Ok(target) = fs::read_link(fd.path()) else {
+            let FDTarget::Socket(inode) = fd.target else {
                 continue;
             };
-            let inode = target
-                .to_str()
-                .and_then(|t| t.strip_prefix("socket:["))
-                .and_then(|t| t.strip_suffix(']'))
-                .and_then(|t| t.parse::<u64>().ok());
-            if let Some(port) = inode.and_then(|inode| by_inode.get(&inode)) {
+            if let Some(port) = by_inode.get(&inode) {
                 owners.entry(*port).or_insert_with(|| {
                     let owner = Owner {
                         pid,
                         _pad: 0,
-                        cgroup: process_cgroup(pid).unwrap_or(0),
+                        cgroup: cgroup_of(&process).unwrap_or(0),
                     };
                     (owner, sockets.get(port).copied().unwrap_or(1))
                 });
@@ -328,8 +310,11 @@ fn proc_listeners() -> StdHashMap<u16, (Owner, u32)> {
 
 /// The cgroup v2 id of a process.
 pub fn process_cgroup(pid: u32) -> Option<u64> {
-    let text = fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
-    let path = text.lines().find_map(|line| line.strip_prefix("0::"))?;
+    cgroup_of(&Process::new(i32::try_from(pid).ok()?).ok()?)
+}
+
+fn cgroup_of(process: &Process) -> Option<u64> {
+    let path = cgroup2_path(process)?;
     let full: PathBuf = default_cgroup_root().join(path.trim_start_matches('/'));
     fs::metadata(full).ok().map(|m| m.ino())
 }
@@ -356,6 +341,27 @@ mod tests {
         assert_eq!(resolved.cidr6.len(), 1);
         assert_eq!(resolved.pids.0, filter_mode::OFF);
         assert_eq!(resolved.cgroups, (filter_mode::INCLUDE, vec![42]));
+    }
+
+    #[test]
+    fn listeners_are_found_with_their_process() {
+        let v4 = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let v6 = std::net::TcpListener::bind("[::1]:0");
+        let listeners = proc_listeners();
+        let port = v4.local_addr().unwrap().port();
+        let (owner, count) = listeners.get(&port).expect("our listener");
+        assert_eq!((owner.pid, *count), (std::process::id(), 1));
+        assert_eq!(
+            Some(owner.cgroup),
+            process_cgroup(std::process::id()).or(Some(0))
+        );
+        if let Ok(v6) = v6 {
+            let port = v6.local_addr().unwrap().port();
+            assert_eq!(
+                listeners.get(&port).map(|(o, _)| o.pid),
+                Some(std::process::id())
+            );
+        }
     }
 
     #[test]

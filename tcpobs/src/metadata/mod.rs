@@ -32,6 +32,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use procfs::process::MountInfo;
 use tracing::debug;
 
 pub use self::pods::PodName;
@@ -63,8 +64,10 @@ const MAX_PODS: usize = 65_536;
 pub fn default_cgroup_root() -> &'static Path {
     static ROOT: OnceLock<PathBuf> = OnceLock::new();
     ROOT.get_or_init(|| {
-        let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-        let mounts = cgroup2_mounts(&mountinfo);
+        let mounts = procfs::process::Process::myself()
+            .and_then(|process| process.mountinfo())
+            .map(|mounts| cgroup2_mounts(mounts.0))
+            .unwrap_or_default();
         mounts
             .iter()
             .find(|mount| mount.as_path() == Path::new(CGROUP_ROOT))
@@ -87,17 +90,26 @@ pub fn is_cgroup2(path: &Path) -> bool {
     rc == 0 && stat.f_type == libc::CGROUP2_SUPER_MAGIC
 }
 
-/// Mount points of cgroup2 file systems in a `/proc/<pid>/mountinfo` text.
-fn cgroup2_mounts(mountinfo: &str) -> Vec<PathBuf> {
-    mountinfo
-        .lines()
-        .filter_map(|line| {
-            let (mount, fs) = line.split_once(" - ")?;
-            let fs_type = fs.split_whitespace().next()?;
-            let mount_point = mount.split_whitespace().nth(4)?;
-            (fs_type == "cgroup2").then(|| PathBuf::from(mount_point.replace("\\040", " ")))
-        })
+/// Mount points of cgroup2 file systems among the mounts of `/proc/<pid>/mountinfo` (whose
+/// mount points keep the kernel's `\040` for a space).
+fn cgroup2_mounts(mounts: impl IntoIterator<Item = MountInfo>) -> Vec<PathBuf> {
+    mounts
+        .into_iter()
+        .filter(|mount| mount.fs_type == "cgroup2")
+        .map(|mount| PathBuf::from(mount.mount_point.to_string_lossy().replace("\\040", " ")))
         .collect()
+}
+
+/// The cgroup v2 path of a process (the `0::` line of `/proc/<pid>/cgroup`), as the process
+/// sees it: relative to its cgroup namespace.
+pub(crate) fn cgroup2_path(process: &procfs::process::Process) -> Option<String> {
+    process
+        .cgroups()
+        .ok()?
+        .0
+        .into_iter()
+        .find(|cgroup| cgroup.hierarchy == 0)
+        .map(|cgroup| cgroup.pathname)
 }
 
 /// Where to look things up.
@@ -317,14 +329,15 @@ impl Resolver {
         if pid == 0 {
             return None;
         }
-        let text = fs::read_to_string(self.roots.proc.join(pid.to_string()).join("cgroup")).ok()?;
-        let path = text.lines().find_map(|line| line.strip_prefix("0::"))?;
+        let process =
+            procfs::process::Process::new_with_root(self.roots.proc.join(pid.to_string())).ok()?;
+        let path = cgroup2_path(&process)?;
         // In another cgroup namespace the path is relative to it (`/../..`).
         if !path.starts_with('/') || path.split('/').any(|part| part == "..") {
             return None;
         }
         let dir = self.roots.cgroup.join(path.trim_start_matches('/'));
-        (fs::metadata(dir).ok()?.ino() == id).then(|| path.to_owned())
+        (fs::metadata(dir).ok()?.ino() == id).then_some(path)
     }
 
     /// Indexes the cgroup tree by inode.

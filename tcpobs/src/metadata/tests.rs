@@ -183,11 +183,18 @@ fn cgroup2_mounts_come_from_mountinfo() {
 36 35 0:31 / /sys/fs/cgroup/unified rw,nosuid,nodev,noexec,relatime shared:10 - cgroup2 cgroup2 rw,nsdelegate
 37 35 0:32 / /sys/fs/cgroup/memory rw,nosuid,nodev,noexec,relatime shared:11 - cgroup cgroup rw,memory
 ";
+    let parse = |text: &str| {
+        cgroup2_mounts(
+            text.lines()
+                .filter_map(|line| MountInfo::from_line(line).ok()),
+        )
+    };
+    assert_eq!(parse(mountinfo), [PathBuf::from("/sys/fs/cgroup/unified")]);
     assert_eq!(
-        cgroup2_mounts(mountinfo),
-        [PathBuf::from("/sys/fs/cgroup/unified")]
+        parse("40 35 0:33 / /mnt/with\\040space rw - cgroup2 cgroup2 rw\n"),
+        [PathBuf::from("/mnt/with space")]
     );
-    assert!(cgroup2_mounts("garbage\n\n").is_empty());
+    assert!(parse("garbage\n\n").is_empty());
     assert!(!is_cgroup2(&std::env::temp_dir()));
     assert!(!is_cgroup2(Path::new("/nonexistent")));
 }

@@ -129,12 +129,9 @@ const CAP_BPF: u32 = 39;
 
 /// Root, or CAP_BPF + CAP_PERFMON (CAP_SYS_ADMIN covers both).
 pub fn check_privileges() -> Result<(), LoadError> {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let effective = status
-        .lines()
-        .find_map(|line| line.strip_prefix("CapEff:"))
-        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
-        .unwrap_or(0);
+    let effective = procfs::process::Process::myself()
+        .and_then(|process| process.status())
+        .map_or(0, |status| status.capeff);
     let missing = missing_capabilities(effective);
     if missing.is_empty() {
         Ok(())
