@@ -32,6 +32,7 @@ use thiserror::Error;
 use crate::{
     clock::{Clock, WallClock as _, monotonic_now_ns},
     config::control::Control,
+    export::output::json,
     model::state_name,
     sync::lock,
     tracker::Tracker,
@@ -313,7 +314,7 @@ async fn connections(
                 remote_port: conn.addrs().remote().port(),
                 pid: conn.process().map(|p| p.pid),
                 comm: conn.process().map(|p| p.comm.to_string()),
-                start: state.clock.wall(conn.start_ns()).to_rfc3339(),
+                start: json::timestamp(state.clock.unix_ns(conn.start_ns())),
                 age_s: secs(now.saturating_sub(conn.start_ns())),
                 idle_s: secs(now.saturating_sub(conn.last_activity_ns())),
                 exchanges: conn.exchanges(),
@@ -488,6 +489,13 @@ mod tests {
         assert_eq!(all["total"], 2);
         assert_eq!(all["connections"][0]["remote_port"], 80);
         assert_eq!(all["connections"][0]["state"], "ESTABLISHED");
+        // As the JSON events print times: UTC, microseconds, `Z`.
+        let start = all["connections"][0]["start"].as_str().unwrap();
+        assert_eq!(start, json::timestamp(state.clock.unix_ns(1)));
+        assert!(
+            start.len() == 27 && start.ends_with('Z') && start.as_bytes()[19] == b'.',
+            "{start}"
+        );
         let (_, _, body) = call(&state, "GET", "/connections?port=443", "").await;
         let one: Value = serde_json::from_str(&body).unwrap();
         assert_eq!(

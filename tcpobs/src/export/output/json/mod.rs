@@ -294,6 +294,14 @@ fn push_time(line: &mut Line, unix_ns: i64) {
     line.bytes.extend_from_slice(b"Z\"");
 }
 
+/// A timestamp as the events print it (`2026-11-21T09:30:00.123456Z`: UTC, microseconds),
+/// from Unix nanoseconds, for what is not an event but should read like one (`/connections`).
+pub fn timestamp(unix_ns: i64) -> String {
+    let mut line = Line::default();
+    push_time(&mut line, unix_ns);
+    line.as_str().trim_matches('"').to_owned()
+}
+
 /// `value` (below `power`, a power of ten) with leading zeros to `power`'s number of zeros:
 /// formats `power + value` and drops its leading `1`.
 fn fixed_width(buffer: &mut itoa::Buffer, value: u64, power: u64) -> &[u8] {

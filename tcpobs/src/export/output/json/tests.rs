@@ -88,6 +88,7 @@ fn times_match_chrono() {
         let expected =
             DateTime::from_timestamp_nanos(unix_ns).to_rfc3339_opts(SecondsFormat::Micros, true);
         assert_eq!(value["at"], expected, "{unix_ns}");
+        assert_eq!(timestamp(unix_ns), expected, "outside events too");
     }
 }
 
