@@ -10,7 +10,9 @@
 //! A connection is keyed by socket address *and* generation (`start_ns`): socket memory is
 //! reused within milliseconds.
 //!
-//! - *connecting*: a `Connect` event (a client entered `SYN_SENT`).
+//! - *connecting*: a `Connect` event, sent when a client's first SYN is retransmitted (a
+//!   connect still in `SYN_SENT` after the first SYN timeout; one that completes or fails
+//!   sooner sends none and starts with its `Open` or `Close`).
 //! - *live*: an `Open` event arrived (at `ESTABLISHED`, or at first sighting for a socket that
 //!   was already open, which is marked partial with role `unknown`). `Burst` events build
 //!   exchanges ([`exchange`]); `State` events track teardown.

@@ -1,6 +1,6 @@
 //! Loading and attaching the kernel programs.
 //!
-//! Start-up happens in three steps, each with an error a user can act on:
+//! Start-up happens in four steps, each with an error a user can act on:
 //! 1. **Prepare**: check privileges, resolve kernel layout (`struct sock` offsets and
 //!    function parameters from BTF, classic tracepoint record offsets from tracefs) into the
 //!    `OFFSETS` global.
@@ -16,8 +16,8 @@
 //!    ([`crate::kernel::libcalls`]); a library that is missing is logged, never fatal.
 //!
 //! `prepare` holds step 1's checks and layout readers, `attach` step 3 (and `strategy` the
-//! ways it may try, from `--probe-strategy`), `error` the errors; [`load`] runs the steps in
-//! order.
+//! ways it may try, from `--probe-strategy`), `error` the errors; step 4 is
+//! [`crate::kernel::libcalls`]. [`load`] runs the steps in order.
 
 mod attach;
 mod error;

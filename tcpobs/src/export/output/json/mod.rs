@@ -62,7 +62,7 @@ impl Line {
         self.bytes.extend_from_slice(text.as_bytes());
     }
 
-    /// Copies `value`'s `YYYY-MM-DDTHH:MM:SS` (UTC, Unix seconds) into the line.
+    /// Copies `secs` (Unix seconds) as `YYYY-MM-DDTHH:MM:SS` (UTC) into the line.
     fn put_second(&mut self, secs: i64) {
         if secs != self.second {
             self.second = secs;
