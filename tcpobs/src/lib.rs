@@ -18,4 +18,4 @@ pub mod kernel;
 pub mod metadata;
 pub mod model;
 mod sync;
-pub mod tracker;
+pub(crate) mod tracker;

@@ -50,7 +50,7 @@ pub struct Stats {
 
 impl Stats {
     /// The final `stats` JSON event.
-    pub fn to_json_line(&self) -> String {
+    pub(crate) fn to_json_line(self) -> String {
         let mut line = Line::default();
         events::stats(
             &mut line,
@@ -91,7 +91,7 @@ impl Tracer {
 
     /// Like [`Tracer::start`], with a live table and health counters already shared with the
     /// HTTP API and the metrics.
-    pub fn start_shared(
+    pub(crate) fn start_shared(
         options: &LoadOptions,
         tracker: Arc<Mutex<Tracker>>,
         health: Arc<Mutex<Health>>,
@@ -141,7 +141,7 @@ impl Tracer {
     }
 
     /// Looks for libraries of new containers (the libcall families).
-    pub fn rescan(&mut self) {
+    pub(crate) fn rescan(&mut self) {
         let Some(libcalls) = &mut self.loaded.libcalls else {
             return;
         };
@@ -152,33 +152,14 @@ impl Tracer {
         health.libcalls = libcalls.stats();
     }
 
-    /// The live table, shared with the HTTP API and the metrics.
-    pub fn tracker(&self) -> Arc<Mutex<Tracker>> {
-        Arc::clone(&self.tracker)
-    }
-
-    /// Reader and kernel counters, refreshed every sweep, for the metrics.
-    pub fn health(&self) -> Arc<Mutex<Health>> {
-        Arc::clone(&self.health)
-    }
-
     /// Hands the kernel filter maps to whoever changes them at runtime (once).
-    pub fn take_filters(&mut self) -> Option<KernelFilters> {
+    pub(crate) fn take_filters(&mut self) -> Option<KernelFilters> {
         self.loaded.filters.take()
     }
 
     /// Feeds every record to these metrics from now on.
-    pub fn set_metrics(&mut self, metrics: Metrics) {
+    pub(crate) fn set_metrics(&mut self, metrics: Metrics) {
         self.metrics = Some(metrics);
-    }
-
-    pub fn stats(&self) -> Stats {
-        Stats {
-            reader: self.reader.stats(),
-            kernel: self.reader.kernel_stats(),
-            tracker: lock(&self.tracker).stats(),
-            libcalls: self.libcall_stats(),
-        }
     }
 
     fn dispatch(
@@ -201,7 +182,7 @@ impl Tracer {
     }
 
     /// Drains the ring buffer once into the metrics and `sink`. Returns how many events.
-    pub fn pump(&mut self, sink: &mut dyn Sink) -> io::Result<usize> {
+    pub(crate) fn pump(&mut self, sink: &mut dyn Sink) -> io::Result<usize> {
         let read = {
             let mut tracker = lock(&self.tracker);
             let records = &mut self.records;
@@ -218,7 +199,7 @@ impl Tracer {
     }
 
     /// One hang-detection sweep; also refreshes the health counters.
-    pub fn sweep(
+    pub(crate) fn sweep(
         &mut self,
         thresholds: &StuckThresholds,
         sink: &mut dyn Sink,
@@ -344,7 +325,7 @@ impl Tracer {
 }
 
 /// Completes on SIGINT or SIGTERM.
-pub async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
     let (Ok(mut interrupt), Ok(mut terminate)) = (
         signal(SignalKind::interrupt()),

@@ -17,7 +17,7 @@ use tracing::{debug, warn};
 
 /// Where systemd listens for notifications.
 #[derive(Debug)]
-pub struct Notifier {
+pub(super) struct Notifier {
     socket: UnixDatagram,
     addr: SocketAddr,
 }
@@ -25,7 +25,7 @@ pub struct Notifier {
 impl Notifier {
     /// From `NOTIFY_SOCKET`: a path, or `@name` for an abstract socket. `None` when unset;
     /// an address that cannot be used is logged and ignored.
-    pub fn from_env() -> Option<Self> {
+    pub(super) fn from_env() -> Option<Self> {
         let value = std::env::var_os("NOTIFY_SOCKET")?;
         let value = value.to_string_lossy();
         match Self::new(&value) {
@@ -38,7 +38,7 @@ impl Notifier {
     }
 
     /// A notifier for the socket `address` (a path, or `@name` for an abstract socket).
-    pub fn new(address: &str) -> io::Result<Self> {
+    pub(super) fn new(address: &str) -> io::Result<Self> {
         let addr = match address.strip_prefix('@') {
             Some(name) => SocketAddr::from_abstract_name(name.as_bytes())?,
             None if address.starts_with('/') => SocketAddr::from_pathname(address)?,
@@ -57,7 +57,7 @@ impl Notifier {
 
     /// Sends `state`, e.g. `READY=1`. Failures are logged: a service manager that stopped
     /// listening is no reason to stop tracing.
-    pub fn notify(&self, state: &str) {
+    pub(super) fn notify(&self, state: &str) {
         match self.socket.send_to_addr(state.as_bytes(), &self.addr) {
             Ok(_) => debug!(state, "notified systemd"),
             Err(err) => warn!(state, "cannot notify systemd: {err}"),

@@ -40,7 +40,7 @@ file (the long flag name); a flag beats the environment, which beats the file.";
 
 /// `on` or `off`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
-pub enum Switch {
+pub(crate) enum Switch {
     #[default]
     On,
     Off,
@@ -48,7 +48,7 @@ pub enum Switch {
 
 /// Output format.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
-pub enum FormatKind {
+pub(crate) enum FormatKind {
     /// Newline-delimited JSON events.
     #[default]
     Json,
@@ -61,7 +61,7 @@ pub enum FormatKind {
 pub struct Cli {
     /// TOML file with settings (keys are the long flag names); re-read on SIGHUP.
     #[arg(long, value_name = "PATH", env = "TCPOBS_CONFIG")]
-    pub config: Option<PathBuf>,
+    pub(crate) config: Option<PathBuf>,
 
     /// Address for the HTTP API (/metrics, /healthz, /readyz, /connections, /config), or
     /// `none` for no HTTP server.
@@ -71,11 +71,11 @@ pub struct Cli {
         default_value = "127.0.0.1:9752",
         env = "TCPOBS_LISTEN"
     )]
-    pub listen: String,
+    pub(crate) listen: String,
 
     /// Output format.
     #[arg(long, value_enum, default_value_t, env = "TCPOBS_FORMAT")]
-    pub format: FormatKind,
+    pub(crate) format: FormatKind,
 
     /// justniffer line format for --format justniffer, e.g. '%request.timestamp %dest.port
     /// %connection.time %connection %close.originator'. Default: the seed article's format.
@@ -89,68 +89,68 @@ pub struct Cli {
         value_name = "FORMAT",
         env = "TCPOBS_LOG_FORMAT"
     )]
-    pub log_format: Option<String>,
+    pub(crate) log_format: Option<String>,
 
     /// Write events to this file (appending; created if missing) instead of stdout.
     #[arg(short, long, value_name = "PATH", env = "TCPOBS_OUTPUT")]
-    pub output: Option<PathBuf>,
+    pub(crate) output: Option<PathBuf>,
 
     /// Which events to write: `connections` (one per connection at close, plus anomalies),
     /// `exchanges` (also one per exchange), `anomalies` (only anomalies and the connections
     /// that breached a threshold), or `none`. Runtime setting.
     #[arg(long, value_enum, default_value_t, env = "TCPOBS_EVENTS")]
-    pub events: EventSelection,
+    pub(crate) events: EventSelection,
 
     /// Sample the event output: per second, the first N events, then every Mth
     /// (`first=100,thereafter=10`). Left-out events are counted. Runtime setting.
     #[arg(long, value_name = "first=N,thereafter=M", env = "TCPOBS_SAMPLE")]
-    pub sample: Option<Sample>,
+    pub(crate) sample: Option<Sample>,
 
     /// Slow handshake threshold; also how long SYN_SENT may last before the connection is
     /// flagged stuck. `0` turns it off. Runtime setting.
     #[arg(long, value_name = "DURATION", default_value = "1s", env = "TCPOBS_THRESHOLD_HANDSHAKE", value_parser = parse_duration)]
-    pub threshold_handshake: Duration,
+    pub(crate) threshold_handshake: Duration,
 
     /// Slow time-to-first-byte threshold. Runtime setting.
     #[arg(long, value_name = "DURATION", default_value = "1s", env = "TCPOBS_THRESHOLD_FIRST_BYTE", value_parser = parse_duration)]
-    pub threshold_first_byte: Duration,
+    pub(crate) threshold_first_byte: Duration,
 
     /// Idle gap threshold; an ESTABLISHED connection idle this long is flagged as a zombie.
     /// Runtime setting.
     #[arg(long, value_name = "DURATION", default_value = "5m", env = "TCPOBS_THRESHOLD_IDLE", value_parser = parse_duration)]
-    pub threshold_idle: Duration,
+    pub(crate) threshold_idle: Duration,
 
     /// How long CLOSE_WAIT may last (the application not closing after the peer did).
     /// Runtime setting.
     #[arg(long, value_name = "DURATION", default_value = "30s", env = "TCPOBS_THRESHOLD_CLOSE_WAIT", value_parser = parse_duration)]
-    pub threshold_close_wait: Duration,
+    pub(crate) threshold_close_wait: Duration,
 
     /// How long FIN_WAIT2 may last (the peer not finishing its close). Runtime setting.
     #[arg(long, value_name = "DURATION", default_value = "60s", env = "TCPOBS_THRESHOLD_FIN_WAIT2", value_parser = parse_duration)]
-    pub threshold_fin_wait2: Duration,
+    pub(crate) threshold_fin_wait2: Duration,
 
     /// How long an ESTABLISHED connection may carry no data at all. Runtime setting.
     #[arg(long, value_name = "DURATION", default_value = "30s", env = "TCPOBS_THRESHOLD_NO_DATA", value_parser = parse_duration)]
-    pub threshold_no_data: Duration,
+    pub(crate) threshold_no_data: Duration,
 
     /// Whether connections closed by a reset count as anomalies. Runtime setting.
     #[arg(long, value_name = "BOOL", default_value_t = true, env = "TCPOBS_ANOMALY_RESETS", action = clap::ArgAction::Set)]
-    pub anomaly_resets: bool,
+    pub(crate) anomaly_resets: bool,
 
     /// How often the hang detector sweeps the live connections.
     #[arg(long, value_name = "DURATION", default_value = "1s", env = "TCPOBS_SWEEP_INTERVAL", value_parser = parse_duration)]
-    pub sweep_interval: Duration,
+    pub(crate) sweep_interval: Duration,
 
     /// Trace only connections whose local or remote port is N. Repeatable, or comma-separated.
     /// Filtered in the kernel: other sockets cost one lookup and send nothing. Runtime setting.
     #[arg(long = "port", value_name = "N", env = "TCPOBS_PORT", value_delimiter = ',',
           value_parser = clap::value_parser!(u16).range(1..))]
-    pub ports: Vec<u16>,
+    pub(crate) ports: Vec<u16>,
 
     /// Trace only connections whose local and remote ports are both not N.
     #[arg(long = "exclude-port", value_name = "N", env = "TCPOBS_EXCLUDE_PORT", value_delimiter = ',',
           value_parser = clap::value_parser!(u16).range(1..))]
-    pub exclude_ports: Vec<u16>,
+    pub(crate) exclude_ports: Vec<u16>,
 
     /// Trace only connections whose local or remote address is in CIDR (10.0.0.0/8,
     /// 2001:db8::/32). Repeatable. Runtime setting.
@@ -160,7 +160,7 @@ pub struct Cli {
         env = "TCPOBS_CIDR",
         value_delimiter = ','
     )]
-    pub cidrs: Vec<Cidr>,
+    pub(crate) cidrs: Vec<Cidr>,
 
     /// Trace only connections whose addresses are both outside CIDR.
     #[arg(
@@ -169,7 +169,7 @@ pub struct Cli {
         env = "TCPOBS_EXCLUDE_CIDR",
         value_delimiter = ','
     )]
-    pub exclude_cidrs: Vec<Cidr>,
+    pub(crate) exclude_cidrs: Vec<Cidr>,
 
     /// Trace only connections of process PID (the connecting process, or the one listening
     /// on the port of an accepted connection). Repeatable. Runtime setting.
@@ -179,7 +179,7 @@ pub struct Cli {
         env = "TCPOBS_PID",
         value_delimiter = ','
     )]
-    pub pids: Vec<u32>,
+    pub(crate) pids: Vec<u32>,
 
     /// Trace only connections not owned by process PID.
     #[arg(
@@ -188,7 +188,7 @@ pub struct Cli {
         env = "TCPOBS_EXCLUDE_PID",
         value_delimiter = ','
     )]
-    pub exclude_pids: Vec<u32>,
+    pub(crate) exclude_pids: Vec<u32>,
 
     /// Trace only connections of processes in this cgroup v2 (a path, absolute or relative to
     /// the cgroup v2 mount, normally /sys/fs/cgroup, or an id). Repeatable. Runtime setting.
@@ -198,7 +198,7 @@ pub struct Cli {
         env = "TCPOBS_CGROUP",
         value_delimiter = ','
     )]
-    pub cgroups: Vec<CgroupRef>,
+    pub(crate) cgroups: Vec<CgroupRef>,
 
     /// Trace only connections of processes outside this cgroup v2.
     #[arg(
@@ -207,7 +207,7 @@ pub struct Cli {
         env = "TCPOBS_EXCLUDE_CGROUP",
         value_delimiter = ','
     )]
-    pub exclude_cgroups: Vec<CgroupRef>,
+    pub(crate) exclude_cgroups: Vec<CgroupRef>,
 
     /// Add a label to the per-connection metrics: `local_port`, `remote_port`, `comm`, `pod` or
     /// `namespace`, optionally `=top:N` (the N busiest values, default 10) or `=v1,v2` (an
@@ -218,12 +218,12 @@ pub struct Cli {
         value_name = "NAME[=top:N|=V,...]",
         env = "TCPOBS_LABEL"
     )]
-    pub labels: Vec<LabelSpec>,
+    pub(crate) labels: Vec<LabelSpec>,
 
     /// Most distinct combinations of --label values; past it, new ones are `other`.
     #[arg(long, value_name = "N", default_value_t = 100, env = "TCPOBS_LABEL_SERIES_CAP",
           value_parser = clap::value_parser!(u32).range(1..=100_000))]
-    pub label_series_cap: u32,
+    pub(crate) label_series_cap: u32,
 
     /// How to attach each hook family: `auto` (per family, the first of fentry, tracepoint,
     /// kprobe whose programs all load and attach), one of `fentry`, `tracepoint`, `kprobe`
@@ -232,47 +232,47 @@ pub struct Cli {
     /// retransmits), comma-separated, e.g. `kprobe,state=tracepoint`.
     #[arg(long, value_name = "STRATEGY", default_value = "auto", env = "TCPOBS_PROBE_STRATEGY",
           value_parser = parse_strategy_choice)]
-    pub probe_strategy: StrategyChoice,
+    pub(crate) probe_strategy: StrategyChoice,
 
     /// Load and attach every hook family, print how each is attached (one
     /// `family=NAME strategy=STRATEGY programs=TYPES` line per family), and exit: 0 if all
     /// attached, 1 naming what the kernel lacks otherwise.
     #[arg(long)]
-    pub check: bool,
+    pub(crate) check: bool,
 
     /// Time name resolution (uprobes on the C library's getaddrinfo) and TLS handshakes
     /// (uprobes on OpenSSL's libssl.so.3), on the host and in containers, and tie them to
     /// connections (`dns_host`, `tls_handshake_s`, `phases`). `off` attaches no uprobes.
     #[arg(long, value_enum, default_value_t, env = "TCPOBS_PHASES")]
-    pub phases: Switch,
+    pub(crate) phases: Switch,
 
     /// Look for the phase families' libraries under this directory only (tests).
     #[arg(long, value_name = "PATH", env = "TCPOBS_PHASES_LIB_ROOT", hide = true)]
-    pub phases_lib_root: Option<PathBuf>,
+    pub(crate) phases_lib_root: Option<PathBuf>,
 
     /// Which tracepoint flavour to attach: `auto` (tp_btf where it loads, else the classic
     /// tracepoint, per hook), `btf` or `classic`.
     #[arg(long, value_enum, default_value_t, env = "TCPOBS_TRACEPOINTS")]
-    pub tracepoints: TracepointMode,
+    pub(crate) tracepoints: TracepointMode,
 
     /// Capacity of the kernel socket table (each traced or filtered-out socket takes one
     /// entry, about 250 bytes of kernel memory, allocated up front). When full, the least
     /// recently used socket is evicted and counted.
     #[arg(long, value_name = "N", default_value_t = 131_072, env = "TCPOBS_MAX_SOCKETS",
           value_parser = clap::value_parser!(u32).range(64..=16_777_216))]
-    pub max_sockets: u32,
+    pub(crate) max_sockets: u32,
 
     /// Size of the kernel-to-daemon ring buffer in bytes: a power of two, at least 4096.
     /// Events that do not fit are dropped and counted.
     #[arg(long, value_name = "BYTES", default_value_t = 4 << 20, env = "TCPOBS_RINGBUF_BYTES",
           value_parser = parse_ringbuf_bytes)]
-    pub ringbuf_bytes: u32,
+    pub(crate) ringbuf_bytes: u32,
 
     /// How often the daemon drains the ring buffer when the kernel has not woken it
     /// (e.g. 10ms, 1s). Bounds the delay from a close to its event.
     #[arg(long, value_name = "DURATION", default_value = "10ms", env = "TCPOBS_DRAIN_INTERVAL",
           value_parser = parse_duration)]
-    pub drain_interval: Duration,
+    pub(crate) drain_interval: Duration,
 
     /// The daemon's own log level on stderr (error, warn, info, debug, trace), or a
     /// tracing filter such as `tcpobs=debug`. Runtime setting.
@@ -282,7 +282,7 @@ pub struct Cli {
         default_value = "info",
         env = "TCPOBS_LOG_LEVEL"
     )]
-    pub log_level: String,
+    pub(crate) log_level: String,
 
     /// Where cgroup v2 is mounted, to find the cgroup of a connection's process (its container
     /// and pod). Default: the cgroup2 mount in /proc/self/mountinfo (/sys/fs/cgroup).
@@ -292,7 +292,7 @@ pub struct Cli {
         env = "TCPOBS_CGROUP_ROOT",
         hide_short_help = true
     )]
-    pub cgroup_root: Option<PathBuf>,
+    pub(crate) cgroup_root: Option<PathBuf>,
 
     /// The kubelet's pod log directory, whose `<namespace>_<name>_<uid>` entries name the pods
     /// on this node.
@@ -303,7 +303,7 @@ pub struct Cli {
         env = "TCPOBS_POD_LOG_ROOT",
         hide_short_help = true
     )]
-    pub pod_log_root: PathBuf,
+    pub(crate) pod_log_root: PathBuf,
 
     /// Kernel BTF to read `struct sock` offsets from.
     #[arg(
@@ -313,7 +313,7 @@ pub struct Cli {
         env = "TCPOBS_BTF",
         hide_short_help = true
     )]
-    pub btf: PathBuf,
+    pub(crate) btf: PathBuf,
 }
 
 fn parse_strategy_choice(value: &str) -> Result<StrategyChoice, StrategyError> {
@@ -331,7 +331,7 @@ fn parse_ringbuf_bytes(value: &str) -> Result<u32, ValueError> {
 }
 
 /// Parses `0`, `250us`, `10ms`, `2s`, `1m`, `1h`, `1d`.
-pub fn parse_duration(value: &str) -> Result<Duration, ValueError> {
+pub(crate) fn parse_duration(value: &str) -> Result<Duration, ValueError> {
     if value == "0" {
         return Ok(Duration::ZERO);
     }

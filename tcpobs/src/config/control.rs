@@ -22,14 +22,14 @@ use crate::{
 pub type LogLevelSetter = Box<dyn Fn(&str) -> Result<(), LogLevelError> + Send + Sync>;
 
 /// Checks a log level without applying it.
-pub fn check_log_level(level: &str) -> Result<(), LogLevelError> {
+pub(crate) fn check_log_level(level: &str) -> Result<(), LogLevelError> {
     tracing_subscriber::EnvFilter::try_new(level)?;
     Ok(())
 }
 
 /// Why a change of the live settings was refused; nothing of it was applied.
 #[derive(Debug, Error)]
-pub enum ControlError {
+pub(crate) enum ControlError {
     #[error(transparent)]
     Invalid(#[from] SettingsError),
     /// A filter names a cgroup that is not one.
@@ -43,7 +43,7 @@ pub enum ControlError {
     LogLevel(LogLevelError),
 }
 
-pub struct Control {
+pub(crate) struct Control {
     live: Mutex<LiveSettings>,
     changes: watch::Sender<LiveSettings>,
     filters: Mutex<Option<KernelFilters>>,
@@ -53,7 +53,7 @@ pub struct Control {
 }
 
 impl Control {
-    pub fn new(
+    pub(crate) fn new(
         live: LiveSettings,
         statics: Value,
         set_log_level: LogLevelSetter,
@@ -69,13 +69,13 @@ impl Control {
         (Arc::new(control), receiver)
     }
 
-    pub fn live(&self) -> LiveSettings {
+    pub(crate) fn live(&self) -> LiveSettings {
         lock(&self.live).clone()
     }
 
     /// Hands over the kernel filter maps (once the programs are loaded) and writes the
     /// filters in force now, which a `PUT /config` during loading may have changed.
-    pub fn attach_filters(&self, mut filters: KernelFilters) -> Result<(), FilterError> {
+    pub(crate) fn attach_filters(&self, mut filters: KernelFilters) -> Result<(), FilterError> {
         let live = lock(&self.live);
         filters.apply(&Resolved::new(&live.filters)?)?;
         *lock(&self.filters) = Some(filters);
@@ -83,14 +83,14 @@ impl Control {
     }
 
     /// Applies a JSON patch of runtime settings. On error nothing has changed.
-    pub fn patch(&self, patch: &Value) -> Result<LiveSettings, ControlError> {
+    pub(crate) fn patch(&self, patch: &Value) -> Result<LiveSettings, ControlError> {
         let mut live = lock(&self.live);
         let next = live.patched(patch, check_log_level)?;
         self.commit(&mut live, next)
     }
 
     /// Replaces the runtime settings (a reloaded config file). On error nothing has changed.
-    pub fn replace(&self, next: LiveSettings) -> Result<LiveSettings, ControlError> {
+    pub(crate) fn replace(&self, next: LiveSettings) -> Result<LiveSettings, ControlError> {
         next.validate()?;
         check_log_level(&next.log_level).map_err(SettingsError::LogLevel)?;
         let mut live = lock(&self.live);
@@ -131,7 +131,7 @@ impl Control {
     }
 
     /// Everything `GET /config` shows: runtime settings, and those that need a restart.
-    pub fn describe(&self) -> Value {
+    pub(crate) fn describe(&self) -> Value {
         json!({
             "runtime": self.live(),
             "restart_required": self.statics,

@@ -53,7 +53,7 @@ pub enum LogLevelError {
 
 /// Why live settings are refused. A change is refused whole: nothing of it is applied.
 #[derive(Debug, Error)]
-pub enum SettingsError {
+pub(crate) enum SettingsError {
     #[error("--{kind} and --exclude-{kind} cannot be combined: choose one")]
     IncludeAndExclude { kind: &'static str },
     #[error("thresholds.{name}: {value} is not a number of seconds from 0 to 1e9")]
@@ -185,7 +185,7 @@ impl Default for Thresholds {
 }
 
 /// Seconds to nanoseconds (0 stays 0: off).
-pub fn ns(seconds: f64) -> u64 {
+pub(crate) fn ns(seconds: f64) -> u64 {
     Duration::try_from_secs_f64(seconds)
         .map_or(0, |d| d.as_nanos().min(u128::from(u64::MAX)) as u64)
 }
@@ -208,7 +208,7 @@ impl Thresholds {
     }
 
     /// The hang detector's view.
-    pub fn stuck(&self) -> crate::tracker::StuckThresholds {
+    pub(crate) fn stuck(&self) -> crate::tracker::StuckThresholds {
         crate::tracker::StuckThresholds {
             syn_sent_ns: ns(self.handshake_s),
             no_data_ns: ns(self.no_data_s),
@@ -312,7 +312,7 @@ pub enum Filter<T> {
 
 impl<T> Filter<T> {
     /// From the include and exclude flags of one kind; both at once is an error.
-    pub fn from_flags(
+    pub(crate) fn from_flags(
         kind: &'static str,
         include: Vec<T>,
         exclude: Vec<T>,
@@ -334,7 +334,7 @@ impl<T> Filter<T> {
 }
 
 /// Maximum entries per kernel filter set (the maps' capacity).
-pub const FILTER_CAPACITY: usize = 1024;
+pub(crate) const FILTER_CAPACITY: usize = 1024;
 
 /// The kernel-side filters.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -379,7 +379,7 @@ pub struct LiveSettings {
 
 impl LiveSettings {
     /// Applies a JSON patch (any subset of the fields) to a copy; errors name the field.
-    pub fn patched(
+    pub(crate) fn patched(
         &self,
         patch: &Value,
         check_log_level: impl Fn(&str) -> Result<(), LogLevelError>,
@@ -413,7 +413,7 @@ impl LiveSettings {
         Ok(next)
     }
 
-    pub fn validate(&self) -> Result<(), SettingsError> {
+    pub(crate) fn validate(&self) -> Result<(), SettingsError> {
         if let Some(sample) = self.sample
             && sample.thereafter == 0
         {

@@ -18,10 +18,8 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 use clap::{CommandFactory as _, error::ErrorKind};
 use serde_json::{Value, json};
 
-pub use self::{
-    cli::{Cli, FormatKind, Switch, parse_duration},
-    sources::Sources,
-};
+pub(crate) use self::cli::{FormatKind, Switch};
+pub use self::{cli::Cli, sources::Sources};
 use self::{
     control::check_log_level,
     live::{Filter, Filters, LiveSettings, Thresholds},
@@ -40,25 +38,25 @@ use crate::{
 pub struct Settings {
     /// `--check`: attach, report and exit.
     pub check: bool,
-    pub load: LoadOptions,
+    pub(crate) load: LoadOptions,
     pub format: Format,
     pub output: Option<PathBuf>,
     /// `None`: no HTTP server.
-    pub listen: Option<SocketAddr>,
+    pub(crate) listen: Option<SocketAddr>,
     /// Start-up values of the settings that can change while tcpobs runs.
     pub live: LiveSettings,
-    pub drain_interval: Duration,
-    pub sweep_interval: Duration,
-    pub labels: Vec<LabelSpec>,
-    pub label_series_cap: usize,
-    pub config: Option<PathBuf>,
+    pub(crate) drain_interval: Duration,
+    pub(crate) sweep_interval: Duration,
+    pub(crate) labels: Vec<LabelSpec>,
+    pub(crate) label_series_cap: usize,
+    pub(crate) config: Option<PathBuf>,
     /// Where container and pod metadata are looked up.
-    pub meta_roots: MetaRoots,
+    pub(crate) meta_roots: MetaRoots,
 }
 
 impl Settings {
     /// The settings that need a restart, as `GET /config` shows them.
-    pub fn statics(&self) -> Value {
+    pub(crate) fn statics(&self) -> Value {
         json!({
             "config": self.config,
             "listen": self.listen.map(|addr| addr.to_string()),
@@ -83,7 +81,7 @@ fn invalid(message: impl std::fmt::Display) -> clap::Error {
 
 impl Cli {
     /// Checks what clap cannot; errors look like clap's and exit with code 2.
-    pub fn into_settings(self) -> Result<Settings, clap::Error> {
+    pub(crate) fn into_settings(self) -> Result<Settings, clap::Error> {
         let format = match (self.format, self.log_format) {
             (FormatKind::Json, None) => Format::Json,
             (FormatKind::Json, Some(_)) => {

@@ -39,45 +39,45 @@ use crate::{
 };
 
 /// Content type of the OpenMetrics text format.
-pub const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+pub(crate) const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 /// Content type of the classic Prometheus text format.
-pub const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
+pub(crate) const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 const DEFAULT_LIMIT: usize = 1000;
 const MAX_LIMIT: usize = 100_000;
 
 /// Whether tcpobs is ready, and why not.
 #[derive(Debug)]
-pub struct Readiness {
+pub(crate) struct Readiness {
     ready: AtomicBool,
     reason: Mutex<String>,
 }
 
 impl Readiness {
-    pub fn new(reason: &str) -> Self {
+    pub(crate) fn new(reason: &str) -> Self {
         Self {
             ready: AtomicBool::new(false),
             reason: Mutex::new(reason.to_owned()),
         }
     }
 
-    pub fn set_ready(&self) {
+    pub(crate) fn set_ready(&self) {
         self.ready.store(true, Ordering::Release);
     }
 
-    pub fn set_not_ready(&self, reason: &str) {
+    pub(crate) fn set_not_ready(&self, reason: &str) {
         *lock(&self.reason) = reason.to_owned();
         self.ready.store(false, Ordering::Release);
     }
 
-    pub fn is_ready(&self) -> bool {
+    pub(crate) fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Acquire)
     }
 }
 
 /// What the handlers share.
 #[derive(Clone)]
-pub struct AppState {
+pub(crate) struct AppState {
     pub registry: Arc<Registry>,
     pub tracker: Arc<Mutex<Tracker>>,
     pub control: Arc<Control>,
@@ -85,7 +85,7 @@ pub struct AppState {
     pub clock: Clock,
 }
 
-pub fn router(state: AppState) -> Router {
+pub(crate) fn router(state: AppState) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
@@ -112,7 +112,7 @@ fn wants_classic_text(headers: &HeaderMap) -> bool {
 
 /// Rewrites OpenMetrics text as the classic Prometheus text format (0.0.4): counter and info
 /// families take their sample names, info becomes a gauge, `# UNIT` and `# EOF` go.
-pub fn to_classic_text(openmetrics: &str) -> String {
+pub(crate) fn to_classic_text(openmetrics: &str) -> String {
     use std::fmt::Write as _;
     let mut out = String::with_capacity(openmetrics.len());
     // prometheus-client writes each family's HELP right before its TYPE.

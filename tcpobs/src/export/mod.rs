@@ -2,6 +2,6 @@
 //! ([`metrics`]), and the HTTP API that serves the metrics, the live table and the settings
 //! ([`http`]).
 
-pub mod http;
-pub mod metrics;
+pub(crate) mod http;
+pub(crate) mod metrics;
 pub mod output;

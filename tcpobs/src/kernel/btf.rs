@@ -53,7 +53,7 @@ const KIND_TYPE_TAG: u32 = 18;
 const KIND_ENUM64: u32 = 19;
 
 /// A parsed BTF blob: the raw type section, the position of each type record, the strings.
-pub struct Btf {
+pub(crate) struct Btf {
     types: Vec<u8>,
     /// `positions[id - 1]` is the byte offset of type `id` in `types`.
     positions: Vec<usize>,
@@ -62,7 +62,7 @@ pub struct Btf {
 
 /// Where a member lives: byte offset from the start of the outer struct, and its size.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Member {
+pub(crate) struct Member {
     pub offset: u32,
     pub size: u32,
 }
@@ -86,7 +86,7 @@ fn u32_at(bytes: &[u8], at: usize) -> Result<u32, BtfError> {
 
 impl Btf {
     /// Reads the running kernel's BTF.
-    pub fn from_file(path: &Path) -> Result<Self, BtfError> {
+    pub(crate) fn from_file(path: &Path) -> Result<Self, BtfError> {
         let data = fs::read(path).map_err(|source| BtfError::Read {
             path: path.display().to_string(),
             source,
@@ -95,7 +95,7 @@ impl Btf {
     }
 
     /// Parses a little-endian BTF blob.
-    pub fn parse(data: &[u8]) -> Result<Self, BtfError> {
+    pub(crate) fn parse(data: &[u8]) -> Result<Self, BtfError> {
         let magic = data
             .get(0..2)
             .map(|b| u16::from_le_bytes([b[0], b[1]]))
@@ -237,7 +237,7 @@ impl Btf {
     }
 
     /// The parameter names of kernel function `name`, in order.
-    pub fn func_params(&self, name: &str) -> Result<Vec<String>, BtfError> {
+    pub(crate) fn func_params(&self, name: &str) -> Result<Vec<String>, BtfError> {
         let func = (1..=self.positions.len() as u32)
             .find_map(|id| {
                 let (_, header) = self.header(id).ok()?;
@@ -259,7 +259,7 @@ impl Btf {
 
     /// Byte offset and size of a member of `struct ty`, given as a dotted path through nested
     /// named members, e.g. `member("sock", "__sk_common.skc_family")`.
-    pub fn member(&self, ty: &str, path: &str) -> Result<Member, BtfError> {
+    pub(crate) fn member(&self, ty: &str, path: &str) -> Result<Member, BtfError> {
         let mut id = self.struct_id(ty)?;
         let mut bits = 0;
         for part in path.split('.') {

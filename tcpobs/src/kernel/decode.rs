@@ -6,7 +6,7 @@ use tcpobs_common::{
 use thiserror::Error;
 
 #[derive(Debug, Error, PartialEq, Eq)]
-pub enum DecodeError {
+pub(crate) enum DecodeError {
     #[error("ring buffer record of {0} bytes is shorter than an event header")]
     Short(usize),
     #[error("unknown event kind {0}")]
@@ -20,7 +20,7 @@ pub enum DecodeError {
 /// One event from the kernel programs, read in place in the ring buffer (no copy: a close
 /// event is 240 bytes, and the daemon reads hundreds of thousands of events a second).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum KernelEvent<'a> {
+pub(crate) enum KernelEvent<'a> {
     /// A connecting client retransmitted its SYN.
     Connect(&'a OpenEvent),
     Open(&'a OpenEvent),
@@ -34,10 +34,11 @@ pub enum KernelEvent<'a> {
 }
 
 /// Names of the event kinds, indexed by `kind - 1` (for per-kind counters).
-pub const KIND_NAMES: [&str; 7] = ["open", "burst", "state", "close", "connect", "dns", "tls"];
+pub(crate) const KIND_NAMES: [&str; 7] =
+    ["open", "burst", "state", "close", "connect", "dns", "tls"];
 
 impl KernelEvent<'_> {
-    pub fn header(&self) -> &EventHeader {
+    pub(crate) fn header(&self) -> &EventHeader {
         match self {
             Self::Connect(e) | Self::Open(e) => &e.hdr,
             Self::Burst(e) => &e.hdr,
@@ -49,7 +50,7 @@ impl KernelEvent<'_> {
     }
 
     /// Index into [`KIND_NAMES`].
-    pub fn kind_index(&self) -> usize {
+    pub(crate) fn kind_index(&self) -> usize {
         self.header().kind as usize - 1
     }
 }
@@ -58,7 +59,7 @@ impl KernelEvent<'_> {
 /// kernel side.
 #[cfg(test)]
 #[derive(Clone, Copy, Debug)]
-pub enum OwnedEvent {
+pub(crate) enum OwnedEvent {
     Connect(OpenEvent),
     Open(OpenEvent),
     Burst(BurstEvent),
@@ -70,7 +71,7 @@ pub enum OwnedEvent {
 
 #[cfg(test)]
 impl OwnedEvent {
-    pub fn event(&self) -> KernelEvent<'_> {
+    pub(crate) fn event(&self) -> KernelEvent<'_> {
         match self {
             Self::Connect(e) => KernelEvent::Connect(e),
             Self::Open(e) => KernelEvent::Open(e),

@@ -59,7 +59,7 @@ fn write_error(set: &'static str) -> impl FnOnce(BpfMapError) -> FilterError {
 
 /// Filters with cgroups resolved to ids, ready for the maps.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Resolved {
+pub(crate) struct Resolved {
     ports: (u8, Vec<u16>),
     cidr4: Vec<([u8; 4], u32)>,
     cidr6: Vec<([u8; 16], u32)>,
@@ -77,7 +77,7 @@ fn mode<T>(filter: &Filter<T>) -> u8 {
 }
 
 /// The id of a cgroup v2 (its directory's inode number).
-pub fn cgroup_id(cgroup: &CgroupRef) -> Result<u64, FilterError> {
+pub(crate) fn cgroup_id(cgroup: &CgroupRef) -> Result<u64, FilterError> {
     match cgroup {
         CgroupRef::Id(id) => Ok(*id),
         CgroupRef::Path(path) => {
@@ -100,7 +100,7 @@ pub fn cgroup_id(cgroup: &CgroupRef) -> Result<u64, FilterError> {
 }
 
 impl Resolved {
-    pub fn new(filters: &Filters) -> Result<Self, FilterError> {
+    pub(crate) fn new(filters: &Filters) -> Result<Self, FilterError> {
         let mut resolved = Self {
             ports: (mode(&filters.ports), filters.ports.values().to_vec()),
             cidr_mode: mode(&filters.cidrs),
@@ -125,7 +125,7 @@ impl Resolved {
 }
 
 /// Handles on the filter maps.
-pub struct KernelFilters {
+pub(crate) struct KernelFilters {
     config: Array<MapData, FilterConfig>,
     ports: HashMap<MapData, u16, u8>,
     cidr4: LpmTrie<MapData, [u8; 4], u8>,
@@ -173,7 +173,7 @@ fn sync_trie<K: Pod + Eq + Hash>(
 
 impl KernelFilters {
     /// Takes the filter maps out of the loaded object.
-    pub fn take(ebpf: &mut Ebpf) -> Result<Self, MapError> {
+    pub(crate) fn take(ebpf: &mut Ebpf) -> Result<Self, MapError> {
         Ok(Self {
             config: take_map(ebpf, names::FILTER_MAP)?,
             ports: take_map(ebpf, names::PORT_FILTER_MAP)?,
@@ -208,7 +208,7 @@ impl KernelFilters {
     /// Writes new filters. A kind that changes is switched off while its set is rewritten, so
     /// that for that instant sockets are traced rather than wrongly ignored (each socket is
     /// judged once, for good); then the new modes are written.
-    pub fn apply(&mut self, filters: &Resolved) -> Result<(), FilterError> {
+    pub(crate) fn apply(&mut self, filters: &Resolved) -> Result<(), FilterError> {
         let old = &self.applied;
         let keep = |changed: bool, mode: u8| if changed { filter_mode::OFF } else { mode };
         let cidrs_changed = old.cidr_mode != filters.cidr_mode
@@ -239,7 +239,7 @@ impl KernelFilters {
 
     /// Records who listens on ports opened before tcpobs started, in tcpobs's own network
     /// namespace. Returns how many.
-    pub fn seed_listeners(&mut self) -> usize {
+    pub(crate) fn seed_listeners(&mut self) -> usize {
         let Ok(netns) = fs::metadata("/proc/self/ns/net").map(|m| m.ino() as u32) else {
             warn!("cannot read this network namespace; older listeners are unknown");
             return 0;
@@ -309,10 +309,6 @@ fn proc_listeners() -> StdHashMap<u16, (Owner, u32)> {
 }
 
 /// The cgroup v2 id of a process.
-pub fn process_cgroup(pid: u32) -> Option<u64> {
-    cgroup_of(&Process::new(i32::try_from(pid).ok()?).ok()?)
-}
-
 fn cgroup_of(process: &Process) -> Option<u64> {
     let path = cgroup2_path(process)?;
     let full: PathBuf = default_cgroup_root().join(path.trim_start_matches('/'));
@@ -351,10 +347,8 @@ mod tests {
         let port = v4.local_addr().unwrap().port();
         let (owner, count) = listeners.get(&port).expect("our listener");
         assert_eq!((owner.pid, *count), (std::process::id(), 1));
-        assert_eq!(
-            Some(owner.cgroup),
-            process_cgroup(std::process::id()).or(Some(0))
-        );
+        let own = cgroup_of(&Process::myself().unwrap());
+        assert_eq!(Some(owner.cgroup), own.or(Some(0)));
         if let Ok(v6) = v6 {
             let port = v6.local_addr().unwrap().port();
             assert_eq!(
@@ -369,7 +363,7 @@ mod tests {
         let root = cgroup_id(&CgroupRef::Path("/".into()));
         if default_cgroup_root().join("cgroup.procs").exists() {
             assert!(root.unwrap() > 0);
-            let own = process_cgroup(std::process::id());
+            let own = cgroup_of(&Process::myself().unwrap());
             assert!(own.is_some(), "this process has a cgroup v2");
         }
         let err = cgroup_id(&CgroupRef::Path("no/such/cgroup".into()))

@@ -3,11 +3,11 @@
 //! reading what they send ([`reader`], [`decode`]). What loading reports, and the errors these
 //! modules share, are in [`report`], which imports none of them.
 
-pub mod btf;
-pub mod decode;
-pub mod filters;
+pub(crate) mod btf;
+pub(crate) mod decode;
+pub(crate) mod filters;
 pub mod libcalls;
 pub mod loader;
-pub mod reader;
+pub(crate) mod reader;
 pub mod report;
-pub mod tracefs;
+mod tracefs;

@@ -41,7 +41,7 @@ impl ReaderStats {
     }
 }
 
-pub struct Reader {
+pub(crate) struct Reader {
     ring: AsyncFd<RingBuf<MapData>>,
     stats_map: PerCpuArray<MapData, u64>,
     stats: ReaderStats,
@@ -50,7 +50,7 @@ pub struct Reader {
 impl Reader {
     /// Takes the ring buffer and the stats map out of the loaded object, so that they outlive
     /// the programs (the last events are drained after detaching).
-    pub fn new(ebpf: &mut aya::Ebpf) -> Result<Self, MapError> {
+    pub(crate) fn new(ebpf: &mut aya::Ebpf) -> Result<Self, MapError> {
         let ring: RingBuf<MapData> = take_map(ebpf, names::EVENTS_MAP)?;
         // SAFETY: the ring buffer owns its map fd, which stays open, and is the fd `as_raw_fd`
         // returns, for as long as the `RingBuf` (and so the `AsyncFd`) lives.
@@ -66,14 +66,14 @@ impl Reader {
 
     /// Waits until the kernel signals pending data (it only does so when the ring fills up;
     /// callers also drain on a timer).
-    pub async fn readable(&self) -> std::io::Result<()> {
+    pub(crate) async fn readable(&self) -> std::io::Result<()> {
         let mut guard = self.ring.readable().await?;
         guard.clear_ready();
         Ok(())
     }
 
     /// Decodes every pending event and hands it to `handle`. Returns how many were read.
-    pub fn drain(&mut self, mut handle: impl FnMut(&KernelEvent)) -> usize {
+    pub(crate) fn drain(&mut self, mut handle: impl FnMut(&KernelEvent)) -> usize {
         let mut read = 0;
         let ring = self.ring.get_mut();
         while let Some(item) = ring.next() {
@@ -96,12 +96,12 @@ impl Reader {
         read
     }
 
-    pub fn stats(&self) -> ReaderStats {
+    pub(crate) fn stats(&self) -> ReaderStats {
         self.stats
     }
 
     /// The kernel's drop counters, summed over CPUs.
-    pub fn kernel_stats(&self) -> KernelStats {
+    pub(crate) fn kernel_stats(&self) -> KernelStats {
         let sum = |index: u32| {
             self.stats_map
                 .get(&index, 0)

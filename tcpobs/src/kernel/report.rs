@@ -55,7 +55,7 @@ impl FamilyAttach {
 }
 
 /// An error and its sources, joined with ": " (sources already in the message are skipped).
-pub fn error_chain(err: &dyn std::error::Error) -> String {
+pub(crate) fn error_chain(err: &dyn std::error::Error) -> String {
     let mut text = err.to_string();
     let mut source = err.source();
     while let Some(cause) = source {
@@ -72,7 +72,7 @@ pub fn error_chain(err: &dyn std::error::Error) -> String {
 /// A program of the loaded object that could not be used: missing (the kernel programs and
 /// the daemon disagree on its name or type), or refused by aya or the kernel.
 #[derive(Debug, Error)]
-pub enum ProgramFailure {
+pub(crate) enum ProgramFailure {
     #[error("program {0} missing from the object")]
     Missing(String),
     /// The whole chain of aya's error (the kernel's answer is usually its last source).
@@ -81,7 +81,10 @@ pub enum ProgramFailure {
 }
 
 /// Program `name` of the loaded object, as a `T` (`FEntry`, `TracePoint`, `UProbe`, ...).
-pub fn program_mut<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T, ProgramFailure>
+pub(crate) fn program_mut<'a, T>(
+    ebpf: &'a mut Ebpf,
+    name: &str,
+) -> Result<&'a mut T, ProgramFailure>
 where
     &'a mut T: TryFrom<&'a mut Program, Error = ProgramError>,
 {
@@ -95,12 +98,12 @@ where
 #[derive(Debug, Error)]
 #[error("cannot set up kernel map {map}: {reason}")]
 pub struct MapError {
-    pub map: &'static str,
-    pub reason: String,
+    pub(crate) map: &'static str,
+    pub(crate) reason: String,
 }
 
 impl MapError {
-    pub fn new(map: &'static str, reason: impl Display) -> Self {
+    pub(crate) fn new(map: &'static str, reason: impl Display) -> Self {
         Self {
             map,
             reason: reason.to_string(),
@@ -109,7 +112,7 @@ impl MapError {
 }
 
 /// Takes map `name` out of the loaded object as a `T`, so that it outlives the programs.
-pub fn take_map<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, MapError>
+pub(crate) fn take_map<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, MapError>
 where
     T: TryFrom<Map>,
     T::Error: Display,

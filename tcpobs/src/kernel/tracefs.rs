@@ -11,10 +11,10 @@ use std::{
 
 use thiserror::Error;
 
-pub const TRACEFS: &str = "/sys/kernel/tracing";
+pub(super) const TRACEFS: &str = "/sys/kernel/tracing";
 
 #[derive(Debug, Error)]
-pub enum TracefsError {
+pub(super) enum TracefsError {
     #[error(
         "tracefs is not mounted at {TRACEFS} and mounting it failed ({0}); mount it with \
          `mount -t tracefs nodev {TRACEFS}`"
@@ -36,7 +36,7 @@ pub enum TracefsError {
 }
 
 /// Mounts tracefs at [`TRACEFS`] unless something is already there.
-pub fn ensure_mounted() -> Result<(), TracefsError> {
+pub(super) fn ensure_mounted() -> Result<(), TracefsError> {
     let root = Path::new(TRACEFS);
     if root.join("events").is_dir() {
         return Ok(());
@@ -60,7 +60,7 @@ pub fn ensure_mounted() -> Result<(), TracefsError> {
 
 /// The parsed `format` file of one tracepoint.
 #[derive(Debug)]
-pub struct Format {
+pub(super) struct Format {
     category: String,
     name: String,
     /// (field name, byte offset, size)
@@ -69,7 +69,7 @@ pub struct Format {
 
 impl Format {
     /// Reads `events/<category>/<name>/format` under `root` (normally [`TRACEFS`]).
-    pub fn read(root: &Path, category: &str, name: &str) -> Result<Self, TracefsError> {
+    pub(super) fn read(root: &Path, category: &str, name: &str) -> Result<Self, TracefsError> {
         let path: PathBuf = [
             root,
             Path::new("events"),
@@ -89,7 +89,7 @@ impl Format {
     }
 
     /// Parses lines like `\tfield:const void * skaddr;\toffset:8;\tsize:8;\tsigned:0;`.
-    pub fn parse(category: &str, name: &str, text: &str) -> Self {
+    pub(super) fn parse(category: &str, name: &str, text: &str) -> Self {
         let fields = text
             .lines()
             .filter_map(|line| {
@@ -115,7 +115,7 @@ impl Format {
     }
 
     /// Byte offset of `field` in the record.
-    pub fn offset(&self, field: &str) -> Result<u16, TracefsError> {
+    pub(super) fn offset(&self, field: &str) -> Result<u16, TracefsError> {
         self.fields
             .iter()
             .find(|(name, _, _)| name == field)

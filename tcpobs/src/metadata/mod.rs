@@ -19,8 +19,8 @@
 //! still exists, and when its events are written; once cached, a lookup is one hash lookup
 //! under an uncontended lock.
 
-pub mod path;
-pub mod pods;
+mod path;
+mod pods;
 
 use std::{
     collections::HashMap,
@@ -35,25 +35,25 @@ use std::{
 use procfs::process::MountInfo;
 use tracing::debug;
 
-pub use self::pods::PodName;
+pub(crate) use self::pods::PodName;
 use crate::{model::Process, sync::lock, tracker::SockHasher};
 
 /// Cgroup ids (inode numbers) need no SipHash: the lookup is on every event's path.
 type IdMap<V> = HashMap<u64, V, BuildHasherDefault<SockHasher>>;
 
 /// Where cgroup v2 is mounted on most hosts.
-pub const CGROUP_ROOT: &str = "/sys/fs/cgroup";
+pub(crate) const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 /// Where the kubelet keeps pod log directories.
-pub const POD_LOG_ROOT: &str = "/var/log/pods";
+pub(crate) const POD_LOG_ROOT: &str = "/var/log/pods";
 /// Least time between two walks of the cgroup tree, and between two reads of the pod log
 /// directory.
-pub const RESCAN_INTERVAL: Duration = Duration::from_secs(2);
+pub(crate) const RESCAN_INTERVAL: Duration = Duration::from_secs(2);
 /// Most cgroup ids cached.
-pub const MAX_CACHED: usize = 16_384;
+pub(crate) const MAX_CACHED: usize = 16_384;
 /// Most directories one walk indexes.
-pub const MAX_CGROUPS: usize = 65_536;
+pub(crate) const MAX_CGROUPS: usize = 65_536;
 /// Walks after which an id that is still unknown is given up on.
-pub const MAX_TRIES: u8 = 3;
+pub(crate) const MAX_TRIES: u8 = 3;
 /// Deepest cgroup a walk descends to.
 const MAX_DEPTH: usize = 32;
 /// Most pods read from the pod log directory.
@@ -79,7 +79,7 @@ pub fn default_cgroup_root() -> &'static Path {
 
 /// Whether `path` is a cgroup v2 file system. Anything else (the tmpfs that holds cgroup v1
 /// hierarchies, on a host without cgroup v2) has inode numbers unrelated to cgroup ids.
-pub fn is_cgroup2(path: &Path) -> bool {
+pub(crate) fn is_cgroup2(path: &Path) -> bool {
     let Ok(c_path) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else {
         return false;
     };
@@ -114,7 +114,7 @@ pub(crate) fn cgroup2_path(process: &procfs::process::Process) -> Option<String>
 
 /// Where to look things up.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct MetaRoots {
+pub(crate) struct MetaRoots {
     /// The cgroup v2 mount.
     pub cgroup: PathBuf,
     /// The kubelet's pod log directory.
@@ -135,7 +135,7 @@ impl Default for MetaRoots {
 
 /// What tcpobs knows about the cgroup a process runs in.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Meta {
+pub(crate) struct Meta {
     /// Path below the cgroup v2 root, e.g. `/system.slice/nginx.service`.
     pub cgroup: Arc<str>,
     pub container_id: Option<Arc<str>>,
@@ -155,11 +155,11 @@ impl Meta {
         }
     }
 
-    pub fn namespace(&self) -> Option<&str> {
+    pub(crate) fn namespace(&self) -> Option<&str> {
         self.pod.as_ref().map(|pod| &*pod.namespace)
     }
 
-    pub fn pod_name(&self) -> Option<&str> {
+    pub(crate) fn pod_name(&self) -> Option<&str> {
         self.pod.as_ref().map(|pod| &*pod.name)
     }
 }
@@ -173,7 +173,7 @@ enum Entry {
 
 /// The lookup state; see the module documentation.
 #[derive(Debug)]
-pub struct Resolver {
+pub(crate) struct Resolver {
     roots: MetaRoots,
     entries: IdMap<Entry>,
     /// The last walk's index: cgroup id → path below the root.
@@ -210,7 +210,7 @@ fn due(last: Option<Instant>, now: Instant) -> bool {
 }
 
 impl Resolver {
-    pub fn new(roots: MetaRoots) -> Self {
+    pub(crate) fn new(roots: MetaRoots) -> Self {
         Self {
             roots,
             entries: IdMap::default(),
@@ -223,13 +223,14 @@ impl Resolver {
     }
 
     /// How many times the cgroup tree was walked.
-    pub fn walks(&self) -> u64 {
+    #[cfg(test)]
+    pub(crate) fn walks(&self) -> u64 {
         self.walks
     }
 
     /// The metadata of cgroup `id`, owned by process `pid`; `now` is asked for only when a
     /// walk or a read of the pod directory might be due.
-    pub fn lookup(
+    pub(crate) fn lookup(
         &mut self,
         id: u64,
         pid: u32,
@@ -384,22 +385,23 @@ impl Resolver {
 
 /// The shared lookup service, used by the outputs and the metric labels.
 #[derive(Debug)]
-pub struct Metadata(Mutex<Resolver>);
+pub(crate) struct Metadata(Mutex<Resolver>);
 
 impl Metadata {
-    pub fn new(roots: MetaRoots) -> Self {
+    pub(crate) fn new(roots: MetaRoots) -> Self {
         Self(Mutex::new(Resolver::new(roots)))
     }
 
     /// The metadata of a socket's process (`None` when the process or its cgroup is unknown,
     /// or the cgroup was not found).
-    pub fn lookup(&self, process: Option<&Process>) -> Option<Arc<Meta>> {
+    pub(crate) fn lookup(&self, process: Option<&Process>) -> Option<Arc<Meta>> {
         let process = process?;
         lock(&self.0).lookup(process.cgroup, process.pid, Instant::now)
     }
 
     /// How many times the cgroup tree was walked.
-    pub fn walks(&self) -> u64 {
+    #[cfg(test)]
+    pub(crate) fn walks(&self) -> u64 {
         lock(&self.0).walks()
     }
 }

@@ -22,7 +22,7 @@
 
 /// The container and pod a cgroup path belongs to, as far as its names tell.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct PathInfo {
+pub(super) struct PathInfo {
     /// The runtime's container id (64 hex digits).
     pub container_id: Option<String>,
     /// The Kubernetes pod UID, with dashes.
@@ -85,7 +85,7 @@ fn pod_in(component: &str, under_kubepods: bool) -> Option<String> {
 /// Reads the container id and pod UID out of a cgroup path (absolute or relative to the
 /// cgroup root). The deepest container component wins: processes may sit in a sub-cgroup of
 /// their container's (`crio-<id>.scope/container`).
-pub fn parse(path: &str) -> PathInfo {
+pub(super) fn parse(path: &str) -> PathInfo {
     let mut info = PathInfo::default();
     let mut under_kubepods = false;
     for component in path.split('/').filter(|c| !c.is_empty()) {

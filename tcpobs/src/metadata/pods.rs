@@ -10,13 +10,13 @@ use std::{collections::HashMap, fs, io, path::Path, sync::Arc};
 
 /// A pod's namespace and name.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PodName {
+pub(crate) struct PodName {
     pub namespace: Arc<str>,
     pub name: Arc<str>,
 }
 
 /// `<namespace>_<name>_<uid>` → (uid, namespace, name).
-pub fn parse_dir_name(dir: &str) -> Option<(&str, &str, &str)> {
+pub(super) fn parse_dir_name(dir: &str) -> Option<(&str, &str, &str)> {
     let (namespace, rest) = dir.split_once('_')?;
     let (name, uid) = rest.rsplit_once('_')?;
     let valid = |part: &str| !part.is_empty() && !part.contains('_');
@@ -24,7 +24,7 @@ pub fn parse_dir_name(dir: &str) -> Option<(&str, &str, &str)> {
 }
 
 /// Reads the pod directories under `root`, at most `limit` of them: pod UID → name.
-pub fn read(root: &Path, limit: usize) -> io::Result<HashMap<Arc<str>, PodName>> {
+pub(super) fn read(root: &Path, limit: usize) -> io::Result<HashMap<Arc<str>, PodName>> {
     let mut pods = HashMap::new();
     for entry in fs::read_dir(root)? {
         if pods.len() >= limit {

@@ -22,7 +22,7 @@ const EHOSTDOWN: u32 = 112;
 const EHOSTUNREACH: u32 = 113;
 
 /// Derives the close of a connection from its final kernel record.
-pub fn close_of(rec: &SockRecord, role: Role) -> Close {
+pub(super) fn close_of(rec: &SockRecord, role: Role) -> Close {
     let closed_by = match rec.first_teardown {
         teardown::LOCAL_FIN | teardown::LOCAL_RST => Some(Side::Local),
         teardown::PEER_FIN | teardown::PEER_RST => Some(Side::Peer),
@@ -80,7 +80,7 @@ pub fn close_of(rec: &SockRecord, role: Role) -> Close {
 }
 
 /// Why the handshake failed, if the socket never got past it.
-pub fn connect_failure_of(rec: &SockRecord) -> Option<ConnectFailure> {
+pub(super) fn connect_failure_of(rec: &SockRecord) -> Option<ConnectFailure> {
     if !matches!(rec.final_state, tcp_state::SYN_SENT | tcp_state::SYN_RECV) {
         return None;
     }

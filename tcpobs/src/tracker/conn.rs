@@ -19,7 +19,7 @@ use crate::model::{
 
 /// A live connection.
 #[derive(Clone, Debug)]
-pub struct Conn {
+pub(crate) struct Conn {
     pub(super) id: u64,
     /// Generation: the kernel record's `start_ns`.
     pub(super) start_ns: u64,
@@ -126,19 +126,19 @@ impl Conn {
         conn
     }
 
-    pub fn id(&self) -> u64 {
+    pub(crate) fn id(&self) -> u64 {
         self.id
     }
 
-    pub fn role(&self) -> Role {
+    pub(crate) fn role(&self) -> Role {
         self.role
     }
 
-    pub fn addrs(&self) -> &Addrs {
+    pub(crate) fn addrs(&self) -> &Addrs {
         &self.addrs
     }
 
-    pub fn process(&self) -> Option<Process> {
+    pub(crate) fn process(&self) -> Option<Process> {
         (self.pid != 0).then_some(Process {
             pid: self.pid,
             comm: self.comm,
@@ -146,32 +146,32 @@ impl Conn {
         })
     }
 
-    pub fn state(&self) -> u8 {
+    pub(crate) fn state(&self) -> u8 {
         self.state
     }
 
-    pub fn start_ns(&self) -> u64 {
+    pub(crate) fn start_ns(&self) -> u64 {
         self.start_ns
     }
 
-    pub fn partial(&self) -> bool {
+    pub(crate) fn partial(&self) -> bool {
         self.partial.is_some()
     }
 
-    pub fn exchanges(&self) -> u32 {
+    pub(crate) fn exchanges(&self) -> u32 {
         self.exchanges
     }
 
-    pub fn bytes(&self) -> (u64, u64) {
+    pub(crate) fn bytes(&self) -> (u64, u64) {
         (self.bytes_sent, self.bytes_received)
     }
 
-    pub fn last_activity_ns(&self) -> u64 {
+    pub(crate) fn last_activity_ns(&self) -> u64 {
         self.last_activity_ns
     }
 
     /// How the hang detector has found it stuck.
-    pub fn flagged(&self) -> StuckSet {
+    pub(crate) fn flagged(&self) -> StuckSet {
         self.flagged
     }
 

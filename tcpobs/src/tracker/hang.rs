@@ -31,7 +31,7 @@ use crate::model::{AnomalyRecord, Record, Stuck};
 
 /// Thresholds per way of being stuck (ns); 0 turns a check off.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct StuckThresholds {
+pub(crate) struct StuckThresholds {
     pub syn_sent_ns: u64,
     pub no_data_ns: u64,
     pub idle_ns: u64,
@@ -53,7 +53,7 @@ impl StuckThresholds {
 
 /// What the kernel's record says about a socket.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct KernelView {
+pub(crate) struct KernelView {
     /// The record's generation (its `start_ns`).
     pub start_ns: u64,
     /// Last send/recv (ns), 0 if none.
@@ -66,7 +66,7 @@ pub struct KernelView {
 
 /// Result of one sweep.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct SweepReport {
+pub(crate) struct SweepReport {
     /// Connections stuck right now, indexed like [`Stuck::ALL`].
     pub stuck: [u64; 5],
     /// Kernel lookups made.
@@ -80,7 +80,7 @@ pub struct SweepReport {
 const RECHECK_EVERY: u64 = 30;
 
 /// Every live connection is checked against the kernel's table once per this many sweeps.
-pub const AUDIT_EVERY: u64 = 60;
+pub(super) const AUDIT_EVERY: u64 = 60;
 
 /// A state a socket in the table can be in, short of `CLOSE` (whose event is on its way).
 fn is_open_state(state: u8) -> bool {
@@ -118,7 +118,7 @@ impl Conn {
 impl Tracker {
     /// Flags stuck connections. `lookup` reads the kernel's record of a socket (`None` if it
     /// has none). Anomalies for newly stuck connections are appended to `out`.
-    pub fn sweep(
+    pub(crate) fn sweep(
         &mut self,
         now: u64,
         thresholds: &StuckThresholds,

@@ -34,7 +34,7 @@ use crate::model::{
 };
 
 /// How long after a resolution ends a connection to one of its addresses is tied to it.
-pub const DNS_WINDOW_NS: u64 = 10_000_000_000;
+pub(crate) const DNS_WINDOW_NS: u64 = 10_000_000_000;
 /// Processes the cache holds resolutions for.
 const CACHE_PROCESSES: usize = 1024;
 /// Resolutions kept per process (the latest).
@@ -68,7 +68,7 @@ struct Closed {
 /// The last [`RECENT_CLOSES`] connections to close, so that a handshake whose last call
 /// returns after its connection closed is still tied to it.
 #[derive(Debug, Default)]
-pub struct RecentCloses(VecDeque<Closed>);
+pub(super) struct RecentCloses(VecDeque<Closed>);
 
 impl RecentCloses {
     pub(super) fn remember(&mut self, sock: u64, conn: &Conn) {
@@ -95,7 +95,7 @@ impl RecentCloses {
 
 /// Recent successful resolutions, per process.
 #[derive(Debug, Default)]
-pub struct DnsCache {
+pub(crate) struct DnsCache {
     by_process: HashMap<u32, VecDeque<Resolution>>,
     /// Resolutions dropped before their window ended (the cache was full).
     evicted: u64,
@@ -132,7 +132,7 @@ impl DnsCache {
     }
 
     /// Forgets resolutions whose window has passed.
-    pub fn expire(&mut self, now_ns: u64) {
+    pub(crate) fn expire(&mut self, now_ns: u64) {
         let horizon = now_ns.saturating_sub(DNS_WINDOW_NS + CACHE_SLACK_NS);
         self.by_process.retain(|_, entries| {
             entries.retain(|entry| entry.end_ns >= horizon);
@@ -150,22 +150,24 @@ impl DnsCache {
         })
     }
 
-    pub fn evicted(&self) -> u64 {
+    pub(crate) fn evicted(&self) -> u64 {
         self.evicted
     }
 
     /// Resolutions held.
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.by_process.values().map(VecDeque::len).sum()
     }
 
-    pub fn is_empty(&self) -> bool {
+    #[cfg(test)]
+    fn is_empty(&self) -> bool {
         self.by_process.is_empty()
     }
 }
 
 /// A `DnsEvent` as a record, unless it is not a name resolution (no host, or a numeric one).
-pub fn dns_record(event: &DnsEvent) -> Option<DnsRecord> {
+pub(crate) fn dns_record(event: &DnsEvent) -> Option<DnsRecord> {
     if event.flags & dns_flag::NO_HOST != 0 {
         return None;
     }

@@ -43,10 +43,10 @@ use tcpobs_common::{CloseEvent, FLAG_PARTIAL, OpenEvent, SockRecord, StateEvent}
 
 /// A cheap hasher for integer keys, shared with the container metadata cache.
 pub(crate) use self::table::SockHasher;
-pub use self::{
+pub(crate) use self::{
     conn::Conn,
     hang::{KernelView, StuckThresholds, SweepReport},
-    libcalls::{DNS_WINDOW_NS, DnsCache, dns_record},
+    libcalls::DnsCache,
 };
 use self::{libcalls::RecentCloses, table::Table};
 use crate::{
@@ -67,7 +67,7 @@ pub struct TrackerStats {
 }
 
 /// Index of a role in the per-role counters.
-pub fn role_index(role: Role) -> usize {
+pub(crate) fn role_index(role: Role) -> usize {
     match role {
         Role::Client => 0,
         Role::Server => 1,
@@ -77,7 +77,7 @@ pub fn role_index(role: Role) -> usize {
 
 /// Counters the gauges and byte counters read at scrape time.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct LiveCounts {
+pub(crate) struct LiveCounts {
     /// Live connections by [`role_index`] and TCP state.
     pub open: [[u64; 16]; 3],
     /// Payload bytes by [`role_index`]: `[sent, received]`.
@@ -99,7 +99,7 @@ impl LiveCounts {
 
 /// Live connections and the rules that turn events into records.
 #[derive(Debug, Default)]
-pub struct Tracker {
+pub(crate) struct Tracker {
     conns: Table,
     next_id: u64,
     stats: TrackerStats,
@@ -112,32 +112,25 @@ pub struct Tracker {
 }
 
 impl Tracker {
-    pub fn new() -> Self {
+    #[cfg(test)]
+    pub(crate) fn new() -> Self {
         Self::default()
     }
 
-    pub fn stats(&self) -> TrackerStats {
+    pub(crate) fn stats(&self) -> TrackerStats {
         TrackerStats {
             dns_evicted: self.dns.evicted(),
             ..self.stats
         }
     }
 
-    pub fn counts(&self) -> &LiveCounts {
+    pub(crate) fn counts(&self) -> &LiveCounts {
         &self.counts
     }
 
     /// Live connections, in no particular order.
-    pub fn live(&self) -> impl Iterator<Item = &Conn> {
+    pub(crate) fn live(&self) -> impl Iterator<Item = &Conn> {
         self.conns.values()
-    }
-
-    pub fn len(&self) -> usize {
-        self.conns.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.conns.is_empty()
     }
 
     fn next_id(&mut self) -> u64 {
@@ -157,7 +150,7 @@ impl Tracker {
     }
 
     /// Applies one kernel event, appending the records it completes to `out`.
-    pub fn handle(&mut self, event: &KernelEvent, out: &mut Vec<Record>) {
+    pub(crate) fn handle(&mut self, event: &KernelEvent, out: &mut Vec<Record>) {
         match event {
             KernelEvent::Connect(connect) => self.on_connect(connect, out),
             KernelEvent::Open(open) => self.on_open(open, out),
@@ -307,7 +300,7 @@ impl Tracker {
     /// Reports every live connection as partial (tcpobs is stopping) and forgets them.
     /// `lookup` reads the kernel's record of a socket: the burst in progress and the byte
     /// totals there complete what the events said so far.
-    pub fn flush(
+    pub(crate) fn flush(
         &mut self,
         now_ns: u64,
         mut lookup: impl FnMut(u64) -> Option<SockRecord>,

@@ -20,7 +20,7 @@ const CHUNK: usize = 1024;
 /// always zero) over the table, at a fraction of SipHash's cost; nothing here needs SipHash's
 /// resistance to chosen keys.
 #[derive(Clone, Copy, Debug, Default)]
-pub struct SockHasher(u64);
+pub(crate) struct SockHasher(u64);
 
 impl Hasher for SockHasher {
     fn write(&mut self, bytes: &[u8]) {
@@ -43,7 +43,7 @@ impl Hasher for SockHasher {
 
 /// Live connections by socket address.
 #[derive(Debug, Default)]
-pub struct Table {
+pub(super) struct Table {
     slots: HashMap<u64, u32, BuildHasherDefault<SockHasher>>,
     chunks: Vec<Vec<Option<Conn>>>,
     free: Vec<u32>,
@@ -55,12 +55,9 @@ fn split(slot: u32) -> (usize, usize) {
 }
 
 impl Table {
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.slots.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.slots.is_empty()
     }
 
     fn slot(&self, slot: u32) -> &Option<Conn> {
@@ -73,17 +70,17 @@ impl Table {
         &mut self.chunks[chunk][index]
     }
 
-    pub fn get(&self, sock: u64) -> Option<&Conn> {
+    pub(super) fn get(&self, sock: u64) -> Option<&Conn> {
         self.slot(*self.slots.get(&sock)?).as_ref()
     }
 
-    pub fn get_mut(&mut self, sock: u64) -> Option<&mut Conn> {
+    pub(super) fn get_mut(&mut self, sock: u64) -> Option<&mut Conn> {
         let slot = *self.slots.get(&sock)?;
         self.slot_mut(slot).as_mut()
     }
 
     /// Adds `conn` for `sock`, returning the connection it replaces.
-    pub fn insert(&mut self, sock: u64, conn: Conn) -> Option<Conn> {
+    pub(super) fn insert(&mut self, sock: u64, conn: Conn) -> Option<Conn> {
         if let Some(&slot) = self.slots.get(&sock) {
             return self.slot_mut(slot).replace(conn);
         }
@@ -107,26 +104,26 @@ impl Table {
         None
     }
 
-    pub fn remove(&mut self, sock: u64) -> Option<Conn> {
+    pub(super) fn remove(&mut self, sock: u64) -> Option<Conn> {
         let slot = self.slots.remove(&sock)?;
         self.free.push(slot);
         self.slot_mut(slot).take()
     }
 
     /// Every connection, in no particular order.
-    pub fn values(&self) -> impl Iterator<Item = &Conn> {
+    pub(super) fn values(&self) -> impl Iterator<Item = &Conn> {
         self.chunks.iter().flatten().flatten()
     }
 
     /// Every connection with its socket, in no particular order.
-    pub fn iter(&self) -> impl Iterator<Item = (u64, &Conn)> {
+    pub(super) fn iter(&self) -> impl Iterator<Item = (u64, &Conn)> {
         self.slots
             .iter()
             .filter_map(|(&sock, &slot)| Some((sock, self.slot(slot).as_ref()?)))
     }
 
     /// Calls `visit` with every connection and its socket, in no particular order.
-    pub fn for_each_mut(&mut self, mut visit: impl FnMut(u64, &mut Conn)) {
+    pub(super) fn for_each_mut(&mut self, mut visit: impl FnMut(u64, &mut Conn)) {
         for (&sock, &slot) in &self.slots {
             let (chunk, index) = split(slot);
             if let Some(conn) = &mut self.chunks[chunk][index] {

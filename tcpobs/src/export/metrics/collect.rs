@@ -41,7 +41,7 @@ const STATES: [u8; 10] = [
 
 /// Reader and kernel counters and the attached probes, refreshed by the daemon's loop.
 #[derive(Clone, Debug, Default)]
-pub struct Health {
+pub(crate) struct Health {
     pub reader: ReaderStats,
     pub kernel: KernelStats,
     pub probes: Vec<FamilyAttach>,
@@ -50,7 +50,7 @@ pub struct Health {
 
 /// The scrape-time collector.
 #[derive(Debug)]
-pub struct Scrape {
+pub(crate) struct Scrape {
     pub tracker: Arc<Mutex<Tracker>>,
     pub health: Arc<Mutex<Health>>,
     pub output: Arc<OutputCounts>,

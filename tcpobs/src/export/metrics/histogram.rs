@@ -36,11 +36,11 @@ struct Inner {
 
 /// Cloning shares the same buckets.
 #[derive(Clone, Debug)]
-pub struct Histogram(Arc<Inner>);
+pub(super) struct Histogram(Arc<Inner>);
 
 impl Histogram {
     /// `bounds` (ascending, in the exported unit) for observations worth `scale` each.
-    pub fn new(bounds: impl IntoIterator<Item = f64>, scale: f64) -> Self {
+    pub(super) fn new(bounds: impl IntoIterator<Item = f64>, scale: f64) -> Self {
         let bounds: Box<[f64]> = bounds.into_iter().collect();
         let limits = bounds.iter().map(|&bound| limit(bound, scale)).collect();
         let counts = (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect();
@@ -54,7 +54,7 @@ impl Histogram {
     }
 
     /// Records one observation, in observation units.
-    pub fn observe(&self, value: u64) {
+    pub(super) fn observe(&self, value: u64) {
         let inner = &*self.0;
         let bucket = inner.limits.partition_point(|&limit| limit < value);
         inner.counts[bucket].fetch_add(1, Ordering::Relaxed);

@@ -34,7 +34,7 @@ use crate::{
 
 /// An optional label dimension.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Dim {
+pub(crate) enum Dim {
     LocalPort,
     RemotePort,
     Comm,
@@ -51,7 +51,7 @@ impl Dim {
         Self::Namespace,
     ];
 
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Self::LocalPort => "local_port",
             Self::RemotePort => "remote_port",
@@ -60,16 +60,11 @@ impl Dim {
             Self::Namespace => "namespace",
         }
     }
-
-    /// Whether its values come from the container metadata.
-    pub fn needs_metadata(self) -> bool {
-        matches!(self, Self::Pod | Self::Namespace)
-    }
 }
 
 /// Which values of a dimension get their own label.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Keep {
+pub(crate) enum Keep {
     /// Exactly these.
     Allow(Vec<String>),
     /// The N busiest seen so far.
@@ -78,14 +73,14 @@ pub enum Keep {
 
 /// One `--label` flag: `NAME`, `NAME=top:N` or `NAME=v1,v2,...`.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct LabelSpec {
+pub(crate) struct LabelSpec {
     pub dim: Dim,
     pub keep: Keep,
 }
 
 /// Why a `--label` flag does not parse.
 #[derive(Clone, Debug, Error, PartialEq, Eq)]
-pub enum LabelSpecError {
+pub(crate) enum LabelSpecError {
     #[error("unknown label `{0}`: use local_port, remote_port, comm, pod or namespace")]
     UnknownLabel(String),
     #[error("`{0}`: top:N needs N from 1 to 1000")]
@@ -133,7 +128,7 @@ impl fmt::Display for LabelSpec {
 
 /// Values of the enabled dimensions (`None` for a dimension that is off).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
-pub struct Dims([Option<Arc<str>>; 5]);
+pub(crate) struct Dims([Option<Arc<str>>; 5]);
 
 impl Dims {
     fn encode(&self, encoder: &mut LabelSetEncoder) -> Result<(), fmt::Error> {
@@ -148,7 +143,7 @@ impl Dims {
 
 /// Label set of a per-connection family: fixed labels plus the optional dimensions.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct ConnLabels<const N: usize> {
+pub(crate) struct ConnLabels<const N: usize> {
     pub fixed: [(&'static str, &'static str); N],
     pub dims: Dims,
 }
@@ -163,7 +158,7 @@ impl<const N: usize> EncodeLabelSet for ConnLabels<N> {
 }
 
 /// Label set of the bounded families: fixed labels only.
-pub type Fixed<const N: usize> = [(&'static str, &'static str); N];
+pub(crate) type Fixed<const N: usize> = [(&'static str, &'static str); N];
 
 /// How often (in observations) a top-N dimension re-ranks its values.
 const RERANK_EVERY: u64 = 256;
@@ -221,7 +216,7 @@ impl DimState {
 
 /// Maps connections to dimension values, enforcing allowlists, top-N and the series cap.
 #[derive(Debug)]
-pub struct LabelPolicy {
+pub(crate) struct LabelPolicy {
     dims: Vec<DimState>,
     cap: usize,
     admitted: HashSet<Dims>,
@@ -229,7 +224,7 @@ pub struct LabelPolicy {
 }
 
 impl LabelPolicy {
-    pub fn new(specs: &[LabelSpec], cap: usize) -> Self {
+    pub(crate) fn new(specs: &[LabelSpec], cap: usize) -> Self {
         let dims: Vec<DimState> = specs
             .iter()
             .map(|spec| DimState {
@@ -258,12 +253,12 @@ impl LabelPolicy {
 
     /// Dimension values that stand for everything not kept (no labels when no dimension
     /// is on).
-    pub fn other(&self) -> Dims {
+    pub(crate) fn other(&self) -> Dims {
         self.other.clone()
     }
 
     /// Dimension values for a connection; `metadata` gives the `pod` and `namespace` values.
-    pub fn dims(
+    pub(crate) fn dims(
         &mut self,
         addrs: &Addrs,
         process: Option<&Process>,

@@ -15,14 +15,14 @@ const DNS_RESULTS: [&str; 4] = ["ok", "transient", "permanent", "error"];
 const TLS_RESULTS: [&str; 2] = ["ok", "failed"];
 
 #[derive(Clone, Debug)]
-pub struct LibcallMetrics {
+pub(super) struct LibcallMetrics {
     dns_duration: [Histogram; 4],
     dns_failures: [Counter; 3],
     tls_duration: [Histogram; 2],
 }
 
 impl LibcallMetrics {
-    pub fn new(registry: &mut Registry) -> Self {
+    pub(super) fn new(registry: &mut Registry) -> Self {
         let dns_duration: Family<Fixed<1>, Histogram, Buckets> =
             Family::new_with_constructor(Buckets::Latency);
         let dns_failures: Family<Fixed<1>, Counter> = Family::default();
@@ -57,7 +57,7 @@ impl LibcallMetrics {
         }
     }
 
-    pub fn observe_dns(&self, record: &DnsRecord) {
+    pub(super) fn observe_dns(&self, record: &DnsRecord) {
         let failure = record.failure();
         let index = failure.map_or(0, |kind| {
             1 + DnsFailure::ALL.iter().position(|k| *k == kind).unwrap_or(2)
@@ -68,7 +68,7 @@ impl LibcallMetrics {
         }
     }
 
-    pub fn observe_tls(&self, record: &TlsRecord) {
+    pub(super) fn observe_tls(&self, record: &TlsRecord) {
         self.tls_duration[usize::from(!record.ok)].observe(record.duration_ns);
     }
 }

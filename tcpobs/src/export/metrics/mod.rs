@@ -10,10 +10,10 @@
 //! The families' shapes (bucket layouts, the histogram table, the bounded label values) are in
 //! `families`.
 
-pub mod collect;
+pub(crate) mod collect;
 mod families;
 mod histogram;
-pub mod labels;
+pub(crate) mod labels;
 mod libcalls;
 
 use std::{
@@ -55,7 +55,7 @@ struct Fast {
 
 /// Every family tcpobs updates on events. Cloning shares the same series.
 #[derive(Clone, Debug)]
-pub struct Metrics {
+pub(crate) struct Metrics {
     histograms: Vec<Histograms>,
     opened: Counters<1>,
     closed: Counters<3>,
@@ -85,7 +85,7 @@ fn role_labels<const N: usize>(
 
 impl Metrics {
     /// Creates the families and registers them in `registry`.
-    pub fn new(registry: &mut Registry, labels: &[LabelSpec], series_cap: usize) -> Self {
+    pub(crate) fn new(registry: &mut Registry, labels: &[LabelSpec], series_cap: usize) -> Self {
         let mut metrics = Self {
             histograms: HISTOGRAMS
                 .iter()
@@ -220,7 +220,7 @@ impl Metrics {
     }
 
     /// Records how late a closed connection's record is, `now_ns` being the kernel clock.
-    pub fn observe_delay(&self, record: &Record, now_ns: u64) {
+    pub(crate) fn observe_delay(&self, record: &Record, now_ns: u64) {
         if let Record::Connection(connection) = record
             && let Some(close) = &connection.close
         {
@@ -229,12 +229,12 @@ impl Metrics {
     }
 
     /// Takes the `pod` and `namespace` label values from `metadata`.
-    pub fn set_metadata(&mut self, metadata: Arc<Metadata>) {
+    pub(crate) fn set_metadata(&mut self, metadata: Arc<Metadata>) {
         self.metadata = Some(metadata);
     }
 
     /// Records how long a sweep took.
-    pub fn set_sweep_duration(&self, duration: Duration) {
+    pub(crate) fn set_sweep_duration(&self, duration: Duration) {
         self.sweep_duration.set(duration.as_secs_f64());
     }
 
@@ -278,7 +278,7 @@ impl Metrics {
     }
 
     /// Updates the families for one record.
-    pub fn observe(&self, record: &Record) {
+    pub(crate) fn observe(&self, record: &Record) {
         match record {
             Record::Opened(opened) => {
                 match self.fast(opened.role) {
@@ -391,7 +391,7 @@ impl Metrics {
     }
 
     /// Sets the stuck-connection gauge from a sweep (indexed like [`Stuck::ALL`]).
-    pub fn set_stuck(&self, stuck: &[u64; 5]) {
+    pub(crate) fn set_stuck(&self, stuck: &[u64; 5]) {
         for (kind, count) in Stuck::ALL.iter().zip(stuck) {
             self.stuck
                 .get_or_create(&[("phase", kind.as_str())])

@@ -14,7 +14,7 @@ use thiserror::Error;
 use crate::model::ExchangeRecord;
 
 /// The seed article's format: timing, reuse class and close originator per exchange.
-pub const DEFAULT_FORMAT: &str = "%request.timestamp %source.ip %source.port %dest.ip %dest.port \
+pub(crate) const DEFAULT_FORMAT: &str = "%request.timestamp %source.ip %source.port %dest.ip %dest.port \
      c=%connection.time i=%idle.time.0 req=%request.time resp=%response.time \
      i2=%idle.time.1 s=%session.time %connection %close.originator";
 

@@ -1,7 +1,7 @@
 //! Where records go: NDJSON events or justniffer lines, to stdout or a file.
 
-pub mod json;
-pub mod justniffer;
+pub(crate) mod json;
+pub(crate) mod justniffer;
 pub mod select;
 
 use std::{
@@ -79,7 +79,7 @@ fn open_file(path: &Path) -> io::Result<Box<dyn Write + Send>> {
 }
 
 impl Output {
-    pub fn new(writer: Box<dyn Write + Send>, format: Format, clock: Clock) -> Self {
+    pub(crate) fn new(writer: Box<dyn Write + Send>, format: Format, clock: Clock) -> Self {
         Self {
             writer,
             format,
@@ -97,7 +97,7 @@ impl Output {
     }
 
     /// Adds container and pod metadata to the JSON events.
-    pub fn set_metadata(&mut self, metadata: Arc<Metadata>) {
+    pub(crate) fn set_metadata(&mut self, metadata: Arc<Metadata>) {
         self.metadata = Some(metadata);
     }
 
@@ -113,17 +113,17 @@ impl Output {
     }
 
     /// Set it to have the output file reopened at the next flush (after log rotation).
-    pub fn reopen_handle(&self) -> Arc<AtomicBool> {
+    pub(crate) fn reopen_handle(&self) -> Arc<AtomicBool> {
         Arc::clone(&self.reopen)
     }
 
     /// Events written and sampled out, for the metrics.
-    pub fn counts(&self) -> Arc<OutputCounts> {
+    pub(crate) fn counts(&self) -> Arc<OutputCounts> {
         Arc::clone(&self.counts)
     }
 
     /// Writes a line that is not a record (e.g. the final `stats` event), JSON format only.
-    pub fn write_json_line(&mut self, line: &str) -> io::Result<()> {
+    pub(crate) fn write_json_line(&mut self, line: &str) -> io::Result<()> {
         if matches!(self.format, Format::Json) {
             self.pending.push_str(line);
         }

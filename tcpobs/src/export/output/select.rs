@@ -19,7 +19,7 @@ use crate::{
 /// The type of an event: where [`selected`] routes a record, the `type` of its JSON, and the
 /// `type` label of the per-type output counters.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum EventType {
+pub(crate) enum EventType {
     Connection,
     Exchange,
     Anomaly,
@@ -29,7 +29,7 @@ pub enum EventType {
 
 impl EventType {
     /// Every type, in [`EventType::index`] order.
-    pub const ALL: [Self; 5] = [
+    pub(crate) const ALL: [Self; 5] = [
         Self::Connection,
         Self::Exchange,
         Self::Anomaly,
@@ -37,7 +37,7 @@ impl EventType {
         Self::Tls,
     ];
 
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Self::Connection => "connection",
             Self::Exchange => "exchange",
@@ -48,20 +48,20 @@ impl EventType {
     }
 
     /// Its place in the per-type counters ([`OutputCounts`]).
-    pub fn index(self) -> usize {
+    pub(crate) fn index(self) -> usize {
         self as usize
     }
 }
 
 /// Events written and left out by sampling, per [`EventType::index`].
 #[derive(Debug, Default)]
-pub struct OutputCounts {
-    pub written: [AtomicU64; EventType::ALL.len()],
-    pub sampled_out: [AtomicU64; EventType::ALL.len()],
+pub(crate) struct OutputCounts {
+    pub(crate) written: [AtomicU64; EventType::ALL.len()],
+    pub(crate) sampled_out: [AtomicU64; EventType::ALL.len()],
 }
 
 impl OutputCounts {
-    pub fn get(&self) -> ([u64; EventType::ALL.len()], [u64; EventType::ALL.len()]) {
+    pub(crate) fn get(&self) -> ([u64; EventType::ALL.len()], [u64; EventType::ALL.len()]) {
         (
             self.written.each_ref().map(|n| n.load(Ordering::Relaxed)),
             self.sampled_out
@@ -73,14 +73,14 @@ impl OutputCounts {
 
 /// Per-second sampler: the first `first` events of each second, then every `thereafter`-th.
 #[derive(Clone, Debug, Default)]
-pub struct Sampler {
+pub(crate) struct Sampler {
     sample: Option<Sample>,
     second: u64,
     seen: u64,
 }
 
 impl Sampler {
-    pub fn new(sample: Option<Sample>) -> Self {
+    pub(crate) fn new(sample: Option<Sample>) -> Self {
         Self {
             sample,
             second: u64::MAX,
@@ -89,7 +89,7 @@ impl Sampler {
     }
 
     /// Whether the next event is written; `now_ns` reads the clock, only when sampling.
-    pub fn admit(&mut self, now_ns: impl FnOnce() -> u64) -> bool {
+    pub(crate) fn admit(&mut self, now_ns: impl FnOnce() -> u64) -> bool {
         let Some(Sample { first, thereafter }) = self.sample else {
             return true;
         };
@@ -142,7 +142,7 @@ pub fn anomalies_of(record: &ConnectionRecord, thresholds: &Thresholds) -> Vec<&
 }
 
 /// Which event a record makes under an event selection, if any.
-pub fn selected(
+pub(crate) fn selected(
     selection: EventSelection,
     record: &Record,
     thresholds: &Thresholds,

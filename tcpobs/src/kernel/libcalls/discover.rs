@@ -18,14 +18,14 @@ use tcpobs_common::names::Library;
 
 /// A file's identity.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct FileId {
+pub(super) struct FileId {
     pub dev: u64,
     pub ino: u64,
 }
 
 /// A library file found under a root.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Found {
+pub(super) struct Found {
     pub library: Library,
     /// The path to attach to, as the daemon sees it (under `/proc/PID/root` for containers).
     pub path: PathBuf,
@@ -33,7 +33,7 @@ pub struct Found {
 }
 
 /// File names to look for, per library, relative to a root.
-pub fn candidates(library: Library) -> Vec<String> {
+pub(super) fn candidates(library: Library) -> Vec<String> {
     let arch = std::env::consts::ARCH;
     let dirs = [
         format!("lib/{arch}-linux-gnu"),
@@ -55,7 +55,7 @@ pub fn candidates(library: Library) -> Vec<String> {
 
 /// Resolves `relative` under `root` as a process whose root is `root` would: `..` stops at
 /// the root, and absolute symbolic links start again from it. `None` if it does not exist.
-pub fn resolve_in_root(root: &Path, relative: &str) -> Option<PathBuf> {
+pub(super) fn resolve_in_root(root: &Path, relative: &str) -> Option<PathBuf> {
     let mut pending: Vec<String> = relative
         .split('/')
         .filter(|part| !part.is_empty())
@@ -106,7 +106,7 @@ pub fn resolve_in_root(root: &Path, relative: &str) -> Option<PathBuf> {
 }
 
 /// The libraries under `root`, one entry per distinct file.
-pub fn search(root: &Path, library: Library) -> Vec<Found> {
+pub(super) fn search(root: &Path, library: Library) -> Vec<Found> {
     let mut found: Vec<Found> = Vec::new();
     for relative in candidates(library) {
         let Some(path) = resolve_in_root(root, &relative) else {
@@ -131,7 +131,7 @@ pub fn search(root: &Path, library: Library) -> Vec<Found> {
 
 /// One process per mount namespace other than `own`: `(namespace inode, /proc/PID/root)`.
 /// Kernel threads and processes that vanish meanwhile are skipped.
-pub fn other_roots(proc: &Path, own: u64) -> Vec<(u64, PathBuf)> {
+pub(super) fn other_roots(proc: &Path, own: u64) -> Vec<(u64, PathBuf)> {
     let Ok(entries) = fs::read_dir(proc) else {
         return Vec::new();
     };
@@ -158,7 +158,7 @@ pub fn other_roots(proc: &Path, own: u64) -> Vec<(u64, PathBuf)> {
 }
 
 /// The inode of a namespace link (`mnt:[4026531832]`).
-pub fn namespace_inode(link: &Path) -> Option<u64> {
+pub(super) fn namespace_inode(link: &Path) -> Option<u64> {
     let target = fs::read_link(link).ok()?;
     let text = target.to_str()?;
     text.split_once('[')?.1.strip_suffix(']')?.parse().ok()

@@ -20,7 +20,7 @@
 //! The daemon also reaps the kernel's per-thread handshake entries of threads that died inside
 //! a handshake call (see `tcpobs-ebpf/src/tls.rs`).
 
-pub mod discover;
+mod discover;
 
 use std::{
     collections::{HashMap, HashSet},
@@ -48,7 +48,7 @@ use self::discover::{FileId, Found, namespace_inode, other_roots, search};
 use crate::kernel::report::{Attached, FamilyAttach, ProgramFailure, program_mut};
 
 /// Most library files attached per family.
-pub const MAX_LIBRARIES: usize = 64;
+pub(crate) const MAX_LIBRARIES: usize = 64;
 /// How often the daemon looks for new containers' libraries.
 pub const RESCAN_INTERVAL: Duration = Duration::from_secs(10);
 /// The initial PID namespace's inode (`PROC_PID_INIT_INO`): process ids in `/proc` are the
@@ -93,7 +93,7 @@ struct AttachedLib {
 }
 
 /// The attached libcall probes.
-pub struct LibcallProbes {
+pub(crate) struct LibcallProbes {
     host_root: PathBuf,
     /// Search other mount namespaces (not with a test root, nor outside the host PID
     /// namespace, where `/proc` does not show the kernel's process ids).
@@ -169,7 +169,7 @@ impl LibcallProbes {
     /// Loads the uprobe programs, takes the maps the daemon tends, and attaches to the
     /// libraries found now. `None` if the programs cannot load (logged; tcpobs works on
     /// without them).
-    pub fn start(ebpf: &mut Ebpf, options: &LibcallOptions) -> Option<Self> {
+    pub(crate) fn start(ebpf: &mut Ebpf, options: &LibcallOptions) -> Option<Self> {
         let mut programs: Vec<&str> = PHASE_FAMILIES
             .iter()
             .flat_map(|family| family.probes.iter().map(|probe| probe.program))
@@ -217,7 +217,7 @@ impl LibcallProbes {
 
     /// Attaches to libraries that appeared since the last scan (the host's, new containers'),
     /// detaches from those whose containers are gone.
-    pub fn rescan(&mut self, ebpf: &mut Ebpf) {
+    pub(crate) fn rescan(&mut self, ebpf: &mut Ebpf) {
         for library in [Library::Libc, Library::Libssl] {
             for found in search(&self.host_root.clone(), library) {
                 if self.attach(ebpf, &found)
@@ -369,7 +369,7 @@ impl LibcallProbes {
 
     /// Removes the kernel's handshake entries of threads that no longer exist, and tells the
     /// data hooks how many there were.
-    pub fn reap_threads(&mut self) {
+    pub(crate) fn reap_threads(&mut self) {
         let Some(threads) = &mut self.tls_threads else {
             return;
         };
@@ -398,13 +398,13 @@ impl LibcallProbes {
         }
     }
 
-    pub fn stats(&self) -> LibcallStats {
+    pub(crate) fn stats(&self) -> LibcallStats {
         self.stats
     }
 
     /// How each libcall family is attached, for `--check` and `tcpobs_probe_info`: the
     /// programs' types and the library files.
-    pub fn families(&self) -> Vec<FamilyAttach> {
+    pub(crate) fn families(&self) -> Vec<FamilyAttach> {
         PHASE_FAMILIES
             .iter()
             .map(|family| {

@@ -31,13 +31,13 @@ use tcpobs_common::names::{self, family};
 pub use tcpobs_common::names::{FAMILIES, Strategy};
 use tracing::{info, warn};
 
+pub(crate) use self::prepare::check_privileges;
 use self::{
     attach::{Kernel, NoClassic, attach_family},
     prepare::{raise_memlock_limit, sock_offsets, tracepoint_offsets},
 };
 pub use self::{
     error::LoadError,
-    prepare::{check_privileges, missing_capabilities},
     strategy::{StrategyChoice, StrategyError, TracepointMode},
 };
 use crate::{
@@ -72,12 +72,12 @@ pub struct LoadOptions {
 
 /// The loaded object and how each family is attached. Dropping it detaches everything.
 pub struct Loaded {
-    pub ebpf: Ebpf,
-    pub families: Vec<FamilyAttach>,
+    pub(crate) ebpf: Ebpf,
+    pub(crate) families: Vec<FamilyAttach>,
     /// The filter maps, taken out of `ebpf` (until someone takes them over).
-    pub filters: Option<KernelFilters>,
+    pub(crate) filters: Option<KernelFilters>,
     /// The libcall families' probes (`None` with `--phases off`, or if they cannot load).
-    pub libcalls: Option<LibcallProbes>,
+    pub(crate) libcalls: Option<LibcallProbes>,
 }
 
 /// Loads, configures and attaches everything.

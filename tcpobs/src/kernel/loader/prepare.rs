@@ -128,7 +128,7 @@ const CAP_PERFMON: u32 = 38;
 const CAP_BPF: u32 = 39;
 
 /// Root, or CAP_BPF + CAP_PERFMON (CAP_SYS_ADMIN covers both).
-pub fn check_privileges() -> Result<(), LoadError> {
+pub(crate) fn check_privileges() -> Result<(), LoadError> {
     let effective = procfs::process::Process::myself()
         .and_then(|process| process.status())
         .map_or(0, |status| status.capeff);
@@ -143,7 +143,7 @@ pub fn check_privileges() -> Result<(), LoadError> {
 }
 
 /// Names of the capabilities tcpobs needs that `effective` (a CapEff bit set) lacks.
-pub fn missing_capabilities(effective: u64) -> Vec<&'static str> {
+pub(crate) fn missing_capabilities(effective: u64) -> Vec<&'static str> {
     let has = |cap: u32| effective & (1 << cap) != 0;
     if has(CAP_SYS_ADMIN) {
         return Vec::new();

@@ -8,6 +8,7 @@ use crate::{
     config::live::Thresholds,
     export::output::select::anomalies_of,
     model::{DnsFailure, TIMELINE_EXCHANGES, TlsRecord},
+    tracker::libcalls::DNS_WINDOW_NS,
 };
 
 const PID: u32 = 4242;

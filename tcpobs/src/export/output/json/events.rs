@@ -61,7 +61,7 @@ impl Object<'_> {
 
 /// A `connection` event; `anomalies` says why it is one (see `select::anomalies_of`), `meta`
 /// where its process runs.
-pub fn connection(
+pub(crate) fn connection(
     out: &mut Line,
     record: &ConnectionRecord,
     anomalies: &[&str],
@@ -137,7 +137,7 @@ pub fn connection(
 }
 
 /// An `exchange` event.
-pub fn exchange(
+pub(crate) fn exchange(
     out: &mut Line,
     record: &ExchangeRecord,
     meta: Option<&Meta>,
@@ -176,7 +176,7 @@ pub fn exchange(
 }
 
 /// An `anomaly` event: a live connection stuck (its `phase`: how).
-pub fn anomaly(
+pub(crate) fn anomaly(
     out: &mut Line,
     record: &AnomalyRecord,
     meta: Option<&Meta>,
@@ -204,7 +204,7 @@ pub fn anomaly(
 }
 
 /// A `dns` event: one `getaddrinfo` call.
-pub fn dns(out: &mut Line, record: &DnsRecord, clock: &impl WallClock) {
+pub(crate) fn dns(out: &mut Line, record: &DnsRecord, clock: &impl WallClock) {
     let mut object = Object::new(out, "dns");
     object
         .time("time", clock.unix_ns(record.start_ns + record.duration_ns))
@@ -222,7 +222,7 @@ pub fn dns(out: &mut Line, record: &DnsRecord, clock: &impl WallClock) {
 }
 
 /// A `tls` event: one handshake, once its outcome is known.
-pub fn tls(out: &mut Line, record: &TlsRecord, clock: &impl WallClock) {
+pub(crate) fn tls(out: &mut Line, record: &TlsRecord, clock: &impl WallClock) {
     let mut object = Object::new(out, "tls");
     object
         .opt_u64("conn_id", record.conn_id)
@@ -251,7 +251,7 @@ pub fn tls(out: &mut Line, record: &TlsRecord, clock: &impl WallClock) {
 }
 
 /// The `stats` event: tcpobs's final loss and health counters, written when it stops.
-pub fn stats(
+pub(crate) fn stats(
     out: &mut Line,
     reader: &ReaderStats,
     kernel: &KernelStats,

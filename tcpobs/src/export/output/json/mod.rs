@@ -8,17 +8,17 @@
 //! that a key is copied as a constant, and fixed-width numbers (a timestamp's microseconds, a
 //! duration's fraction) are formatted in place.
 
-pub mod events;
+pub(crate) mod events;
 
 use std::{io::Write as _, net::IpAddr};
 
 /// Bumped on any incompatible change to the JSON events.
-pub const SCHEMA_VERSION: u32 = 1;
+pub(crate) const SCHEMA_VERSION: u32 = 1;
 
 /// A buffer for JSON lines, reused from event to event. It remembers the last timestamp's
 /// second (Unix) formatted as `YYYY-MM-DDTHH:MM:SS`: consecutive events, and the timestamps
 /// within one (a connection's start, end and phases), mostly share their second.
-pub struct Line {
+pub(crate) struct Line {
     bytes: Vec<u8>,
     second: i64,
     second_text: [u8; 19],
@@ -36,29 +36,25 @@ impl Default for Line {
 
 impl Line {
     /// The lines written since the last `clear`.
-    pub fn as_bytes(&self) -> &[u8] {
+    pub(crate) fn as_bytes(&self) -> &[u8] {
         &self.bytes
     }
 
     /// The same, as text (every writer puts valid UTF-8).
-    pub fn as_str(&self) -> &str {
+    pub(crate) fn as_str(&self) -> &str {
         std::str::from_utf8(&self.bytes).unwrap_or_default()
     }
 
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.bytes.len()
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.bytes.is_empty()
-    }
-
-    pub fn clear(&mut self) {
+    pub(crate) fn clear(&mut self) {
         self.bytes.clear();
     }
 
     /// Appends `text` as it is.
-    pub fn push_str(&mut self, text: &str) {
+    pub(crate) fn push_str(&mut self, text: &str) {
         self.bytes.extend_from_slice(text.as_bytes());
     }
 
@@ -86,14 +82,14 @@ impl Line {
 }
 
 /// Builds one JSON object on a line.
-pub struct Object<'a> {
+pub(crate) struct Object<'a> {
     line: &'a mut Line,
     empty: bool,
 }
 
 impl<'a> Object<'a> {
     /// Starts an object of this `type`.
-    pub fn new(line: &'a mut Line, kind: &str) -> Self {
+    pub(crate) fn new(line: &'a mut Line, kind: &str) -> Self {
         line.bytes.push(b'{');
         let mut object = Self { line, empty: true };
         object.str("type", kind);
@@ -127,14 +123,14 @@ impl<'a> Object<'a> {
     }
 
     #[inline(always)]
-    pub fn str(&mut self, key: &str, value: &str) -> &mut Self {
+    pub(crate) fn str(&mut self, key: &str, value: &str) -> &mut Self {
         self.key(key);
         escape_into(self.out(), value);
         self
     }
 
     #[inline(always)]
-    pub fn opt_str(&mut self, key: &str, value: Option<&str>) -> &mut Self {
+    pub(crate) fn opt_str(&mut self, key: &str, value: Option<&str>) -> &mut Self {
         match value {
             Some(value) => self.str(key, value),
             None => self.null(key),
@@ -142,28 +138,32 @@ impl<'a> Object<'a> {
     }
 
     #[inline(always)]
-    pub fn ip(&mut self, key: &str, value: IpAddr) -> &mut Self {
+    pub(crate) fn ip(&mut self, key: &str, value: IpAddr) -> &mut Self {
         self.key(key);
         push_ip(self.out(), value);
         self
     }
 
     #[inline(always)]
-    pub fn u64(&mut self, key: &str, value: u64) -> &mut Self {
+    pub(crate) fn u64(&mut self, key: &str, value: u64) -> &mut Self {
         self.key(key);
         push_u64(self.out(), value);
         self
     }
 
     #[inline(always)]
-    pub fn opt_u64(&mut self, key: &str, value: Option<u64>) -> &mut Self {
+    pub(crate) fn opt_u64(&mut self, key: &str, value: Option<u64>) -> &mut Self {
         match value {
             Some(value) => self.u64(key, value),
             None => self.null(key),
         }
     }
 
-    pub fn strs<'s>(&mut self, key: &str, values: impl IntoIterator<Item = &'s str>) -> &mut Self {
+    pub(crate) fn strs<'s>(
+        &mut self,
+        key: &str,
+        values: impl IntoIterator<Item = &'s str>,
+    ) -> &mut Self {
         self.key(key);
         let out = self.out();
         out.push(b'[');
@@ -177,7 +177,7 @@ impl<'a> Object<'a> {
         self
     }
 
-    pub fn ips(&mut self, key: &str, values: impl IntoIterator<Item = IpAddr>) -> &mut Self {
+    pub(crate) fn ips(&mut self, key: &str, values: impl IntoIterator<Item = IpAddr>) -> &mut Self {
         self.key(key);
         let out = self.out();
         out.push(b'[');
@@ -192,7 +192,7 @@ impl<'a> Object<'a> {
     }
 
     #[inline(always)]
-    pub fn opt_bool(&mut self, key: &str, value: Option<bool>) -> &mut Self {
+    pub(crate) fn opt_bool(&mut self, key: &str, value: Option<bool>) -> &mut Self {
         match value {
             Some(value) => self.bool(key, value),
             None => self.null(key),
@@ -200,7 +200,7 @@ impl<'a> Object<'a> {
     }
 
     #[inline(always)]
-    pub fn bool(&mut self, key: &str, value: bool) -> &mut Self {
+    pub(crate) fn bool(&mut self, key: &str, value: bool) -> &mut Self {
         self.key(key);
         let text: &[u8] = if value { b"true" } else { b"false" };
         self.out().extend_from_slice(text);
@@ -208,7 +208,7 @@ impl<'a> Object<'a> {
     }
 
     #[inline(always)]
-    pub fn null(&mut self, key: &str) -> &mut Self {
+    pub(crate) fn null(&mut self, key: &str) -> &mut Self {
         self.key(key);
         self.out().extend_from_slice(b"null");
         self
@@ -216,7 +216,7 @@ impl<'a> Object<'a> {
 
     /// Nanoseconds as decimal seconds, trailing zeros trimmed.
     #[inline(always)]
-    pub fn secs(&mut self, key: &str, ns: Option<u64>) -> &mut Self {
+    pub(crate) fn secs(&mut self, key: &str, ns: Option<u64>) -> &mut Self {
         match ns {
             Some(ns) => {
                 self.key(key);
@@ -229,14 +229,14 @@ impl<'a> Object<'a> {
 
     /// A UTC timestamp with microseconds (`2026-11-21T09:30:00.123456Z`) from Unix nanoseconds.
     #[inline(always)]
-    pub fn time(&mut self, key: &str, unix_ns: i64) -> &mut Self {
+    pub(crate) fn time(&mut self, key: &str, unix_ns: i64) -> &mut Self {
         self.key(key);
         push_time(self.line, unix_ns);
         self
     }
 
     /// Closes the object and the line.
-    pub fn end(self) {
+    pub(crate) fn end(self) {
         self.line.bytes.extend_from_slice(b"}\n");
     }
 }
@@ -296,7 +296,7 @@ fn push_time(line: &mut Line, unix_ns: i64) {
 
 /// A timestamp as the events print it (`2026-11-21T09:30:00.123456Z`: UTC, microseconds),
 /// from Unix nanoseconds, for what is not an event but should read like one (`/connections`).
-pub fn timestamp(unix_ns: i64) -> String {
+pub(crate) fn timestamp(unix_ns: i64) -> String {
     let mut line = Line::default();
     push_time(&mut line, unix_ns);
     line.as_str().trim_matches('"').to_owned()
