@@ -1,4 +1,4 @@
-//! The runtime settings in force, and changing them: `PUT /config` and `SIGHUP`.
+//! The live settings in force, and changing them: `PUT /config` and `SIGHUP`.
 //!
 //! A change is validated whole (including resolving cgroup paths) before anything is touched;
 //! then the kernel filters are written, the log level set, and the daemon's loop is told

@@ -87,8 +87,7 @@ pub(crate) enum SettingsError {
     Unknown(String),
 }
 
-/// Which JSON events to write (`--events`); the output routes records by it
-/// ([`crate::export::output::select`]).
+/// Which JSON events to write (`--events`); the output routes records by it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum EventSelection {

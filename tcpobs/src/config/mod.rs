@@ -4,8 +4,9 @@
 //! The settings that change while tcpobs runs ([`live::LiveSettings`]) can also change through
 //! `PUT /config` and by re-reading the file on `SIGHUP` ([`control`]).
 //!
-//! The flags, with their help text and value parsers, are in `cli` and the file in `file`;
-//! this module checks them into [`Settings`].
+//! The flags, with their help text and value parsers, are in `cli`, the file in `file`, and
+//! reading all three (again on `SIGHUP`) in [`Sources`]; this module checks them into
+//! [`Settings`].
 
 mod cli;
 pub mod control;

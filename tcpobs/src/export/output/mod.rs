@@ -1,4 +1,6 @@
-//! Where records go: NDJSON events or justniffer lines, to stdout or a file.
+//! Where records go: NDJSON events ([`json`], every schema in `json::events`) or justniffer
+//! lines ([`justniffer`]), to stdout or a file, after event selection and sampling
+//! ([`select`]).
 
 pub(crate) mod json;
 pub(crate) mod justniffer;
