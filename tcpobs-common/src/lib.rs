@@ -35,16 +35,16 @@
 //! generation ([`EventHeader::start_ns`]): the kernel reuses socket memory within
 //! milliseconds.
 //!
-//! The phases before and around a connection (name resolution, TLS handshake) have their own
-//! events, in [`phases`].
+//! The calls an application makes into user-space libraries around a connection (name
+//! resolution, the TLS handshake: "libcalls") have their own events, in [`libcalls`].
 #![no_std]
 
+pub mod libcalls;
 pub mod names;
 pub mod offsets;
-pub mod phases;
 
+pub use libcalls::{DnsCall, DnsEvent, TlsCall, TlsEvent, TlsPending};
 pub use offsets::Offsets;
-pub use phases::{DnsCall, DnsEvent, TlsCall, TlsEvent, TlsPending};
 
 /// TCP states, numbered as in the kernel's `include/net/tcp_states.h`.
 pub mod tcp_state {

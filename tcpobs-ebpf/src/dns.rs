@@ -24,7 +24,7 @@ use aya_ebpf::{
 };
 use tcpobs_common::{
     DnsCall, DnsEvent, EventHeader, kind,
-    phases::{DNS_HOST_LEN, DNS_MAX_ADDRS, DNS_MAX_ENTRIES, dns_flag},
+    libcalls::{DNS_HOST_LEN, DNS_MAX_ADDRS, DNS_MAX_ENTRIES, dns_flag},
 };
 
 use crate::track::{current_task, emit, now_ns};

@@ -39,7 +39,7 @@ use aya_ebpf::{
 };
 use tcpobs_common::{
     EventHeader, TlsCall, TlsEvent, TlsPending, kind,
-    phases::{tls_func, tls_step},
+    libcalls::{tls_func, tls_step},
     stat,
 };
 
