@@ -68,7 +68,9 @@ pub mod kind {
     pub const BURST: u32 = 2;
     pub const STATE: u32 = 3;
     pub const CLOSE: u32 = 4;
-    /// An [`crate::OpenEvent`] sent when a client enters `SYN_SENT` (local port not yet known).
+    /// An [`crate::OpenEvent`] sent when a connecting client's SYN is first retransmitted
+    /// (still in `SYN_SENT` one retransmission timeout after `connect()`), so that a connect
+    /// that hangs shows before it ends; one that completes or fails sooner sends none.
     pub const CONNECT: u32 = 5;
     /// A [`crate::DnsEvent`]: a `getaddrinfo` call returned.
     pub const DNS: u32 = 6;
