@@ -19,7 +19,7 @@ use aya_ebpf::{
 };
 use tcpobs_common::{Endpoints, FilterConfig, ListenKey, Listener, Offsets, Owner, filter_mode};
 
-use crate::sock::Sock;
+use crate::socket::Sock;
 
 const AF_INET6: u16 = 10;
 

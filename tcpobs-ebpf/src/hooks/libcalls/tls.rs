@@ -11,7 +11,7 @@
 //!   failed (or was abandoned).
 //!
 //! Which socket: while a thread is inside a handshake call it is marked in `TLS_THREADS`,
-//! and the data hooks (`data::on_data`) record the first traced TCP socket that thread sends
+//! and the data hooks (`hooks::data::on_data`) record the first traced TCP socket that thread sends
 //! to or receives from. No payload is read. To keep the data hooks cheap when no handshake is
 //! in progress, they first read `TLS_ACTIVE` (one load from a global) and only look the
 //! thread up when it is non-zero.
@@ -45,7 +45,7 @@ use tcpobs_common::{
 
 use crate::{
     maps::count,
-    track::{current_task, emit, now_ns},
+    record::{current_task, emit, now_ns},
 };
 
 /// The handshake call each thread is in. Not LRU: every entry is counted in `TLS_ACTIVE`.

@@ -19,7 +19,7 @@ use tcpobs_common::{
 use crate::{
     filter::{allowed, current_owner, listener},
     maps::{EVENTS, SOCKETS, count, offsets, scratch_record},
-    sock::{Sock, is_connected_state},
+    socket::{Sock, is_connected_state},
 };
 
 /// What a hook can tell about a socket it has no record for: the role, and whether it runs
@@ -254,7 +254,7 @@ pub fn traced_record(sk: Sock) -> Option<&'static mut SockRecord> {
 /// Starts a fresh record for a connection being opened: `CLOSE -> SYN_SENT` for a client (in
 /// the connecting process), `LISTEN -> SYN_RECV` for a server (in softirq). A client is judged
 /// by the filters now (an excluded one gets an ignored marker), and announced when it is
-/// established, fails, or retransmits its SYN (`kind::CONNECT`, see `retransmit`); a server
+/// established, fails, or retransmits its SYN (`kind::CONNECT`, see `hooks::retransmit`); a server
 /// is judged and announced when it is established, the moment its addresses are sure to be
 /// set ([`judge_server`]).
 pub fn start(o: &Offsets, sk: Sock, role: u8, now: u64) {

@@ -19,7 +19,7 @@
 //! request/response exchange, whatever the number of syscalls or bytes; a connection with one
 //! exchange sends its bursts with its close. Failed calls (`ret <= 0`) and `MSG_PEEK` reads
 //! move no data and are ignored. While a thread is in a TLS handshake call, the socket it
-//! moves data on is the handshake's ([`crate::tls`]).
+//! moves data on is the handshake's ([`super::libcalls::tls`]).
 
 use aya_ebpf::{
     helpers::bpf_get_current_pid_tgid,
@@ -30,11 +30,11 @@ use aya_ebpf::{
 };
 use tcpobs_common::{DataCall, Offsets, direction};
 
+use super::libcalls::tls;
 use crate::{
     maps::{DATA_CALLS, offsets},
-    sock::Sock,
-    tls,
-    track::{Adoption, claim, emit_bursts, now_ns, record_or_adopt},
+    record::{Adoption, claim, emit_bursts, now_ns, record_or_adopt},
+    socket::Sock,
 };
 
 const MSG_PEEK: i32 = 2;

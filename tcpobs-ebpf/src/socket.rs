@@ -111,7 +111,7 @@ impl Sock {
             (local, &mut endpoints.laddr),
             (remote, &mut endpoints.raddr),
         ] {
-            crate::track::zero(addr);
+            crate::record::zero(addr);
             // SAFETY: as in `read`; the destination is a 16-byte array.
             let _ = unsafe {
                 bpf_probe_read_kernel_buf(self.0.add(usize::from(offset)), &mut addr[..len])

@@ -14,8 +14,8 @@ use tcpobs_common::role;
 
 use crate::{
     maps::offsets,
-    sock::Sock,
-    track::{now_ns, start},
+    record::{now_ns, start},
+    socket::Sock,
 };
 
 #[fentry(function = "tcp_connect")]

@@ -31,11 +31,11 @@ use tcpobs_common::{
 use crate::{
     filter::{listening, not_listening},
     maps::{connect_hooked, offsets},
-    sock::Sock,
-    track::{
+    record::{
         Adoption, claim, emit_open, emit_state, finish, judge_server, learn_local_port, now_ns,
         record_or_adopt, start,
     },
+    socket::Sock,
 };
 
 #[btf_tracepoint(function = "inet_sock_set_state")]

@@ -27,7 +27,7 @@ use tcpobs_common::{
     libcalls::{DNS_HOST_LEN, DNS_MAX_ADDRS, DNS_MAX_ENTRIES, dns_flag},
 };
 
-use crate::track::{current_task, emit, now_ns};
+use crate::record::{current_task, emit, now_ns};
 
 /// Calls in progress, by thread. LRU, so that calls whose return was never seen (the thread
 /// died, or the daemon attached mid-call) cannot fill it.

@@ -16,11 +16,11 @@ use aya_ebpf::{
 };
 use tcpobs_common::{FLAG_RST_RECV, FLAG_RST_SENT, Offsets, role, tcp_state, teardown};
 
+use super::state::{app_closed, first_teardown};
 use crate::{
     maps::offsets,
-    sock::Sock,
-    state::{app_closed, first_teardown},
-    track::{Adoption, learn_local_port, now_ns, record_or_adopt},
+    record::{Adoption, learn_local_port, now_ns, record_or_adopt},
+    socket::Sock,
 };
 
 #[btf_tracepoint(function = "tcp_send_reset")]
