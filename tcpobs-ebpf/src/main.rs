@@ -20,6 +20,7 @@
 )]
 
 mod filter;
+mod helpers;
 mod hooks;
 mod maps;
 mod record;

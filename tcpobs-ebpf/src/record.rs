@@ -4,20 +4,15 @@
 //! waiting: the daemon drains on a short timer, so a busy host does not pay one reader wake-up
 //! per event. Every failed reservation is counted in `STATS`.
 
-use aya_ebpf::{
-    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
-    helpers::{
-        bpf_get_current_pid_tgid,
-        generated::{bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_ktime_get_ns},
-    },
-};
+use aya_ebpf::bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP};
 use tcpobs_common::{
     BurstEvent, CloseEvent, EventHeader, FLAG_IGNORED, FLAG_PARTIAL, Offsets, OpenEvent, Owner,
-    SockRecord, StateEvent, Task, kind, role, stat, tcp_state,
+    SockRecord, StateEvent, kind, role, stat, tcp_state,
 };
 
 use crate::{
-    filter::{allowed, current_owner, listener},
+    filter::{allowed, listener},
+    helpers::{current_owner, current_task, now_ns, zero},
     maps::{EVENTS, SOCKETS, count, offsets, scratch_record},
     socket::{Sock, is_connected_state},
 };
@@ -56,12 +51,6 @@ impl Adoption {
 }
 
 #[inline(always)]
-pub fn now_ns() -> u64 {
-    // SAFETY: bpf_ktime_get_ns has no preconditions.
-    unsafe { bpf_ktime_get_ns() }
-}
-
-#[inline(always)]
 fn submit_flags() -> u64 {
     if EVENTS.query(u64::from(BPF_RB_AVAIL_DATA)) >= offsets().wakeup_bytes {
         u64::from(BPF_RB_FORCE_WAKEUP)
@@ -78,30 +67,6 @@ fn header(kind: u32, ts_ns: u64, sock: u64, rec: &SockRecord) -> EventHeader {
         ts_ns,
         sock,
         start_ns: rec.start_ns,
-    }
-}
-
-/// Writes the current process into `task`, in process context (connect, send/recv, close).
-///
-/// In place, through the raw helper: building a `Task` value (or aya's `[0; 16]` comm buffer)
-/// would zero it first with a call to a byte-at-a-time `memset` subprogram.
-#[inline(always)]
-pub fn current_task(task: &mut Task) {
-    let pid_tgid = bpf_get_current_pid_tgid();
-    task.pid = (pid_tgid >> 32) as u32;
-    task.tid = pid_tgid as u32;
-    // SAFETY: `comm` is 16 writable bytes; the helper NUL-pads it (or zeroes it on error).
-    unsafe { bpf_get_current_comm(task.comm.as_mut_ptr().cast(), task.comm.len() as u32) };
-    // SAFETY: bpf_get_current_cgroup_id has no preconditions.
-    task.cgroup = unsafe { bpf_get_current_cgroup_id() };
-}
-
-/// Zeroes padding bytes with single-byte stores, for the same reason as [`current_task`].
-#[inline(always)]
-pub fn zero<const N: usize>(bytes: &mut [u8; N]) {
-    for byte in bytes.iter_mut() {
-        // SAFETY: a valid, exclusive reference.
-        unsafe { core::ptr::write_volatile(byte, 0) };
     }
 }
 

@@ -22,8 +22,9 @@ use tcpobs_common::{FLAG_APP_CLOSED, FLAG_CLOSE_WAIT, FLAG_IGNORED, tcp_state};
 
 use super::state::app_closed;
 use crate::{
+    helpers::now_ns,
     maps::{SOCKETS, offsets},
-    record::{finish, now_ns, traced_record},
+    record::{finish, traced_record},
     socket::Sock,
 };
 

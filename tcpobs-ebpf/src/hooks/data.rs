@@ -32,8 +32,9 @@ use tcpobs_common::{DataCall, Offsets, direction};
 
 use super::libcalls::tls;
 use crate::{
+    helpers::now_ns,
     maps::{DATA_CALLS, offsets},
-    record::{Adoption, claim, emit_bursts, now_ns, record_or_adopt},
+    record::{Adoption, claim, emit_bursts, record_or_adopt},
     socket::Sock,
 };
 

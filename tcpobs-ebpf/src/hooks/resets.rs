@@ -18,8 +18,9 @@ use tcpobs_common::{FLAG_RST_RECV, FLAG_RST_SENT, Offsets, role, tcp_state, tear
 
 use super::state::{app_closed, first_teardown};
 use crate::{
+    helpers::now_ns,
     maps::offsets,
-    record::{Adoption, learn_local_port, now_ns, record_or_adopt},
+    record::{Adoption, learn_local_port, record_or_adopt},
     socket::Sock,
 };
 

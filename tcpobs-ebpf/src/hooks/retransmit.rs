@@ -18,8 +18,9 @@ use tcpobs_common::{FLAG_CONNECT_SENT, Offsets, kind, role, tcp_state};
 
 use super::resets::read_sk;
 use crate::{
+    helpers::now_ns,
     maps::offsets,
-    record::{Adoption, emit_open, learn_local_port, now_ns, record_or_adopt},
+    record::{Adoption, emit_open, learn_local_port, record_or_adopt},
     socket::Sock,
 };
 

@@ -30,9 +30,10 @@ use tcpobs_common::{
 
 use crate::{
     filter::{listening, not_listening},
+    helpers::now_ns,
     maps::{connect_hooked, offsets},
     record::{
-        Adoption, claim, emit_open, emit_state, finish, judge_server, learn_local_port, now_ns,
+        Adoption, claim, emit_open, emit_state, finish, judge_server, learn_local_port,
         record_or_adopt, start,
     },
     socket::Sock,

@@ -27,7 +27,10 @@ use tcpobs_common::{
     libcalls::{DNS_HOST_LEN, DNS_MAX_ADDRS, DNS_MAX_ENTRIES, dns_flag},
 };
 
-use crate::record::{current_task, emit, now_ns};
+use crate::{
+    helpers::{current_task, now_ns},
+    record::emit,
+};
 
 /// Calls in progress, by thread. LRU, so that calls whose return was never seen (the thread
 /// died, or the daemon attached mid-call) cannot fill it.

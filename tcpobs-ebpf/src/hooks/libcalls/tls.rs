@@ -44,8 +44,9 @@ use tcpobs_common::{
 };
 
 use crate::{
+    helpers::{current_task, now_ns},
     maps::count,
-    record::{current_task, emit, now_ns},
+    record::emit,
 };
 
 /// The handshake call each thread is in. Not LRU: every entry is counted in `TLS_ACTIVE`.
