@@ -6,8 +6,8 @@
 
 use aya_ebpf::bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP};
 use tcpobs_common::{
-    BurstEvent, CloseEvent, EventHeader, FLAG_IGNORED, FLAG_PARTIAL, Offsets, OpenEvent, Owner,
-    SockRecord, StateEvent, kind, role, stat, tcp_state,
+    BurstEvent, CloseEvent, EventHeader, FLAG_APP_CLOSED, FLAG_IGNORED, FLAG_PARTIAL, Offsets,
+    OpenEvent, Owner, SockRecord, StateEvent, kind, role, stat, tcp_state, teardown,
 };
 
 use crate::{
@@ -75,6 +75,25 @@ fn header(kind: u32, ts_ns: u64, sock: u64, rec: &SockRecord) -> EventHeader {
 pub fn claim(rec: &mut SockRecord) {
     if rec.task.pid == 0 {
         current_task(&mut rec.task);
+    }
+}
+
+/// Notes the first sign of teardown (FIN or reset, either way), if it is the first.
+#[inline(always)]
+pub fn first_teardown(rec: &mut SockRecord, how: u8, now: u64) {
+    if rec.first_teardown == teardown::NONE {
+        rec.first_teardown = how;
+        rec.teardown_ns = now;
+    }
+}
+
+/// The application closed or shut down the socket: a process-context transition.
+#[inline(always)]
+pub fn app_closed(rec: &mut SockRecord, now: u64) {
+    if rec.flags & FLAG_APP_CLOSED == 0 {
+        rec.flags |= FLAG_APP_CLOSED;
+        rec.app_close_ns = now;
+        claim(rec);
     }
 }
 

@@ -20,11 +20,10 @@ use aya_ebpf::{
 };
 use tcpobs_common::{FLAG_APP_CLOSED, FLAG_CLOSE_WAIT, FLAG_IGNORED, tcp_state};
 
-use super::state::app_closed;
 use crate::{
     helpers::now_ns,
     maps::{SOCKETS, offsets},
-    record::{finish, traced_record},
+    record::{app_closed, finish, traced_record},
     socket::Sock,
 };
 

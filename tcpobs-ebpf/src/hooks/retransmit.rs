@@ -16,7 +16,7 @@ use aya_ebpf::{
 };
 use tcpobs_common::{FLAG_CONNECT_SENT, Offsets, kind, role, tcp_state};
 
-use super::resets::read_sk;
+use super::read_sk;
 use crate::{
     helpers::now_ns,
     maps::offsets,
