@@ -23,7 +23,8 @@
 
 use aya_ebpf::{
     helpers::bpf_get_current_pid_tgid,
-    macros::{btf_tracepoint, fexit, kprobe, kretprobe, tracepoint},
+    macros::{btf_tracepoint, fexit, kprobe, kretprobe, map, tracepoint},
+    maps::LruHashMap,
     programs::{
         BtfTracePointContext, FExitContext, ProbeContext, RetProbeContext, TracePointContext,
     },
@@ -33,12 +34,17 @@ use tcpobs_common::{DataCall, Offsets, direction};
 use super::libcalls::tls;
 use crate::{
     helpers::now_ns,
-    maps::{DATA_CALLS, offsets},
+    maps::offsets,
     record::{Adoption, claim, emit_bursts, record_or_adopt},
     socket::Sock,
 };
 
 const MSG_PEEK: i32 = 2;
+
+/// `tcp_sendmsg`/`tcp_recvmsg` calls in progress, by thread (`pid_tgid`), for the kretprobes.
+/// LRU, so that calls whose return was never seen cannot fill it.
+#[map]
+static DATA_CALLS: LruHashMap<u64, DataCall> = LruHashMap::with_max_entries(16_384, 0);
 
 #[btf_tracepoint(function = "sock_send_length")]
 pub fn send_len_btf(ctx: BtfTracePointContext) -> i32 {
