@@ -24,7 +24,8 @@
 //! - [`OpenEvent`] of kind [`kind::OPEN`] when a socket reaches `ESTABLISHED`, or when a socket
 //!   that was already open is seen for the first time (flag [`FLAG_PARTIAL`]);
 //! - [`BurstEvent`] every second time the data direction flips, carrying the two bursts that
-//!   just completed: one event per request/response exchange;
+//!   just completed: one event per request/response exchange ([`SockRecord::add_data`], the
+//!   rules shared with the daemon's tests);
 //! - [`StateEvent`] when a socket enters a state it can hang in (`CLOSE_WAIT`, `FIN_WAIT2`);
 //!   the other teardown states usually last one round trip, are kept in the record, and
 //!   the daemon reads them from the table when it needs them;
@@ -39,6 +40,7 @@
 //! resolution, the TLS handshake: "libcalls") have their own events, in [`libcalls`].
 #![no_std]
 
+mod bursts;
 pub mod libcalls;
 pub mod names;
 pub mod offsets;
