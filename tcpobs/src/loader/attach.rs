@@ -6,12 +6,12 @@ use aya::{
     Btf as AyaBtf, Ebpf,
     programs::{BtfTracePoint, FEntry, FExit, KProbe, Program, ProgramError, TracePoint},
 };
-use tcpobs_common::names::{Attach, Family, Way};
 use tracing::debug;
 
 use super::{
     LoadError, Strategy, StrategyChoice, TracepointMode,
     error::{error_chain, short},
+    families::{Attach, Family, Way},
     prepare::Unreadable,
 };
 use crate::btf::Btf;

@@ -21,24 +21,26 @@
 
 mod attach;
 mod error;
+pub(crate) mod families;
 mod prepare;
 mod strategy;
 
 use std::path::PathBuf;
 
 use aya::{Btf as AyaBtf, Ebpf, EbpfLoader, Endianness, maps::Array};
-use tcpobs_common::names::{self, family};
-pub use tcpobs_common::names::{FAMILIES, Strategy};
+use tcpobs_common::names;
 use tracing::{info, warn};
 
 pub use self::{
     attach::{Attached, FamilyAttach},
     error::{LoadError, error_chain},
+    families::{FAMILIES, Strategy},
     prepare::{check_privileges, missing_capabilities},
     strategy::{StrategyChoice, TracepointMode},
 };
 use self::{
     attach::{Kernel, attach_family},
+    families::family,
     prepare::{raise_memlock_limit, sock_offsets, tracepoint_offsets},
 };
 use crate::{

@@ -8,11 +8,11 @@ use prometheus_client::{
     encoding::{DescriptorEncoder, EncodeMetric},
     metrics::{MetricType, counter::ConstCounter, gauge::ConstGauge},
 };
-use tcpobs_common::{names::PHASE_FAMILIES, tcp_state};
+use tcpobs_common::tcp_state;
 
 use crate::{
     decode::KIND_NAMES,
-    loader::FamilyAttach,
+    loader::{FamilyAttach, families::LIBCALL_FAMILIES},
     model::state_name,
     output::select::{EVENT_TYPES, OutputCounts},
     reader::{KernelStats, ReaderStats},
@@ -209,7 +209,7 @@ impl Collector for Scrape {
             None,
             MetricType::Gauge,
         )?;
-        for (family, count) in PHASE_FAMILIES.iter().zip(health.phases.libraries) {
+        for (family, count) in LIBCALL_FAMILIES.iter().zip(health.phases.libraries) {
             let value = i64::try_from(count).unwrap_or(i64::MAX);
             ConstGauge::new(value).encode(libraries.encode_family(&[("family", family.name)])?)?;
         }

@@ -36,14 +36,14 @@ use aya::{
         uprobe::{UProbeLinkId, UProbeScope},
     },
 };
-use tcpobs_common::{
-    TlsCall,
-    names::{self, Library, PHASE_FAMILIES, PhaseFamily, Strategy, UProbeSpec},
-};
+use tcpobs_common::{TlsCall, names};
 use tracing::{debug, info, warn};
 
 use self::discover::{FileId, Found, namespace_inode, other_roots, search};
-use crate::loader::{Attached, FamilyAttach, error_chain};
+use crate::loader::{
+    Attached, FamilyAttach, error_chain,
+    families::{LIBCALL_FAMILIES, LibcallFamily, Library, Strategy, UProbeSpec},
+};
 
 /// Most library files attached per family.
 pub const MAX_LIBRARIES: usize = 64;
@@ -74,7 +74,7 @@ impl Default for PhaseOptions {
 /// Counters for the metrics and the `stats` event.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PhaseStats {
-    /// Library files attached, per [`PHASE_FAMILIES`] entry.
+    /// Library files attached, per [`LIBCALL_FAMILIES`] entry.
     pub libraries: [u64; 2],
     /// Library files left unattached because a family had [`MAX_LIBRARIES`] already.
     pub skipped: u64,
@@ -110,14 +110,14 @@ pub struct PhaseProbes {
 }
 
 fn family_index(library: Library) -> usize {
-    PHASE_FAMILIES
+    LIBCALL_FAMILIES
         .iter()
         .position(|family| family.library == library)
         .unwrap_or(0)
 }
 
-fn family_of(library: Library) -> &'static PhaseFamily {
-    &PHASE_FAMILIES[family_index(library)]
+fn family_of(library: Library) -> &'static LibcallFamily {
+    &LIBCALL_FAMILIES[family_index(library)]
 }
 
 fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut UProbe, String> {
@@ -150,7 +150,7 @@ impl PhaseProbes {
     /// libraries found now. `None` if the programs cannot load (logged; tcpobs works on
     /// without the phases).
     pub fn start(ebpf: &mut Ebpf, options: &PhaseOptions) -> Option<Self> {
-        let mut programs: Vec<&str> = PHASE_FAMILIES
+        let mut programs: Vec<&str> = LIBCALL_FAMILIES
             .iter()
             .flat_map(|family| family.probes.iter().map(|probe| probe.program))
             .collect();
@@ -212,7 +212,7 @@ impl PhaseProbes {
         if self.containers {
             self.scan_containers(ebpf);
         }
-        for family in &PHASE_FAMILIES {
+        for family in &LIBCALL_FAMILIES {
             let index = family_index(family.library);
             let count = self
                 .attached
@@ -387,7 +387,7 @@ impl PhaseProbes {
     /// How each phase family is attached, for `--check` and `tcpobs_probe_info`: the
     /// programs' types and the library files.
     pub fn families(&self) -> Vec<FamilyAttach> {
-        PHASE_FAMILIES
+        LIBCALL_FAMILIES
             .iter()
             .map(|family| {
                 let mut paths: Vec<String> = self
