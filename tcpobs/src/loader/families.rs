@@ -2,7 +2,9 @@
 //! kernel symbols or tracepoints and the names of the programs (in `tcpobs-ebpf`) that attach
 //! there; and the libcall families, uprobes on user-space libraries.
 //!
-//! Only the daemon reads it (the kernel crate names its programs by their function names).
+//! Only the daemon reads it (the kernel crate names its programs by their function names). A
+//! test below checks every program, map and global name the daemon asks for against the built
+//! object, so a renamed program fails `cargo test`, not a start-up.
 
 /// Hook families, as in the design's strategy table.
 pub mod family {
@@ -441,3 +443,119 @@ pub const LIBCALL_FAMILIES: [LibcallFamily; 2] = [
         ],
     },
 ];
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use aya_obj::{Object, ProgramSection};
+    use tcpobs_common::{Offsets, names};
+
+    use super::*;
+
+    /// Every program the attach table names, with the kind of program it must be.
+    fn programs() -> Vec<(&'static str, &'static str)> {
+        let mut programs = Vec::new();
+        for attach in FAMILIES
+            .iter()
+            .flat_map(|family| family.ways)
+            .flat_map(|way| way.attach)
+        {
+            match *attach {
+                Attach::Tracepoint {
+                    btf_program,
+                    tracepoint_program,
+                    ..
+                } => {
+                    programs.push((btf_program, "tp_btf"));
+                    programs.extend(tracepoint_program.map(|program| (program, "tracepoint")));
+                }
+                Attach::FEntry { program, .. } => programs.push((program, "fentry")),
+                Attach::FExit {
+                    programs: choices, ..
+                } => programs.extend(choices.iter().map(|&(_, program)| (program, "fexit"))),
+                Attach::KProbe { program, .. } => programs.push((program, "kprobe")),
+                Attach::KRetProbe { program, .. } => programs.push((program, "kretprobe")),
+            }
+        }
+        for probe in LIBCALL_FAMILIES.iter().flat_map(|family| family.probes) {
+            programs.push((
+                probe.program,
+                if probe.ret { "uretprobe" } else { "uprobe" },
+            ));
+        }
+        programs
+    }
+
+    fn kind(section: &ProgramSection) -> &'static str {
+        match section {
+            ProgramSection::BtfTracePoint => "tp_btf",
+            ProgramSection::TracePoint => "tracepoint",
+            ProgramSection::FEntry { .. } => "fentry",
+            ProgramSection::FExit { .. } => "fexit",
+            ProgramSection::KProbe => "kprobe",
+            ProgramSection::KRetProbe => "kretprobe",
+            ProgramSection::UProbe { .. } => "uprobe",
+            ProgramSection::URetProbe { .. } => "uretprobe",
+            _ => "another kind",
+        }
+    }
+
+    /// The names the daemon asks the object for (programs here, maps and globals in
+    /// `tcpobs_common::names`) all exist in the object build.rs built, as the right kind of
+    /// program: a renamed program or map fails here rather than at start-up as root.
+    #[test]
+    fn every_name_the_daemon_asks_for_is_in_the_object() {
+        let object = Object::parse(super::super::OBJECT).expect("the built object parses");
+        let mut missing = Vec::new();
+        for (name, expected) in programs() {
+            match object.programs.get(name) {
+                None => missing.push(format!("program {name} ({expected})")),
+                Some(program) if kind(&program.section) != expected => missing.push(format!(
+                    "program {name} as {expected} (it is {})",
+                    kind(&program.section)
+                )),
+                Some(_) => {}
+            }
+        }
+        let maps = [
+            names::EVENTS_MAP,
+            names::SOCKETS_MAP,
+            names::STATS_MAP,
+            names::PORT_FILTER_MAP,
+            names::CIDR4_FILTER_MAP,
+            names::CIDR6_FILTER_MAP,
+            names::PID_FILTER_MAP,
+            names::CGROUP_FILTER_MAP,
+            names::LISTENERS_MAP,
+            names::FILTER_MAP,
+            names::CONNECT_HOOKED_MAP,
+            names::DATA_CALLS_MAP,
+            names::DNS_CALLS_MAP,
+            names::TLS_THREADS_MAP,
+            names::TLS_PENDING_MAP,
+            names::TLS_ABANDONED_MAP,
+        ];
+        for name in maps {
+            if !object.maps.contains_key(name) {
+                missing.push(format!("map {name}"));
+            }
+        }
+        // What the loader's `override_global` does: the global must exist and be an `Offsets`.
+        let mut object = object;
+        let offsets = [0u8; size_of::<Offsets>()];
+        let globals = HashMap::from([(names::OFFSETS_GLOBAL, (&offsets[..], true))]);
+        if let Err(err) = object.patch_map_data(globals) {
+            missing.push(format!(
+                "global {} of {} bytes: {err}",
+                names::OFFSETS_GLOBAL,
+                offsets.len()
+            ));
+        }
+        assert!(
+            missing.is_empty(),
+            "the kernel object lacks what the daemon asks for: {}",
+            missing.join(", ")
+        );
+    }
+}
