@@ -17,7 +17,7 @@
 //! resolvers that bypass the C library (Go's pure resolver, c-ares).
 //!
 //! The daemon also reaps the kernel's per-thread handshake entries of threads that died inside
-//! a handshake call (see `tcpobs-ebpf/src/tls.rs`).
+//! a handshake call (see `tcpobs-ebpf/src/hooks/libcalls/tls.rs`).
 
 pub mod discover;
 
