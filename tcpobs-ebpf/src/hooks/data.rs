@@ -18,9 +18,9 @@
 //! until the next one completes, and the two go out in one event: one event per
 //! request/response exchange, whatever the number of syscalls or bytes; a connection with one
 //! exchange sends its bursts with its close. The rules are `SockRecord::add_data`, in
-//! tcpobs-common, shared with the daemon's tracker tests. Failed calls (`ret <= 0`) and `MSG_PEEK` reads
-//! move no data and are ignored. While a thread is in a TLS handshake call, the socket it
-//! moves data on is the handshake's ([`super::libcalls::tls`]).
+//! tcpobs-common, shared with the daemon's tracker tests. Failed calls (`ret <= 0`) and
+//! `MSG_PEEK` reads move no data and are ignored. While a thread is in a TLS handshake call,
+//! the socket it moves data on is the handshake's ([`super::libcalls::tls`]).
 
 use aya_ebpf::{
     helpers::bpf_get_current_pid_tgid,
