@@ -24,7 +24,8 @@
 //! - [`OpenEvent`] of kind [`kind::OPEN`] when a socket reaches `ESTABLISHED`, or when a socket
 //!   that was already open is seen for the first time (flag [`FLAG_PARTIAL`]);
 //! - [`BurstEvent`] every second time the data direction flips, carrying the two bursts that
-//!   just completed: one event per request/response exchange;
+//!   just completed: one event per request/response exchange ([`SockRecord::add_data`], the
+//!   rules shared with the daemon's tests);
 //! - [`StateEvent`] when a socket enters a state it can hang in (`CLOSE_WAIT`, `FIN_WAIT2`);
 //!   the other teardown states usually last one round trip, are kept in the record, and
 //!   the daemon reads them from the table when it needs them;
@@ -35,16 +36,17 @@
 //! generation ([`EventHeader::start_ns`]): the kernel reuses socket memory within
 //! milliseconds.
 //!
-//! The phases before and around a connection (name resolution, TLS handshake) have their own
-//! events, in [`phases`].
+//! The calls an application makes into user-space libraries around a connection (name
+//! resolution, the TLS handshake: "libcalls") have their own events, in [`libcalls`].
 #![no_std]
 
+mod bursts;
+pub mod libcalls;
 pub mod names;
 pub mod offsets;
-pub mod phases;
 
+pub use libcalls::{DnsCall, DnsEvent, TlsCall, TlsEvent, TlsPending};
 pub use offsets::Offsets;
-pub use phases::{DnsCall, DnsEvent, TlsCall, TlsEvent, TlsPending};
 
 /// TCP states, numbered as in the kernel's `include/net/tcp_states.h`.
 pub mod tcp_state {
@@ -68,7 +70,9 @@ pub mod kind {
     pub const BURST: u32 = 2;
     pub const STATE: u32 = 3;
     pub const CLOSE: u32 = 4;
-    /// An [`crate::OpenEvent`] sent when a client enters `SYN_SENT` (local port not yet known).
+    /// An [`crate::OpenEvent`] sent when a connecting client's SYN is first retransmitted
+    /// (still in `SYN_SENT` one retransmission timeout after `connect()`), so that a connect
+    /// that hangs shows before it ends; one that completes or fails sooner sends none.
     pub const CONNECT: u32 = 5;
     /// A [`crate::DnsEvent`]: a `getaddrinfo` call returned.
     pub const DNS: u32 = 6;

@@ -13,13 +13,12 @@
 //! fails an include filter and passes an exclude filter.
 
 use aya_ebpf::{
-    helpers::{bpf_get_current_pid_tgid, generated::bpf_get_current_cgroup_id},
     macros::map,
     maps::{Array, HashMap, LpmTrie, lpm_trie::Key},
 };
 use tcpobs_common::{Endpoints, FilterConfig, ListenKey, Listener, Offsets, Owner, filter_mode};
 
-use crate::sock::Sock;
+use crate::{helpers::current_owner, socket::Sock};
 
 const AF_INET6: u16 = 10;
 
@@ -45,17 +44,6 @@ pub static CGROUP_FILTER: HashMap<u64, u8> = HashMap::with_max_entries(1024, 0);
 /// (network namespace, local port) -> the process that listens on it.
 #[map]
 pub static LISTENERS: HashMap<ListenKey, Listener> = HashMap::with_max_entries(16_384, 0);
-
-/// The current task as an owner (process context only).
-#[inline(always)]
-pub fn current_owner() -> Owner {
-    Owner {
-        pid: (bpf_get_current_pid_tgid() >> 32) as u32,
-        _pad: 0,
-        // SAFETY: bpf_get_current_cgroup_id has no preconditions.
-        cgroup: unsafe { bpf_get_current_cgroup_id() },
-    }
-}
 
 #[inline(always)]
 fn listen_key(o: &Offsets, sk: Sock, port: u16) -> ListenKey {

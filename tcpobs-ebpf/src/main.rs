@@ -1,34 +1,30 @@
-//! tcpobs's kernel programs: one module per hook family (DESIGN §2).
+//! tcpobs's kernel programs (DESIGN §2).
 //!
-//! Every hook family has programs for up to three attach strategies (DESIGN §2): fentry/fexit,
-//! tracepoints (a `tp_btf` program with raw arguments, and a classic one reading record fields
-//! at offsets from tracefs) and kprobes. The daemon attaches, per family, the first strategy
-//! that loads (or the one asked for). All feed the same per-socket logic in [`track`].
+//! - [`hooks`]: the programs, one module per hook family, each beside the header that says
+//!   which kernel symbol or tracepoint it attaches to and why;
+//! - [`record`]: the per-socket record keeping they share, and everything that writes to the
+//!   ring buffer;
+//! - [`socket`] (reads of `struct sock`), [`filter`] (the kernel-side filters) and [`maps`]
+//!   (the shared maps and globals), which the record keeping uses;
+//! - [`helpers`]: small wrappers over BPF helpers, imported by all and importing nothing of
+//!   this crate.
 //!
-//! The phase families ([`dns`], [`tls`]) are uprobes on user-space libraries (the C library's
-//! `getaddrinfo`, OpenSSL's handshake functions), attached to every copy the daemon finds.
+//! Imports go one way: hooks -> record -> {socket, filter, maps} -> helpers.
 #![no_std]
 #![no_main]
-// `atomic_xadd` for the TLS in-progress counter (see `tls`).
+// `atomic_xadd` for the TLS in-progress counter (see `hooks::libcalls::tls`).
 #![feature(core_intrinsics)]
 #![expect(
     internal_features,
     reason = "core_intrinsics: the only atomic add on this target"
 )]
 
-mod close;
-mod connect;
-mod data;
-mod dns;
-mod errors;
 mod filter;
+mod helpers;
+mod hooks;
 mod maps;
-mod resets;
-mod retransmit;
-mod sock;
-mod state;
-mod tls;
-mod track;
+mod record;
+mod socket;
 
 #[cfg(not(test))]
 #[panic_handler]

@@ -1,10 +1,11 @@
-//! Maps and globals shared by every hook family. Names match `tcpobs_common::names`.
+//! Maps and globals shared by the hook families (a map that one family uses sits beside its
+//! hooks). Names match `tcpobs_common::names`.
 
 use aya_ebpf::{
     macros::map,
     maps::{Array, LruHashMap, PerCpuArray, RingBuf},
 };
-use tcpobs_common::{DataCall, Offsets, SockRecord, stat};
+use tcpobs_common::{Offsets, SockRecord, stat};
 
 /// Events to the daemon. The size is set by the loader (`--ringbuf-bytes`).
 #[map]
@@ -51,11 +52,6 @@ pub static CONNECT_HOOKED: Array<u32> = Array::with_max_entries(1, 0);
 pub fn connect_hooked() -> bool {
     CONNECT_HOOKED.get(0).is_some_and(|hooked| *hooked != 0)
 }
-
-/// `tcp_sendmsg`/`tcp_recvmsg` calls in progress, by thread (`pid_tgid`), for the kretprobes.
-/// LRU, so that calls whose return was never seen cannot fill it.
-#[map]
-pub static DATA_CALLS: LruHashMap<u64, DataCall> = LruHashMap::with_max_entries(16_384, 0);
 
 /// Drop counters, indexed by `tcpobs_common::stat`.
 #[map]

@@ -13,7 +13,7 @@ use aya::{
     maps::Map,
     programs::{Program, ProgramError},
 };
-use tcpobs_common::names::Strategy;
+use crate::kernel::loader::Strategy;
 use thiserror::Error;
 
 /// One attached program.

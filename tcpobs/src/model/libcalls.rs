@@ -9,7 +9,7 @@ use std::{
 
 use tcpobs_common::{
     DnsEvent,
-    phases::{DNS_MAX_ADDRS, dns_flag},
+    libcalls::{DNS_MAX_ADDRS, dns_flag},
 };
 
 use super::{Addrs, Process, Role};

@@ -25,7 +25,7 @@ use std::{
 
 use tcpobs_common::{
     DnsEvent, TlsEvent,
-    phases::{DNS_HOST_LEN, dns_flag, tls_step},
+    libcalls::{DNS_HOST_LEN, dns_flag, tls_step},
 };
 
 use super::{Conn, Tracker};

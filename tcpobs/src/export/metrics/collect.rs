@@ -8,7 +8,7 @@ use prometheus_client::{
     encoding::{DescriptorEncoder, EncodeMetric},
     metrics::{MetricType, counter::ConstCounter, gauge::ConstGauge},
 };
-use tcpobs_common::{names::PHASE_FAMILIES, tcp_state};
+use tcpobs_common::tcp_state;
 
 use crate::{
     export::output::select::{EventType, OutputCounts},
@@ -16,6 +16,7 @@ use crate::{
         decode::KIND_NAMES,
         libcalls::LibcallStats,
         reader::{KernelStats, ReaderStats},
+        loader::families::LIBCALL_FAMILIES,
         report::FamilyAttach,
     },
     model::state_name,
@@ -206,7 +207,7 @@ impl Collector for Scrape {
             None,
             MetricType::Gauge,
         )?;
-        for (family, count) in PHASE_FAMILIES.iter().zip(health.libcalls.libraries) {
+        for (family, count) in LIBCALL_FAMILIES.iter().zip(health.libcalls.libraries) {
             let value = i64::try_from(count).unwrap_or(i64::MAX);
             ConstGauge::new(value).encode(libraries.encode_family(&[("family", family.name)])?)?;
         }

@@ -39,13 +39,16 @@ use aya::{
 };
 use tcpobs_common::{
     TlsCall,
-    names::{self, Library, PHASE_FAMILIES, PhaseFamily, Strategy, UProbeSpec},
+    names,
 };
 use thiserror::Error;
 use tracing::{debug, info, warn};
 
 use self::discover::{FileId, Found, namespace_inode, other_roots, search};
-use crate::kernel::report::{Attached, FamilyAttach, ProgramFailure, program_mut};
+use crate::kernel::{
+    loader::families::{LIBCALL_FAMILIES, LibcallFamily, Library, Strategy, UProbeSpec},
+    report::{Attached, FamilyAttach, ProgramFailure, program_mut},
+};
 
 /// Most library files attached per family.
 pub(crate) const MAX_LIBRARIES: usize = 64;
@@ -76,7 +79,7 @@ impl Default for LibcallOptions {
 /// Counters for the metrics and the `stats` event.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct LibcallStats {
-    /// Library files attached, per [`PHASE_FAMILIES`] entry.
+    /// Library files attached, per [`LIBCALL_FAMILIES`] entry.
     pub libraries: [u64; 2],
     /// Library files left unattached because a family had [`MAX_LIBRARIES`] already.
     pub skipped: u64,
@@ -112,14 +115,14 @@ pub(crate) struct LibcallProbes {
 }
 
 fn family_index(library: Library) -> usize {
-    PHASE_FAMILIES
+    LIBCALL_FAMILIES
         .iter()
         .position(|family| family.library == library)
         .unwrap_or(0)
 }
 
-fn family_of(library: Library) -> &'static PhaseFamily {
-    &PHASE_FAMILIES[family_index(library)]
+fn family_of(library: Library) -> &'static LibcallFamily {
+    &LIBCALL_FAMILIES[family_index(library)]
 }
 
 fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut UProbe, ProgramFailure> {
@@ -170,7 +173,7 @@ impl LibcallProbes {
     /// libraries found now. `None` if the programs cannot load (logged; tcpobs works on
     /// without them).
     pub(crate) fn start(ebpf: &mut Ebpf, options: &LibcallOptions) -> Option<Self> {
-        let mut programs: Vec<&str> = PHASE_FAMILIES
+        let mut programs: Vec<&str> = LIBCALL_FAMILIES
             .iter()
             .flat_map(|family| family.probes.iter().map(|probe| probe.program))
             .collect();
@@ -230,7 +233,7 @@ impl LibcallProbes {
         if self.containers {
             self.scan_containers(ebpf);
         }
-        for family in &PHASE_FAMILIES {
+        for family in &LIBCALL_FAMILIES {
             let index = family_index(family.library);
             let count = self
                 .attached
@@ -405,7 +408,7 @@ impl LibcallProbes {
     /// How each libcall family is attached, for `--check` and `tcpobs_probe_info`: the
     /// programs' types and the library files.
     pub(crate) fn families(&self) -> Vec<FamilyAttach> {
-        PHASE_FAMILIES
+        LIBCALL_FAMILIES
             .iter()
             .map(|family| {
                 let mut paths: Vec<String> = self

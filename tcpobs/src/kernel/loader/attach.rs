@@ -6,11 +6,15 @@ use aya::{
     Btf as AyaBtf, Ebpf,
     programs::{BtfTracePoint, FEntry, FExit, KProbe, Program, ProgramError, TracePoint},
 };
-use tcpobs_common::names::{Attach, Family, Way};
 use thiserror::Error;
 use tracing::debug;
 
-use super::{LoadError, StrategyChoice, TracepointMode, error::short, prepare::Unreadable};
+use super::{
+    LoadError, StrategyChoice, TracepointMode,
+    error::short,
+    families::{Attach, Family, Way},
+    prepare::Unreadable,
+};
 use crate::kernel::{
     btf::{Btf, BtfError},
     report::{Attached, FamilyAttach, ProgramFailure, program_mut},

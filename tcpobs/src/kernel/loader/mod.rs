@@ -21,23 +21,25 @@
 
 mod attach;
 mod error;
+pub(crate) mod families;
 mod prepare;
 mod strategy;
 
 use std::path::PathBuf;
 
 use aya::{Btf as AyaBtf, Ebpf, EbpfLoader, Endianness, maps::Array};
-use tcpobs_common::names::{self, family};
-pub use tcpobs_common::names::{FAMILIES, Strategy};
+use tcpobs_common::names;
 use tracing::{info, warn};
 
 pub(crate) use self::prepare::check_privileges;
 use self::{
     attach::{Kernel, NoClassic, attach_family},
+    families::family,
     prepare::{raise_memlock_limit, sock_offsets, tracepoint_offsets},
 };
 pub use self::{
     error::LoadError,
+    families::{FAMILIES, Strategy},
     strategy::{StrategyChoice, StrategyError, TracepointMode},
 };
 use crate::{

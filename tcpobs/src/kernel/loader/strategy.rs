@@ -3,10 +3,12 @@
 
 use std::{fmt, str::FromStr};
 
-use tcpobs_common::names::{Family, Way};
 use thiserror::Error;
 
-use super::{FAMILIES, Strategy};
+use super::{
+    FAMILIES, Strategy,
+    families::{Family, Way},
+};
 
 /// Which tracepoint flavours the loader may use.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]

@@ -1,7 +1,7 @@
 //! Scenarios for the library calls around connections: resolutions tied to the connections they
 //! answered, TLS handshakes settled by completion, `SSL_free` or the close, and the timeline.
 
-use tcpobs_common::{DnsEvent, TlsEvent, phases::tls_step};
+use tcpobs_common::{DnsEvent, TlsEvent, libcalls::tls_step};
 
 use super::*;
 use crate::{

@@ -1,8 +1,9 @@
 //! Tracker scenarios, spelled out as the event sequences the kernel programs produce.
 //!
 //! [`Sock`] mimics the kernel side (tcpobs-ebpf): it keeps a `SockRecord`, coalesces data
-//! calls into bursts and emits `Burst` on a direction flip, `Open` at establishment, `State`
-//! on teardown transitions and `Close` with the final record.
+//! calls into bursts with the kernel's own code (`SockRecord::add_data`) and emits `Burst` for
+//! each pair, `Open` at establishment, `State` on teardown transitions and `Close` with the
+//! final record.
 //!
 //! The scenarios are grouped by family: exchanges and who closed (`exchanges`), resets,
 //! refused connects and kernel timeouts (`close`), connections seen only in part and the live
@@ -97,40 +98,23 @@ impl Sock {
         self
     }
 
-    /// One send/recv call completing at `at`.
+    /// One send/recv call completing at `at`, coalesced by the kernel's own rules.
     fn data(mut self, dir: u8, at: u64, bytes: u64) -> Self {
-        if self.rec.burst.dir == dir {
-            self.rec.burst.last_ns = at;
-            self.rec.burst.bytes += bytes;
-            self.rec.burst.calls += 1;
-        } else {
-            if self.rec.burst.dir != direction::NONE {
-                if self.rec.held.dir == direction::NONE {
-                    self.rec.held = self.rec.burst;
-                } else {
-                    self.events.push(OwnedEvent::Burst(BurstEvent {
-                        hdr: self.hdr(kind::BURST, at),
-                        first: self.rec.held,
-                        second: self.rec.burst,
-                        task: self.rec.task,
-                    }));
-                    self.rec.held.dir = direction::NONE;
-                }
-            }
-            self.rec.burst = Burst {
-                first_ns: at,
-                last_ns: at,
-                bytes,
-                calls: 1,
-                dir,
-                _pad: [0; 3],
-            };
-        }
-        if dir == direction::OUT {
-            self.rec.bytes_sent += bytes;
-        } else {
-            self.rec.bytes_recv += bytes;
-        }
+        let (sock, events) = (self.sock, &mut self.events);
+        self.rec.add_data(at, bytes, dir, |rec| {
+            events.push(OwnedEvent::Burst(BurstEvent {
+                hdr: EventHeader {
+                    kind: kind::BURST,
+                    _pad: 0,
+                    ts_ns: at,
+                    sock,
+                    start_ns: rec.start_ns,
+                },
+                first: rec.held,
+                second: rec.burst,
+                task: rec.task,
+            }));
+        });
         if self.rec.task.pid == 0 {
             self.rec.task = Task {
                 pid: 4242,

@@ -21,10 +21,10 @@ use aya_ebpf::{
 use tcpobs_common::{FLAG_APP_CLOSED, FLAG_CLOSE_WAIT, FLAG_IGNORED, tcp_state};
 
 use crate::{
+    helpers::now_ns,
     maps::{SOCKETS, offsets},
-    sock::Sock,
-    state::app_closed,
-    track::{finish, now_ns, traced_record},
+    record::{app_closed, finish, traced_record},
+    socket::Sock,
 };
 
 #[fentry(function = "tcp_v4_destroy_sock")]
@@ -103,7 +103,7 @@ fn on_destroy(sk: Sock) {
     let Some(rec) = SOCKETS.get_ptr_mut(sk.key()) else {
         return;
     };
-    // SAFETY: the pointer comes from a successful lookup; see `track::record_or_adopt`.
+    // SAFETY: the pointer comes from a successful lookup; see `record::record_or_adopt`.
     let rec = unsafe { &mut *rec };
     if rec.flags & FLAG_IGNORED != 0 {
         let _ = SOCKETS.remove(sk.key());

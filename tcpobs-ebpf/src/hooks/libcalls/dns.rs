@@ -24,10 +24,13 @@ use aya_ebpf::{
 };
 use tcpobs_common::{
     DnsCall, DnsEvent, EventHeader, kind,
-    phases::{DNS_HOST_LEN, DNS_MAX_ADDRS, DNS_MAX_ENTRIES, dns_flag},
+    libcalls::{DNS_HOST_LEN, DNS_MAX_ADDRS, DNS_MAX_ENTRIES, dns_flag},
 };
 
-use crate::track::{current_task, emit, now_ns};
+use crate::{
+    helpers::{current_task, now_ns},
+    record::emit,
+};
 
 /// Calls in progress, by thread. LRU, so that calls whose return was never seen (the thread
 /// died, or the daemon attached mid-call) cannot fill it.

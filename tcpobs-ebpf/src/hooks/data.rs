@@ -17,27 +17,35 @@
 //! not see. Calls are coalesced in the socket record into bursts. A completed burst is held
 //! until the next one completes, and the two go out in one event: one event per
 //! request/response exchange, whatever the number of syscalls or bytes; a connection with one
-//! exchange sends its bursts with its close. Failed calls (`ret <= 0`) and `MSG_PEEK` reads
-//! move no data and are ignored. While a thread is in a TLS handshake call, the socket it
-//! moves data on is the handshake's ([`crate::tls`]).
+//! exchange sends its bursts with its close. The rules are `SockRecord::add_data`, in
+//! tcpobs-common, shared with the daemon's tracker tests. Failed calls (`ret <= 0`) and
+//! `MSG_PEEK` reads move no data and are ignored. While a thread is in a TLS handshake call,
+//! the socket it moves data on is the handshake's ([`super::libcalls::tls`]).
 
 use aya_ebpf::{
     helpers::bpf_get_current_pid_tgid,
-    macros::{btf_tracepoint, fexit, kprobe, kretprobe, tracepoint},
+    macros::{btf_tracepoint, fexit, kprobe, kretprobe, map, tracepoint},
+    maps::LruHashMap,
     programs::{
         BtfTracePointContext, FExitContext, ProbeContext, RetProbeContext, TracePointContext,
     },
 };
 use tcpobs_common::{DataCall, Offsets, direction};
 
+use super::libcalls::tls;
 use crate::{
-    maps::{DATA_CALLS, offsets},
-    sock::Sock,
-    tls,
-    track::{Adoption, claim, emit_bursts, now_ns, record_or_adopt},
+    helpers::now_ns,
+    maps::offsets,
+    record::{Adoption, claim, emit_bursts, record_or_adopt},
+    socket::Sock,
 };
 
 const MSG_PEEK: i32 = 2;
+
+/// `tcp_sendmsg`/`tcp_recvmsg` calls in progress, by thread (`pid_tgid`), for the kretprobes.
+/// LRU, so that calls whose return was never seen cannot fill it.
+#[map]
+static DATA_CALLS: LruHashMap<u64, DataCall> = LruHashMap::with_max_entries(16_384, 0);
 
 #[btf_tracepoint(function = "sock_send_length")]
 pub fn send_len_btf(ctx: BtfTracePointContext) -> i32 {
@@ -219,33 +227,7 @@ fn on_data(o: &Offsets, sk: Sock, ret: i32, flags: i32, dir: u8) {
         return;
     };
     let now = now_ns();
-    let bytes = ret as u64;
-    if rec.burst.dir == dir {
-        rec.burst.last_ns = now;
-        rec.burst.bytes += bytes;
-        rec.burst.calls += 1;
-    } else {
-        if rec.burst.dir != direction::NONE {
-            if rec.held.dir == direction::NONE {
-                rec.held = rec.burst;
-            } else {
-                emit_bursts(sk.key(), rec, now);
-                rec.held.dir = direction::NONE;
-            }
-        }
-        // Field by field: a struct literal would zero `_pad` through a `memset` call (it is
-        // zero already, from the record's creation).
-        rec.burst.first_ns = now;
-        rec.burst.last_ns = now;
-        rec.burst.bytes = bytes;
-        rec.burst.calls = 1;
-        rec.burst.dir = dir;
-    }
-    if dir == direction::OUT {
-        rec.bytes_sent += bytes;
-    } else {
-        rec.bytes_recv += bytes;
-    }
+    rec.add_data(now, ret as u64, dir, |rec| emit_bursts(sk.key(), rec, now));
     claim(rec);
     // One load from a global unless some thread is in a TLS handshake.
     tls::note_socket(sk.key(), rec.start_ns);

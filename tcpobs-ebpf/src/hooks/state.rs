@@ -24,18 +24,19 @@ use aya_ebpf::{
     programs::{BtfTracePointContext, ProbeContext, TracePointContext},
 };
 use tcpobs_common::{
-    FLAG_APP_CLOSED, FLAG_CLOSE_WAIT, FLAG_PARTIAL, FLAG_RST_RECV, Offsets, SockRecord, kind, role,
-    tcp_state, teardown,
+    FLAG_APP_CLOSED, FLAG_CLOSE_WAIT, FLAG_PARTIAL, FLAG_RST_RECV, Offsets, kind, role, tcp_state,
+    teardown,
 };
 
 use crate::{
     filter::{listening, not_listening},
+    helpers::now_ns,
     maps::{connect_hooked, offsets},
-    sock::Sock,
-    track::{
-        Adoption, claim, emit_open, emit_state, finish, judge_server, learn_local_port, now_ns,
-        record_or_adopt, start,
+    record::{
+        Adoption, app_closed, emit_open, emit_state, finish, first_teardown, judge_server,
+        learn_local_port, record_or_adopt, start,
     },
+    socket::Sock,
 };
 
 #[btf_tracepoint(function = "inet_sock_set_state")]
@@ -217,23 +218,5 @@ fn teardown_step(o: &Offsets, sk: Sock, old: u8, new: u8, now: u64) {
     // from the record when it needs them.
     if matches!(new, tcp_state::CLOSE_WAIT | tcp_state::FIN_WAIT2) {
         emit_state(sk.key(), rec, old, new, now);
-    }
-}
-
-#[inline(always)]
-pub fn first_teardown(rec: &mut SockRecord, how: u8, now: u64) {
-    if rec.first_teardown == teardown::NONE {
-        rec.first_teardown = how;
-        rec.teardown_ns = now;
-    }
-}
-
-/// The application closed or shut down the socket: a process-context transition.
-#[inline(always)]
-pub fn app_closed(rec: &mut SockRecord, now: u64) {
-    if rec.flags & FLAG_APP_CLOSED == 0 {
-        rec.flags |= FLAG_APP_CLOSED;
-        rec.app_close_ns = now;
-        claim(rec);
     }
 }

@@ -12,11 +12,7 @@ use aya_ebpf::{
 };
 use tcpobs_common::role;
 
-use crate::{
-    maps::offsets,
-    sock::Sock,
-    track::{now_ns, start},
-};
+use crate::{helpers::now_ns, maps::offsets, record::start, socket::Sock};
 
 #[fentry(function = "tcp_connect")]
 pub fn connect_fentry(ctx: FEntryContext) -> u32 {

@@ -1,5 +1,6 @@
-//! The phases around a TCP connection: name resolution (`getaddrinfo`) and the TLS handshake
-//! (OpenSSL), seen by uprobes on the C library and libssl.
+//! Libcalls: the calls an application makes into user-space libraries around a TCP connection,
+//! name resolution (`getaddrinfo`) and the TLS handshake (OpenSSL), seen by uprobes on the C
+//! library and libssl. The daemon's `--phases` flag turns them on.
 //!
 //! Same layout contract as the rest of this crate (integers and byte arrays, padding spelled
 //! out, sizes pinned by the tests below). Events go through the same ring buffer as the

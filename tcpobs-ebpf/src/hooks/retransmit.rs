@@ -16,11 +16,12 @@ use aya_ebpf::{
 };
 use tcpobs_common::{FLAG_CONNECT_SENT, Offsets, kind, role, tcp_state};
 
+use super::read_sk;
 use crate::{
+    helpers::now_ns,
     maps::offsets,
-    resets::read_sk,
-    sock::Sock,
-    track::{Adoption, emit_open, learn_local_port, now_ns, record_or_adopt},
+    record::{Adoption, emit_open, learn_local_port, record_or_adopt},
+    socket::Sock,
 };
 
 #[btf_tracepoint(function = "tcp_retransmit_skb")]

@@ -29,7 +29,7 @@ use aya_ebpf::{
     programs::{BtfTracePointContext, FEntryContext, ProbeContext},
 };
 
-use crate::{maps::offsets, sock::Sock, track::traced_record};
+use crate::{maps::offsets, record::traced_record, socket::Sock};
 
 #[fentry(function = "sock_def_error_report")]
 pub fn error_report_fentry(ctx: FEntryContext) -> u32 {

@@ -11,10 +11,10 @@
 //!   failed (or was abandoned).
 //!
 //! Which socket: while a thread is inside a handshake call it is marked in `TLS_THREADS`,
-//! and the data hooks (`data::on_data`) record the first traced TCP socket that thread sends
-//! to or receives from. No payload is read. To keep the data hooks cheap when no handshake is
-//! in progress, they first read `TLS_ACTIVE` (one load from a global) and only look the
-//! thread up when it is non-zero.
+//! and the data hooks (`hooks::data::on_data`) record the first traced TCP socket that thread
+//! sends to or receives from. No payload is read. To keep the data hooks cheap when no
+//! handshake is in progress, they first read `TLS_ACTIVE` (one load from a global) and only
+//! look the thread up when it is non-zero.
 //!
 //! `TLS_ACTIVE` counts the `TLS_THREADS` entries the kernel added and has not removed. A thread
 //! that dies inside a handshake call never returns: the daemon finds such entries, removes
@@ -39,13 +39,14 @@ use aya_ebpf::{
 };
 use tcpobs_common::{
     EventHeader, TlsCall, TlsEvent, TlsPending, kind,
-    phases::{tls_func, tls_step},
+    libcalls::{tls_func, tls_step},
     stat,
 };
 
 use crate::{
+    helpers::{current_task, now_ns},
     maps::count,
-    track::{current_task, emit, now_ns},
+    record::emit,
 };
 
 /// The handshake call each thread is in. Not LRU: every entry is counted in `TLS_ACTIVE`.

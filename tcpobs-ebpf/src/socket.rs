@@ -6,6 +6,8 @@
 use aya_ebpf::helpers::{bpf_probe_read_kernel, bpf_probe_read_kernel_buf};
 use tcpobs_common::{Endpoints, Offsets, TcpStats, tcp_state};
 
+use crate::helpers::zero;
+
 const AF_INET: u16 = 2;
 const AF_INET6: u16 = 10;
 const IPPROTO_TCP: u16 = 6;
@@ -111,7 +113,7 @@ impl Sock {
             (local, &mut endpoints.laddr),
             (remote, &mut endpoints.raddr),
         ] {
-            crate::track::zero(addr);
+            zero(addr);
             // SAFETY: as in `read`; the destination is a 16-byte array.
             let _ = unsafe {
                 bpf_probe_read_kernel_buf(self.0.add(usize::from(offset)), &mut addr[..len])

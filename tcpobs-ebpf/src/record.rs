@@ -4,22 +4,17 @@
 //! waiting: the daemon drains on a short timer, so a busy host does not pay one reader wake-up
 //! per event. Every failed reservation is counted in `STATS`.
 
-use aya_ebpf::{
-    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
-    helpers::{
-        bpf_get_current_pid_tgid,
-        generated::{bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_ktime_get_ns},
-    },
-};
+use aya_ebpf::bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP};
 use tcpobs_common::{
-    BurstEvent, CloseEvent, EventHeader, FLAG_IGNORED, FLAG_PARTIAL, Offsets, OpenEvent, Owner,
-    SockRecord, StateEvent, Task, kind, role, stat, tcp_state,
+    BurstEvent, CloseEvent, EventHeader, FLAG_APP_CLOSED, FLAG_IGNORED, FLAG_PARTIAL, Offsets,
+    OpenEvent, Owner, SockRecord, StateEvent, kind, role, stat, tcp_state, teardown,
 };
 
 use crate::{
-    filter::{allowed, current_owner, listener},
+    filter::{allowed, listener},
+    helpers::{current_owner, current_task, now_ns, zero},
     maps::{EVENTS, SOCKETS, count, offsets, scratch_record},
-    sock::{Sock, is_connected_state},
+    socket::{Sock, is_connected_state},
 };
 
 /// What a hook can tell about a socket it has no record for: the role, and whether it runs
@@ -56,12 +51,6 @@ impl Adoption {
 }
 
 #[inline(always)]
-pub fn now_ns() -> u64 {
-    // SAFETY: bpf_ktime_get_ns has no preconditions.
-    unsafe { bpf_ktime_get_ns() }
-}
-
-#[inline(always)]
 fn submit_flags() -> u64 {
     if EVENTS.query(u64::from(BPF_RB_AVAIL_DATA)) >= offsets().wakeup_bytes {
         u64::from(BPF_RB_FORCE_WAKEUP)
@@ -81,35 +70,30 @@ fn header(kind: u32, ts_ns: u64, sock: u64, rec: &SockRecord) -> EventHeader {
     }
 }
 
-/// Writes the current process into `task`, in process context (connect, send/recv, close).
-///
-/// In place, through the raw helper: building a `Task` value (or aya's `[0; 16]` comm buffer)
-/// would zero it first with a call to a byte-at-a-time `memset` subprogram.
-#[inline(always)]
-pub fn current_task(task: &mut Task) {
-    let pid_tgid = bpf_get_current_pid_tgid();
-    task.pid = (pid_tgid >> 32) as u32;
-    task.tid = pid_tgid as u32;
-    // SAFETY: `comm` is 16 writable bytes; the helper NUL-pads it (or zeroes it on error).
-    unsafe { bpf_get_current_comm(task.comm.as_mut_ptr().cast(), task.comm.len() as u32) };
-    // SAFETY: bpf_get_current_cgroup_id has no preconditions.
-    task.cgroup = unsafe { bpf_get_current_cgroup_id() };
-}
-
-/// Zeroes padding bytes with single-byte stores, for the same reason as [`current_task`].
-#[inline(always)]
-pub fn zero<const N: usize>(bytes: &mut [u8; N]) {
-    for byte in bytes.iter_mut() {
-        // SAFETY: a valid, exclusive reference.
-        unsafe { core::ptr::write_volatile(byte, 0) };
-    }
-}
-
 /// Attributes the socket to the current process if nobody has claimed it yet.
 #[inline(always)]
 pub fn claim(rec: &mut SockRecord) {
     if rec.task.pid == 0 {
         current_task(&mut rec.task);
+    }
+}
+
+/// Notes the first sign of teardown (FIN or reset, either way), if it is the first.
+#[inline(always)]
+pub fn first_teardown(rec: &mut SockRecord, how: u8, now: u64) {
+    if rec.first_teardown == teardown::NONE {
+        rec.first_teardown = how;
+        rec.teardown_ns = now;
+    }
+}
+
+/// The application closed or shut down the socket: a process-context transition.
+#[inline(always)]
+pub fn app_closed(rec: &mut SockRecord, now: u64) {
+    if rec.flags & FLAG_APP_CLOSED == 0 {
+        rec.flags |= FLAG_APP_CLOSED;
+        rec.app_close_ns = now;
+        claim(rec);
     }
 }
 
@@ -254,7 +238,7 @@ pub fn traced_record(sk: Sock) -> Option<&'static mut SockRecord> {
 /// Starts a fresh record for a connection being opened: `CLOSE -> SYN_SENT` for a client (in
 /// the connecting process), `LISTEN -> SYN_RECV` for a server (in softirq). A client is judged
 /// by the filters now (an excluded one gets an ignored marker), and announced when it is
-/// established, fails, or retransmits its SYN (`kind::CONNECT`, see `retransmit`); a server
+/// established, fails, or retransmits its SYN (`kind::CONNECT`, see `hooks::retransmit`); a server
 /// is judged and announced when it is established, the moment its addresses are sure to be
 /// set ([`judge_server`]).
 pub fn start(o: &Offsets, sk: Sock, role: u8, now: u64) {

@@ -16,11 +16,12 @@ use aya_ebpf::{
 };
 use tcpobs_common::{FLAG_RST_RECV, FLAG_RST_SENT, Offsets, role, tcp_state, teardown};
 
+use super::read_sk;
 use crate::{
+    helpers::now_ns,
     maps::offsets,
-    sock::Sock,
-    state::{app_closed, first_teardown},
-    track::{Adoption, learn_local_port, now_ns, record_or_adopt},
+    record::{Adoption, app_closed, first_teardown, learn_local_port, record_or_adopt},
+    socket::Sock,
 };
 
 #[btf_tracepoint(function = "tcp_send_reset")]
@@ -59,14 +60,6 @@ pub fn recv_reset_tp(ctx: TracePointContext) -> u32 {
         }
         Err(ret) => ret,
     }
-}
-
-/// Reads a socket pointer from a classic tracepoint record.
-#[inline(always)]
-pub fn read_sk(ctx: &TracePointContext, offset: u16) -> Result<Sock, u32> {
-    // SAFETY: the offset comes from the tracepoint's format file.
-    let sk = unsafe { ctx.read_at::<u64>(usize::from(offset)) }.map_err(|_| 1u32)?;
-    Ok(Sock(sk as *const u8))
 }
 
 #[inline(always)]

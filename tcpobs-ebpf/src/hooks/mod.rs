@@ -1,0 +1,32 @@
+//! The programs, one module per hook family (DESIGN §2).
+//!
+//! Every kernel hook family has programs for up to three attach strategies: fentry/fexit,
+//! tracepoints (a `tp_btf` program with raw arguments, and a classic one reading record fields
+//! at offsets from tracefs) and kprobes. The daemon attaches, per family, the first strategy
+//! that loads (or the one asked for). All feed the same per-socket logic in
+//! [`crate::record`]. Each program is thin: it reads its arguments and calls its family's
+//! `on_*` function.
+//!
+//! The libcall families ([`libcalls`]) are uprobes on user-space libraries (the C library's
+//! `getaddrinfo`, OpenSSL's handshake functions), attached to every copy the daemon finds.
+
+mod close;
+mod connect;
+mod data;
+pub mod libcalls;
+mod resets;
+mod retransmit;
+mod sk_error;
+mod state;
+
+use aya_ebpf::programs::TracePointContext;
+
+use crate::socket::Sock;
+
+/// Reads a socket pointer from a classic tracepoint record (`resets`, `retransmit`).
+#[inline(always)]
+fn read_sk(ctx: &TracePointContext, offset: u16) -> Result<Sock, u32> {
+    // SAFETY: the offset comes from the tracepoint's format file.
+    let sk = unsafe { ctx.read_at::<u64>(usize::from(offset)) }.map_err(|_| 1u32)?;
+    Ok(Sock(sk as *const u8))
+}
