@@ -5,7 +5,7 @@
 //! The format is the kernel's `Documentation/bpf/btf.rst`: a header, a type section of
 //! variable-length records (type ids start at 1), and a string section.
 
-use std::{fs, path::Path};
+use std::{collections::HashSet, fs, path::Path};
 
 use thiserror::Error;
 
@@ -228,15 +228,19 @@ impl Btf {
     /// Finds `name` among the members of struct/union `id`, looking through anonymous struct
     /// and union members. Returns (bit offset, member type id, bitfield size).
     fn find_member(&self, id: u32, name: &str) -> Result<Option<(u32, u32, u32)>, BtfError> {
-        self.find_member_within(id, name, 0)
+        self.find_member_within(id, name, 0, &mut HashSet::new())
     }
 
-    /// [`Self::find_member`] at `depth` anonymous members down.
+    /// [`Self::find_member`] at `depth` anonymous members down. `searched` holds the anonymous
+    /// member types already searched in vain, each searched once: BTF deduplication shares
+    /// identical anonymous types, and a fuzzed blob whose N levels each name the next level
+    /// twice would otherwise take 2^N steps.
     fn find_member_within(
         &self,
         id: u32,
         name: &str,
         depth: usize,
+        searched: &mut HashSet<u32>,
     ) -> Result<Option<(u32, u32, u32)>, BtfError> {
         if depth >= MAX_DEPTH {
             return Err(TOO_DEEP);
@@ -259,14 +263,16 @@ impl Btf {
             if member_name == name {
                 return Ok(Some((bit_offset, member_type, bitfield_size)));
             }
-            if member_name.is_empty()
-                && let Some((inner, ty, bits)) =
-                    self.find_member_within(member_type, name, depth + 1)?
-            {
-                let offset = bit_offset
-                    .checked_add(inner)
-                    .ok_or(BtfError::Malformed("member offset beyond 512 MiB"))?;
-                return Ok(Some((offset, ty, bits)));
+            if member_name.is_empty() && !searched.contains(&member_type) {
+                if let Some((inner, ty, bits)) =
+                    self.find_member_within(member_type, name, depth + 1, searched)?
+                {
+                    let offset = bit_offset
+                        .checked_add(inner)
+                        .ok_or(BtfError::Malformed("member offset beyond 512 MiB"))?;
+                    return Ok(Some((offset, ty, bits)));
+                }
+                searched.insert(member_type);
             }
         }
         Ok(None)
@@ -485,6 +491,29 @@ mod tests {
             matches!(btf.member("s", "m"), Err(BtfError::Malformed(why)) if why.contains("4 GiB")),
             "an array size past u32 must be malformed BTF, not an overflow"
         );
+    }
+
+    /// Fuzzed BTF: 30 levels of anonymous structs, each with two anonymous members of the
+    /// next level; looking for a member nobody has visits the last level once, not 2^30 times.
+    #[test]
+    fn anonymous_types_shared_by_many_members_are_searched_once() {
+        const LEVELS: u32 = 30;
+        let mut types: Vec<Vec<u32>> = vec![vec![INT, info(KIND_INT, 0), 4, 32]];
+        for level in 0..LEVELS {
+            let (id, next) = (2 + level, 3 + level);
+            let name = if level == 0 { S } else { 0 };
+            types.push(vec![name, info(KIND_STRUCT, 2), 4, 0, next, 0, 0, next, 0]);
+            assert_eq!(types.len() as u32, id);
+        }
+        // The last level: struct { int m; }.
+        types.push(vec![0, info(KIND_STRUCT, 1), 4, M, 1, 0]);
+        let slices: Vec<&[u32]> = types.iter().map(Vec::as_slice).collect();
+        let btf = Btf::parse(&records(&slices)).unwrap();
+        assert_eq!(btf.member("s", "m").unwrap(), Member { offset: 0, size: 4 });
+        assert!(matches!(
+            btf.member("s", "missing"),
+            Err(BtfError::NoMember { member, .. }) if member == "missing"
+        ));
     }
 
     #[test]
