@@ -1,4 +1,4 @@
-"""Validates tcpobs's Kubernetes manifests; run by tests/kubernetes.rs.
+"""Validates tcpobs's Kubernetes manifests; run by tests/integration/kubernetes.rs.
 
 usage: check_manifests.py DIR
 

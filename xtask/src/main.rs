@@ -77,7 +77,7 @@ enum Task {
         /// about 9 minutes), for a quicker run on the host kernel alone. CI runs it.
         #[arg(long)]
         no_vm: bool,
-        /// Extra arguments for the integration test binaries, e.g. a test name filter.
+        /// Extra arguments for the integration test binary, e.g. a test name filter.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },

@@ -5,7 +5,7 @@
 //! The format is the kernel's `Documentation/bpf/btf.rst`: a header, a type section of
 //! variable-length records (type ids start at 1), and a string section.
 
-use std::{fs, path::Path};
+use std::{collections::HashSet, fs, path::Path};
 
 use thiserror::Error;
 
@@ -31,6 +31,16 @@ pub enum BtfError {
 }
 
 const MAGIC: u16 = 0xeb9f;
+
+/// How deep a chain of types may go: typedefs and qualifiers, arrays of arrays, anonymous
+/// members inside anonymous members. The kernel's BTF verifier and libbpf bound their own
+/// type-resolution walks at 32 (`MAX_RESOLVE_DEPTH` in `kernel/bpf/btf.c` and in libbpf's
+/// `btf.c`), and Linux 6.18's vmlinux nests anonymous members at most 6 deep and chains at
+/// most 6 typedefs and qualifiers. A longer chain is a loop or a corrupt blob; following it
+/// would overflow the stack.
+const MAX_DEPTH: usize = 32;
+
+const TOO_DEEP: BtfError = BtfError::Malformed("types nest too deep (a loop?)");
 
 const KIND_INT: u32 = 1;
 const KIND_PTR: u32 = 2;
@@ -109,8 +119,9 @@ impl Btf {
         let str_off = u32_at(data, 16)? as usize;
         let str_len = u32_at(data, 20)? as usize;
         let section = |off: usize, len: usize| {
-            let start = hdr_len + off;
-            data.get(start..start + len)
+            hdr_len
+                .checked_add(off)
+                .and_then(|start| data.get(start..start.checked_add(len)?))
                 .ok_or(BtfError::Malformed("section out of bounds"))
         };
         let types = section(type_off, type_len)?.to_vec();
@@ -169,7 +180,7 @@ impl Btf {
 
     /// Follows typedefs and qualifiers to the underlying type.
     fn resolve(&self, mut id: u32) -> Result<(u32, TypeHeader), BtfError> {
-        for _ in 0..32 {
+        for _ in 0..MAX_DEPTH {
             let (_, header) = self.header(id)?;
             match header.kind {
                 KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT | KIND_TYPE_TAG => {
@@ -181,18 +192,26 @@ impl Btf {
         Err(BtfError::Malformed("type chain too long"))
     }
 
-    fn size_of(&self, id: u32) -> Result<u32, BtfError> {
-        let (id, header) = self.resolve(id)?;
-        match header.kind {
-            KIND_PTR => Ok(8),
-            KIND_ARRAY => {
-                let (at, _) = self.header(id)?;
-                let elem = u32_at(&self.types, at + 12)?;
-                let count = u32_at(&self.types, at + 20)?;
-                Ok(self.size_of(elem)? * count)
-            }
-            _ => Ok(header.size_or_type),
+    /// The size of type `id` in bytes, through arrays (of arrays) to their element type.
+    fn size_of(&self, mut id: u32) -> Result<u32, BtfError> {
+        const TOO_BIG: BtfError = BtfError::Malformed("array size beyond 4 GiB");
+        let mut count: u32 = 1;
+        for _ in 0..MAX_DEPTH {
+            let (resolved, header) = self.resolve(id)?;
+            let size = match header.kind {
+                KIND_PTR => 8,
+                KIND_ARRAY => {
+                    let (at, _) = self.header(resolved)?;
+                    id = u32_at(&self.types, at + 12)?;
+                    let elements = u32_at(&self.types, at + 20)?;
+                    count = count.checked_mul(elements).ok_or(TOO_BIG)?;
+                    continue;
+                }
+                _ => header.size_or_type,
+            };
+            return size.checked_mul(count).ok_or(TOO_BIG);
         }
+        Err(TOO_DEEP)
     }
 
     /// The id of the struct named `name`.
@@ -209,6 +228,23 @@ impl Btf {
     /// Finds `name` among the members of struct/union `id`, looking through anonymous struct
     /// and union members. Returns (bit offset, member type id, bitfield size).
     fn find_member(&self, id: u32, name: &str) -> Result<Option<(u32, u32, u32)>, BtfError> {
+        self.find_member_within(id, name, 0, &mut HashSet::new())
+    }
+
+    /// [`Self::find_member`] at `depth` anonymous members down. `searched` holds the anonymous
+    /// member types already searched in vain, each searched once: BTF deduplication shares
+    /// identical anonymous types, and a fuzzed blob whose N levels each name the next level
+    /// twice would otherwise take 2^N steps.
+    fn find_member_within(
+        &self,
+        id: u32,
+        name: &str,
+        depth: usize,
+        searched: &mut HashSet<u32>,
+    ) -> Result<Option<(u32, u32, u32)>, BtfError> {
+        if depth >= MAX_DEPTH {
+            return Err(TOO_DEEP);
+        }
         let (id, header) = self.resolve(id)?;
         if header.kind != KIND_STRUCT && header.kind != KIND_UNION {
             return Ok(None);
@@ -227,10 +263,16 @@ impl Btf {
             if member_name == name {
                 return Ok(Some((bit_offset, member_type, bitfield_size)));
             }
-            if member_name.is_empty()
-                && let Some((inner, ty, bits)) = self.find_member(member_type, name)?
-            {
-                return Ok(Some((bit_offset + inner, ty, bits)));
+            if member_name.is_empty() && !searched.contains(&member_type) {
+                if let Some((inner, ty, bits)) =
+                    self.find_member_within(member_type, name, depth + 1, searched)?
+                {
+                    let offset = bit_offset
+                        .checked_add(inner)
+                        .ok_or(BtfError::Malformed("member offset beyond 512 MiB"))?;
+                    return Ok(Some((offset, ty, bits)));
+                }
+                searched.insert(member_type);
             }
         }
         Ok(None)
@@ -261,7 +303,7 @@ impl Btf {
     /// named members, e.g. `member("sock", "__sk_common.skc_family")`.
     pub(crate) fn member(&self, ty: &str, path: &str) -> Result<Member, BtfError> {
         let mut id = self.struct_id(ty)?;
-        let mut bits = 0;
+        let mut bits: u32 = 0;
         for part in path.split('.') {
             let (offset, member_type, bitfield) =
                 self.find_member(id, part)?
@@ -275,7 +317,9 @@ impl Btf {
                     member: path.to_owned(),
                 });
             }
-            bits += offset;
+            bits = bits
+                .checked_add(offset)
+                .ok_or(BtfError::Malformed("member offset beyond 512 MiB"))?;
             id = member_type;
         }
         Ok(Member {
@@ -307,7 +351,6 @@ mod tests {
                 types.extend_from_slice(&word.to_le_bytes());
             }
         };
-        let info = |kind: u32, vlen: u32| (kind << 24) | vlen;
         // 1: int (4 bytes)
         push(&[s("int"), info(KIND_INT, 0), 4, 32]);
         // 2: short
@@ -354,6 +397,11 @@ mod tests {
         // 11: int (*)(int a, long x); 12: func `outer` of that prototype
         push(&[0, info(KIND_FUNC_PROTO, 2), 1, s("a"), 1, s("x"), 4]);
         push(&[s("outer"), info(KIND_FUNC, 0), 11]);
+        blob(&types, &strings)
+    }
+
+    /// A BTF blob: the 24-byte header, then the type and string sections.
+    fn blob(types: &[u8], strings: &[u8]) -> Vec<u8> {
         let mut blob = Vec::new();
         blob.extend_from_slice(&MAGIC.to_le_bytes());
         blob.extend_from_slice(&[1, 0]);
@@ -366,9 +414,106 @@ mod tests {
         ] {
             blob.extend_from_slice(&word.to_le_bytes());
         }
-        blob.extend_from_slice(&types);
-        blob.extend_from_slice(&strings);
+        blob.extend_from_slice(types);
+        blob.extend_from_slice(strings);
         blob
+    }
+
+    /// A blob of the given type records (ids from 1) over the strings `\0int\0s\0m\0`:
+    /// name offsets 1 (`int`), 5 (`s`) and 7 (`m`).
+    fn records(records: &[&[u32]]) -> Vec<u8> {
+        let types: Vec<u8> = records
+            .iter()
+            .flat_map(|words| words.iter())
+            .flat_map(|word| word.to_le_bytes())
+            .collect();
+        blob(&types, b"\0int\0s\0m\0")
+    }
+
+    const INT: u32 = 1;
+    const S: u32 = 5;
+    const M: u32 = 7;
+
+    fn info(kind: u32, vlen: u32) -> u32 {
+        (kind << 24) | vlen
+    }
+
+    /// Fuzzed BTF: `struct s`'s anonymous member is a union whose anonymous member is a `const`
+    /// of that same union, so looking for a member that `s` lacks walks the chain forever.
+    #[test]
+    fn an_anonymous_member_that_leads_back_into_its_chain_is_an_error() {
+        let btf = Btf::parse(&records(&[
+            // 1: int
+            &[INT, info(KIND_INT, 0), 4, 32],
+            // 2: struct s { int m; <anonymous> 3; }
+            &[S, info(KIND_STRUCT, 2), 8, M, 1, 0, 0, 3, 32],
+            // 3: union { <anonymous> 4; }
+            &[0, info(KIND_UNION, 1), 4, 0, 4, 0],
+            // 4: const 3
+            &[0, info(KIND_CONST, 0), 3],
+        ]))
+        .unwrap();
+        assert_eq!(btf.member("s", "m").unwrap(), Member { offset: 0, size: 4 });
+        assert!(
+            matches!(btf.member("s", "missing"), Err(BtfError::Malformed(why)) if why.contains("too deep")),
+            "a loop of anonymous members must be malformed BTF, not a stack overflow"
+        );
+    }
+
+    /// Fuzzed BTF: an array of itself.
+    #[test]
+    fn an_array_of_itself_is_an_error() {
+        let btf = Btf::parse(&records(&[
+            &[INT, info(KIND_INT, 0), 4, 32],
+            // 2: struct s { 3 m; }
+            &[S, info(KIND_STRUCT, 1), 8, M, 3, 0],
+            // 3: array of 1 element of type 3 (index type int)
+            &[0, info(KIND_ARRAY, 0), 0, 3, 1, 1],
+        ]))
+        .unwrap();
+        assert!(
+            matches!(btf.member("s", "m"), Err(BtfError::Malformed(why)) if why.contains("too deep")),
+            "an array of itself must be malformed BTF, not a stack overflow"
+        );
+    }
+
+    /// Fuzzed BTF: `int m[0x4000_0001]`, 4 GiB and 4 bytes, past `u32`.
+    #[test]
+    fn an_array_whose_size_overflows_is_an_error() {
+        let btf = Btf::parse(&records(&[
+            &[INT, info(KIND_INT, 0), 4, 32],
+            &[S, info(KIND_STRUCT, 1), 8, M, 3, 0],
+            // 3: int[0x4000_0001]
+            &[0, info(KIND_ARRAY, 0), 0, 1, 1, 0x4000_0001],
+        ]))
+        .unwrap();
+        assert!(
+            matches!(btf.member("s", "m"), Err(BtfError::Malformed(why)) if why.contains("4 GiB")),
+            "an array size past u32 must be malformed BTF, not an overflow"
+        );
+    }
+
+    /// Fuzzed BTF: 30 levels of anonymous structs, each with two anonymous members of the
+    /// next level; looking for a member nobody has visits the last level once, not 2^30 times.
+    #[test]
+    fn anonymous_types_shared_by_many_members_are_searched_once() {
+        const LEVELS: u32 = 30;
+        let mut types: Vec<Vec<u32>> = vec![vec![INT, info(KIND_INT, 0), 4, 32]];
+        for level in 0..LEVELS {
+            let (id, next) = (2 + level, 3 + level);
+            let name = if level == 0 { S } else { 0 };
+            types.push(vec![name, info(KIND_STRUCT, 2), 4, 0, next, 0, 0, next, 0]);
+            assert_eq!(types.len() as u32, id);
+        }
+        // The last level: struct { int m; }.
+        types.push(vec![0, info(KIND_STRUCT, 1), 4, M, 1, 0]);
+        let slices: Vec<&[u32]> = types.iter().map(Vec::as_slice).collect();
+        let btf = Btf::parse(&records(&slices)).unwrap();
+        assert_eq!(btf.member("s", "m").unwrap(), Member { offset: 0, size: 4 });
+        assert!(matches!(
+            btf.member("s", "missing"),
+            Err(BtfError::NoMember { member, .. }) if member == "missing"
+        ));
     }
 
     #[test]

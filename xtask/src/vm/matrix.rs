@@ -6,11 +6,12 @@
 //! naming it). A family reported with T = S passes, one reported with another strategy has
 //! no S variant (shown as `via T`); after exit 1, a family the error names is unsupported and
 //! the others were not checked (`-`: the check stops at the first family that cannot
-//! attach); any other exit (a crash, a timeout) fails. The integration test binaries then run with
-//! `TCPOBS_PROBE_STRATEGY=S`, only for strategies whose check passed.
+//! attach); any other exit (a crash, a timeout) fails. The chosen modules of the integration
+//! test binary then run, one step each, with `TCPOBS_PROBE_STRATEGY=S`, only for strategies
+//! whose check passed.
 //!
-//! Until the daemon has those flags, each test binary runs once per kernel with the daemon's
-//! own choice (`auto`).
+//! Until the daemon has those flags, each module runs once per kernel with the daemon's own
+//! choice (`auto`).
 
 use std::{
     fmt::Write as _,
@@ -42,20 +43,40 @@ impl Mode {
     }
 }
 
-/// An integration test binary built on the host.
+/// A module of the integration test binary (built on the host), run by the guest as one step.
 #[derive(Clone, Debug)]
-pub struct TestBinary {
+pub struct TestModule {
+    /// The module (`lifecycle`): its tests are named `lifecycle::...`.
     pub name: String,
-    pub path: PathBuf,
+    /// The integration test binary.
+    pub binary: PathBuf,
     /// Where cargo would run it (its package's directory).
     pub dir: PathBuf,
+    /// The binary's other modules, whose tests the step skips (`--skip netns::`). Naming this
+    /// module as a filter instead would undo a filter given after `--`: libtest runs a test
+    /// that matches any one of its filters.
+    pub others: Vec<String>,
 }
 
-/// The guest's steps: per strategy, the check and then every test binary.
+impl TestModule {
+    /// The command that runs this module's tests, one at a time, with `args` (the filters and
+    /// options given after `--`) applied.
+    fn command(&self, args: &[String]) -> Vec<String> {
+        let mut command = vec![self.binary.display().to_string(), "--test-threads=1".into()];
+        for other in &self.others {
+            command.push("--skip".into());
+            command.push(format!("{other}::"));
+        }
+        command.extend(args.iter().cloned());
+        command
+    }
+}
+
+/// The guest's steps: per strategy, the check and then every test module.
 pub fn steps(
     mode: &Mode,
     tcpobs: &Path,
-    tests: &[TestBinary],
+    tests: &[TestModule],
     args: &[String],
     timeout: Duration,
 ) -> Vec<Step> {
@@ -83,14 +104,12 @@ pub fn steps(
             Mode::Auto => (None, vec![]),
         };
         for test in tests {
-            let mut command = vec![test.path.display().to_string(), "--test-threads=1".into()];
-            command.extend(args.iter().cloned());
             steps.push(Step {
                 name: format!("test.{}.{column}", test.name),
                 requires: requires.clone(),
                 env: env.clone(),
                 dir: test.dir.clone(),
-                command,
+                command: test.command(args),
                 timeout,
             });
         }
@@ -152,7 +171,7 @@ pub struct Table {
     pub rows: Vec<(String, Vec<Cell>)>,
     /// Why things failed or were unsupported, with where to read more.
     pub notes: Vec<String>,
-    /// Each failing test binary's panic output (`[column] test`, excerpt), printed whole
+    /// Each failing test module's panic output (`[column] test`, excerpt), printed whole
     /// after the table so a CI log alone explains a failure.
     pub failures: Vec<(String, String)>,
 }
@@ -212,7 +231,7 @@ impl Table {
 }
 
 /// Reads the steps' outcomes (in the order [`steps`] made them) into the kernel's table.
-pub fn table(mode: &Mode, tests: &[TestBinary], outcomes: &[Outcome]) -> Table {
+pub fn table(mode: &Mode, tests: &[TestModule], outcomes: &[Outcome]) -> Table {
     let columns = mode.columns();
     let mut outcomes = outcomes.iter();
     let mut checks = Vec::new();
@@ -382,7 +401,7 @@ fn test_counts(log: &str) -> Option<(u32, u32)> {
     totals
 }
 
-/// The failing tests and the first panic message, from a test binary's output.
+/// The failing tests and the first panic message, from a test step's output.
 fn failure_summary(log: &str) -> String {
     let lines: Vec<&str> = log.lines().collect();
     let failing: Vec<&str> = lines
@@ -425,7 +444,7 @@ fn failure_summary(log: &str) -> String {
     summary
 }
 
-/// The most lines of a failing test binary's output the report repeats.
+/// The most lines of a failing test step's output the report repeats.
 const PANIC_OUTPUT_LINES: usize = 150;
 
 /// The failing tests' own output (libtest's `---- name stdout ----` sections), or the log's

@@ -2,7 +2,7 @@
 //! from bullseye, 6.1 from bookworm, 6.12 from trixie, the newest from unstable or
 //! experimental), booted under QEMU with software emulation (KVM guests fail on the
 //! development machines), sharing the host's root filesystem read-only (writes go to a RAM
-//! overlay), so the guest runs the host's freshly built test binaries, nginx, curl and ip.
+//! overlay), so the guest runs the host's freshly built test binary, nginx, curl and ip.
 //!
 //! Exit codes: 0 every check and test passed (or the kernel does not support the strategy);
 //! 1 a check or test failed; 2 invalid arguments; 3 the runner could not get ready
@@ -16,6 +16,7 @@ mod kernel;
 mod matrix;
 
 use std::{
+    collections::BTreeMap,
     fmt::Write as _,
     fs,
     path::{Path, PathBuf},
@@ -28,7 +29,7 @@ use anyhow::{Context as _, Result, bail};
 pub use self::kernel::Kernel;
 use self::{
     guest::{Ending, Machine, Status, Step},
-    matrix::{Mode, STRATEGIES, Table, TestBinary},
+    matrix::{Mode, STRATEGIES, Table, TestModule},
 };
 use crate::setup;
 
@@ -38,11 +39,15 @@ const NOT_READY: u8 = 3;
 const NO_BOOT: u8 = 4;
 const TIMED_OUT: u8 = 5;
 
-/// The test binaries a guest runs unless told otherwise: the ones whose results depend on
-/// the kernel (every hook family on loopback; retransmits, timeouts and unreachable hosts
-/// across network namespaces). The others (`http`, `cli`, `exporter`, `runtime`, the phase
-/// tests, ...) exercise the same hooks through nginx, the daemon's outputs and uprobes, and
-/// add minutes per strategy under emulation.
+/// The integration test target (`[[test]]` in tests/Cargo.toml): one binary, a module per
+/// area.
+const INTEGRATION: &str = "integration";
+
+/// The modules of the integration test binary a guest runs unless told otherwise: the ones
+/// whose results depend on the kernel (every hook family on loopback; retransmits, timeouts
+/// and unreachable hosts across network namespaces). The others (`http`, `cli`, `exporter`,
+/// `runtime`, the phase tests, ...) exercise the same hooks through nginx, the daemon's
+/// outputs and uprobes, and add minutes per strategy under emulation.
 const DEFAULT_TESTS: [&str; 2] = ["lifecycle", "netns"];
 
 #[derive(Debug, clap::Args)]
@@ -58,7 +63,7 @@ pub struct Args {
     /// Every kernel of the matrix.
     #[arg(long, conflicts_with = "kernel")]
     all: bool,
-    /// Integration test binaries to run in each guest, or `all`.
+    /// Modules of the integration test binary to run in each guest, one step each, or `all`.
     #[arg(long, value_delimiter = ',', default_values = DEFAULT_TESTS)]
     tests: Vec<String>,
     /// Strategies to force, in turn; all by default.
@@ -80,13 +85,13 @@ pub struct Args {
     /// Seconds from starting QEMU to the guest running its first step.
     #[arg(long, default_value_t = 300)]
     boot_timeout: u64,
-    /// Seconds each step (one test binary, one check, the --exec command) may take.
+    /// Seconds each step (one test module, one check, the --exec command) may take.
     #[arg(long, default_value_t = 900)]
     timeout: u64,
     /// Show the guest's output as it runs.
     #[arg(long, short)]
     verbose: bool,
-    /// Extra arguments for the test binaries, e.g. a test name filter.
+    /// Extra arguments for the test binary, e.g. a test name filter.
     #[arg(last = true)]
     args: Vec<String>,
 }
@@ -111,7 +116,7 @@ impl<T> Code<T> for Result<T> {
 /// the host runs them under the tracepoint strategy.
 pub const IN_TESTS: [&str; 4] = ["--kernel", "6.1,5.10", "--strategy", "fentry,kprobe"];
 
-/// Runs [`IN_TESTS`], passing `test_args` to the test binaries; an error unless everything
+/// Runs [`IN_TESTS`], passing `test_args` to the test binary; an error unless everything
 /// passed.
 pub fn in_tests(root: &Path, test_args: &[String]) -> Result<()> {
     #[derive(clap::Parser)]
@@ -152,7 +157,7 @@ enum Work {
     Matrix {
         mode: Mode,
         tcpobs: PathBuf,
-        tests: Vec<TestBinary>,
+        tests: Vec<TestModule>,
     },
 }
 
@@ -179,8 +184,19 @@ fn run(root: &Path, args: &Args) -> Result<u8, Fatal> {
     let work = match &args.exec {
         Some(command) => Work::Exec(command.clone()),
         None => {
-            let tests = build(root).code(NOT_READY)?;
-            let tests = select(tests, &args.tests).code(USAGE)?;
+            if args.args.iter().any(|arg| arg == "--exact") {
+                return Err(Fatal(
+                    USAGE,
+                    anyhow::anyhow!(
+                        "--exact is not supported: each step picks its module by skipping \
+                         the others (`--skip MODULE::`), and --exact would make those skips \
+                         exact test names"
+                    ),
+                ));
+            }
+            let (binary, dir) = build(root).code(NOT_READY)?;
+            let modules = list_tests(&binary, &dir).code(NOT_READY)?;
+            let tests = select(&binary, &dir, &modules, &args.tests).code(USAGE)?;
             let tcpobs = root.join("target/debug/tcpobs");
             let mode = mode(&tcpobs, &args.strategy).code(NOT_READY)?;
             Work::Matrix {
@@ -385,9 +401,9 @@ fn first_line(text: &str) -> &str {
     text.lines().next().unwrap_or_default()
 }
 
-/// Builds the daemon and the integration test binaries (debug, as `cargo xtask test` does)
-/// and returns the test binaries.
-fn build(root: &Path) -> Result<Vec<TestBinary>> {
+/// Builds the daemon and the integration test binary (debug, as `cargo xtask test` does)
+/// and returns the binary and its package's directory.
+fn build(root: &Path) -> Result<(PathBuf, PathBuf)> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let status = Command::new(&cargo)
         .current_dir(root)
@@ -403,6 +419,8 @@ fn build(root: &Path) -> Result<Vec<TestBinary>> {
             "test",
             "--package",
             "tcpobs-tests",
+            "--test",
+            INTEGRATION,
             "--no-run",
             "--message-format=json",
         ])
@@ -411,61 +429,115 @@ fn build(root: &Path) -> Result<Vec<TestBinary>> {
         .context("cannot run cargo")?;
     if !output.status.success() {
         bail!(
-            "cargo test --package tcpobs-tests --no-run failed: {}",
+            "cargo test --package tcpobs-tests --test {INTEGRATION} --no-run failed: {}",
             output.status
         );
     }
-    Ok(test_binaries(&String::from_utf8_lossy(&output.stdout)))
+    integration_binary(&String::from_utf8_lossy(&output.stdout))
+        .with_context(|| format!("cargo built no `{INTEGRATION}` test executable"))
 }
 
-/// The `[[test]]` executables in cargo's JSON messages.
-fn test_binaries(messages: &str) -> Vec<TestBinary> {
-    let mut tests = Vec::new();
-    for message in messages.lines() {
-        let Ok(message) = serde_json::from_str::<serde_json::Value>(message) else {
-            continue;
-        };
+/// The integration test executable in cargo's JSON messages, and its package's directory.
+fn integration_binary(messages: &str) -> Option<(PathBuf, PathBuf)> {
+    messages.lines().find_map(|message| {
+        let message = serde_json::from_str::<serde_json::Value>(message).ok()?;
         let target = &message["target"];
         let is_test = target["kind"]
             .as_array()
             .is_some_and(|kinds| kinds.iter().any(|kind| kind == "test"));
-        let (Some(name), Some(path), Some(manifest)) = (
-            target["name"].as_str(),
-            message["executable"].as_str(),
-            message["manifest_path"].as_str(),
-        ) else {
-            continue;
-        };
-        if is_test {
-            tests.push(TestBinary {
-                name: name.to_owned(),
-                path: path.into(),
-                dir: Path::new(manifest)
-                    .parent()
-                    .unwrap_or(Path::new("/"))
-                    .to_path_buf(),
-            });
+        if !is_test || target["name"] != INTEGRATION {
+            return None;
         }
-    }
-    tests.sort_by(|a, b| a.name.cmp(&b.name));
-    tests
+        let path = message["executable"].as_str()?;
+        let manifest = Path::new(message["manifest_path"].as_str()?);
+        let dir = manifest.parent().unwrap_or(Path::new("/"));
+        Some((path.into(), dir.to_path_buf()))
+    })
 }
 
-fn select(available: Vec<TestBinary>, wanted: &[String]) -> Result<Vec<TestBinary>> {
-    if wanted.iter().any(|name| name == "all") {
-        return Ok(available);
+/// The integration binary's tests by module, from its own list.
+fn list_tests(binary: &Path, dir: &Path) -> Result<BTreeMap<String, Vec<String>>> {
+    let output = Command::new(binary)
+        .current_dir(dir)
+        .args(["--list", "--format", "terse"])
+        .stderr(Stdio::inherit())
+        .output()
+        .with_context(|| format!("cannot run {}", binary.display()))?;
+    if !output.status.success() {
+        bail!("{} --list failed: {}", binary.display(), output.status);
     }
-    let names: Vec<&str> = available.iter().map(|test| test.name.as_str()).collect();
-    if let Some(unknown) = wanted.iter().find(|name| !names.contains(&name.as_str())) {
+    by_module(&String::from_utf8_lossy(&output.stdout))
+}
+
+/// Groups libtest's terse list (`lifecycle::linger_zero: test`) by module.
+fn by_module(list: &str) -> Result<BTreeMap<String, Vec<String>>> {
+    let mut modules: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for name in list.lines().filter_map(|line| line.strip_suffix(": test")) {
+        let Some((module, _)) = name.split_once("::") else {
+            bail!("the integration test `{name}` is outside any module");
+        };
+        modules
+            .entry(module.to_owned())
+            .or_default()
+            .push(name.to_owned());
+    }
+    if modules.is_empty() {
+        bail!("the integration test binary lists no tests");
+    }
+    Ok(modules)
+}
+
+/// The modules to run, each skipping the others' tests.
+fn select(
+    binary: &Path,
+    dir: &Path,
+    modules: &BTreeMap<String, Vec<String>>,
+    wanted: &[String],
+) -> Result<Vec<TestModule>> {
+    let all = wanted.iter().any(|name| name == "all");
+    if let Some(unknown) = wanted
+        .iter()
+        .find(|name| !all && !modules.contains_key(name.as_str()))
+    {
+        let names: Vec<&str> = modules.keys().map(String::as_str).collect();
         bail!(
-            "no test binary `{unknown}`: choose among {}, or all",
+            "no test module `{unknown}`: choose among {}, or all",
             names.join(", ")
         );
     }
-    Ok(wanted
-        .iter()
-        .filter_map(|name| available.iter().find(|test| &test.name == name).cloned())
-        .collect())
+    let chosen: Vec<&String> = if all {
+        modules.keys().collect()
+    } else {
+        wanted.iter().collect()
+    };
+    let mut tests = Vec::new();
+    for name in chosen {
+        let others: Vec<String> = modules
+            .keys()
+            .filter(|other| *other != name)
+            .cloned()
+            .collect();
+        // `--skip other::` matches by substring: it must leave exactly this module's tests.
+        let kept: Vec<&String> = modules
+            .values()
+            .flatten()
+            .filter(|test| {
+                !others
+                    .iter()
+                    .any(|other| test.contains(&format!("{other}::")))
+            })
+            .collect();
+        if kept != modules[name].iter().collect::<Vec<_>>() {
+            bail!("skipping the other modules does not leave exactly the tests of `{name}`");
+        }
+        tests.push(TestModule {
+            name: name.clone(),
+            binary: binary.to_path_buf(),
+            dir: dir.to_path_buf(),
+            others,
+        });
+    }
+    Ok(tests)
 }
 
 /// Forced strategies if the daemon has `--probe-strategy` and `--check`, else its own choice.
@@ -494,21 +566,55 @@ mod tests {
     use super::*;
 
     #[test]
-    fn test_binaries_come_from_cargo_messages() {
-        let messages = r#"{"reason":"compiler-artifact","manifest_path":"/w/tests/Cargo.toml","target":{"kind":["test"],"name":"netns"},"executable":"/w/target/debug/deps/netns-1"}
-{"reason":"compiler-artifact","manifest_path":"/w/tests/Cargo.toml","target":{"kind":["lib"],"name":"tcpobs_tests"},"executable":"/w/target/debug/deps/tcpobs_tests-2"}
+    fn the_integration_binary_comes_from_cargo_messages() {
+        let messages = r#"{"reason":"compiler-artifact","manifest_path":"/w/tests/Cargo.toml","target":{"kind":["lib"],"name":"tcpobs_tests"},"executable":"/w/target/debug/deps/tcpobs_tests-2"}
 {"reason":"compiler-artifact","manifest_path":"/w/tcpobs/Cargo.toml","target":{"kind":["lib"],"name":"tcpobs"},"executable":null}
-{"reason":"compiler-artifact","manifest_path":"/w/tests/Cargo.toml","target":{"kind":["test"],"name":"lifecycle"},"executable":"/w/target/debug/deps/lifecycle-3"}
+{"reason":"compiler-artifact","manifest_path":"/w/tests/Cargo.toml","target":{"kind":["test"],"name":"integration"},"executable":"/w/target/debug/deps/integration-3"}
 {"reason":"build-finished","success":true}"#;
-        let tests = test_binaries(messages);
-        let names: Vec<&str> = tests.iter().map(|t| t.name.as_str()).collect();
-        assert_eq!(names, ["lifecycle", "netns"]);
-        assert_eq!(tests[0].path, Path::new("/w/target/debug/deps/lifecycle-3"));
-        assert_eq!(tests[0].dir, Path::new("/w/tests"));
-        let chosen = select(tests.clone(), &["netns".into()]).unwrap();
+        let (binary, dir) = integration_binary(messages).unwrap();
+        assert_eq!(binary, Path::new("/w/target/debug/deps/integration-3"));
+        assert_eq!(dir, Path::new("/w/tests"));
+        assert!(integration_binary(&messages.replace("integration", "other")).is_none());
+    }
+
+    #[test]
+    fn each_module_runs_alone_by_skipping_the_others() {
+        let list = "lifecycle::ipv4_client_closes_first: test\n\
+                    lifecycle::linger_zero_is_a_reset_from_the_client: test\n\
+                    netns::unanswered_syn_is_a_connect_timeout: test\n\
+                    tls::a_tls_handshake_is_tied_to_its_connection: test\n";
+        let modules = by_module(list).unwrap();
+        assert_eq!(
+            modules.keys().collect::<Vec<_>>(),
+            ["lifecycle", "netns", "tls"]
+        );
+        let binary = Path::new("/w/integration-3");
+        let dir = Path::new("/w/tests");
+        let chosen = select(binary, dir, &modules, &["netns".into()]).unwrap();
+        assert_eq!(chosen.len(), 1);
         assert_eq!(chosen[0].name, "netns");
-        assert_eq!(select(tests.clone(), &["all".into()]).unwrap().len(), 2);
-        let err = select(tests, &["nope".into()]).unwrap_err().to_string();
-        assert!(err.contains("choose among lifecycle, netns"), "{err}");
+        assert_eq!(chosen[0].binary, binary);
+        assert_eq!(chosen[0].others, ["lifecycle", "tls"]);
+        let all = select(binary, dir, &modules, &["all".into()]).unwrap();
+        let names: Vec<&str> = all.iter().map(|test| test.name.as_str()).collect();
+        assert_eq!(names, ["lifecycle", "netns", "tls"]);
+        let err = select(binary, dir, &modules, &["nope".into()])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("choose among lifecycle, netns, tls"), "{err}");
+        assert!(
+            by_module("loose_test: test\n").is_err(),
+            "a test outside any module"
+        );
+    }
+
+    #[test]
+    fn a_module_whose_skip_would_catch_another_is_refused() {
+        // `--skip ns::` would also skip `dns::...`.
+        let modules = by_module("dns::a: test\nns::b: test\n").unwrap();
+        let err = select(Path::new("/i"), Path::new("/"), &modules, &["dns".into()])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("exactly the tests of `dns`"), "{err}");
     }
 }

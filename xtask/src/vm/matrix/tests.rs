@@ -19,11 +19,12 @@ fn outcome(status: Status, seconds: f64, log: &str) -> Outcome {
     }
 }
 
-fn lifecycle() -> Vec<TestBinary> {
-    vec![TestBinary {
+fn lifecycle() -> Vec<TestModule> {
+    vec![TestModule {
         name: "lifecycle".into(),
-        path: "/t/lifecycle-1".into(),
+        binary: "/t/integration-1".into(),
         dir: "/t".into(),
+        others: vec!["http".into(), "netns".into()],
     }]
 }
 
@@ -58,7 +59,15 @@ fn forced_strategies_check_then_test() {
     );
     assert_eq!(
         steps[3].command,
-        ["/t/lifecycle-1", "--test-threads=1", "linger"]
+        [
+            "/t/integration-1",
+            "--test-threads=1",
+            "--skip",
+            "http::",
+            "--skip",
+            "netns::",
+            "linger"
+        ]
     );
 }
 
