@@ -13,8 +13,9 @@ use aya::{
     maps::Map,
     programs::{Program, ProgramError},
 };
-use crate::kernel::loader::Strategy;
 use thiserror::Error;
+
+use crate::kernel::loader::Strategy;
 
 /// One attached program.
 #[derive(Clone, Debug, PartialEq, Eq)]

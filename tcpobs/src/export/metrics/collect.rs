@@ -15,8 +15,8 @@ use crate::{
     kernel::{
         decode::KIND_NAMES,
         libcalls::LibcallStats,
-        reader::{KernelStats, ReaderStats},
         loader::families::LIBCALL_FAMILIES,
+        reader::{KernelStats, ReaderStats},
         report::FamilyAttach,
     },
     model::state_name,

@@ -37,10 +37,7 @@ use aya::{
         uprobe::{UProbeLinkId, UProbeScope},
     },
 };
-use tcpobs_common::{
-    TlsCall,
-    names,
-};
+use tcpobs_common::{TlsCall, names};
 use thiserror::Error;
 use tracing::{debug, info, warn};
 

@@ -376,15 +376,6 @@ pub enum Library {
     Libssl,
 }
 
-impl Library {
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Self::Libc => "libc",
-            Self::Libssl => "libssl",
-        }
-    }
-}
-
 /// One uprobe (function entry) or uretprobe (function return) on a library symbol.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct UProbeSpec {
