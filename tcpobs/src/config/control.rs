@@ -21,8 +21,26 @@ use crate::{
 /// Sets the daemon's log level (a tracing filter); errors say why the level is invalid.
 pub type LogLevelSetter = Box<dyn Fn(&str) -> Result<(), LogLevelError> + Send + Sync>;
 
-/// Checks a log level without applying it.
+/// The levels a log level directive may end with.
+const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+
+/// Checks a log level without applying it: a level, or comma-separated `TARGET=LEVEL`
+/// directives (a tracing filter), each of which must name a level.
 pub(crate) fn check_log_level(level: &str) -> Result<(), LogLevelError> {
+    let names_a_level = |directive: &str| {
+        let level = directive
+            .rsplit_once('=')
+            .map_or(directive, |(_, level)| level);
+        LEVELS
+            .iter()
+            .any(|known| known.eq_ignore_ascii_case(level.trim()))
+    };
+    if level.trim().is_empty() {
+        return Err(LogLevelError::NotALevel(level.to_owned()));
+    }
+    if let Some(bad) = level.split(',').find(|directive| !names_a_level(directive)) {
+        return Err(LogLevelError::NotALevel(bad.to_owned()));
+    }
     tracing_subscriber::EnvFilter::try_new(level)?;
     Ok(())
 }
@@ -185,6 +203,40 @@ mod tests {
         assert_eq!(
             control.describe()["restart_required"]["listen"],
             "127.0.0.1:0"
+        );
+    }
+
+    #[test]
+    fn log_levels_must_name_a_level() {
+        for good in [
+            "info",
+            "WARN",
+            "off",
+            "info,tcpobs=debug",
+            "tcpobs::kernel=trace",
+        ] {
+            assert!(check_log_level(good).is_ok(), "{good}");
+        }
+        // `loud` parses as a tracing filter (the target `loud` at every level), which would
+        // silence every other line, loss warnings included.
+        assert!(tracing_subscriber::EnvFilter::try_new("loud").is_ok());
+        for bad in [
+            "loud",
+            "",
+            " ",
+            "info,loud",
+            "tcpobs=loud",
+            "tcpobs",
+            "info,",
+        ] {
+            let err = check_log_level(bad).unwrap_err();
+            assert!(matches!(err, LogLevelError::NotALevel(_)), "{bad:?}: {err}");
+        }
+        assert!(
+            check_log_level("loud")
+                .unwrap_err()
+                .to_string()
+                .starts_with("`loud` is not a level")
         );
     }
 

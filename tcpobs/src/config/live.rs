@@ -42,9 +42,16 @@ pub enum ValueError {
     RingbufSize(u32),
 }
 
-/// Why a log level is refused: not a tracing filter, or the logger did not take it.
+/// Why a log level is refused: not a level, not a tracing filter, or the logger did not take it.
 #[derive(Debug, Error)]
 pub enum LogLevelError {
+    /// A directive that names no level. tracing reads a bare word as a target at every level
+    /// (`loud` would mean `loud=trace`, which silences everything else), so it is refused.
+    #[error(
+        "`{0}` is not a level: use off, error, warn, info, debug or trace, or TARGET=LEVEL \
+         directives separated by commas (e.g. `info,tcpobs=debug`)"
+    )]
+    NotALevel(String),
     #[error(transparent)]
     Invalid(#[from] ParseError),
     #[error(transparent)]

@@ -245,6 +245,7 @@ mod tests {
             (&["--format", "justniffer", "-l", "%nope"], "--log-format"),
             (&["-l", "%connection"], "--log-format"),
             (&["--log-level", "loud=="], "--log-level"),
+            (&["--log-level", "loud"], "--log-level"),
             (&["--listen", "everywhere"], "--listen"),
             (&["--sample", "first=1"], "--sample"),
             (&["--sample", "first=1,thereafter=0"], "thereafter"),

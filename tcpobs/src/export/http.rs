@@ -544,6 +544,7 @@ mod tests {
             r#"{"events":"loud"}"#,
             r#"{"thresholds":{"idle_s":-2}}"#,
             r#"{"listen":"x"}"#,
+            r#"{"log_level":"loud"}"#,
         ] {
             let (status, _, body) = call(&state, "PUT", "/config", bad).await;
             assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}: {body}");
