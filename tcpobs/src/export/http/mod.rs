@@ -2,7 +2,7 @@
 //!
 //! | route | |
 //! |---|---|
-//! | `GET /metrics` | OpenMetrics text |
+//! | `GET /metrics` | the classic text format, or OpenMetrics if the `Accept` header asks ([`negotiate`]) |
 //! | `GET /healthz` | 200 while the process runs |
 //! | `GET /readyz` | 200 once every program is attached, else 503 and the reason |
 //! | `GET /connections` | live connections; `?state=`, `?port=`, `?min_idle_s=`, `?limit=` (default 1000) |
@@ -29,6 +29,9 @@ use serde::Serialize;
 use serde_json::{Value, json};
 use thiserror::Error;
 
+mod negotiate;
+
+use self::negotiate::{Exposition, OPENMETRICS, PROMETHEUS_TEXT, negotiate, to_classic_text};
 use crate::{
     clock::{Clock, WallClock as _, monotonic_now_ns},
     config::control::Control,
@@ -37,11 +40,6 @@ use crate::{
     sync::lock,
     tracker::Tracker,
 };
-
-/// Content type of the OpenMetrics text format.
-pub(crate) const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
-/// Content type of the classic Prometheus text format.
-pub(crate) const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 const DEFAULT_LIMIT: usize = 1000;
 const MAX_LIMIT: usize = 100_000;
@@ -99,46 +97,6 @@ fn error(status: StatusCode, message: impl std::fmt::Display) -> Response {
     (status, Json(json!({ "error": message.to_string() }))).into_response()
 }
 
-/// Whether the client asked for the classic text format rather than OpenMetrics (e.g.
-/// `Accept: text/plain`, as `promtool` and older scrapers do). Prometheus itself asks for
-/// OpenMetrics first, and so does anyone who sends no preference.
-fn wants_classic_text(headers: &HeaderMap) -> bool {
-    let accept = headers
-        .get(header::ACCEPT)
-        .and_then(|value| value.to_str().ok())
-        .unwrap_or_default();
-    accept.contains("text/plain") && !accept.contains("application/openmetrics-text")
-}
-
-/// Rewrites OpenMetrics text as the classic Prometheus text format (0.0.4): counter and info
-/// families take their sample names, info becomes a gauge, `# UNIT` and `# EOF` go.
-pub(crate) fn to_classic_text(openmetrics: &str) -> String {
-    use std::fmt::Write as _;
-    let mut out = String::with_capacity(openmetrics.len());
-    // prometheus-client writes each family's HELP right before its TYPE.
-    let mut help: Option<(&str, &str)> = None;
-    for line in openmetrics.lines() {
-        if let Some(rest) = line.strip_prefix("# HELP ") {
-            help = Some(rest.split_once(' ').unwrap_or((rest, "")));
-        } else if let Some(rest) = line.strip_prefix("# TYPE ") {
-            let (name, kind) = rest.split_once(' ').unwrap_or((rest, "untyped"));
-            let (suffix, kind) = match kind {
-                "counter" => ("_total", "counter"),
-                "info" => ("_info", "gauge"),
-                other => ("", other),
-            };
-            if let Some((_, text)) = help.take().filter(|(help_name, _)| *help_name == name) {
-                let _ = writeln!(out, "# HELP {name}{suffix} {text}");
-            }
-            let _ = writeln!(out, "# TYPE {name}{suffix} {kind}");
-        } else if !line.starts_with("# UNIT ") && line != "# EOF" {
-            out.push_str(line);
-            out.push('\n');
-        }
-    }
-    out
-}
-
 async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Response {
     let mut body = String::with_capacity(64 * 1024);
     if encode(&mut body, &state.registry).is_err() {
@@ -147,7 +105,10 @@ async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Response 
             "cannot encode the metrics",
         );
     }
-    if wants_classic_text(&headers) {
+    let accept = headers
+        .get(header::ACCEPT)
+        .and_then(|value| value.to_str().ok());
+    if negotiate(accept) == Exposition::Classic {
         (
             [(header::CONTENT_TYPE, PROMETHEUS_TEXT)],
             to_classic_text(&body),
@@ -418,11 +379,24 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn metrics_are_openmetrics() {
+    async fn metrics_are_classic_text_unless_openmetrics_is_asked_for() {
         let state = state();
         let (status, content_type, body) = call(&state, "GET", "/metrics", "").await;
         assert_eq!(status, StatusCode::OK);
-        assert_eq!(content_type, OPENMETRICS);
+        assert_eq!(content_type, PROMETHEUS_TEXT);
+        assert!(!body.contains("# EOF"), "{body}");
+        let request = axum::http::Request::builder()
+            .uri("/metrics")
+            .header(
+                header::ACCEPT,
+                "application/openmetrics-text; version=1.0.0",
+            )
+            .body(Body::empty())
+            .unwrap();
+        let response = router(state).oneshot(request).await.unwrap();
+        assert_eq!(response.headers()[header::CONTENT_TYPE], OPENMETRICS);
+        let body = to_bytes(response.into_body(), 1 << 20).await.unwrap();
+        let body = String::from_utf8(body.to_vec()).unwrap();
         assert!(
             body.contains("tcpobs_stuck_connections{phase=\"idle\"} 2"),
             "{body}"
@@ -451,20 +425,6 @@ mod tests {
             "{body}"
         );
         assert!(!body.contains("# EOF"));
-    }
-
-    #[test]
-    fn classic_text_conversion() {
-        let openmetrics = "# HELP a_things Things.\n# TYPE a_things counter\na_things_total{x=\"1\"} 3\n\
-                           # HELP b_build Build.\n# TYPE b_build info\nb_build_info{version=\"1\"} 1\n\
-                           # HELP c_seconds Time.\n# TYPE c_seconds histogram\n# UNIT c_seconds seconds\n\
-                           c_seconds_count 0\n# EOF\n";
-        assert_eq!(
-            to_classic_text(openmetrics),
-            "# HELP a_things_total Things.\n# TYPE a_things_total counter\na_things_total{x=\"1\"} 3\n\
-             # HELP b_build_info Build.\n# TYPE b_build_info gauge\nb_build_info{version=\"1\"} 1\n\
-             # HELP c_seconds Time.\n# TYPE c_seconds histogram\nc_seconds_count 0\n"
-        );
     }
 
     #[tokio::test]
