@@ -1,14 +1,17 @@
 //! tcpobs as a daemon: the HTTP API, the tracer and the signals, in the order that gives
-//! clear failures. The HTTP port is bound first (a port in use fails fast, before anything is
-//! loaded) and `/readyz` answers 503 until every program is attached; at that moment systemd
-//! is told `READY=1` too ([`notify`]). SIGHUP re-reads the config file and applies its
-//! runtime settings; SIGINT/SIGTERM stop cleanly (systemd hears `STOPPING=1`).
+//! clear failures. The open-file limit is raised to its hard limit, then the HTTP listeners
+//! are bound (a port in use fails fast, before anything is loaded) and `/readyz` answers 503
+//! until every program is attached; at that moment systemd is told `READY=1` too
+//! ([`notify`]). SIGHUP re-reads the config file and applies its runtime settings, and
+//! re-reads the web config (certificates, users); SIGINT/SIGTERM stop cleanly (systemd hears
+//! `STOPPING=1`).
 
 pub mod daemon;
 mod notify;
 
-use std::{io, net::SocketAddr, sync::Arc};
+use std::{io, net::SocketAddr, path::Path, sync::Arc};
 
+use axum::{Router, middleware::from_fn_with_state};
 use prometheus_client::{metrics::info::Info, registry::Registry};
 use thiserror::Error;
 use tokio::{net::TcpListener, sync::watch};
@@ -21,11 +24,18 @@ use self::{
 use crate::{
     clock::Clock,
     config::{
-        Settings, Sources,
+        Endpoint, Settings, Sources,
         control::{Control, LogLevelSetter},
     },
     export::{
-        http::{AppState, Readiness, router},
+        http::{
+            AppState, Readiness,
+            guard::{Gate, guard},
+            metrics_router, router,
+            serve::{Api, Bound, HttpMetrics, Server, bind_unix},
+            web::Web,
+            webconfig::WebConfigError,
+        },
         metrics::{Metrics, collect::Scrape},
         output::{Output, Sink as _},
     },
@@ -40,6 +50,17 @@ pub enum AppError {
         addr: SocketAddr,
         source: io::Error,
         hint: &'static str,
+    },
+    #[error("cannot listen on {endpoint} for the admin API: {source}{hint}")]
+    AdminListen {
+        endpoint: String,
+        source: io::Error,
+        hint: &'static str,
+    },
+    #[error("--web-config-file {}: {message}", path.display())]
+    WebConfig {
+        path: std::path::PathBuf,
+        message: String,
     },
     #[error(transparent)]
     Load(#[from] LoadError),
@@ -59,6 +80,91 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener, AppError> {
             },
             source,
         })
+}
+
+async fn bind_admin(endpoint: &Endpoint) -> Result<Bound, AppError> {
+    let result = match endpoint {
+        Endpoint::Tcp(addr) => TcpListener::bind(addr).await.map(Bound::Tcp),
+        Endpoint::Unix(path) => bind_unix(path).map(|listener| Bound::Unix(listener, path.clone())),
+    };
+    result.map_err(|source| AppError::AdminListen {
+        endpoint: endpoint.to_string(),
+        hint: match source.kind() {
+            io::ErrorKind::AddrInUse => {
+                " (another tcpobs?); choose another with --admin-listen, or --admin-listen none"
+            }
+            _ => "; choose another with --admin-listen, or --admin-listen none",
+        },
+        source,
+    })
+}
+
+/// Raises the soft open-file limit to the hard one (systemd starts services at 1,024), so that
+/// the API's connection bound, not the limit, decides when connections are turned away.
+/// Returns the limit in force.
+fn raise_open_file_limit() -> Option<u64> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct it is given.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return None;
+    }
+    let soft = limit.rlim_cur;
+    if soft >= limit.rlim_max {
+        info!(limit = soft, "open-file limit (already the hard limit)");
+        return Some(soft);
+    }
+    limit.rlim_cur = limit.rlim_max;
+    // SAFETY: setrlimit reads the struct it is given; raising the soft limit up to the hard
+    // one needs no privilege.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } == 0 {
+        info!(
+            from = soft,
+            to = limit.rlim_max,
+            "open-file limit raised to the hard limit"
+        );
+        Some(limit.rlim_max)
+    } else {
+        warn!(
+            limit = soft,
+            "cannot raise the open-file limit: {}",
+            io::Error::last_os_error()
+        );
+        Some(soft)
+    }
+}
+
+/// The connection bound per listener, lowered if the open-file limit cannot hold two full
+/// listeners and the daemon's own files (BPF maps, programs, the output).
+fn connection_bound(wanted: usize, open_files: Option<u64>) -> usize {
+    let Some(limit) = open_files else {
+        return wanted;
+    };
+    let room = usize::try_from(limit.saturating_sub(256) / 2).unwrap_or(usize::MAX);
+    if room < wanted {
+        let bound = room.max(16);
+        warn!(
+            wanted,
+            bound,
+            open_files = limit,
+            "--http-max-connections lowered to fit the open-file limit (raise LimitNOFILE)"
+        );
+        bound
+    } else {
+        wanted
+    }
+}
+
+fn guarded(router: Router, api: Api, tcp: bool, web: Option<Arc<Web>>) -> Router {
+    let gate = Arc::new(Gate {
+        api,
+        tcp,
+        web,
+        refused: Default::default(),
+    });
+    router.layer(from_fn_with_state(gate, guard))
 }
 
 /// `--check`: loads and attaches everything, prints how each family is attached, detaches.
@@ -96,8 +202,23 @@ pub async fn run(
 ) -> Result<(), AppError> {
     // Before anything else, so that an unprivileged run says only that.
     loader::check_privileges()?;
+    let open_files = raise_open_file_limit();
+    let max_connections = connection_bound(settings.http_max_connections, open_files);
     let listener = match settings.listen {
         Some(addr) => Some(bind(addr).await?),
+        None => None,
+    };
+    let admin = match &settings.admin_listen {
+        Some(endpoint) => Some(bind_admin(endpoint).await?),
+        None => None,
+    };
+    let web = match &settings.web_config {
+        Some(path) => Some(Arc::new(Web::load(path).map_err(
+            |err: WebConfigError| AppError::WebConfig {
+                path: path.clone(),
+                message: err.to_string(),
+            },
+        )?)),
         None => None,
     };
     let readiness = Arc::new(Readiness::new("loading the kernel programs"));
@@ -126,31 +247,64 @@ pub async fn run(
         health: Arc::clone(&health),
         output: output.counts(),
     }));
+    let http_metrics = HttpMetrics::new(&mut registry);
     let (stop_http, http_stopped) = watch::channel(false);
-    let server = listener.map(|listener| {
-        let app = router(AppState {
-            registry: Arc::new(registry),
-            tracker: Arc::clone(&tracker),
-            control: Arc::clone(&control),
-            readiness: Arc::clone(&readiness),
-            clock: Clock::new(),
-        });
+    let state = AppState {
+        registry: Arc::new(registry),
+        tracker: Arc::clone(&tracker),
+        control: Arc::clone(&control),
+        readiness: Arc::clone(&readiness),
+        clock: Clock::new(),
+        refused: Arc::default(),
+    };
+    let mut servers = Vec::new();
+    if let Some(listener) = listener {
         if let Ok(addr) = listener.local_addr() {
-            info!(%addr, "HTTP API listening");
+            let (tls, users) = web
+                .as_ref()
+                .map_or((false, 0), |web| (web.tls(), web.config().users.len()));
+            info!(%addr, tls, basic_auth_users = users, "HTTP API (metrics) listening");
         }
-        let mut stopped = http_stopped;
-        tokio::spawn(async move {
-            let shutdown = async move {
-                let _ = stopped.wait_for(|stop| *stop).await;
-            };
-            if let Err(err) = axum::serve(listener, app)
-                .with_graceful_shutdown(shutdown)
-                .await
-            {
-                error!("HTTP server: {err}");
+        let server = Server {
+            api: Api::Metrics,
+            bound: Bound::Tcp(listener),
+            router: guarded(
+                metrics_router(state.clone()),
+                Api::Metrics,
+                true,
+                web.clone(),
+            ),
+            web: web.clone(),
+            max_connections,
+            metrics: http_metrics.clone(),
+        };
+        servers.push(tokio::spawn(server.run(http_stopped.clone())));
+    }
+    if let Some(bound) = admin {
+        // Over TCP the web config's TLS and users apply (start-up checked that it has users);
+        // a Unix socket is guarded by its file mode.
+        let (tcp, admin_web) = match &bound {
+            Bound::Tcp(listener) => {
+                if let Ok(addr) = listener.local_addr() {
+                    info!(admin = %addr, "HTTP API (admin) listening, basic auth required");
+                }
+                (true, web.clone())
             }
-        })
-    });
+            Bound::Unix(_, path) => {
+                info!(admin = %path.display(), "HTTP API (admin) listening, mode 0600");
+                (false, None)
+            }
+        };
+        let server = Server {
+            api: Api::Admin,
+            bound,
+            router: guarded(router(state.clone()), Api::Admin, tcp, admin_web.clone()),
+            web: admin_web,
+            max_connections,
+            metrics: http_metrics,
+        };
+        servers.push(tokio::spawn(server.run(http_stopped)));
+    }
 
     // Before loading, so that an early SIGHUP does not stop tcpobs.
     tokio::spawn(on_sighup(
@@ -158,6 +312,7 @@ pub async fn run(
         settings.clone(),
         Arc::clone(&control),
         output.reopen_handle(),
+        web,
     ));
     let mut tracer = Tracer::start_shared(&settings.load, tracker, health)?;
     if let Some(filters) = tracer.take_filters() {
@@ -195,19 +350,36 @@ pub async fn run(
     output.flush()?;
     info!(?stats, "stopped");
     let _ = stop_http.send(true);
-    if let Some(server) = server {
+    for server in servers {
         let _ = server.await;
     }
     Ok(())
 }
 
-/// On every SIGHUP: reopens the output file (log rotation) and, with `--config`, re-reads the
-/// settings and applies the runtime ones.
+/// Re-reads the web config; on error the one in force stays.
+fn reload_web(web: &Web) {
+    match web.reload() {
+        Ok(reloaded) => info!(
+            path = %web.path().display(),
+            tls = reloaded.tls,
+            basic_auth_users = reloaded.users,
+            "SIGHUP: web config re-read (certificates and users)"
+        ),
+        Err(err) => error!(
+            path = %web.path().display(),
+            "SIGHUP: web config not applied, the previous one stays: {err}"
+        ),
+    }
+}
+
+/// On every SIGHUP: reopens the output file (log rotation), re-reads the web config and, with
+/// `--config`, re-reads the settings and applies the runtime ones.
 async fn on_sighup(
     sources: Option<Sources>,
     started: Settings,
     control: Arc<Control>,
     reopen: Arc<std::sync::atomic::AtomicBool>,
+    web: Option<Arc<Web>>,
 ) {
     use tokio::signal::unix::{SignalKind, signal};
     let Ok(mut hangups) = signal(SignalKind::hangup()) else {
@@ -216,6 +388,9 @@ async fn on_sighup(
     };
     while hangups.recv().await.is_some() {
         reopen.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(web) = &web {
+            reload_web(web);
+        }
         let Some(sources) = &sources else {
             info!("SIGHUP: output reopened (no --config to re-read)");
             continue;
@@ -225,7 +400,15 @@ async fn on_sighup(
                 if settings.statics() != started.statics() {
                     warn!("SIGHUP: settings other than the runtime ones need a restart; ignored");
                 }
-                match control.replace(settings.live) {
+                let by = format!(
+                    "SIGHUP (re-read {})",
+                    settings
+                        .config
+                        .as_deref()
+                        .unwrap_or(Path::new("the config file"))
+                        .display()
+                );
+                match control.replace(settings.live, &by) {
                     Ok(_) => info!("SIGHUP: configuration re-read"),
                     Err(err) => error!("SIGHUP: configuration not applied: {err}"),
                 }

@@ -31,8 +31,9 @@ and TLS handshakes (OpenSSL), on the host and in containers, and ties them to co
 
 Events go to stdout (or --output): by default one JSON object per closed connection plus
 anomaly events; --events exchanges adds one per exchange; --format justniffer prints
-justniffer-style lines. Prometheus metrics, health, the live connection table and runtime
-settings are served on --listen. On SIGINT or SIGTERM it detaches, reports connections still
+justniffer-style lines. Prometheus metrics and health are served on --listen (TLS and basic
+auth with --web-config-file); the live connection table and runtime settings on
+--admin-listen (a Unix socket by default). On SIGINT or SIGTERM it detaches, reports connections still
 open as partial, and exits 0; on SIGHUP it re-reads --config.
 
 Every setting can also come from a TCPOBS_* environment variable or a key of the --config
@@ -63,8 +64,8 @@ pub struct Cli {
     #[arg(long, value_name = "PATH", env = "TCPOBS_CONFIG")]
     pub(crate) config: Option<PathBuf>,
 
-    /// Address for the HTTP API (/metrics, /healthz, /readyz, /connections, /config), or
-    /// `none` for no HTTP server.
+    /// Address for the metrics API (/metrics, /healthz, /readyz), or `none`. With
+    /// --web-config-file it serves TLS and asks for basic auth.
     #[arg(
         long,
         value_name = "ADDR:PORT",
@@ -72,6 +73,29 @@ pub struct Cli {
         env = "TCPOBS_LISTEN"
     )]
     pub(crate) listen: String,
+
+    /// Address for the admin API: every route, /connections and /config (whose PUT changes
+    /// settings) included. `unix:PATH` is a socket only the daemon's user can open;
+    /// `ADDR:PORT` needs --web-config-file with basic_auth_users; `none` for no admin API.
+    #[arg(
+        long,
+        value_name = "unix:PATH|ADDR:PORT|none",
+        default_value = "unix:/run/tcpobs/admin.sock",
+        env = "TCPOBS_ADMIN_LISTEN"
+    )]
+    pub(crate) admin_listen: String,
+
+    /// TLS and basic auth for the HTTP API, in the Prometheus exporter-toolkit's web config
+    /// format (tls_server_config, basic_auth_users, http_server_config: the file
+    /// node_exporter reads). Certificates and users are re-read on SIGHUP.
+    #[arg(long, value_name = "PATH", env = "TCPOBS_WEB_CONFIG_FILE")]
+    pub(crate) web_config_file: Option<PathBuf>,
+
+    /// Most open connections per HTTP listener; past it, a new connection closes the oldest
+    /// idle one.
+    #[arg(long, value_name = "N", default_value_t = 256, env = "TCPOBS_HTTP_MAX_CONNECTIONS",
+          value_parser = clap::value_parser!(u32).range(1..=65_536), hide_short_help = true)]
+    pub(crate) http_max_connections: u32,
 
     /// Output format.
     #[arg(long, value_enum, default_value_t, env = "TCPOBS_FORMAT")]

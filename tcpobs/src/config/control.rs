@@ -5,12 +5,15 @@
 //! (event selection, sampling, thresholds) through a watch channel. Live connections are
 //! never dropped by a change.
 
-use std::sync::{Arc, Mutex};
+use std::{
+    fmt::Display,
+    sync::{Arc, Mutex},
+};
 
 use serde_json::{Value, json};
 use thiserror::Error;
 use tokio::sync::watch;
-use tracing::info;
+use tracing::warn;
 
 use crate::{
     config::live::{LiveSettings, LogLevelError, SettingsError},
@@ -100,25 +103,38 @@ impl Control {
         Ok(())
     }
 
-    /// Applies a JSON patch of runtime settings. On error nothing has changed.
-    pub(crate) fn patch(&self, patch: &Value) -> Result<LiveSettings, ControlError> {
+    /// Applies a JSON patch of runtime settings, made `by` someone (logged). On error nothing
+    /// has changed.
+    pub(crate) fn patch(
+        &self,
+        patch: &Value,
+        by: &dyn Display,
+    ) -> Result<LiveSettings, ControlError> {
         let mut live = lock(&self.live);
         let next = live.patched(patch, check_log_level)?;
-        self.commit(&mut live, next)
+        self.commit(&mut live, next, by)
     }
 
-    /// Replaces the runtime settings (a reloaded config file). On error nothing has changed.
-    pub(crate) fn replace(&self, next: LiveSettings) -> Result<LiveSettings, ControlError> {
+    /// Replaces the runtime settings (a reloaded config file), `by` someone (logged). On error
+    /// nothing has changed.
+    pub(crate) fn replace(
+        &self,
+        next: LiveSettings,
+        by: &dyn Display,
+    ) -> Result<LiveSettings, ControlError> {
         next.validate()?;
         check_log_level(&next.log_level).map_err(SettingsError::LogLevel)?;
         let mut live = lock(&self.live);
-        self.commit(&mut live, next)
+        self.commit(&mut live, next, by)
     }
 
+    /// Applies `next`; every change is logged at WARN with who made it, so that nobody turns
+    /// the events off or filters everything out unnoticed.
     fn commit(
         &self,
         live: &mut LiveSettings,
         next: LiveSettings,
+        by: &dyn Display,
     ) -> Result<LiveSettings, ControlError> {
         if next == *live {
             return Ok(next);
@@ -138,9 +154,9 @@ impl Control {
         if next.log_level != live.log_level {
             (self.set_log_level)(&next.log_level).map_err(ControlError::LogLevel)?;
         }
-        info!(
-            events = ?next.events,
-            sample = ?next.sample.map(|s| s.to_string()),
+        warn!(
+            by = %by,
+            settings = %serde_json::to_string(&next).unwrap_or_default(),
             "runtime settings changed"
         );
         *live = next.clone();
@@ -190,7 +206,10 @@ mod tests {
     fn a_patch_is_applied_and_announced() {
         let (control, mut changes, levels) = control();
         let next = control
-            .patch(&json!({"events": "exchanges", "log_level": "debug"}))
+            .patch(
+                &json!({"events": "exchanges", "log_level": "debug"}),
+                &"a test",
+            )
             .unwrap();
         assert_eq!(next.events, EventSelection::Exchanges);
         assert!(changes.has_changed().unwrap());
@@ -245,11 +264,17 @@ mod tests {
         let (control, changes, levels) = control();
         let before = control.live();
         let err = control
-            .patch(&json!({"events": "exchanges", "log_level": "tcpobs=loudest"}))
+            .patch(
+                &json!({"events": "exchanges", "log_level": "tcpobs=loudest"}),
+                &"a test",
+            )
             .unwrap_err();
         assert!(err.to_string().contains("log_level"), "{err}");
         let err = control
-            .patch(&json!({"filters": {"cgroups": {"include": ["/no/such/cgroup"]}}}))
+            .patch(
+                &json!({"filters": {"cgroups": {"include": ["/no/such/cgroup"]}}}),
+                &"a test",
+            )
             .unwrap_err();
         assert!(err.to_string().contains("no/such/cgroup"), "{err}");
         assert_eq!(control.live(), before);

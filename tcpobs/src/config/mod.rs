@@ -14,7 +14,7 @@ mod file;
 pub mod live;
 mod sources;
 
-use std::{net::SocketAddr, path::PathBuf, time::Duration};
+use std::{fmt, net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::{CommandFactory as _, error::ErrorKind};
 use serde_json::{Value, json};
@@ -27,12 +27,29 @@ use self::{
 };
 use crate::{
     export::{
+        http::web::Web,
         metrics::labels::LabelSpec,
         output::{Format, justniffer::LineFormat},
     },
     kernel::{filters::Resolved, libcalls::LibcallOptions, loader::LoadOptions},
     metadata::MetaRoots,
 };
+
+/// Where a listener listens.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Endpoint {
+    Tcp(SocketAddr),
+    Unix(PathBuf),
+}
+
+impl fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Tcp(addr) => write!(f, "{addr}"),
+            Self::Unix(path) => write!(f, "unix:{}", path.display()),
+        }
+    }
+}
 
 /// Validated settings.
 #[derive(Clone, Debug)]
@@ -42,8 +59,14 @@ pub struct Settings {
     pub(crate) load: LoadOptions,
     pub format: Format,
     pub output: Option<PathBuf>,
-    /// `None`: no HTTP server.
+    /// The metrics API; `None`: none.
     pub(crate) listen: Option<SocketAddr>,
+    /// The admin API; `None`: none.
+    pub(crate) admin_listen: Option<Endpoint>,
+    /// TLS and basic auth for the API (exporter-toolkit format).
+    pub(crate) web_config: Option<PathBuf>,
+    /// Most open connections per listener.
+    pub(crate) http_max_connections: usize,
     /// Start-up values of the settings that can change while tcpobs runs.
     pub live: LiveSettings,
     pub(crate) drain_interval: Duration,
@@ -61,6 +84,9 @@ impl Settings {
         json!({
             "config": self.config,
             "listen": self.listen.map(|addr| addr.to_string()),
+            "admin_listen": self.admin_listen.as_ref().map(ToString::to_string),
+            "web_config_file": self.web_config,
+            "http_max_connections": self.http_max_connections,
             "format": match self.format { Format::Json => "json", Format::Justniffer(_) => "justniffer" },
             "output": self.output,
             "labels": self.labels.iter().map(ToString::to_string).collect::<Vec<_>>(),
@@ -119,6 +145,47 @@ impl Cli {
                 ))
             })?),
         };
+        let admin_listen = match self.admin_listen.as_str() {
+            "none" | "off" => None,
+            value => Some(match value.strip_prefix("unix:") {
+                Some("") => {
+                    return Err(invalid(
+                        "invalid value 'unix:' for --admin-listen: a socket path must follow \
+                         unix:",
+                    ));
+                }
+                Some(path) => Endpoint::Unix(path.into()),
+                None => Endpoint::Tcp(value.parse().map_err(|_| {
+                    invalid(format!(
+                        "invalid value '{value}' for --admin-listen: expected unix:PATH, \
+                         ADDR:PORT or none"
+                    ))
+                })?),
+            }),
+        };
+        let web = match &self.web_config_file {
+            Some(path) => Some(Web::check(path).map_err(|err| {
+                invalid(format!(
+                    "invalid value for --web-config-file: {}: {err}",
+                    path.display()
+                ))
+            })?),
+            None => None,
+        };
+        if let Some(Endpoint::Tcp(addr)) = &admin_listen {
+            if web.as_ref().is_none_or(|web| web.users.is_empty()) {
+                return Err(invalid(format!(
+                    "--admin-listen {addr} is TCP: it needs --web-config-file with \
+                     basic_auth_users, or anyone who reaches the port could change the \
+                     daemon's settings; use --admin-listen unix:PATH"
+                )));
+            }
+            if listen == Some(*addr) {
+                return Err(invalid(format!(
+                    "--admin-listen and --listen cannot both be {addr}"
+                )));
+            }
+        }
         let filters = Filters {
             ports: Filter::from_flags("port", self.ports, self.exclude_ports).map_err(invalid)?,
             cidrs: Filter::from_flags("cidr", self.cidrs, self.exclude_cidrs).map_err(invalid)?,
@@ -162,6 +229,9 @@ impl Cli {
             format,
             output: self.output,
             listen,
+            admin_listen,
+            web_config: self.web_config_file,
+            http_max_connections: self.http_max_connections as usize,
             live,
             drain_interval: self.drain_interval,
             sweep_interval: self.sweep_interval,
@@ -199,6 +269,15 @@ mod tests {
         assert_eq!(settings.load.filters, Filters::default());
         assert_eq!(settings.drain_interval, Duration::from_millis(10));
         assert_eq!(settings.listen, Some("127.0.0.1:9752".parse().unwrap()));
+        assert_eq!(
+            settings.admin_listen,
+            Some(Endpoint::Unix("/run/tcpobs/admin.sock".into()))
+        );
+        assert_eq!(
+            parse(&["--admin-listen", "none"]).unwrap().admin_listen,
+            None
+        );
+        assert_eq!(settings.http_max_connections, 256);
         assert_eq!(settings.load.libcalls, LibcallOptions::default());
         assert!(!parse(&["--phases", "off"]).unwrap().load.libcalls.enabled);
         assert_eq!(
@@ -247,6 +326,13 @@ mod tests {
             (&["--log-level", "loud=="], "--log-level"),
             (&["--log-level", "loud"], "--log-level"),
             (&["--listen", "everywhere"], "--listen"),
+            (&["--admin-listen", "everywhere"], "--admin-listen"),
+            (&["--admin-listen", "unix:"], "--admin-listen"),
+            (&["--admin-listen", "127.0.0.1:9753"], "basic_auth_users"),
+            (
+                &["--web-config-file", "/nonexistent/web.yml"],
+                "--web-config-file",
+            ),
             (&["--sample", "first=1"], "--sample"),
             (&["--sample", "first=1,thereafter=0"], "thereafter"),
             (&["--cidr", "10.0.0.0/99"], "--cidr"),

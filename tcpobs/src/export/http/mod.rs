@@ -1,5 +1,13 @@
 //! The HTTP API (axum): metrics, health, the live connection table and runtime settings.
 //!
+//! Reading metrics and changing the daemon are different rights, so they are different
+//! listeners. `--listen` (the metrics API) serves `/metrics`, `/healthz` and `/readyz` only,
+//! with TLS and basic auth from `--web-config-file` ([`webconfig`]); `--admin-listen` (the
+//! admin API, a Unix socket only root can open by default) serves every route. The admin
+//! routes asked of the metrics API answer 404 and say where they went. Connections are
+//! bounded in number and time ([`serve`]); requests pass [`guard`] (Host and Origin checks on
+//! the admin API, basic auth, a time limit).
+//!
 //! | route | |
 //! |---|---|
 //! | `GET /metrics` | the classic text format, or OpenMetrics if the `Accept` header asks ([`negotiate`]) |
@@ -18,20 +26,31 @@ use std::{
 };
 
 use axum::{
-    Json, Router,
+    Extension, Json, Router,
     extract::{Query, State},
-    http::{HeaderMap, StatusCode, header},
+    http::{HeaderMap, Method, StatusCode, Uri, header},
     response::{IntoResponse, Response},
-    routing::get,
+    routing::{any, get},
 };
 use prometheus_client::{encoding::text::encode, registry::Registry};
 use serde::Serialize;
 use serde_json::{Value, json};
 use thiserror::Error;
+use tracing::warn;
 
+mod auth;
+pub(crate) mod guard;
 mod negotiate;
+pub(crate) mod serve;
+mod tls;
+pub(crate) mod web;
+pub(crate) mod webconfig;
 
-use self::negotiate::{Exposition, OPENMETRICS, PROMETHEUS_TEXT, negotiate, to_classic_text};
+use self::{
+    guard::Caller,
+    negotiate::{Exposition, OPENMETRICS, PROMETHEUS_TEXT, negotiate, to_classic_text},
+    serve::Throttle,
+};
 use crate::{
     clock::{Clock, WallClock as _, monotonic_now_ns},
     config::control::Control,
@@ -81,8 +100,11 @@ pub(crate) struct AppState {
     pub control: Arc<Control>,
     pub readiness: Arc<Readiness>,
     pub clock: Clock,
+    /// Admin routes asked of the metrics API (for a rate-limited warning).
+    pub refused: Arc<Throttle>,
 }
 
+/// Every route: the admin API.
 pub(crate) fn router(state: AppState) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
@@ -91,6 +113,45 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/connections", get(connections))
         .route("/config", get(get_config).put(put_config))
         .with_state(state)
+}
+
+/// Metrics and health: the metrics API. The admin routes answer 404 with where they are.
+pub(crate) fn metrics_router(state: AppState) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/connections", any(admin_only))
+        .route("/config", any(admin_only))
+        .with_state(state)
+}
+
+/// Who asks the metrics API for an admin route is told where it went, and logged (at most
+/// once a minute): on a shared network, a `PUT /config` here is someone trying.
+async fn admin_only(
+    State(state): State<AppState>,
+    caller: Option<Extension<Caller>>,
+    method: Method,
+    uri: Uri,
+) -> Response {
+    if let Some(count) = state.refused.hit() {
+        let by = caller.map(|Extension(caller)| caller).unwrap_or_default();
+        warn!(
+            by = %by,
+            count,
+            "{method} {} asked of the metrics API (--listen): refused; it is served on \
+             the admin API (--admin-listen) only",
+            uri.path()
+        );
+    }
+    error(
+        StatusCode::NOT_FOUND,
+        format!(
+            "{} is served on the admin API (--admin-listen, by default the Unix socket \
+             /run/tcpobs/admin.sock), not on --listen",
+            uri.path()
+        ),
+    )
 }
 
 fn error(status: StatusCode, message: impl std::fmt::Display) -> Response {
@@ -136,14 +197,23 @@ async fn get_config(State(state): State<AppState>) -> Json<Value> {
     Json(state.control.describe())
 }
 
-async fn put_config(State(state): State<AppState>, body: String) -> Response {
+async fn put_config(
+    State(state): State<AppState>,
+    caller: Option<Extension<Caller>>,
+    body: String,
+) -> Response {
+    let by = caller.map(|Extension(caller)| caller).unwrap_or_default();
+    let refused = |message: String| {
+        warn!(by = %by, "PUT /config refused: {message}");
+        error(StatusCode::BAD_REQUEST, message)
+    };
     let patch: Value = match serde_json::from_str(&body) {
         Ok(patch) => patch,
-        Err(err) => return error(StatusCode::BAD_REQUEST, format!("invalid JSON: {err}")),
+        Err(err) => return refused(format!("invalid JSON: {err}")),
     };
-    match state.control.patch(&patch) {
+    match state.control.patch(&patch, &by) {
         Ok(_) => Json(state.control.describe()).into_response(),
-        Err(err) => error(StatusCode::BAD_REQUEST, err),
+        Err(err) => refused(err.to_string()),
     }
 }
 
@@ -349,6 +419,7 @@ mod tests {
             control,
             readiness: Arc::new(Readiness::new("loading")),
             clock: Clock::new(),
+            refused: Arc::default(),
         }
     }
 
