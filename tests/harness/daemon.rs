@@ -25,14 +25,18 @@ static DAEMONS: AtomicU32 = AtomicU32::new(0);
 pub struct Daemon {
     child: Child,
     pub output: PathBuf,
-    /// Where its HTTP API listens (an ephemeral port).
+    /// Where its metrics API listens (an ephemeral port).
     pub api: SocketAddr,
+    /// Its admin API's Unix socket (unless `args` chose another `--admin-listen`).
+    pub admin: Option<PathBuf>,
     log: Arc<Mutex<Vec<String>>>,
 }
 
 impl Daemon {
-    /// Starts `tcpobs` with `args`, events to a temporary file, the HTTP API on an ephemeral
-    /// loopback port (unless `args` has `--listen`), and waits until it traces.
+    /// Starts `tcpobs` with `args`, events to a temporary file, the metrics API on an
+    /// ephemeral loopback port (unless `args` has `--listen`), the admin API on a Unix socket
+    /// in the temporary directory (unless `args` has `--admin-listen`), and waits until it
+    /// traces.
     pub fn start(args: &[&str]) -> Self {
         Self::start_with(&[], args, &[])
     }
@@ -52,6 +56,17 @@ impl Daemon {
         } else {
             &["--listen", "127.0.0.1:0"][..]
         };
+        let admin = (!args.contains(&"--admin-listen")).then(|| output.with_extension("sock"));
+        let _ = admin.as_ref().map(fs::remove_file);
+        let admin_listen = admin
+            .iter()
+            .flat_map(|path| {
+                [
+                    "--admin-listen".to_owned(),
+                    format!("unix:{}", path.display()),
+                ]
+            })
+            .collect::<Vec<_>>();
         let mut command = match wrapper.split_first() {
             Some((program, options)) => {
                 let mut command = Command::new(program);
@@ -66,6 +81,7 @@ impl Daemon {
             .arg(&output)
             .args(["--drain-interval", "5ms"])
             .args(listen)
+            .args(&admin_listen)
             .args(args)
             .stderr(Stdio::piped())
             .spawn()
@@ -95,6 +111,7 @@ impl Daemon {
             child,
             output,
             api,
+            admin,
             log,
         }
     }
@@ -155,8 +172,32 @@ impl Daemon {
         }
     }
 
-    /// `curl` against the daemon's API: (status, body).
+    /// `curl` against the daemon's API: (status, body). `/connections` and `/config` go to the
+    /// admin API's socket, the rest to the metrics API.
     pub fn api(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+        accept: Option<&str>,
+    ) -> (u16, String) {
+        match &self.admin {
+            Some(socket) if path.starts_with("/connections") || path.starts_with("/config") => {
+                let url = format!("http://localhost{path}");
+                curl_with(
+                    &["--unix-socket", socket.to_str().unwrap()],
+                    method,
+                    &url,
+                    body,
+                    accept,
+                )
+            }
+            _ => self.metrics_api(method, path, body, accept),
+        }
+    }
+
+    /// `curl` against the metrics API (`--listen`) only: (status, body).
+    pub fn metrics_api(
         &self,
         method: &str,
         path: &str,
@@ -196,6 +237,9 @@ impl Drop for Daemon {
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
+        if let Some(socket) = &self.admin {
+            let _ = fs::remove_file(socket);
+        }
     }
 }
 
@@ -218,8 +262,20 @@ pub fn curl_status(
     body: Option<&str>,
     accept: Option<&str>,
 ) -> (u16, String) {
+    curl_with(&[], method, url, body, accept)
+}
+
+/// Runs curl with `options` first (e.g. `--unix-socket PATH`, `--cacert`, `--user`); returns
+/// the HTTP status (0: no response) and the body.
+pub fn curl_with(
+    options: &[&str],
+    method: &str,
+    url: &str,
+    body: Option<&str>,
+    accept: Option<&str>,
+) -> (u16, String) {
     let mut command = Command::new("curl");
-    command.args([
+    command.args(options).args([
         "--silent",
         "--max-time",
         "10",

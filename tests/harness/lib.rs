@@ -11,6 +11,7 @@ pub mod daemon;
 pub mod netns;
 pub mod nginx;
 pub mod phases;
+pub mod prometheus;
 pub mod traffic;
 
 use std::{

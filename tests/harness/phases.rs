@@ -142,7 +142,7 @@ pub struct Pki {
     pub key: PathBuf,
 }
 
-fn openssl(dir: &Path, args: &[&str]) {
+pub fn openssl(dir: &Path, args: &[&str]) {
     let output = Command::new("openssl")
         .current_dir(dir)
         .args(args)

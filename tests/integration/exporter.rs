@@ -3,10 +3,8 @@
 //! use. The kernel-side filters, runtime reconfiguration and SIGHUP are in `runtime.rs`.
 
 use std::{
-    fs,
     net::TcpStream,
-    path::PathBuf,
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     thread,
     time::{Duration, Instant},
 };
@@ -15,103 +13,13 @@ use serde_json::Value;
 use tcpobs::kernel::loader::Strategy;
 use tcpobs_tests::{
     PATIENCE, closed_port,
-    daemon::{Daemon, curl_status},
-    listen, read_n,
+    daemon::Daemon,
+    listen,
+    prometheus::Prometheus,
+    read_n,
     traffic::{client, serve},
     write_all,
 };
-
-/// A Prometheus server scraping `target` every second.
-struct Prometheus {
-    child: Child,
-    dir: PathBuf,
-    url: String,
-}
-
-impl Prometheus {
-    fn start(target: std::net::SocketAddr) -> Self {
-        let port = closed_port();
-        let dir = std::env::temp_dir().join(format!("tcpobs-prometheus-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).unwrap();
-        let config = dir.join("prometheus.yml");
-        fs::write(
-            &config,
-            format!(
-                "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: tcpobs\n    static_configs:\n      - targets: ['{target}']\n"
-            ),
-        )
-        .unwrap();
-        let child = Command::new("prometheus")
-            .arg(format!("--config.file={}", config.display()))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.join("data").display()
-            ))
-            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("prometheus not installed: run `cargo xtask setup`");
-        let prometheus = Self {
-            child,
-            dir,
-            url: format!("http://127.0.0.1:{port}"),
-        };
-        let deadline = Instant::now() + PATIENCE;
-        while curl_status("GET", &format!("{}/-/ready", prometheus.url), None, None).0 != 200 {
-            assert!(Instant::now() < deadline, "Prometheus did not become ready");
-            thread::sleep(Duration::from_millis(100));
-        }
-        prometheus
-    }
-
-    /// The value of an instant query that returns one series.
-    fn query(&self, query: &str) -> Option<f64> {
-        let encoded: String = query
-            .bytes()
-            .map(|b| match b {
-                b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'_' | b'.' => (b as char).to_string(),
-                _ => format!("%{b:02X}"),
-            })
-            .collect();
-        let (status, body) = curl_status(
-            "GET",
-            &format!("{}/api/v1/query?query={encoded}", self.url),
-            None,
-            None,
-        );
-        assert_eq!(status, 200, "{query}: {body}");
-        let response: Value = serde_json::from_str(&body).unwrap();
-        let result = response["data"]["result"].as_array()?;
-        assert!(result.len() <= 1, "{query} matches several series: {body}");
-        result.first()?["value"][1].as_str()?.parse().ok()
-    }
-
-    /// Waits until `query` evaluates to `expected` (scrapes happen every second).
-    fn expect(&self, query: &str, expected: f64) {
-        let deadline = Instant::now() + PATIENCE;
-        loop {
-            let value = self.query(query);
-            if value == Some(expected) {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "Prometheus says {query} = {value:?}, expected {expected}"
-            );
-            thread::sleep(Duration::from_millis(250));
-        }
-    }
-}
-
-impl Drop for Prometheus {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = fs::remove_dir_all(&self.dir);
-    }
-}
 
 #[test]
 fn prometheus_scrapes_what_the_traffic_did() {

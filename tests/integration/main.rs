@@ -8,6 +8,7 @@
 //! and the kernel matrix picks modules by name (`cargo xtask vm-test --tests lifecycle,netns`).
 
 mod alerts;
+mod api;
 mod cli;
 mod dns;
 mod exporter;

@@ -19,6 +19,7 @@ use tracing::warn;
 use super::{
     serve::{Api, Peer, Throttle},
     web::Web,
+    webconfig::WebConfig,
 };
 
 /// Time for a whole request: its body read, its handler run.
@@ -105,9 +106,22 @@ fn unauthorized() -> Response {
         .into_response()
 }
 
-/// The middleware.
-pub(crate) async fn guard(
-    State(gate): State<Arc<Gate>>,
+/// The middleware: the checks, the handler, then the web config's headers on every answer
+/// (refusals included, as the toolkit does).
+pub(crate) async fn guard(State(gate): State<Arc<Gate>>, request: Request, next: Next) -> Response {
+    let config = gate.web.as_ref().map(|web| web.config());
+    let mut response = checked(&gate, config.as_ref(), request, next).await;
+    if let Some(config) = &config {
+        for (name, value) in &config.headers {
+            response.headers_mut().insert(name.clone(), value.clone());
+        }
+    }
+    response
+}
+
+async fn checked(
+    gate: &Gate,
+    config: Option<&WebConfig>,
     mut request: Request,
     next: Next,
 ) -> Response {
@@ -130,8 +144,7 @@ pub(crate) async fn guard(
         )
             .into_response();
     }
-    let config = gate.web.as_ref().map(|web| web.config());
-    if let (Some(web), Some(config)) = (&gate.web, &config)
+    if let (Some(web), Some(config)) = (&gate.web, config)
         && !config.users.is_empty()
         && !matches!(request.uri().path(), "/healthz" | "/readyz")
     {
@@ -145,16 +158,10 @@ pub(crate) async fn guard(
         }
     }
     request.extensions_mut().insert(caller);
-    let mut response = match timeout(REQUEST_TIMEOUT, next.run(request)).await {
+    match timeout(REQUEST_TIMEOUT, next.run(request)).await {
         Ok(response) => response,
         Err(_) => (StatusCode::REQUEST_TIMEOUT, "request timeout\n").into_response(),
-    };
-    if let Some(config) = &config {
-        for (name, value) in &config.headers {
-            response.headers_mut().insert(name.clone(), value.clone());
-        }
     }
-    response
 }
 
 #[cfg(test)]
