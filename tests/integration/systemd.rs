@@ -282,6 +282,10 @@ fn systemd_analyze_accepts_the_unit() {
     }
     assert_eq!(unit_values("Type"), ["notify"]);
     assert_eq!(unit_values("Restart"), ["on-failure"]);
+    // Room for the API's connections (the daemon raises its soft limit to this), and the
+    // admin socket's directory, writable under ProtectSystem=strict.
+    assert_eq!(unit_values("LimitNOFILE"), ["65536"]);
+    assert_eq!(unit_values("RuntimeDirectory"), ["tcpobs"]);
 
     // The hardening keeps the exposure score systemd computes under 3 (of 10).
     let security = Command::new("systemd-analyze")

@@ -1,6 +1,6 @@
-//! What every request passes before a handler: on the admin API over TCP, the Host and Origin
-//! checks that defeat DNS rebinding (a browser page on another site that resolves its own name
-//! to 127.0.0.1 sends its own Host, and an Origin); basic auth when the web config has users
+//! What every request passes before a handler: on the admin API, the Origin check and, over
+//! plain TCP, the Host check that defeat DNS rebinding (a browser page on another site that
+//! resolves its own name to 127.0.0.1 sends its own Host, and an Origin); basic auth when the web config has users
 //! (`/healthz` and `/readyz` stay open, for probes that hold no secret); a time limit on the
 //! whole request, body included; the web config's response headers. The handlers learn who
 //! asked ([`Caller`]) for their log lines.
@@ -48,7 +48,8 @@ impl fmt::Display for Caller {
 /// One listener's rules.
 pub(crate) struct Gate {
     pub api: Api,
-    /// Whether the listener is TCP (Host checks apply; a Unix socket is no browser's).
+    /// Whether the listener is TCP (Host checks apply without TLS; a Unix socket is no
+    /// browser's).
     pub tcp: bool,
     pub web: Option<Arc<Web>>,
     pub refused: Throttle,
@@ -127,8 +128,11 @@ async fn checked(
 ) -> Response {
     let peer = request.extensions().get::<Peer>().cloned();
     let mut caller = Caller { peer, user: None };
+    // Over TLS a rebinding page cannot present tcpobs's certificate for its own name, so the
+    // Host check is for plain TCP only (and a certificate's name may then be used as Host).
+    let tls = gate.web.as_ref().is_some_and(|web| web.tls());
     if gate.api == Api::Admin
-        && let Some(why) = rebinding(request.headers(), gate.tcp)
+        && let Some(why) = rebinding(request.headers(), gate.tcp && !tls)
     {
         if let Some(count) = gate.refused.hit() {
             warn!(
