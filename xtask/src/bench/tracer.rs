@@ -47,6 +47,8 @@ pub fn start(tracer: Tracer, binary: &Path, args: &[&str]) -> Result<Running> {
                 ])
                 .arg("--listen")
                 .arg(api.to_string())
+                // The bench reads /metrics only: no admin socket in /run.
+                .args(["--admin-listen", "none"])
                 .args(args)
                 .stderr(Stdio::piped())
                 .spawn()
