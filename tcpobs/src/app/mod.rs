@@ -264,6 +264,13 @@ pub async fn run(
                 .as_ref()
                 .map_or((false, 0), |web| (web.tls(), web.config().users.len()));
             info!(%addr, tls, basic_auth_users = users, "HTTP API (metrics) listening");
+            if users > 0 && !tls && !addr.ip().is_loopback() {
+                warn!(
+                    %addr,
+                    "basic auth without TLS: passwords cross the network in clear text; add \
+                     tls_server_config to the web config"
+                );
+            }
         }
         let server = Server {
             api: Api::Metrics,

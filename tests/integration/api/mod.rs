@@ -296,6 +296,38 @@ fn two_thousand_idle_sockets_do_not_starve_healthz() {
     assert_eq!(code, Some(0));
 }
 
+/// A client that never finishes its request headers (one more header line every half second,
+/// forever) is closed by tcpobs (header-read timeout: 10 s) and counted.
+#[test]
+fn headers_that_never_end_are_timed_out() {
+    let daemon = Daemon::start(&[]);
+    let mut slow = TcpStream::connect(daemon.api).unwrap();
+    std::io::Write::write_all(&mut slow, b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\n").unwrap();
+    slow.set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let deadline = Instant::now() + PATIENCE;
+    let closed = loop {
+        assert!(Instant::now() < deadline, "tcpobs kept the connection open");
+        if std::io::Write::write_all(&mut slow, b"X-Slow: 1\r\n").is_err() {
+            break true;
+        }
+        match slow.read(&mut [0; 512]) {
+            Ok(0) => break true,
+            Ok(_) => break false,
+            Err(err)
+                if matches!(
+                    err.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => break true,
+        }
+    };
+    assert!(closed, "tcpobs answered headers that never ended");
+    let timeouts = daemon
+        .metric("tcpobs_http_connections_dropped_total{listener=\"metrics\",reason=\"timeout\"}");
+    assert_eq!(timeouts, 1.0);
+}
+
 /// Without an Accept header (curl) the classic text format, which promtool checks; Prometheus's
 /// Accept header gets OpenMetrics.
 #[test]

@@ -535,3 +535,65 @@ where
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn slots(max: usize) -> Arc<Slots> {
+        Arc::new(Slots {
+            max,
+            open: Mutex::default(),
+        })
+    }
+
+    #[test]
+    fn a_full_listener_closes_its_oldest_idle_connection() {
+        let slots = slots(2);
+        let (oldest, evicted) = slots.admit().unwrap();
+        assert!(!evicted);
+        let (busy, _) = slots.admit().unwrap();
+        let _request = Busy::enter(&busy.slot.busy);
+        // Full: the oldest is idle, so it goes.
+        let (newest, evicted) = slots.admit().unwrap();
+        assert!(evicted);
+        assert!(!lock(&slots.open).1.contains_key(&oldest.id));
+        assert_eq!(lock(&slots.open).1.len(), 2);
+        // Its task hears it (the permit waits for it).
+        let evict = Arc::clone(&oldest.slot.evict);
+        let notified = evict.notified();
+        tokio::pin!(notified);
+        assert!(notified.as_mut().enable(), "the evicted connection is told");
+        drop(oldest);
+        assert_eq!(
+            lock(&slots.open).1.len(),
+            2,
+            "dropping it later changes nothing"
+        );
+        // Full again with the busy one and a new idle one: the idle one goes, not the busy.
+        let (_, evicted) = slots.admit().unwrap();
+        assert!(evicted);
+        assert!(!lock(&slots.open).1.contains_key(&newest.id));
+        assert!(lock(&slots.open).1.contains_key(&busy.id));
+    }
+
+    #[test]
+    fn a_listener_full_of_busy_connections_refuses() {
+        let slots = slots(1);
+        let (busy, _) = slots.admit().unwrap();
+        let request = Busy::enter(&busy.slot.busy);
+        assert!(slots.admit().is_none());
+        drop(request);
+        assert!(slots.admit().is_some(), "idle again, so it can be evicted");
+    }
+
+    #[test]
+    fn throttled_warnings_count_what_they_skip() {
+        let throttle = Throttle::default();
+        assert_eq!(throttle.hit(), Some(1));
+        assert_eq!(throttle.hit(), None);
+        assert_eq!(throttle.hit(), None);
+        *lock(&throttle.last) = Some(Instant::now() - Duration::from_secs(61));
+        assert_eq!(throttle.hit(), Some(3));
+    }
+}
