@@ -10,7 +10,7 @@
 //!
 //! | route | |
 //! |---|---|
-//! | `GET /metrics` | the classic text format, or OpenMetrics if the `Accept` header asks ([`negotiate`]) |
+//! | `GET /metrics` | the classic text format, or OpenMetrics if the `Accept` header asks ([`mod@negotiate`]) |
 //! | `GET /healthz` | 200 while the process runs |
 //! | `GET /readyz` | 200 once every program is attached, else 503 and the reason |
 //! | `GET /connections` | live connections; `?state=`, `?port=`, `?min_idle_s=`, `?limit=` (default 1000) |
