@@ -112,20 +112,29 @@ fn raise_open_file_limit() -> Option<u64> {
         return None;
     }
     let soft = limit.rlim_cur;
-    if soft >= limit.rlim_max {
+    // An unlimited hard limit still stops at the kernel's fs.nr_open.
+    let hard = if limit.rlim_max == libc::RLIM_INFINITY {
+        std::fs::read_to_string("/proc/sys/fs/nr_open")
+            .ok()
+            .and_then(|text| text.trim().parse().ok())
+            .unwrap_or(1 << 20)
+    } else {
+        limit.rlim_max
+    };
+    if soft >= hard {
         info!(limit = soft, "open-file limit (already the hard limit)");
         return Some(soft);
     }
-    limit.rlim_cur = limit.rlim_max;
+    limit.rlim_cur = hard;
     // SAFETY: setrlimit reads the struct it is given; raising the soft limit up to the hard
     // one needs no privilege.
     if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } == 0 {
         info!(
             from = soft,
-            to = limit.rlim_max,
+            to = hard,
             "open-file limit raised to the hard limit"
         );
-        Some(limit.rlim_max)
+        Some(hard)
     } else {
         warn!(
             limit = soft,
