@@ -9,6 +9,7 @@
 mod tls;
 
 use std::{
+    fs,
     io::Read as _,
     net::TcpStream,
     path::{Path, PathBuf},
@@ -165,7 +166,7 @@ fn a_hostile_local_user_can_change_nothing() {
 #[test]
 fn the_admin_api_over_tcp_needs_credentials_and_refuses_rebinding() {
     let scratch = Scratch::new("api-admin");
-    let config = web_config(
+    let web = web_config(
         &scratch,
         "web.yml",
         &format!("basic_auth_users:\n  admin: {}\n", hash("hunter2")),
@@ -180,7 +181,7 @@ fn the_admin_api_over_tcp_needs_credentials_and_refuses_rebinding() {
 
     let port = closed_port();
     let admin = format!("127.0.0.1:{port}");
-    let daemon = Daemon::start(&["--admin-listen", &admin, "--web-config-file", path(&config)]);
+    let daemon = Daemon::start(&["--admin-listen", &admin, "--web-config-file", path(&web)]);
     let url = format!("http://{admin}/config");
     let change = r#"{"thresholds":{"idle_s":42}}"#;
     let put = |options: &[&str]| curl_with(options, "PUT", &url, Some(change), None);
@@ -218,6 +219,23 @@ fn the_admin_api_over_tcp_needs_credentials_and_refuses_rebinding() {
         "{line}"
     );
     assert!(line.contains(r#""idle_s":42.0"#), "{line}");
+    // A web config re-read without users does not open the admin API.
+    let no_users = web_config(
+        &scratch,
+        "web-no-users.yml",
+        "http_server_config:\n  headers:\n    X-Frame-Options: deny\n",
+    );
+    fs::copy(&no_users, &web).unwrap();
+    daemon.signal(libc::SIGHUP);
+    eventually("the web config without users", || {
+        daemon
+            .log()
+            .iter()
+            .any(|line| line.contains("web config re-read") && line.contains("basic_auth_users=0"))
+    });
+    let (status, body) = put(&[]);
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("needs basic_auth_users"), "{body}");
 }
 
 /// With the open-file limit of the issue's test (soft 1,024), 2,000 idle sockets on the metrics

@@ -148,6 +148,15 @@ async fn checked(
         )
             .into_response();
     }
+    // Start-up refuses a TCP admin API without users; a web config re-read without them must
+    // not open it either.
+    if gate.api == Api::Admin && gate.tcp && config.is_none_or(|config| config.users.is_empty()) {
+        return (
+            StatusCode::FORBIDDEN,
+            "refused: the admin API over TCP needs basic_auth_users in the web config\n",
+        )
+            .into_response();
+    }
     if let (Some(web), Some(config)) = (&gate.web, config)
         && !config.users.is_empty()
         && !matches!(request.uri().path(), "/healthz" | "/readyz")
