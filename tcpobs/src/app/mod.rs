@@ -27,7 +27,10 @@ use crate::{
     export::{
         http::{AppState, Readiness, router},
         metrics::{Metrics, collect::Scrape},
-        output::{Output, Sink as _},
+        output::{
+            Output,
+            writer::{ReopenHandle, STOP_DEADLINE},
+        },
     },
     kernel::loader::{self, LoadError},
     metadata::{self, Metadata},
@@ -190,9 +193,11 @@ pub async fn run(
         notifier.notify("STOPPING=1\nSTATUS=stopping: draining events");
     }
     readiness.set_not_ready("stopping");
-    let stats = tracer.stop(&mut output)?;
+    let mut stats = tracer.stop(&mut output)?;
+    stats.output = output.totals();
     output.write_json_line(&stats.to_json_line())?;
-    output.flush()?;
+    // A reader of the output that stopped reading delays the exit by STOP_DEADLINE at most.
+    output.close(STOP_DEADLINE);
     info!(?stats, "stopped");
     let _ = stop_http.send(true);
     if let Some(server) = server {
@@ -207,7 +212,7 @@ async fn on_sighup(
     sources: Option<Sources>,
     started: Settings,
     control: Arc<Control>,
-    reopen: Arc<std::sync::atomic::AtomicBool>,
+    reopen: ReopenHandle,
 ) {
     use tokio::signal::unix::{SignalKind, signal};
     let Ok(mut hangups) = signal(SignalKind::hangup()) else {
@@ -215,7 +220,7 @@ async fn on_sighup(
         return;
     };
     while hangups.recv().await.is_some() {
-        reopen.store(true, std::sync::atomic::Ordering::Relaxed);
+        reopen.request();
         let Some(sources) = &sources else {
             info!("SIGHUP: output reopened (no --config to re-read)");
             continue;
