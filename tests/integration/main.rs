@@ -11,6 +11,7 @@ mod alerts;
 mod cli;
 mod dns;
 mod exporter;
+mod faults;
 mod http;
 mod kubernetes;
 mod lifecycle;
