@@ -28,6 +28,17 @@ pub struct Daemon {
     /// Where its HTTP API listens (an ephemeral port).
     pub api: SocketAddr,
     log: Arc<Mutex<Vec<String>>>,
+    /// Reads stderr into `log` until the daemon exits.
+    log_thread: Option<thread::JoinHandle<()>>,
+}
+
+/// How a daemon stopped.
+pub struct Stopped {
+    pub code: Option<i32>,
+    /// Its output file's lines.
+    pub lines: Vec<String>,
+    /// Its whole log.
+    pub log: Vec<String>,
 }
 
 impl Daemon {
@@ -108,7 +119,7 @@ impl Daemon {
         let (ready, started) = mpsc::channel();
         let log = Arc::new(Mutex::new(Vec::new()));
         let kept = Arc::clone(&log);
-        thread::spawn(move || {
+        let log_thread = thread::spawn(move || {
             let mut api = None;
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 eprintln!("tcpobs: {line}");
@@ -131,6 +142,7 @@ impl Daemon {
                 output,
                 api,
                 log,
+                log_thread: Some(log_thread),
             },
             stdout,
         )
@@ -222,9 +234,9 @@ impl Daemon {
         self.child.try_wait().unwrap().is_none()
     }
 
-    /// SIGTERM, then the exit code and the output; fails the test if the daemon has not
-    /// exited after [`PATIENCE`] (it is then killed).
-    pub fn terminate_within_patience(mut self) -> (Option<i32>, Vec<String>) {
+    /// SIGTERM; fails the test if the daemon has not exited after [`PATIENCE`] (it is then
+    /// killed).
+    pub fn terminate_within_patience(mut self) -> Stopped {
         self.signal(libc::SIGTERM);
         let deadline = Instant::now() + PATIENCE;
         let status = loop {
@@ -238,8 +250,15 @@ impl Daemon {
             );
             thread::sleep(Duration::from_millis(20));
         };
-        let lines = self.lines();
-        (status.code(), lines)
+        // Its stderr has ended with it.
+        if let Some(thread) = self.log_thread.take() {
+            let _ = thread.join();
+        }
+        Stopped {
+            code: status.code(),
+            lines: self.lines(),
+            log: self.log(),
+        }
     }
 
     /// SIGTERM, then the exit code and the output.

@@ -15,7 +15,7 @@ use tokio::{net::TcpListener, sync::watch};
 use tracing::{error, info, warn};
 
 use self::{
-    daemon::{Timing, Tracer, shutdown_signal},
+    daemon::{Stats, Timing, Tracer, shutdown_signal},
     notify::Notifier,
 };
 use crate::{
@@ -194,10 +194,15 @@ pub async fn run(
     }
     readiness.set_not_ready("stopping");
     let mut stats = tracer.stop(&mut output)?;
-    stats.output = output.totals();
-    output.write_json_line(&stats.to_json_line())?;
-    // A reader of the output that stopped reading delays the exit by STOP_DEADLINE at most.
-    output.close(STOP_DEADLINE);
+    // A reader of the output that stopped reading delays the exit by a few seconds at most.
+    let closed = output.close(STOP_DEADLINE, |totals| {
+        Stats {
+            output: totals,
+            ..stats
+        }
+        .to_json_line()
+    });
+    stats.output = closed.totals;
     info!(?stats, "stopped");
     let _ = stop_http.send(true);
     if let Some(server) = server {

@@ -132,8 +132,8 @@ fn a_full_disk_costs_counted_events_and_leaves_only_whole_lines() {
     let dropped = after.sum("tcpobs_output_events_dropped_total");
     let errors = after.sum("tcpobs_output_errors_total");
 
-    let (code, _) = daemon.terminate_within_patience();
-    assert_eq!(code, Some(0));
+    let stopped = daemon.terminate_within_patience();
+    assert_eq!(stopped.code, Some(0));
     let events = json_lines(&fs::read_to_string(&out).unwrap());
     assert_eq!(of_type(&events, "connection").len() as f64, after.written());
     let stats = events.last().unwrap();
@@ -189,8 +189,8 @@ fn log_rotation_reopens_the_file_on_sighup() {
     churn(&listener, addr, 2);
     wait_until("4 events in the recreated file", || connections(&out) == 4);
 
-    let (code, _) = daemon.terminate_within_patience();
-    assert_eq!(code, Some(0));
+    let stopped = daemon.terminate_within_patience();
+    assert_eq!(stopped.code, Some(0));
     let events = json_lines(&fs::read_to_string(&out).unwrap());
     assert_eq!(of_type(&events, "connection").len(), 4);
     assert_eq!(events.last().unwrap()["type"], "stats");
@@ -300,8 +300,8 @@ fn a_slow_reader_costs_counted_events_never_tracing() {
     });
     let dropped = caught_up.sum("tcpobs_output_events_dropped_total");
 
-    let (code, _) = daemon.terminate_within_patience();
-    assert_eq!(code, Some(0));
+    let stopped = daemon.terminate_within_patience();
+    assert_eq!(stopped.code, Some(0));
     let lines = reader.finish();
     let stats = lines.last().unwrap();
     assert_eq!(stats["type"], "stats");
@@ -319,9 +319,17 @@ fn sigterm_stops_tcpobs_while_nobody_reads_its_output() {
         let scrape = Scrape::of(&daemon);
         scrape.opened() == 2000.0 && scrape.dropped("output_slow") > 0.0
     });
-    // The writer is blocked in write(2) on a full pipe; the daemon stops anyway.
-    let (code, _) = daemon.terminate_within_patience();
-    assert_eq!(code, Some(0));
+    // The writer is blocked in write(2) on a full pipe; the daemon stops anyway, and says
+    // what it could not write.
+    let stopped = daemon.terminate_within_patience();
+    assert_eq!(stopped.code, Some(0), "{:#?}", stopped.log);
+    let said = |needle: &str| stopped.log.iter().any(|line| line.contains(needle));
+    assert!(
+        said("the output did not take the last events within 5s")
+            && said("the final stats event is not written"),
+        "{:#?}",
+        stopped.log
+    );
     drop(stdout);
 }
 
@@ -365,6 +373,18 @@ fn a_closed_stdout_pipe_is_counted_and_survived() {
     assert!(daemon.running(), "EPIPE (and SIGPIPE) are survived");
     assert_eq!(daemon.api("GET", "/healthz", None, None).0, 200);
     at_most_throttled(logged(&daemon, "cannot write events"), since);
-    let (code, _) = daemon.terminate_within_patience();
-    assert_eq!(code, Some(0), "a clean stop, not a death by SIGPIPE");
+    let stopped = daemon.terminate_within_patience();
+    assert_eq!(
+        stopped.code,
+        Some(0),
+        "a clean stop, not a death by SIGPIPE"
+    );
+    assert!(
+        stopped
+            .log
+            .iter()
+            .any(|line| line.contains("the final stats event is not written")),
+        "{:#?}",
+        stopped.log
+    );
 }

@@ -117,9 +117,9 @@ fn kill_9_leaves_nothing_attached_and_a_restart_is_clean() {
     );
     churn(&listener, addr, 2);
     wait_until("4 events", || Scrape::of(&second).written() == 4.0);
-    let (code, lines) = second.terminate_within_patience();
-    assert_eq!(code, Some(0));
-    let events = json_lines(&(lines.join("\n") + "\n"));
+    let stopped = second.terminate_within_patience();
+    assert_eq!(stopped.code, Some(0));
+    let events = json_lines(&(stopped.lines.join("\n") + "\n"));
     let connections = of_type(&events, "connection");
     assert_eq!(connections.len(), 4, "{events:#?}");
     for event in connections {

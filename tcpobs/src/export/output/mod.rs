@@ -24,8 +24,7 @@ use self::{
     justniffer::LineFormat,
     select::{EventType, OutputCounts, Sampler, anomalies_of, selected},
     writer::{
-        Destination, DropReason, FileDest, Finished, LOG_EVERY, NOT_AN_EVENT, Queue, ReopenHandle,
-        Throttle,
+        Destination, DropReason, FileDest, LOG_EVERY, NOT_AN_EVENT, Queue, ReopenHandle, Throttle,
     },
 };
 use crate::{
@@ -77,6 +76,17 @@ pub struct Output {
     /// Logs about a full queue.
     slow: Throttle,
     closed: bool,
+}
+
+/// How [`Output::close`] went.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Closed {
+    /// Events the writer had not taken by the deadline (counted as dropped).
+    pub(crate) unwritten: u64,
+    /// Whether the writer wrote everything it took, the final line last and whole, in time.
+    pub(crate) last_line_written: bool,
+    /// What could not be written, in the end.
+    pub(crate) totals: OutputTotals,
 }
 
 /// What the output could not write, for the final `stats` event.
@@ -151,37 +161,49 @@ impl Output {
     }
 
     /// What could not be written so far.
-    pub(crate) fn totals(&self) -> OutputTotals {
+    fn totals(&self) -> OutputTotals {
         OutputTotals {
             events_dropped: self.counts.dropped().iter().flatten().sum(),
             write_errors: self.counts.errors().iter().sum(),
         }
     }
 
-    /// Writes a line that is not a record (the final `stats` event), JSON format only. It
-    /// is queued even when the queue is full.
-    pub(crate) fn write_json_line(&mut self, line: &str) -> io::Result<()> {
-        if matches!(self.format, Format::Json) {
-            self.pending.push_str(line);
-            self.mark_line(NOT_AN_EVENT);
-        }
-        self.hand_over(true);
-        Ok(())
-    }
-
-    /// Hands everything formatted over to the writer and waits for it, at most `timeout`.
-    /// Events it has not taken by then are counted as dropped, and logged.
-    pub(crate) fn close(mut self, timeout: Duration) -> Finished {
+    /// Stops the output: hands every event formatted over to the writer and gives it
+    /// `deadline` to write them; then `last_line` (the final `stats` event, JSON format only),
+    /// made from what could not be written, including the events the writer did not take in
+    /// time (dropped, counted), gets [`writer::LAST_LINE_GRACE`] more. Never waits longer.
+    pub(crate) fn close(
+        mut self,
+        deadline: Duration,
+        last_line: impl FnOnce(OutputTotals) -> String,
+    ) -> Closed {
         self.closed = true;
         self.hand_over(true);
-        let finished = self.queue.finish(timeout);
-        if !finished.done {
+        let mut unwritten = 0;
+        if !self.queue.wait_idle(deadline) {
+            unwritten = self.queue.discard();
             warn!(
-                unwritten = finished.unwritten,
-                "the output did not take the last events within {timeout:?} (its reader is slow                  or stopped): those events and the final stats event are not written"
+                unwritten,
+                "the output did not take the last events within {deadline:?} (its reader is \
+                 slow or stopped): they are dropped and counted"
             );
         }
-        finished
+        let json = matches!(self.format, Format::Json);
+        if json {
+            self.pending.push_str(&last_line(self.totals()));
+            self.mark_line(NOT_AN_EVENT);
+            self.hand_over(true);
+        }
+        let finished = self.queue.finish(writer::LAST_LINE_GRACE);
+        let last_line_written = json && finished;
+        if json && !finished {
+            warn!("the final stats event is not written (the output is stuck or failing)");
+        }
+        Closed {
+            unwritten,
+            last_line_written,
+            totals: self.totals(),
+        }
     }
 
     fn mark_line(&mut self, kind: u8) {

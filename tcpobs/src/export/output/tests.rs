@@ -176,6 +176,7 @@ fn lines_are_handed_over_when_the_buffer_fills_at_flush_and_at_close() {
     // More than FLUSH_AT bytes of events: the full buffer goes out without a flush.
     let line_len = memory.get(|disk| disk.bytes.len());
     let count = FLUSH_AT / line_len * 2;
+    let stats_line = "{\"type\":\"stats\"}\n".to_owned();
     for index in 0..count {
         output
             .write(&failed_tls((index as u64 + 1) * 1_000))
@@ -187,13 +188,13 @@ fn lines_are_handed_over_when_the_buffer_fills_at_flush_and_at_close() {
         before_flush > 1 && before_flush < count + 1,
         "{before_flush}"
     );
-    output.write_json_line("{\"type\":\"stats\"}\n").unwrap();
     let counts = output.counts();
     assert_eq!(
-        output.close(Duration::from_secs(20)),
-        Finished {
-            done: true,
-            unwritten: 0
+        output.close(Duration::from_secs(20), |_| stats_line),
+        Closed {
+            unwritten: 0,
+            last_line_written: true,
+            totals: OutputTotals::default(),
         }
     );
     let lines = memory.lines();
@@ -316,9 +317,24 @@ fn a_closed_pipe_is_counted_and_survived() {
     assert_eq!(errors(&output, WriteFailure::BrokenPipe), 5);
     assert_eq!(dropped(&output, DropReason::WriteError), 10);
     assert_eq!(written(&output), 0);
-    output.write_json_line("{\"type\":\"stats\"}\n").unwrap();
-    let finished = output.close(Duration::from_secs(20));
-    assert!(finished.done, "a failing write does not hold up the stop");
+    let mut seen = None;
+    let closed = output.close(Duration::from_secs(20), |totals| {
+        seen = Some(totals);
+        "{\"type\":\"stats\"}\n".to_owned()
+    });
+    assert!(
+        !closed.last_line_written,
+        "the stats line failed too, and said so, without holding up the stop"
+    );
+    assert_eq!(
+        seen,
+        Some(OutputTotals {
+            events_dropped: 10,
+            write_errors: 5
+        }),
+        "what the stats event says"
+    );
+    assert_eq!(closed.totals.write_errors, 6, "its own write failed too");
 }
 
 #[test]
@@ -353,8 +369,8 @@ fn a_stalled_reader_costs_counted_events_never_the_callers_time() {
     assert!(starts.is_sorted(), "in order: {starts:?}");
 }
 
-#[test]
-fn closing_with_a_stuck_reader_gives_up_at_the_deadline() {
+/// An output whose writer is stuck on the first of three blocks of two events.
+fn stuck_on_three_blocks() -> (Memory, Output) {
     let memory = Memory::with(Disk {
         stalled: true,
         ..Disk::default()
@@ -371,19 +387,39 @@ fn closing_with_a_stuck_reader_gives_up_at_the_deadline() {
         );
         std::thread::sleep(Duration::from_millis(5));
     }
-    output.write_json_line("{\"type\":\"stats\"}\n").unwrap();
+    (memory, output)
+}
+
+#[test]
+fn a_slow_reader_at_the_stop_still_gets_the_stats_which_count_what_it_missed() {
+    let (memory, output) = stuck_on_three_blocks();
     let counts = output.counts();
-    let finished = output.close(Duration::from_millis(50));
-    // The writer holds the first block; the two others are still queued.
-    assert_eq!(
-        finished,
-        Finished {
-            done: false,
-            unwritten: 4
-        }
-    );
+    let closed = output.close(Duration::from_millis(50), |totals| {
+        // The deadline has passed and the queue is dropped; the reader moves again.
+        memory.set(|disk| disk.stalled = false);
+        format!(
+            "{{\"type\":\"stats\",\"output_events_dropped\":{}}}\n",
+            totals.events_dropped
+        )
+    });
+    assert_eq!(closed.unwritten, 4, "the two blocks still queued");
+    assert!(closed.last_line_written);
+    let lines = memory.lines();
+    assert_eq!(lines.len(), 3, "{lines:?}");
+    assert_eq!(lines[2]["type"], "stats", "after the block being written");
+    assert_eq!(lines[2]["output_events_dropped"], 4);
     assert_eq!(counts.dropped()[DropReason::OutputSlow as usize][TLS], 4);
+    assert_eq!(counts.get().0[TLS], 2);
     assert_eq!(counts.queued_bytes.load(Ordering::Relaxed), 0);
+}
+
+#[test]
+fn a_stuck_reader_delays_the_stop_by_the_deadline_and_the_grace_only() {
+    let (memory, output) = stuck_on_three_blocks();
+    let closed = output.close(Duration::from_millis(50), |_| "{}\n".to_owned());
+    assert_eq!(closed.unwritten, 4);
+    assert!(!closed.last_line_written);
+    assert_eq!(closed.totals.events_dropped, 4);
     memory.set(|disk| disk.stalled = false);
 }
 

@@ -21,9 +21,11 @@
 //! reopened is counted (`reopen`) and written to where it was, and reopening is tried again
 //! before each block.
 //!
-//! At shutdown the last blocks, the final `stats` line among them, are queued whatever the
-//! queue holds, and [`Queue::finish`] waits for the writer up to a deadline: a reader that
-//! stopped reading delays the exit by that much at most.
+//! At shutdown the last blocks are queued whatever the queue holds, and the writer gets
+//! [`STOP_DEADLINE`] to write them out. What it has not taken by then is dropped (counted), so
+//! that the final `stats` line, which counts it, comes next and gets [`LAST_LINE_GRACE`]: a
+//! slow reader still receives the stats, and one that stopped reading delays the exit by
+//! these two at most.
 
 mod dest;
 #[cfg(test)]
@@ -45,6 +47,10 @@ use crate::sync::lock;
 
 /// How long the daemon waits, when it stops, for the writer to write out what is queued.
 pub(crate) const STOP_DEADLINE: Duration = Duration::from_secs(5);
+
+/// How much longer the final `stats` line gets, once what was still queued is dropped (the
+/// block being written is finished first: at most 64 KiB).
+pub(crate) const LAST_LINE_GRACE: Duration = Duration::from_secs(1);
 
 /// Failed writes and dropped blocks are logged at most this often.
 pub(crate) const LOG_EVERY: Duration = Duration::from_secs(10);
@@ -187,6 +193,8 @@ struct State {
     busy: bool,
     /// No more blocks will come: the writer exits once the queue is empty.
     closing: bool,
+    /// Whether the last block written was written whole.
+    last_ok: bool,
     reopen: bool,
     spare: Vec<Block>,
 }
@@ -237,15 +245,6 @@ impl ReopenHandle {
         self.0.lock().reopen = true;
         self.0.work.notify_one();
     }
-}
-
-/// How [`Queue::finish`] ended.
-#[derive(Debug, PartialEq, Eq)]
-pub(crate) struct Finished {
-    /// Everything was written (or failed and was counted) before the deadline.
-    pub(crate) done: bool,
-    /// Events still queued at the deadline, now counted as dropped (`output_slow`).
-    pub(crate) unwritten: u64,
 }
 
 impl Queue {
@@ -333,30 +332,28 @@ impl Queue {
         }
     }
 
-    /// No more blocks: lets the writer write out the queue and exit, waiting at most
-    /// `timeout`. What is still queued then is counted as dropped (the writer goes on until
-    /// the process exits).
-    pub(crate) fn finish(&self, timeout: Duration) -> Finished {
-        self.shared.lock().closing = true;
-        self.shared.work.notify_one();
-        if self.wait_idle(timeout) {
-            return Finished {
-                done: true,
-                unwritten: 0,
-            };
-        }
+    /// Drops every block still queued (not the one being written), counting their events
+    /// as `output_slow`. Returns how many events.
+    pub(crate) fn discard(&self) -> u64 {
         let mut state = self.shared.lock();
         let slow = &self.shared.counts.dropped[DropReason::OutputSlow as usize];
-        let mut unwritten = 0;
+        let mut events = 0;
         while let Some(block) = state.blocks.pop_front() {
             state.queued_bytes -= block.bytes.len();
-            unwritten += Block::count(&block.lines, slow);
+            events += Block::count(&block.lines, slow);
+            Shared::recycle(&mut state, block);
         }
         self.shared.counts.queued_bytes.store(0, Ordering::Relaxed);
-        Finished {
-            done: false,
-            unwritten,
-        }
+        events
+    }
+
+    /// No more blocks: lets the writer write out the queue and exit, waiting at most
+    /// `timeout`. Whether it got there and wrote the last block whole (if it did not get
+    /// there, it goes on until the process exits).
+    pub(crate) fn finish(&self, timeout: Duration) -> bool {
+        self.shared.lock().closing = true;
+        self.shared.work.notify_one();
+        self.wait_idle(timeout) && self.shared.lock().last_ok
     }
 }
 
@@ -434,9 +431,10 @@ impl Writer {
             if self.reopen_pending {
                 self.reopen();
             }
-            self.write(&block);
+            let ok = self.write(&block);
             let mut state = self.shared.lock();
             state.busy = false;
+            state.last_ok = ok;
             Shared::recycle(&mut state, block);
             let idle = state.blocks.is_empty();
             drop(state);
@@ -486,8 +484,8 @@ impl Writer {
         self.shared.counts.errors[failure as usize].fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Writes `block`, counting its events as written or dropped.
-    fn write(&mut self, block: &Block) {
+    /// Writes `block`, counting its events as written or dropped. Whether it was written.
+    fn write(&mut self, block: &Block) -> bool {
         self.check_removed();
         let shared = Arc::clone(&self.shared);
         let counts = &shared.counts;
@@ -502,7 +500,7 @@ impl Writer {
                     );
                     self.failing = 0;
                 }
-                return;
+                return true;
             }
             Err(failed) => failed,
         };
@@ -522,6 +520,7 @@ impl Writer {
                  (tcpobs_output_events_dropped_total), tracing goes on"
             );
         }
+        false
     }
 
     /// Writes the block whole. On failure: the error, and how many of its lines are in the
