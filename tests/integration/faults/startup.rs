@@ -2,7 +2,7 @@
 //! the next one starts cleanly; what is missing when tcpobs cannot start is named in one line
 //! (capabilities, BTF, tracefs), and a bad config file names its line and key.
 
-use std::{fs, os::fd::FromRawFd as _, process::Command};
+use std::{fs, io::Write as _, os::fd::FromRawFd as _, process::Command};
 
 use tcpobs_tests::{daemon::Daemon, listen, tcpobs_binary};
 
@@ -85,7 +85,12 @@ fn exists(command: libc::c_long, id: u32) -> bool {
 fn kill_9_leaves_nothing_attached_and_a_restart_is_clean() {
     let (listener, addr) = listen("127.0.0.1:0");
     let port = addr.port().to_string();
-    let mut first = Daemon::start(&["--port", &port]);
+    let out = std::env::temp_dir().join(format!("tcpobs-kill9-{}.json", std::process::id()));
+    let _ = fs::remove_file(&out);
+    let args = ["--port", &port, "--output", out.to_str().unwrap()];
+    let mut first = Daemon::start(&args);
+    churn(&listener, addr, 1);
+    wait_until("2 events", || Scrape::of(&first).written() == 2.0);
     let objects = BpfObjects::of(first.pid());
     assert!(
         !objects.progs.is_empty() && !objects.links.is_empty() && !objects.maps.is_empty(),
@@ -108,8 +113,16 @@ fn kill_9_leaves_nothing_attached_and_a_restart_is_clean() {
         "no uprobe event of it left: {uprobes}"
     );
     drop(first);
+    // As if the kill had cut a line short (`Restart=` then starts the next instance).
+    let broken = "{\"type\":\"connection\",\"schema_ver";
+    fs::OpenOptions::new()
+        .append(true)
+        .open(&out)
+        .unwrap()
+        .write_all(broken.as_bytes())
+        .unwrap();
 
-    let second = Daemon::start(&["--port", &port]);
+    let second = Daemon::start(&args);
     let fresh = BpfObjects::of(second.pid());
     assert!(
         fresh.progs.iter().all(|id| !objects.progs.contains(id)),
@@ -119,9 +132,23 @@ fn kill_9_leaves_nothing_attached_and_a_restart_is_clean() {
     wait_until("4 events", || Scrape::of(&second).written() == 4.0);
     let stopped = second.terminate_within_patience();
     assert_eq!(stopped.code, Some(0));
-    let events = json_lines(&(stopped.lines.join("\n") + "\n"));
+    assert!(
+        stopped
+            .log
+            .iter()
+            .any(|line| line.contains("ends in the middle of a line")),
+        "{:#?}",
+        stopped.log
+    );
+    // The broken line stands alone; every other line is whole.
+    let text = fs::read_to_string(&out).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines[2], broken, "{text}");
+    let mut rest = lines[..2].join("\n") + "\n";
+    rest += &(lines[3..].join("\n") + "\n");
+    let events = json_lines(&rest);
     let connections = of_type(&events, "connection");
-    assert_eq!(connections.len(), 4, "{events:#?}");
+    assert_eq!(connections.len(), 6, "{events:#?}");
     for event in connections {
         assert_eq!(event["partial"], false, "{event}");
     }
@@ -129,6 +156,7 @@ fn kill_9_leaves_nothing_attached_and_a_restart_is_clean() {
     assert_eq!(stats["type"], "stats");
     assert_eq!(stats["events_lost"], 0);
     assert_eq!(stats["unmatched_events"], 0);
+    fs::remove_file(&out).unwrap();
 }
 
 /// Runs tcpobs through `wrapper` (empty for none); returns the exit code, stdout and stderr.

@@ -361,8 +361,9 @@ impl Queue {
 struct Writer {
     dest: Box<dyn Destination>,
     shared: Arc<Shared>,
-    /// The destination ends mid-line: the next block starts with a newline.
-    broken_line: bool,
+    /// The destination ends mid-line: the next block starts with a newline. `None` until
+    /// the destination has been looked at.
+    broken_line: Option<bool>,
     /// A reopen failed; tried again before each block.
     reopen_pending: bool,
     /// Writes failed since the last one that succeeded.
@@ -374,19 +375,12 @@ struct Writer {
 }
 
 impl Writer {
-    fn new(mut dest: Box<dyn Destination>, shared: Arc<Shared>) -> Self {
-        let broken_line = dest.ends_mid_line();
-        if broken_line {
-            warn!(
-                output = %dest.describe(),
-                "the output ends in the middle of a line (a previous writer stopped mid-write); \
-                 starting on a new line"
-            );
-        }
+    fn new(dest: Box<dyn Destination>, shared: Arc<Shared>) -> Self {
         Self {
             dest,
             shared,
-            broken_line,
+            // Looked at before the first write (the log is set up by then).
+            broken_line: None,
             reopen_pending: false,
             failing: 0,
             throttle: Throttle::new(LOG_EVERY),
@@ -463,7 +457,7 @@ impl Writer {
             Ok(()) => {
                 self.reopen_pending = false;
                 self.removed = false;
-                self.broken_line = self.dest.ends_mid_line();
+                self.broken_line = None;
             }
             Err(err) => {
                 self.count_failure(WriteFailure::Reopen);
@@ -527,9 +521,20 @@ impl Writer {
     /// destination whole; a line begun and not finished is cut off, or isolated by the next
     /// block's leading newline.
     fn write_lines(&mut self, block: &Block) -> Result<(), (io::Error, usize)> {
-        if self.broken_line {
+        let broken_line = *self.broken_line.get_or_insert_with(|| {
+            let broken = self.dest.ends_mid_line();
+            if broken {
+                warn!(
+                    output = %self.dest.describe(),
+                    "the output ends in the middle of a line (a previous writer stopped \
+                     mid-write); starting on a new line"
+                );
+            }
+            broken
+        });
+        if broken_line {
             self.write_all(b"\n").map_err(|(err, _)| (err, 0))?;
-            self.broken_line = false;
+            self.broken_line = Some(false);
         }
         let Err((err, written)) = self.write_all(&block.bytes) else {
             return Ok(());
@@ -549,7 +554,7 @@ impl Writer {
                         bytes = partial,
                         "a line written in part stays; the next starts anew"
                     );
-                    self.broken_line = true;
+                    self.broken_line = Some(true);
                 }
             }
         }
