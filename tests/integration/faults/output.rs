@@ -4,6 +4,7 @@
 use std::{
     fs,
     io::{BufRead, BufReader, Read, Write},
+    net::TcpStream,
     path::{Path, PathBuf},
     process::{ChildStdout, Command},
     sync::{
@@ -313,11 +314,27 @@ fn a_slow_reader_costs_counted_events_never_tracing() {
 fn sigterm_stops_tcpobs_while_nobody_reads_its_output() {
     let (listener, addr) = listen("127.0.0.1:0");
     let port = addr.port().to_string();
-    let (daemon, stdout) = Daemon::start_piped(&["--port", &port, "--output-queue-bytes", "65536"]);
+    let (daemon, stdout) = Daemon::start_piped(&[
+        "--port",
+        &port,
+        "--output-queue-bytes",
+        "65536",
+        "--threshold-close-wait",
+        "1s",
+        "--sweep-interval",
+        "200ms",
+    ]);
     churn(&listener, addr, 1000);
     wait_until("every connection counted and the output full", || {
         let scrape = Scrape::of(&daemon);
         scrape.opened() == 2000.0 && scrape.dropped("output_slow") > 0.0
+    });
+    // The hang detector works on: a server that never closes after its client did.
+    let client = TcpStream::connect(addr).unwrap();
+    let (leaked, _) = listener.accept().unwrap();
+    drop(client);
+    wait_until("the CLOSE_WAIT leak flagged", || {
+        Scrape::of(&daemon).value("tcpobs_stuck_connections{phase=\"close_wait\"}") == 1.0
     });
     // The writer is blocked in write(2) on a full pipe; the daemon stops anyway, and says
     // what it could not write.
@@ -330,7 +347,7 @@ fn sigterm_stops_tcpobs_while_nobody_reads_its_output() {
         "{:#?}",
         stopped.log
     );
-    drop(stdout);
+    drop((stdout, leaked));
 }
 
 #[test]
