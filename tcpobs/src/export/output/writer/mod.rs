@@ -30,6 +30,7 @@
 mod dest;
 #[cfg(test)]
 mod tests;
+mod throttle;
 
 use std::{
     collections::VecDeque,
@@ -41,7 +42,10 @@ use std::{
 
 use tracing::{debug, info, warn};
 
-pub(crate) use self::dest::{Destination, FileDest};
+pub(crate) use self::{
+    dest::{Destination, FileDest},
+    throttle::Throttle,
+};
 use super::select::OutputCounts;
 use crate::sync::lock;
 
@@ -110,38 +114,6 @@ impl WriteFailure {
             Some(libc::ENOSPC | libc::EDQUOT) => Self::NoSpace,
             Some(libc::EPIPE) => Self::BrokenPipe,
             _ => Self::Other,
-        }
-    }
-}
-
-/// Lets a log line through at most once per period; counts the ones held back.
-#[derive(Debug)]
-pub(crate) struct Throttle {
-    every: Duration,
-    last: Option<Instant>,
-    held: u64,
-}
-
-impl Throttle {
-    pub(crate) fn new(every: Duration) -> Self {
-        Self {
-            every,
-            last: None,
-            held: 0,
-        }
-    }
-
-    /// `Some(n)` when a line may be logged now, `n` the lines held back since the last one.
-    pub(crate) fn ready(&mut self, now: Instant) -> Option<u64> {
-        match self.last {
-            Some(last) if now.saturating_duration_since(last) < self.every => {
-                self.held += 1;
-                None
-            }
-            _ => {
-                self.last = Some(now);
-                Some(std::mem::take(&mut self.held))
-            }
         }
     }
 }
@@ -440,13 +412,13 @@ impl Writer {
 
     /// At the end: failures whose warnings the throttle held back are not left unsaid.
     fn say_what_was_held_back(&mut self) {
-        if self.throttle.held > 0 {
+        if self.throttle.held() > 0 {
             let errors: u64 = self.shared.counts.errors().iter().sum();
             warn!(
                 output = %self.dest.describe(),
                 total_failures = errors,
                 "{} more output failures since the last warning; the last write {}",
-                self.throttle.held,
+                self.throttle.held(),
                 if self.failing > 0 { "failed" } else { "succeeded" }
             );
         }
