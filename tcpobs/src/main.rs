@@ -14,6 +14,13 @@ use tcpobs::{
 use tracing_subscriber::{EnvFilter, prelude::*, reload};
 
 fn main() -> ExitCode {
+    // A closed pipe or a file size limit must be write errors the output counts, not signals
+    // that end tracing. (Rust programs already ignore SIGPIPE; this says so where it matters.)
+    // SAFETY: setting a signal to SIG_IGN before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_IGN);
+        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+    }
     let sources = Sources::from_env();
     let settings = match sources.load() {
         Ok(settings) => settings,
@@ -23,6 +30,7 @@ fn main() -> ExitCode {
         settings.output.as_deref(),
         settings.format.clone(),
         Clock::new(),
+        settings.output_queue_bytes,
     ) {
         Ok(output) => output,
         Err(err) => Cli::command()

@@ -5,7 +5,7 @@ use std::{
     io::{BufRead, BufReader},
     net::SocketAddr,
     path::PathBuf,
-    process::{Child, Command, Stdio},
+    process::{Child, ChildStdout, Command, Stdio},
     sync::{
         Arc, Mutex,
         atomic::{AtomicU32, Ordering},
@@ -30,6 +30,17 @@ pub struct Daemon {
     /// Its admin API's Unix socket (unless `args` chose another `--admin-listen`).
     pub admin: Option<PathBuf>,
     log: Arc<Mutex<Vec<String>>>,
+    /// Reads stderr into `log` until the daemon exits.
+    log_thread: Option<thread::JoinHandle<()>>,
+}
+
+/// How a daemon stopped.
+pub struct Stopped {
+    pub code: Option<i32>,
+    /// Its output file's lines.
+    pub lines: Vec<String>,
+    /// Its whole log.
+    pub log: Vec<String>,
 }
 
 impl Daemon {
@@ -43,14 +54,43 @@ impl Daemon {
 
     /// Like [`Daemon::start`], run through `wrapper` (a command and its options that ends by
     /// running the program after it, such as `setpriv ... --`; empty for none) and with `env`
-    /// added to the environment.
+    /// added to the environment. With `--output` in `args`, events go there.
     pub fn start_with(wrapper: &[&str], args: &[&str], env: &[(&str, &str)]) -> Self {
-        let output = std::env::temp_dir().join(format!(
-            "tcpobs-daemon-{}-{}.out",
-            std::process::id(),
-            DAEMONS.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = fs::remove_file(&output);
+        Self::launch(wrapper, args, env, false).0
+    }
+
+    /// Like [`Daemon::start`], with events on the daemon's stdout, a pipe the test reads (or
+    /// does not, or closes).
+    pub fn start_piped(args: &[&str]) -> (Self, ChildStdout) {
+        let (daemon, stdout) = Self::launch(&[], args, &[], true);
+        (daemon, stdout.expect("piped stdout"))
+    }
+
+    fn launch(
+        wrapper: &[&str],
+        args: &[&str],
+        env: &[(&str, &str)],
+        piped: bool,
+    ) -> (Self, Option<ChildStdout>) {
+        let given = args
+            .iter()
+            .position(|arg| *arg == "--output")
+            .map(|at| PathBuf::from(args[at + 1]));
+        let output = given.clone().unwrap_or_else(|| {
+            std::env::temp_dir().join(format!(
+                "tcpobs-daemon-{}-{}.out",
+                std::process::id(),
+                DAEMONS.fetch_add(1, Ordering::Relaxed)
+            ))
+        });
+        if given.is_none() {
+            let _ = fs::remove_file(&output);
+        }
+        let output_args = if given.is_some() || piped {
+            Vec::new()
+        } else {
+            vec!["--output".to_owned(), output.display().to_string()]
+        };
         let listen = if args.contains(&"--listen") {
             &[][..]
         } else {
@@ -77,20 +117,25 @@ impl Daemon {
         };
         let mut child = command
             .envs(env.iter().copied())
-            .arg("--output")
-            .arg(&output)
+            .args(output_args)
             .args(["--drain-interval", "5ms"])
             .args(listen)
             .args(&admin_listen)
             .args(args)
+            .stdout(if piped {
+                Stdio::piped()
+            } else {
+                Stdio::inherit()
+            })
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
+        let stdout = child.stdout.take();
         let stderr = child.stderr.take().unwrap();
         let (ready, started) = mpsc::channel();
         let log = Arc::new(Mutex::new(Vec::new()));
         let kept = Arc::clone(&log);
-        thread::spawn(move || {
+        let log_thread = thread::spawn(move || {
             let mut api = None;
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 eprintln!("tcpobs: {line}");
@@ -107,13 +152,17 @@ impl Daemon {
             .recv_timeout(PATIENCE)
             .expect("tcpobs did not report that it is tracing")
             .expect("tcpobs did not report its HTTP address");
-        Self {
-            child,
-            output,
-            api,
-            admin,
-            log,
-        }
+        (
+            Self {
+                child,
+                output,
+                api,
+                admin,
+                log,
+                log_thread: Some(log_thread),
+            },
+            stdout,
+        )
     }
 
     /// Its log (stderr) so far.
@@ -219,6 +268,38 @@ impl Daemon {
     pub fn signal(&self, signal: i32) {
         // SAFETY: kill with a valid pid and signal number.
         unsafe { libc::kill(self.child.id() as i32, signal) };
+    }
+
+    /// Whether the process is still running.
+    pub fn running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+
+    /// SIGTERM; fails the test if the daemon has not exited after [`PATIENCE`] (it is then
+    /// killed).
+    pub fn terminate_within_patience(mut self) -> Stopped {
+        self.signal(libc::SIGTERM);
+        let deadline = Instant::now() + PATIENCE;
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "tcpobs did not stop within {PATIENCE:?} of SIGTERM: {:#?}",
+                self.log()
+            );
+            thread::sleep(Duration::from_millis(20));
+        };
+        // Its stderr has ended with it.
+        if let Some(thread) = self.log_thread.take() {
+            let _ = thread.join();
+        }
+        Stopped {
+            code: status.code(),
+            lines: self.lines(),
+            log: self.log(),
+        }
     }
 
     /// SIGTERM, then the exit code and the output.

@@ -12,6 +12,7 @@ mod api;
 mod cli;
 mod dns;
 mod exporter;
+mod faults;
 mod http;
 mod kubernetes;
 mod lifecycle;

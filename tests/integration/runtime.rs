@@ -235,3 +235,66 @@ fn pid_filter_follows_connecting_and_listening_processes() {
         2
     );
 }
+
+/// Changing one kind of filter leaves the others in force: only the kind that changes is
+/// switched off while its set is rewritten. (The filters once forgot what they had written,
+/// so every change, and the re-apply at start-up, opened a window in which every socket on
+/// the host was traced: churn on other ports then showed up.)
+#[test]
+fn changing_one_filter_keeps_the_port_filter_in_force() {
+    let (listener, addr) = listen("127.0.0.1:0");
+    let port = addr.port();
+    let (churn_listener, churn_addr) = listen("127.0.0.1:0");
+    let daemon = Daemon::start(&["--port", &port.to_string()]);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let churning = std::sync::Arc::clone(&stop);
+    let churn = thread::spawn(move || {
+        churn_listener.set_nonblocking(true).unwrap();
+        let mut made = 0;
+        while !churning.load(std::sync::atomic::Ordering::Relaxed) {
+            let client = TcpStream::connect(churn_addr).unwrap();
+            while churn_listener.accept().is_err() {}
+            drop(client);
+            made += 1;
+        }
+        made
+    });
+    // Toggle the CIDR filter (127.0.0.0/8 matches everything here) while the churn runs.
+    for round in 0..40 {
+        let cidrs = if round % 2 == 0 {
+            r#"{"include": ["127.0.0.0/8"]}"#
+        } else {
+            r#""off""#
+        };
+        let body =
+            format!(r#"{{"filters": {{"ports": {{"include": [{port}]}}, "cidrs": {cidrs}}}}}"#);
+        let (status, answer) = daemon.api("PUT", "/config", Some(&body), None);
+        assert_eq!(status, 200, "{body}: {answer}");
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let made = churn.join().unwrap();
+    assert!(made > 0);
+    // A marker connection on the traced port: once its events are out, so is everything
+    // traced before it.
+    let marker = TcpStream::connect(addr).unwrap();
+    let (server, _) = listener.accept().unwrap();
+    drop((marker, server));
+    let events = daemon.wait_events("the marker's two connection events", |events| {
+        events
+            .iter()
+            .filter(|e| {
+                e["type"] == "connection" && (e["local_port"] == port || e["remote_port"] == port)
+            })
+            .count()
+            == 2
+    });
+    let leaked: Vec<_> = events
+        .iter()
+        .filter(|e| e["local_port"] == churn_addr.port() || e["remote_port"] == churn_addr.port())
+        .collect();
+    assert!(
+        leaked.is_empty(),
+        "{} of {made} churn connections traced: {leaked:#?}",
+        leaked.len()
+    );
+}

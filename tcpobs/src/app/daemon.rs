@@ -23,7 +23,7 @@ use crate::{
     export::{
         metrics::{Metrics, collect::Health},
         output::{
-            Sink,
+            OutputTotals, Sink,
             json::{Line, events},
         },
     },
@@ -46,6 +46,8 @@ pub struct Stats {
     pub kernel: KernelStats,
     pub tracker: TrackerStats,
     pub libcalls: LibcallStats,
+    /// Filled in by the daemon once the tracer has stopped.
+    pub output: OutputTotals,
 }
 
 impl Stats {
@@ -58,6 +60,7 @@ impl Stats {
             &self.kernel,
             &self.tracker,
             &self.libcalls,
+            &self.output,
         );
         line.as_str().to_owned()
     }
@@ -320,6 +323,7 @@ impl Tracer {
             kernel: self.reader.kernel_stats(),
             tracker: lock(&self.tracker).stats(),
             libcalls,
+            output: OutputTotals::default(),
         })
     }
 }

@@ -18,7 +18,7 @@ use tokio::{net::TcpListener, sync::watch};
 use tracing::{error, info, warn};
 
 use self::{
-    daemon::{Timing, Tracer, shutdown_signal},
+    daemon::{Stats, Timing, Tracer, shutdown_signal},
     notify::Notifier,
 };
 use crate::{
@@ -37,7 +37,10 @@ use crate::{
             webconfig::WebConfigError,
         },
         metrics::{Metrics, collect::Scrape},
-        output::{Output, Sink as _},
+        output::{
+            Output,
+            writer::{ReopenHandle, STOP_DEADLINE},
+        },
     },
     kernel::loader::{self, LoadError},
     metadata::{self, Metadata},
@@ -361,9 +364,16 @@ pub async fn run(
         notifier.notify("STOPPING=1\nSTATUS=stopping: draining events");
     }
     readiness.set_not_ready("stopping");
-    let stats = tracer.stop(&mut output)?;
-    output.write_json_line(&stats.to_json_line())?;
-    output.flush()?;
+    let mut stats = tracer.stop(&mut output)?;
+    // A reader of the output that stopped reading delays the exit by a few seconds at most.
+    let closed = output.close(STOP_DEADLINE, |totals| {
+        Stats {
+            output: totals,
+            ..stats
+        }
+        .to_json_line()
+    });
+    stats.output = closed.totals;
     info!(?stats, "stopped");
     let _ = stop_http.send(true);
     for server in servers {
@@ -394,7 +404,7 @@ async fn on_sighup(
     sources: Option<Sources>,
     started: Settings,
     control: Arc<Control>,
-    reopen: Arc<std::sync::atomic::AtomicBool>,
+    reopen: ReopenHandle,
     web: Option<Arc<Web>>,
 ) {
     use tokio::signal::unix::{SignalKind, signal};
@@ -403,7 +413,7 @@ async fn on_sighup(
         return;
     };
     while hangups.recv().await.is_some() {
-        reopen.store(true, std::sync::atomic::Ordering::Relaxed);
+        reopen.request();
         if let Some(web) = &web {
             reload_web(web);
         }

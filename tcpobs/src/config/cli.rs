@@ -119,6 +119,14 @@ pub struct Cli {
     #[arg(short, long, value_name = "PATH", env = "TCPOBS_OUTPUT")]
     pub(crate) output: Option<PathBuf>,
 
+    /// Events waiting to be written, at most, in bytes. A reader of the output slower than the
+    /// events (or a stalled disk) never holds up tracing: past this, events are dropped and
+    /// counted (`tcpobs_output_events_dropped_total{reason="output_slow"}`).
+    #[arg(long, value_name = "BYTES", default_value_t = 8 << 20,
+          env = "TCPOBS_OUTPUT_QUEUE_BYTES", hide_short_help = true,
+          value_parser = clap::value_parser!(u32).range(65_536..=1 << 30))]
+    pub(crate) output_queue_bytes: u32,
+
     /// Which events to write: `connections` (one per connection at close, plus anomalies),
     /// `exchanges` (also one per exchange), `anomalies` (only anomalies and the connections
     /// that breached a threshold), or `none`. Runtime setting.

@@ -6,7 +6,7 @@
 //! where each value came from, and parsing again with the file's values added as flags, so
 //! that the same validation (and the same exit code 2) applies to all three sources.
 
-use std::{ffi::OsString, fs, path::Path};
+use std::{collections::HashMap, ffi::OsString, fs, path::Path};
 
 use clap::{ArgMatches, CommandFactory as _, error::ErrorKind, parser::ValueSource};
 use toml::Value;
@@ -31,12 +31,49 @@ fn flag_value(value: &Value) -> Option<String> {
     }
 }
 
-/// The file's settings as flags, for keys not given by flag or environment.
+/// Line (from 1) of the byte at `at` in `text`.
+fn line_of(text: &str, at: usize) -> usize {
+    text.as_bytes()[..at.min(text.len())]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1
+}
+
+/// The first line of a clap error, without its `error: ` prefix.
+fn first_line(err: &clap::Error) -> String {
+    let text = err.to_string();
+    let line = text.lines().next().unwrap_or_default();
+    line.strip_prefix("error: ").unwrap_or(line).to_owned()
+}
+
+/// The file's settings as flags, for keys not given by flag or environment. Errors name the
+/// file, the line and the key.
 pub(super) fn file_args(path: &Path, matches: &ArgMatches) -> Result<Vec<OsString>, clap::Error> {
     let text = fs::read_to_string(path).map_err(|err| file_error(path, err.to_string()))?;
-    let table: toml::Table = text
-        .parse()
-        .map_err(|err: toml::de::Error| file_error(path, err.message().to_owned()))?;
+    let table: toml::Table = text.parse().map_err(|err: toml::de::Error| {
+        let line = err
+            .span()
+            .map(|span| format!("line {}: ", line_of(&text, span.start)))
+            .unwrap_or_default();
+        file_error(path, format!("{line}{}", err.message()))
+    })?;
+    // Where each top-level key is, for the messages (the table above has no positions).
+    let lines: HashMap<String, usize> = toml::de::DeTable::parse(&text)
+        .map(|parsed| {
+            parsed
+                .get_ref()
+                .keys()
+                .map(|key| (key.get_ref().to_string(), line_of(&text, key.span().start)))
+                .collect()
+        })
+        .unwrap_or_default();
+    let at = |key: &str| {
+        lines
+            .get(key)
+            .map(|line| format!("line {line}: "))
+            .unwrap_or_default()
+    };
     let command = Cli::command();
     let mut args = Vec::new();
     for (key, value) in &table {
@@ -44,7 +81,7 @@ pub(super) fn file_args(path: &Path, matches: &ArgMatches) -> Result<Vec<OsStrin
         let arg = command
             .get_arguments()
             .find(|arg| arg.get_long() == Some(long.as_str()) && long != "config")
-            .ok_or_else(|| file_error(path, format!("unknown setting `{key}`")))?;
+            .ok_or_else(|| file_error(path, format!("{}unknown setting `{key}`", at(key))))?;
         let id = arg.get_id().as_str();
         if matches!(
             matches.value_source(id),
@@ -56,12 +93,22 @@ pub(super) fn file_args(path: &Path, matches: &ArgMatches) -> Result<Vec<OsStrin
             Value::Array(items) => items.iter().map(flag_value).collect::<Option<Vec<_>>>(),
             scalar => flag_value(scalar).map(|value| vec![value]),
         }
-        .ok_or_else(|| file_error(path, format!("`{key}` must be a string, number or boolean")))?;
-        args.extend(
-            values
-                .into_iter()
-                .map(|value| OsString::from(format!("--{long}={value}"))),
-        );
+        .ok_or_else(|| {
+            file_error(
+                path,
+                format!("{}`{key}` must be a string, number or boolean", at(key)),
+            )
+        })?;
+        let key_args: Vec<OsString> = values
+            .into_iter()
+            .map(|value| OsString::from(format!("--{long}={value}")))
+            .collect();
+        // Checked alone, so that a value of the wrong type or out of range names its key and
+        // line. (Flags and environment variables were checked before the file was read.)
+        Cli::command()
+            .try_get_matches_from(std::iter::once(OsString::from("tcpobs")).chain(key_args.clone()))
+            .map_err(|err| file_error(path, format!("{}`{key}`: {}", at(key), first_line(&err))))?;
+        args.extend(key_args);
     }
     Ok(args)
 }
@@ -122,7 +169,7 @@ mod tests {
     #[test]
     fn bad_files_name_the_setting() {
         for (content, needle) in [
-            ("colour = \"red\"\n", "unknown setting `colour`"),
+            ("colour = \"red\"\n", "line 1: unknown setting `colour`"),
             ("events = \"loud\"\n", "--events"),
             ("ringbuf_bytes = 100\n", "--ringbuf-bytes"),
             ("phases = \"sometimes\"\n", "--phases"),
@@ -140,5 +187,44 @@ mod tests {
             err.to_string().contains("/nonexistent/tcpobs.toml"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn file_errors_give_the_line_and_the_key() {
+        for (content, needles) in [
+            // Syntax: the line of the error.
+            (
+                "events = \"exchanges\"\n\nport = [80,\nringbuf_bytes = = 4\n",
+                &["--config", "line 4"][..],
+            ),
+            ("# comment\nevents = \"exchanges\n", &["line 2"]),
+            // A value of the wrong type or out of range: its key, its line, and the setting.
+            (
+                "events = \"exchanges\"\nringbuf_bytes = \"big\"\n",
+                &["line 2: `ringbuf_bytes`", "--ringbuf-bytes", "big"],
+            ),
+            (
+                "# tcpobs\n\nmax-sockets = true\n",
+                &["line 3: `max-sockets`", "--max-sockets"],
+            ),
+            ("\nevents = 5\n", &["line 2: `events`", "--events"]),
+            ("port = [80, \"http\"]\n", &["line 1: `port`", "http"]),
+            ("\n\nport = { a = 1 }\n", &["line 3: `port` must be"]),
+            (
+                "events = \"none\"\n[output]\npath = \"x\"\n",
+                &["line 2: `output`"],
+            ),
+        ] {
+            let err = with_file(content, &[]).unwrap_err();
+            assert_eq!(err.exit_code(), 2, "{content}");
+            let message = err.to_string();
+            for needle in needles {
+                assert!(message.contains(needle), "{content:?}: {needle}: {message}");
+            }
+            assert!(
+                message.contains("tcpobs-config-test"),
+                "the file: {message}"
+            );
+        }
     }
 }

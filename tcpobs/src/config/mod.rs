@@ -59,6 +59,8 @@ pub struct Settings {
     pub(crate) load: LoadOptions,
     pub format: Format,
     pub output: Option<PathBuf>,
+    /// `--output-queue-bytes`.
+    pub output_queue_bytes: usize,
     /// The metrics API; `None`: none.
     pub(crate) listen: Option<SocketAddr>,
     /// The admin API; `None`: none.
@@ -89,6 +91,7 @@ impl Settings {
             "http_max_connections": self.http_max_connections,
             "format": match self.format { Format::Json => "json", Format::Justniffer(_) => "justniffer" },
             "output": self.output,
+            "output_queue_bytes": self.output_queue_bytes,
             "labels": self.labels.iter().map(ToString::to_string).collect::<Vec<_>>(),
             "label_series_cap": self.label_series_cap,
             "probe_strategy": self.load.strategy.to_string(),
@@ -228,6 +231,7 @@ impl Cli {
             },
             format,
             output: self.output,
+            output_queue_bytes: self.output_queue_bytes as usize,
             listen,
             admin_listen,
             web_config: self.web_config_file,
@@ -265,6 +269,10 @@ mod tests {
         assert!(matches!(settings.format, Format::Json));
         assert_eq!(settings.live.events, EventSelection::Connections);
         assert_eq!(settings.load.ringbuf_bytes, 4 << 20);
+        assert_eq!(
+            settings.output_queue_bytes,
+            crate::export::output::DEFAULT_QUEUE_BYTES
+        );
         assert_eq!(settings.load.max_sockets, 131_072);
         assert_eq!(settings.load.filters, Filters::default());
         assert_eq!(settings.drain_interval, Duration::from_millis(10));
@@ -341,6 +349,7 @@ mod tests {
             (&["--threshold-idle", "soon"], "--threshold-idle"),
             (&["--anomaly-resets", "maybe"], "--anomaly-resets"),
             (&["--phases", "maybe"], "--phases"),
+            (&["--output-queue-bytes", "4096"], "--output-queue-bytes"),
         ] {
             let err = parse(args).unwrap_err();
             assert_eq!(err.exit_code(), 2, "{args:?}");

@@ -234,7 +234,10 @@ impl KernelFilters {
         };
         self.config
             .set(0, config, 0)
-            .map_err(write_error("filter modes"))
+            .map_err(write_error("filter modes"))?;
+        // What is in the maps now: the next apply switches off only what it changes.
+        self.applied = filters.clone();
+        Ok(())
     }
 
     /// Records who listens on ports opened before tcpobs started, in tcpobs's own network

@@ -1,7 +1,7 @@
 //! Values computed at scrape time: live counts kept by the tracker, loss counters from the
 //! reader and the kernel, output counters, and which probes are attached.
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, atomic::Ordering};
 
 use prometheus_client::{
     collector::Collector,
@@ -11,7 +11,10 @@ use prometheus_client::{
 use tcpobs_common::tcp_state;
 
 use crate::{
-    export::output::select::{EventType, OutputCounts},
+    export::output::{
+        select::{EventType, OutputCounts},
+        writer::{DropReason, WriteFailure},
+    },
     kernel::{
         decode::KIND_NAMES,
         libcalls::LibcallStats,
@@ -201,6 +204,40 @@ impl Collector for Scrape {
                 .zip(sampled_out)
                 .map(|(t, n)| (vec![("type", t.as_str())], n)),
         )?;
+        let dropped = self.output.dropped();
+        counter(
+            &mut encoder,
+            "tcpobs_output_events_dropped",
+            "Events not written to the output, by type and reason: output_slow (the queue to the \
+             writer was full: the output's reader is slower than the events), write_error (the \
+             write failed)",
+            DropReason::ALL
+                .iter()
+                .zip(dropped)
+                .flat_map(|(reason, by_type)| {
+                    EventType::ALL.iter().zip(by_type).map(move |(t, n)| {
+                        (vec![("type", t.as_str()), ("reason", reason.as_str())], n)
+                    })
+                }),
+        )?;
+        counter(
+            &mut encoder,
+            "tcpobs_output_errors",
+            "Failed writes to the output, by reason: no_space (ENOSPC, EDQUOT), broken_pipe \
+             (EPIPE), reopen (the file could not be reopened after SIGHUP), other",
+            WriteFailure::ALL
+                .iter()
+                .zip(self.output.errors())
+                .map(|(failure, n)| (vec![("reason", failure.as_str())], n)),
+        )?;
+        let queued =
+            i64::try_from(self.output.queued_bytes.load(Ordering::Relaxed)).unwrap_or(i64::MAX);
+        ConstGauge::new(queued).encode(encoder.encode_descriptor(
+            "tcpobs_output_queue_bytes",
+            "Bytes of events waiting for the output's writer (at most --output-queue-bytes)",
+            None,
+            MetricType::Gauge,
+        )?)?;
         let mut libraries = encoder.encode_descriptor(
             "tcpobs_phase_libraries",
             "Library files the phase families' uprobes are attached to, by family",

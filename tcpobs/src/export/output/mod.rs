@@ -1,27 +1,31 @@
 //! Where records go: NDJSON events ([`json`], every schema in `json::events`) or justniffer
 //! lines ([`justniffer`]), to stdout or a file, after event selection and sampling
-//! ([`select`]).
+//! ([`select`]). The lines are written by a thread of their own, behind a bounded queue
+//! ([`writer`]): a slow reader, a full disk or a closed pipe costs counted events, never the
+//! ring buffer reader's time.
 
 pub(crate) mod json;
 pub(crate) mod justniffer;
 pub mod select;
+pub(crate) mod writer;
 
 use std::{
-    fs::OpenOptions,
-    io::{self, Write},
-    path::{Path, PathBuf},
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
+    io,
+    path::Path,
+    sync::{Arc, atomic::Ordering},
+    time::{Duration, Instant},
 };
 
 use chrono::Local;
+use tracing::warn;
 
 use self::{
     json::events,
     justniffer::LineFormat,
     select::{EventType, OutputCounts, Sampler, anomalies_of, selected},
+    writer::{
+        Destination, DropReason, FileDest, LOG_EVERY, NOT_AN_EVENT, Queue, ReopenHandle, Throttle,
+    },
 };
 use crate::{
     clock::{Clock, WallClock as _, monotonic_now_ns},
@@ -50,52 +54,80 @@ pub trait Sink {
     fn flush(&mut self) -> io::Result<()>;
 }
 
-/// The configured output: a format over a buffered writer, with event selection and sampling.
+/// The configured output: a format, event selection and sampling, and the queue to the
+/// writer thread.
 pub struct Output {
-    writer: Box<dyn Write + Send>,
+    queue: Queue,
     format: Format,
     clock: Clock,
-    /// Lines written since the last flush: JSON events are formatted straight into the
-    /// buffer that is written out (no copy of each line into another).
+    /// Lines formatted since the last hand-over: JSON events are formatted straight into the
+    /// buffer that goes to the writer (no copy of each line into another).
     pending: json::Line,
+    /// Where each line of `pending` ends, and its event type.
+    lines: Vec<(u32, u8)>,
     /// One justniffer line, before it joins `pending`.
     text: String,
     selection: EventSelection,
     thresholds: Thresholds,
     sampler: Sampler,
     counts: Arc<OutputCounts>,
-    /// The file written to (`None`: stdout), and a request to reopen it (log rotation).
-    path: Option<PathBuf>,
-    reopen: Arc<AtomicBool>,
     /// Container and pod metadata for JSON events, if enabled.
     metadata: Option<Arc<Metadata>>,
+    /// Logs about a full queue.
+    slow: Throttle,
+    closed: bool,
 }
 
-/// Buffered lines are written out once they reach this size, and at every flush.
+/// How [`Output::close`] went.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Closed {
+    /// Events the writer had not taken by the deadline (counted as dropped).
+    pub(crate) unwritten: u64,
+    /// Whether the writer wrote everything it took, the final line last and whole, in time.
+    pub(crate) last_line_written: bool,
+    /// What could not be written, in the end.
+    pub(crate) totals: OutputTotals,
+}
+
+/// What the output could not write, for the final `stats` event.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OutputTotals {
+    /// Events dropped: the queue was full, or their write failed.
+    pub events_dropped: u64,
+    /// Failed writes (and reopens).
+    pub write_errors: u64,
+}
+
+/// Formatted lines go to the writer once they reach this size, and at every flush.
 const FLUSH_AT: usize = 64 * 1024;
 
-fn open_file(path: &Path) -> io::Result<Box<dyn Write + Send>> {
-    Ok(Box::new(
-        OpenOptions::new().create(true).append(true).open(path)?,
-    ))
-}
+/// The default of `--output-queue-bytes`.
+pub const DEFAULT_QUEUE_BYTES: usize = 8 << 20;
 
 impl Output {
-    pub(crate) fn new(writer: Box<dyn Write + Send>, format: Format, clock: Clock) -> Self {
-        Self {
-            writer,
+    /// An output writing to `dest`, with at most `queue_bytes` waiting for it.
+    pub(crate) fn new(
+        dest: Box<dyn Destination>,
+        format: Format,
+        clock: Clock,
+        queue_bytes: usize,
+    ) -> io::Result<Self> {
+        let counts = Arc::<OutputCounts>::default();
+        Ok(Self {
+            queue: Queue::start(dest, queue_bytes, Arc::clone(&counts))?,
             format,
             clock,
             pending: json::Line::default(),
+            lines: Vec::new(),
             text: String::new(),
             selection: EventSelection::default(),
             thresholds: Thresholds::default(),
             sampler: Sampler::new(None),
-            counts: Arc::default(),
-            path: None,
-            reopen: Arc::default(),
+            counts,
             metadata: None,
-        }
+            slow: Throttle::new(LOG_EVERY),
+            closed: false,
+        })
     }
 
     /// Adds container and pod metadata to the JSON events.
@@ -103,48 +135,114 @@ impl Output {
         self.metadata = Some(metadata);
     }
 
-    /// Standard output, or `path` opened for appending (created if missing).
-    pub fn open(path: Option<&Path>, format: Format, clock: Clock) -> io::Result<Self> {
-        let writer = match path {
-            Some(path) => open_file(path)?,
-            None => Box::new(io::stdout()),
+    /// Standard output, or `path` opened for appending (created if missing), with at most
+    /// `queue_bytes` of lines waiting for the writer.
+    pub fn open(
+        path: Option<&Path>,
+        format: Format,
+        clock: Clock,
+        queue_bytes: usize,
+    ) -> io::Result<Self> {
+        let dest = match path {
+            Some(path) => FileDest::open(path)?,
+            None => FileDest::stdout()?,
         };
-        let mut output = Self::new(writer, format, clock);
-        output.path = path.map(Path::to_path_buf);
-        Ok(output)
+        Self::new(Box::new(dest), format, clock, queue_bytes)
     }
 
-    /// Set it to have the output file reopened at the next flush (after log rotation).
-    pub(crate) fn reopen_handle(&self) -> Arc<AtomicBool> {
-        Arc::clone(&self.reopen)
+    /// Asks for the output file to be reopened (after log rotation).
+    pub(crate) fn reopen_handle(&self) -> ReopenHandle {
+        self.queue.reopen_handle()
     }
 
-    /// Events written and sampled out, for the metrics.
+    /// Events written, sampled out and dropped, for the metrics.
     pub(crate) fn counts(&self) -> Arc<OutputCounts> {
         Arc::clone(&self.counts)
     }
 
-    /// Writes a line that is not a record (e.g. the final `stats` event), JSON format only.
-    pub(crate) fn write_json_line(&mut self, line: &str) -> io::Result<()> {
-        if matches!(self.format, Format::Json) {
-            self.pending.push_str(line);
+    /// What could not be written so far.
+    fn totals(&self) -> OutputTotals {
+        OutputTotals {
+            events_dropped: self.counts.dropped().iter().flatten().sum(),
+            write_errors: self.counts.errors().iter().sum(),
         }
-        self.write_full()
     }
 
-    /// Writes the buffered lines out.
-    fn write_buffered(&mut self) -> io::Result<()> {
-        let result = self.writer.write_all(self.pending.as_bytes());
-        self.pending.clear();
-        result
+    /// Stops the output: hands every event formatted over to the writer and gives it
+    /// `deadline` to write them; then `last_line` (the final `stats` event, JSON format only),
+    /// made from what could not be written, including the events the writer did not take in
+    /// time (dropped, counted), gets [`writer::LAST_LINE_GRACE`] more. Never waits longer.
+    pub(crate) fn close(
+        mut self,
+        deadline: Duration,
+        last_line: impl FnOnce(OutputTotals) -> String,
+    ) -> Closed {
+        self.closed = true;
+        self.hand_over(true);
+        let mut unwritten = 0;
+        if !self.queue.wait_idle(deadline) {
+            unwritten = self.queue.discard();
+            warn!(
+                unwritten,
+                "the output did not take the last events within {deadline:?} (its reader is \
+                 slow or stopped): they are dropped and counted"
+            );
+        }
+        let json = matches!(self.format, Format::Json);
+        if json {
+            self.pending.push_str(&last_line(self.totals()));
+            self.mark_line(NOT_AN_EVENT);
+            self.hand_over(true);
+        }
+        let finished = self.queue.finish(writer::LAST_LINE_GRACE);
+        let last_line_written = json && finished;
+        if json && !finished {
+            warn!("the final stats event is not written (the output is stuck or failing)");
+        }
+        Closed {
+            unwritten,
+            last_line_written,
+            totals: self.totals(),
+        }
     }
 
-    /// Writes the buffered lines out if they have reached `FLUSH_AT`.
-    fn write_full(&mut self) -> io::Result<()> {
+    fn mark_line(&mut self, kind: u8) {
+        let end = u32::try_from(self.pending.len()).unwrap_or(u32::MAX);
+        self.lines.push((end, kind));
+    }
+
+    /// Hands the formatted lines to the writer; with `force`, even when the queue is full.
+    fn hand_over(&mut self, force: bool) {
+        if self.pending.len() == 0 {
+            return;
+        }
+        let mut block = self.queue.spare();
+        block.bytes = self.pending.swap_bytes(std::mem::take(&mut block.bytes));
+        std::mem::swap(&mut block.lines, &mut self.lines);
+        self.lines.clear();
+        if let Err(full) = self.queue.push(block, force)
+            && let Some(held) = self.slow.ready(Instant::now())
+        {
+            let dropped: u64 = self.counts.dropped()[DropReason::OutputSlow as usize]
+                .iter()
+                .sum();
+            warn!(
+                dropped = full.events,
+                total = dropped,
+                held_back = held,
+                "the output is behind (its reader is slower than the events): events dropped \
+                 and counted (tcpobs_output_events_dropped_total{{reason=\"output_slow\"}}); \
+                 read faster, raise --output-queue-bytes, or write fewer events (--events, \
+                 --sample)"
+            );
+        }
+    }
+
+    /// Hands the formatted lines over if they have reached `FLUSH_AT`.
+    fn write_full(&mut self) {
         if self.pending.len() >= FLUSH_AT {
-            self.write_buffered()?;
+            self.hand_over(false);
         }
-        Ok(())
     }
 
     /// Which event this record makes, if any.
@@ -215,115 +313,29 @@ impl Sink for Output {
             (_, Record::Tls(tls)) => events::tls(&mut self.pending, tls, &self.clock),
             (_, Record::Opened(_) | Record::Unstuck(..)) => return Ok(()),
         }
-        self.counts.written[kind.index()].fetch_add(1, Ordering::Relaxed);
-        self.write_full()
+        self.mark_line(kind.index() as u8);
+        self.write_full();
+        Ok(())
     }
 
+    /// Hands the lines formatted so far to the writer. Never fails and never waits: a full
+    /// queue drops them, counted.
     fn flush(&mut self) -> io::Result<()> {
-        self.write_buffered()?;
-        self.writer.flush()?;
-        if self.reopen.swap(false, Ordering::Relaxed)
-            && let Some(path) = &self.path
-        {
-            self.writer = open_file(path)?;
-        }
+        self.hand_over(false);
         Ok(())
     }
 }
 
 impl Drop for Output {
-    /// Lines still buffered are written out (an error here has nowhere to go).
+    /// Lines still formatted are handed over, and the writer given [`writer::STOP_DEADLINE`]
+    /// to write them (when [`Output::close`] has not done so).
     fn drop(&mut self) {
-        let _ = self.write_buffered();
-        let _ = self.writer.flush();
+        if !self.closed {
+            self.hand_over(true);
+            self.queue.finish(writer::STOP_DEADLINE);
+        }
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use std::sync::Mutex;
-
-    use super::*;
-    use crate::model::{Role, TlsRecord};
-
-    /// A writer whose bytes the test can read.
-    #[derive(Clone, Default)]
-    struct Shared(Arc<Mutex<Vec<u8>>>);
-
-    impl Write for Shared {
-        fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(bytes);
-            Ok(bytes.len())
-        }
-
-        fn flush(&mut self) -> io::Result<()> {
-            Ok(())
-        }
-    }
-
-    impl Shared {
-        fn lines(&self) -> Vec<serde_json::Value> {
-            let bytes = self.0.lock().unwrap();
-            assert!(
-                bytes.is_empty() || bytes.ends_with(b"\n"),
-                "whole lines only"
-            );
-            bytes
-                .split(|&b| b == b'\n')
-                .filter(|line| !line.is_empty())
-                .map(|line| serde_json::from_slice(line).unwrap())
-                .collect()
-        }
-    }
-
-    /// A failed handshake on no known connection: written with the default selection.
-    fn failed_tls(start_ns: u64) -> Record {
-        Record::Tls(TlsRecord {
-            conn_id: None,
-            role: Role::Client,
-            addrs: None,
-            process: None,
-            start_ns,
-            duration_ns: 1_000,
-            ok: false,
-            calls: 1,
-            after_close: false,
-        })
-    }
-
-    #[test]
-    fn lines_are_written_when_the_buffer_fills_at_flush_and_at_drop() {
-        let shared = Shared::default();
-        let mut output = Output::new(Box::new(shared.clone()), Format::Json, Clock::new());
-        output.write(&failed_tls(0)).unwrap();
-        assert!(shared.lines().is_empty(), "held until the flush");
-        output.flush().unwrap();
-        assert_eq!(shared.lines().len(), 1);
-        assert_eq!(shared.lines()[0]["type"], "tls");
-
-        // More than FLUSH_AT bytes of events: the full buffer goes out without a flush.
-        let line_len = shared.0.lock().unwrap().len();
-        let count = FLUSH_AT / line_len * 2;
-        for index in 0..count {
-            output
-                .write(&failed_tls((index as u64 + 1) * 1_000))
-                .unwrap();
-        }
-        let before_flush = shared.lines().len();
-        assert!(
-            before_flush > 1 && before_flush < count + 1,
-            "{before_flush}"
-        );
-        output.write_json_line("{\"type\":\"stats\"}\n").unwrap();
-        drop(output);
-        let lines = shared.lines();
-        assert_eq!(lines.len(), count + 2);
-        let starts: Vec<&str> = lines.iter().filter_map(|l| l["start"].as_str()).collect();
-        assert_eq!(starts.len(), count + 1);
-        assert!(
-            starts.is_sorted_by(|a, b| a < b),
-            "every event once, in order"
-        );
-        assert_eq!(lines[count + 1]["type"], "stats", "after every event");
-    }
-}
+mod tests;

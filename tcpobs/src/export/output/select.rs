@@ -11,6 +11,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use super::writer::{DropReason, WriteFailure};
 use crate::{
     config::live::{EventSelection, Sample, Thresholds, ns},
     model::{CloseKind, ConnectionRecord, Record},
@@ -53,11 +54,18 @@ impl EventType {
     }
 }
 
-/// Events written and left out by sampling, per [`EventType::index`].
+/// Events written, left out by sampling and dropped, per [`EventType::index`]; failed
+/// writes; bytes waiting for the writer. Every event selected and sampled in is, in the end,
+/// either written or dropped for one reason.
 #[derive(Debug, Default)]
 pub(crate) struct OutputCounts {
     pub(crate) written: [AtomicU64; EventType::ALL.len()],
     pub(crate) sampled_out: [AtomicU64; EventType::ALL.len()],
+    /// Per [`DropReason`], then per type.
+    pub(crate) dropped: [[AtomicU64; EventType::ALL.len()]; DropReason::ALL.len()],
+    /// Failed writes, per [`WriteFailure`].
+    pub(crate) errors: [AtomicU64; WriteFailure::ALL.len()],
+    pub(crate) queued_bytes: AtomicU64,
 }
 
 impl OutputCounts {
@@ -68,6 +76,18 @@ impl OutputCounts {
                 .each_ref()
                 .map(|n| n.load(Ordering::Relaxed)),
         )
+    }
+
+    /// Events dropped, per [`DropReason`] then type.
+    pub(crate) fn dropped(&self) -> [[u64; EventType::ALL.len()]; DropReason::ALL.len()] {
+        self.dropped
+            .each_ref()
+            .map(|by_type| by_type.each_ref().map(|n| n.load(Ordering::Relaxed)))
+    }
+
+    /// Failed writes, per [`WriteFailure`].
+    pub(crate) fn errors(&self) -> [u64; WriteFailure::ALL.len()] {
+        self.errors.each_ref().map(|n| n.load(Ordering::Relaxed))
     }
 }
 

@@ -13,8 +13,20 @@ pub enum LoadError {
          run it with sudo"
     )]
     Privileges { missing: String },
+    /// Root, in a container or unit that dropped the capabilities.
+    #[error(
+        "tcpobs runs as root but without the capabilities it needs (missing: {missing}); grant \
+         CAP_BPF and CAP_PERFMON (systemd: CapabilityBoundingSet= or AmbientCapabilities=; \
+         Kubernetes: securityContext.capabilities.add)"
+    )]
+    RootWithoutCapabilities { missing: String },
     #[error(transparent)]
     Btf(#[from] BtfError),
+    #[error(
+        "{path} is not usable kernel BTF ({why}); --btf must name the kernel's BTF, normally \
+         /sys/kernel/btf/vmlinux (a kernel built with CONFIG_DEBUG_INFO_BTF=y)"
+    )]
+    BadBtf { path: String, why: &'static str },
     #[error("cannot parse kernel BTF at {path} for tp_btf programs: {reason}")]
     AyaBtf { path: String, reason: String },
     #[error("the kernel refused to load tcpobs's programs: {0}")]

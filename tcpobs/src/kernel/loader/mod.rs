@@ -45,7 +45,7 @@ pub use self::{
 use crate::{
     config::live::Filters,
     kernel::{
-        btf::Btf,
+        btf::{Btf, BtfError},
         filters::{KernelFilters, Resolved},
         libcalls::{LibcallOptions, LibcallProbes},
         report::{FamilyAttach, MapError, error_chain},
@@ -86,7 +86,13 @@ pub struct Loaded {
 pub fn load(options: &LoadOptions) -> Result<Loaded, LoadError> {
     check_privileges()?;
     raise_memlock_limit();
-    let btf = Btf::from_file(&options.btf_path)?;
+    let btf = Btf::from_file(&options.btf_path).map_err(|err| match err {
+        BtfError::Malformed(why) => LoadError::BadBtf {
+            path: options.btf_path.display().to_string(),
+            why,
+        },
+        other => other.into(),
+    })?;
     let mut offsets = sock_offsets(&btf)?;
     offsets.wakeup_bytes = u64::from(options.ringbuf_bytes / 4);
     offsets.recv_flags_arg = btf

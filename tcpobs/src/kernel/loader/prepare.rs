@@ -134,11 +134,14 @@ pub(crate) fn check_privileges() -> Result<(), LoadError> {
         .map_or(0, |status| status.capeff);
     let missing = missing_capabilities(effective);
     if missing.is_empty() {
-        Ok(())
+        return Ok(());
+    }
+    let missing = missing.join(", ");
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        Err(LoadError::RootWithoutCapabilities { missing })
     } else {
-        Err(LoadError::Privileges {
-            missing: missing.join(", "),
-        })
+        Err(LoadError::Privileges { missing })
     }
 }
 

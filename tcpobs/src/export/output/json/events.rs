@@ -7,6 +7,7 @@
 use super::{Line, Object};
 use crate::{
     clock::WallClock,
+    export::output::OutputTotals,
     kernel::{
         libcalls::LibcallStats,
         reader::{KernelStats, ReaderStats},
@@ -257,6 +258,7 @@ pub(crate) fn stats(
     kernel: &KernelStats,
     tracker: &TrackerStats,
     libcalls: &LibcallStats,
+    output: &OutputTotals,
 ) {
     let mut object = Object::new(out, "stats");
     object
@@ -270,6 +272,8 @@ pub(crate) fn stats(
         .u64("dns_cache_evicted", tracker.dns_evicted)
         .u64("tls_untracked", kernel.tls_untracked)
         .u64("tls_abandoned", libcalls.tls_abandoned)
-        .u64("phase_libraries_skipped", libcalls.skipped);
+        .u64("phase_libraries_skipped", libcalls.skipped)
+        .u64("output_events_dropped", output.events_dropped)
+        .u64("output_write_errors", output.write_errors);
     object.end();
 }

@@ -35,11 +35,6 @@ impl Default for Line {
 }
 
 impl Line {
-    /// The lines written since the last `clear`.
-    pub(crate) fn as_bytes(&self) -> &[u8] {
-        &self.bytes
-    }
-
     /// The same, as text (every writer puts valid UTF-8).
     pub(crate) fn as_str(&self) -> &str {
         std::str::from_utf8(&self.bytes).unwrap_or_default()
@@ -49,8 +44,16 @@ impl Line {
         self.bytes.len()
     }
 
+    #[cfg(test)]
     pub(crate) fn clear(&mut self) {
         self.bytes.clear();
+    }
+
+    /// Hands the lines over: returns them and goes on in `spare` (emptied), keeping the
+    /// timestamp cache. The output passes whole blocks of lines to its writer this way.
+    pub(crate) fn swap_bytes(&mut self, mut spare: Vec<u8>) -> Vec<u8> {
+        spare.clear();
+        std::mem::replace(&mut self.bytes, spare)
     }
 
     /// Appends `text` as it is.
