@@ -293,6 +293,22 @@ pub fn listen(addr: &str) -> (TcpListener, SocketAddr) {
     (listener, addr)
 }
 
+/// A loopback address of this test's own (`127.x.y.z`, never `127.0.0.1`): every address in
+/// 127/8 is local, so a test that listens on one and passes `--cidr <it>/32` sees only its own
+/// connections, whatever other processes on the host do on the same port numbers.
+pub fn private_loopback() -> std::net::Ipv4Addr {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let pid = std::process::id();
+    std::net::Ipv4Addr::new(
+        127,
+        100 + (pid % 100) as u8,
+        (n / 250) as u8,
+        2 + (n % 250) as u8,
+    )
+}
+
 /// A loopback port nothing listens on (bound, then released).
 pub fn closed_port() -> u16 {
     let (listener, addr) = listen("127.0.0.1:0");

@@ -14,7 +14,7 @@ use tcpobs::kernel::loader::Strategy;
 use tcpobs_tests::{
     PATIENCE, closed_port,
     daemon::Daemon,
-    listen,
+    listen, private_loopback,
     prometheus::Prometheus,
     read_n,
     traffic::{client, serve},
@@ -257,10 +257,14 @@ fn the_http_port_in_use_is_an_error() {
 /// lost silently: written + sampled out = every connection event.
 #[test]
 fn sampling_counts_what_it_leaves_out() {
-    let (listener, addr) = listen("127.0.0.1:0");
+    // An address of the test's own as well as its port: the counters are host-wide.
+    let ip = private_loopback();
+    let (listener, addr) = listen(&format!("{ip}:0"));
     let daemon = Daemon::start(&[
         "--port",
         &addr.port().to_string(),
+        "--cidr",
+        &format!("{ip}/32"),
         "--sample",
         "first=1,thereafter=1000000",
     ]);

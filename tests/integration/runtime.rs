@@ -15,7 +15,7 @@ use serde_json::Value;
 use tcpobs_tests::{
     PATIENCE, closed_port,
     daemon::{Daemon, sample_value},
-    listen, read_n,
+    listen, private_loopback, read_n,
     traffic::{client, serve},
     write_all,
 };
@@ -51,17 +51,18 @@ fn marker(daemon: &Daemon, addr: std::net::SocketAddr) -> f64 {
 /// for the exclude and include forms, and when the filter changes at runtime.
 #[test]
 fn kernel_filters_keep_other_ports_out_of_the_ring_buffer() {
-    let (traced, traced_addr) = listen("127.0.0.1:0");
-    let (other, other_addr) = listen("127.0.0.1:0");
+    // Both listeners on an address of the test's own, and only that address traced: the
+    // events counter is host-wide, and other processes' traffic must not move it.
+    let ip = private_loopback();
+    let (traced, traced_addr) = listen(&format!("{ip}:0"));
+    let (other, other_addr) = listen(&format!("{ip}:0"));
     let traced_server = serve(traced, 4);
     let other_server = serve(other, 10);
-    // The daemon's own API is excluded too: these scrapes are connections as well.
-    let api = closed_port();
     let daemon = Daemon::start(&[
+        "--cidr",
+        &format!("{ip}/32"),
         "--exclude-port",
-        &format!("{},{api}", other_addr.port()),
-        "--listen",
-        &format!("127.0.0.1:{api}"),
+        &other_addr.port().to_string(),
     ]);
     let alone = marker(&daemon, traced_addr);
     // Each end: its open and its close (which carries the one exchange's bursts); the client
