@@ -27,6 +27,7 @@ use crate::{
     export::{
         http::{AppState, Readiness, router},
         metrics::{Metrics, collect::Scrape},
+        otlp::{Otlp, OtlpMetrics, Tee, unix_now_ns},
         output::{Output, Sink as _},
     },
     kernel::loader::{self, LoadError},
@@ -94,6 +95,7 @@ pub async fn run(
     mut output: Output,
     set_log_level: LogLevelSetter,
 ) -> Result<(), AppError> {
+    let started_ns = unix_now_ns();
     // Before anything else, so that an unprivileged run says only that.
     loader::check_privileges()?;
     let listener = match settings.listen {
@@ -106,10 +108,12 @@ pub async fn run(
     let health = Arc::default();
     let mut registry = Registry::default();
     let mut metrics = Metrics::new(&mut registry, &settings.labels, settings.label_series_cap);
+    let mut shared_metadata = None;
     if metadata::is_cgroup2(&settings.meta_roots.cgroup) {
         let metadata = Arc::new(Metadata::new(settings.meta_roots.clone()));
         metrics.set_metadata(Arc::clone(&metadata));
-        output.set_metadata(metadata);
+        output.set_metadata(Arc::clone(&metadata));
+        shared_metadata = Some(metadata);
     } else {
         info!(
             root = %settings.meta_roots.cgroup.display(),
@@ -126,10 +130,15 @@ pub async fn run(
         health: Arc::clone(&health),
         output: output.counts(),
     }));
+    let otlp_metrics = OtlpMetrics::new(&settings.otlp);
+    if let Some(otlp_metrics) = &otlp_metrics {
+        registry.register_collector(Box::new(otlp_metrics.clone()));
+    }
+    let registry = Arc::new(registry);
     let (stop_http, http_stopped) = watch::channel(false);
     let server = listener.map(|listener| {
         let app = router(AppState {
-            registry: Arc::new(registry),
+            registry: Arc::clone(&registry),
             tracker: Arc::clone(&tracker),
             control: Arc::clone(&control),
             readiness: Arc::clone(&readiness),
@@ -183,16 +192,33 @@ pub async fn run(
         drain: settings.drain_interval,
         sweep: settings.sweep_interval,
     };
+    let mut otlp = otlp_metrics.map(|otlp_metrics| {
+        Otlp::start(
+            &settings.otlp,
+            &otlp_metrics,
+            Arc::clone(&registry),
+            shared_metadata,
+            Clock::new(),
+            started_ns,
+        )
+    });
+    let mut sinks = Tee {
+        output: &mut output,
+        otlp: otlp.as_mut(),
+    };
     tracer
-        .run(&mut output, timing, live, shutdown_signal())
+        .run(&mut sinks, timing, live, shutdown_signal())
         .await?;
     if let Some(notifier) = &notifier {
         notifier.notify("STOPPING=1\nSTATUS=stopping: draining events");
     }
     readiness.set_not_ready("stopping");
-    let stats = tracer.stop(&mut output)?;
+    let stats = tracer.stop(&mut sinks)?;
     output.write_json_line(&stats.to_json_line())?;
     output.flush()?;
+    if let Some(otlp) = otlp {
+        otlp.stop().await;
+    }
     info!(?stats, "stopped");
     let _ = stop_http.send(true);
     if let Some(server) = server {
