@@ -806,3 +806,53 @@ fn the_daemonset_s_otlp_variant() {
     let (code, _) = daemon.terminate();
     assert_eq!(code, Some(0));
 }
+
+/// The README's collector configuration receives all three signals on the ports tcpobs's
+/// overlay sends to, and every pipeline names components it defines.
+#[test]
+fn the_readme_s_collector_configuration_fits() {
+    let readme = std::fs::read_to_string(repo_file("README.md")).unwrap();
+    let section = readme
+        .split("**A collector for tcpobs.**")
+        .nth(1)
+        .expect("the README's collector section");
+    let yaml = section
+        .split("```yaml\n")
+        .nth(1)
+        .and_then(|rest| rest.split("```").next())
+        .expect("its configuration");
+    const CHECK: &str = r#"
+import sys, yaml
+config = yaml.safe_load(sys.stdin)
+protocols = config["receivers"]["otlp"]["protocols"]
+assert protocols["grpc"]["endpoint"].endswith(":4317"), protocols
+assert protocols["http"]["endpoint"].endswith(":4318"), protocols
+for signal in ["traces", "logs", "metrics"]:
+    pipeline = config["service"]["pipelines"][signal]
+    assert "otlp" in pipeline["receivers"], signal
+    for kind in ["receivers", "processors", "exporters"]:
+        for name in pipeline.get(kind, []):
+            assert name in config[kind], (signal, kind, name)
+print("ok")
+"#;
+    let mut child = Command::new(repo_file("target/tools/venv/bin/python"))
+        .args(["-c", CHECK])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write as _;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(yaml.as_bytes())
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "{}{yaml}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}

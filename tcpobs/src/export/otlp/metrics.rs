@@ -478,6 +478,7 @@ impl MetricsTask {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::export::metrics::Metrics;
 
     const EXPOSITION: &str = r#"# HELP tcpobs_handshake_duration_seconds TCP handshake.
 # TYPE tcpobs_handshake_duration_seconds histogram
@@ -618,5 +619,51 @@ tcpobs_events_total{kind="a \"quoted\" one, and a \\"} 7
             attribute(&sum.data_points[0].attributes, "kind").as_deref(),
             Some("a \"quoted\" one, and a \\")
         );
+    }
+
+    /// The README's table is this module's.
+    #[test]
+    fn the_readme_shows_the_mapping() {
+        let readme = include_str!("../../../../README.md");
+        for (prom, otel, unit, difference) in MAPPING {
+            let row = format!("| `{prom}` | `{otel}` | `{unit}` | {difference} |");
+            assert!(readme.contains(&row), "README.md lacks the row\n{row}");
+        }
+    }
+
+    /// Every family the daemon registers gets a name OpenTelemetry accepts, and no two
+    /// families of different kinds share one.
+    #[test]
+    fn every_family_has_a_conventional_name() {
+        let mut registry = Registry::default();
+        let _metrics = Metrics::new(&mut registry, &[], 10);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        let (metrics, points) = convert(&text, 1, 2);
+        assert!(metrics.len() >= 20 && points > 0, "{metrics:#?}");
+        let mut seen = std::collections::HashSet::new();
+        for metric in &metrics {
+            assert!(
+                metric
+                    .name
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '.' || c == '_')
+                    && metric.name.contains('.'),
+                "{}",
+                metric.name
+            );
+            assert!(seen.insert(metric.name.clone()), "{} twice", metric.name);
+        }
+        for name in [
+            "system.network.tcp.handshake.duration",
+            "system.network.tcp.connection.duration",
+            "system.network.tcp.rtt",
+            "system.network.tcp.connections",
+            "dns.lookup.duration",
+            "tcpobs.response_first_byte",
+            "tcpobs.exchanges",
+        ] {
+            assert!(seen.contains(name), "{name} in {seen:?}");
+        }
     }
 }
