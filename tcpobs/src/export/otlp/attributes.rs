@@ -7,13 +7,21 @@
 //! will send.
 
 use std::{
+    fmt,
     net::IpAddr,
     sync::atomic::{AtomicU64, Ordering},
 };
 
-use serde_json::{Map, Value as Json};
+use serde::{
+    Deserializer as _,
+    de::{MapAccess, Visitor},
+};
+use serde_json::Value as Json;
 
-use super::proto::{AnyValue, ArrayValue, KeyValue, KeyValueList, Value};
+use super::{
+    proto::{AnyValue, KeyValue, Value},
+    wire::{Attributes, Scalar, Writer},
+};
 use crate::model::{CloseKind, ConnectFailure, ConnectionRecord, Side};
 
 pub(crate) fn kv(key: impl Into<String>, value: Value) -> KeyValue {
@@ -27,94 +35,80 @@ pub(crate) fn string(value: impl Into<String>) -> Value {
     Value::String(value.into())
 }
 
-/// The attribute a JSON event field becomes.
-fn attribute_key(field: &str) -> Option<String> {
-    Some(
-        match field {
-            // Carried by the record itself: its event name and timestamp.
-            "type" | "schema_version" | "time" => return None,
-            "id" | "conn_id" => "tcpobs.connection.id",
-            "local_ip" => "network.local.address",
-            "local_port" => "network.local.port",
-            "remote_ip" => "network.peer.address",
-            "remote_port" => "network.peer.port",
-            "client_ip" => "client.address",
-            "client_port" => "client.port",
-            "server_ip" => "server.address",
-            "server_port" => "server.port",
-            // The name a client resolved to reach its peer.
-            "dns_host" => "server.address",
-            "pid" => "process.pid",
-            "comm" => "process.executable.name",
-            "container_id" => "container.id",
-            "pod_uid" => "k8s.pod.uid",
-            "namespace" => "k8s.namespace.name",
-            "pod" => "k8s.pod.name",
-            other => return Some(format!("tcpobs.{other}")),
-        }
-        .to_owned(),
-    )
-}
-
-/// A JSON value as an OTLP value (`None` for null: the attribute is left out).
-fn any(value: Json) -> Option<Value> {
-    Some(match value {
-        Json::Null => return None,
-        Json::Bool(b) => Value::Bool(b),
-        Json::Number(n) => match (n.as_i64(), n.as_u64()) {
-            (Some(i), _) => Value::Int(i),
-            (None, Some(u)) => Value::Int(i64::try_from(u).unwrap_or(i64::MAX)),
-            _ => Value::Double(n.as_f64().unwrap_or(f64::NAN)),
-        },
-        Json::String(s) => Value::String(s),
-        Json::Array(items) => Value::Array(ArrayValue {
-            values: items
-                .into_iter()
-                .filter_map(|item| any(item).map(|value| AnyValue { value: Some(value) }))
-                .collect(),
-        }),
-        Json::Object(fields) => Value::Kvlist(KeyValueList {
-            values: fields
-                .into_iter()
-                .filter_map(|(key, value)| Some(kv(key, any(value)?)))
-                .collect(),
-        }),
-    })
-}
-
-/// The attributes of one JSON event line, leaving out the fields in `skip`.
-pub(crate) fn from_event(line: &[u8], skip: &[&str]) -> Vec<KeyValue> {
-    let Ok(fields) = serde_json::from_slice::<Map<String, Json>>(line) else {
-        return Vec::new();
+/// The attribute a JSON event field becomes, as the two parts of its key.
+fn attribute_key(field: &str) -> Option<[&str; 2]> {
+    let conventional = match field {
+        // Carried by the record itself: its event name and timestamp.
+        "type" | "schema_version" | "time" => return None,
+        "id" | "conn_id" => "tcpobs.connection.id",
+        "local_ip" => "network.local.address",
+        "local_port" => "network.local.port",
+        "remote_ip" => "network.peer.address",
+        "remote_port" => "network.peer.port",
+        "client_ip" => "client.address",
+        "client_port" => "client.port",
+        "server_ip" => "server.address",
+        "server_port" => "server.port",
+        // The name a client resolved to reach its peer.
+        "dns_host" => "server.address",
+        "pid" => "process.pid",
+        "comm" => "process.executable.name",
+        "container_id" => "container.id",
+        "pod_uid" => "k8s.pod.uid",
+        "namespace" => "k8s.namespace.name",
+        "pod" => "k8s.pod.name",
+        other => return Some(["tcpobs.", other]),
     };
-    let mut attributes = Vec::with_capacity(fields.len() + 3);
-    for (field, value) in fields {
-        if skip.contains(&field.as_str()) {
-            continue;
-        }
-        // Durations (`*_s`) are doubles, even when they print as a whole number.
-        let value = match value {
-            Json::Number(n) if field.ends_with("_s") => {
-                Some(Value::Double(n.as_f64().unwrap_or(0.0)))
-            }
-            other => any(other),
-        };
-        if let (Some(key), Some(value)) = (attribute_key(&field), value) {
-            attributes.push(kv(key, value));
-        }
+    Some(["", conventional])
+}
+
+/// Writes the fields of one JSON event line as attributes (durations, `*_s`, as doubles);
+/// spans leave out the timeline (the child spans are) and the start (the span's).
+struct Fields<'w> {
+    writer: &'w mut Writer,
+}
+
+impl<'de> Visitor<'de> for Fields<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON event")
     }
-    attributes
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        // Keys are plain ASCII names: borrowed from the line.
+        while let Some(field) = map.next_key::<&'de str>()? {
+            let value: Json = map.next_value()?;
+            if let Some(key) = attribute_key(field) {
+                let not_on_span = matches!(field, "phases" | "start");
+                self.writer
+                    .json(&key, &value, field.ends_with("_s"), not_on_span);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The attributes of a JSON event line, then what `extra` adds.
+pub(crate) fn from_event(line: &[u8], extra: impl FnOnce(&mut Writer)) -> Attributes {
+    let mut writer = Writer::with_capacity(line.len() * 2, 48);
+    let parsed = serde_json::Deserializer::from_slice(line).deserialize_map(Fields {
+        writer: &mut writer,
+    });
+    if parsed.is_err() {
+        return Attributes::default();
+    }
+    extra(&mut writer);
+    writer.finish()
 }
 
 /// `network.transport` and `network.type` of a connection.
-pub(crate) fn network(ip: IpAddr) -> [KeyValue; 2] {
-    [
-        kv("network.transport", string("tcp")),
-        kv(
-            "network.type",
-            string(if ip.is_ipv4() { "ipv4" } else { "ipv6" }),
-        ),
-    ]
+pub(crate) fn network(writer: &mut Writer, ip: IpAddr) {
+    writer.scalar("network.transport", Scalar::Str("tcp"));
+    writer.scalar(
+        "network.type",
+        Scalar::Str(if ip.is_ipv4() { "ipv4" } else { "ipv6" }),
+    );
 }
 
 /// How a connection failed, for its span status and `error.type`.
@@ -257,7 +251,18 @@ impl Ids {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use prost::Message as _;
+
+    use super::{
+        super::proto::{ArrayValue, KeyValueList},
+        *,
+    };
+
+    fn decoded(attributes: &Attributes, on_span: bool) -> Vec<KeyValue> {
+        let mut buf = bytes::BytesMut::new();
+        super::super::wire::Message::new(&mut buf).attributes(1, attributes, on_span);
+        KeyValueList::decode(buf.freeze()).unwrap().values
+    }
 
     fn find<'a>(attributes: &'a [KeyValue], key: &str) -> Option<&'a Value> {
         attributes
@@ -268,9 +273,12 @@ mod tests {
 
     #[test]
     fn event_fields_become_conventional_attributes() {
-        let line = br#"{"type":"connection","schema_version":1,"id":7,"time":"t","local_ip":"127.0.0.1","local_port":40000,"remote_port":443,"pid":9,"comm":"curl","dns_host":"api.example","connect_s":0.000078527,"teardown_s":0,"pod":null,"stuck":[],"phases":[{"name":"dns","seq":null}],"open":false}
+        let line = br#"{"type":"connection","schema_version":1,"id":7,"time":"t","start":"s","local_ip":"127.0.0.1","local_port":40000,"remote_port":443,"pid":9,"comm":"curl","dns_host":"api.example","connect_s":0.000078527,"teardown_s":0,"pod":null,"stuck":[],"phases":[{"name":"dns","seq":null}],"open":false}
 "#;
-        let attributes = from_event(line, &["phases"]);
+        let encoded = from_event(line, |writer| {
+            writer.scalar("error.type", Scalar::Str("reset"));
+        });
+        let attributes = decoded(&encoded, true);
         assert_eq!(
             find(&attributes, "tcpobs.connection.id"),
             Some(&Value::Int(7))
@@ -306,18 +314,26 @@ mod tests {
             find(&attributes, "tcpobs.stuck"),
             Some(&Value::Array(ArrayValue { values: vec![] }))
         );
+        assert_eq!(find(&attributes, "error.type"), Some(&string("reset")));
         for gone in [
             "type",
             "tcpobs.type",
             "tcpobs.time",
             "k8s.pod.name",
             "tcpobs.phases",
+            "tcpobs.start",
         ] {
             assert_eq!(find(&attributes, gone), None, "{gone}");
         }
-        let with_phases = from_event(line, &[]);
-        let Some(Value::Array(phases)) = find(&with_phases, "tcpobs.phases") else {
-            panic!("{with_phases:?}");
+        assert_eq!(
+            attributes[0].key, "tcpobs.connection.id",
+            "in the event's order"
+        );
+        let logged = decoded(&encoded, false);
+        assert_eq!(logged.len(), attributes.len() + 2);
+        assert_eq!(find(&logged, "tcpobs.start"), Some(&string("s")));
+        let Some(Value::Array(phases)) = find(&logged, "tcpobs.phases") else {
+            panic!("{logged:?}");
         };
         assert_eq!(
             phases.values[0].value,

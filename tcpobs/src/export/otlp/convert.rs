@@ -15,16 +15,15 @@ use std::sync::Arc;
 
 use super::{
     Item,
-    attributes::{self, Failure, Ids, SpanOf, kv, string},
-    proto::{
-        AnyValue, KeyValue, LogRecord, SeverityNumber, Span, SpanKind, Status, StatusCode, Value,
-    },
+    attributes::{self, Failure, Ids, SpanOf},
+    proto::{SeverityNumber, SpanKind, StatusCode},
+    wire::{Attributes, Message, Messages, Scalar},
 };
 use crate::{
     clock::{Clock, WallClock as _},
     export::output::{
         json::{Line, events},
-        select::anomalies_of,
+        select::{EventType, anomalies_of},
     },
     model::{ConnectionRecord, Record, Role},
 };
@@ -37,11 +36,53 @@ fn unix_ns(clock: &Clock, monotonic_ns: u64) -> u64 {
     u64::try_from(clock.unix_ns(monotonic_ns)).unwrap_or(0)
 }
 
-fn error_status(message: &str) -> Option<Status> {
-    Some(Status {
-        message: message.to_owned(),
-        code: StatusCode::Error as i32,
-    })
+fn event_name(event: EventType) -> &'static str {
+    match event {
+        EventType::Connection => "tcpobs.connection",
+        EventType::Exchange => "tcpobs.exchange",
+        EventType::Anomaly => "tcpobs.anomaly",
+        EventType::Dns => "tcpobs.dns",
+        EventType::Tls => "tcpobs.tls",
+    }
+}
+
+/// One span, as the `Span` message's fields.
+struct SpanFields<'a> {
+    trace_id: &'a [u8; 16],
+    span_id: &'a [u8; 8],
+    parent_span_id: Option<&'a [u8; 8]>,
+    name: &'a str,
+    kind: SpanKind,
+    start_ns: u64,
+    end_ns: u64,
+    /// The record's attributes (those spans carry), for the root.
+    attributes: Option<&'a Attributes>,
+    /// More attributes.
+    extra: &'a [(&'a str, Scalar<'a>)],
+    failure: Option<&'a Failure>,
+}
+
+fn put_span(out: &mut Messages, span: &SpanFields<'_>) {
+    let mut message = Message::new(&mut out.buf);
+    message
+        .bytes(1, span.trace_id)
+        .bytes(2, span.span_id)
+        .bytes(4, span.parent_span_id.map_or(&[][..], |id| &id[..]))
+        .bytes(5, span.name.as_bytes())
+        .varint(6, span.kind as u64)
+        .fixed64(7, span.start_ns)
+        .fixed64(8, span.end_ns);
+    if let Some(attributes) = span.attributes {
+        message.attributes(9, attributes, true);
+    }
+    for (key, value) in span.extra {
+        message.attribute(9, key, *value);
+    }
+    if let Some(failure) = span.failure {
+        message.status(15, StatusCode::Error as i32, &failure.message);
+    }
+    message.fixed32(16, SPAN_FLAGS);
+    out.end();
 }
 
 /// One lane's converter (it keeps a buffer for the JSON events).
@@ -61,7 +102,7 @@ impl Convert {
     }
 
     /// The record's JSON event as attributes, worked out once per record for both lanes.
-    fn attributes<'a>(&mut self, item: &'a Item) -> &'a [KeyValue] {
+    fn attributes<'a>(&mut self, item: &'a Item) -> &'a Attributes {
         item.attributes.get_or_init(|| {
             let (line, clock) = (&mut self.line, &self.clock);
             line.clear();
@@ -77,32 +118,27 @@ impl Convert {
                 Record::Tls(tls) => events::tls(line, tls, clock),
                 Record::Opened(_) | Record::Unstuck(..) => {}
             }
-            let mut attributes = attributes::from_event(line.as_bytes(), &[]);
-            if let Record::Connection(connection) = &item.record {
-                attributes.extend(attributes::network(connection.addrs.local().ip()));
-                if let Some(failure) = attributes::failures(connection).first() {
-                    attributes.push(kv("error.type", string(failure.error_type)));
+            attributes::from_event(line.as_bytes(), |writer| {
+                if let Record::Connection(connection) = &item.record {
+                    attributes::network(writer, connection.addrs.local().ip());
+                    if let Some(failure) = attributes::failures(connection).first() {
+                        writer.scalar("error.type", Scalar::Str(failure.error_type));
+                    }
                 }
-            }
-            attributes
+            })
         })
     }
 
-    /// A connection's spans, root first.
-    pub(crate) fn spans(&mut self, item: &Item, out: &mut Vec<Span>) {
+    /// Writes a connection's spans, root first.
+    pub(crate) fn spans(&mut self, item: &Item, out: &mut Messages) {
         let Record::Connection(connection) = &item.record else {
             return;
         };
         let id = connection.id;
-        let trace_id = self.ids.trace_id(id).to_vec();
-        let root_id = self.ids.span_id(id, SpanOf::Root).to_vec();
+        let trace_id = self.ids.trace_id(id);
+        let root_id = self.ids.span_id(id, SpanOf::Root);
         let failures = attributes::failures(connection);
-        let status_of = |phase: Option<&str>| {
-            failures
-                .iter()
-                .find(|failure: &&Failure| phase.is_none_or(|phase| failure.phase == phase))
-                .and_then(|failure| error_status(&failure.message))
-        };
+        let failure_in = |phase: &str| failures.iter().find(|failure| failure.phase == phase);
         let timeline = connection.timeline();
         let entries = timeline.entries();
         let end_ns = connection.start_ns + connection.lifetime_ns;
@@ -115,61 +151,62 @@ impl Convert {
         // The resolution comes before the socket: no child starts before its parent.
         let root_start = connection.start_ns.min(first);
         let root_end = end_ns.max(last);
-        let attributes = self
-            .attributes(item)
-            .iter()
-            .filter(|kv| !matches!(kv.key.as_str(), "tcpobs.phases" | "tcpobs.start"))
-            .cloned()
-            .collect();
-        out.push(Span {
-            trace_id: trace_id.clone(),
-            span_id: root_id.clone(),
-            parent_span_id: Vec::new(),
-            name: "tcp.connection".to_owned(),
-            kind: match connection.role {
-                Role::Client => SpanKind::Client,
-                Role::Server => SpanKind::Server,
-                Role::Unknown => SpanKind::Internal,
-            } as i32,
-            start_time_unix_nano: unix_ns(&self.clock, root_start),
-            end_time_unix_nano: unix_ns(&self.clock, root_end),
-            attributes,
-            status: status_of(None),
-            flags: SPAN_FLAGS,
-        });
+        let clock = self.clock;
+        put_span(
+            out,
+            &SpanFields {
+                trace_id: &trace_id,
+                span_id: &root_id,
+                parent_span_id: None,
+                name: "tcp.connection",
+                kind: match connection.role {
+                    Role::Client => SpanKind::Client,
+                    Role::Server => SpanKind::Server,
+                    Role::Unknown => SpanKind::Internal,
+                },
+                start_ns: unix_ns(&clock, root_start),
+                end_ns: unix_ns(&clock, root_end),
+                attributes: Some(self.attributes(item)),
+                extra: &[],
+                failure: failures.first(),
+            },
+        );
         for entry in entries {
-            let (span, attributes) = match entry.seq {
+            let (span, extra) = match entry.seq {
                 Some(seq) => (
                     SpanOf::Exchange(seq),
-                    vec![kv("tcpobs.exchange.seq", Value::Int(i64::from(seq)))],
+                    vec![("tcpobs.exchange.seq", Scalar::Int(i64::from(seq)))],
                 ),
                 None => (
                     SpanOf::Phase(entry.name),
                     phase_attributes(connection, entry.name),
                 ),
             };
-            let start = unix_ns(&self.clock, entry.start_ns);
-            out.push(Span {
-                trace_id: trace_id.clone(),
-                span_id: self.ids.span_id(id, span).to_vec(),
-                parent_span_id: root_id.clone(),
-                name: entry.name.to_owned(),
-                kind: SpanKind::Internal as i32,
-                start_time_unix_nano: start,
-                end_time_unix_nano: start + entry.duration_ns,
-                attributes,
-                status: if entry.seq.is_none() {
-                    status_of(Some(entry.name))
-                } else {
-                    None
+            let start_ns = unix_ns(&clock, entry.start_ns);
+            put_span(
+                out,
+                &SpanFields {
+                    trace_id: &trace_id,
+                    span_id: &self.ids.span_id(id, span),
+                    parent_span_id: Some(&root_id),
+                    name: entry.name,
+                    kind: SpanKind::Internal,
+                    start_ns,
+                    end_ns: start_ns + entry.duration_ns,
+                    attributes: None,
+                    extra: &extra,
+                    failure: entry
+                        .seq
+                        .is_none()
+                        .then(|| failure_in(entry.name))
+                        .flatten(),
                 },
-                flags: SPAN_FLAGS,
-            });
+            );
         }
     }
 
-    /// The record's log record.
-    pub(crate) fn log(&mut self, item: &Item) -> LogRecord {
+    /// Writes the record's log record.
+    pub(crate) fn log(&mut self, item: &Item, out: &mut Messages) {
         let clock = self.clock;
         let (time_ns, warn, link) = match &item.record {
             Record::Connection(c) => (
@@ -196,48 +233,45 @@ impl Convert {
         } else {
             (SeverityNumber::Info, "INFO")
         };
-        let body = match &item.record {
-            Record::Anomaly(anomaly) => Some(AnyValue {
-                value: Some(string(anomaly.stuck.hint())),
-            }),
-            _ => None,
-        };
-        let (trace_id, span_id, flags) = match link {
-            Some((conn_id, span)) => (
-                self.ids.trace_id(conn_id).to_vec(),
-                self.ids.span_id(conn_id, span).to_vec(),
-                LOG_FLAGS,
-            ),
-            None => (Vec::new(), Vec::new(), 0),
-        };
-        LogRecord {
-            time_unix_nano: unix_ns(&clock, time_ns),
-            severity_number: severity_number as i32,
-            severity_text: severity_text.to_owned(),
-            body,
-            attributes: self.attributes(item).to_vec(),
-            flags,
-            trace_id,
-            span_id,
-            observed_time_unix_nano: super::unix_now_ns(),
-            event_name: format!("tcpobs.{}", item.event.as_str()),
+        let attributes = self.attributes(item);
+        let mut message = Message::new(&mut out.buf);
+        message
+            .fixed64(1, unix_ns(&clock, time_ns))
+            .varint(2, severity_number as u64)
+            .bytes(3, severity_text.as_bytes());
+        if let Record::Anomaly(anomaly) = &item.record {
+            message.any_string(5, anomaly.stuck.hint());
         }
+        message.attributes(6, attributes, false);
+        if let Some((conn_id, span)) = link {
+            message
+                .fixed32(8, LOG_FLAGS)
+                .bytes(9, &self.ids.trace_id(conn_id))
+                .bytes(10, &self.ids.span_id(conn_id, span));
+        }
+        message
+            .fixed64(11, super::unix_now_ns())
+            .bytes(12, event_name(item.event).as_bytes());
+        out.end();
     }
 }
 
 /// What a phase span says beyond its name and times.
-fn phase_attributes(connection: &ConnectionRecord, phase: &str) -> Vec<KeyValue> {
+fn phase_attributes<'a>(
+    connection: &'a ConnectionRecord,
+    phase: &str,
+) -> Vec<(&'static str, Scalar<'a>)> {
     match phase {
         "dns" => connection
             .dns()
-            .map(|dns| vec![kv("dns.question.name", string(&*dns.host))])
+            .map(|dns| vec![("dns.question.name", Scalar::Str(&dns.host))])
             .unwrap_or_default(),
         "tls" => connection
             .tls()
             .map(|tls| {
-                let mut attributes = vec![kv("tcpobs.tls.calls", Value::Int(i64::from(tls.calls)))];
+                let mut attributes = vec![("tcpobs.tls.calls", Scalar::Int(i64::from(tls.calls)))];
                 if let Some(ok) = tls.ok {
-                    attributes.push(kv("tcpobs.tls.ok", Value::Bool(ok)));
+                    attributes.push(("tcpobs.tls.ok", Scalar::Bool(ok)));
                 }
                 attributes
             })
@@ -250,10 +284,14 @@ fn phase_attributes(connection: &ConnectionRecord, phase: &str) -> Vec<KeyValue>
 mod tests {
     use std::sync::{Arc, OnceLock};
 
-    use super::*;
+    use prost::Message as _;
+
+    use super::{
+        super::proto::{KeyValue, LogRecord, Span, Value},
+        *,
+    };
     use crate::{
         config::live::Thresholds,
-        export::output::select::EventType,
         model::{
             Addrs, AnomalyRecord, Close, CloseKind, CloseOriginator, ConnectFailure, DnsLink,
             ExchangeSpan, Side, Stuck, StuckSet, TimelineSpans,
@@ -333,19 +371,38 @@ mod tests {
         Convert::new(clock, Arc::new(Ids::from_seed([7, 8])))
     }
 
-    fn attribute<'a>(attributes: &'a [KeyValue], key: &str) -> Option<&'a Value> {
+    fn attribute(attributes: &[KeyValue], key: &str) -> Option<Value> {
         attributes
             .iter()
             .find(|kv| kv.key == key)
-            .and_then(|kv| kv.value.as_ref()?.value.as_ref())
+            .and_then(|kv| kv.value.clone()?.value)
+    }
+
+    /// The spans written, as the schema reads them.
+    fn spans(convert: &mut Convert, item: &Item) -> Vec<Span> {
+        let mut out = Messages::default();
+        convert.spans(item, &mut out);
+        out.finish()
+            .into_iter()
+            .map(|bytes| Span::decode(bytes).unwrap())
+            .collect()
+    }
+
+    fn log(convert: &mut Convert, item: &Item) -> LogRecord {
+        let mut out = Messages::default();
+        convert.log(item, &mut out);
+        LogRecord::decode(out.finish().remove(0)).unwrap()
+    }
+
+    fn string(value: &str) -> Value {
+        Value::String(value.to_owned())
     }
 
     #[test]
     fn a_connection_is_a_span_tree_on_the_kernel_s_times() {
         let clock = Clock::default();
         let item = item(Record::Connection(connection()), EventType::Connection);
-        let mut spans = Vec::new();
-        converter(clock).spans(&item, &mut spans);
+        let spans = spans(&mut converter(clock), &item);
         let names: Vec<&str> = spans.iter().map(|s| s.name.as_str()).collect();
         assert_eq!(
             names,
@@ -366,6 +423,7 @@ mod tests {
             "from the resolution"
         );
         assert_eq!(root.end_time_unix_nano, unix_ns(&clock, 40_000));
+        assert_eq!((root.flags, root.parent_span_id.len()), (SPAN_FLAGS, 0));
         for child in &spans[1..] {
             assert_eq!(child.parent_span_id, root.span_id);
             assert_eq!(child.trace_id, root.trace_id);
@@ -379,11 +437,11 @@ mod tests {
         assert_eq!(durations, [500, 700, 3_000, 2_000, 1_000]);
         assert_eq!(
             attribute(&spans[3].attributes, "tcpobs.exchange.seq"),
-            Some(&Value::Int(1))
+            Some(Value::Int(1))
         );
         assert_eq!(
             attribute(&spans[1].attributes, "dns.question.name"),
-            Some(&string("api.example"))
+            Some(string("api.example"))
         );
         // A reset: the root and the close phase are errors, with the reason.
         let status = root.status.as_ref().unwrap();
@@ -393,20 +451,20 @@ mod tests {
         assert_eq!(spans[2].status, None);
         assert_eq!(
             attribute(&root.attributes, "error.type"),
-            Some(&string("reset"))
+            Some(string("reset"))
         );
         assert_eq!(
             attribute(&root.attributes, "server.address"),
-            Some(&string("api.example"))
+            Some(string("api.example"))
         );
         assert_eq!(
             attribute(&root.attributes, "network.transport"),
-            Some(&string("tcp"))
+            Some(string("tcp"))
         );
         assert_eq!(attribute(&root.attributes, "tcpobs.phases"), None);
         assert_eq!(
             attribute(&root.attributes, "tcpobs.phases_omitted"),
-            Some(&Value::Int(0))
+            Some(Value::Int(0))
         );
     }
 
@@ -419,15 +477,14 @@ mod tests {
         refused.last_exchange = None;
         refused.close.as_mut().unwrap().teardown_ns = None;
         let item = item(Record::Connection(refused), EventType::Connection);
-        let mut spans = Vec::new();
-        converter(Clock::default()).spans(&item, &mut spans);
+        let spans = spans(&mut converter(Clock::default()), &item);
         let status = spans[0].status.as_ref().unwrap();
         assert_eq!(status.message, "connect failed: refused");
         let connect = spans.iter().find(|s| s.name == "connect").unwrap();
         assert_eq!(connect.status, spans[0].status);
         assert_eq!(
             attribute(&spans[0].attributes, "error.type"),
-            Some(&string("refused"))
+            Some(string("refused"))
         );
     }
 
@@ -437,12 +494,13 @@ mod tests {
         let mut convert = converter(clock);
         let ids = Ids::from_seed([7, 8]);
         let conn = item(Record::Connection(connection()), EventType::Connection);
-        let log = convert.log(&conn);
+        let log = log(&mut convert, &conn);
         assert_eq!(log.event_name, "tcpobs.connection");
         assert_eq!(log.time_unix_nano, unix_ns(&clock, 40_000));
         assert_eq!(log.trace_id, ids.trace_id(42));
         assert_eq!(log.span_id, ids.span_id(42, SpanOf::Root));
         assert_eq!(log.severity_text, "WARN", "a reset is an anomaly");
+        assert_eq!(log.flags, LOG_FLAGS);
         assert!(attribute(&log.attributes, "tcpobs.phases").is_some());
         let anomaly = item(
             Record::Anomaly(AnomalyRecord {
@@ -458,7 +516,7 @@ mod tests {
             }),
             EventType::Anomaly,
         );
-        let log = convert.log(&anomaly);
+        let log = super::tests::log(&mut convert, &anomaly);
         assert_eq!(log.severity_number, SeverityNumber::Warn as i32);
         assert_eq!(log.event_name, "tcpobs.anomaly");
         assert_eq!(log.time_unix_nano, unix_ns(&clock, 5_000));
@@ -473,11 +531,11 @@ mod tests {
         );
         assert_eq!(
             attribute(&log.attributes, "tcpobs.phase"),
-            Some(&string("close_wait"))
+            Some(string("close_wait"))
         );
         assert_eq!(
             attribute(&log.attributes, "tcpobs.threshold_s"),
-            Some(&Value::Double(2e-6))
+            Some(Value::Double(2e-6))
         );
     }
 }

@@ -24,7 +24,6 @@ use std::{
 };
 
 use bytes::Bytes;
-use prost::Message as _;
 use tokio::{sync::mpsc, time::Instant};
 use tracing::{info, warn};
 
@@ -35,7 +34,8 @@ use super::{
         ExportLogsServiceRequest, ExportTraceServiceRequest, InstrumentationScope, ResourceLogs,
         ResourceSpans, ScopeLogs, ScopeSpans,
     },
-    transport::{Client, ExportError},
+    transport::{Client, ExportError, framed},
+    wire::Messages,
 };
 use crate::config::otlp::{Batching, Signal, Target};
 
@@ -266,6 +266,8 @@ async fn run(
     mut sender: Sender,
 ) {
     let mut batch: Vec<Arc<Item>> = Vec::with_capacity(batching.batch);
+    // Bytes per record of the last batch: the next one's buffer is sized from it.
+    let mut per_item = 2048;
     loop {
         // Wait for a first record, then for the batch to fill or its delay to pass.
         let Some(first) = receiver.recv().await else {
@@ -279,7 +281,9 @@ async fn run(
                 Ok(None) | Err(_) => break,
             }
         }
-        let message = encode(sender.signal, &batch, &mut convert, &resource);
+        let mut out = Messages::with_capacity(batch.len() * per_item);
+        let message = encode(sender.signal, &batch, &mut convert, &resource, &mut out);
+        per_item = message.len() / batch.len() + 64;
         sender.send(message, batch.len() as u64).await;
         batch.clear();
     }
@@ -290,36 +294,38 @@ fn encode(
     batch: &[Arc<Item>],
     convert: &mut Convert,
     resource: &super::proto::Resource,
+    out: &mut Messages,
 ) -> Bytes {
     let resource = Some(resource.clone());
-    let bytes = match signal {
+    match signal {
         Signal::Traces => {
-            let mut spans = Vec::with_capacity(batch.len() * 6);
             for item in batch {
-                convert.spans(item, &mut spans);
+                convert.spans(item, out);
             }
-            ExportTraceServiceRequest {
+            framed(&ExportTraceServiceRequest {
                 resource_spans: vec![ResourceSpans {
                     resource,
                     scope_spans: vec![ScopeSpans {
                         scope: Some(scope()),
-                        spans,
+                        spans: out.take(),
                     }],
                 }],
-            }
-            .encode_to_vec()
+            })
         }
         // (Metrics have a task of their own.)
-        Signal::Logs | Signal::Metrics => ExportLogsServiceRequest {
-            resource_logs: vec![ResourceLogs {
-                resource,
-                scope_logs: vec![ScopeLogs {
-                    scope: Some(scope()),
-                    log_records: batch.iter().map(|item| convert.log(item)).collect(),
+        Signal::Logs | Signal::Metrics => {
+            for item in batch {
+                convert.log(item, out);
+            }
+            framed(&ExportLogsServiceRequest {
+                resource_logs: vec![ResourceLogs {
+                    resource,
+                    scope_logs: vec![ScopeLogs {
+                        scope: Some(scope()),
+                        log_records: out.take(),
+                    }],
                 }],
-            }],
+            })
         }
-        .encode_to_vec(),
-    };
-    Bytes::from(bytes)
+    }
 }

@@ -14,9 +14,7 @@
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
-use bytes::Bytes;
 use prometheus_client::registry::Registry;
-use prost::Message as _;
 use tokio::sync::oneshot;
 
 use super::{
@@ -27,6 +25,7 @@ use super::{
         HistogramDataPoint, KeyValue, Metric, Number, NumberDataPoint, Resource, ResourceMetrics,
         ScopeMetrics, Sum,
     },
+    transport::framed,
 };
 
 /// Families sent under an OpenTelemetry name: (Prometheus family, OTLP name, unit, what
@@ -469,9 +468,7 @@ impl MetricsTask {
             }],
         };
         sender.offered(points);
-        sender
-            .send(Bytes::from(message.encode_to_vec()), points)
-            .await;
+        sender.send(framed(&message), points).await;
     }
 }
 

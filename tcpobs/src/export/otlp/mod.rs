@@ -21,6 +21,7 @@ mod lanes;
 mod metrics;
 mod proto;
 mod transport;
+mod wire;
 
 use std::{
     io,
@@ -45,8 +46,9 @@ use self::{
     convert::Convert,
     lanes::{Counts, Dropped, Lane, OtlpCounts, Sender},
     metrics::MetricsTask,
-    proto::{KeyValue, Resource},
+    proto::Resource,
     transport::Reason,
+    wire::Attributes,
 };
 use super::output::{
     Sink,
@@ -79,7 +81,7 @@ pub(crate) struct Item {
     /// The thresholds when it was selected (a connection's anomalies depend on them).
     thresholds: Thresholds,
     /// Its event's attributes, worked out by the first lane that needs them.
-    attributes: OnceLock<Vec<KeyValue>>,
+    attributes: OnceLock<Attributes>,
 }
 
 /// The counters of OTLP export, for `/metrics`.
@@ -426,6 +428,11 @@ mod tests {
                         return StatusCode::SERVICE_UNAVAILABLE;
                     }
                     let request = proto::ExportLogsServiceRequest::decode(body).unwrap();
+                    for record in request.resource_logs.iter().flat_map(|r| &r.scope_logs) {
+                        for log in &record.log_records {
+                            proto::LogRecord::decode(log.clone()).unwrap();
+                        }
+                    }
                     let records: usize = request
                         .resource_logs
                         .iter()

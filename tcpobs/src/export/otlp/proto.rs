@@ -9,6 +9,14 @@
 //! `opentelemetry` and `opentelemetry_sdk` (they are not optional dependencies of it) for the
 //! conversions from the SDK's types that tcpobs does not use. The receivers of the
 //! integration tests decode these messages with the official Python bindings.
+//!
+//! Spans and log records, the bulk of what is sent, are written by hand ([`wire`](super::wire):
+//! a record's attributes are encoded once and copied into its span and its log record), so
+//! the scopes hold them as encoded messages (`repeated bytes`: on the wire, a `bytes` field
+//! and an embedded message are the same). [`Span`] and [`LogRecord`] here are how the schema
+//! reads them back, for the tests.
+
+use bytes::Bytes;
 
 /// `opentelemetry.proto.common.v1.AnyValue`.
 #[derive(Clone, PartialEq, prost::Message)]
@@ -94,11 +102,13 @@ pub(crate) struct ResourceSpans {
 pub(crate) struct ScopeSpans {
     #[prost(message, optional, tag = "1")]
     pub scope: Option<InstrumentationScope>,
-    #[prost(message, repeated, tag = "2")]
-    pub spans: Vec<Span>,
+    /// Encoded [`Span`]s.
+    #[prost(bytes = "bytes", repeated, tag = "2")]
+    pub spans: Vec<Bytes>,
 }
 
 /// `opentelemetry.proto.trace.v1.Span`.
+#[cfg(test)]
 #[derive(Clone, PartialEq, prost::Message)]
 pub(crate) struct Span {
     /// 16 bytes.
@@ -138,6 +148,7 @@ pub(crate) enum SpanKind {
 }
 
 /// `opentelemetry.proto.trace.v1.Status`.
+#[cfg(test)]
 #[derive(Clone, PartialEq, prost::Message)]
 pub(crate) struct Status {
     #[prost(string, tag = "2")]
@@ -176,11 +187,13 @@ pub(crate) struct ResourceLogs {
 pub(crate) struct ScopeLogs {
     #[prost(message, optional, tag = "1")]
     pub scope: Option<InstrumentationScope>,
-    #[prost(message, repeated, tag = "2")]
-    pub log_records: Vec<LogRecord>,
+    /// Encoded [`LogRecord`]s.
+    #[prost(bytes = "bytes", repeated, tag = "2")]
+    pub log_records: Vec<Bytes>,
 }
 
 /// `opentelemetry.proto.logs.v1.LogRecord`.
+#[cfg(test)]
 #[derive(Clone, PartialEq, prost::Message)]
 pub(crate) struct LogRecord {
     #[prost(fixed64, tag = "1")]

@@ -79,6 +79,19 @@ impl Reason {
     }
 }
 
+/// An Export request, encoded after gRPC's 5-byte frame header (not compressed, then the
+/// length, big-endian): OTLP/gRPC sends it all, OTLP/HTTP from the sixth byte, and neither
+/// copies the message again.
+pub(crate) fn framed(message: &impl prost::Message) -> Bytes {
+    let len = message.encoded_len();
+    let mut buf = Vec::with_capacity(5 + len);
+    buf.push(0);
+    buf.extend_from_slice(&u32::try_from(len).unwrap_or(u32::MAX).to_be_bytes());
+    // A Vec grows as needed: encoding into it cannot fail.
+    let _ = message.encode(&mut buf);
+    Bytes::from(buf)
+}
+
 fn transport(err: impl fmt::Display) -> ExportError {
     ExportError::Transport(err.to_string())
 }
@@ -102,8 +115,8 @@ impl Client {
         }
     }
 
-    /// Sends one encoded Export request; the whole exchange, connecting included, is bounded
-    /// by the target's timeout.
+    /// Sends one Export request, [`framed`]; the whole exchange, connecting included, is
+    /// bounded by the target's timeout.
     pub(crate) async fn send(&mut self, message: Bytes) -> Result<(), ExportError> {
         let timeout = self.target.timeout;
         match tokio::time::timeout(timeout, self.exchange(message)).await {
@@ -161,7 +174,7 @@ impl Client {
                 let mut request = Request::post(target.path.as_str())
                     .header(HOST, target.authority.as_str())
                     .header(CONTENT_TYPE, "application/x-protobuf")
-                    .body(Full::new(message))
+                    .body(Full::new(message.slice(5..)))
                     .map_err(transport)?;
                 request.headers_mut().extend(target.headers.iter().cloned());
                 sender.ready().await.map_err(transport)?;
@@ -185,16 +198,11 @@ impl Client {
                 })
             }
             Connection::Http2(sender) => {
-                let length = u32::try_from(message.len()).map_err(transport)?;
-                let mut framed = Vec::with_capacity(5 + message.len());
-                framed.push(0); // not compressed
-                framed.extend_from_slice(&length.to_be_bytes());
-                framed.extend_from_slice(&message);
                 let uri = format!("http://{}{}", target.authority, target.path);
                 let mut request = Request::post(uri)
                     .header(CONTENT_TYPE, "application/grpc")
                     .header("te", "trailers")
-                    .body(Full::new(Bytes::from(framed)))
+                    .body(Full::new(message))
                     .map_err(transport)?;
                 request.headers_mut().extend(target.headers.iter().cloned());
                 sender.ready().await.map_err(transport)?;
