@@ -831,6 +831,33 @@ mod tests {
         }
     }
 
+    /// The flags are config file keys too, like every flag.
+    #[test]
+    fn the_flags_come_from_the_config_file_too() {
+        let path = std::env::temp_dir().join(format!("tcpobs-otlp-{}.toml", std::process::id()));
+        std::fs::write(
+            &path,
+            "otlp-endpoint = \"http://127.0.0.1:4317\"\notlp-protocol = \"grpc\"\n\
+             otlp_signals = [\"logs\"]\n",
+        )
+        .unwrap();
+        let settings = crate::config::Sources::new(["tcpobs", "--config", path.to_str().unwrap()])
+            .load()
+            .unwrap()
+            .otlp;
+        let _ = std::fs::remove_file(&path);
+        assert_eq!(
+            place(settings.target(Signal::Logs)),
+            Some((
+                "127.0.0.1:4317",
+                "/opentelemetry.proto.collector.logs.v1.LogsService/Export",
+                Protocol::Grpc
+            ))
+        );
+        assert_eq!(settings.target(Signal::Traces), None);
+        assert!(!settings.needs_exchange_records());
+    }
+
     #[test]
     fn percent_decoding() {
         assert_eq!(percent_decode("a%20b%2Cc"), "a b,c");
