@@ -12,13 +12,14 @@
 //! `tcpobs_` prefix and the unit suffix (`_seconds`: unit `s`), labels unchanged.
 //! [`MAPPING`] is the table the README shows.
 
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
 use prometheus_client::registry::Registry;
 use tokio::sync::oneshot;
 
 use super::{
     attributes::{kv, string},
+    exposition::{Family, parse},
     lanes::{Sender, scope},
     proto::{
         AggregationTemporality, Data, ExportMetricsServiceRequest, Gauge, Histogram,
@@ -76,114 +77,6 @@ pub(crate) const MAPPING: [(&str, &str, &str, &str); 6] = [
 /// Describes the merged `system.network.tcp.connections`.
 const CONNECTIONS_HELP: &str =
     "TCP connection establishment outcomes: established, or failed (error.type)";
-
-/// One family of the exposition.
-#[derive(Debug, PartialEq)]
-struct Family<'a> {
-    name: &'a str,
-    kind: &'a str,
-    help: String,
-    samples: Vec<Sample<'a>>,
-}
-
-#[derive(Debug, PartialEq)]
-struct Sample<'a> {
-    /// The family's name plus a suffix (`_total`, `_bucket`, ...).
-    name: &'a str,
-    labels: Vec<(&'a str, String)>,
-    value: f64,
-}
-
-fn unescape(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut chars = text.chars();
-    while let Some(c) = chars.next() {
-        match (c, c == '\\') {
-            (_, true) => match chars.next() {
-                Some('n') => out.push('\n'),
-                Some(other) => out.push(other),
-                None => out.push('\\'),
-            },
-            (c, false) => out.push(c),
-        }
-    }
-    out
-}
-
-/// `name{a="x",b="y"} value` (a timestamp or an exemplar after the value is ignored).
-fn sample(line: &str) -> Option<Sample<'_>> {
-    let name_end = line.find(['{', ' '])?;
-    let name = &line[..name_end];
-    let mut rest = &line[name_end..];
-    let mut labels = Vec::new();
-    if let Some(inner) = rest.strip_prefix('{') {
-        rest = inner;
-        loop {
-            rest = rest.trim_start_matches(',');
-            if let Some(after) = rest.strip_prefix('}') {
-                rest = after;
-                break;
-            }
-            let (key, after) = rest.split_once("=\"")?;
-            // The value ends at the first quote that is not escaped.
-            let mut end = None;
-            let mut escaped = false;
-            for (at, c) in after.char_indices() {
-                match (c, escaped) {
-                    ('\\', false) => escaped = true,
-                    ('"', false) => {
-                        end = Some(at);
-                        break;
-                    }
-                    _ => escaped = false,
-                }
-            }
-            let end = end?;
-            labels.push((key, unescape(&after[..end])));
-            rest = &after[end + 1..];
-        }
-    }
-    let value = rest.split_whitespace().next()?;
-    let value = match value {
-        "+Inf" => f64::INFINITY,
-        "-Inf" => f64::NEG_INFINITY,
-        other => other.parse().ok()?,
-    };
-    Some(Sample {
-        name,
-        labels,
-        value,
-    })
-}
-
-/// The families of an OpenMetrics (or Prometheus text) exposition.
-fn parse(text: &str) -> Vec<Family<'_>> {
-    let mut families: Vec<Family<'_>> = Vec::new();
-    let mut help: HashMap<&str, String> = HashMap::new();
-    for line in text.lines() {
-        if let Some(rest) = line.strip_prefix("# HELP ") {
-            if let Some((name, text)) = rest.split_once(' ') {
-                help.insert(name, unescape(text));
-            }
-        } else if let Some(rest) = line.strip_prefix("# TYPE ") {
-            if let Some((name, kind)) = rest.split_once(' ') {
-                families.push(Family {
-                    name,
-                    kind: kind.trim(),
-                    help: help.remove(name).unwrap_or_default(),
-                    samples: Vec::new(),
-                });
-            }
-        } else if !line.starts_with('#')
-            && let Some(sample) = sample(line)
-            && let Some(family) = families.last_mut()
-            && sample.name.starts_with(family.name)
-        {
-            family.samples.push(sample);
-        }
-    }
-    families
-}
 
 /// How a family is sent: its name, unit, and what each label becomes (`None`: left out).
 struct Naming {

@@ -17,6 +17,7 @@
 
 mod attributes;
 mod convert;
+mod exposition;
 mod lanes;
 mod metrics;
 mod proto;
