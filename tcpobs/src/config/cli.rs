@@ -38,6 +38,10 @@ justniffer-style lines. Prometheus metrics, health, the live connection table an
 settings are served on --listen. On SIGINT or SIGTERM it detaches, reports connections still
 open as partial, and exits 0; on SIGHUP it re-reads --config.
 
+With --otlp-endpoint (or OTEL_EXPORTER_OTLP_ENDPOINT) it also sends each connection as a trace,
+the events as log records and the metrics to an OpenTelemetry collector, by OTLP/HTTP or
+OTLP/gRPC; the other OTEL_EXPORTER_OTLP_* and OTEL_* variables apply.
+
 Every setting can also come from a TCPOBS_* environment variable or a key of the --config
 file (the long flag name); a flag beats the environment, which beats the file.";
 
