@@ -20,7 +20,8 @@
 //!
 //! Queues and batches: `OTEL_BSP_*` (traces) and `OTEL_BLRP_*` (logs) `SCHEDULE_DELAY`,
 //! `MAX_QUEUE_SIZE`, `MAX_EXPORT_BATCH_SIZE`; the metrics' period is
-//! `OTEL_METRIC_EXPORT_INTERVAL`. The resource: `service.name` `tcpobs` (or
+//! `OTEL_METRIC_EXPORT_INTERVAL`, their temporality cumulative (the only
+//! `OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE` taken). The resource: `service.name` `tcpobs` (or
 //! `OTEL_SERVICE_NAME`), `service.version`, `host.name`, and `OTEL_RESOURCE_ATTRIBUTES` (which
 //! wins; `k8s.node.name` comes from there).
 //!
@@ -236,7 +237,23 @@ pub(crate) fn resolve(
     settings.traces = batching(&var, "OTEL_BSP", settings.traces)?;
     settings.logs = batching(&var, "OTEL_BLRP", settings.logs)?;
     if let Some(ms) = millis(&var, "OTEL_METRIC_EXPORT_INTERVAL")? {
+        if ms.is_zero() {
+            return Err(refuse("OTEL_METRIC_EXPORT_INTERVAL", "must be above zero"));
+        }
         settings.metrics_interval = ms;
+    }
+    let temporality = "OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE";
+    match var(temporality).map(|v| v.to_ascii_lowercase()).as_deref() {
+        None | Some("cumulative") => {}
+        Some(other) => {
+            return Err(refuse(
+                temporality,
+                format!(
+                    "`{other}`: tcpobs sends cumulative metrics (its counters and histograms \
+                     run from its start)"
+                ),
+            ));
+        }
     }
     if let Some(disabled) = var("OTEL_SDK_DISABLED") {
         match disabled.to_ascii_lowercase().as_str() {

@@ -265,6 +265,18 @@ fn bad_values_name_the_setting() {
             "console",
         ),
         (
+            flags(Some("http://c")),
+            &[("OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE", "delta")][..],
+            "OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE",
+            "cumulative",
+        ),
+        (
+            flags(Some("http://c")),
+            &[("OTEL_METRIC_EXPORT_INTERVAL", "0")][..],
+            "OTEL_METRIC_EXPORT_INTERVAL",
+            "above zero",
+        ),
+        (
             signals_only,
             &[][..],
             "--otlp-signals",
