@@ -172,3 +172,21 @@ pub fn run(root: &Path, binary: &Path, mode: Mode, report: &mut Report) -> Resul
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn otlp_counters_sum_over_traces_and_logs() {
+        let exposition = "\
+tcpobs_otlp_dropped_total{signal=\"traces\",reason=\"queue_full\"} 3
+tcpobs_otlp_dropped_total{signal=\"logs\",reason=\"export_failed\"} 4
+tcpobs_otlp_dropped_total{signal=\"metrics\",reason=\"queue_full\"} 100
+tcpobs_otlp_exported_total{signal=\"traces\"} 10
+";
+        assert_eq!(otlp_total(exposition, "tcpobs_otlp_dropped_total"), 7.0);
+        assert_eq!(otlp_total(exposition, "tcpobs_otlp_exported_total"), 10.0);
+        assert_eq!(otlp_total(exposition, "tcpobs_otlp_offered_total"), 0.0);
+    }
+}
