@@ -121,6 +121,19 @@ impl Convert {
             attributes::from_event(line.as_bytes(), |writer| {
                 if let Record::Connection(connection) = &item.record {
                     attributes::network(writer, connection.addrs.local().ip());
+                    // The idle gaps and response times its exchanges had at most (the JSON
+                    // event only shows them through `anomalies`).
+                    for (key, ns) in [
+                        ("tcpobs.max_idle_s", connection.max_idle_ns),
+                        (
+                            "tcpobs.max_response_begin_s",
+                            connection.max_response_begin_ns,
+                        ),
+                    ] {
+                        if let Some(ns) = ns {
+                            writer.scalar(key, Scalar::Double(ns as f64 / 1e9));
+                        }
+                    }
                     if let Some(failure) = attributes::failures(connection).first() {
                         writer.scalar("error.type", Scalar::Str(failure.error_type));
                     }
@@ -355,7 +368,7 @@ mod tests {
             }),
             tcp: None,
             max_response_begin_ns: None,
-            max_idle_ns: None,
+            max_idle_ns: Some(2_500),
             stuck: StuckSet::default(),
             stuck_at_end: None,
             spans: Some(Box::new(spans)),
@@ -465,6 +478,10 @@ mod tests {
         assert_eq!(
             attribute(&root.attributes, "tcpobs.phases_omitted"),
             Some(Value::Int(0))
+        );
+        assert_eq!(
+            attribute(&root.attributes, "tcpobs.max_idle_s"),
+            Some(Value::Double(2.5e-6))
         );
     }
 
