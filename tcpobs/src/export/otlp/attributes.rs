@@ -273,7 +273,7 @@ mod tests {
 
     #[test]
     fn event_fields_become_conventional_attributes() {
-        let line = br#"{"type":"connection","schema_version":1,"id":7,"time":"t","start":"s","local_ip":"127.0.0.1","local_port":40000,"remote_port":443,"pid":9,"comm":"curl","dns_host":"api.example","connect_s":0.000078527,"teardown_s":0,"pod":null,"stuck":[],"phases":[{"name":"dns","seq":null}],"open":false}
+        let line = br#"{"type":"connection","schema_version":1,"id":7,"time":"t","start":"s","local_ip":"127.0.0.1","local_port":40000,"remote_port":443,"pid":9,"comm":"curl","dns_host":"api.example","connect_s":0.000078527,"teardown_s":0,"container_id":"c0ffee","pod_uid":"u-1","namespace":"shop","pod":"web-1","stuck":[],"phases":[{"name":"dns","seq":null}],"open":false}
 "#;
         let encoded = from_event(line, |writer| {
             writer.scalar("error.type", Scalar::Str("reset"));
@@ -315,11 +315,19 @@ mod tests {
             Some(&Value::Array(ArrayValue { values: vec![] }))
         );
         assert_eq!(find(&attributes, "error.type"), Some(&string("reset")));
+        for (key, value) in [
+            ("container.id", "c0ffee"),
+            ("k8s.pod.uid", "u-1"),
+            ("k8s.namespace.name", "shop"),
+            ("k8s.pod.name", "web-1"),
+        ] {
+            assert_eq!(find(&attributes, key), Some(&string(value)), "{key}");
+        }
         for gone in [
             "type",
             "tcpobs.type",
             "tcpobs.time",
-            "k8s.pod.name",
+            "tcpobs.pod",
             "tcpobs.phases",
             "tcpobs.start",
         ] {
