@@ -74,7 +74,7 @@ pub(crate) struct Counts {
     pub exported: AtomicU64,
     /// By [`Dropped`].
     pub dropped: [AtomicU64; 3],
-    /// Failed requests (each attempt), by [`Reason`].
+    /// Failed requests (each attempt), by [`Reason`](super::transport::Reason).
     pub errors: [AtomicU64; 3],
 }
 

@@ -13,7 +13,7 @@
 //! Spans and log records, the bulk of what is sent, are written by hand ([`wire`](super::wire):
 //! a record's attributes are encoded once and copied into its span and its log record), so
 //! the scopes hold them as encoded messages (`repeated bytes`: on the wire, a `bytes` field
-//! and an embedded message are the same). [`Span`] and [`LogRecord`] here are how the schema
+//! and an embedded message are the same). `Span` and `LogRecord` here are how the schema
 //! reads them back, for the tests.
 
 use bytes::Bytes;
@@ -102,7 +102,7 @@ pub(crate) struct ResourceSpans {
 pub(crate) struct ScopeSpans {
     #[prost(message, optional, tag = "1")]
     pub scope: Option<InstrumentationScope>,
-    /// Encoded [`Span`]s.
+    /// Encoded `Span`s.
     #[prost(bytes = "bytes", repeated, tag = "2")]
     pub spans: Vec<Bytes>,
 }
@@ -187,7 +187,7 @@ pub(crate) struct ResourceLogs {
 pub(crate) struct ScopeLogs {
     #[prost(message, optional, tag = "1")]
     pub scope: Option<InstrumentationScope>,
-    /// Encoded [`LogRecord`]s.
+    /// Encoded `LogRecord`s.
     #[prost(bytes = "bytes", repeated, tag = "2")]
     pub log_records: Vec<Bytes>,
 }
