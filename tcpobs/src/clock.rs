@@ -1,9 +1,11 @@
 //! Time. The kernel stamps every event with `CLOCK_MONOTONIC` nanoseconds
 //! (`bpf_ktime_get_ns`), and the tracker and hang detector work in that clock throughout;
-//! only the outputs (JSON events, justniffer lines, `/connections`) turn it into wall-clock
+//! only the outputs (JSON events, justniffer lines, OTLP, `/connections`) turn it into wall-clock
 //! time, through a [`WallClock`]. The daemon's is [`Clock`]: the offset between the two
 //! clocks, read once at start-up, so that every timestamp of a run is consistent even if the
 //! system clock is stepped meanwhile.
+
+use std::sync::OnceLock;
 
 use chrono::{DateTime, Utc};
 
@@ -39,10 +41,13 @@ pub struct Clock {
 }
 
 impl Clock {
+    /// The process's clock: the offset is read once, at the first call, so that every
+    /// output (JSON events, OTLP, `/connections`) gives one kernel timestamp the same time.
     pub fn new() -> Self {
+        static OFFSET: OnceLock<i128> = OnceLock::new();
         Self {
-            realtime_minus_monotonic_ns: clock_ns(libc::CLOCK_REALTIME)
-                - clock_ns(libc::CLOCK_MONOTONIC),
+            realtime_minus_monotonic_ns: *OFFSET
+                .get_or_init(|| clock_ns(libc::CLOCK_REALTIME) - clock_ns(libc::CLOCK_MONOTONIC)),
         }
     }
 }
@@ -81,5 +86,11 @@ mod tests {
         let wall = clock.wall(monotonic_now_ns());
         let skew = (Utc::now() - wall).num_milliseconds().abs();
         assert!(skew < 1_000, "{wall} is {skew} ms off the system clock");
+    }
+
+    #[test]
+    fn every_clock_of_the_process_agrees() {
+        let now = monotonic_now_ns();
+        assert_eq!(Clock::new().unix_ns(now), Clock::new().unix_ns(now));
     }
 }

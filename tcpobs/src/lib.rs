@@ -9,7 +9,8 @@
 //!            then read what they send (reader, decode); report: what loading says
 //! tracker/   kernel events -> connection, exchange and anomaly records (pure, no I/O)
 //! model/     the records, and what they are made of
-//! export/    where records go: output (JSON events, justniffer lines), metrics, http
+//! export/    where records go: output (JSON events, justniffer lines), metrics, http, otlp
+//!            (OpenTelemetry: traces, logs and metrics to a collector)
 //! metadata/  container and pod of a connection's process
 //! app/       the daemon: the pipeline loop (daemon), HTTP server, signals, systemd
 //! clock.rs   the kernel's clock and wall-clock time;  sync.rs  shared-state locks

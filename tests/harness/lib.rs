@@ -6,10 +6,13 @@
 //!
 //! The phase probes (uprobes on the C library and libssl) see every process on the host, so
 //! phase tests pick their records by the pids of the processes they start.
+//!
+//! The OpenTelemetry export tests receive with real OTLP receivers ([`otlp`]).
 
 pub mod daemon;
 pub mod netns;
 pub mod nginx;
+pub mod otlp;
 pub mod phases;
 pub mod prometheus;
 pub mod traffic;

@@ -18,6 +18,7 @@ mod kubernetes;
 mod lifecycle;
 mod metadata;
 mod netns;
+mod otlp;
 mod phases;
 mod runtime;
 mod systemd;

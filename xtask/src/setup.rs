@@ -12,7 +12,10 @@
 //!   firmware for other architectures).
 //! - Python tools in a project-local virtual environment ([`VENV`]), from PyPI: the Kubernetes
 //!   schema validator `kubernetes-validate` (it ships the schemas, so it works offline) and
-//!   the Prometheus Operator's models, for the ServiceMonitor.
+//!   the Prometheus Operator's models, for the ServiceMonitor; OTLP receivers for the
+//!   OpenTelemetry export tests: `rotel` (a collector with OTLP/gRPC and OTLP/HTTP receivers
+//!   and a debug output of what it got) and the official `opentelemetry-proto` bindings with
+//!   `grpcio`, which the tests' own small receiver is built on.
 //! - The nightly toolchain's `rust-src` (the kernel programs build `core` for
 //!   `bpfel-unknown-none`).
 //! - `bpf-linker` 0.13.0 built against LLVM 22 (the nightly's LLVM).
@@ -67,6 +70,11 @@ pub const VENV: &str = "target/tools/venv";
 const PYTHON_TOOLS: &[&str] = &[
     "kubernetes-validate==1.37.0",
     "cloudcoil-models-prometheus-operator==0.80.1.0",
+    // rotel has pre-releases only; its wheel bundles the collector (rotel-agent).
+    "rotel==0.0.1a15",
+    "opentelemetry-proto==1.45.2",
+    "protobuf==7.36.2",
+    "grpcio==1.85.4",
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";

@@ -37,6 +37,7 @@ use crate::{
             webconfig::WebConfigError,
         },
         metrics::{Metrics, collect::Scrape},
+        otlp::{Otlp, OtlpMetrics, Tee, unix_now_ns},
         output::{
             Output,
             writer::{ReopenHandle, STOP_DEADLINE},
@@ -212,6 +213,7 @@ pub async fn run(
     mut output: Output,
     set_log_level: LogLevelSetter,
 ) -> Result<(), AppError> {
+    let started_ns = unix_now_ns();
     // Before anything else, so that an unprivileged run says only that.
     loader::check_privileges()?;
     let open_files = raise_open_file_limit();
@@ -239,10 +241,12 @@ pub async fn run(
     let health = Arc::default();
     let mut registry = Registry::default();
     let mut metrics = Metrics::new(&mut registry, &settings.labels, settings.label_series_cap);
+    let mut shared_metadata = None;
     if metadata::is_cgroup2(&settings.meta_roots.cgroup) {
         let metadata = Arc::new(Metadata::new(settings.meta_roots.clone()));
         metrics.set_metadata(Arc::clone(&metadata));
-        output.set_metadata(metadata);
+        output.set_metadata(Arc::clone(&metadata));
+        shared_metadata = Some(metadata);
     } else {
         info!(
             root = %settings.meta_roots.cgroup.display(),
@@ -260,9 +264,14 @@ pub async fn run(
         output: output.counts(),
     }));
     let http_metrics = HttpMetrics::new(&mut registry);
+    let otlp_metrics = OtlpMetrics::new(&settings.otlp);
+    if let Some(otlp_metrics) = &otlp_metrics {
+        registry.register_collector(Box::new(otlp_metrics.clone()));
+    }
+    let registry = Arc::new(registry);
     let (stop_http, http_stopped) = watch::channel(false);
     let state = AppState {
-        registry: Arc::new(registry),
+        registry: Arc::clone(&registry),
         tracker: Arc::clone(&tracker),
         control: Arc::clone(&control),
         readiness: Arc::clone(&readiness),
@@ -357,14 +366,28 @@ pub async fn run(
         drain: settings.drain_interval,
         sweep: settings.sweep_interval,
     };
+    let mut otlp = otlp_metrics.map(|otlp_metrics| {
+        Otlp::start(
+            &settings.otlp,
+            &otlp_metrics,
+            Arc::clone(&registry),
+            shared_metadata,
+            Clock::new(),
+            started_ns,
+        )
+    });
+    let mut sinks = Tee {
+        output: &mut output,
+        otlp: otlp.as_mut(),
+    };
     tracer
-        .run(&mut output, timing, live, shutdown_signal())
+        .run(&mut sinks, timing, live, shutdown_signal())
         .await?;
     if let Some(notifier) = &notifier {
         notifier.notify("STOPPING=1\nSTATUS=stopping: draining events");
     }
     readiness.set_not_ready("stopping");
-    let mut stats = tracer.stop(&mut output)?;
+    let mut stats = tracer.stop(&mut sinks)?;
     // A reader of the output that stopped reading delays the exit by a few seconds at most.
     let closed = output.close(STOP_DEADLINE, |totals| {
         Stats {
@@ -374,6 +397,9 @@ pub async fn run(
         .to_json_line()
     });
     stats.output = closed.totals;
+    if let Some(otlp) = otlp {
+        otlp.stop().await;
+    }
     info!(?stats, "stopped");
     let _ = stop_http.send(true);
     for server in servers {

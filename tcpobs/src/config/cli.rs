@@ -5,7 +5,10 @@ use std::{path::PathBuf, time::Duration};
 use clap::{Parser, ValueEnum};
 
 use crate::{
-    config::live::{CgroupRef, Cidr, EventSelection, Sample, ValueError},
+    config::{
+        live::{CgroupRef, Cidr, EventSelection, Sample, ValueError},
+        otlp::{Protocol, Signal},
+    },
     export::metrics::labels::LabelSpec,
     kernel::loader::{StrategyChoice, StrategyError, TracepointMode},
 };
@@ -35,6 +38,10 @@ justniffer-style lines. Prometheus metrics and health are served on --listen (TL
 auth with --web-config-file); the live connection table and runtime settings on
 --admin-listen (a Unix socket by default). On SIGINT or SIGTERM it detaches, reports connections still
 open as partial, and exits 0; on SIGHUP it re-reads --config.
+
+With --otlp-endpoint (or OTEL_EXPORTER_OTLP_ENDPOINT) it also sends each connection as a trace,
+the events as log records and the metrics to an OpenTelemetry collector, by OTLP/HTTP or
+OTLP/gRPC; the other OTEL_EXPORTER_OTLP_* and OTEL_* variables apply.
 
 Every setting can also come from a TCPOBS_* environment variable or a key of the --config
 file (the long flag name); a flag beats the environment, which beats the file.";
@@ -336,6 +343,33 @@ pub struct Cli {
         hide_short_help = true
     )]
     pub(crate) pod_log_root: PathBuf,
+
+    /// Send traces, logs and metrics by OTLP to this collector (`http://HOST:PORT`; no TLS),
+    /// as OTEL_EXPORTER_OTLP_ENDPOINT does (which it replaces; the per-signal
+    /// OTEL_EXPORTER_OTLP_{TRACES,LOGS,METRICS}_ENDPOINT replace it). Off unless an endpoint
+    /// is given. See the README's OpenTelemetry section for the OTEL_* variables.
+    #[arg(long, value_name = "URL", env = "TCPOBS_OTLP_ENDPOINT")]
+    pub(crate) otlp_endpoint: Option<String>,
+
+    /// OTLP transport: `http/protobuf` (default) or `grpc`, as OTEL_EXPORTER_OTLP_PROTOCOL.
+    #[arg(
+        long,
+        value_enum,
+        value_name = "PROTOCOL",
+        env = "TCPOBS_OTLP_PROTOCOL"
+    )]
+    pub(crate) otlp_protocol: Option<Protocol>,
+
+    /// Which OTLP signals to send (all three by default): `traces` (one trace per
+    /// connection), `logs` (the events), `metrics`. Comma-separated.
+    #[arg(
+        long,
+        value_enum,
+        value_name = "SIGNALS",
+        env = "TCPOBS_OTLP_SIGNALS",
+        value_delimiter = ','
+    )]
+    pub(crate) otlp_signals: Option<Vec<Signal>>,
 
     /// Kernel BTF to read `struct sock` offsets from.
     #[arg(

@@ -12,6 +12,7 @@ mod cli;
 pub mod control;
 mod file;
 pub mod live;
+pub mod otlp;
 mod sources;
 
 use std::{fmt, net::SocketAddr, path::PathBuf, time::Duration};
@@ -24,6 +25,7 @@ pub use self::{cli::Cli, sources::Sources};
 use self::{
     control::check_log_level,
     live::{Filter, Filters, LiveSettings, Thresholds},
+    otlp::{OtlpFlags, OtlpSettings},
 };
 use crate::{
     export::{
@@ -78,6 +80,8 @@ pub struct Settings {
     pub(crate) config: Option<PathBuf>,
     /// Where container and pod metadata are looked up.
     pub(crate) meta_roots: MetaRoots,
+    /// OTLP export (off unless an endpoint is given).
+    pub otlp: OtlpSettings,
 }
 
 impl Settings {
@@ -101,6 +105,7 @@ impl Settings {
             "ringbuf_bytes": self.load.ringbuf_bytes,
             "drain_interval_s": self.drain_interval.as_secs_f64(),
             "sweep_interval_s": self.sweep_interval.as_secs_f64(),
+            "otlp": self.otlp.describe(),
         })
     }
 }
@@ -215,6 +220,15 @@ impl Cli {
         };
         live.validate()
             .map_err(|err| invalid(format!("invalid settings: {err}")))?;
+        let otlp = otlp::resolve(
+            &OtlpFlags {
+                endpoint: self.otlp_endpoint,
+                protocol: self.otlp_protocol,
+                signals: self.otlp_signals,
+            },
+            &|name| std::env::var(name).ok(),
+        )
+        .map_err(invalid)?;
         Ok(Settings {
             check: self.check,
             load: LoadOptions {
@@ -249,6 +263,7 @@ impl Cli {
                 pod_logs: self.pod_log_root,
                 ..MetaRoots::default()
             },
+            otlp,
         })
     }
 }
@@ -288,6 +303,16 @@ mod tests {
         assert_eq!(settings.http_max_connections, 256);
         assert_eq!(settings.load.libcalls, LibcallOptions::default());
         assert!(!parse(&["--phases", "off"]).unwrap().load.libcalls.enabled);
+        assert!(!settings.otlp.enabled(), "OTLP export is off by default");
+        let otlp = parse(&[
+            "--otlp-endpoint",
+            "http://127.0.0.1:4317",
+            "--otlp-protocol",
+            "grpc",
+        ])
+        .unwrap()
+        .otlp;
+        assert!(otlp.enabled() && otlp.needs_exchange_records());
         assert_eq!(
             settings.live.thresholds,
             Thresholds {
@@ -350,6 +375,10 @@ mod tests {
             (&["--anomaly-resets", "maybe"], "--anomaly-resets"),
             (&["--phases", "maybe"], "--phases"),
             (&["--output-queue-bytes", "4096"], "--output-queue-bytes"),
+            (&["--otlp-endpoint", "https://c:4318"], "--otlp-endpoint"),
+            (&["--otlp-protocol", "http/json"], "--otlp-protocol"),
+            (&["--otlp-signals", "traces,spans"], "--otlp-signals"),
+            (&["--otlp-signals", "logs"], "--otlp-signals"),
         ] {
             let err = parse(args).unwrap_err();
             assert_eq!(err.exit_code(), 2, "{args:?}");

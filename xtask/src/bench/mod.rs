@@ -9,6 +9,7 @@
 
 mod http;
 mod load;
+mod otlp;
 mod report;
 mod tracer;
 
@@ -77,7 +78,7 @@ fn ratios(pairs: &[(f64, f64)]) -> Vec<f64> {
 }
 
 /// The workload groups, for `--only`.
-pub const WORKLOADS: [&str; 4] = ["http", "stress", "bulk", "scale"];
+pub const WORKLOADS: [&str; 5] = ["http", "stress", "bulk", "scale", "otlp"];
 
 /// Runs every workload (or those in `only`) and prints (and, for a full run of everything,
 /// writes) the report.
@@ -95,6 +96,9 @@ pub fn run(root: &Path, binary: &Path, mode: Mode, only: &[String], output: &Pat
     }
     if wanted("scale") {
         scale(binary, mode, &mut report)?;
+    }
+    if wanted("otlp") {
+        otlp::run(root, binary, mode, &mut report)?;
     }
     println!("{}", report.table());
     if mode.write_report && only.is_empty() {

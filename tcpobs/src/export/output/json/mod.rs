@@ -35,6 +35,11 @@ impl Default for Line {
 }
 
 impl Line {
+    /// The lines written since the last `clear`.
+    pub(crate) fn as_bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
     /// The same, as text (every writer puts valid UTF-8).
     pub(crate) fn as_str(&self) -> &str {
         std::str::from_utf8(&self.bytes).unwrap_or_default()
@@ -44,7 +49,6 @@ impl Line {
         self.bytes.len()
     }
 
-    #[cfg(test)]
     pub(crate) fn clear(&mut self) {
         self.bytes.clear();
     }
