@@ -169,8 +169,10 @@ fn run(wrapper: &[&str], args: &[&str]) -> (Option<i32>, String, String) {
         }
         None => Command::new(tcpobs_binary()),
     };
+    // No admin socket at the default path: another tcpobs on this host may hold it.
     let output = command
         .args(args)
+        .args(["--admin-listen", "none"])
         .env_remove("TCPOBS_PROBE_STRATEGY")
         .output()
         .unwrap();
@@ -182,10 +184,14 @@ fn run(wrapper: &[&str], args: &[&str]) -> (Option<i32>, String, String) {
     )
 }
 
-/// One line on stderr, with exit code 1.
+/// One line on stderr besides INFO log lines (start-up progress), with exit code 1.
 fn one_error_line(code: Option<i32>, stderr: &str) -> String {
     assert_eq!(code, Some(1), "{stderr}");
-    let lines: Vec<&str> = stderr.trim().lines().collect();
+    let lines: Vec<&str> = stderr
+        .trim()
+        .lines()
+        .filter(|line| !line.contains("  INFO "))
+        .collect();
     assert_eq!(lines.len(), 1, "one line: {stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
     lines[0].to_owned()
