@@ -1,4 +1,4 @@
-//! Developer and CI tasks: `cargo xtask <setup|run|test|bench|vm-test>`.
+//! Developer and CI tasks: `cargo xtask <setup|run|test|bench|soak|fuzz|vm-test>`.
 //!
 //! Every task first makes sure the machine has what tcpobs needs (see [`setup`]): on a
 //! brand-new Debian 12 machine, as root, `cargo xtask run` and `cargo xtask test` install
@@ -6,6 +6,7 @@
 //! second and cargo's incremental build does the rest.
 
 mod bench;
+mod fuzz;
 mod install;
 mod setup;
 mod vm;
@@ -64,6 +65,16 @@ enum Task {
         /// Run only these workloads and print their rows (writes nothing).
         #[arg(long, value_delimiter = ',', value_parser = clap::builder::PossibleValuesParser::new(bench::WORKLOADS))]
         only: Vec<String>,
+    },
+    /// Fuzz the parsers with cargo-fuzz (libFuzzer, nightly; installs cargo-fuzz when
+    /// missing): each target in turn for `--time` seconds, or only the targets named. Not part
+    /// of the tests; a crash stops the run and names the input to reproduce it with.
+    Fuzz {
+        #[arg(value_parser = clap::builder::PossibleValuesParser::new(fuzz::TARGETS))]
+        targets: Vec<String>,
+        /// Seconds per target.
+        #[arg(long, default_value_t = 600)]
+        time: u64,
     },
     /// Internal to `bench`: hold `count` idle loopback connections until stdin closes.
     #[command(hide = true)]
@@ -142,6 +153,10 @@ fn run(task: Task) -> Result<ExitCode> {
             bench(&root, mode, &only, &output)
         }
         Task::BenchHold { count, first } => bench::hold(count, first),
+        Task::Fuzz { targets, time } => {
+            setup::ensure(setup::Needs::Run, &root)?;
+            fuzz::run(&root, &targets, std::time::Duration::from_secs(time))
+        }
         Task::Test { no_vm, args } => {
             setup::ensure(setup::Needs::Test, &root)?;
             test(&root, &args)?;

@@ -44,7 +44,7 @@ pub(crate) const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.
 pub(crate) const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 const DEFAULT_LIMIT: usize = 1000;
-const MAX_LIMIT: usize = 100_000;
+pub(crate) const MAX_LIMIT: usize = 100_000;
 
 /// Whether tcpobs is ready, and why not.
 #[derive(Debug)]
@@ -209,11 +209,11 @@ struct LiveConnection {
 }
 
 /// Parsed `/connections` filters.
-struct ConnectionFilter {
+pub(crate) struct ConnectionFilter {
     state: Option<u8>,
     port: Option<u16>,
     min_idle_ns: u64,
-    limit: usize,
+    pub(crate) limit: usize,
 }
 
 fn parse_state(name: &str) -> Option<u8> {
@@ -223,7 +223,7 @@ fn parse_state(name: &str) -> Option<u8> {
 
 /// Why a `/connections` query is refused (400).
 #[derive(Debug, Error)]
-enum QueryError {
+pub(crate) enum QueryError {
     #[error("state: `{0}` is not a TCP state (e.g. ESTABLISHED, CLOSE_WAIT)")]
     State(String),
     #[error("port: `{0}` is not a port")]
@@ -237,7 +237,7 @@ enum QueryError {
 }
 
 impl ConnectionFilter {
-    fn parse(query: &HashMap<String, String>) -> Result<Self, QueryError> {
+    pub(crate) fn parse(query: &HashMap<String, String>) -> Result<Self, QueryError> {
         let mut filter = Self {
             state: None,
             port: None,
