@@ -12,6 +12,8 @@ mod cli;
 pub mod control;
 mod file;
 pub mod live;
+#[cfg(test)]
+mod proptests;
 mod sources;
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
