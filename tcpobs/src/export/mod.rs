@@ -5,3 +5,5 @@
 pub(crate) mod http;
 pub(crate) mod metrics;
 pub mod output;
+#[cfg(test)]
+mod proptests;
