@@ -9,6 +9,7 @@ mod bench;
 mod fuzz;
 mod install;
 mod setup;
+mod soak;
 mod vm;
 
 use std::{
@@ -75,6 +76,18 @@ enum Task {
         /// Seconds per target.
         #[arg(long, default_value_t = 600)]
         time: u64,
+    },
+    /// Soak tcpobs under the heaviest connection churn this machine sustains (nginx and
+    /// wrk, as the bench's churn) for ten minutes, sampling its memory, and check what it
+    /// reported against what nginx served; writes the figures into RELIABILITY.md (needs
+    /// root; `--quick` runs one minute).
+    Soak {
+        /// One minute instead of ten (the figures are written, marked as such).
+        #[arg(long)]
+        quick: bool,
+        /// Where to write the figures.
+        #[arg(long, default_value = "RELIABILITY.md")]
+        output: PathBuf,
     },
     /// Internal to `bench`: hold `count` idle loopback connections until stdin closes.
     #[command(hide = true)]
@@ -153,6 +166,24 @@ fn run(task: Task) -> Result<ExitCode> {
             bench(&root, mode, &only, &output)
         }
         Task::BenchHold { count, first } => bench::hold(count, first),
+        Task::Soak { quick, output } => {
+            setup::ensure(setup::Needs::Bench, &root)?;
+            if !setup::is_root() {
+                bail!("the soak loads eBPF programs: run `cargo xtask soak` as root");
+            }
+            cargo(&root, &["build", "--release", "--package", "tcpobs"])?;
+            let mode = if quick {
+                soak::Mode::QUICK
+            } else {
+                soak::Mode::FULL
+            };
+            let output = if output.is_relative() {
+                root.join(output)
+            } else {
+                output
+            };
+            soak::run(&root, &root.join("target/release/tcpobs"), mode, &output)
+        }
         Task::Fuzz { targets, time } => {
             setup::ensure(setup::Needs::Run, &root)?;
             fuzz::run(&root, &targets, std::time::Duration::from_secs(time))
