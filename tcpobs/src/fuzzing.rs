@@ -276,9 +276,9 @@ pub fn ring_buffer(data: &[u8]) {
         }
         write_out(&mut records, metrics, &mut outputs, ts);
     }
-    // Stopping: the kernel's record of each socket, from what is left of the input.
+    // Stopping: the kernel's record of each socket, made of the input's first bytes.
     let mut bytes = [0u8; size_of::<SockRecord>()];
-    input.fill(&mut bytes);
+    Input(data).fill(&mut bytes);
     // SAFETY: `SockRecord` is plain data (integers and byte arrays), for which any bytes are
     // a valid value; `read_unaligned` needs no alignment.
     let pending: SockRecord = unsafe { bytes.as_ptr().cast::<SockRecord>().read_unaligned() };
