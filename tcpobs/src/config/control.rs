@@ -11,6 +11,7 @@ use serde_json::{Value, json};
 use thiserror::Error;
 use tokio::sync::watch;
 use tracing::info;
+use tracing_subscriber::{EnvFilter, filter::ParseError};
 
 use crate::{
     config::live::{LiveSettings, LogLevelError, SettingsError},
@@ -21,9 +22,19 @@ use crate::{
 /// Sets the daemon's log level (a tracing filter); errors say why the level is invalid.
 pub type LogLevelSetter = Box<dyn Fn(&str) -> Result<(), LogLevelError> + Send + Sync>;
 
+/// The daemon's log filter for a log level (`--log-level`, `PUT /config`).
+///
+/// Field values in the level (`tcpobs[{peer=...}]`) are literal text, not regular
+/// expressions: tracing compiles each into a DFA, whose construction can take seconds for a
+/// line of a hundred characters (found by the put_config fuzz target), and the level comes
+/// from a request. Nothing in tcpobs logs fields worth a pattern.
+pub fn log_filter(level: &str) -> Result<EnvFilter, ParseError> {
+    EnvFilter::builder().with_regex(false).parse(level)
+}
+
 /// Checks a log level without applying it.
 pub(crate) fn check_log_level(level: &str) -> Result<(), LogLevelError> {
-    tracing_subscriber::EnvFilter::try_new(level)?;
+    log_filter(level)?;
     Ok(())
 }
 
@@ -186,6 +197,21 @@ mod tests {
             control.describe()["restart_required"]["listen"],
             "127.0.0.1:0"
         );
+    }
+
+    /// Found by the put_config fuzz target (`fuzz/regressions/put_config/`): a log level with
+    /// a field value of a hundred characters took seconds to check, each time, on the
+    /// daemon's one runtime thread. Field values are literal text now, so one that is no
+    /// regular expression is a level like any other.
+    #[test]
+    fn log_level_field_values_are_not_regular_expressions() {
+        check_log_level("tcpobs[{peer=(}]").expect("a field value of literal text");
+        let (control, _, levels) = control();
+        control
+            .patch(&json!({"log_level": "warn,tcpobs[{peer=a.*(b}]=debug"}))
+            .expect("a literal field value");
+        assert_eq!(*levels.lock().unwrap(), ["warn,tcpobs[{peer=a.*(b}]=debug"]);
+        assert!(check_log_level("tcpobs=loudest").is_err());
     }
 
     #[test]
