@@ -69,6 +69,9 @@ struct Outcome {
     runs: Option<u64>,
     took: Duration,
     crash: Option<String>,
+    /// The slowest input, when libFuzzer found one slow enough to keep (10 s by default): not
+    /// a crash, but worth a look (a slow parse is a denial of service).
+    slow: Option<String>,
 }
 
 /// Runs each of `targets` (all if empty) for `time`, one at a time.
@@ -97,7 +100,11 @@ pub fn run(root: &Path, targets: &[String], time: Duration) -> Result<()> {
                 .runs
                 .map_or_else(|| "?".to_owned(), |runs| runs.to_string()),
             outcome.took.as_secs_f64(),
-            outcome.crash.as_deref().unwrap_or("no crash"),
+            match (&outcome.crash, &outcome.slow) {
+                (Some(crash), _) => crash.clone(),
+                (None, Some(slow)) => format!("no crash; slow input {slow}"),
+                (None, None) => "no crash".to_owned(),
+            },
         );
     }
     if let Some(outcome) = outcomes.iter().find(|o| o.crash.is_some()) {
@@ -150,14 +157,22 @@ fn fuzz_one(root: &Path, target: &str, time: Duration) -> Result<Outcome> {
     let started = Instant::now();
     let mut child = command.spawn().context("running cargo fuzz (nightly)")?;
     let stderr = child.stderr.take().context("cargo fuzz stderr")?;
-    let (mut runs, mut crash) = (None, None);
+    let (mut runs, mut crash, mut slow) = (None, None, None);
     for line in BufReader::new(stderr).lines().map_while(Result::ok) {
         eprintln!("{line}");
         // libFuzzer's final statistics, and where it wrote a crashing input.
         if let Some(value) = line.strip_prefix("stat::number_of_executed_units:") {
             runs = value.trim().parse().ok();
-        } else if let Some(rest) = line.split_once("Test unit written to ") {
-            crash = Some(rest.1.trim().to_owned());
+        } else if let Some((_, path)) = line.split_once("Test unit written to ") {
+            let path = path.trim().to_owned();
+            if Path::new(&path)
+                .file_name()
+                .is_some_and(|name| name.to_string_lossy().starts_with("slow-unit-"))
+            {
+                slow = Some(path);
+            } else {
+                crash = Some(path);
+            }
         }
     }
     let status = child.wait()?;
@@ -169,5 +184,6 @@ fn fuzz_one(root: &Path, target: &str, time: Duration) -> Result<Outcome> {
         runs,
         took: started.elapsed(),
         crash,
+        slow,
     })
 }
