@@ -31,6 +31,8 @@ pub mod app;
 pub mod clock;
 pub mod config;
 pub mod export;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod kernel;
 pub mod metadata;
 pub mod model;

@@ -8,7 +8,10 @@ use clap::{CommandFactory as _, error::ErrorKind};
 use tcpobs::{
     app,
     clock::Clock,
-    config::{Cli, Sources, control::LogLevelSetter},
+    config::{
+        Cli, Sources,
+        control::{LogLevelSetter, log_filter},
+    },
     export::output::Output,
 };
 use tracing_subscriber::{EnvFilter, prelude::*, reload};
@@ -47,7 +50,9 @@ fn main() -> ExitCode {
             )
             .exit(),
     };
-    let (filter, handle) = reload::Layer::new(EnvFilter::new(&settings.live.log_level));
+    // The level was checked when the settings were read.
+    let filter = log_filter(&settings.live.log_level).unwrap_or_else(|_| EnvFilter::new("info"));
+    let (filter, handle) = reload::Layer::new(filter);
     tracing_subscriber::registry()
         .with(filter)
         .with(
@@ -58,7 +63,7 @@ fn main() -> ExitCode {
         )
         .init();
     let set_log_level: LogLevelSetter = Box::new(move |level| {
-        handle.reload(EnvFilter::try_new(level)?)?;
+        handle.reload(log_filter(level)?)?;
         Ok(())
     });
     if settings.check {

@@ -1,4 +1,4 @@
-//! Developer and CI tasks: `cargo xtask <setup|run|test|bench|vm-test>`.
+//! Developer and CI tasks: `cargo xtask <setup|run|test|bench|soak|fuzz|vm-test>`.
 //!
 //! Every task first makes sure the machine has what tcpobs needs (see [`setup`]): on a
 //! brand-new Debian 12 machine, as root, `cargo xtask run` and `cargo xtask test` install
@@ -6,8 +6,10 @@
 //! second and cargo's incremental build does the rest.
 
 mod bench;
+mod fuzz;
 mod install;
 mod setup;
+mod soak;
 mod vm;
 
 use std::{
@@ -64,6 +66,28 @@ enum Task {
         /// Run only these workloads and print their rows (writes nothing).
         #[arg(long, value_delimiter = ',', value_parser = clap::builder::PossibleValuesParser::new(bench::WORKLOADS))]
         only: Vec<String>,
+    },
+    /// Fuzz the parsers with cargo-fuzz (libFuzzer, nightly; installs cargo-fuzz when
+    /// missing): each target in turn for `--time` seconds, or only the targets named. Not part
+    /// of the tests; a crash stops the run and names the input to reproduce it with.
+    Fuzz {
+        #[arg(value_parser = clap::builder::PossibleValuesParser::new(fuzz::TARGETS))]
+        targets: Vec<String>,
+        /// Seconds per target.
+        #[arg(long, default_value_t = 600)]
+        time: u64,
+    },
+    /// Soak tcpobs under the heaviest connection churn this machine sustains (nginx and
+    /// wrk, as the bench's churn) for ten minutes, sampling its memory, and check what it
+    /// reported against what nginx served; writes the figures into RELIABILITY.md (needs
+    /// root; `--quick` runs one minute).
+    Soak {
+        /// One minute instead of ten (the figures are written, marked as such).
+        #[arg(long)]
+        quick: bool,
+        /// Where to write the figures.
+        #[arg(long, default_value = "RELIABILITY.md")]
+        output: PathBuf,
     },
     /// Internal to `bench`: hold `count` idle loopback connections until stdin closes.
     #[command(hide = true)]
@@ -142,6 +166,28 @@ fn run(task: Task) -> Result<ExitCode> {
             bench(&root, mode, &only, &output)
         }
         Task::BenchHold { count, first } => bench::hold(count, first),
+        Task::Soak { quick, output } => {
+            setup::ensure(setup::Needs::Bench, &root)?;
+            if !setup::is_root() {
+                bail!("the soak loads eBPF programs: run `cargo xtask soak` as root");
+            }
+            cargo(&root, &["build", "--release", "--package", "tcpobs"])?;
+            let mode = if quick {
+                soak::Mode::QUICK
+            } else {
+                soak::Mode::FULL
+            };
+            let output = if output.is_relative() {
+                root.join(output)
+            } else {
+                output
+            };
+            soak::run(&root, &root.join("target/release/tcpobs"), mode, &output)
+        }
+        Task::Fuzz { targets, time } => {
+            setup::ensure(setup::Needs::Run, &root)?;
+            fuzz::run(&root, &targets, std::time::Duration::from_secs(time))
+        }
         Task::Test { no_vm, args } => {
             setup::ensure(setup::Needs::Test, &root)?;
             test(&root, &args)?;

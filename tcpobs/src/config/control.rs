@@ -14,6 +14,7 @@ use serde_json::{Value, json};
 use thiserror::Error;
 use tokio::sync::watch;
 use tracing::warn;
+use tracing_subscriber::{EnvFilter, filter::ParseError};
 
 use crate::{
     config::live::{LiveSettings, LogLevelError, SettingsError},
@@ -24,6 +25,16 @@ use crate::{
 /// Sets the daemon's log level (a tracing filter); errors say why the level is invalid.
 pub type LogLevelSetter = Box<dyn Fn(&str) -> Result<(), LogLevelError> + Send + Sync>;
 
+/// The daemon's log filter for a log level (`--log-level`, `PUT /config`).
+///
+/// Field values in the level (`tcpobs[{peer=...}]`) are literal text, not regular
+/// expressions: tracing compiles each into a DFA, whose construction can take seconds for a
+/// line of a hundred characters (found by the put_config fuzz target), and the level comes
+/// from a request. Nothing in tcpobs logs fields worth a pattern.
+pub fn log_filter(level: &str) -> Result<EnvFilter, ParseError> {
+    EnvFilter::builder().with_regex(false).parse(level)
+}
+
 /// The levels a log level directive may end with.
 const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
 
@@ -31,9 +42,14 @@ const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
 /// directives (a tracing filter), each of which must name a level.
 pub(crate) fn check_log_level(level: &str) -> Result<(), LogLevelError> {
     let names_a_level = |directive: &str| {
-        let level = directive
-            .rsplit_once('=')
-            .map_or(directive, |(_, level)| level);
+        // `TARGET[{FIELD=VALUE}]=LEVEL`: the level follows the last `=` after any span and
+        // field part, whose values may hold `=` themselves.
+        let level = match directive.rsplit_once(']') {
+            Some((_, tail)) => tail.strip_prefix('=').unwrap_or(""),
+            None => directive
+                .rsplit_once('=')
+                .map_or(directive, |(_, level)| level),
+        };
         LEVELS
             .iter()
             .any(|known| known.eq_ignore_ascii_case(level.trim()))
@@ -44,7 +60,7 @@ pub(crate) fn check_log_level(level: &str) -> Result<(), LogLevelError> {
     if let Some(bad) = level.split(',').find(|directive| !names_a_level(directive)) {
         return Err(LogLevelError::NotALevel(bad.to_owned()));
     }
-    tracing_subscriber::EnvFilter::try_new(level)?;
+    log_filter(level)?;
     Ok(())
 }
 
@@ -223,6 +239,22 @@ mod tests {
             control.describe()["restart_required"]["listen"],
             "127.0.0.1:0"
         );
+    }
+
+    /// Found by the put_config fuzz target (`fuzz/regressions/put_config/`): a log level with
+    /// a field value of a hundred characters took seconds to check, each time, on the
+    /// daemon's one runtime thread. Field values are literal text now, so one that is no
+    /// regular expression is a level like any other.
+    #[test]
+    fn log_level_field_values_are_not_regular_expressions() {
+        check_log_level("tcpobs[{peer=(}]=debug").expect("a field value of literal text");
+        assert!(check_log_level("tcpobs[{peer=debug}]").is_err(), "names no level");
+        let (control, _, levels) = control();
+        control
+            .patch(&json!({"log_level": "warn,tcpobs[{peer=a.*(b}]=debug"}), &"a test")
+            .expect("a literal field value");
+        assert_eq!(*levels.lock().unwrap(), ["warn,tcpobs[{peer=a.*(b}]=debug"]);
+        assert!(check_log_level("tcpobs=loudest").is_err());
     }
 
     #[test]

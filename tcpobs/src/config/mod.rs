@@ -13,6 +13,8 @@ pub mod control;
 mod file;
 pub mod live;
 pub mod otlp;
+#[cfg(test)]
+mod proptests;
 mod sources;
 
 use std::{fmt, net::SocketAddr, path::PathBuf, time::Duration};
@@ -87,14 +89,16 @@ pub struct Settings {
 impl Settings {
     /// The settings that need a restart, as `GET /config` shows them.
     pub(crate) fn statics(&self) -> Value {
+        // A path need not be UTF-8; JSON's strings must (serde refuses such a `PathBuf`).
+        let path = |path: &Option<PathBuf>| path.as_ref().map(|p| p.display().to_string());
         json!({
-            "config": self.config,
+            "config": path(&self.config),
             "listen": self.listen.map(|addr| addr.to_string()),
             "admin_listen": self.admin_listen.as_ref().map(ToString::to_string),
-            "web_config_file": self.web_config,
+            "web_config_file": path(&self.web_config),
             "http_max_connections": self.http_max_connections,
             "format": match self.format { Format::Json => "json", Format::Justniffer(_) => "justniffer" },
-            "output": self.output,
+            "output": path(&self.output),
             "output_queue_bytes": self.output_queue_bytes,
             "labels": self.labels.iter().map(ToString::to_string).collect::<Vec<_>>(),
             "label_series_cap": self.label_series_cap,
@@ -345,6 +349,28 @@ mod tests {
         assert!(parse(&["--port", "70000"]).is_err());
         let err = parse(&["--pid", "1", "--exclude-pid", "2"]).unwrap_err();
         assert!(err.to_string().contains("--pid and --exclude-pid"), "{err}");
+    }
+
+    /// Found by the flags fuzz target (`fuzz/regressions/flags/`): an output path that is not
+    /// UTF-8 (`-o` followed by a 0xff byte) made `GET /config`'s description panic at
+    /// start-up. It shows with U+FFFD in place of what is not UTF-8.
+    #[test]
+    fn paths_that_are_not_utf8_are_shown_lossily() {
+        use std::{ffi::OsStr, os::unix::ffi::OsStrExt as _};
+        let output = OsStr::from_bytes(b"/tmp/tcpobs-\xff.log");
+        let settings = Cli::try_parse_from([OsStr::new("tcpobs"), OsStr::new("-o"), output])
+            .unwrap()
+            .into_settings()
+            .unwrap();
+        assert_eq!(
+            settings.statics()["output"],
+            "/tmp/tcpobs-\u{fffd}.log",
+            "the path, lossily"
+        );
+        assert_eq!(
+            parse(&["-o", "/var/log/tcpobs.json"]).unwrap().statics()["output"],
+            "/var/log/tcpobs.json"
+        );
     }
 
     #[test]

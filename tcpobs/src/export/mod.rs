@@ -6,3 +6,5 @@ pub(crate) mod http;
 pub(crate) mod metrics;
 pub mod otlp;
 pub mod output;
+#[cfg(test)]
+mod proptests;

@@ -8,6 +8,8 @@ pub(crate) mod decode;
 pub(crate) mod filters;
 pub mod libcalls;
 pub mod loader;
+#[cfg(test)]
+mod proptests;
 pub(crate) mod reader;
 pub mod report;
 mod tracefs;

@@ -189,9 +189,9 @@ impl Conn {
         };
         self.on_burst(burst, out);
         if slot == 0 {
-            self.bytes_sent += burst.bytes;
+            self.bytes_sent = self.bytes_sent.saturating_add(burst.bytes);
         } else {
-            self.bytes_received += burst.bytes;
+            self.bytes_received = self.bytes_received.saturating_add(burst.bytes);
         }
         self.saw_data = true;
         self.last_activity_ns = self.last_activity_ns.max(burst.last_ns);

@@ -45,7 +45,7 @@ impl Span {
 
     fn extend(&mut self, other: Span) {
         self.last_ns = self.last_ns.max(other.last_ns);
-        self.bytes += other.bytes;
+        self.bytes = self.bytes.saturating_add(other.bytes);
     }
 }
 

@@ -165,11 +165,11 @@ impl Tracker {
                 let mut moved = [0u64; 2];
                 for burst in [&bursts.first, &bursts.second] {
                     if let Some((slot, bytes)) = conn.take_burst(burst, out) {
-                        moved[slot] += bytes;
+                        moved[slot] = moved[slot].saturating_add(bytes);
                     }
                 }
                 for (total, bytes) in self.counts.bytes[role].iter_mut().zip(moved) {
-                    *total += bytes;
+                    *total = total.saturating_add(bytes);
                 }
             }
             KernelEvent::State(state) => self.on_state(state, out),
@@ -290,8 +290,9 @@ impl Tracker {
         let (counted_sent, counted_received) = conn.bytes();
         let rec = &event.record;
         let index = role_index(role);
-        self.counts.bytes[index][0] += rec.bytes_sent.saturating_sub(counted_sent);
-        self.counts.bytes[index][1] += rec.bytes_recv.saturating_sub(counted_received);
+        let [sent, received] = &mut self.counts.bytes[index];
+        *sent = sent.saturating_add(rec.bytes_sent.saturating_sub(counted_sent));
+        *received = received.saturating_add(rec.bytes_recv.saturating_sub(counted_received));
         self.counts.retransmits[index] += u64::from(rec.retransmits);
         self.recent_closes.remember(sock, &conn);
         conn.closed(rec, out);

@@ -1,7 +1,7 @@
 //! Faults tcpobs survives, each driven for real: a file system that fills up (a small tmpfs),
 //! log rotation and a removed output file, a closed stdout pipe, a reader of stdout that is
 //! slow or stops reading, `kill -9` and a restart; and what it says when it cannot start
-//! (capabilities, BTF, tracefs, a bad config file). RELIABILITY-faults.md lists them with
+//! (capabilities, BTF, tracefs, a bad config file). RELIABILITY.md (Faults) lists them with
 //! their results.
 
 mod output;

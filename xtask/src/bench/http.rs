@@ -17,14 +17,20 @@ use super::tracer::scratch;
 pub struct Nginx {
     child: Child,
     pub port: u16,
+    /// nginx's stub_status, on a port of its own (so that reading it is no connection on
+    /// `port`).
+    status_port: u16,
 }
 
 impl Nginx {
     pub fn start(root: &Path) -> Result<Self> {
         let dir = scratch(root, "nginx")?;
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
+        let free_port = || -> Result<u16> {
+            Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+                .local_addr()?
+                .port())
+        };
+        let (port, status_port) = (free_port()?, free_port()?);
         let config = format!(
             "worker_processes 1;
 pid {dir}/nginx.pid;
@@ -42,6 +48,10 @@ http {{
     server {{
         listen 127.0.0.1:{port} backlog=4096;
         location / {{ return 200 'hello from nginx\\n'; }}
+    }}
+    server {{
+        listen 127.0.0.1:{status_port};
+        location / {{ stub_status; }}
     }}
 }}
 ",
@@ -65,8 +75,28 @@ http {{
             }
             thread::sleep(Duration::from_millis(20));
         }
-        Ok(Self { child, port })
+        Ok(Self {
+            child,
+            port,
+            status_port,
+        })
     }
+
+    /// Connections nginx has handled so far, on both ports (stub_status's `handled`; reading
+    /// it is one of them).
+    pub fn handled(&self) -> Result<u64> {
+        let (status, _) = super::tracer::http_get(([127, 0, 0, 1], self.status_port).into(), "/")?;
+        parse_handled(&status).with_context(|| format!("cannot read nginx's status:\n{status}"))
+    }
+}
+
+/// `handled` from stub_status's report (`server accepts handled requests`, then the numbers).
+fn parse_handled(status: &str) -> Option<u64> {
+    let mut lines = status
+        .lines()
+        .skip_while(|line| !line.contains("accepts handled"));
+    lines.next()?;
+    lines.next()?.split_whitespace().nth(1)?.parse().ok()
 }
 
 impl Drop for Nginx {
@@ -161,5 +191,12 @@ Transfer/sec:      5.00MB
         assert_eq!(result.requests_per_s, 30100.25);
         assert!((result.p99_s - 0.000812).abs() < 1e-12);
         assert!(parse_wrk("nothing").is_none());
+    }
+
+    #[test]
+    fn reads_nginx_status() {
+        let status = "Active connections: 1 \nserver accepts handled requests\n 7 6 9 \nReading: 0 Writing: 1 Waiting: 0 \n";
+        assert_eq!(parse_handled(status), Some(6));
+        assert_eq!(parse_handled("nothing"), None);
     }
 }

@@ -7,11 +7,12 @@
 //! written; `--smoke` runs one very short pair of everything (the test suite uses it so the
 //! harness cannot rot) and writes nothing.
 
-mod http;
+// `soak` reuses nginx, wrk, the tracer's runner and the machine line.
+pub(crate) mod http;
 mod load;
 mod otlp;
-mod report;
-mod tracer;
+pub(crate) mod report;
+pub(crate) mod tracer;
 
 use std::{
     path::Path,

@@ -98,7 +98,7 @@ pub struct Report {
 }
 
 /// What a command printed (stdout, or stderr if it printed nothing there: `nginx -v`).
-fn command_output(program: &str, args: &[&str]) -> String {
+pub fn command_output(program: &str, args: &[&str]) -> String {
     Command::new(program)
         .args(args)
         .output()

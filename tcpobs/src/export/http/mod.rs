@@ -61,7 +61,7 @@ use crate::{
 };
 
 const DEFAULT_LIMIT: usize = 1000;
-const MAX_LIMIT: usize = 100_000;
+pub(crate) const MAX_LIMIT: usize = 100_000;
 
 /// Whether tcpobs is ready, and why not.
 #[derive(Debug)]
@@ -240,11 +240,11 @@ struct LiveConnection {
 }
 
 /// Parsed `/connections` filters.
-struct ConnectionFilter {
+pub(crate) struct ConnectionFilter {
     state: Option<u8>,
     port: Option<u16>,
     min_idle_ns: u64,
-    limit: usize,
+    pub(crate) limit: usize,
 }
 
 fn parse_state(name: &str) -> Option<u8> {
@@ -254,7 +254,7 @@ fn parse_state(name: &str) -> Option<u8> {
 
 /// Why a `/connections` query is refused (400).
 #[derive(Debug, Error)]
-enum QueryError {
+pub(crate) enum QueryError {
     #[error("state: `{0}` is not a TCP state (e.g. ESTABLISHED, CLOSE_WAIT)")]
     State(String),
     #[error("port: `{0}` is not a port")]
@@ -268,7 +268,7 @@ enum QueryError {
 }
 
 impl ConnectionFilter {
-    fn parse(query: &HashMap<String, String>) -> Result<Self, QueryError> {
+    pub(crate) fn parse(query: &HashMap<String, String>) -> Result<Self, QueryError> {
         let mut filter = Self {
             state: None,
             port: None,

@@ -94,6 +94,8 @@ impl FromStr for LabelSpec {
 
     fn from_str(value: &str) -> Result<Self, Self::Err> {
         let (name, keep) = value.split_once('=').unwrap_or((value, "top:10"));
+        // Trimmed as the allowlist's values are, so that ` top:5` is not the value `top:5`.
+        let keep = keep.trim();
         let dim = Dim::ALL
             .into_iter()
             .find(|dim| dim.name() == name)
@@ -331,6 +333,26 @@ mod tests {
         );
         assert!("comm=top:0".parse::<LabelSpec>().is_err());
         assert!("comm=a,,b".parse::<LabelSpec>().is_err());
+    }
+
+    /// Found by the config proptests: `comm= top:` was an allowlist of the value `top:`, which
+    /// printed as `comm=top:`, which is refused; and `comm= top:5` kept the value `top:5`.
+    #[test]
+    fn top_n_after_a_space_is_top_n() {
+        assert_eq!(
+            "comm= top:5".parse::<LabelSpec>().map(|spec| spec.keep),
+            Ok(Keep::Top(5))
+        );
+        assert_eq!(
+            "comm= top:".parse::<LabelSpec>(),
+            Err(LabelSpecError::Top("top:".to_owned()))
+        );
+        assert_eq!(
+            "comm= a , b "
+                .parse::<LabelSpec>()
+                .map(|spec| spec.to_string()),
+            Ok("comm=a,b".to_owned())
+        );
     }
 
     #[test]

@@ -6,7 +6,10 @@
 //! through literally, `%%` is a percent sign, and an unknown `%keyword` is an error at
 //! start-up. `%source.*` is always the client end, `%dest.*` the server end.
 
-use std::{fmt::Write as _, str::FromStr};
+use std::{
+    fmt::{self, Write as _},
+    str::FromStr,
+};
 
 use chrono::{DateTime, Local};
 use thiserror::Error;
@@ -60,6 +63,16 @@ const KEYWORDS: [(&str, Keyword); 18] = [
     ("request.size", Keyword::RequestSize),
     ("response.size", Keyword::ResponseSize),
 ];
+
+impl Keyword {
+    fn name(self) -> &'static str {
+        KEYWORDS
+            .iter()
+            .find(|(_, keyword)| *keyword == self)
+            .map(|(name, _)| *name)
+            .expect("every keyword has a name")
+    }
+}
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Token {
@@ -119,6 +132,19 @@ impl FromStr for LineFormat {
             tokens.push(Token::Text(text));
         }
         Ok(Self { tokens })
+    }
+}
+
+/// The format as `-l` takes it: the `%keyword`s, and the text with each `%` doubled.
+impl fmt::Display for LineFormat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for token in &self.tokens {
+            match token {
+                Token::Text(text) => f.write_str(&text.replace('%', "%%"))?,
+                Token::Keyword(keyword) => write!(f, "%{}", keyword.name())?,
+            }
+        }
+        Ok(())
     }
 }
 

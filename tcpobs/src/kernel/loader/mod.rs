@@ -31,11 +31,11 @@ use aya::{Btf as AyaBtf, Ebpf, EbpfLoader, Endianness, maps::Array};
 use tcpobs_common::names;
 use tracing::{info, warn};
 
-pub(crate) use self::prepare::check_privileges;
+pub(crate) use self::prepare::{check_privileges, sock_offsets};
 use self::{
     attach::{Kernel, NoClassic, attach_family},
     families::family,
-    prepare::{raise_memlock_limit, sock_offsets, tracepoint_offsets},
+    prepare::{raise_memlock_limit, tracepoint_offsets},
 };
 pub use self::{
     error::LoadError,

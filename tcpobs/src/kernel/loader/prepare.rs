@@ -14,7 +14,7 @@ use crate::kernel::{
 };
 
 /// `struct sock` member offsets from the kernel's BTF.
-pub(super) fn sock_offsets(btf: &Btf) -> Result<Offsets, BtfError> {
+pub(crate) fn sock_offsets(btf: &Btf) -> Result<Offsets, BtfError> {
     let offset_in = |ty: &str, path: &str, size: u32| -> Result<u16, BtfError> {
         let member = btf.member(ty, path)?;
         if member.size != size {

@@ -173,3 +173,33 @@ fn a_live_connection_stays_small() {
         std::mem::size_of::<super::Conn>()
     );
 }
+
+/// Fuzzed ring buffer records (`fuzz/regressions/ring_buffer/bytes-overflow`): a burst that
+/// claims 2^64 - 1 bytes, then more bytes on the same connection. The byte counts saturate
+/// rather than overflow (a panic in a debug build, a wrap to a small count in a release one).
+#[test]
+fn byte_counts_saturate_on_records_claiming_too_much() {
+    let mut events = Sock::client(0)
+        .established(50 * US)
+        .send(100 * US, 80)
+        .recv(MS, 80)
+        .send(2 * MS, 80)
+        .close(3 * MS, 0);
+    for event in &mut events {
+        if let OwnedEvent::Burst(burst) = event {
+            burst.first.bytes = u64::MAX;
+        }
+    }
+    let (exchanges, connections, tracker) = run(&events);
+    assert_eq!(exchanges[0].request_bytes, u64::MAX);
+    assert_eq!(
+        (connections[0].bytes_sent, connections[0].bytes_received),
+        (160, 80),
+        "the connection's totals are the kernel's final record's"
+    );
+    assert_eq!(
+        tracker.counts().bytes[0],
+        [u64::MAX, 80],
+        "the claimed bytes, then 80 more sent, saturated"
+    );
+}
