@@ -20,3 +20,4 @@ mod phases;
 mod runtime;
 mod systemd;
 mod tls;
+mod why;
