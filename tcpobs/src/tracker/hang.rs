@@ -34,13 +34,12 @@
 //! newer connection, on two audits in a row was lost (its close event dropped from a full ring
 //! buffer, or its record evicted from a full table) and is reported partial (`lost`).
 
-use std::{collections::HashMap, hash::BuildHasherDefault};
-
-use tcpobs_common::{SockSample, tcp_state};
+use tcpobs_common::tcp_state;
 
 use super::{
-    Conn, SockHasher, Tracker,
+    Conn, Tracker,
     conn::{STALL_IDLE, STALL_UNKNOWN},
+    stalls::{StallView, StallViews},
 };
 use crate::model::{AnomalyRecord, Process, Record, Stuck};
 
@@ -78,61 +77,6 @@ impl StuckThresholds {
             .filter(|&ns| ns != 0)
             .min()
     }
-}
-
-/// What a reading of a live connection's TCP state says ([`classify`]).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum StallView {
-    /// Nothing in flight, nothing waiting to be sent.
-    Idle,
-    /// Data in flight or waiting, and nothing wrong with it (yet).
-    Moving,
-    /// Data waiting and a zero window from a peer that answers the probes; since the sender
-    /// became limited by the peer's window, if the kernel says (ns).
-    StalledReceiver { since_ns: Option<u64> },
-    /// Data in flight, retransmitted (or probes unanswered), and no ACK since `since_ns`.
-    Blackhole { since_ns: u64 },
-}
-
-/// Readings of the stall suspects, by socket: (the reading's generation, what it says).
-pub(crate) type StallViews = HashMap<u64, (u64, StallView), BuildHasherDefault<SockHasher>>;
-
-const ICSK_TIME_PROBE0: u8 = 3;
-const TCP_CHRONO_RWND_LIMITED: u8 = 2;
-
-/// What a sampler reading says (`hz` converts the kernel's jiffies; `None` if unknown). The
-/// signatures were measured on the kernel (notes `kernel-reads.md` §5): a stalled receiver
-/// has a zero window, nothing in flight and data waiting (a probe timer pending, the probes
-/// answered); a black hole has data in flight, the retransmission timer fired
-/// (`icsk_retransmits`), and the last ACK growing old, or probes that go unanswered. An idle
-/// connection has neither data in flight nor waiting. The limited time alone cannot tell them
-/// apart: in a black hole the unacknowledged data fills the last window and the same chrono
-/// runs.
-pub(crate) fn classify(sample: &SockSample, hz: u64) -> Option<StallView> {
-    if hz == 0 {
-        return None;
-    }
-    let ago_ns = |jiffies: u32| {
-        u64::from((sample.jiffies as u32).wrapping_sub(jiffies)) * 1_000_000_000 / hz
-    };
-    let in_flight = sample.packets_out > 0 || sample.unacked > 0;
-    let probes_unanswered = sample.pending == ICSK_TIME_PROBE0 && sample.probes_out >= 2;
-    Some(
-        if (in_flight && sample.retransmits > 0) || probes_unanswered {
-            StallView::Blackhole {
-                since_ns: sample.now_ns.saturating_sub(ago_ns(sample.rcv_tstamp)),
-            }
-        } else if sample.snd_wnd == 0 && (sample.unsent > 0 || sample.pending == ICSK_TIME_PROBE0) {
-            StallView::StalledReceiver {
-                since_ns: (sample.chrono_type == TCP_CHRONO_RWND_LIMITED)
-                    .then(|| sample.now_ns.saturating_sub(ago_ns(sample.chrono_start))),
-            }
-        } else if in_flight || sample.unsent > 0 {
-            StallView::Moving
-        } else {
-            StallView::Idle
-        },
-    )
 }
 
 /// What the kernel's record says about a socket.

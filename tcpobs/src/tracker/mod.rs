@@ -34,6 +34,7 @@ mod exchange;
 mod hang;
 mod libcalls;
 mod listeners;
+mod stalls;
 mod table;
 #[cfg(test)]
 mod tests;
@@ -46,9 +47,10 @@ use tcpobs_common::{CloseEvent, FLAG_PARTIAL, OpenEvent, SockRecord, StateEvent}
 pub(crate) use self::table::SockHasher;
 pub(crate) use self::{
     conn::Conn,
-    hang::{KernelView, StallViews, StuckThresholds, SweepReport, classify},
+    hang::{KernelView, StuckThresholds, SweepReport},
     libcalls::DnsCache,
     listeners::{ListenDrop, ListenerReport, ListenerWatch, Listening},
+    stalls::{StallView, StallViews, classify},
 };
 use self::{libcalls::RecentCloses, table::Table};
 use crate::{
