@@ -43,6 +43,8 @@ use std::num::NonZeroU64;
 
 use tcpobs_common::{CloseEvent, FLAG_PARTIAL, OpenEvent, SockRecord, StateEvent};
 
+#[cfg(test)]
+pub(crate) use self::stalls::StallView;
 /// A cheap hasher for integer keys, shared with the container metadata cache.
 pub(crate) use self::table::SockHasher;
 pub(crate) use self::{
@@ -50,7 +52,7 @@ pub(crate) use self::{
     hang::{KernelView, StuckThresholds, SweepReport},
     libcalls::DnsCache,
     listeners::{ListenDrop, ListenerReport, ListenerWatch, Listening},
-    stalls::{StallView, StallViews, classify},
+    stalls::{StallViews, classify},
 };
 use self::{libcalls::RecentCloses, table::Table};
 use crate::{
