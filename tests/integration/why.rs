@@ -259,6 +259,34 @@ fn a_listener_that_stops_accepting() {
     );
 }
 
+/// A listener opened before tcpobs started is found (by the iterator over every process's
+/// files) and watched like the others, its owner named.
+#[test]
+fn a_listener_older_than_tcpobs_is_watched() {
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    let port = quiet_port();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    socket.bind(&addr.into()).unwrap();
+    socket.listen(7).unwrap();
+    let port_text = port.to_string();
+    let daemon = Daemon::start(&["--port", &port_text, "--sweep-interval", "200ms"]);
+    wait_metric(
+        &daemon,
+        &format!("tcpobs_accept_queue_limit{{port=\"{port}\"}}"),
+        |v| v == 7.0,
+    );
+    let client = TcpStream::connect(addr).unwrap();
+    wait_metric(
+        &daemon,
+        &format!("tcpobs_accept_queue_length{{port=\"{port}\"}}"),
+        |v| v == 1.0,
+    );
+    drop(client);
+    drop(socket);
+    let (code, _) = daemon.terminate();
+    assert_eq!(code, Some(0));
+}
+
 /// One connection accepted after a pause: its `accept_wait` ends inside the `accept()` call,
 /// measured from the moment the kernel queued it (its `ESTABLISHED`), on the kernel's clock.
 #[test]
@@ -383,6 +411,15 @@ fn a_receiver_that_stops_reading() {
         stall.as_secs_f64(),
         elapsed.as_secs_f64()
     );
+    if attached(&capture, "probes") {
+        // Window probes every backoff (200 ms, 400 ms, ...) through a 3 s stall.
+        let probes = diag
+            .zero_window_probes
+            .unwrap_or_else(|| panic!("{sender:#?}"));
+        assert!(probes >= 2, "{probes} zero-window probes");
+    } else {
+        assert_eq!(diag.zero_window_probes, None);
+    }
     let receiver = by_role(&connections, Role::Server);
     assert!(
         receiver.diag.parts().rwnd_limited_ns.unwrap_or(0) < 100 * MS,
