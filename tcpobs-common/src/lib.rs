@@ -41,10 +41,12 @@
 #![no_std]
 
 mod bursts;
+pub mod diag;
 pub mod libcalls;
 pub mod names;
 pub mod offsets;
 
+pub use diag::{DiagOffsets, DiagStats, ListenSample, ListenSock, SockSample};
 pub use libcalls::{DnsCall, DnsEvent, TlsCall, TlsEvent, TlsPending};
 pub use offsets::Offsets;
 
@@ -308,7 +310,8 @@ pub struct SockRecord {
     pub task: Task,
     /// Addresses and ports, taken when the connection is established (or first seen).
     pub endpoints: Endpoints,
-    /// Retransmitted segments (`tcp:tcp_retransmit_skb`).
+    /// Retransmitted segments (`tcp:tcp_retransmit_skb`): the sum of `tcp_skb_pcount()` over
+    /// the successful retransmits, as the kernel counts them.
     pub retransmits: u32,
     /// `sk->sk_err` when the socket reached `CLOSE` (an errno, e.g. 110 for `ETIMEDOUT`), or, if
     /// the application had taken it by then, when the kernel reported it (errors family).
@@ -326,6 +329,9 @@ pub struct SockRecord {
     pub _pad: [u8; 3],
     /// The kernel's own TCP counters, read when the record is sent at close.
     pub tcp: TcpStats,
+    /// Why it was slow or stuck: chrono counters and RTOs read at close, SYN retransmits, the
+    /// accept, drops ([`diag`]).
+    pub diag: DiagStats,
 }
 
 /// `struct tcp_sock` counters, read at close at offsets from BTF (zero where the kernel lacks
@@ -337,7 +343,8 @@ pub struct TcpStats {
     pub srtt_us8: u32,
     /// `mdev_us`: RTT mean deviation in µs, shifted left by 2.
     pub mdev_us4: u32,
-    /// `total_retrans`: segments retransmitted over the connection's life.
+    /// `total_retrans`: segments retransmitted over the connection's life (SYN and SYN-ACK
+    /// retransmits included), the connection's share of the namespace's `TcpRetransSegs`.
     pub total_retrans: u32,
     /// 1 when the fields were read.
     pub valid: u32,
@@ -408,6 +415,11 @@ mod pod {
     unsafe impl aya::Pod for super::Listener {}
     unsafe impl aya::Pod for super::DataCall {}
     unsafe impl aya::Pod for super::SockRecord {}
+    unsafe impl aya::Pod for super::DiagOffsets {}
+    unsafe impl aya::Pod for super::SockSample {}
+    unsafe impl aya::Pod for super::ListenSample {}
+    unsafe impl aya::Pod for super::ListenSock {}
+    unsafe impl aya::Pod for super::Endpoints {}
 }
 
 #[cfg(test)]
@@ -423,11 +435,11 @@ mod tests {
         assert_eq!(size_of::<Task>(), 32);
         assert_eq!(size_of::<TcpStats>(), 32);
         assert_eq!(size_of::<Burst>(), 32);
-        assert_eq!(size_of::<SockRecord>(), 248);
+        assert_eq!(size_of::<SockRecord>(), 296);
         assert_eq!(size_of::<OpenEvent>(), 112);
         assert_eq!(size_of::<BurstEvent>(), 128);
         assert_eq!(size_of::<StateEvent>(), 40);
-        assert_eq!(size_of::<CloseEvent>(), 280);
+        assert_eq!(size_of::<CloseEvent>(), 328);
         assert_eq!(size_of::<FilterConfig>(), 8);
         assert_eq!(size_of::<Owner>(), 16);
         assert_eq!(size_of::<ListenKey>(), 8);
@@ -444,6 +456,7 @@ mod tests {
         assert_eq!(offset_of!(SockRecord, retransmits), 200);
         assert_eq!(offset_of!(SockRecord, role), 208);
         assert_eq!(offset_of!(SockRecord, tcp), 216);
+        assert_eq!(offset_of!(SockRecord, diag), 248);
         assert_eq!(offset_of!(OpenEvent, role), 104);
         assert_eq!(offset_of!(OpenEvent, state), 106);
         assert_eq!(offset_of!(CloseEvent, record), 32);

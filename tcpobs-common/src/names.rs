@@ -46,3 +46,18 @@ pub const TLS_PENDING_MAP: &str = "TLS_PENDING";
 /// `TLS_THREADS` entries the daemon removed because their thread died mid-call
 /// (`Array<u64>`, one entry, written by the daemon only).
 pub const TLS_ABANDONED_MAP: &str = "TLS_ABANDONED";
+
+/// Listening sockets by address, and who listens (`HashMap<u64, ListenSock>`), for the
+/// listener health gauges.
+pub const LISTEN_SOCKS_MAP: &str = "LISTEN_SOCKS";
+/// What the sampler read of connections (`Array<SockSample>`, one per argument slot).
+pub const SOCK_SAMPLES_MAP: &str = "SOCK_SAMPLES";
+/// What the sampler read of listening sockets (`Array<ListenSample>`, one per argument slot).
+pub const LISTEN_SAMPLES_MAP: &str = "LISTEN_SAMPLES";
+/// Which drop reasons the drops family looks at (`Array<u8>`, by `enum skb_drop_reason`).
+pub const DROP_INTEREST_MAP: &str = "DROP_INTEREST";
+/// Drops of traced connections by reason (`PerCpuArray<u64>`, by `enum skb_drop_reason`).
+pub const DROP_COUNTS_MAP: &str = "DROP_COUNTS";
+/// Addresses of connections that retransmitted, to their socket (`LruHashMap<Endpoints, u64>`),
+/// for drops found by their headers alone.
+pub const TUPLES_MAP: &str = "TUPLES";

@@ -79,6 +79,8 @@ pub struct Offsets {
     /// Wake the reader once this many bytes are waiting in the ring buffer; below that the
     /// reader polls on a timer (events are submitted with `BPF_RB_NO_WAKEUP`).
     pub wakeup_bytes: u64,
+    /// What the diagnostics read (chrono counters, stall signals, listeners, drops, accept).
+    pub diag: crate::DiagOffsets,
 }
 
 impl Offsets {
@@ -117,6 +119,7 @@ impl Offsets {
         tcp_bytes_received: 0,
         recv_flags_arg: 0,
         wakeup_bytes: 0,
+        diag: crate::DiagOffsets::UNSET,
     };
 }
 
@@ -128,7 +131,8 @@ mod tests {
 
     #[test]
     fn layout_is_pinned() {
-        assert_eq!(size_of::<Offsets>(), 72);
+        assert_eq!(size_of::<Offsets>(), 160);
+        assert_eq!(offset_of!(Offsets, diag), 72);
         assert_eq!(offset_of!(Offsets, wakeup_bytes), 64);
         assert_eq!(Offsets::UNSET, Offsets::default());
     }

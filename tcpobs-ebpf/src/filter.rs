@@ -18,7 +18,11 @@ use aya_ebpf::{
 };
 use tcpobs_common::{Endpoints, FilterConfig, ListenKey, Listener, Offsets, Owner, filter_mode};
 
-use crate::{helpers::current_owner, socket::Sock};
+use crate::{
+    helpers::current_owner,
+    maps::{LISTEN_SOCKS, remember_listener},
+    socket::Sock,
+};
 
 const AF_INET6: u16 = 10;
 
@@ -66,6 +70,7 @@ pub fn listener(o: &Offsets, sk: Sock, local_port: u16) -> Option<Owner> {
 #[inline(always)]
 pub fn listening(o: &Offsets, sk: Sock) {
     let key = listen_key(o, sk, sk.ports(o).0);
+    remember_listener(sk.key(), key.netns, key.port);
     if let Some(listener) = LISTENERS.get_ptr_mut(key) {
         // SAFETY: a valid map value; the count is approximate under races, never invalid.
         unsafe { (*listener).count += 1 };
@@ -82,6 +87,7 @@ pub fn listening(o: &Offsets, sk: Sock) {
 /// A listening socket closed (or its `listen()` failed).
 #[inline(always)]
 pub fn not_listening(o: &Offsets, sk: Sock) {
+    let _ = LISTEN_SOCKS.remove(sk.key());
     let key = listen_key(o, sk, sk.ports(o).0);
     let Some(listener) = LISTENERS.get_ptr_mut(key) else {
         return;

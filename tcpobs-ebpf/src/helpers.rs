@@ -2,7 +2,7 @@
 //! this crate.
 
 use aya_ebpf::helpers::{
-    bpf_get_current_pid_tgid,
+    bpf_get_current_pid_tgid, bpf_probe_read_kernel,
     generated::{bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_ktime_get_ns},
 };
 use tcpobs_common::{Owner, Task};
@@ -46,4 +46,15 @@ pub fn zero<const N: usize>(bytes: &mut [u8; N]) {
         // SAFETY: a valid, exclusive reference.
         unsafe { core::ptr::write_volatile(byte, 0) };
     }
+}
+
+/// Reads a `T` at `base + offset` in kernel memory (`None` if `base` is null or the read
+/// fails). Unlike `Sock::field`, offset 0 is a real offset here.
+#[inline(always)]
+pub fn kread<T>(base: u64, offset: u16) -> Option<T> {
+    if base == 0 {
+        return None;
+    }
+    // SAFETY: bpf_probe_read_kernel validates the address and fails instead of faulting.
+    unsafe { bpf_probe_read_kernel((base + u64::from(offset)) as *const T).ok() }
 }

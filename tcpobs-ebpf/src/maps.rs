@@ -3,9 +3,11 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
-use tcpobs_common::{Offsets, SockRecord, stat};
+use tcpobs_common::{ListenSock, Offsets, SockRecord, stat};
+
+use crate::helpers::current_task;
 
 /// Events to the daemon. The size is set by the loader (`--ringbuf-bytes`).
 #[map]
@@ -79,4 +81,22 @@ pub fn count(index: u32) {
         // not shared with other CPUs.
         unsafe { *counter += 1 };
     }
+}
+
+/// Listening sockets by address, and who listens: registered at `listen()` (by the state
+/// family, in the listening process) or found at start-up by the `find_listeners` iterator;
+/// read by the daemon through the sampler, for the listener health gauges.
+#[map]
+pub static LISTEN_SOCKS: HashMap<u64, ListenSock> = HashMap::with_max_entries(16_384, 0);
+
+/// Registers a listening socket with the current process as its owner (process context).
+#[inline(never)]
+pub fn remember_listener(sk: u64, netns: u32, port: u16) {
+    let mut listener = ListenSock {
+        netns,
+        port,
+        ..ListenSock::default()
+    };
+    current_task(&mut listener.task);
+    let _ = LISTEN_SOCKS.insert(sk, listener, 0);
 }

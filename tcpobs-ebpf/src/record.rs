@@ -152,7 +152,9 @@ pub fn emit_state(sock: u64, rec: &SockRecord, old: u8, new: u8, ts_ns: u64) {
 /// Sends the final record, with the kernel's TCP counters, and forgets the socket.
 #[inline(never)]
 pub fn finish(sock: u64, rec: &mut SockRecord, ts_ns: u64) {
-    Sock(sock as *const u8).tcp_stats(offsets(), &mut rec.tcp);
+    let o = offsets();
+    Sock(sock as *const u8).tcp_stats(o, &mut rec.tcp);
+    Sock(sock as *const u8).diag_at_close(&o.diag, &mut rec.diag);
     emit(|event: *mut CloseEvent| unsafe {
         (*event).hdr = header(kind::CLOSE, ts_ns, sock, rec);
         (*event).record = *rec;

@@ -3,8 +3,8 @@
 //! All reads go through `bpf_probe_read_kernel`, which works from both `tp_btf` and classic
 //! tracepoint programs and never faults, whatever the pointer.
 
-use aya_ebpf::helpers::{bpf_probe_read_kernel, bpf_probe_read_kernel_buf};
-use tcpobs_common::{Endpoints, Offsets, TcpStats, tcp_state};
+use aya_ebpf::helpers::{bpf_jiffies64, bpf_probe_read_kernel, bpf_probe_read_kernel_buf};
+use tcpobs_common::{DiagOffsets, DiagStats, Endpoints, Offsets, TcpStats, diag::have, tcp_state};
 
 use crate::helpers::zero;
 
@@ -71,6 +71,41 @@ impl Sock {
             .and_then(|at| self.read::<u64>(at))
             .unwrap_or(0);
         stats.valid = 1;
+    }
+
+    /// The field at `offset`, or `T::default()` where the kernel lacks it (offset 0) or the
+    /// read fails.
+    #[inline(always)]
+    pub fn field<T: Default>(self, offset: u16) -> T {
+        if offset == 0 {
+            return T::default();
+        }
+        self.read::<T>(offset).unwrap_or_default()
+    }
+
+    /// The chrono counters and the RTO count, as `tcp_info` would report them now (at close):
+    /// see `DiagStats`.
+    #[inline(always)]
+    pub fn diag_at_close(self, o: &DiagOffsets, diag: &mut DiagStats) {
+        if o.chrono_stat != 0 && o.chrono_start != 0 && o.chrono_type != 0 {
+            diag.chrono_j = self.read::<[u32; 3]>(o.chrono_stat).unwrap_or([0; 3]);
+            let raw: u8 = self.field(o.chrono_type);
+            let running = (raw >> (o.chrono_type_shift & 7)) & (o.chrono_type_mask as u8);
+            // SAFETY: bpf_jiffies64 has no preconditions.
+            let now = unsafe { bpf_jiffies64() } as u32;
+            let elapsed = now.wrapping_sub(self.field::<u32>(o.chrono_start));
+            match running {
+                1 => diag.chrono_j[0] = diag.chrono_j[0].wrapping_add(elapsed),
+                2 => diag.chrono_j[1] = diag.chrono_j[1].wrapping_add(elapsed),
+                3 => diag.chrono_j[2] = diag.chrono_j[2].wrapping_add(elapsed),
+                _ => {}
+            }
+            diag.have |= have::CHRONO;
+        }
+        if o.total_rto != 0 {
+            diag.total_rto = u32::from(self.field::<u16>(o.total_rto));
+            diag.have |= have::RTO;
+        }
     }
 
     /// The inode number of the socket's network namespace (0 if unreadable).

@@ -45,7 +45,7 @@ use crate::{
     },
     model::{Addrs, CloseOriginator, ExchangeClass, ExchangeRecord, Record, Role},
     sync::lock,
-    tracker::{KernelView, Tracker},
+    tracker::{KernelView, StallViews, Tracker},
 };
 
 /// A fuzz target: its name (as in `fuzz/`) and its entry point.
@@ -176,7 +176,9 @@ impl Destination for Shared {
 
     fn unwrite(&mut self, len: u64) -> io::Result<()> {
         let mut bytes = lock(&self.0);
-        let keep = bytes.len().saturating_sub(usize::try_from(len).unwrap_or(usize::MAX));
+        let keep = bytes
+            .len()
+            .saturating_sub(usize::try_from(len).unwrap_or(usize::MAX));
         bytes.truncate(keep);
         Ok(())
     }
@@ -235,7 +237,12 @@ pub fn ring_buffer(data: &[u8]) {
     };
     let json = Shared::default();
     let mut outputs = [
-        Output::new(Box::new(json.clone()), Format::Json, Clock::new(), QUEUE_BYTES),
+        Output::new(
+            Box::new(json.clone()),
+            Format::Json,
+            Clock::new(),
+            QUEUE_BYTES,
+        ),
         Output::new(
             Box::new(Shared::default()),
             Format::Justniffer(LineFormat::default()),
@@ -264,8 +271,9 @@ pub fn ring_buffer(data: &[u8]) {
                     last_data_ns: ts.saturating_sub(u64::from(b) << 20),
                     bytes: u64::from(b >> 4),
                     state: b >> 2 & 15,
+                    process: None,
                 });
-                tracker.sweep(ts, &stuck, |_| view, &mut records);
+                tracker.sweep_with(ts, &stuck, |_| view, &StallViews::default(), &mut records);
                 None
             }
             (0, false) => {
@@ -316,7 +324,9 @@ pub fn ring_buffer(data: &[u8]) {
     write_out(&mut records, metrics, &mut outputs, ts);
     // Every line written, the last one a stats line of the output's own totals.
     for output in outputs {
-        let closed = output.close(Duration::from_secs(60), |_| "{\"type\":\"stats\"}\n".to_owned());
+        let closed = output.close(Duration::from_secs(60), |_| {
+            "{\"type\":\"stats\"}\n".to_owned()
+        });
         assert_eq!(closed.unwritten, 0, "events the writer did not take");
     }
     for line in lock(&json.0).split_inclusive(|&b| b == b'\n') {

@@ -370,3 +370,22 @@ pub fn anomalies(records: &[Record]) -> Vec<tcpobs::model::AnomalyRecord> {
         })
         .collect()
 }
+
+/// `CLOCK_MONOTONIC` now, in nanoseconds: the kernel programs' clock.
+pub fn monotonic_ns() -> u64 {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid pointer to a timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+    now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
+}
+
+/// The calling thread's name as the kernel keeps it (`comm`).
+pub fn thread_comm() -> String {
+    std::fs::read_to_string("/proc/thread-self/comm")
+        .unwrap()
+        .trim()
+        .to_owned()
+}

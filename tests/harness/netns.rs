@@ -3,9 +3,11 @@
 //! network.
 
 use std::{
+    collections::HashMap,
     fs::File,
+    io::Write as _,
     os::fd::AsRawFd,
-    process::Command,
+    process::{Command, Stdio},
     sync::atomic::{AtomicU32, Ordering},
     thread,
 };
@@ -139,4 +141,88 @@ pub fn in_netns<T: Send + 'static>(
         assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
         f()
     })
+}
+
+/// The namespace's TCP counters, as `Tcp.RetransSegs` (`/proc/net/snmp`) or
+/// `TcpExt.ListenDrops` (`/proc/net/netstat`): the kernel's own totals, to compare with.
+pub fn tcp_counters(ns: &str) -> HashMap<String, u64> {
+    let output = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            ns,
+            "cat",
+            "/proc/net/snmp",
+            "/proc/net/netstat",
+        ])
+        .output()
+        .expect("ip (iproute2)");
+    assert!(output.status.success(), "{output:?}");
+    let text = String::from_utf8_lossy(&output.stdout);
+    let mut counters = HashMap::new();
+    let lines: Vec<&str> = text.lines().collect();
+    for pair in lines.windows(2) {
+        let (Some((group, names)), Some((same, values))) =
+            (pair[0].split_once(':'), pair[1].split_once(':'))
+        else {
+            continue;
+        };
+        if group != same
+            || names
+                .split_whitespace()
+                .next()
+                .is_some_and(|n| n.parse::<i64>().is_ok())
+        {
+            continue;
+        }
+        for (name, value) in names.split_whitespace().zip(values.split_whitespace()) {
+            if let Ok(value) = value.parse::<u64>() {
+                counters.insert(format!("{group}.{name}"), value);
+            }
+        }
+    }
+    counters
+}
+
+/// Applies an nftables ruleset (`nft -f -`) in namespace `ns` (Debian package nftables).
+pub fn nft(ns: &str, ruleset: &str) {
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", ns, "nft", "-f", "-"])
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("ip netns exec ... nft");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(ruleset.as_bytes())
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "nft in {ns}: {}\n{ruleset}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// Sets the MTU of namespace `ns`'s loopback (1500 makes TSO build buffers of several
+/// segments, as on a real link).
+pub fn set_loopback_mtu(ns: &str, mtu: u32) {
+    ip(&["-n", ns, "link", "set", "lo", "mtu", &mtu.to_string()]);
+}
+
+static QUIET_PORTS: AtomicU32 = AtomicU32::new(0);
+
+/// A port for a service inside a test namespace: below the ephemeral range (32768 and up), so
+/// that no client of the machine's own traffic uses it as its local port and lands in the
+/// test's port filter, and not listened on in the host's namespace.
+pub fn quiet_port() -> u16 {
+    loop {
+        let n = QUIET_PORTS.fetch_add(1, Ordering::Relaxed);
+        let port = 20_000 + ((std::process::id() * 131 + n * 7919) % 12_000) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }

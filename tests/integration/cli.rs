@@ -4,6 +4,7 @@
 use std::{io::Read, net::TcpStream, process::Command};
 
 use serde_json::Value;
+use tcpobs::kernel::loader::FAMILIES;
 use tcpobs_tests::{
     closed_port,
     daemon::Daemon,
@@ -126,20 +127,29 @@ fn check_reports_every_family_or_what_is_missing() {
         .filter_map(|line| line.strip_prefix("family="))
         .map(|rest| rest.split_whitespace().next().unwrap())
         .collect();
-    // The phase families last: uprobes on the host's C library and libssl.
-    assert_eq!(
-        families,
-        [
-            "data",
-            "resets",
-            "retransmits",
-            "close",
-            "errors",
-            "connect",
-            "state",
-            "dns",
-            "tls"
-        ],
+    // Every kernel family in attach order, then the optional ones that could not attach here
+    // (`strategy=none`, with why), then the phase families: uprobes on the host's C library
+    // and libssl.
+    let unattached: Vec<&str> = stdout
+        .lines()
+        .filter(|line| line.contains(" strategy=none "))
+        .filter_map(|line| line.strip_prefix("family="))
+        .map(|rest| rest.split_whitespace().next().unwrap())
+        .collect();
+    let mut expected: Vec<&str> = FAMILIES
+        .iter()
+        .map(|family| family.name)
+        .filter(|name| !unattached.contains(name))
+        .collect();
+    expected.extend(&unattached);
+    expected.extend(["dns", "tls"]);
+    assert_eq!(families, expected, "{stdout}");
+    for name in &unattached {
+        let family = FAMILIES.iter().find(|f| f.name == *name).unwrap();
+        assert!(family.optional, "{name} did not attach: {stdout}");
+    }
+    assert!(
+        stdout.contains("read=live_sockets source=sampler hz="),
         "{stdout}"
     );
     for family in ["dns", "tls"] {
@@ -151,7 +161,9 @@ fn check_reports_every_family_or_what_is_missing() {
         );
     }
     assert!(
-        stdout.lines().all(|line| line.contains(" strategy=")),
+        stdout
+            .lines()
+            .all(|line| line.contains(" strategy=") || line.starts_with("read=")),
         "{stdout}"
     );
     // kprobes are not compiled into this host's kernel; fentry is refused by it. Elsewhere

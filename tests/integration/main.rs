@@ -23,3 +23,4 @@ mod phases;
 mod runtime;
 mod systemd;
 mod tls;
+mod why;

@@ -4,7 +4,8 @@
 //!   curl and Prometheus (with promtool) for the integration tests, systemd (systemd-analyze)
 //!   and procps for the service's tests, python3-venv for the manifest validators, and for
 //!   the phase tests openssl (certificates, `s_server`), Python 3 (`ssl` clients), iproute2
-//!   (loopback in a network namespace) and musl-tools (a program linked against musl's
+//!   (loopback in a network namespace), nftables (packets dropped in a test namespace: loss,
+//!   a peer that vanishes) and musl-tools (a program linked against musl's
 //!   shared C library); wrk and libbpf-tools (tcplife) for the benchmarks, whose smoke run is
 //!   part of the tests; for the kernel matrix (`vm-test`, part of the tests too), QEMU, kmod
 //!   (depmod indexes the guest kernels' modules) and Debian's archive keyring (APT verifies
@@ -60,6 +61,7 @@ const TEST_PACKAGES: &[&str] = &[
     "systemd",
     "procps",
     "python3-venv",
+    "nftables",
 ];
 /// The kernel matrix's, installed without recommends.
 const VM_PACKAGES: &[&str] = &["qemu-system-x86", "kmod", "debian-archive-keyring"];

@@ -9,13 +9,22 @@
 //!
 //! The libcall families ([`libcalls`]) are uprobes on user-space libraries (the C library's
 //! `getaddrinfo`, OpenSSL's handshake functions), attached to every copy the daemon finds.
+//!
+//! Two programs are not hooks: the [`sampler`], a raw tracepoint program the daemon runs on
+//! demand to read live sockets by address, and [`listeners`], an iterator the daemon runs once
+//! at start-up to find the listening sockets opened before it.
 
+mod accept;
 mod close;
 mod connect;
 mod data;
+mod drops;
 pub mod libcalls;
+mod listeners;
+mod probes;
 mod resets;
 mod retransmit;
+mod sampler;
 mod sk_error;
 mod state;
 

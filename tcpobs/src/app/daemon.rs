@@ -10,7 +10,7 @@ use std::{
 };
 
 use aya::maps::{HashMap, MapData};
-use tcpobs_common::{SockRecord, names};
+use tcpobs_common::{SockRecord, SockSample, names};
 use tokio::{
     sync::watch,
     time::{MissedTickBehavior, interval},
@@ -19,7 +19,7 @@ use tracing::{info, warn};
 
 use crate::{
     clock::monotonic_now_ns,
-    config::live::LiveSettings,
+    config::live::{Filter, Filters, LiveSettings},
     export::{
         metrics::{Metrics, collect::Health},
         output::{
@@ -28,15 +28,19 @@ use crate::{
         },
     },
     kernel::{
+        diag::DropReasons,
         filters::KernelFilters,
         libcalls::{LibcallStats, RESCAN_INTERVAL},
-        loader::{self, LoadError, LoadOptions, Loaded},
+        loader::{self, LoadError, LoadOptions, Loaded, families::family},
         reader::{KernelStats, Reader, ReaderStats},
         report::{FamilyAttach, take_map},
     },
-    model::Record,
+    model::{Process, Record, Stuck},
     sync::lock,
-    tracker::{KernelView, StuckThresholds, SweepReport, Tracker, TrackerStats},
+    tracker::{
+        KernelFacts, KernelView, Listening, StallViews, StuckThresholds, SweepReport, Tracker,
+        TrackerStats, classify,
+    },
 };
 
 /// Every loss and health counter, from the kernel, the reader and the tracker.
@@ -83,6 +87,11 @@ pub struct Tracer {
     metrics: Option<Metrics>,
     records: Vec<Record>,
     reported_loss: u64,
+    /// The runtime filters, which also pick the listening sockets watched.
+    filters: Filters,
+    /// Scratch for the stall check's suspects and readings.
+    suspects: Vec<u64>,
+    samples: Vec<SockSample>,
 }
 
 impl Tracer {
@@ -106,6 +115,13 @@ impl Tracer {
         unsafe { libc::malloc_trim(0) };
         let reader = Reader::new(&mut loaded.ebpf)?;
         let sockets = take_map(&mut loaded.ebpf, names::SOCKETS_MAP)?;
+        lock(&tracker).set_kernel_facts(KernelFacts {
+            hz: loaded.sampler.as_ref().map_or(0, |sampler| sampler.hz),
+            probes: loaded
+                .families
+                .iter()
+                .any(|family| family.family == family::PROBES),
+        });
         {
             let mut health = lock(&health);
             health.probes = loaded.families.clone();
@@ -123,6 +139,9 @@ impl Tracer {
             metrics: None,
             records: Vec::with_capacity(1024),
             reported_loss: 0,
+            filters: options.filters.clone(),
+            suspects: Vec::new(),
+            samples: Vec::new(),
         })
     }
 
@@ -207,6 +226,9 @@ impl Tracer {
         thresholds: &StuckThresholds,
         sink: &mut dyn Sink,
     ) -> io::Result<SweepReport> {
+        let started = Instant::now();
+        let now = monotonic_now_ns();
+        let (stalls, listening) = self.read_live(now, thresholds);
         let sockets = &self.sockets;
         let lookup = |sock: u64| {
             sockets.get(&sock, 0).ok().map(|record| KernelView {
@@ -214,29 +236,73 @@ impl Tracer {
                 last_data_ns: record.burst.last_ns,
                 bytes: record.bytes_sent + record.bytes_recv,
                 state: record.state,
+                process: Process::from_kernel(&record.task),
             })
         };
-        let started = Instant::now();
-        let report =
-            lock(&self.tracker).sweep(monotonic_now_ns(), thresholds, lookup, &mut self.records);
-        if let Some(metrics) = &self.metrics {
+        let (mut report, listeners) = {
+            let mut tracker = lock(&self.tracker);
+            let report = tracker.sweep_with(now, thresholds, lookup, &stalls, &mut self.records);
+            let listeners = tracker.observe_listeners(
+                now,
+                thresholds.accept_queue_ns,
+                &listening,
+                &mut self.records,
+            );
+            (report, listeners)
+        };
+        report.stuck[Stuck::AcceptQueueFull as usize] = listeners.stuck;
+        let queues = self.metrics.as_ref().map(|metrics| {
             metrics.set_stuck(&report.stuck);
+            metrics.listeners.observe_drops(&listeners.drops);
             metrics.set_sweep_duration(started.elapsed());
-        }
+            metrics.listeners.queues(&listeners.queues)
+        });
         Self::dispatch(&mut self.records, self.metrics.as_ref(), sink)?;
         sink.flush()?;
         if let Some(libcalls) = &mut self.loaded.libcalls {
             libcalls.reap_threads();
         }
         let libcalls = self.libcall_stats();
+        let drops = self.loaded.drop_reasons.as_ref().map(DropReasons::counts);
         {
             let mut health = lock(&self.health);
             health.reader = self.reader.stats();
             health.kernel = self.reader.kernel_stats();
             health.libcalls = libcalls;
+            if let Some(queues) = queues {
+                health.listener_queues = queues;
+            }
+            health.packet_drops = drops;
         }
         self.warn_on_loss();
         Ok(report)
+    }
+
+    /// Reads, with the sampler, the stall check's suspects (what each reading says, by
+    /// socket) and every listening socket the filters let through.
+    fn read_live(
+        &mut self,
+        now: u64,
+        thresholds: &StuckThresholds,
+    ) -> (StallViews, Vec<Listening>) {
+        let Ok(sampler) = &mut self.loaded.sampler else {
+            return (StallViews::default(), Vec::new());
+        };
+        self.suspects.clear();
+        lock(&self.tracker).stall_suspects(now, thresholds, &mut self.suspects);
+        self.samples.clear();
+        sampler.sample_socks(&self.loaded.ebpf, &self.suspects, &mut self.samples);
+        let stalls = self
+            .samples
+            .iter()
+            .filter_map(|sample| {
+                let view = classify(sample, sampler.hz)?;
+                Some((sample.sock, (sample.start_ns, view)))
+            })
+            .collect();
+        let mut listening = sampler.listeners(&self.loaded.ebpf);
+        listening.retain(|listener| listener_watched(&self.filters, listener));
+        (stalls, listening)
     }
 
     fn warn_on_loss(&mut self) {
@@ -262,6 +328,7 @@ impl Tracer {
         let mut thresholds = {
             let current = live.borrow_and_update();
             sink.configure(&current);
+            self.filters = current.filters.clone();
             current.thresholds.stuck()
         };
         let mut drain = interval(timing.drain);
@@ -293,6 +360,7 @@ impl Tracer {
                     Ok(()) => {
                         let current = live.borrow_and_update();
                         sink.configure(&current);
+                        self.filters = current.filters.clone();
                         thresholds = current.thresholds.stuck();
                     }
                     Err(_) => watching = false,
@@ -326,6 +394,25 @@ impl Tracer {
             output: OutputTotals::default(),
         })
     }
+}
+
+/// Whether the runtime filters let a listening socket's gauges through: its port (local) and
+/// its owner's pid (the address and cgroup filters apply to connections only).
+fn listener_watched(filters: &Filters, listener: &Listening) -> bool {
+    let port = listener.sample.port;
+    let pid = listener.owner.map(|owner| owner.pid);
+    let passes = |filter_on: bool, include: bool, matched: bool| !filter_on || include == matched;
+    let (ports_on, ports_include, ports_match) = match &filters.ports {
+        Filter::Off => (false, true, false),
+        Filter::Include(ports) => (true, true, ports.contains(&port)),
+        Filter::Exclude(ports) => (true, false, ports.contains(&port)),
+    };
+    let (pids_on, pids_include, pids_match) = match &filters.pids {
+        Filter::Off => (false, true, false),
+        Filter::Include(pids) => (true, true, pid.is_some_and(|pid| pids.contains(&pid))),
+        Filter::Exclude(pids) => (true, false, pid.is_some_and(|pid| pids.contains(&pid))),
+    };
+    passes(ports_on, ports_include, ports_match) && passes(pids_on, pids_include, pids_match)
 }
 
 /// Completes on SIGINT or SIGTERM.

@@ -192,6 +192,13 @@ pub fn check(settings: &Settings) -> Result<(), AppError> {
             family.program_types()
         );
     }
+    // Optional families that could not attach are named, with why (they never fail the check).
+    for line in loaded.unattached_lines() {
+        println!("{line}");
+    }
+    for line in loaded.readings() {
+        println!("{line}");
+    }
     // The libcall families never fail the check: a missing library is not an error.
     if let Some(libcalls) = &loaded.libcalls {
         for (family, libraries) in libcalls.families().iter().zip(libcalls.stats().libraries) {

@@ -172,6 +172,22 @@ pub struct Cli {
     #[arg(long, value_name = "DURATION", default_value = "30s", env = "TCPOBS_THRESHOLD_NO_DATA", value_parser = parse_duration)]
     pub(crate) threshold_no_data: Duration,
 
+    /// How long a connection may have data waiting behind a zero window from a peer that is
+    /// alive (the peer application stopped reading) before it is flagged `stalled_receiver`.
+    /// Runtime setting.
+    #[arg(long, value_name = "DURATION", default_value = "10s", env = "TCPOBS_THRESHOLD_STALLED_RECEIVER", value_parser = parse_duration)]
+    pub(crate) threshold_stalled_receiver: Duration,
+
+    /// How long sent data may go unacknowledged while the kernel retransmits before the
+    /// connection is flagged `blackhole` (the peer or the path is gone). Runtime setting.
+    #[arg(long, value_name = "DURATION", default_value = "10s", env = "TCPOBS_THRESHOLD_BLACKHOLE", value_parser = parse_duration)]
+    pub(crate) threshold_blackhole: Duration,
+
+    /// How long a listener's accept queue may stay full before it is flagged
+    /// `accept_queue_full` (the application stopped accepting). Runtime setting.
+    #[arg(long, value_name = "DURATION", default_value = "10s", env = "TCPOBS_THRESHOLD_ACCEPT_QUEUE", value_parser = parse_duration)]
+    pub(crate) threshold_accept_queue: Duration,
+
     /// Whether connections closed by a reset count as anomalies. Runtime setting.
     #[arg(long, value_name = "BOOL", default_value_t = true, env = "TCPOBS_ANOMALY_RESETS", action = clap::ArgAction::Set)]
     pub(crate) anomaly_resets: bool,

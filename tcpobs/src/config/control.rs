@@ -248,10 +248,16 @@ mod tests {
     #[test]
     fn log_level_field_values_are_not_regular_expressions() {
         check_log_level("tcpobs[{peer=(}]=debug").expect("a field value of literal text");
-        assert!(check_log_level("tcpobs[{peer=debug}]").is_err(), "names no level");
+        assert!(
+            check_log_level("tcpobs[{peer=debug}]").is_err(),
+            "names no level"
+        );
         let (control, _, levels) = control();
         control
-            .patch(&json!({"log_level": "warn,tcpobs[{peer=a.*(b}]=debug"}), &"a test")
+            .patch(
+                &json!({"log_level": "warn,tcpobs[{peer=a.*(b}]=debug"}),
+                &"a test",
+            )
             .expect("a literal field value");
         assert_eq!(*levels.lock().unwrap(), ["warn,tcpobs[{peer=a.*(b}]=debug"]);
         assert!(check_log_level("tcpobs=loudest").is_err());

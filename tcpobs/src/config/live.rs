@@ -184,6 +184,27 @@ pub struct Thresholds {
     pub no_data_s: f64,
     /// Whether connections closed by a reset are anomalies.
     pub resets: bool,
+    /// Data waiting and a zero window from the peer (the peer application stopped reading).
+    #[serde(default = "default_stalled_receiver_s")]
+    pub stalled_receiver_s: f64,
+    /// Data unacknowledged and nothing acknowledged while retransmitting (peer or path gone).
+    #[serde(default = "default_blackhole_s")]
+    pub blackhole_s: f64,
+    /// A listener's accept queue full (the application stopped accepting).
+    #[serde(default = "default_accept_queue_s")]
+    pub accept_queue_s: f64,
+}
+
+fn default_stalled_receiver_s() -> f64 {
+    Thresholds::default().stalled_receiver_s
+}
+
+fn default_blackhole_s() -> f64 {
+    Thresholds::default().blackhole_s
+}
+
+fn default_accept_queue_s() -> f64 {
+    Thresholds::default().accept_queue_s
 }
 
 impl Default for Thresholds {
@@ -196,6 +217,9 @@ impl Default for Thresholds {
             fin_wait2_s: 60.0,
             no_data_s: 30.0,
             resets: true,
+            stalled_receiver_s: 10.0,
+            blackhole_s: 10.0,
+            accept_queue_s: 10.0,
         }
     }
 }
@@ -215,6 +239,9 @@ impl Thresholds {
             ("close_wait_s", self.close_wait_s),
             ("fin_wait2_s", self.fin_wait2_s),
             ("no_data_s", self.no_data_s),
+            ("stalled_receiver_s", self.stalled_receiver_s),
+            ("blackhole_s", self.blackhole_s),
+            ("accept_queue_s", self.accept_queue_s),
         ] {
             if !value.is_finite() || !(0.0..=1e9).contains(&value) {
                 return Err(SettingsError::Threshold { name, value });
@@ -231,6 +258,9 @@ impl Thresholds {
             idle_ns: ns(self.idle_s),
             close_wait_ns: ns(self.close_wait_s),
             fin_wait2_ns: ns(self.fin_wait2_s),
+            stalled_receiver_ns: ns(self.stalled_receiver_s),
+            blackhole_ns: ns(self.blackhole_s),
+            accept_queue_ns: ns(self.accept_queue_s),
         }
     }
 }

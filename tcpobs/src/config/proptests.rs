@@ -264,6 +264,9 @@ fn live_settings() -> impl Strategy<Value = LiveSettings> {
             seconds(),
             seconds(),
             seconds(),
+            seconds(),
+            seconds(),
+            seconds(),
         ],
         any::<bool>(),
     )
@@ -275,6 +278,9 @@ fn live_settings() -> impl Strategy<Value = LiveSettings> {
             fin_wait2_s: s[4],
             no_data_s: s[5],
             resets,
+            stalled_receiver_s: s[6],
+            blackhole_s: s[7],
+            accept_queue_s: s[8],
         });
     let filters = (
         filter(1u16..),

@@ -5,6 +5,8 @@
 //! The format is the kernel's `Documentation/bpf/btf.rst`: a header, a type section of
 //! variable-length records (type ids start at 1), and a string section.
 
+mod bits;
+
 use std::{collections::HashSet, fs, path::Path};
 
 use thiserror::Error;

@@ -5,6 +5,7 @@
 
 pub(crate) mod btf;
 pub(crate) mod decode;
+pub(crate) mod diag;
 pub(crate) mod filters;
 pub mod libcalls;
 pub mod loader;

@@ -88,6 +88,128 @@ pub struct ConnectionRecord {
     pub spans: Option<Box<TimelineSpans>>,
     /// Its last exchange (the one finished by the close, or in progress at shutdown).
     pub last_exchange: Option<ExchangeSpan>,
+    /// Why it was slow or stuck, from the kernel.
+    pub diag: Diagnosis,
+}
+
+/// Why a connection was slow or stuck, from the kernel, at close: what [`Diagnosis`] holds,
+/// field by field; `None` where the kernel does not say (an older kernel, a hook that did not
+/// attach, a role it does not apply to).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DiagnosisParts {
+    /// SYN retransmits (client) or SYN-ACK retransmits (server) before `ESTABLISHED`.
+    pub syn_retransmits: Option<u32>,
+    /// `tcp_info`'s chrono counters (ns): time busy sending (including both limited times),
+    /// limited by the peer's receive window, limited by the local send buffer.
+    pub busy_ns: Option<u64>,
+    pub rwnd_limited_ns: Option<u64>,
+    pub sndbuf_limited_ns: Option<u64>,
+    /// Retransmission timeouts (`tcp_sock.total_rto`, Linux 6.7).
+    pub rto_count: Option<u32>,
+    /// `ESTABLISHED` (queued on the listener) to the application's `accept()` (ns), servers.
+    pub accept_wait_ns: Option<u64>,
+    /// Packets the kernel dropped that belonged to it, and the reason for the last one
+    /// (`enum skb_drop_reason`; see [`drop_reason_name`]).
+    pub packet_drops: u32,
+    pub drop_reason: Option<u32>,
+    /// Zero-window probes sent (where the probes family attached).
+    pub zero_window_probes: Option<u32>,
+}
+
+/// [`DiagnosisParts`], packed: every connection record carries one, and records move through
+/// queues by value. The chrono counters are kept in milliseconds (the kernel counts them in
+/// jiffies, 1 to 10 ms), up to 49 days.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Diagnosis {
+    chrono_ms: [u32; 3],
+    accept_wait_ns: u64,
+    syn_retransmits: u32,
+    rto_count: u32,
+    zero_window_probes: u32,
+    drop_reason: u32,
+    packet_drops: u32,
+}
+
+const UNKNOWN: u32 = u32::MAX;
+
+impl Default for Diagnosis {
+    fn default() -> Self {
+        DiagnosisParts::default().into()
+    }
+}
+
+impl From<DiagnosisParts> for Diagnosis {
+    fn from(parts: DiagnosisParts) -> Self {
+        let ms = |ns: Option<u64>| {
+            ns.map_or(UNKNOWN, |ns| {
+                u32::try_from((ns + 500_000) / 1_000_000).unwrap_or(UNKNOWN - 1)
+            })
+        };
+        let count = |value: Option<u32>| value.map_or(UNKNOWN, |value| value.min(UNKNOWN - 1));
+        Self {
+            chrono_ms: [
+                ms(parts.busy_ns),
+                ms(parts.rwnd_limited_ns),
+                ms(parts.sndbuf_limited_ns),
+            ],
+            accept_wait_ns: parts
+                .accept_wait_ns
+                .map_or(u64::MAX, |ns| ns.min(u64::MAX - 1)),
+            syn_retransmits: count(parts.syn_retransmits),
+            rto_count: count(parts.rto_count),
+            zero_window_probes: count(parts.zero_window_probes),
+            drop_reason: count(parts.drop_reason),
+            packet_drops: parts.packet_drops,
+        }
+    }
+}
+
+impl Diagnosis {
+    /// Field by field.
+    pub fn parts(&self) -> DiagnosisParts {
+        let ns = |ms: u32| (ms != UNKNOWN).then(|| u64::from(ms) * 1_000_000);
+        let count = |value: u32| (value != UNKNOWN).then_some(value);
+        DiagnosisParts {
+            syn_retransmits: count(self.syn_retransmits),
+            busy_ns: ns(self.chrono_ms[0]),
+            rwnd_limited_ns: ns(self.chrono_ms[1]),
+            sndbuf_limited_ns: ns(self.chrono_ms[2]),
+            rto_count: count(self.rto_count),
+            accept_wait_ns: (self.accept_wait_ns != u64::MAX).then_some(self.accept_wait_ns),
+            packet_drops: self.packet_drops,
+            drop_reason: count(self.drop_reason),
+            zero_window_probes: count(self.zero_window_probes),
+        }
+    }
+}
+
+/// The kernel's names of its drop reasons (`enum skb_drop_reason`, read from BTF at start-up),
+/// lowercase and without the `SKB_DROP_REASON_` prefix, by value.
+static DROP_REASON_NAMES: std::sync::OnceLock<Vec<Option<Box<str>>>> = std::sync::OnceLock::new();
+
+/// Sets the drop reasons' names (once per process: every tracer reads the same kernel).
+pub fn set_drop_reason_names(names: Vec<Option<Box<str>>>) {
+    let _ = DROP_REASON_NAMES.set(names);
+}
+
+/// Whether the running kernel has a drop reason of this name (lowercase, no prefix).
+pub fn drop_reason_known(name: &str) -> bool {
+    DROP_REASON_NAMES
+        .get()
+        .is_some_and(|names| names.iter().flatten().any(|known| &**known == name))
+}
+
+/// The name of drop reason `value` (`netfilter_drop`), or `reason_N` if the kernel's BTF did not
+/// name it.
+pub fn drop_reason_name(value: u32) -> std::borrow::Cow<'static, str> {
+    DROP_REASON_NAMES
+        .get()
+        .and_then(|names| names.get(value as usize))
+        .and_then(|name| name.as_deref())
+        .map_or_else(
+            || std::borrow::Cow::Owned(format!("reason_{value}")),
+            std::borrow::Cow::Borrowed,
+        )
 }
 
 /// The kernel's TCP counters for a connection (`struct tcp_sock`), at close.
@@ -131,7 +253,9 @@ pub struct OpenedRecord {
     pub connect_ns: u64,
 }
 
-/// A live connection the hang detector flagged (once per connection and way of being stuck).
+/// A live connection the hang detector flagged (once per connection and way of being stuck),
+/// or a listening socket whose accept queue stayed full ([`Stuck::AcceptQueueFull`]: no
+/// connection, `conn_id` 0, the listening address as local and no remote).
 #[derive(Clone, Debug, PartialEq)]
 pub struct AnomalyRecord {
     pub conn_id: u64,

@@ -15,15 +15,27 @@ pub enum Stuck {
     CloseWait,
     /// `FIN_WAIT2` for too long: this side closed and the peer never finished.
     FinWait2,
+    /// Data to send and a zero window from the peer for too long: the peer application stopped
+    /// reading (its probes are answered: it is alive).
+    StalledReceiver,
+    /// Unacknowledged data, the retransmission timer backing off, nothing acknowledged for too
+    /// long: the peer or the path is gone.
+    Blackhole,
+    /// A listening socket whose accept queue stayed full for too long: the application stopped
+    /// accepting (reported for listeners, not connections).
+    AcceptQueueFull,
 }
 
 impl Stuck {
-    pub const ALL: [Self; 5] = [
+    pub const ALL: [Self; 8] = [
         Self::SynSent,
         Self::NoData,
         Self::Idle,
         Self::CloseWait,
         Self::FinWait2,
+        Self::StalledReceiver,
+        Self::Blackhole,
+        Self::AcceptQueueFull,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -33,6 +45,9 @@ impl Stuck {
             Self::Idle => "idle",
             Self::CloseWait => "close_wait",
             Self::FinWait2 => "fin_wait2",
+            Self::StalledReceiver => "stalled_receiver",
+            Self::Blackhole => "blackhole",
+            Self::AcceptQueueFull => "accept_queue_full",
         }
     }
 
@@ -53,6 +68,15 @@ impl Stuck {
             }
             Self::FinWait2 => {
                 "half-closed: this side closed and the peer never closed its end; check the peer application and intermediaries that may drop its FIN"
+            }
+            Self::StalledReceiver => {
+                "stalled receiver: the peer advertises a zero window and answers the probes, so it is alive but its application stopped reading (blocked, overloaded or deadlocked); look at the process on the other end, not at the network"
+            }
+            Self::Blackhole => {
+                "black hole: sent data is not acknowledged and the retransmission timer keeps backing off; the peer host or the path is gone (host down, route withdrawn, a firewall or NAT dropping the flow); check the peer's reachability and the packet drops on the path; without TCP_USER_TIMEOUT the kernel gives up only after tcp_retries2 (about 15 minutes)"
+            }
+            Self::AcceptQueueFull => {
+                "listener not accepting: its accept queue stayed full, so the kernel drops new connections and SYNs; the application stopped calling accept() (hung, blocked or overloaded); check the listening process, raise its accept rate or the listen() backlog"
             }
         }
     }

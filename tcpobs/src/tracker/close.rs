@@ -10,12 +10,56 @@
 //!   answered the SYN), `timeout`, `unreachable` (ICMP), or `other`.
 
 use tcpobs_common::{
-    FLAG_APP_CLOSED, FLAG_CLOSE_WAIT, FLAG_RST_RECV, FLAG_RST_SENT, SockRecord, tcp_state, teardown,
+    FLAG_APP_CLOSED, FLAG_CLOSE_WAIT, FLAG_RST_RECV, FLAG_RST_SENT, SockRecord, diag::have,
+    tcp_state, teardown,
 };
 
+use super::KernelFacts;
 use crate::model::{
-    Close, CloseKind, CloseOriginator, ConnectFailure, ECONNREFUSED, ETIMEDOUT, Role, Side,
+    Close, CloseKind, CloseOriginator, ConnectFailure, Diagnosis, DiagnosisParts, ECONNREFUSED,
+    ETIMEDOUT, Role, Side,
 };
+
+/// Retransmitted segments, as the kernel counts them (`TcpRetransSegs`): its own
+/// `total_retrans` where it was read (SYN and SYN-ACK retransmits included), else the
+/// segments the retransmit hook counted.
+pub(super) fn retransmits_of(rec: &SockRecord) -> u32 {
+    if rec.tcp.valid != 0 {
+        rec.tcp.total_retrans
+    } else {
+        rec.retransmits
+    }
+}
+
+/// What the kernel's record says about why the connection was slow or stuck.
+pub(super) fn diagnosis_of(rec: &SockRecord, role: Role, facts: &KernelFacts) -> Diagnosis {
+    let d = &rec.diag;
+    let chrono = d.chrono_ns(facts.hz);
+    DiagnosisParts {
+        syn_retransmits: match role {
+            Role::Client => Some(d.syn_retrans),
+            // The child socket starts with the request's retransmits (`tcp_create_openreq_child`
+            // copies `req->num_retrans` into `total_retrans`); the hook saw the rest.
+            Role::Server if rec.tcp.valid != 0 => {
+                Some(rec.tcp.total_retrans.saturating_sub(rec.retransmits))
+            }
+            _ => None,
+        },
+        busy_ns: chrono.map(|(busy, _, _)| busy),
+        rwnd_limited_ns: chrono.map(|(_, rwnd, _)| rwnd),
+        sndbuf_limited_ns: chrono.map(|(_, _, sndbuf)| sndbuf),
+        rto_count: (d.have & have::RTO != 0).then_some(d.total_rto),
+        accept_wait_ns: (role == Role::Server
+            && d.accept_ns != 0
+            && rec.established_ns != 0
+            && d.accept_ns >= rec.established_ns)
+            .then(|| d.accept_ns - rec.established_ns),
+        packet_drops: d.drops,
+        drop_reason: (d.drops != 0).then_some(d.drop_reason),
+        zero_window_probes: facts.probes.then_some(d.probes0),
+    }
+    .into()
+}
 
 const ENETUNREACH: u32 = 101;
 const EHOSTDOWN: u32 = 112;

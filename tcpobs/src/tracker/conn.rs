@@ -9,12 +9,13 @@ use tcpobs_common::{
 };
 
 use super::{
-    close::{close_of, connect_failure_of},
+    KernelFacts,
+    close::{close_of, connect_failure_of, diagnosis_of, retransmits_of},
     exchange::{ExchangeEnd, Pending},
 };
 use crate::model::{
-    Addrs, Comm, ConnectionRecord, PartialReason, Process, Record, Role, Stuck, StuckSet,
-    TcpCounters, TimelineSpans,
+    Addrs, Comm, ConnectionRecord, Diagnosis, PartialReason, Process, Record, Role, Stuck,
+    StuckSet, TcpCounters, TimelineSpans,
 };
 
 /// A live connection.
@@ -59,7 +60,15 @@ pub(crate) struct Conn {
     pub(super) stuck_since_ns: u64,
     /// Audits in a row that found no kernel record for this connection.
     pub(super) missing: u8,
+    /// The stall check's last word: [`STALL_IDLE`] when a sample found nothing in flight, so
+    /// that it is not sampled again until it moves data.
+    pub(super) stall_check: u8,
 }
+
+/// `Conn::stall_check`: not sampled since it last moved data.
+pub(super) const STALL_UNKNOWN: u8 = 0;
+/// `Conn::stall_check`: sampled since, with nothing in flight (idle).
+pub(super) const STALL_IDLE: u8 = 1;
 
 impl Conn {
     pub(super) fn new(id: u64, start_ns: u64, role: Role, partial: bool) -> Self {
@@ -88,6 +97,7 @@ impl Conn {
             stuck: None,
             stuck_since_ns: 0,
             missing: 0,
+            stall_check: STALL_UNKNOWN,
         }
     }
 
@@ -195,6 +205,7 @@ impl Conn {
         }
         self.saw_data = true;
         self.last_activity_ns = self.last_activity_ns.max(burst.last_ns);
+        self.stall_check = STALL_UNKNOWN;
         Some((slot, burst.bytes))
     }
 
@@ -222,6 +233,13 @@ impl Conn {
     pub(super) fn update_process(&mut self, task: &Task) {
         if self.pid == 0 {
             self.set_process(Process::from_kernel(task));
+        }
+    }
+
+    /// Takes the owner the kernel's record knows, if the tracker has none yet.
+    pub(super) fn learn_process(&mut self, process: Option<Process>) {
+        if self.pid == 0 {
+            self.set_process(process);
         }
     }
 
@@ -274,6 +292,7 @@ impl Conn {
             stuck_at_end: self.episode_at(self.start_ns + lifetime_ns),
             spans: self.spans.take(),
             last_exchange: None,
+            diag: Diagnosis::default(),
         }
     }
 
@@ -294,7 +313,7 @@ impl Conn {
     }
 
     /// The final record of a closed connection, after its last exchange.
-    pub(super) fn closed(mut self, rec: &SockRecord, out: &mut Vec<Record>) {
+    pub(super) fn closed(mut self, rec: &SockRecord, facts: &KernelFacts, out: &mut Vec<Record>) {
         self.take_pending(rec, out);
         // The kernel's record has the final word on addresses: a connect announced before its
         // local port was bound learns it here.
@@ -323,8 +342,9 @@ impl Conn {
         record.connect_failure = connect_failure_of(rec);
         record.bytes_sent = rec.bytes_sent;
         record.bytes_received = rec.bytes_recv;
-        record.retransmits = rec.retransmits;
+        record.retransmits = retransmits_of(rec);
         record.tcp = TcpCounters::from_kernel(&rec.tcp);
+        record.diag = diagnosis_of(rec, self.role, facts);
         record.close = Some(close);
         out.push(Record::Connection(record));
     }

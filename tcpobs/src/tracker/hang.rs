@@ -9,6 +9,16 @@
 //! | `idle` | `ESTABLISHED`, no data for longer than the threshold (a zombie) |
 //! | `close_wait` | `CLOSE_WAIT` for longer than the threshold (a leak) |
 //! | `fin_wait2` | `FIN_WAIT2` for longer than the threshold |
+//! | `stalled_receiver` | data waiting, the peer's window zero (its probes answered) for longer than the threshold |
+//! | `blackhole` | data in flight, retransmissions backing off, no ACK for longer than the threshold |
+//!
+//! The last two need the kernel's live TCP state, which no event carries: connections quiet for
+//! longer than the smaller of their thresholds are *stall suspects* ([`Tracker::stall_suspects`]),
+//! the daemon reads them with the sampler and hands the readings in ([`StallView`], made by
+//! [`classify`]). A reading that finds nothing in flight or waiting is an idle connection (a
+//! zombie, if it lasts): it is not read again until it moves data, or on the slow rotation. A
+//! reading that finds data moving vetoes `idle` and `no_data` (a long write in progress).
+//! Listening sockets (`accept_queue_full`) are watched apart, in `listeners`.
 //!
 //! The tracker only learns of data when a burst ends, and of the brief teardown states
 //! (`FIN_WAIT1`, `LAST_ACK`, `CLOSING`) not at all, so a connection that *looks* stuck is
@@ -26,8 +36,12 @@
 
 use tcpobs_common::tcp_state;
 
-use super::{Conn, Tracker};
-use crate::model::{AnomalyRecord, Record, Stuck};
+use super::{
+    Conn, Tracker,
+    conn::{STALL_IDLE, STALL_UNKNOWN},
+    stalls::{StallView, StallViews},
+};
+use crate::model::{AnomalyRecord, Process, Record, Stuck};
 
 /// Thresholds per way of being stuck (ns); 0 turns a check off.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -37,17 +51,31 @@ pub(crate) struct StuckThresholds {
     pub idle_ns: u64,
     pub close_wait_ns: u64,
     pub fin_wait2_ns: u64,
+    pub stalled_receiver_ns: u64,
+    pub blackhole_ns: u64,
+    pub accept_queue_ns: u64,
 }
 
 impl StuckThresholds {
-    fn of(&self, stuck: Stuck) -> u64 {
+    pub(super) fn of(&self, stuck: Stuck) -> u64 {
         match stuck {
             Stuck::SynSent => self.syn_sent_ns,
             Stuck::NoData => self.no_data_ns,
             Stuck::Idle => self.idle_ns,
             Stuck::CloseWait => self.close_wait_ns,
             Stuck::FinWait2 => self.fin_wait2_ns,
+            Stuck::StalledReceiver => self.stalled_receiver_ns,
+            Stuck::Blackhole => self.blackhole_ns,
+            Stuck::AcceptQueueFull => self.accept_queue_ns,
         }
+    }
+
+    /// How long a connection must be quiet to be a stall suspect (`None`: both checks off).
+    fn stall_quiet_ns(&self) -> Option<u64> {
+        [self.stalled_receiver_ns, self.blackhole_ns]
+            .into_iter()
+            .filter(|&ns| ns != 0)
+            .min()
     }
 }
 
@@ -62,13 +90,16 @@ pub(crate) struct KernelView {
     pub bytes: u64,
     /// The socket's state (`tcp_state`).
     pub state: u8,
+    /// The process the record names (first seen in process context), if any.
+    pub process: Option<Process>,
 }
 
 /// Result of one sweep.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(crate) struct SweepReport {
-    /// Connections stuck right now, indexed like [`Stuck::ALL`].
-    pub stuck: [u64; 5],
+    /// Connections (and, for `accept_queue_full`, listeners) stuck right now, indexed like
+    /// [`Stuck::ALL`].
+    pub stuck: [u64; Stuck::ALL.len()],
     /// Kernel lookups made.
     pub lookups: u64,
     /// Connections found lost by the audit.
@@ -96,33 +127,89 @@ fn index(stuck: Stuck) -> usize {
 }
 
 impl Conn {
-    /// How the tracker's own view has the connection stuck, and since when.
-    fn candidate(&self, now: u64, thresholds: &StuckThresholds) -> Option<(Stuck, u64)> {
+    /// How the tracker's view (and this sweep's reading, if any) has the connection stuck, and
+    /// since when.
+    fn candidate(
+        &self,
+        now: u64,
+        thresholds: &StuckThresholds,
+        stall: Option<StallView>,
+    ) -> Option<(Stuck, u64)> {
         use tcpobs_common::tcp_state::*;
-        let (stuck, since) = match self.state {
-            SYN_SENT => (Stuck::SynSent, self.start_ns),
-            ESTABLISHED if !self.saw_data => (
+        let (stuck, since) = match (self.state, stall) {
+            (SYN_SENT, _) => (Stuck::SynSent, self.start_ns),
+            (_, Some(StallView::Blackhole { since_ns })) => (Stuck::Blackhole, since_ns),
+            (_, Some(StallView::StalledReceiver { since_ns })) => (
+                Stuck::StalledReceiver,
+                since_ns.unwrap_or(self.last_activity_ns),
+            ),
+            // A long write in progress: neither idle nor without data.
+            (ESTABLISHED, Some(StallView::Moving)) => return None,
+            (ESTABLISHED, _) if !self.saw_data => (
                 Stuck::NoData,
                 self.established_ns().unwrap_or(self.state_since_ns),
             ),
-            ESTABLISHED => (Stuck::Idle, self.last_activity_ns),
-            CLOSE_WAIT => (Stuck::CloseWait, self.state_since_ns),
-            FIN_WAIT2 => (Stuck::FinWait2, self.state_since_ns),
+            (ESTABLISHED, _) => (Stuck::Idle, self.last_activity_ns),
+            (CLOSE_WAIT, _) => (Stuck::CloseWait, self.state_since_ns),
+            (FIN_WAIT2, _) => (Stuck::FinWait2, self.state_since_ns),
             _ => return None,
         };
         let threshold = thresholds.of(stuck);
         (threshold != 0 && now.saturating_sub(since) >= threshold).then_some((stuck, since))
     }
+
+    /// Whether the stall check should read this connection's TCP state now.
+    fn stall_suspect(&self, now: u64, quiet_ns: u64, recheck: bool) -> bool {
+        matches!(self.state, tcp_state::ESTABLISHED | tcp_state::CLOSE_WAIT)
+            && now.saturating_sub(self.last_activity_ns) >= quiet_ns
+            && (self.stall_check != STALL_IDLE
+                || recheck
+                || matches!(self.stuck, Some(Stuck::StalledReceiver | Stuck::Blackhole)))
+    }
 }
 
 impl Tracker {
-    /// Flags stuck connections. `lookup` reads the kernel's record of a socket (`None` if it
-    /// has none). Anomalies for newly stuck connections are appended to `out`.
+    /// The connections whose TCP state the stall check wants read before the next sweep
+    /// (appended to `out`): established or in `CLOSE_WAIT`, quiet for at least the smaller
+    /// stall threshold, and not known idle since they last moved data (those are read again on
+    /// the slow rotation).
+    pub(crate) fn stall_suspects(
+        &self,
+        now: u64,
+        thresholds: &StuckThresholds,
+        out: &mut Vec<u64>,
+    ) {
+        let Some(quiet) = thresholds.stall_quiet_ns() else {
+            return;
+        };
+        let sweep = self.sweeps + 1;
+        out.extend(self.conns.iter().filter_map(|(sock, conn)| {
+            let recheck = (conn.id + sweep).is_multiple_of(RECHECK_EVERY);
+            conn.stall_suspect(now, quiet, recheck).then_some(sock)
+        }));
+    }
+
+    /// [`Tracker::sweep_with`] without readings of the stall suspects.
+    #[cfg(test)]
     pub(crate) fn sweep(
         &mut self,
         now: u64,
         thresholds: &StuckThresholds,
+        lookup: impl FnMut(u64) -> Option<KernelView>,
+        out: &mut Vec<Record>,
+    ) -> SweepReport {
+        self.sweep_with(now, thresholds, lookup, &StallViews::default(), out)
+    }
+
+    /// Flags stuck connections. `lookup` reads the kernel's record of a socket (`None` if it
+    /// has none); `stalls` are this sweep's readings of the stall suspects. Anomalies for newly
+    /// stuck connections are appended to `out`.
+    pub(crate) fn sweep_with(
+        &mut self,
+        now: u64,
+        thresholds: &StuckThresholds,
         mut lookup: impl FnMut(u64) -> Option<KernelView>,
+        stalls: &StallViews,
         out: &mut Vec<Record>,
     ) -> SweepReport {
         self.sweeps += 1;
@@ -132,7 +219,14 @@ impl Tracker {
         let mut vanished = Vec::new();
         let counts = &mut self.counts;
         self.conns.for_each_mut(|sock, conn| {
-            let mut candidate = conn.candidate(now, thresholds);
+            let stall = stalls
+                .get(&sock)
+                .filter(|(start_ns, _)| *start_ns == conn.start_ns)
+                .map(|&(_, view)| view);
+            if stall == Some(StallView::Idle) {
+                conn.stall_check = STALL_IDLE;
+            }
+            let mut candidate = conn.candidate(now, thresholds, stall);
             let audit = (conn.id + sweep).is_multiple_of(AUDIT_EVERY);
             let needs_kernel = audit
                 || match candidate {
@@ -150,7 +244,13 @@ impl Tracker {
                         conn.missing = 0;
                         // Data the tracker may not have seen yet: a burst still in progress.
                         conn.saw_data |= view.bytes > 0;
-                        conn.last_activity_ns = conn.last_activity_ns.max(view.last_data_ns);
+                        if view.last_data_ns > conn.last_activity_ns {
+                            conn.last_activity_ns = view.last_data_ns;
+                            conn.stall_check = STALL_UNKNOWN;
+                        }
+                        // An owner the tracker has not heard of: an accepted socket that only
+                        // received so far (its burst is still in the kernel's record).
+                        conn.learn_process(view.process);
                         if view.state != conn.state && is_open_state(view.state) {
                             // A state entered without an event (see the module docs).
                             counts.remove(conn.role, conn.state);
@@ -158,7 +258,7 @@ impl Tracker {
                             conn.state = view.state;
                             conn.state_since_ns = now;
                         }
-                        candidate = conn.candidate(now, thresholds);
+                        candidate = conn.candidate(now, thresholds, stall);
                     }
                     None if audit => {
                         conn.missing += 1;
@@ -221,6 +321,9 @@ mod tests {
             idle_ns: 60 * S,
             close_wait_ns: 5 * S,
             fin_wait2_ns: 30 * S,
+            stalled_receiver_ns: 2 * S,
+            blackhole_ns: 3 * S,
+            accept_queue_ns: 2 * S,
         }
     }
 
@@ -278,7 +381,7 @@ mod tests {
         // One second before the close_wait threshold (CLOSE_WAIT since 1 s, threshold 5 s).
         let report = tracker.sweep(5 * S, &thresholds(), no_kernel, &mut out);
         assert_eq!(anomalies(&out), [Stuck::SynSent]);
-        assert_eq!(report.stuck, [1, 0, 0, 0, 0]);
+        assert_eq!(report.stuck, [1, 0, 0, 0, 0, 0, 0, 0]);
         out.clear();
         let report = tracker.sweep(6 * S, &thresholds(), no_kernel, &mut out);
         assert_eq!(
@@ -286,13 +389,13 @@ mod tests {
             [Stuck::CloseWait],
             "first sweep past the threshold"
         );
-        assert_eq!(report.stuck, [1, 0, 0, 1, 0]);
+        assert_eq!(report.stuck, [1, 0, 0, 1, 0, 0, 0, 0]);
         out.clear();
         let report = tracker.sweep(11 * S, &thresholds(), no_kernel, &mut out);
         assert_eq!(anomalies(&out), [Stuck::NoData]);
         assert_eq!(
             report.stuck,
-            [1, 1, 0, 1, 0],
+            [1, 1, 0, 1, 0, 0, 0, 0],
             "still stuck, not reported again"
         );
     }
@@ -326,12 +429,14 @@ mod tests {
                     last_data_ns: 9 * S,
                     bytes: 5,
                     state: tcp_state::ESTABLISHED,
+                    process: None,
                 },
                 _ => KernelView {
                     start_ns: 0,
                     last_data_ns: 61 * S,
                     bytes: 30,
                     state: tcp_state::ESTABLISHED,
+                    process: None,
                 },
             })
         };
@@ -343,11 +448,11 @@ mod tests {
         let mut out = Vec::new();
         let report = tracker.sweep(63 * S, &thresholds(), |_| None, &mut out);
         assert!(anomalies(&out).is_empty(), "{out:?}");
-        assert_eq!(report.stuck, [0; 5]);
+        assert_eq!(report.stuck, [0; 8]);
         // A minute of real silence later, socket 1 is a zombie.
         let report = tracker.sweep(70 * S, &thresholds(), |_| None, &mut out);
         assert_eq!(anomalies(&out), [Stuck::Idle]);
-        assert_eq!(report.stuck, [0, 0, 1, 0, 0]);
+        assert_eq!(report.stuck, [0, 0, 1, 0, 0, 0, 0, 0]);
     }
 
     #[test]
@@ -405,7 +510,7 @@ mod tests {
         let mut out = Vec::new();
         let report = tracker.sweep(40 * S, &thresholds(), kernel, &mut out);
         assert!(anomalies(&out).is_empty(), "{out:?}");
-        assert_eq!((report.lookups, report.stuck), (1, [0; 5]));
+        assert_eq!((report.lookups, report.stuck), (1, [0; 8]));
         assert_eq!(tracker.live().next().unwrap().state(), tcp_state::LAST_ACK);
         let open = &tracker.counts().open[0];
         let (last_ack, close_wait) = (

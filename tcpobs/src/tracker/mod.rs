@@ -33,6 +33,8 @@ mod conn;
 mod exchange;
 mod hang;
 mod libcalls;
+mod listeners;
+mod stalls;
 mod table;
 #[cfg(test)]
 mod tests;
@@ -41,12 +43,16 @@ use std::num::NonZeroU64;
 
 use tcpobs_common::{CloseEvent, FLAG_PARTIAL, OpenEvent, SockRecord, StateEvent};
 
+#[cfg(test)]
+pub(crate) use self::stalls::StallView;
 /// A cheap hasher for integer keys, shared with the container metadata cache.
 pub(crate) use self::table::SockHasher;
 pub(crate) use self::{
     conn::Conn,
     hang::{KernelView, StuckThresholds, SweepReport},
     libcalls::DnsCache,
+    listeners::{ListenDrop, ListenerReport, ListenerWatch, Listening},
+    stalls::{StallViews, classify},
 };
 use self::{libcalls::RecentCloses, table::Table};
 use crate::{
@@ -82,7 +88,8 @@ pub(crate) struct LiveCounts {
     pub open: [[u64; 16]; 3],
     /// Payload bytes by [`role_index`]: `[sent, received]`.
     pub bytes: [[u64; 2]; 3],
-    /// Retransmitted segments of closed connections, by [`role_index`].
+    /// Retransmitted segments of closed connections, by [`role_index`] (each connection's
+    /// `retransmits`: the kernel's `total_retrans`).
     pub retransmits: [u64; 3],
 }
 
@@ -97,6 +104,15 @@ impl LiveCounts {
     }
 }
 
+/// Facts about the running kernel the records need, set once the programs are loaded.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct KernelFacts {
+    /// The kernel's tick rate (jiffies per second), for its chrono counters; 0 if unknown.
+    pub hz: u64,
+    /// The probes family is attached: zero-window probes are counted.
+    pub probes: bool,
+}
+
 /// Live connections and the rules that turn events into records.
 #[derive(Debug, Default)]
 pub(crate) struct Tracker {
@@ -109,6 +125,9 @@ pub(crate) struct Tracker {
     dns: DnsCache,
     /// Recently closed connections, for handshakes that end after their connection.
     recent_closes: RecentCloses,
+    facts: KernelFacts,
+    /// Listening sockets and their accept queues.
+    listeners: ListenerWatch,
 }
 
 impl Tracker {
@@ -126,6 +145,24 @@ impl Tracker {
 
     pub(crate) fn counts(&self) -> &LiveCounts {
         &self.counts
+    }
+
+    /// What the records need to know of the kernel (once loaded).
+    pub(crate) fn set_kernel_facts(&mut self, facts: KernelFacts) {
+        self.facts = facts;
+    }
+
+    /// Takes this sweep's readings of the listening sockets (see `listeners`): the accept
+    /// queues, the drops since the last sweep, and listeners stuck with a full queue for longer
+    /// than `threshold_ns` (one anomaly per episode, to `out`).
+    pub(crate) fn observe_listeners(
+        &mut self,
+        now: u64,
+        threshold_ns: u64,
+        listeners: &[Listening],
+        out: &mut Vec<Record>,
+    ) -> ListenerReport {
+        self.listeners.observe(now, threshold_ns, listeners, out)
     }
 
     /// Live connections, in no particular order.
@@ -293,9 +330,9 @@ impl Tracker {
         let [sent, received] = &mut self.counts.bytes[index];
         *sent = sent.saturating_add(rec.bytes_sent.saturating_sub(counted_sent));
         *received = received.saturating_add(rec.bytes_recv.saturating_sub(counted_received));
-        self.counts.retransmits[index] += u64::from(rec.retransmits);
+        self.counts.retransmits[index] += u64::from(close::retransmits_of(rec));
         self.recent_closes.remember(sock, &conn);
-        conn.closed(rec, out);
+        conn.closed(rec, &self.facts, out);
     }
 
     /// Reports every live connection as partial (tcpobs is stopping) and forgets them.

@@ -332,6 +332,10 @@ fn family_verdict(
         .find(|(family, _)| family == name)
         .map(|(_, chosen)| chosen);
     match (check_verdict(status), reported) {
+        // An optional family the kernel cannot attach (`strategy=none`, with why).
+        (Verdict::Pass | Verdict::Unsupported, Some(chosen)) if chosen == "none" => {
+            Verdict::Unsupported
+        }
         (Verdict::Pass | Verdict::Unsupported, Some(chosen)) if chosen == strategy => Verdict::Pass,
         (Verdict::Pass | Verdict::Unsupported, Some(chosen)) => Verdict::Via(chosen.clone()),
         (Verdict::Unsupported, None) if blamed => Verdict::Unsupported,

@@ -48,7 +48,7 @@ const INTEGRATION: &str = "integration";
 /// and unreachable hosts across network namespaces). The others (`http`, `cli`, `exporter`,
 /// `runtime`, the phase tests, ...) exercise the same hooks through nginx, the daemon's
 /// outputs and uprobes, and add minutes per strategy under emulation.
-const DEFAULT_TESTS: [&str; 2] = ["lifecycle", "netns"];
+const DEFAULT_TESTS: [&str; 3] = ["lifecycle", "netns", "why"];
 
 #[derive(Debug, clap::Args)]
 pub struct Args {

@@ -380,7 +380,7 @@ mod tests {
     fn state() -> AppState {
         let mut registry = Registry::default();
         let metrics = crate::export::metrics::Metrics::new(&mut registry, &[], 10);
-        metrics.set_stuck(&[0, 0, 2, 0, 0]);
+        metrics.set_stuck(&[0, 0, 2, 0, 0, 0, 0, 0]);
         let mut tracker = Tracker::new();
         for (sock, port, state) in [
             (1, 80, tcp_state::ESTABLISHED),

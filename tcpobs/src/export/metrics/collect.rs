@@ -22,7 +22,7 @@ use crate::{
         reader::{KernelStats, ReaderStats},
         report::FamilyAttach,
     },
-    model::state_name,
+    model::{drop_reason_known, drop_reason_name, state_name},
     sync::lock,
     tracker::Tracker,
 };
@@ -50,7 +50,23 @@ pub(crate) struct Health {
     pub kernel: KernelStats,
     pub probes: Vec<FamilyAttach>,
     pub libcalls: LibcallStats,
+    /// The listeners' accept queues at the last sweep: (port label, length, limit).
+    pub listener_queues: Vec<(String, u64, u64)>,
+    /// Drops charged to traced connections so far, by `enum skb_drop_reason` value (`None`
+    /// where the drops family is not attached).
+    pub packet_drops: Option<Vec<(u32, u64)>>,
 }
+
+/// Drop reasons whose series exist from the first scrape (where the kernel has them), so that
+/// rates and alerts see zeros.
+const USUAL_DROP_REASONS: [&str; 6] = [
+    "netfilter_drop",
+    "no_socket",
+    "socket_rcvbuff",
+    "tcp_zerowindow",
+    "tcp_ofomerge",
+    "tcp_listen_overflow",
+];
 
 /// The scrape-time collector.
 #[derive(Debug)]
@@ -238,6 +254,56 @@ impl Collector for Scrape {
             None,
             MetricType::Gauge,
         )?)?;
+        for (name, help, column) in [
+            (
+                "tcpobs_accept_queue_length",
+                "Connections waiting in listening sockets' accept queues, by listening port (as of \
+                 the last sweep; a queue holds its limit plus one when full)",
+                1,
+            ),
+            (
+                "tcpobs_accept_queue_limit",
+                "The listening sockets' accept queue limits (their listen() backlog), by listening \
+                 port",
+                2,
+            ),
+        ] {
+            let mut gauge = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+            let other = [("other".to_owned(), 0, 0)];
+            let queues = if health.listener_queues.is_empty() {
+                &other[..]
+            } else {
+                &health.listener_queues[..]
+            };
+            for (port, length, limit) in queues {
+                let value = if column == 1 { *length } else { *limit };
+                ConstGauge::new(i64::try_from(value).unwrap_or(i64::MAX))
+                    .encode(gauge.encode_family(&[("port", port.as_str())])?)?;
+            }
+        }
+        if let Some(drops) = &health.packet_drops {
+            let mut series: Vec<(String, u64)> = drops
+                .iter()
+                .map(|&(reason, count)| (drop_reason_name(reason).into_owned(), count))
+                .collect();
+            for usual in USUAL_DROP_REASONS {
+                if drop_reason_known(usual) && !series.iter().any(|(name, _)| name == usual) {
+                    series.push((usual.to_owned(), 0));
+                }
+            }
+            series.sort();
+            let mut counter = encoder.encode_descriptor(
+                "tcpobs_packet_drops",
+                "Packets the kernel dropped (skb:kfree_skb) that belonged to traced connections, \
+                 by the kernel's drop reason",
+                None,
+                MetricType::Counter,
+            )?;
+            for (reason, count) in &series {
+                ConstCounter::new(*count)
+                    .encode(counter.encode_family(&[("reason", reason.as_str())])?)?;
+            }
+        }
         let mut libraries = encoder.encode_descriptor(
             "tcpobs_phase_libraries",
             "Library files the phase families' uprobes are attached to, by family",

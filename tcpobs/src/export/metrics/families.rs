@@ -63,10 +63,12 @@ pub(super) enum Hist {
     Teardown,
     CloseWait,
     Rtt,
+    RwndLimited,
+    SndbufLimited,
 }
 
 /// (histogram, name, help, buckets), in `Hist` order.
-pub(super) const HISTOGRAMS: [(Hist, &str, &str, Buckets); 13] = [
+pub(super) const HISTOGRAMS: [(Hist, &str, &str, Buckets); 15] = [
     (
         Hist::Handshake,
         "tcpobs_handshake_duration_seconds",
@@ -144,6 +146,21 @@ pub(super) const HISTOGRAMS: [(Hist, &str, &str, Buckets); 13] = [
         "tcpobs_rtt_seconds",
         "The kernel's smoothed round-trip time (srtt) of each connection at close",
         Buckets::Latency,
+    ),
+    (
+        Hist::RwndLimited,
+        "tcpobs_rwnd_limited_seconds",
+        "Time a connection's sending was limited by the peer's receive window (tcp_info \
+         rwnd_limited: the peer application not reading), per connection that sent data",
+        Buckets::Idle,
+    ),
+    (
+        Hist::SndbufLimited,
+        "tcpobs_sndbuf_limited_seconds",
+        "Time a connection's sending was limited by its own send buffer (tcp_info \
+         sndbuf_limited: the application writing faster than the path carries), per \
+         connection that sent data",
+        Buckets::Idle,
     ),
 ];
 

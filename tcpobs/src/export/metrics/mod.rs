@@ -15,6 +15,7 @@ mod families;
 mod histogram;
 pub(crate) mod labels;
 mod libcalls;
+pub(crate) mod listeners;
 
 use std::{
     sync::{Arc, Mutex, atomic::AtomicU64},
@@ -36,6 +37,7 @@ use self::{
     histogram::Histogram,
     labels::{ConnLabels, Dims, Fixed, LabelPolicy, LabelSpec},
     libcalls::LibcallMetrics,
+    listeners::ListenerMetrics,
 };
 use crate::{
     metadata::Metadata,
@@ -67,6 +69,7 @@ pub(crate) struct Metrics {
     delay: Histogram,
     sweep_duration: Gauge<f64, AtomicU64>,
     libcalls: LibcallMetrics,
+    pub(crate) listeners: ListenerMetrics,
     policy: Arc<Mutex<LabelPolicy>>,
     fast: Option<Fast>,
     /// Where the `pod` and `namespace` label values come from.
@@ -101,6 +104,7 @@ impl Metrics {
             delay: Histogram::new(exponential_buckets_range(0.000_1, 10.0, 16), NS),
             sweep_duration: Gauge::default(),
             libcalls: LibcallMetrics::new(registry),
+            listeners: ListenerMetrics::new(registry, labels, series_cap),
             policy: Arc::new(Mutex::new(LabelPolicy::new(labels, series_cap))),
             fast: None,
             metadata: None,
@@ -382,6 +386,22 @@ impl Metrics {
                 (Hist::Rtt, connection.tcp.and_then(|tcp| tcp.rtt_ns)),
             ],
         );
+        let diag = connection.diag.parts();
+        if diag.busy_ns.is_some_and(|busy| busy > 0) {
+            self.observe_histograms(
+                role,
+                &connection.addrs,
+                connection.process.as_ref(),
+                &[
+                    (Hist::RwndLimited, diag.rwnd_limited_ns),
+                    (Hist::SndbufLimited, diag.sndbuf_limited_ns),
+                ],
+            );
+        }
+        if let Some(wait) = diag.accept_wait_ns {
+            self.listeners
+                .observe_accept_wait(connection.addrs.local().port(), wait);
+        }
     }
 
     fn unstuck(&self, stuck: Stuck, duration_ns: u64) {
@@ -391,7 +411,7 @@ impl Metrics {
     }
 
     /// Sets the stuck-connection gauge from a sweep (indexed like [`Stuck::ALL`]).
-    pub(crate) fn set_stuck(&self, stuck: &[u64; 5]) {
+    pub(crate) fn set_stuck(&self, stuck: &[u64; Stuck::ALL.len()]) {
         for (kind, count) in Stuck::ALL.iter().zip(stuck) {
             self.stuck
                 .get_or_create(&[("phase", kind.as_str())])

@@ -306,8 +306,8 @@ mod tests {
     use crate::{
         config::live::Thresholds,
         model::{
-            Addrs, AnomalyRecord, Close, CloseKind, CloseOriginator, ConnectFailure, DnsLink,
-            ExchangeSpan, Side, Stuck, StuckSet, TimelineSpans,
+            Addrs, AnomalyRecord, Close, CloseKind, CloseOriginator, ConnectFailure, Diagnosis,
+            DnsLink, ExchangeSpan, Side, Stuck, StuckSet, TimelineSpans,
         },
     };
 
@@ -354,6 +354,7 @@ mod tests {
             bytes_sent: 10,
             bytes_received: 20,
             retransmits: 0,
+            diag: Diagnosis::default(),
             close: Some(Close {
                 at_ns: 40_000,
                 originator: CloseOriginator::Client,

@@ -257,6 +257,7 @@ mod tests {
             stuck_at_end: None,
             spans: None,
             last_exchange: None,
+            diag: Default::default(),
         }
     }
 

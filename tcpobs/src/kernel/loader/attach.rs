@@ -178,37 +178,51 @@ fn attach_one(
             since,
             btf_program,
             tracepoint_program,
+        } => attach_tracepoint(
+            ebpf,
+            kernel,
+            (category, name, since),
+            Ok(btf_program),
+            tracepoint_program,
+        ),
+        Attach::TracepointArgs {
+            category,
+            name,
+            since,
+            btf_programs,
+            tracepoint_program,
         } => {
-            let target = format!("{category}:{name}");
-            let mut reasons = Vec::new();
-            if kernel.tracepoints != TracepointMode::Classic {
-                match attach_btf(ebpf, &kernel.aya_btf, btf_program, name) {
-                    Ok(()) => return Ok((btf_program, attached("tp_btf", &target))),
-                    Err(err) => reasons.push(format!("tp_btf: {}", short(&err.to_string()))),
-                }
-            }
-            if kernel.tracepoints != TracepointMode::Btf {
-                let classic = match (&kernel.classic, tracepoint_program) {
-                    (_, None) => Err("the record does not name the socket".to_owned()),
-                    (Err(why), _) => Err(why.to_string()),
-                    (Ok(unreadable), Some(program)) => match unreadable.get(&target) {
-                        Some(why) => Err(why.clone()),
-                        None => attach_classic(ebpf, program, category, name)
-                            .map(|()| program)
-                            .map_err(|err| err.to_string()),
-                    },
-                };
-                match classic {
-                    Ok(program) => return Ok((program, attached("tracepoint", &target))),
-                    Err(err) => reasons.push(format!("classic: {}", short(&err))),
-                }
-            }
-            Err(WayError::Tracepoint {
-                target,
-                since,
-                tried: reasons,
-            })
+            let btf_program = kernel
+                .btf
+                .tracepoint_args(name)
+                .map_err(|err| err.to_string())
+                .and_then(|args| {
+                    btf_programs
+                        .iter()
+                        .find(|&&(count, _)| count == args)
+                        .map(|&(_, program)| program)
+                        .ok_or_else(|| format!("unexpected prototype ({args} arguments)"))
+                });
+            attach_tracepoint(
+                ebpf,
+                kernel,
+                (category, name, since),
+                btf_program,
+                Some(tracepoint_program),
+            )
         }
+        Attach::Classic {
+            category,
+            name,
+            since,
+            program,
+        } => attach_tracepoint(
+            ebpf,
+            kernel,
+            (category, name, since),
+            Err("system call tracepoints have no raw tracepoint".to_owned()),
+            Some(program),
+        ),
         Attach::FEntry {
             function,
             program: name,
@@ -271,6 +285,54 @@ fn attach_one(
                 })
         }
     }
+}
+
+/// A tracepoint: the `tp_btf` program (or why there is none for this kernel), else the
+/// classic one (`None` where the classic record lacks what the program needs).
+fn attach_tracepoint(
+    ebpf: &mut Ebpf,
+    kernel: &Kernel,
+    (category, name, since): (&'static str, &'static str, &'static str),
+    btf_program: Result<&'static str, String>,
+    tracepoint_program: Option<&'static str>,
+) -> Result<(&'static str, Attached), WayError> {
+    let target = format!("{category}:{name}");
+    let attached = |program_type| Attached {
+        program_type,
+        target: target.clone(),
+    };
+    let mut reasons = Vec::new();
+    if kernel.tracepoints != TracepointMode::Classic {
+        match btf_program.and_then(|program| {
+            attach_btf(ebpf, &kernel.aya_btf, program, name)
+                .map(|()| program)
+                .map_err(|err| err.to_string())
+        }) {
+            Ok(program) => return Ok((program, attached("tp_btf"))),
+            Err(err) => reasons.push(format!("tp_btf: {}", short(&err))),
+        }
+    }
+    if kernel.tracepoints != TracepointMode::Btf {
+        let classic = match (&kernel.classic, tracepoint_program) {
+            (_, None) => Err("the record does not name the socket".to_owned()),
+            (Err(why), _) => Err(why.to_string()),
+            (Ok(unreadable), Some(program)) => match unreadable.get(&target) {
+                Some(why) => Err(why.clone()),
+                None => attach_classic(ebpf, program, category, name)
+                    .map(|()| program)
+                    .map_err(|err| err.to_string()),
+            },
+        };
+        match classic {
+            Ok(program) => return Ok((program, attached("tracepoint"))),
+            Err(err) => reasons.push(format!("classic: {}", short(&err))),
+        }
+    }
+    Err(WayError::Tracepoint {
+        target,
+        since,
+        tried: reasons,
+    })
 }
 
 fn attach_btf(

@@ -16,6 +16,12 @@ pub mod family {
     pub const RETRANSMITS: &str = "retransmits";
     /// The error that ends a connection, when the kernel reports it.
     pub const ERRORS: &str = "errors";
+    /// When the application accepted a connection (accept wait, the owner of accepted sockets).
+    pub const ACCEPT: &str = "accept";
+    /// Packets the kernel dropped, with the reason, charged to their connection.
+    pub const DROPS: &str = "drops";
+    /// Zero-window probes sent.
+    pub const PROBES: &str = "probes";
     /// Name resolution: uprobes on the C library's `getaddrinfo`.
     pub const DNS: &str = "dns";
     /// TLS handshakes: uprobes on OpenSSL's libssl.
@@ -65,6 +71,24 @@ pub enum Attach {
         /// `None` where the classic record lacks what the program needs.
         tracepoint_program: Option<&'static str>,
     },
+    /// A stable tracepoint whose `tp_btf` program depends on the tracepoint's arguments, which
+    /// changed between kernels: the program for the argument count this kernel has (from BTF),
+    /// else the classic one.
+    TracepointArgs {
+        category: &'static str,
+        name: &'static str,
+        since: &'static str,
+        /// (argument count, program).
+        btf_programs: &'static [(usize, &'static str)],
+        tracepoint_program: &'static str,
+    },
+    /// A classic tracepoint only (system call tracepoints are not raw tracepoints).
+    Classic {
+        category: &'static str,
+        name: &'static str,
+        since: &'static str,
+        program: &'static str,
+    },
     /// fentry on a kernel function.
     FEntry {
         function: &'static str,
@@ -90,7 +114,9 @@ impl Attach {
     /// The kernel program type, for logs and metrics.
     pub const fn program_type(&self) -> &'static str {
         match self {
-            Self::Tracepoint { .. } => "tracepoint",
+            Self::Tracepoint { .. } | Self::TracepointArgs { .. } | Self::Classic { .. } => {
+                "tracepoint"
+            }
             Self::FEntry { .. } => "fentry",
             Self::FExit { .. } => "fexit",
             Self::KProbe { .. } => "kprobe",
@@ -134,7 +160,7 @@ const fn tracepoint(
 /// Every family, in attach order: the state family goes last so that by the time connections
 /// start being tracked, the hooks that update them are in place; the connect family goes
 /// just before it, so that the state program knows whether to start clients itself.
-pub const FAMILIES: [Family; 7] = [
+pub const FAMILIES: [Family; 10] = [
     Family {
         name: family::DATA,
         optional: false,
@@ -227,14 +253,88 @@ pub const FAMILIES: [Family; 7] = [
         optional: false,
         ways: &[Way {
             strategy: Strategy::Tracepoint,
-            attach: &[tracepoint(
-                "tcp",
-                "tcp_retransmit_skb",
-                "4.15",
-                "retransmit_btf",
-                "retransmit_tp",
-            )],
+            attach: &[Attach::TracepointArgs {
+                category: "tcp",
+                name: "tcp_retransmit_skb",
+                since: "4.15",
+                // Linux 6.15 added `err`, and fires on failed attempts too.
+                btf_programs: &[(2, "retransmit_btf"), (3, "retransmit_btf_err")],
+                tracepoint_program: "retransmit_tp",
+            }],
         }],
+    },
+    Family {
+        name: family::DROPS,
+        optional: true,
+        ways: &[Way {
+            strategy: Strategy::Tracepoint,
+            attach: &[Attach::TracepointArgs {
+                category: "skb",
+                name: "kfree_skb",
+                // The drop reason; Linux 6.11 added the receiving socket.
+                since: "5.17",
+                btf_programs: &[(3, "kfree_skb_btf"), (4, "kfree_skb_btf_rx")],
+                tracepoint_program: "kfree_skb_tp",
+            }],
+        }],
+    },
+    Family {
+        name: family::ACCEPT,
+        optional: true,
+        ways: &[
+            Way {
+                strategy: Strategy::Fentry,
+                attach: &[Attach::FExit {
+                    function: "inet_csk_accept",
+                    // Linux 6.10 folded `flags, err, kern` into `struct proto_accept_arg *`.
+                    programs: &[(2, "accept_fexit"), (4, "accept_fexit_flags")],
+                }],
+            },
+            Way {
+                strategy: Strategy::Tracepoint,
+                attach: &[
+                    Attach::Classic {
+                        category: "syscalls",
+                        name: "sys_exit_accept4",
+                        since: "2.6.37 with CONFIG_FTRACE_SYSCALLS",
+                        program: "accept4_exit_tp",
+                    },
+                    Attach::Classic {
+                        category: "syscalls",
+                        name: "sys_exit_accept",
+                        since: "2.6.37 with CONFIG_FTRACE_SYSCALLS",
+                        program: "accept_exit_tp",
+                    },
+                ],
+            },
+            Way {
+                strategy: Strategy::Kprobe,
+                attach: &[Attach::KRetProbe {
+                    function: "inet_csk_accept",
+                    program: "accept_kretprobe",
+                }],
+            },
+        ],
+    },
+    Family {
+        name: family::PROBES,
+        optional: true,
+        ways: &[
+            Way {
+                strategy: Strategy::Fentry,
+                attach: &[Attach::FEntry {
+                    function: "tcp_send_probe0",
+                    program: "probe0_fentry",
+                }],
+            },
+            Way {
+                strategy: Strategy::Kprobe,
+                attach: &[Attach::KProbe {
+                    function: "tcp_send_probe0",
+                    program: "probe0_kprobe",
+                }],
+            },
+        ],
     },
     Family {
         name: family::CLOSE,
@@ -367,6 +467,12 @@ pub const FAMILIES: [Family; 7] = [
     },
 ];
 
+/// The sampler: a raw tracepoint program the daemon runs with `BPF_PROG_TEST_RUN` to read live
+/// sockets by address (never attached).
+pub const SAMPLER_PROGRAM: &str = "sample_socks";
+/// The iterator (`iter/task_file`) that finds the listening sockets opened before tcpobs.
+pub const LISTENERS_ITERATOR: &str = "find_listeners";
+
 /// A user-space library the libcall families probe.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Library {
@@ -461,6 +567,15 @@ mod tests {
                     programs.push((btf_program, "tp_btf"));
                     programs.extend(tracepoint_program.map(|program| (program, "tracepoint")));
                 }
+                Attach::TracepointArgs {
+                    btf_programs,
+                    tracepoint_program,
+                    ..
+                } => {
+                    programs.extend(btf_programs.iter().map(|&(_, program)| (program, "tp_btf")));
+                    programs.push((tracepoint_program, "tracepoint"));
+                }
+                Attach::Classic { program, .. } => programs.push((program, "tracepoint")),
                 Attach::FEntry { program, .. } => programs.push((program, "fentry")),
                 Attach::FExit {
                     programs: choices, ..
@@ -469,6 +584,8 @@ mod tests {
                 Attach::KRetProbe { program, .. } => programs.push((program, "kretprobe")),
             }
         }
+        programs.push((SAMPLER_PROGRAM, "raw_tp"));
+        programs.push((LISTENERS_ITERATOR, "iter"));
         for probe in LIBCALL_FAMILIES.iter().flat_map(|family| family.probes) {
             programs.push((
                 probe.program,
@@ -488,6 +605,8 @@ mod tests {
             ProgramSection::KRetProbe => "kretprobe",
             ProgramSection::UProbe { .. } => "uprobe",
             ProgramSection::URetProbe { .. } => "uretprobe",
+            ProgramSection::RawTracePoint => "raw_tp",
+            ProgramSection::Iter { .. } => "iter",
             _ => "another kind",
         }
     }
@@ -526,6 +645,12 @@ mod tests {
             names::TLS_THREADS_MAP,
             names::TLS_PENDING_MAP,
             names::TLS_ABANDONED_MAP,
+            names::LISTEN_SOCKS_MAP,
+            names::SOCK_SAMPLES_MAP,
+            names::LISTEN_SAMPLES_MAP,
+            names::DROP_INTEREST_MAP,
+            names::DROP_COUNTS_MAP,
+            names::TUPLES_MAP,
         ];
         for name in maps {
             if !object.maps.contains_key(name) {

@@ -28,7 +28,7 @@ mod strategy;
 use std::path::PathBuf;
 
 use aya::{Btf as AyaBtf, Ebpf, EbpfLoader, Endianness, maps::Array};
-use tcpobs_common::names;
+use tcpobs_common::{DiagOffsets, names};
 use tracing::{info, warn};
 
 pub(crate) use self::prepare::{check_privileges, sock_offsets};
@@ -46,6 +46,7 @@ use crate::{
     config::live::Filters,
     kernel::{
         btf::{Btf, BtfError},
+        diag::{DropReasons, Sampler},
         filters::{KernelFilters, Resolved},
         libcalls::{LibcallOptions, LibcallProbes},
         report::{FamilyAttach, MapError, error_chain},
@@ -76,6 +77,17 @@ pub struct LoadOptions {
 pub struct Loaded {
     pub(crate) ebpf: Ebpf,
     pub(crate) families: Vec<FamilyAttach>,
+    /// Optional families that did not attach, and why.
+    pub(crate) unattached: Vec<(&'static str, String)>,
+    /// The sampler (stall checks, listener health, HZ), or why it cannot run.
+    pub(crate) sampler: Result<Sampler, String>,
+    /// Listening sockets found at start-up (opened before tcpobs), or why they were not looked
+    /// for.
+    pub(crate) listeners_found: Result<usize, String>,
+    /// The drop reasons (`None` before Linux 5.17).
+    pub(crate) drop_reasons: Option<DropReasons>,
+    /// What the diagnostics can read on this kernel.
+    pub(crate) diag_offsets: DiagOffsets,
     /// The filter maps, taken out of `ebpf` (until someone takes them over).
     pub(crate) filters: Option<KernelFilters>,
     /// The libcall families' probes (`None` with `--phases off`, or if they cannot load).
@@ -135,6 +147,8 @@ pub fn load(options: &LoadOptions) -> Result<Loaded, LoadError> {
     let mut filters = KernelFilters::take(&mut ebpf)?;
     filters.seed_listeners();
     filters.apply(&resolved)?;
+    // Before the drops family attaches: which reasons it looks at.
+    let drop_reasons = DropReasons::start(&mut ebpf, &btf);
     let kernel = Kernel {
         btf,
         aya_btf,
@@ -142,15 +156,17 @@ pub fn load(options: &LoadOptions) -> Result<Loaded, LoadError> {
         tracepoints: options.tracepoints,
     };
     let mut families = Vec::with_capacity(FAMILIES.len());
+    let mut unattached = Vec::new();
     for family in &FAMILIES {
         let attached = match attach_family(&mut ebpf, &kernel, family, &options.strategy) {
             Ok(attached) => attached,
             Err(err) if family.optional => {
+                let reason = error_chain(&err);
                 warn!(
                     family = family.name,
-                    "not attached, tcpobs goes on without it: {}",
-                    error_chain(&err)
+                    "not attached, tcpobs goes on without it: {reason}"
                 );
+                unattached.push((family.name, reason));
                 continue;
             }
             Err(err) => return Err(err),
@@ -172,6 +188,18 @@ pub fn load(options: &LoadOptions) -> Result<Loaded, LoadError> {
         }
         families.push(attached);
     }
+    // After the state family, which registers new listeners: the iterator finds the rest.
+    let sampler = Sampler::start(&mut ebpf).map_err(|err| {
+        warn!("no stall checks and listener health: {}", error_chain(&err));
+        error_chain(&err)
+    });
+    let listeners_found = match &sampler {
+        Ok(sampler) => sampler.find_listeners(&mut ebpf, &kernel.aya_btf),
+        Err(_) => Err("no sampler to read them".to_owned()),
+    };
+    if let Err(err) = &listeners_found {
+        warn!("listening sockets opened before tcpobs are not watched: {err}");
+    }
     let libcalls = options
         .libcalls
         .enabled
@@ -180,6 +208,11 @@ pub fn load(options: &LoadOptions) -> Result<Loaded, LoadError> {
     Ok(Loaded {
         ebpf,
         families,
+        unattached,
+        sampler,
+        listeners_found,
+        drop_reasons,
+        diag_offsets: offsets.diag,
         filters: Some(filters),
         libcalls,
     })
@@ -197,4 +230,80 @@ fn set_connect_hooked(ebpf: &mut Ebpf) -> Result<(), LoadError> {
         .set(0, 1, 0)
         .map_err(|err| map_error(err.to_string()))?;
     Ok(())
+}
+
+impl Loaded {
+    /// What `--check` says of the diagnostics beside the families: for each thing read, where
+    /// it comes from on this kernel, or `none` and why (the field is then `null`).
+    pub fn readings(&self) -> Vec<String> {
+        let attached = |name: &str| self.families.iter().any(|f| f.family == name);
+        let missing = |name: &str| {
+            self.unattached
+                .iter()
+                .find(|(family, _)| *family == name)
+                .map_or("not attached", |(_, why)| why.as_str())
+                .to_owned()
+        };
+        let d = &self.diag_offsets;
+        let mut lines = vec![
+            if d.chrono_stat != 0 && d.chrono_type != 0 {
+                "read=chrono source=tcp_sock.chrono_stat".to_owned()
+            } else {
+                "read=chrono source=none why=\"no tcp_sock.chrono_stat in BTF: busy_s, \
+                 rwnd_limited_s and sndbuf_limited_s are null\""
+                    .to_owned()
+            },
+            if d.total_rto != 0 {
+                "read=rto_count source=tcp_sock.total_rto".to_owned()
+            } else {
+                "read=rto_count source=none why=\"tcp_sock.total_rto is Linux 6.7: rto_count is \
+                 null\""
+                    .to_owned()
+            },
+        ];
+        for (name, field, family) in [
+            ("accept_wait", "accept_wait_s", family::ACCEPT),
+            ("drop_reason", "packet_drops and drop_reason", family::DROPS),
+            ("zero_window_probes", "zero_window_probes", family::PROBES),
+        ] {
+            lines.push(if attached(family) {
+                format!("read={name} source={family}")
+            } else {
+                format!(
+                    "read={name} source=none why=\"{}: {field} null or 0\"",
+                    missing(family).replace('"', "'")
+                )
+            });
+        }
+        lines.push(match &self.sampler {
+            Ok(sampler) => format!("read=live_sockets source=sampler hz={}", sampler.hz),
+            Err(why) => format!(
+                "read=live_sockets source=none why=\"{}: no stalled_receiver, blackhole or \
+                 listener health\"",
+                why.replace('"', "'")
+            ),
+        });
+        lines.push(match &self.listeners_found {
+            Ok(found) => format!("read=listeners_at_start source=iter/task_file found={found}"),
+            Err(why) => format!(
+                "read=listeners_at_start source=none why=\"{}: listeners opened before tcpobs \
+                 are not watched\"",
+                why.replace('"', "'")
+            ),
+        });
+        lines
+    }
+
+    /// Optional families that did not attach, as `--check` prints them.
+    pub fn unattached_lines(&self) -> Vec<String> {
+        self.unattached
+            .iter()
+            .map(|(family, why)| {
+                format!(
+                    "family={family} strategy=none programs=none why=\"{}\"",
+                    why.replace('"', "'")
+                )
+            })
+            .collect()
+    }
 }

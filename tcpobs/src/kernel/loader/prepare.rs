@@ -4,7 +4,7 @@
 
 use std::io;
 
-use tcpobs_common::Offsets;
+use tcpobs_common::{DiagOffsets, Offsets};
 use tracing::debug;
 
 use super::LoadError;
@@ -47,8 +47,80 @@ pub(crate) fn sock_offsets(btf: &Btf) -> Result<Offsets, BtfError> {
         tcp_total_retrans: offset_in("tcp_sock", "total_retrans", 4).unwrap_or(0),
         tcp_bytes_acked: offset_in("tcp_sock", "bytes_acked", 8).unwrap_or(0),
         tcp_bytes_received: offset_in("tcp_sock", "bytes_received", 8).unwrap_or(0),
+        diag: diag_offsets(btf),
         ..Offsets::UNSET
     })
+}
+
+/// The diagnostics' layout (`DiagOffsets`): every field optional, 0 where this kernel lacks it
+/// (the program then reads nothing there, and the daemon reports the value as unknown).
+fn diag_offsets(btf: &Btf) -> DiagOffsets {
+    let at = |ty: &str, path: &str, size: u32| -> u16 {
+        btf.member(ty, path)
+            .ok()
+            .filter(|member| member.size == size)
+            .and_then(|member| u16::try_from(member.offset).ok())
+            .unwrap_or(0)
+    };
+    let tcp = |path: &str, size: u32| at("tcp_sock", path, size);
+    let icsk = |path: &str, size: u32| at("inet_connection_sock", path, size);
+    // `chrono_type` is a 2-bit field before Linux 6.8 and a byte since: read its byte, then
+    // shift and mask. A field across a byte boundary (none so far) is left unread.
+    let (chrono_type, chrono_type_shift, chrono_type_mask) = btf
+        .member_bits("tcp_sock", "chrono_type")
+        .ok()
+        .and_then(|bits| {
+            let width = if bits.bitfield == 0 { 8 } else { bits.bitfield };
+            let shift = bits.bit_offset % 8;
+            let byte = u16::try_from(bits.bit_offset / 8).ok()?;
+            (shift + width <= 8).then_some((byte, shift as u16, ((1u32 << width) - 1) as u16))
+        })
+        .unwrap_or((0, 0, 0));
+    // `TCP_SKB_CB(skb)->tcp_gso_segs`, i.e. `tcp_skb_pcount()`: in the skb's control buffer.
+    let skb_pcount = match (
+        btf.member("sk_buff", "cb"),
+        btf.member("tcp_skb_cb", "tcp_gso_segs"),
+    ) {
+        (Ok(cb), Ok(segs)) if segs.size == 2 => u16::try_from(cb.offset + segs.offset).unwrap_or(0),
+        _ => 0,
+    };
+    DiagOffsets {
+        chrono_start: tcp("chrono_start", 4),
+        chrono_stat: tcp("chrono_stat", 12),
+        chrono_type,
+        chrono_type_shift,
+        chrono_type_mask,
+        total_rto: tcp("total_rto", 2),
+        snd_wnd: tcp("snd_wnd", 4),
+        packets_out: tcp("packets_out", 4),
+        write_seq: tcp("write_seq", 4),
+        snd_nxt: tcp("snd_nxt", 4),
+        snd_una: tcp("snd_una", 4),
+        rcv_tstamp: tcp("rcv_tstamp", 4),
+        icsk_pending: icsk("icsk_pending", 1),
+        icsk_retransmits: icsk("icsk_retransmits", 1),
+        icsk_backoff: icsk("icsk_backoff", 1),
+        icsk_probes_out: icsk("icsk_probes_out", 1),
+        icsk_qlen: icsk("icsk_accept_queue.qlen", 4),
+        sk_drops: at("sock", "sk_drops", 4),
+        sk_ack_backlog: at("sock", "sk_ack_backlog", 4),
+        sk_max_ack_backlog: at("sock", "sk_max_ack_backlog", 4),
+        skb_sk: at("sk_buff", "sk", 8),
+        skb_head: at("sk_buff", "head", 8),
+        skb_network_header: at("sk_buff", "network_header", 2),
+        skb_pcount,
+        task_files: at("task_struct", "files", 8),
+        files_fdt: at("files_struct", "fdt", 8),
+        fdt_max_fds: at("fdtable", "max_fds", 4),
+        fdt_fd: at("fdtable", "fd", 8),
+        file_private_data: at("file", "private_data", 8),
+        socket_sk: at("socket", "sk", 8),
+        file_inode: at("file", "f_inode", 8),
+        inode_mode: at("inode", "i_mode", 2),
+        task_tgid: at("task_struct", "tgid", 4),
+        task_comm: at("task_struct", "comm", 16),
+        ..DiagOffsets::UNSET
+    }
 }
 
 /// Classic tracepoint record offsets from tracefs (mounting it if needed). Returns the
@@ -115,8 +187,38 @@ pub(super) fn tracepoint_offsets(offsets: &mut Offsets) -> Result<Unreadable, Tr
     read(
         "tcp",
         "tcp_retransmit_skb",
-        &mut [("skaddr", &mut offsets.tp_retransmit_sk)],
+        &mut [
+            ("skaddr", &mut offsets.tp_retransmit_sk),
+            ("skbaddr", &mut offsets.diag.tp_retransmit_skb),
+        ],
     );
+    read(
+        "skb",
+        "kfree_skb",
+        &mut [
+            ("skbaddr", &mut offsets.diag.tp_kfree_skb),
+            // Linux 5.17: before, the record says nothing of why.
+            ("reason", &mut offsets.diag.tp_kfree_reason),
+        ],
+    );
+    read(
+        "syscalls",
+        "sys_exit_accept4",
+        &mut [("ret", &mut offsets.diag.tp_accept4_ret)],
+    );
+    read(
+        "syscalls",
+        "sys_exit_accept",
+        &mut [("ret", &mut offsets.diag.tp_accept_ret)],
+    );
+    // Fields newer kernels added, read where present.
+    let optional = |category: &str, name: &str, field: &str| {
+        Format::read(root, category, name)
+            .and_then(|format| format.offset(field))
+            .unwrap_or(0)
+    };
+    offsets.diag.tp_retransmit_err = optional("tcp", "tcp_retransmit_skb", "err");
+    offsets.diag.tp_kfree_rx_sk = optional("skb", "kfree_skb", "rx_sk");
     Ok(unreadable)
 }
 

@@ -7,7 +7,8 @@
 //!
 //! The scenarios are grouped by family: exchanges and who closed (`exchanges`), resets,
 //! refused connects and kernel timeouts (`close`), connections seen only in part and the live
-//! counts (`tracking`), and the library calls around connections (`libcalls`).
+//! counts (`tracking`), the library calls around connections (`libcalls`), and why a
+//! connection was slow or stuck (`stalls`).
 
 use tcpobs_common::{
     Burst, BurstEvent, CloseEvent, EventHeader, FLAG_APP_CLOSED, FLAG_CLOSE_WAIT, FLAG_PARTIAL,
@@ -18,6 +19,7 @@ use tcpobs_common::{
 mod close;
 mod exchanges;
 mod libcalls;
+mod stalls;
 mod tracking;
 
 use super::*;

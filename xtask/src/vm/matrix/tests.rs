@@ -75,7 +75,8 @@ fn forced_strategies_check_then_test() {
 fn check_output_becomes_family_cells() {
     let mode = Mode::Forced(vec!["fentry".into(), "kprobe".into()]);
     let fentry = "family=state strategy=tracepoint\nfamily=data strategy=fentry\n\
-                  family=close strategy=fentry\n";
+                  family=close strategy=fentry\n\
+                  family=drops strategy=none programs=none why=\"no drop reason\"\n";
     let kprobe = "family=state strategy=kprobe\n\
                   tcpobs: error: cannot attach the data hooks: kprobes are not enabled\n";
     let passed = "test result: ok. 12 passed; 0 failed; 0 ignored; finished in 58.31s\n";
@@ -110,6 +111,11 @@ fn check_output_becomes_family_cells() {
         row("family close"),
         ["family close", "pass", "-"],
         "not reached"
+    );
+    assert_eq!(
+        row("family drops"),
+        ["family drops", "unsupported", "-"],
+        "an optional family the kernel cannot attach"
     );
     assert_eq!(
         row("test lifecycle"),

@@ -14,8 +14,8 @@ use crate::{
     },
     metadata::Meta,
     model::{
-        AnomalyRecord, ConnectionRecord, DnsRecord, ExchangeRecord, Timeline, TlsRecord, eai_name,
-        state_name,
+        AnomalyRecord, ConnectionRecord, DnsRecord, ExchangeRecord, Stuck, Timeline, TlsRecord,
+        drop_reason_name, eai_name, state_name,
     },
     tracker::TrackerStats,
 };
@@ -109,6 +109,20 @@ pub(crate) fn connection(
         .opt_u64("tcp_total_retrans", tcp.map(|t| u64::from(t.total_retrans)))
         .opt_u64("tcp_bytes_acked", tcp.map(|t| t.bytes_acked))
         .opt_u64("tcp_bytes_received", tcp.map(|t| t.bytes_received));
+    let diag = record.diag.parts();
+    object
+        .opt_u64("syn_retransmits", diag.syn_retransmits.map(u64::from))
+        .opt_u64("rto_count", diag.rto_count.map(u64::from))
+        .secs("busy_s", diag.busy_ns)
+        .secs("rwnd_limited_s", diag.rwnd_limited_ns)
+        .secs("sndbuf_limited_s", diag.sndbuf_limited_ns)
+        .opt_u64("zero_window_probes", diag.zero_window_probes.map(u64::from))
+        .secs("accept_wait_s", diag.accept_wait_ns)
+        .u64("packet_drops", u64::from(diag.packet_drops))
+        .opt_str(
+            "drop_reason",
+            diag.drop_reason.map(drop_reason_name).as_deref(),
+        );
     let close = record.close.as_ref();
     object
         .bool("open", close.is_none())
@@ -183,9 +197,11 @@ pub(crate) fn anomaly(
     meta: Option<&Meta>,
     clock: &impl WallClock,
 ) {
+    // A listener stuck with a full accept queue is no connection: no id, no remote end.
+    let listener = record.stuck == Stuck::AcceptQueueFull;
     let mut object = Object::new(out, "anomaly");
     object
-        .u64("conn_id", record.conn_id)
+        .opt_u64("conn_id", (!listener).then_some(record.conn_id))
         .time("time", clock.unix_ns(record.at_ns))
         .str("phase", record.stuck.as_str())
         .str("state", state_name(record.state))
@@ -194,9 +210,15 @@ pub(crate) fn anomaly(
         .secs("threshold_s", Some(record.threshold_ns))
         .str("role", record.role.as_str())
         .ip("local_ip", record.addrs.local().ip())
-        .u64("local_port", u64::from(record.addrs.local().port()))
-        .ip("remote_ip", record.addrs.remote().ip())
-        .u64("remote_port", u64::from(record.addrs.remote().port()))
+        .u64("local_port", u64::from(record.addrs.local().port()));
+    if listener {
+        object.null("remote_ip").null("remote_port");
+    } else {
+        object
+            .ip("remote_ip", record.addrs.remote().ip())
+            .u64("remote_port", u64::from(record.addrs.remote().port()));
+    }
+    object
         .opt_u64("pid", record.process.as_ref().map(|p| u64::from(p.pid)))
         .opt_str("comm", record.process.as_ref().map(|p| p.comm.as_str()))
         .meta(meta)

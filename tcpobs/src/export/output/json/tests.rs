@@ -126,9 +126,9 @@ fn every_event_is_pinned_byte_for_byte() {
         },
         metadata::{Meta, PodName},
         model::{
-            AnomalyRecord, Close, CloseKind, CloseOriginator, ConnectionRecord, DnsLink,
-            ExchangeClass, ExchangeRecord, ExchangeSpan, PartialReason, Side, Stuck, StuckSet,
-            TcpCounters, TimelineSpans, TlsLink,
+            AnomalyRecord, Close, CloseKind, CloseOriginator, ConnectionRecord, Diagnosis,
+            DiagnosisParts, DnsLink, ExchangeClass, ExchangeRecord, ExchangeSpan, PartialReason,
+            Side, Stuck, StuckSet, TcpCounters, TimelineSpans, TlsLink,
         },
         tracker::TrackerStats,
     };
@@ -214,6 +214,18 @@ fn every_event_is_pinned_byte_for_byte() {
             start_ns: 9 * MS,
             duration_ns: 3 * MS,
         }),
+        diag: DiagnosisParts {
+            syn_retransmits: Some(2),
+            busy_ns: Some(3_016_000_000),
+            rwnd_limited_ns: Some(3_000_000_000),
+            sndbuf_limited_ns: Some(0),
+            rto_count: Some(4),
+            accept_wait_ns: Some(1_500_000_000),
+            packet_drops: 3,
+            drop_reason: Some(12),
+            zero_window_probes: None,
+        }
+        .into(),
     };
     let exchange_record = ExchangeRecord {
         conn_id: 7,
@@ -304,9 +316,22 @@ fn every_event_is_pinned_byte_for_byte() {
     record.partial = None;
     record.process = None;
     record.stuck = StuckSet::default();
+    record.diag = Diagnosis::default();
     connection(&mut out, &record, &[], None, &Epoch);
     exchange(&mut out, &exchange_record, Some(&meta), &Epoch);
     anomaly(&mut out, &anomaly_record, None, &Epoch);
+    let listener = AnomalyRecord {
+        conn_id: 0,
+        stuck: Stuck::AcceptQueueFull,
+        role: Role::Server,
+        addrs: Addrs::new(
+            "0.0.0.0:8080".parse().unwrap(),
+            "0.0.0.0:0".parse().unwrap(),
+        ),
+        state: 10,
+        ..anomaly_record.clone()
+    };
+    anomaly(&mut out, &listener, None, &Epoch);
     dns(&mut out, &dns_record, &Epoch);
     tls(&mut out, &tls_record, &Epoch);
     out.push_str(&stats.to_json_line());
@@ -321,13 +346,15 @@ fn every_event_is_pinned_byte_for_byte() {
     );
     assert_eq!(line.as_str(), stats.to_json_line());
     let expected = concat!(
-        r#"{"type":"connection","schema_version":1,"id":7,"time":"1970-01-01T00:00:01.002000Z","start":"1970-01-01T00:00:00.002000Z","role":"client","partial":true,"partial_reason":"already_open","local_ip":"10.0.0.1","local_port":40000,"remote_ip":"2001:db8::1","remote_port":443,"pid":42,"comm":"curl","cgroup":"/kubepods/pod1/abc","container_id":"abc","pod_uid":"1","namespace":"shop","pod":"web-0","connect_s":0.00007,"connect_failure":null,"dns_host":"api.test","dns_s":0.001,"tls_handshake_s":0.002,"tls_ok":false,"lifetime_s":1.000000123,"exchanges":2,"bytes_sent":100,"bytes_received":2000,"retransmits":1,"rtt_s":0.000031,"rtt_var_s":null,"tcp_total_retrans":1,"tcp_bytes_acked":101,"tcp_bytes_received":2000,"open":false,"close_originator":"server","closed_by":"peer","close_kind":"rst","rst":"peer","final_state":"ESTABLISHED","teardown_s":0.000012345,"close_wait_s":0,"close_wait_unclosed":true,"error":"ECONNRESET","stuck":["syn_sent","idle"],"anomalies":["reset","stuck"],"phases":[{"name":"dns","start":"1970-01-01T00:00:00.000000Z","duration_s":0.001},{"name":"connect","start":"1970-01-01T00:00:00.002000Z","duration_s":0.00007},{"name":"tls","start":"1970-01-01T00:00:00.003000Z","duration_s":0.002},{"name":"exchange","start":"1970-01-01T00:00:00.006000Z","duration_s":0.0015,"seq":1},{"name":"exchange","start":"1970-01-01T00:00:00.009000Z","duration_s":0.003,"seq":2},{"name":"close","start":"1970-01-01T00:00:01.001987Z","duration_s":0.000012345}],"phases_omitted":0}"#,
+        r#"{"type":"connection","schema_version":1,"id":7,"time":"1970-01-01T00:00:01.002000Z","start":"1970-01-01T00:00:00.002000Z","role":"client","partial":true,"partial_reason":"already_open","local_ip":"10.0.0.1","local_port":40000,"remote_ip":"2001:db8::1","remote_port":443,"pid":42,"comm":"curl","cgroup":"/kubepods/pod1/abc","container_id":"abc","pod_uid":"1","namespace":"shop","pod":"web-0","connect_s":0.00007,"connect_failure":null,"dns_host":"api.test","dns_s":0.001,"tls_handshake_s":0.002,"tls_ok":false,"lifetime_s":1.000000123,"exchanges":2,"bytes_sent":100,"bytes_received":2000,"retransmits":1,"rtt_s":0.000031,"rtt_var_s":null,"tcp_total_retrans":1,"tcp_bytes_acked":101,"tcp_bytes_received":2000,"syn_retransmits":2,"rto_count":4,"busy_s":3.016,"rwnd_limited_s":3,"sndbuf_limited_s":0,"zero_window_probes":null,"accept_wait_s":1.5,"packet_drops":3,"drop_reason":"reason_12","open":false,"close_originator":"server","closed_by":"peer","close_kind":"rst","rst":"peer","final_state":"ESTABLISHED","teardown_s":0.000012345,"close_wait_s":0,"close_wait_unclosed":true,"error":"ECONNRESET","stuck":["syn_sent","idle"],"anomalies":["reset","stuck"],"phases":[{"name":"dns","start":"1970-01-01T00:00:00.000000Z","duration_s":0.001},{"name":"connect","start":"1970-01-01T00:00:00.002000Z","duration_s":0.00007},{"name":"tls","start":"1970-01-01T00:00:00.003000Z","duration_s":0.002},{"name":"exchange","start":"1970-01-01T00:00:00.006000Z","duration_s":0.0015,"seq":1},{"name":"exchange","start":"1970-01-01T00:00:00.009000Z","duration_s":0.003,"seq":2},{"name":"close","start":"1970-01-01T00:00:01.001987Z","duration_s":0.000012345}],"phases_omitted":0}"#,
         "\n",
-        r#"{"type":"connection","schema_version":1,"id":7,"time":"1970-01-01T00:00:01.002000Z","start":"1970-01-01T00:00:00.002000Z","role":"client","partial":false,"partial_reason":null,"local_ip":"10.0.0.1","local_port":40000,"remote_ip":"2001:db8::1","remote_port":443,"pid":null,"comm":null,"cgroup":null,"container_id":null,"pod_uid":null,"namespace":null,"pod":null,"connect_s":0.00007,"connect_failure":null,"dns_host":null,"dns_s":null,"tls_handshake_s":null,"tls_ok":null,"lifetime_s":1.000000123,"exchanges":2,"bytes_sent":100,"bytes_received":2000,"retransmits":1,"rtt_s":null,"rtt_var_s":null,"tcp_total_retrans":null,"tcp_bytes_acked":null,"tcp_bytes_received":null,"open":true,"close_originator":null,"closed_by":null,"close_kind":null,"rst":null,"final_state":null,"teardown_s":null,"close_wait_s":null,"close_wait_unclosed":false,"error":null,"stuck":[],"anomalies":[],"phases":[{"name":"connect","start":"1970-01-01T00:00:00.002000Z","duration_s":0.00007},{"name":"exchange","start":"1970-01-01T00:00:00.009000Z","duration_s":0.003,"seq":2}],"phases_omitted":0}"#,
+        r#"{"type":"connection","schema_version":1,"id":7,"time":"1970-01-01T00:00:01.002000Z","start":"1970-01-01T00:00:00.002000Z","role":"client","partial":false,"partial_reason":null,"local_ip":"10.0.0.1","local_port":40000,"remote_ip":"2001:db8::1","remote_port":443,"pid":null,"comm":null,"cgroup":null,"container_id":null,"pod_uid":null,"namespace":null,"pod":null,"connect_s":0.00007,"connect_failure":null,"dns_host":null,"dns_s":null,"tls_handshake_s":null,"tls_ok":null,"lifetime_s":1.000000123,"exchanges":2,"bytes_sent":100,"bytes_received":2000,"retransmits":1,"rtt_s":null,"rtt_var_s":null,"tcp_total_retrans":null,"tcp_bytes_acked":null,"tcp_bytes_received":null,"syn_retransmits":null,"rto_count":null,"busy_s":null,"rwnd_limited_s":null,"sndbuf_limited_s":null,"zero_window_probes":null,"accept_wait_s":null,"packet_drops":0,"drop_reason":null,"open":true,"close_originator":null,"closed_by":null,"close_kind":null,"rst":null,"final_state":null,"teardown_s":null,"close_wait_s":null,"close_wait_unclosed":false,"error":null,"stuck":[],"anomalies":[],"phases":[{"name":"connect","start":"1970-01-01T00:00:00.002000Z","duration_s":0.00007},{"name":"exchange","start":"1970-01-01T00:00:00.009000Z","duration_s":0.003,"seq":2}],"phases_omitted":0}"#,
         "\n",
         r#"{"type":"exchange","schema_version":1,"conn_id":7,"time":"1970-01-01T00:00:00.009000Z","role":"server","client_ip":"2001:db8::1","client_port":443,"server_ip":"10.0.0.1","server_port":40000,"pid":null,"comm":null,"cgroup":"/kubepods/pod1/abc","container_id":"abc","pod_uid":"1","namespace":"shop","pod":"web-0","seq":2,"class":"last","connect_s":null,"idle_before_s":0,"request_s":0.000000001,"response_begin_s":0.00002,"response_end_s":0.3,"response_s":0.30002,"idle_after_s":4,"session_s":5,"request_bytes":10,"response_bytes":20,"close_originator":"client"}"#,
         "\n",
         r#"{"type":"anomaly","schema_version":1,"conn_id":7,"time":"1970-01-01T00:00:00.031000Z","phase":"close_wait","state":"CLOSE_WAIT","since":"1970-01-01T00:00:00.001000Z","age_s":0.03,"threshold_s":0.03,"role":"unknown","local_ip":"10.0.0.1","local_port":40000,"remote_ip":"2001:db8::1","remote_port":443,"pid":42,"comm":"curl","cgroup":null,"container_id":null,"pod_uid":null,"namespace":null,"pod":null,"hint":"CLOSE_WAIT leak: the peer closed and the application never called close(); fix the code path that drops the socket"}"#,
+        "\n",
+        r#"{"type":"anomaly","schema_version":1,"conn_id":null,"time":"1970-01-01T00:00:00.031000Z","phase":"accept_queue_full","state":"LISTEN","since":"1970-01-01T00:00:00.001000Z","age_s":0.03,"threshold_s":0.03,"role":"server","local_ip":"0.0.0.0","local_port":8080,"remote_ip":null,"remote_port":null,"pid":42,"comm":"curl","cgroup":null,"container_id":null,"pod_uid":null,"namespace":null,"pod":null,"hint":"listener not accepting: its accept queue stayed full, so the kernel drops new connections and SYNs; the application stopped calling accept() (hung, blocked or overloaded); check the listening process, raise its accept rate or the listen() backlog"}"#,
         "\n",
         r#"{"type":"dns","schema_version":1,"time":"1970-01-01T00:00:04.000000Z","start":"1970-01-01T00:00:00.000000Z","pid":42,"comm":"curl","host":"a\"b.test","host_truncated":true,"duration_s":4.000000001,"result":"permanent","error":"EAI_NONAME","addresses":["192.0.2.1"],"addresses_truncated":true}"#,
         "\n",

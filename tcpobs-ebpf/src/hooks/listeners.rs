@@ -1,0 +1,79 @@
+//! Listeners older than tcpobs: a BPF iterator over every open file of every process.
+//!
+//! Listening sockets opened while tcpobs runs are registered at `listen()` by the state family
+//! (`crate::maps::remember_listener`). Those opened before are found once at start-up by
+//! `find_listeners`, an `iter/task_file` program (Linux 5.8): the kernel calls it for each
+//! (task, fd, file) of the processes in tcpobs's PID namespace, whatever their network
+//! namespace, and it keeps the TCP sockets in `LISTEN`, with the process that holds them
+//! (first found wins: workers share their master's listening socket).
+//!
+//! aya-ebpf has no `#[iter]` macro: the section is named by hand, and the context is
+//! `struct bpf_iter__task_file { struct bpf_iter_meta *meta; struct task_struct *task; u32 fd;
+//! struct file *file; }`, whose words the verifier types from BTF (read as they are, with
+//! volatile loads, not through helpers).
+
+use core::ffi::c_void;
+
+use tcpobs_common::{ListenSock, Offsets, tcp_state};
+
+use crate::{
+    helpers::{kread, zero},
+    maps::{LISTEN_SOCKS, offsets},
+    socket::Sock,
+};
+
+const S_IFMT: u16 = 0o170_000;
+const S_IFSOCK: u16 = 0o140_000;
+const BPF_NOEXIST: u64 = 1;
+
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "iter/task_file")]
+pub extern "C" fn find_listeners(ctx: *mut c_void) -> i32 {
+    let ctx = ctx as *const u64;
+    // SAFETY: the iterator's context, as laid out above; `file` is the fourth word.
+    let (task, file) = unsafe {
+        (
+            core::ptr::read_volatile(ctx.add(1)),
+            core::ptr::read_volatile(ctx.add(3)),
+        )
+    };
+    if task != 0 && file != 0 {
+        visit(offsets(), task, file);
+    }
+    0
+}
+
+#[inline(never)]
+fn visit(o: &Offsets, task: u64, file: u64) {
+    let d = &o.diag;
+    if d.file_inode == 0 || d.file_private_data == 0 || d.socket_sk == 0 {
+        return;
+    }
+    let Some(inode) = kread::<u64>(file, d.file_inode) else {
+        return;
+    };
+    if kread::<u16>(inode, d.inode_mode).unwrap_or(0) & S_IFMT != S_IFSOCK {
+        return;
+    }
+    let Some(sk) =
+        kread::<u64>(file, d.file_private_data).and_then(|s| kread::<u64>(s, d.socket_sk))
+    else {
+        return;
+    };
+    let sock = Sock(sk as *const u8);
+    if sk == 0 || sock.state(o) != tcp_state::LISTEN || !sock.is_tcp(o) {
+        return;
+    }
+    let mut listener = ListenSock {
+        netns: sock.netns(o),
+        port: sock.ports(o).0,
+        found: 1,
+        ..ListenSock::default()
+    };
+    listener.task.pid = kread(task, d.task_tgid).unwrap_or(0);
+    zero(&mut listener.task.comm);
+    if d.task_comm != 0 {
+        listener.task.comm = kread(task, d.task_comm).unwrap_or([0; 16]);
+    }
+    let _ = LISTEN_SOCKS.insert(sk, listener, BPF_NOEXIST);
+}
