@@ -37,7 +37,7 @@ use crate::{
     helpers::now_ns,
     maps::offsets,
     record::{Adoption, claim, emit_bursts, record_or_adopt},
-    socket::Sock,
+    socket::{Direct, Probe, Read, Sock},
 };
 
 const MSG_PEEK: i32 = 2;
@@ -68,7 +68,7 @@ fn try_len_btf(ctx: &BtfTracePointContext, dir: u8) -> Result<i32, i32> {
     let sk: *const u8 = ctx.arg(0);
     let ret: i32 = ctx.arg(1);
     let flags: i32 = ctx.arg(2);
-    on_data(offsets(), Sock(sk), ret, flags, dir);
+    on_data(offsets(), Sock::<Direct>::new(sk), ret, flags, dir);
     Ok(0)
 }
 
@@ -112,14 +112,20 @@ fn try_len_tp(ctx: &TracePointContext, o: &Offsets, fields: [u16; 3], dir: u8) -
             ctx.read_at::<i32>(flags).map_err(|_| 1u32)?,
         )
     };
-    on_data(o, Sock(sk as *const u8), ret, flags, dir);
+    on_data(o, Sock::<Probe>::new(sk as *const u8), ret, flags, dir);
     Ok(0)
 }
 
 #[fexit(function = "tcp_sendmsg")]
 pub fn send_fexit(ctx: FExitContext) -> u32 {
     let ret: i64 = ctx.arg(3);
-    on_data(offsets(), Sock(ctx.arg(0)), ret as i32, 0, direction::OUT);
+    on_data(
+        offsets(),
+        Sock::<Direct>::new(ctx.arg(0)),
+        ret as i32,
+        0,
+        direction::OUT,
+    );
     0
 }
 
@@ -150,7 +156,7 @@ pub fn recv_fexit_nonblock(ctx: FExitContext) -> u32 {
 fn on_recv_exit(ctx: &FExitContext, flags: i32, ret: i64) {
     on_data(
         offsets(),
-        Sock(ctx.arg(0)),
+        Sock::<Direct>::new(ctx.arg(0)),
         ret as i32,
         flags,
         direction::IN,
@@ -211,7 +217,7 @@ fn on_return(ctx: &RetProbeContext, dir: u8) {
     let ret: i64 = ctx.ret();
     on_data(
         offsets(),
-        Sock(call.sk as *const u8),
+        Sock::<Probe>::new(call.sk as *const u8),
         ret as i32,
         call.flags,
         dir,
@@ -219,7 +225,7 @@ fn on_return(ctx: &RetProbeContext, dir: u8) {
 }
 
 #[inline(always)]
-fn on_data(o: &Offsets, sk: Sock, ret: i32, flags: i32, dir: u8) {
+fn on_data<R: Read>(o: &Offsets, sk: Sock<R>, ret: i32, flags: i32, dir: u8) {
     if ret <= 0 || (dir == direction::IN && flags & MSG_PEEK != 0) || sk.is_null() {
         return;
     }

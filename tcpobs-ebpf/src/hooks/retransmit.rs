@@ -21,13 +21,13 @@ use crate::{
     helpers::now_ns,
     maps::offsets,
     record::{Adoption, emit_open, learn_local_port, record_or_adopt},
-    socket::Sock,
+    socket::{Direct, Read, Sock},
 };
 
 #[btf_tracepoint(function = "tcp_retransmit_skb")]
 pub fn retransmit_btf(ctx: BtfTracePointContext) -> i32 {
     let sk: *const u8 = ctx.arg(0);
-    on_retransmit(offsets(), Sock(sk));
+    on_retransmit(offsets(), Sock::<Direct>::new(sk));
     0
 }
 
@@ -44,7 +44,7 @@ pub fn retransmit_tp(ctx: TracePointContext) -> u32 {
 }
 
 #[inline(always)]
-fn on_retransmit(o: &Offsets, sk: Sock) {
+fn on_retransmit<R: Read>(o: &Offsets, sk: Sock<R>) {
     if let Some(rec) = record_or_adopt(o, sk, None, Adoption::other_context(role::UNKNOWN)) {
         rec.retransmits += 1;
         learn_local_port(o, sk, rec);
