@@ -28,6 +28,9 @@ const AF_INET: u16 = 2;
 const AF_INET6: u16 = 10;
 const IPPROTO_TCP: u16 = 6;
 const SOCK_STREAM: u16 = 1;
+/// `SOCK_DEAD`, bit 0 of `sk_flags` (`enum sock_flags`): the socket is orphaned, no file
+/// refers to it any more.
+const SOCK_DEAD: u64 = 1;
 
 /// How a program reads kernel memory at a socket.
 pub trait Read: Copy {
@@ -120,6 +123,13 @@ impl<R: Read> Sock<R> {
     #[inline(always)]
     pub fn state(self, o: &Offsets) -> u8 {
         self.read::<u8>(o.sk_state)
+    }
+
+    /// The application has let go of the socket (`SOCK_DEAD`): when such a socket reaches
+    /// `CLOSE`, `tcp:tcp_destroy_sock` follows in the same call.
+    #[inline(always)]
+    pub fn is_orphan(self, o: &Offsets) -> bool {
+        self.read::<u64>(o.sk_flags) & SOCK_DEAD != 0
     }
 
     /// An IPv4 or IPv6 TCP stream socket (a raw socket can have `IPPROTO_TCP` too). Only

@@ -18,6 +18,17 @@
 //! reset), and `tcp:tcp_destroy_sock`, which follows in the same call, sends it instead. A
 //! socket in `CLOSE_WAIT` that the application has not closed also waits for
 //! `tcp_destroy_sock`, which fires when the application finally closes it.
+//!
+//! Two transitions of an orphaned socket (`SOCK_DEAD`: the application closed it and no file
+//! refers to it) return early, since a churned connection runs this program ten times:
+//! - `-> CLOSE` from a teardown state: `tcp_destroy_sock` follows in the same call
+//!   (`tcp_done()`) and does what this program would (close time, final state, `sk_err`), so
+//!   this run does nothing at all;
+//! - `FIN_WAIT1 -> FIN_WAIT2`: only the state is stored, for the final state at destroy. An
+//!   orphan does not linger in `FIN_WAIT2` as a full socket (the kernel moves it to a
+//!   time-wait socket at once, or at most `tcp_fin_timeout` later), so the `FIN_WAIT2` event
+//!   the hang detector waits for is sent only for sockets the application still holds
+//!   (`shutdown(SHUT_WR)`), which can linger for good.
 
 use aya_ebpf::{
     macros::{btf_tracepoint, kprobe, tracepoint},
@@ -34,7 +45,7 @@ use crate::{
     maps::{connect_hooked, offsets},
     record::{
         Adoption, app_closed, emit_open, emit_state, finish, first_teardown, judge_server,
-        learn_local_port, mark_closed, record_or_adopt, start,
+        learn_local_port, mark_closed, record_or_adopt, start, traced_record,
     },
     socket::{Direct, Probe, Read, Sock},
 };
@@ -115,6 +126,20 @@ fn on_state_kprobe(ctx: &ProbeContext) {
 fn on_set_state<R: Read>(o: &Offsets, sk: Sock<R>, old: u8, new: u8) {
     if sk.is_null() || old == new {
         return;
+    }
+    // Orphans (see the module docs): before any clock read or lookup.
+    match (old, new) {
+        (tcp_state::FIN_WAIT1, tcp_state::FIN_WAIT2) if sk.is_orphan(o) => {
+            if let Some(rec) = traced_record(sk) {
+                rec.state = tcp_state::FIN_WAIT2;
+            }
+            return;
+        }
+        (
+            tcp_state::FIN_WAIT1 | tcp_state::FIN_WAIT2 | tcp_state::LAST_ACK | tcp_state::CLOSING,
+            tcp_state::CLOSE,
+        ) if sk.is_orphan(o) => return,
+        _ => {}
     }
     let now = now_ns();
     match (old, new) {
