@@ -128,14 +128,17 @@ pub fn emit_open(kind: u32, sock: u64, rec: &SockRecord, ts_ns: u64) {
     });
 }
 
-/// Sends the held burst and the one that just completed (the direction flipped).
+/// Sends the exchange that the next request (at `next_ns`) ended: the held request and the
+/// response that just completed.
 #[inline(never)]
-pub fn emit_bursts(sock: u64, rec: &SockRecord, ts_ns: u64) {
+pub fn emit_exchange(sock: u64, rec: &SockRecord, next_ns: u64, seq: u32) {
     emit(|event: *mut BurstEvent| unsafe {
-        (*event).hdr = header(kind::BURST, ts_ns, sock, rec);
-        (*event).first = rec.held;
-        (*event).second = rec.burst;
+        (*event).hdr = header(kind::BURST, next_ns, sock, rec);
+        (*event).request = rec.held;
+        (*event).response = rec.burst;
         (*event).task = rec.task;
+        (*event).seq = seq;
+        (*event)._pad = 0;
     });
 }
 
@@ -243,6 +246,11 @@ fn adopt<R: Read>(
         return None;
     }
     count(stat::ADOPTED);
+    if adoption.0 & Adoption::PROCESS_CONTEXT != 0 {
+        // The owner, as the first send or receive will claim it: the daemon hears no more of
+        // this connection until it closes.
+        current_task(&mut rec.task);
+    }
     emit_open(kind::OPEN, sk.key(), rec, now);
     // SAFETY: as in `record_or_adopt`.
     SOCKETS

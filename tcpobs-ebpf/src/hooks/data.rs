@@ -14,13 +14,16 @@
 //!
 //! The fentry and kprobe hooks see the calls that reach TCP through `sendmsg`/`recvmsg`;
 //! kernels before 6.5 send `sendfile()` data through `tcp_sendpage()` instead, which they do
-//! not see. Calls are coalesced in the socket record into bursts. A completed burst is held
-//! until the next one completes, and the two go out in one event: one event per
-//! request/response exchange, whatever the number of syscalls or bytes; a connection with one
-//! exchange sends its bursts with its close. The rules are `SockRecord::add_data`, in
-//! tcpobs-common, shared with the daemon's tracker tests. Failed calls (`ret <= 0`) and
-//! `MSG_PEEK` reads move no data and are ignored. While a thread is in a TLS handshake call,
-//! the socket it moves data on is the handshake's ([`super::libcalls::tls`]).
+//! not see. Calls are coalesced in the socket record into bursts, and bursts into exchanges:
+//! an exchange ends when the next request begins. Its bytes, timings and class are folded
+//! here, into this CPU's `FOLDS` (bucket by bucket, with the daemon's limits) and the record's
+//! summary; it goes to the daemon as an event only while the daemon asks for every exchange
+//! (`EXCHANGE_EVENTS`). So the ring buffer carries nothing per exchange by default, whatever
+//! the number of syscalls or bytes; a connection's last exchange goes with its close. The rules
+//! are `SockRecord::add_data` and `SockRecord::fold_exchange`, in tcpobs-common, shared with
+//! the daemon's tracker tests. Failed calls (`ret <= 0`) and `MSG_PEEK` reads move no data and
+//! are ignored. While a thread is in a TLS handshake call, the socket it moves data on is the
+//! handshake's ([`super::libcalls::tls`]).
 
 use aya_ebpf::{
     helpers::bpf_get_current_pid_tgid,
@@ -30,13 +33,16 @@ use aya_ebpf::{
         BtfTracePointContext, FExitContext, ProbeContext, RetProbeContext, TracePointContext,
     },
 };
-use tcpobs_common::{DataCall, Offsets, direction};
+use tcpobs_common::{
+    DataCall, DataSink, Offsets, SockRecord, direction,
+    folds::{LAYOUT, class, role_index},
+};
 
 use super::libcalls::tls;
 use crate::{
     helpers::now_ns,
-    maps::offsets,
-    record::{Adoption, claim, emit_bursts, record_or_adopt},
+    maps::{exchange_events, fold_config, folds, offsets},
+    record::{Adoption, claim, emit_exchange, record_or_adopt},
     socket::{Direct, Probe, Read, Sock},
 };
 
@@ -233,8 +239,56 @@ fn on_data<R: Read>(o: &Offsets, sk: Sock<R>, ret: i32, flags: i32, dir: u8) {
         return;
     };
     let now = now_ns();
-    rec.add_data(now, ret as u64, dir, |rec| emit_bursts(sk.key(), rec, now));
+    rec.add_data(now, ret as u64, dir, &mut Fold { sock: sk.key() });
     claim(rec);
     // One load from a global unless some thread is in a TLS handshake.
     tls::note_socket(sk.key(), rec.start_ns);
+}
+
+/// What the data hooks do with completed bursts and exchanges.
+struct Fold {
+    sock: u64,
+}
+
+impl DataSink for Fold {
+    #[inline(always)]
+    fn burst_done(&mut self, rec: &SockRecord) {
+        if let Some(folds) = folds() {
+            let index = usize::from(rec.burst.dir == direction::IN);
+            folds.roles[role_index(rec.role)].bytes[index] += rec.burst.bytes;
+        }
+    }
+
+    #[inline(always)]
+    fn exchange_done(&mut self, rec: &mut SockRecord, next_ns: u64) {
+        exchange_done(self.sock, rec, next_ns);
+    }
+}
+
+/// Folds an exchange the next request ended (at `next_ns`), and sends it if the daemon asks.
+/// A BPF function of its own: inlined, it would add its stack to both data programs'.
+#[inline(never)]
+fn exchange_done(sock: u64, rec: &mut SockRecord, next_ns: u64) {
+    let config = fold_config();
+    let mut slots = if config.fold != 0 {
+        folds().map(|folds| &mut folds.roles[role_index(rec.role)])
+    } else {
+        None
+    };
+    let seq = rec.fold_exchange(next_ns, |hist, value| {
+        if let Some(slots) = slots.as_deref_mut() {
+            let layout = LAYOUT[hist];
+            slots.hists[hist].observe(&config.limits[layout], value);
+        }
+    });
+    if let Some(slots) = slots {
+        slots.exchanges[if seq == 1 {
+            class::START
+        } else {
+            class::CONTINUE
+        }] += 1;
+    }
+    if exchange_events() {
+        emit_exchange(sock, rec, next_ns, seq);
+    }
 }

@@ -10,7 +10,7 @@ use std::{
 };
 
 use aya::maps::{HashMap, MapData};
-use tcpobs_common::{SockRecord, names};
+use tcpobs_common::{SockRecord, folds::role_index as fold_index, names, role};
 use tokio::{
     sync::watch,
     time::{MissedTickBehavior, interval},
@@ -29,6 +29,7 @@ use crate::{
     },
     kernel::{
         filters::KernelFilters,
+        folds::{ExchangeSwitch, FoldReader},
         libcalls::{LibcallStats, RESCAN_INTERVAL},
         loader::{self, LoadError, LoadOptions, Loaded},
         reader::{KernelStats, Reader, ReaderStats},
@@ -80,7 +81,12 @@ pub struct Tracer {
     metrics: Option<Metrics>,
     records: Vec<Record>,
     reported_loss: u64,
+    /// When the kernel's folds were last read.
+    folds_read: Instant,
 }
+
+/// The kernel's folds are read at most this often while events flow (and at every sweep).
+const FOLD_READ_INTERVAL: Duration = Duration::from_millis(100);
 
 impl Tracer {
     /// Loads and attaches the programs. Must run inside a tokio runtime (the ring buffer is
@@ -103,6 +109,7 @@ impl Tracer {
         unsafe { libc::malloc_trim(0) };
         let reader = Reader::new(&mut loaded.ebpf)?;
         let sockets = take_map(&mut loaded.ebpf, names::SOCKETS_MAP)?;
+        lock(&tracker).set_kernel_folds(options.exchanges.fold.is_some());
         {
             let mut health = lock(&health);
             health.probes = loaded.families.clone();
@@ -120,7 +127,19 @@ impl Tracer {
             metrics: None,
             records: Vec::with_capacity(1024),
             reported_loss: 0,
+            folds_read: Instant::now(),
         })
+    }
+
+    /// The switch of the kernel's exchange events, for whoever changes the event selection.
+    pub(crate) fn exchange_switch(&self) -> ExchangeSwitch {
+        self.loaded.exchange_events.clone()
+    }
+
+    /// Adds what the kernel folded since the last read to the metrics and byte counters.
+    fn read_folds(&mut self) {
+        self.folds_read = Instant::now();
+        read_folds(&mut self.loaded.folds, self.metrics.as_ref(), &self.tracker);
     }
 
     /// How each hook family is attached, the libcall families last.
@@ -190,6 +209,9 @@ impl Tracer {
         };
         if read > 0 {
             lock(&self.health).reader = self.reader.stats();
+            if self.folds_read.elapsed() >= FOLD_READ_INTERVAL {
+                self.read_folds();
+            }
         }
         Self::dispatch(&mut self.records, self.metrics.as_ref(), sink)?;
         if read > 0 {
@@ -204,6 +226,7 @@ impl Tracer {
         thresholds: &StuckThresholds,
         sink: &mut dyn Sink,
     ) -> io::Result<SweepReport> {
+        self.read_folds();
         let sockets = &self.sockets;
         let lookup = |sock: u64| {
             sockets.get(&sock, 0).ok().map(|record| KernelView {
@@ -211,6 +234,7 @@ impl Tracer {
                 last_data_ns: record.burst.last_ns,
                 bytes: record.bytes_sent + record.bytes_recv,
                 state: record.state,
+                task: record.task,
             })
         };
         let started = Instant::now();
@@ -259,6 +283,7 @@ impl Tracer {
         let mut thresholds = {
             let current = live.borrow_and_update();
             sink.configure(&current);
+            self.apply_event_selection(&current);
             current.thresholds.stuck()
         };
         let mut drain = interval(timing.drain);
@@ -290,11 +315,19 @@ impl Tracer {
                     Ok(()) => {
                         let current = live.borrow_and_update();
                         sink.configure(&current);
+                        self.apply_event_selection(&current);
                         thresholds = current.thresholds.stuck();
                     }
                     Err(_) => watching = false,
                 },
             }
+        }
+    }
+
+    /// Has the kernel send every exchange, or not, as the event selection needs.
+    fn apply_event_selection(&self, live: &LiveSettings) {
+        if let Err(err) = self.loaded.exchange_events.apply(live.events) {
+            warn!("{err}");
         }
     }
 
@@ -304,6 +337,7 @@ impl Tracer {
         let attached = self.loaded.families.len();
         let libcalls = self.libcall_stats();
         drop(self.loaded.ebpf);
+        read_folds(&mut self.loaded.folds, self.metrics.as_ref(), &self.tracker);
         info!(hooks = attached, "detached");
         {
             let mut tracker = lock(&self.tracker);
@@ -322,6 +356,27 @@ impl Tracer {
             libcalls,
         })
     }
+}
+
+/// Adds what the kernel folded since the last read to the metrics and the tracker's byte
+/// counters.
+fn read_folds(folds: &mut FoldReader, metrics: Option<&Metrics>, tracker: &Mutex<Tracker>) {
+    let growth = match folds.growth() {
+        Ok(growth) => growth,
+        Err(err) => {
+            warn!("{err}");
+            return;
+        }
+    };
+    if let Some(metrics) = metrics {
+        metrics.add_folded(&growth);
+    }
+    let bytes = |role| growth.roles[fold_index(role)].bytes;
+    lock(tracker).add_kernel_bytes(&[
+        bytes(role::CLIENT),
+        bytes(role::SERVER),
+        bytes(role::UNKNOWN),
+    ]);
 }
 
 /// Completes on SIGINT or SIGTERM.

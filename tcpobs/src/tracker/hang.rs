@@ -24,7 +24,7 @@
 //! newer connection, on two audits in a row was lost (its close event dropped from a full ring
 //! buffer, or its record evicted from a full table) and is reported partial (`lost`).
 
-use tcpobs_common::tcp_state;
+use tcpobs_common::{Task, tcp_state};
 
 use super::{Conn, Tracker};
 use crate::model::{AnomalyRecord, Record, Stuck};
@@ -62,6 +62,9 @@ pub(crate) struct KernelView {
     pub bytes: u64,
     /// The socket's state (`tcp_state`).
     pub state: u8,
+    /// Who the socket belongs to, as far as the kernel knows (a server socket learns it at
+    /// its first receive, which no event may have told the tracker).
+    pub task: Task,
 }
 
 /// Result of one sweep.
@@ -148,6 +151,7 @@ impl Tracker {
                 match lookup(sock).filter(|view| view.start_ns == conn.start_ns) {
                     Some(view) => {
                         conn.missing = 0;
+                        conn.update_process(&view.task);
                         // Data the tracker may not have seen yet: a burst still in progress.
                         conn.saw_data |= view.bytes > 0;
                         conn.last_activity_ns = conn.last_activity_ns.max(view.last_data_ns);
@@ -302,11 +306,11 @@ mod tests {
         let mut tracker = Tracker::new();
         open(&mut tracker, 1, kind::OPEN, tcp_state::ESTABLISHED, 0);
         open(&mut tracker, 2, kind::OPEN, tcp_state::ESTABLISHED, 0);
-        // Socket 2 had a burst at 1 s (it ended at 2 s, when the direction flipped).
+        // Socket 2 had an exchange at 1 s (it ended at 2 s, when the next request began).
         tracker.handle(
             &KernelEvent::Burst(&BurstEvent {
                 hdr: hdr(kind::BURST, 2, 2 * S),
-                first: tcpobs_common::Burst {
+                request: tcpobs_common::Burst {
                     first_ns: S,
                     last_ns: S,
                     bytes: 10,
@@ -326,12 +330,14 @@ mod tests {
                     last_data_ns: 9 * S,
                     bytes: 5,
                     state: tcp_state::ESTABLISHED,
+                    ..KernelView::default()
                 },
                 _ => KernelView {
                     start_ns: 0,
                     last_data_ns: 61 * S,
                     bytes: 30,
                     state: tcp_state::ESTABLISHED,
+                    ..KernelView::default()
                 },
             })
         };

@@ -233,6 +233,7 @@ fn every_event_is_pinned_byte_for_byte() {
         request_bytes: 10,
         response_bytes: 20,
         close_originator: Some(CloseOriginator::Client),
+        folded: false,
     };
     let anomaly_record = AnomalyRecord {
         conn_id: 7,
