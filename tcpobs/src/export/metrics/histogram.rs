@@ -1,9 +1,14 @@
 //! A histogram of integer observations (nanoseconds, or counts) updated with atomics.
 //!
-//! prometheus-client's histogram takes a mutex on every observation; tcpobs observes several
+//! prometheus-client's histogram takes a mutex on every observation; tcpobs observes a dozen
 //! values per connection on the thread that drains the ring buffer, so here an observation is
-//! a search over integer bucket limits and relaxed atomic adds. A scrape reads the buckets one
+//! a search over integer bucket limits and two relaxed stores. A scrape reads the buckets one
 //! by one and reports `_count` as their total, so the count and the `+Inf` bucket always agree.
+//!
+//! One writer at a time: every observation comes from the tracer's loop (records, and what the
+//! kernel folded), so an update is a relaxed load and store, not a locked read-modify-write
+//! (which would cost more than the rest of the observation). Scrapes, on other threads, only
+//! read. A second concurrent writer would lose updates, never corrupt anything.
 //!
 //! The sum is kept exactly, in observation units (ns), so that what the kernel folded with the
 //! same limits ([`Histogram::add`]) adds up to the same histogram as one observation at a
@@ -68,7 +73,7 @@ impl Histogram {
     pub(super) fn observe(&self, value: u64) {
         let inner = &*self.0;
         let bucket = inner.limits.partition_point(|&limit| limit < value);
-        inner.counts[bucket].fetch_add(1, Ordering::Relaxed);
+        add(&inner.counts[bucket], 1);
         inner.add_sum(value);
     }
 
@@ -79,19 +84,29 @@ impl Histogram {
         let last = inner.counts.len() - 1;
         for (index, &count) in buckets.iter().enumerate() {
             if count != 0 {
-                inner.counts[index.min(last)].fetch_add(count, Ordering::Relaxed);
+                add(&inner.counts[index.min(last)], count);
             }
         }
         inner.add_sum(sum);
     }
 }
 
+/// Adds to a counter that only one thread writes (see the module docs).
+#[inline(always)]
+fn add(counter: &AtomicU64, value: u64) {
+    counter.store(
+        counter.load(Ordering::Relaxed).wrapping_add(value),
+        Ordering::Relaxed,
+    );
+}
+
 impl Inner {
     fn add_sum(&self, value: u64) {
-        let before = self.sum.fetch_add(value, Ordering::Relaxed);
-        if before.checked_add(value).is_none() {
-            self.sum_wraps.fetch_add(1, Ordering::Relaxed);
+        let (sum, wrapped) = self.sum.load(Ordering::Relaxed).overflowing_add(value);
+        if wrapped {
+            add(&self.sum_wraps, 1);
         }
+        self.sum.store(sum, Ordering::Relaxed);
     }
 
     /// The sum in observation units.
