@@ -23,7 +23,9 @@ pub(crate) mod labels;
 mod libcalls;
 
 use std::{
-    sync::{Arc, Mutex, atomic::AtomicU64},
+    collections::HashMap,
+    hash::BuildHasherDefault,
+    sync::{Arc, Mutex, OnceLock, atomic::AtomicU64},
     time::Duration,
 };
 
@@ -52,6 +54,7 @@ use crate::{
     metadata::Metadata,
     model::{Addrs, ExchangeClass, Process, Record, Role, Stuck},
     sync::lock,
+    tracker::{SockHasher, role_index},
 };
 
 /// Handles resolved once, for when no optional dimension is on: indexed by role (client,
@@ -63,6 +66,23 @@ struct Fast {
     exchanges: [[Counter; 4]; 2],
     closed: [[[Counter; 4]; 4]; 2],
 }
+
+/// With optional dimensions on, the handles of one label set's series (role and dimension
+/// values), each resolved on its first use: a record's histograms and counter all have the
+/// same label set, which is then hashed once, not once per family. Series are created exactly
+/// when they would be without it (on their first observation).
+#[derive(Debug, Default)]
+struct Handles {
+    histograms: [OnceLock<Histogram>; HISTOGRAMS.len()],
+    opened: OnceLock<Counter>,
+    exchanges: [OnceLock<Counter>; CLASSES.len()],
+    closed: [[OnceLock<Counter>; KINDS.len()]; ORIGINATORS.len()],
+}
+
+/// [`Handles`] by dimension values, then role ([`role_index`]), shared by the clones of
+/// [`Metrics`]. The cheap hasher is safe here: the keys are the label policy's values, bounded
+/// by the series cap.
+type HandleCache = Arc<Mutex<HashMap<Dims, Arc<[Handles; 3]>, BuildHasherDefault<SockHasher>>>>;
 
 /// Every family tcpobs updates on events. Cloning shares the same series.
 #[derive(Clone, Debug)]
@@ -80,6 +100,8 @@ pub(crate) struct Metrics {
     libcalls: LibcallMetrics,
     policy: Arc<Mutex<LabelPolicy>>,
     fast: Option<Fast>,
+    /// Handles by label set, when optional dimensions are on (bounded by the series cap).
+    handles: HandleCache,
     /// Where the `pod` and `namespace` label values come from.
     metadata: Option<Arc<Metadata>>,
 }
@@ -114,6 +136,7 @@ impl Metrics {
             libcalls: LibcallMetrics::new(registry),
             policy: Arc::new(Mutex::new(LabelPolicy::new(labels, series_cap))),
             fast: None,
+            handles: Arc::default(),
             metadata: None,
         };
         for ((_, name, help, _), family) in HISTOGRAMS.iter().zip(&metrics.histograms) {
@@ -302,6 +325,17 @@ impl Metrics {
         lock(&self.policy).dims(addrs, process, self.metadata.as_deref())
     }
 
+    /// The handles of a label set's series (all roles).
+    fn handles(&self, dims: &Dims) -> Arc<[Handles; 3]> {
+        let mut handles = lock(&self.handles);
+        if let Some(found) = handles.get(dims) {
+            return Arc::clone(found);
+        }
+        let created = Arc::<[Handles; 3]>::default();
+        handles.insert(dims.clone(), Arc::clone(&created));
+        created
+    }
+
     /// The fast handles' role index, if they apply.
     fn fast(&self, role: Role) -> Option<(&Fast, usize)> {
         let fast = self.fast.as_ref()?;
@@ -327,11 +361,17 @@ impl Metrics {
             }
             return;
         }
-        let labels = role_labels([("role", role.as_str())], &self.dims(addrs, process));
+        let dims = self.dims(addrs, process);
+        let handles = self.handles(&dims);
         for &(hist, value) in values {
             if let Some(value) = value {
-                self.histograms[hist as usize]
-                    .get_or_create(&labels)
+                handles[role_index(role)].histograms[hist as usize]
+                    .get_or_init(|| {
+                        let labels = role_labels([("role", role.as_str())], &dims);
+                        self.histograms[hist as usize]
+                            .get_or_create(&labels)
+                            .clone()
+                    })
                     .observe(value);
             }
         }
@@ -345,8 +385,12 @@ impl Metrics {
                     Some((fast, r)) => fast.opened[r].inc(),
                     None => {
                         let dims = self.dims(&opened.addrs, opened.process.as_ref());
-                        self.opened
-                            .get_or_create(&role_labels([("role", opened.role.as_str())], &dims))
+                        self.handles(&dims)[role_index(opened.role)]
+                            .opened
+                            .get_or_init(|| {
+                                let labels = role_labels([("role", opened.role.as_str())], &dims);
+                                self.opened.get_or_create(&labels).clone()
+                            })
                             .inc()
                     }
                 };
@@ -365,13 +409,18 @@ impl Metrics {
                     Some((fast, r)) => fast.exchanges[r][index_of(&CLASSES, exchange.class)].inc(),
                     None => {
                         let dims = self.dims(&exchange.addrs, exchange.process.as_ref());
-                        let fixed = [
-                            ("role", exchange.role.as_str()),
-                            ("class", exchange.class.as_str()),
-                        ];
-                        self.exchanges
-                            .get_or_create(&role_labels(fixed, &dims))
-                            .inc()
+                        self.handles(&dims)[role_index(exchange.role)].exchanges
+                            [index_of(&CLASSES, exchange.class)]
+                        .get_or_init(|| {
+                            let fixed = [
+                                ("role", exchange.role.as_str()),
+                                ("class", exchange.class.as_str()),
+                            ];
+                            self.exchanges
+                                .get_or_create(&role_labels(fixed, &dims))
+                                .clone()
+                        })
+                        .inc()
                     }
                 };
                 self.observe_histograms(
@@ -420,12 +469,19 @@ impl Metrics {
             .inc(),
             None => {
                 let dims = self.dims(&connection.addrs, connection.process.as_ref());
-                let fixed = [
-                    ("role", role.as_str()),
-                    ("close_originator", close.originator.as_str()),
-                    ("close_kind", close.kind.as_str()),
-                ];
-                self.closed.get_or_create(&role_labels(fixed, &dims)).inc()
+                self.handles(&dims)[role_index(role)].closed
+                    [index_of(&ORIGINATORS, close.originator)][index_of(&KINDS, close.kind)]
+                .get_or_init(|| {
+                    let fixed = [
+                        ("role", role.as_str()),
+                        ("close_originator", close.originator.as_str()),
+                        ("close_kind", close.kind.as_str()),
+                    ];
+                    self.closed
+                        .get_or_create(&role_labels(fixed, &dims))
+                        .clone()
+                })
+                .inc()
             }
         };
         let whole = connection.partial.is_none();
