@@ -23,14 +23,18 @@
 //!   timeout (one second);
 //! - [`OpenEvent`] of kind [`kind::OPEN`] when a socket reaches `ESTABLISHED`, or when a socket
 //!   that was already open is seen for the first time (flag [`FLAG_PARTIAL`]);
-//! - [`BurstEvent`] every second time the data direction flips, carrying the two bursts that
-//!   just completed: one event per request/response exchange ([`SockRecord::add_data`], the
-//!   rules shared with the daemon's tests);
+//! - [`BurstEvent`] when an exchange ends (the next request begins), carrying its request and
+//!   response bursts, only while the daemon asks for every exchange
+//!   ([`names::EXCHANGE_EVENTS_MAP`]: a JSON event or justniffer line per exchange, or metric
+//!   labels the kernel cannot resolve). Otherwise the kernel folds each exchange into per-CPU
+//!   histograms ([`Folds`], read by the daemon at its own pace) and into the connection's
+//!   [`ExchangeSummary`], sent with the close ([`SockRecord::add_data`] and
+//!   [`SockRecord::fold_exchange`]: the rules, shared with the daemon's tests);
 //! - [`StateEvent`] when a socket enters a state it can hang in (`CLOSE_WAIT`, `FIN_WAIT2`);
 //!   the other teardown states usually last one round trip, are kept in the record, and
 //!   the daemon reads them from the table when it needs them;
-//! - [`CloseEvent`] once, when the socket is done, carrying the whole record and the pending
-//!   burst.
+//! - [`CloseEvent`] once, when the socket is done, carrying the whole record: the exchange in
+//!   progress (its last) and the summary of the others.
 //!
 //! A connection is identified by the socket address ([`EventHeader::sock`]) *and* its
 //! generation ([`EventHeader::start_ns`]): the kernel reuses socket memory within
@@ -40,13 +44,16 @@
 //! resolution, the TLS handshake: "libcalls") have their own events, in [`libcalls`].
 #![no_std]
 
-mod bursts;
 pub mod diag;
+pub mod exchanges;
+pub mod folds;
 pub mod libcalls;
 pub mod names;
 pub mod offsets;
 
 pub use diag::{DiagOffsets, DiagStats, ListenSample, ListenSock, SockSample};
+pub use exchanges::DataSink;
+pub use folds::{FoldConfig, Folds, HistSlot, RoleFolds};
 pub use libcalls::{DnsCall, DnsEvent, TlsCall, TlsEvent, TlsPending};
 pub use offsets::Offsets;
 
@@ -302,7 +309,8 @@ pub struct SockRecord {
     pub bytes_sent: u64,
     /// Payload bytes received over the whole connection.
     pub bytes_recv: u64,
-    /// A completed burst not sent yet: bursts go out in pairs.
+    /// The request of the exchange in progress, completed while its response is under way
+    /// (sockets whose role is known; [`direction::NONE`] otherwise).
     pub held: Burst,
     /// The burst in progress.
     pub burst: Burst,
@@ -332,6 +340,38 @@ pub struct SockRecord {
     /// Why it was slow or stuck: chrono counters and RTOs read at close, SYN retransmits, the
     /// accept, drops ([`diag`]).
     pub diag: DiagStats,
+    /// The exchanges completed so far (all but the one in progress).
+    pub exchanges: ExchangeSummary,
+}
+
+/// Exchanges a connection's timeline keeps besides its last: the first ones.
+pub const TIMELINE_SPANS: usize = 15;
+
+/// One exchange on a connection's timeline, in 8 bytes: its first byte in µs after the
+/// connection's start (the timeline prints microseconds), and its first-to-last-byte duration
+/// in ns below 2^31 ns, else in µs with the top bit set ([`TimelineSpan::pack`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TimelineSpan {
+    pub start_us: u32,
+    pub duration: u32,
+}
+
+/// What the kernel keeps of the exchanges of a connection that the next request ended: all but
+/// the one in progress, which the record's `held` and `burst` hold.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ExchangeSummary {
+    /// Exchanges completed: the exchange in progress is number `count + 1`.
+    pub count: u32,
+    /// How many of them `spans` holds (the first ones).
+    pub kept: u32,
+    /// The longest time to first byte among them (ns; 0 for none).
+    pub max_response_begin_ns: u64,
+    /// The longest idle gap after a response among them (ns; 0 for none).
+    pub max_idle_ns: u64,
+    /// Their timeline spans, exchange 1 first; `count - kept` are left out.
+    pub spans: [TimelineSpan; TIMELINE_SPANS],
 }
 
 /// `struct tcp_sock` counters, read at close at offsets from BTF (zero where the kernel lacks
@@ -370,18 +410,22 @@ pub struct OpenEvent {
     pub _pad: [u8; 5],
 }
 
-/// Two data bursts completed (the direction flipped twice): usually a request and its
-/// response.
+/// An exchange ended: the next request began at `hdr.ts_ns` (the end of the exchange's idle
+/// gap). Sent only while the daemon asks for every exchange (see the module docs).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct BurstEvent {
     pub hdr: EventHeader,
-    /// The earlier burst.
-    pub first: Burst,
-    /// The later burst, in the other direction.
-    pub second: Burst,
+    /// The request burst ([`direction::NONE`] for a response without a request: a server
+    /// that speaks first).
+    pub request: Burst,
+    /// The response burst.
+    pub response: Burst,
     /// Who the socket belongs to so far (a server socket learns it at its first recv).
     pub task: Task,
+    /// The exchange's number on its connection, from 1.
+    pub seq: u32,
+    pub _pad: u32,
 }
 
 /// A teardown state transition.
@@ -420,6 +464,8 @@ mod pod {
     unsafe impl aya::Pod for super::ListenSample {}
     unsafe impl aya::Pod for super::ListenSock {}
     unsafe impl aya::Pod for super::Endpoints {}
+    unsafe impl aya::Pod for super::FoldConfig {}
+    unsafe impl aya::Pod for super::Folds {}
 }
 
 #[cfg(test)]
@@ -435,11 +481,12 @@ mod tests {
         assert_eq!(size_of::<Task>(), 32);
         assert_eq!(size_of::<TcpStats>(), 32);
         assert_eq!(size_of::<Burst>(), 32);
-        assert_eq!(size_of::<SockRecord>(), 296);
+        assert_eq!(size_of::<ExchangeSummary>(), 144);
+        assert_eq!(size_of::<SockRecord>(), 440);
         assert_eq!(size_of::<OpenEvent>(), 112);
-        assert_eq!(size_of::<BurstEvent>(), 128);
+        assert_eq!(size_of::<BurstEvent>(), 136);
         assert_eq!(size_of::<StateEvent>(), 40);
-        assert_eq!(size_of::<CloseEvent>(), 328);
+        assert_eq!(size_of::<CloseEvent>(), 472);
         assert_eq!(size_of::<FilterConfig>(), 8);
         assert_eq!(size_of::<Owner>(), 16);
         assert_eq!(size_of::<ListenKey>(), 8);
@@ -457,6 +504,8 @@ mod tests {
         assert_eq!(offset_of!(SockRecord, role), 208);
         assert_eq!(offset_of!(SockRecord, tcp), 216);
         assert_eq!(offset_of!(SockRecord, diag), 248);
+        assert_eq!(offset_of!(SockRecord, exchanges), 296);
+        assert_eq!(offset_of!(BurstEvent, seq), 128);
         assert_eq!(offset_of!(OpenEvent, role), 104);
         assert_eq!(offset_of!(OpenEvent, state), 106);
         assert_eq!(offset_of!(CloseEvent, record), 32);

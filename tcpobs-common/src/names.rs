@@ -27,6 +27,15 @@ pub const LISTENERS_MAP: &str = "LISTENERS";
 pub const FILTER_MAP: &str = "FILTER";
 /// Layout facts ([`crate::Offsets`]), a read-only global.
 pub const OFFSETS_GLOBAL: &str = "OFFSETS";
+/// Whether exchanges are folded into histograms, and the bucket limits
+/// ([`crate::FoldConfig`]), a read-only global.
+pub const FOLD_CONFIG_GLOBAL: &str = "FOLD_CONFIG";
+/// What the kernel folded: per-exchange histograms, exchanges by class and bytes, by role
+/// (`PerCpuArray<Folds>`, one entry).
+pub const FOLDS_MAP: &str = "FOLDS";
+/// 1 while the daemon wants an event for every exchange (`Array<u32>`, one entry, written by
+/// the daemon when the event selection changes).
+pub const EXCHANGE_EVENTS_MAP: &str = "EXCHANGE_EVENTS";
 
 /// 1 when a `tcp_connect` program (fentry or kprobe) starts client records, so that the state
 /// program leaves `CLOSE -> SYN_SENT` alone (`Array<u32>`, one entry).

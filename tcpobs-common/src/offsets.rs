@@ -76,6 +76,9 @@ pub struct Offsets {
     /// `tcp_recvmsg()`: the index of its `flags` parameter (4 before Linux 5.19, which dropped
     /// `nonblock`, 3 since), for the kprobe.
     pub recv_flags_arg: u16,
+    /// `struct sock`: `__sk_common.skc_flags` (unsigned long), for `SOCK_DEAD`.
+    pub sk_flags: u16,
+    pub _pad: [u16; 3],
     /// Wake the reader once this many bytes are waiting in the ring buffer; below that the
     /// reader polls on a timer (events are submitted with `BPF_RB_NO_WAKEUP`).
     pub wakeup_bytes: u64,
@@ -118,6 +121,8 @@ impl Offsets {
         tcp_bytes_acked: 0,
         tcp_bytes_received: 0,
         recv_flags_arg: 0,
+        sk_flags: 0,
+        _pad: [0; 3],
         wakeup_bytes: 0,
         diag: crate::DiagOffsets::UNSET,
     };
@@ -131,9 +136,10 @@ mod tests {
 
     #[test]
     fn layout_is_pinned() {
-        assert_eq!(size_of::<Offsets>(), 160);
-        assert_eq!(offset_of!(Offsets, diag), 72);
-        assert_eq!(offset_of!(Offsets, wakeup_bytes), 64);
+        assert_eq!(size_of::<Offsets>(), 168);
+        assert_eq!(offset_of!(Offsets, sk_flags), 64);
+        assert_eq!(offset_of!(Offsets, wakeup_bytes), 72);
+        assert_eq!(offset_of!(Offsets, diag), 80);
         assert_eq!(Offsets::UNSET, Offsets::default());
     }
 }

@@ -21,7 +21,7 @@ use tcpobs_common::{Endpoints, FilterConfig, ListenKey, Listener, Offsets, Owner
 use crate::{
     helpers::current_owner,
     maps::{LISTEN_SOCKS, remember_listener},
-    socket::Sock,
+    socket::{Read, Sock},
 };
 
 const AF_INET6: u16 = 10;
@@ -50,7 +50,7 @@ pub static CGROUP_FILTER: HashMap<u64, u8> = HashMap::with_max_entries(1024, 0);
 pub static LISTENERS: HashMap<ListenKey, Listener> = HashMap::with_max_entries(16_384, 0);
 
 #[inline(always)]
-fn listen_key(o: &Offsets, sk: Sock, port: u16) -> ListenKey {
+fn listen_key<R: Read>(o: &Offsets, sk: Sock<R>, port: u16) -> ListenKey {
     ListenKey {
         netns: sk.netns(o),
         port,
@@ -60,7 +60,7 @@ fn listen_key(o: &Offsets, sk: Sock, port: u16) -> ListenKey {
 
 /// Who listens on the socket's local port in its network namespace, if known.
 #[inline(always)]
-pub fn listener(o: &Offsets, sk: Sock, local_port: u16) -> Option<Owner> {
+pub fn listener<R: Read>(o: &Offsets, sk: Sock<R>, local_port: u16) -> Option<Owner> {
     let key = listen_key(o, sk, local_port);
     // SAFETY: plain data copied out of the map value.
     unsafe { LISTENERS.get(key).map(|listener| listener.owner) }
@@ -68,8 +68,8 @@ pub fn listener(o: &Offsets, sk: Sock, local_port: u16) -> Option<Owner> {
 
 /// A socket started listening (in the process that called `listen()`).
 #[inline(always)]
-pub fn listening(o: &Offsets, sk: Sock) {
-    let key = listen_key(o, sk, sk.ports(o).0);
+pub fn listening<R: Read>(o: &Offsets, sk: Sock<R>) {
+    let key = listen_key(o, sk, sk.local_port(o));
     remember_listener(sk.key(), key.netns, key.port);
     if let Some(listener) = LISTENERS.get_ptr_mut(key) {
         // SAFETY: a valid map value; the count is approximate under races, never invalid.
@@ -86,9 +86,9 @@ pub fn listening(o: &Offsets, sk: Sock) {
 
 /// A listening socket closed (or its `listen()` failed).
 #[inline(always)]
-pub fn not_listening(o: &Offsets, sk: Sock) {
+pub fn not_listening<R: Read>(o: &Offsets, sk: Sock<R>) {
     let _ = LISTEN_SOCKS.remove(sk.key());
-    let key = listen_key(o, sk, sk.ports(o).0);
+    let key = listen_key(o, sk, sk.local_port(o));
     let Some(listener) = LISTENERS.get_ptr_mut(key) else {
         return;
     };
@@ -111,9 +111,11 @@ fn applies(mode: u8, matched: impl FnOnce() -> bool) -> bool {
     }
 }
 
-/// Whether a socket with these endpoints and owner is traced.
+/// Whether a socket with these endpoints and owner is traced. `owner` is asked only if a pid
+/// or cgroup filter is on (finding an accepted socket's owner costs a namespace read and a
+/// lookup).
 #[inline(always)]
-pub fn allowed(endpoints: &Endpoints, owner: Option<Owner>) -> bool {
+pub fn allowed(endpoints: &Endpoints, owner: impl FnOnce() -> Option<Owner>) -> bool {
     let Some(config) = FILTER.get(0) else {
         return true;
     };
@@ -131,11 +133,13 @@ pub fn allowed(endpoints: &Endpoints, owner: Option<Owner>) -> bool {
         PORT_FILTER.get_ptr(endpoints.lport).is_some()
             || PORT_FILTER.get_ptr(endpoints.rport).is_some()
     }) && applies(cidrs, || cidr_match(endpoints))
-        && applies(pids, || {
-            owner.is_some_and(|owner| PID_FILTER.get_ptr(owner.pid).is_some())
-        })
-        && applies(cgroups, || {
-            owner.is_some_and(|owner| CGROUP_FILTER.get_ptr(owner.cgroup).is_some())
+        && (pids | cgroups == filter_mode::OFF || {
+            let owner = owner();
+            applies(pids, || {
+                owner.is_some_and(|owner| PID_FILTER.get_ptr(owner.pid).is_some())
+            }) && applies(cgroups, || {
+                owner.is_some_and(|owner| CGROUP_FILTER.get_ptr(owner.cgroup).is_some())
+            })
         })
 }
 

@@ -5,7 +5,7 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
-use tcpobs_common::{ListenSock, Offsets, SockRecord, stat};
+use tcpobs_common::{FoldConfig, Folds, ListenSock, Offsets, SockRecord, stat};
 
 use crate::helpers::current_task;
 
@@ -71,6 +71,40 @@ pub fn offsets() -> &'static Offsets {
     let ptr: *const Offsets = &raw const OFFSETS;
     // SAFETY: a volatile read of a local; the static lives as long as the program.
     unsafe { &*core::ptr::read_volatile(&ptr) }
+}
+
+/// Whether exchanges are folded, and the histograms' bucket limits (written by the loader).
+#[unsafe(no_mangle)]
+static FOLD_CONFIG: FoldConfig = FoldConfig::UNSET;
+
+/// The loader's fold settings, read in place (see [`offsets`]).
+#[inline(always)]
+pub fn fold_config() -> &'static FoldConfig {
+    let ptr: *const FoldConfig = &raw const FOLD_CONFIG;
+    // SAFETY: as in `offsets`.
+    unsafe { &*core::ptr::read_volatile(&ptr) }
+}
+
+/// What the data hooks folded (`tcpobs_common::folds`), per CPU.
+#[map]
+pub static FOLDS: PerCpuArray<Folds> = PerCpuArray::with_max_entries(1, 0);
+
+/// This CPU's folds.
+#[inline(always)]
+pub fn folds() -> Option<&'static mut Folds> {
+    // SAFETY: this CPU's slot of a one-entry per-CPU array: programs on one CPU do not run
+    // concurrently for the same hook, and every field is an integer.
+    FOLDS.get_ptr_mut(0).map(|folds| unsafe { &mut *folds })
+}
+
+/// 1 while the daemon wants an event for every exchange.
+#[map]
+pub static EXCHANGE_EVENTS: Array<u32> = Array::with_max_entries(1, 0);
+
+/// Whether to send each exchange to the daemon.
+#[inline(always)]
+pub fn exchange_events() -> bool {
+    EXCHANGE_EVENTS.get(0).is_some_and(|wanted| *wanted != 0)
 }
 
 /// Adds one to a drop counter.

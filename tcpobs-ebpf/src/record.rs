@@ -14,7 +14,7 @@ use crate::{
     filter::{allowed, listener},
     helpers::{current_owner, current_task, now_ns, zero},
     maps::{EVENTS, SOCKETS, count, offsets, scratch_record},
-    socket::{Sock, is_connected_state},
+    socket::{Read, Sock, is_connected_state},
 };
 
 /// What a hook can tell about a socket it has no record for: the role, and whether it runs
@@ -41,7 +41,7 @@ impl Adoption {
     }
 
     /// The socket's owner, as far as this hook can know it.
-    fn owner(self, o: &Offsets, sk: Sock, local_port: u16) -> Option<Owner> {
+    fn owner<R: Read>(self, o: &Offsets, sk: Sock<R>, local_port: u16) -> Option<Owner> {
         if self.0 & Self::PROCESS_CONTEXT != 0 {
             Some(current_owner())
         } else {
@@ -128,14 +128,17 @@ pub fn emit_open(kind: u32, sock: u64, rec: &SockRecord, ts_ns: u64) {
     });
 }
 
-/// Sends the held burst and the one that just completed (the direction flipped).
+/// Sends the exchange that the next request (at `next_ns`) ended: the held request and the
+/// response that just completed.
 #[inline(never)]
-pub fn emit_bursts(sock: u64, rec: &SockRecord, ts_ns: u64) {
+pub fn emit_exchange(sock: u64, rec: &SockRecord, next_ns: u64, seq: u32) {
     emit(|event: *mut BurstEvent| unsafe {
-        (*event).hdr = header(kind::BURST, ts_ns, sock, rec);
-        (*event).first = rec.held;
-        (*event).second = rec.burst;
+        (*event).hdr = header(kind::BURST, next_ns, sock, rec);
+        (*event).request = rec.held;
+        (*event).response = rec.burst;
         (*event).task = rec.task;
+        (*event).seq = seq;
+        (*event)._pad = 0;
     });
 }
 
@@ -151,10 +154,10 @@ pub fn emit_state(sock: u64, rec: &SockRecord, old: u8, new: u8, ts_ns: u64) {
 
 /// Sends the final record, with the kernel's TCP counters, and forgets the socket.
 #[inline(never)]
-pub fn finish(sock: u64, rec: &mut SockRecord, ts_ns: u64) {
-    let o = offsets();
-    Sock(sock as *const u8).tcp_stats(o, &mut rec.tcp);
-    Sock(sock as *const u8).diag_at_close(&o.diag, &mut rec.diag);
+pub fn finish<R: Read>(sk: Sock<R>, rec: &mut SockRecord, ts_ns: u64) {
+    let sock = sk.key();
+    sk.tcp_stats(offsets(), &mut rec.tcp);
+    sk.diag_at_close(&offsets().diag, &mut rec.diag);
     emit(|event: *mut CloseEvent| unsafe {
         (*event).hdr = header(kind::CLOSE, ts_ns, sock, rec);
         (*event).record = *rec;
@@ -162,14 +165,35 @@ pub fn finish(sock: u64, rec: &mut SockRecord, ts_ns: u64) {
     let _: Result<(), i32> = SOCKETS.remove(sock);
 }
 
+/// The socket reached `CLOSE` from `old` (the state family's transition, or, for an orphaned
+/// socket, `tcp_destroy_sock` right after it): close time and `sk_err`.
+#[inline(always)]
+pub fn mark_closed<R: Read>(o: &Offsets, sk: Sock<R>, rec: &mut SockRecord, old: u8, now: u64) {
+    rec.close_ns = now;
+    rec.final_state = old;
+    rec.state = tcp_state::CLOSE;
+    // Empty if the application already took it; the errors family kept it then, unless the
+    // connection outlived that error (an ICMP error on an established socket with
+    // `IP_RECVERR`) and is ending normally, from a state only a FIN exchange leads to.
+    let err = sk.err(o);
+    if err != 0 {
+        rec.sk_err = err;
+    } else if matches!(
+        old,
+        tcp_state::FIN_WAIT2 | tcp_state::LAST_ACK | tcp_state::CLOSING
+    ) {
+        rec.sk_err = 0;
+    }
+}
+
 /// The record of a traced socket, adopting the socket if tcpobs has none: a connection already
 /// open when tcpobs started, or whose record the LRU table evicted. `state` is the socket's
 /// state if the hook knows it (state hooks fire before the kernel stores the new state),
 /// `None` to read it from the socket. `None` for sockets that are not traced.
 #[inline(always)]
-pub fn record_or_adopt(
+pub fn record_or_adopt<R: Read>(
     o: &Offsets,
-    sk: Sock,
+    sk: Sock<R>,
     state: Option<u8>,
     adoption: Adoption,
 ) -> Option<&'static mut SockRecord> {
@@ -195,9 +219,9 @@ pub fn record_or_adopt(
 }
 
 #[inline(never)]
-fn adopt(
+fn adopt<R: Read>(
     o: &Offsets,
-    sk: Sock,
+    sk: Sock<R>,
     state: u8,
     adoption: Adoption,
     now: u64,
@@ -207,7 +231,8 @@ fn adopt(
     }
     let rec = scratch_record()?;
     sk.read_endpoints(o, &mut rec.endpoints);
-    let traced = allowed(&rec.endpoints, adoption.owner(o, sk, rec.endpoints.lport));
+    let lport = rec.endpoints.lport;
+    let traced = allowed(&rec.endpoints, || adoption.owner(o, sk, lport));
     rec.start_ns = now;
     rec.role = adoption.role();
     rec.flags = if traced { FLAG_PARTIAL } else { FLAG_IGNORED };
@@ -222,6 +247,11 @@ fn adopt(
         return None;
     }
     count(stat::ADOPTED);
+    if adoption.0 & Adoption::PROCESS_CONTEXT != 0 {
+        // The owner, as the first send or receive will claim it: the daemon hears no more of
+        // this connection until it closes.
+        current_task(&mut rec.task);
+    }
     emit_open(kind::OPEN, sk.key(), rec, now);
     // SAFETY: as in `record_or_adopt`.
     SOCKETS
@@ -231,7 +261,7 @@ fn adopt(
 
 /// The traced record of a socket, without adopting it.
 #[inline(always)]
-pub fn traced_record(sk: Sock) -> Option<&'static mut SockRecord> {
+pub fn traced_record<R: Read>(sk: Sock<R>) -> Option<&'static mut SockRecord> {
     // SAFETY: as in `record_or_adopt`.
     let rec = unsafe { &mut *SOCKETS.get_ptr_mut(sk.key())? };
     (rec.flags & FLAG_IGNORED == 0).then_some(rec)
@@ -243,12 +273,12 @@ pub fn traced_record(sk: Sock) -> Option<&'static mut SockRecord> {
 /// established, fails, or retransmits its SYN (`kind::CONNECT`, see `hooks::retransmit`); a server
 /// is judged and announced when it is established, the moment its addresses are sure to be
 /// set ([`judge_server`]).
-pub fn start(o: &Offsets, sk: Sock, role: u8, now: u64) {
+pub fn start<R: Read>(o: &Offsets, sk: Sock<R>, role: u8, now: u64) {
     let key = sk.key();
     if let Some(previous) = traced_record(sk) {
         // The same socket was disconnected (connect(AF_UNSPEC)) and is connecting again: the
         // previous connection is over.
-        finish(key, previous, now);
+        finish(sk, previous, now);
     }
     let Some(rec) = scratch_record() else {
         return;
@@ -257,7 +287,12 @@ pub fn start(o: &Offsets, sk: Sock, role: u8, now: u64) {
     let client = role == role::CLIENT;
     let traced = if client {
         current_task(&mut rec.task);
-        allowed(&rec.endpoints, Some(current_owner()))
+        let owner = Owner {
+            pid: rec.task.pid,
+            _pad: 0,
+            cgroup: rec.task.cgroup,
+        };
+        allowed(&rec.endpoints, || Some(owner))
     } else {
         true
     };
@@ -278,9 +313,9 @@ pub fn start(o: &Offsets, sk: Sock, role: u8, now: u64) {
 /// Whether an accepted socket, now established, passes the filters (judged by whoever listens
 /// on its port); if not, its record becomes an ignored marker.
 #[inline(always)]
-pub fn judge_server(o: &Offsets, sk: Sock, rec: &mut SockRecord) -> bool {
-    let owner = listener(o, sk, rec.endpoints.lport);
-    if allowed(&rec.endpoints, owner) {
+pub fn judge_server<R: Read>(o: &Offsets, sk: Sock<R>, rec: &mut SockRecord) -> bool {
+    let lport = rec.endpoints.lport;
+    if allowed(&rec.endpoints, || listener(o, sk, lport)) {
         return true;
     }
     rec.flags |= FLAG_IGNORED;
@@ -290,7 +325,7 @@ pub fn judge_server(o: &Offsets, sk: Sock, rec: &mut SockRecord) -> bool {
 /// A connecting socket gets its local port after `SYN_SENT` and loses it again when a failed
 /// connect reaches `CLOSE`; hooks that see it in between (a reset, a SYN retransmit) fill it in.
 #[inline(always)]
-pub fn learn_local_port(o: &Offsets, sk: Sock, rec: &mut SockRecord) {
+pub fn learn_local_port<R: Read>(o: &Offsets, sk: Sock<R>, rec: &mut SockRecord) {
     if rec.endpoints.lport == 0 && rec.state == tcp_state::SYN_SENT {
         sk.read_endpoints(o, &mut rec.endpoints);
     }

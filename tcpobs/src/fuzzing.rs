@@ -508,6 +508,7 @@ pub fn line_format(data: &[u8]) {
         request_bytes: 78,
         response_bytes: u64::MAX,
         close_originator: Some(CloseOriginator::Client),
+        folded: false,
     };
     let mut line = String::new();
     format.write(&mut line, &exchange, DateTime::<Local>::default());

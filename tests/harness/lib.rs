@@ -32,6 +32,7 @@ use tcpobs::{
     config::live::{EventSelection, Filter, Filters, LiveSettings, Thresholds},
     export::output::Sink,
     kernel::{
+        folds::ExchangeOptions,
         libcalls::LibcallOptions,
         loader::{LoadOptions, StrategyChoice, TracepointMode},
         report::FamilyAttach,
@@ -95,6 +96,8 @@ pub fn options(ports: &[u16]) -> LoadOptions {
             ..Filters::default()
         },
         libcalls: LibcallOptions::default(),
+        // No folding: every exchange comes as an event, which the tests read as records.
+        exchanges: ExchangeOptions::default(),
     }
 }
 

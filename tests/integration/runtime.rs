@@ -65,11 +65,12 @@ fn kernel_filters_keep_other_ports_out_of_the_ring_buffer() {
         &other_addr.port().to_string(),
     ]);
     let alone = marker(&daemon, traced_addr);
-    // Each end: its open and its close (which carries the one exchange's bursts); the client
-    // closes first and reaches FIN_WAIT2, the server CLOSE_WAIT. Nothing for the brief states
-    // or for the connect, which needed no SYN retransmit.
+    // Each end: its open and its close (which carries the one exchange's bursts); the server
+    // reaches CLOSE_WAIT. Nothing for the brief states, for the client's FIN_WAIT2 (it has
+    // closed its socket: an orphan does not linger there) or for the connect, which needed no
+    // SYN retransmit.
     assert!(
-        alone >= 6.0,
+        alone >= 5.0,
         "a traced connection sends events from both ends: {alone}"
     );
     let before = events_total(&daemon);

@@ -109,7 +109,7 @@ pub fn run(root: &Path, binary: &Path, mode: Mode, output: &Path) -> Result<()> 
     );
     let load = {
         let port = nginx.port;
-        thread::spawn(move || http::wrk(port, mode.duration, true))
+        thread::spawn(move || http::wrk(port, mode.duration, true, http::Shape::ALL[1]))
     };
     let mut samples = vec![look(&running, pid, started)?.0];
     while !load.is_finished() {

@@ -25,7 +25,7 @@ use crate::{
     helpers::{kread, now_ns},
     maps::offsets,
     record::{claim, traced_record},
-    socket::Sock,
+    socket::{Probe, Read, Sock},
 };
 
 #[tracepoint(category = "syscalls", name = "sys_exit_accept4")]
@@ -45,20 +45,20 @@ pub fn accept_exit_tp(ctx: TracePointContext) -> u32 {
 /// `inet_csk_accept(sk, arg)`, Linux 6.10.
 #[fexit(function = "inet_csk_accept")]
 pub fn accept_fexit(ctx: FExitContext) -> u32 {
-    on_accepted(Sock(ctx.arg(2)));
+    on_accepted(Sock::<Probe>::new(ctx.arg(2)));
     0
 }
 
 /// `inet_csk_accept(sk, flags, err, kern)`, before Linux 6.10.
 #[fexit(function = "inet_csk_accept")]
 pub fn accept_fexit_flags(ctx: FExitContext) -> u32 {
-    on_accepted(Sock(ctx.arg(4)));
+    on_accepted(Sock::<Probe>::new(ctx.arg(4)));
     0
 }
 
 #[kretprobe]
 pub fn accept_kretprobe(ctx: RetProbeContext) -> u32 {
-    on_accepted(Sock(ctx.ret()));
+    on_accepted(Sock::<Probe>::new(ctx.ret()));
     0
 }
 
@@ -72,7 +72,7 @@ fn on_accept_exit(ctx: &TracePointContext, o: &DiagOffsets, ret_offset: u16) {
         return;
     }
     if let Some(sk) = fd_socket(o, ret as u32) {
-        on_accepted(Sock(sk as *const u8));
+        on_accepted(Sock::<Probe>::new(sk as *const u8));
     }
 }
 
@@ -97,7 +97,7 @@ fn fd_socket(o: &DiagOffsets, fd: u32) -> Option<u64> {
 }
 
 #[inline(always)]
-fn on_accepted(sk: Sock) {
+fn on_accepted<R: Read>(sk: Sock<R>) {
     if sk.is_null() {
         return;
     }

@@ -12,24 +12,29 @@ use aya_ebpf::{
 };
 use tcpobs_common::role;
 
-use crate::{helpers::now_ns, maps::offsets, record::start, socket::Sock};
+use crate::{
+    helpers::now_ns,
+    maps::offsets,
+    record::start,
+    socket::{Direct, Probe, Read, Sock},
+};
 
 #[fentry(function = "tcp_connect")]
 pub fn connect_fentry(ctx: FEntryContext) -> u32 {
-    on_connect(Sock(ctx.arg(0)));
+    on_connect(Sock::<Direct>::new(ctx.arg(0)));
     0
 }
 
 #[kprobe]
 pub fn connect_kprobe(ctx: ProbeContext) -> u32 {
     if let Some(sk) = ctx.arg::<*const u8>(0) {
-        on_connect(Sock(sk));
+        on_connect(Sock::<Probe>::new(sk));
     }
     0
 }
 
 #[inline(always)]
-fn on_connect(sk: Sock) {
+fn on_connect<R: Read>(sk: Sock<R>) {
     let o = offsets();
     if sk.is_null() || !sk.is_tcp(o) {
         return;

@@ -14,13 +14,16 @@
 //!
 //! The fentry and kprobe hooks see the calls that reach TCP through `sendmsg`/`recvmsg`;
 //! kernels before 6.5 send `sendfile()` data through `tcp_sendpage()` instead, which they do
-//! not see. Calls are coalesced in the socket record into bursts. A completed burst is held
-//! until the next one completes, and the two go out in one event: one event per
-//! request/response exchange, whatever the number of syscalls or bytes; a connection with one
-//! exchange sends its bursts with its close. The rules are `SockRecord::add_data`, in
-//! tcpobs-common, shared with the daemon's tracker tests. Failed calls (`ret <= 0`) and
-//! `MSG_PEEK` reads move no data and are ignored. While a thread is in a TLS handshake call,
-//! the socket it moves data on is the handshake's ([`super::libcalls::tls`]).
+//! not see. Calls are coalesced in the socket record into bursts, and bursts into exchanges:
+//! an exchange ends when the next request begins. Its bytes, timings and class are folded
+//! here, into this CPU's `FOLDS` (bucket by bucket, with the daemon's limits) and the record's
+//! summary; it goes to the daemon as an event only while the daemon asks for every exchange
+//! (`EXCHANGE_EVENTS`). So the ring buffer carries nothing per exchange by default, whatever
+//! the number of syscalls or bytes; a connection's last exchange goes with its close. The rules
+//! are `SockRecord::add_data` and `SockRecord::fold_exchange`, in tcpobs-common, shared with
+//! the daemon's tracker tests. Failed calls (`ret <= 0`) and `MSG_PEEK` reads move no data and
+//! are ignored. While a thread is in a TLS handshake call, the socket it moves data on is the
+//! handshake's ([`super::libcalls::tls`]).
 
 use aya_ebpf::{
     helpers::bpf_get_current_pid_tgid,
@@ -30,14 +33,17 @@ use aya_ebpf::{
         BtfTracePointContext, FExitContext, ProbeContext, RetProbeContext, TracePointContext,
     },
 };
-use tcpobs_common::{DataCall, Offsets, direction};
+use tcpobs_common::{
+    DataCall, DataSink, Offsets, SockRecord, direction,
+    folds::{LAYOUT, class, role_index},
+};
 
 use super::libcalls::tls;
 use crate::{
     helpers::now_ns,
-    maps::offsets,
-    record::{Adoption, claim, emit_bursts, record_or_adopt},
-    socket::Sock,
+    maps::{exchange_events, fold_config, folds, offsets},
+    record::{Adoption, claim, emit_exchange, record_or_adopt},
+    socket::{Direct, Probe, Read, Sock},
 };
 
 const MSG_PEEK: i32 = 2;
@@ -68,7 +74,7 @@ fn try_len_btf(ctx: &BtfTracePointContext, dir: u8) -> Result<i32, i32> {
     let sk: *const u8 = ctx.arg(0);
     let ret: i32 = ctx.arg(1);
     let flags: i32 = ctx.arg(2);
-    on_data(offsets(), Sock(sk), ret, flags, dir);
+    on_data(offsets(), Sock::<Direct>::new(sk), ret, flags, dir);
     Ok(0)
 }
 
@@ -112,14 +118,20 @@ fn try_len_tp(ctx: &TracePointContext, o: &Offsets, fields: [u16; 3], dir: u8) -
             ctx.read_at::<i32>(flags).map_err(|_| 1u32)?,
         )
     };
-    on_data(o, Sock(sk as *const u8), ret, flags, dir);
+    on_data(o, Sock::<Probe>::new(sk as *const u8), ret, flags, dir);
     Ok(0)
 }
 
 #[fexit(function = "tcp_sendmsg")]
 pub fn send_fexit(ctx: FExitContext) -> u32 {
     let ret: i64 = ctx.arg(3);
-    on_data(offsets(), Sock(ctx.arg(0)), ret as i32, 0, direction::OUT);
+    on_data(
+        offsets(),
+        Sock::<Direct>::new(ctx.arg(0)),
+        ret as i32,
+        0,
+        direction::OUT,
+    );
     0
 }
 
@@ -150,7 +162,7 @@ pub fn recv_fexit_nonblock(ctx: FExitContext) -> u32 {
 fn on_recv_exit(ctx: &FExitContext, flags: i32, ret: i64) {
     on_data(
         offsets(),
-        Sock(ctx.arg(0)),
+        Sock::<Direct>::new(ctx.arg(0)),
         ret as i32,
         flags,
         direction::IN,
@@ -211,7 +223,7 @@ fn on_return(ctx: &RetProbeContext, dir: u8) {
     let ret: i64 = ctx.ret();
     on_data(
         offsets(),
-        Sock(call.sk as *const u8),
+        Sock::<Probe>::new(call.sk as *const u8),
         ret as i32,
         call.flags,
         dir,
@@ -219,7 +231,7 @@ fn on_return(ctx: &RetProbeContext, dir: u8) {
 }
 
 #[inline(always)]
-fn on_data(o: &Offsets, sk: Sock, ret: i32, flags: i32, dir: u8) {
+fn on_data<R: Read>(o: &Offsets, sk: Sock<R>, ret: i32, flags: i32, dir: u8) {
     if ret <= 0 || (dir == direction::IN && flags & MSG_PEEK != 0) || sk.is_null() {
         return;
     }
@@ -227,8 +239,56 @@ fn on_data(o: &Offsets, sk: Sock, ret: i32, flags: i32, dir: u8) {
         return;
     };
     let now = now_ns();
-    rec.add_data(now, ret as u64, dir, |rec| emit_bursts(sk.key(), rec, now));
+    rec.add_data(now, ret as u64, dir, &mut Fold { sock: sk.key() });
     claim(rec);
     // One load from a global unless some thread is in a TLS handshake.
     tls::note_socket(sk.key(), rec.start_ns);
+}
+
+/// What the data hooks do with completed bursts and exchanges.
+struct Fold {
+    sock: u64,
+}
+
+impl DataSink for Fold {
+    #[inline(always)]
+    fn burst_done(&mut self, rec: &SockRecord) {
+        if let Some(folds) = folds() {
+            let index = usize::from(rec.burst.dir == direction::IN);
+            folds.roles[role_index(rec.role)].bytes[index] += rec.burst.bytes;
+        }
+    }
+
+    #[inline(always)]
+    fn exchange_done(&mut self, rec: &mut SockRecord, next_ns: u64) {
+        exchange_done(self.sock, rec, next_ns);
+    }
+}
+
+/// Folds an exchange the next request ended (at `next_ns`), and sends it if the daemon asks.
+/// A BPF function of its own: inlined, it would add its stack to both data programs'.
+#[inline(never)]
+fn exchange_done(sock: u64, rec: &mut SockRecord, next_ns: u64) {
+    let config = fold_config();
+    let mut slots = if config.fold != 0 {
+        folds().map(|folds| &mut folds.roles[role_index(rec.role)])
+    } else {
+        None
+    };
+    let seq = rec.fold_exchange(next_ns, |hist, value| {
+        if let Some(slots) = slots.as_deref_mut() {
+            let layout = LAYOUT[hist];
+            slots.hists[hist].observe(&config.limits[layout], value);
+        }
+    });
+    if let Some(slots) = slots {
+        slots.exchanges[if seq == 1 {
+            class::START
+        } else {
+            class::CONTINUE
+        }] += 1;
+    }
+    if exchange_events() {
+        emit_exchange(sock, rec, next_ns, seq);
+    }
 }

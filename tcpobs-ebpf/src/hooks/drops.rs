@@ -28,7 +28,7 @@ use crate::{
     helpers::{kread, zero},
     maps::offsets,
     record::traced_record,
-    socket::Sock,
+    socket::{Probe, Read, Sock},
 };
 
 const AF_INET: u16 = 2;
@@ -113,7 +113,7 @@ fn on_drop(o: &DiagOffsets, skb: u64, reason: u32, rx_sk: u64) {
 /// Charges a drop to `sk` if it is traced.
 #[inline(always)]
 fn charge(sk: u64, reason: u32) -> bool {
-    let Some(rec) = traced_record(Sock(sk as *const u8)) else {
+    let Some(rec) = traced_record(Sock::<Probe>::new(sk as *const u8)) else {
         return false;
     };
     rec.diag.drops += 1;
@@ -198,7 +198,7 @@ fn read_addr(at: u64, addr: &mut [u8; 16], len: usize) {
 /// Puts a connection's addresses in `TUPLES` (IPv4-mapped IPv6 folded to IPv4, as packets
 /// carry them).
 #[inline(never)]
-pub fn index(sk: Sock, endpoints: &Endpoints) {
+pub fn index<R: Read>(sk: Sock<R>, endpoints: &Endpoints) {
     let mut key = *endpoints;
     key._pad = 0;
     if key.family == AF_INET6 && is_v4_mapped(&key.laddr) && is_v4_mapped(&key.raddr) {

@@ -19,7 +19,7 @@ use tcpobs_common::{ListenSock, Offsets, tcp_state};
 use crate::{
     helpers::{kread, zero},
     maps::{LISTEN_SOCKS, offsets},
-    socket::Sock,
+    socket::{Probe, Sock},
 };
 
 const S_IFMT: u16 = 0o170_000;
@@ -60,13 +60,13 @@ fn visit(o: &Offsets, task: u64, file: u64) {
     else {
         return;
     };
-    let sock = Sock(sk as *const u8);
+    let sock = Sock::<Probe>::new(sk as *const u8);
     if sk == 0 || sock.state(o) != tcp_state::LISTEN || !sock.is_tcp(o) {
         return;
     }
     let mut listener = ListenSock {
         netns: sock.netns(o),
-        port: sock.ports(o).0,
+        port: sock.local_port(o),
         found: 1,
         ..ListenSock::default()
     };

@@ -30,12 +30,12 @@ mod state;
 
 use aya_ebpf::programs::TracePointContext;
 
-use crate::socket::Sock;
+use crate::socket::{Probe, Sock};
 
 /// Reads a socket pointer from a classic tracepoint record (`resets`, `retransmit`).
 #[inline(always)]
-fn read_sk(ctx: &TracePointContext, offset: u16) -> Result<Sock, u32> {
+fn read_sk(ctx: &TracePointContext, offset: u16) -> Result<Sock<Probe>, u32> {
     // SAFETY: the offset comes from the tracepoint's format file.
     let sk = unsafe { ctx.read_at::<u64>(usize::from(offset)) }.map_err(|_| 1u32)?;
-    Ok(Sock(sk as *const u8))
+    Ok(Sock::new(sk as *const u8))
 }

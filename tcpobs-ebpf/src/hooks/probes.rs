@@ -13,24 +13,27 @@ use aya_ebpf::{
     programs::{FEntryContext, ProbeContext},
 };
 
-use crate::{record::traced_record, socket::Sock};
+use crate::{
+    record::traced_record,
+    socket::{Probe, Sock},
+};
 
 #[fentry(function = "tcp_send_probe0")]
 pub fn probe0_fentry(ctx: FEntryContext) -> u32 {
-    on_probe0(Sock(ctx.arg(0)));
+    on_probe0(Sock::<Probe>::new(ctx.arg(0)));
     0
 }
 
 #[kprobe]
 pub fn probe0_kprobe(ctx: ProbeContext) -> u32 {
     if let Some(sk) = ctx.arg::<*const u8>(0) {
-        on_probe0(Sock(sk));
+        on_probe0(Sock::<Probe>::new(sk));
     }
     0
 }
 
 #[inline(always)]
-fn on_probe0(sk: Sock) {
+fn on_probe0(sk: Sock<Probe>) {
     if sk.is_null() {
         return;
     }

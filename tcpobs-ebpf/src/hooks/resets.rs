@@ -21,13 +21,13 @@ use crate::{
     helpers::now_ns,
     maps::offsets,
     record::{Adoption, app_closed, first_teardown, learn_local_port, record_or_adopt},
-    socket::Sock,
+    socket::{Direct, Read, Sock},
 };
 
 #[btf_tracepoint(function = "tcp_send_reset")]
 pub fn send_reset_btf(ctx: BtfTracePointContext) -> i32 {
     let sk: *const u8 = ctx.arg(0);
-    on_send_reset(offsets(), Sock(sk));
+    on_send_reset(offsets(), Sock::<Direct>::new(sk));
     0
 }
 
@@ -46,7 +46,7 @@ pub fn send_reset_tp(ctx: TracePointContext) -> u32 {
 #[btf_tracepoint(function = "tcp_receive_reset")]
 pub fn recv_reset_btf(ctx: BtfTracePointContext) -> i32 {
     let sk: *const u8 = ctx.arg(0);
-    on_recv_reset(offsets(), Sock(sk));
+    on_recv_reset(offsets(), Sock::<Direct>::new(sk));
     0
 }
 
@@ -63,7 +63,7 @@ pub fn recv_reset_tp(ctx: TracePointContext) -> u32 {
 }
 
 #[inline(always)]
-fn on_send_reset(o: &Offsets, sk: Sock) {
+fn on_send_reset<R: Read>(o: &Offsets, sk: Sock<R>) {
     let Some(rec) = record_or_adopt(o, sk, None, Adoption::other_context(role::UNKNOWN)) else {
         return;
     };
@@ -77,7 +77,7 @@ fn on_send_reset(o: &Offsets, sk: Sock) {
 }
 
 #[inline(always)]
-fn on_recv_reset(o: &Offsets, sk: Sock) {
+fn on_recv_reset<R: Read>(o: &Offsets, sk: Sock<R>) {
     let Some(rec) = record_or_adopt(o, sk, None, Adoption::other_context(role::UNKNOWN)) else {
         return;
     };

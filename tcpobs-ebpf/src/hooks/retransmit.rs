@@ -28,7 +28,7 @@ use crate::{
     helpers::{kread, now_ns},
     maps::offsets,
     record::{Adoption, emit_open, learn_local_port, record_or_adopt},
-    socket::Sock,
+    socket::{Direct, Read, Sock},
 };
 
 /// Before Linux 6.15: `(sk, skb)`, successful retransmits only.
@@ -37,7 +37,7 @@ pub fn retransmit_btf(ctx: BtfTracePointContext) -> i32 {
     let sk: *const u8 = ctx.arg(0);
     let skb: u64 = ctx.arg(1);
     let o = offsets();
-    on_retransmit(o, Sock(sk), segments(o, skb));
+    on_retransmit(o, Sock::<Direct>::new(sk), segments(o, skb));
     0
 }
 
@@ -51,7 +51,7 @@ pub fn retransmit_btf_err(ctx: BtfTracePointContext) -> i32 {
         return 0;
     }
     let o = offsets();
-    on_retransmit(o, Sock(sk), segments(o, skb));
+    on_retransmit(o, Sock::<Direct>::new(sk), segments(o, skb));
     0
 }
 
@@ -92,7 +92,7 @@ fn segments(o: &Offsets, skb: u64) -> u32 {
 }
 
 #[inline(always)]
-fn on_retransmit(o: &Offsets, sk: Sock, segs: u32) {
+fn on_retransmit<R: Read>(o: &Offsets, sk: Sock<R>, segs: u32) {
     if let Some(rec) = record_or_adopt(o, sk, None, Adoption::other_context(role::UNKNOWN)) {
         rec.retransmits += segs;
         learn_local_port(o, sk, rec);

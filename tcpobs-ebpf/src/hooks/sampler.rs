@@ -23,7 +23,7 @@ use crate::{
     helpers::zero,
     maps::{LISTEN_SOCKS, offsets},
     record::traced_record,
-    socket::Sock,
+    socket::{Probe, Sock},
 };
 
 /// What the last run read of connections, by argument slot.
@@ -74,7 +74,7 @@ fn sample_sock(slot: u32, sk: u64) {
     // Always, even without a socket: the daemon measures the kernel's HZ with these.
     // SAFETY: neither helper has preconditions.
     (out.now_ns, out.jiffies) = unsafe { (bpf_ktime_get_ns(), bpf_jiffies64()) };
-    let sock = Sock(sk as *const u8);
+    let sock = Sock::<Probe>::new(sk as *const u8);
     let Some(start_ns) = traced_record(sock).map(|rec| rec.start_ns) else {
         return;
     };
@@ -110,7 +110,7 @@ fn sample_listener(slot: u32, sk: u64) {
         return;
     };
     let o = offsets();
-    let sock = Sock(sk as *const u8);
+    let sock = Sock::<Probe>::new(sk as *const u8);
     out.sock = sk;
     out.state = sock.state(o);
     out.netns = netns;

@@ -29,18 +29,22 @@ use aya_ebpf::{
     programs::{BtfTracePointContext, FEntryContext, ProbeContext},
 };
 
-use crate::{maps::offsets, record::traced_record, socket::Sock};
+use crate::{
+    maps::offsets,
+    record::traced_record,
+    socket::{Direct, Probe, Read, Sock},
+};
 
 #[fentry(function = "sock_def_error_report")]
 pub fn error_report_fentry(ctx: FEntryContext) -> u32 {
-    on_error_report(Sock(ctx.arg(0)));
+    on_error_report(Sock::<Direct>::new(ctx.arg(0)));
     0
 }
 
 #[kprobe]
 pub fn error_report_kprobe(ctx: ProbeContext) -> u32 {
     if let Some(sk) = ctx.arg::<*const u8>(0) {
-        on_error_report(Sock(sk));
+        on_error_report(Sock::<Probe>::new(sk));
     }
     0
 }
@@ -48,12 +52,12 @@ pub fn error_report_kprobe(ctx: ProbeContext) -> u32 {
 #[btf_tracepoint(function = "inet_sk_error_report")]
 pub fn error_report_btf(ctx: BtfTracePointContext) -> i32 {
     let sk: *const u8 = ctx.arg(0);
-    on_error_report(Sock(sk));
+    on_error_report(Sock::<Direct>::new(sk));
     0
 }
 
 #[inline(always)]
-fn on_error_report(sk: Sock) {
+fn on_error_report<R: Read>(sk: Sock<R>) {
     if sk.is_null() {
         return;
     }

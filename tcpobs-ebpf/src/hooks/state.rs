@@ -18,6 +18,17 @@
 //! reset), and `tcp:tcp_destroy_sock`, which follows in the same call, sends it instead. A
 //! socket in `CLOSE_WAIT` that the application has not closed also waits for
 //! `tcp_destroy_sock`, which fires when the application finally closes it.
+//!
+//! Two transitions of an orphaned socket (`SOCK_DEAD`: the application closed it and no file
+//! refers to it) return early, since a churned connection runs this program ten times:
+//! - `-> CLOSE` from a teardown state: `tcp_destroy_sock` follows in the same call
+//!   (`tcp_done()`) and does what this program would (close time, final state, `sk_err`), so
+//!   this run does nothing at all;
+//! - `FIN_WAIT1 -> FIN_WAIT2`: only the state is stored, for the final state at destroy. An
+//!   orphan does not linger in `FIN_WAIT2` as a full socket (the kernel moves it to a
+//!   time-wait socket at once, or at most `tcp_fin_timeout` later), so the `FIN_WAIT2` event
+//!   the hang detector waits for is sent only for sockets the application still holds
+//!   (`shutdown(SHUT_WR)`), which can linger for good.
 
 use aya_ebpf::{
     macros::{btf_tracepoint, kprobe, tracepoint},
@@ -34,9 +45,9 @@ use crate::{
     maps::{connect_hooked, offsets},
     record::{
         Adoption, app_closed, emit_open, emit_state, finish, first_teardown, judge_server,
-        learn_local_port, record_or_adopt, start,
+        learn_local_port, mark_closed, record_or_adopt, start, traced_record,
     },
-    socket::Sock,
+    socket::{Direct, Probe, Read, Sock},
 };
 
 #[btf_tracepoint(function = "inet_sock_set_state")]
@@ -51,7 +62,7 @@ fn try_set_state_btf(ctx: &BtfTracePointContext) -> Result<i32, i32> {
     let sk: *const u8 = ctx.arg(0);
     let old: i32 = ctx.arg(1);
     let new: i32 = ctx.arg(2);
-    on_set_state(offsets(), Sock(sk), old as u8, new as u8);
+    on_set_state(offsets(), Sock::<Direct>::new(sk), old as u8, new as u8);
     Ok(0)
 }
 
@@ -76,7 +87,7 @@ fn try_set_state_tp(ctx: &TracePointContext) -> Result<u32, u32> {
                 .map_err(|_| 1u32)?,
         )
     };
-    on_set_state(o, Sock(sk as *const u8), old as u8, new as u8);
+    on_set_state(o, Sock::<Probe>::new(sk as *const u8), old as u8, new as u8);
     Ok(0)
 }
 
@@ -102,7 +113,7 @@ fn on_state_kprobe(ctx: &ProbeContext) {
         return;
     };
     let o = offsets();
-    let sk = Sock(sk);
+    let sk = Sock::<Probe>::new(sk);
     if sk.is_null() {
         return;
     }
@@ -112,9 +123,23 @@ fn on_state_kprobe(ctx: &ProbeContext) {
 /// The protocol check (three reads of the socket) is made only where a socket is first seen:
 /// a socket with a record is TCP, and one without is checked when it is adopted.
 #[inline(always)]
-fn on_set_state(o: &Offsets, sk: Sock, old: u8, new: u8) {
+fn on_set_state<R: Read>(o: &Offsets, sk: Sock<R>, old: u8, new: u8) {
     if sk.is_null() || old == new {
         return;
+    }
+    // Orphans (see the module docs): before any clock read or lookup.
+    match (old, new) {
+        (tcp_state::FIN_WAIT1, tcp_state::FIN_WAIT2) if sk.is_orphan(o) => {
+            if let Some(rec) = traced_record(sk) {
+                rec.state = tcp_state::FIN_WAIT2;
+            }
+            return;
+        }
+        (
+            tcp_state::FIN_WAIT1 | tcp_state::FIN_WAIT2 | tcp_state::LAST_ACK | tcp_state::CLOSING,
+            tcp_state::CLOSE,
+        ) if sk.is_orphan(o) => return,
+        _ => {}
     }
     let now = now_ns();
     match (old, new) {
@@ -145,7 +170,7 @@ fn role_from(old: u8) -> u8 {
 }
 
 #[inline(always)]
-fn established(o: &Offsets, sk: Sock, old: u8, now: u64) {
+fn established<R: Read>(o: &Offsets, sk: Sock<R>, old: u8, now: u64) {
     let adoption = Adoption::other_context(role_from(old));
     // A socket adopted here is adopted as established: that is what it is about to be.
     let Some(rec) = record_or_adopt(o, sk, Some(tcp_state::ESTABLISHED), adoption) else {
@@ -165,37 +190,23 @@ fn established(o: &Offsets, sk: Sock, old: u8, now: u64) {
 }
 
 #[inline(always)]
-fn closed(o: &Offsets, sk: Sock, old: u8, now: u64) {
+fn closed<R: Read>(o: &Offsets, sk: Sock<R>, old: u8, now: u64) {
     let adoption = Adoption::other_context(role_from(old));
     let Some(rec) = record_or_adopt(o, sk, Some(old), adoption) else {
         return;
     };
     learn_local_port(o, sk, rec);
-    rec.close_ns = now;
-    rec.final_state = old;
-    rec.state = tcp_state::CLOSE;
-    // Empty if the application already took it; the errors family kept it then, unless the
-    // connection outlived that error (an ICMP error on an established socket with
-    // `IP_RECVERR`) and is ending normally, from a state only a FIN exchange leads to.
-    let err = sk.err(o);
-    if err != 0 {
-        rec.sk_err = err;
-    } else if matches!(
-        old,
-        tcp_state::FIN_WAIT2 | tcp_state::LAST_ACK | tcp_state::CLOSING
-    ) {
-        rec.sk_err = 0;
-    }
+    mark_closed(o, sk, rec, old, now);
     // The peer had closed and the application has not yet: it learns of the reset or error
     // now and closes (or leaks) later; `tcp_destroy_sock` tells which.
     let waiting_for_app = rec.flags & (FLAG_CLOSE_WAIT | FLAG_APP_CLOSED) == FLAG_CLOSE_WAIT;
     if (rec.flags & FLAG_RST_RECV != 0 || rec.sk_err != 0) && !waiting_for_app {
-        finish(sk.key(), rec, now);
+        finish(sk, rec, now);
     }
 }
 
 #[inline(always)]
-fn teardown_step(o: &Offsets, sk: Sock, old: u8, new: u8, now: u64) {
+fn teardown_step<R: Read>(o: &Offsets, sk: Sock<R>, old: u8, new: u8, now: u64) {
     let adoption = Adoption::other_context(role::UNKNOWN);
     let Some(rec) = record_or_adopt(o, sk, Some(old), adoption) else {
         return;

@@ -10,7 +10,7 @@ use std::{
 };
 
 use aya::maps::{HashMap, MapData};
-use tcpobs_common::{SockRecord, SockSample, names};
+use tcpobs_common::{SockRecord, SockSample, folds::role_index as fold_index, names, role};
 use tokio::{
     sync::watch,
     time::{MissedTickBehavior, interval},
@@ -30,6 +30,7 @@ use crate::{
     kernel::{
         diag::DropReasons,
         filters::KernelFilters,
+        folds::{ExchangeSwitch, FoldReader},
         libcalls::{LibcallStats, RESCAN_INTERVAL},
         loader::{self, LoadError, LoadOptions, Loaded, families::family},
         reader::{KernelStats, Reader, ReaderStats},
@@ -92,7 +93,12 @@ pub struct Tracer {
     /// Scratch for the stall check's suspects and readings.
     suspects: Vec<u64>,
     samples: Vec<SockSample>,
+    /// When the kernel's folds were last read.
+    folds_read: Instant,
 }
+
+/// The kernel's folds are read at most this often while events flow (and at every sweep).
+const FOLD_READ_INTERVAL: Duration = Duration::from_millis(100);
 
 impl Tracer {
     /// Loads and attaches the programs. Must run inside a tokio runtime (the ring buffer is
@@ -122,6 +128,7 @@ impl Tracer {
                 .iter()
                 .any(|family| family.family == family::PROBES),
         });
+        lock(&tracker).set_kernel_folds(options.exchanges.fold.is_some());
         {
             let mut health = lock(&health);
             health.probes = loaded.families.clone();
@@ -142,7 +149,19 @@ impl Tracer {
             filters: options.filters.clone(),
             suspects: Vec::new(),
             samples: Vec::new(),
+            folds_read: Instant::now(),
         })
+    }
+
+    /// The switch of the kernel's exchange events, for whoever changes the event selection.
+    pub(crate) fn exchange_switch(&self) -> ExchangeSwitch {
+        self.loaded.exchange_events.clone()
+    }
+
+    /// Adds what the kernel folded since the last read to the metrics and byte counters.
+    fn read_folds(&mut self) {
+        self.folds_read = Instant::now();
+        read_folds(&mut self.loaded.folds, self.metrics.as_ref(), &self.tracker);
     }
 
     /// How each hook family is attached, the libcall families last.
@@ -212,6 +231,9 @@ impl Tracer {
         };
         if read > 0 {
             lock(&self.health).reader = self.reader.stats();
+            if self.folds_read.elapsed() >= FOLD_READ_INTERVAL {
+                self.read_folds();
+            }
         }
         Self::dispatch(&mut self.records, self.metrics.as_ref(), sink)?;
         if read > 0 {
@@ -229,6 +251,7 @@ impl Tracer {
         let started = Instant::now();
         let now = monotonic_now_ns();
         let (stalls, listening) = self.read_live(now, thresholds);
+        self.read_folds();
         let sockets = &self.sockets;
         let lookup = |sock: u64| {
             sockets.get(&sock, 0).ok().map(|record| KernelView {
@@ -329,6 +352,7 @@ impl Tracer {
             let current = live.borrow_and_update();
             sink.configure(&current);
             self.filters = current.filters.clone();
+            self.apply_event_selection(&current);
             current.thresholds.stuck()
         };
         let mut drain = interval(timing.drain);
@@ -361,11 +385,19 @@ impl Tracer {
                         let current = live.borrow_and_update();
                         sink.configure(&current);
                         self.filters = current.filters.clone();
+                        self.apply_event_selection(&current);
                         thresholds = current.thresholds.stuck();
                     }
                     Err(_) => watching = false,
                 },
             }
+        }
+    }
+
+    /// Has the kernel send every exchange, or not, as the event selection needs.
+    fn apply_event_selection(&self, live: &LiveSettings) {
+        if let Err(err) = self.loaded.exchange_events.apply(live.events) {
+            warn!("{err}");
         }
     }
 
@@ -375,6 +407,7 @@ impl Tracer {
         let attached = self.loaded.families.len();
         let libcalls = self.libcall_stats();
         drop(self.loaded.ebpf);
+        read_folds(&mut self.loaded.folds, self.metrics.as_ref(), &self.tracker);
         info!(hooks = attached, "detached");
         {
             let mut tracker = lock(&self.tracker);
@@ -413,6 +446,27 @@ fn listener_watched(filters: &Filters, listener: &Listening) -> bool {
         Filter::Exclude(pids) => (true, false, pid.is_some_and(|pid| pids.contains(&pid))),
     };
     passes(ports_on, ports_include, ports_match) && passes(pids_on, pids_include, pids_match)
+}
+
+/// Adds what the kernel folded since the last read to the metrics and the tracker's byte
+/// counters.
+fn read_folds(folds: &mut FoldReader, metrics: Option<&Metrics>, tracker: &Mutex<Tracker>) {
+    let growth = match folds.growth() {
+        Ok(growth) => growth,
+        Err(err) => {
+            warn!("{err}");
+            return;
+        }
+    };
+    if let Some(metrics) = metrics {
+        metrics.add_folded(&growth);
+    }
+    let bytes = |role| growth.roles[fold_index(role)].bytes;
+    lock(tracker).add_kernel_bytes(&[
+        bytes(role::CLIENT),
+        bytes(role::SERVER),
+        bytes(role::UNKNOWN),
+    ]);
 }
 
 /// Completes on SIGINT or SIGTERM.

@@ -349,10 +349,16 @@ pub async fn run(
         output.reopen_handle(),
         web,
     ));
-    let mut tracer = Tracer::start_shared(&settings.load, tracker, health)?;
+    // With no optional label, the kernel folds exchanges with the metrics' own buckets.
+    let mut load = settings.load.clone();
+    load.exchanges.fold = metrics.fold_config();
+    let mut tracer = Tracer::start_shared(&load, tracker, health)?;
     if let Some(filters) = tracer.take_filters() {
         control.attach_filters(filters).map_err(LoadError::from)?;
     }
+    control
+        .attach_exchange_switch(tracer.exchange_switch())
+        .map_err(LoadError::from)?;
     tracer.set_metrics(metrics);
     readiness.set_ready();
     let notifier = Notifier::from_env();

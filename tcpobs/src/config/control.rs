@@ -18,7 +18,11 @@ use tracing_subscriber::{EnvFilter, filter::ParseError};
 
 use crate::{
     config::live::{LiveSettings, LogLevelError, SettingsError},
-    kernel::filters::{FilterError, KernelFilters, Resolved},
+    kernel::{
+        filters::{FilterError, KernelFilters, Resolved},
+        folds::ExchangeSwitch,
+        report::MapError,
+    },
     sync::lock,
 };
 
@@ -84,6 +88,9 @@ pub(crate) struct Control {
     live: Mutex<LiveSettings>,
     changes: watch::Sender<LiveSettings>,
     filters: Mutex<Option<KernelFilters>>,
+    /// Whether the kernel sends every exchange follows the event selection at once (not when
+    /// the daemon's loop gets to it), so that the exchanges after a change are all sent.
+    exchange_events: Mutex<Option<ExchangeSwitch>>,
     set_log_level: LogLevelSetter,
     /// Settings that need a restart, shown by `GET /config`.
     statics: Value,
@@ -100,6 +107,7 @@ impl Control {
             live: Mutex::new(live),
             changes,
             filters: Mutex::new(None),
+            exchange_events: Mutex::new(None),
             set_log_level,
             statics,
         };
@@ -116,6 +124,15 @@ impl Control {
         let live = lock(&self.live);
         filters.apply(&Resolved::new(&live.filters)?)?;
         *lock(&self.filters) = Some(filters);
+        Ok(())
+    }
+
+    /// Hands over the switch of the kernel's exchange events (once the programs are loaded),
+    /// and sets it for the event selection in force now.
+    pub(crate) fn attach_exchange_switch(&self, switch: ExchangeSwitch) -> Result<(), MapError> {
+        let live = lock(&self.live);
+        switch.apply(live.events)?;
+        *lock(&self.exchange_events) = Some(switch);
         Ok(())
     }
 
@@ -169,6 +186,13 @@ impl Control {
         }
         if next.log_level != live.log_level {
             (self.set_log_level)(&next.log_level).map_err(ControlError::LogLevel)?;
+        }
+        if next.events != live.events
+            && let Some(switch) = lock(&self.exchange_events).as_ref()
+            && let Err(err) = switch.apply(next.events)
+        {
+            // The daemon's loop sets it again when it sees the change.
+            warn!("{err}");
         }
         warn!(
             by = %by,

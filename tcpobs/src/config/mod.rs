@@ -35,7 +35,9 @@ use crate::{
         metrics::labels::LabelSpec,
         output::{Format, justniffer::LineFormat},
     },
-    kernel::{filters::Resolved, libcalls::LibcallOptions, loader::LoadOptions},
+    kernel::{
+        filters::Resolved, folds::ExchangeOptions, libcalls::LibcallOptions, loader::LoadOptions,
+    },
     metadata::MetaRoots,
 };
 
@@ -248,6 +250,11 @@ impl Cli {
                 libcalls: LibcallOptions {
                     enabled: self.phases == Switch::On,
                     lib_root: self.phases_lib_root,
+                },
+                // Whether to fold is the metrics' call (`app::run`).
+                exchanges: ExchangeOptions {
+                    fold: None,
+                    justniffer: matches!(format, Format::Justniffer(_)),
                 },
             },
             format,

@@ -297,6 +297,9 @@ pub struct ExchangeRecord {
     pub response_bytes: u64,
     /// Last or unique exchanges of a closed connection only.
     pub close_originator: Option<CloseOriginator>,
+    /// Already counted in the kernel's histograms (an exchange the kernel folded and also
+    /// sent, because an output wants every exchange): the metrics leave it alone.
+    pub folded: bool,
 }
 
 /// What the tracker hands to the outputs and metrics.

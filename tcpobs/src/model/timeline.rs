@@ -4,6 +4,8 @@
 //! something to keep; the [`Timeline`] itself is built on the stack when the record is
 //! written ([`ConnectionRecord::timeline`]).
 
+use tcpobs_common::{ExchangeSummary, TIMELINE_SPANS, TimelineSpan};
+
 use super::{ConnectionRecord, DnsLink, TlsLink};
 
 /// One exchange on a connection's timeline.
@@ -16,86 +18,58 @@ pub struct ExchangeSpan {
     pub duration_ns: u64,
 }
 
-/// Exchanges a connection's timeline shows at most: the first ones and the last.
-pub const TIMELINE_EXCHANGES: usize = 16;
-
-/// An exchange kept for the timeline in 8 bytes: its start in µs after the connection's start
-/// (the timeline prints microseconds), its duration in ns below 2^31 ns, else in µs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct PackedSpan {
-    start_us: u32,
-    duration: u32,
-}
-
-const MICROS: u32 = 1 << 31;
-
-impl PackedSpan {
-    fn pack(conn_start_ns: u64, span: &ExchangeSpan) -> Option<Self> {
-        let start_us = u32::try_from(span.start_ns.saturating_sub(conn_start_ns) / 1_000).ok()?;
-        let duration = match u32::try_from(span.duration_ns) {
-            Ok(ns) if ns < MICROS => ns,
-            _ => {
-                MICROS
-                    | u32::try_from(span.duration_ns / 1_000)
-                        .unwrap_or(u32::MAX)
-                        .min(!MICROS)
-            }
-        };
-        Some(Self { start_us, duration })
-    }
-
-    fn unpack(self, conn_start_ns: u64, seq: u32) -> ExchangeSpan {
-        let duration_ns = if self.duration & MICROS == 0 {
-            u64::from(self.duration)
-        } else {
-            u64::from(self.duration & !MICROS) * 1_000
-        };
-        ExchangeSpan {
-            seq,
-            start_ns: conn_start_ns + u64::from(self.start_us) * 1_000,
-            duration_ns,
-        }
-    }
-}
+/// Exchanges a connection's timeline shows at most: the first ones (kept by the kernel) and
+/// the last.
+pub const TIMELINE_EXCHANGES: usize = TIMELINE_SPANS + 1;
 
 /// What a connection keeps for its timeline beyond its TCP life: the resolution and handshake
-/// tied to it, and the exchanges before the last (the last is known at close). Allocated only for connections
-/// that have one of these, and bounded: 88 bytes, plus 8 per exchange kept (at most 15; the
-/// buffer grows to 4, 8, 16), about 250 bytes at most with the allocator's overhead.
+/// tied to it, and the exchanges before the last (the kernel's summary, taken at close; the
+/// last is known then too). Allocated only for connections that have one of these, and
+/// bounded: 88 bytes, plus 8 per exchange kept (at most 15), about 250 bytes at most with the
+/// allocator's overhead.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct TimelineSpans {
     pub dns: Option<DnsLink>,
     pub tls: Option<TlsLink>,
     /// The first exchanges, `seq` 1, 2, ...
-    exchanges: Vec<PackedSpan>,
+    exchanges: Vec<TimelineSpan>,
     /// Exchanges before the last that the timeline leaves out.
     omitted: u32,
 }
 
 impl TimelineSpans {
-    /// Keeps a completed exchange (not the connection's last) for the timeline.
+    /// Takes the exchanges before the last from the kernel's summary.
+    pub fn set_exchanges(&mut self, summary: &ExchangeSummary) {
+        let kept = (summary.kept as usize).min(TIMELINE_SPANS);
+        self.exchanges.clear();
+        self.exchanges.extend_from_slice(&summary.spans[..kept]);
+        self.omitted = summary.count.saturating_sub(kept as u32);
+    }
+
+    /// Keeps a completed exchange (not the connection's last) for the timeline, as the kernel
+    /// does (for tests that build records by hand).
+    #[cfg(test)]
     pub fn push_exchange(&mut self, conn_start_ns: u64, span: &ExchangeSpan) {
         let kept = self.exchanges.len();
-        let packed = (kept + 1 < TIMELINE_EXCHANGES && span.seq as usize == kept + 1)
-            .then(|| PackedSpan::pack(conn_start_ns, span))
+        let packed = (kept < TIMELINE_SPANS && span.seq as usize == kept + 1)
+            .then(|| TimelineSpan::pack(conn_start_ns, span.start_ns, span.duration_ns))
             .flatten();
         match packed {
-            Some(packed) => {
-                if self.exchanges.capacity() == 0 {
-                    self.exchanges.reserve_exact(4);
-                }
-                self.exchanges.push(packed);
-            }
+            Some(packed) => self.exchanges.push(packed),
             None => self.omitted += 1,
         }
     }
 
     /// The exchanges kept, in order.
     pub fn exchanges(&self, conn_start_ns: u64) -> impl Iterator<Item = ExchangeSpan> + '_ {
-        self.exchanges
-            .iter()
-            .zip(1..)
-            .map(move |(packed, seq)| packed.unpack(conn_start_ns, seq))
+        self.exchanges.iter().zip(1..).map(move |(packed, seq)| {
+            let (start_ns, duration_ns) = packed.unpack(conn_start_ns);
+            ExchangeSpan {
+                seq,
+                start_ns,
+                duration_ns,
+            }
+        })
     }
 
     /// Exchanges left out of the timeline.
@@ -209,33 +183,6 @@ impl ConnectionRecord {
 mod tests {
     use super::*;
 
-    #[test]
-    fn packed_spans_keep_microsecond_starts_and_long_durations() {
-        let start = 5_000_000_000;
-        for (offset, duration) in [(0, 0), (1_234_567, 999), (60_000_000_000, 3_000_000_000)] {
-            let span = ExchangeSpan {
-                seq: 1,
-                start_ns: start + offset,
-                duration_ns: duration,
-            };
-            let back = PackedSpan::pack(start, &span).unwrap().unpack(start, 1);
-            assert_eq!(back.start_ns, start + offset / 1_000 * 1_000, "{span:?}");
-            let expected = if duration < 1 << 31 {
-                duration
-            } else {
-                duration / 1_000 * 1_000
-            };
-            assert_eq!(back.duration_ns, expected, "{span:?}");
-        }
-        // More than 71 minutes after the connection's start: left out.
-        let late = ExchangeSpan {
-            seq: 1,
-            start_ns: start + 5_000_000_000_000,
-            duration_ns: 1,
-        };
-        assert_eq!(PackedSpan::pack(start, &late), None);
-    }
-
     /// Allocated per connection with something to keep: growing it is a decision (see
     /// `TimelineSpans`).
     #[test]
@@ -245,7 +192,7 @@ mod tests {
             "{}",
             size_of::<TimelineSpans>()
         );
-        assert_eq!(size_of::<PackedSpan>(), 8);
+        assert_eq!(size_of::<TimelineSpan>(), 8);
     }
 
     #[test]
@@ -262,6 +209,5 @@ mod tests {
         let seqs: Vec<u32> = kept.exchanges(1_000).map(|span| span.seq).collect();
         assert_eq!(seqs, (1..TIMELINE_EXCHANGES as u32).collect::<Vec<_>>());
         assert_eq!(kept.omitted(), 40 - (TIMELINE_EXCHANGES as u32 - 1));
-        assert!(kept.exchanges.capacity() <= TIMELINE_EXCHANGES);
     }
 }

@@ -4,14 +4,12 @@
 
 use std::num::NonZeroU64;
 
-use tcpobs_common::{
-    Burst, CloseEvent, FLAG_PARTIAL, OpenEvent, SockRecord, Task, direction, tcp_state,
-};
+use tcpobs_common::{CloseEvent, FLAG_PARTIAL, OpenEvent, SockRecord, Task, tcp_state};
 
 use super::{
     KernelFacts,
     close::{close_of, connect_failure_of, diagnosis_of, retransmits_of},
-    exchange::{ExchangeEnd, Pending},
+    exchange::ExchangeEnd,
 };
 use crate::model::{
     Addrs, Comm, ConnectionRecord, Diagnosis, PartialReason, Process, Record, Role, Stuck,
@@ -37,21 +35,19 @@ pub(crate) struct Conn {
     pub(super) state: u8,
     /// When the connection entered `state` (ns).
     pub(super) state_since_ns: u64,
+    /// Exchanges known so far: from exchange events while they are sent, from the kernel's
+    /// summary at the close.
     pub(super) exchanges: u32,
-    pub(super) pending: Pending,
     /// Resolution, TLS handshake and earlier exchanges, for the timeline; allocated only for
     /// connections that have one.
     pub(super) spans: Option<Box<TimelineSpans>>,
-    /// Bytes seen in bursts so far.
+    /// Bytes seen in exchange events so far (the kernel's record has them all).
     pub(super) bytes_sent: u64,
     pub(super) bytes_received: u64,
-    /// Data has moved (from bursts, or the kernel's record for a burst in progress).
+    /// Data has moved (from exchange events, or the kernel's record).
     pub(super) saw_data: bool,
     /// Last data (or lifecycle event) known to the tracker (ns).
     pub(super) last_activity_ns: u64,
-    /// Longest time to first byte and idle gap so far (a 0 ns value counts as none).
-    pub(super) max_response_begin_ns: Option<NonZeroU64>,
-    pub(super) max_idle_ns: Option<NonZeroU64>,
     /// Ways of being stuck already reported by the hang detector.
     pub(super) flagged: StuckSet,
     /// The stuck episode in progress: how, and since when (two fields rather than an
@@ -85,14 +81,11 @@ impl Conn {
             state: tcp_state::ESTABLISHED,
             state_since_ns: start_ns,
             exchanges: 0,
-            pending: Pending::default(),
             spans: None,
             bytes_sent: 0,
             bytes_received: 0,
             saw_data: false,
             last_activity_ns: start_ns,
-            max_response_begin_ns: None,
-            max_idle_ns: None,
             flagged: StuckSet::default(),
             stuck: None,
             stuck_since_ns: 0,
@@ -185,37 +178,6 @@ impl Conn {
         self.flagged
     }
 
-    /// Applies one completed burst: exchanges, bytes, activity. Returns the direction's slot
-    /// (0 sent, 1 received) and the bytes, for the counters.
-    pub(super) fn take_burst(
-        &mut self,
-        burst: &Burst,
-        out: &mut Vec<Record>,
-    ) -> Option<(usize, u64)> {
-        let slot = match burst.dir {
-            direction::OUT => 0,
-            direction::IN => 1,
-            _ => return None,
-        };
-        self.on_burst(burst, out);
-        if slot == 0 {
-            self.bytes_sent = self.bytes_sent.saturating_add(burst.bytes);
-        } else {
-            self.bytes_received = self.bytes_received.saturating_add(burst.bytes);
-        }
-        self.saw_data = true;
-        self.last_activity_ns = self.last_activity_ns.max(burst.last_ns);
-        self.stall_check = STALL_UNKNOWN;
-        Some((slot, burst.bytes))
-    }
-
-    /// Applies the bursts a kernel record still holds: the held one, then the one in progress.
-    pub(super) fn take_pending(&mut self, rec: &SockRecord, out: &mut Vec<Record>) {
-        for burst in [&rec.held, &rec.burst] {
-            self.take_burst(burst, out);
-        }
-    }
-
     /// Ends the stuck episode in progress, if any (the connection moved on).
     pub(super) fn unstick(&mut self, now: u64, out: &mut Vec<Record>) {
         if let Some((stuck, since)) = self.episode() {
@@ -286,8 +248,8 @@ impl Conn {
             retransmits: 0,
             close: None,
             tcp: None,
-            max_response_begin_ns: self.max_response_begin_ns.map(NonZeroU64::get),
-            max_idle_ns: self.max_idle_ns.map(NonZeroU64::get),
+            max_response_begin_ns: None,
+            max_idle_ns: None,
             stuck: self.flagged,
             stuck_at_end: self.episode_at(self.start_ns + lifetime_ns),
             spans: self.spans.take(),
@@ -296,25 +258,34 @@ impl Conn {
         }
     }
 
-    /// The record of a connection that is not closing normally.
-    /// `retransmits` comes from the kernel's record, if it was read.
+    /// The record of a connection that is not closing normally: tcpobs is stopping (`rec` is
+    /// the kernel's record, if it could be read), or it was lost (none).
     pub(super) fn unfinished(
         mut self,
         reason: PartialReason,
         now: u64,
-        retransmits: u32,
+        rec: Option<&SockRecord>,
         out: &mut Vec<Record>,
     ) {
-        let last = self.finish_exchange(ExchangeEnd::Flushed { now }, out);
+        let mut maxima = (None, None);
+        let mut last = None;
+        let mut retransmits = 0;
+        if let Some(rec) = rec {
+            let (begin, idle, span) = self.take_exchanges(rec, ExchangeEnd::Flushed { now }, out);
+            (maxima, last) = ((begin, idle), span);
+            self.bytes_sent = self.bytes_sent.max(rec.bytes_sent);
+            self.bytes_received = self.bytes_received.max(rec.bytes_recv);
+            retransmits = retransmits_of(rec);
+        }
         let mut record = self.record(Some(reason), now.saturating_sub(self.start_ns));
         record.retransmits = retransmits;
         record.last_exchange = last;
+        (record.max_response_begin_ns, record.max_idle_ns) = maxima;
         out.push(Record::Connection(record));
     }
 
     /// The final record of a closed connection, after its last exchange.
     pub(super) fn closed(mut self, rec: &SockRecord, facts: &KernelFacts, out: &mut Vec<Record>) {
-        self.take_pending(rec, out);
         // The kernel's record has the final word on addresses: a connect announced before its
         // local port was bound learns it here.
         if rec.endpoints.lport != 0 || rec.endpoints.rport != 0 {
@@ -328,7 +299,8 @@ impl Conn {
             self.set_process(Some(process));
         }
         let close = close_of(rec, self.role);
-        let last = self.finish_exchange(
+        let (max_response_begin, max_idle, last) = self.take_exchanges(
+            rec,
             ExchangeEnd::Closed {
                 idle_end: (rec.teardown_ns != 0).then_some(rec.teardown_ns),
                 session_end: rec.close_ns,
@@ -339,6 +311,8 @@ impl Conn {
         self.settle_tls(out);
         let mut record = self.record(self.partial, rec.close_ns.saturating_sub(self.start_ns));
         record.last_exchange = last;
+        record.max_response_begin_ns = max_response_begin;
+        record.max_idle_ns = max_idle;
         record.connect_failure = connect_failure_of(rec);
         record.bytes_sent = rec.bytes_sent;
         record.bytes_received = rec.bytes_recv;

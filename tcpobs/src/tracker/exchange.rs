@@ -1,57 +1,47 @@
-//! Exchanges: pairing request and response bursts into justniffer's per-exchange timings.
+//! Exchanges: justniffer's per-exchange timings, from the kernel's bursts.
 //!
-//! The kernel sends a burst when the direction flips, so bursts alternate: request, response,
-//! request, ... (requests are what a client sends and what a server receives). An exchange is
-//! complete when its response burst arrives, but its class (`start`/`continue` versus
-//! `last`/`unique`) and its `idle_after` are only known when the next request starts or the
-//! connection closes. So each connection holds at most one exchange in progress, and an
-//! exchange is emitted one step late. A connection whose role is unknown yields no exchanges.
-//!
-//! For the connection's timeline, an exchange finished by the next request is kept in the
-//! connection's timeline spans (allocated then, bounded); the last one, finished by the close, goes
-//! straight into the connection record. A connection with one exchange allocates nothing.
+//! The kernel pairs each request with its response and ends an exchange when the next request
+//! begins (`tcpobs_common`'s exchange rules): that is when its class (`start`/`continue`) and
+//! its idle gap are known. It folds the exchange into its histograms and into the connection's
+//! summary in the socket's record (count, longest time to first byte and idle gap, the first
+//! exchanges' timeline spans), and sends it as an event only while an output or a metric
+//! label wants every exchange ([`Conn::on_exchange_event`]). The exchange still in progress
+//! when the connection closes is its last (`last`/`unique`, idle gap up to the first FIN or
+//! reset): the close record carries it, with the summary of the others
+//! ([`Conn::take_exchanges`]). A connection whose role is unknown has no exchanges.
 
 use std::num::NonZeroU64;
 
-use tcpobs_common::{Burst, direction};
+use tcpobs_common::{Burst, BurstEvent, SockRecord, direction, exchanges::span_of};
 
-use super::Conn;
+use super::{Conn, conn::STALL_UNKNOWN};
 use crate::model::{CloseOriginator, ExchangeClass, ExchangeRecord, ExchangeSpan, Record, Role};
 
-/// One direction of an exchange: first byte, last byte, size. (`first_ns` is never 0, the
-/// kernel clock starting at boot; `NonZeroU64` makes `Option<Span>` cost no tag.)
+/// One direction of an exchange: first byte, last byte, size.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) struct Span {
-    first_ns: NonZeroU64,
+struct Span {
+    first_ns: u64,
     last_ns: u64,
     bytes: u64,
 }
 
 impl Span {
-    /// From a kernel burst. The kernel updates a burst without a lock, so a socket used by two
-    /// threads at once (one sending, one receiving) can tear it; times are never trusted to be
-    /// ordered.
-    fn of(burst: &Burst) -> Self {
-        Self {
-            first_ns: NonZeroU64::new(burst.first_ns.min(burst.last_ns)).unwrap_or(NonZeroU64::MIN),
-            last_ns: burst.last_ns.max(burst.first_ns),
-            bytes: burst.bytes,
+    /// From a kernel burst (times ordered, as the kernel folds them).
+    fn of(burst: &Burst) -> Option<Self> {
+        if burst.dir == direction::NONE {
+            return None;
         }
-    }
-
-    fn first(&self) -> u64 {
-        self.first_ns.get()
-    }
-
-    fn extend(&mut self, other: Span) {
-        self.last_ns = self.last_ns.max(other.last_ns);
-        self.bytes = self.bytes.saturating_add(other.bytes);
+        let (first_ns, last_ns) = span_of(burst);
+        Some(Self {
+            first_ns,
+            last_ns,
+            bytes: burst.bytes,
+        })
     }
 }
 
-/// The exchange in progress: a request and maybe its response (or a response alone, for
-/// protocols where the server speaks first). Empty when there is none (rather than an
-/// `Option`, which would cost the live table 8 bytes per connection).
+/// An exchange: a request and its response, or a response alone (a server that speaks first),
+/// or a request alone (no response before the close).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(super) struct Pending {
     request: Option<Span>,
@@ -59,28 +49,49 @@ pub(super) struct Pending {
 }
 
 impl Pending {
-    fn is_empty(&self) -> bool {
-        self.request.is_none() && self.response.is_none()
+    /// The exchange in progress in a kernel record: its held request and the burst in
+    /// progress, whichever way that one goes. Empty for a socket of unknown role.
+    fn in_progress(rec: &SockRecord, role: Role) -> Self {
+        let requests = match role {
+            Role::Client => direction::OUT,
+            Role::Server => direction::IN,
+            Role::Unknown => return Self::default(),
+        };
+        let mut pending = Self::default();
+        for burst in [&rec.held, &rec.burst] {
+            let Some(span) = Span::of(burst) else {
+                continue;
+            };
+            let side = if burst.dir == requests {
+                &mut pending.request
+            } else {
+                &mut pending.response
+            };
+            *side = Some(side.map_or(span, |earlier| Span {
+                last_ns: earlier.last_ns.max(span.last_ns),
+                bytes: earlier.bytes + span.bytes,
+                ..earlier
+            }));
+        }
+        pending
     }
 
-    fn opened_by(is_request: bool, span: Span) -> Self {
-        if is_request {
-            Self {
-                request: Some(span),
-                response: None,
-            }
-        } else {
-            Self {
-                request: None,
-                response: Some(span),
-            }
+    /// The exchange an event carries.
+    fn of_event(event: &BurstEvent) -> Self {
+        Self {
+            request: Span::of(&event.request),
+            response: Span::of(&event.response),
         }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.request.is_none() && self.response.is_none()
     }
 
     fn first_ns(&self) -> u64 {
         self.request
             .or(self.response)
-            .map_or(0, |span| span.first())
+            .map_or(0, |span| span.first_ns)
     }
 
     fn last_ns(&self) -> u64 {
@@ -105,62 +116,14 @@ pub(super) enum ExchangeEnd {
 }
 
 impl Conn {
-    fn is_request(&self, dir: u8) -> Option<bool> {
-        match self.role {
-            Role::Client => Some(dir == direction::OUT),
-            Role::Server => Some(dir == direction::IN),
-            Role::Unknown => None,
-        }
-    }
-
-    /// Applies one burst; may complete the previous exchange.
-    pub(super) fn on_burst(&mut self, burst: &Burst, out: &mut Vec<Record>) {
-        let Some(is_request) = self.is_request(burst.dir) else {
-            return;
-        };
-        let span = Span::of(burst);
-        if self.pending.is_empty() {
-            self.pending = Pending::opened_by(is_request, span);
-            return;
-        }
-        match &mut self.pending {
-            // A request after a complete exchange: the previous one was not the last.
-            pending if is_request && pending.response.is_some() => {
-                if let Some(done) =
-                    self.finish_exchange(ExchangeEnd::NextRequest(span.first()), out)
-                {
-                    let start_ns = self.start_ns;
-                    self.spans_mut().push_exchange(start_ns, &done);
-                }
-                self.pending = Pending::opened_by(true, span);
-            }
-            // Two bursts in the same direction can only follow a lost event: merge them.
-            Pending {
-                request: Some(request),
-                ..
-            } if is_request => request.extend(span),
-            Pending {
-                response: Some(response),
-                ..
-            } if !is_request => response.extend(span),
-            pending if is_request => pending.request = Some(span),
-            pending => pending.response = Some(span),
-        }
-    }
-
-    /// Emits the exchange in progress, if any, classified by how it ended; returns its span
-    /// for the connection's timeline.
-    pub(super) fn finish_exchange(
-        &mut self,
+    /// The record of exchange number `seq`, ended by `end`, and its span for the timeline.
+    fn exchange_record(
+        &self,
+        pending: &Pending,
+        seq: u32,
         end: ExchangeEnd,
-        out: &mut Vec<Record>,
-    ) -> Option<ExchangeSpan> {
-        let pending = std::mem::take(&mut self.pending);
-        if pending.is_empty() {
-            return None;
-        }
-        self.exchanges += 1;
-        let seq = self.exchanges;
+        folded: bool,
+    ) -> (ExchangeRecord, ExchangeSpan) {
         let (class, idle_end, session_end, close_originator) = match end {
             ExchangeEnd::NextRequest(next) => (
                 if seq == 1 {
@@ -203,18 +166,11 @@ impl Conn {
         let response_begin_ns = pending
             .request
             .zip(pending.response)
-            .map(|(request, response)| response.first().saturating_sub(request.last_ns));
+            .map(|(request, response)| response.first_ns.saturating_sub(request.last_ns));
         let response_end_ns = pending
             .response
-            .map(|response| response.last_ns.saturating_sub(response.first()));
-        let idle_after_ns = idle_end.map(|end| end.saturating_sub(pending.last_ns()));
-        self.max_response_begin_ns = self
-            .max_response_begin_ns
-            .max(response_begin_ns.and_then(NonZeroU64::new));
-        self.max_idle_ns = self
-            .max_idle_ns
-            .max(idle_after_ns.and_then(NonZeroU64::new));
-        out.push(Record::Exchange(ExchangeRecord {
+            .map(|response| response.last_ns.saturating_sub(response.first_ns));
+        let record = ExchangeRecord {
             conn_id: self.id,
             role: self.role,
             addrs: self.addrs,
@@ -227,22 +183,92 @@ impl Conn {
                 .map(|established| pending.first_ns().saturating_sub(established)),
             request_ns: pending
                 .request
-                .map(|request| request.last_ns.saturating_sub(request.first())),
+                .map(|request| request.last_ns.saturating_sub(request.first_ns)),
             response_begin_ns,
             response_end_ns,
             response_ns: response_begin_ns
                 .zip(response_end_ns)
                 .map(|(begin, end)| begin + end),
-            idle_after_ns,
+            idle_after_ns: idle_end.map(|end| end.saturating_sub(pending.last_ns())),
             session_ns: session_end.saturating_sub(self.start_ns),
             request_bytes: pending.request.map_or(0, |span| span.bytes),
             response_bytes: pending.response.map_or(0, |span| span.bytes),
             close_originator,
-        }));
-        Some(ExchangeSpan {
+            folded,
+        };
+        let span = ExchangeSpan {
             seq,
             start_ns: pending.first_ns(),
             duration_ns: pending.last_ns().saturating_sub(pending.first_ns()),
-        })
+        };
+        (record, span)
+    }
+
+    /// An exchange the kernel ended and sent (`folded`: it is in the kernel's histograms too).
+    pub(super) fn on_exchange_event(
+        &mut self,
+        event: &BurstEvent,
+        folded: bool,
+        out: &mut Vec<Record>,
+    ) {
+        let pending = Pending::of_event(event);
+        for span in [pending.request, pending.response].into_iter().flatten() {
+            self.last_activity_ns = self.last_activity_ns.max(span.last_ns);
+        }
+        if pending.is_empty() || self.role == Role::Unknown {
+            return;
+        }
+        self.saw_data = true;
+        self.stall_check = STALL_UNKNOWN;
+        let (request, response) = match self.role {
+            Role::Client => (&mut self.bytes_sent, &mut self.bytes_received),
+            _ => (&mut self.bytes_received, &mut self.bytes_sent),
+        };
+        *request = request.saturating_add(pending.request.map_or(0, |span| span.bytes));
+        *response = response.saturating_add(pending.response.map_or(0, |span| span.bytes));
+        self.exchanges = self.exchanges.max(event.seq);
+        let (record, _) = self.exchange_record(
+            &pending,
+            event.seq,
+            ExchangeEnd::NextRequest(event.hdr.ts_ns),
+            folded,
+        );
+        out.push(Record::Exchange(record));
+    }
+
+    /// Takes the kernel's summary of the exchanges it ended, and records the one still in
+    /// progress in `rec` (the connection's last, or the one in progress at shutdown), ended
+    /// by `end`. Returns the maxima (time to first byte, idle gap) over all of them and the
+    /// last one's span for the timeline.
+    pub(super) fn take_exchanges(
+        &mut self,
+        rec: &SockRecord,
+        end: ExchangeEnd,
+        out: &mut Vec<Record>,
+    ) -> (Option<u64>, Option<u64>, Option<ExchangeSpan>) {
+        let summary = &rec.exchanges;
+        self.exchanges = summary.count;
+        if summary.count > 0 {
+            self.spans_mut().set_exchanges(summary);
+        }
+        let mut max_response_begin = NonZeroU64::new(summary.max_response_begin_ns);
+        let mut max_idle = NonZeroU64::new(summary.max_idle_ns);
+        let pending = Pending::in_progress(rec, self.role);
+        let mut last = None;
+        if !pending.is_empty() {
+            let seq = summary.count + 1;
+            self.exchanges = seq;
+            let (record, span) = self.exchange_record(&pending, seq, end, false);
+            max_response_begin =
+                max_response_begin.max(record.response_begin_ns.and_then(NonZeroU64::new));
+            max_idle = max_idle.max(record.idle_after_ns.and_then(NonZeroU64::new));
+            out.push(Record::Exchange(record));
+            last = Some(span);
+        }
+        (
+            max_response_begin.map(NonZeroU64::get),
+            max_idle.map(NonZeroU64::get),
+            last,
+        )
     }
 }

@@ -405,11 +405,11 @@ mod tests {
         let mut tracker = Tracker::new();
         open(&mut tracker, 1, kind::OPEN, tcp_state::ESTABLISHED, 0);
         open(&mut tracker, 2, kind::OPEN, tcp_state::ESTABLISHED, 0);
-        // Socket 2 had a burst at 1 s (it ended at 2 s, when the direction flipped).
+        // Socket 2 had an exchange at 1 s (it ended at 2 s, when the next request began).
         tracker.handle(
             &KernelEvent::Burst(&BurstEvent {
                 hdr: hdr(kind::BURST, 2, 2 * S),
-                first: tcpobs_common::Burst {
+                request: tcpobs_common::Burst {
                     first_ns: S,
                     last_ns: S,
                     bytes: 10,

@@ -14,10 +14,12 @@
 //!   connect still in `SYN_SENT` after the first SYN timeout; one that completes or fails
 //!   sooner sends none and starts with its `Open` or `Close`).
 //! - *live*: an `Open` event arrived (at `ESTABLISHED`, or at first sighting for a socket that
-//!   was already open, which is marked partial with role `unknown`). `Burst` events build
-//!   exchanges ([`exchange`]); `State` events track teardown.
-//! - *closed*: the `Close` event carries the whole final record, so a connection is reported
-//!   even if its earlier events were lost.
+//!   was already open, which is marked partial with role `unknown`). The kernel ends and folds
+//!   exchanges itself; `Burst` events bring them while they are wanted ([`exchange`]);
+//!   `State` events track teardown.
+//! - *closed*: the `Close` event carries the whole final record (the last exchange and the
+//!   kernel's summary of the others), so a connection is reported even if its earlier events
+//!   were lost.
 //! - *lost*: an event for a new generation on a socket whose previous generation never closed
 //!   means the kernel evicted that record or its close was dropped; the old connection is
 //!   reported partial (`lost`) and counted.
@@ -41,7 +43,7 @@ mod tests;
 
 use std::num::NonZeroU64;
 
-use tcpobs_common::{CloseEvent, FLAG_PARTIAL, OpenEvent, SockRecord, StateEvent};
+use tcpobs_common::{CloseEvent, FLAG_PARTIAL, OpenEvent, SockRecord, StateEvent, direction};
 
 #[cfg(test)]
 pub(crate) use self::stalls::StallView;
@@ -86,7 +88,9 @@ pub(crate) fn role_index(role: Role) -> usize {
 pub(crate) struct LiveCounts {
     /// Live connections by [`role_index`] and TCP state.
     pub open: [[u64; 16]; 3],
-    /// Payload bytes by [`role_index`]: `[sent, received]`.
+    /// Payload bytes by [`role_index`]: `[sent, received]`. The kernel counts every completed
+    /// burst (added here by the daemon as it reads the kernel's folds); the close adds the
+    /// burst still in progress.
     pub bytes: [[u64; 2]; 3],
     /// Retransmitted segments of closed connections, by [`role_index`] (each connection's
     /// `retransmits`: the kernel's `total_retrans`).
@@ -128,6 +132,8 @@ pub(crate) struct Tracker {
     facts: KernelFacts,
     /// Listening sockets and their accept queues.
     listeners: ListenerWatch,
+    /// The kernel folds exchanges into its histograms: exchange events are already counted.
+    kernel_folds: bool,
 }
 
 impl Tracker {
@@ -165,6 +171,20 @@ impl Tracker {
         self.listeners.observe(now, threshold_ns, listeners, out)
     }
 
+    /// Says whether the kernel folds exchanges into its histograms (so that the exchange
+    /// records made from its events are marked as counted).
+    pub(crate) fn set_kernel_folds(&mut self, folds: bool) {
+        self.kernel_folds = folds;
+    }
+
+    /// Adds payload bytes the kernel counted (by [`role_index`], `[sent, received]`).
+    pub(crate) fn add_kernel_bytes(&mut self, bytes: &[[u64; 2]; 3]) {
+        for (total, more) in self.counts.bytes.iter_mut().zip(bytes) {
+            total[0] = total[0].saturating_add(more[0]);
+            total[1] = total[1].saturating_add(more[1]);
+        }
+    }
+
     /// Live connections, in no particular order.
     pub(crate) fn live(&self) -> impl Iterator<Item = &Conn> {
         self.conns.values()
@@ -191,23 +211,15 @@ impl Tracker {
         match event {
             KernelEvent::Connect(connect) => self.on_connect(connect, out),
             KernelEvent::Open(open) => self.on_open(open, out),
-            KernelEvent::Burst(bursts) => {
-                let Some(conn) = self.matching(bursts.hdr.sock, bursts.hdr.start_ns) else {
+            KernelEvent::Burst(exchange) => {
+                let folded = self.kernel_folds;
+                let Some(conn) = self.matching(exchange.hdr.sock, exchange.hdr.start_ns) else {
                     return;
                 };
-                conn.update_process(&bursts.task);
-                conn.last_activity_ns = conn.last_activity_ns.max(bursts.hdr.ts_ns);
-                conn.unstick(bursts.hdr.ts_ns, out);
-                let role = role_index(conn.role);
-                let mut moved = [0u64; 2];
-                for burst in [&bursts.first, &bursts.second] {
-                    if let Some((slot, bytes)) = conn.take_burst(burst, out) {
-                        moved[slot] = moved[slot].saturating_add(bytes);
-                    }
-                }
-                for (total, bytes) in self.counts.bytes[role].iter_mut().zip(moved) {
-                    *total = total.saturating_add(bytes);
-                }
+                conn.update_process(&exchange.task);
+                conn.last_activity_ns = conn.last_activity_ns.max(exchange.hdr.ts_ns);
+                conn.unstick(exchange.hdr.ts_ns, out);
+                conn.on_exchange_event(exchange, folded, out);
             }
             KernelEvent::State(state) => self.on_state(state, out),
             KernelEvent::Close(close) => self.on_close(close, out),
@@ -232,7 +244,7 @@ impl Tracker {
         if let Some(conn) = self.remove(sock) {
             self.stats.lost += 1;
             let now = conn.last_activity_ns;
-            conn.unfinished(PartialReason::Lost, now, 0, out);
+            conn.unfinished(PartialReason::Lost, now, None, out);
         }
     }
 
@@ -323,21 +335,28 @@ impl Tracker {
                 conn
             }
         };
-        let role = conn.role;
-        let (counted_sent, counted_received) = conn.bytes();
         let rec = &event.record;
-        let index = role_index(role);
-        let [sent, received] = &mut self.counts.bytes[index];
-        *sent = sent.saturating_add(rec.bytes_sent.saturating_sub(counted_sent));
-        *received = received.saturating_add(rec.bytes_recv.saturating_sub(counted_received));
+        let index = role_index(conn.role);
+        // The kernel counted every completed burst; the one in progress is the close's.
+        match rec.burst.dir {
+            direction::OUT => {
+                let sent = &mut self.counts.bytes[index][0];
+                *sent = sent.saturating_add(rec.burst.bytes);
+            }
+            direction::IN => {
+                let received = &mut self.counts.bytes[index][1];
+                *received = received.saturating_add(rec.burst.bytes);
+            }
+            _ => {}
+        }
         self.counts.retransmits[index] += u64::from(close::retransmits_of(rec));
         self.recent_closes.remember(sock, &conn);
         conn.closed(rec, &self.facts, out);
     }
 
     /// Reports every live connection as partial (tcpobs is stopping) and forgets them.
-    /// `lookup` reads the kernel's record of a socket: the burst in progress and the byte
-    /// totals there complete what the events said so far.
+    /// `lookup` reads the kernel's record of a socket: its exchanges and byte totals complete
+    /// what the events said so far.
     pub(crate) fn flush(
         &mut self,
         now_ns: u64,
@@ -347,17 +366,11 @@ impl Tracker {
         let mut socks: Vec<(u64, u64)> = self.conns.iter().map(|(s, c)| (c.id, s)).collect();
         socks.sort_unstable();
         for (_, sock) in socks {
-            let Some(mut conn) = self.remove(sock) else {
+            let Some(conn) = self.remove(sock) else {
                 continue;
             };
-            let mut retransmits = 0;
-            if let Some(rec) = lookup(sock).filter(|rec| rec.start_ns == conn.start_ns) {
-                conn.take_pending(&rec, out);
-                conn.bytes_sent = conn.bytes_sent.max(rec.bytes_sent);
-                conn.bytes_received = conn.bytes_received.max(rec.bytes_recv);
-                retransmits = rec.retransmits;
-            }
-            conn.unfinished(PartialReason::Shutdown, now_ns, retransmits, out);
+            let rec = lookup(sock).filter(|rec| rec.start_ns == conn.start_ns);
+            conn.unfinished(PartialReason::Shutdown, now_ns, rec.as_ref(), out);
         }
     }
 }

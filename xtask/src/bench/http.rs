@@ -1,5 +1,5 @@
 //! HTTP workloads: nginx (one worker) and wrk on loopback, with `Connection: close` (every
-//! request a new connection: churn) or keep-alive.
+//! request a new connection: churn) or keep-alive, in two load shapes.
 
 use std::{
     fs,
@@ -107,9 +107,38 @@ impl Drop for Nginx {
     }
 }
 
+/// A wrk load shape: threads and connections.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Shape {
+    pub threads: u32,
+    pub connections: u32,
+}
+
+impl Shape {
+    /// Few connections (the tracer's share of the machine is largest: one wrk thread and one
+    /// nginx worker leave little idle time), and many.
+    pub const ALL: [Self; 2] = [
+        Self {
+            threads: 1,
+            connections: 8,
+        },
+        Self {
+            threads: 2,
+            connections: 64,
+        },
+    ];
+}
+
+impl std::fmt::Display for Shape {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "wrk -t{} -c{}", self.threads, self.connections)
+    }
+}
+
 /// What one wrk run measured.
 #[derive(Clone, Copy, Debug)]
 pub struct WrkResult {
+    pub requests: u64,
     pub requests_per_s: f64,
     /// 99th percentile latency, seconds.
     pub p99_s: f64,
@@ -136,20 +165,31 @@ pub fn parse_wrk(report: &str) -> Option<WrkResult> {
         .trim()
         .parse()
         .ok()?;
+    let requests = report
+        .lines()
+        .find_map(|line| line.trim().split_once(" requests in "))?
+        .0
+        .trim()
+        .parse()
+        .ok()?;
     let p99_s = report
         .lines()
         .find_map(|line| line.trim().strip_prefix("99%"))
         .and_then(|value| seconds(value.trim()))?;
     Some(WrkResult {
+        requests,
         requests_per_s,
         p99_s,
     })
 }
 
 /// One wrk run of `duration` against nginx; `close` sends `Connection: close`.
-pub fn wrk(port: u16, duration: Duration, close: bool) -> Result<WrkResult> {
+pub fn wrk(port: u16, duration: Duration, close: bool, shape: Shape) -> Result<WrkResult> {
     let mut command = Command::new("wrk");
-    command.args(["-t2", "-c64", "--latency"]);
+    command
+        .arg(format!("-t{}", shape.threads))
+        .arg(format!("-c{}", shape.connections))
+        .arg("--latency");
     command.arg(format!("-d{}s", duration.as_secs().max(1)));
     if close {
         command.args(["-H", "Connection: close"]);
@@ -188,6 +228,7 @@ Requests/sec:  30100.25
 Transfer/sec:      5.00MB
 ";
         let result = parse_wrk(report).unwrap();
+        assert_eq!(result.requests, 301000);
         assert_eq!(result.requests_per_s, 30100.25);
         assert!((result.p99_s - 0.000812).abs() < 1e-12);
         assert!(parse_wrk("nothing").is_none());

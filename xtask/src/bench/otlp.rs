@@ -16,7 +16,7 @@ use anyhow::{Context as _, Result, bail};
 
 use super::{
     Mode,
-    http::{self, Nginx},
+    http::{self, Nginx, Shape},
     report::{Report, Row, spread},
     tracer::{self, Tracer, cpu_seconds},
 };
@@ -120,7 +120,7 @@ fn settle(running: &tracer::Running) -> Result<String> {
 pub fn run(root: &Path, binary: &Path, mode: Mode, report: &mut Report) -> Result<()> {
     let collector = Collector::start(root)?;
     let nginx = Nginx::start(root)?;
-    http::wrk(nginx.port, Duration::from_secs(1), true)?;
+    http::wrk(nginx.port, Duration::from_secs(1), true, Shape::ALL[0])?;
     let endpoint = format!("http://127.0.0.1:{}", collector.http);
     let args = [
         "--otlp-endpoint",
@@ -128,18 +128,22 @@ pub fn run(root: &Path, binary: &Path, mode: Mode, report: &mut Report) -> Resul
         "--otlp-signals",
         "traces,logs",
     ];
-    for (name, close) in [
-        ("HTTP churn, OTLP traces+logs", true),
-        ("HTTP keep-alive, OTLP traces+logs", false),
-    ] {
+    let runs = Shape::ALL.into_iter().flat_map(|shape| {
+        [
+            ("HTTP churn, OTLP traces+logs", true),
+            ("HTTP keep-alive, OTLP traces+logs", false),
+        ]
+        .map(|(name, close)| (format!("{name}, {shape}"), close, shape))
+    });
+    for (name, close, shape) in runs {
         let (mut pairs, mut micros) = (Vec::new(), Vec::new());
         let (mut exported, mut dropped) = (0.0, 0.0);
         for _ in 0..mode.pairs {
-            let base = http::wrk(nginx.port, mode.http, close)?;
+            let base = http::wrk(nginx.port, mode.http, close, shape)?;
             let running = tracer::start(Tracer::Tcpobs, binary, &args)?;
             let pid = running.pid().context("tcpobs pid")?;
             let cpu_before = cpu_seconds(pid)?;
-            let traced = http::wrk(nginx.port, mode.http, close)?;
+            let traced = http::wrk(nginx.port, mode.http, close, shape)?;
             let metrics = settle(&running)?;
             let cpu = cpu_seconds(pid)? - cpu_before;
             running.stop()?;
@@ -149,12 +153,12 @@ pub fn run(root: &Path, binary: &Path, mode: Mode, report: &mut Report) -> Resul
             pairs.push((base.requests_per_s, traced.requests_per_s));
             micros.push(cpu / requests.max(1.0) * 1e6);
         }
-        report.push(Row::ratio(name, "requests/s", &pairs, &[], None, |v| {
+        report.push(Row::ratio(&name, "requests/s", &pairs, &[], None, |v| {
             format!("{v:.0}")
         }));
         let (median, low, high) = spread(&micros);
         report.push(Row::single(
-            name,
+            &name,
             "daemon CPU per request (both ends, export included)",
             String::new(),
             format!("{median:.2} µs ({low:.2}–{high:.2})"),
@@ -162,7 +166,7 @@ pub fn run(root: &Path, binary: &Path, mode: Mode, report: &mut Report) -> Resul
             None,
         ));
         report.push(Row::single(
-            name,
+            &name,
             "OTLP records exported / dropped (all runs)",
             String::new(),
             format!("{exported} / {dropped}"),

@@ -92,9 +92,20 @@ impl Row {
     }
 }
 
+/// Where a workload's time goes, per request: one kernel program, all of them, or the daemon.
+pub struct Cost {
+    pub workload: String,
+    pub what: String,
+    pub detail: String,
+    pub per_request: String,
+    pub goal: String,
+    pub met: Option<bool>,
+}
+
 pub struct Report {
     mode: Mode,
     rows: Vec<Row>,
+    costs: Vec<Cost>,
 }
 
 /// What a command printed (stdout, or stderr if it printed nothing there: `nginx -v`).
@@ -153,11 +164,16 @@ impl Report {
         Self {
             mode,
             rows: Vec::new(),
+            costs: Vec::new(),
         }
     }
 
     pub fn push(&mut self, row: Row) {
         self.rows.push(row);
+    }
+
+    pub fn push_cost(&mut self, cost: Cost) {
+        self.costs.push(cost);
     }
 
     /// The figures as a Markdown table.
@@ -181,6 +197,26 @@ impl Report {
                 row.tcplife,
                 row.goal
             ));
+        }
+        if !self.costs.is_empty() {
+            table.push_str(
+                "\nWhere the time goes, per request (kernel program statistics, which add their \
+                 own clock reads to every run, and the daemon's CPU time from /proc, over one \
+                 traced run of each workload with default settings):\n\n\
+                 | workload | what | runs per request × ns per run | per request | goal | met |\n\
+                 |---|---|---|---|---|---|\n",
+            );
+            for cost in &self.costs {
+                let met = match cost.met {
+                    Some(true) => "yes",
+                    Some(false) => "**no**",
+                    None => "",
+                };
+                table.push_str(&format!(
+                    "| {} | {} | {} | {} | {} | {met} |\n",
+                    cost.workload, cost.what, cost.detail, cost.per_request, cost.goal
+                ));
+            }
         }
         table
     }

@@ -212,8 +212,30 @@ pub fn histogram_quantile(exposition: &str, name: &str, q: f64) -> Option<f64> {
     None
 }
 
-/// User + system CPU time of a process, in seconds.
+/// CPU time of a process's threads, in seconds: the scheduler's nanosecond accounting
+/// (`/proc/PID/task/*/schedstat`), or user + system ticks (`/proc/PID/stat`, 10 ms steps) where
+/// schedstat is missing. Threads that have exited are not counted.
 pub fn cpu_seconds(pid: u32) -> Result<f64> {
+    let mut ns = 0u64;
+    let mut found = false;
+    if let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) {
+        for task in tasks.flatten() {
+            let Ok(schedstat) = fs::read_to_string(task.path().join("schedstat")) else {
+                continue;
+            };
+            if let Some(on_cpu) = schedstat
+                .split_whitespace()
+                .next()
+                .and_then(|v| v.parse::<u64>().ok())
+            {
+                ns += on_cpu;
+                found = true;
+            }
+        }
+    }
+    if found {
+        return Ok(ns as f64 / 1e9);
+    }
     let stat = fs::read_to_string(format!("/proc/{pid}/stat"))?;
     // Fields after the command (which may contain spaces) start after the last ')'.
     let fields: Vec<&str> = stat

@@ -195,6 +195,34 @@ pub(super) fn index_of<T: PartialEq>(all: &[T], value: T) -> usize {
 mod tests {
     use super::*;
 
+    /// The kernel folds the per-exchange histograms in `tcpobs_common::folds::hist` order, with
+    /// the layouts of `folds::LAYOUT`: the same histograms, in the same order, with the same
+    /// buckets as here.
+    #[test]
+    fn the_kernels_histograms_are_these() {
+        use tcpobs_common::folds::{LAYOUT, hist, layout};
+        let names = [
+            (hist::REQUEST, Hist::Request),
+            (hist::FIRST_BYTE, Hist::FirstByte),
+            (hist::RESPONSE, Hist::Response),
+            (hist::IDLE_BEFORE, Hist::IdleBefore),
+            (hist::IDLE_AFTER, Hist::IdleAfter),
+            (hist::TRANSFER, Hist::Transfer),
+            (hist::SESSION, Hist::Session),
+        ];
+        for (kernel, daemon) in names {
+            assert_eq!(Hist::Request as usize + kernel, daemon as usize);
+            let expected = match HISTOGRAMS[daemon as usize].3 {
+                Buckets::Latency => layout::LATENCY,
+                Buckets::Idle => layout::IDLE,
+                Buckets::Lifetime => layout::LIFETIME,
+                other => panic!("{daemon:?} has {other:?} buckets, which the kernel lacks"),
+            };
+            assert_eq!(LAYOUT[kernel], expected, "{daemon:?}");
+        }
+        assert_eq!(names.len(), hist::COUNT);
+    }
+
     /// Families are indexed by `Hist as usize`: the table must follow the enum's order.
     #[test]
     fn histogram_table_follows_the_enum() {

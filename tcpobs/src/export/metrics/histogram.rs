@@ -1,10 +1,18 @@
 //! A histogram of integer observations (nanoseconds, or counts) updated with atomics.
 //!
-//! prometheus-client's histogram takes a mutex on every observation; tcpobs observes up to
-//! eleven values per exchange, on the thread that drains the ring buffer, so here an
-//! observation is a search over integer bucket limits and two relaxed atomic adds. A scrape
-//! reads the buckets one by one and reports `_count` as their total, so the count and the
-//! `+Inf` bucket always agree.
+//! prometheus-client's histogram takes a mutex on every observation; tcpobs observes a dozen
+//! values per connection on the thread that drains the ring buffer, so here an observation is
+//! a search over integer bucket limits and two relaxed stores. A scrape reads the buckets one
+//! by one and reports `_count` as their total, so the count and the `+Inf` bucket always agree.
+//!
+//! One writer at a time: every observation comes from the tracer's loop (records, and what the
+//! kernel folded), so an update is a relaxed load and store, not a locked read-modify-write
+//! (which would cost more than the rest of the observation). Scrapes, on other threads, only
+//! read. A second concurrent writer would lose updates, never corrupt anything.
+//!
+//! The sum is kept exactly, in observation units (ns), so that what the kernel folded with the
+//! same limits ([`Histogram::add`]) adds up to the same histogram as one observation at a
+//! time; it is exported as that integer divided by the units per exported unit.
 
 use std::{
     fmt,
@@ -28,10 +36,12 @@ struct Inner {
     limits: Box<[u64]>,
     /// One per bound, then the `+Inf` bucket.
     counts: Box<[AtomicU64]>,
-    /// The sum in the exported unit, as `f64` bits.
+    /// The sum in observation units, modulo 2^64 ...
     sum: AtomicU64,
-    /// Exported unit per observation unit (1e-9 for nanoseconds as seconds).
-    scale: f64,
+    /// ... and how many times it wrapped.
+    sum_wraps: AtomicU64,
+    /// Observation units per exported unit (1e9 for nanoseconds as seconds).
+    per_unit: f64,
 }
 
 /// Cloning shares the same buckets.
@@ -48,23 +58,66 @@ impl Histogram {
             bounds,
             limits,
             counts,
-            sum: AtomicU64::new(0f64.to_bits()),
-            scale,
+            sum: AtomicU64::new(0),
+            sum_wraps: AtomicU64::new(0),
+            per_unit: (1.0 / scale).round(),
         }))
+    }
+
+    /// The integer bucket limits, in observation units.
+    pub(super) fn limits(&self) -> &[u64] {
+        &self.0.limits
     }
 
     /// Records one observation, in observation units.
     pub(super) fn observe(&self, value: u64) {
         let inner = &*self.0;
         let bucket = inner.limits.partition_point(|&limit| limit < value);
-        inner.counts[bucket].fetch_add(1, Ordering::Relaxed);
-        let add = value as f64 * inner.scale;
-        // One writer in practice (the event thread), so this succeeds the first time.
-        let _ = inner
-            .sum
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |bits| {
-                Some((f64::from_bits(bits) + add).to_bits())
-            });
+        add(&inner.counts[bucket], 1);
+        inner.add_sum(value);
+    }
+
+    /// Adds observations counted elsewhere with the same limits: counts per bucket (the last
+    /// one `+Inf`) and their sum, modulo 2^64.
+    pub(super) fn add(&self, buckets: &[u64], sum: u64) {
+        let inner = &*self.0;
+        let last = inner.counts.len() - 1;
+        for (index, &count) in buckets.iter().enumerate() {
+            if count != 0 {
+                add(&inner.counts[index.min(last)], count);
+            }
+        }
+        inner.add_sum(sum);
+    }
+}
+
+/// Adds to a counter that only one thread writes (see the module docs).
+#[inline(always)]
+fn add(counter: &AtomicU64, value: u64) {
+    counter.store(
+        counter.load(Ordering::Relaxed).wrapping_add(value),
+        Ordering::Relaxed,
+    );
+}
+
+impl Inner {
+    fn add_sum(&self, value: u64) {
+        let (sum, wrapped) = self.sum.load(Ordering::Relaxed).overflowing_add(value);
+        if wrapped {
+            add(&self.sum_wraps, 1);
+        }
+        self.sum.store(sum, Ordering::Relaxed);
+    }
+
+    /// The sum in observation units.
+    fn sum(&self) -> f64 {
+        loop {
+            let wraps = self.sum_wraps.load(Ordering::Relaxed);
+            let sum = self.sum.load(Ordering::Relaxed);
+            if self.sum_wraps.load(Ordering::Relaxed) == wraps {
+                return wraps as f64 * 18_446_744_073_709_551_616.0 + sum as f64;
+            }
+        }
     }
 }
 
@@ -96,7 +149,7 @@ impl EncodeMetric for Histogram {
             .map(|(bound, count)| (bound, count.load(Ordering::Relaxed)))
             .collect();
         let count = buckets.iter().map(|(_, count)| count).sum();
-        let sum = f64::from_bits(inner.sum.load(Ordering::Relaxed));
+        let sum = inner.sum() / inner.per_unit;
         encoder.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)
     }
 
@@ -130,6 +183,42 @@ mod tests {
         ] {
             assert!(text.contains(line), "missing `{line}` in:\n{text}");
         }
+    }
+
+    /// Observations added in bulk (as the kernel folds them) give the same histogram as one
+    /// at a time, sum included, and the sum survives wrapping.
+    #[test]
+    fn added_buckets_are_observations() {
+        let values = [1, 50_000, 50_001, 1_000_000, 2_000_000_000, 7];
+        let one_by_one = Histogram::new([0.000_05, 0.001], 1e-9);
+        for value in values {
+            one_by_one.observe(value);
+        }
+        let bulk = Histogram::new([0.000_05, 0.001], 1e-9);
+        let mut buckets = [0u64; 32];
+        for value in values {
+            buckets[bulk.limits().partition_point(|&limit| limit < value)] += 1;
+        }
+        bulk.add(&buckets, values.iter().sum());
+        let text = |histogram: &Histogram| {
+            let mut registry = Registry::default();
+            registry.register("t_seconds", "test", histogram.clone());
+            let mut text = String::new();
+            encode(&mut text, &registry).unwrap();
+            text
+        };
+        assert_eq!(text(&one_by_one), text(&bulk));
+        let wrapping = Histogram::new([1.0], 1.0);
+        wrapping.add(&[1], u64::MAX);
+        wrapping.add(&[0, 1], 3);
+        let text = text(&wrapping);
+        let sum: f64 = text
+            .lines()
+            .find_map(|line| line.strip_prefix("t_seconds_sum "))
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!((sum / 2f64.powi(64) - 1.0).abs() < 1e-12, "{text}");
     }
 
     #[test]

@@ -7,6 +7,12 @@
 //! (the default) every label set is known in advance, so the handles are resolved once
 //! ([`Fast`]) and an update is a plain atomic add.
 //!
+//! With no optional dimension the kernel folds the exchanges its next request ends into
+//! histograms with these families' own bucket limits ([`Metrics::fold_config`]); what it
+//! folded is added here ([`Metrics::add_folded`]), bucket by bucket, and the exchange records
+//! made from its events are marked as counted (`folded`). With dimensions, the kernel sends
+//! every exchange and the daemon observes each one with its labels.
+//!
 //! The families' shapes (bucket layouts, the histogram table, the bounded label values) are in
 //! `families`.
 
@@ -18,7 +24,9 @@ mod libcalls;
 pub(crate) mod listeners;
 
 use std::{
-    sync::{Arc, Mutex, atomic::AtomicU64},
+    collections::HashMap,
+    hash::BuildHasherDefault,
+    sync::{Arc, Mutex, OnceLock, atomic::AtomicU64},
     time::Duration,
 };
 
@@ -27,6 +35,11 @@ use prometheus_client::{
         counter::Counter, family::Family, gauge::Gauge, histogram::exponential_buckets_range,
     },
     registry::Registry,
+};
+use tcpobs_common::{
+    FoldConfig, Folds,
+    folds::{class, hist as folded_hist, layout, role_index as fold_index},
+    role as socket_role,
 };
 
 use self::{
@@ -41,8 +54,9 @@ use self::{
 };
 use crate::{
     metadata::Metadata,
-    model::{Addrs, Process, Record, Role, Stuck},
+    model::{Addrs, ExchangeClass, Process, Record, Role, Stuck},
     sync::lock,
+    tracker::{SockHasher, role_index},
 };
 
 /// Handles resolved once, for when no optional dimension is on: indexed by role (client,
@@ -54,6 +68,23 @@ struct Fast {
     exchanges: [[Counter; 4]; 2],
     closed: [[[Counter; 4]; 4]; 2],
 }
+
+/// With optional dimensions on, the handles of one label set's series (role and dimension
+/// values), each resolved on its first use: a record's histograms and counter all have the
+/// same label set, which is then hashed once, not once per family. Series are created exactly
+/// when they would be without it (on their first observation).
+#[derive(Debug, Default)]
+struct Handles {
+    histograms: [OnceLock<Histogram>; HISTOGRAMS.len()],
+    opened: OnceLock<Counter>,
+    exchanges: [OnceLock<Counter>; CLASSES.len()],
+    closed: [[OnceLock<Counter>; KINDS.len()]; ORIGINATORS.len()],
+}
+
+/// [`Handles`] by dimension values, then role ([`role_index`]), shared by the clones of
+/// [`Metrics`]. The cheap hasher is safe here: the keys are the label policy's values, bounded
+/// by the series cap.
+type HandleCache = Arc<Mutex<HashMap<Dims, Arc<[Handles; 3]>, BuildHasherDefault<SockHasher>>>>;
 
 /// Every family tcpobs updates on events. Cloning shares the same series.
 #[derive(Clone, Debug)]
@@ -72,6 +103,8 @@ pub(crate) struct Metrics {
     pub(crate) listeners: ListenerMetrics,
     policy: Arc<Mutex<LabelPolicy>>,
     fast: Option<Fast>,
+    /// Handles by label set, when optional dimensions are on (bounded by the series cap).
+    handles: HandleCache,
     /// Where the `pod` and `namespace` label values come from.
     metadata: Option<Arc<Metadata>>,
 }
@@ -107,6 +140,7 @@ impl Metrics {
             listeners: ListenerMetrics::new(registry, labels, series_cap),
             policy: Arc::new(Mutex::new(LabelPolicy::new(labels, series_cap))),
             fast: None,
+            handles: Arc::default(),
             metadata: None,
         };
         for ((_, name, help, _), family) in HISTOGRAMS.iter().zip(&metrics.histograms) {
@@ -223,6 +257,55 @@ impl Metrics {
         }
     }
 
+    /// The kernel's fold settings: the exchange histograms' limits, when no optional dimension
+    /// is on (`None`: the kernel must send every exchange).
+    pub(crate) fn fold_config(&self) -> Option<FoldConfig> {
+        self.fast.as_ref()?;
+        let limits = |buckets: Buckets| {
+            use prometheus_client::metrics::family::MetricConstructor as _;
+            buckets.new_metric().limits().to_vec()
+        };
+        let (latency, idle, lifetime) = (
+            limits(Buckets::Latency),
+            limits(Buckets::Idle),
+            limits(Buckets::Lifetime),
+        );
+        let mut layouts: [&[u64]; layout::COUNT] = [&[]; layout::COUNT];
+        layouts[layout::LATENCY] = &latency;
+        layouts[layout::IDLE] = &idle;
+        layouts[layout::LIFETIME] = &lifetime;
+        Some(FoldConfig::folding(layouts))
+    }
+
+    /// Adds what the kernel folded (the growth since the last call) to the exchange
+    /// histograms and counters.
+    pub(crate) fn add_folded(&self, folds: &Folds) {
+        let Some(fast) = &self.fast else {
+            return;
+        };
+        for (r, role) in [socket_role::CLIENT, socket_role::SERVER]
+            .into_iter()
+            .enumerate()
+        {
+            let folded = &folds.roles[fold_index(role)];
+            for (index, slot) in folded.hists.iter().enumerate() {
+                if slot.buckets.iter().any(|&count| count != 0) {
+                    let hist = Hist::Request as usize + index - folded_hist::REQUEST;
+                    fast.histograms[hist][r].add(&slot.buckets, slot.sum);
+                }
+            }
+            for (class, exchange_class) in [
+                (class::START, ExchangeClass::Start),
+                (class::CONTINUE, ExchangeClass::Continue),
+            ] {
+                if folded.exchanges[class] != 0 {
+                    fast.exchanges[r][index_of(&CLASSES, exchange_class)]
+                        .inc_by(folded.exchanges[class]);
+                }
+            }
+        }
+    }
+
     /// Records how late a closed connection's record is, `now_ns` being the kernel clock.
     pub(crate) fn observe_delay(&self, record: &Record, now_ns: u64) {
         if let Record::Connection(connection) = record
@@ -244,6 +327,17 @@ impl Metrics {
 
     fn dims(&self, addrs: &Addrs, process: Option<&Process>) -> Dims {
         lock(&self.policy).dims(addrs, process, self.metadata.as_deref())
+    }
+
+    /// The handles of a label set's series (all roles).
+    fn handles(&self, dims: &Dims) -> Arc<[Handles; 3]> {
+        let mut handles = lock(&self.handles);
+        if let Some(found) = handles.get(dims) {
+            return Arc::clone(found);
+        }
+        let created = Arc::<[Handles; 3]>::default();
+        handles.insert(dims.clone(), Arc::clone(&created));
+        created
     }
 
     /// The fast handles' role index, if they apply.
@@ -271,11 +365,17 @@ impl Metrics {
             }
             return;
         }
-        let labels = role_labels([("role", role.as_str())], &self.dims(addrs, process));
+        let dims = self.dims(addrs, process);
+        let handles = self.handles(&dims);
         for &(hist, value) in values {
             if let Some(value) = value {
-                self.histograms[hist as usize]
-                    .get_or_create(&labels)
+                handles[role_index(role)].histograms[hist as usize]
+                    .get_or_init(|| {
+                        let labels = role_labels([("role", role.as_str())], &dims);
+                        self.histograms[hist as usize]
+                            .get_or_create(&labels)
+                            .clone()
+                    })
                     .observe(value);
             }
         }
@@ -289,8 +389,12 @@ impl Metrics {
                     Some((fast, r)) => fast.opened[r].inc(),
                     None => {
                         let dims = self.dims(&opened.addrs, opened.process.as_ref());
-                        self.opened
-                            .get_or_create(&role_labels([("role", opened.role.as_str())], &dims))
+                        self.handles(&dims)[role_index(opened.role)]
+                            .opened
+                            .get_or_init(|| {
+                                let labels = role_labels([("role", opened.role.as_str())], &dims);
+                                self.opened.get_or_create(&labels).clone()
+                            })
                             .inc()
                     }
                 };
@@ -302,18 +406,25 @@ impl Metrics {
                 );
             }
             Record::Connection(connection) => self.observe_connection(connection),
+            // Counted by the kernel.
+            Record::Exchange(exchange) if exchange.folded => {}
             Record::Exchange(exchange) => {
                 match self.fast(exchange.role) {
                     Some((fast, r)) => fast.exchanges[r][index_of(&CLASSES, exchange.class)].inc(),
                     None => {
                         let dims = self.dims(&exchange.addrs, exchange.process.as_ref());
-                        let fixed = [
-                            ("role", exchange.role.as_str()),
-                            ("class", exchange.class.as_str()),
-                        ];
-                        self.exchanges
-                            .get_or_create(&role_labels(fixed, &dims))
-                            .inc()
+                        self.handles(&dims)[role_index(exchange.role)].exchanges
+                            [index_of(&CLASSES, exchange.class)]
+                        .get_or_init(|| {
+                            let fixed = [
+                                ("role", exchange.role.as_str()),
+                                ("class", exchange.class.as_str()),
+                            ];
+                            self.exchanges
+                                .get_or_create(&role_labels(fixed, &dims))
+                                .clone()
+                        })
+                        .inc()
                     }
                 };
                 self.observe_histograms(
@@ -362,12 +473,19 @@ impl Metrics {
             .inc(),
             None => {
                 let dims = self.dims(&connection.addrs, connection.process.as_ref());
-                let fixed = [
-                    ("role", role.as_str()),
-                    ("close_originator", close.originator.as_str()),
-                    ("close_kind", close.kind.as_str()),
-                ];
-                self.closed.get_or_create(&role_labels(fixed, &dims)).inc()
+                self.handles(&dims)[role_index(role)].closed
+                    [index_of(&ORIGINATORS, close.originator)][index_of(&KINDS, close.kind)]
+                .get_or_init(|| {
+                    let fixed = [
+                        ("role", role.as_str()),
+                        ("close_originator", close.originator.as_str()),
+                        ("close_kind", close.kind.as_str()),
+                    ];
+                    self.closed
+                        .get_or_create(&role_labels(fixed, &dims))
+                        .clone()
+                })
+                .inc()
             }
         };
         let whole = connection.partial.is_none();
@@ -463,10 +581,68 @@ mod tests {
             request_bytes: 1,
             response_bytes: 1,
             close_originator: None,
+            folded: false,
         }));
         let mut text = String::new();
         encode(&mut text, &registry).unwrap();
         text
+    }
+
+    /// What the kernel folds, with the limits `fold_config` gives it, reads the same as the
+    /// same values observed one by one: buckets, counts, and the sum to the last digit.
+    #[test]
+    fn folded_observations_read_like_observed_ones() {
+        use tcpobs_common::folds::LAYOUT;
+        let (mut one_by_one, mut folded) = (Registry::default(), Registry::default());
+        let observing = Metrics::new(&mut one_by_one, &[], 10);
+        let folding = Metrics::new(&mut folded, &[], 10);
+        let config = folding.fold_config().expect("no labels: the kernel folds");
+        let mut folds = Folds::default();
+        // Values on, around and far from every limit, and some everyday ones.
+        let mut values: Vec<u64> = vec![0, 1, 999, 123_456, 7_000_000_000, u64::from(u32::MAX)];
+        for limits in &config.limits {
+            for &limit in limits.iter().filter(|&&limit| limit != u64::MAX) {
+                values.extend([limit - 1, limit, limit + 1]);
+            }
+        }
+        for (role, r) in [(socket_role::CLIENT, 0), (socket_role::SERVER, 1)] {
+            for (hist, &layout) in LAYOUT.iter().enumerate() {
+                let daemon_hist = Hist::Request as usize + hist;
+                for (index, &value) in values.iter().enumerate() {
+                    if (index + hist + r) % 3 == 0 {
+                        continue;
+                    }
+                    folds.roles[fold_index(role)].hists[hist]
+                        .observe(&config.limits[layout], value);
+                    observing.fast.as_ref().unwrap().histograms[daemon_hist][r].observe(value);
+                }
+            }
+            folds.roles[fold_index(role)].exchanges = [3 + r as u64, 40];
+            let counters = &observing.fast.as_ref().unwrap().exchanges[r];
+            for (class, count) in [(ExchangeClass::Start, 3 + r), (ExchangeClass::Continue, 40)] {
+                for _ in 0..count {
+                    counters[index_of(&CLASSES, class)].inc();
+                }
+            }
+        }
+        folding.add_folded(&folds);
+        let text = |registry: &Registry| {
+            let mut text = String::new();
+            encode(&mut text, registry).unwrap();
+            text
+        };
+        // Series come out in no set order.
+        let lines = |registry: &Registry| {
+            let mut lines: Vec<String> = text(registry).lines().map(str::to_owned).collect();
+            lines.sort_unstable();
+            lines
+        };
+        let (expected, got) = (lines(&one_by_one), lines(&folded));
+        assert!(expected.len() > 400, "{}", expected.len());
+        if let Some((expected, got)) = expected.iter().zip(&got).find(|(e, g)| e != g) {
+            panic!("expected `{expected}`, got `{got}`");
+        }
+        assert_eq!(got.len(), expected.len());
     }
 
     /// The cached handles and the label-hashing path count the same things.

@@ -250,6 +250,7 @@ mod tests {
             request_bytes: 78,
             response_bytes: 612,
             close_originator: Some(CloseOriginator::Client),
+            folded: false,
         }
     }
 

@@ -651,22 +651,27 @@ mod tests {
             names::DROP_INTEREST_MAP,
             names::DROP_COUNTS_MAP,
             names::TUPLES_MAP,
+            names::FOLDS_MAP,
+            names::EXCHANGE_EVENTS_MAP,
         ];
         for name in maps {
             if !object.maps.contains_key(name) {
                 missing.push(format!("map {name}"));
             }
         }
-        // What the loader's `override_global` does: the global must exist and be an `Offsets`.
+        // What the loader's `override_global` does: the globals must exist, with their types'
+        // sizes.
         let mut object = object;
         let offsets = [0u8; size_of::<Offsets>()];
-        let globals = HashMap::from([(names::OFFSETS_GLOBAL, (&offsets[..], true))]);
-        if let Err(err) = object.patch_map_data(globals) {
-            missing.push(format!(
-                "global {} of {} bytes: {err}",
-                names::OFFSETS_GLOBAL,
-                offsets.len()
-            ));
+        let fold = [0u8; size_of::<tcpobs_common::FoldConfig>()];
+        for (name, bytes) in [
+            (names::OFFSETS_GLOBAL, &offsets[..]),
+            (names::FOLD_CONFIG_GLOBAL, &fold[..]),
+        ] {
+            let globals = HashMap::from([(name, (bytes, true))]);
+            if let Err(err) = object.patch_map_data(globals) {
+                missing.push(format!("global {name} of {} bytes: {err}", bytes.len()));
+            }
         }
         assert!(
             missing.is_empty(),

@@ -28,7 +28,7 @@ mod strategy;
 use std::path::PathBuf;
 
 use aya::{Btf as AyaBtf, Ebpf, EbpfLoader, Endianness, maps::Array};
-use tcpobs_common::{DiagOffsets, names};
+use tcpobs_common::{DiagOffsets, FoldConfig, names};
 use tracing::{info, warn};
 
 pub(crate) use self::prepare::{check_privileges, sock_offsets};
@@ -48,6 +48,7 @@ use crate::{
         btf::{Btf, BtfError},
         diag::{DropReasons, Sampler},
         filters::{KernelFilters, Resolved},
+        folds::{ExchangeOptions, ExchangeSwitch, FoldReader},
         libcalls::{LibcallOptions, LibcallProbes},
         report::{FamilyAttach, MapError, error_chain},
     },
@@ -71,6 +72,8 @@ pub struct LoadOptions {
     pub filters: Filters,
     /// The DNS and TLS libcall families (`--phases`).
     pub libcalls: LibcallOptions,
+    /// Whether the kernel folds exchanges into histograms.
+    pub exchanges: ExchangeOptions,
 }
 
 /// The loaded object and how each family is attached. Dropping it detaches everything.
@@ -92,6 +95,10 @@ pub struct Loaded {
     pub(crate) filters: Option<KernelFilters>,
     /// The libcall families' probes (`None` with `--phases off`, or if they cannot load).
     pub(crate) libcalls: Option<LibcallProbes>,
+    /// Turns exchange events on and off.
+    pub(crate) exchange_events: ExchangeSwitch,
+    /// What the kernel folded.
+    pub(crate) folds: FoldReader,
 }
 
 /// Loads, configures and attaches everything.
@@ -124,10 +131,12 @@ pub fn load(options: &LoadOptions) -> Result<Loaded, LoadError> {
             reason: err.to_string(),
         }
     })?;
+    let fold = options.exchanges.fold.unwrap_or(FoldConfig::UNSET);
     let mut loader = EbpfLoader::new();
     loader
         .btf(Some(&aya_btf))
         .override_global(names::OFFSETS_GLOBAL, &offsets, true)
+        .override_global(names::FOLD_CONFIG_GLOBAL, &fold, true)
         .map_max_entries(names::EVENTS_MAP, options.ringbuf_bytes)
         .map_max_entries(names::SOCKETS_MAP, options.max_sockets);
     if !options.libcalls.enabled {
@@ -143,6 +152,11 @@ pub fn load(options: &LoadOptions) -> Result<Loaded, LoadError> {
     let mut ebpf = loader
         .load(OBJECT)
         .map_err(|err| LoadError::Load(error_chain(&err)))?;
+    let exchange_events = ExchangeSwitch::take(&mut ebpf, options.exchanges)?;
+    // Until the daemon's loop applies its event selection: without folding, every exchange
+    // must reach the daemon from the first.
+    exchange_events.apply(crate::config::live::EventSelection::None)?;
+    let folds = FoldReader::take(&mut ebpf)?;
     let resolved = Resolved::new(&options.filters)?;
     let mut filters = KernelFilters::take(&mut ebpf)?;
     filters.seed_listeners();
@@ -215,6 +229,8 @@ pub fn load(options: &LoadOptions) -> Result<Loaded, LoadError> {
         diag_offsets: offsets.diag,
         filters: Some(filters),
         libcalls,
+        exchange_events,
+        folds,
     })
 }
 

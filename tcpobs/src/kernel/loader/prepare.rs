@@ -41,6 +41,7 @@ pub(crate) fn sock_offsets(btf: &Btf) -> Result<Offsets, BtfError> {
         sk_type: offset("sk_type", 2)?,
         sk_net: offset("__sk_common.skc_net.net", 8)?,
         net_inum: offset_in("net", "ns.inum", 4)?,
+        sk_flags: offset("__sk_common.skc_flags", 8)?,
         // Reported at close when present; a kernel without one of them reports it as absent.
         tcp_srtt_us: offset_in("tcp_sock", "srtt_us", 4).unwrap_or(0),
         tcp_mdev_us: offset_in("tcp_sock", "mdev_us", 4).unwrap_or(0),

@@ -207,23 +207,41 @@ fn response_without_request() {
     assert_eq!(exchanges[1].request_ns, Some(0));
 }
 
+/// An exchange event lost on the way (a full ring buffer): the exchanges around it and the
+/// connection record stand, with the kernel's count.
 #[test]
-fn repeated_bursts_in_one_direction_merge() {
-    let mut sock = Sock::client(0).established(50 * US).send(100 * US, 10);
-    // Forge an event whose response burst was lost: two request bursts arrive back to back.
-    let first = OwnedEvent::Burst(BurstEvent {
-        hdr: sock.hdr(kind::BURST, 200 * US),
-        first: sock.rec.burst,
-        second: Burst::default(),
-        task: Task::default(),
-    });
-    sock.events.push(first);
-    sock.rec.burst.first_ns = 300 * US;
-    sock.rec.burst.last_ns = 400 * US;
-    let events = sock.recv(MS, 50).close(2 * MS, 0);
-    let (exchanges, _, tracker) = run(&events);
-    assert_eq!(exchanges.len(), 1);
-    assert_eq!(exchanges[0].request_bytes, 20);
-    assert_eq!(exchanges[0].request_ns, Some(300 * US));
+fn a_lost_exchange_event_leaves_the_rest_exact() {
+    let mut events = Sock::client(0)
+        .established(50 * US)
+        .send(100 * US, 10)
+        .recv(MS, 50)
+        .send(2 * MS, 10)
+        .recv(3 * MS, 50)
+        .send(4 * MS, 10)
+        .recv(5 * MS, 50)
+        .state(tcp_state::FIN_WAIT1, 6 * MS)
+        .close(7 * MS, 0);
+    let lost = events
+        .iter()
+        .position(|event| matches!(event, OwnedEvent::Burst(_)))
+        .unwrap();
+    events.remove(lost);
+    let (exchanges, connections, tracker) = run(&events[..]);
+    assert_eq!(
+        exchanges.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        [2, 3],
+        "the second and the last"
+    );
+    assert_eq!(
+        classes(&exchanges),
+        [ExchangeClass::Continue, ExchangeClass::Last]
+    );
+    assert_eq!(connections[0].exchanges, 3, "the kernel counted all three");
+    assert_eq!(connections[0].timeline_omitted(), 0);
+    assert_eq!(
+        connections[0].spans.as_ref().unwrap().exchanges(0).count(),
+        2,
+        "the timeline has the first two from the kernel"
+    );
     assert_eq!(tracker.stats(), TrackerStats::default());
 }

@@ -1,19 +1,28 @@
 //! Tracker scenarios, spelled out as the event sequences the kernel programs produce.
 //!
 //! [`Sock`] mimics the kernel side (tcpobs-ebpf): it keeps a `SockRecord`, coalesces data
-//! calls into bursts with the kernel's own code (`SockRecord::add_data`) and emits `Burst` for
-//! each pair, `Open` at establishment, `State` on teardown transitions and `Close` with the
-//! final record.
+//! calls into bursts and exchanges with the kernel's own code (`SockRecord::add_data`,
+//! `SockRecord::fold_exchange`) and emits `Open` at establishment, `State` on teardown
+//! transitions, `Close` with the final record, and a `Burst` event for each exchange the next
+//! request ended, as the kernel does while every exchange is wanted. It also keeps what the
+//! kernel folds meanwhile (each exchange's timings and class, each burst's bytes).
+//!
+//! [`run`] plays a scenario both ways: with every exchange sent (the records the tests check)
+//! and with none sent, the kernel folding them, as by default; it checks that the connection
+//! records are the same, and that the metrics would be (what the kernel folded plus the
+//! exchange records of the second run observe the same values as the first run's records).
 //!
 //! The scenarios are grouped by family: exchanges and who closed (`exchanges`), resets,
 //! refused connects and kernel timeouts (`close`), connections seen only in part and the live
 //! counts (`tracking`), the library calls around connections (`libcalls`), and why a
 //! connection was slow or stuck (`stalls`).
 
+use std::ops::{Deref, DerefMut};
+
 use tcpobs_common::{
-    Burst, BurstEvent, CloseEvent, EventHeader, FLAG_APP_CLOSED, FLAG_CLOSE_WAIT, FLAG_PARTIAL,
-    FLAG_RST_RECV, FLAG_RST_SENT, OpenEvent, SockRecord, StateEvent, Task, direction, kind, role,
-    tcp_state, teardown,
+    BurstEvent, CloseEvent, DataSink, EventHeader, FLAG_APP_CLOSED, FLAG_CLOSE_WAIT, FLAG_PARTIAL,
+    FLAG_RST_RECV, FLAG_RST_SENT, OpenEvent, SockRecord, StateEvent, Task, direction, folds::hist,
+    kind, role, tcp_state, teardown,
 };
 
 mod close;
@@ -38,6 +47,88 @@ struct Sock {
     sock: u64,
     rec: SockRecord,
     events: Vec<OwnedEvent>,
+    folded: Folded,
+}
+
+/// What the kernel folded: observations as (role index, [`hist`] or `CLASS + class`, value),
+/// and bytes of completed bursts by role, `[sent, received]`.
+#[derive(Clone, Debug, Default)]
+struct Folded {
+    observed: Vec<(usize, usize, u64)>,
+    bytes: Vec<(Role, [u64; 2])>,
+}
+
+/// Exchange classes among the observations, after the histograms.
+const CLASS: usize = 100;
+
+/// The kernel's data hooks, for the scenarios.
+struct KernelPart<'a> {
+    sock: u64,
+    events: &'a mut Vec<OwnedEvent>,
+    folded: &'a mut Folded,
+}
+
+impl DataSink for KernelPart<'_> {
+    fn burst_done(&mut self, rec: &SockRecord) {
+        let mut bytes = [0; 2];
+        bytes[usize::from(rec.burst.dir == direction::IN)] = rec.burst.bytes;
+        self.folded.bytes.push((Role::from_kernel(rec.role), bytes));
+    }
+
+    fn exchange_done(&mut self, rec: &mut SockRecord, next_ns: u64) {
+        let role = role_index(Role::from_kernel(rec.role));
+        let observed = &mut self.folded.observed;
+        let seq = rec.fold_exchange(next_ns, |hist, value| observed.push((role, hist, value)));
+        let class = if seq == 1 {
+            ExchangeClass::Start
+        } else {
+            ExchangeClass::Continue
+        };
+        observed.push((role, CLASS + class as usize, 0));
+        self.events.push(OwnedEvent::Burst(BurstEvent {
+            hdr: EventHeader {
+                kind: kind::BURST,
+                _pad: 0,
+                ts_ns: next_ns,
+                sock: self.sock,
+                start_ns: rec.start_ns,
+            },
+            request: rec.held,
+            response: rec.burst,
+            task: rec.task,
+            seq,
+            _pad: 0,
+        }));
+    }
+}
+
+/// A scenario's events, with what the kernel folded meanwhile.
+struct Script {
+    events: Vec<OwnedEvent>,
+    folded: Folded,
+}
+
+impl Deref for Script {
+    type Target = Vec<OwnedEvent>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.events
+    }
+}
+
+impl DerefMut for Script {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.events
+    }
+}
+
+impl IntoIterator for Script {
+    type Item = OwnedEvent;
+    type IntoIter = std::vec::IntoIter<OwnedEvent>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.events.into_iter()
+    }
 }
 
 impl Sock {
@@ -64,6 +155,7 @@ impl Sock {
             sock,
             rec,
             events: Vec::new(),
+            folded: Folded::default(),
         }
     }
 
@@ -102,21 +194,12 @@ impl Sock {
 
     /// One send/recv call completing at `at`, coalesced by the kernel's own rules.
     fn data(mut self, dir: u8, at: u64, bytes: u64) -> Self {
-        let (sock, events) = (self.sock, &mut self.events);
-        self.rec.add_data(at, bytes, dir, |rec| {
-            events.push(OwnedEvent::Burst(BurstEvent {
-                hdr: EventHeader {
-                    kind: kind::BURST,
-                    _pad: 0,
-                    ts_ns: at,
-                    sock,
-                    start_ns: rec.start_ns,
-                },
-                first: rec.held,
-                second: rec.burst,
-                task: rec.task,
-            }));
-        });
+        let mut kernel = KernelPart {
+            sock: self.sock,
+            events: &mut self.events,
+            folded: &mut self.folded,
+        };
+        self.rec.add_data(at, bytes, dir, &mut kernel);
         if self.rec.task.pid == 0 {
             self.rec.task = Task {
                 pid: 4242,
@@ -185,7 +268,7 @@ impl Sock {
         self
     }
 
-    fn close(mut self, at: u64, sk_err: u32) -> Vec<OwnedEvent> {
+    fn close(mut self, at: u64, sk_err: u32) -> Script {
         self.rec.final_state = self.rec.state;
         self.rec.state = tcp_state::CLOSE;
         self.rec.close_ns = at;
@@ -194,17 +277,125 @@ impl Sock {
             hdr: self.hdr(kind::CLOSE, at),
             record: self.rec,
         }));
-        self.events
+        Script {
+            events: self.events,
+            folded: self.folded,
+        }
     }
 }
 
-fn run(events: &[OwnedEvent]) -> (Vec<ExchangeRecord>, Vec<ConnectionRecord>, Tracker) {
+/// Events for the tracker: a whole scenario (checked both ways, see the module docs), or
+/// events taken out of one.
+trait Scenario {
+    fn events(&self) -> &[OwnedEvent];
+
+    fn folded(&self) -> Option<&Folded> {
+        None
+    }
+}
+
+impl Scenario for Script {
+    fn events(&self) -> &[OwnedEvent] {
+        &self.events
+    }
+
+    fn folded(&self) -> Option<&Folded> {
+        Some(&self.folded)
+    }
+}
+
+impl Scenario for [OwnedEvent] {
+    fn events(&self) -> &[OwnedEvent] {
+        self
+    }
+}
+
+impl Scenario for Vec<OwnedEvent> {
+    fn events(&self) -> &[OwnedEvent] {
+        self
+    }
+}
+
+fn run_events(
+    events: impl IntoIterator<Item = OwnedEvent>,
+    kernel_folds: bool,
+) -> (Vec<ExchangeRecord>, Vec<ConnectionRecord>, Tracker) {
     let mut tracker = Tracker::new();
+    tracker.set_kernel_folds(kernel_folds);
     let mut out = Vec::new();
     for event in events {
         tracker.handle(&event.event(), &mut out);
     }
     split(out, tracker)
+}
+
+/// Plays the events with every exchange sent; for a whole scenario, also without exchange
+/// events (the kernel folding them), and checks that nothing the outputs say differs.
+fn run(
+    scenario: &(impl Scenario + ?Sized),
+) -> (Vec<ExchangeRecord>, Vec<ConnectionRecord>, Tracker) {
+    let events = scenario.events();
+    let sent = run_events(events.iter().copied(), false);
+    if let Some(folded) = scenario.folded() {
+        let quiet = events
+            .iter()
+            .filter(|event| !matches!(event, OwnedEvent::Burst(_)))
+            .copied();
+        let (exchanges, connections, tracker) = run_events(quiet, true);
+        assert_eq!(
+            connections, sent.1,
+            "connection records without exchange events"
+        );
+        let mut expected = observations(&sent.0);
+        let mut got = folded.observed.clone();
+        got.extend(observations(&exchanges));
+        expected.sort_unstable();
+        got.sort_unstable();
+        assert_eq!(
+            got, expected,
+            "folded and observed by the daemon, against one record per exchange"
+        );
+        // Bytes: the kernel's completed bursts and the tracker's (the bursts in progress at
+        // the close) make the connections' totals.
+        for (mode, counts) in [("sent", sent.2.counts()), ("folded", tracker.counts())] {
+            let mut bytes = counts.bytes;
+            for (role, more) in &folded.bytes {
+                let total = &mut bytes[role_index(*role)];
+                total[0] += more[0];
+                total[1] += more[1];
+            }
+            for connection in sent.1.iter().filter(|c| c.close.is_some()) {
+                let total = &mut bytes[role_index(connection.role)];
+                total[0] -= connection.bytes_sent;
+                total[1] -= connection.bytes_received;
+            }
+            assert_eq!(bytes, [[0; 2]; 3], "bytes counted, {mode}");
+        }
+    }
+    sent
+}
+
+/// What the metrics observe of these exchange records (see [`Folded`]).
+fn observations(exchanges: &[ExchangeRecord]) -> Vec<(usize, usize, u64)> {
+    let mut observed = Vec::new();
+    for exchange in exchanges.iter().filter(|exchange| !exchange.folded) {
+        let role = role_index(exchange.role);
+        for (hist, value) in [
+            (hist::REQUEST, exchange.request_ns),
+            (hist::FIRST_BYTE, exchange.response_begin_ns),
+            (hist::RESPONSE, exchange.response_ns),
+            (hist::IDLE_BEFORE, exchange.idle_before_ns),
+            (hist::IDLE_AFTER, exchange.idle_after_ns),
+            (hist::TRANSFER, exchange.response_end_ns),
+            (hist::SESSION, Some(exchange.session_ns)),
+        ] {
+            if let Some(value) = value {
+                observed.push((role, hist, value));
+            }
+        }
+        observed.push((role, CLASS + exchange.class as usize, 0));
+    }
+    observed
 }
 
 fn split(

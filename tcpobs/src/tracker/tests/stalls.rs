@@ -172,8 +172,8 @@ fn the_close_record_explains_the_connection() {
     server.rec.tcp.valid = 1;
     server.rec.tcp.total_retrans = 6;
     server.rec.diag.accept_ns = S + 300_000_000;
-    let mut events = client.close(2 * S, 0);
-    events.extend(server.close(2 * S, 0));
+    let mut events = client.close(2 * S, 0).events;
+    events.extend(server.close(2 * S, 0).events);
     let mut tracker = Tracker::new();
     tracker.set_kernel_facts(KernelFacts {
         hz: 250,

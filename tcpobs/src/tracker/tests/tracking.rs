@@ -86,31 +86,47 @@ fn reused_socket_without_close_reports_the_old_connection_lost() {
 
 #[test]
 fn shutdown_flushes_live_connections_as_partial() {
-    let events = Sock::server(0)
-        .established(50 * US)
-        .recv(MS, 10)
-        .send(2 * MS, 10)
-        .recv(3 * MS, 10)
-        .events;
-    let mut tracker = Tracker::new();
-    let mut out = Vec::new();
-    for event in &events {
-        tracker.handle(&event.event(), &mut out);
+    for sent in [true, false] {
+        let sock = Sock::server(0)
+            .established(50 * US)
+            .recv(MS, 10)
+            .send(2 * MS, 10)
+            .recv(3 * MS, 10);
+        let mut tracker = Tracker::new();
+        tracker.set_kernel_folds(!sent);
+        let mut out = Vec::new();
+        for event in &sock.events {
+            if sent || !matches!(event, OwnedEvent::Burst(_)) {
+                tracker.handle(&event.event(), &mut out);
+            }
+        }
+        assert_eq!(tracker.live().count(), 1);
+        // The second request ended the first exchange; it is in progress in the kernel.
+        tracker.flush(10 * MS, |_| Some(sock.rec), &mut out);
+        let (exchanges, connections, tracker) = split(out, tracker);
+        assert_eq!(tracker.live().count(), 0);
+        let expected: &[ExchangeClass] = if sent {
+            &[ExchangeClass::Start, ExchangeClass::Continue]
+        } else {
+            &[ExchangeClass::Continue]
+        };
+        assert_eq!(classes(&exchanges), expected, "sent: {sent}");
+        let flushed = exchanges.last().unwrap();
+        assert_eq!(flushed.seq, 2);
+        assert_eq!(flushed.request_bytes, 10);
+        assert_eq!(flushed.idle_after_ns, None, "still open");
+        if sent {
+            assert_eq!(exchanges[0].response_ns, Some(MS));
+            assert_eq!(exchanges[0].idle_after_ns, Some(MS));
+        }
+        let connection = &connections[0];
+        assert_eq!(connection.partial, Some(PartialReason::Shutdown));
+        assert_eq!(connection.lifetime_ns, 10 * MS);
+        assert!(connection.close.is_none());
+        assert_eq!(connection.exchanges, 2);
+        assert_eq!(connection.max_response_begin_ns, Some(MS));
+        assert_eq!((connection.bytes_sent, connection.bytes_received), (10, 20));
     }
-    assert_eq!(tracker.live().count(), 1);
-    // The second request is still a burst in progress in the kernel: the first exchange's
-    // class is not known yet. Only the establishment was announced.
-    assert!(matches!(out[..], [Record::Opened(_)]), "{out:?}");
-    tracker.flush(10 * MS, |_| None, &mut out);
-    let (exchanges, connections, tracker) = split(out, tracker);
-    assert_eq!(tracker.live().count(), 0);
-    assert_eq!(classes(&exchanges), [ExchangeClass::Start]);
-    assert_eq!(exchanges[0].response_ns, Some(MS));
-    assert_eq!(exchanges[0].idle_after_ns, None);
-    assert_eq!(connections[0].partial, Some(PartialReason::Shutdown));
-    assert_eq!(connections[0].lifetime_ns, 10 * MS);
-    assert!(connections[0].close.is_none());
-    assert_eq!(connections[0].exchanges, 1);
 }
 
 /// A client's connect is known before it is established; the counters follow its states.
@@ -149,16 +165,21 @@ fn connect_then_establish_is_one_connection_with_live_counts() {
     assert_eq!(
         tracker.counts().bytes[0],
         [0, 0],
-        "both bursts are still in the kernel"
+        "the kernel counts the bytes"
     );
     let close = sock.close(3 * MS, 0);
+    assert_eq!(
+        close.folded.bytes,
+        [(Role::Client, [10, 0])],
+        "the request, completed in the kernel"
+    );
     let mut closed = Vec::new();
     tracker.handle(&close[0].event(), &mut closed);
     assert_eq!(tracker.counts().open[0][established], 0);
     assert_eq!(
         tracker.counts().bytes[0],
-        [10, 20],
-        "the close brings the bytes"
+        [0, 20],
+        "the close brings the response, still in progress"
     );
     assert_eq!(tracker.stats(), TrackerStats::default());
 }
@@ -168,7 +189,7 @@ fn connect_then_establish_is_one_connection_with_live_counts() {
 #[test]
 fn a_live_connection_stays_small() {
     assert!(
-        std::mem::size_of::<super::Conn>() <= 216,
+        std::mem::size_of::<super::Conn>() <= 152,
         "{}",
         std::mem::size_of::<super::Conn>()
     );
@@ -185,9 +206,9 @@ fn byte_counts_saturate_on_records_claiming_too_much() {
         .recv(MS, 80)
         .send(2 * MS, 80)
         .close(3 * MS, 0);
-    for event in &mut events {
+    for event in events.iter_mut() {
         if let OwnedEvent::Burst(burst) = event {
-            burst.first.bytes = u64::MAX;
+            burst.request.bytes = u64::MAX;
         }
     }
     let (exchanges, connections, tracker) = run(&events);
@@ -197,9 +218,10 @@ fn byte_counts_saturate_on_records_claiming_too_much() {
         (160, 80),
         "the connection's totals are the kernel's final record's"
     );
-    assert_eq!(
-        tracker.counts().bytes[0],
-        [u64::MAX, 80],
-        "the claimed bytes, then 80 more sent, saturated"
-    );
+    // The byte counters: the kernel's folded totals (added by the daemon) and each close's
+    // burst in progress (80 sent here) saturate too.
+    let mut tracker = tracker;
+    tracker.add_kernel_bytes(&[[u64::MAX, 1], [0; 2], [0; 2]]);
+    tracker.add_kernel_bytes(&[[5, u64::MAX], [0; 2], [0; 2]]);
+    assert_eq!(tracker.counts().bytes[0], [u64::MAX, u64::MAX]);
 }

@@ -10,7 +10,7 @@
 
 pub(crate) mod events;
 
-use std::{io::Write as _, net::IpAddr};
+use std::{io::Write as _, mem::MaybeUninit, net::IpAddr};
 
 /// Bumped on any incompatible change to the JSON events.
 pub(crate) const SCHEMA_VERSION: u32 = 1;
@@ -65,14 +65,14 @@ impl Line {
         self.bytes.extend_from_slice(text.as_bytes());
     }
 
-    /// Copies `secs` (Unix seconds) as `YYYY-MM-DDTHH:MM:SS` (UTC) into the line.
-    fn put_second(&mut self, secs: i64) {
+    /// Makes `second_text` say `secs` (Unix seconds) as `YYYY-MM-DDTHH:MM:SS` (UTC).
+    fn cache_second(&mut self, secs: i64) {
         if secs != self.second {
             self.second = secs;
             let (year, month, day) = civil_from_days(secs.div_euclid(86_400));
             let of_day = secs.rem_euclid(86_400) as u64;
             let text = &mut self.second_text;
-            put_digits(&mut text[0..4], year.clamp(0, 9999) as u64);
+            put_digits(&mut text[..], 0, 4, year.clamp(0, 9999) as u64);
             for (at, separator, value) in [
                 (4, b'-', u64::from(month)),
                 (7, b'-', u64::from(day)),
@@ -81,14 +81,39 @@ impl Line {
                 (16, b':', of_day % 60),
             ] {
                 text[at] = separator;
-                put_digits(&mut text[at + 1..at + 3], value);
+                put_digits(&mut text[..], at + 1, at + 3, value);
             }
         }
-        self.bytes.extend_from_slice(&self.second_text);
     }
 }
 
+/// A field's key as written after the previous field: `,"name":` (an object's first field
+/// leaves the comma out). Made by [`key!`] from a literal, so that writing a key is one copy
+/// of a constant.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Key(&'static str);
+
+impl Key {
+    /// `text` must be `,"name":` with a name that needs no escaping (see [`key!`]).
+    pub(crate) const fn new(text: &'static str) -> Self {
+        Self(text)
+    }
+}
+
+/// The [`Key`] of a field name (a literal that needs no escaping).
+macro_rules! key {
+    ($name:literal) => {
+        $crate::export::output::json::Key::new(concat!(",\"", $name, "\":"))
+    };
+}
+pub(crate) use key;
+
 /// Builds one JSON object on a line.
+///
+/// Each field is one copy of its constant key; numbers, times and durations are formatted
+/// straight into the line's spare capacity, two digits at a time: no intermediate buffer to
+/// copy (a wide copy of bytes just stored one by one stalls the CPU), no out-of-line copy of
+/// a variable length.
 pub(crate) struct Object<'a> {
     line: &'a mut Line,
     empty: bool,
@@ -99,8 +124,8 @@ impl<'a> Object<'a> {
     pub(crate) fn new(line: &'a mut Line, kind: &str) -> Self {
         line.bytes.push(b'{');
         let mut object = Self { line, empty: true };
-        object.str("type", kind);
-        object.u64("schema_version", u64::from(SCHEMA_VERSION));
+        object.str(key!("type"), kind);
+        object.u64(key!("schema_version"), u64::from(SCHEMA_VERSION));
         object
     }
 
@@ -118,26 +143,25 @@ impl<'a> Object<'a> {
     }
 
     #[inline(always)]
-    fn key(&mut self, key: &str) {
-        let first = std::mem::replace(&mut self.empty, false);
-        let out = self.out();
-        if !first {
-            out.push(b',');
+    fn key(&mut self, key: Key) {
+        let text = key.0.as_bytes();
+        // Two copies of constant lengths (a choice of slices would be a variable one).
+        if std::mem::replace(&mut self.empty, false) {
+            self.out().extend_from_slice(&text[1..]);
+        } else {
+            self.out().extend_from_slice(text);
         }
-        out.push(b'"');
-        out.extend_from_slice(key.as_bytes());
-        out.extend_from_slice(b"\":");
     }
 
     #[inline(always)]
-    pub(crate) fn str(&mut self, key: &str, value: &str) -> &mut Self {
+    pub(crate) fn str(&mut self, key: Key, value: &str) -> &mut Self {
         self.key(key);
         escape_into(self.out(), value);
         self
     }
 
     #[inline(always)]
-    pub(crate) fn opt_str(&mut self, key: &str, value: Option<&str>) -> &mut Self {
+    pub(crate) fn opt_str(&mut self, key: Key, value: Option<&str>) -> &mut Self {
         match value {
             Some(value) => self.str(key, value),
             None => self.null(key),
@@ -145,21 +169,21 @@ impl<'a> Object<'a> {
     }
 
     #[inline(always)]
-    pub(crate) fn ip(&mut self, key: &str, value: IpAddr) -> &mut Self {
+    pub(crate) fn ip(&mut self, key: Key, value: IpAddr) -> &mut Self {
         self.key(key);
         push_ip(self.out(), value);
         self
     }
 
     #[inline(always)]
-    pub(crate) fn u64(&mut self, key: &str, value: u64) -> &mut Self {
+    pub(crate) fn u64(&mut self, key: Key, value: u64) -> &mut Self {
         self.key(key);
         push_u64(self.out(), value);
         self
     }
 
     #[inline(always)]
-    pub(crate) fn opt_u64(&mut self, key: &str, value: Option<u64>) -> &mut Self {
+    pub(crate) fn opt_u64(&mut self, key: Key, value: Option<u64>) -> &mut Self {
         match value {
             Some(value) => self.u64(key, value),
             None => self.null(key),
@@ -168,7 +192,7 @@ impl<'a> Object<'a> {
 
     pub(crate) fn strs<'s>(
         &mut self,
-        key: &str,
+        key: Key,
         values: impl IntoIterator<Item = &'s str>,
     ) -> &mut Self {
         self.key(key);
@@ -184,7 +208,7 @@ impl<'a> Object<'a> {
         self
     }
 
-    pub(crate) fn ips(&mut self, key: &str, values: impl IntoIterator<Item = IpAddr>) -> &mut Self {
+    pub(crate) fn ips(&mut self, key: Key, values: impl IntoIterator<Item = IpAddr>) -> &mut Self {
         self.key(key);
         let out = self.out();
         out.push(b'[');
@@ -199,7 +223,7 @@ impl<'a> Object<'a> {
     }
 
     #[inline(always)]
-    pub(crate) fn opt_bool(&mut self, key: &str, value: Option<bool>) -> &mut Self {
+    pub(crate) fn opt_bool(&mut self, key: Key, value: Option<bool>) -> &mut Self {
         match value {
             Some(value) => self.bool(key, value),
             None => self.null(key),
@@ -207,7 +231,7 @@ impl<'a> Object<'a> {
     }
 
     #[inline(always)]
-    pub(crate) fn bool(&mut self, key: &str, value: bool) -> &mut Self {
+    pub(crate) fn bool(&mut self, key: Key, value: bool) -> &mut Self {
         self.key(key);
         let text: &[u8] = if value { b"true" } else { b"false" };
         self.out().extend_from_slice(text);
@@ -215,7 +239,7 @@ impl<'a> Object<'a> {
     }
 
     #[inline(always)]
-    pub(crate) fn null(&mut self, key: &str) -> &mut Self {
+    pub(crate) fn null(&mut self, key: Key) -> &mut Self {
         self.key(key);
         self.out().extend_from_slice(b"null");
         self
@@ -223,7 +247,7 @@ impl<'a> Object<'a> {
 
     /// Nanoseconds as decimal seconds, trailing zeros trimmed.
     #[inline(always)]
-    pub(crate) fn secs(&mut self, key: &str, ns: Option<u64>) -> &mut Self {
+    pub(crate) fn secs(&mut self, key: Key, ns: Option<u64>) -> &mut Self {
         match ns {
             Some(ns) => {
                 self.key(key);
@@ -236,7 +260,7 @@ impl<'a> Object<'a> {
 
     /// A UTC timestamp with microseconds (`2026-11-21T09:30:00.123456Z`) from Unix nanoseconds.
     #[inline(always)]
-    pub(crate) fn time(&mut self, key: &str, unix_ns: i64) -> &mut Self {
+    pub(crate) fn time(&mut self, key: Key, unix_ns: i64) -> &mut Self {
         self.key(key);
         push_time(self.line, unix_ns);
         self
@@ -248,57 +272,158 @@ impl<'a> Object<'a> {
     }
 }
 
-fn push_u64(out: &mut Vec<u8>, value: u64) {
-    if value < 10 {
-        out.push(b'0' + value as u8);
-    } else {
-        out.extend_from_slice(itoa::Buffer::new().format(value).as_bytes());
+/// Two ASCII digits of each number below 100.
+const PAIRS: &[u8; 200] = b"0001020304050607080910111213141516171819\
+2021222324252627282930313233343536373839\
+4041424344454647484950515253545556575859\
+6061626364656667686970717273747576777879\
+8081828384858687888990919293949596979899";
+
+/// Somewhere to write digits: the line's spare capacity, or a plain buffer.
+trait Digits {
+    fn set(&mut self, at: usize, byte: u8);
+}
+
+impl Digits for [u8] {
+    #[inline(always)]
+    fn set(&mut self, at: usize, byte: u8) {
+        self[at] = byte;
     }
+}
+
+impl Digits for [MaybeUninit<u8>] {
+    #[inline(always)]
+    fn set(&mut self, at: usize, byte: u8) {
+        self[at].write(byte);
+    }
+}
+
+/// Writes `value`'s last `to - from` decimal digits, zero-padded, at `from..to`.
+#[inline(always)]
+fn put_digits(buf: &mut (impl Digits + ?Sized), from: usize, to: usize, mut value: u64) {
+    let mut at = to;
+    while at >= from + 2 {
+        let pair = (value % 100) as usize * 2;
+        value /= 100;
+        buf.set(at - 2, PAIRS[pair]);
+        buf.set(at - 1, PAIRS[pair + 1]);
+        at -= 2;
+    }
+    if at > from {
+        buf.set(at - 1, b'0' + (value % 10) as u8);
+    }
+}
+
+/// The number of decimal digits of `value` (1 for 0).
+#[inline(always)]
+fn digit_count(value: u64) -> usize {
+    value.checked_ilog10().map_or(1, |log| log as usize + 1)
+}
+
+/// Lets `fill` write at most `N` bytes straight into `out`'s spare capacity (no buffer to copy
+/// from), and keeps the count it returns.
+#[inline(always)]
+fn put_with<const N: usize>(out: &mut Vec<u8>, fill: impl FnOnce(&mut [MaybeUninit<u8>]) -> usize) {
+    out.reserve(N);
+    let spare = &mut out.spare_capacity_mut()[..N];
+    let written = fill(spare).min(N);
+    // SAFETY: `fill` initialised the first `written` bytes of the spare capacity (every writer
+    // here writes each byte up to the count it returns), and `reserve` made room for them.
+    unsafe { out.set_len(out.len() + written) };
+}
+
+fn push_u64(out: &mut Vec<u8>, value: u64) {
+    put_with::<20>(out, |buf| {
+        let len = digit_count(value);
+        put_digits(buf, 0, len, value);
+        len
+    });
 }
 
 /// `"a.b.c.d"` or `"v6"`, as `std` prints them.
 fn push_ip(out: &mut Vec<u8>, ip: IpAddr) {
-    out.push(b'"');
     match ip {
-        IpAddr::V4(v4) => {
+        IpAddr::V4(v4) => put_with::<17>(out, |buf| {
+            buf.set(0, b'"');
+            let mut len = 1;
             for (index, octet) in v4.octets().into_iter().enumerate() {
                 if index > 0 {
-                    out.push(b'.');
+                    buf.set(len, b'.');
+                    len += 1;
                 }
-                push_u64(out, u64::from(octet));
+                let digits = digit_count(u64::from(octet));
+                put_digits(buf, len, len + digits, u64::from(octet));
+                len += digits;
             }
-        }
+            buf.set(len, b'"');
+            len + 1
+        }),
         IpAddr::V6(v6) => {
+            out.push(b'"');
             let _ = write!(out, "{v6}");
+            out.push(b'"');
         }
     }
-    out.push(b'"');
 }
 
 /// Nanoseconds as decimal seconds, trailing zeros trimmed.
 fn push_secs(out: &mut Vec<u8>, ns: u64) {
-    push_u64(out, ns / 1_000_000_000);
-    let fraction = ns % 1_000_000_000;
-    if fraction != 0 {
-        let mut buffer = itoa::Buffer::new();
-        let digits = fixed_width(&mut buffer, fraction, 1_000_000_000);
-        let kept = digits.iter().rposition(|&digit| digit != b'0').unwrap_or(0);
-        out.push(b'.');
-        out.extend_from_slice(&digits[..=kept]);
+    let (whole, fraction) = (ns / 1_000_000_000, ns % 1_000_000_000);
+    // 20 digits of seconds at most, a point and 9 digits of fraction.
+    put_with::<30>(out, |buf| {
+        let len = digit_count(whole);
+        put_digits(buf, 0, len, whole);
+        if fraction == 0 {
+            return len;
+        }
+        buf.set(len, b'.');
+        // Two independent halves (the digits of one do not wait for the other's divisions),
+        // then as many digits as the fraction has before its trailing zeros.
+        put_digits(buf, len + 1, len + 6, fraction / 10_000);
+        put_digits(buf, len + 6, len + 10, fraction % 10_000);
+        len + 10 - trailing_decimal_zeros(fraction)
+    });
+}
+
+/// Trailing zeros of a non-zero number below 10^9, in decimal.
+#[inline(always)]
+fn trailing_decimal_zeros(mut value: u64) -> usize {
+    let mut zeros = 0;
+    if value.is_multiple_of(10_000) {
+        value /= 10_000;
+        zeros += 4;
     }
+    if value.is_multiple_of(100) {
+        value /= 100;
+        zeros += 2;
+    }
+    if value.is_multiple_of(10) {
+        value /= 10;
+        zeros += 1;
+    }
+    if value.is_multiple_of(10) {
+        zeros += 1;
+    }
+    zeros
 }
 
 /// `"YYYY-MM-DDTHH:MM:SS.uuuuuuZ"` from Unix nanoseconds.
 fn push_time(line: &mut Line, unix_ns: i64) {
     let secs = unix_ns.div_euclid(1_000_000_000);
     let micros = unix_ns.rem_euclid(1_000_000_000) as u64 / 1_000;
-    line.bytes.push(b'"');
-    line.put_second(secs);
-    line.bytes.push(b'.');
-    let mut buffer = itoa::Buffer::new();
-    line.bytes
-        .extend_from_slice(fixed_width(&mut buffer, micros, 1_000_000));
-    line.bytes.extend_from_slice(b"Z\"");
+    line.cache_second(secs);
+    let second = line.second_text;
+    put_with::<29>(&mut line.bytes, |buf| {
+        buf.set(0, b'"');
+        for (index, &byte) in second.iter().enumerate() {
+            buf.set(1 + index, byte);
+        }
+        buf.set(20, b'.');
+        put_digits(buf, 21, 27, micros);
+        buf.set(27, b'Z');
+        buf.set(28, b'"');
+        29
+    });
 }
 
 /// A timestamp as the events print it (`2026-11-21T09:30:00.123456Z`: UTC, microseconds),
@@ -307,20 +432,6 @@ pub(crate) fn timestamp(unix_ns: i64) -> String {
     let mut line = Line::default();
     push_time(&mut line, unix_ns);
     line.as_str().trim_matches('"').to_owned()
-}
-
-/// `value` (below `power`, a power of ten) with leading zeros to `power`'s number of zeros:
-/// formats `power + value` and drops its leading `1`.
-fn fixed_width(buffer: &mut itoa::Buffer, value: u64, power: u64) -> &[u8] {
-    &buffer.format(power + value % power).as_bytes()[1..]
-}
-
-/// `value`'s last `digits.len()` decimal digits, zero-padded, as ASCII.
-fn put_digits(digits: &mut [u8], mut value: u64) {
-    for digit in digits.iter_mut().rev() {
-        *digit = b'0' + (value % 10) as u8;
-        value /= 10;
-    }
 }
 
 /// The proleptic Gregorian (year, month, day) of a count of days since 1970-01-01
@@ -343,13 +454,37 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
     (year, month, day)
 }
 
+/// Whether a byte goes into a JSON string as it is.
+#[inline(always)]
+fn plain(byte: u8) -> bool {
+    (0x20..0x7f).contains(&byte) && byte != b'"' && byte != b'\\'
+}
+
 fn escape_into(out: &mut Vec<u8>, value: &str) {
+    let bytes = value.as_bytes();
+    // Short strings (names, states, roles, commands): checked and copied in one pass, with no
+    // out-of-line copy.
+    if bytes.len() <= 30 {
+        let mut clean = true;
+        put_with::<32>(out, |buf| {
+            buf.set(0, b'"');
+            for (index, &byte) in bytes.iter().enumerate() {
+                if !plain(byte) {
+                    clean = false;
+                    return 0;
+                }
+                buf.set(index + 1, byte);
+            }
+            buf.set(bytes.len() + 1, b'"');
+            bytes.len() + 2
+        });
+        if clean {
+            return;
+        }
+    }
     out.push(b'"');
-    if value
-        .bytes()
-        .all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\')
-    {
-        out.extend_from_slice(value.as_bytes());
+    if bytes.iter().all(|&byte| plain(byte)) {
+        out.extend_from_slice(bytes);
         out.push(b'"');
         return;
     }

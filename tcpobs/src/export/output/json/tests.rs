@@ -21,13 +21,13 @@ fn objects_are_valid_json_with_plain_decimals() {
     let mut line = Line::default();
     let mut object = Object::new(&mut line, "test");
     object
-        .secs("a", Some(70_000))
-        .secs("b", Some(1_500_000_000))
-        .secs("c", Some(0))
-        .secs("d", None)
-        .secs("g", Some(12_000_000_001))
-        .str("e", "quote\" back\\ nl\n ctl\u{1}")
-        .bool("f", true);
+        .secs(key!("a"), Some(70_000))
+        .secs(key!("b"), Some(1_500_000_000))
+        .secs(key!("c"), Some(0))
+        .secs(key!("d"), None)
+        .secs(key!("g"), Some(12_000_000_001))
+        .str(key!("e"), "quote\" back\\ nl\n ctl\u{1}")
+        .bool(key!("f"), true);
     object.end();
     let out = line.as_str();
     assert!(out.ends_with("}\n"));
@@ -40,6 +40,39 @@ fn objects_are_valid_json_with_plain_decimals() {
     assert_eq!(value["type"], "test");
     assert_eq!(value["schema_version"], SCHEMA_VERSION);
     assert_eq!(value["e"], "quote\" back\\ nl\n ctl\u{1}");
+}
+
+/// Numbers and durations as std prints them, for every digit count and the edges.
+#[test]
+fn numbers_match_std() {
+    let mut values: Vec<u64> = (0..1_100).collect();
+    for power in 1..20 {
+        let at = 10u64.pow(power);
+        values.extend([at - 1, at, at + 1, at + at / 3, (at / 3).saturating_mul(7)]);
+    }
+    values.extend([
+        u64::MAX - 1,
+        u64::MAX,
+        1 << 31,
+        1_000_000_007,
+        123_456_789_000,
+    ]);
+    for value in values {
+        let mut out = Vec::new();
+        push_u64(&mut out, value);
+        assert_eq!(String::from_utf8(out).unwrap(), value.to_string());
+        let mut out = Vec::new();
+        push_secs(&mut out, value);
+        let (whole, fraction) = (value / 1_000_000_000, value % 1_000_000_000);
+        let expected = if fraction == 0 {
+            whole.to_string()
+        } else {
+            format!("{whole}.{fraction:09}")
+                .trim_end_matches('0')
+                .to_owned()
+        };
+        assert_eq!(String::from_utf8(out).unwrap(), expected, "{value} ns");
+    }
 }
 
 #[test]
@@ -56,7 +89,9 @@ fn times_in_one_object_match_chrono() {
     let mut line = Line::default();
     let mut object = Object::new(&mut line, "t");
     for (index, unix_ns) in stamps.iter().enumerate() {
-        object.time(&format!("t{index}"), *unix_ns);
+        // A key made at run time, as `key!` makes them from literals.
+        let name: &'static str = Box::leak(format!(",\"t{index}\":").into_boxed_str());
+        object.time(Key::new(name), *unix_ns);
     }
     object.end();
     let out = line.as_str();
@@ -81,7 +116,7 @@ fn times_match_chrono() {
     ] {
         let mut line = Line::default();
         let mut object = Object::new(&mut line, "t");
-        object.time("at", unix_ns);
+        object.time(key!("at"), unix_ns);
         object.end();
         let out = line.as_str();
         let value: serde_json::Value = serde_json::from_str(out).unwrap();
@@ -98,7 +133,7 @@ fn addresses_print_as_std_does() {
         let ip: IpAddr = ip.parse().unwrap();
         let mut line = Line::default();
         let mut object = Object::new(&mut line, "t");
-        object.ip("ip", ip);
+        object.ip(key!("ip"), ip);
         object.end();
         let out = line.as_str();
         assert!(out.contains(&format!("\"ip\":\"{ip}\"")), "{out}");
@@ -246,6 +281,7 @@ fn every_event_is_pinned_byte_for_byte() {
         request_bytes: 10,
         response_bytes: 20,
         close_originator: Some(CloseOriginator::Client),
+        folded: false,
     };
     let anomaly_record = AnomalyRecord {
         conn_id: 7,

@@ -1,0 +1,155 @@
+//! What tcpobs's kernel programs cost, from the kernel's own program statistics: run count
+//! and run time of each program a process holds (`/proc/PID/fdinfo`, with
+//! `kernel.bpf_stats_enabled` on while measuring), named through the BPF syscall.
+//!
+//! The statistics add their own clock reads to every run (about 30-50 ns here), so the
+//! figures are an upper bound; they are not taken during the runs whose throughput is
+//! compared.
+
+use std::{collections::BTreeMap, fs};
+
+use anyhow::{Context as _, Result};
+
+const STATS_SYSCTL: &str = "/proc/sys/kernel/bpf_stats_enabled";
+
+/// `kernel.bpf_stats_enabled` on while this lives (restored on drop).
+pub struct StatsEnabled {
+    before: String,
+}
+
+impl StatsEnabled {
+    pub fn new() -> Result<Self> {
+        let before =
+            fs::read_to_string(STATS_SYSCTL).context("reading kernel.bpf_stats_enabled")?;
+        fs::write(STATS_SYSCTL, "1").context("enabling kernel.bpf_stats_enabled")?;
+        Ok(Self { before })
+    }
+}
+
+impl Drop for StatsEnabled {
+    fn drop(&mut self) {
+        let _ = fs::write(STATS_SYSCTL, self.before.trim());
+    }
+}
+
+/// Run count and total run time (ns) by program name, for the programs `pid` holds.
+pub type Snapshot = BTreeMap<String, (u64, u64)>;
+
+pub fn snapshot(pid: u32) -> Result<Snapshot> {
+    let mut programs = Snapshot::new();
+    for entry in fs::read_dir(format!("/proc/{pid}/fdinfo"))? {
+        let Ok(info) = fs::read_to_string(entry?.path()) else {
+            continue;
+        };
+        let field = |name: &str| -> Option<u64> {
+            info.lines()
+                .find_map(|line| line.strip_prefix(name))
+                .and_then(|value| value.trim_start_matches(':').trim().parse().ok())
+        };
+        // Links name their program too: only program file descriptors have run counts.
+        let (Some(id), Some(time), Some(count)) =
+            (field("prog_id"), field("run_time_ns"), field("run_cnt"))
+        else {
+            continue;
+        };
+        let name = program_name(id as u32).unwrap_or_else(|_| format!("program {id}"));
+        let slot = programs.entry(name).or_default();
+        slot.0 += count;
+        slot.1 += time;
+    }
+    Ok(programs)
+}
+
+/// One program's cost over a run: runs and ns per run.
+pub struct Cost {
+    pub name: String,
+    pub runs: u64,
+    pub ns_per_run: f64,
+}
+
+/// What ran between two snapshots, busiest first.
+pub fn costs(before: &Snapshot, after: &Snapshot) -> Vec<Cost> {
+    let mut costs: Vec<Cost> = after
+        .iter()
+        .filter_map(|(name, &(count, time))| {
+            let (count_before, time_before) = before.get(name).copied().unwrap_or_default();
+            let runs = count.saturating_sub(count_before);
+            (runs > 0).then(|| Cost {
+                name: name.clone(),
+                runs,
+                ns_per_run: time.saturating_sub(time_before) as f64 / runs as f64,
+            })
+        })
+        .collect();
+    costs.sort_by(|a, b| (b.runs as f64 * b.ns_per_run).total_cmp(&(a.runs as f64 * a.ns_per_run)));
+    costs
+}
+
+/// `bpf(2)` commands and the offset of `name` in `struct bpf_prog_info` (stable UAPI).
+const BPF_PROG_GET_FD_BY_ID: libc::c_long = 13;
+const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+const INFO_NAME: usize = 64;
+
+/// A loaded program's name (`struct bpf_prog_info::name`).
+fn program_name(id: u32) -> Result<String> {
+    // union bpf_attr for BPF_PROG_GET_FD_BY_ID: prog_id, next_id, open_flags.
+    let mut attr = [0u8; 128];
+    attr[..4].copy_from_slice(&id.to_ne_bytes());
+    // SAFETY: the bpf syscall reads `size` bytes of a valid, zeroed attribute union.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_PROG_GET_FD_BY_ID,
+            attr.as_ptr(),
+            attr.len() as u32,
+        )
+    };
+    if fd < 0 {
+        anyhow::bail!("program {id}: {}", std::io::Error::last_os_error());
+    }
+    let mut info = [0u8; INFO_NAME + 16];
+    // union bpf_attr for BPF_OBJ_GET_INFO_BY_FD: bpf_fd, info_len, info (pointer).
+    let mut attr = [0u8; 128];
+    attr[..4].copy_from_slice(&(fd as u32).to_ne_bytes());
+    attr[4..8].copy_from_slice(&(info.len() as u32).to_ne_bytes());
+    attr[8..16].copy_from_slice(&(info.as_mut_ptr() as u64).to_ne_bytes());
+    // SAFETY: as above; the kernel writes at most `info_len` bytes into `info`.
+    let result = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_GET_INFO_BY_FD,
+            attr.as_ptr(),
+            attr.len() as u32,
+        )
+    };
+    let error = std::io::Error::last_os_error();
+    // SAFETY: closing the descriptor the kernel just gave us.
+    unsafe { libc::close(fd as i32) };
+    if result < 0 {
+        anyhow::bail!("program {id}: {error}");
+    }
+    let name = &info[INFO_NAME..];
+    let end = name.iter().position(|&b| b == 0).unwrap_or(name.len());
+    Ok(String::from_utf8_lossy(&name[..end]).into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn costs_are_the_growth_busiest_first() {
+        let before = Snapshot::from([("a".to_owned(), (10, 1_000)), ("b".to_owned(), (0, 0))]);
+        let after = Snapshot::from([
+            ("a".to_owned(), (20, 3_000)),
+            ("b".to_owned(), (100, 5_000)),
+            ("c".to_owned(), (0, 0)),
+        ]);
+        let costs = costs(&before, &after);
+        let got: Vec<(&str, u64, f64)> = costs
+            .iter()
+            .map(|c| (c.name.as_str(), c.runs, c.ns_per_run))
+            .collect();
+        assert_eq!(got, [("b", 100, 50.0), ("a", 10, 200.0)]);
+    }
+}
