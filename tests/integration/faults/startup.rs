@@ -286,14 +286,39 @@ fn without_tracefs_classic_tracepoints_name_it_and_tp_btf_needs_none() {
     // tp_btf programs need no tracefs.
     let (code, stdout, stderr) = without_tracefs(Some("-all,+bpf,+perfmon"), &[]);
     assert_eq!(code, Some(0), "{stderr}");
-    assert_eq!(
-        stdout
-            .lines()
-            .filter(|l| l.starts_with("family=") && l.contains("strategy="))
-            .count(),
-        7,
-        "every kernel family: {stdout}"
-    );
+    let families: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.starts_with("family=") && l.contains("strategy="))
+        .collect();
+    for family in [
+        "data",
+        "resets",
+        "retransmits",
+        "drops",
+        "close",
+        "errors",
+        "connect",
+        "state",
+    ] {
+        assert!(
+            families.iter().any(|l| {
+                l.starts_with(&format!("family={family} strategy=tracepoint programs="))
+            }),
+            "the {family} family attached without tracefs: {stdout}"
+        );
+    }
+    // The optional families whose hooks here are a system call tracepoint (accept, which
+    // needs tracefs) or fentry/kprobes (probes) are named, and where missing, with why.
+    for family in ["accept", "probes"] {
+        assert!(
+            families.iter().any(|l| {
+                l.starts_with(&format!("family={family} strategy="))
+                    && (!l.contains("strategy=none") || l.contains("why=\"cannot attach"))
+            }),
+            "the {family} family: {stdout}"
+        );
+    }
+    assert_eq!(families.len(), 10, "every kernel family: {stdout}");
     // With the right to, tcpobs mounts tracefs itself (in its own mount namespace here).
     let (code, stdout, stderr) = without_tracefs(None, &["--tracepoints", "classic"]);
     assert_eq!(code, Some(0), "{stderr}");
