@@ -109,16 +109,6 @@ pub enum EventSelection {
     None,
 }
 
-impl EventSelection {
-    /// Whether the outputs need a record of every exchange from the kernel: for `exchange`
-    /// events, or because an output always does (`otlp_needs`:
-    /// [`OtlpSettings::needs_exchange_records`](super::otlp::OtlpSettings::needs_exchange_records),
-    /// a span per exchange). Runtime: it follows `events`.
-    pub fn needs_exchange_records(self, otlp_needs: bool) -> bool {
-        self == Self::Exchanges || otlp_needs
-    }
-}
-
 /// Sampling of the event output: per second, the first `first` events, then every
 /// `thereafter`-th.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

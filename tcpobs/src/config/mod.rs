@@ -326,7 +326,7 @@ mod tests {
         ])
         .unwrap()
         .otlp;
-        assert!(otlp.enabled() && otlp.needs_exchange_records());
+        assert!(otlp.enabled());
         assert_eq!(
             settings.live.thresholds,
             Thresholds {

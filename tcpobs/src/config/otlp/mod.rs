@@ -174,14 +174,6 @@ impl OtlpSettings {
         self.targets.iter().any(Option::is_some)
     }
 
-    /// Whether OTLP export needs a record of every exchange from the kernel: traces have a
-    /// span per exchange (the first 15 and the last of each connection). Exchange log records
-    /// follow the `events` selection, as the JSON output does
-    /// ([`EventSelection::needs_exchange_records`](super::live::EventSelection::needs_exchange_records)).
-    pub fn needs_exchange_records(&self) -> bool {
-        self.target(Signal::Traces).is_some()
-    }
-
     /// For `GET /config`: where each signal goes (headers are left out: they may hold
     /// credentials).
     pub(crate) fn describe(&self) -> Value {

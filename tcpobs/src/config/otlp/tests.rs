@@ -27,7 +27,6 @@ fn place(target: Option<&Target>) -> Option<(&str, &str, Protocol)> {
 fn off_without_an_endpoint() {
     let settings = resolve_with(&OtlpFlags::default(), &[]).unwrap();
     assert!(!settings.enabled());
-    assert!(!settings.needs_exchange_records());
     assert_eq!(settings.describe(), Value::Null);
 }
 
@@ -59,7 +58,6 @@ fn http_endpoints_follow_the_specification_s_path_rules() {
         Some(("m.example:80", "/", Protocol::HttpProtobuf)),
         "no path: the root; no port: http's"
     );
-    assert!(settings.needs_exchange_records());
 }
 
 #[test]
@@ -173,7 +171,6 @@ fn signals_can_be_turned_off() {
     .unwrap();
     assert_eq!(settings.target(Signal::Traces), None);
     assert!(settings.target(Signal::Logs).is_some());
-    assert!(!settings.needs_exchange_records());
     let off = resolve_with(
         &flags(Some("http://c:4318")),
         &[("OTEL_SDK_DISABLED", "true")],
@@ -313,7 +310,6 @@ fn the_flags_come_from_the_config_file_too() {
         ))
     );
     assert_eq!(settings.target(Signal::Traces), None);
-    assert!(!settings.needs_exchange_records());
 }
 
 #[test]
