@@ -378,13 +378,14 @@ async fn connections(
 #[cfg(test)]
 mod tests {
     use axum::body::{Body, to_bytes};
-    use tcpobs_common::{EventHeader, OpenEvent, kind, role, tcp_state};
+    use tcpobs_common::{EventHeader, OpenEvent, SockRecord, kind, role, tcp_state};
     use tower::ServiceExt as _;
 
     use super::*;
     use crate::{
         config::live::{EventSelection, Filters, LiveSettings, Thresholds},
         kernel::decode::KernelEvent,
+        tracker::KernelTable,
     };
 
     fn state() -> AppState {
@@ -563,6 +564,71 @@ mod tests {
             assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}: {body}");
             assert!(body.contains("error"), "{body}");
         }
+    }
+
+    /// Bytes, exchanges and the last data come from the kernel's record of each socket (of the
+    /// same generation), and `min_idle_s` goes by its last data.
+    #[tokio::test]
+    async fn connections_show_what_the_kernel_record_knows() {
+        let state = state();
+        let later = u64::MAX / 2;
+        let ping_pong = move |start_ns: u64| {
+            let burst = move |dir: u8| tcpobs_common::Burst {
+                first_ns: later,
+                last_ns: later,
+                bytes: 4,
+                calls: 1,
+                dir,
+                _pad: [0; 3],
+            };
+            SockRecord {
+                start_ns,
+                bytes_sent: 4,
+                bytes_recv: 4,
+                role: role::CLIENT,
+                state: tcp_state::ESTABLISHED,
+                held: burst(tcpobs_common::direction::OUT),
+                burst: burst(tcpobs_common::direction::IN),
+                ..SockRecord::default()
+            }
+        };
+        // Socket 1's record is its own; socket 2's belongs to a newer connection.
+        lock(&state.tracker).set_kernel_table(Some(KernelTable::new(move |sock| {
+            Some(ping_pong(if sock == 1 { 1 } else { 99 }))
+        })));
+        let (_, _, body) = call(&state, "GET", "/connections", "").await;
+        let all: Value = serde_json::from_str(&body).unwrap();
+        let counts: Vec<_> = all["connections"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| {
+                (
+                    c["bytes_sent"].clone(),
+                    c["bytes_received"].clone(),
+                    c["exchanges"].clone(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            counts,
+            [
+                (json!(4), json!(4), json!(1)),
+                (json!(0), json!(0), json!(0))
+            ],
+            "{body}"
+        );
+        // Socket 1's response is still coming (its last data later than now): never idle.
+        assert_eq!(all["connections"][0]["idle_s"], 0.0, "{body}");
+        let (_, _, body) = call(&state, "GET", "/connections?min_idle_s=0.000001", "").await;
+        let idle: Value = serde_json::from_str(&body).unwrap();
+        let ids: Vec<_> = idle["connections"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["id"].as_u64().unwrap())
+            .collect();
+        assert!(!ids.contains(&1), "{body}");
     }
 
     #[tokio::test]
