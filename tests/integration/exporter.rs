@@ -244,6 +244,141 @@ fn close_wait_leaks_and_idle_connections_are_flagged() {
     drop((leaked, idle_client, idle_server));
 }
 
+/// One ping/pong, then 6 s of silence, with a 2 s idle threshold and the default 30 s no-data
+/// one (issue 15 §3). The kernel folds the exchange and sends no event for it, so only its
+/// record knows the data: the idle anomaly comes from it, 2 s after the pong rather than after
+/// the no-data threshold, and the live table shows the bytes and the exchange of both ends,
+/// as their connection events do at the close.
+#[test]
+fn an_idle_connection_is_flagged_and_listed_from_the_kernel_record() {
+    let ip = private_loopback();
+    let (listener, addr) = listen(&format!("{ip}:0"));
+    let port = addr.port();
+    let daemon = Daemon::start(&[
+        "--port",
+        &port.to_string(),
+        "--cidr",
+        &format!("{ip}/32"),
+        "--threshold-idle",
+        "2s",
+    ]);
+    let mut client = TcpStream::connect(addr).unwrap();
+    let (mut server, _) = listener.accept().unwrap();
+    write_all(&mut client, b"ping");
+    assert_eq!(read_n(&mut server, 4), b"ping");
+    write_all(&mut server, b"pong");
+    assert_eq!(read_n(&mut client, 4), b"pong");
+    let idle_since = Instant::now();
+    let ours = |e: &&Value| e["local_port"] == port || e["remote_port"] == port;
+
+    let events = daemon.wait_events("an idle anomaly for both ends", |events| {
+        events
+            .iter()
+            .filter(ours)
+            .filter(|e| e["type"] == "anomaly" && e["phase"] == "idle")
+            .count()
+            == 2
+    });
+    let anomalies: Vec<&Value> = events
+        .iter()
+        .filter(ours)
+        .filter(|e| e["type"] == "anomaly")
+        .collect();
+    assert_eq!(
+        anomalies.len(),
+        2,
+        "idle only, once per end: {anomalies:#?}"
+    );
+    let mut roles: Vec<&str> = anomalies
+        .iter()
+        .map(|e| e["role"].as_str().unwrap())
+        .collect();
+    roles.sort_unstable();
+    assert_eq!(roles, ["client", "server"]);
+    for idle in &anomalies {
+        assert_eq!(idle["state"], "ESTABLISHED", "{idle}");
+        assert_eq!(idle["threshold_s"], 2.0, "{idle}");
+        // Idle since the pong (kernel timestamps): flagged on a sweep (1 s apart) after the
+        // idle threshold passed, not after the no-data threshold.
+        let age = idle["age_s"].as_f64().unwrap();
+        assert!((2.0..30.0).contains(&age), "age_s {age}: {idle}");
+    }
+
+    // During the silence, the live table: 4 bytes each way and one exchange for both ends.
+    let (status, body) = daemon.api("GET", &format!("/connections?port={port}"), None, None);
+    assert_eq!(status, 200, "{body}");
+    let table: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(table["total"], 2, "{body}");
+    let live: Vec<(String, u64, u64, u64, Value)> = table["connections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["role"].as_str().unwrap().to_owned(),
+                c["bytes_sent"].as_u64().unwrap(),
+                c["bytes_received"].as_u64().unwrap(),
+                c["exchanges"].as_u64().unwrap(),
+                c["stuck"].clone(),
+            )
+        })
+        .collect();
+    let mut live = live;
+    live.sort_by(|a, b| a.0.cmp(&b.0));
+    let idle_stuck = serde_json::json!(["idle"]);
+    assert_eq!(
+        live,
+        [
+            ("client".to_owned(), 4, 4, 1, idle_stuck.clone()),
+            ("server".to_owned(), 4, 4, 1, idle_stuck),
+        ],
+        "{body}"
+    );
+    for c in table["connections"].as_array().unwrap() {
+        // Idle since the pong, not since the connection opened: the kernel's last data.
+        let (idle_s, age_s) = (c["idle_s"].as_f64().unwrap(), c["age_s"].as_f64().unwrap());
+        assert!(idle_s >= 2.0 && idle_s <= age_s, "{c}");
+    }
+    // Only connections quiet that long.
+    let (_, body) = daemon.api(
+        "GET",
+        &format!("/connections?port={port}&min_idle_s=3600"),
+        None,
+        None,
+    );
+    let none: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(none["total"], 0, "{body}");
+
+    // The rest of the 6 s of silence, then the close: the connection events say the same.
+    thread::sleep(Duration::from_secs(6).saturating_sub(idle_since.elapsed()));
+    drop((client, server));
+    let events = daemon.wait_events("both connection events", |events| {
+        events
+            .iter()
+            .filter(ours)
+            .filter(|e| e["type"] == "connection")
+            .count()
+            == 2
+    });
+    for closed in events
+        .iter()
+        .filter(ours)
+        .filter(|e| e["type"] == "connection")
+    {
+        assert_eq!(
+            (
+                &closed["bytes_sent"],
+                &closed["bytes_received"],
+                &closed["exchanges"]
+            ),
+            (&Value::from(4), &Value::from(4), &Value::from(1)),
+            "{closed}"
+        );
+    }
+    let (code, _) = daemon.terminate();
+    assert_eq!(code, Some(0));
+}
+
 #[test]
 fn the_http_port_in_use_is_an_error() {
     let (_taken, addr) = listen("127.0.0.1:0");

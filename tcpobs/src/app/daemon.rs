@@ -36,11 +36,11 @@ use crate::{
         reader::{KernelStats, Reader, ReaderStats},
         report::{FamilyAttach, take_map},
     },
-    model::{Process, Record, Stuck},
+    model::{Record, Stuck},
     sync::lock,
     tracker::{
-        KernelFacts, KernelView, Listening, StallViews, StuckThresholds, SweepReport, Tracker,
-        TrackerStats, classify,
+        KernelFacts, KernelTable, KernelView, Listening, StallViews, StuckThresholds, SweepReport,
+        Tracker, TrackerStats, classify,
     },
 };
 
@@ -81,8 +81,9 @@ pub struct Timing {
 pub struct Tracer {
     loaded: Loaded,
     reader: Reader,
-    /// The kernel's socket table, for the hang detector's checks.
-    sockets: HashMap<MapData, u64, SockRecord>,
+    /// The kernel's socket table, for the hang detector's checks (and the live view's, through
+    /// the tracker).
+    sockets: Arc<HashMap<MapData, u64, SockRecord>>,
     tracker: Arc<Mutex<Tracker>>,
     health: Arc<Mutex<Health>>,
     metrics: Option<Metrics>,
@@ -120,7 +121,11 @@ impl Tracer {
         // SAFETY: malloc_trim only releases free memory; it has no preconditions.
         unsafe { libc::malloc_trim(0) };
         let reader = Reader::new(&mut loaded.ebpf)?;
-        let sockets = take_map(&mut loaded.ebpf, names::SOCKETS_MAP)?;
+        let sockets: Arc<HashMap<MapData, u64, SockRecord>> =
+            Arc::new(take_map(&mut loaded.ebpf, names::SOCKETS_MAP)?);
+        let table = Arc::clone(&sockets);
+        lock(&tracker)
+            .set_kernel_table(Some(KernelTable::new(move |sock| table.get(&sock, 0).ok())));
         lock(&tracker).set_kernel_facts(KernelFacts {
             hz: loaded.sampler.as_ref().map_or(0, |sampler| sampler.hz),
             probes: loaded
@@ -253,15 +258,7 @@ impl Tracer {
         let (stalls, listening) = self.read_live(now, thresholds);
         self.read_folds();
         let sockets = &self.sockets;
-        let lookup = |sock: u64| {
-            sockets.get(&sock, 0).ok().map(|record| KernelView {
-                start_ns: record.start_ns,
-                last_data_ns: record.burst.last_ns,
-                bytes: record.bytes_sent + record.bytes_recv,
-                state: record.state,
-                process: Process::from_kernel(&record.task),
-            })
-        };
+        let lookup = |sock: u64| sockets.get(&sock, 0).ok().map(|rec| KernelView::of(&rec));
         let (mut report, listeners) = {
             let mut tracker = lock(&self.tracker);
             let report = tracker.sweep_with(now, thresholds, lookup, &stalls, &mut self.records);
@@ -416,6 +413,7 @@ impl Tracer {
             let sockets = &self.sockets;
             let lookup = |sock: u64| sockets.get(&sock, 0).ok();
             tracker.flush(monotonic_now_ns(), lookup, records);
+            tracker.set_kernel_table(None);
         }
         Self::dispatch(&mut self.records, self.metrics.as_ref(), sink)?;
         sink.flush()?;

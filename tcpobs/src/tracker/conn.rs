@@ -9,7 +9,7 @@ use tcpobs_common::{CloseEvent, FLAG_PARTIAL, OpenEvent, SockRecord, Task, tcp_s
 use super::{
     KernelFacts,
     close::{close_of, connect_failure_of, diagnosis_of, retransmits_of},
-    exchange::ExchangeEnd,
+    exchange::{ExchangeEnd, Pending, last_data_ns},
 };
 use crate::model::{
     Addrs, Comm, ConnectionRecord, Diagnosis, PartialReason, Process, Record, Role, Stuck,
@@ -59,6 +59,20 @@ pub(crate) struct Conn {
     /// The stall check's last word: [`STALL_IDLE`] when a sample found nothing in flight, so
     /// that it is not sampled again until it moves data.
     pub(super) stall_check: u8,
+}
+
+/// What the live table (`GET /connections`) shows of a connection's traffic: the tracker's
+/// view brought up to date with the kernel's record, which has every byte and exchange so far
+/// (the tracker hears of them from exchange events only while every exchange is wanted).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct LiveView {
+    /// Exchanges so far, the one in progress included (what the connection event would say
+    /// if it closed now).
+    pub exchanges: u32,
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+    /// Last data (or lifecycle event) known (ns).
+    pub last_activity_ns: u64,
 }
 
 /// `Conn::stall_check`: not sampled since it last moved data.
@@ -161,16 +175,29 @@ impl Conn {
         self.partial.is_some()
     }
 
-    pub(crate) fn exchanges(&self) -> u32 {
-        self.exchanges
-    }
-
-    pub(crate) fn bytes(&self) -> (u64, u64) {
-        (self.bytes_sent, self.bytes_received)
-    }
-
     pub(crate) fn last_activity_ns(&self) -> u64 {
         self.last_activity_ns
+    }
+
+    /// The live view of this connection, with the kernel's record of its socket if there is
+    /// one (a record of another generation is ignored). Exchanges count as at the close: the
+    /// kernel's completed ones, and the one in progress if any.
+    pub(crate) fn live_view(&self, rec: Option<&SockRecord>) -> LiveView {
+        let mut view = LiveView {
+            exchanges: self.exchanges,
+            bytes_sent: self.bytes_sent,
+            bytes_received: self.bytes_received,
+            last_activity_ns: self.last_activity_ns,
+        };
+        if let Some(rec) = rec.filter(|rec| rec.start_ns == self.start_ns) {
+            let in_progress = !Pending::in_progress(rec, self.role).is_empty();
+            let exchanges = rec.exchanges.count.saturating_add(u32::from(in_progress));
+            view.exchanges = view.exchanges.max(exchanges);
+            view.bytes_sent = view.bytes_sent.max(rec.bytes_sent);
+            view.bytes_received = view.bytes_received.max(rec.bytes_recv);
+            view.last_activity_ns = view.last_activity_ns.max(last_data_ns(rec));
+        }
+        view
     }
 
     /// How the hang detector has found it stuck.

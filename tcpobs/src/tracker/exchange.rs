@@ -51,7 +51,7 @@ pub(super) struct Pending {
 impl Pending {
     /// The exchange in progress in a kernel record: its held request and the burst in
     /// progress, whichever way that one goes. Empty for a socket of unknown role.
-    fn in_progress(rec: &SockRecord, role: Role) -> Self {
+    pub(super) fn in_progress(rec: &SockRecord, role: Role) -> Self {
         let requests = match role {
             Role::Client => direction::OUT,
             Role::Server => direction::IN,
@@ -84,7 +84,7 @@ impl Pending {
         }
     }
 
-    fn is_empty(&self) -> bool {
+    pub(super) fn is_empty(&self) -> bool {
         self.request.is_none() && self.response.is_none()
     }
 
@@ -99,6 +99,17 @@ impl Pending {
             .or(self.request)
             .map_or(0, |span| span.last_ns)
     }
+}
+
+/// The last data a kernel record knows of (ns): the end of the burst in progress, or of the
+/// request it holds; 0 if neither.
+pub(super) fn last_data_ns(rec: &SockRecord) -> u64 {
+    [&rec.held, &rec.burst]
+        .into_iter()
+        .filter(|burst| burst.dir != direction::NONE)
+        .map(|burst| span_of(burst).1)
+        .max()
+        .unwrap_or(0)
 }
 
 /// How an exchange ended: the next request started, or the connection closed/was flushed.

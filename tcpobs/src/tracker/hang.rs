@@ -20,10 +20,14 @@
 //! reading that finds data moving vetoes `idle` and `no_data` (a long write in progress).
 //! Listening sockets (`accept_queue_full`) are watched apart, in `listeners`.
 //!
-//! The tracker only learns of data when a burst ends, and of the brief teardown states
-//! (`FIN_WAIT1`, `LAST_ACK`, `CLOSING`) not at all, so a connection that *looks* stuck is
-//! checked against the kernel's own record (one map lookup, through the caller's `lookup`)
-//! before it is flagged: the record has the data in progress and the current state.
+//! The tracker learns of data only from exchange events (sent while every exchange is wanted,
+//! and only when the next request ends an exchange; by default the kernel folds them and sends
+//! none), and of the brief teardown states (`FIN_WAIT1`, `LAST_ACK`, `CLOSING`) not at all, so
+//! a connection that *looks* stuck, or that has no data the tracker knows of and has been quiet
+//! for the idle threshold, is checked against the kernel's own record (one map lookup, through
+//! the caller's `lookup`) before it is flagged: the record has the bytes moved, the last data
+//! and the current state. An idle connection is thus flagged one idle threshold after its last
+//! data, without waiting for the no-data threshold.
 //! Already-flagged connections are re-checked on a slow rotation, so a host with many zombies
 //! costs a bounded number of lookups per sweep. Each
 //! connection is reported once per way of being stuck ([`Record::Anomaly`]); the report also
@@ -34,11 +38,12 @@
 //! newer connection, on two audits in a row was lost (its close event dropped from a full ring
 //! buffer, or its record evicted from a full table) and is reported partial (`lost`).
 
-use tcpobs_common::tcp_state;
+use tcpobs_common::{SockRecord, tcp_state};
 
 use super::{
     Conn, Tracker,
     conn::{STALL_IDLE, STALL_UNKNOWN},
+    exchange::last_data_ns,
     stalls::{StallView, StallViews},
 };
 use crate::model::{AnomalyRecord, Process, Record, Stuck};
@@ -92,6 +97,19 @@ pub(crate) struct KernelView {
     pub state: u8,
     /// The process the record names (first seen in process context), if any.
     pub process: Option<Process>,
+}
+
+impl KernelView {
+    /// What the hang detector takes of the kernel's record of a socket.
+    pub(crate) fn of(rec: &SockRecord) -> Self {
+        Self {
+            start_ns: rec.start_ns,
+            last_data_ns: last_data_ns(rec),
+            bytes: rec.bytes_sent.saturating_add(rec.bytes_recv),
+            state: rec.state,
+            process: Process::from_kernel(&rec.task),
+        }
+    }
 }
 
 /// Result of one sweep.
@@ -156,6 +174,19 @@ impl Conn {
         };
         let threshold = thresholds.of(stuck);
         (threshold != 0 && now.saturating_sub(since) >= threshold).then_some((stuck, since))
+    }
+
+    /// Whether the kernel's record may have this connection idle while the tracker's view
+    /// cannot tell: established, no data known to the tracker, and quiet for the idle
+    /// threshold since its last known activity. The kernel folds exchanges without sending
+    /// them (unless every exchange is wanted), so the data of a connection reaches the tracker
+    /// only through its record (read here) or at its close.
+    fn maybe_idle(&self, now: u64, thresholds: &StuckThresholds, stall: Option<StallView>) -> bool {
+        self.state == tcp_state::ESTABLISHED
+            && !self.saw_data
+            && thresholds.idle_ns != 0
+            && stall != Some(StallView::Moving)
+            && now.saturating_sub(self.last_activity_ns) >= thresholds.idle_ns
     }
 
     /// Whether the stall check should read this connection's TCP state now.
@@ -228,10 +259,18 @@ impl Tracker {
             }
             let mut candidate = conn.candidate(now, thresholds, stall);
             let audit = (conn.id + sweep).is_multiple_of(AUDIT_EVERY);
+            // What the kernel's record is read for, besides the audit: a connection that
+            // looks stuck (not yet reported that way, or on the slow rotation), or that may be
+            // idle by the record's data ([`Conn::maybe_idle`]). Each read is one map lookup
+            // (about 1 µs). A connection moving data is read at most once per idle threshold
+            // (each read moves its last activity forward); one without data, once per sweep
+            // between the idle and the no-data thresholds, then on the rotation. At worst every
+            // connection once per sweep: 10k connections, about 10 ms a sweep (1 s by default).
             let needs_kernel = audit
                 || match candidate {
                     // SYN_SENT is never left silently: the open or the close follows.
-                    Some((Stuck::SynSent, _)) | None => false,
+                    Some((Stuck::SynSent, _)) => false,
+                    None => conn.maybe_idle(now, thresholds, stall),
                     Some(_) => {
                         !conn.stuck.is_some_and(|stuck| conn.flagged.contains(stuck))
                             || (conn.id + sweep).is_multiple_of(RECHECK_EVERY)

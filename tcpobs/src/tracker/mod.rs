@@ -50,7 +50,7 @@ pub(crate) use self::stalls::StallView;
 /// A cheap hasher for integer keys, shared with the container metadata cache.
 pub(crate) use self::table::SockHasher;
 pub(crate) use self::{
-    conn::Conn,
+    conn::{Conn, LiveView},
     hang::{KernelView, StuckThresholds, SweepReport},
     libcalls::DnsCache,
     listeners::{ListenDrop, ListenerReport, ListenerWatch, Listening},
@@ -117,6 +117,25 @@ pub(crate) struct KernelFacts {
     pub probes: bool,
 }
 
+/// Reads the kernel's record of a socket (the daemon's `SOCKETS` map), for the live view.
+pub(crate) struct KernelTable(Box<dyn Fn(u64) -> Option<SockRecord> + Send>);
+
+impl KernelTable {
+    pub(crate) fn new(lookup: impl Fn(u64) -> Option<SockRecord> + Send + 'static) -> Self {
+        Self(Box::new(lookup))
+    }
+
+    fn get(&self, sock: u64) -> Option<SockRecord> {
+        (self.0)(sock)
+    }
+}
+
+impl std::fmt::Debug for KernelTable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("KernelTable")
+    }
+}
+
 /// Live connections and the rules that turn events into records.
 #[derive(Debug, Default)]
 pub(crate) struct Tracker {
@@ -134,6 +153,8 @@ pub(crate) struct Tracker {
     listeners: ListenerWatch,
     /// The kernel folds exchanges into its histograms: exchange events are already counted.
     kernel_folds: bool,
+    /// The kernel's socket table, once loaded (for [`Tracker::live_view`]).
+    kernel: Option<KernelTable>,
 }
 
 impl Tracker {
@@ -151,6 +172,17 @@ impl Tracker {
 
     pub(crate) fn counts(&self) -> &LiveCounts {
         &self.counts
+    }
+
+    /// Where [`Tracker::live_view`] reads the kernel's records (`None`: nowhere).
+    pub(crate) fn set_kernel_table(&mut self, table: Option<KernelTable>) {
+        self.kernel = table;
+    }
+
+    /// The live view of the connection on socket `sock`: one lookup in the kernel's table.
+    pub(crate) fn live_view(&self, sock: u64, conn: &Conn) -> LiveView {
+        let rec = self.kernel.as_ref().and_then(|table| table.get(sock));
+        conn.live_view(rec.as_ref())
     }
 
     /// What the records need to know of the kernel (once loaded).
@@ -186,8 +218,14 @@ impl Tracker {
     }
 
     /// Live connections, in no particular order.
+    #[cfg(test)]
     pub(crate) fn live(&self) -> impl Iterator<Item = &Conn> {
         self.conns.values()
+    }
+
+    /// The live connections with their sockets (the kernel table's keys).
+    pub(crate) fn live_socks(&self) -> impl Iterator<Item = (u64, &Conn)> {
+        self.conns.iter()
     }
 
     fn next_id(&mut self) -> u64 {

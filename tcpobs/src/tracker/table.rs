@@ -111,6 +111,7 @@ impl Table {
     }
 
     /// Every connection, in no particular order.
+    #[cfg(test)]
     pub(super) fn values(&self) -> impl Iterator<Item = &Conn> {
         self.chunks.iter().flatten().flatten()
     }

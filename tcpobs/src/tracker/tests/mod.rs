@@ -14,8 +14,9 @@
 //!
 //! The scenarios are grouped by family: exchanges and who closed (`exchanges`), resets,
 //! refused connects and kernel timeouts (`close`), connections seen only in part and the live
-//! counts (`tracking`), the library calls around connections (`libcalls`), and why a
-//! connection was slow or stuck (`stalls`).
+//! counts (`tracking`), the library calls around connections (`libcalls`), why a
+//! connection was slow or stuck (`stalls`), and what the live table and the hang detector take
+//! from the kernel's record while a connection is open (`live`).
 
 use std::ops::{Deref, DerefMut};
 
@@ -28,6 +29,7 @@ use tcpobs_common::{
 mod close;
 mod exchanges;
 mod libcalls;
+mod live;
 mod stalls;
 mod tracking;
 
