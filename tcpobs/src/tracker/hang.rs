@@ -15,7 +15,7 @@
 //! The last two need the kernel's live TCP state, which no event carries: connections quiet for
 //! longer than the smaller of their thresholds are *stall suspects* ([`Tracker::stall_suspects`]),
 //! the daemon reads them with the sampler and hands the readings in ([`StallView`], made by
-//! [`classify`]). A reading that finds nothing in flight or waiting is an idle connection (a
+//! [`classify`](super::stalls::classify)). A reading that finds nothing in flight or waiting is an idle connection (a
 //! zombie, if it lasts): it is not read again until it moves data, or on the slow rotation. A
 //! reading that finds data moving vetoes `idle` and `no_data` (a long write in progress).
 //! Listening sockets (`accept_queue_full`) are watched apart, in `listeners`.

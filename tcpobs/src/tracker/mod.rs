@@ -3,7 +3,7 @@
 //! It knows nothing of aya, tokio or output formats: [`Tracker::handle`] takes one decoded
 //! event and appends whatever records it completes. Times are the kernel's monotonic
 //! nanoseconds; the caller supplies "now" when it needs one ([`Tracker::flush`],
-//! [`Tracker::sweep`]).
+//! [`Tracker::sweep_with`]).
 //!
 //! # Connection states
 //!

@@ -125,7 +125,7 @@ pub(crate) const NOT_AN_EVENT: u8 = u8::MAX;
 #[derive(Debug, Default)]
 pub(crate) struct Block {
     pub(crate) bytes: Vec<u8>,
-    /// (end offset in `bytes`, [`EventType::index`] or [`NOT_AN_EVENT`]), in order.
+    /// (end offset in `bytes`, [`EventType::index`](crate::export::output::select::EventType::index) or [`NOT_AN_EVENT`]), in order.
     pub(crate) lines: Vec<(u32, u8)>,
 }
 
