@@ -83,6 +83,58 @@ pub fn repo_file(path: &str) -> PathBuf {
         .join(path)
 }
 
+/// Runs a checker script of `tests/deploy/` on `dir` with the PyPI tools `cargo xtask setup`
+/// installs in `target/tools/venv` (xtask's setup::VENV): (success, its report).
+pub fn venv_check(script: &str, dir: &std::path::Path) -> (bool, String) {
+    let python = repo_file("target/tools/venv/bin/python");
+    assert!(
+        python.exists(),
+        "{} missing: run `cargo xtask setup`",
+        python.display()
+    );
+    let output = std::process::Command::new(&python)
+        .arg(repo_file(&format!("tests/deploy/{script}")))
+        .arg(dir)
+        .output()
+        .unwrap();
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.success(), report)
+}
+
+/// `promtool check metrics` on an exposition: `Err` with promtool's complaints.
+pub fn promtool_check_metrics(exposition: &str) -> Result<(), String> {
+    use std::{
+        io::Write as _,
+        process::{Command, Stdio},
+    };
+    let mut promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian package prometheus)");
+    promtool
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(exposition.as_bytes())
+        .unwrap();
+    let checked = promtool.wait_with_output().unwrap();
+    if checked.status.success() {
+        return Ok(());
+    }
+    Err(format!(
+        "{}{}",
+        String::from_utf8_lossy(&checked.stdout),
+        String::from_utf8_lossy(&checked.stderr)
+    ))
+}
+
 /// Load options for the test's ports, with the defaults the daemon uses.
 pub fn options(ports: &[u16]) -> LoadOptions {
     LoadOptions {

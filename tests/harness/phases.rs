@@ -133,6 +133,36 @@ print('ok')
 /// A name the TLS tests resolve through a hosts file of their own.
 pub const TLS_HOST: &str = "phases-tls.example";
 
+/// curl fetches `https://TLS_HOST:port/` (trusting `pki`'s CA) in a mount namespace whose
+/// hosts file resolves [`TLS_HOST`] to 127.0.0.1: its own resolver code around `getaddrinfo`,
+/// a non-blocking socket, `SSL_connect`. Its stdout is the HTTP status.
+pub fn curl_tls_host(scratch: &Scratch, pki: &Pki, port: u16) -> Ran {
+    let url = format!("https://{TLS_HOST}:{port}/");
+    let ca = pki.ca.display().to_string();
+    in_namespace(
+        scratch,
+        &[
+            ("hosts", &format!("127.0.0.1 {TLS_HOST}\n")),
+            ("nsswitch.conf", "hosts: files\n"),
+        ],
+        false,
+        &[
+            "curl",
+            "--silent",
+            "--show-error",
+            "--max-time",
+            "10",
+            "--cacert",
+            &ca,
+            "--output",
+            "/dev/null",
+            "--write-out",
+            "%{http_code}",
+            &url,
+        ],
+    )
+}
+
 /// A certificate authority, a server certificate it signed (for `localhost`, [`TLS_HOST`] and
 /// 127.0.0.1), and an unrelated authority, made with the `openssl` command.
 pub struct Pki {

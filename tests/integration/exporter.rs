@@ -4,7 +4,7 @@
 
 use std::{
     net::TcpStream,
-    process::{Command, Stdio},
+    process::Command,
     thread,
     time::{Duration, Instant},
 };
@@ -133,21 +133,9 @@ fn prometheus_scrapes_what_the_traffic_did() {
     // promtool accepts a real exposition, in the format it reads.
     let (status, classic) = daemon.api("GET", "/metrics", None, Some("text/plain; version=0.0.4"));
     assert_eq!(status, 200);
-    let mut promtool = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("promtool (Debian package prometheus)");
-    std::io::Write::write_all(&mut promtool.stdin.take().unwrap(), classic.as_bytes()).unwrap();
-    let checked = promtool.wait_with_output().unwrap();
-    assert!(
-        checked.status.success(),
-        "promtool check metrics: {}{}",
-        String::from_utf8_lossy(&checked.stdout),
-        String::from_utf8_lossy(&checked.stderr)
-    );
+    if let Err(complaints) = tcpobs_tests::promtool_check_metrics(&classic) {
+        panic!("promtool check metrics: {complaints}");
+    }
     let (code, _) = daemon.terminate();
     assert_eq!(code, Some(0));
 }

@@ -9,30 +9,13 @@
 use std::{fs, path::Path, process::Command};
 
 use serde_json::Value;
-use tcpobs_tests::{closed_port, daemon::Daemon, repo_file};
+use tcpobs_tests::{closed_port, daemon::Daemon, repo_file, venv_check};
 
 const MANIFESTS: &str = "deploy/kubernetes";
 
 /// Runs the checker on `dir`: (success, its report).
 fn check_manifests(dir: &Path) -> (bool, String) {
-    // Where `cargo xtask setup` creates it (xtask's setup::VENV).
-    let python = repo_file("target/tools/venv/bin/python");
-    assert!(
-        python.exists(),
-        "{} missing: run `cargo xtask setup`",
-        python.display()
-    );
-    let output = Command::new(&python)
-        .arg(repo_file("tests/deploy/check_manifests.py"))
-        .arg(dir)
-        .output()
-        .unwrap();
-    let report = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    (output.status.success(), report)
+    venv_check("check_manifests.py", dir)
 }
 
 #[test]

@@ -16,7 +16,7 @@ use tcpobs_tests::{
     daemon::Daemon,
     listen,
     phases::{
-        Pki, Scratch, TLS_HOST, TlsServer, client_of, in_namespace, python_tls_client,
+        Pki, Scratch, TLS_HOST, TlsServer, client_of, curl_tls_host, python_tls_client,
         python_tls_command, timeline_names, tls_records,
     },
 };
@@ -89,30 +89,7 @@ fn curl_resolves_connects_and_handshakes_on_one_timeline() {
     let _server = TlsServer::start(&pki, port, 1, true);
     // curl (its own resolver code around getaddrinfo, a non-blocking socket, SSL_connect):
     // the resolution and the handshake land on its connection.
-    let url = format!("https://{TLS_HOST}:{port}/");
-    let ca = pki.ca.display().to_string();
-    let ran = in_namespace(
-        &scratch,
-        &[
-            ("hosts", &format!("127.0.0.1 {TLS_HOST}\n")),
-            ("nsswitch.conf", "hosts: files\n"),
-        ],
-        false,
-        &[
-            "curl",
-            "--silent",
-            "--show-error",
-            "--max-time",
-            "10",
-            "--cacert",
-            &ca,
-            "--output",
-            "/dev/null",
-            "--write-out",
-            "%{http_code}",
-            &url,
-        ],
-    );
+    let ran = curl_tls_host(&scratch, &pki, port);
     assert_eq!(ran.stdout(), "200", "{:?}", ran.output);
     let (handshake, client) = capture.wait_for("curl's handshake and connection", |records| {
         let handshake = tls_records(records, ran.pid).into_iter().next()?;

@@ -13,7 +13,7 @@ use std::{
     io::Read as _,
     net::TcpStream,
     path::{Path, PathBuf},
-    process::{Command, Stdio},
+    process::Command,
     thread,
     time::{Duration, Instant},
 };
@@ -357,21 +357,9 @@ fn curl_gets_what_promtool_reads() {
         !body.contains("# EOF") && body.contains("# TYPE tcpobs_build_info gauge"),
         "{body}"
     );
-    let mut promtool = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("promtool (Debian package prometheus)");
-    std::io::Write::write_all(&mut promtool.stdin.take().unwrap(), body.as_bytes()).unwrap();
-    let checked = promtool.wait_with_output().unwrap();
-    assert!(
-        checked.status.success(),
-        "curl /metrics | promtool check metrics: {}{}",
-        String::from_utf8_lossy(&checked.stdout),
-        String::from_utf8_lossy(&checked.stderr)
-    );
+    if let Err(complaints) = tcpobs_tests::promtool_check_metrics(&body) {
+        panic!("curl /metrics | promtool check metrics: {complaints}");
+    }
     let prometheus = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;\
                       version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
     let (_, body) = daemon.api("GET", "/metrics", None, Some(prometheus));

@@ -24,7 +24,7 @@ use tcpobs_tests::{
     listen,
     nginx::{BODY, Nginx, curl},
     otlp::{Kind, Received, Receiver, attribute, event_micros, event_nanos, nanos},
-    phases::{Pki, Scratch, TLS_HOST, TlsServer, in_namespace, python_tls_client},
+    phases::{Pki, Scratch, TLS_HOST, TlsServer, curl_tls_host, python_tls_client},
 };
 
 const NODE: &str = "otlp-test-node";
@@ -429,30 +429,7 @@ fn a_tls_handshake_with_a_dns_name_over_grpc() {
     let _server = TlsServer::start(&pki, port, 2, true);
     let receiver = Receiver::start(Kind::Sink);
     let daemon = start_daemon(&receiver, "grpc", &["--port", &port.to_string()], &[]);
-    let url = format!("https://{TLS_HOST}:{port}/");
-    let ca = pki.ca.display().to_string();
-    let ran = in_namespace(
-        &scratch,
-        &[
-            ("hosts", &format!("127.0.0.1 {TLS_HOST}\n")),
-            ("nsswitch.conf", "hosts: files\n"),
-        ],
-        false,
-        &[
-            "curl",
-            "--silent",
-            "--show-error",
-            "--max-time",
-            "10",
-            "--cacert",
-            &ca,
-            "--output",
-            "/dev/null",
-            "--write-out",
-            "%{http_code}",
-            &url,
-        ],
-    );
+    let ran = curl_tls_host(&scratch, &pki, port);
     assert_eq!(ran.stdout(), "200", "{:?}", ran.output);
     let refused = python_tls_client(port, &pki.other_ca);
     assert_eq!(

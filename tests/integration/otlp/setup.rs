@@ -63,17 +63,7 @@ fn bad_otlp_settings_exit_2_naming_the_setting() {
 
 /// Runs `tests/deploy/check_overlay.py` on `dir`: (success, its report).
 fn check_overlay(dir: &std::path::Path) -> (bool, String) {
-    let output = Command::new(repo_file("target/tools/venv/bin/python"))
-        .arg(repo_file("tests/deploy/check_overlay.py"))
-        .arg(dir)
-        .output()
-        .unwrap();
-    let report = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    (output.status.success(), report)
+    tcpobs_tests::venv_check("check_overlay.py", dir)
 }
 
 /// The DaemonSet's OTLP variant: the overlay validates against the Kubernetes schemas with
