@@ -134,6 +134,8 @@ pub(crate) struct Tracker {
     listeners: ListenerWatch,
     /// The kernel folds exchanges into its histograms: exchange events are already counted.
     kernel_folds: bool,
+    /// Sweeps left that audit every live connection ([`Tracker::audit_all`]).
+    audit_all: u8,
 }
 
 impl Tracker {
