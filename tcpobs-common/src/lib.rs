@@ -498,6 +498,16 @@ mod tests {
     use super::*;
 
     #[test]
+    fn per_role_counters_fit_the_stats_map() {
+        assert_eq!(stat::by_role(stat::CLOSE_UNSEEN, role::UNKNOWN), 4);
+        assert_eq!(stat::by_role(stat::CLOSE_UNSEEN, role::SERVER), 6);
+        assert_eq!(stat::by_role(stat::CLOSE_DROPPED, role::CLIENT), 8);
+        assert_eq!(stat::by_role(stat::CLOSE_DROPPED, 200), stat::CLOSE_DROPPED);
+        const _: () = assert!(stat::by_role(stat::CLOSE_DROPPED, role::SERVER) < stat::COUNT);
+        const _: () = assert!(stat::CLOSE_UNSEEN + 2 < stat::CLOSE_DROPPED);
+    }
+
+    #[test]
     fn layouts_are_pinned() {
         assert_eq!(size_of::<EventHeader>(), 32);
         assert_eq!(size_of::<Endpoints>(), 40);

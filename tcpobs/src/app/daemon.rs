@@ -263,7 +263,8 @@ impl Tracer {
         self.read_folds();
         // Connections whose close was dropped stay in the live table until the audit finds
         // their socket gone: audit them all on the next sweeps, not on the slow rotation.
-        let closes_lost = self.reader.kernel_stats().closes_lost_total();
+        let kernel = self.reader.kernel_stats();
+        let closes_lost = kernel.closes_lost_total();
         if closes_lost > self.closes_lost_seen {
             self.closes_lost_seen = closes_lost;
             lock(&self.tracker).audit_all(AUDIT_ALL_SWEEPS);
@@ -306,7 +307,7 @@ impl Tracer {
         {
             let mut health = lock(&self.health);
             health.reader = self.reader.stats();
-            health.kernel = self.reader.kernel_stats();
+            health.kernel = kernel;
             health.libcalls = libcalls;
             if let Some(queues) = queues {
                 health.listener_queues = queues;
