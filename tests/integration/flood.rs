@@ -152,6 +152,28 @@ fn every_connection_end_is_reported_or_counted_under_a_flood() {
         phantoms = live_table(&daemon, port);
     }
 
+    // The same identity in the metrics, while the daemon runs (the churn is over and the live
+    // table empty: every record is out).
+    let (status, exposition) = daemon.api("GET", "/metrics", None, None);
+    assert_eq!(status, 200);
+    let sum = |prefix: &str| -> u64 {
+        exposition
+            .lines()
+            .filter(|line| line.starts_with(prefix))
+            .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+            .map(|value| value as u64)
+            .sum()
+    };
+    let metrics_identity = |role: &str| {
+        (
+            sum(&format!(
+                "tcpobs_connections_reported_total{{role=\"{role}\""
+            )),
+            sum(&format!("tcpobs_connections_lost_total{{role=\"{role}\"")),
+        )
+    };
+    let (server_metrics, client_metrics) = (metrics_identity("server"), metrics_identity("client"));
+
     let stopped = daemon.terminate_within_patience();
     let events: Vec<Value> = stopped
         .lines
@@ -221,6 +243,16 @@ fn every_connection_end_is_reported_or_counted_under_a_flood() {
         attempts,
         "client ends: reported {:?} + lost {lost_client} = the client's connects",
         reported.client
+    );
+    assert_eq!(
+        server_metrics.0 + server_metrics.1,
+        served,
+        "metrics, server ends: reported + lost {server_metrics:?}"
+    );
+    assert_eq!(
+        client_metrics.0 + client_metrics.1,
+        attempts,
+        "metrics, client ends: reported + lost {client_metrics:?}"
     );
     // Cross-check: each close dropped after its open arrived came out as one partial `lost`
     // record (found by the audit, or when the socket's address was reused).
