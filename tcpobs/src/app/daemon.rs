@@ -101,9 +101,9 @@ pub struct Tracer {
     folds_read: Instant,
 }
 
-/// How many sweeps audit every live connection after the kernel reported dropped closes: the
-/// audit needs two misses, and the first sweep may still see a record being removed.
-const AUDIT_ALL_SWEEPS: u8 = 3;
+/// How many times every live connection is audited after the kernel reported dropped closes:
+/// the audit needs two misses, and the first round may still see a record being removed.
+const AUDIT_ALL_ROUNDS: u8 = 3;
 
 /// The kernel's folds are read at most this often while events flow (and at every sweep).
 const FOLD_READ_INTERVAL: Duration = Duration::from_millis(100);
@@ -267,7 +267,7 @@ impl Tracer {
         let closes_lost = kernel.closes_lost_total();
         if closes_lost > self.closes_lost_seen {
             self.closes_lost_seen = closes_lost;
-            lock(&self.tracker).audit_all(AUDIT_ALL_SWEEPS);
+            lock(&self.tracker).audit_all(AUDIT_ALL_ROUNDS);
         }
         let sockets = &self.sockets;
         let lookup = |sock: u64| {

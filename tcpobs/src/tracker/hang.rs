@@ -117,6 +117,10 @@ const RECHECK_EVERY: u64 = 30;
 /// Every live connection is checked against the kernel's table once per this many sweeps.
 pub(super) const AUDIT_EVERY: u64 = 60;
 
+/// At most about this many lookups per sweep when every connection is audited (each is a
+/// system call, made with the live table locked).
+const AUDIT_CAP: u64 = 16_384;
+
 /// A state a socket in the table can be in, short of `CLOSE` (whose event is on its way).
 fn is_open_state(state: u8) -> bool {
     use tcp_state::*;
@@ -205,10 +209,13 @@ impl Tracker {
         self.sweep_with(now, thresholds, lookup, &StallViews::default(), out)
     }
 
-    /// Has the next `sweeps` sweeps audit every live connection against the kernel's table
-    /// (the kernel reported close records it could not send).
-    pub(crate) fn audit_all(&mut self, sweeps: u8) {
-        self.audit_all = self.audit_all.max(sweeps);
+    /// Has the next sweeps audit every live connection against the kernel's table `rounds`
+    /// times (the kernel reported close records it could not send). A sweep makes at most
+    /// about [`AUDIT_CAP`] lookups: a bigger table is audited over several sweeps a round.
+    pub(crate) fn audit_all(&mut self, rounds: u8) {
+        let stride = self.conns.len() as u64 / AUDIT_CAP + 1;
+        self.audit_stride = stride;
+        self.audit_all = self.audit_all.max(u64::from(rounds) * stride);
     }
 
     /// Flags stuck connections. `lookup` reads the kernel's record of a socket (`None` if it
@@ -227,6 +234,7 @@ impl Tracker {
         let sweep = self.sweeps;
         let audit_all = self.audit_all > 0;
         self.audit_all = self.audit_all.saturating_sub(1);
+        let stride = self.audit_stride.max(1);
         let mut report = SweepReport::default();
         let mut vanished = Vec::new();
         let counts = &mut self.counts;
@@ -239,7 +247,8 @@ impl Tracker {
                 conn.stall_check = STALL_IDLE;
             }
             let mut candidate = conn.candidate(now, thresholds, stall);
-            let audit = audit_all || (conn.id + sweep).is_multiple_of(AUDIT_EVERY);
+            let audit = (audit_all && (conn.id + sweep).is_multiple_of(stride))
+                || (conn.id + sweep).is_multiple_of(AUDIT_EVERY);
             let needs_kernel = audit
                 || match candidate {
                     // SYN_SENT is never left silently: the open or the close follows.
@@ -591,6 +600,25 @@ mod tests {
         // The window is over: back to the slow rotation (socket 2 is flagged already).
         let third = tracker.sweep(13 * S, &thresholds(), alive, &mut out);
         assert_eq!(third.lookups, 0);
+    }
+
+    #[test]
+    fn a_big_table_is_audited_over_several_sweeps() {
+        let mut tracker = Tracker::new();
+        let n = AUDIT_CAP + AUDIT_CAP / 4;
+        for sock in 1..=n {
+            open(&mut tracker, sock, kind::OPEN, tcp_state::ESTABLISHED, 0);
+        }
+        tracker.audit_all(2);
+        let mut out = Vec::new();
+        let mut lost = 0;
+        for sweep in 1..=4 {
+            let report = tracker.sweep(sweep * S, &StuckThresholds::default(), |_| None, &mut out);
+            assert!(report.lookups <= AUDIT_CAP, "{}", report.lookups);
+            lost += report.lost;
+        }
+        assert_eq!(lost, n, "two rounds of two sweeps each");
+        assert_eq!(tracker.live().count(), 0);
     }
 
     #[test]

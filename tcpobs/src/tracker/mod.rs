@@ -134,8 +134,10 @@ pub(crate) struct Tracker {
     listeners: ListenerWatch,
     /// The kernel folds exchanges into its histograms: exchange events are already counted.
     kernel_folds: bool,
-    /// Sweeps left that audit every live connection ([`Tracker::audit_all`]).
-    audit_all: u8,
+    /// Sweeps left that audit every live connection ([`Tracker::audit_all`]), each one in
+    /// `audit_stride` of them.
+    audit_all: u64,
+    audit_stride: u64,
 }
 
 impl Tracker {
