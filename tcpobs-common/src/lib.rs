@@ -137,6 +137,10 @@ pub const FLAG_APP_CLOSED: u8 = 1 << 4;
 pub const FLAG_IGNORED: u8 = 1 << 5;
 /// The `kind::CONNECT` event was sent (the SYN was retransmitted).
 pub const FLAG_CONNECT_SENT: u8 = 1 << 6;
+/// An open or connect event of this connection reached the ring buffer: the daemon holds the
+/// connection as live, so a close that cannot be sent leaves it there until its audit finds
+/// the socket gone (see [`stat::CLOSE_DROPPED`]).
+pub const FLAG_ANNOUNCED: u8 = 1 << 7;
 
 /// `STATS` per-CPU array indexes: what the kernel side had to drop.
 pub mod stat {
@@ -149,8 +153,27 @@ pub mod stat {
     pub const ADOPTED: u32 = 2;
     /// TLS handshake calls not followed because the per-thread table (`TLS_THREADS`) was full.
     pub const TLS_UNTRACKED: u32 = 3;
+    /// Connection ends of which nothing reached the daemon: the close record was dropped
+    /// (ring buffer full) and no open or connect event had got through. Three counters, by
+    /// role: `CLOSE_UNSEEN + role::UNKNOWN`, `+ role::CLIENT`, `+ role::SERVER` ([`by_role`]).
+    pub const CLOSE_UNSEEN: u32 = 4;
+    /// Close records dropped (ring buffer full) after the connection's open or connect event
+    /// got through ([`crate::FLAG_ANNOUNCED`]): the daemon reports these partial (`lost`) when
+    /// its audit finds the socket gone. Three counters, by role, as [`CLOSE_UNSEEN`].
+    pub const CLOSE_DROPPED: u32 = 7;
     /// Number of counters.
-    pub const COUNT: u32 = 4;
+    pub const COUNT: u32 = 10;
+
+    /// The counter of `role` ([`crate::role`]) in a per-role group starting at `base`; an
+    /// out-of-range role counts as unknown.
+    #[inline(always)]
+    pub const fn by_role(base: u32, role: u8) -> u32 {
+        if role <= crate::role::SERVER {
+            base + role as u32
+        } else {
+            base
+        }
+    }
 }
 
 /// How one kind of kernel-side filter applies (`FilterConfig` fields).
@@ -473,6 +496,16 @@ mod tests {
     use core::mem::{align_of, offset_of, size_of};
 
     use super::*;
+
+    #[test]
+    fn per_role_counters_fit_the_stats_map() {
+        assert_eq!(stat::by_role(stat::CLOSE_UNSEEN, role::UNKNOWN), 4);
+        assert_eq!(stat::by_role(stat::CLOSE_UNSEEN, role::SERVER), 6);
+        assert_eq!(stat::by_role(stat::CLOSE_DROPPED, role::CLIENT), 8);
+        assert_eq!(stat::by_role(stat::CLOSE_DROPPED, 200), stat::CLOSE_DROPPED);
+        const _: () = assert!(stat::by_role(stat::CLOSE_DROPPED, role::SERVER) < stat::COUNT);
+        const _: () = assert!(stat::CLOSE_UNSEEN + 2 < stat::CLOSE_DROPPED);
+    }
 
     #[test]
     fn layouts_are_pinned() {

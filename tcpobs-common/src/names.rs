@@ -10,6 +10,9 @@ pub const EVENTS_MAP: &str = "EVENTS";
 pub const SOCKETS_MAP: &str = "SOCKETS";
 /// Drop counters (`PerCpuArray<u64>`, indexes in [`crate::stat`]).
 pub const STATS_MAP: &str = "STATS";
+/// 1 once the daemon has stopped reading the ring buffer (`Array<u32>`, one entry): the
+/// programs send nothing more and count nothing as lost.
+pub const STOPPING_MAP: &str = "STOPPING";
 /// Ports for the port filter (`HashMap<u16, u8>`), host byte order.
 pub const PORT_FILTER_MAP: &str = "PORT_FILTER";
 /// IPv4 networks for the CIDR filter (`LpmTrie<[u8; 4], u8>`), network byte order.

@@ -55,6 +55,16 @@ pub fn connect_hooked() -> bool {
     CONNECT_HOOKED.get(0).is_some_and(|hooked| *hooked != 0)
 }
 
+/// 1 once the daemon stopped reading the ring buffer (set by the daemon as it shuts down).
+#[map]
+pub static STOPPING: Array<u32> = Array::with_max_entries(1, 0);
+
+/// Whether the daemon has stopped reading: nothing is sent, and nothing counted as lost.
+#[inline(always)]
+pub fn stopping() -> bool {
+    STOPPING.get(0).is_some_and(|stopping| *stopping != 0)
+}
+
 /// Drop counters, indexed by `tcpobs_common::stat`.
 #[map]
 pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stat::COUNT, 0);

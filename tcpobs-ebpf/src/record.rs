@@ -6,14 +6,15 @@
 
 use aya_ebpf::bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP};
 use tcpobs_common::{
-    BurstEvent, CloseEvent, EventHeader, FLAG_APP_CLOSED, FLAG_IGNORED, FLAG_PARTIAL, Offsets,
-    OpenEvent, Owner, SockRecord, StateEvent, kind, role, stat, tcp_state, teardown,
+    BurstEvent, CloseEvent, EventHeader, FLAG_ANNOUNCED, FLAG_APP_CLOSED, FLAG_IGNORED,
+    FLAG_PARTIAL, Offsets, OpenEvent, Owner, SockRecord, StateEvent, kind, role, stat, tcp_state,
+    teardown,
 };
 
 use crate::{
     filter::{allowed, listener},
     helpers::{current_owner, current_task, now_ns, zero},
-    maps::{EVENTS, SOCKETS, count, offsets, scratch_record},
+    maps::{EVENTS, SOCKETS, count, offsets, scratch_record, stopping},
     socket::{Read, Sock, is_connected_state},
 };
 
@@ -98,23 +99,30 @@ pub fn app_closed(rec: &mut SockRecord, now: u64) {
 }
 
 /// Reserves a `T` in the ring buffer, lets `fill` write every field, and submits it; counts
-/// the event as lost if the ring buffer is full.
+/// the event as lost if the ring buffer is full, and returns false then. Once the daemon has
+/// stopped reading ([`stopping`]) nothing is sent and nothing counted: returns true.
 #[inline(always)]
-pub fn emit<T: 'static>(fill: impl FnOnce(*mut T)) {
+pub fn emit<T: 'static>(fill: impl FnOnce(*mut T)) -> bool {
+    if stopping() {
+        return true;
+    }
     let Some(mut entry) = EVENTS.reserve::<T>(0) else {
         count(stat::RINGBUF_FULL);
-        return;
+        return false;
     };
     fill(entry.as_mut_ptr());
     entry.submit(submit_flags());
+    true
 }
 
-/// Announces a connection: `kind::OPEN` (established, or adopted) or `kind::CONNECT`.
+/// Announces a connection: `kind::OPEN` (established, or adopted) or `kind::CONNECT`. Returns
+/// whether the event got through (see [`emit`]); the caller then marks the record
+/// [`FLAG_ANNOUNCED`].
 ///
 /// The event writers are separate BPF functions (`inline(never)`): inlined into every caller
 /// they would add their stack slots to each program's 512 bytes.
 #[inline(never)]
-pub fn emit_open(kind: u32, sock: u64, rec: &SockRecord, ts_ns: u64) {
+pub fn emit_open(kind: u32, sock: u64, rec: &SockRecord, ts_ns: u64) -> bool {
     // SAFETY (all `emit` closures): the pointer is a reserved ring buffer slot of the event's
     // size, and every field is written before submit.
     emit(|event: *mut OpenEvent| unsafe {
@@ -125,14 +133,14 @@ pub fn emit_open(kind: u32, sock: u64, rec: &SockRecord, ts_ns: u64) {
         (*event).flags = rec.flags;
         (*event).state = rec.state;
         zero(&mut (*event)._pad);
-    });
+    })
 }
 
 /// Sends the exchange that the next request (at `next_ns`) ended: the held request and the
 /// response that just completed.
 #[inline(never)]
 pub fn emit_exchange(sock: u64, rec: &SockRecord, next_ns: u64, seq: u32) {
-    emit(|event: *mut BurstEvent| unsafe {
+    let _ = emit(|event: *mut BurstEvent| unsafe {
         (*event).hdr = header(kind::BURST, next_ns, sock, rec);
         (*event).request = rec.held;
         (*event).response = rec.burst;
@@ -144,7 +152,7 @@ pub fn emit_exchange(sock: u64, rec: &SockRecord, next_ns: u64, seq: u32) {
 
 #[inline(never)]
 pub fn emit_state(sock: u64, rec: &SockRecord, old: u8, new: u8, ts_ns: u64) {
-    emit(|event: *mut StateEvent| unsafe {
+    let _ = emit(|event: *mut StateEvent| unsafe {
         (*event).hdr = header(kind::STATE, ts_ns, sock, rec);
         (*event).old_state = old;
         (*event).new_state = new;
@@ -152,16 +160,26 @@ pub fn emit_state(sock: u64, rec: &SockRecord, old: u8, new: u8, ts_ns: u64) {
     });
 }
 
-/// Sends the final record, with the kernel's TCP counters, and forgets the socket.
+/// Sends the final record, with the kernel's TCP counters, and forgets the socket. A record
+/// that cannot be sent is counted by role: as a connection nothing of which reached the
+/// daemon, or, if its open did ([`FLAG_ANNOUNCED`]), as a close the daemon's audit will miss.
 #[inline(never)]
 pub fn finish<R: Read>(sk: Sock<R>, rec: &mut SockRecord, ts_ns: u64) {
     let sock = sk.key();
     sk.tcp_stats(offsets(), &mut rec.tcp);
     sk.diag_at_close(&offsets().diag, &mut rec.diag);
-    emit(|event: *mut CloseEvent| unsafe {
+    let sent = emit(|event: *mut CloseEvent| unsafe {
         (*event).hdr = header(kind::CLOSE, ts_ns, sock, rec);
         (*event).record = *rec;
     });
+    if !sent {
+        let group = if rec.flags & FLAG_ANNOUNCED != 0 {
+            stat::CLOSE_DROPPED
+        } else {
+            stat::CLOSE_UNSEEN
+        };
+        count(stat::by_role(group, rec.role));
+    }
     let _: Result<(), i32> = SOCKETS.remove(sock);
 }
 
@@ -226,7 +244,8 @@ fn adopt<R: Read>(
     adoption: Adoption,
     now: u64,
 ) -> Option<&'static mut SockRecord> {
-    if !is_connected_state(state) || !sk.is_tcp(o) {
+    // Once the daemon stops reading, nothing new is taken on (it could not be reported).
+    if !is_connected_state(state) || stopping() || !sk.is_tcp(o) {
         return None;
     }
     let rec = scratch_record()?;
@@ -252,11 +271,13 @@ fn adopt<R: Read>(
         // this connection until it closes.
         current_task(&mut rec.task);
     }
-    emit_open(kind::OPEN, sk.key(), rec, now);
+    let announced = emit_open(kind::OPEN, sk.key(), rec, now);
     // SAFETY: as in `record_or_adopt`.
-    SOCKETS
-        .get_ptr_mut(sk.key())
-        .map(|rec| unsafe { &mut *rec })
+    let rec = unsafe { &mut *SOCKETS.get_ptr_mut(sk.key())? };
+    if announced {
+        rec.flags |= FLAG_ANNOUNCED;
+    }
+    Some(rec)
 }
 
 /// The traced record of a socket, without adopting it.

@@ -2,7 +2,7 @@
 
 use std::{
     fs,
-    net::TcpStream,
+    net::{Ipv4Addr, TcpStream},
     path::PathBuf,
     process::{Child, Command, Stdio},
     sync::atomic::{AtomicU32, Ordering},
@@ -18,6 +18,8 @@ pub struct Nginx {
     pub port: u16,
     dir: PathBuf,
     child: Child,
+    /// The `stub_status` URL, if started with one.
+    status: Option<String>,
 }
 
 static INSTANCE: AtomicU32 = AtomicU32::new(0);
@@ -27,6 +29,51 @@ impl Nginx {
     /// waits until it accepts connections. Start it *before* the capture: the readiness probe
     /// is a connection too.
     pub fn start(port: u16, keepalive_timeout: &str) -> Self {
+        Self::start_on(
+            "127.0.0.1",
+            &format!("listen 127.0.0.1:{port};\n        listen [::1]:{port};"),
+            port,
+            keepalive_timeout,
+            "",
+        )
+    }
+
+    /// Starts nginx on `ip:port` only, with its connection counters (`stub_status`) served on
+    /// `ip:status_port` ([`Nginx::handled`]): trace `port` alone, and reading the counters is
+    /// not part of what is traced.
+    pub fn start_with_status(ip: Ipv4Addr, port: u16, status_port: u16) -> Self {
+        let status = format!(
+            "server {{\n        listen {ip}:{status_port};\n        \
+             location = /status {{ stub_status; }}\n    }}"
+        );
+        let mut nginx = Self::start_on(
+            &ip.to_string(),
+            &format!("listen {ip}:{port};"),
+            port,
+            "0",
+            &status,
+        );
+        nginx.status = Some(format!("http://{ip}:{status_port}/status"));
+        nginx
+    }
+
+    /// The connections nginx has handled so far (`stub_status`), this reading's own included.
+    pub fn handled(&self) -> u64 {
+        let url = self
+            .status
+            .as_deref()
+            .expect("started with start_with_status");
+        let status = curl(&[url]);
+        // "Active connections: 1\nserver accepts handled requests\n 7 7 7\n..."
+        let counters = status
+            .lines()
+            .skip_while(|line| !line.starts_with("server accepts"))
+            .nth(1)
+            .unwrap_or_else(|| panic!("no counters in {status:?}"));
+        counters.split_whitespace().nth(1).unwrap().parse().unwrap()
+    }
+
+    fn start_on(ip: &str, listen: &str, port: u16, keepalive_timeout: &str, servers: &str) -> Self {
         let dir = std::env::temp_dir().join(format!(
             "tcpobs-nginx-{}-{}",
             std::process::id(),
@@ -47,8 +94,7 @@ http {{
     uwsgi_temp_path {dir}/uwsgi;
     scgi_temp_path {dir}/scgi;
     server {{
-        listen 127.0.0.1:{port};
-        listen [::1]:{port};
+        {listen}
         location / {{ return 200 '{body}'; }}
         # No Content-Length (the sub filter drops it): an HTTP/1.0 response then ends when
         # the server closes, so the server is always first to close.
@@ -58,6 +104,7 @@ http {{
             return 200 '{body}';
         }}
     }}
+    {servers}
 }}
 ",
             dir = dir.display(),
@@ -75,9 +122,14 @@ http {{
             .stderr(Stdio::inherit())
             .spawn()
             .expect("nginx not installed: run `cargo xtask setup`");
-        let nginx = Self { port, dir, child };
+        let nginx = Self {
+            port,
+            dir,
+            child,
+            status: None,
+        };
         let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        while TcpStream::connect((ip, port)).is_err() {
             assert!(
                 Instant::now() < deadline,
                 "nginx did not start; see {}",

@@ -13,6 +13,7 @@ mod cli;
 mod dns;
 mod exporter;
 mod faults;
+mod flood;
 mod http;
 mod kubernetes;
 mod lifecycle;

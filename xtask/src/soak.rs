@@ -220,13 +220,19 @@ fn report(figures: &Figures) -> String {
         "connections nginx handled (stub_status)",
         format!("{}", figures.served),
     );
+    // Ends whose records the kernel could not send (the ring buffer was full), counted.
+    let lost_server = sum_samples(
+        figures.metrics,
+        "tcpobs_connections_lost_total",
+        "role=\"server\"",
+    );
     row(
         "server ends reported by tcpobs (`tcpobs_connections_closed_total{role=\"server\"}`)",
-        format!(
-            "{server} ({} of those served; {} unreported)",
-            share(server),
-            served - server
-        ),
+        format!("{server} ({} of those served)", share(server)),
+    );
+    row(
+        "server ends counted lost (`tcpobs_connections_lost_total{role=\"server\"}`); served − reported − counted lost",
+        format!("{lost_server}; {}", served - server - lost_server),
     );
     row(
         "server / client ends opened (`tcpobs_connections_opened_total`)",

@@ -21,7 +21,9 @@ use aya_ebpf::{
     macros::{btf_tracepoint, tracepoint},
     programs::{BtfTracePointContext, TracePointContext},
 };
-use tcpobs_common::{FLAG_CONNECT_SENT, Offsets, diag::have, kind, role, tcp_state};
+use tcpobs_common::{
+    FLAG_ANNOUNCED, FLAG_CONNECT_SENT, Offsets, diag::have, kind, role, tcp_state,
+};
 
 use super::{drops, read_sk};
 use crate::{
@@ -108,7 +110,9 @@ fn on_retransmit<R: Read>(o: &Offsets, sk: Sock<R>, segs: u32) {
             && rec.flags & FLAG_CONNECT_SENT == 0
         {
             rec.flags |= FLAG_CONNECT_SENT;
-            emit_open(kind::CONNECT, sk.key(), rec, now_ns());
+            if emit_open(kind::CONNECT, sk.key(), rec, now_ns()) {
+                rec.flags |= FLAG_ANNOUNCED;
+            }
         }
     }
 }

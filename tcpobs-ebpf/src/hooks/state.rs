@@ -35,8 +35,8 @@ use aya_ebpf::{
     programs::{BtfTracePointContext, ProbeContext, TracePointContext},
 };
 use tcpobs_common::{
-    FLAG_APP_CLOSED, FLAG_CLOSE_WAIT, FLAG_PARTIAL, FLAG_RST_RECV, Offsets, kind, role, tcp_state,
-    teardown,
+    FLAG_ANNOUNCED, FLAG_APP_CLOSED, FLAG_CLOSE_WAIT, FLAG_PARTIAL, FLAG_RST_RECV, Offsets, kind,
+    role, tcp_state, teardown,
 };
 
 use crate::{
@@ -186,7 +186,9 @@ fn established<R: Read>(o: &Offsets, sk: Sock<R>, old: u8, now: u64) {
     if rec.role == role::SERVER && !judge_server(o, sk, rec) {
         return;
     }
-    emit_open(kind::OPEN, sk.key(), rec, now);
+    if emit_open(kind::OPEN, sk.key(), rec, now) {
+        rec.flags |= FLAG_ANNOUNCED;
+    }
 }
 
 #[inline(always)]

@@ -88,7 +88,11 @@ pub struct Tracer {
     health: Arc<Mutex<Health>>,
     metrics: Option<Metrics>,
     records: Vec<Record>,
-    reported_loss: u64,
+    /// The loss counters as last reported in the log.
+    reported_loss: KernelStats,
+    /// Dropped close records of announced connections, as of the last sweep: when it grows,
+    /// the next sweeps audit every live connection against the kernel's table.
+    closes_lost_seen: u64,
     /// The runtime filters, which also pick the listening sockets watched.
     filters: Filters,
     /// Scratch for the stall check's suspects and readings.
@@ -97,6 +101,10 @@ pub struct Tracer {
     /// When the kernel's folds were last read.
     folds_read: Instant,
 }
+
+/// How many times every live connection is audited after the kernel reported dropped closes:
+/// the audit needs two misses, and the first round may still see a record being removed.
+const AUDIT_ALL_ROUNDS: u8 = 3;
 
 /// The kernel's folds are read at most this often while events flow (and at every sweep).
 const FOLD_READ_INTERVAL: Duration = Duration::from_millis(100);
@@ -150,7 +158,8 @@ impl Tracer {
             health,
             metrics: None,
             records: Vec::with_capacity(1024),
-            reported_loss: 0,
+            reported_loss: KernelStats::default(),
+            closes_lost_seen: 0,
             filters: options.filters.clone(),
             suspects: Vec::new(),
             samples: Vec::new(),
@@ -257,6 +266,14 @@ impl Tracer {
         let now = monotonic_now_ns();
         let (stalls, listening) = self.read_live(now, thresholds);
         self.read_folds();
+        // Connections whose close was dropped stay in the live table until the audit finds
+        // their socket gone: audit them all on the next sweeps, not on the slow rotation.
+        let kernel = self.reader.kernel_stats();
+        let closes_lost = kernel.closes_lost_total();
+        if closes_lost > self.closes_lost_seen {
+            self.closes_lost_seen = closes_lost;
+            lock(&self.tracker).audit_all(AUDIT_ALL_ROUNDS);
+        }
         let sockets = &self.sockets;
         let lookup = |sock: u64| sockets.get(&sock, 0).ok().map(|rec| KernelView::of(&rec));
         let (mut report, listeners) = {
@@ -287,7 +304,7 @@ impl Tracer {
         {
             let mut health = lock(&self.health);
             health.reader = self.reader.stats();
-            health.kernel = self.reader.kernel_stats();
+            health.kernel = kernel;
             health.libcalls = libcalls;
             if let Some(queues) = queues {
                 health.listener_queues = queues;
@@ -326,15 +343,8 @@ impl Tracer {
     }
 
     fn warn_on_loss(&mut self) {
-        let lost = lock(&self.health).kernel.ringbuf_full;
-        if lost > self.reported_loss {
-            warn!(
-                dropped = lost - self.reported_loss,
-                total = lost,
-                "ring buffer full: events dropped; raise --ringbuf-bytes or lower --drain-interval"
-            );
-            self.reported_loss = lost;
-        }
+        let kernel = lock(&self.health).kernel;
+        warn_on_loss(&mut self.reported_loss, kernel);
     }
 
     /// Pumps events and sweeps until `shutdown` completes, following runtime setting changes.
@@ -400,9 +410,21 @@ impl Tracer {
 
     /// Detaches the programs, drains what is left, reports connections still open as partial
     /// and returns the final counters.
+    ///
+    /// The programs are told first that nobody will read any more: from then on they send
+    /// nothing and count nothing as lost (detaching takes a while, and what they would send
+    /// meanwhile would only be dropped and counted). What was sent before is drained.
     pub fn stop(mut self, sink: &mut dyn Sink) -> io::Result<Stats> {
         let attached = self.loaded.families.len();
         let libcalls = self.libcall_stats();
+        if let Err(err) = self.reader.stop_sources() {
+            warn!("{err}; events sent while detaching will be counted as lost");
+        }
+        {
+            let mut tracker = lock(&self.tracker);
+            let records = &mut self.records;
+            self.reader.drain(|event| tracker.handle(event, records));
+        }
         drop(self.loaded.ebpf);
         read_folds(&mut self.loaded.folds, self.metrics.as_ref(), &self.tracker);
         info!(hooks = attached, "detached");
@@ -417,14 +439,33 @@ impl Tracer {
         }
         Self::dispatch(&mut self.records, self.metrics.as_ref(), sink)?;
         sink.flush()?;
+        let kernel = self.reader.kernel_stats();
+        warn_on_loss(&mut self.reported_loss, kernel);
         Ok(Stats {
             reader: self.reader.stats(),
-            kernel: self.reader.kernel_stats(),
+            kernel,
             tracker: lock(&self.tracker).stats(),
             libcalls,
             output: OutputTotals::default(),
         })
     }
+}
+
+/// Logs the events (and the connections, of which nothing reached the daemon) the kernel
+/// dropped since `reported`, and remembers `kernel` as reported.
+fn warn_on_loss(reported: &mut KernelStats, kernel: KernelStats) {
+    let lost = kernel.ringbuf_full;
+    if lost > reported.ringbuf_full {
+        let connections = kernel.connections_lost_total();
+        warn!(
+            dropped = lost - reported.ringbuf_full,
+            total = lost,
+            connections_lost = connections - reported.connections_lost_total(),
+            connections_lost_total = connections,
+            "ring buffer full: events dropped; raise --ringbuf-bytes or lower --drain-interval"
+        );
+    }
+    *reported = kernel;
 }
 
 /// Whether the runtime filters let a listening socket's gauges through: its port (local) and

@@ -4,8 +4,8 @@
 //! so the reader drains on a short timer as well as on readiness. Draining is a tight,
 //! allocation-free loop over the mapped ring.
 
-use aya::maps::{MapData, PerCpuArray, RingBuf};
-use tcpobs_common::{names, stat};
+use aya::maps::{Array, MapData, PerCpuArray, RingBuf};
+use tcpobs_common::{names, role, stat};
 use tokio::io::{Interest, unix::AsyncFd};
 use tracing::warn;
 
@@ -25,6 +25,25 @@ pub struct KernelStats {
     pub adopted: u64,
     /// TLS handshake calls not followed (the kernel's per-thread table was full).
     pub tls_untracked: u64,
+    /// Connection ends of which nothing reached the daemon (their close record and their open
+    /// were both dropped from a full ring buffer), by role: `[client, server, unknown]`.
+    pub connections_lost: [u64; 3],
+    /// Close records dropped from a full ring buffer after the connection's open arrived, by
+    /// role (`[client, server, unknown]`): the daemon's audit reports these connections
+    /// partial (`lost`).
+    pub closes_lost: [u64; 3],
+}
+
+impl KernelStats {
+    /// Connection ends of which nothing reached the daemon, over every role.
+    pub fn connections_lost_total(&self) -> u64 {
+        self.connections_lost.iter().sum()
+    }
+
+    /// Close records dropped after the open arrived, over every role.
+    pub fn closes_lost_total(&self) -> u64 {
+        self.closes_lost.iter().sum()
+    }
 }
 
 /// Events received, per kind, and records that could not be decoded.
@@ -44,6 +63,8 @@ impl ReaderStats {
 pub(crate) struct Reader {
     ring: AsyncFd<RingBuf<MapData>>,
     stats_map: PerCpuArray<MapData, u64>,
+    /// Tells the programs that nobody reads any more (`STOPPING`).
+    stopping: Array<MapData, u32>,
     stats: ReaderStats,
 }
 
@@ -57,11 +78,22 @@ impl Reader {
         let ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
             .map_err(|err| MapError::new(names::EVENTS_MAP, err))?;
         let stats_map = take_map(ebpf, names::STATS_MAP)?;
+        let stopping = take_map(ebpf, names::STOPPING_MAP)?;
         Ok(Self {
             ring,
             stats_map,
+            stopping,
             stats: ReaderStats::default(),
         })
+    }
+
+    /// Tells the programs that the daemon is about to stop reading: from now on they send
+    /// nothing and count nothing as lost (connections still open are reported partial,
+    /// `shutdown`, from the live table).
+    pub(crate) fn stop_sources(&mut self) -> Result<(), MapError> {
+        self.stopping
+            .set(0, 1, 0)
+            .map_err(|err| MapError::new(names::STOPPING_MAP, err))
     }
 
     /// Waits until the kernel signals pending data (it only does so when the ring fills up;
@@ -108,11 +140,16 @@ impl Reader {
                 .map(|values| values.iter().sum())
                 .unwrap_or(0)
         };
+        let by_role = |group: u32| {
+            [role::CLIENT, role::SERVER, role::UNKNOWN].map(|role| sum(stat::by_role(group, role)))
+        };
         KernelStats {
             ringbuf_full: sum(stat::RINGBUF_FULL),
             table_insert_failed: sum(stat::TABLE_INSERT_FAILED),
             adopted: sum(stat::ADOPTED),
             tls_untracked: sum(stat::TLS_UNTRACKED),
+            connections_lost: by_role(stat::CLOSE_UNSEEN),
+            closes_lost: by_role(stat::CLOSE_DROPPED),
         }
     }
 }

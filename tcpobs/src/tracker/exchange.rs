@@ -69,7 +69,7 @@ impl Pending {
             };
             *side = Some(side.map_or(span, |earlier| Span {
                 last_ns: earlier.last_ns.max(span.last_ns),
-                bytes: earlier.bytes + span.bytes,
+                bytes: earlier.bytes.saturating_add(span.bytes),
                 ..earlier
             }));
         }

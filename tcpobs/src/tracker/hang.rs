@@ -34,9 +34,13 @@
 //! counts how many connections are stuck each way right now, for the gauge.
 //!
 //! The sweep also audits every live connection against the kernel's table on a slow rotation
-//! (once per [`AUDIT_EVERY`] sweeps): a connection whose kernel record is gone, or belongs to a
-//! newer connection, on two audits in a row was lost (its close event dropped from a full ring
-//! buffer, or its record evicted from a full table) and is reported partial (`lost`).
+//! (once per [`AUDIT_EVERY`] sweeps), and on every sweep for a few sweeps after the kernel
+//! reported dropped close records ([`Tracker::audit_all`]): a connection whose kernel record is
+//! gone, or belongs to a newer connection, on two lookups (each sweep follows a drain of the
+//! ring buffer, so a close sent before the first lookup has arrived by the second) was lost
+//! (its close event dropped from a full ring buffer, or its record evicted from a full table)
+//! and is reported partial (`lost`). A connection the kernel has no record of is never flagged
+//! stuck: it is gone, or about to be reported lost.
 
 use tcpobs_common::{SockRecord, tcp_state};
 
@@ -130,6 +134,10 @@ const RECHECK_EVERY: u64 = 30;
 
 /// Every live connection is checked against the kernel's table once per this many sweeps.
 pub(super) const AUDIT_EVERY: u64 = 60;
+
+/// At most about this many lookups per sweep when every connection is audited (each is a
+/// system call, made with the live table locked).
+const AUDIT_CAP: u64 = 16_384;
 
 /// A state a socket in the table can be in, short of `CLOSE` (whose event is on its way).
 fn is_open_state(state: u8) -> bool {
@@ -232,6 +240,15 @@ impl Tracker {
         self.sweep_with(now, thresholds, lookup, &StallViews::default(), out)
     }
 
+    /// Has the next sweeps audit every live connection against the kernel's table `rounds`
+    /// times (the kernel reported close records it could not send). A sweep makes at most
+    /// about [`AUDIT_CAP`] lookups: a bigger table is audited over several sweeps a round.
+    pub(crate) fn audit_all(&mut self, rounds: u8) {
+        let stride = self.conns.len() as u64 / AUDIT_CAP + 1;
+        self.audit_stride = stride;
+        self.audit_all = self.audit_all.max(u64::from(rounds) * stride);
+    }
+
     /// Flags stuck connections. `lookup` reads the kernel's record of a socket (`None` if it
     /// has none); `stalls` are this sweep's readings of the stall suspects. Anomalies for newly
     /// stuck connections are appended to `out`.
@@ -246,6 +263,9 @@ impl Tracker {
         self.sweeps += 1;
         self.dns.expire(now);
         let sweep = self.sweeps;
+        let audit_all = self.audit_all > 0;
+        self.audit_all = self.audit_all.saturating_sub(1);
+        let stride = self.audit_stride.max(1);
         let mut report = SweepReport::default();
         let mut vanished = Vec::new();
         let counts = &mut self.counts;
@@ -258,7 +278,8 @@ impl Tracker {
                 conn.stall_check = STALL_IDLE;
             }
             let mut candidate = conn.candidate(now, thresholds, stall);
-            let audit = (conn.id + sweep).is_multiple_of(AUDIT_EVERY);
+            let audit = (audit_all && (conn.id + sweep).is_multiple_of(stride))
+                || (conn.id + sweep).is_multiple_of(AUDIT_EVERY);
             // What the kernel's record is read for, besides the audit: a connection that
             // looks stuck (not yet reported that way, or on the slow rotation), or that may be
             // idle by the record's data ([`Conn::maybe_idle`]). Each read is one map lookup
@@ -299,14 +320,15 @@ impl Tracker {
                         }
                         candidate = conn.candidate(now, thresholds, stall);
                     }
-                    None if audit => {
+                    None => {
+                        // Gone from the kernel (or about to be: its close may be on its
+                        // way): nothing to flag.
                         conn.missing += 1;
                         if conn.missing >= 2 {
                             vanished.push(sock);
-                            return;
                         }
+                        return;
                     }
-                    None => {}
                 }
             }
             match candidate {
@@ -391,6 +413,11 @@ mod tests {
         tracker.handle(&event, &mut Vec::new());
     }
 
+    /// The kernel's record is there (generation 0) and has nothing to add.
+    fn quiet(_sock: u64) -> Option<KernelView> {
+        Some(KernelView::default())
+    }
+
     fn anomalies(out: &[Record]) -> Vec<Stuck> {
         out.iter()
             .filter_map(|record| match record {
@@ -415,7 +442,7 @@ mod tests {
             }),
             &mut Vec::new(),
         );
-        let no_kernel = |_| None;
+        let no_kernel = quiet;
         let mut out = Vec::new();
         // One second before the close_wait threshold (CLOSE_WAIT since 1 s, threshold 5 s).
         let report = tracker.sweep(5 * S, &thresholds(), no_kernel, &mut out);
@@ -485,11 +512,11 @@ mod tests {
         assert_eq!(report.lookups, 2);
         // The tracker keeps what the kernel said: without it now, still nothing is stuck.
         let mut out = Vec::new();
-        let report = tracker.sweep(63 * S, &thresholds(), |_| None, &mut out);
+        let report = tracker.sweep(63 * S, &thresholds(), quiet, &mut out);
         assert!(anomalies(&out).is_empty(), "{out:?}");
         assert_eq!(report.stuck, [0; 8]);
         // A minute of real silence later, socket 1 is a zombie.
-        let report = tracker.sweep(70 * S, &thresholds(), |_| None, &mut out);
+        let report = tracker.sweep(70 * S, &thresholds(), quiet, &mut out);
         assert_eq!(anomalies(&out), [Stuck::Idle]);
         assert_eq!(report.stuck, [0, 0, 1, 0, 0, 0, 0, 0]);
     }
@@ -508,7 +535,7 @@ mod tests {
             &mut Vec::new(),
         );
         let mut out = Vec::new();
-        tracker.sweep(7 * S, &thresholds(), |_| None, &mut out);
+        tracker.sweep(7 * S, &thresholds(), quiet, &mut out);
         assert_eq!(anomalies(&out), [Stuck::CloseWait]);
         let mut out = Vec::new();
         tracker.handle(
@@ -589,6 +616,48 @@ mod tests {
             })
             .collect();
         assert_eq!(partial, [Some(crate::model::PartialReason::Lost)]);
+    }
+
+    #[test]
+    fn after_dropped_closes_every_connection_is_audited_and_phantoms_are_not_flagged() {
+        let mut tracker = Tracker::new();
+        // Socket 1's close was dropped (no kernel record); socket 2 is alive; both have been
+        // quiet past the no-data threshold.
+        open(&mut tracker, 1, kind::OPEN, tcp_state::ESTABLISHED, 0);
+        open(&mut tracker, 2, kind::OPEN, tcp_state::ESTABLISHED, 0);
+        let alive = |sock| (sock == 2).then_some(KernelView::default());
+        tracker.audit_all(2);
+        let mut out = Vec::new();
+        let first = tracker.sweep(11 * S, &thresholds(), alive, &mut out);
+        assert_eq!(anomalies(&out), [Stuck::NoData], "socket 2 only: {out:?}");
+        assert_eq!((first.lookups, first.lost), (2, 0));
+        let second = tracker.sweep(12 * S, &thresholds(), alive, &mut out);
+        assert_eq!((second.lookups, second.lost), (2, 1));
+        assert_eq!(anomalies(&out), [Stuck::NoData], "no anomaly for socket 1");
+        assert_eq!(tracker.live().count(), 1);
+        assert_eq!(tracker.stats().lost, 1);
+        // The window is over: back to the slow rotation (socket 2 is flagged already).
+        let third = tracker.sweep(13 * S, &thresholds(), alive, &mut out);
+        assert_eq!(third.lookups, 0);
+    }
+
+    #[test]
+    fn a_big_table_is_audited_over_several_sweeps() {
+        let mut tracker = Tracker::new();
+        let n = AUDIT_CAP + AUDIT_CAP / 4;
+        for sock in 1..=n {
+            open(&mut tracker, sock, kind::OPEN, tcp_state::ESTABLISHED, 0);
+        }
+        tracker.audit_all(2);
+        let mut out = Vec::new();
+        let mut lost = 0;
+        for sweep in 1..=4 {
+            let report = tracker.sweep(sweep * S, &StuckThresholds::default(), |_| None, &mut out);
+            assert!(report.lookups <= AUDIT_CAP, "{}", report.lookups);
+            lost += report.lost;
+        }
+        assert_eq!(lost, n, "two rounds of two sweeps each");
+        assert_eq!(tracker.live().count(), 0);
     }
 
     #[test]

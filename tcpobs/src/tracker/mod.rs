@@ -155,6 +155,10 @@ pub(crate) struct Tracker {
     kernel_folds: bool,
     /// The kernel's socket table, once loaded (for [`Tracker::live_view`]).
     kernel: Option<KernelTable>,
+    /// Sweeps left that audit every live connection ([`Tracker::audit_all`]), each one in
+    /// `audit_stride` of them.
+    audit_all: u64,
+    audit_stride: u64,
 }
 
 impl Tracker {

@@ -55,8 +55,7 @@ fn split(slot: u32) -> (usize, usize) {
 }
 
 impl Table {
-    #[cfg(test)]
-    fn len(&self) -> usize {
+    pub(super) fn len(&self) -> usize {
         self.slots.len()
     }
 

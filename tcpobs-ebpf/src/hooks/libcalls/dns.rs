@@ -90,7 +90,7 @@ fn emit_dns(call: &DnsCall, result: i32) {
     let now = now_ns();
     // SAFETY: the pointer is a reserved ring buffer slot of a `DnsEvent`; every field the
     // daemon reads is written before submit (`host` and `addrs` up to their counts).
-    emit(|event: *mut DnsEvent| unsafe {
+    let _ = emit(|event: *mut DnsEvent| unsafe {
         (*event).hdr = EventHeader {
             kind: kind::DNS,
             _pad: 0,

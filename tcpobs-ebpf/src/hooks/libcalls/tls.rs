@@ -238,7 +238,7 @@ fn emit_tls(ssl: u64, handshake: &TlsPending, ret: i32, step: u8) {
     let now = now_ns();
     // SAFETY: the pointer is a reserved ring buffer slot of a `TlsEvent`; every field is
     // written before submit.
-    emit(|event: *mut TlsEvent| unsafe {
+    let _ = emit(|event: *mut TlsEvent| unsafe {
         (*event).hdr = EventHeader {
             kind: kind::TLS,
             _pad: 0,

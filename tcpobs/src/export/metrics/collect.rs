@@ -146,6 +146,28 @@ impl Collector for Scrape {
                 .zip(health.reader.events)
                 .map(|(kind, n)| (vec![("kind", *kind)], n)),
         )?;
+        counter(
+            &mut encoder,
+            "tcpobs_connections_lost",
+            "Connection ends tcpobs never reported, by role and reason: ringbuf_full (their open \
+             and close events were both dropped from the full ring buffer). With the connections \
+             reported (complete or partial) they add up to every connection end the kernel saw",
+            ROLES
+                .iter()
+                .zip(health.kernel.connections_lost)
+                .map(|(role, n)| (vec![("role", *role), ("reason", "ringbuf_full")], n)),
+        )?;
+        counter(
+            &mut encoder,
+            "tcpobs_close_events_lost",
+            "Close events dropped from the full ring buffer after the connection's open event \
+             arrived, by role: these connections are reported partial (lost) once the audit \
+             finds their socket gone",
+            ROLES
+                .iter()
+                .zip(health.kernel.closes_lost)
+                .map(|(role, n)| (vec![("role", *role)], n)),
+        )?;
         for (name, help, value) in [
             (
                 "tcpobs_events_lost",

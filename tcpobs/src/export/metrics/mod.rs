@@ -54,7 +54,7 @@ use self::{
 };
 use crate::{
     metadata::Metadata,
-    model::{Addrs, ExchangeClass, Process, Record, Role, Stuck},
+    model::{Addrs, ExchangeClass, PartialReason, Process, Record, Role, Stuck},
     sync::lock,
     tracker::{SockHasher, role_index},
 };
@@ -86,6 +86,10 @@ struct Handles {
 /// by the series cap.
 type HandleCache = Arc<Mutex<HashMap<Dims, Arc<[Handles; 3]>, BuildHasherDefault<SockHasher>>>>;
 
+/// `partial_reason` label values of `tcpobs_connections_reported_total`: `none` for a
+/// complete record, then the [`PartialReason`]s.
+const REPORTED: [&str; 5] = ["none", "already_open", "lost", "missed_open", "shutdown"];
+
 /// Every family tcpobs updates on events. Cloning shares the same series.
 #[derive(Clone, Debug)]
 pub(crate) struct Metrics {
@@ -94,6 +98,8 @@ pub(crate) struct Metrics {
     closed: Counters<3>,
     exchanges: Counters<2>,
     connect_failures: Family<Fixed<1>, Counter>,
+    /// Connection records by role ([`role_index`]) and partial reason ([`REPORTED`]).
+    reported: Arc<[[Counter; REPORTED.len()]; 3]>,
     anomalies: Family<Fixed<1>, Counter>,
     stuck: Family<Fixed<1>, Gauge>,
     stuck_duration: Family<Fixed<1>, Histogram, Buckets>,
@@ -131,6 +137,7 @@ impl Metrics {
             closed: Counters::default(),
             exchanges: Counters::default(),
             connect_failures: Family::default(),
+            reported: Arc::default(),
             anomalies: Family::default(),
             stuck: Family::default(),
             stuck_duration: Family::new_with_constructor(Buckets::Stuck),
@@ -160,6 +167,21 @@ impl Metrics {
             "tcpobs_exchanges",
             "Request/response exchanges, by reuse class",
             metrics.exchanges.clone(),
+        );
+        let reported: Family<Fixed<2>, Counter> = Family::default();
+        // Every series exists from the start (the identity reads them all), and each record
+        // adds to a handle of its own, without a lookup.
+        metrics.reported = Arc::new([Role::Client, Role::Server, Role::Unknown].map(|role| {
+            REPORTED.map(|reason| {
+                reported.get_or_create_owned(&[("role", role.as_str()), ("partial_reason", reason)])
+            })
+        }));
+        registry.register(
+            "tcpobs_connections_reported",
+            "Connection records reported, one per connection end, by role and partial_reason \
+             (none for a complete record): with tcpobs_connections_lost_total they add up to \
+             every connection end the kernel saw",
+            reported,
         );
         registry.register(
             "tcpobs_connect_failures",
@@ -454,6 +476,13 @@ impl Metrics {
     }
 
     fn observe_connection(&self, connection: &crate::model::ConnectionRecord) {
+        let reason = connection.partial.map_or(0, |reason| match reason {
+            PartialReason::AlreadyOpen => 1,
+            PartialReason::Lost => 2,
+            PartialReason::MissedOpen => 3,
+            PartialReason::Shutdown => 4,
+        });
+        self.reported[role_index(connection.role)][reason].inc();
         if let Some((stuck, duration)) = connection.stuck_at_end {
             self.unstuck(stuck, duration);
         }

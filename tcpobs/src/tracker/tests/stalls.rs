@@ -37,6 +37,11 @@ fn anomalies(out: &[Record]) -> Vec<(u64, Stuck, u64)> {
     found
 }
 
+/// The kernel's record is there (generation 0) and adds nothing.
+fn present(_sock: u64) -> Option<KernelView> {
+    Some(KernelView::default())
+}
+
 /// Four established connections, quiet since 1 s, with one of each reading.
 #[test]
 fn readings_flag_stalled_receivers_and_black_holes_and_veto_idle() {
@@ -70,7 +75,7 @@ fn readings_flag_stalled_receivers_and_black_holes_and_veto_idle() {
     ]
     .into_iter()
     .collect();
-    let report = tracker.sweep_with(12 * S, &thresholds(), |_| None, &readings, &mut out);
+    let report = tracker.sweep_with(12 * S, &thresholds(), present, &readings, &mut out);
     // Established at 1 s with no data: past no_data's 10 s, but 3 writes a big buffer still.
     assert_eq!(
         anomalies(&out),
@@ -90,7 +95,7 @@ fn readings_flag_stalled_receivers_and_black_holes_and_veto_idle() {
     // The peer reads again: the stalled episode ends when the next reading says so.
     out.clear();
     let readings: StallViews = [(1, (0, StallView::Moving))].into_iter().collect();
-    tracker.sweep_with(14 * S, &thresholds(), |_| None, &readings, &mut out);
+    tracker.sweep_with(14 * S, &thresholds(), present, &readings, &mut out);
     assert!(
         out.contains(&Record::Unstuck(
             Stuck::StalledReceiver,
@@ -103,7 +108,7 @@ fn readings_flag_stalled_receivers_and_black_holes_and_veto_idle() {
     let stale: StallViews = [(3, (7, StallView::Blackhole { since_ns: 0 }))]
         .into_iter()
         .collect();
-    tracker.sweep_with(15 * S, &thresholds(), |_| None, &stale, &mut out);
+    tracker.sweep_with(15 * S, &thresholds(), present, &stale, &mut out);
     assert!(
         !anomalies(&out).contains(&(3, Stuck::Blackhole, 0)),
         "{out:?}"

@@ -353,6 +353,10 @@ pub(crate) fn stats(
         .u64(key!("tls_abandoned"), libcalls.tls_abandoned)
         .u64(key!("phase_libraries_skipped"), libcalls.skipped)
         .u64(key!("output_events_dropped"), output.events_dropped)
-        .u64(key!("output_write_errors"), output.write_errors);
+        .u64(key!("output_write_errors"), output.write_errors)
+        .u64(key!("connections_lost_client"), kernel.connections_lost[0])
+        .u64(key!("connections_lost_server"), kernel.connections_lost[1])
+        .u64(key!("connections_lost_unknown"), kernel.connections_lost[2])
+        .u64(key!("close_events_lost"), kernel.closes_lost_total());
     object.end();
 }

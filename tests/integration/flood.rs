@@ -1,0 +1,358 @@
+//! Floods (issue 14 §2): with the smallest ring buffer and connection churn against nginx,
+//! every connection end the kernel saw is either reported (complete or partial) or counted as
+//! lost, per end; and once the churn is over, nothing of it stays in the live table or raises
+//! an anomaly.
+
+use std::{
+    io::{Read as _, Write as _},
+    net::{Ipv4Addr, TcpListener, TcpStream},
+    process::Command,
+    sync::atomic::{AtomicU64, Ordering},
+    thread,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+use tcpobs_tests::{PATIENCE, daemon::Daemon, nginx::Nginx, private_loopback};
+
+/// Client threads, and connections each opens, one after the other.
+const THREADS: u64 = 8;
+const CONNECTIONS_PER_THREAD: u64 = 1500;
+
+fn free_port(ip: Ipv4Addr) -> u16 {
+    TcpListener::bind((ip, 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// What the churn's client counted.
+#[derive(Default)]
+struct Churn {
+    /// `connect()` calls: each is a client end the kernel saw.
+    attempts: AtomicU64,
+    /// Connects that failed.
+    failed: AtomicU64,
+}
+
+/// Opens `CONNECTIONS_PER_THREAD` connections per thread to `ip:port`, one request each
+/// (`Connection: close`), reading the response to the end.
+fn churn(ip: Ipv4Addr, port: u16) -> Churn {
+    let churn = Churn::default();
+    thread::scope(|scope| {
+        for _ in 0..THREADS {
+            scope.spawn(|| {
+                for _ in 0..CONNECTIONS_PER_THREAD {
+                    churn.attempts.fetch_add(1, Ordering::Relaxed);
+                    let Ok(mut stream) = TcpStream::connect((ip, port)) else {
+                        churn.failed.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    };
+                    let _ = stream
+                        .write_all(b"GET / HTTP/1.1\r\nHost: flood\r\nConnection: close\r\n\r\n");
+                    let mut response = Vec::new();
+                    let _ = stream.read_to_end(&mut response);
+                }
+            });
+        }
+    });
+    churn
+}
+
+/// Sockets on `port` that are still connections (neither listening nor in `TIME_WAIT`, which
+/// is no longer a full socket), as `ss` lists them.
+fn live_sockets(ip: Ipv4Addr, port: u16) -> Vec<String> {
+    let output = Command::new("ss")
+        .args(["-tanH", "state", "all"])
+        .output()
+        .expect("ss (iproute2) not installed");
+    let local = format!("{ip}:{port}");
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter(|line| line.contains(&local))
+        .filter(|line| !line.starts_with("LISTEN") && !line.starts_with("TIME-WAIT"))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The daemon's live table on `port`.
+fn live_table(daemon: &Daemon, port: u16) -> Vec<Value> {
+    let (status, body) = daemon.api("GET", &format!("/connections?port={port}"), None, None);
+    assert_eq!(status, 200, "{body}");
+    let table: Value = serde_json::from_str(&body).unwrap();
+    table["connections"].as_array().unwrap().clone()
+}
+
+/// Connection events by end (server: local port is nginx's; client: remote port is), and by
+/// `partial_reason` ("complete" for whole records).
+#[derive(Debug, Default)]
+struct Reported {
+    server: Vec<(String, u64)>,
+    client: Vec<(String, u64)>,
+}
+
+impl Reported {
+    fn add(list: &mut Vec<(String, u64)>, reason: &str) {
+        match list.iter_mut().find(|(r, _)| r == reason) {
+            Some((_, n)) => *n += 1,
+            None => list.push((reason.to_owned(), 1)),
+        }
+    }
+
+    fn total(list: &[(String, u64)]) -> u64 {
+        list.iter().map(|(_, n)| n).sum()
+    }
+}
+
+#[test]
+fn every_connection_end_is_reported_or_counted_under_a_flood() {
+    let ip = private_loopback();
+    let (port, status_port) = (free_port(ip), free_port(ip));
+    let nginx = Nginx::start_with_status(ip, port, status_port);
+    let cidr = format!("{ip}/32");
+    let port_arg = port.to_string();
+    let daemon = Daemon::start(&[
+        "--cidr",
+        &cidr,
+        "--port",
+        &port_arg,
+        "--ringbuf-bytes",
+        "4096",
+        "--sweep-interval",
+        "200ms",
+        "--threshold-no-data",
+        "2s",
+        "--threshold-close-wait",
+        "2s",
+        "--threshold-fin-wait2",
+        "2s",
+    ]);
+    let before = nginx.handled();
+    let churn = churn(ip, port);
+    // The reading's own connection is counted in it.
+    let served = nginx.handled() - before - 1;
+    let attempts = churn.attempts.load(Ordering::Relaxed);
+    let failed = churn.failed.load(Ordering::Relaxed);
+
+    // Once every socket of the churn is gone (as `ss` sees it), the live table empties: the
+    // connections whose close was dropped are found by the audit, not left as phantoms.
+    let deadline = Instant::now() + PATIENCE;
+    while !live_sockets(ip, port).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "sockets still open: {:?}",
+            live_sockets(ip, port)
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+    let mut phantoms = live_table(&daemon, port);
+    while !phantoms.is_empty() && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(100));
+        phantoms = live_table(&daemon, port);
+    }
+
+    // The same identity in the metrics, while the daemon runs (the churn is over and the live
+    // table empty: every record is out).
+    let (status, exposition) = daemon.api("GET", "/metrics", None, None);
+    assert_eq!(status, 200);
+    let sum = |prefix: &str| -> u64 {
+        exposition
+            .lines()
+            .filter(|line| line.starts_with(prefix))
+            .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+            .map(|value| value as u64)
+            .sum()
+    };
+    let metrics_identity = |role: &str| {
+        (
+            sum(&format!(
+                "tcpobs_connections_reported_total{{role=\"{role}\""
+            )),
+            sum(&format!("tcpobs_connections_lost_total{{role=\"{role}\"")),
+        )
+    };
+    let (server_metrics, client_metrics) = (metrics_identity("server"), metrics_identity("client"));
+
+    let stopped = daemon.terminate_within_patience();
+    let events: Vec<Value> = stopped
+        .lines
+        .iter()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    let on_port = |event: &&Value| event["local_port"] == port || event["remote_port"] == port;
+    let mut reported = Reported::default();
+    for event in events
+        .iter()
+        .filter(|e| e["type"] == "connection")
+        .filter(on_port)
+    {
+        let reason = event["partial_reason"].as_str().unwrap_or("complete");
+        if event["local_port"] == port {
+            Reported::add(&mut reported.server, reason);
+        } else {
+            Reported::add(&mut reported.client, reason);
+        }
+    }
+    let anomalies: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["type"] == "anomaly")
+        .filter(on_port)
+        .collect();
+    let stats = events
+        .iter()
+        .rev()
+        .find(|e| e["type"] == "stats")
+        .expect("a stats event at the end");
+    let counted = |key: &str| stats[key].as_u64().unwrap_or(0);
+    let (lost_server, lost_client) = (
+        counted("connections_lost_server"),
+        counted("connections_lost_client"),
+    );
+    let server_reported = Reported::total(&reported.server);
+    let client_reported = Reported::total(&reported.client);
+    eprintln!(
+        "flood: nginx served {served}, client connects {attempts} ({failed} failed); \
+         server ends reported {server_reported} {:?} + counted lost {lost_server}; \
+         client ends reported {client_reported} {:?} + counted lost {lost_client}; \
+         events lost {}, close events lost after the open {}, unknown-role ends lost {}; \
+         anomalies {}, live table after the churn {}",
+        reported.server,
+        reported.client,
+        counted("events_lost"),
+        counted("close_events_lost"),
+        counted("connections_lost_unknown"),
+        anomalies.len(),
+        phantoms.len(),
+    );
+
+    assert!(
+        counted("events_lost") > 0,
+        "the flood must overflow the ring buffer"
+    );
+    assert_eq!(counted("sockets_untracked"), 0, "the table never filled");
+    assert_eq!(counted("connections_lost_unknown"), 0);
+    assert_eq!(
+        server_reported + lost_server,
+        served,
+        "server ends: reported {:?} + lost {lost_server} = nginx's handled connections",
+        reported.server
+    );
+    assert_eq!(
+        client_reported + lost_client,
+        attempts,
+        "client ends: reported {:?} + lost {lost_client} = the client's connects",
+        reported.client
+    );
+    assert_eq!(
+        server_metrics.0 + server_metrics.1,
+        served,
+        "metrics, server ends: reported + lost {server_metrics:?}"
+    );
+    assert_eq!(
+        client_metrics.0 + client_metrics.1,
+        attempts,
+        "metrics, client ends: reported + lost {client_metrics:?}"
+    );
+    // Cross-check: each close dropped after its open arrived came out as one partial `lost`
+    // record (found by the audit, or when the socket's address was reused).
+    let reported_lost: u64 = [&reported.server, &reported.client]
+        .iter()
+        .flat_map(|list| list.iter())
+        .filter(|(reason, _)| reason == "lost")
+        .map(|(_, n)| n)
+        .sum();
+    assert_eq!(reported_lost, counted("close_events_lost"));
+    assert!(
+        phantoms.is_empty(),
+        "connections left in the live table after their sockets are gone: {phantoms:#?}"
+    );
+    assert!(
+        anomalies.is_empty(),
+        "anomalies for connections of the churn: {anomalies:#?}"
+    );
+}
+
+/// Stopping under churn: once the daemon stops reading, the kernel programs send nothing and
+/// count nothing (connections opened after the signal are not reported as `already_open`),
+/// and every event lost before is in a warning.
+#[test]
+fn stopping_under_churn_neither_adopts_nor_loses_silently() {
+    let ip = private_loopback();
+    let (port, status_port) = (free_port(ip), free_port(ip));
+    let _nginx = Nginx::start_with_status(ip, port, status_port);
+    let cidr = format!("{ip}/32");
+    let port_arg = port.to_string();
+    let daemon = Daemon::start(&[
+        "--cidr",
+        &cidr,
+        "--port",
+        &port_arg,
+        "--ringbuf-bytes",
+        "4096",
+    ]);
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let stopped = thread::scope(|scope| {
+        for _ in 0..4 {
+            scope.spawn(|| {
+                while !stop.load(Ordering::Relaxed) {
+                    let Ok(mut stream) = TcpStream::connect((ip, port)) else {
+                        continue;
+                    };
+                    let _ = stream
+                        .write_all(b"GET / HTTP/1.1\r\nHost: flood\r\nConnection: close\r\n\r\n");
+                    let _ = stream.read_to_end(&mut Vec::new());
+                }
+            });
+        }
+        // Stop once the churn has overflowed the ring buffer at least once.
+        let deadline = Instant::now() + PATIENCE;
+        while !daemon
+            .log()
+            .iter()
+            .any(|line| line.contains("ring buffer full"))
+        {
+            assert!(
+                Instant::now() < deadline,
+                "the churn never filled the ring buffer"
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+        let stopped = daemon.terminate_within_patience();
+        stop.store(true, Ordering::Relaxed);
+        stopped
+    });
+    let events: Vec<Value> = stopped
+        .lines
+        .iter()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    let adopted: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["type"] == "connection" && e["partial_reason"] == "already_open")
+        .collect();
+    assert!(adopted.is_empty(), "adopted while stopping: {adopted:#?}");
+    let stats = events
+        .iter()
+        .rev()
+        .find(|e| e["type"] == "stats")
+        .expect("a stats event at the end");
+    let warned = stopped
+        .log
+        .iter()
+        .rev()
+        .filter(|line| line.contains("ring buffer full"))
+        .filter_map(|line| line.split(" total=").nth(1))
+        .find_map(|rest| rest.split_whitespace().next()?.parse::<u64>().ok())
+        .unwrap_or(0);
+    eprintln!(
+        "stop under churn: events lost {} (last warned total {warned}), connection events {}",
+        stats["events_lost"],
+        events.iter().filter(|e| e["type"] == "connection").count()
+    );
+    assert_eq!(
+        stats["events_lost"].as_u64().unwrap(),
+        warned,
+        "every lost event was warned about"
+    );
+}
