@@ -50,6 +50,7 @@ pub mod folds;
 pub mod libcalls;
 pub mod names;
 pub mod offsets;
+pub mod seed;
 
 pub use diag::{DiagOffsets, DiagStats, ListenSample, ListenSock, SockSample};
 pub use exchanges::DataSink;
@@ -149,8 +150,11 @@ pub mod stat {
     pub const ADOPTED: u32 = 2;
     /// TLS handshake calls not followed because the per-thread table (`TLS_THREADS`) was full.
     pub const TLS_UNTRACKED: u32 = 3;
+    /// Connections already open when tcpobs started, seeded into the socket table at start-up
+    /// by the `seed_connections` iterator (role, owner, state and byte counters known).
+    pub const SEEDED: u32 = 4;
     /// Number of counters.
-    pub const COUNT: u32 = 4;
+    pub const COUNT: u32 = 5;
 }
 
 /// How one kind of kernel-side filter applies (`FilterConfig` fields).

@@ -5,7 +5,7 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
-use tcpobs_common::{FoldConfig, Folds, ListenSock, Offsets, SockRecord, stat};
+use tcpobs_common::{FoldConfig, Folds, ListenKey, ListenSock, Offsets, SockRecord, stat};
 
 use crate::helpers::current_task;
 
@@ -134,3 +134,10 @@ pub fn remember_listener(sk: u64, netns: u32, port: u16) {
     current_task(&mut listener.task);
     let _ = LISTEN_SOCKS.insert(sk, listener, 0);
 }
+
+/// Listening ports found by the `find_listeners` iterator at start-up, in every network
+/// namespace: the `seed_connections` iterator, which runs next, takes a socket whose local port
+/// is one of them (or one registered at `listen()` since, `LISTENERS`) for the server end.
+/// Not preallocated (`BPF_F_NO_PREALLOC`): written once.
+#[map]
+pub static LISTEN_PORTS: HashMap<ListenKey, u8> = HashMap::with_max_entries(16_384, 1);

@@ -87,6 +87,9 @@ pub struct Loaded {
     /// Listening sockets found at start-up (opened before tcpobs), or why they were not looked
     /// for.
     pub(crate) listeners_found: Result<usize, String>,
+    /// Connections open before tcpobs, seeded into the socket table at start-up, or why they
+    /// were not.
+    pub(crate) connections_seeded: Result<u64, String>,
     /// The drop reasons (`None` before Linux 5.17).
     pub(crate) drop_reasons: Option<DropReasons>,
     /// What the diagnostics can read on this kernel.
@@ -214,6 +217,15 @@ pub fn load(options: &LoadOptions) -> Result<Loaded, LoadError> {
     if let Err(err) = &listeners_found {
         warn!("listening sockets opened before tcpobs are not watched: {err}");
     }
+    // After the listeners: their ports decide which end of a connection is the server.
+    let connections_seeded = crate::kernel::seed::seed_connections(&mut ebpf, &kernel.aya_btf);
+    match &connections_seeded {
+        Ok(seeded) => info!(seeded, "connections open before tcpobs seeded"),
+        Err(err) => warn!(
+            "connections open before tcpobs are not seeded (reported with role unknown and no \
+             exchanges): {err}"
+        ),
+    }
     let libcalls = options
         .libcalls
         .enabled
@@ -225,6 +237,7 @@ pub fn load(options: &LoadOptions) -> Result<Loaded, LoadError> {
         unattached,
         sampler,
         listeners_found,
+        connections_seeded,
         drop_reasons,
         diag_offsets: offsets.diag,
         filters: Some(filters),
@@ -304,6 +317,16 @@ impl Loaded {
             Err(why) => format!(
                 "read=listeners_at_start source=none why=\"{}: listeners opened before tcpobs \
                  are not watched\"",
+                why.replace('"', "'")
+            ),
+        });
+        lines.push(match &self.connections_seeded {
+            Ok(seeded) => {
+                format!("read=connections_at_start source=iter/task_file seeded={seeded}")
+            }
+            Err(why) => format!(
+                "read=connections_at_start source=none why=\"{}: connections opened before \
+                 tcpobs have role unknown and no exchanges\"",
                 why.replace('"', "'")
             ),
         });
