@@ -1,0 +1,182 @@
+//! Connections older than tcpobs (issue 14 §4): opened before tcpobs starts (as after a
+//! `kill -9` and restart), they are seeded from the kernel at start-up, with the role their
+//! listening port gives them, their owner and byte counters; the exchanges after the start are
+//! timed and classified like any other's, and the close says who closed. Only what happened
+//! before the start is unknown (`partial_reason: already_open`, no `connect_s`).
+
+use std::{
+    io::Read,
+    net::{SocketAddr, TcpListener, TcpStream},
+};
+
+use serde_json::Value;
+use tcpobs::model::{CloseOriginator, ExchangeClass, PartialReason, Role};
+use tcpobs_tests::{
+    Capture, by_role, daemon::Daemon, exchanges_of, listen, options, private_loopback, read_n,
+    write_all,
+};
+
+/// A client and the server end it reached, both opened before tcpobs, with one exchange
+/// ("hello" / "world!") made before it too.
+fn open_before_start() -> (TcpListener, SocketAddr, TcpStream, TcpStream) {
+    let (listener, addr) = listen(&format!("{}:0", private_loopback()));
+    let mut client = TcpStream::connect(addr).unwrap();
+    let (mut server, _) = listener.accept().unwrap();
+    write_all(&mut client, b"hello");
+    assert_eq!(read_n(&mut server, 5), b"hello");
+    write_all(&mut server, b"world!");
+    assert_eq!(read_n(&mut client, 6), b"world!");
+    (listener, addr, client, server)
+}
+
+/// Three exchanges ("ping" / "pong!"), then the client closes and the server closes after it.
+fn three_exchanges_client_closes(mut client: TcpStream, mut server: TcpStream) {
+    for _ in 0..3 {
+        write_all(&mut client, b"ping");
+        assert_eq!(read_n(&mut server, 4), b"ping");
+        write_all(&mut server, b"pong!");
+        assert_eq!(read_n(&mut client, 5), b"pong!");
+    }
+    drop(client);
+    let mut rest = Vec::new();
+    server.read_to_end(&mut rest).unwrap();
+    assert!(rest.is_empty());
+    drop(server);
+}
+
+/// The daemon, started after the connection, with `--events exchanges`: both ends have their
+/// role, three exchange events each (`start`, `continue`, `last`), the client as the closer,
+/// their owner, and byte totals that count the exchange made before the start, which itself
+/// is not counted as an exchange.
+#[test]
+fn a_connection_older_than_tcpobs_is_seeded() {
+    let (_listener, addr, client, server) = open_before_start();
+    let cidr = format!("{}/32", addr.ip());
+    let daemon = Daemon::start(&["--events", "exchanges", "--cidr", &cidr]);
+    three_exchanges_client_closes(client, server);
+    let events = daemon.wait_events("two connection events", |events| {
+        events.iter().filter(|e| e["type"] == "connection").count() >= 2
+    });
+    let connections: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["type"] == "connection")
+        .collect();
+    let mut roles: Vec<&str> = connections
+        .iter()
+        .map(|c| c["role"].as_str().unwrap())
+        .collect();
+    roles.sort();
+    assert_eq!(roles, ["client", "server"], "{connections:#?}");
+    let me = u64::from(std::process::id());
+    for connection in &connections {
+        let role = connection["role"].as_str().unwrap();
+        assert_eq!(connection["partial"], true, "{connection:#}");
+        assert_eq!(
+            connection["partial_reason"], "already_open",
+            "{connection:#}"
+        );
+        assert_eq!(connection["connect_s"], Value::Null, "{connection:#}");
+        assert_eq!(connection["exchanges"], 3, "{connection:#}");
+        assert_eq!(connection["close_originator"], "client", "{connection:#}");
+        assert_eq!(connection["close_kind"], "fin", "{connection:#}");
+        assert_eq!(connection["pid"], me, "{connection:#}");
+        // Before the start: "hello" (5) and "world!" (6); after: 3 × ("ping" 4, "pong!" 5).
+        let (sent, received) = if role == "client" {
+            (5 + 12, 6 + 15)
+        } else {
+            (6 + 15, 5 + 12)
+        };
+        assert_eq!(connection["bytes_sent"], sent, "{connection:#}");
+        assert_eq!(connection["bytes_received"], received, "{connection:#}");
+        let local_port = connection["local_port"].as_u64().unwrap();
+        assert_eq!(
+            local_port == u64::from(addr.port()),
+            role == "server",
+            "the server end is the one on the listening port: {connection:#}"
+        );
+        let id = &connection["id"];
+        let mut exchanges: Vec<&Value> = events
+            .iter()
+            .filter(|e| e["type"] == "exchange" && &e["conn_id"] == id)
+            .collect();
+        exchanges.sort_by_key(|e| e["seq"].as_u64());
+        let classes: Vec<&str> = exchanges
+            .iter()
+            .map(|e| e["class"].as_str().unwrap())
+            .collect();
+        assert_eq!(classes, ["start", "continue", "last"], "{exchanges:#?}");
+        for (seq, exchange) in exchanges.iter().enumerate() {
+            assert_eq!(exchange["seq"], seq as u64 + 1, "{exchange:#}");
+            assert_eq!(exchange["role"], role, "{exchange:#}");
+            assert_eq!(exchange["request_bytes"], 4, "{exchange:#}");
+            assert_eq!(exchange["response_bytes"], 5, "{exchange:#}");
+            assert_eq!(exchange["connect_s"], Value::Null, "{exchange:#}");
+            assert_eq!(exchange["idle_before_s"], Value::Null, "{exchange:#}");
+            assert!(exchange["response_begin_s"].is_number(), "{exchange:#}");
+        }
+        assert_eq!(exchanges[2]["close_originator"], "client");
+    }
+    let check = daemon.log().join("\n");
+    assert!(
+        check.contains("connections open before tcpobs seeded"),
+        "the seeding is logged: {check}"
+    );
+    let (code, _) = daemon.terminate();
+    assert_eq!(code, Some(0));
+}
+
+/// The same through the library (the kernel folds nothing: every exchange is a record), with
+/// the server closing first: the server is the originator, seen from both ends.
+#[test]
+fn a_seeded_connection_closed_by_the_server() {
+    let (listener, addr, mut client, mut server) = open_before_start();
+    let capture = Capture::start(&[addr.port()]);
+    for _ in 0..2 {
+        write_all(&mut client, b"ping");
+        assert_eq!(read_n(&mut server, 4), b"ping");
+        write_all(&mut server, b"pong!");
+        assert_eq!(read_n(&mut client, 5), b"pong!");
+    }
+    drop(server);
+    let mut rest = Vec::new();
+    client.read_to_end(&mut rest).unwrap();
+    drop(client);
+    drop(listener);
+    let connections = capture.wait_connections(2);
+    let records = capture.records();
+    for role in [Role::Client, Role::Server] {
+        let connection = by_role(&connections, role);
+        assert_eq!(connection.partial, Some(PartialReason::AlreadyOpen));
+        assert_eq!(connection.exchanges, 2, "{connection:#?}");
+        assert_eq!(connection.connect_ns, None);
+        let close = connection.close.as_ref().unwrap();
+        assert_eq!(close.originator, CloseOriginator::Server, "{connection:#?}");
+        assert_eq!(connection.process.as_ref().unwrap().pid, std::process::id());
+        let classes: Vec<ExchangeClass> = exchanges_of(&records, connection.id)
+            .iter()
+            .map(|e| e.class)
+            .collect();
+        assert_eq!(classes, [ExchangeClass::Start, ExchangeClass::Last]);
+    }
+    let (_, stats) = capture.stop();
+    assert_eq!(stats.kernel.adopted, 0, "seeded, not adopted");
+}
+
+/// A connection no process holds any more (the client closed, the server has not read the
+/// FIN yet: `CLOSE_WAIT` is held, the client's `FIN_WAIT2` is an orphan) is seeded on the side
+/// that holds it, with the peer as the closer.
+#[test]
+fn a_seeded_close_wait_knows_the_peer_closed() {
+    let (_listener, addr, client, mut server) = open_before_start();
+    drop(client);
+    let capture = Capture::start_with(options(&[addr.port()]));
+    let mut rest = Vec::new();
+    server.read_to_end(&mut rest).unwrap();
+    drop(server);
+    let connections = capture.wait_connections(1);
+    let server = by_role(&connections, Role::Server);
+    assert_eq!(server.partial, Some(PartialReason::AlreadyOpen));
+    let close = server.close.as_ref().unwrap();
+    assert_eq!(close.originator, CloseOriginator::Client, "{server:#?}");
+    assert_eq!(server.exchanges, 0);
+}
