@@ -12,8 +12,11 @@ use std::{
 use serde_json::Value;
 use tcpobs::model::{CloseOriginator, ExchangeClass, PartialReason, Role};
 use tcpobs_tests::{
-    Capture, by_role, daemon::Daemon, exchanges_of, listen, options, private_loopback, read_n,
-    write_all,
+    Capture, by_role, closed_port,
+    daemon::Daemon,
+    exchanges_of, listen,
+    nginx::{Nginx, http_get},
+    options, private_loopback, read_n, write_all,
 };
 
 /// A client and the server end it reached, both opened before tcpobs, with one exchange
@@ -179,4 +182,52 @@ fn a_seeded_close_wait_knows_the_peer_closed() {
     let close = server.close.as_ref().unwrap();
     assert_eq!(close.originator, CloseOriginator::Client, "{server:#?}");
     assert_eq!(server.exchanges, 0);
+}
+
+/// nginx, and a keep-alive client connected (with one request made) before tcpobs starts, with
+/// the daemon's defaults (the kernel folds the exchanges): three requests after the start are
+/// three exchanges on both ends, the client closes, nginx's end belongs to its worker.
+#[test]
+fn an_nginx_keep_alive_connection_older_than_tcpobs() {
+    let nginx = Nginx::start(closed_port(), "75s");
+    let mut client = TcpStream::connect(("127.0.0.1", nginx.port)).unwrap();
+    let client_port = u64::from(client.local_addr().unwrap().port());
+    http_get(&mut client, Some("keep-alive"));
+    let port = nginx.port.to_string();
+    let daemon = Daemon::start(&["--port", &port]);
+    for _ in 0..3 {
+        let head = http_get(&mut client, Some("keep-alive"));
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    }
+    drop(client);
+    let ours = |event: &&Value| {
+        event["type"] == "connection"
+            && (event["local_port"] == client_port || event["remote_port"] == client_port)
+    };
+    let events = daemon.wait_events("both ends of the client's connection", |events| {
+        events.iter().filter(ours).count() >= 2
+    });
+    let connections: Vec<&Value> = events.iter().filter(ours).collect();
+    assert_eq!(connections.len(), 2, "{connections:#?}");
+    for connection in &connections {
+        let server = connection["local_port"] == u64::from(nginx.port);
+        assert_eq!(
+            connection["role"],
+            if server { "server" } else { "client" },
+            "{connection:#}"
+        );
+        assert_eq!(
+            connection["partial_reason"], "already_open",
+            "{connection:#}"
+        );
+        assert_eq!(connection["exchanges"], 3, "{connection:#}");
+        assert_eq!(connection["close_originator"], "client", "{connection:#}");
+        if server {
+            assert_eq!(connection["comm"], "nginx", "{connection:#}");
+        } else {
+            assert_eq!(connection["pid"], u64::from(std::process::id()));
+        }
+    }
+    let (code, _) = daemon.terminate();
+    assert_eq!(code, Some(0));
 }
