@@ -264,7 +264,8 @@ fn adopt<R: Read>(
 ///
 /// The role comes from the listening ports of the socket's network namespace (a socket on a
 /// listening port is the server end, any other the client end), the owner from the task (pid
-/// and comm; the cgroup is not known here), the byte totals from the kernel's own counters
+/// and comm, in the open event; the cgroup is not known here, so the record's owner is claimed
+/// again by the first process-context hook), the byte totals from the kernel's own counters
 /// (`bytes_acked`, `bytes_received`, less the SYN and FINs: `tcpobs_common::seed`). The kernel keeps no creation time for a TCP socket: the
 /// record starts now and is partial (`already_open`), with the handshake unknown. A teardown
 /// already under way is kept: who sent the first FIN follows from the state, when is unknown.
@@ -311,6 +312,12 @@ pub fn seed<R: Read>(o: &Offsets, sk: Sock<R>, state: u8, task: u64) {
     }
     count(stat::SEEDED);
     emit_open(kind::OPEN, key, rec, now);
+    // The open event names the holder found; the record's owner is left for the first send,
+    // receive or close to claim (`claim`), with its cgroup, which the iterator cannot read.
+    if let Some(kept) = SOCKETS.get_ptr_mut(key) {
+        // SAFETY: as in `record_or_adopt`.
+        unsafe { (*kept).task.pid = 0 };
+    }
 }
 
 const BPF_NOEXIST: u64 = 1;

@@ -83,6 +83,10 @@ fn a_connection_older_than_tcpobs_is_seeded() {
         assert_eq!(connection["close_originator"], "client", "{connection:#}");
         assert_eq!(connection["close_kind"], "fin", "{connection:#}");
         assert_eq!(connection["pid"], me, "{connection:#}");
+        assert!(
+            connection["cgroup"].is_string(),
+            "claimed with its cgroup by the first send or receive: {connection:#}"
+        );
         // Before the start: "hello" (5) and "world!" (6); after: 3 × ("ping" 4, "pong!" 5).
         let (sent, received) = if role == "client" {
             (5 + 12, 6 + 15)

@@ -13,8 +13,9 @@
 //! - *connecting*: a `Connect` event, sent when a client's first SYN is retransmitted (a
 //!   connect still in `SYN_SENT` after the first SYN timeout; one that completes or fails
 //!   sooner sends none and starts with its `Open` or `Close`).
-//! - *live*: an `Open` event arrived (at `ESTABLISHED`, or at first sighting for a socket that
-//!   was already open, which is marked partial with role `unknown`). The kernel ends and folds
+//! - *live*: an `Open` event arrived (at `ESTABLISHED`; for a socket that was already open, at
+//!   start-up when the kernel seeds it, with the role its listening port gives it, or at first
+//!   sighting, with role `unknown`; both are marked partial). The kernel ends and folds
 //!   exchanges itself; `Burst` events bring them while they are wanted ([`exchange`]);
 //!   `State` events track teardown.
 //! - *closed*: the `Close` event carries the whole final record (the last exchange and the
