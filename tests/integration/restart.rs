@@ -7,6 +7,7 @@
 use std::{
     io::Read,
     net::{SocketAddr, TcpListener, TcpStream},
+    thread,
 };
 
 use serde_json::Value;
@@ -15,6 +16,7 @@ use tcpobs_tests::{
     Capture, by_role, closed_port,
     daemon::Daemon,
     exchanges_of, listen,
+    netns::{NetnsPair, in_netns, quiet_port},
     nginx::{Nginx, http_get},
     options, private_loopback, read_n, write_all,
 };
@@ -234,4 +236,96 @@ fn an_nginx_keep_alive_connection_older_than_tcpobs() {
     }
     let (code, _) = daemon.terminate();
     assert_eq!(code, Some(0));
+}
+
+/// The connection events of both ends of the connection whose client end is on `client_port`.
+fn both_ends(daemon: &Daemon, client_port: u16) -> Vec<Value> {
+    let port = u64::from(client_port);
+    let ours = move |event: &Value| {
+        event["type"] == "connection"
+            && (event["local_port"] == port || event["remote_port"] == port)
+    };
+    let events = daemon.wait_events("both ends of the connection", |events| {
+        events.iter().filter(|e| ours(e)).count() >= 2
+    });
+    events.into_iter().filter(|e| ours(e)).collect()
+}
+
+/// tcpobs killed with SIGKILL while a connection it traces is open, and started again: the new
+/// instance seeds the connection and reports its next exchanges, with both roles and the
+/// client as the closer.
+#[test]
+fn a_connection_survives_a_kill_and_restart() {
+    let (listener, addr) = listen(&format!("{}:0", private_loopback()));
+    let cidr = format!("{}/32", addr.ip());
+    let first = Daemon::start(&["--events", "exchanges", "--cidr", &cidr]);
+    let mut client = TcpStream::connect(addr).unwrap();
+    let client_port = client.local_addr().unwrap().port();
+    let (mut server, _) = listener.accept().unwrap();
+    write_all(&mut client, b"ping");
+    assert_eq!(read_n(&mut server, 4), b"ping");
+    write_all(&mut server, b"pong!");
+    assert_eq!(read_n(&mut client, 5), b"pong!");
+    first.signal(libc::SIGKILL);
+    drop(first);
+    let second = Daemon::start(&["--events", "exchanges", "--cidr", &cidr]);
+    three_exchanges_client_closes(client, server);
+    let connections = both_ends(&second, client_port);
+    for connection in &connections {
+        let server = connection["local_port"] == u64::from(addr.port());
+        assert_eq!(
+            connection["role"],
+            if server { "server" } else { "client" },
+            "{connection:#}"
+        );
+        assert_eq!(
+            connection["partial_reason"], "already_open",
+            "{connection:#}"
+        );
+        assert_eq!(connection["exchanges"], 3, "{connection:#}");
+        assert_eq!(connection["close_originator"], "client", "{connection:#}");
+        let total = connection["bytes_sent"].as_u64().unwrap()
+            + connection["bytes_received"].as_u64().unwrap();
+        assert_eq!(total, 9 * 4, "one exchange before the restart, three after");
+    }
+    let (code, _) = second.terminate();
+    assert_eq!(code, Some(0));
+}
+
+/// Both ends in network namespaces of their own (the server's listener there too, unknown to
+/// tcpobs's own `/proc`): the listener iterator finds the port in the server's namespace, and
+/// the client's end, whose port listens nowhere in its namespace, is the client.
+#[test]
+fn seeded_roles_follow_each_namespace_listeners() {
+    let pair = NetnsPair::create();
+    let port = quiet_port();
+    let server_addr: SocketAddr = format!("{}:{port}", pair.addr_b()).parse().unwrap();
+    let listener = in_netns(&pair.b, move || TcpListener::bind(server_addr).unwrap())
+        .join()
+        .unwrap();
+    let accept = thread::spawn(move || {
+        let (server, _) = listener.accept().unwrap();
+        (listener, server)
+    });
+    let client = in_netns(&pair.a, move || TcpStream::connect(server_addr).unwrap())
+        .join()
+        .unwrap();
+    let (_listener, server) = accept.join().unwrap();
+    let capture = Capture::start(&[port]);
+    three_exchanges_client_closes(client, server);
+    let connections = capture.wait_connections(2);
+    let records = capture.records();
+    for role in [Role::Client, Role::Server] {
+        let connection = by_role(&connections, role);
+        assert_eq!(connection.exchanges, 3, "{connection:#?}");
+        assert_eq!(
+            connection.close.as_ref().unwrap().originator,
+            CloseOriginator::Client
+        );
+        assert_eq!(exchanges_of(&records, connection.id).len(), 3);
+    }
+    assert_eq!(
+        by_role(&connections, Role::Server).addrs.local().port(),
+        port
+    );
 }
