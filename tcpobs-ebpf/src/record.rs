@@ -269,12 +269,25 @@ fn adopt<R: Read>(
 /// (`bytes_acked`, `bytes_received`, less the SYN and FINs: `tcpobs_common::seed`). The kernel keeps no creation time for a TCP socket: the
 /// record starts now and is partial (`already_open`), with the handshake unknown. A teardown
 /// already under way is kept: who sent the first FIN follows from the state, when is unknown.
-/// A socket that already has a record (a hook saw it first) keeps it. With the role known, the
+/// A socket that already has a record (a hook saw it first) keeps it; if a hook adopted it
+/// (role unknown) since the families attached, it gets its role. With the role known, the
 /// data hooks time and classify the exchanges from now on like any other's.
 #[inline(never)]
 pub fn seed<R: Read>(o: &Offsets, sk: Sock<R>, state: u8, task: u64) {
     let key = sk.key();
-    if SOCKETS.get_ptr_mut(key).is_some() {
+    if let Some(existing) = SOCKETS.get_ptr_mut(key) {
+        // SAFETY: as in `record_or_adopt`.
+        let existing = unsafe { &mut *existing };
+        // Adopted by a hook since the families attached, with its role unknown: it gets its
+        // role now, announced by a second open event of the same generation.
+        if existing.role == role::UNKNOWN
+            && existing.flags & (FLAG_PARTIAL | FLAG_IGNORED) == FLAG_PARTIAL
+        {
+            let lport = existing.endpoints.lport;
+            existing.role = seed::role_of(is_listening_port(o, sk, lport));
+            count(stat::SEEDED);
+            emit_open(kind::OPEN, key, existing, now_ns());
+        }
         return;
     }
     let Some(rec) = scratch_record() else {

@@ -7,7 +7,12 @@
 use std::{
     io::Read,
     net::{SocketAddr, TcpListener, TcpStream},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
     thread,
+    time::Duration,
 };
 
 use serde_json::Value;
@@ -327,5 +332,75 @@ fn seeded_roles_follow_each_namespace_listeners() {
     assert_eq!(
         by_role(&connections, Role::Server).addrs.local().port(),
         port
+    );
+}
+
+/// A connection busy all through tcpobs's start-up (an exchange every millisecond): whether the
+/// seeding or a data hook sees it first (a hook adopts it with its role unknown in the moment
+/// between the attach and the seeding, and the seeding then gives it its role), both ends
+/// have their role, their exchanges after that are classified, and the client closes.
+#[test]
+fn a_connection_busy_during_start_up_gets_its_role() {
+    let (listener, addr) = listen(&format!("{}:0", private_loopback()));
+    let mut client = TcpStream::connect(addr).unwrap();
+    let (mut server, _) = listener.accept().unwrap();
+    let serving = thread::spawn(move || {
+        let mut request = [0; 4];
+        while server.read_exact(&mut request).is_ok() {
+            write_all(&mut server, b"pong!");
+        }
+    });
+    let started = Arc::new(AtomicBool::new(false));
+    let busy = {
+        let started = Arc::clone(&started);
+        thread::spawn(move || {
+            let mut after = 0;
+            while after < 200 {
+                // Paced, so that the ring buffer holds every exchange event sent before the
+                // tracer reads it (a full one loses them, counted).
+                thread::sleep(Duration::from_millis(1));
+                write_all(&mut client, b"ping");
+                assert_eq!(read_n(&mut client, 5), b"pong!");
+                if started.load(Ordering::Relaxed) {
+                    after += 1;
+                }
+            }
+        })
+    };
+    let capture = Capture::start(&[addr.port()]);
+    started.store(true, Ordering::Relaxed);
+    busy.join().unwrap();
+    serving.join().unwrap();
+    let connections = capture.wait_connections(2);
+    let records = capture.records();
+    for role in [Role::Client, Role::Server] {
+        let connection = by_role(&connections, role);
+        assert_eq!(connection.partial, Some(PartialReason::AlreadyOpen));
+        assert_eq!(
+            connection.close.as_ref().unwrap().originator,
+            CloseOriginator::Client
+        );
+        let classes: Vec<ExchangeClass> = exchanges_of(&records, connection.id)
+            .iter()
+            .map(|e| e.class)
+            .collect();
+        assert!(
+            classes.len() >= 200,
+            "{role:?}: {} exchanges",
+            classes.len()
+        );
+        assert_eq!(classes.len() as u32, connection.exchanges);
+        assert_eq!(classes[0], ExchangeClass::Start);
+        assert_eq!(classes[classes.len() - 1], ExchangeClass::Last);
+        assert!(
+            classes[1..classes.len() - 1]
+                .iter()
+                .all(|c| *c == ExchangeClass::Continue)
+        );
+    }
+    let (_, stats) = capture.stop();
+    eprintln!(
+        "ends adopted before the seeding (then given their role): {}",
+        stats.kernel.adopted
     );
 }

@@ -278,11 +278,17 @@ impl Tracker {
             let id = self.next_id();
             self.insert(sock, Conn::from_event(id, open));
         } else if let Some(conn) = self.conns.get(sock) {
-            // Established after a connect: the local port is known now.
-            let (role, state) = (conn.role, conn.state);
-            self.counts.remove(role, state);
+            // Established after a connect: the local port is known now. Or adopted with its
+            // role unknown and then seeded at start-up: the role is known now.
+            let (old_role, state) = (conn.role, conn.state);
+            let role = match old_role {
+                Role::Unknown => Role::from_kernel(open.role),
+                known => known,
+            };
+            self.counts.remove(old_role, state);
             self.counts.add(role, open.state);
             let conn = self.conns.get_mut(sock).expect("checked above");
+            conn.role = role;
             conn.addrs = Addrs::from_kernel(&open.endpoints);
             conn.update_process(&open.task);
             conn.state = open.state;
