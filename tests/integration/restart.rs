@@ -130,6 +130,11 @@ fn a_connection_older_than_tcpobs_is_seeded() {
         }
         assert_eq!(exchanges[2]["close_originator"], "client");
     }
+    assert_eq!(
+        daemon.metric("tcpobs_sockets_seeded_total"),
+        2.0,
+        "both ends, and no connection the filter leaves out"
+    );
     let check = daemon.log().join("\n");
     assert!(
         check.contains("connections open before tcpobs seeded"),
@@ -174,6 +179,7 @@ fn a_seeded_connection_closed_by_the_server() {
     }
     let (_, stats) = capture.stop();
     assert_eq!(stats.kernel.adopted, 0, "seeded, not adopted");
+    assert_eq!(stats.kernel.seeded, 2, "both ends");
 }
 
 /// A connection no process holds any more (the client closed, the server has not read the

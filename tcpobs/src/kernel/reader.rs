@@ -25,6 +25,9 @@ pub struct KernelStats {
     pub adopted: u64,
     /// TLS handshake calls not followed (the kernel's per-thread table was full).
     pub tls_untracked: u64,
+    /// Connections already open at start-up, seeded into the socket table (or, adopted in the
+    /// meantime, given their role) by the seeding iterator.
+    pub seeded: u64,
 }
 
 /// Events received, per kind, and records that could not be decoded.
@@ -113,6 +116,7 @@ impl Reader {
             table_insert_failed: sum(stat::TABLE_INSERT_FAILED),
             adopted: sum(stat::ADOPTED),
             tls_untracked: sum(stat::TLS_UNTRACKED),
+            seeded: sum(stat::SEEDED),
         }
     }
 }
