@@ -2,8 +2,9 @@
 //! the kernel's `seed_connections` iterator applies, here so that they have host unit tests.
 //!
 //! - Role: a socket whose local port is a listening port of its network namespace is the
-//!   server end, any other the client end ([`role_of`]). A server whose listener has closed
-//!   since (a reload that keeps its connections) is taken for a client.
+//!   server end, any other on an ephemeral port the client end, and the rest unknown
+//!   ([`role_of`]). A server whose listener has closed since (a reload that keeps its
+//!   connections) is unknown if its port is below the ephemeral range, as most are.
 //! - Teardown: a socket past `ESTABLISHED` tells who sent the first FIN, not when
 //!   ([`teardown_of`]).
 //! - Bytes: the kernel counts sequence numbers acknowledged (`bytes_acked`) and received in order
@@ -14,14 +15,18 @@
 
 use crate::{FLAG_APP_CLOSED, FLAG_CLOSE_WAIT, role, tcp_state, teardown};
 
-/// The role of a seeded socket: `listening` when its local port is a listening port of its
-/// network namespace.
+/// The role of a seeded socket on `local_port`: `listening` when that is a listening port of
+/// its network namespace. Any other end is the client if its port is ephemeral (at least
+/// `ephemeral_low`, the first port of `ip_local_port_range`; 0 when unknown), else unknown: a
+/// port below the range was bound on purpose, most likely by a server whose listener is gone.
 #[inline(always)]
-pub fn role_of(listening: bool) -> u8 {
+pub fn role_of(listening: bool, local_port: u16, ephemeral_low: u16) -> u8 {
     if listening {
         role::SERVER
-    } else {
+    } else if local_port >= ephemeral_low {
         role::CLIENT
+    } else {
+        role::UNKNOWN
     }
 }
 
@@ -64,8 +69,20 @@ mod tests {
 
     #[test]
     fn a_listening_port_is_the_server_end() {
-        assert_eq!(role_of(true), role::SERVER);
-        assert_eq!(role_of(false), role::CLIENT);
+        assert_eq!(role_of(true, 8080, 32768), role::SERVER);
+        assert_eq!(role_of(true, 40000, 32768), role::SERVER);
+        assert_eq!(role_of(false, 40000, 32768), role::CLIENT, "ephemeral");
+        assert_eq!(
+            role_of(false, 32768, 32768),
+            role::CLIENT,
+            "the first ephemeral"
+        );
+        assert_eq!(
+            role_of(false, 443, 32768),
+            role::UNKNOWN,
+            "bound on purpose, nobody listens: a server whose listener closed?"
+        );
+        assert_eq!(role_of(false, 443, 0), role::CLIENT, "range unknown");
     }
 
     #[test]

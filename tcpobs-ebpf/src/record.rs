@@ -263,7 +263,8 @@ fn adopt<R: Read>(
 /// `seed_connections` iterator, once at start-up): `task` holds the socket's file.
 ///
 /// The role comes from the listening ports of the socket's network namespace (a socket on a
-/// listening port is the server end, any other the client end), the owner from the task (pid
+/// listening port is the server end, one on an ephemeral port the client end, the rest
+/// unknown: `tcpobs_common::seed::role_of`), the owner from the task (pid
 /// and comm, in the open event; the cgroup is not known here, so the record's owner is claimed
 /// again by the first process-context hook), the byte totals from the kernel's own counters
 /// (`bytes_acked`, `bytes_received`, less the SYN and FINs: `tcpobs_common::seed`). The kernel keeps no creation time for a TCP socket: the
@@ -284,9 +285,12 @@ pub fn seed<R: Read>(o: &Offsets, sk: Sock<R>, state: u8, task: u64) {
             && existing.flags & (FLAG_PARTIAL | FLAG_IGNORED) == FLAG_PARTIAL
         {
             let lport = existing.endpoints.lport;
-            existing.role = seed::role_of(is_listening_port(o, sk, lport));
-            count(stat::SEEDED);
-            emit_open(kind::OPEN, key, existing, now_ns());
+            let role = seed::role_of(is_listening_port(o, sk, lport), lport, o.ephemeral_low);
+            if role != role::UNKNOWN {
+                existing.role = role;
+                count(stat::SEEDED);
+                emit_open(kind::OPEN, key, existing, now_ns());
+            }
         }
         return;
     }
@@ -295,7 +299,7 @@ pub fn seed<R: Read>(o: &Offsets, sk: Sock<R>, state: u8, task: u64) {
     };
     sk.read_endpoints(o, &mut rec.endpoints);
     let lport = rec.endpoints.lport;
-    rec.role = seed::role_of(is_listening_port(o, sk, lport));
+    rec.role = seed::role_of(is_listening_port(o, sk, lport), lport, o.ephemeral_low);
     let d = &o.diag;
     rec.task.pid = kread(task, d.task_tgid).unwrap_or(0);
     rec.task.tid = rec.task.pid;

@@ -410,3 +410,28 @@ fn a_connection_busy_during_start_up_gets_its_role() {
         stats.kernel.adopted
     );
 }
+
+/// A server whose listener closed before tcpobs started (a reload that keeps its connections),
+/// on a port below the ephemeral range: its end is not taken for a client but left unknown (no
+/// exchanges, like an adopted socket); the client end, on an ephemeral port, is the client.
+#[test]
+fn a_server_end_without_its_listener_is_unknown() {
+    let port = quiet_port();
+    let addr: SocketAddr = format!("{}:{port}", private_loopback()).parse().unwrap();
+    let listener = TcpListener::bind(addr).unwrap();
+    let client = TcpStream::connect(addr).unwrap();
+    let (server, _) = listener.accept().unwrap();
+    drop(listener);
+    let capture = Capture::start(&[port]);
+    three_exchanges_client_closes(client, server);
+    let connections = capture.wait_connections(2);
+    let server = by_role(&connections, Role::Unknown);
+    assert_eq!(server.addrs.local().port(), port);
+    assert_eq!(server.exchanges, 0);
+    let client = by_role(&connections, Role::Client);
+    assert_eq!(client.exchanges, 3);
+    assert_eq!(
+        client.close.as_ref().unwrap().originator,
+        CloseOriginator::Client
+    );
+}

@@ -117,6 +117,7 @@ pub fn load(options: &LoadOptions) -> Result<Loaded, LoadError> {
     })?;
     let mut offsets = sock_offsets(&btf)?;
     offsets.wakeup_bytes = u64::from(options.ringbuf_bytes / 4);
+    offsets.ephemeral_low = ephemeral_low();
     offsets.recv_flags_arg = btf
         .func_params("tcp_recvmsg")
         .ok()
@@ -245,6 +246,16 @@ pub fn load(options: &LoadOptions) -> Result<Loaded, LoadError> {
         exchange_events,
         folds,
     })
+}
+
+/// The first port of `net.ipv4.ip_local_port_range` (this network namespace's; others usually
+/// keep the default), 0 if it cannot be read: the seeding then takes every end on a port
+/// that does not listen for a client.
+fn ephemeral_low() -> u16 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
 }
 
 /// Tells the state program that a `tcp_connect` program starts client records.
