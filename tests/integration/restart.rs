@@ -63,6 +63,20 @@ fn a_connection_older_than_tcpobs_is_seeded() {
     let (_listener, addr, client, server) = open_before_start();
     let cidr = format!("{}/32", addr.ip());
     let daemon = Daemon::start(&["--events", "exchanges", "--cidr", &cidr]);
+    // Announced at the seeding, before any traffic: the live table has both ends.
+    let entries = daemon.wait_json("both ends in the live table", |table: &Value| {
+        table["connections"]
+            .as_array()
+            .is_some_and(|c| c.len() == 2)
+    });
+    let mut live: Vec<&str> = entries["connections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["role"].as_str().unwrap())
+        .collect();
+    live.sort();
+    assert_eq!(live, ["client", "server"], "{entries:#}");
     three_exchanges_client_closes(client, server);
     let events = daemon.wait_events("two connection events", |events| {
         events.iter().filter(|e| e["type"] == "connection").count() >= 2
@@ -247,6 +261,26 @@ fn an_nginx_keep_alive_connection_older_than_tcpobs() {
     }
     let (code, _) = daemon.terminate();
     assert_eq!(code, Some(0));
+}
+
+trait LiveTable {
+    /// Polls `GET /connections` until `check` accepts the table.
+    fn wait_json(&self, what: &str, check: impl Fn(&Value) -> bool) -> Value;
+}
+
+impl LiveTable for Daemon {
+    fn wait_json(&self, what: &str, check: impl Fn(&Value) -> bool) -> Value {
+        for _ in 0..500 {
+            let (status, body) = self.api("GET", "/connections", None, None);
+            assert_eq!(status, 200, "{body}");
+            let table: Value = serde_json::from_str(&body).unwrap();
+            if check(&table) {
+                return table;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        panic!("timed out waiting for {what}");
+    }
 }
 
 /// The connection events of both ends of the connection whose client end is on `client_port`.
