@@ -219,9 +219,14 @@ pub fn load(options: &LoadOptions) -> Result<Loaded, LoadError> {
         warn!("listening sockets opened before tcpobs are not watched: {err}");
     }
     // After the listeners: their ports decide which end of a connection is the server.
+    let seeding = std::time::Instant::now();
     let connections_seeded = crate::kernel::seed::seed_connections(&mut ebpf, &kernel.aya_btf);
     match &connections_seeded {
-        Ok(seeded) => info!(seeded, "connections open before tcpobs seeded"),
+        Ok(seeded) => info!(
+            seeded,
+            elapsed_ms = seeding.elapsed().as_millis() as u64,
+            "connections open before tcpobs seeded"
+        ),
         Err(err) => warn!(
             "connections open before tcpobs are not seeded (reported with role unknown and no \
              exchanges): {err}"
