@@ -13,7 +13,7 @@ use tcpobs_common::{
 use crate::{
     filter::{allowed, is_listening_port, listener},
     helpers::{current_owner, current_task, kread, now_ns, zero},
-    maps::{EVENTS, SOCKETS, count, offsets, scratch_record},
+    maps::{EVENTS, SOCKETS, count, offsets, scratch_record, seed_scratch_record},
     socket::{Read, Sock, is_connected_state},
 };
 
@@ -264,11 +264,12 @@ fn adopt<R: Read>(
 ///
 /// The role comes from the listening ports of the socket's network namespace (a socket on a
 /// listening port is the server end, one on an ephemeral port the client end, the rest
-/// unknown: `tcpobs_common::seed::role_of`), the owner from the task (pid
-/// and comm, in the open event; the cgroup is not known here, so the record's owner is claimed
-/// again by the first process-context hook), the byte totals from the kernel's own counters
-/// (`bytes_acked`, `bytes_received`, less the SYN and FINs: `tcpobs_common::seed`). The kernel keeps no creation time for a TCP socket: the
-/// record starts now and is partial (`already_open`), with the handshake unknown. A teardown
+/// unknown: `tcpobs_common::seed::role_of`), the owner from the task (pid and comm, in the
+/// open event; the cgroup is not known here, so the record's owner is claimed again by the
+/// first process-context hook), the byte totals from the kernel's own counters (`bytes_acked`,
+/// `bytes_received`, less the SYN and FINs: `tcpobs_common::seed`). The kernel keeps no
+/// creation time for a TCP socket: the record starts now and is partial (`already_open`), with
+/// the handshake unknown. A teardown
 /// already under way is kept: who sent the first FIN follows from the state, when is unknown.
 /// A socket that already has a record (a hook saw it first) keeps it; if a hook adopted it
 /// (role unknown) since the families attached, it gets its role. With the role known, the
@@ -294,7 +295,7 @@ pub fn seed<R: Read>(o: &Offsets, sk: Sock<R>, state: u8, task: u64) {
         }
         return;
     }
-    let Some(rec) = scratch_record() else {
+    let Some(rec) = seed_scratch_record() else {
         return;
     };
     sk.read_endpoints(o, &mut rec.endpoints);

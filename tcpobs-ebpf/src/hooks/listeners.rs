@@ -26,7 +26,7 @@ use crate::{
 
 const S_IFMT: u16 = 0o170_000;
 const S_IFSOCK: u16 = 0o140_000;
-pub(super) const BPF_NOEXIST: u64 = 1;
+const BPF_NOEXIST: u64 = 1;
 
 /// The iterator context's task and file (`bpf_iter__task_file`, see the module docs); `None`
 /// at the end of the walk.
