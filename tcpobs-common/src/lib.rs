@@ -50,6 +50,7 @@ pub mod folds;
 pub mod libcalls;
 pub mod names;
 pub mod offsets;
+pub mod seed;
 
 pub use diag::{DiagOffsets, DiagStats, ListenSample, ListenSock, SockSample};
 pub use exchanges::DataSink;
@@ -161,8 +162,11 @@ pub mod stat {
     /// got through ([`crate::FLAG_ANNOUNCED`]): the daemon reports these partial (`lost`) when
     /// its audit finds the socket gone. Three counters, by role, as [`CLOSE_UNSEEN`].
     pub const CLOSE_DROPPED: u32 = 7;
+    /// Connections already open when tcpobs started, seeded into the socket table at start-up
+    /// by the `seed_connections` iterator (role, owner, state and byte counters known).
+    pub const SEEDED: u32 = 10;
     /// Number of counters.
-    pub const COUNT: u32 = 10;
+    pub const COUNT: u32 = 11;
 
     /// The counter of `role` ([`crate::role`]) in a per-role group starting at `base`; an
     /// out-of-range role counts as unknown.

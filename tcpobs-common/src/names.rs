@@ -62,6 +62,9 @@ pub const TLS_ABANDONED_MAP: &str = "TLS_ABANDONED";
 /// Listening sockets by address, and who listens (`HashMap<u64, ListenSock>`), for the
 /// listener health gauges.
 pub const LISTEN_SOCKS_MAP: &str = "LISTEN_SOCKS";
+/// Listening ports found at start-up by the `find_listeners` iterator, in every network
+/// namespace (`HashMap<ListenKey, u8>`): the `seed_connections` iterator's test of a server end.
+pub const LISTEN_PORTS_MAP: &str = "LISTEN_PORTS";
 /// What the sampler read of connections (`Array<SockSample>`, one per argument slot).
 pub const SOCK_SAMPLES_MAP: &str = "SOCK_SAMPLES";
 /// What the sampler read of listening sockets (`Array<ListenSample>`, one per argument slot).

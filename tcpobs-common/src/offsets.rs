@@ -78,7 +78,11 @@ pub struct Offsets {
     pub recv_flags_arg: u16,
     /// `struct sock`: `__sk_common.skc_flags` (unsigned long), for `SOCK_DEAD`.
     pub sk_flags: u16,
-    pub _pad: [u16; 3],
+    /// The first port of `net.ipv4.ip_local_port_range` in tcpobs's network namespace (0 if
+    /// unknown): a seeded socket whose local port neither listens nor is ephemeral is not
+    /// taken for a client ([`crate::seed::role_of`]).
+    pub ephemeral_low: u16,
+    pub _pad: [u16; 2],
     /// Wake the reader once this many bytes are waiting in the ring buffer; below that the
     /// reader polls on a timer (events are submitted with `BPF_RB_NO_WAKEUP`).
     pub wakeup_bytes: u64,
@@ -122,7 +126,8 @@ impl Offsets {
         tcp_bytes_received: 0,
         recv_flags_arg: 0,
         sk_flags: 0,
-        _pad: [0; 3],
+        ephemeral_low: 0,
+        _pad: [0; 2],
         wakeup_bytes: 0,
         diag: crate::DiagOffsets::UNSET,
     };

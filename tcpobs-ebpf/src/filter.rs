@@ -20,7 +20,7 @@ use tcpobs_common::{Endpoints, FilterConfig, ListenKey, Listener, Offsets, Owner
 
 use crate::{
     helpers::current_owner,
-    maps::{LISTEN_SOCKS, remember_listener},
+    maps::{LISTEN_PORTS, LISTEN_SOCKS, remember_listener},
     socket::{Read, Sock},
 };
 
@@ -64,6 +64,16 @@ pub fn listener<R: Read>(o: &Offsets, sk: Sock<R>, local_port: u16) -> Option<Ow
     let key = listen_key(o, sk, local_port);
     // SAFETY: plain data copied out of the map value.
     unsafe { LISTENERS.get(key).map(|listener| listener.owner) }
+}
+
+/// Whether the socket's local port is a listening port of its network namespace: registered at
+/// `listen()` or seeded from `/proc` (`LISTENERS`), or found by the `find_listeners` iterator
+/// (`LISTEN_PORTS`, every namespace). A connection on such a port is the server end.
+#[inline(always)]
+pub fn is_listening_port<R: Read>(o: &Offsets, sk: Sock<R>, local_port: u16) -> bool {
+    let key = listen_key(o, sk, local_port);
+    // SAFETY: only the presence of the values is looked at.
+    unsafe { LISTENERS.get(key).is_some() || LISTEN_PORTS.get(key).is_some() }
 }
 
 /// A socket started listening (in the process that called `listen()`).

@@ -5,7 +5,7 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
-use tcpobs_common::{FoldConfig, Folds, ListenSock, Offsets, SockRecord, stat};
+use tcpobs_common::{FoldConfig, Folds, ListenKey, ListenSock, Offsets, SockRecord, stat};
 
 use crate::helpers::current_task;
 
@@ -24,11 +24,27 @@ pub static SOCKETS: LruHashMap<u64, SockRecord> = LruHashMap::with_max_entries(1
 #[map]
 pub static SCRATCH: PerCpuArray<SockRecord> = PerCpuArray::with_max_entries(1, 0);
 
+/// Scratch space for the seeding iterator alone: it runs in process context, where a hook in
+/// softirq on the same CPU (a state change, a reset) may interrupt it and use `SCRATCH`.
+#[map]
+pub static SEED_SCRATCH: PerCpuArray<SockRecord> = PerCpuArray::with_max_entries(1, 0);
+
 /// A zeroed record to fill in and insert (per CPU; programs do not nest on one CPU for the
 /// same hook).
 #[inline(always)]
 pub fn scratch_record() -> Option<&'static mut SockRecord> {
-    let rec = SCRATCH.get_ptr_mut(0)?;
+    SCRATCH.get_ptr_mut(0).map(zeroed)
+}
+
+/// The seeding's zeroed record to fill in and insert (see `SEED_SCRATCH`).
+#[inline(always)]
+pub fn seed_scratch_record() -> Option<&'static mut SockRecord> {
+    SEED_SCRATCH.get_ptr_mut(0).map(zeroed)
+}
+
+/// Zeroes this CPU's slot of a one-entry scratch array.
+#[inline(always)]
+fn zeroed(rec: *mut SockRecord) -> &'static mut SockRecord {
     const WORDS: usize = core::mem::size_of::<SockRecord>() / 8;
     const _: () = assert!(core::mem::size_of::<SockRecord>().is_multiple_of(8));
     let words = rec.cast::<u64>();
@@ -40,7 +56,7 @@ pub fn scratch_record() -> Option<&'static mut SockRecord> {
         for index in 0..WORDS {
             core::ptr::write_volatile(words.add(index), 0);
         }
-        Some(&mut *rec)
+        &mut *rec
     }
 }
 
@@ -144,3 +160,10 @@ pub fn remember_listener(sk: u64, netns: u32, port: u16) {
     current_task(&mut listener.task);
     let _ = LISTEN_SOCKS.insert(sk, listener, 0);
 }
+
+/// Listening ports found by the `find_listeners` iterator at start-up, in every network
+/// namespace: the `seed_connections` iterator, which runs next, takes a socket whose local port
+/// is one of them (or one registered at `listen()` since, `LISTENERS`) for the server end.
+/// Not preallocated (`BPF_F_NO_PREALLOC`): written once.
+#[map]
+pub static LISTEN_PORTS: HashMap<ListenKey, u8> = HashMap::with_max_entries(16_384, 1);

@@ -7,14 +7,14 @@
 use aya_ebpf::bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP};
 use tcpobs_common::{
     BurstEvent, CloseEvent, EventHeader, FLAG_ANNOUNCED, FLAG_APP_CLOSED, FLAG_IGNORED,
-    FLAG_PARTIAL, Offsets, OpenEvent, Owner, SockRecord, StateEvent, kind, role, stat, tcp_state,
-    teardown,
+    FLAG_PARTIAL, Offsets, OpenEvent, Owner, SockRecord, StateEvent, kind, role, seed, stat,
+    tcp_state, teardown,
 };
 
 use crate::{
-    filter::{allowed, listener},
-    helpers::{current_owner, current_task, now_ns, zero},
-    maps::{EVENTS, SOCKETS, count, offsets, scratch_record, stopping},
+    filter::{allowed, is_listening_port, listener},
+    helpers::{current_owner, current_task, kread, now_ns, zero},
+    maps::{EVENTS, SOCKETS, count, offsets, scratch_record, seed_scratch_record, stopping},
     socket::{Read, Sock, is_connected_state},
 };
 
@@ -279,6 +279,93 @@ fn adopt<R: Read>(
     }
     Some(rec)
 }
+
+/// Seeds the record of a connection that was open before tcpobs started (the
+/// `seed_connections` iterator, once at start-up): `task` holds the socket's file.
+///
+/// The role comes from the listening ports of the socket's network namespace (a socket on a
+/// listening port is the server end, one on an ephemeral port the client end, the rest
+/// unknown: `tcpobs_common::seed::role_of`), the owner from the task (pid and comm, in the
+/// open event; the cgroup is not known here, so the record's owner is claimed again by the
+/// first process-context hook), the byte totals from the kernel's own counters (`bytes_acked`,
+/// `bytes_received`, less the SYN and FINs: `tcpobs_common::seed`). The kernel keeps no
+/// creation time for a TCP socket: the record starts now and is partial (`already_open`), with
+/// the handshake unknown. A teardown
+/// already under way is kept: who sent the first FIN follows from the state, when is unknown.
+/// A socket that already has a record (a hook saw it first) keeps it; if a hook adopted it
+/// (role unknown) since the families attached, it gets its role. With the role known, the
+/// data hooks time and classify the exchanges from now on like any other's.
+#[inline(never)]
+pub fn seed<R: Read>(o: &Offsets, sk: Sock<R>, state: u8, task: u64) {
+    let key = sk.key();
+    if let Some(existing) = SOCKETS.get_ptr_mut(key) {
+        // SAFETY: as in `record_or_adopt`.
+        let existing = unsafe { &mut *existing };
+        // Adopted by a hook since the families attached, with its role unknown: it gets its
+        // role now, announced by a second open event of the same generation.
+        if existing.role == role::UNKNOWN
+            && existing.flags & (FLAG_PARTIAL | FLAG_IGNORED) == FLAG_PARTIAL
+        {
+            let lport = existing.endpoints.lport;
+            let role = seed::role_of(is_listening_port(o, sk, lport), lport, o.ephemeral_low);
+            if role != role::UNKNOWN {
+                existing.role = role;
+                count(stat::SEEDED);
+                if emit_open(kind::OPEN, key, existing, now_ns()) {
+                    existing.flags |= FLAG_ANNOUNCED;
+                }
+            }
+        }
+        return;
+    }
+    let Some(rec) = seed_scratch_record() else {
+        return;
+    };
+    sk.read_endpoints(o, &mut rec.endpoints);
+    let lport = rec.endpoints.lport;
+    rec.role = seed::role_of(is_listening_port(o, sk, lport), lport, o.ephemeral_low);
+    let d = &o.diag;
+    rec.task.pid = kread(task, d.task_tgid).unwrap_or(0);
+    rec.task.tid = rec.task.pid;
+    if d.task_comm != 0 {
+        rec.task.comm = kread(task, d.task_comm).unwrap_or([0; 16]);
+    }
+    let owner = Owner {
+        pid: rec.task.pid,
+        _pad: 0,
+        cgroup: 0,
+    };
+    let traced = allowed(&rec.endpoints, || Some(owner));
+    let now = now_ns();
+    rec.start_ns = now;
+    rec.state = state;
+    rec.flags = if traced { FLAG_PARTIAL } else { FLAG_IGNORED };
+    let (first_teardown, flags) = seed::teardown_of(state);
+    rec.first_teardown = first_teardown;
+    rec.flags |= flags;
+    sk.tcp_stats(o, &mut rec.tcp);
+    (rec.bytes_sent, rec.bytes_recv) =
+        seed::payload_of(rec.role, state, rec.tcp.bytes_acked, rec.tcp.bytes_received);
+    let record: &SockRecord = rec;
+    // No overwrite: a hook that created the record since the look-up above wins.
+    if SOCKETS.insert(key, record, BPF_NOEXIST).is_err() || !traced {
+        return;
+    }
+    count(stat::SEEDED);
+    let announced = emit_open(kind::OPEN, key, rec, now);
+    // The open event names the holder found; the record's owner is left for the first send,
+    // receive or close to claim (`claim`), with its cgroup, which the iterator cannot read.
+    if let Some(kept) = SOCKETS.get_ptr_mut(key) {
+        // SAFETY: as in `record_or_adopt`.
+        unsafe { (*kept).task.pid = 0 };
+        if announced {
+            // SAFETY: as above.
+            unsafe { (*kept).flags |= FLAG_ANNOUNCED };
+        }
+    }
+}
+
+const BPF_NOEXIST: u64 = 1;
 
 /// The traced record of a socket, without adopting it.
 #[inline(always)]

@@ -313,10 +313,11 @@ fn every_strategy_gives_the_same_records() {
     }
 }
 
-/// A connection opened before tcpobs started is adopted mid-life: role unknown, partial,
-/// no exchange guessed, bytes counted from the moment it was seen.
+/// A connection opened before tcpobs started is seeded at start-up (more in `restart`): its
+/// role from the listening port, partial (the handshake is unknown), its exchange after the
+/// start classified, the client as the closer.
 #[test]
-fn already_open_connection_is_partial_with_unknown_role() {
+fn already_open_connection_is_seeded_with_its_role() {
     let (listener, addr) = listen("127.0.0.1:0");
     let mut client = TcpStream::connect(addr).unwrap();
     let (mut server, _) = listener.accept().unwrap();
@@ -331,35 +332,22 @@ fn already_open_connection_is_partial_with_unknown_role() {
     drop(server);
     let connections = capture.wait_connections(2);
     for connection in &connections {
-        assert_eq!(connection.role, Role::Unknown, "{connection:#?}");
         assert_eq!(connection.partial, Some(PartialReason::AlreadyOpen));
-        assert_eq!(connection.exchanges, 0);
+        assert_eq!(connection.exchanges, 1, "{connection:#?}");
         assert_eq!(connection.connect_ns, None);
         let close = connection.close.as_ref().unwrap();
-        assert_eq!(close.originator, CloseOriginator::Unknown);
+        assert_eq!(close.originator, CloseOriginator::Client);
         assert_eq!(close.kind, CloseKind::Fin);
         assert_eq!(connection.bytes_sent + connection.bytes_received, 9);
     }
-    let closed_by: Vec<_> = connections
-        .iter()
-        .map(|c| {
-            (
-                c.addrs.local().port() == addr.port(),
-                c.close.as_ref().unwrap().closed_by,
-            )
-        })
-        .collect();
-    assert!(
-        closed_by.contains(&(false, Some(Side::Local))),
-        "{closed_by:?}"
-    );
-    assert!(
-        closed_by.contains(&(true, Some(Side::Peer))),
-        "{closed_by:?}"
-    );
+    let server = by_role(&connections, Role::Server);
+    assert_eq!(server.addrs.local().port(), addr.port());
+    assert_eq!(server.close.as_ref().unwrap().closed_by, Some(Side::Peer));
+    let client = by_role(&connections, Role::Client);
+    assert_eq!(client.close.as_ref().unwrap().closed_by, Some(Side::Local));
     let (records, stats) = capture.stop();
-    assert!(tcpobs_tests::exchanges(&records).is_empty());
-    assert_eq!(stats.kernel.adopted, 2);
+    assert_eq!(tcpobs_tests::exchanges(&records).len(), 2, "one per end");
+    assert_eq!(stats.kernel.adopted, 0, "seeded, not adopted");
 }
 
 /// 8 MiB in 64 KiB writes is one burst: events scale with exchanges, not with syscalls.

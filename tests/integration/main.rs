@@ -21,6 +21,7 @@ mod metadata;
 mod netns;
 mod otlp;
 mod phases;
+mod restart;
 mod runtime;
 mod systemd;
 mod tls;

@@ -5,7 +5,9 @@
 //! `find_listeners`, an `iter/task_file` program (Linux 5.8): the kernel calls it for each
 //! (task, fd, file) of the processes in tcpobs's PID namespace, whatever their network
 //! namespace, and it keeps the TCP sockets in `LISTEN`, with the process that holds them
-//! (first found wins: workers share their master's listening socket).
+//! (first found wins: workers share their master's listening socket). It also notes each
+//! listening port in `LISTEN_PORTS`, by network namespace, for the `seed_connections` iterator
+//! ([`super::seed`]) that runs next.
 //!
 //! aya-ebpf has no `#[iter]` macro: the section is named by hand, and the context is
 //! `struct bpf_iter__task_file { struct bpf_iter_meta *meta; struct task_struct *task; u32 fd;
@@ -14,11 +16,11 @@
 
 use core::ffi::c_void;
 
-use tcpobs_common::{ListenSock, Offsets, tcp_state};
+use tcpobs_common::{ListenKey, ListenSock, Offsets, tcp_state};
 
 use crate::{
     helpers::{kread, zero},
-    maps::{LISTEN_SOCKS, offsets},
+    maps::{LISTEN_PORTS, LISTEN_SOCKS, offsets},
     socket::{Probe, Sock},
 };
 
@@ -26,9 +28,10 @@ const S_IFMT: u16 = 0o170_000;
 const S_IFSOCK: u16 = 0o140_000;
 const BPF_NOEXIST: u64 = 1;
 
-#[unsafe(no_mangle)]
-#[unsafe(link_section = "iter/task_file")]
-pub extern "C" fn find_listeners(ctx: *mut c_void) -> i32 {
+/// The iterator context's task and file (`bpf_iter__task_file`, see the module docs); `None`
+/// at the end of the walk.
+#[inline(always)]
+pub(super) fn task_and_file(ctx: *mut c_void) -> Option<(u64, u64)> {
     let ctx = ctx as *const u64;
     // SAFETY: the iterator's context, as laid out above; `file` is the fourth word.
     let (task, file) = unsafe {
@@ -37,7 +40,28 @@ pub extern "C" fn find_listeners(ctx: *mut c_void) -> i32 {
             core::ptr::read_volatile(ctx.add(3)),
         )
     };
-    if task != 0 && file != 0 {
+    (task != 0 && file != 0).then_some((task, file))
+}
+
+/// The `struct sock` of a socket file, `None` for any other file.
+#[inline(always)]
+pub(super) fn socket_of(o: &Offsets, file: u64) -> Option<u64> {
+    let d = &o.diag;
+    if d.file_inode == 0 || d.file_private_data == 0 || d.socket_sk == 0 {
+        return None;
+    }
+    let inode = kread::<u64>(file, d.file_inode)?;
+    if kread::<u16>(inode, d.inode_mode).unwrap_or(0) & S_IFMT != S_IFSOCK {
+        return None;
+    }
+    let sk = kread::<u64>(file, d.file_private_data).and_then(|s| kread::<u64>(s, d.socket_sk))?;
+    (sk != 0).then_some(sk)
+}
+
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "iter/task_file")]
+pub extern "C" fn find_listeners(ctx: *mut c_void) -> i32 {
+    if let Some((task, file)) = task_and_file(ctx) {
         visit(offsets(), task, file);
     }
     0
@@ -46,22 +70,11 @@ pub extern "C" fn find_listeners(ctx: *mut c_void) -> i32 {
 #[inline(never)]
 fn visit(o: &Offsets, task: u64, file: u64) {
     let d = &o.diag;
-    if d.file_inode == 0 || d.file_private_data == 0 || d.socket_sk == 0 {
-        return;
-    }
-    let Some(inode) = kread::<u64>(file, d.file_inode) else {
-        return;
-    };
-    if kread::<u16>(inode, d.inode_mode).unwrap_or(0) & S_IFMT != S_IFSOCK {
-        return;
-    }
-    let Some(sk) =
-        kread::<u64>(file, d.file_private_data).and_then(|s| kread::<u64>(s, d.socket_sk))
-    else {
+    let Some(sk) = socket_of(o, file) else {
         return;
     };
     let sock = Sock::<Probe>::new(sk as *const u8);
-    if sk == 0 || sock.state(o) != tcp_state::LISTEN || !sock.is_tcp(o) {
+    if sock.state(o) != tcp_state::LISTEN || !sock.is_tcp(o) {
         return;
     }
     let mut listener = ListenSock {
@@ -75,5 +88,11 @@ fn visit(o: &Offsets, task: u64, file: u64) {
     if d.task_comm != 0 {
         listener.task.comm = kread(task, d.task_comm).unwrap_or([0; 16]);
     }
+    let port = ListenKey {
+        netns: listener.netns,
+        port: listener.port,
+        _pad: 0,
+    };
+    let _ = LISTEN_PORTS.insert(port, 1, 0);
     let _ = LISTEN_SOCKS.insert(sk, listener, BPF_NOEXIST);
 }

@@ -10,9 +10,9 @@
 //! The libcall families ([`libcalls`]) are uprobes on user-space libraries (the C library's
 //! `getaddrinfo`, OpenSSL's handshake functions), attached to every copy the daemon finds.
 //!
-//! Two programs are not hooks: the [`sampler`], a raw tracepoint program the daemon runs on
-//! demand to read live sockets by address, and [`listeners`], an iterator the daemon runs once
-//! at start-up to find the listening sockets opened before it.
+//! Three programs are not hooks: the [`sampler`], a raw tracepoint program the daemon runs on
+//! demand to read live sockets by address, and two iterators the daemon runs once at start-up:
+//! [`listeners`] finds the listening sockets opened before it, then [`seed`] the connections.
 
 mod accept;
 mod close;
@@ -25,6 +25,7 @@ mod probes;
 mod resets;
 mod retransmit;
 mod sampler;
+mod seed;
 mod sk_error;
 mod state;
 

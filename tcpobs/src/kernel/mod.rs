@@ -15,4 +15,5 @@ pub mod loader;
 mod proptests;
 pub(crate) mod reader;
 pub mod report;
+pub(crate) mod seed;
 mod tracefs;

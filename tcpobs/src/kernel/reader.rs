@@ -32,6 +32,9 @@ pub struct KernelStats {
     /// role (`[client, server, unknown]`): the daemon's audit reports these connections
     /// partial (`lost`).
     pub closes_lost: [u64; 3],
+    /// Connections already open at start-up, seeded into the socket table (or, adopted in the
+    /// meantime, given their role) by the seeding iterator.
+    pub seeded: u64,
 }
 
 impl KernelStats {
@@ -150,6 +153,7 @@ impl Reader {
             tls_untracked: sum(stat::TLS_UNTRACKED),
             connections_lost: by_role(stat::CLOSE_UNSEEN),
             closes_lost: by_role(stat::CLOSE_DROPPED),
+            seeded: sum(stat::SEEDED),
         }
     }
 }

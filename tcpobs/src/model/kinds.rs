@@ -155,8 +155,9 @@ impl ExchangeClass {
 /// Why a connection record is incomplete.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum PartialReason {
-    /// The kernel first saw the socket mid-life: it was open before tcpobs started, or its
-    /// kernel record was evicted from a full socket table and adopted again.
+    /// The kernel first saw the socket mid-life: it was open before tcpobs started (seeded at
+    /// start-up, or adopted when next seen), or its kernel record was evicted from a full
+    /// socket table and adopted again. The handshake and what came before are unknown.
     AlreadyOpen,
     /// tcpobs lost track of it: a newer connection appeared on the same socket before this one
     /// was seen to close (kernel record evicted, or the close event dropped).

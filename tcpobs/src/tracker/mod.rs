@@ -13,8 +13,9 @@
 //! - *connecting*: a `Connect` event, sent when a client's first SYN is retransmitted (a
 //!   connect still in `SYN_SENT` after the first SYN timeout; one that completes or fails
 //!   sooner sends none and starts with its `Open` or `Close`).
-//! - *live*: an `Open` event arrived (at `ESTABLISHED`, or at first sighting for a socket that
-//!   was already open, which is marked partial with role `unknown`). The kernel ends and folds
+//! - *live*: an `Open` event arrived (at `ESTABLISHED`; for a socket that was already open, at
+//!   start-up when the kernel seeds it, with the role its listening port gives it, or at first
+//!   sighting, with role `unknown`; both are marked partial). The kernel ends and folds
 //!   exchanges itself; `Burst` events bring them while they are wanted ([`exchange`]);
 //!   `State` events track teardown.
 //! - *closed*: the `Close` event carries the whole final record (the last exchange and the
@@ -319,11 +320,17 @@ impl Tracker {
             let id = self.next_id();
             self.insert(sock, Conn::from_event(id, open));
         } else if let Some(conn) = self.conns.get(sock) {
-            // Established after a connect: the local port is known now.
-            let (role, state) = (conn.role, conn.state);
-            self.counts.remove(role, state);
+            // Established after a connect: the local port is known now. Or adopted with its
+            // role unknown and then seeded at start-up: the role is known now.
+            let (old_role, state) = (conn.role, conn.state);
+            let role = match old_role {
+                Role::Unknown => Role::from_kernel(open.role),
+                known => known,
+            };
+            self.counts.remove(old_role, state);
             self.counts.add(role, open.state);
             let conn = self.conns.get_mut(sock).expect("checked above");
+            conn.role = role;
             conn.addrs = Addrs::from_kernel(&open.endpoints);
             conn.update_process(&open.task);
             conn.state = open.state;

@@ -195,6 +195,11 @@ impl Collector for Scrape {
                 health.kernel.adopted,
             ),
             (
+                "tcpobs_sockets_seeded",
+                "Connections already open when tcpobs started, seeded from the kernel at start-up",
+                health.kernel.seeded,
+            ),
+            (
                 "tcpobs_sockets_untracked",
                 "Sockets the kernel could not add to its table",
                 health.kernel.table_insert_failed,

@@ -472,6 +472,8 @@ pub const FAMILIES: [Family; 10] = [
 pub const SAMPLER_PROGRAM: &str = "sample_socks";
 /// The iterator (`iter/task_file`) that finds the listening sockets opened before tcpobs.
 pub const LISTENERS_ITERATOR: &str = "find_listeners";
+/// The iterator (`iter/task_file`) that seeds the connections opened before tcpobs.
+pub const SEED_ITERATOR: &str = "seed_connections";
 
 /// A user-space library the libcall families probe.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -586,6 +588,7 @@ mod tests {
         }
         programs.push((SAMPLER_PROGRAM, "raw_tp"));
         programs.push((LISTENERS_ITERATOR, "iter"));
+        programs.push((SEED_ITERATOR, "iter"));
         for probe in LIBCALL_FAMILIES.iter().flat_map(|family| family.probes) {
             programs.push((
                 probe.program,
@@ -646,6 +649,7 @@ mod tests {
             names::TLS_PENDING_MAP,
             names::TLS_ABANDONED_MAP,
             names::LISTEN_SOCKS_MAP,
+            names::LISTEN_PORTS_MAP,
             names::SOCK_SAMPLES_MAP,
             names::LISTEN_SAMPLES_MAP,
             names::DROP_INTEREST_MAP,

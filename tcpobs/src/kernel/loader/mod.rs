@@ -87,6 +87,9 @@ pub struct Loaded {
     /// Listening sockets found at start-up (opened before tcpobs), or why they were not looked
     /// for.
     pub(crate) listeners_found: Result<usize, String>,
+    /// Connections open before tcpobs, seeded into the socket table at start-up, or why they
+    /// were not.
+    pub(crate) connections_seeded: Result<u64, String>,
     /// The drop reasons (`None` before Linux 5.17).
     pub(crate) drop_reasons: Option<DropReasons>,
     /// What the diagnostics can read on this kernel.
@@ -114,6 +117,7 @@ pub fn load(options: &LoadOptions) -> Result<Loaded, LoadError> {
     })?;
     let mut offsets = sock_offsets(&btf)?;
     offsets.wakeup_bytes = u64::from(options.ringbuf_bytes / 4);
+    offsets.ephemeral_low = ephemeral_low();
     offsets.recv_flags_arg = btf
         .func_params("tcp_recvmsg")
         .ok()
@@ -214,6 +218,20 @@ pub fn load(options: &LoadOptions) -> Result<Loaded, LoadError> {
     if let Err(err) = &listeners_found {
         warn!("listening sockets opened before tcpobs are not watched: {err}");
     }
+    // After the listeners: their ports decide which end of a connection is the server.
+    let seeding = std::time::Instant::now();
+    let connections_seeded = crate::kernel::seed::seed_connections(&mut ebpf, &kernel.aya_btf);
+    match &connections_seeded {
+        Ok(seeded) => info!(
+            seeded,
+            elapsed_ms = seeding.elapsed().as_millis() as u64,
+            "connections open before tcpobs seeded"
+        ),
+        Err(err) => warn!(
+            "connections open before tcpobs are not seeded (reported with role unknown and no \
+             exchanges): {err}"
+        ),
+    }
     let libcalls = options
         .libcalls
         .enabled
@@ -225,6 +243,7 @@ pub fn load(options: &LoadOptions) -> Result<Loaded, LoadError> {
         unattached,
         sampler,
         listeners_found,
+        connections_seeded,
         drop_reasons,
         diag_offsets: offsets.diag,
         filters: Some(filters),
@@ -232,6 +251,16 @@ pub fn load(options: &LoadOptions) -> Result<Loaded, LoadError> {
         exchange_events,
         folds,
     })
+}
+
+/// The first port of `net.ipv4.ip_local_port_range` (this network namespace's; others usually
+/// keep the default), 0 if it cannot be read: the seeding then takes every end on a port
+/// that does not listen for a client.
+fn ephemeral_low() -> u16 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
 }
 
 /// Tells the state program that a `tcp_connect` program starts client records.
@@ -304,6 +333,16 @@ impl Loaded {
             Err(why) => format!(
                 "read=listeners_at_start source=none why=\"{}: listeners opened before tcpobs \
                  are not watched\"",
+                why.replace('"', "'")
+            ),
+        });
+        lines.push(match &self.connections_seeded {
+            Ok(seeded) => {
+                format!("read=connections_at_start source=iter/task_file seeded={seeded}")
+            }
+            Err(why) => format!(
+                "read=connections_at_start source=none why=\"{}: connections opened before \
+                 tcpobs have role unknown and no exchanges\"",
                 why.replace('"', "'")
             ),
         });

@@ -30,6 +30,42 @@ fn already_open_connections_are_partial_and_unclassified() {
     assert_eq!(tracker.stats(), TrackerStats::default());
 }
 
+/// A socket adopted (role unknown) in the moment between the hooks attaching and the seeding,
+/// then given its role by the seeding (a second open of the same generation): the role counts
+/// from then on, and the exchanges after it are classified.
+#[test]
+fn a_seeded_role_replaces_an_adopted_unknown() {
+    let mut sock = Sock::new(0xffff_0000_0000_3000, role::UNKNOWN, 10 * MS);
+    sock.rec.flags = FLAG_PARTIAL;
+    let mut sock = sock.established(10 * MS).recv(10 * MS, 10);
+    sock.rec.role = role::SERVER;
+    let events = sock
+        .established(11 * MS)
+        .send(12 * MS, 20)
+        .recv(13 * MS, 30)
+        .send(14 * MS, 40)
+        .state(tcp_state::CLOSE_WAIT, 15 * MS)
+        .state(tcp_state::LAST_ACK, 16 * MS)
+        .close(17 * MS, 0);
+    let (exchanges, connections, tracker) = run_events(events, false);
+    assert_eq!(connections.len(), 1, "one connection: {connections:#?}");
+    let connection = &connections[0];
+    assert_eq!(connection.role, Role::Server);
+    assert_eq!(connection.partial, Some(PartialReason::AlreadyOpen));
+    assert_eq!(
+        classes(&exchanges),
+        [ExchangeClass::Start, ExchangeClass::Last],
+        "the request in progress at the seeding, then one after"
+    );
+    assert_eq!(connection.exchanges, 2);
+    assert_eq!(
+        connection.close.as_ref().unwrap().originator,
+        CloseOriginator::Client
+    );
+    assert_eq!(tracker.live().count(), 0);
+    assert_eq!(tracker.stats(), TrackerStats::default());
+}
+
 #[test]
 fn events_for_unknown_connections_are_unmatched() {
     let events = Sock::client(0)

@@ -346,6 +346,7 @@ pub(crate) fn stats(
         .u64(key!("events_lost"), kernel.ringbuf_full)
         .u64(key!("sockets_untracked"), kernel.table_insert_failed)
         .u64(key!("sockets_adopted"), kernel.adopted)
+        .u64(key!("sockets_seeded"), kernel.seeded)
         .u64(key!("sockets_evicted"), tracker.lost)
         .u64(key!("unmatched_events"), tracker.unmatched)
         .u64(key!("dns_cache_evicted"), tracker.dns_evicted)
