@@ -17,7 +17,7 @@ use std::{
 
 use serde_json::Value;
 
-use crate::{PATIENCE, tcpobs_binary};
+use crate::{PATIENCE, STARTUP_PATIENCE, tcpobs_binary};
 
 static DAEMONS: AtomicU32 = AtomicU32::new(0);
 
@@ -149,7 +149,7 @@ impl Daemon {
             }
         });
         let api = started
-            .recv_timeout(PATIENCE)
+            .recv_timeout(STARTUP_PATIENCE)
             .expect("tcpobs did not report that it is tracing")
             .expect("tcpobs did not report its HTTP address");
         (

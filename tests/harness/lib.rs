@@ -44,6 +44,11 @@ use tcpobs::{
 /// and may be loaded; passing tests never wait this long.
 pub const PATIENCE: Duration = Duration::from_secs(20);
 
+/// How long the daemon may take to load and attach its programs. Longer than [`PATIENCE`]: in
+/// the kernel matrix's guests (software emulation, on a host that may be busy) verifying and
+/// attaching every fentry program takes tens of seconds; on a host, about one.
+pub const STARTUP_PATIENCE: Duration = Duration::from_secs(90);
+
 static SERIAL: Mutex<()> = Mutex::new(());
 
 fn serial() -> MutexGuard<'static, ()> {
