@@ -170,6 +170,24 @@ impl Daemon {
         self.log.lock().unwrap().clone()
     }
 
+    /// The first line of the daemon's log that `matches`, waiting up to [`PATIENCE`] for it
+    /// (its stderr is read by a thread of its own, so a line can arrive after the answer to
+    /// the request that caused it).
+    pub fn wait_log(&self, what: &str, matches: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if let Some(line) = self.log().into_iter().find(|line| matches(line)) {
+                return line;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{what} not logged within {PATIENCE:?}: {:#?}",
+                self.log()
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }

@@ -136,20 +136,20 @@ fn a_hostile_local_user_can_change_nothing() {
     daemon.wait_events("both ends of the traced connection", |events| {
         events.iter().filter(|e| e["type"] == "connection").count() >= 2
     });
-    let log = daemon.log().join("\n");
+    let line = daemon.wait_log("the attempt", |line| {
+        line.contains("PUT /config asked of the metrics API")
+    });
     assert!(
-        log.contains("WARN") && log.contains("PUT /config asked of the metrics API"),
-        "the attempt is logged: {log}"
+        line.contains("WARN"),
+        "the attempt is logged at WARN: {line}"
     );
 
     // Root, through the admin socket: applied, and logged at WARN with who.
     let (status, body) = daemon.api("PUT", "/config", Some(r#"{"events":"anomalies"}"#), None);
     assert_eq!(status, 200, "{body}");
-    let log = daemon.log();
-    let change = log
-        .iter()
-        .find(|line| line.contains("runtime settings changed"))
-        .unwrap_or_else(|| panic!("no change logged: {log:#?}"));
+    let change = daemon.wait_log("the change", |line| {
+        line.contains("runtime settings changed")
+    });
     assert!(
         change.contains("WARN") && change.contains("by=unix socket uid 0 pid "),
         "{change}"
@@ -209,11 +209,9 @@ fn the_admin_api_over_tcp_needs_credentials_and_refuses_rebinding() {
     );
     let (status, body) = put(&["--user", "admin:hunter2"]);
     assert_eq!(status, 200, "{body}");
-    let log = daemon.log();
-    let line = log
-        .iter()
-        .find(|line| line.contains("runtime settings changed"))
-        .unwrap_or_else(|| panic!("{log:#?}"));
+    let line = daemon.wait_log("the change", |line| {
+        line.contains("runtime settings changed")
+    });
     assert!(
         line.contains("WARN") && line.contains("by=127.0.0.1:") && line.contains(" user admin"),
         "{line}"
