@@ -7,7 +7,9 @@
 //!
 //! Drops are the listener's `sk_drops` between two readings: every `tcp_listendrop()`, which
 //! the kernel calls when the accept queue is full (a SYN, or the handshake's last ACK), when
-//! the SYN queue is full without SYN cookies, or when it cannot make the socket (memory). No
+//! the SYN queue is full without SYN cookies, or when it cannot make the socket (memory), and
+//! also segments dropped from the listener's full backlog while it was busy (`TCPBacklogDrop`,
+//! rare). No
 //! tracepoint names the reason on most kernels, so it comes from the queues at either reading:
 //! `accept_queue_full` when the accept queue was full (`sk_ack_backlog > sk_max_ack_backlog`,
 //! the kernel's own test), else `syn_queue_full` when the SYN queue was at its limit, else
