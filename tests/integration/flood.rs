@@ -105,20 +105,30 @@ impl Reported {
     }
 }
 
-#[test]
-fn every_connection_end_is_reported_or_counted_under_a_flood() {
+/// nginx on a private loopback address (its status page on a second port, not traced), and a
+/// daemon tracing that address and port with the smallest ring buffer, and `extra` flags.
+fn flooded_nginx(extra: &[&str]) -> (Ipv4Addr, u16, Nginx, Daemon) {
     let ip = private_loopback();
     let (port, status_port) = (free_port(ip), free_port(ip));
     let nginx = Nginx::start_with_status(ip, port, status_port);
     let cidr = format!("{ip}/32");
     let port_arg = port.to_string();
-    let daemon = Daemon::start(&[
+    let mut args = vec![
         "--cidr",
         &cidr,
         "--port",
         &port_arg,
         "--ringbuf-bytes",
         "4096",
+    ];
+    args.extend_from_slice(extra);
+    let daemon = Daemon::start(&args);
+    (ip, port, nginx, daemon)
+}
+
+#[test]
+fn every_connection_end_is_reported_or_counted_under_a_flood() {
+    let (ip, port, nginx, daemon) = flooded_nginx(&[
         "--sweep-interval",
         "200ms",
         "--threshold-no-data",
@@ -278,19 +288,7 @@ fn every_connection_end_is_reported_or_counted_under_a_flood() {
 /// and every event lost before is in a warning.
 #[test]
 fn stopping_under_churn_neither_adopts_nor_loses_silently() {
-    let ip = private_loopback();
-    let (port, status_port) = (free_port(ip), free_port(ip));
-    let _nginx = Nginx::start_with_status(ip, port, status_port);
-    let cidr = format!("{ip}/32");
-    let port_arg = port.to_string();
-    let daemon = Daemon::start(&[
-        "--cidr",
-        &cidr,
-        "--port",
-        &port_arg,
-        "--ringbuf-bytes",
-        "4096",
-    ]);
+    let (ip, port, _nginx, daemon) = flooded_nginx(&[]);
     let stop = std::sync::atomic::AtomicBool::new(false);
     let stopped = thread::scope(|scope| {
         for _ in 0..4 {
