@@ -88,14 +88,7 @@ pub(crate) fn connection(
         .u64(key!("local_port"), u64::from(record.addrs.local().port()))
         .ip(key!("remote_ip"), record.addrs.remote().ip())
         .u64(key!("remote_port"), u64::from(record.addrs.remote().port()))
-        .opt_u64(
-            key!("pid"),
-            record.process.as_ref().map(|p| u64::from(p.pid)),
-        )
-        .opt_str(
-            key!("comm"),
-            record.process.as_ref().map(|p| p.comm.as_str()),
-        )
+        .process(record.process.as_ref())
         .meta(meta)
         .secs(key!("connect_s"), record.connect_ns)
         .opt_str(
@@ -195,14 +188,7 @@ pub(crate) fn exchange(
         .u64(key!("client_port"), u64::from(client.port()))
         .ip(key!("server_ip"), server.ip())
         .u64(key!("server_port"), u64::from(server.port()))
-        .opt_u64(
-            key!("pid"),
-            record.process.as_ref().map(|p| u64::from(p.pid)),
-        )
-        .opt_str(
-            key!("comm"),
-            record.process.as_ref().map(|p| p.comm.as_str()),
-        )
+        .process(record.process.as_ref())
         .meta(meta)
         .u64(key!("seq"), u64::from(record.seq))
         .str(key!("class"), record.class.as_str())
@@ -255,14 +241,7 @@ pub(crate) fn anomaly(
             .u64(key!("remote_port"), u64::from(record.addrs.remote().port()));
     }
     object
-        .opt_u64(
-            key!("pid"),
-            record.process.as_ref().map(|p| u64::from(p.pid)),
-        )
-        .opt_str(
-            key!("comm"),
-            record.process.as_ref().map(|p| p.comm.as_str()),
-        )
+        .process(record.process.as_ref())
         .meta(meta)
         .str(key!("hint"), record.stuck.hint());
     object.end();
@@ -316,14 +295,7 @@ pub(crate) fn tls(out: &mut Line, record: &TlsRecord, clock: &impl WallClock) {
             .null(key!("remote_port")),
     };
     object
-        .opt_u64(
-            key!("pid"),
-            record.process.as_ref().map(|p| u64::from(p.pid)),
-        )
-        .opt_str(
-            key!("comm"),
-            record.process.as_ref().map(|p| p.comm.as_str()),
-        )
+        .process(record.process.as_ref())
         .secs(key!("duration_s"), Some(record.duration_ns))
         .bool(key!("ok"), record.ok)
         .u64(key!("calls"), u64::from(record.calls));

@@ -168,6 +168,13 @@ impl<'a> Object<'a> {
         }
     }
 
+    /// `pid` and `comm` of the owning process, `null` for both when unknown.
+    #[inline(always)]
+    pub(crate) fn process(&mut self, process: Option<&crate::model::Process>) -> &mut Self {
+        self.opt_u64(key!("pid"), process.map(|p| u64::from(p.pid)))
+            .opt_str(key!("comm"), process.map(|p| p.comm.as_str()))
+    }
+
     #[inline(always)]
     pub(crate) fn ip(&mut self, key: Key, value: IpAddr) -> &mut Self {
         self.key(key);
