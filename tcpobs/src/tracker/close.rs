@@ -7,7 +7,9 @@
 //!   then `timeout` unless a side had already closed), `rst` when any reset was exchanged,
 //!   `fin` for an orderly close, `error` for anything else.
 //! - A socket that never left `SYN_SENT`/`SYN_RECV` is a connect failure: `refused` (a reset
-//!   answered the SYN), `timeout`, `unreachable` (ICMP), or `other`.
+//!   answered the SYN), `timeout`, `unreachable` (ICMP, or, where the application took the
+//!   error before any hook read it, the kernel dropped the SYN for want of a neighbour or a
+//!   route), or `other`.
 
 use tcpobs_common::{
     FLAG_APP_CLOSED, FLAG_CLOSE_WAIT, FLAG_RST_RECV, FLAG_RST_SENT, SockRecord, diag::have,
@@ -17,7 +19,7 @@ use tcpobs_common::{
 use super::KernelFacts;
 use crate::model::{
     Close, CloseKind, CloseOriginator, ConnectFailure, Diagnosis, DiagnosisParts, ECONNREFUSED,
-    ETIMEDOUT, Role, Side,
+    ETIMEDOUT, Role, Side, drop_reason_name,
 };
 
 /// Retransmitted segments, as the kernel counts them (`TcpRetransSegs`): its own
@@ -133,8 +135,22 @@ pub(super) fn connect_failure_of(rec: &SockRecord) -> Option<ConnectFailure> {
         ECONNREFUSED => ConnectFailure::Refused,
         ETIMEDOUT => ConnectFailure::Timeout,
         ENETUNREACH | EHOSTUNREACH | EHOSTDOWN => ConnectFailure::Unreachable,
+        0 if dropped_as_unreachable(rec) => ConnectFailure::Unreachable,
         _ => ConnectFailure::Other,
     })
+}
+
+/// Drop reasons (`enum skb_drop_reason`) that say a packet could not leave because the peer has
+/// no route or no link-layer neighbour: the kernel's own verdict of "unreachable".
+const UNREACHABLE_DROPS: [&str; 3] = ["neigh_failed", "neigh_createfail", "ip_outnoroutes"];
+
+/// Whether the handshake's packets were dropped as unreachable. The kernel sets `sk_err` and
+/// wakes the application (`tcp_v4_err()`) before it moves the socket to `CLOSE`; an application
+/// on another CPU can take the error in between (`getsockopt(SO_ERROR)`), and where the errors
+/// family runs after the wake-up (the `inet_sk_error_report` tracepoint) or is missing, no
+/// hook sees it. The SYN's drop, counted by the drops family, still says why.
+fn dropped_as_unreachable(rec: &SockRecord) -> bool {
+    rec.diag.drops != 0 && UNREACHABLE_DROPS.contains(&&*drop_reason_name(rec.diag.drop_reason))
 }
 
 #[cfg(test)]
@@ -254,5 +270,29 @@ mod tests {
         assert_eq!(failed(0, EHOSTUNREACH), Some(ConnectFailure::Unreachable));
         assert_eq!(failed(0, 0), Some(ConnectFailure::Other));
         assert_eq!(connect_failure_of(&record(teardown::LOCAL_FIN, 0, 0)), None);
+    }
+
+    #[test]
+    fn a_lost_error_is_read_from_the_syns_drop() {
+        // The only test that names drop reasons (the values are made up).
+        let mut names = vec![None; 42];
+        names[6] = Some("netfilter_drop".into());
+        names[41] = Some("neigh_failed".into());
+        crate::model::set_drop_reason_names(names);
+        let failed = |sk_err, drops, drop_reason| {
+            let mut rec = SockRecord {
+                final_state: tcp_state::SYN_SENT,
+                sk_err,
+                ..Default::default()
+            };
+            rec.diag.drops = drops;
+            rec.diag.drop_reason = drop_reason;
+            connect_failure_of(&rec)
+        };
+        assert_eq!(failed(0, 1, 41), Some(ConnectFailure::Unreachable));
+        // A firewall's drop is not the peer being unreachable, and the kernel's own error wins.
+        assert_eq!(failed(0, 1, 6), Some(ConnectFailure::Other));
+        assert_eq!(failed(ETIMEDOUT, 3, 41), Some(ConnectFailure::Timeout));
+        assert_eq!(failed(0, 0, 41), Some(ConnectFailure::Other));
     }
 }
