@@ -121,10 +121,11 @@ fn unanswered_syn_is_a_connect_timeout() {
     .unwrap();
     assert_eq!(err.kind(), ErrorKind::TimedOut, "{err}");
     let record = client_of(&capture.wait_connections(1));
+    let families = capture.families();
     assert_eq!(
         record.connect_failure,
         Some(ConnectFailure::Timeout),
-        "{record:#?}"
+        "{record:#?}\n{families:#?}"
     );
     assert!(record.retransmits >= 1, "{record:#?}");
     // The kernel counts a retransmitted SYN too (a retransmit that fails to leave, as when the
@@ -156,9 +157,11 @@ fn unresolvable_neighbor_is_unreachable() {
     .unwrap();
     assert_eq!(err.raw_os_error(), Some(libc::EHOSTUNREACH), "{err}");
     let record = client_of(&capture.wait_connections(1));
+    // Where the error comes from (the errors family, or the SYN's drop) if it goes wrong.
+    let families = capture.families();
     assert_eq!(
         record.connect_failure,
         Some(ConnectFailure::Unreachable),
-        "{record:#?}"
+        "{record:#?}\n{families:#?}"
     );
 }
