@@ -73,6 +73,9 @@ pub(crate) struct LiveView {
     pub bytes_received: u64,
     /// Last data (or lifecycle event) known (ns).
     pub last_activity_ns: u64,
+    /// The TCP state (`tcp_state`): the kernel's record's, which knows the teardown states no
+    /// event reports (`FIN_WAIT1`, `LAST_ACK`, `CLOSING`).
+    pub state: u8,
 }
 
 /// `Conn::stall_check`: not sampled since it last moved data.
@@ -188,8 +191,12 @@ impl Conn {
             bytes_sent: self.bytes_sent,
             bytes_received: self.bytes_received,
             last_activity_ns: self.last_activity_ns,
+            state: self.state,
         };
         if let Some(rec) = rec.filter(|rec| rec.start_ns == self.start_ns) {
+            if super::hang::is_open_state(rec.state) {
+                view.state = rec.state;
+            }
             let in_progress = !Pending::in_progress(rec, self.role).is_empty();
             let exchanges = rec.exchanges.count.saturating_add(u32::from(in_progress));
             view.exchanges = view.exchanges.max(exchanges);

@@ -28,8 +28,11 @@
 //! the caller's `lookup`) before it is flagged: the record has the bytes moved, the last data
 //! and the current state. An idle connection is thus flagged one idle threshold after its last
 //! data, without waiting for the no-data threshold.
-//! Already-flagged connections are re-checked on a slow rotation, so a host with many zombies
-//! costs a bounded number of lookups per sweep. Each
+//! Already-flagged connections are re-checked on every sweep while there are at most
+//! [`RECHECK_BUDGET`] of them (so a zombie that comes back to life is no longer counted stuck
+//! one sweep later), and beyond that on a rotation that keeps to about that many lookups a
+//! sweep (once per [`RECHECK_EVERY`] sweeps at most), so a host with many zombies costs a
+//! bounded number of lookups per sweep. Each
 //! connection is reported once per way of being stuck ([`Record::Anomaly`]); the report also
 //! counts how many connections are stuck each way right now, for the gauge.
 //!
@@ -128,9 +131,19 @@ pub(crate) struct SweepReport {
     pub lost: u64,
 }
 
-/// Already-flagged idle connections are re-checked against the kernel once per this many
-/// sweeps (spread by connection id).
+/// Already-flagged stuck connections are re-checked against the kernel at least once per this
+/// many sweeps (spread by connection id); known-idle stall suspects are read again as often.
 const RECHECK_EVERY: u64 = 30;
+
+/// Re-checks of already-flagged connections a sweep may make (each a lookup of about 1 µs,
+/// with the live table locked) before they are spread over several sweeps.
+const RECHECK_BUDGET: u64 = 1_000;
+
+/// The stride of the re-checks when `flagged` connections are stuck: every sweep up to the
+/// budget, then spread so that a sweep makes about [`RECHECK_BUDGET`] of them.
+fn recheck_stride(flagged: u64) -> u64 {
+    flagged.div_ceil(RECHECK_BUDGET).clamp(1, RECHECK_EVERY)
+}
 
 /// Every live connection is checked against the kernel's table once per this many sweeps.
 pub(super) const AUDIT_EVERY: u64 = 60;
@@ -140,7 +153,7 @@ pub(super) const AUDIT_EVERY: u64 = 60;
 const AUDIT_CAP: u64 = 16_384;
 
 /// A state a socket in the table can be in, short of `CLOSE` (whose event is on its way).
-fn is_open_state(state: u8) -> bool {
+pub(super) fn is_open_state(state: u8) -> bool {
     use tcp_state::*;
     matches!(
         state,
@@ -266,6 +279,7 @@ impl Tracker {
         let audit_all = self.audit_all > 0;
         self.audit_all = self.audit_all.saturating_sub(1);
         let stride = self.audit_stride.max(1);
+        let recheck = self.recheck_stride.max(1);
         let mut report = SweepReport::default();
         let mut vanished = Vec::new();
         let counts = &mut self.counts;
@@ -294,7 +308,7 @@ impl Tracker {
                     None => conn.maybe_idle(now, thresholds, stall),
                     Some(_) => {
                         !conn.stuck.is_some_and(|stuck| conn.flagged.contains(stuck))
-                            || (conn.id + sweep).is_multiple_of(RECHECK_EVERY)
+                            || (conn.id + sweep).is_multiple_of(recheck)
                     }
                 };
             if needs_kernel {
@@ -360,6 +374,7 @@ impl Tracker {
             self.abandon(sock, out);
             report.lost += 1;
         }
+        self.recheck_stride = recheck_stride(report.stuck.iter().sum());
         report
     }
 }
@@ -636,9 +651,9 @@ mod tests {
         assert_eq!(anomalies(&out), [Stuck::NoData], "no anomaly for socket 1");
         assert_eq!(tracker.live().count(), 1);
         assert_eq!(tracker.stats().lost, 1);
-        // The window is over: back to the slow rotation (socket 2 is flagged already).
+        // The window is over: only socket 2, flagged, is read again.
         let third = tracker.sweep(13 * S, &thresholds(), alive, &mut out);
-        assert_eq!(third.lookups, 0);
+        assert_eq!(third.lookups, 1);
     }
 
     #[test]
@@ -658,6 +673,15 @@ mod tests {
         }
         assert_eq!(lost, n, "two rounds of two sweeps each");
         assert_eq!(tracker.live().count(), 0);
+    }
+
+    #[test]
+    fn many_flagged_connections_are_rechecked_within_a_budget() {
+        assert_eq!(recheck_stride(0), 1);
+        assert_eq!(recheck_stride(RECHECK_BUDGET), 1);
+        assert_eq!(recheck_stride(RECHECK_BUDGET + 1), 2);
+        assert_eq!(recheck_stride(10 * RECHECK_BUDGET), 10);
+        assert_eq!(recheck_stride(1_000 * RECHECK_BUDGET), RECHECK_EVERY);
     }
 
     #[test]

@@ -160,6 +160,9 @@ pub(crate) struct Tracker {
     /// `audit_stride` of them.
     audit_all: u64,
     audit_stride: u64,
+    /// Already-flagged stuck connections are read again once per this many sweeps (0 or 1:
+    /// every sweep); set by each sweep from how many there were.
+    recheck_stride: u64,
 }
 
 impl Tracker {

@@ -306,6 +306,20 @@ impl ConnectionFilter {
     }
 }
 
+/// Whether a connection the tracker has in state `tracked` may be in `wanted` by now: the
+/// kernel goes through `FIN_WAIT1`, `CLOSING`, `LAST_ACK` and an orphan's `FIN_WAIT2` without
+/// an event (its record has the state).
+fn may_be_in(tracked: u8, wanted: u8) -> bool {
+    use tcpobs_common::tcp_state::*;
+    tracked == wanted
+        || matches!(
+            (tracked, wanted),
+            (ESTABLISHED, FIN_WAIT1 | FIN_WAIT2 | CLOSING)
+                | (FIN_WAIT1, FIN_WAIT2 | CLOSING)
+                | (CLOSE_WAIT, LAST_ACK)
+        )
+}
+
 async fn connections(
     State(state): State<AppState>,
     Query(query): Query<HashMap<String, String>>,
@@ -320,7 +334,7 @@ async fn connections(
     // every connection idle long enough (and perhaps some that are not).
     let mut matching: Vec<_> = tracker
         .live_socks()
-        .filter(|(_, conn)| filter.state.is_none_or(|s| conn.state() == s))
+        .filter(|(_, conn)| filter.state.is_none_or(|s| may_be_in(conn.state(), s)))
         .filter(|(_, conn)| {
             filter.port.is_none_or(|port| {
                 conn.addrs().local().port() == port || conn.addrs().remote().port() == port
@@ -329,16 +343,18 @@ async fn connections(
         .filter(|(_, conn)| now.saturating_sub(conn.last_activity_ns()) >= filter.min_idle_ns)
         .collect();
     matching.sort_unstable_by_key(|(_, conn)| conn.id());
-    // Bytes, exchanges and the last data are the kernel's record's (one lookup, about 1 µs,
-    // per connection returned; with `min_idle_s`, per connection matched).
+    // Bytes, exchanges, the last data and the state are the kernel's record's (one lookup,
+    // about 1 µs, per connection returned; with `min_idle_s` or `state`, per connection
+    // matched).
     let viewed = matching
         .into_iter()
         .map(|(sock, conn)| (conn, tracker.live_view(sock, conn)));
-    let (total, views): (usize, Vec<_>) = if filter.min_idle_ns > 0 {
-        let idle: Vec<_> = viewed
+    let (total, views): (usize, Vec<_>) = if filter.min_idle_ns > 0 || filter.state.is_some() {
+        let kept: Vec<_> = viewed
             .filter(|(_, view)| now.saturating_sub(view.last_activity_ns) >= filter.min_idle_ns)
+            .filter(|(_, view)| filter.state.is_none_or(|s| view.state == s))
             .collect();
-        (idle.len(), idle.into_iter().take(filter.limit).collect())
+        (kept.len(), kept.into_iter().take(filter.limit).collect())
     } else {
         (viewed.len(), viewed.take(filter.limit).collect())
     };
@@ -348,7 +364,7 @@ async fn connections(
         .map(|(conn, view)| LiveConnection {
             id: conn.id(),
             role: conn.role().as_str(),
-            state: state_name(conn.state()),
+            state: state_name(view.state),
             partial: conn.partial(),
             local_ip: conn.addrs().local().ip().to_string(),
             local_port: conn.addrs().local().port(),
@@ -629,6 +645,63 @@ mod tests {
             .map(|c| c["id"].as_u64().unwrap())
             .collect();
         assert!(!ids.contains(&1), "{body}");
+    }
+
+    /// The state shown and filtered on is the kernel record's: a client that closed and waits
+    /// for the peer's ACK is in `FIN_WAIT1`, which no event reports.
+    #[tokio::test]
+    async fn connections_show_the_teardown_states_of_the_kernel_record() {
+        let state = state();
+        lock(&state.tracker).set_kernel_table(Some(KernelTable::new(move |sock| {
+            Some(SockRecord {
+                start_ns: sock,
+                role: role::CLIENT,
+                state: if sock == 1 {
+                    tcp_state::FIN_WAIT1
+                } else {
+                    tcp_state::ESTABLISHED
+                },
+                ..SockRecord::default()
+            })
+        })));
+        let listed = |body: &str| -> (Value, Vec<(u64, String)>) {
+            let table: Value = serde_json::from_str(body).unwrap();
+            let rows = table["connections"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|c| {
+                    (
+                        c["id"].as_u64().unwrap(),
+                        c["state"].as_str().unwrap().into(),
+                    )
+                })
+                .collect();
+            (table["total"].clone(), rows)
+        };
+        let (_, _, body) = call(&state, "GET", "/connections", "").await;
+        assert_eq!(
+            listed(&body),
+            (
+                json!(2),
+                vec![(1, "FIN_WAIT1".into()), (2, "ESTABLISHED".into())]
+            ),
+            "{body}"
+        );
+        let (_, _, body) = call(&state, "GET", "/connections?state=FIN_WAIT1", "").await;
+        assert_eq!(
+            listed(&body),
+            (json!(1), vec![(1, "FIN_WAIT1".into())]),
+            "{body}"
+        );
+        let (_, _, body) = call(&state, "GET", "/connections?state=ESTABLISHED", "").await;
+        assert_eq!(
+            listed(&body),
+            (json!(1), vec![(2, "ESTABLISHED".into())]),
+            "{body}"
+        );
+        let (_, _, body) = call(&state, "GET", "/connections?state=LAST_ACK", "").await;
+        assert_eq!(listed(&body), (json!(0), vec![]), "{body}");
     }
 
     #[tokio::test]

@@ -51,6 +51,7 @@ fn the_live_view_takes_bytes_and_exchanges_from_the_kernel_record() {
             bytes_sent: 0,
             bytes_received: 0,
             last_activity_ns: 50 * US,
+            state: tcp_state::ESTABLISHED,
         };
         assert_eq!(conn.live_view(None), unaware, "the tracker alone");
         let stale = SockRecord {
@@ -73,6 +74,7 @@ fn the_live_view_takes_bytes_and_exchanges_from_the_kernel_record() {
                 bytes_sent: 4,
                 bytes_received: 4,
                 last_activity_ns: 200 * MS,
+                state: tcp_state::ESTABLISHED,
             }
         );
         let (_, connections, _) = run(&sock.close(S, 0));
@@ -83,6 +85,32 @@ fn the_live_view_takes_bytes_and_exchanges_from_the_kernel_record() {
             "what the connection event says at the close"
         );
     }
+}
+
+/// The teardown states no event reports are the record's: a client that closed and waits for
+/// the server's ACK is in `FIN_WAIT1`, one whose record is gone or of another generation shows
+/// the tracker's state, and `CLOSE` (its close event on the way) is not a live state.
+#[test]
+fn the_live_view_takes_the_state_from_the_kernel_record() {
+    let sock = ping_pong_client();
+    let tracker = folded(&sock);
+    let (_, conn) = tracker.live_socks().next().unwrap();
+    let closing = SockRecord {
+        state: tcp_state::FIN_WAIT1,
+        ..sock.rec
+    };
+    assert_eq!(conn.live_view(Some(&closing)).state, tcp_state::FIN_WAIT1);
+    let stale = SockRecord {
+        start_ns: 7,
+        ..closing
+    };
+    assert_eq!(conn.live_view(Some(&stale)).state, tcp_state::ESTABLISHED);
+    let closed = SockRecord {
+        state: tcp_state::CLOSE,
+        ..sock.rec
+    };
+    assert_eq!(conn.live_view(Some(&closed)).state, tcp_state::ESTABLISHED);
+    assert_eq!(conn.live_view(None).state, tcp_state::ESTABLISHED);
 }
 
 /// Keep-alive: the exchanges the kernel ended, plus the one in progress (here a request
@@ -102,6 +130,7 @@ fn the_live_view_counts_the_folded_exchanges_and_the_one_in_progress() {
         bytes_sent: 30,
         bytes_received: 200,
         last_activity_ns: 5 * MS,
+        state: tcp_state::ESTABLISHED,
     };
     let tracker = folded(&sock);
     let (_, conn) = tracker.live_socks().next().unwrap();
@@ -174,12 +203,45 @@ fn an_idle_connection_is_flagged_from_the_kernel_record_before_the_no_data_thres
             "idle since the pong"
         );
         assert_eq!(report.stuck[Stuck::Idle as usize], 1);
-        // Reported once; not read again every sweep (the slow rotation re-checks it).
+        // Reported once; read again each sweep (few are flagged), still idle.
         out.clear();
         let report = tracker.sweep(3300 * MS, &thresholds, kernel, &mut out);
-        assert_eq!((report.lookups, report.stuck[Stuck::Idle as usize]), (0, 1));
+        assert_eq!((report.lookups, report.stuck[Stuck::Idle as usize]), (1, 1));
         assert!(anomalies(&out).is_empty());
     }
+}
+
+/// A zombie that moves data again is no longer counted idle on the next sweep, although no
+/// event tells the tracker of its data (the kernel folds the exchanges).
+#[test]
+fn an_idle_connection_that_moves_data_again_is_unflagged_on_the_next_sweep() {
+    let sock = ping_pong_client();
+    let mut tracker = folded(&sock);
+    let rec = sock.rec;
+    let thresholds = idle_thresholds();
+    let mut out = Vec::new();
+    let report = tracker.sweep(
+        2300 * MS,
+        &thresholds,
+        |_| Some(KernelView::of(&rec)),
+        &mut out,
+    );
+    assert_eq!(report.stuck[Stuck::Idle as usize], 1, "{out:?}");
+    // Another request at 2.5 s: only the kernel's record knows.
+    let rec = sock.send(2500 * MS, 4).rec;
+    out.clear();
+    let report = tracker.sweep(
+        3300 * MS,
+        &thresholds,
+        |_| Some(KernelView::of(&rec)),
+        &mut out,
+    );
+    assert_eq!((report.lookups, report.stuck[Stuck::Idle as usize]), (1, 0));
+    assert!(
+        // Idle from the pong (200 ms) to the sweep that saw the data.
+        matches!(out[..], [Record::Unstuck(Stuck::Idle, ns)] if ns == 3100 * MS),
+        "the episode ends: {out:?}"
+    );
 }
 
 /// Without data in the kernel's record either, the connection is not idle: it is read each
