@@ -53,7 +53,7 @@ use crate::sync::lock;
 pub(crate) const STOP_DEADLINE: Duration = Duration::from_secs(5);
 
 /// How much longer the final `stats` line gets, once what was still queued is dropped (the
-/// block being written is finished first: at most 64 KiB).
+/// block being written is finished first: about [`FLUSH_AT`](super::FLUSH_AT) at most).
 pub(crate) const LAST_LINE_GRACE: Duration = Duration::from_secs(1);
 
 /// Failed writes and dropped blocks are logged at most this often.
