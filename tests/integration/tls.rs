@@ -10,7 +10,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use tcpobs::{config::live::Thresholds, export::output::select::anomalies_of, model::Role};
+use tcpobs::{
+    config::live::Thresholds,
+    export::output::select::{AnomalyLimits, anomalies_of},
+    model::Role,
+};
 use tcpobs_tests::{
     Capture, PATIENCE, closed_port, connections,
     daemon::Daemon,
@@ -128,7 +132,7 @@ fn a_certificate_from_an_unknown_authority_fails_the_handshake() {
     assert!(!handshake.ok, "{handshake:?}");
     assert_eq!(handshake.conn_id, Some(client.id));
     assert_eq!(client.tls().and_then(|tls| tls.ok), Some(false));
-    let anomalies = anomalies_of(&client, &Thresholds::default());
+    let anomalies = anomalies_of(&client, &AnomalyLimits::of(&Thresholds::default()));
     assert!(anomalies.contains(&"tls_failure"), "{anomalies:?}");
 }
 

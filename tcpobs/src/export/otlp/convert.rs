@@ -109,7 +109,7 @@ impl Convert {
             let meta = item.meta.as_deref();
             match &item.record {
                 Record::Connection(connection) => {
-                    let anomalies = anomalies_of(connection, &item.thresholds);
+                    let anomalies = anomalies_of(connection, &item.limits);
                     events::connection(line, connection, &anomalies, meta, clock);
                 }
                 Record::Exchange(exchange) => events::exchange(line, exchange, meta, clock),
@@ -224,7 +224,7 @@ impl Convert {
         let (time_ns, warn, link) = match &item.record {
             Record::Connection(c) => (
                 c.start_ns + c.lifetime_ns,
-                !anomalies_of(c, &item.thresholds).is_empty(),
+                !anomalies_of(c, &item.limits).is_empty(),
                 Some((c.id, SpanOf::Root)),
             ),
             Record::Exchange(e) => (
@@ -305,6 +305,7 @@ mod tests {
     };
     use crate::{
         config::live::Thresholds,
+        export::output::select::AnomalyLimits,
         model::{
             Addrs, AnomalyRecord, Close, CloseKind, CloseOriginator, ConnectFailure, Diagnosis,
             DnsLink, ExchangeSpan, Side, Stuck, StuckSet, TimelineSpans,
@@ -316,7 +317,7 @@ mod tests {
             record,
             event,
             meta: None,
-            thresholds: Thresholds::default(),
+            limits: AnomalyLimits::of(&Thresholds::default()),
             attributes: OnceLock::new(),
         }
     }

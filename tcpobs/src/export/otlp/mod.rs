@@ -53,7 +53,7 @@ use self::{
 };
 use super::output::{
     Sink,
-    select::{EventType, Sampler, selected},
+    select::{AnomalyLimits, EventType, Sampler, selected},
 };
 use crate::{
     clock::{Clock, monotonic_now_ns},
@@ -80,7 +80,7 @@ pub(crate) struct Item {
     event: EventType,
     meta: Option<Arc<Meta>>,
     /// The thresholds when it was selected (a connection's anomalies depend on them).
-    thresholds: Thresholds,
+    limits: AnomalyLimits,
     /// Its event's attributes, worked out by the first lane that needs them.
     attributes: OnceLock<Attributes>,
 }
@@ -197,7 +197,7 @@ pub struct Otlp {
     counts: Arc<OtlpCounts>,
     stopping: Arc<AtomicBool>,
     selection: EventSelection,
-    thresholds: Thresholds,
+    limits: AnomalyLimits,
     sampler: Sampler,
     metadata: Option<Arc<Metadata>>,
 }
@@ -270,7 +270,7 @@ impl Otlp {
             counts,
             stopping,
             selection: EventSelection::default(),
-            thresholds: Thresholds::default(),
+            limits: AnomalyLimits::of(&Thresholds::default()),
             sampler: Sampler::new(None),
             metadata,
         }
@@ -316,12 +316,12 @@ impl Otlp {
 impl Sink for Otlp {
     fn configure(&mut self, live: &LiveSettings) {
         self.selection = live.events;
-        self.thresholds = live.thresholds;
+        self.limits = AnomalyLimits::of(&live.thresholds);
         self.sampler = Sampler::new(live.sample);
     }
 
     fn write(&mut self, record: &Record) -> io::Result<()> {
-        let Some(event) = selected(self.selection, record, &self.thresholds) else {
+        let Some(event) = selected(self.selection, record, &self.limits) else {
             return Ok(());
         };
         let traces = self
@@ -355,7 +355,7 @@ impl Sink for Otlp {
                 .metadata
                 .as_ref()
                 .and_then(|metadata| metadata.lookup(process)),
-            thresholds: self.thresholds,
+            limits: self.limits,
             attributes: OnceLock::new(),
         });
         if let Some(lane) = traces {

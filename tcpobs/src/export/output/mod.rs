@@ -22,7 +22,7 @@ use tracing::warn;
 use self::{
     json::events,
     justniffer::LineFormat,
-    select::{EventType, OutputCounts, Sampler, anomalies_of, selected},
+    select::{AnomalyLimits, EventType, OutputCounts, Sampler, anomalies_of, selected},
     writer::{
         Destination, DropReason, FileDest, LOG_EVERY, NOT_AN_EVENT, Queue, ReopenHandle, Throttle,
     },
@@ -68,7 +68,7 @@ pub struct Output {
     /// One justniffer line, before it joins `pending`.
     text: String,
     selection: EventSelection,
-    thresholds: Thresholds,
+    limits: AnomalyLimits,
     sampler: Sampler,
     counts: Arc<OutputCounts>,
     /// Container and pod metadata for JSON events, if enabled.
@@ -125,7 +125,7 @@ impl Output {
             lines: Vec::new(),
             text: String::new(),
             selection: EventSelection::default(),
-            thresholds: Thresholds::default(),
+            limits: AnomalyLimits::of(&Thresholds::default()),
             sampler: Sampler::new(None),
             counts,
             metadata: None,
@@ -252,7 +252,7 @@ impl Output {
     /// Which event this record makes, if any.
     fn route(&self, record: &Record) -> Option<EventType> {
         match (&self.format, record) {
-            (Format::Json, _) => selected(self.selection, record, &self.thresholds),
+            (Format::Json, _) => selected(self.selection, record, &self.limits),
             (Format::Justniffer(_), Record::Exchange(_)) => {
                 (self.selection != EventSelection::None).then_some(EventType::Exchange)
             }
@@ -264,7 +264,7 @@ impl Output {
 impl Sink for Output {
     fn configure(&mut self, live: &LiveSettings) {
         self.selection = live.events;
-        self.thresholds = live.thresholds;
+        self.limits = AnomalyLimits::of(&live.thresholds);
         self.sampler = Sampler::new(live.sample);
     }
 
@@ -295,7 +295,7 @@ impl Sink for Output {
                 self.pending.push_str(&self.text);
             }
             (_, Record::Connection(connection)) => {
-                let anomalies = anomalies_of(connection, &self.thresholds);
+                let anomalies = anomalies_of(connection, &self.limits);
                 let meta = metadata.and_then(|m| m.lookup(connection.process.as_ref()));
                 events::connection(
                     &mut self.pending,

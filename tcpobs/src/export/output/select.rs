@@ -123,31 +123,77 @@ impl Sampler {
     }
 }
 
+/// The thresholds [`anomalies_of`] compares a connection with, in nanoseconds (0: off),
+/// worked out once per change of settings rather than once per connection.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AnomalyLimits {
+    handshake_ns: u64,
+    first_byte_ns: u64,
+    idle_ns: u64,
+    close_wait_ns: u64,
+    resets: bool,
+}
+
+impl AnomalyLimits {
+    pub fn of(thresholds: &Thresholds) -> Self {
+        Self {
+            handshake_ns: ns(thresholds.handshake_s),
+            first_byte_ns: ns(thresholds.first_byte_s),
+            idle_ns: ns(thresholds.idle_s),
+            close_wait_ns: ns(thresholds.close_wait_s),
+            resets: thresholds.resets,
+        }
+    }
+}
+
+/// Why a closed connection is an anomaly: each reason at most once, in a fixed order (empty if
+/// it is not one). Kept inline: one is worked out for every connection.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Anomalies {
+    names: [&'static str; Anomalies::REASONS],
+    len: usize,
+}
+
+impl Anomalies {
+    /// How many reasons [`anomalies_of`] can give at once.
+    const REASONS: usize = 8;
+
+    fn push(&mut self, name: &'static str) {
+        self.names[self.len] = name;
+        self.len += 1;
+    }
+}
+
+impl std::ops::Deref for Anomalies {
+    type Target = [&'static str];
+
+    fn deref(&self) -> &Self::Target {
+        &self.names[..self.len]
+    }
+}
+
 /// Why a closed connection is an anomaly (empty if it is not).
-pub fn anomalies_of(record: &ConnectionRecord, thresholds: &Thresholds) -> Vec<&'static str> {
-    let over = |value: Option<u64>, seconds: f64| {
-        let limit = ns(seconds);
-        limit != 0 && value.is_some_and(|value| value > limit)
-    };
-    let mut found = Vec::new();
+pub fn anomalies_of(record: &ConnectionRecord, limits: &AnomalyLimits) -> Anomalies {
+    let over = |value: Option<u64>, limit: u64| limit != 0 && value.is_some_and(|v| v > limit);
+    let mut found = Anomalies::default();
     if record.connect_failure.is_some() {
         found.push("connect_failure");
     }
-    if over(record.connect_ns, thresholds.handshake_s) {
+    if over(record.connect_ns, limits.handshake_ns) {
         found.push("slow_handshake");
     }
-    if over(record.max_response_begin_ns, thresholds.first_byte_s) {
+    if over(record.max_response_begin_ns, limits.first_byte_ns) {
         found.push("slow_first_byte");
     }
-    if over(record.max_idle_ns, thresholds.idle_s) {
+    if over(record.max_idle_ns, limits.idle_ns) {
         found.push("long_idle");
     }
     if let Some(close) = &record.close {
-        if close.close_wait_unclosed || over(close.close_wait_ns, thresholds.close_wait_s) {
+        if close.close_wait_unclosed || over(close.close_wait_ns, limits.close_wait_ns) {
             found.push("close_wait");
         }
         match close.kind {
-            CloseKind::Rst if thresholds.resets => found.push("reset"),
+            CloseKind::Rst if limits.resets => found.push("reset"),
             CloseKind::Timeout => found.push("timeout"),
             _ => {}
         }
@@ -165,14 +211,14 @@ pub fn anomalies_of(record: &ConnectionRecord, thresholds: &Thresholds) -> Vec<&
 pub(crate) fn selected(
     selection: EventSelection,
     record: &Record,
-    thresholds: &Thresholds,
+    limits: &AnomalyLimits,
 ) -> Option<EventType> {
     use EventSelection as S;
     match (selection, record) {
         (S::None, _) | (_, Record::Opened(_) | Record::Unstuck(..)) => None,
         (S::Connections | S::Exchanges, Record::Connection(_)) => Some(EventType::Connection),
         (S::Anomalies, Record::Connection(connection)) => {
-            (!anomalies_of(connection, thresholds).is_empty()).then_some(EventType::Connection)
+            (!anomalies_of(connection, limits).is_empty()).then_some(EventType::Connection)
         }
         (S::Exchanges, Record::Exchange(_)) => Some(EventType::Exchange),
         (_, Record::Exchange(_)) => None,
@@ -263,25 +309,52 @@ mod tests {
 
     #[test]
     fn anomalies_follow_the_thresholds() {
+        let limits = |thresholds: &Thresholds| AnomalyLimits::of(thresholds);
         let thresholds = Thresholds::default();
         assert_eq!(
-            anomalies_of(&connection(), &thresholds),
+            *anomalies_of(&connection(), &limits(&thresholds)),
             ["slow_first_byte"]
         );
         let relaxed = Thresholds {
             first_byte_s: 0.0,
             ..thresholds
         };
-        assert!(anomalies_of(&connection(), &relaxed).is_empty());
+        assert!(anomalies_of(&connection(), &limits(&relaxed)).is_empty());
         let mut reset = connection();
         reset.close.as_mut().unwrap().kind = CloseKind::Rst;
-        assert_eq!(anomalies_of(&reset, &relaxed), ["reset"]);
+        assert_eq!(*anomalies_of(&reset, &limits(&relaxed)), ["reset"]);
         let quiet = Thresholds {
             resets: false,
             ..relaxed
         };
-        assert!(anomalies_of(&reset, &quiet).is_empty());
+        assert!(anomalies_of(&reset, &limits(&quiet)).is_empty());
+        // Every reason at once fits.
+        let mut worst = reset.clone();
+        worst.connect_failure = Some(crate::model::ConnectFailure::Timeout);
+        worst.connect_ns = Some(u64::MAX);
+        worst.max_idle_ns = Some(u64::MAX);
+        worst.close.as_mut().unwrap().close_wait_unclosed = true;
+        worst.stuck.insert(crate::model::Stuck::Idle);
+        let all = Thresholds {
+            handshake_s: 1.0,
+            first_byte_s: 1.0,
+            idle_s: 1.0,
+            ..thresholds
+        };
+        assert_eq!(
+            *anomalies_of(&worst, &limits(&all)),
+            [
+                "connect_failure",
+                "slow_handshake",
+                "slow_first_byte",
+                "long_idle",
+                "close_wait",
+                "reset",
+                "stuck"
+            ]
+        );
         let plain = Record::Connection(connection());
+        let (relaxed, thresholds) = (limits(&relaxed), limits(&thresholds));
         assert_eq!(selected(EventSelection::Anomalies, &plain, &relaxed), None);
         assert_eq!(
             selected(EventSelection::Anomalies, &plain, &thresholds),
@@ -309,7 +382,7 @@ mod tests {
                 after_close,
             })
         };
-        let thresholds = Thresholds::default();
+        let thresholds = AnomalyLimits::of(&Thresholds::default());
         let written = |record: &Record| {
             [EventSelection::Connections, EventSelection::Anomalies]
                 .map(|selection| selected(selection, record, &thresholds).is_some())

@@ -6,7 +6,7 @@ use tcpobs_common::{DnsEvent, TlsEvent, libcalls::tls_step};
 use super::*;
 use crate::{
     config::live::Thresholds,
-    export::output::select::anomalies_of,
+    export::output::select::{AnomalyLimits, anomalies_of},
     model::{DnsFailure, TIMELINE_EXCHANGES, TlsRecord},
     tracker::libcalls::DNS_WINDOW_NS,
 };
@@ -324,7 +324,7 @@ fn a_handshake_unfinished_at_close_failed() {
         "the handshake is reported before its connection"
     );
     assert_eq!(connection(&out).tls().unwrap().ok, Some(false));
-    let anomalies = anomalies_of(connection(&out), &Thresholds::default());
+    let anomalies = anomalies_of(connection(&out), &AnomalyLimits::of(&Thresholds::default()));
     assert!(anomalies.contains(&"tls_failure"), "{anomalies:?}");
 }
 
