@@ -42,16 +42,18 @@ mod table;
 #[cfg(test)]
 mod tests;
 
-use std::num::NonZeroU64;
+use std::{num::NonZeroU64, sync::Arc};
 
 use tcpobs_common::{CloseEvent, FLAG_PARTIAL, OpenEvent, SockRecord, StateEvent, direction};
 
+#[cfg(test)]
+pub(crate) use self::conn::LiveView;
 #[cfg(test)]
 pub(crate) use self::stalls::StallView;
 /// A cheap hasher for integer keys, shared with the container metadata cache.
 pub(crate) use self::table::SockHasher;
 pub(crate) use self::{
-    conn::{Conn, LiveView},
+    conn::Conn,
     hang::{KernelView, StuckThresholds, SweepReport},
     libcalls::DnsCache,
     listeners::{ListenDrop, ListenerReport, ListenerWatch, Listening},
@@ -119,14 +121,17 @@ pub(crate) struct KernelFacts {
 }
 
 /// Reads the kernel's record of a socket (the daemon's `SOCKETS` map), for the live view.
-pub(crate) struct KernelTable(Box<dyn Fn(u64) -> Option<SockRecord> + Send>);
+/// Cloned out of the tracker, so that the lookups (a system call each) are made without the
+/// live table locked.
+#[derive(Clone)]
+pub(crate) struct KernelTable(Arc<dyn Fn(u64) -> Option<SockRecord> + Send + Sync>);
 
 impl KernelTable {
-    pub(crate) fn new(lookup: impl Fn(u64) -> Option<SockRecord> + Send + 'static) -> Self {
-        Self(Box::new(lookup))
+    pub(crate) fn new(lookup: impl Fn(u64) -> Option<SockRecord> + Send + Sync + 'static) -> Self {
+        Self(Arc::new(lookup))
     }
 
-    fn get(&self, sock: u64) -> Option<SockRecord> {
+    pub(crate) fn get(&self, sock: u64) -> Option<SockRecord> {
         (self.0)(sock)
     }
 }
@@ -188,9 +193,15 @@ impl Tracker {
     }
 
     /// The live view of the connection on socket `sock`: one lookup in the kernel's table.
+    #[cfg(test)]
     pub(crate) fn live_view(&self, sock: u64, conn: &Conn) -> LiveView {
         let rec = self.kernel.as_ref().and_then(|table| table.get(sock));
         conn.live_view(rec.as_ref())
+    }
+
+    /// Where the live views read the kernel's records, to read them with the table unlocked.
+    pub(crate) fn kernel_table(&self) -> Option<KernelTable> {
+        self.kernel.clone()
     }
 
     /// What the records need to know of the kernel (once loaded).

@@ -57,7 +57,7 @@ use crate::{
     export::output::json,
     model::state_name,
     sync::lock,
-    tracker::Tracker,
+    tracker::{Conn, Tracker},
 };
 
 const DEFAULT_LIMIT: usize = 1000;
@@ -329,26 +329,35 @@ async fn connections(
         Err(err) => return error(StatusCode::BAD_REQUEST, err),
     };
     let now = monotonic_now_ns();
-    let tracker = lock(&state.tracker);
-    // The tracker's last activity is never later than the kernel's record's, so this keeps
-    // every connection idle long enough (and perhaps some that are not).
-    let mut matching: Vec<_> = tracker
-        .live_socks()
-        .filter(|(_, conn)| filter.state.is_none_or(|s| may_be_in(conn.state(), s)))
-        .filter(|(_, conn)| {
-            filter.port.is_none_or(|port| {
-                conn.addrs().local().port() == port || conn.addrs().remote().port() == port
+    // The live table is locked only to pick the connections (and copy them): the kernel
+    // lookups, a system call each, are made after, so that a long list does not hold up the
+    // ring buffer reader. The tracker's last activity is never later than the kernel's
+    // record's, so this keeps every connection idle long enough (and perhaps some that are
+    // not).
+    let (table, mut matching) = {
+        let tracker = lock(&state.tracker);
+        let matching: Vec<(u64, Conn)> = tracker
+            .live_socks()
+            .filter(|(_, conn)| filter.state.is_none_or(|s| may_be_in(conn.state(), s)))
+            .filter(|(_, conn)| {
+                filter.port.is_none_or(|port| {
+                    conn.addrs().local().port() == port || conn.addrs().remote().port() == port
+                })
             })
-        })
-        .filter(|(_, conn)| now.saturating_sub(conn.last_activity_ns()) >= filter.min_idle_ns)
-        .collect();
+            .filter(|(_, conn)| now.saturating_sub(conn.last_activity_ns()) >= filter.min_idle_ns)
+            .map(|(sock, conn)| (sock, conn.clone()))
+            .collect();
+        (tracker.kernel_table(), matching)
+    };
     matching.sort_unstable_by_key(|(_, conn)| conn.id());
     // Bytes, exchanges, the last data and the state are the kernel's record's (one lookup,
     // about 1 µs, per connection returned; with `min_idle_s` or `state`, per connection
     // matched).
-    let viewed = matching
-        .into_iter()
-        .map(|(sock, conn)| (conn, tracker.live_view(sock, conn)));
+    let viewed = matching.into_iter().map(|(sock, conn)| {
+        let rec = table.as_ref().and_then(|table| table.get(sock));
+        let view = conn.live_view(rec.as_ref());
+        (conn, view)
+    });
     let (total, views): (usize, Vec<_>) = if filter.min_idle_ns > 0 || filter.state.is_some() {
         let kept: Vec<_> = viewed
             .filter(|(_, view)| now.saturating_sub(view.last_activity_ns) >= filter.min_idle_ns)
@@ -381,7 +390,6 @@ async fn connections(
             stuck: conn.flagged().iter().map(|p| p.as_str()).collect(),
         })
         .collect();
-    drop(tracker);
     Json(json!({
         "total": total,
         "returned": listed.len(),
