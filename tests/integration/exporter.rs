@@ -367,6 +367,72 @@ fn an_idle_connection_is_flagged_and_listed_from_the_kernel_record() {
     assert_eq!(code, Some(0));
 }
 
+/// The live table shows the teardown states no event reports, from the kernel's record: a
+/// client that half-closes behind data the server never reads stays in `FIN_WAIT1` (its FIN
+/// waits behind the unsent data), and `?state=FIN_WAIT1` finds it.
+#[test]
+fn the_live_table_shows_a_client_stuck_in_fin_wait1() {
+    let ip = private_loopback();
+    let (listener, addr) = listen(&format!("{ip}:0"));
+    let port = addr.port();
+    let daemon = Daemon::start(&["--port", &port.to_string(), "--cidr", &format!("{ip}/32")]);
+    let mut client = TcpStream::connect(addr).unwrap();
+    let (server, _) = listener.accept().unwrap();
+    // Fill the server's receive buffer and the client's send buffer: the server never reads.
+    client.set_nonblocking(true).unwrap();
+    let chunk = [7u8; 64 * 1024];
+    let mut queued = 0usize;
+    loop {
+        match std::io::Write::write(&mut client, &chunk) {
+            Ok(n) => queued += n,
+            Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => break,
+            Err(err) => panic!("write: {err}"),
+        }
+    }
+    assert!(queued > 0);
+    client.shutdown(std::net::Shutdown::Write).unwrap();
+    let state_of = |query: &str| {
+        let (status, body) = daemon.api(
+            "GET",
+            &format!("/connections?port={port}{query}"),
+            None,
+            None,
+        );
+        assert_eq!(status, 200, "{body}");
+        let table: Value = serde_json::from_str(&body).unwrap();
+        let rows: Vec<(String, String)> = table["connections"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| {
+                (
+                    c["role"].as_str().unwrap().into(),
+                    c["state"].as_str().unwrap().into(),
+                )
+            })
+            .collect();
+        (table["total"].as_u64().unwrap(), rows)
+    };
+    // Both ends are listed once their opens are read.
+    let deadline = Instant::now() + PATIENCE;
+    while state_of("").0 < 2 {
+        assert!(Instant::now() < deadline, "{:?}", state_of(""));
+        thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        state_of("&state=FIN_WAIT1"),
+        (1, vec![("client".to_owned(), "FIN_WAIT1".to_owned())])
+    );
+    // The server has not seen the FIN: it is still established.
+    assert_eq!(
+        state_of("&state=ESTABLISHED"),
+        (1, vec![("server".to_owned(), "ESTABLISHED".to_owned())])
+    );
+    drop((client, server));
+    let (code, _) = daemon.terminate();
+    assert_eq!(code, Some(0));
+}
+
 #[test]
 fn the_http_port_in_use_is_an_error() {
     let (_taken, addr) = listen("127.0.0.1:0");
