@@ -334,9 +334,12 @@ async fn connections(
     // ring buffer reader. The tracker's last activity is never later than the kernel's
     // record's, so this keeps every connection idle long enough (and perhaps some that are
     // not).
-    let (table, mut matching) = {
+    // Without a filter that needs the kernel's record, only the connections returned are
+    // copied and looked up; with one, every candidate is.
+    let by_record = filter.min_idle_ns > 0 || filter.state.is_some();
+    let (table, matched, candidates) = {
         let tracker = lock(&state.tracker);
-        let matching: Vec<(u64, Conn)> = tracker
+        let mut matching: Vec<(u64, &Conn)> = tracker
             .live_socks()
             .filter(|(_, conn)| filter.state.is_none_or(|s| may_be_in(conn.state(), s)))
             .filter(|(_, conn)| {
@@ -345,27 +348,33 @@ async fn connections(
                 })
             })
             .filter(|(_, conn)| now.saturating_sub(conn.last_activity_ns()) >= filter.min_idle_ns)
+            .collect();
+        matching.sort_unstable_by_key(|(_, conn)| conn.id());
+        let matched = matching.len();
+        let copied = if by_record { matched } else { filter.limit };
+        let candidates: Vec<(u64, Conn)> = matching
+            .into_iter()
+            .take(copied)
             .map(|(sock, conn)| (sock, conn.clone()))
             .collect();
-        (tracker.kernel_table(), matching)
+        (tracker.kernel_table(), matched, candidates)
     };
-    matching.sort_unstable_by_key(|(_, conn)| conn.id());
     // Bytes, exchanges, the last data and the state are the kernel's record's (one lookup,
     // about 1 µs, per connection returned; with `min_idle_s` or `state`, per connection
     // matched).
-    let viewed = matching.into_iter().map(|(sock, conn)| {
+    let viewed = candidates.into_iter().map(|(sock, conn)| {
         let rec = table.as_ref().and_then(|table| table.get(sock));
         let view = conn.live_view(rec.as_ref());
         (conn, view)
     });
-    let (total, views): (usize, Vec<_>) = if filter.min_idle_ns > 0 || filter.state.is_some() {
+    let (total, views): (usize, Vec<_>) = if by_record {
         let kept: Vec<_> = viewed
             .filter(|(_, view)| now.saturating_sub(view.last_activity_ns) >= filter.min_idle_ns)
             .filter(|(_, view)| filter.state.is_none_or(|s| view.state == s))
             .collect();
         (kept.len(), kept.into_iter().take(filter.limit).collect())
     } else {
-        (viewed.len(), viewed.take(filter.limit).collect())
+        (matched, viewed.collect())
     };
     let secs = |ns: u64| ns as f64 / 1e9;
     let listed: Vec<LiveConnection> = views
@@ -570,6 +579,17 @@ mod tests {
                 one["connections"][0]["remote_port"].as_u64()
             ),
             (Some(1), Some(443))
+        );
+        let (_, _, body) = call(&state, "GET", "/connections?limit=1", "").await;
+        let first: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(
+            (
+                first["total"].as_u64(),
+                first["returned"].as_u64(),
+                first["connections"][0]["id"].as_u64()
+            ),
+            (Some(2), Some(1), Some(1)),
+            "{body}"
         );
         let (_, _, body) = call(&state, "GET", "/connections?limit=1&state=established", "").await;
         let limited: Value = serde_json::from_str(&body).unwrap();
