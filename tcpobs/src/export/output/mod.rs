@@ -67,6 +67,9 @@ pub struct Output {
     lines: Vec<(u32, u8)>,
     /// One justniffer line, before it joins `pending`.
     text: String,
+    /// `pending` goes to the writer once it reaches this size ([`FLUSH_AT`], or the queue's
+    /// capacity if smaller).
+    flush_at: usize,
     selection: EventSelection,
     limits: AnomalyLimits,
     sampler: Sampler,
@@ -102,7 +105,9 @@ pub struct OutputTotals {
 /// hand-over wakes the writer thread (two context switches): at the default settings a
 /// churned connection makes about 2 KB of JSON, so 20,000 connections a second fill a 64 KiB
 /// block 700 times a second, and this size about 170 times (the drain interval's flushes, 100
-/// a second, come on top either way).
+/// a second, come on top either way). A smaller `--output-queue-bytes` makes the blocks smaller
+/// too: an empty queue takes one block whole, and what waits must stay within that bound (give
+/// or take the last line).
 pub(crate) const FLUSH_AT: usize = 256 * 1024;
 
 /// The default of `--output-queue-bytes`.
@@ -124,6 +129,7 @@ impl Output {
             pending: json::Line::default(),
             lines: Vec::new(),
             text: String::new(),
+            flush_at: FLUSH_AT.min(queue_bytes),
             selection: EventSelection::default(),
             limits: AnomalyLimits::of(&Thresholds::default()),
             sampler: Sampler::new(None),
@@ -242,9 +248,9 @@ impl Output {
         }
     }
 
-    /// Hands the formatted lines over if they have reached `FLUSH_AT`.
+    /// Hands the formatted lines over if they have reached `flush_at`.
     fn write_full(&mut self) {
-        if self.pending.len() >= FLUSH_AT {
+        if self.pending.len() >= self.flush_at {
             self.hand_over(false);
         }
     }

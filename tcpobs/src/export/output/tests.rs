@@ -160,6 +160,27 @@ fn errors(output: &Output, failure: WriteFailure) -> u64 {
     output.counts.errors()[failure as usize]
 }
 
+/// A queue smaller than a block makes the blocks smaller: an empty queue takes a block whole,
+/// so what waits stays within `--output-queue-bytes` (give or take a line).
+#[test]
+fn a_small_queue_makes_small_blocks() {
+    let memory = Memory::default();
+    let queue = 16 * 1024;
+    let mut output = output(&memory, queue);
+    output.write(&failed_tls(0)).unwrap();
+    output.flush().unwrap();
+    settle(&output);
+    let line_len = memory.get(|disk| disk.bytes.len());
+    // Twice the queue, far less than FLUSH_AT, and no flush: handed over all the same.
+    for index in 0..2 * queue / line_len {
+        output
+            .write(&failed_tls((index as u64 + 1) * 1_000))
+            .unwrap();
+    }
+    settle(&output);
+    assert!(memory.lines().len() > 1, "{}", memory.lines().len());
+}
+
 #[test]
 fn lines_are_handed_over_when_the_buffer_fills_at_flush_and_at_close() {
     let memory = Memory::default();
