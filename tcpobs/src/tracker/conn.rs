@@ -166,6 +166,7 @@ impl Conn {
         })
     }
 
+    #[cfg(test)]
     pub(crate) fn state(&self) -> u8 {
         self.state
     }
@@ -180,6 +181,20 @@ impl Conn {
 
     pub(crate) fn last_activity_ns(&self) -> u64 {
         self.last_activity_ns
+    }
+
+    /// Whether the kernel may have this connection in `state` by now, although the tracker has
+    /// it in another: the kernel goes through `FIN_WAIT1`, `CLOSING`, `LAST_ACK` and an
+    /// orphan's `FIN_WAIT2` without an event (only its record, [`Conn::live_view`], tells).
+    pub(crate) fn may_be_in(&self, state: u8) -> bool {
+        use tcpobs_common::tcp_state::*;
+        self.state == state
+            || matches!(
+                (self.state, state),
+                (ESTABLISHED, FIN_WAIT1 | FIN_WAIT2 | CLOSING)
+                    | (FIN_WAIT1, FIN_WAIT2 | CLOSING)
+                    | (CLOSE_WAIT, LAST_ACK)
+            )
     }
 
     /// The live view of this connection, with the kernel's record of its socket if there is

@@ -306,20 +306,6 @@ impl ConnectionFilter {
     }
 }
 
-/// Whether a connection the tracker has in state `tracked` may be in `wanted` by now: the
-/// kernel goes through `FIN_WAIT1`, `CLOSING`, `LAST_ACK` and an orphan's `FIN_WAIT2` without
-/// an event (its record has the state).
-fn may_be_in(tracked: u8, wanted: u8) -> bool {
-    use tcpobs_common::tcp_state::*;
-    tracked == wanted
-        || matches!(
-            (tracked, wanted),
-            (ESTABLISHED, FIN_WAIT1 | FIN_WAIT2 | CLOSING)
-                | (FIN_WAIT1, FIN_WAIT2 | CLOSING)
-                | (CLOSE_WAIT, LAST_ACK)
-        )
-}
-
 async fn connections(
     State(state): State<AppState>,
     Query(query): Query<HashMap<String, String>>,
@@ -341,7 +327,7 @@ async fn connections(
         let tracker = lock(&state.tracker);
         let mut matching: Vec<(u64, &Conn)> = tracker
             .live_socks()
-            .filter(|(_, conn)| filter.state.is_none_or(|s| may_be_in(conn.state(), s)))
+            .filter(|(_, conn)| filter.state.is_none_or(|s| conn.may_be_in(s)))
             .filter(|(_, conn)| {
                 filter.port.is_none_or(|port| {
                     conn.addrs().local().port() == port || conn.addrs().remote().port() == port
