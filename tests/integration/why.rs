@@ -143,8 +143,10 @@ fn a_listener_that_stops_accepting() {
             TcpStream::connect(addr).map(|mut stream| stream.read(&mut [0u8; 1]))
         }));
     }
-    // Full is one more than the backlog (`sk_acceptq_is_full`: length > limit).
-    wait_metric(&daemon, &gauge("tcpobs_accept_queue_length"), |v| v == 2.0);
+    // Full is one more than the backlog (`sk_acceptq_is_full`: length > limit), or more: the
+    // kernel checks for room when a handshake's last ACK arrives, without the listener's lock,
+    // so ACKs handled on two CPUs at once can both find room (seen in emulated guests).
+    wait_metric(&daemon, &gauge("tcpobs_accept_queue_length"), |v| v >= 2.0);
     let events = daemon.wait_events("the stuck-listener anomaly", |events| {
         anomaly_event(events, "accept_queue_full", port).is_some()
     });
