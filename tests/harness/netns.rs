@@ -184,6 +184,22 @@ pub fn tcp_counters(ns: &str) -> HashMap<String, u64> {
     counters
 }
 
+/// The drops the kernel counted on the listening socket on `port` in namespace `ns` (its
+/// `sk_drops`: the `d` of `ss -m`'s `skmem`), if there is one.
+pub fn listener_drops(ns: &str, port: u16) -> Option<u64> {
+    let filter = format!("sport = :{port}");
+    let output = Command::new("ip")
+        .args(["netns", "exec", ns, "ss", "-ltnmH", &filter])
+        .output()
+        .expect("ip netns exec ... ss (iproute2)");
+    assert!(output.status.success(), "{output:?}");
+    let text = String::from_utf8_lossy(&output.stdout);
+    let skmem = text.split("skmem:(").nth(1)?.split(')').next()?;
+    skmem
+        .split(',')
+        .find_map(|field| field.strip_prefix('d')?.parse().ok())
+}
+
 /// Applies an nftables ruleset (`nft -f -`) in namespace `ns` (Debian package nftables).
 pub fn nft(ns: &str, ruleset: &str) {
     let mut child = Command::new("ip")

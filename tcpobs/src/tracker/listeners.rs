@@ -8,9 +8,9 @@
 //! Drops are the listener's `sk_drops` between two readings: every `tcp_listendrop()`, which
 //! the kernel calls when the accept queue is full (a SYN, or the handshake's last ACK), when
 //! the SYN queue is full without SYN cookies, or when it cannot make the socket (memory), and
-//! also segments dropped from the listener's full backlog while it was busy (`TCPBacklogDrop`,
-//! rare). No
-//! tracepoint names the reason on most kernels, so it comes from the queues at either reading:
+//! also every segment the listener discarded: the ACK that completed a handshake into a full
+//! accept queue counts twice (`tcp_listendrop()`, then the discard), so this count can exceed
+//! the namespace's `ListenDrops`. No tracepoint names the reason on most kernels, so it comes from the queues at either reading:
 //! `accept_queue_full` when the accept queue was full (`sk_ack_backlog > sk_max_ack_backlog`,
 //! the kernel's own test), else `syn_queue_full` when the SYN queue was at its limit, else
 //! `other`. A listener found at start-up (opened before tcpobs) counts from its first reading;
