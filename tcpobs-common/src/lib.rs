@@ -165,8 +165,12 @@ pub mod stat {
     /// Connections already open when tcpobs started, seeded into the socket table at start-up
     /// by the `seed_connections` iterator (role, owner, state and byte counters known).
     pub const SEEDED: u32 = 10;
+    /// Close records the ring buffer could not take, kept in the socket table under their
+    /// generation (`start_ns`) with their header queued in `SPILLED`, for the daemon to read
+    /// once the ring has room ([`crate::names::SPILLED_MAP`]). Not lost.
+    pub const CLOSE_SPILLED: u32 = 11;
     /// Number of counters.
-    pub const COUNT: u32 = 11;
+    pub const COUNT: u32 = 12;
 
     /// The counter of `role` ([`crate::role`]) in a per-role group starting at `base`; an
     /// out-of-range role counts as unknown.
@@ -486,6 +490,7 @@ mod pod {
     unsafe impl aya::Pod for super::Listener {}
     unsafe impl aya::Pod for super::DataCall {}
     unsafe impl aya::Pod for super::SockRecord {}
+    unsafe impl aya::Pod for super::EventHeader {}
     unsafe impl aya::Pod for super::DiagOffsets {}
     unsafe impl aya::Pod for super::SockSample {}
     unsafe impl aya::Pod for super::ListenSample {}

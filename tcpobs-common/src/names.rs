@@ -8,6 +8,10 @@
 pub const EVENTS_MAP: &str = "EVENTS";
 /// Per-socket records (`LruHashMap<u64, SockRecord>`), keyed by `struct sock` address.
 pub const SOCKETS_MAP: &str = "SOCKETS";
+/// Headers of the close records the ring buffer could not take (`Queue<EventHeader>`, as many
+/// entries as `SOCKETS`): each record waits in `SOCKETS` under its `start_ns` (a key no socket
+/// address can take: those have the top bit set) until the daemon takes it.
+pub const SPILLED_MAP: &str = "SPILLED";
 /// Drop counters (`PerCpuArray<u64>`, indexes in [`crate::stat`]).
 pub const STATS_MAP: &str = "STATS";
 /// 1 once the daemon has stopped reading the ring buffer (`Array<u32>`, one entry): the

@@ -3,9 +3,11 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, Queue, RingBuf},
 };
-use tcpobs_common::{FoldConfig, Folds, ListenKey, ListenSock, Offsets, SockRecord, stat};
+use tcpobs_common::{
+    EventHeader, FoldConfig, Folds, ListenKey, ListenSock, Offsets, SockRecord, stat,
+};
 
 use crate::helpers::current_task;
 
@@ -18,6 +20,12 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
 /// The size is set by the loader (`--max-sockets`).
 #[map]
 pub static SOCKETS: LruHashMap<u64, SockRecord> = LruHashMap::with_max_entries(131_072, 0);
+
+/// Close records the ring buffer could not take: their headers, in the order they closed. The
+/// record itself stays in `SOCKETS`, re-keyed by its `start_ns`. The size is set by the loader
+/// (`--max-sockets`: the table cannot hold more records than that anyway).
+#[map]
+pub static SPILLED: Queue<EventHeader> = Queue::with_max_entries(131_072, 0);
 
 /// Scratch space to build a record in: a `SockRecord` is too big for the 512-byte stack
 /// alongside everything else.

@@ -14,7 +14,9 @@ use tcpobs_common::{
 use crate::{
     filter::{allowed, is_listening_port, listener},
     helpers::{current_owner, current_task, kread, now_ns, zero},
-    maps::{EVENTS, SOCKETS, count, offsets, scratch_record, seed_scratch_record, stopping},
+    maps::{
+        EVENTS, SOCKETS, SPILLED, count, offsets, scratch_record, seed_scratch_record, stopping,
+    },
     socket::{Read, Sock, is_connected_state},
 };
 
@@ -161,26 +163,55 @@ pub fn emit_state(sock: u64, rec: &SockRecord, old: u8, new: u8, ts_ns: u64) {
 }
 
 /// Sends the final record, with the kernel's TCP counters, and forgets the socket. A record
-/// that cannot be sent is counted by role: as a connection nothing of which reached the
-/// daemon, or, if its open did ([`FLAG_ANNOUNCED`]), as a close the daemon's audit will miss.
+/// the ring buffer cannot take is spilled ([`spill`]); one that cannot be spilled either is
+/// counted by role: as a connection nothing of which reached the daemon, or, if its open did
+/// ([`FLAG_ANNOUNCED`]), as a close the daemon's audit will miss.
 #[inline(never)]
 pub fn finish<R: Read>(sk: Sock<R>, rec: &mut SockRecord, ts_ns: u64) {
     let sock = sk.key();
     sk.tcp_stats(offsets(), &mut rec.tcp);
     sk.diag_at_close(&offsets().diag, &mut rec.diag);
-    let sent = emit(|event: *mut CloseEvent| unsafe {
-        (*event).hdr = header(kind::CLOSE, ts_ns, sock, rec);
-        (*event).record = *rec;
-    });
-    if !sent {
-        let group = if rec.flags & FLAG_ANNOUNCED != 0 {
-            stat::CLOSE_DROPPED
+    let hdr = header(kind::CLOSE, ts_ns, sock, rec);
+    if !stopping() {
+        if let Some(mut entry) = EVENTS.reserve::<CloseEvent>(0) {
+            let event = entry.as_mut_ptr();
+            // SAFETY: a reserved ring buffer slot of the event's size, every field written
+            // before submit.
+            unsafe {
+                (*event).hdr = hdr;
+                (*event).record = *rec;
+            }
+            entry.submit(submit_flags());
+        } else if spill(&hdr, rec) {
+            count(stat::CLOSE_SPILLED);
         } else {
-            stat::CLOSE_UNSEEN
-        };
-        count(stat::by_role(group, rec.role));
+            count(stat::RINGBUF_FULL);
+            let group = if rec.flags & FLAG_ANNOUNCED != 0 {
+                stat::CLOSE_DROPPED
+            } else {
+                stat::CLOSE_UNSEEN
+            };
+            count(stat::by_role(group, rec.role));
+        }
     }
     let _: Result<(), i32> = SOCKETS.remove(sock);
+}
+
+/// Keeps a close record the ring buffer cannot take: a copy in `SOCKETS` under its
+/// generation (`start_ns`, which no socket address can equal), and its header in `SPILLED`,
+/// whence the daemon takes both once it has drained the ring. A burst of closes (a server
+/// restarting, a thousand clients leaving at once) is then delayed rather than lost, within
+/// the table's room. False if either is full (or two records share a generation).
+#[inline(always)]
+fn spill(hdr: &EventHeader, rec: &SockRecord) -> bool {
+    if SOCKETS.insert(hdr.start_ns, rec, BPF_NOEXIST).is_err() {
+        return false;
+    }
+    if SPILLED.push(hdr, 0).is_err() {
+        let _: Result<(), i32> = SOCKETS.remove(hdr.start_ns);
+        return false;
+    }
+    true
 }
 
 /// The socket reached `CLOSE` from `old` (the state family's transition, or, for an orphaned

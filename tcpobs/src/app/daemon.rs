@@ -9,8 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use aya::maps::{HashMap, MapData};
-use tcpobs_common::{SockRecord, SockSample, folds::role_index as fold_index, names, role};
+use tcpobs_common::{SockSample, folds::role_index as fold_index, role};
 use tokio::{
     sync::watch,
     time::{MissedTickBehavior, interval},
@@ -28,13 +27,14 @@ use crate::{
         },
     },
     kernel::{
+        decode::KernelEvent,
         diag::DropReasons,
         filters::KernelFilters,
         folds::{ExchangeSwitch, FoldReader},
         libcalls::{LibcallStats, RESCAN_INTERVAL},
         loader::{self, LoadError, LoadOptions, Loaded, families::family},
-        reader::{KernelStats, Reader, ReaderStats},
-        report::{FamilyAttach, take_map},
+        reader::{Feed, KernelStats, Reader, ReaderStats, SocketTable},
+        report::FamilyAttach,
     },
     model::{Record, Stuck},
     sync::lock,
@@ -83,7 +83,7 @@ pub struct Tracer {
     reader: Reader,
     /// The kernel's socket table, for the hang detector's checks (and the live view's, through
     /// the tracker).
-    sockets: Arc<HashMap<MapData, u64, SockRecord>>,
+    sockets: Arc<SocketTable>,
     tracker: Arc<Mutex<Tracker>>,
     health: Arc<Mutex<Health>>,
     metrics: Option<Metrics>,
@@ -128,9 +128,8 @@ impl Tracer {
         // the allocator would otherwise keep for the life of the daemon.
         // SAFETY: malloc_trim only releases free memory; it has no preconditions.
         unsafe { libc::malloc_trim(0) };
-        let reader = Reader::new(&mut loaded.ebpf)?;
-        let sockets: Arc<HashMap<MapData, u64, SockRecord>> =
-            Arc::new(take_map(&mut loaded.ebpf, names::SOCKETS_MAP)?);
+        let (reader, sockets) = Reader::new(&mut loaded.ebpf)?;
+        let sockets = Arc::new(sockets);
         let table = Arc::clone(&sockets);
         lock(&tracker)
             .set_kernel_table(Some(KernelTable::new(move |sock| table.get(&sock, 0).ok())));
@@ -240,8 +239,8 @@ impl Tracer {
     pub(crate) fn pump(&mut self, sink: &mut dyn Sink) -> io::Result<usize> {
         let read = {
             let mut tracker = lock(&self.tracker);
-            let records = &mut self.records;
-            self.reader.drain(|event| tracker.handle(event, records))
+            self.reader
+                .drain(&mut Feeding::new(&mut tracker, &mut self.records))
         };
         if read > 0 {
             lock(&self.health).reader = self.reader.stats();
@@ -269,7 +268,7 @@ impl Tracer {
         // Connections whose close was dropped stay in the live table until the audit finds
         // their socket gone: audit them all on the next sweeps, not on the slow rotation.
         let kernel = self.reader.kernel_stats();
-        let closes_lost = kernel.closes_lost_total();
+        let closes_lost = kernel.closes_lost_total() + self.reader.stats().spills_evicted;
         if closes_lost > self.closes_lost_seen {
             self.closes_lost_seen = closes_lost;
             lock(&self.tracker).audit_all(AUDIT_ALL_ROUNDS);
@@ -422,8 +421,8 @@ impl Tracer {
         }
         {
             let mut tracker = lock(&self.tracker);
-            let records = &mut self.records;
-            self.reader.drain(|event| tracker.handle(event, records));
+            self.reader
+                .drain(&mut Feeding::new(&mut tracker, &mut self.records));
         }
         drop(self.loaded.ebpf);
         read_folds(&mut self.loaded.folds, self.metrics.as_ref(), &self.tracker);
@@ -431,7 +430,9 @@ impl Tracer {
         {
             let mut tracker = lock(&self.tracker);
             let records = &mut self.records;
-            self.reader.drain(|event| tracker.handle(event, records));
+            let mut feeding = Feeding::new(&mut tracker, records);
+            self.reader.drain(&mut feeding);
+            self.reader.drain_spilled(&mut feeding);
             let sockets = &self.sockets;
             let lookup = |sock: u64| sockets.get(&sock, 0).ok();
             tracker.flush(monotonic_now_ns(), lookup, records);
@@ -448,6 +449,28 @@ impl Tracer {
             libcalls,
             output: OutputTotals::default(),
         })
+    }
+}
+
+/// The tracker, fed by the reader.
+struct Feeding<'a> {
+    tracker: &'a mut Tracker,
+    records: &'a mut Vec<Record>,
+}
+
+impl<'a> Feeding<'a> {
+    fn new(tracker: &'a mut Tracker, records: &'a mut Vec<Record>) -> Self {
+        Self { tracker, records }
+    }
+}
+
+impl Feed for Feeding<'_> {
+    fn superseded(&self, event: &KernelEvent) -> Option<u64> {
+        self.tracker.superseded(event)
+    }
+
+    fn handle(&mut self, event: &KernelEvent) {
+        self.tracker.handle(event, self.records);
     }
 }
 

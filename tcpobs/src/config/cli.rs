@@ -311,14 +311,16 @@ pub struct Cli {
     pub(crate) tracepoints: TracepointMode,
 
     /// Capacity of the kernel socket table (each traced or filtered-out socket takes one
-    /// entry, about 250 bytes of kernel memory, allocated up front). When full, the least
-    /// recently used socket is evicted and counted.
+    /// entry, about 250 bytes of kernel memory, allocated up front, and 32 bytes in the queue
+    /// of close records the ring buffer could not take). When full, the least recently used
+    /// socket is evicted and counted.
     #[arg(long, value_name = "N", default_value_t = 131_072, env = "TCPOBS_MAX_SOCKETS",
           value_parser = clap::value_parser!(u32).range(64..=16_777_216))]
     pub(crate) max_sockets: u32,
 
     /// Size of the kernel-to-daemon ring buffer in bytes: a power of two, at least 4096.
-    /// Events that do not fit are dropped and counted.
+    /// Events that do not fit are dropped and counted, except close records, which wait in the
+    /// socket table until the daemon reads them.
     #[arg(long, value_name = "BYTES", default_value_t = 4 << 20, env = "TCPOBS_RINGBUF_BYTES",
           value_parser = parse_ringbuf_bytes)]
     pub(crate) ringbuf_bytes: u32,

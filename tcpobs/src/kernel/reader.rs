@@ -3,15 +3,31 @@
 //! The kernel submits events without waking the reader unless a quarter of the ring is full,
 //! so the reader drains on a short timer as well as on readiness. Draining is a tight,
 //! allocation-free loop over the mapped ring.
+//!
+//! Close records the ring could not take wait in the socket table, their headers queued in
+//! `SPILLED` in the order they closed (the kernel's `finish`). The reader merges them into the
+//! ring's events by time: a spilled close is handed over before the first ring event that
+//! happened after it, and at the end of a drain if it happened before the drain began (a
+//! later one waits for the next drain, in case its connection's open is still on the way).
+//! Merging costs one queue read per drain while nothing is spilled. An event that supersedes
+//! a connection the tracker still has live (a new generation on its socket, or a close of
+//! another) has that connection's spilled close, if there is one, taken from the table at
+//! once, wherever its header is in the queue (two closes on two CPUs may be queued in the
+//! other order than their times).
 
-use aya::maps::{Array, MapData, PerCpuArray, RingBuf};
-use tcpobs_common::{names, role, stat};
+use std::{collections::HashSet, os::fd::AsFd as _};
+
+use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray, Queue, RingBuf};
+use tcpobs_common::{CloseEvent, EventHeader, SockRecord, kind, names, role, stat};
 use tokio::io::{Interest, unix::AsyncFd};
 use tracing::warn;
 
-use crate::kernel::{
-    decode::{KIND_NAMES, KernelEvent},
-    report::{MapError, take_map},
+use crate::{
+    clock::monotonic_now_ns,
+    kernel::{
+        decode::{KIND_NAMES, KernelEvent},
+        report::{MapError, take_map},
+    },
 };
 
 /// What the kernel side had to drop (summed over CPUs).
@@ -35,6 +51,8 @@ pub struct KernelStats {
     /// Connections already open at start-up, seeded into the socket table (or, adopted in the
     /// meantime, given their role) by the seeding iterator.
     pub seeded: u64,
+    /// Close records the ring buffer could not take, kept for the reader ([`Reader::drain`]).
+    pub closes_spilled: u64,
 }
 
 impl KernelStats {
@@ -52,9 +70,14 @@ impl KernelStats {
 /// Events received, per kind, and records that could not be decoded.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ReaderStats {
-    /// Indexed like [`KIND_NAMES`].
+    /// Indexed like [`KIND_NAMES`] (spilled close records included).
     pub events: [u64; KIND_NAMES.len()],
     pub undecodable: u64,
+    /// Spilled close records read back.
+    pub spills_read: u64,
+    /// Spilled close records whose copy a full socket table had evicted before the reader
+    /// came to it: their connections are reported partial (`lost`) by the audit.
+    pub spills_evicted: u64,
 }
 
 impl ReaderStats {
@@ -63,8 +86,20 @@ impl ReaderStats {
     }
 }
 
+/// The kernel's socket table (`SOCKETS`).
+pub(crate) type SocketTable = HashMap<MapData, u64, SockRecord>;
+
+/// Where the reader's events go.
+pub(crate) trait Feed {
+    /// The generation (`start_ns`) of the live connection `event` supersedes, if any (see the
+    /// module docs).
+    fn superseded(&self, event: &KernelEvent) -> Option<u64>;
+    fn handle(&mut self, event: &KernelEvent);
+}
+
 pub(crate) struct Reader {
     ring: AsyncFd<RingBuf<MapData>>,
+    spilled: Spilled,
     stats_map: PerCpuArray<MapData, u64>,
     /// Tells the programs that nobody reads any more (`STOPPING`).
     stopping: Array<MapData, u32>,
@@ -72,9 +107,11 @@ pub(crate) struct Reader {
 }
 
 impl Reader {
-    /// Takes the ring buffer and the stats map out of the loaded object, so that they outlive
-    /// the programs (the last events are drained after detaching).
-    pub(crate) fn new(ebpf: &mut aya::Ebpf) -> Result<Self, MapError> {
+    /// Takes the ring buffer, the spill queue and the stats map out of the loaded object, so
+    /// that they outlive the programs (the last events are drained after detaching), and
+    /// returns the socket table beside the reader (the reader keeps a second handle on it).
+    pub(crate) fn new(ebpf: &mut aya::Ebpf) -> Result<(Self, SocketTable), MapError> {
+        let (sockets, own) = take_twice(ebpf, names::SOCKETS_MAP)?;
         let ring: RingBuf<MapData> = take_map(ebpf, names::EVENTS_MAP)?;
         // SAFETY: the ring buffer owns its map fd, which stays open, and is the fd `as_raw_fd`
         // returns, for as long as the `RingBuf` (and so the `AsyncFd`) lives.
@@ -82,12 +119,19 @@ impl Reader {
             .map_err(|err| MapError::new(names::EVENTS_MAP, err))?;
         let stats_map = take_map(ebpf, names::STATS_MAP)?;
         let stopping = take_map(ebpf, names::STOPPING_MAP)?;
-        Ok(Self {
+        let reader = Self {
             ring,
+            spilled: Spilled {
+                queue: take_map(ebpf, names::SPILLED_MAP)?,
+                sockets: own,
+                head: None,
+                taken: HashSet::new(),
+            },
             stats_map,
             stopping,
             stats: ReaderStats::default(),
-        })
+        };
+        Ok((reader, sockets))
     }
 
     /// Tells the programs that the daemon is about to stop reading: from now on they send
@@ -107,20 +151,33 @@ impl Reader {
         Ok(())
     }
 
-    /// Decodes every pending event and hands it to `handle`. Returns how many were read.
-    pub(crate) fn drain(&mut self, mut handle: impl FnMut(&KernelEvent)) -> usize {
+    /// Hands every pending event to `feed`, the ring's (decoded) and the spilled close
+    /// records merged by time (see the module docs). Returns how many were read.
+    pub(crate) fn drain(&mut self, feed: &mut impl Feed) -> usize {
+        let began = monotonic_now_ns();
+        let spilled = &mut self.spilled;
+        let stats = &mut self.stats;
+        let mut merging = spilled.refill();
         let mut read = 0;
         let ring = self.ring.get_mut();
         while let Some(item) = ring.next() {
             read += 1;
             match KernelEvent::try_from(&*item) {
                 Ok(event) => {
-                    self.stats.events[event.kind_index()] += 1;
-                    handle(&event);
+                    if let Some(generation) = feed.superseded(&event) {
+                        read += spilled.take(event.header().sock, generation, stats, feed);
+                        merging = spilled.head.is_some();
+                    }
+                    if merging {
+                        read += spilled.hand_over(event.header().ts_ns, stats, feed);
+                        merging = spilled.head.is_some();
+                    }
+                    stats.events[event.kind_index()] += 1;
+                    feed.handle(&event);
                 }
                 Err(err) => {
-                    self.stats.undecodable += 1;
-                    if self.stats.undecodable == 1 {
+                    stats.undecodable += 1;
+                    if stats.undecodable == 1 {
                         warn!(
                             "undecodable ring buffer record ({err}); further ones are only counted"
                         );
@@ -128,7 +185,14 @@ impl Reader {
                 }
             }
         }
-        read
+        read + spilled.hand_over(began, stats, feed)
+    }
+
+    /// Hands every spilled close record left to `feed` (the programs are detached: nothing
+    /// more is on its way).
+    pub(crate) fn drain_spilled(&mut self, feed: &mut impl Feed) -> usize {
+        self.spilled.refill();
+        self.spilled.hand_over(u64::MAX, &mut self.stats, feed)
     }
 
     pub(crate) fn stats(&self) -> ReaderStats {
@@ -154,6 +218,127 @@ impl Reader {
             connections_lost: by_role(stat::CLOSE_UNSEEN),
             closes_lost: by_role(stat::CLOSE_DROPPED),
             seeded: sum(stat::SEEDED),
+            closes_spilled: sum(stat::CLOSE_SPILLED),
         }
     }
+}
+
+/// The spilled close records: the queue of their headers, the socket table that holds them,
+/// and the next header, read ahead.
+struct Spilled {
+    queue: Queue<MapData, EventHeader>,
+    /// The reader's own handle on the socket table, to take spilled records out.
+    sockets: SocketTable,
+    head: Option<EventHeader>,
+    /// Generations taken ahead of their place in the queue ([`Spilled::take`]), whose headers
+    /// are still to come.
+    taken: HashSet<u64>,
+}
+
+impl Spilled {
+    /// Reads the next header if none is waiting; whether one is.
+    fn refill(&mut self) -> bool {
+        if self.head.is_none() {
+            // Empty (or, on a failing system call, nothing to be done until the next drain).
+            self.head = self.queue.pop(0).ok();
+        }
+        self.head.is_some()
+    }
+
+    /// Hands the records that closed before `until` (ns) to `feed`, oldest first, each as the
+    /// close event it would have been (the table's copy removed). Returns how many were read.
+    fn hand_over(&mut self, until: u64, stats: &mut ReaderStats, feed: &mut impl Feed) -> usize {
+        let mut read = 0;
+        while let Some(hdr) = self.head.filter(|hdr| hdr.ts_ns < until) {
+            self.head = None;
+            if !self.taken.remove(&hdr.start_ns) {
+                read += 1;
+                match self.sockets.get(&hdr.start_ns, 0) {
+                    Ok(record) => self.handle(hdr, record, stats, feed),
+                    Err(_) => {
+                        stats.spills_read += 1;
+                        stats.spills_evicted += 1;
+                    }
+                }
+            }
+            self.refill();
+        }
+        read
+    }
+
+    /// Hands the spilled close of generation `start_ns` on `sock` to `feed` now, if there is
+    /// one: an event that supersedes that connection is next. Returns how many were read.
+    fn take(
+        &mut self,
+        sock: u64,
+        start_ns: u64,
+        stats: &mut ReaderStats,
+        feed: &mut impl Feed,
+    ) -> usize {
+        let Ok(record) = self.sockets.get(&start_ns, 0) else {
+            return 0;
+        };
+        let hdr = match self.head.filter(|hdr| hdr.start_ns == start_ns) {
+            Some(hdr) => {
+                self.head = None;
+                self.refill();
+                hdr
+            }
+            None => {
+                self.taken.insert(start_ns);
+                EventHeader {
+                    kind: kind::CLOSE,
+                    _pad: 0,
+                    ts_ns: record.close_ns.max(start_ns),
+                    sock,
+                    start_ns,
+                }
+            }
+        };
+        self.handle(hdr, record, stats, feed);
+        1
+    }
+
+    /// Hands one spilled record over as the close event it would have been, and removes the
+    /// table's copy (gone already only if the table evicted it meanwhile: the copy read is the
+    /// record).
+    fn handle(
+        &mut self,
+        hdr: EventHeader,
+        record: SockRecord,
+        stats: &mut ReaderStats,
+        feed: &mut impl Feed,
+    ) {
+        let _ = self.sockets.remove(&hdr.start_ns);
+        stats.spills_read += 1;
+        let close = CloseEvent { hdr, record };
+        let event = KernelEvent::Close(&close);
+        stats.events[event.kind_index()] += 1;
+        feed.handle(&event);
+    }
+}
+
+/// Two handles on the socket table: the map itself, and one on a duplicate of its file
+/// descriptor.
+fn take_twice(
+    ebpf: &mut aya::Ebpf,
+    name: &'static str,
+) -> Result<(SocketTable, SocketTable), MapError> {
+    let map: Map = take_map(ebpf, name)?;
+    let duplicate = match &map {
+        Map::HashMap(data) | Map::LruHashMap(data) => data
+            .fd()
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(|err| MapError::new(name, err))
+            .and_then(|fd| MapData::from_fd(fd).map_err(|err| MapError::new(name, err)))?,
+        _ => return Err(MapError::new(name, "not a hash map")),
+    };
+    let second = match map {
+        Map::HashMap(_) => Map::HashMap(duplicate),
+        _ => Map::LruHashMap(duplicate),
+    };
+    let first = HashMap::try_from(map).map_err(|err| MapError::new(name, err))?;
+    let second = HashMap::try_from(second).map_err(|err| MapError::new(name, err))?;
+    Ok((first, second))
 }

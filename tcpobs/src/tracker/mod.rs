@@ -285,6 +285,21 @@ impl Tracker {
         }
     }
 
+    /// The generation (`start_ns`) of the connection live on `event`'s socket, if `event`
+    /// starts or ends another one: the live one's close may be among the spilled records the
+    /// reader has yet to take (`kernel::reader`), and must come first.
+    pub(crate) fn superseded(&self, event: &KernelEvent) -> Option<u64> {
+        let hdr = match event {
+            KernelEvent::Connect(open) | KernelEvent::Open(open) => &open.hdr,
+            KernelEvent::Close(close) => &close.hdr,
+            _ => return None,
+        };
+        self.conns
+            .get(hdr.sock)
+            .map(|conn| conn.start_ns)
+            .filter(|&start_ns| start_ns != hdr.start_ns)
+    }
+
     /// The live connection for this socket and generation; counts a miss as unmatched.
     fn matching(&mut self, sock: u64, start_ns: u64) -> Option<&mut Conn> {
         match self.conns.get_mut(sock) {

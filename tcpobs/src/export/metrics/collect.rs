@@ -175,6 +175,18 @@ impl Collector for Scrape {
                 health.kernel.ringbuf_full,
             ),
             (
+                "tcpobs_close_events_spilled",
+                "Close events the full ring buffer could not take, kept in the kernel's socket \
+                 table until the daemon read them (delayed, not lost)",
+                health.kernel.closes_spilled,
+            ),
+            (
+                "tcpobs_close_events_spill_evicted",
+                "Spilled close events the full socket table evicted before the daemon read them: \
+                 these connections are reported partial (lost) once the audit finds them gone",
+                health.reader.spills_evicted,
+            ),
+            (
                 "tcpobs_events_undecodable",
                 "Ring buffer records that could not be decoded",
                 health.reader.undecodable,

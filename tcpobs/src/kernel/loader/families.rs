@@ -634,6 +634,7 @@ mod tests {
         let maps = [
             names::EVENTS_MAP,
             names::SOCKETS_MAP,
+            names::SPILLED_MAP,
             names::STATS_MAP,
             names::PORT_FILTER_MAP,
             names::CIDR4_FILTER_MAP,

@@ -142,7 +142,8 @@ pub fn load(options: &LoadOptions) -> Result<Loaded, LoadError> {
         .override_global(names::OFFSETS_GLOBAL, &offsets, true)
         .override_global(names::FOLD_CONFIG_GLOBAL, &fold, true)
         .map_max_entries(names::EVENTS_MAP, options.ringbuf_bytes)
-        .map_max_entries(names::SOCKETS_MAP, options.max_sockets);
+        .map_max_entries(names::SOCKETS_MAP, options.max_sockets)
+        .map_max_entries(names::SPILLED_MAP, options.max_sockets);
     if !options.libcalls.enabled {
         // Unused: the smallest tables.
         for map in [

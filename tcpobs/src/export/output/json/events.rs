@@ -330,6 +330,8 @@ pub(crate) fn stats(
         .u64(key!("connections_lost_client"), kernel.connections_lost[0])
         .u64(key!("connections_lost_server"), kernel.connections_lost[1])
         .u64(key!("connections_lost_unknown"), kernel.connections_lost[2])
-        .u64(key!("close_events_lost"), kernel.closes_lost_total());
+        .u64(key!("close_events_lost"), kernel.closes_lost_total())
+        .u64(key!("close_events_spilled"), kernel.closes_spilled)
+        .u64(key!("close_events_spill_evicted"), reader.spills_evicted);
     object.end();
 }
