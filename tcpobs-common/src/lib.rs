@@ -169,8 +169,12 @@ pub mod stat {
     /// generation (`start_ns`) with their header queued in `SPILLED`, for the daemon to read
     /// once the ring has room ([`crate::names::SPILLED_MAP`]). Not lost.
     pub const CLOSE_SPILLED: u32 = 11;
+    /// State events (`CLOSE_WAIT`, `FIN_WAIT2`) not sent because the ring buffer was more than
+    /// half full: its second half is kept for close records. The state is in the socket's
+    /// record, which the daemon reads when it audits its connections.
+    pub const STATE_SKIPPED: u32 = 12;
     /// Number of counters.
-    pub const COUNT: u32 = 12;
+    pub const COUNT: u32 = 13;
 
     /// The counter of `role` ([`crate::role`]) in a per-role group starting at `base`; an
     /// out-of-range role counts as unknown.

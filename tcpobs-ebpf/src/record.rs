@@ -4,7 +4,9 @@
 //! waiting: the daemon drains on a short timer, so a busy host does not pay one reader wake-up
 //! per event. Every failed reservation is counted in `STATS`.
 
-use aya_ebpf::bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP};
+use aya_ebpf::bindings::{
+    BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, BPF_RB_RING_SIZE,
+};
 use tcpobs_common::{
     BurstEvent, CloseEvent, EventHeader, FLAG_ANNOUNCED, FLAG_APP_CLOSED, FLAG_IGNORED,
     FLAG_PARTIAL, Offsets, OpenEvent, Owner, SockRecord, StateEvent, kind, role, seed, stat,
@@ -152,8 +154,18 @@ pub fn emit_exchange(sock: u64, rec: &SockRecord, next_ns: u64, seq: u32) {
     });
 }
 
+///
+/// Not sent while the ring buffer is more than half full (a storm of closes): its room is kept
+/// for close records, and the state is in the record, which the daemon's audit reads.
 #[inline(never)]
 pub fn emit_state(sock: u64, rec: &SockRecord, old: u8, new: u8, ts_ns: u64) {
+    if !stopping()
+        && EVENTS.query(u64::from(BPF_RB_AVAIL_DATA))
+            > EVENTS.query(u64::from(BPF_RB_RING_SIZE)) / 2
+    {
+        count(stat::STATE_SKIPPED);
+        return;
+    }
     let _ = emit(|event: *mut StateEvent| unsafe {
         (*event).hdr = header(kind::STATE, ts_ns, sock, rec);
         (*event).old_state = old;

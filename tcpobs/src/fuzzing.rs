@@ -271,6 +271,7 @@ pub fn ring_buffer(data: &[u8]) {
                     last_data_ns: ts.saturating_sub(u64::from(b) << 20),
                     bytes: u64::from(b >> 4),
                     state: b >> 2 & 15,
+                    state_since_ns: 0,
                     process: None,
                 });
                 tracker.sweep_with(ts, &stuck, |_| view, &StallViews::default(), &mut records);

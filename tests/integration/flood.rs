@@ -324,21 +324,24 @@ fn stopping_under_churn_neither_adopts_nor_loses_silently() {
                 }
             });
         }
-        // Stop once the churn has overflowed the ring buffer at least once.
+        // Stop once the churn has filled the ring buffer at least once: events lost, or close
+        // records spilled.
         let deadline = Instant::now() + PATIENCE;
-        while !daemon
-            .log()
-            .iter()
-            .any(|line| line.contains("ring buffer full"))
-        {
-            assert!(
-                Instant::now() < deadline,
-                "the churn never filled the ring buffer"
-            );
+        let full = || {
+            daemon
+                .log()
+                .iter()
+                .any(|line| line.contains("ring buffer full"))
+                || daemon.metric("tcpobs_close_events_spilled_total") > 0.0
+        };
+        let mut filled = full();
+        while !filled && Instant::now() < deadline {
             thread::sleep(Duration::from_millis(20));
+            filled = full();
         }
         let stopped = daemon.terminate_within_patience();
         stop.store(true, Ordering::Relaxed);
+        assert!(filled, "the churn never filled the ring buffer");
         stopped
     });
     let events: Vec<Value> = stopped
@@ -365,8 +368,11 @@ fn stopping_under_churn_neither_adopts_nor_loses_silently() {
         .find_map(|rest| rest.split_whitespace().next()?.parse::<u64>().ok())
         .unwrap_or(0);
     eprintln!(
-        "stop under churn: events lost {} (last warned total {warned}), connection events {}",
+        "stop under churn: events lost {} (last warned total {warned}), close events spilled \
+         {}, state events skipped {}, connection events {}",
         stats["events_lost"],
+        stats["close_events_spilled"],
+        stats["state_events_skipped"],
         events.iter().filter(|e| e["type"] == "connection").count()
     );
     assert_eq!(

@@ -241,6 +241,7 @@ impl Tracer {
             let mut tracker = lock(&self.tracker);
             self.reader
                 .drain(&mut Feeding::new(&mut tracker, &mut self.records))
+                .read
         };
         if read > 0 {
             lock(&self.health).reader = self.reader.stats();
@@ -266,9 +267,11 @@ impl Tracer {
         let (stalls, listening) = self.read_live(now, thresholds);
         self.read_folds();
         // Connections whose close was dropped stay in the live table until the audit finds
-        // their socket gone: audit them all on the next sweeps, not on the slow rotation.
+        // their socket gone, and those whose state event was skipped keep their old state
+        // until a lookup reads it: audit them all on the next sweeps, not on the slow rotation.
         let kernel = self.reader.kernel_stats();
-        let closes_lost = kernel.closes_lost_total() + self.reader.stats().spills_evicted;
+        let closes_lost =
+            kernel.closes_lost_total() + self.reader.stats().spills_evicted + kernel.states_skipped;
         if closes_lost > self.closes_lost_seen {
             self.closes_lost_seen = closes_lost;
             lock(&self.tracker).audit_all(AUDIT_ALL_ROUNDS);
@@ -422,7 +425,7 @@ impl Tracer {
         {
             let mut tracker = lock(&self.tracker);
             self.reader
-                .drain(&mut Feeding::new(&mut tracker, &mut self.records));
+                .drain_all(&mut Feeding::new(&mut tracker, &mut self.records));
         }
         drop(self.loaded.ebpf);
         read_folds(&mut self.loaded.folds, self.metrics.as_ref(), &self.tracker);
@@ -430,9 +433,8 @@ impl Tracer {
         {
             let mut tracker = lock(&self.tracker);
             let records = &mut self.records;
-            let mut feeding = Feeding::new(&mut tracker, records);
-            self.reader.drain(&mut feeding);
-            self.reader.drain_spilled(&mut feeding);
+            self.reader
+                .drain_all(&mut Feeding::new(&mut tracker, records));
             let sockets = &self.sockets;
             let lookup = |sock: u64| sockets.get(&sock, 0).ok();
             tracker.flush(monotonic_now_ns(), lookup, records);

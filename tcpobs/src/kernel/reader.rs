@@ -9,7 +9,9 @@
 //! ring's events by time: a spilled close is handed over before the first ring event that
 //! happened after it, and at the end of a drain if it happened before the drain began (a
 //! later one waits for the next drain, in case its connection's open is still on the way).
-//! Merging costs one queue read per drain while nothing is spilled. An event that supersedes
+//! Merging costs one queue read per drain while nothing is spilled. A drain stops after
+//! [`DRAIN_TIME_NS`], so that a backlog of spilled records (a flood the daemon cannot keep up
+//! with) does not keep it from its sweeps and its API. An event that supersedes
 //! a connection the tracker still has live (a new generation on its socket, or a close of
 //! another) has that connection's spilled close, if there is one, taken from the table at
 //! once, wherever its header is in the queue (two closes on two CPUs may be queued in the
@@ -53,6 +55,9 @@ pub struct KernelStats {
     pub seeded: u64,
     /// Close records the ring buffer could not take, kept for the reader ([`Reader::drain`]).
     pub closes_spilled: u64,
+    /// State events not sent while the ring buffer was more than half full (the state is in
+    /// the record, which the daemon's audit reads).
+    pub states_skipped: u64,
 }
 
 impl KernelStats {
@@ -84,6 +89,22 @@ impl ReaderStats {
     pub fn total(&self) -> u64 {
         self.events.iter().sum()
     }
+}
+
+/// How long one drain may run (ns): under a flood that refills the ring and the spill queue
+/// as fast as they are read, the daemon still gets back to its sweeps and its API.
+const DRAIN_TIME_NS: u64 = 20_000_000;
+
+/// The clock is read once per this many ring buffer records.
+const CLOCK_EVERY: usize = 256;
+
+/// What one drain did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Drained {
+    /// Ring buffer records read.
+    pub read: usize,
+    /// Whether it stopped for time with more to read.
+    pub more: bool,
 }
 
 /// The kernel's socket table (`SOCKETS`).
@@ -151,25 +172,30 @@ impl Reader {
         Ok(())
     }
 
-    /// Hands every pending event to `feed`, the ring's (decoded) and the spilled close
-    /// records merged by time (see the module docs). Returns how many were read.
-    pub(crate) fn drain(&mut self, feed: &mut impl Feed) -> usize {
+    /// Hands the pending events to `feed`, the ring's (decoded) and the spilled close records
+    /// merged by time (see the module docs), for at most [`DRAIN_TIME_NS`].
+    pub(crate) fn drain(&mut self, feed: &mut impl Feed) -> Drained {
         let began = monotonic_now_ns();
+        let deadline = began + DRAIN_TIME_NS;
         let spilled = &mut self.spilled;
         let stats = &mut self.stats;
         let mut merging = spilled.refill();
-        let mut read = 0;
+        let mut read: usize = 0;
         let ring = self.ring.get_mut();
+        let mut more = false;
         while let Some(item) = ring.next() {
             read += 1;
             match KernelEvent::try_from(&*item) {
                 Ok(event) => {
                     if let Some(generation) = feed.superseded(&event) {
-                        read += spilled.take(event.header().sock, generation, stats, feed);
+                        spilled.take(event.header().sock, generation, stats, feed);
                         merging = spilled.head.is_some();
                     }
                     if merging {
-                        read += spilled.hand_over(event.header().ts_ns, stats, feed);
+                        // A backlog of spilled records may outlast the drain: the event is
+                        // handed over anyway (it is read), before older spilled closes, which
+                        // is harmless (a close needed first was taken above).
+                        more |= !spilled.hand_over(event.header().ts_ns, deadline, stats, feed);
                         merging = spilled.head.is_some();
                     }
                     stats.events[event.kind_index()] += 1;
@@ -184,15 +210,24 @@ impl Reader {
                     }
                 }
             }
+            if more || (read.is_multiple_of(CLOCK_EVERY) && monotonic_now_ns() > deadline) {
+                more = true;
+                break;
+            }
         }
-        read + spilled.hand_over(began, stats, feed)
+        if !more {
+            more = !spilled.hand_over(began, deadline, stats, feed);
+        }
+        Drained { read, more }
     }
 
-    /// Hands every spilled close record left to `feed` (the programs are detached: nothing
-    /// more is on its way).
-    pub(crate) fn drain_spilled(&mut self, feed: &mut impl Feed) -> usize {
+    /// Hands everything left to `feed`: the ring's records, then every spilled close record
+    /// (the programs are detached or stopped: nothing more is on its way).
+    pub(crate) fn drain_all(&mut self, feed: &mut impl Feed) {
+        while self.drain(feed).more {}
         self.spilled.refill();
-        self.spilled.hand_over(u64::MAX, &mut self.stats, feed)
+        self.spilled
+            .hand_over(u64::MAX, u64::MAX, &mut self.stats, feed);
     }
 
     pub(crate) fn stats(&self) -> ReaderStats {
@@ -219,6 +254,7 @@ impl Reader {
             closes_lost: by_role(stat::CLOSE_DROPPED),
             seeded: sum(stat::SEEDED),
             closes_spilled: sum(stat::CLOSE_SPILLED),
+            states_skipped: sum(stat::STATE_SKIPPED),
         }
     }
 }
@@ -246,13 +282,21 @@ impl Spilled {
     }
 
     /// Hands the records that closed before `until` (ns) to `feed`, oldest first, each as the
-    /// close event it would have been (the table's copy removed). Returns how many were read.
-    fn hand_over(&mut self, until: u64, stats: &mut ReaderStats, feed: &mut impl Feed) -> usize {
-        let mut read = 0;
+    /// close event it would have been (the table's copy removed), until `deadline` (ns, on the
+    /// same clock). False if it stopped for time.
+    fn hand_over(
+        &mut self,
+        until: u64,
+        deadline: u64,
+        stats: &mut ReaderStats,
+        feed: &mut impl Feed,
+    ) -> bool {
         while let Some(hdr) = self.head.filter(|hdr| hdr.ts_ns < until) {
+            if deadline != u64::MAX && monotonic_now_ns() > deadline {
+                return false;
+            }
             self.head = None;
             if !self.taken.remove(&hdr.start_ns) {
-                read += 1;
                 match self.sockets.get(&hdr.start_ns, 0) {
                     Ok(record) => self.handle(hdr, record, stats, feed),
                     Err(_) => {
@@ -263,20 +307,14 @@ impl Spilled {
             }
             self.refill();
         }
-        read
+        true
     }
 
     /// Hands the spilled close of generation `start_ns` on `sock` to `feed` now, if there is
-    /// one: an event that supersedes that connection is next. Returns how many were read.
-    fn take(
-        &mut self,
-        sock: u64,
-        start_ns: u64,
-        stats: &mut ReaderStats,
-        feed: &mut impl Feed,
-    ) -> usize {
+    /// one: an event that supersedes that connection is next.
+    fn take(&mut self, sock: u64, start_ns: u64, stats: &mut ReaderStats, feed: &mut impl Feed) {
         let Ok(record) = self.sockets.get(&start_ns, 0) else {
-            return 0;
+            return;
         };
         let hdr = match self.head.filter(|hdr| hdr.start_ns == start_ns) {
             Some(hdr) => {
@@ -296,7 +334,6 @@ impl Spilled {
             }
         };
         self.handle(hdr, record, stats, feed);
-        1
     }
 
     /// Hands one spilled record over as the close event it would have been, and removes the

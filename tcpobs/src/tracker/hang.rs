@@ -102,6 +102,8 @@ pub(crate) struct KernelView {
     pub bytes: u64,
     /// The socket's state (`tcp_state`).
     pub state: u8,
+    /// Since when, if the record knows (`CLOSE_WAIT`); 0 otherwise.
+    pub state_since_ns: u64,
     /// The process the record names (first seen in process context), if any.
     pub process: Option<Process>,
 }
@@ -114,6 +116,11 @@ impl KernelView {
             last_data_ns: last_data_ns(rec),
             bytes: rec.bytes_sent.saturating_add(rec.bytes_recv),
             state: rec.state,
+            state_since_ns: if rec.state == tcp_state::CLOSE_WAIT {
+                rec.close_wait_ns
+            } else {
+                0
+            },
             process: Process::from_kernel(&rec.task),
         }
     }
@@ -326,11 +333,15 @@ impl Tracker {
                         // received so far (its burst is still in the kernel's record).
                         conn.learn_process(view.process);
                         if view.state != conn.state && is_open_state(view.state) {
-                            // A state entered without an event (see the module docs).
+                            // A state entered without an event (see the module docs), or
+                            // whose event was skipped (a flood).
                             counts.remove(conn.role, conn.state);
                             counts.add(conn.role, view.state);
                             conn.state = view.state;
-                            conn.state_since_ns = now;
+                            conn.state_since_ns = match view.state_since_ns {
+                                0 => now,
+                                since => since.min(now),
+                            };
                         }
                         candidate = conn.candidate(now, thresholds, stall);
                     }
@@ -510,6 +521,7 @@ mod tests {
                     last_data_ns: 9 * S,
                     bytes: 5,
                     state: tcp_state::ESTABLISHED,
+                    state_since_ns: 0,
                     process: None,
                 },
                 _ => KernelView {
@@ -517,6 +529,7 @@ mod tests {
                     last_data_ns: 61 * S,
                     bytes: 30,
                     state: tcp_state::ESTABLISHED,
+                    state_since_ns: 0,
                     process: None,
                 },
             })
@@ -585,6 +598,7 @@ mod tests {
             Some(KernelView {
                 start_ns: 0,
                 state: tcp_state::LAST_ACK,
+                state_since_ns: 0,
                 ..KernelView::default()
             })
         };
@@ -599,6 +613,36 @@ mod tests {
             open[usize::from(tcp_state::CLOSE_WAIT)],
         );
         assert_eq!((last_ack, close_wait), (1, 0), "the gauge follows");
+    }
+
+    #[test]
+    fn a_close_wait_whose_event_was_skipped_is_timed_from_the_record() {
+        let mut tracker = Tracker::new();
+        open(&mut tracker, 1, kind::OPEN, tcp_state::ESTABLISHED, 0);
+        // The kernel skipped the CLOSE_WAIT event (a flood) and the daemon audits.
+        tracker.audit_all(3);
+        let kernel = |_| {
+            Some(KernelView {
+                start_ns: 0,
+                state: tcp_state::CLOSE_WAIT,
+                state_since_ns: 2 * S,
+                ..KernelView::default()
+            })
+        };
+        let mut out = Vec::new();
+        tracker.sweep(8 * S, &thresholds(), kernel, &mut out);
+        let flagged: Vec<_> = out
+            .iter()
+            .filter_map(|record| match record {
+                Record::Anomaly(anomaly) => Some((anomaly.stuck, anomaly.since_ns)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(flagged, [(Stuck::CloseWait, 2 * S)]);
+        assert_eq!(
+            tracker.live().next().unwrap().state(),
+            tcp_state::CLOSE_WAIT
+        );
     }
 
     #[test]

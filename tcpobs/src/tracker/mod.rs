@@ -297,7 +297,7 @@ impl Tracker {
         self.conns
             .get(hdr.sock)
             .map(|conn| conn.start_ns)
-            .filter(|&start_ns| start_ns != hdr.start_ns)
+            .filter(|&start_ns| start_ns < hdr.start_ns)
     }
 
     /// The live connection for this socket and generation; counts a miss as unmatched.
@@ -401,8 +401,13 @@ impl Tracker {
             Some(conn) if conn.start_ns == event.hdr.start_ns => conn,
             other => {
                 if let Some(other) = other {
+                    let older = other.start_ns < event.hdr.start_ns;
                     self.insert(sock, other);
-                    self.abandon(sock, out);
+                    // A close of an older generation (spilled, and read after the newer one's
+                    // open) leaves the live one alone.
+                    if older {
+                        self.abandon(sock, out);
+                    }
                 }
                 let id = self.next_id();
                 let mut conn = Conn::from_close(id, event);

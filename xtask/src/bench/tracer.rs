@@ -128,6 +128,19 @@ impl Running {
         http_get(api, path)
     }
 
+    /// The sum of a family's samples in `/metrics` (every label set of `name`).
+    pub fn metric_sum(&self, name: &str) -> Result<f64> {
+        let (body, _) = self.get("/metrics")?;
+        Ok(body
+            .lines()
+            .filter(|line| {
+                line.strip_prefix(name)
+                    .is_some_and(|rest| rest.starts_with(['{', ' ']))
+            })
+            .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum())
+    }
+
     /// A sample's value from `/metrics` (`name{labels}` exactly).
     pub fn metric(&self, sample: &str) -> Result<f64> {
         let (body, _) = self.get("/metrics")?;
@@ -284,7 +297,13 @@ pub fn bpf_mapping_rss_bytes(pid: u32) -> Result<u64> {
 
 /// Kernel memory charged to the process's BPF maps (`memlock` of each map fd).
 pub fn bpf_map_bytes(pid: u32) -> Result<u64> {
-    let mut total = 0;
+    let field = |info: &str, name: &str| -> Option<u64> {
+        info.lines()
+            .find_map(|line| line.strip_prefix(name))
+            .and_then(|value| value.trim().parse().ok())
+    };
+    // Each map once: a process may hold several descriptors of one map.
+    let mut maps = std::collections::HashMap::new();
     for entry in fs::read_dir(format!("/proc/{pid}/fdinfo"))? {
         let Ok(info) = fs::read_to_string(entry?.path()) else {
             continue;
@@ -292,11 +311,11 @@ pub fn bpf_map_bytes(pid: u32) -> Result<u64> {
         if !info.contains("map_type:") {
             continue;
         }
-        if let Some(memlock) = info.lines().find_map(|line| line.strip_prefix("memlock:")) {
-            total += memlock.trim().parse::<u64>().unwrap_or(0);
+        if let (Some(id), Some(memlock)) = (field(&info, "map_id:"), field(&info, "memlock:")) {
+            maps.insert(id, memlock);
         }
     }
-    Ok(total)
+    Ok(maps.values().sum())
 }
 
 /// Where the bench keeps its scratch files.

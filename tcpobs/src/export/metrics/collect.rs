@@ -187,6 +187,13 @@ impl Collector for Scrape {
                 health.reader.spills_evicted,
             ),
             (
+                "tcpobs_state_events_skipped",
+                "State events (CLOSE_WAIT, FIN_WAIT2) the kernel did not send while the ring \
+                 buffer was more than half full, keeping its room for close events: the state \
+                 is read from the kernel's socket table by the audit that follows",
+                health.kernel.states_skipped,
+            ),
+            (
                 "tcpobs_events_undecodable",
                 "Ring buffer records that could not be decoded",
                 health.reader.undecodable,

@@ -138,6 +138,7 @@ fn an_anomaly_names_the_owner_the_kernel_knows() {
             last_data_ns: S + S / 2,
             bytes: 4,
             state: tcp_state::CLOSE_WAIT,
+            state_since_ns: 0,
             process: Some(owner),
         })
     };

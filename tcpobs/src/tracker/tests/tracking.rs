@@ -120,6 +120,26 @@ fn reused_socket_without_close_reports_the_old_connection_lost() {
     );
 }
 
+/// A close of an older generation read after the newer one's open (the ring buffer was full
+/// and the close record was spilled): reported, and the live connection left alone.
+#[test]
+fn a_late_close_of_an_older_generation_leaves_the_newer_one_live() {
+    let old: Vec<OwnedEvent> = Sock::client(0)
+        .established(50 * US)
+        .close(5 * MS, 0)
+        .into_iter()
+        .filter(|event| matches!(event, OwnedEvent::Close(_)))
+        .collect();
+    let new = Sock::client(10 * MS).established(10 * MS + 50 * US);
+    let mut events = new.events.clone();
+    events.extend(old);
+    events.extend(new.close(20 * MS, 0));
+    let (_, connections, tracker) = run(&events);
+    assert_eq!(tracker.stats().lost, 0);
+    let partial: Vec<_> = connections.iter().map(|c| c.partial).collect();
+    assert_eq!(partial, [Some(PartialReason::MissedOpen), None]);
+}
+
 #[test]
 fn shutdown_flushes_live_connections_as_partial() {
     for sent in [true, false] {

@@ -332,6 +332,7 @@ pub(crate) fn stats(
         .u64(key!("connections_lost_unknown"), kernel.connections_lost[2])
         .u64(key!("close_events_lost"), kernel.closes_lost_total())
         .u64(key!("close_events_spilled"), kernel.closes_spilled)
-        .u64(key!("close_events_spill_evicted"), reader.spills_evicted);
+        .u64(key!("close_events_spill_evicted"), reader.spills_evicted)
+        .u64(key!("state_events_skipped"), kernel.states_skipped);
     object.end();
 }
