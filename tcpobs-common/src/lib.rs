@@ -188,6 +188,24 @@ pub mod stat {
     }
 }
 
+/// What a spilled close record's header says of it in its `_pad` (the record itself may be
+/// evicted before the daemon reads it): its role, and whether its open got through.
+pub mod spill_tag {
+    /// Set when the record was [`crate::FLAG_ANNOUNCED`].
+    pub const ANNOUNCED: u32 = 1 << 8;
+
+    /// The tag of a record of `role` ([`crate::role`]).
+    #[inline(always)]
+    pub const fn of(role: u8, announced: bool) -> u32 {
+        role as u32 | if announced { ANNOUNCED } else { 0 }
+    }
+
+    /// The role a tag names.
+    pub const fn role(tag: u32) -> u8 {
+        tag as u8
+    }
+}
+
 /// How one kind of kernel-side filter applies (`FilterConfig` fields).
 pub mod filter_mode {
     /// The filter is off.

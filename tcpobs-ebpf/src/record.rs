@@ -9,8 +9,8 @@ use aya_ebpf::bindings::{
 };
 use tcpobs_common::{
     BurstEvent, CloseEvent, EventHeader, FLAG_ANNOUNCED, FLAG_APP_CLOSED, FLAG_IGNORED,
-    FLAG_PARTIAL, Offsets, OpenEvent, Owner, SockRecord, StateEvent, kind, role, seed, stat,
-    tcp_state, teardown,
+    FLAG_PARTIAL, Offsets, OpenEvent, Owner, SockRecord, StateEvent, kind, role, seed, spill_tag,
+    stat, tcp_state, teardown,
 };
 
 use crate::{
@@ -194,7 +194,7 @@ pub fn finish<R: Read>(sk: Sock<R>, rec: &mut SockRecord, ts_ns: u64) {
                 (*event).record = *rec;
             }
             entry.submit(submit_flags());
-        } else if spill(&hdr, rec) {
+        } else if spill(hdr, rec) {
             count(stat::CLOSE_SPILLED);
         } else {
             count(stat::RINGBUF_FULL);
@@ -213,15 +213,19 @@ pub fn finish<R: Read>(sk: Sock<R>, rec: &mut SockRecord, ts_ns: u64) {
 /// generation (`start_ns`, which no socket address can equal), and its header in `SPILLED`,
 /// whence the daemon takes both once it has drained the ring. A burst of closes (a server
 /// restarting, a thousand clients leaving at once) is then delayed rather than lost, within
-/// the table's room. False if either is full (or two records share a generation).
+/// the table's room. False if either is full (or two records share a generation). The
+/// header carries the record's role and whether its open got through ([`spill_tag`]), for
+/// the daemon to count the end if the table evicts the copy first.
 #[inline(always)]
-fn spill(hdr: &EventHeader, rec: &SockRecord) -> bool {
+fn spill(mut hdr: EventHeader, rec: &SockRecord) -> bool {
     if SOCKETS.insert(hdr.start_ns, rec, BPF_NOEXIST).is_err() {
         return false;
     }
+    hdr._pad = spill_tag::of(rec.role, rec.flags & FLAG_ANNOUNCED != 0);
     if SPILLED.push(hdr, 0).is_err() {
-        let _: Result<(), i32> = SOCKETS.remove(hdr.start_ns);
-        return false;
+        // Unless the daemon took the copy meanwhile (a newer connection on the socket made it
+        // look): then the close is reported.
+        return SOCKETS.remove(hdr.start_ns).is_err();
     }
     true
 }

@@ -280,6 +280,7 @@ impl Tracer {
         let lookup = |sock: u64| sockets.get(&sock, 0).ok().map(|rec| KernelView::of(&rec));
         let (mut report, listeners) = {
             let mut tracker = lock(&self.tracker);
+            tracker.set_reader_behind(self.reader.behind());
             let report = tracker.sweep_with(now, thresholds, lookup, &stalls, &mut self.records);
             let listeners = tracker.observe_listeners(
                 now,

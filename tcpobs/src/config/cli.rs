@@ -326,7 +326,8 @@ pub struct Cli {
     pub(crate) ringbuf_bytes: u32,
 
     /// How often the daemon drains the ring buffer when the kernel has not woken it
-    /// (e.g. 10ms, 1s). Bounds the delay from a close to its event.
+    /// (e.g. 10ms, 1s). Bounds the delay from a close to its event, except for close records
+    /// spilled from a full ring buffer, which wait until the daemon has caught up.
     #[arg(long, value_name = "DURATION", default_value = "10ms", env = "TCPOBS_DRAIN_INTERVAL",
           value_parser = parse_duration)]
     pub(crate) drain_interval: Duration,

@@ -20,7 +20,7 @@
 use std::{collections::HashSet, os::fd::AsFd as _};
 
 use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray, Queue, RingBuf};
-use tcpobs_common::{CloseEvent, EventHeader, SockRecord, kind, names, role, stat};
+use tcpobs_common::{CloseEvent, EventHeader, SockRecord, kind, names, role, spill_tag, stat};
 use tokio::io::{Interest, unix::AsyncFd};
 use tracing::warn;
 
@@ -81,11 +81,25 @@ pub struct ReaderStats {
     /// Spilled close records read back.
     pub spills_read: u64,
     /// Spilled close records whose copy a full socket table had evicted before the reader
-    /// came to it: their connections are reported partial (`lost`) by the audit.
+    /// came to it, of connections whose open had arrived: they are reported partial (`lost`)
+    /// by the audit.
     pub spills_evicted: u64,
+    /// The same, of connections whose open had not arrived either: ends of which nothing is
+    /// reported, by role (`[client, server, unknown]`, as [`KernelStats::connections_lost`]).
+    pub spills_unseen: [u64; 3],
 }
 
 impl ReaderStats {
+    /// Connection ends of which nothing reached the daemon, by role: the kernel's count and
+    /// the reader's.
+    pub fn connections_lost(&self, kernel: &KernelStats) -> [u64; 3] {
+        let mut lost = kernel.connections_lost;
+        for (lost, unseen) in lost.iter_mut().zip(self.spills_unseen) {
+            *lost += unseen;
+        }
+        lost
+    }
+
     pub fn total(&self) -> u64 {
         self.events.iter().sum()
     }
@@ -107,6 +121,10 @@ pub(crate) struct Drained {
     pub more: bool,
 }
 
+/// At most this many drains make [`Reader::drain_all`] (20 ms each): if the programs could
+/// not be told to stop, a flood would otherwise keep the daemon from exiting.
+const DRAIN_ALL_ROUNDS: usize = 500;
+
 /// The kernel's socket table (`SOCKETS`).
 pub(crate) type SocketTable = HashMap<MapData, u64, SockRecord>;
 
@@ -121,6 +139,8 @@ pub(crate) trait Feed {
 pub(crate) struct Reader {
     ring: AsyncFd<RingBuf<MapData>>,
     spilled: Spilled,
+    /// Whether the last drain stopped for time ([`Drained::more`]).
+    behind: bool,
     stats_map: PerCpuArray<MapData, u64>,
     /// Tells the programs that nobody reads any more (`STOPPING`).
     stopping: Array<MapData, u32>,
@@ -148,6 +168,7 @@ impl Reader {
                 head: None,
                 taken: HashSet::new(),
             },
+            behind: false,
             stats_map,
             stopping,
             stats: ReaderStats::default(),
@@ -179,6 +200,7 @@ impl Reader {
         let deadline = began + DRAIN_TIME_NS;
         let spilled = &mut self.spilled;
         let stats = &mut self.stats;
+        let spills_before = stats.spills_read;
         let mut merging = spilled.refill();
         let mut read: usize = 0;
         let ring = self.ring.get_mut();
@@ -218,13 +240,25 @@ impl Reader {
         if !more {
             more = !spilled.hand_over(began, deadline, stats, feed);
         }
+        self.behind = more;
+        let read = read + (stats.spills_read - spills_before) as usize;
         Drained { read, more }
+    }
+
+    /// Whether the last drain left events to read (it stopped for time): a close may still be
+    /// on its way, so a connection missing from the kernel's table is not yet lost.
+    pub(crate) fn behind(&self) -> bool {
+        self.behind
     }
 
     /// Hands everything left to `feed`: the ring's records, then every spilled close record
     /// (the programs are detached or stopped: nothing more is on its way).
     pub(crate) fn drain_all(&mut self, feed: &mut impl Feed) {
-        while self.drain(feed).more {}
+        for _ in 0..DRAIN_ALL_ROUNDS {
+            if !self.drain(feed).more {
+                break;
+            }
+        }
         self.spilled.refill();
         self.spilled
             .hand_over(u64::MAX, u64::MAX, &mut self.stats, feed);
@@ -301,7 +335,16 @@ impl Spilled {
                     Ok(record) => self.handle(hdr, record, stats, feed),
                     Err(_) => {
                         stats.spills_read += 1;
-                        stats.spills_evicted += 1;
+                        if hdr._pad & spill_tag::ANNOUNCED != 0 {
+                            stats.spills_evicted += 1;
+                        } else {
+                            let index = match spill_tag::role(hdr._pad) {
+                                role::CLIENT => 0,
+                                role::SERVER => 1,
+                                _ => 2,
+                            };
+                            stats.spills_unseen[index] += 1;
+                        }
                     }
                 }
             }
@@ -341,11 +384,12 @@ impl Spilled {
     /// record).
     fn handle(
         &mut self,
-        hdr: EventHeader,
+        mut hdr: EventHeader,
         record: SockRecord,
         stats: &mut ReaderStats,
         feed: &mut impl Feed,
     ) {
+        hdr._pad = 0;
         let _ = self.sockets.remove(&hdr.start_ns);
         stats.spills_read += 1;
         let close = CloseEvent { hdr, record };

@@ -40,7 +40,8 @@
 //! (once per [`AUDIT_EVERY`] sweeps), and on every sweep for a few sweeps after the kernel
 //! reported dropped close records ([`Tracker::audit_all`]): a connection whose kernel record is
 //! gone, or belongs to a newer connection, on two lookups (each sweep follows a drain of the
-//! ring buffer, so a close sent before the first lookup has arrived by the second) was lost
+//! ring buffer, so a close sent before the first lookup has arrived by the second; a lookup
+//! made while the reader is behind, its last drain stopped for time, does not count) was lost
 //! (its close event dropped from a full ring buffer, or its record evicted from a full table)
 //! and is reported partial (`lost`). A connection the kernel has no record of is never flagged
 //! stuck: it is gone, or about to be reported lost.
@@ -260,6 +261,11 @@ impl Tracker {
         self.sweep_with(now, thresholds, lookup, &StallViews::default(), out)
     }
 
+    /// Whether the reader has events left to read; set before each sweep.
+    pub(crate) fn set_reader_behind(&mut self, behind: bool) {
+        self.reader_behind = behind;
+    }
+
     /// Has the next sweeps audit every live connection against the kernel's table `rounds`
     /// times (the kernel reported close records it could not send). A sweep makes at most
     /// about [`AUDIT_CAP`] lookups: a bigger table is audited over several sweeps a round.
@@ -287,6 +293,7 @@ impl Tracker {
         self.audit_all = self.audit_all.saturating_sub(1);
         let stride = self.audit_stride.max(1);
         let recheck = self.recheck_stride.max(1);
+        let count_misses = !self.reader_behind;
         let mut report = SweepReport::default();
         let mut vanished = Vec::new();
         let counts = &mut self.counts;
@@ -348,9 +355,11 @@ impl Tracker {
                     None => {
                         // Gone from the kernel (or about to be: its close may be on its
                         // way): nothing to flag.
-                        conn.missing += 1;
-                        if conn.missing >= 2 {
-                            vanished.push(sock);
+                        if count_misses {
+                            conn.missing += 1;
+                            if conn.missing >= 2 {
+                                vanished.push(sock);
+                            }
                         }
                         return;
                     }
@@ -643,6 +652,35 @@ mod tests {
             tracker.live().next().unwrap().state(),
             tcp_state::CLOSE_WAIT
         );
+    }
+
+    #[test]
+    fn a_miss_while_the_reader_is_behind_does_not_count() {
+        let mut tracker = Tracker::new();
+        open(&mut tracker, 1, kind::OPEN, tcp_state::ESTABLISHED, 0);
+        let gone = |_| None;
+        let mut out = Vec::new();
+        tracker.audit_all(3);
+        tracker.set_reader_behind(true);
+        for sweep in 0..3 {
+            let report = tracker.sweep(sweep * S, &StuckThresholds::default(), gone, &mut out);
+            assert_eq!((report.lookups, report.lost), (1, 0));
+        }
+        assert_eq!(
+            tracker.live().count(),
+            1,
+            "its close may still be in the ring"
+        );
+        tracker.audit_all(3);
+        tracker.set_reader_behind(false);
+        let lost: u64 = (3..5)
+            .map(|sweep| {
+                tracker
+                    .sweep(sweep * S, &StuckThresholds::default(), gone, &mut out)
+                    .lost
+            })
+            .sum();
+        assert_eq!(lost, 1);
     }
 
     #[test]

@@ -168,6 +168,10 @@ pub(crate) struct Tracker {
     /// Already-flagged stuck connections are read again once per this many sweeps (0 or 1:
     /// every sweep); set by each sweep from how many there were.
     recheck_stride: u64,
+    /// The reader has events left to read (its last drain stopped for time): a connection
+    /// missing from the kernel's table may have its close among them, so the audit does not
+    /// count the miss ([`Tracker::set_reader_behind`]).
+    reader_behind: bool,
 }
 
 impl Tracker {

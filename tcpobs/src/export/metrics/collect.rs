@@ -150,12 +150,20 @@ impl Collector for Scrape {
             &mut encoder,
             "tcpobs_connections_lost",
             "Connection ends tcpobs never reported, by role and reason: ringbuf_full (their open \
-             and close events were both dropped from the full ring buffer). With the connections \
-             reported (complete or partial) they add up to every connection end the kernel saw",
+             and close events were both dropped from the full ring buffer), spill_evicted (their \
+             open was dropped and their spilled close evicted from the full socket table). With \
+             the connections reported (complete or partial) they add up to every connection end \
+             the kernel saw",
             ROLES
                 .iter()
                 .zip(health.kernel.connections_lost)
-                .map(|(role, n)| (vec![("role", *role), ("reason", "ringbuf_full")], n)),
+                .map(|(role, n)| (vec![("role", *role), ("reason", "ringbuf_full")], n))
+                .chain(
+                    ROLES
+                        .iter()
+                        .zip(health.reader.spills_unseen)
+                        .map(|(role, n)| (vec![("role", *role), ("reason", "spill_evicted")], n)),
+                ),
         )?;
         counter(
             &mut encoder,
@@ -182,8 +190,9 @@ impl Collector for Scrape {
             ),
             (
                 "tcpobs_close_events_spill_evicted",
-                "Spilled close events the full socket table evicted before the daemon read them: \
-                 these connections are reported partial (lost) once the audit finds them gone",
+                "Spilled close events the full socket table evicted before the daemon read them, \
+                 of connections whose open had arrived: these are reported partial (lost) once \
+                 the audit finds them gone (the others count in tcpobs_connections_lost_total)",
                 health.reader.spills_evicted,
             ),
             (

@@ -311,6 +311,7 @@ pub(crate) fn stats(
     libcalls: &LibcallStats,
     output: &OutputTotals,
 ) {
+    let lost = reader.connections_lost(kernel);
     let mut object = Object::new(out, "stats");
     object
         .u64(key!("events_received"), reader.total())
@@ -327,9 +328,9 @@ pub(crate) fn stats(
         .u64(key!("phase_libraries_skipped"), libcalls.skipped)
         .u64(key!("output_events_dropped"), output.events_dropped)
         .u64(key!("output_write_errors"), output.write_errors)
-        .u64(key!("connections_lost_client"), kernel.connections_lost[0])
-        .u64(key!("connections_lost_server"), kernel.connections_lost[1])
-        .u64(key!("connections_lost_unknown"), kernel.connections_lost[2])
+        .u64(key!("connections_lost_client"), lost[0])
+        .u64(key!("connections_lost_server"), lost[1])
+        .u64(key!("connections_lost_unknown"), lost[2])
         .u64(key!("close_events_lost"), kernel.closes_lost_total())
         .u64(key!("close_events_spilled"), kernel.closes_spilled)
         .u64(key!("close_events_spill_evicted"), reader.spills_evicted)
