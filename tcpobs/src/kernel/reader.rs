@@ -125,6 +125,9 @@ pub(crate) struct Drained {
 /// not be told to stop, a flood would otherwise keep the daemon from exiting.
 const DRAIN_ALL_ROUNDS: usize = 500;
 
+/// The order of the per-role counters here (`[client, server, unknown]`), by kernel role.
+const ROLE_ORDER: [u8; 3] = [role::CLIENT, role::SERVER, role::UNKNOWN];
+
 /// The kernel's socket table (`SOCKETS`).
 pub(crate) type SocketTable = HashMap<MapData, u64, SockRecord>;
 
@@ -276,9 +279,7 @@ impl Reader {
                 .map(|values| values.iter().sum())
                 .unwrap_or(0)
         };
-        let by_role = |group: u32| {
-            [role::CLIENT, role::SERVER, role::UNKNOWN].map(|role| sum(stat::by_role(group, role)))
-        };
+        let by_role = |group: u32| ROLE_ORDER.map(|role| sum(stat::by_role(group, role)));
         KernelStats {
             ringbuf_full: sum(stat::RINGBUF_FULL),
             table_insert_failed: sum(stat::TABLE_INSERT_FAILED),
@@ -338,12 +339,9 @@ impl Spilled {
                         if hdr._pad & spill_tag::ANNOUNCED != 0 {
                             stats.spills_evicted += 1;
                         } else {
-                            let index = match spill_tag::role(hdr._pad) {
-                                role::CLIENT => 0,
-                                role::SERVER => 1,
-                                _ => 2,
-                            };
-                            stats.spills_unseen[index] += 1;
+                            let role = spill_tag::role(hdr._pad);
+                            let index = ROLE_ORDER.iter().position(|&r| r == role);
+                            stats.spills_unseen[index.unwrap_or(2)] += 1;
                         }
                     }
                 }
