@@ -225,14 +225,17 @@ impl Tracer {
             return Ok(());
         }
         let now = monotonic_now_ns();
-        for record in records.drain(..) {
+        // By reference, then cleared: a record is several hundred bytes, and moving each out
+        // of the vector showed as a tenth of the daemon's copying under churn.
+        let written = records.iter().try_for_each(|record| {
             if let Some(metrics) = metrics {
-                metrics.observe(&record);
-                metrics.observe_delay(&record, now);
+                metrics.observe(record);
+                metrics.observe_delay(record, now);
             }
-            sink.write(&record)?;
-        }
-        Ok(())
+            sink.write(record)
+        });
+        records.clear();
+        written
     }
 
     /// Drains the ring buffer once into the metrics and `sink`. Returns how many events.

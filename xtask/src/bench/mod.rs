@@ -8,6 +8,7 @@
 //! harness cannot rot) and writes nothing.
 
 // `soak` reuses nginx, wrk, the tracer's runner and the machine line.
+mod floor;
 pub(crate) mod http;
 mod load;
 mod otlp;
@@ -227,17 +228,35 @@ fn where_time_goes(
 ) -> Result<()> {
     let running = tracer::start(Tracer::Tcpobs, binary, &[])?;
     let pid = running.pid().context("tcpobs pid")?;
-    let (result, before, after, cpu) = {
+    let (result, before, after, cpu, floors) = {
         let _stats = programs::StatsEnabled::new()?;
+        let _floor = floor::Floor::attach()?;
+        let own = std::process::id();
+        let floors_before = programs::snapshot(own)?;
         let before = programs::snapshot(pid)?;
         let cpu_before = cpu_seconds(pid)?;
         let result = run()?;
         // Let the daemon drain the last events.
         thread::sleep(Duration::from_millis(300));
         let cpu = cpu_seconds(pid)? - cpu_before;
-        (result, before, programs::snapshot(pid)?, cpu)
+        let after = programs::snapshot(pid)?;
+        let floors = floor::Floor::measured(&floors_before, &programs::snapshot(own)?);
+        (result, before, after, cpu, floors)
     };
     running.stop()?;
+    for &(tracepoint, runs, ns) in &floors {
+        report.push_cost(Cost {
+            workload: workload.to_owned(),
+            what: format!("floor: an empty program on {tracepoint}"),
+            detail: format!(
+                "{:.2} × {ns:.0} ns",
+                runs as f64 / result.requests.max(1) as f64
+            ),
+            per_request: String::new(),
+            goal: String::new(),
+            met: None,
+        });
+    }
     let requests = result.requests.max(1) as f64;
     let mut total = 0.0;
     for cost in programs::costs(&before, &after) {
@@ -251,10 +270,14 @@ fn where_time_goes(
         let hot = ["set_state", "_len_", "send_", "recv_"]
             .iter()
             .any(|part| cost.name.contains(part));
+        // What the program's own code costs: above the empty program on its tracepoint.
+        let above = floor::under(&floors, &cost.name)
+            .map(|floor| format!(" ({:.0} above the floor)", cost.ns_per_run - floor))
+            .unwrap_or_default();
         report.push_cost(Cost {
             workload: workload.to_owned(),
             what: format!("kernel: {}", cost.name),
-            detail: format!("{runs:.2} × {:.0} ns", cost.ns_per_run),
+            detail: format!("{runs:.2} × {:.0} ns{above}", cost.ns_per_run),
             per_request: format!("{per_request:.0} ns"),
             goal: if hot {
                 "≤ 100 ns a run".to_owned()

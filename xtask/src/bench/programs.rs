@@ -6,7 +6,11 @@
 //! figures are an upper bound; they are not taken during the runs whose throughput is
 //! compared.
 
-use std::{collections::BTreeMap, fs};
+use std::{
+    collections::BTreeMap,
+    fs,
+    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+};
 
 use anyhow::{Context as _, Result};
 
@@ -95,42 +99,36 @@ fn program_name(id: u32) -> Result<String> {
     // union bpf_attr for BPF_PROG_GET_FD_BY_ID: prog_id, next_id, open_flags.
     let mut attr = [0u8; 128];
     attr[..4].copy_from_slice(&id.to_ne_bytes());
-    // SAFETY: the bpf syscall reads `size` bytes of a valid, zeroed attribute union.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_PROG_GET_FD_BY_ID,
-            attr.as_ptr(),
-            attr.len() as u32,
-        )
-    };
-    if fd < 0 {
-        anyhow::bail!("program {id}: {}", std::io::Error::last_os_error());
-    }
+    let fd = bpf(BPF_PROG_GET_FD_BY_ID, &attr).with_context(|| format!("program {id}"))?;
     let mut info = [0u8; INFO_NAME + 16];
     // union bpf_attr for BPF_OBJ_GET_INFO_BY_FD: bpf_fd, info_len, info (pointer).
     let mut attr = [0u8; 128];
-    attr[..4].copy_from_slice(&(fd as u32).to_ne_bytes());
+    attr[..4].copy_from_slice(&(fd.as_raw_fd() as u32).to_ne_bytes());
     attr[4..8].copy_from_slice(&(info.len() as u32).to_ne_bytes());
     attr[8..16].copy_from_slice(&(info.as_mut_ptr() as u64).to_ne_bytes());
-    // SAFETY: as above; the kernel writes at most `info_len` bytes into `info`.
-    let result = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_OBJ_GET_INFO_BY_FD,
-            attr.as_ptr(),
-            attr.len() as u32,
-        )
-    };
-    let error = std::io::Error::last_os_error();
-    // SAFETY: closing the descriptor the kernel just gave us.
-    unsafe { libc::close(fd as i32) };
-    if result < 0 {
-        anyhow::bail!("program {id}: {error}");
-    }
+    // The kernel writes at most `info_len` bytes into `info`; no descriptor comes back.
+    bpf_call(BPF_OBJ_GET_INFO_BY_FD, &attr).with_context(|| format!("program {id}"))?;
     let name = &info[INFO_NAME..];
     let end = name.iter().position(|&b| b == 0).unwrap_or(name.len());
     Ok(String::from_utf8_lossy(&name[..end]).into_owned())
+}
+
+/// A `bpf(2)` command that returns a new descriptor.
+pub fn bpf(command: libc::c_long, attr: &[u8; 128]) -> std::io::Result<OwnedFd> {
+    let fd = bpf_call(command, attr)?;
+    // SAFETY: a descriptor the kernel just returned, owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// A `bpf(2)` command; its non-negative result.
+fn bpf_call(command: libc::c_long, attr: &[u8; 128]) -> std::io::Result<libc::c_long> {
+    // SAFETY: the bpf syscall reads `size` bytes of a valid attribute union; every pointer in
+    // it (instructions, license, names, an output buffer of the size given) outlives the call.
+    let result = unsafe { libc::syscall(libc::SYS_bpf, command, attr.as_ptr(), attr.len() as u32) };
+    if result < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(result)
 }
 
 #[cfg(test)]

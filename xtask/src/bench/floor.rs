@@ -1,0 +1,118 @@
+//! The floor under the per-program figures: an empty program (`r0 = 0; exit`) attached as a
+//! raw tracepoint to each tracepoint tcpobs's hot programs use, measured in the same run. It
+//! costs what every program on that tracepoint pays before doing anything: the tracepoint's
+//! dispatch to BPF and the program statistics' own clock reads (a raw tracepoint and a
+//! `tp_btf` program go through the same `bpf_trace_run` path). A hook's figure minus its
+//! tracepoint's floor is what its own code costs.
+
+use std::{
+    ffi::CString,
+    os::fd::{AsRawFd as _, OwnedFd},
+};
+
+use anyhow::{Result, anyhow};
+
+use super::programs::{self, Snapshot, bpf};
+
+/// The tracepoints, each with the tcpobs program that runs on it as a `tp_btf` program (the
+/// classic tracepoint programs go through perf's path, which costs more: no floor for them).
+const TRACEPOINTS: [(&str, &str); 4] = [
+    ("inet_sock_set_state", "set_state_btf"),
+    ("tcp_destroy_sock", "destroy_btf"),
+    ("sock_send_length", "send_len_btf"),
+    ("sock_recv_length", "recv_len_btf"),
+];
+
+const BPF_PROG_LOAD: libc::c_long = 5;
+const BPF_RAW_TRACEPOINT_OPEN: libc::c_long = 17;
+const BPF_PROG_TYPE_RAW_TRACEPOINT: u32 = 17;
+
+/// `mov64 r0, 0` then `exit` (struct bpf_insn: code, regs, off, imm).
+const EMPTY: [[u8; 8]; 2] = [[0xb7, 0, 0, 0, 0, 0, 0, 0], [0x95, 0, 0, 0, 0, 0, 0, 0]];
+
+/// The empty programs, attached while this lives (program and link descriptors).
+pub struct Floor {
+    _fds: Vec<OwnedFd>,
+}
+
+impl Floor {
+    pub fn attach() -> Result<Self> {
+        let mut fds = Vec::new();
+        for (tracepoint, _) in TRACEPOINTS {
+            let program = load(&program_name(tracepoint))?;
+            let name = CString::new(tracepoint)?;
+            // union bpf_attr for BPF_RAW_TRACEPOINT_OPEN: name (pointer), prog_fd.
+            let mut attr = [0u8; 128];
+            attr[..8].copy_from_slice(&(name.as_ptr() as u64).to_ne_bytes());
+            attr[8..12].copy_from_slice(&(program.as_raw_fd() as u32).to_ne_bytes());
+            let link = bpf(BPF_RAW_TRACEPOINT_OPEN, &attr)
+                .map_err(|err| anyhow!("attaching an empty program to {tracepoint}: {err}"))?;
+            fds.push(program);
+            fds.push(link);
+        }
+        Ok(Self { _fds: fds })
+    }
+
+    /// The floors measured between two snapshots of this process's programs: tracepoint,
+    /// runs, ns per run.
+    pub fn measured(before: &Snapshot, after: &Snapshot) -> Vec<(&'static str, u64, f64)> {
+        let costs = programs::costs(before, after);
+        TRACEPOINTS
+            .iter()
+            .filter_map(|(tracepoint, _)| {
+                costs
+                    .iter()
+                    .find(|cost| cost.name == program_name(tracepoint))
+                    .map(|cost| (*tracepoint, cost.runs, cost.ns_per_run))
+            })
+            .collect()
+    }
+}
+
+/// The floor under a tcpobs program, among `floors` ([`Floor::measured`]).
+pub fn under(floors: &[(&str, u64, f64)], program: &str) -> Option<f64> {
+    let (tracepoint, _) = TRACEPOINTS.iter().find(|(_, name)| *name == program)?;
+    floors
+        .iter()
+        .find(|(measured, ..)| measured == tracepoint)
+        .map(|&(.., ns)| ns)
+}
+
+/// The kernel keeps 15 bytes of a program's name.
+fn program_name(tracepoint: &str) -> String {
+    let mut name = format!("floor_{tracepoint}");
+    name.truncate(15);
+    name
+}
+
+fn load(name: &str) -> Result<OwnedFd> {
+    let license = c"GPL";
+    // union bpf_attr for BPF_PROG_LOAD: prog_type, insn_cnt, insns, license, log_level,
+    // log_size, log_buf, kern_version, prog_flags, prog_name[16].
+    let mut attr = [0u8; 128];
+    attr[..4].copy_from_slice(&BPF_PROG_TYPE_RAW_TRACEPOINT.to_ne_bytes());
+    attr[4..8].copy_from_slice(&(EMPTY.len() as u32).to_ne_bytes());
+    attr[8..16].copy_from_slice(&(EMPTY.as_ptr() as u64).to_ne_bytes());
+    attr[16..24].copy_from_slice(&(license.as_ptr() as u64).to_ne_bytes());
+    attr[48..48 + name.len()].copy_from_slice(name.as_bytes());
+    bpf(BPF_PROG_LOAD, &attr).map_err(|err| anyhow!("loading an empty program: {err}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_program_has_the_floor_of_its_own_tracepoint_only() {
+        let floors = [
+            ("inet_sock_set_state", 10, 54.0),
+            ("sock_recv_length", 2, 43.0),
+        ];
+        assert_eq!(under(&floors, "set_state_btf"), Some(54.0));
+        assert_eq!(under(&floors, "recv_len_btf"), Some(43.0));
+        // Measured on another tracepoint, or not a tp_btf program.
+        assert_eq!(under(&floors, "send_len_btf"), None);
+        assert_eq!(under(&floors, "set_state_tp"), None);
+        assert_eq!(program_name("inet_sock_set_state"), "floor_inet_sock");
+    }
+}
