@@ -202,7 +202,11 @@ impl Report {
             table.push_str(
                 "\nWhere the time goes, per request (kernel program statistics, which add their \
                  own clock reads to every run, and the daemon's CPU time from /proc, over one \
-                 traced run of each workload with default settings):\n\n\
+                 traced run of each workload with default settings). The floor rows are an \
+                 empty program on each hot tracepoint, measured in the same run: what any \
+                 program there costs before its first instruction (the tracepoint's dispatch \
+                 and the statistics' clock reads); a program's figure above its floor is its \
+                 own code's. The goals are judged on the whole figure:\n\n\
                  | workload | what | runs per request × ns per run | per request | goal | met |\n\
                  |---|---|---|---|---|---|\n",
             );
