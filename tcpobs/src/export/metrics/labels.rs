@@ -177,6 +177,8 @@ struct DimState {
     observed: u64,
     /// The empty value (`pod` and `namespace` outside any pod), always kept.
     empty: Arc<str>,
+    /// `other`, for the values not kept.
+    other: Arc<str>,
 }
 
 impl DimState {
@@ -212,8 +214,23 @@ impl DimState {
         self.kept
             .get(raw)
             .cloned()
-            .unwrap_or_else(|| Arc::from("other"))
+            .unwrap_or_else(|| Arc::clone(&self.other))
     }
+}
+
+/// A port in decimal, written into `digits` (no allocation).
+fn decimal(mut port: u16, digits: &mut [u8; 5]) -> &str {
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (port % 10) as u8;
+        port /= 10;
+        if port == 0 {
+            break;
+        }
+    }
+    // Only ASCII digits were written.
+    std::str::from_utf8(&digits[at..]).unwrap_or_default()
 }
 
 /// Maps connections to dimension values, enforcing allowlists, top-N and the series cap.
@@ -239,6 +256,7 @@ impl LabelPolicy {
                 counts: HashMap::new(),
                 observed: 0,
                 empty: Arc::from(""),
+                other: Arc::from("other"),
             })
             .collect();
         let mut other = Dims::default();
@@ -270,23 +288,27 @@ impl LabelPolicy {
             return Dims::default();
         }
         let mut dims = Dims::default();
-        let mut meta = None;
+        // Resolved once, and only if a dimension needs it; values are borrowed, not copied.
+        let mut meta: Option<Option<Arc<crate::metadata::Meta>>> = None;
         for state in &mut self.dims {
-            let mut from_meta = |value: fn(&crate::metadata::Meta) -> Option<&str>| {
-                let meta = meta.get_or_insert_with(|| metadata.and_then(|m| m.lookup(process)));
-                meta.as_deref()
-                    .and_then(value)
-                    .unwrap_or_default()
-                    .to_owned()
-            };
+            let mut digits = [0u8; 5];
             let raw = match state.dim {
-                Dim::LocalPort => addrs.local().port().to_string(),
-                Dim::RemotePort => addrs.remote().port().to_string(),
-                Dim::Comm => process.map_or_else(|| "unknown".to_owned(), |p| p.comm.to_string()),
-                Dim::Pod => from_meta(crate::metadata::Meta::pod_name),
-                Dim::Namespace => from_meta(crate::metadata::Meta::namespace),
+                Dim::LocalPort => decimal(addrs.local().port(), &mut digits),
+                Dim::RemotePort => decimal(addrs.remote().port(), &mut digits),
+                Dim::Comm => process.map_or("unknown", |p| p.comm.as_str()),
+                Dim::Pod | Dim::Namespace => {
+                    let meta = meta
+                        .get_or_insert_with(|| metadata.and_then(|m| m.lookup(process)))
+                        .as_deref();
+                    let value = if state.dim == Dim::Pod {
+                        meta.and_then(crate::metadata::Meta::pod_name)
+                    } else {
+                        meta.and_then(crate::metadata::Meta::namespace)
+                    };
+                    value.unwrap_or_default()
+                }
             };
-            dims.0[state.dim as usize] = Some(state.value(&raw));
+            dims.0[state.dim as usize] = Some(state.value(raw));
         }
         if self.admitted.contains(&dims) {
             return dims;
@@ -312,6 +334,13 @@ mod tests {
 
     fn values(dims: &Dims) -> Vec<Option<&str>> {
         dims.0.iter().map(|v| v.as_deref()).collect()
+    }
+
+    #[test]
+    fn ports_are_written_in_decimal() {
+        for port in [0u16, 7, 80, 443, 8080, 65535] {
+            assert_eq!(decimal(port, &mut [0; 5]), port.to_string());
+        }
     }
 
     #[test]

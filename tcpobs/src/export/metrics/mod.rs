@@ -81,6 +81,14 @@ struct Handles {
     closed: [[OnceLock<Counter>; KINDS.len()]; ORIGINATORS.len()],
 }
 
+/// The series one record updates ([`Metrics::series`]).
+enum Series<'a> {
+    /// No optional label: the role's fast handles (index 0 client, 1 server).
+    Fast(&'a Fast, usize),
+    /// The record's label values and their handles.
+    Labeled(Dims, Arc<[Handles; 3]>),
+}
+
 /// [`Handles`] by dimension values, then role ([`role_index`]), shared by the clones of
 /// [`Metrics`]. The cheap hasher is safe here: the keys are the label policy's values, bounded
 /// by the series cap.
@@ -372,28 +380,37 @@ impl Metrics {
         }
     }
 
-    fn observe_histograms(
-        &self,
-        role: Role,
-        addrs: &Addrs,
-        process: Option<&Process>,
-        values: &[(Hist, Option<u64>)],
-    ) {
-        if let Some((fast, r)) = self.fast(role) {
-            for &(hist, value) in values {
-                if let Some(value) = value {
-                    fast.histograms[hist as usize][r].observe(value);
-                }
+    /// Where a record's series are, resolved once per record: the fast handles of its role,
+    /// or the handles of its label values (the label policy and the handle cache each take a
+    /// lock and a hash, so a record with several families to update resolves them once).
+    fn series(&self, role: Role, addrs: &Addrs, process: Option<&Process>) -> Series<'_> {
+        match self.fast(role) {
+            Some((fast, r)) => Series::Fast(fast, r),
+            None => {
+                let dims = self.dims(addrs, process);
+                let handles = self.handles(&dims);
+                Series::Labeled(dims, handles)
             }
-            return;
         }
-        let dims = self.dims(addrs, process);
-        let handles = self.handles(&dims);
+    }
+
+    fn observe_histograms(&self, role: Role, series: &Series, values: &[(Hist, Option<u64>)]) {
+        let (dims, handles) = match series {
+            Series::Fast(fast, r) => {
+                for &(hist, value) in values {
+                    if let Some(value) = value {
+                        fast.histograms[hist as usize][*r].observe(value);
+                    }
+                }
+                return;
+            }
+            Series::Labeled(dims, handles) => (dims, handles),
+        };
         for &(hist, value) in values {
             if let Some(value) = value {
                 handles[role_index(role)].histograms[hist as usize]
                     .get_or_init(|| {
-                        let labels = role_labels([("role", role.as_str())], &dims);
+                        let labels = role_labels([("role", role.as_str())], dims);
                         self.histograms[hist as usize]
                             .get_or_create(&labels)
                             .clone()
@@ -407,23 +424,20 @@ impl Metrics {
     pub(crate) fn observe(&self, record: &Record) {
         match record {
             Record::Opened(opened) => {
-                match self.fast(opened.role) {
-                    Some((fast, r)) => fast.opened[r].inc(),
-                    None => {
-                        let dims = self.dims(&opened.addrs, opened.process.as_ref());
-                        self.handles(&dims)[role_index(opened.role)]
-                            .opened
-                            .get_or_init(|| {
-                                let labels = role_labels([("role", opened.role.as_str())], &dims);
-                                self.opened.get_or_create(&labels).clone()
-                            })
-                            .inc()
-                    }
+                let series = self.series(opened.role, &opened.addrs, opened.process.as_ref());
+                match &series {
+                    Series::Fast(fast, r) => fast.opened[*r].inc(),
+                    Series::Labeled(dims, handles) => handles[role_index(opened.role)]
+                        .opened
+                        .get_or_init(|| {
+                            let labels = role_labels([("role", opened.role.as_str())], dims);
+                            self.opened.get_or_create(&labels).clone()
+                        })
+                        .inc(),
                 };
                 self.observe_histograms(
                     opened.role,
-                    &opened.addrs,
-                    opened.process.as_ref(),
+                    &series,
                     &[(Hist::Handshake, Some(opened.connect_ns))],
                 );
             }
@@ -431,28 +445,26 @@ impl Metrics {
             // Counted by the kernel.
             Record::Exchange(exchange) if exchange.folded => {}
             Record::Exchange(exchange) => {
-                match self.fast(exchange.role) {
-                    Some((fast, r)) => fast.exchanges[r][index_of(&CLASSES, exchange.class)].inc(),
-                    None => {
-                        let dims = self.dims(&exchange.addrs, exchange.process.as_ref());
-                        self.handles(&dims)[role_index(exchange.role)].exchanges
-                            [index_of(&CLASSES, exchange.class)]
+                let series = self.series(exchange.role, &exchange.addrs, exchange.process.as_ref());
+                let class = index_of(&CLASSES, exchange.class);
+                match &series {
+                    Series::Fast(fast, r) => fast.exchanges[*r][class].inc(),
+                    Series::Labeled(dims, handles) => handles[role_index(exchange.role)].exchanges
+                        [class]
                         .get_or_init(|| {
                             let fixed = [
                                 ("role", exchange.role.as_str()),
                                 ("class", exchange.class.as_str()),
                             ];
                             self.exchanges
-                                .get_or_create(&role_labels(fixed, &dims))
+                                .get_or_create(&role_labels(fixed, dims))
                                 .clone()
                         })
-                        .inc()
-                    }
+                        .inc(),
                 };
                 self.observe_histograms(
                     exchange.role,
-                    &exchange.addrs,
-                    exchange.process.as_ref(),
+                    &series,
                     &[
                         (Hist::Request, exchange.request_ns),
                         (Hist::FirstByte, exchange.response_begin_ns),
@@ -496,32 +508,28 @@ impl Metrics {
             return;
         };
         let role = connection.role;
-        match self.fast(role) {
-            Some((fast, r)) => fast.closed[r][index_of(&ORIGINATORS, close.originator)]
-                [index_of(&KINDS, close.kind)]
-            .inc(),
-            None => {
-                let dims = self.dims(&connection.addrs, connection.process.as_ref());
-                self.handles(&dims)[role_index(role)].closed
-                    [index_of(&ORIGINATORS, close.originator)][index_of(&KINDS, close.kind)]
+        let series = self.series(role, &connection.addrs, connection.process.as_ref());
+        let (originator, kind) = (
+            index_of(&ORIGINATORS, close.originator),
+            index_of(&KINDS, close.kind),
+        );
+        match &series {
+            Series::Fast(fast, r) => fast.closed[*r][originator][kind].inc(),
+            Series::Labeled(dims, handles) => handles[role_index(role)].closed[originator][kind]
                 .get_or_init(|| {
                     let fixed = [
                         ("role", role.as_str()),
                         ("close_originator", close.originator.as_str()),
                         ("close_kind", close.kind.as_str()),
                     ];
-                    self.closed
-                        .get_or_create(&role_labels(fixed, &dims))
-                        .clone()
+                    self.closed.get_or_create(&role_labels(fixed, dims)).clone()
                 })
-                .inc()
-            }
+                .inc(),
         };
         let whole = connection.partial.is_none();
         self.observe_histograms(
             role,
-            &connection.addrs,
-            connection.process.as_ref(),
+            &series,
             &[
                 (Hist::Duration, whole.then_some(connection.lifetime_ns)),
                 (
@@ -537,8 +545,7 @@ impl Metrics {
         if diag.busy_ns.is_some_and(|busy| busy > 0) {
             self.observe_histograms(
                 role,
-                &connection.addrs,
-                connection.process.as_ref(),
+                &series,
                 &[
                     (Hist::RwndLimited, diag.rwnd_limited_ns),
                     (Hist::SndbufLimited, diag.sndbuf_limited_ns),
