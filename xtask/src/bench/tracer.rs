@@ -3,12 +3,13 @@
 //! metrics).
 
 use std::{
+    collections::BTreeSet,
     fs,
     io::{BufRead, BufReader, Read},
     net::{SocketAddr, TcpListener, TcpStream},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
-    sync::mpsc,
+    sync::{Mutex, mpsc},
     thread,
     time::{Duration, Instant},
 };
@@ -31,6 +32,19 @@ pub struct Running {
 
 fn free_port() -> Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// Whether this log line (its timestamp aside) is new to this bench run: the same warning from
+/// every start (a hook family this kernel lacks) is printed once.
+fn first_time(line: &str) -> bool {
+    static SEEN: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
+    let message = line
+        .split_once(' ')
+        .map_or(line, |(_, rest)| rest)
+        .trim_start();
+    SEEN.lock()
+        .map(|mut seen| seen.insert(message.to_owned()))
+        .unwrap_or(true)
 }
 
 /// Starts `tracer`; for tcpobs, `args` are extra flags (its events go to /dev/null).
@@ -59,7 +73,8 @@ pub fn start(tracer: Tracer, binary: &Path, args: &[&str]) -> Result<Running> {
                 for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                     if line.contains("tracing TCP connections") {
                         let _ = ready.send(());
-                    } else if line.contains("WARN") || line.contains("ERROR") {
+                    } else if (line.contains("WARN") || line.contains("ERROR")) && first_time(&line)
+                    {
                         eprintln!("tcpobs: {line}");
                     }
                 }
@@ -329,6 +344,18 @@ pub fn scratch(root: &Path, name: &str) -> Result<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_warning_is_printed_once_whatever_its_timestamp() {
+        let warning = "tcpobs::kernel::loader: a bench-only test warning";
+        assert!(first_time(&format!(
+            "2026-12-06T18:09:47.351352Z  WARN {warning}"
+        )));
+        assert!(!first_time(&format!(
+            "2026-12-06T18:10:01.000001Z  WARN {warning}"
+        )));
+        assert!(first_time("2026-12-06T18:10:01.000001Z  WARN another one"));
+    }
 
     #[test]
     fn quantiles_interpolate_within_buckets() {
