@@ -244,8 +244,9 @@ fn where_time_goes(
         (result, before, after, cpu, floors)
     };
     running.stop()?;
+    let requests = result.requests.max(1) as f64;
     for &(tracepoint, runs, ns) in &floors {
-        let runs = runs as f64 / result.requests.max(1) as f64;
+        let runs = runs as f64 / requests;
         // A tracepoint the workload hardly fires (state changes under keep-alive).
         if runs < 0.01 {
             continue;
@@ -259,7 +260,6 @@ fn where_time_goes(
             met: None,
         });
     }
-    let requests = result.requests.max(1) as f64;
     let mut total = 0.0;
     for cost in programs::costs(&before, &after) {
         let runs = cost.runs as f64 / requests;

@@ -28,6 +28,7 @@ use prometheus_client::encoding::{EncodeLabel as _, EncodeLabelSet, LabelSetEnco
 use thiserror::Error;
 
 use crate::{
+    export::output::json::decimal,
     metadata::Metadata,
     model::{Addrs, Process},
 };
@@ -218,21 +219,6 @@ impl DimState {
     }
 }
 
-/// A port in decimal, written into `digits` (no allocation).
-fn decimal(mut port: u16, digits: &mut [u8; 5]) -> &str {
-    let mut at = digits.len();
-    loop {
-        at -= 1;
-        digits[at] = b'0' + (port % 10) as u8;
-        port /= 10;
-        if port == 0 {
-            break;
-        }
-    }
-    // Only ASCII digits were written.
-    std::str::from_utf8(&digits[at..]).unwrap_or_default()
-}
-
 /// Maps connections to dimension values, enforcing allowlists, top-N and the series cap.
 #[derive(Debug)]
 pub(crate) struct LabelPolicy {
@@ -291,10 +277,10 @@ impl LabelPolicy {
         // Resolved once, and only if a dimension needs it; values are borrowed, not copied.
         let mut meta: Option<Option<Arc<crate::metadata::Meta>>> = None;
         for state in &mut self.dims {
-            let mut digits = [0u8; 5];
+            let mut digits = [0u8; 20];
             let raw = match state.dim {
-                Dim::LocalPort => decimal(addrs.local().port(), &mut digits),
-                Dim::RemotePort => decimal(addrs.remote().port(), &mut digits),
+                Dim::LocalPort => decimal(u64::from(addrs.local().port()), &mut digits),
+                Dim::RemotePort => decimal(u64::from(addrs.remote().port()), &mut digits),
                 Dim::Comm => process.map_or("unknown", |p| p.comm.as_str()),
                 Dim::Pod | Dim::Namespace => {
                     let meta = meta
@@ -339,7 +325,7 @@ mod tests {
     #[test]
     fn ports_are_written_in_decimal() {
         for port in [0u16, 7, 80, 443, 8080, 65535] {
-            assert_eq!(decimal(port, &mut [0; 5]), port.to_string());
+            assert_eq!(decimal(u64::from(port), &mut [0; 20]), port.to_string());
         }
     }
 

@@ -339,6 +339,15 @@ fn put_with<const N: usize>(out: &mut Vec<u8>, fill: impl FnOnce(&mut [MaybeUnin
     unsafe { out.set_len(out.len() + written) };
 }
 
+/// `value` in decimal, written into `buf` (no allocation), for what needs the text of a number
+/// without a line to put it in (metric label values).
+pub(crate) fn decimal(value: u64, buf: &mut [u8; 20]) -> &str {
+    let len = digit_count(value);
+    put_digits(&mut buf[..], 0, len, value);
+    // Only ASCII digits were written.
+    std::str::from_utf8(&buf[..len]).unwrap_or_default()
+}
+
 fn push_u64(out: &mut Vec<u8>, value: u64) {
     put_with::<20>(out, |buf| {
         let len = digit_count(value);
