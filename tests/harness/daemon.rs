@@ -25,6 +25,9 @@ static DAEMONS: AtomicU32 = AtomicU32::new(0);
 pub struct Daemon {
     child: Child,
     pub output: PathBuf,
+    /// Whether `output` is the harness's own temporary file (removed when the daemon is
+    /// dropped, kept when the test fails: a flood test's output runs to gigabytes).
+    own_output: bool,
     /// Where its metrics API listens (an ephemeral port).
     pub api: SocketAddr,
     /// Its admin API's Unix socket (unless `args` chose another `--admin-listen`).
@@ -155,6 +158,7 @@ impl Daemon {
         (
             Self {
                 child,
+                own_output: given.is_none() && !piped,
                 output,
                 api,
                 admin,
@@ -338,6 +342,13 @@ impl Drop for Daemon {
         }
         if let Some(socket) = &self.admin {
             let _ = fs::remove_file(socket);
+        }
+        if self.own_output {
+            if thread::panicking() {
+                eprintln!("tcpobs events kept in {}", self.output.display());
+            } else {
+                let _ = fs::remove_file(&self.output);
+            }
         }
     }
 }

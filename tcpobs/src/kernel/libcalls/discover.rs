@@ -229,7 +229,8 @@ mod tests {
 
     #[test]
     fn musl_is_the_c_library_too() {
-        let root = tree().join("alpine");
+        let tree = tree();
+        let root = tree.join("alpine");
         fs::create_dir_all(root.join("lib")).unwrap();
         let arch = std::env::consts::ARCH;
         fs::write(root.join(format!("lib/ld-musl-{arch}.so.1")), b"musl").unwrap();
@@ -237,7 +238,7 @@ mod tests {
         assert_eq!(found.len(), 1, "{found:?}");
         assert!(found[0].path.ends_with(format!("ld-musl-{arch}.so.1")));
         assert!(search(&root, Library::Libssl).is_empty());
-        fs::remove_dir_all(&root).unwrap();
+        fs::remove_dir_all(&tree).unwrap();
     }
 
     #[test]
