@@ -36,8 +36,8 @@ Events go to stdout (or --output): by default one JSON object per closed connect
 anomaly events; --events exchanges adds one per exchange; --format justniffer prints
 justniffer-style lines. Prometheus metrics and health are served on --listen (TLS and basic
 auth with --web-config-file); the live connection table and runtime settings on
---admin-listen (a Unix socket by default). On SIGINT or SIGTERM it detaches, reports connections still
-open as partial, and exits 0; on SIGHUP it re-reads --config.
+--admin-listen (a Unix socket by default). On SIGINT or SIGTERM it detaches, reports
+connections still open as partial, and exits 0; on SIGHUP it re-reads --config.
 
 With --otlp-endpoint (or OTEL_EXPORTER_OTLP_ENDPOINT) it also sends each connection as a trace,
 the events as log records and the metrics to an OpenTelemetry collector, by OTLP/HTTP or
@@ -455,5 +455,14 @@ mod tests {
         assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
         assert!(parse_duration("5w").is_err());
         assert!(parse_duration("ms").is_err());
+    }
+
+    /// clap wraps `--help` at 100 columns but keeps the text's own line breaks, so a longer
+    /// line prints as a stray short line.
+    #[test]
+    fn help_text_lines_fit_the_terminal() {
+        for line in LONG_ABOUT.lines() {
+            assert!(line.len() <= 100, "too long for --help: {line:?}");
+        }
     }
 }
