@@ -242,12 +242,18 @@ impl<R: Read> Sock<R> {
         u16::from_be(R::at::<u16>(base, o.inet_sport))
     }
 
+    /// The remote port (host byte order).
+    #[inline(always)]
+    pub fn remote_port(self, o: &Offsets) -> u16 {
+        u16::from_be(self.read::<u16>(o.sk_dport))
+    }
+
     /// Reads addresses and ports straight into `endpoints` (no copy on the stack).
     #[inline(always)]
     pub fn read_endpoints(self, o: &Offsets, endpoints: &mut Endpoints) {
         let family = self.read::<u16>(o.sk_family);
         endpoints.lport = self.local_port(o);
-        endpoints.rport = u16::from_be(self.read::<u16>(o.sk_dport));
+        endpoints.rport = self.remote_port(o);
         endpoints.family = family;
         zero(&mut endpoints.laddr);
         zero(&mut endpoints.raddr);

@@ -10,6 +10,7 @@
 //! The OpenTelemetry export tests receive with real OTLP receivers ([`otlp`]).
 
 pub mod daemon;
+pub mod kernel;
 pub mod netns;
 pub mod nginx;
 pub mod otlp;

@@ -13,7 +13,8 @@ use std::{
 };
 
 use serde_json::Value;
-use tcpobs_tests::{PATIENCE, daemon::Daemon, nginx::Nginx, private_loopback};
+use tcpobs_common::{FLAG_IGNORED, role};
+use tcpobs_tests::{PATIENCE, daemon::Daemon, kernel::SocketTable, nginx::Nginx, private_loopback};
 
 /// Client threads, and connections each opens, one after the other.
 const THREADS: u64 = 8;
@@ -235,13 +236,15 @@ fn every_connection_end_is_reported_or_counted_under_a_flood() {
          server ends reported {server_reported} {:?} + counted lost {lost_server}; \
          client ends reported {client_reported} {:?} + counted lost {lost_client}; \
          events lost {}, close events lost after the open {}, spilled {} (evicted before \
-         read {}), unknown-role ends lost {}; anomalies {}, live table after the churn {}",
+         read {}), closes unseen {}, unknown-role ends lost {}; anomalies {}, live table \
+         after the churn {}",
         reported.server,
         reported.client,
         counted("events_lost"),
         counted("close_events_lost"),
         counted("close_events_spilled"),
         counted("close_events_spill_evicted"),
+        counted("closes_unseen"),
         counted("connections_lost_unknown"),
         anomalies.len(),
         phantoms.len(),
@@ -282,8 +285,9 @@ fn every_connection_end_is_reported_or_counted_under_a_flood() {
         "metrics, client ends: reported + lost {client_metrics:?}"
     );
     // Cross-check: each close dropped after its open arrived (or spilled, then evicted from the
-    // table before the daemon read it) came out as one partial `lost` record (found by the
-    // audit, or when the socket's address was reused).
+    // table before the daemon read it, or skipped by the kernel with the program's run) came
+    // out as one partial `lost` record (found by the audit or the stall check, or when the
+    // socket's address was reused).
     let reported_lost: u64 = [&reported.server, &reported.client]
         .iter()
         .flat_map(|list| list.iter())
@@ -292,7 +296,9 @@ fn every_connection_end_is_reported_or_counted_under_a_flood() {
         .sum();
     assert_eq!(
         reported_lost,
-        counted("close_events_lost") + counted("close_events_spill_evicted")
+        counted("close_events_lost")
+            + counted("close_events_spill_evicted")
+            + counted("closes_unseen")
     );
     assert!(
         phantoms.is_empty(),
@@ -380,4 +386,105 @@ fn stopping_under_churn_neither_adopts_nor_loses_silently() {
         warned,
         "every lost event was warned about"
     );
+}
+
+/// A close the kernel programs did not see (the kernel skips a program's run on a CPU where it
+/// is already running, which a flood of closes makes happen): the socket is freed and its
+/// record stays in the table, in the state it last saw. Made here by hiding the client's socket
+/// from the programs while it closes (an ignored record, which the destroy hook removes) and
+/// putting its record back afterwards. The stall check reads the address, finds the socket
+/// gone on two sweeps, reports the connection lost, counts it, and removes the record.
+#[test]
+fn a_close_the_programs_did_not_see_is_reported_lost() {
+    let ip = private_loopback();
+    let listener = TcpListener::bind((ip, 0)).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (cidr, port_arg) = (format!("{ip}/32"), port.to_string());
+    let daemon = Daemon::start(&[
+        "--cidr",
+        &cidr,
+        "--port",
+        &port_arg,
+        "--sweep-interval",
+        "200ms",
+        "--threshold-stalled-receiver",
+        "1s",
+        "--threshold-blackhole",
+        "1s",
+    ]);
+    let mut client = TcpStream::connect((ip, port)).unwrap();
+    let (mut server, _) = listener.accept().unwrap();
+    client.write_all(b"ping").unwrap();
+    let mut buf = [0u8; 4];
+    server.read_exact(&mut buf).unwrap();
+    let client_port = client.local_addr().unwrap().port();
+    let deadline = Instant::now() + PATIENCE;
+    while live_table(&daemon, port).len() < 2 {
+        assert!(Instant::now() < deadline, "both ends in the live table");
+        thread::sleep(Duration::from_millis(50));
+    }
+
+    let mut table = SocketTable::of(daemon.pid());
+    let (key, record) = table
+        .entries()
+        .into_iter()
+        .find(|(_, rec)| rec.role == role::CLIENT && rec.endpoints.lport == client_port)
+        .expect("the client's record");
+    let mut hidden = record;
+    hidden.flags |= FLAG_IGNORED;
+    table.set(key, hidden);
+    drop(client);
+    drop(server);
+    while table.get(key).is_some() {
+        assert!(
+            Instant::now() < deadline,
+            "the destroy hook removes the hidden record"
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+    // What a skipped destroy leaves: the record, its socket freed.
+    table.set(key, record);
+
+    let lost = |daemon: &Daemon| {
+        daemon.lines().into_iter().find(|line| {
+            let event: Value = serde_json::from_str(line).unwrap();
+            event["type"] == "connection" && event["local_port"] == client_port
+        })
+    };
+    let deadline = Instant::now() + PATIENCE;
+    let event = loop {
+        if let Some(event) = lost(&daemon) {
+            break event;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no event for the client end; live table {:#?}",
+            live_table(&daemon, port)
+        );
+        thread::sleep(Duration::from_millis(100));
+    };
+    let event: Value = serde_json::from_str(&event).unwrap();
+    assert_eq!(event["partial"], true, "{event}");
+    assert_eq!(event["partial_reason"], "lost", "{event}");
+    assert_eq!(
+        event["bytes_sent"], 0,
+        "a lost connection's data stayed in the kernel"
+    );
+    assert_eq!(daemon.metric("tcpobs_closes_unseen_total"), 1.0);
+    assert_eq!(daemon.metric("tcpobs_sockets_evicted_total"), 1.0);
+    assert!(live_table(&daemon, port).is_empty(), "nothing left live");
+    assert!(
+        table
+            .get(key)
+            .is_none_or(|rec| rec.start_ns != record.start_ns),
+        "the daemon removes the stale record"
+    );
+    let server_end = daemon
+        .lines()
+        .into_iter()
+        .map(|line| serde_json::from_str::<Value>(&line).unwrap())
+        .find(|event| event["type"] == "connection" && event["local_port"] == port)
+        .expect("the server end's event");
+    assert_eq!(server_end["partial"], false, "{server_end}");
+    assert_eq!(server_end["bytes_received"], 4, "{server_end}");
 }

@@ -75,9 +75,14 @@ fn sample_sock(slot: u32, sk: u64) {
     // SAFETY: neither helper has preconditions.
     (out.now_ns, out.jiffies) = unsafe { (bpf_ktime_get_ns(), bpf_jiffies64()) };
     let sock = Sock::<Probe>::new(sk as *const u8);
-    let Some(start_ns) = traced_record(sock).map(|rec| rec.start_ns) else {
+    let Some(rec) = traced_record(sock) else {
         return;
     };
+    let (start_ns, rec_state, ports) = (
+        rec.start_ns,
+        rec.state,
+        (rec.endpoints.lport, rec.endpoints.rport),
+    );
     let o = &offsets().diag;
     out.sock = sk;
     out.start_ns = start_ns;
@@ -95,6 +100,32 @@ fn sample_sock(slot: u32, sk: u64) {
     out.backoff = sock.field(o.icsk_backoff);
     out.probes_out = sock.field(o.icsk_probes_out);
     out.state = sock.state(offsets());
+    out.gone = u8::from(outlived(sock, out.state, rec_state, ports));
+}
+
+/// Whether a record outlived its socket (see `SockSample::gone`). A socket in `CLOSE` is still
+/// the record's while its application holds it (the peer reset it, say); once orphaned, the
+/// destroy hook runs in the same call that closes it. The ports are compared once the record
+/// has them (from establishment on).
+#[inline(always)]
+fn outlived(sock: Sock<Probe>, state: u8, rec_state: u8, ports: (u16, u16)) -> bool {
+    let o = offsets();
+    let open = matches!(
+        state,
+        tcp_state::ESTABLISHED
+            | tcp_state::SYN_SENT
+            | tcp_state::SYN_RECV
+            | tcp_state::FIN_WAIT1
+            | tcp_state::FIN_WAIT2
+            | tcp_state::CLOSE_WAIT
+            | tcp_state::LAST_ACK
+            | tcp_state::CLOSING
+    );
+    if !open && (rec_state != tcp_state::CLOSE || sock.is_orphan(o)) {
+        return true;
+    }
+    let (local, remote) = ports;
+    local != 0 && (local, remote) != (sock.local_port(o), sock.remote_port(o))
 }
 
 #[inline(never)]

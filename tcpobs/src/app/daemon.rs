@@ -33,6 +33,7 @@ use crate::{
         folds::{ExchangeSwitch, FoldReader},
         libcalls::{LibcallStats, RESCAN_INTERVAL},
         loader::{self, LoadError, LoadOptions, Loaded, families::family},
+        misses::program_misses,
         reader::{Feed, KernelStats, Reader, ReaderStats, SocketTable},
         report::FamilyAttach,
     },
@@ -294,6 +295,9 @@ impl Tracer {
             (report, listeners)
         };
         report.stuck[Stuck::AcceptQueueFull as usize] = listeners.stuck;
+        for &(sock, start_ns) in &report.outlived {
+            self.reader.forget_stale(sock, start_ns);
+        }
         let queues = self.metrics.as_ref().map(|metrics| {
             metrics.set_stuck(&report.stuck);
             metrics.listeners.observe_drops(&listeners.drops);
@@ -316,6 +320,7 @@ impl Tracer {
                 health.listener_queues = queues;
             }
             health.packet_drops = drops;
+            health.program_misses = program_misses(&self.loaded.ebpf);
         }
         self.warn_on_loss();
         Ok(report)

@@ -11,6 +11,7 @@ pub(crate) mod filters;
 pub mod folds;
 pub mod libcalls;
 pub mod loader;
+pub(crate) mod misses;
 #[cfg(test)]
 mod proptests;
 pub(crate) mod reader;

@@ -248,6 +248,20 @@ impl Reader {
         Drained { read, more }
     }
 
+    /// Removes the kernel's record of generation `start_ns` on `sock`, which outlived its
+    /// socket (the close hooks' run was skipped), unless another generation has taken the
+    /// address. Between the read and the removal a new socket could take it: its connection
+    /// would then be found gone by the audit and counted lost, the only cost of the race.
+    pub(crate) fn forget_stale(&mut self, sock: u64, start_ns: u64) {
+        let sockets = &mut self.spilled.sockets;
+        if sockets
+            .get(&sock, 0)
+            .is_ok_and(|rec| rec.start_ns == start_ns)
+        {
+            let _ = sockets.remove(&sock);
+        }
+    }
+
     /// Whether the last drain left events to read (it stopped for time): a close may still be
     /// on its way, so a connection missing from the kernel's table is not yet lost.
     pub(crate) fn behind(&self) -> bool {

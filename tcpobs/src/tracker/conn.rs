@@ -56,6 +56,9 @@ pub(crate) struct Conn {
     pub(super) stuck_since_ns: u64,
     /// Audits in a row that found no kernel record for this connection.
     pub(super) missing: u8,
+    /// Readings in a row that found its kernel record outliving the socket
+    /// ([`StallView::Gone`](super::stalls::StallView::Gone)).
+    pub(super) gone: u8,
     /// The stall check's last word: [`STALL_IDLE`] when a sample found nothing in flight, so
     /// that it is not sampled again until it moves data.
     pub(super) stall_check: u8,
@@ -107,6 +110,7 @@ impl Conn {
             stuck: None,
             stuck_since_ns: 0,
             missing: 0,
+            gone: 0,
             stall_check: STALL_UNKNOWN,
         }
     }

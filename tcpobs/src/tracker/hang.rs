@@ -20,6 +20,13 @@
 //! reading that finds data moving vetoes `idle` and `no_data` (a long write in progress).
 //! Listening sockets (`accept_queue_full`) are watched apart, in `listeners`.
 //!
+//! The same readings find records that outlived their sockets: the kernel skips a program's
+//! run on a CPU where it is already running, and a skipped destroy leaves the record in the
+//! table, in the state it last saw, with no close to come (the audit finds the record and so
+//! never counts it missing). Quiet connections in any open state are read, and one read as
+//! gone ([`StallView::Gone`]) on two sweeps in a row is reported lost; the caller removes the
+//! record ([`SweepReport::outlived`]). With both stall checks off, the readings serve only this.
+//!
 //! The tracker learns of data only from exchange events (sent while every exchange is wanted,
 //! and only when the next request ends an exchange; by default the kernel folds them and sends
 //! none), and of the brief teardown states (`FIN_WAIT1`, `LAST_ACK`, `CLOSING`) not at all, so
@@ -135,8 +142,11 @@ pub(crate) struct SweepReport {
     pub stuck: [u64; Stuck::ALL.len()],
     /// Kernel lookups made.
     pub lookups: u64,
-    /// Connections found lost by the audit.
+    /// Connections found lost by the audit (those in `outlived` included).
     pub lost: u64,
+    /// Connections whose kernel record outlived the socket, by socket and generation: the
+    /// caller removes the stale records.
+    pub outlived: Vec<(u64, u64)>,
 }
 
 /// Already-flagged stuck connections are re-checked against the kernel at least once per this
@@ -152,6 +162,10 @@ const RECHECK_BUDGET: u64 = 1_000;
 fn recheck_stride(flagged: u64) -> u64 {
     flagged.div_ceil(RECHECK_BUDGET).clamp(1, RECHECK_EVERY)
 }
+
+/// How long a connection must be quiet to be read for whether its record outlived its socket,
+/// when both stall checks are off (otherwise the smaller of their thresholds).
+const GONE_QUIET_NS: u64 = 10_000_000_000;
 
 /// Every live connection is checked against the kernel's table once per this many sweeps.
 pub(super) const AUDIT_EVERY: u64 = 60;
@@ -218,9 +232,14 @@ impl Conn {
             && now.saturating_sub(self.last_activity_ns) >= thresholds.idle_ns
     }
 
-    /// Whether the stall check should read this connection's TCP state now.
+    /// Whether the stall check should read this connection's TCP state now: quiet and open
+    /// (a reading of a state other than `ESTABLISHED` or `CLOSE_WAIT` only tells whether the
+    /// record outlived its socket), or read last sweep as gone, to be confirmed.
     fn stall_suspect(&self, now: u64, quiet_ns: u64, recheck: bool) -> bool {
-        matches!(self.state, tcp_state::ESTABLISHED | tcp_state::CLOSE_WAIT)
+        if self.gone > 0 {
+            return true;
+        }
+        is_open_state(self.state)
             && now.saturating_sub(self.last_activity_ns) >= quiet_ns
             && (self.stall_check != STALL_IDLE
                 || recheck
@@ -230,18 +249,17 @@ impl Conn {
 
 impl Tracker {
     /// The connections whose TCP state the stall check wants read before the next sweep
-    /// (appended to `out`): established or in `CLOSE_WAIT`, quiet for at least the smaller
-    /// stall threshold, and not known idle since they last moved data (those are read again on
-    /// the slow rotation).
+    /// (appended to `out`): open, quiet for at least the smaller stall threshold, and not known
+    /// idle since they last moved data (those are read again on the slow rotation); and those
+    /// whose last reading found them gone.
     pub(crate) fn stall_suspects(
         &self,
         now: u64,
         thresholds: &StuckThresholds,
         out: &mut Vec<u64>,
     ) {
-        let Some(quiet) = thresholds.stall_quiet_ns() else {
-            return;
-        };
+        // With both stall checks off, connections are still read to know they are not gone.
+        let quiet = thresholds.stall_quiet_ns().unwrap_or(GONE_QUIET_NS);
         let sweep = self.sweeps + 1;
         out.extend(self.conns.iter().filter_map(|(sock, conn)| {
             let recheck = (conn.id + sweep).is_multiple_of(RECHECK_EVERY);
@@ -294,6 +312,7 @@ impl Tracker {
         let stride = self.audit_stride.max(1);
         let recheck = self.recheck_stride.max(1);
         let count_misses = !self.reader_behind;
+        let stall_checks = thresholds.stall_quiet_ns().is_some();
         let mut report = SweepReport::default();
         let mut vanished = Vec::new();
         let counts = &mut self.counts;
@@ -302,9 +321,27 @@ impl Tracker {
                 .get(&sock)
                 .filter(|(start_ns, _)| *start_ns == conn.start_ns)
                 .map(|&(_, view)| view);
-            if stall == Some(StallView::Idle) {
-                conn.stall_check = STALL_IDLE;
+            if stall == Some(StallView::Gone) {
+                // Its socket closed without the close hooks (a skipped program run): no close
+                // will come. Two readings a sweep apart, in case the destroy hook was running.
+                conn.gone += 1;
+                if conn.gone >= 2 {
+                    vanished.push(sock);
+                    report.outlived.push((sock, conn.start_ns));
+                }
+                return;
             }
+            // What a reading says of stalls is for established and CLOSE_WAIT connections;
+            // the others are read only to know they are not gone.
+            let stall_state = stall_checks
+                && matches!(conn.state, tcp_state::ESTABLISHED | tcp_state::CLOSE_WAIT);
+            if stall.is_some() {
+                conn.gone = 0;
+                if stall == Some(StallView::Idle) || !stall_state {
+                    conn.stall_check = STALL_IDLE;
+                }
+            }
+            let stall = stall.filter(|_| stall_state);
             let mut candidate = conn.candidate(now, thresholds, stall);
             let audit = (audit_all && (conn.id + sweep).is_multiple_of(stride))
                 || (conn.id + sweep).is_multiple_of(AUDIT_EVERY);
@@ -394,6 +431,7 @@ impl Tracker {
             self.abandon(sock, out);
             report.lost += 1;
         }
+        self.stats.closes_unseen += report.outlived.len() as u64;
         self.recheck_stride = recheck_stride(report.stuck.iter().sum());
         report
     }

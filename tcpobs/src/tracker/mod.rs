@@ -73,6 +73,9 @@ pub struct TrackerStats {
     /// Connections abandoned because a newer one appeared on the same socket before they were
     /// seen to close (kernel record evicted, or close event dropped).
     pub lost: u64,
+    /// Of `lost`: connections whose socket closed without the kernel programs seeing it (their
+    /// runs skipped), found by the stall check reading the socket gone.
+    pub closes_unseen: u64,
     /// Resolutions dropped from the DNS correlation cache before their window ended.
     pub dns_evicted: u64,
 }

@@ -19,6 +19,9 @@ pub(crate) enum StallView {
     StalledReceiver { since_ns: Option<u64> },
     /// Data in flight, retransmitted (or probes unanswered), and no ACK since `since_ns`.
     Blackhole { since_ns: u64 },
+    /// The kernel's record outlived its socket ([`SockSample::gone`]): the close hooks' run
+    /// was skipped, and no close will come.
+    Gone,
 }
 
 /// Readings of the stall suspects, by socket: (the reading's generation, what it says).
@@ -36,6 +39,9 @@ const TCP_CHRONO_RWND_LIMITED: u8 = 2;
 /// apart: in a black hole the unacknowledged data fills the last window and the same chrono
 /// runs.
 pub(crate) fn classify(sample: &SockSample, hz: u64) -> Option<StallView> {
+    if sample.gone != 0 {
+        return Some(StallView::Gone);
+    }
     if hz == 0 {
         return None;
     }

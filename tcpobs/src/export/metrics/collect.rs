@@ -55,6 +55,9 @@ pub(crate) struct Health {
     /// Drops charged to traced connections so far, by `enum skb_drop_reason` value (`None`
     /// where the drops family is not attached).
     pub packet_drops: Option<Vec<(u32, u64)>>,
+    /// Runs of each loaded kernel program the kernel skipped because the program was already
+    /// running on that CPU (`recursion_misses`, Linux 5.12), by program name.
+    pub program_misses: Vec<(String, u64)>,
 }
 
 /// Drop reasons whose series exist from the first scrape (where the kernel has them), so that
@@ -209,8 +212,16 @@ impl Collector for Scrape {
             ),
             (
                 "tcpobs_sockets_evicted",
-                "Connections tcpobs lost track of (kernel table eviction or dropped close)",
+                "Connections tcpobs lost track of (kernel table eviction, a dropped close, or a \
+                 close the kernel skipped: tcpobs_program_runs_missed)",
                 stats.lost,
+            ),
+            (
+                "tcpobs_closes_unseen",
+                "Of tcpobs_sockets_evicted: connections whose socket closed without the kernel \
+                 programs seeing it (their runs skipped: tcpobs_program_runs_missed), found by \
+                 the stall check reading the socket gone twice",
+                stats.closes_unseen,
             ),
             (
                 "tcpobs_unmatched_events",
@@ -358,6 +369,20 @@ impl Collector for Scrape {
                 ConstCounter::new(*count)
                     .encode(counter.encode_family(&[("reason", reason.as_str())])?)?;
             }
+        }
+        let mut misses = encoder.encode_descriptor(
+            "tcpobs_program_runs_missed",
+            "Runs of a tcpobs kernel program the kernel skipped because the same program was \
+             already running on that CPU (a hook firing in an interrupt that came during its \
+             own run): the transitions and closes they carried are unseen. A connection whose \
+             close was skipped is reported partial (lost) once the stall check reads its socket \
+             gone twice (tcpobs_sockets_evicted)",
+            None,
+            MetricType::Counter,
+        )?;
+        for (program, count) in &health.program_misses {
+            ConstCounter::new(*count)
+                .encode(misses.encode_family(&[("program", program.as_str())])?)?;
         }
         let mut libraries = encoder.encode_descriptor(
             "tcpobs_phase_libraries",

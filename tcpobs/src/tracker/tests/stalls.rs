@@ -217,3 +217,56 @@ fn the_close_record_explains_the_connection() {
     // tcpobs_retransmits_total adds up the connections' own counts.
     assert_eq!(tracker.counts().retransmits[..2], [9, 6]);
 }
+
+/// A connection whose socket closed without the close hooks (their runs skipped): the kernel's
+/// record stays, in the state it last saw. The stall check reads it (whatever its state, once
+/// quiet), and a second reading a sweep later that says the same reports it lost; a reading in
+/// between that finds the socket alive starts over.
+#[test]
+fn a_record_that_outlived_its_socket_is_reported_lost_on_the_second_reading() {
+    let mut tracker = Tracker::new();
+    let mut out = Vec::new();
+    let closing = Sock::new(1, role::CLIENT, 0)
+        .established(S)
+        .state(tcp_state::FIN_WAIT2, 2 * S);
+    let other = Sock::new(2, role::CLIENT, 0).established(S);
+    for event in closing.events.iter().chain(&other.events) {
+        tracker.handle(&event.event(), &mut out);
+    }
+    let mut suspects = Vec::new();
+    tracker.stall_suspects(5 * S, &thresholds(), &mut suspects);
+    suspects.sort_unstable();
+    assert_eq!(suspects, [1, 2], "quiet for 3 s: FIN_WAIT2 is read too");
+    let gone: StallViews = [(1, (0, StallView::Gone)), (2, (0, StallView::Gone))]
+        .into_iter()
+        .collect();
+    let report = tracker.sweep_with(5 * S, &thresholds(), present, &gone, &mut out);
+    assert_eq!(report.lost, 0, "one reading is not enough");
+    assert!(report.outlived.is_empty());
+    // Read again next sweep whatever else it says, even known idle.
+    suspects.clear();
+    tracker.stall_suspects(6 * S, &thresholds(), &mut suspects);
+    suspects.sort_unstable();
+    assert_eq!(suspects, [1, 2]);
+    let mixed: StallViews = [(1, (0, StallView::Gone)), (2, (0, StallView::Idle))]
+        .into_iter()
+        .collect();
+    out.clear();
+    let report = tracker.sweep_with(6 * S, &thresholds(), present, &mixed, &mut out);
+    assert_eq!(report.lost, 1);
+    assert_eq!(report.outlived, [(1, 0)]);
+    assert_eq!(tracker.stats().closes_unseen, 1);
+    let (_, connections, mut tracker) = split(out, tracker);
+    assert_eq!(connections.len(), 1);
+    assert_eq!(connections[0].partial, Some(PartialReason::Lost));
+    // Socket 2 was alive at the second reading: it starts over (one more `Gone` is not enough).
+    let gone: StallViews = [(2, (0, StallView::Gone))].into_iter().collect();
+    let mut out = Vec::new();
+    let report = tracker.sweep_with(40 * S, &thresholds(), present, &gone, &mut out);
+    assert_eq!(report.lost, 0, "{out:?}");
+    assert!(
+        !out.iter()
+            .any(|record| matches!(record, Record::Anomaly(_))),
+        "a socket read as gone is not flagged stuck: {out:?}"
+    );
+}

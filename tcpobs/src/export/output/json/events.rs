@@ -321,6 +321,7 @@ pub(crate) fn stats(
         .u64(key!("sockets_adopted"), kernel.adopted)
         .u64(key!("sockets_seeded"), kernel.seeded)
         .u64(key!("sockets_evicted"), tracker.lost)
+        .u64(key!("closes_unseen"), tracker.closes_unseen)
         .u64(key!("unmatched_events"), tracker.unmatched)
         .u64(key!("dns_cache_evicted"), tracker.dns_evicted)
         .u64(key!("tls_untracked"), kernel.tls_untracked)

@@ -339,6 +339,7 @@ fn every_event_is_pinned_byte_for_byte() {
         tracker: TrackerStats {
             unmatched: 13,
             lost: 14,
+            closes_unseen: 35,
             dns_evicted: 15,
         },
         libcalls: LibcallStats {
@@ -404,7 +405,7 @@ fn every_event_is_pinned_byte_for_byte() {
         "\n",
         r#"{"type":"tls","schema_version":1,"conn_id":null,"time":"1970-01-01T00:00:00.000000Z","start":"1970-01-01T00:00:00.000000Z","role":"unknown","local_ip":null,"local_port":null,"remote_ip":null,"remote_port":null,"pid":null,"comm":null,"duration_s":0.000000999,"ok":false,"calls":3}"#,
         "\n",
-        r#"{"type":"stats","schema_version":1,"events_received":28,"events_undecodable":8,"events_lost":9,"sockets_untracked":10,"sockets_adopted":11,"sockets_seeded":30,"sockets_evicted":14,"unmatched_events":13,"dns_cache_evicted":15,"tls_untracked":12,"tls_abandoned":19,"phase_libraries_skipped":18,"output_events_dropped":20,"output_write_errors":21,"connections_lost_client":23,"connections_lost_server":25,"connections_lost_unknown":27,"close_events_lost":78,"close_events_spilled":33,"close_events_spill_evicted":32,"state_events_skipped":34}"#,
+        r#"{"type":"stats","schema_version":1,"events_received":28,"events_undecodable":8,"events_lost":9,"sockets_untracked":10,"sockets_adopted":11,"sockets_seeded":30,"sockets_evicted":14,"closes_unseen":35,"unmatched_events":13,"dns_cache_evicted":15,"tls_untracked":12,"tls_abandoned":19,"phase_libraries_skipped":18,"output_events_dropped":20,"output_write_errors":21,"connections_lost_client":23,"connections_lost_server":25,"connections_lost_unknown":27,"close_events_lost":78,"close_events_spilled":33,"close_events_spill_evicted":32,"state_events_skipped":34}"#,
         "\n",
     );
     for (line, expected) in out.as_str().lines().zip(expected.lines()) {

@@ -1,0 +1,54 @@
+//! Program runs the kernel skipped. A tracepoint or kprobe program does not run on a CPU where
+//! it is already running (an interrupt that fires the same hook during its run): the kernel
+//! counts each skipped run in the program's `recursion_misses` (Linux 5.12), which
+//! `/proc/self/fdinfo` shows for the program's file descriptor. Under a flood of closes this
+//! happens to the state and close programs, and the transitions they would have seen are
+//! unseen: the counts are exported, and the stall check finds the records left behind.
+
+use std::{
+    fs,
+    os::fd::{AsFd as _, AsRawFd as _},
+};
+
+use aya::Ebpf;
+
+/// Each loaded program's skipped runs, by program name, sorted by name; 0 where the kernel
+/// does not count them.
+pub(crate) fn program_misses(ebpf: &Ebpf) -> Vec<(String, u64)> {
+    let mut misses: Vec<_> = ebpf
+        .programs()
+        .filter_map(|(name, program)| {
+            let fd = program.fd().ok()?.as_fd().as_raw_fd();
+            let info = fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).ok()?;
+            Some((name.to_owned(), recursion_misses(&info)))
+        })
+        .collect();
+    misses.sort_unstable();
+    misses
+}
+
+/// The `recursion_misses` line of a program's fdinfo; 0 if absent (before Linux 5.12).
+fn recursion_misses(fdinfo: &str) -> u64 {
+    fdinfo
+        .lines()
+        .find_map(|line| line.strip_prefix("recursion_misses:"))
+        .and_then(|value| value.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_fdinfo_line() {
+        let info = "pos:\t0\nflags:\t02000002\nprog_type:\t26\nrun_time_ns:\t0\nrun_cnt:\t0\n\
+                    recursion_misses:\t216\nverified_insns:\t1234\n";
+        assert_eq!(recursion_misses(info), 216);
+        assert_eq!(
+            recursion_misses("prog_type:\t26\nrun_cnt:\t0\n"),
+            0,
+            "Linux 5.10"
+        );
+    }
+}
