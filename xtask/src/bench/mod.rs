@@ -491,6 +491,10 @@ fn scale(binary: &Path, mode: Mode, report: &mut Report) -> Result<()> {
         (reported, ends_lost) = counted()?;
     }
     let waited = waiting.elapsed().as_secs_f64() + 3.0;
+    // Runs the kernel skipped (a hook firing in an interrupt during the same program's run),
+    // and the closes among them, which the stall check reports lost.
+    let missed = running.metric_sum("tcpobs_program_runs_missed_total")?;
+    let unseen = running.metric("tcpobs_closes_unseen_total")?;
     running.stop()?;
     let name = format!("scale ({} idle connections)", mode.idle);
     report.push(Row::single(
@@ -508,7 +512,10 @@ fn scale(binary: &Path, mode: Mode, report: &mut Report) -> Result<()> {
         &name,
         "connection ends reported / counted lost after closing them",
         format!("{} ends", 2 * mode.idle),
-        format!("{reported} / {ends_lost} (within {waited:.1} s)"),
+        format!(
+            "{reported} / {ends_lost} (within {waited:.1} s; {missed} program runs skipped by \
+             the kernel, {unseen} closes among them found by the stall check)"
+        ),
         String::new(),
         None,
     ));
