@@ -7,7 +7,10 @@
 //! (`tcpobs_common::diag::sample`) and up to eleven socket addresses. It writes one sample per
 //! argument slot to `SOCK_SAMPLES` or `LISTEN_SAMPLES`. A connection is read only if it has a
 //! traced record in `SOCKETS` (which also gives its generation), a listener only if it is in
-//! `LISTEN_SOCKS` and still listening: an address whose socket was freed is never read as one.
+//! `LISTEN_SOCKS` and still listening. A record can outlive its socket when the kernel skipped
+//! the close programs' runs; the reading then says so (`SockSample::gone`): TCP sockets are
+//! freed type-safely (`SLAB_TYPESAFE_BY_RCU`), so the memory is still a socket, closed or
+//! another one, and every read is a checked one.
 //! Reading by address works in every network namespace, with no `setns()` (which needs
 //! `CAP_SYS_ADMIN`), and costs one system call per eleven sockets.
 
