@@ -277,7 +277,8 @@ impl<R: Read> Sock<R> {
     }
 }
 
-/// States in which a socket carries a connection worth adopting when first seen mid-life.
+/// States in which a socket carries a connection: worth adopting when first seen mid-life, and
+/// the sampler's test of whether a record's socket is still open.
 #[inline(always)]
 pub fn is_connected_state(state: u8) -> bool {
     matches!(

@@ -26,7 +26,7 @@ use crate::{
     helpers::zero,
     maps::{LISTEN_SOCKS, offsets},
     record::traced_record,
-    socket::{Probe, Sock},
+    socket::{Probe, Sock, is_connected_state},
 };
 
 /// What the last run read of connections, by argument slot.
@@ -113,18 +113,7 @@ fn sample_sock(slot: u32, sk: u64) {
 #[inline(always)]
 fn outlived(sock: Sock<Probe>, state: u8, rec_state: u8, ports: (u16, u16)) -> bool {
     let o = offsets();
-    let open = matches!(
-        state,
-        tcp_state::ESTABLISHED
-            | tcp_state::SYN_SENT
-            | tcp_state::SYN_RECV
-            | tcp_state::FIN_WAIT1
-            | tcp_state::FIN_WAIT2
-            | tcp_state::CLOSE_WAIT
-            | tcp_state::LAST_ACK
-            | tcp_state::CLOSING
-    );
-    if !open && (rec_state != tcp_state::CLOSE || sock.is_orphan(o)) {
+    if !is_connected_state(state) && (rec_state != tcp_state::CLOSE || sock.is_orphan(o)) {
         return true;
     }
     let (local, remote) = ports;
