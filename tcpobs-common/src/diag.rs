@@ -89,12 +89,11 @@ pub struct SockSample {
     pub probes_out: u8,
     /// `sk_state`.
     pub state: u8,
-    /// 1 when the record outlived its socket: the socket at this address is closed or
-    /// closing while the record says open, or orphaned and closed, or carries other ports
-    /// (its memory now holds another socket). The kernel skipped the close hooks' run (a
-    /// program run on a CPU where it was already running is dropped, counted in the
-    /// program's `recursion_misses`); the daemon reads such a socket twice before it reports
-    /// the connection lost.
+    /// 1 when the record outlived its socket: the socket at this address is closed and
+    /// orphaned (destroyed, or being destroyed), or carries other ports (its memory now holds
+    /// another socket). The kernel skipped the close hooks' run (see the daemon's
+    /// `kernel::misses`); the daemon reads such a socket twice before it reports the
+    /// connection lost.
     pub gone: u8,
     pub _pad: u8,
 }

@@ -13,7 +13,7 @@ use std::{
 };
 
 use serde_json::Value;
-use tcpobs_common::{FLAG_IGNORED, role};
+use tcpobs_common::role;
 use tcpobs_tests::{PATIENCE, daemon::Daemon, kernel::SocketTable, nginx::Nginx, private_loopback};
 
 /// Client threads, and connections each opens, one after the other.
@@ -388,14 +388,14 @@ fn stopping_under_churn_neither_adopts_nor_loses_silently() {
     );
 }
 
-/// A close the kernel programs did not see (the kernel skips a program's run on a CPU where it
-/// is already running, which a flood of closes makes happen): the socket is freed and its
-/// record stays in the table, in the state it last saw. Made here by hiding the client's socket
-/// from the programs while it closes (an ignored record, which the destroy hook removes) and
-/// putting its record back afterwards. The stall check reads the address, finds the socket
-/// gone on two sweeps, reports the connection lost, counts it, and removes the record.
+/// A record that outlived its socket (the kernel skips a program's run rather than nest it,
+/// which a flood of closes makes happen, and a skipped destroy leaves the record behind): the
+/// stall check reads the address, finds the socket there not the record's on two sweeps,
+/// reports the connection lost, counts it, and removes the record. Made here on a socket the
+/// test holds (a freed one could be taken by any socket of the host meanwhile): its record is
+/// written back with another local port, as if the address now held another socket.
 #[test]
-fn a_close_the_programs_did_not_see_is_reported_lost() {
+fn a_record_that_outlived_its_socket_is_reported_lost() {
     let ip = private_loopback();
     let listener = TcpListener::bind((ip, 0)).unwrap();
     let port = listener.local_addr().unwrap().port();
@@ -425,35 +425,27 @@ fn a_close_the_programs_did_not_see_is_reported_lost() {
     }
 
     let mut table = SocketTable::of(daemon.pid());
-    let (key, record) = table
+    let (key, mut record) = table
         .entries()
         .into_iter()
         .find(|(_, rec)| rec.role == role::CLIENT && rec.endpoints.lport == client_port)
         .expect("the client's record");
-    let mut hidden = record;
-    hidden.flags |= FLAG_IGNORED;
-    table.set(key, hidden);
-    drop(client);
-    drop(server);
-    while table.get(key).is_some() {
-        assert!(
-            Instant::now() < deadline,
-            "the destroy hook removes the hidden record"
-        );
-        thread::sleep(Duration::from_millis(20));
-    }
-    // What a skipped destroy leaves: the record, its socket freed.
+    record.endpoints.lport = if client_port == u16::MAX {
+        1
+    } else {
+        client_port + 1
+    };
     table.set(key, record);
 
-    let lost = |daemon: &Daemon| {
-        daemon.lines().into_iter().find(|line| {
-            let event: Value = serde_json::from_str(line).unwrap();
-            event["type"] == "connection" && event["local_port"] == client_port
-        })
+    let client_event = |daemon: &Daemon| {
+        daemon
+            .lines()
+            .into_iter()
+            .map(|line| serde_json::from_str::<Value>(&line).unwrap())
+            .find(|event| event["type"] == "connection" && event["local_port"] == client_port)
     };
-    let deadline = Instant::now() + PATIENCE;
     let event = loop {
-        if let Some(event) = lost(&daemon) {
+        if let Some(event) = client_event(&daemon) {
             break event;
         }
         assert!(
@@ -463,28 +455,18 @@ fn a_close_the_programs_did_not_see_is_reported_lost() {
         );
         thread::sleep(Duration::from_millis(100));
     };
-    let event: Value = serde_json::from_str(&event).unwrap();
     assert_eq!(event["partial"], true, "{event}");
     assert_eq!(event["partial_reason"], "lost", "{event}");
-    assert_eq!(
-        event["bytes_sent"], 0,
-        "a lost connection's data stayed in the kernel"
-    );
     assert_eq!(daemon.metric("tcpobs_closes_unseen_total"), 1.0);
     assert_eq!(daemon.metric("tcpobs_sockets_evicted_total"), 1.0);
-    assert!(live_table(&daemon, port).is_empty(), "nothing left live");
     assert!(
         table
             .get(key)
             .is_none_or(|rec| rec.start_ns != record.start_ns),
         "the daemon removes the stale record"
     );
-    let server_end = daemon
-        .lines()
-        .into_iter()
-        .map(|line| serde_json::from_str::<Value>(&line).unwrap())
-        .find(|event| event["type"] == "connection" && event["local_port"] == port)
-        .expect("the server end's event");
-    assert_eq!(server_end["partial"], false, "{server_end}");
-    assert_eq!(server_end["bytes_received"], 4, "{server_end}");
+    let live = live_table(&daemon, port);
+    assert_eq!(live.len(), 1, "the server end stays live: {live:#?}");
+    assert_eq!(live[0]["role"], "server", "{live:#?}");
+    drop((client, server));
 }

@@ -8,9 +8,11 @@
 //! argument slot to `SOCK_SAMPLES` or `LISTEN_SAMPLES`. A connection is read only if it has a
 //! traced record in `SOCKETS` (which also gives its generation), a listener only if it is in
 //! `LISTEN_SOCKS` and still listening. A record can outlive its socket when the kernel skipped
-//! the close programs' runs; the reading then says so (`SockSample::gone`): TCP sockets are
-//! freed type-safely (`SLAB_TYPESAFE_BY_RCU`), so the memory is still a socket, closed or
-//! another one, and every read is a checked one.
+//! the close programs' runs; the reading then says so (`SockSample::gone`). Every read is a
+//! checked one (`bpf_probe_read_kernel`), so a freed socket's memory reads as what it now
+//! holds: the closed, orphaned socket it was (TCP sockets are freed `SLAB_TYPESAFE_BY_RCU`, and
+//! stay so until the slab reuses them), another socket, or anything else, which reads as gone
+//! but for a one-in-many-thousands match of state, flags and ports.
 //! Reading by address works in every network namespace, with no `setns()` (which needs
 //! `CAP_SYS_ADMIN`), and costs one system call per eleven sockets.
 
@@ -81,11 +83,7 @@ fn sample_sock(slot: u32, sk: u64) {
     let Some(rec) = traced_record(sock) else {
         return;
     };
-    let (start_ns, rec_state, ports) = (
-        rec.start_ns,
-        rec.state,
-        (rec.endpoints.lport, rec.endpoints.rport),
-    );
+    let (start_ns, ports) = (rec.start_ns, (rec.endpoints.lport, rec.endpoints.rport));
     let o = &offsets().diag;
     out.sock = sk;
     out.start_ns = start_ns;
@@ -103,20 +101,24 @@ fn sample_sock(slot: u32, sk: u64) {
     out.backoff = sock.field(o.icsk_backoff);
     out.probes_out = sock.field(o.icsk_probes_out);
     out.state = sock.state(offsets());
-    out.gone = u8::from(outlived(sock, out.state, rec_state, ports));
+    out.gone = u8::from(outlived(sock, out.state, ports));
 }
 
-/// Whether a record outlived its socket (see `SockSample::gone`). A socket in `CLOSE` is still
-/// the record's while its application holds it (the peer reset it, say); once orphaned, the
-/// destroy hook runs in the same call that closes it. The ports are compared once the record
-/// has them (from establishment on).
+/// Whether a record outlived its socket (see `SockSample::gone`). A socket that is not open is
+/// still the record's while its application holds it: after a reset, a disconnect
+/// (`connect(AF_UNSPEC)` clears the remote port), or a `CLOSE` whose run was skipped (the
+/// destroy hook, when the application lets go, does what that run would have). Once orphaned
+/// it is being destroyed or was (the destroy hook runs in the call that closes an orphan). An
+/// open socket, or a closed one, with other ports than the record's is another socket. The
+/// ports are compared once the record has them (from establishment on).
 #[inline(always)]
-fn outlived(sock: Sock<Probe>, state: u8, rec_state: u8, ports: (u16, u16)) -> bool {
+fn outlived(sock: Sock<Probe>, state: u8, ports: (u16, u16)) -> bool {
     let o = offsets();
-    if !is_connected_state(state) && (rec_state != tcp_state::CLOSE || sock.is_orphan(o)) {
-        return true;
-    }
     let (local, remote) = ports;
+    if !is_connected_state(state) {
+        // The local port survives the close and the disconnect; a new socket's is 0.
+        return sock.is_orphan(o) || (local != 0 && local != sock.local_port(o));
+    }
     local != 0 && (local, remote) != (sock.local_port(o), sock.remote_port(o))
 }
 

@@ -1,9 +1,12 @@
-//! Program runs the kernel skipped. A tracepoint or kprobe program does not run on a CPU where
-//! it is already running (an interrupt that fires the same hook during its run): the kernel
-//! counts each skipped run in the program's `recursion_misses` (Linux 5.12), which
-//! `/proc/self/fdinfo` shows for the program's file descriptor. Under a flood of closes this
-//! happens to the state and close programs, and the transitions they would have seen are
-//! unseen: the counts are exported, and the stall check finds the records left behind.
+//! Program runs the kernel skipped. The kernel does not start a BPF program where running it
+//! would nest: an fentry, `tp_btf` or raw tracepoint program is skipped on a CPU where the same
+//! program is already running (an interrupt firing the same hook during its run), a kprobe or
+//! classic tracepoint program on a CPU where any such program is running (any tool's). Each
+//! skipped run is counted in the program's `recursion_misses`, which `/proc/self/fdinfo` shows
+//! for its file descriptor: since Linux 5.12 for fentry, about 6.2 for `tp_btf`, about 6.7 for
+//! kprobes and classic tracepoints (0 before). Under a flood of closes this happens to the
+//! state and close programs, and the transitions they would have seen are unseen: the counts
+//! are exported, and the stall check finds the records left behind.
 
 use std::{
     fs,

@@ -87,6 +87,14 @@ pub(super) const STALL_UNKNOWN: u8 = 0;
 pub(super) const STALL_IDLE: u8 = 1;
 
 impl Conn {
+    /// The connection entered `state` at `since_ns`. What the stall check last read of it
+    /// belonged to the old state: it is read afresh.
+    pub(super) fn enter(&mut self, state: u8, since_ns: u64) {
+        self.state = state;
+        self.state_since_ns = since_ns;
+        self.stall_check = STALL_UNKNOWN;
+    }
+
     pub(super) fn new(id: u64, start_ns: u64, role: Role, partial: bool) -> Self {
         Self {
             id,

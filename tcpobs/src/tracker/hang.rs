@@ -381,11 +381,11 @@ impl Tracker {
                             // whose event was skipped (a flood).
                             counts.remove(conn.role, conn.state);
                             counts.add(conn.role, view.state);
-                            conn.state = view.state;
-                            conn.state_since_ns = match view.state_since_ns {
+                            let since = match view.state_since_ns {
                                 0 => now,
                                 since => since.min(now),
                             };
+                            conn.enter(view.state, since);
                         }
                         candidate = conn.candidate(now, thresholds, stall);
                     }

@@ -369,8 +369,7 @@ impl Tracker {
             conn.role = role;
             conn.addrs = Addrs::from_kernel(&open.endpoints);
             conn.update_process(&open.task);
-            conn.state = open.state;
-            conn.state_since_ns = open.hdr.ts_ns;
+            conn.enter(open.state, open.hdr.ts_ns);
             conn.last_activity_ns = open.hdr.ts_ns;
             conn.unstick(open.hdr.ts_ns, out);
         }
@@ -393,8 +392,7 @@ impl Tracker {
             return;
         };
         let (role, old) = (conn.role, conn.state);
-        conn.state = state.new_state;
-        conn.state_since_ns = state.hdr.ts_ns;
+        conn.enter(state.new_state, state.hdr.ts_ns);
         conn.last_activity_ns = conn.last_activity_ns.max(state.hdr.ts_ns);
         // Every way of being stuck belongs to one state: leaving the state ends the episode.
         conn.unstick(state.hdr.ts_ns, out);

@@ -372,11 +372,12 @@ impl Collector for Scrape {
         }
         let mut misses = encoder.encode_descriptor(
             "tcpobs_program_runs_missed",
-            "Runs of a tcpobs kernel program the kernel skipped because the same program was \
-             already running on that CPU (a hook firing in an interrupt that came during its \
-             own run): the transitions and closes they carried are unseen. A connection whose \
-             close was skipped is reported partial (lost) once the stall check reads its socket \
-             gone twice (tcpobs_sockets_evicted)",
+            "Runs of a tcpobs kernel program the kernel skipped rather than nest them (the same \
+             program already running on that CPU, or for kprobes and classic tracepoints any \
+             such program): the transitions and closes they carried are unseen. A connection \
+             whose close was skipped is reported partial (lost) once the stall check reads its \
+             socket gone twice (tcpobs_closes_unseen). Counted since Linux 5.12 (fentry), about \
+             6.2 (tp_btf) and 6.7 (kprobes, classic tracepoints); 0 before",
             None,
             MetricType::Counter,
         )?;

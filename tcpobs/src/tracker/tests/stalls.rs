@@ -270,3 +270,31 @@ fn a_record_that_outlived_its_socket_is_reported_lost_on_the_second_reading() {
         "a socket read as gone is not flagged stuck: {out:?}"
     );
 }
+
+/// A reading that found a connection idle belongs to its state: once it enters another, the
+/// stall check reads it again as soon as it is quiet (not on the slow rotation).
+#[test]
+fn a_new_state_is_read_afresh() {
+    let conn = Sock::new(1, role::CLIENT, 0)
+        .established(S)
+        .state(tcp_state::CLOSE_WAIT, 20 * S);
+    let (opening, rest) = conn.events.split_at(conn.events.len() - 1);
+    let mut tracker = Tracker::new();
+    let mut out = Vec::new();
+    for event in opening {
+        tracker.handle(&event.event(), &mut out);
+    }
+    let mut suspects = Vec::new();
+    tracker.stall_suspects(4 * S, &thresholds(), &mut suspects);
+    assert_eq!(suspects, [1]);
+    let idle: StallViews = [(1, (0, StallView::Idle))].into_iter().collect();
+    tracker.sweep_with(4 * S, &thresholds(), present, &idle, &mut out);
+    suspects.clear();
+    tracker.stall_suspects(5 * S, &thresholds(), &mut suspects);
+    assert!(suspects.is_empty(), "known idle: {suspects:?}");
+    for event in rest {
+        tracker.handle(&event.event(), &mut out);
+    }
+    tracker.stall_suspects(23 * S, &thresholds(), &mut suspects);
+    assert_eq!(suspects, [1], "in CLOSE_WAIT since 20 s, quiet for 3 s");
+}
