@@ -250,8 +250,11 @@ impl Reader {
 
     /// Removes the kernel's record of generation `start_ns` on `sock`, which outlived its
     /// socket (the close hooks' run was skipped), unless another generation has taken the
-    /// address. Between the read and the removal a new socket could take it: its connection
-    /// would then be found gone by the audit and counted lost, the only cost of the race.
+    /// address. Two races are left, each microseconds wide: a new socket taking the address
+    /// between this read and the removal loses its record (its connection is then found gone
+    /// by the audit and reported lost), and one taking it between the sweep that reported this
+    /// connection lost and the read finishes the stale record as its predecessor's close (that
+    /// end is then reported twice, `lost` and `missed_open`).
     pub(crate) fn forget_stale(&mut self, sock: u64, start_ns: u64) {
         let sockets = &mut self.spilled.sockets;
         if sockets
