@@ -21,7 +21,7 @@
 //! Listening sockets (`accept_queue_full`) are watched apart, in `listeners`.
 //!
 //! The same readings find records that outlived their sockets: the kernel skips a program's
-//! run on a CPU where it is already running, and a skipped destroy leaves the record in the
+//! run rather than nest it (`kernel::misses`), and a skipped destroy leaves the record in the
 //! table, in the state it last saw, with no close to come (the audit finds the record and so
 //! never counts it missing). Quiet connections in any open state are read, and one read as
 //! gone ([`StallView::Gone`]) on two sweeps in a row is reported lost; the caller removes the

@@ -55,8 +55,8 @@ pub(crate) struct Health {
     /// Drops charged to traced connections so far, by `enum skb_drop_reason` value (`None`
     /// where the drops family is not attached).
     pub packet_drops: Option<Vec<(u32, u64)>>,
-    /// Runs of each loaded kernel program the kernel skipped because the program was already
-    /// running on that CPU (`recursion_misses`, Linux 5.12), by program name.
+    /// Runs of each loaded kernel program the kernel skipped rather than nest them
+    /// (`recursion_misses`, see `kernel::misses`), by program name.
     pub program_misses: Vec<(String, u64)>,
 }
 
