@@ -17,6 +17,9 @@ pub const STATS_MAP: &str = "STATS";
 /// 1 once the daemon has stopped reading the ring buffer (`Array<u32>`, one entry): the
 /// programs send nothing more and count nothing as lost.
 pub const STOPPING_MAP: &str = "STOPPING";
+/// 1 while the daemon waits for the next event with no drain timer running (`Array<u32>`, one
+/// entry): the next program to send an event wakes the reader and sets it back to 0.
+pub const READER_IDLE_MAP: &str = "READER_IDLE";
 /// Ports for the port filter (`HashMap<u16, u8>`), host byte order.
 pub const PORT_FILTER_MAP: &str = "PORT_FILTER";
 /// IPv4 networks for the CIDR filter (`LpmTrie<[u8; 4], u8>`), network byte order.

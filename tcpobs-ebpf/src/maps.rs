@@ -89,6 +89,29 @@ pub fn stopping() -> bool {
     STOPPING.get(0).is_some_and(|stopping| *stopping != 0)
 }
 
+/// 1 while the daemon waits for the next event with no drain timer running (set by the
+/// daemon once the ring has stayed empty for a while).
+#[map]
+pub static READER_IDLE: Array<u32> = Array::with_max_entries(1, 0);
+
+/// Whether the daemon waits for a wake-up to read the ring: true once per idle period (the
+/// flag is cleared here; two CPUs that both see it set wake the reader twice, harmlessly).
+#[inline(always)]
+pub fn take_reader_idle() -> bool {
+    let Some(idle) = READER_IDLE.get_ptr_mut(0) else {
+        return false;
+    };
+    // SAFETY: a pointer into an array map's value, valid while the program runs; volatile so
+    // the store is not merged with the load.
+    unsafe {
+        if core::ptr::read_volatile(idle) == 0 {
+            return false;
+        }
+        core::ptr::write_volatile(idle, 0);
+    }
+    true
+}
+
 /// Drop counters, indexed by `tcpobs_common::stat`.
 #[map]
 pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stat::COUNT, 0);

@@ -2,7 +2,9 @@
 //!
 //! Events are submitted with `BPF_RB_NO_WAKEUP` unless `OFFSETS.wakeup_bytes` are already
 //! waiting: the daemon drains on a short timer, so a busy host does not pay one reader wake-up
-//! per event. Every failed reservation is counted in `STATS`.
+//! per event. When the ring has stayed empty for a while the daemon stops that timer and sets
+//! `READER_IDLE`: the first event after it wakes the reader. Every failed reservation is
+//! counted in `STATS`.
 
 use aya_ebpf::bindings::{
     BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, BPF_RB_RING_SIZE,
@@ -18,6 +20,7 @@ use crate::{
     helpers::{current_owner, current_task, kread, now_ns, zero},
     maps::{
         EVENTS, SOCKETS, SPILLED, count, offsets, scratch_record, seed_scratch_record, stopping,
+        take_reader_idle,
     },
     socket::{Read, Sock, is_connected_state},
 };
@@ -57,7 +60,7 @@ impl Adoption {
 
 #[inline(always)]
 fn submit_flags() -> u64 {
-    if EVENTS.query(u64::from(BPF_RB_AVAIL_DATA)) >= offsets().wakeup_bytes {
+    if EVENTS.query(u64::from(BPF_RB_AVAIL_DATA)) >= offsets().wakeup_bytes || take_reader_idle() {
         u64::from(BPF_RB_FORCE_WAKEUP)
     } else {
         u64::from(BPF_RB_NO_WAKEUP)

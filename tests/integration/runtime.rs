@@ -300,3 +300,54 @@ fn changing_one_filter_keeps_the_port_filter_in_force() {
         leaked.len()
     );
 }
+
+/// With nothing to read, the daemon stops draining the ring buffer on its timer and the
+/// kernel wakes it with the next event: a connection made then is reported although nothing
+/// else would drain it (the sweeps, which drain too, are an hour apart). The reader then goes
+/// back to waiting.
+#[test]
+fn an_idle_reader_is_woken_by_the_next_event() {
+    let ip = private_loopback();
+    let (listener, addr) = listen(&format!("{ip}:0"));
+    let server = serve(listener, 1);
+    // Only the test's own address is traced: other processes' connections would keep the
+    // reader busy.
+    let daemon = Daemon::start(&["--cidr", &format!("{ip}/32"), "--sweep-interval", "1h"]);
+    let idle_waits = || daemon.metric("tcpobs_reader_idle_waits_total");
+    let wait_for_idle = |after: f64| {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let waits = idle_waits();
+            if waits > after {
+                return waits;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the reader did not go idle ({waits} waits)"
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
+    };
+    let waits = wait_for_idle(0.0);
+    client(addr, 1);
+    let events = daemon.wait_events("both ends of the connection", |events| {
+        events
+            .iter()
+            .filter(|e| e["type"] == "connection" && e["remote_port"] == addr.port())
+            .count()
+            >= 1
+            && events
+                .iter()
+                .filter(|e| e["type"] == "connection" && e["local_port"] == addr.port())
+                .count()
+                >= 1
+    });
+    let server_end = events
+        .iter()
+        .find(|e| e["type"] == "connection" && e["local_port"] == addr.port())
+        .unwrap();
+    assert_eq!(server_end["exchanges"], 1, "{server_end}");
+    wait_for_idle(waits);
+    drop(daemon);
+    server.join().unwrap();
+}

@@ -327,7 +327,9 @@ pub struct Cli {
 
     /// How often the daemon drains the ring buffer when the kernel has not woken it
     /// (e.g. 10ms, 1s). Bounds the delay from a close to its event, except for close records
-    /// spilled from a full ring buffer, which wait until the daemon has caught up.
+    /// spilled from a full ring buffer, which wait until the daemon has caught up. After ten
+    /// drains in a row find the ring empty, the timer stops until the kernel wakes the daemon
+    /// with the next event.
     #[arg(long, value_name = "DURATION", default_value = "10ms", env = "TCPOBS_DRAIN_INTERVAL",
           value_parser = parse_duration)]
     pub(crate) drain_interval: Duration,

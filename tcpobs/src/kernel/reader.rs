@@ -1,8 +1,10 @@
 //! The ring buffer reader: kernel records to typed events, with loss accounting.
 //!
 //! The kernel submits events without waking the reader unless a quarter of the ring is full,
-//! so the reader drains on a short timer as well as on readiness. Draining is a tight,
-//! allocation-free loop over the mapped ring.
+//! so the reader drains on a short timer as well as on readiness. While the ring stays empty
+//! the daemon stops that timer and sets `READER_IDLE` ([`Reader::set_idle`]): the kernel then
+//! wakes the reader with its next event. Draining is a tight, allocation-free loop over the
+//! mapped ring.
 //!
 //! Close records the ring could not take wait in the socket table, their headers queued in
 //! `SPILLED` in the order they closed (the kernel's `finish`). The reader merges them into the
@@ -87,6 +89,9 @@ pub struct ReaderStats {
     /// The same, of connections whose open had not arrived either: ends of which nothing is
     /// reported, by role (`[client, server, unknown]`, as [`KernelStats::connections_lost`]).
     pub spills_unseen: [u64; 3],
+    /// Times the reader stopped its drain timer, the ring having stayed empty, and waited for
+    /// the kernel to wake it with the next event.
+    pub idle_waits: u64,
 }
 
 impl ReaderStats {
@@ -147,6 +152,8 @@ pub(crate) struct Reader {
     stats_map: PerCpuArray<MapData, u64>,
     /// Tells the programs that nobody reads any more (`STOPPING`).
     stopping: Array<MapData, u32>,
+    /// Asks the programs to wake the reader with the next event (`READER_IDLE`).
+    idle: Array<MapData, u32>,
     stats: ReaderStats,
 }
 
@@ -163,6 +170,7 @@ impl Reader {
             .map_err(|err| MapError::new(names::EVENTS_MAP, err))?;
         let stats_map = take_map(ebpf, names::STATS_MAP)?;
         let stopping = take_map(ebpf, names::STOPPING_MAP)?;
+        let idle = take_map(ebpf, names::READER_IDLE_MAP)?;
         let reader = Self {
             ring,
             spilled: Spilled {
@@ -174,6 +182,7 @@ impl Reader {
             behind: false,
             stats_map,
             stopping,
+            idle,
             stats: ReaderStats::default(),
         };
         Ok((reader, sockets))
@@ -188,8 +197,17 @@ impl Reader {
             .map_err(|err| MapError::new(names::STOPPING_MAP, err))
     }
 
-    /// Waits until the kernel signals pending data (it only does so when the ring fills up;
-    /// callers also drain on a timer).
+    /// Asks the programs to wake the reader with their next event (`true`), or not (`false`:
+    /// the reader drains on its timer again). Set while nothing comes, so that an idle host
+    /// costs no timer wake-ups; see [`Reader::readable`].
+    pub(crate) fn set_idle(&mut self, idle: bool) -> Result<(), MapError> {
+        self.idle
+            .set(0, u32::from(idle), 0)
+            .map_err(|err| MapError::new(names::READER_IDLE_MAP, err))
+    }
+
+    /// Waits until the kernel signals pending data: it does so when a quarter of the ring is
+    /// full, and for the first event after [`Reader::set_idle`]. Callers drain on a timer too.
     pub(crate) async fn readable(&self) -> std::io::Result<()> {
         let mut guard = self.ring.readable().await?;
         guard.clear_ready();
@@ -282,6 +300,11 @@ impl Reader {
         self.spilled.refill();
         self.spilled
             .hand_over(u64::MAX, u64::MAX, &mut self.stats, feed);
+    }
+
+    /// Counts one wait for the kernel's wake-up ([`ReaderStats::idle_waits`]).
+    pub(crate) fn count_idle_wait(&mut self) {
+        self.stats.idle_waits += 1;
     }
 
     pub(crate) fn stats(&self) -> ReaderStats {

@@ -206,6 +206,12 @@ impl Collector for Scrape {
                 health.kernel.states_skipped,
             ),
             (
+                "tcpobs_reader_idle_waits",
+                "Times the daemon stopped draining the ring buffer on its timer, the ring having \
+                 stayed empty, and waited for the kernel to wake it with the next event",
+                health.reader.idle_waits,
+            ),
+            (
                 "tcpobs_events_undecodable",
                 "Ring buffer records that could not be decoded",
                 health.reader.undecodable,

@@ -636,6 +636,8 @@ mod tests {
             names::SOCKETS_MAP,
             names::SPILLED_MAP,
             names::STATS_MAP,
+            names::STOPPING_MAP,
+            names::READER_IDLE_MAP,
             names::PORT_FILTER_MAP,
             names::CIDR4_FILTER_MAP,
             names::CIDR6_FILTER_MAP,

@@ -324,6 +324,7 @@ fn every_event_is_pinned_byte_for_byte() {
             spills_read: 31,
             spills_evicted: 32,
             spills_unseen: [1, 2, 3],
+            idle_waits: 36,
         },
         kernel: KernelStats {
             ringbuf_full: 9,
