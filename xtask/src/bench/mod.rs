@@ -94,6 +94,7 @@ pub fn run(root: &Path, binary: &Path, mode: Mode, only: &[String], output: &Pat
     }
     if wanted("stress") {
         stress(binary, mode, &mut report)?;
+        idle(binary, mode, &mut report)?;
     }
     if wanted("bulk") {
         bulk(binary, mode, &mut report)?;
@@ -393,6 +394,38 @@ fn stress(binary: &Path, mode: Mode, report: &mut Report) -> Result<()> {
         ),
         String::new(),
         Some(("p99 ≤ 50 ms", p99 <= 0.050)),
+    ));
+    Ok(())
+}
+
+/// The daemon's own cost with nothing to trace (`--port 1`: no socket on the host passes the
+/// filter, so the kernel sends nothing whatever the host's traffic): its timers, sweeps and
+/// threads, in CPU time and wake-ups per second.
+fn idle(binary: &Path, mode: Mode, report: &mut Report) -> Result<()> {
+    let running = tracer::start(Tracer::Tcpobs, binary, &["--port", "1"])?;
+    let pid = running.pid().context("tcpobs pid")?;
+    // Past start-up, and past the ten empty drains after which the reader waits.
+    thread::sleep(Duration::from_secs(2));
+    let (cpu_before, wakeups_before) = (cpu_seconds(pid)?, tracer::wakeups(pid)?);
+    thread::sleep(mode.stress);
+    let (cpu, wakeups) = (
+        cpu_seconds(pid)? - cpu_before,
+        tracer::wakeups(pid)? - wakeups_before,
+    );
+    running.stop()?;
+    let seconds = mode.stress.as_secs_f64();
+    report.push(Row::single(
+        "nothing to trace (--port 1)",
+        "daemon CPU and wake-ups per second",
+        String::new(),
+        format!(
+            "{:.2} ms/s ({:.3} % of a core), {:.0} wake-ups/s",
+            cpu / seconds * 1e3,
+            cpu / seconds * 100.0,
+            wakeups as f64 / seconds
+        ),
+        String::new(),
+        None,
     ));
     Ok(())
 }

@@ -279,6 +279,23 @@ pub fn cpu_seconds(pid: u32) -> Result<f64> {
     Ok((utime + stime) / ticks)
 }
 
+/// Times a process's threads gave up the CPU to wait (voluntary context switches, summed over
+/// `/proc/PID/task/*/status`): its wake-ups. Threads that have exited are not counted.
+pub fn wakeups(pid: u32) -> Result<u64> {
+    let mut total = 0;
+    for task in fs::read_dir(format!("/proc/{pid}/task"))?.flatten() {
+        let Ok(status) = fs::read_to_string(task.path().join("status")) else {
+            continue;
+        };
+        total += status
+            .lines()
+            .find_map(|line| line.strip_prefix("voluntary_ctxt_switches:"))
+            .and_then(|count| count.trim().parse::<u64>().ok())
+            .unwrap_or(0);
+    }
+    Ok(total)
+}
+
 /// Resident set size of a process, in bytes.
 pub fn rss_bytes(pid: u32) -> Result<u64> {
     let status = fs::read_to_string(format!("/proc/{pid}/status"))?;
