@@ -1,22 +1,52 @@
 //! The matrix table read from steps' logs.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::{
+    ops::Deref,
+    sync::atomic::{AtomicUsize, Ordering},
+};
 
 use super::*;
 
-fn outcome(status: Status, seconds: f64, log: &str) -> Outcome {
-    static LOGS: AtomicUsize = AtomicUsize::new(0);
-    let path = std::env::temp_dir().join(format!(
-        "xtask-vm-matrix-{}-{}.log",
-        std::process::id(),
-        LOGS.fetch_add(1, Ordering::Relaxed)
-    ));
-    fs::write(&path, log).unwrap();
-    Outcome {
-        status,
-        seconds,
-        log: path,
+/// Steps' outcomes whose logs are temporary files, removed once the test is done with them.
+struct Outcomes(Vec<Outcome>);
+
+impl Deref for Outcomes {
+    type Target = [Outcome];
+
+    fn deref(&self) -> &[Outcome] {
+        &self.0
     }
+}
+
+impl Drop for Outcomes {
+    fn drop(&mut self) {
+        for outcome in &self.0 {
+            let _ = fs::remove_file(&outcome.log);
+        }
+    }
+}
+
+/// Outcomes with these statuses, durations (s) and logs.
+fn outcomes(steps: &[(Status, f64, &str)]) -> Outcomes {
+    static LOGS: AtomicUsize = AtomicUsize::new(0);
+    Outcomes(
+        steps
+            .iter()
+            .map(|&(status, seconds, log)| {
+                let path = std::env::temp_dir().join(format!(
+                    "xtask-vm-matrix-{}-{}.log",
+                    std::process::id(),
+                    LOGS.fetch_add(1, Ordering::Relaxed)
+                ));
+                fs::write(&path, log).unwrap();
+                Outcome {
+                    status,
+                    seconds,
+                    log: path,
+                }
+            })
+            .collect(),
+    )
 }
 
 fn lifecycle() -> Vec<TestModule> {
@@ -83,12 +113,12 @@ fn check_output_becomes_family_cells() {
     let table = table(
         &mode,
         &lifecycle(),
-        &[
-            outcome(Status::Exited(0), 1.0, fentry),
-            outcome(Status::Exited(0), 58.3, passed),
-            outcome(Status::Exited(1), 2.0, kprobe),
-            outcome(Status::Skipped, 0.0, ""),
-        ],
+        &outcomes(&[
+            (Status::Exited(0), 1.0, fentry),
+            (Status::Exited(0), 58.3, passed),
+            (Status::Exited(1), 2.0, kprobe),
+            (Status::Skipped, 0.0, ""),
+        ]),
     );
     let rendered = table.render();
     let row = |label: &str| {
@@ -139,7 +169,7 @@ fn failing_tests_are_summarised() {
     let table = table(
         &Mode::Auto,
         &lifecycle(),
-        &[outcome(Status::Exited(101), 35.4, log)],
+        &outcomes(&[(Status::Exited(101), 35.4, log)]),
     );
     assert!(table.failed());
     let rendered = table.render();
