@@ -435,7 +435,9 @@ impl Tracer {
     /// After a drain that read `read` events: keeps draining on the timer while events come,
     /// and once [`EMPTY_DRAINS_BEFORE_IDLE`] drains in a row found nothing, stops the timer
     /// and asks the kernel to wake the reader with its next event. The ring is looked at once
-    /// more after asking: an event sent just before would have woken nobody.
+    /// more after asking: an event sent just before would have woken nobody. (One still being
+    /// written then, its wake-up decided before the asking, waits for the next event or the
+    /// next sweep: the window is the few instructions between the two.)
     fn pace(
         &mut self,
         read: usize,
