@@ -310,9 +310,16 @@ fn an_idle_reader_is_woken_by_the_next_event() {
     let ip = private_loopback();
     let (listener, addr) = listen(&format!("{ip}:0"));
     let server = serve(listener, 1);
-    // Only the test's own address is traced: other processes' connections would keep the
-    // reader busy.
-    let daemon = Daemon::start(&["--cidr", &format!("{ip}/32"), "--sweep-interval", "1h"]);
+    // Only the test's own address is traced, and no library calls (name resolutions and TLS
+    // handshakes are sent whatever the filters): other processes would keep the reader busy.
+    let daemon = Daemon::start(&[
+        "--cidr",
+        &format!("{ip}/32"),
+        "--phases",
+        "off",
+        "--sweep-interval",
+        "1h",
+    ]);
     let idle_waits = || daemon.metric("tcpobs_reader_idle_waits_total");
     let wait_for_idle = |after: f64| {
         let deadline = Instant::now() + PATIENCE;

@@ -17,6 +17,7 @@ use tokio::{
 use tracing::{info, warn};
 
 use crate::{
+    app::pacing::{Pacing, Prompt, Step},
     clock::monotonic_now_ns,
     config::live::{Filter, Filters, LiveSettings},
     export::{
@@ -109,22 +110,6 @@ const AUDIT_ALL_ROUNDS: u8 = 3;
 
 /// The kernel's folds are read at most this often while events flow (and at every sweep).
 const FOLD_READ_INTERVAL: Duration = Duration::from_millis(100);
-
-/// After this many drains in a row found the ring empty, the reader stops its drain timer and
-/// has the kernel wake it with the next event instead (100 ms at the default
-/// `--drain-interval`). An idle host, or one whose connections only exchange (the kernel
-/// folds exchanges without events), then costs no wake-ups but the sweeps'; a busy one drains
-/// on the timer as before.
-const EMPTY_DRAINS_BEFORE_IDLE: u32 = 10;
-
-/// Whether the reader drains on its timer or waits for the kernel to wake it.
-#[derive(Default)]
-struct Idle {
-    /// Drains in a row that found the ring empty.
-    empty_drains: u32,
-    /// The kernel wakes the reader with the next event (`READER_IDLE` set); the timer is off.
-    waiting: bool,
-}
 
 impl Tracer {
     /// Loads and attaches the programs. Must run inside a tokio runtime (the ring buffer is
@@ -391,7 +376,7 @@ impl Tracer {
         };
         let mut drain = interval(timing.drain);
         drain.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        let mut idle = Idle::default();
+        let mut pacing = Pacing::default();
         let mut sweep = interval(timing.sweep);
         sweep.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut rescan = interval(RESCAN_INTERVAL);
@@ -406,15 +391,15 @@ impl Tracer {
                 ready = self.reader.readable() => {
                     ready?;
                     let read = self.pump(sink)?;
-                    self.pace(read, &mut idle, &mut drain, sink)?;
+                    self.pace(&mut pacing, Prompt::Kernel, read, &mut drain);
                 }
-                _ = drain.tick(), if !idle.waiting => {
+                _ = drain.tick(), if pacing.timer_runs() => {
                     let read = self.pump(sink)?;
-                    self.pace(read, &mut idle, &mut drain, sink)?;
+                    self.pace(&mut pacing, Prompt::Timer, read, &mut drain);
                 }
                 _ = sweep.tick() => {
                     let read = self.pump(sink)?;
-                    self.pace(read, &mut idle, &mut drain, sink)?;
+                    self.pace(&mut pacing, Prompt::Sweep, read, &mut drain);
                     self.sweep(&thresholds, sink)?;
                 }
                 _ = rescan.tick() => self.rescan(),
@@ -432,57 +417,27 @@ impl Tracer {
         }
     }
 
-    /// After a drain that read `read` events: keeps draining on the timer while events come,
-    /// and once [`EMPTY_DRAINS_BEFORE_IDLE`] drains in a row found nothing, stops the timer
-    /// and asks the kernel to wake the reader with its next event. The ring is looked at once
-    /// more after asking: an event sent just before would have woken nobody. (One still being
-    /// written then, its wake-up decided before the asking, waits for the next event or the
-    /// next sweep: the window is the few instructions between the two.)
-    fn pace(
-        &mut self,
-        read: usize,
-        idle: &mut Idle,
-        drain: &mut Interval,
-        sink: &mut dyn Sink,
-    ) -> io::Result<()> {
-        if read > 0 {
-            idle.empty_drains = 0;
-            if idle.waiting {
-                idle.waiting = false;
-                // The waking program has cleared the flag; clearing it here too covers a drain
-                // (a sweep's) that came first.
-                self.set_reader_idle(false);
-                drain.reset();
+    /// Follows a drain that `prompt` started and that read `read` events with the reader's
+    /// pacing ([`super::pacing`]): sets or clears `READER_IDLE`, and restarts the drain timer
+    /// when events come again. If the map refuses the flag, the timer runs for good (warned).
+    fn pace(&mut self, pacing: &mut Pacing, prompt: Prompt, read: usize, drain: &mut Interval) {
+        let found = read > 0 || self.reader.behind();
+        let idle = match pacing.after_drain(prompt, found) {
+            Step::Stay => return,
+            Step::Arm => true,
+            Step::Wait => {
+                self.reader.count_idle_wait();
+                lock(&self.health).reader = self.reader.stats();
+                return;
             }
-            return Ok(());
-        }
-        if idle.waiting {
-            return Ok(());
-        }
-        idle.empty_drains += 1;
-        if idle.empty_drains < EMPTY_DRAINS_BEFORE_IDLE || !self.set_reader_idle(true) {
-            return Ok(());
-        }
-        if self.pump(sink)? > 0 {
-            self.set_reader_idle(false);
-            idle.empty_drains = 0;
-        } else {
-            idle.waiting = true;
-            self.reader.count_idle_wait();
-            lock(&self.health).reader = self.reader.stats();
-        }
-        Ok(())
-    }
-
-    /// Sets or clears `READER_IDLE`; false (with a warning) if the map refused, in which case
-    /// the reader keeps draining on its timer.
-    fn set_reader_idle(&mut self, idle: bool) -> bool {
-        match self.reader.set_idle(idle) {
-            Ok(()) => true,
-            Err(err) => {
-                warn!("{err}; the reader keeps draining on its timer");
+            Step::Resume => {
+                drain.reset();
                 false
             }
+        };
+        if let Err(err) = self.reader.set_idle(idle) {
+            warn!("{err}; the reader drains on its timer from now on");
+            pacing.disable();
         }
     }
 

@@ -8,6 +8,7 @@
 
 pub mod daemon;
 mod notify;
+mod pacing;
 
 use std::{io, net::SocketAddr, path::Path, sync::Arc};
 

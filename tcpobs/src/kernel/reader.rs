@@ -3,7 +3,7 @@
 //! The kernel submits events without waking the reader unless a quarter of the ring is full,
 //! so the reader drains on a short timer as well as on readiness. While the ring stays empty
 //! the daemon stops that timer and sets `READER_IDLE` ([`Reader::set_idle`]): the kernel then
-//! wakes the reader with its next event. Draining is a tight, allocation-free loop over the
+//! wakes the reader with its next event (`app::pacing`). Draining is a tight, allocation-free loop over the
 //! mapped ring.
 //!
 //! Close records the ring could not take wait in the socket table, their headers queued in

@@ -399,10 +399,11 @@ fn stress(binary: &Path, mode: Mode, report: &mut Report) -> Result<()> {
 }
 
 /// The daemon's own cost with nothing to trace (`--port 1`: no socket on the host passes the
-/// filter, so the kernel sends nothing whatever the host's traffic): its timers, sweeps and
-/// threads, in CPU time and wake-ups per second.
+/// filter; `--phases off`: no library calls, which the filters do not apply to; so the kernel
+/// sends nothing whatever the host's traffic): its timers, sweeps and threads, in CPU time
+/// and wake-ups per second.
 fn idle(binary: &Path, mode: Mode, report: &mut Report) -> Result<()> {
-    let running = tracer::start(Tracer::Tcpobs, binary, &["--port", "1"])?;
+    let running = tracer::start(Tracer::Tcpobs, binary, &["--port", "1", "--phases", "off"])?;
     let pid = running.pid().context("tcpobs pid")?;
     // Past start-up, and past the ten empty drains after which the reader waits.
     thread::sleep(Duration::from_secs(2));
@@ -415,7 +416,7 @@ fn idle(binary: &Path, mode: Mode, report: &mut Report) -> Result<()> {
     running.stop()?;
     let seconds = mode.stress.as_secs_f64();
     report.push(Row::single(
-        "nothing to trace (--port 1)",
+        "nothing to trace (--port 1 --phases off)",
         "daemon CPU and wake-ups per second",
         String::new(),
         format!(
