@@ -34,7 +34,7 @@ use crate::{
         folds::{ExchangeSwitch, FoldReader},
         libcalls::{LibcallStats, RESCAN_INTERVAL},
         loader::{self, LoadError, LoadOptions, Loaded, families::family},
-        misses::program_misses,
+        misses::ProgramMisses,
         reader::{Feed, KernelStats, Reader, ReaderStats, SocketTable},
         report::FamilyAttach,
     },
@@ -146,6 +146,7 @@ impl Tracer {
         {
             let mut health = lock(&health);
             health.probes = loaded.families.clone();
+            health.program_misses = Arc::new(ProgramMisses::of(&loaded.ebpf));
             if let Some(libcalls) = &loaded.libcalls {
                 health.probes.extend(libcalls.families());
                 health.libcalls = libcalls.stats();
@@ -321,7 +322,6 @@ impl Tracer {
                 health.listener_queues = queues;
             }
             health.packet_drops = drops;
-            health.program_misses = program_misses(&self.loaded.ebpf);
         }
         self.warn_on_loss();
         Ok(report)

@@ -10,24 +10,42 @@
 
 use std::{
     fs,
-    os::fd::{AsFd as _, AsRawFd as _},
+    os::fd::{AsFd as _, AsRawFd as _, OwnedFd},
 };
 
 use aya::Ebpf;
 
-/// Each loaded program's skipped runs, by program name, sorted by name; 0 where the kernel
-/// does not count them.
-pub(crate) fn program_misses(ebpf: &Ebpf) -> Vec<(String, u64)> {
-    let mut misses: Vec<_> = ebpf
-        .programs()
-        .filter_map(|(name, program)| {
-            let fd = program.fd().ok()?.as_fd().as_raw_fd();
-            let info = fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).ok()?;
-            Some((name.to_owned(), recursion_misses(&info)))
+/// The loaded programs, by name (sorted), through descriptors of their own (so that the
+/// counts stay readable whatever becomes of the loaded object), read at scrape time.
+#[derive(Debug, Default)]
+pub(crate) struct ProgramMisses {
+    programs: Vec<(String, OwnedFd)>,
+}
+
+impl ProgramMisses {
+    /// Every program of `ebpf` whose descriptor could be duplicated.
+    pub(crate) fn of(ebpf: &Ebpf) -> Self {
+        let mut programs: Vec<_> = ebpf
+            .programs()
+            .filter_map(|(name, program)| {
+                let fd = program.fd().ok()?.as_fd().try_clone_to_owned().ok()?;
+                Some((name.to_owned(), fd))
+            })
+            .collect();
+        programs.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        Self { programs }
+    }
+
+    /// Each program's skipped runs, by name; 0 where the kernel does not count them.
+    pub(crate) fn read(&self) -> impl Iterator<Item = (&str, u64)> {
+        self.programs.iter().map(|(name, fd)| {
+            let info = fs::read_to_string(format!("/proc/self/fdinfo/{}", fd.as_raw_fd()));
+            (
+                name.as_str(),
+                info.map_or(0, |info| recursion_misses(&info)),
+            )
         })
-        .collect();
-    misses.sort_unstable();
-    misses
+    }
 }
 
 /// The `recursion_misses` line of a program's fdinfo; 0 if absent (before Linux 5.12).

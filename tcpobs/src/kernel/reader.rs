@@ -3,8 +3,8 @@
 //! The kernel submits events without waking the reader unless a quarter of the ring is full,
 //! so the reader drains on a short timer as well as on readiness. While the ring stays empty
 //! the daemon stops that timer and sets `READER_IDLE` ([`Reader::set_idle`]): the kernel then
-//! wakes the reader with its next event (`app::pacing`). Draining is a tight, allocation-free loop over the
-//! mapped ring.
+//! wakes the reader with its next event (`app::pacing`). Draining is a tight, allocation-free
+//! loop over the mapped ring.
 //!
 //! Close records the ring could not take wait in the socket table, their headers queued in
 //! `SPILLED` in the order they closed (the kernel's `finish`). The reader merges them into the

@@ -19,6 +19,7 @@ use crate::{
         decode::KIND_NAMES,
         libcalls::LibcallStats,
         loader::families::LIBCALL_FAMILIES,
+        misses::ProgramMisses,
         reader::{KernelStats, ReaderStats},
         report::FamilyAttach,
     },
@@ -55,9 +56,9 @@ pub(crate) struct Health {
     /// Drops charged to traced connections so far, by `enum skb_drop_reason` value (`None`
     /// where the drops family is not attached).
     pub packet_drops: Option<Vec<(u32, u64)>>,
-    /// Runs of each loaded kernel program the kernel skipped rather than nest them
-    /// (`recursion_misses`, see `kernel::misses`), by program name.
-    pub program_misses: Vec<(String, u64)>,
+    /// The loaded kernel programs, whose skipped runs (`recursion_misses`, see
+    /// `kernel::misses`) are read at scrape time.
+    pub program_misses: Arc<ProgramMisses>,
 }
 
 /// Drop reasons whose series exist from the first scrape (where the kernel has them), so that
@@ -387,9 +388,8 @@ impl Collector for Scrape {
             None,
             MetricType::Counter,
         )?;
-        for (program, count) in &health.program_misses {
-            ConstCounter::new(*count)
-                .encode(misses.encode_family(&[("program", program.as_str())])?)?;
+        for (program, count) in health.program_misses.read() {
+            ConstCounter::new(count).encode(misses.encode_family(&[("program", program)])?)?;
         }
         let mut libraries = encoder.encode_descriptor(
             "tcpobs_phase_libraries",
