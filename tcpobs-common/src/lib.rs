@@ -343,9 +343,29 @@ pub struct Burst {
 }
 
 /// The kernel's per-socket record (value of the `SOCKETS` LRU hash, keyed by socket address).
+///
+/// Laid out for the cache: a hash table element is the kernel's 48-byte header (list and LRU
+/// nodes, hash), the 8-byte key, then this record, and the elements of a preallocated table lie
+/// back to back. At 456 bytes an element is 512, so every element starts a cache line: its first
+/// line holds the header, the key and the record's first 8 bytes (role, flags, state), which
+/// every lookup reads anyway (it compares the key and marks the LRU reference), and the rest of
+/// the record fills exactly seven more. At 440 bytes (an element of 496) elements straddled
+/// lines, and the close's copy of the record touched eight or nine of them (see BENCHMARKS.md,
+/// "The record's layout").
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SockRecord {
+    /// One of [`role`].
+    pub role: u8,
+    /// `FLAG_*` bits.
+    pub flags: u8,
+    /// Current TCP state ([`tcp_state`]).
+    pub state: u8,
+    /// One of [`teardown`].
+    pub first_teardown: u8,
+    /// The state the socket left when it reached `CLOSE`.
+    pub final_state: u8,
+    pub _pad: [u8; 3],
     /// Generation: SYN time, or first sighting for partial records (ns).
     pub start_ns: u64,
     /// When the socket reached `ESTABLISHED` (ns); 0 if it never did (or was already there).
@@ -377,17 +397,6 @@ pub struct SockRecord {
     /// `sk->sk_err` when the socket reached `CLOSE` (an errno, e.g. 110 for `ETIMEDOUT`), or, if
     /// the application had taken it by then, when the kernel reported it (errors family).
     pub sk_err: u32,
-    /// One of [`role`].
-    pub role: u8,
-    /// `FLAG_*` bits.
-    pub flags: u8,
-    /// Current TCP state ([`tcp_state`]).
-    pub state: u8,
-    /// One of [`teardown`].
-    pub first_teardown: u8,
-    /// The state the socket left when it reached `CLOSE`.
-    pub final_state: u8,
-    pub _pad: [u8; 3],
     /// The kernel's own TCP counters, read when the record is sent at close.
     pub tcp: TcpStats,
     /// Why it was slow or stuck: chrono counters and RTOs read at close, SYN retransmits, the
@@ -395,6 +404,8 @@ pub struct SockRecord {
     pub diag: DiagStats,
     /// The exchanges completed so far (all but the one in progress).
     pub exchanges: ExchangeSummary,
+    /// Pads the table's elements to a multiple of a cache line (see above).
+    pub _tail: [u8; 16],
 }
 
 /// Exchanges a connection's timeline keeps besides its last: the first ones.
@@ -546,11 +557,13 @@ mod tests {
         assert_eq!(size_of::<TcpStats>(), 32);
         assert_eq!(size_of::<Burst>(), 32);
         assert_eq!(size_of::<ExchangeSummary>(), 144);
-        assert_eq!(size_of::<SockRecord>(), 440);
+        assert_eq!(size_of::<SockRecord>(), 456);
+        // A table element (48-byte header, 8-byte key, record) is whole cache lines.
+        assert_eq!((48 + 8 + size_of::<SockRecord>()) % 64, 0);
         assert_eq!(size_of::<OpenEvent>(), 112);
         assert_eq!(size_of::<BurstEvent>(), 136);
         assert_eq!(size_of::<StateEvent>(), 40);
-        assert_eq!(size_of::<CloseEvent>(), 472);
+        assert_eq!(size_of::<CloseEvent>(), 488);
         assert_eq!(size_of::<FilterConfig>(), 8);
         assert_eq!(size_of::<Owner>(), 16);
         assert_eq!(size_of::<ListenKey>(), 8);
@@ -560,12 +573,15 @@ mod tests {
         assert_eq!(offset_of!(EventHeader, ts_ns), 8);
         assert_eq!(offset_of!(EventHeader, start_ns), 24);
         assert_eq!(offset_of!(Endpoints, lport), 32);
-        assert_eq!(offset_of!(SockRecord, held), 64);
-        assert_eq!(offset_of!(SockRecord, burst), 96);
-        assert_eq!(offset_of!(SockRecord, task), 128);
-        assert_eq!(offset_of!(SockRecord, endpoints), 160);
-        assert_eq!(offset_of!(SockRecord, retransmits), 200);
-        assert_eq!(offset_of!(SockRecord, role), 208);
+        assert_eq!(offset_of!(SockRecord, role), 0);
+        assert_eq!(offset_of!(SockRecord, flags), 1);
+        assert_eq!(offset_of!(SockRecord, state), 2);
+        assert_eq!(offset_of!(SockRecord, start_ns), 8);
+        assert_eq!(offset_of!(SockRecord, held), 72);
+        assert_eq!(offset_of!(SockRecord, burst), 104);
+        assert_eq!(offset_of!(SockRecord, task), 136);
+        assert_eq!(offset_of!(SockRecord, endpoints), 168);
+        assert_eq!(offset_of!(SockRecord, retransmits), 208);
         assert_eq!(offset_of!(SockRecord, tcp), 216);
         assert_eq!(offset_of!(SockRecord, diag), 248);
         assert_eq!(offset_of!(SockRecord, exchanges), 296);
