@@ -87,8 +87,7 @@ impl Sampler {
             .map_err(|err| SamplerError::Run(error_chain(&err)))
     }
 
-    /// Jiffies per second, from two readings of both clocks 100 ms apart, rounded to the
-    /// usual values (100, 250, 300, 1000) when within 5 % of one.
+    /// Jiffies per second, from two readings of both clocks 100 ms apart ([`snap_hz`]).
     fn measure_hz(&self, ebpf: &Ebpf) -> Result<u64, SamplerError> {
         let clocks = |sampler: &Self| -> Result<(u64, u64), SamplerError> {
             sampler.run(ebpf, sample::SOCKS, &[])?;
@@ -105,11 +104,18 @@ impl Sampler {
         if elapsed == 0 {
             return Err(SamplerError::Run("the clock did not move".to_owned()));
         }
-        let hz = j1.saturating_sub(j0) as f64 * 1e9 / elapsed as f64;
-        let snapped = [100u64, 250, 300, 1000]
-            .into_iter()
-            .find(|&usual| (hz - usual as f64).abs() <= usual as f64 * 0.05);
-        Ok(snapped.unwrap_or(hz.round() as u64))
+        let measured = j1.saturating_sub(j0) as f64 * 1e9 / elapsed as f64;
+        let hz = snap_hz(measured);
+        if USUAL_HZ.contains(&hz) {
+            debug!("kernel HZ {hz} (measured {measured:.1})");
+        } else {
+            warn!(
+                "the kernel's tick rate measured {measured:.1} Hz, not one of the usual \
+                 {USUAL_HZ:?}: the times read from jiffies (stall checks, busy and limited \
+                 times at close) use {hz}"
+            );
+        }
+        Ok(hz)
     }
 
     /// Reads connections (`socks`), in runs of [`sample::PER_RUN`]; a reading whose `sock` is 0
@@ -263,5 +269,56 @@ impl DropReasons {
                 (total != 0).then_some((reason, total))
             })
             .collect()
+    }
+}
+
+/// The `CONFIG_HZ` choices of the kernel's generic `kernel/Kconfig.hz`, which x86 and arm64
+/// kernels take theirs from.
+const USUAL_HZ: [u64; 4] = [100, 250, 300, 1000];
+
+/// The kernel's HZ from a measured rate of jiffies: the nearest of [`USUAL_HZ`] when within
+/// 20 % of it, else the measurement rounded. Over the 100 ms measured the count of ticks is one
+/// off either way (10 % at HZ 100), and a guest whose ticks come late (an emulated CPU on a busy
+/// host) counts a few more; the usual values are at least 20 % apart, so the nearest is the
+/// kernel's. (A 5 % window took 267 measured on an HZ 250 guest as 267, and every time read
+/// from jiffies was 6 % short.)
+fn snap_hz(measured: f64) -> u64 {
+    let distance = |usual: u64| {
+        let usual = usual as f64;
+        (measured / usual).max(usual / measured)
+    };
+    USUAL_HZ
+        .into_iter()
+        .min_by(|&a, &b| distance(a).total_cmp(&distance(b)))
+        .filter(|&usual| distance(usual) <= 1.2)
+        .unwrap_or(measured.round() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_measured_tick_rate_is_snapped_to_the_nearest_usual_hz() {
+        for (measured, hz) in [
+            (250.0, 250),
+            (267.0, 250),
+            (233.0, 250),
+            (110.0, 100),
+            (90.0, 100),
+            (290.0, 300),
+            (320.0, 300),
+            (1060.0, 1000),
+            (930.0, 1000),
+        ] {
+            assert_eq!(snap_hz(measured), hz, "measured {measured}");
+        }
+    }
+
+    #[test]
+    fn an_unusual_tick_rate_is_kept_as_measured() {
+        assert_eq!(snap_hz(500.4), 500);
+        assert_eq!(snap_hz(48.0), 48);
+        assert_eq!(snap_hz(2048.0), 2048);
     }
 }
