@@ -9,7 +9,7 @@
 //! listening sockets are those the state family registered at `listen()`, plus those the
 //! `find_listeners` iterator (Linux 5.8) found at start-up.
 
-use std::{io::Read as _, thread, time::Duration};
+use std::{fs, io::Read as _, thread, time::Duration};
 
 use aya::{
     Btf as AyaBtf, Ebpf,
@@ -87,8 +87,17 @@ impl Sampler {
             .map_err(|err| SamplerError::Run(error_chain(&err)))
     }
 
-    /// Jiffies per second, from two readings of both clocks 100 ms apart ([`snap_hz`]).
+    /// The kernel's HZ: `CONFIG_HZ` from `/boot/config-<release>` where the host has it, else
+    /// jiffies per second measured between two ticks about 100 ms apart ([`snap_hz`]).
     fn measure_hz(&self, ebpf: &Ebpf) -> Result<u64, SamplerError> {
+        let configured = fs::read_to_string("/proc/sys/kernel/osrelease")
+            .ok()
+            .and_then(|release| fs::read_to_string(format!("/boot/config-{}", release.trim())).ok())
+            .and_then(|config| config_hz(&config));
+        if let Some(hz) = configured {
+            debug!("kernel HZ {hz} (CONFIG_HZ)");
+            return Ok(hz);
+        }
         let clocks = |sampler: &Self| -> Result<(u64, u64), SamplerError> {
             sampler.run(ebpf, sample::SOCKS, &[])?;
             let first = sampler
@@ -97,9 +106,21 @@ impl Sampler {
                 .map_err(|err| SamplerError::Run(err.to_string()))?;
             Ok((first.now_ns, first.jiffies))
         };
-        let (t0, j0) = clocks(self)?;
+        // Both clocks read just after jiffies moves (each reading takes microseconds, a tick
+        // milliseconds), so the count of ticks between the readings is exact; a reading that
+        // waited longer than EDGE_WAIT for the tick is taken as it is.
+        let at_tick = |sampler: &Self| -> Result<(u64, u64), SamplerError> {
+            let (began, before) = clocks(sampler)?;
+            loop {
+                let (now, jiffies) = clocks(sampler)?;
+                if jiffies != before || now.saturating_sub(began) > EDGE_WAIT_NS {
+                    return Ok((now, jiffies));
+                }
+            }
+        };
+        let (t0, j0) = at_tick(self)?;
         thread::sleep(Duration::from_millis(100));
-        let (t1, j1) = clocks(self)?;
+        let (t1, j1) = at_tick(self)?;
         let elapsed = t1.saturating_sub(t0);
         if elapsed == 0 {
             return Err(SamplerError::Run("the clock did not move".to_owned()));
@@ -108,11 +129,17 @@ impl Sampler {
         let hz = snap_hz(measured);
         if USUAL_HZ.contains(&hz) {
             debug!("kernel HZ {hz} (measured {measured:.1})");
+        } else if hz == 0 {
+            warn!(
+                "the kernel's tick rate could not be measured (jiffies did not move): times \
+                 read from jiffies (stall checks, busy and limited times at close) are not \
+                 computed"
+            );
         } else {
             warn!(
                 "the kernel's tick rate measured {measured:.1} Hz, not one of the usual \
-                 {USUAL_HZ:?}: the times read from jiffies (stall checks, busy and limited \
-                 times at close) use {hz}"
+                 {USUAL_HZ:?}: times read from jiffies (stall checks, busy and limited times \
+                 at close) use {hz}"
             );
         }
         Ok(hz)
@@ -276,12 +303,14 @@ impl DropReasons {
 /// kernels take theirs from.
 const USUAL_HZ: [u64; 4] = [100, 250, 300, 1000];
 
-/// The kernel's HZ from a measured rate of jiffies: the nearest of [`USUAL_HZ`] when within
-/// 20 % of it, else the measurement rounded. Over the 100 ms measured the count of ticks is one
-/// off either way (10 % at HZ 100), and a guest whose ticks come late (an emulated CPU on a busy
-/// host) counts a few more; the usual values are at least 20 % apart, so the nearest is the
-/// kernel's. (A 5 % window took 267 measured on an HZ 250 guest as 267, and every time read
-/// from jiffies was 6 % short.)
+/// How long a reading of the clocks waits for the next tick: longer than a tick at HZ 100.
+const EDGE_WAIT_NS: u64 = 25_000_000;
+
+/// The kernel's HZ from a measured rate of jiffies: the nearest of [`USUAL_HZ`] when closer to
+/// it than to its neighbours (within a ratio of 1.095, the halfway ratio between 250 and 300,
+/// the closest pair), else the measurement rounded. A guest whose ticks come late (an emulated
+/// CPU on a busy host) measures a few percent off: 267 was measured on an HZ 250 guest, which
+/// a 5 % window kept as 267, making every time read from jiffies 6 % short.
 fn snap_hz(measured: f64) -> u64 {
     let distance = |usual: u64| {
         let usual = usual as f64;
@@ -290,8 +319,20 @@ fn snap_hz(measured: f64) -> u64 {
     USUAL_HZ
         .into_iter()
         .min_by(|&a, &b| distance(a).total_cmp(&distance(b)))
-        .filter(|&usual| distance(usual) <= 1.2)
+        .filter(|&usual| distance(usual) <= HALFWAY)
         .unwrap_or(measured.round() as u64)
+}
+
+/// The square root of 300/250.
+const HALFWAY: f64 = 1.095_445;
+
+/// `CONFIG_HZ` from a kernel's config file.
+fn config_hz(config: &str) -> Option<u64> {
+    config
+        .lines()
+        .find_map(|line| line.strip_prefix("CONFIG_HZ="))
+        .and_then(|value| value.trim().parse().ok())
+        .filter(|&hz| hz > 0)
 }
 
 #[cfg(test)]
@@ -303,11 +344,13 @@ mod tests {
         for (measured, hz) in [
             (250.0, 250),
             (267.0, 250),
+            (270.0, 250),
             (233.0, 250),
-            (110.0, 100),
-            (90.0, 100),
+            (280.0, 300),
             (290.0, 300),
             (320.0, 300),
+            (106.0, 100),
+            (93.0, 100),
             (1060.0, 1000),
             (930.0, 1000),
         ] {
@@ -320,5 +363,16 @@ mod tests {
         assert_eq!(snap_hz(500.4), 500);
         assert_eq!(snap_hz(48.0), 48);
         assert_eq!(snap_hz(2048.0), 2048);
+        assert_eq!(snap_hz(0.0), 0, "jiffies did not move");
+    }
+
+    #[test]
+    fn config_hz_is_read_from_a_kernel_config() {
+        let config =
+            "# CONFIG_HZ_100 is not set\nCONFIG_HZ_250=y\nCONFIG_HZ=250\nCONFIG_SCHED_HRTICK=y\n";
+        assert_eq!(config_hz(config), Some(250));
+        assert_eq!(config_hz("CONFIG_HZ_1000=y\nCONFIG_HZ=1000"), Some(1000));
+        assert_eq!(config_hz("CONFIG_HZ_PERIODIC=y\n"), None);
+        assert_eq!(config_hz("CONFIG_HZ=\n"), None);
     }
 }
