@@ -348,10 +348,11 @@ pub struct Burst {
 /// nodes, hash), the 8-byte key, then this record, and the elements of a preallocated table lie
 /// back to back. At 456 bytes an element is 512, so every element starts a cache line: its first
 /// line holds the header, the key and the record's first 8 bytes (role, flags, state), which
-/// every lookup reads anyway (it compares the key and marks the LRU reference), and the rest of
-/// the record fills exactly seven more. At 440 bytes (an element of 496) elements straddled
-/// lines, and the close's copy of the record touched eight or nine of them (see BENCHMARKS.md,
-/// "The record's layout").
+/// every lookup reads anyway (it compares the key, and sets the LRU reference bit if clear),
+/// and the rest of the record fills exactly seven more. At 440 bytes (an element of 496)
+/// elements straddled lines: a lookup and the close's copy of the record touched eight or nine
+/// lines, now eight (see BENCHMARKS.md, "The record's layout"). The padding also goes into the
+/// close event (16 bytes of the ring buffer a close).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SockRecord {

@@ -312,8 +312,8 @@ pub struct Cli {
 
     /// Capacity of the kernel socket table (each traced or filtered-out socket takes one
     /// entry, about 530 bytes of kernel memory, allocated up front, and 32 bytes in the queue
-    /// of close records the ring buffer could not take: about 70 MiB at the default). When full, the least recently used
-    /// socket is evicted and counted.
+    /// of close records the ring buffer could not take: about 70 MiB at the default). When
+    /// full, the least recently used socket is evicted and counted.
     #[arg(long, value_name = "N", default_value_t = 131_072, env = "TCPOBS_MAX_SOCKETS",
           value_parser = clap::value_parser!(u32).range(64..=16_777_216))]
     pub(crate) max_sockets: u32,
