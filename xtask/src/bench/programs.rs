@@ -7,7 +7,7 @@
 //! compared.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     fs,
     os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
 };
@@ -39,8 +39,11 @@ impl Drop for StatsEnabled {
 /// Run count and total run time (ns) by program name, for the programs `pid` holds.
 pub type Snapshot = BTreeMap<String, (u64, u64)>;
 
+/// Each program counted once, however many descriptors of it `pid` holds (the daemon keeps a
+/// second one of each, to read its skipped runs at scrape time).
 pub fn snapshot(pid: u32) -> Result<Snapshot> {
     let mut programs = Snapshot::new();
+    let mut seen = BTreeSet::new();
     for entry in fs::read_dir(format!("/proc/{pid}/fdinfo"))? {
         let Ok(info) = fs::read_to_string(entry?.path()) else {
             continue;
@@ -56,6 +59,9 @@ pub fn snapshot(pid: u32) -> Result<Snapshot> {
         else {
             continue;
         };
+        if !seen.insert(id) {
+            continue;
+        }
         let name = program_name(id as u32).unwrap_or_else(|_| format!("program {id}"));
         let slot = programs.entry(name).or_default();
         slot.0 += count;
