@@ -11,8 +11,8 @@ use aya_ebpf::bindings::{
 };
 use tcpobs_common::{
     BurstEvent, CloseEvent, EventHeader, FLAG_ANNOUNCED, FLAG_APP_CLOSED, FLAG_IGNORED,
-    FLAG_PARTIAL, Offsets, OpenEvent, Owner, SockRecord, StateEvent, kind, role, seed, spill_tag,
-    stat, tcp_state, teardown,
+    FLAG_PARTIAL, Offsets, OpenEvent, Owner, SHORT_RECORD_BYTES, ShortCloseEvent, SockRecord,
+    StateEvent, kind, role, seed, spill_tag, stat, tcp_state, teardown,
 };
 
 use crate::{
@@ -177,8 +177,9 @@ pub fn emit_state(sock: u64, rec: &SockRecord, old: u8, new: u8, ts_ns: u64) {
     });
 }
 
-/// Sends the final record, with the kernel's TCP counters, and forgets the socket. A record
-/// the ring buffer cannot take is spilled ([`spill`]); one that cannot be spilled either is
+/// Sends the final record, with the kernel's TCP counters, and forgets the socket: a record
+/// that kept no timeline span as a [`ShortCloseEvent`], else whole. A record the ring buffer
+/// cannot take is spilled ([`spill`]); one that cannot be spilled either is
 /// counted by role: as a connection nothing of which reached the daemon, or, if its open did
 /// ([`FLAG_ANNOUNCED`]), as a close the daemon's audit will miss.
 #[inline(never)]
@@ -188,28 +189,66 @@ pub fn finish<R: Read>(sk: Sock<R>, rec: &mut SockRecord, ts_ns: u64) {
     sk.diag_at_close(&offsets().diag, &mut rec.diag);
     let hdr = header(kind::CLOSE, ts_ns, sock, rec);
     if !stopping() {
-        if let Some(mut entry) = EVENTS.reserve::<CloseEvent>(0) {
-            let event = entry.as_mut_ptr();
-            // SAFETY: a reserved ring buffer slot of the event's size, every field written
-            // before submit.
-            unsafe {
-                (*event).hdr = hdr;
-                (*event).record = *rec;
-            }
-            entry.submit(submit_flags());
-        } else if spill(hdr, rec) {
-            count(stat::CLOSE_SPILLED);
+        let sent = if rec.exchanges.kept == 0 {
+            send_short_close(hdr, rec)
         } else {
-            count(stat::RINGBUF_FULL);
-            let group = if rec.flags & FLAG_ANNOUNCED != 0 {
-                stat::CLOSE_DROPPED
+            send_close(hdr, rec)
+        };
+        if !sent {
+            if spill(hdr, rec) {
+                count(stat::CLOSE_SPILLED);
             } else {
-                stat::CLOSE_UNSEEN
-            };
-            count(stat::by_role(group, rec.role));
+                count(stat::RINGBUF_FULL);
+                let group = if rec.flags & FLAG_ANNOUNCED != 0 {
+                    stat::CLOSE_DROPPED
+                } else {
+                    stat::CLOSE_UNSEEN
+                };
+                count(stat::by_role(group, rec.role));
+            }
         }
     }
     let _: Result<(), i32> = SOCKETS.remove(sock);
+}
+
+/// Sends the close with the whole record. False if the ring buffer has no room.
+#[inline(always)]
+fn send_close(hdr: EventHeader, rec: &SockRecord) -> bool {
+    let Some(mut entry) = EVENTS.reserve::<CloseEvent>(0) else {
+        return false;
+    };
+    let event = entry.as_mut_ptr();
+    // SAFETY: a reserved ring buffer slot of the event's size, every field written before
+    // submit.
+    unsafe {
+        (*event).hdr = hdr;
+        (*event).record = *rec;
+    }
+    entry.submit(submit_flags());
+    true
+}
+
+/// Sends the close of a record with no timeline span as a [`ShortCloseEvent`] (the record
+/// without its spans and padding, all zero). False if the ring buffer has no room.
+#[inline(always)]
+fn send_short_close(hdr: EventHeader, rec: &SockRecord) -> bool {
+    let Some(mut entry) = EVENTS.reserve::<ShortCloseEvent>(0) else {
+        return false;
+    };
+    let event = entry.as_mut_ptr();
+    // SAFETY: a reserved ring buffer slot of the event's size; the record's first
+    // `SHORT_RECORD_BYTES` (a multiple of 8, both sides 8-aligned) copied as words, every
+    // byte written before submit.
+    unsafe {
+        (*event).hdr = hdr;
+        core::ptr::copy_nonoverlapping(
+            (rec as *const SockRecord).cast::<u64>(),
+            (&raw mut (*event).record).cast::<u64>(),
+            SHORT_RECORD_BYTES / 8,
+        );
+    }
+    entry.submit(submit_flags());
+    true
 }
 
 /// Keeps a close record the ring buffer cannot take: a copy in `SOCKETS` under its

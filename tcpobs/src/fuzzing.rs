@@ -148,6 +148,7 @@ pub(crate) fn decode_checked(record: &[u8]) -> Option<KernelEvent<'_>> {
         KernelEvent::Burst(e) => (e as *const _ as usize, size_of_val(e)),
         KernelEvent::State(e) => (e as *const _ as usize, size_of_val(e)),
         KernelEvent::Close(e) => (e as *const _ as usize, size_of_val(e)),
+        KernelEvent::ShortClose(e) => (e as *const _ as usize, size_of_val(e)),
         KernelEvent::Dns(e) => (e as *const _ as usize, size_of_val(e)),
         KernelEvent::Tls(e) => (e as *const _ as usize, size_of_val(e)),
     };

@@ -1,7 +1,8 @@
 //! Ring buffer records to typed events.
 
 use tcpobs_common::{
-    BurstEvent, CloseEvent, DnsEvent, EventHeader, OpenEvent, StateEvent, TlsEvent, kind,
+    BurstEvent, CloseEvent, DnsEvent, EventHeader, OpenEvent, ShortCloseEvent, StateEvent,
+    TlsEvent, kind,
 };
 use thiserror::Error;
 
@@ -27,6 +28,9 @@ pub(crate) enum KernelEvent<'a> {
     Burst(&'a BurstEvent),
     State(&'a StateEvent),
     Close(&'a CloseEvent),
+    /// A close whose record kept no timeline span, sent without the spans (kind `CLOSE`, told
+    /// apart by its length); [`ShortCloseEvent::widen`] makes it whole.
+    ShortClose(&'a ShortCloseEvent),
     /// A `getaddrinfo` call returned.
     Dns(&'a DnsEvent),
     /// A TLS handshake call returned, or an unfinished handshake was freed.
@@ -44,6 +48,7 @@ impl KernelEvent<'_> {
             Self::Burst(e) => &e.hdr,
             Self::State(e) => &e.hdr,
             Self::Close(e) => &e.hdr,
+            Self::ShortClose(e) => &e.hdr,
             Self::Dns(e) => &e.hdr,
             Self::Tls(e) => &e.hdr,
         }
@@ -117,7 +122,10 @@ impl<'a> TryFrom<&'a [u8]> for KernelEvent<'a> {
             kind::OPEN => Self::Open(decode(header.kind, bytes)?),
             kind::BURST => Self::Burst(decode(header.kind, bytes)?),
             kind::STATE => Self::State(decode(header.kind, bytes)?),
-            kind::CLOSE => Self::Close(decode(header.kind, bytes)?),
+            kind::CLOSE if bytes.len() >= size_of::<CloseEvent>() => {
+                Self::Close(decode(header.kind, bytes)?)
+            }
+            kind::CLOSE => Self::ShortClose(decode(header.kind, bytes)?),
             kind::CONNECT => Self::Connect(decode(header.kind, bytes)?),
             kind::DNS => Self::Dns(decode(header.kind, bytes)?),
             kind::TLS => Self::Tls(decode(header.kind, bytes)?),
@@ -128,7 +136,7 @@ impl<'a> TryFrom<&'a [u8]> for KernelEvent<'a> {
 
 #[cfg(test)]
 mod tests {
-    use tcpobs_common::{SockRecord, tcp_state};
+    use tcpobs_common::{SHORT_RECORD_BYTES, SockRecord, tcp_state};
 
     use super::*;
 
@@ -166,6 +174,28 @@ mod tests {
         let decoded = KernelEvent::try_from(bytes_of(&close)).unwrap();
         assert_eq!(decoded, KernelEvent::Close(&close));
         assert_eq!(KIND_NAMES[decoded.kind_index()], "close");
+        // The same close without its timeline spans: told apart by length, made whole.
+        let short = ShortCloseEvent {
+            hdr: close.hdr,
+            record: bytes_of(&close.record)[..SHORT_RECORD_BYTES]
+                .try_into()
+                .unwrap(),
+        };
+        let decoded = KernelEvent::try_from(bytes_of(&short)).unwrap();
+        assert_eq!(decoded, KernelEvent::ShortClose(&short));
+        assert_eq!(KIND_NAMES[decoded.kind_index()], "close");
+        let KernelEvent::ShortClose(decoded) = decoded else {
+            unreachable!()
+        };
+        assert_eq!(decoded.widen(), close);
+        assert_eq!(
+            KernelEvent::try_from(&bytes_of(&close)[..300]),
+            Err(DecodeError::Truncated {
+                kind: kind::CLOSE,
+                need: size_of::<ShortCloseEvent>(),
+                got: 300
+            })
+        );
         let mut dns = DnsEvent {
             hdr: hdr(kind::DNS),
             result: -2,

@@ -287,6 +287,7 @@ impl Tracker {
             }
             KernelEvent::State(state) => self.on_state(state, out),
             KernelEvent::Close(close) => self.on_close(close, out),
+            KernelEvent::ShortClose(close) => self.on_close(&close.widen(), out),
             KernelEvent::Dns(dns) => self.on_dns(dns, out),
             KernelEvent::Tls(tls) => self.on_tls(tls, out),
         }
@@ -299,6 +300,7 @@ impl Tracker {
         let hdr = match event {
             KernelEvent::Connect(open) | KernelEvent::Open(open) => &open.hdr,
             KernelEvent::Close(close) => &close.hdr,
+            KernelEvent::ShortClose(close) => &close.hdr,
             _ => return None,
         };
         self.conns
