@@ -1,4 +1,5 @@
-//! Kernel-side filters: which sockets are traced at all.
+//! Kernel-side filters: which sockets are traced at all, and (the pid and cgroup filters only)
+//! which processes' name resolutions and TLS handshakes ([`current_process_allowed`]).
 //!
 //! The daemon writes the sets (`PORT_FILTER`, `CIDR4_FILTER`, `CIDR6_FILTER`, `PID_FILTER`,
 //! `CGROUP_FILTER`) and the modes (`FILTER[0]`); they can change at runtime. A socket is judged
@@ -143,14 +144,31 @@ pub fn allowed(endpoints: &Endpoints, owner: impl FnOnce() -> Option<Owner>) -> 
         PORT_FILTER.get_ptr(endpoints.lport).is_some()
             || PORT_FILTER.get_ptr(endpoints.rport).is_some()
     }) && applies(cidrs, || cidr_match(endpoints))
-        && (pids | cgroups == filter_mode::OFF || {
-            let owner = owner();
-            applies(pids, || {
-                owner.is_some_and(|owner| PID_FILTER.get_ptr(owner.pid).is_some())
-            }) && applies(cgroups, || {
-                owner.is_some_and(|owner| CGROUP_FILTER.get_ptr(owner.cgroup).is_some())
-            })
-        })
+        && (pids | cgroups == filter_mode::OFF || owner_allowed(pids, cgroups, owner()))
+}
+
+/// Whether `owner` passes the pid and cgroup filters in these modes (an unknown owner fails
+/// an include filter and passes an exclude filter).
+#[inline(always)]
+fn owner_allowed(pids: u8, cgroups: u8, owner: Option<Owner>) -> bool {
+    applies(pids, || {
+        owner.is_some_and(|owner| PID_FILTER.get_ptr(owner.pid).is_some())
+    }) && applies(cgroups, || {
+        owner.is_some_and(|owner| CGROUP_FILTER.get_ptr(owner.cgroup).is_some())
+    })
+}
+
+/// Whether the current process passes the pid and cgroup filters, for what no socket carries
+/// yet: a name resolution, a TLS handshake (the libcall families). The port and CIDR filters
+/// cannot apply to them: a resolution comes before any connection, and a handshake's socket
+/// is judged on its own.
+#[inline(always)]
+pub fn current_process_allowed() -> bool {
+    let Some(config) = FILTER.get(0) else {
+        return true;
+    };
+    let FilterConfig { pids, cgroups, .. } = *config;
+    pids | cgroups == filter_mode::OFF || owner_allowed(pids, cgroups, Some(current_owner()))
 }
 
 #[inline(always)]

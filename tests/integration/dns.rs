@@ -7,19 +7,21 @@
 //! processes each test starts.
 
 use std::{
+    io::{BufRead as _, BufReader, Write as _},
     process::{Command, Stdio},
     thread,
     time::{Duration, Instant},
 };
 
 use tcpobs::{
+    config::live::Filter,
     kernel::libcalls::RESCAN_INTERVAL,
     model::{DnsFailure, Role},
 };
 use tcpobs_tests::{
     Capture, PATIENCE, closed_port, connections,
     daemon::Daemon,
-    listen,
+    listen, options,
     phases::{
         CONNECT_BY_NAME, LOOPBACK, Ran, Scratch, accept_one, client_of, dns_records, in_namespace,
         musl_resolver, python, run, timeline_names,
@@ -256,4 +258,55 @@ fn a_resolver_on_a_closed_port_is_a_transient_failure() {
     assert_eq!(dns.code, -3, "EAI_AGAIN: {dns:?}");
     assert_eq!(dns.failure(), Some(DnsFailure::Transient));
     assert!(u128::from(dns.duration_ns) <= ran.elapsed.as_nanos());
+}
+
+/// The process filters apply to resolutions, by the process that makes the call: with
+/// `--pid` one process, its resolutions are reported and another's, made between them, is not.
+#[test]
+fn the_pid_filter_picks_whose_resolutions_are_reported() {
+    // Resolves `localhost` once per line read, and says so: its pid is known before it
+    // resolves anything.
+    const RESOLVE_PER_LINE: &str = "import socket, sys\n\
+        for _ in range(2):\n    \
+            sys.stdin.readline()\n    \
+            socket.getaddrinfo('localhost', 80)\n    \
+            print('resolved', flush=True)\n";
+    let mut chosen = Command::new(python())
+        .args(["-c", RESOLVE_PER_LINE])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut options = options(&[closed_port()]);
+    options.filters.pids = Filter::Include(vec![chosen.id()]);
+    let capture = Capture::start_with(options);
+    let mut stdin = chosen.stdin.take().unwrap();
+    let mut stdout = BufReader::new(chosen.stdout.take().unwrap());
+    let mut resolve = |count| {
+        stdin.write_all(b"go\n").unwrap();
+        let mut line = String::new();
+        stdout.read_line(&mut line).unwrap();
+        assert_eq!(line.trim(), "resolved");
+        capture.wait_for(
+            &format!("resolution {count} of the chosen process"),
+            |records| {
+                let mine = dns_records(records, chosen.id());
+                (mine.len() == count).then_some(())
+            },
+        );
+    };
+    // The probes are in place once the first is seen.
+    resolve(1);
+    let mut getent = Command::new("getent");
+    getent.args(["ahosts", "localhost"]);
+    let other = run(getent);
+    assert!(other.output.status.success(), "{:?}", other.output);
+    // Its event, had it been sent, came before this one.
+    resolve(2);
+    drop(stdin);
+    assert!(chosen.wait().unwrap().success());
+    let (records, _) = capture.stop();
+    assert_eq!(dns_records(&records, chosen.id()).len(), 2);
+    assert_eq!(dns_records(&records, other.pid), Vec::new());
 }

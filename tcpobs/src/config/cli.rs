@@ -227,7 +227,8 @@ pub struct Cli {
     pub(crate) exclude_cidrs: Vec<Cidr>,
 
     /// Trace only connections of process PID (the connecting process, or the one listening
-    /// on the port of an accepted connection). Repeatable. Runtime setting.
+    /// on the port of an accepted connection), and only its name resolutions and TLS
+    /// handshakes. Repeatable. Runtime setting.
     #[arg(
         long = "pid",
         value_name = "PID",
@@ -236,7 +237,8 @@ pub struct Cli {
     )]
     pub(crate) pids: Vec<u32>,
 
-    /// Trace only connections not owned by process PID.
+    /// Trace only connections not owned by process PID (nor its name resolutions and TLS
+    /// handshakes).
     #[arg(
         long = "exclude-pid",
         value_name = "PID",
@@ -245,8 +247,9 @@ pub struct Cli {
     )]
     pub(crate) exclude_pids: Vec<u32>,
 
-    /// Trace only connections of processes in this cgroup v2 (a path, absolute or relative to
-    /// the cgroup v2 mount, normally /sys/fs/cgroup, or an id). Repeatable. Runtime setting.
+    /// Trace only connections (and name resolutions and TLS handshakes) of processes in this
+    /// cgroup v2 (a path, absolute or relative to the cgroup v2 mount, normally
+    /// /sys/fs/cgroup, or an id). Repeatable. Runtime setting.
     #[arg(
         long = "cgroup",
         value_name = "PATH|ID",
@@ -255,7 +258,8 @@ pub struct Cli {
     )]
     pub(crate) cgroups: Vec<CgroupRef>,
 
-    /// Trace only connections of processes outside this cgroup v2.
+    /// Trace only connections (and name resolutions and TLS handshakes) of processes outside
+    /// this cgroup v2.
     #[arg(
         long = "exclude-cgroup",
         value_name = "PATH|ID",

@@ -28,6 +28,7 @@ use tcpobs_common::{
 };
 
 use crate::{
+    filter::current_process_allowed,
     helpers::{current_task, now_ns},
     record::emit,
 };
@@ -62,6 +63,9 @@ pub fn getaddrinfo_entry(ctx: ProbeContext) -> u32 {
     let (Some(node), Some(res)) = (ctx.arg::<u64>(0), ctx.arg::<u64>(3)) else {
         return 0;
     };
+    if !current_process_allowed() {
+        return 0;
+    }
     let call = DnsCall {
         node,
         res,

@@ -44,6 +44,7 @@ use tcpobs_common::{
 };
 
 use crate::{
+    filter::current_process_allowed,
     helpers::{current_task, now_ns},
     maps::count,
     record::emit,
@@ -146,6 +147,9 @@ fn on_entry(ctx: &ProbeContext, func: u8) {
     let Some(ssl) = ctx.arg::<u64>(0) else {
         return;
     };
+    if !current_process_allowed() {
+        return;
+    }
     let thread = bpf_get_current_pid_tgid();
     let call = TlsCall {
         ssl,
