@@ -11,14 +11,14 @@ use std::{
 };
 
 use tcpobs::{
-    config::live::Thresholds,
+    config::live::{Filter, Thresholds},
     export::output::select::{AnomalyLimits, anomalies_of},
     model::Role,
 };
 use tcpobs_tests::{
     Capture, PATIENCE, closed_port, connections,
     daemon::Daemon,
-    listen,
+    listen, options,
     phases::{
         Pki, Scratch, TLS_HOST, TlsServer, client_of, curl_tls_host, python_tls_client,
         python_tls_command, timeline_names, tls_records,
@@ -165,4 +165,34 @@ fn a_thread_killed_inside_a_handshake_is_reaped() {
         assert!(Instant::now() < deadline, "{:#?}", daemon.log());
         thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// The process filters apply to handshakes, by the process that makes the call: with the
+/// server's process excluded, the client's handshake is reported and the server's is not.
+#[test]
+fn an_excluded_process_handshakes_unreported() {
+    let scratch = Scratch::new("pki");
+    let pki = Pki::new(&scratch);
+    let port = closed_port();
+    let server = TlsServer::start(&pki, port, 1, false);
+    let mut options = options(&[port]);
+    options.filters.pids = Filter::Exclude(vec![server.pid()]);
+    let capture = Capture::start_with(options);
+    let ran = python_tls_client(port, &pki.ca);
+    assert_eq!(ran.stdout().trim(), "ok", "{:?}", ran.output);
+    // The client's connection closes after the server has answered its data, so after the
+    // server's handshake call returned: its event, had it been sent, came first.
+    let (handshake, client) = capture.wait_for("the client's handshake and close", |records| {
+        let handshake = tls_records(records, ran.pid).into_iter().next()?;
+        Some((handshake, client_of(records, ran.pid, port)?))
+    });
+    assert!(handshake.ok, "{handshake:?}");
+    assert_eq!(handshake.conn_id, Some(client.id), "{client:#?}");
+    let (records, _) = capture.stop();
+    assert_eq!(tls_records(&records, server.pid()), Vec::new());
+    // The server's end of the connection is excluded too (it belongs to the listener).
+    assert!(
+        connections(&records).iter().all(|c| c.role != Role::Server),
+        "{records:#?}"
+    );
 }
