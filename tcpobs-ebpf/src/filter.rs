@@ -158,10 +158,10 @@ fn owner_allowed(pids: u8, cgroups: u8, owner: Option<Owner>) -> bool {
     })
 }
 
-/// Whether the current process passes the pid and cgroup filters, for what no socket carries
-/// yet: a name resolution, a TLS handshake (the libcall families). The port and CIDR filters
-/// cannot apply to them: a resolution comes before any connection, and a handshake's socket
-/// is judged on its own.
+/// Whether the current process passes the pid and cgroup filters, for what no traced socket
+/// carries: a name resolution, a TLS handshake on no traced socket (the libcall families,
+/// judged as they are reported). The port and CIDR filters cannot apply to them: a
+/// resolution comes before any connection.
 #[inline(always)]
 pub fn current_process_allowed() -> bool {
     let Some(config) = FILTER.get(0) else {

@@ -298,15 +298,28 @@ fn the_pid_filter_picks_whose_resolutions_are_reported() {
     };
     // The probes are in place once the first is seen.
     resolve(1);
-    let mut getent = Command::new("getent");
-    getent.args(["ahosts", "localhost"]);
-    let other = run(getent);
+    // Another process, resolving the same way (the same interpreter, the same C library, whose
+    // resolutions the chosen one's show are seen).
+    let mut command = Command::new(python());
+    command.args(["-c", "import socket; socket.getaddrinfo('localhost', 80)"]);
+    let other = run(command);
     assert!(other.output.status.success(), "{:?}", other.output);
     // Its event, had it been sent, came before this one.
     resolve(2);
     drop(stdin);
-    assert!(chosen.wait().unwrap().success());
+    assert!(
+        chosen.wait().unwrap().success(),
+        "the chosen process failed"
+    );
     let (records, _) = capture.stop();
-    assert_eq!(dns_records(&records, chosen.id()).len(), 2);
-    assert_eq!(dns_records(&records, other.pid), Vec::new());
+    assert_eq!(
+        dns_records(&records, chosen.id()).len(),
+        2,
+        "the chosen process's two resolutions"
+    );
+    assert_eq!(
+        dns_records(&records, other.pid),
+        Vec::new(),
+        "the other process is not in the pid filter"
+    );
 }

@@ -227,8 +227,8 @@ pub struct Cli {
     pub(crate) exclude_cidrs: Vec<Cidr>,
 
     /// Trace only connections of process PID (the connecting process, or the one listening
-    /// on the port of an accepted connection), and only its name resolutions and TLS
-    /// handshakes. Repeatable. Runtime setting.
+    /// on the port of an accepted connection), and only its name resolutions (and TLS
+    /// handshakes on no traced connection). Repeatable. Runtime setting.
     #[arg(
         long = "pid",
         value_name = "PID",
@@ -237,8 +237,8 @@ pub struct Cli {
     )]
     pub(crate) pids: Vec<u32>,
 
-    /// Trace only connections not owned by process PID (nor its name resolutions and TLS
-    /// handshakes).
+    /// Trace only connections not owned by process PID (nor its name resolutions, nor its
+    /// TLS handshakes on no traced connection).
     #[arg(
         long = "exclude-pid",
         value_name = "PID",
@@ -247,9 +247,9 @@ pub struct Cli {
     )]
     pub(crate) exclude_pids: Vec<u32>,
 
-    /// Trace only connections (and name resolutions and TLS handshakes) of processes in this
-    /// cgroup v2 (a path, absolute or relative to the cgroup v2 mount, normally
-    /// /sys/fs/cgroup, or an id). Repeatable. Runtime setting.
+    /// Trace only connections (and name resolutions) of processes in this cgroup v2 (a path,
+    /// absolute or relative to the cgroup v2 mount, normally /sys/fs/cgroup, or an id).
+    /// Repeatable. Runtime setting.
     #[arg(
         long = "cgroup",
         value_name = "PATH|ID",
@@ -258,8 +258,7 @@ pub struct Cli {
     )]
     pub(crate) cgroups: Vec<CgroupRef>,
 
-    /// Trace only connections (and name resolutions and TLS handshakes) of processes outside
-    /// this cgroup v2.
+    /// Trace only connections (and name resolutions) of processes outside this cgroup v2.
     #[arg(
         long = "exclude-cgroup",
         value_name = "PATH|ID",

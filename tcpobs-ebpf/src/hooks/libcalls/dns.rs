@@ -63,9 +63,6 @@ pub fn getaddrinfo_entry(ctx: ProbeContext) -> u32 {
     let (Some(node), Some(res)) = (ctx.arg::<u64>(0), ctx.arg::<u64>(3)) else {
         return 0;
     };
-    if !current_process_allowed() {
-        return 0;
-    }
     let call = DnsCall {
         node,
         res,
@@ -84,6 +81,10 @@ pub fn getaddrinfo_return(ctx: RetProbeContext) -> u32 {
         return 0;
     };
     let _ = DNS_CALLS.remove(thread);
+    // Judged as it is reported, so that a filter changed during the call applies.
+    if !current_process_allowed() {
+        return 0;
+    }
     let result: i32 = ctx.ret();
     emit_dns(&call, result);
     0

@@ -147,9 +147,6 @@ fn on_entry(ctx: &ProbeContext, func: u8) {
     let Some(ssl) = ctx.arg::<u64>(0) else {
         return;
     };
-    if !current_process_allowed() {
-        return;
-    }
     let thread = bpf_get_current_pid_tgid();
     let call = TlsCall {
         ssl,
@@ -237,8 +234,14 @@ fn on_free(ssl: u64) {
     emit_tls(ssl, &pending, 0, tls_step::FREED);
 }
 
+/// Sends a handshake's outcome: always for one on a traced socket (the data hooks note only
+/// those), which its connection's filters judged; otherwise if the calling process passes the
+/// pid and cgroup filters.
 #[inline(never)]
 fn emit_tls(ssl: u64, handshake: &TlsPending, ret: i32, step: u8) {
+    if handshake.sock == 0 && !current_process_allowed() {
+        return;
+    }
     let now = now_ns();
     // SAFETY: the pointer is a reserved ring buffer slot of a `TlsEvent`; every field is
     // written before submit.
