@@ -163,7 +163,7 @@ pub const DROP_REASONS: u32 = 1024;
 pub struct DiagOffsets {
     /// `tcp_sock.chrono_start` (u32).
     pub chrono_start: u16,
-    /// `tcp_sock.chrono_stat` (u32[3]).
+    /// `tcp_sock.chrono_stat` (`u32[3]`).
     pub chrono_stat: u16,
     /// The byte holding `tcp_sock.chrono_type`, its bit shift and mask (a 2-bit bitfield before
     /// Linux 6.8, a byte since).

@@ -47,6 +47,7 @@
 #![no_std]
 
 pub mod diag;
+mod events;
 pub mod exchanges;
 pub mod folds;
 pub mod libcalls;
@@ -55,6 +56,9 @@ pub mod offsets;
 pub mod seed;
 
 pub use diag::{DiagOffsets, DiagStats, ListenSample, ListenSock, SockSample};
+pub use events::{
+    BurstEvent, CloseEvent, EventHeader, OpenEvent, SHORT_RECORD_BYTES, ShortCloseEvent, StateEvent,
+};
 pub use exchanges::DataSink;
 pub use folds::{FoldConfig, Folds, HistSlot, RoleFolds};
 pub use libcalls::{DnsCall, DnsEvent, TlsCall, TlsEvent, TlsPending};
@@ -280,22 +284,6 @@ pub struct Listener {
     pub _pad: u32,
 }
 
-/// Header of every ring buffer event.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct EventHeader {
-    /// One of [`kind`].
-    pub kind: u32,
-    pub _pad: u32,
-    /// When the event happened (`CLOCK_MONOTONIC` ns).
-    pub ts_ns: u64,
-    /// Kernel address of the `struct sock`; with `start_ns`, the connection's identity.
-    pub sock: u64,
-    /// When the kernel started tracking this socket (`CLOCK_MONOTONIC` ns): the SYN for
-    /// connections seen from the start, the first sighting for partial ones.
-    pub start_ns: u64,
-}
-
 /// Addresses and ports of a socket.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -405,11 +393,20 @@ pub struct SockRecord {
     /// Why it was slow or stuck: chrono counters and RTOs read at close, SYN retransmits, the
     /// accept, drops ([`diag`]).
     pub diag: DiagStats,
-    /// The exchanges completed so far (all but the one in progress).
+    /// The exchanges completed so far (all but the one in progress). Its timeline spans come
+    /// last, then the padding: a [`ShortCloseEvent`] leaves both out, so nothing else may
+    /// follow them.
     pub exchanges: ExchangeSummary,
     /// Pads the table's elements to a multiple of a cache line (see above).
     pub _tail: [u8; 16],
 }
+
+// What a short close leaves out is the spans and the padding, and only them.
+const _: () = assert!(
+    SHORT_RECORD_BYTES + size_of::<[TimelineSpan; TIMELINE_SPANS]>()
+        == core::mem::offset_of!(SockRecord, _tail)
+        && core::mem::offset_of!(SockRecord, _tail) + 16 == size_of::<SockRecord>()
+);
 
 /// Exchanges a connection's timeline keeps besides its last: the first ones.
 pub const TIMELINE_SPANS: usize = 15;
@@ -459,98 +456,6 @@ pub struct TcpStats {
     pub bytes_acked: u64,
     /// `bytes_received`: bytes received in order (RFC 4898 `tcpEStatsAppHCThruOctetsReceived`).
     pub bytes_received: u64,
-}
-
-/// A connection was established, or an already-open socket was seen for the first time.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct OpenEvent {
-    pub hdr: EventHeader,
-    pub endpoints: Endpoints,
-    pub task: Task,
-    /// One of [`role`].
-    pub role: u8,
-    /// `FLAG_*` bits ([`FLAG_PARTIAL`] for a socket already open when first seen).
-    pub flags: u8,
-    /// The socket's TCP state ([`tcp_state`]).
-    pub state: u8,
-    pub _pad: [u8; 5],
-}
-
-/// An exchange ended: the next request began at `hdr.ts_ns` (the end of the exchange's idle
-/// gap). Sent only while the daemon asks for every exchange (see the module docs).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct BurstEvent {
-    pub hdr: EventHeader,
-    /// The request burst ([`direction::NONE`] for a response without a request: a server
-    /// that speaks first).
-    pub request: Burst,
-    /// The response burst.
-    pub response: Burst,
-    /// Who the socket belongs to so far (a server socket learns it at its first recv).
-    pub task: Task,
-    /// The exchange's number on its connection, from 1.
-    pub seq: u32,
-    pub _pad: u32,
-}
-
-/// A teardown state transition.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct StateEvent {
-    pub hdr: EventHeader,
-    /// Previous state ([`tcp_state`]).
-    pub old_state: u8,
-    /// New state ([`tcp_state`]).
-    pub new_state: u8,
-    pub _pad: [u8; 6],
-}
-
-/// The socket is done; `record` is its final record, including the burst in progress.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct CloseEvent {
-    pub hdr: EventHeader,
-    pub record: SockRecord,
-}
-
-/// The bytes of a [`SockRecord`] a [`ShortCloseEvent`] carries: everything before the
-/// exchange summary's timeline spans.
-pub const SHORT_RECORD_BYTES: usize =
-    core::mem::offset_of!(SockRecord, exchanges) + core::mem::offset_of!(ExchangeSummary, spans);
-
-/// A close (kind [`kind::CLOSE`]) whose record kept no timeline span (`exchanges.kept == 0`:
-/// no exchange ended before the last one, as on every connection that makes one request):
-/// the record without its spans and padding, which are zero. 352 bytes of the ring buffer
-/// instead of 488, two cache lines fewer to write at each such close; the daemon tells the two
-/// apart by length and reads this one as a [`CloseEvent`] with those bytes zero.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ShortCloseEvent {
-    pub hdr: EventHeader,
-    pub record: [u8; SHORT_RECORD_BYTES],
-}
-
-impl ShortCloseEvent {
-    /// The whole close this stands for: the record's left-out bytes zero.
-    pub fn widen(&self) -> CloseEvent {
-        let mut close = CloseEvent {
-            hdr: self.hdr,
-            ..CloseEvent::default()
-        };
-        // SAFETY: `SockRecord` is plain `#[repr(C)]` data with no implicit padding (the layout
-        // tests), every byte pattern a valid value; the first `SHORT_RECORD_BYTES` of it are
-        // overwritten with as many bytes, in bounds of both.
-        unsafe {
-            core::ptr::copy_nonoverlapping(
-                self.record.as_ptr(),
-                (&raw mut close.record).cast::<u8>(),
-                SHORT_RECORD_BYTES,
-            );
-        }
-        close
-    }
 }
 
 #[cfg(feature = "user")]

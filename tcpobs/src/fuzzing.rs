@@ -22,8 +22,8 @@ use chrono::{DateTime, Local};
 use prometheus_client::registry::Registry;
 use serde_json::{Value, json};
 use tcpobs_common::{
-    BurstEvent, CloseEvent, DnsEvent, EventHeader, OpenEvent, SockRecord, StateEvent, TlsEvent,
-    kind,
+    BurstEvent, CloseEvent, DnsEvent, EventHeader, OpenEvent, ShortCloseEvent, SockRecord,
+    StateEvent, TlsEvent, kind,
 };
 
 use crate::{
@@ -297,7 +297,15 @@ pub fn ring_buffer(data: &[u8]) {
                 };
                 bytes[..size_of::<EventHeader>()].copy_from_slice(bytes_of(&header));
                 if cut {
-                    bytes.truncate(usize::from(input.byte().unwrap_or(0)));
+                    let at = usize::from(input.byte().unwrap_or(0));
+                    // A close cut at 128 or more is a short close (its record without the
+                    // timeline spans), as the kernel sends for a one-request connection.
+                    let at = if kind == kind::CLOSE && at >= 128 {
+                        size_of::<ShortCloseEvent>()
+                    } else {
+                        at
+                    };
+                    bytes.truncate(at);
                 }
                 Some(RingRecord::new(&bytes, 0))
             }

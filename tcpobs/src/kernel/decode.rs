@@ -70,6 +70,7 @@ pub(crate) enum OwnedEvent {
     Burst(BurstEvent),
     State(StateEvent),
     Close(CloseEvent),
+    ShortClose(ShortCloseEvent),
     Dns(DnsEvent),
     Tls(TlsEvent),
 }
@@ -83,6 +84,7 @@ impl OwnedEvent {
             Self::Burst(e) => KernelEvent::Burst(e),
             Self::State(e) => KernelEvent::State(e),
             Self::Close(e) => KernelEvent::Close(e),
+            Self::ShortClose(e) => KernelEvent::ShortClose(e),
             Self::Dns(e) => KernelEvent::Dns(e),
             Self::Tls(e) => KernelEvent::Tls(e),
         }

@@ -2,6 +2,8 @@
 //! socket reused without a close, still open at shutdown), the live counts, and the size of
 //! a live connection.
 
+use tcpobs_common::{SHORT_RECORD_BYTES, ShortCloseEvent};
+
 use super::*;
 
 /// A socket already open when tcpobs started: role unknown, partial, no exchange guessed.
@@ -118,6 +120,43 @@ fn reused_socket_without_close_reports_the_old_connection_lost() {
         exchanges.is_empty(),
         "the old connection's bursts never left the kernel: {exchanges:?}"
     );
+}
+
+/// A one-request connection's close sent short (its record without the timeline spans, as the
+/// kernel sends it) makes the same connection record as the whole close.
+#[test]
+fn a_short_close_makes_the_same_record_as_a_whole_one() {
+    let whole: Vec<OwnedEvent> = Sock::client(0)
+        .established(50 * US)
+        .send(MS, 100)
+        .recv(2 * MS, 200)
+        .close(5 * MS, 0)
+        .into_iter()
+        .collect();
+    let short: Vec<OwnedEvent> = whole
+        .iter()
+        .map(|event| match event {
+            OwnedEvent::Close(close) => {
+                assert_eq!(close.record.exchanges.kept, 0, "no span to leave out");
+                // SAFETY: the bytes of a plain `#[repr(C)]` record, in bounds.
+                let bytes = unsafe {
+                    std::slice::from_raw_parts(
+                        (&raw const close.record).cast::<u8>(),
+                        SHORT_RECORD_BYTES,
+                    )
+                };
+                OwnedEvent::ShortClose(ShortCloseEvent {
+                    hdr: close.hdr,
+                    record: bytes.try_into().unwrap(),
+                })
+            }
+            other => *other,
+        })
+        .collect();
+    let (_, whole_connections, _) = run(&whole);
+    let (_, short_connections, _) = run(&short);
+    assert_eq!(whole_connections.len(), 1);
+    assert_eq!(short_connections, whole_connections);
 }
 
 /// A close of an older generation read after the newer one's open (the ring buffer was full
