@@ -113,8 +113,18 @@ pub fn emit<T: 'static>(fill: impl FnOnce(*mut T)) -> bool {
     if stopping() {
         return true;
     }
-    let Some(mut entry) = EVENTS.reserve::<T>(0) else {
+    if !send(fill) {
         count(stat::RINGBUF_FULL);
+        return false;
+    }
+    true
+}
+
+/// Reserves a `T` in the ring buffer, lets `fill` write every field, and submits it. False if
+/// the ring buffer has no room (nothing counted: the caller decides what that costs).
+#[inline(always)]
+fn send<T: 'static>(fill: impl FnOnce(*mut T)) -> bool {
+    let Some(mut entry) = EVENTS.reserve::<T>(0) else {
         return false;
     };
     fill(entry.as_mut_ptr());
@@ -189,10 +199,24 @@ pub fn finish<R: Read>(sk: Sock<R>, rec: &mut SockRecord, ts_ns: u64) {
     sk.diag_at_close(&offsets().diag, &mut rec.diag);
     let hdr = header(kind::CLOSE, ts_ns, sock, rec);
     if !stopping() {
+        // SAFETY (both closures): the pointer is a reserved ring buffer slot of the event's
+        // size, and every byte is written before submit.
         let sent = if rec.exchanges.kept == 0 {
-            send_short_close(hdr, rec)
+            // The record's first `SHORT_RECORD_BYTES` (a multiple of 8, both sides 8-aligned),
+            // copied as words.
+            send(|event: *mut ShortCloseEvent| unsafe {
+                (*event).hdr = hdr;
+                core::ptr::copy_nonoverlapping(
+                    (rec as *const SockRecord).cast::<u64>(),
+                    (&raw mut (*event).record).cast::<u64>(),
+                    SHORT_RECORD_BYTES / 8,
+                );
+            })
         } else {
-            send_close(hdr, rec)
+            send(|event: *mut CloseEvent| unsafe {
+                (*event).hdr = hdr;
+                (*event).record = *rec;
+            })
         };
         if !sent {
             if spill(hdr, rec) {
@@ -209,46 +233,6 @@ pub fn finish<R: Read>(sk: Sock<R>, rec: &mut SockRecord, ts_ns: u64) {
         }
     }
     let _: Result<(), i32> = SOCKETS.remove(sock);
-}
-
-/// Sends the close with the whole record. False if the ring buffer has no room.
-#[inline(always)]
-fn send_close(hdr: EventHeader, rec: &SockRecord) -> bool {
-    let Some(mut entry) = EVENTS.reserve::<CloseEvent>(0) else {
-        return false;
-    };
-    let event = entry.as_mut_ptr();
-    // SAFETY: a reserved ring buffer slot of the event's size, every field written before
-    // submit.
-    unsafe {
-        (*event).hdr = hdr;
-        (*event).record = *rec;
-    }
-    entry.submit(submit_flags());
-    true
-}
-
-/// Sends the close of a record with no timeline span as a [`ShortCloseEvent`] (the record
-/// without its spans and padding, all zero). False if the ring buffer has no room.
-#[inline(always)]
-fn send_short_close(hdr: EventHeader, rec: &SockRecord) -> bool {
-    let Some(mut entry) = EVENTS.reserve::<ShortCloseEvent>(0) else {
-        return false;
-    };
-    let event = entry.as_mut_ptr();
-    // SAFETY: a reserved ring buffer slot of the event's size; the record's first
-    // `SHORT_RECORD_BYTES` (a multiple of 8, both sides 8-aligned) copied as words, every
-    // byte written before submit.
-    unsafe {
-        (*event).hdr = hdr;
-        core::ptr::copy_nonoverlapping(
-            (rec as *const SockRecord).cast::<u64>(),
-            (&raw mut (*event).record).cast::<u64>(),
-            SHORT_RECORD_BYTES / 8,
-        );
-    }
-    entry.submit(submit_flags());
-    true
 }
 
 /// Keeps a close record the ring buffer cannot take: a copy in `SOCKETS` under its
