@@ -93,6 +93,23 @@ pub struct ShortCloseEvent {
 }
 
 impl ShortCloseEvent {
+    /// The short form of `close`, as the kernel sends it (its record's first
+    /// `SHORT_RECORD_BYTES`), for the daemon's tests.
+    #[cfg(any(test, feature = "user"))]
+    pub fn of(close: &CloseEvent) -> Self {
+        // SAFETY: the first bytes of a plain `#[repr(C)]` value with no implicit padding (the
+        // layout tests), in bounds.
+        let bytes = unsafe {
+            core::slice::from_raw_parts((&raw const close.record).cast::<u8>(), SHORT_RECORD_BYTES)
+        };
+        let mut short = Self {
+            hdr: close.hdr,
+            record: [0; SHORT_RECORD_BYTES],
+        };
+        short.record.copy_from_slice(bytes);
+        short
+    }
+
     /// The whole close this stands for: the record's left-out bytes zero, and no span kept
     /// (whatever the copy says: a data hook on another CPU may have folded an exchange between
     /// the kernel's check and its copy).

@@ -512,16 +512,8 @@ mod tests {
             ts_ns: 9,
             ..EventHeader::default()
         };
-        let mut short = ShortCloseEvent {
-            hdr,
-            record: [0; SHORT_RECORD_BYTES],
-        };
-        // SAFETY: reads the first bytes of a plain `#[repr(C)]` value, in bounds.
-        let bytes = unsafe {
-            core::slice::from_raw_parts((&raw const record).cast::<u8>(), SHORT_RECORD_BYTES)
-        };
-        short.record.copy_from_slice(bytes);
-        assert_eq!(short.widen(), CloseEvent { hdr, record });
+        let close = CloseEvent { hdr, record };
+        assert_eq!(ShortCloseEvent::of(&close).widen(), close);
     }
 
     #[test]

@@ -138,7 +138,7 @@ impl<'a> TryFrom<&'a [u8]> for KernelEvent<'a> {
 
 #[cfg(test)]
 mod tests {
-    use tcpobs_common::{SHORT_RECORD_BYTES, SockRecord, tcp_state};
+    use tcpobs_common::{SockRecord, tcp_state};
 
     use super::*;
 
@@ -177,12 +177,7 @@ mod tests {
         assert_eq!(decoded, KernelEvent::Close(&close));
         assert_eq!(KIND_NAMES[decoded.kind_index()], "close");
         // The same close without its timeline spans: told apart by length, made whole.
-        let short = ShortCloseEvent {
-            hdr: close.hdr,
-            record: bytes_of(&close.record)[..SHORT_RECORD_BYTES]
-                .try_into()
-                .unwrap(),
-        };
+        let short = ShortCloseEvent::of(&close);
         let decoded = KernelEvent::try_from(bytes_of(&short)).unwrap();
         assert_eq!(decoded, KernelEvent::ShortClose(&short));
         assert_eq!(KIND_NAMES[decoded.kind_index()], "close");

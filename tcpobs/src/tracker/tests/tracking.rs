@@ -2,7 +2,7 @@
 //! socket reused without a close, still open at shutdown), the live counts, and the size of
 //! a live connection.
 
-use tcpobs_common::{SHORT_RECORD_BYTES, ShortCloseEvent};
+use tcpobs_common::ShortCloseEvent;
 
 use super::*;
 
@@ -138,17 +138,7 @@ fn a_short_close_makes_the_same_record_as_a_whole_one() {
         .map(|event| match event {
             OwnedEvent::Close(close) => {
                 assert_eq!(close.record.exchanges.kept, 0, "no span to leave out");
-                // SAFETY: the bytes of a plain `#[repr(C)]` record, in bounds.
-                let bytes = unsafe {
-                    std::slice::from_raw_parts(
-                        (&raw const close.record).cast::<u8>(),
-                        SHORT_RECORD_BYTES,
-                    )
-                };
-                OwnedEvent::ShortClose(ShortCloseEvent {
-                    hdr: close.hdr,
-                    record: bytes.try_into().unwrap(),
-                })
+                OwnedEvent::ShortClose(ShortCloseEvent::of(close))
             }
             other => *other,
         })
