@@ -1,7 +1,7 @@
 //! The ring buffer's connection events (the protocol is in the crate's docs): each starts
 //! with an [`EventHeader`].
 
-use crate::{Burst, Endpoints, ExchangeSummary, SockRecord, Task};
+use crate::{Burst, Endpoints, ExchangeSummary, SockRecord, Task, kind, tcp_state};
 
 /// Header of every ring buffer event.
 #[repr(C)]
@@ -33,7 +33,55 @@ pub struct OpenEvent {
     pub flags: u8,
     /// The socket's TCP state ([`tcp_state`](crate::tcp_state)).
     pub state: u8,
-    pub _pad: [u8; 5],
+    /// 1 for the open of a connection whose open was deferred ([`PendingOpens`]), sent late:
+    /// its close may already have stood for it, and `hdr.ts_ns` is when it was established.
+    pub deferred: u8,
+    pub _pad: [u8; 4],
+}
+
+/// The deferred opens of one CPU (the one entry of the per-CPU array
+/// [`names::PENDING_OPENS_MAP`](crate::names::PENDING_OPENS_MAP)).
+///
+/// When a connection is established the state program notes it here instead of sending its
+/// open event ([`SockRecord::open_deferred`] set). The list is flushed, the open of every
+/// connection still deferred sent (kind [`kind::OPEN`](crate::kind::OPEN) with
+/// [`OpenEvent::deferred`], and its `CLOSE_WAIT` state event if it is in that state), when it is
+/// full, when a connection is established and the oldest entry is older than
+/// [`OPEN_DEFER_NS`], and when the daemon runs the sampler on the CPU
+/// ([`sample::OPENS`](crate::diag::sample::OPENS)) because the list has stayed there as long.
+/// Any other event about a deferred connection (an exchange, a TLS handshake, `FIN_WAIT2`)
+/// sends its open first. A connection that closes while deferred needs no open event: its close
+/// carries the flag and the daemon makes the open from the record. Churned connections, most
+/// of which close before their open would be sent, then cost the kernel one ring buffer event
+/// a socket instead of two or three.
+///
+/// Only programs on the list's own CPU touch it; `busy` keeps a program that interrupts another
+/// mid-update (a softirq over a process-context run, or the sampler's run on the CPU) off it:
+/// that one sends its open at once instead.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PendingOpens {
+    pub busy: u32,
+    /// Entries in use, from the first.
+    pub count: u32,
+    /// When the first entry was added (`CLOCK_MONOTONIC` ns).
+    pub oldest_ns: u64,
+    pub entries: [PendingOpen; PENDING_OPEN_SLOTS],
+}
+
+/// Entries in a CPU's [`PendingOpens`].
+pub const PENDING_OPEN_SLOTS: usize = 256;
+
+/// How long an open may stay deferred, about: the list is flushed once its oldest entry is
+/// this old (on the CPU's next establishment, or by the daemon's next check).
+pub const OPEN_DEFER_NS: u64 = 100_000_000;
+
+/// A connection whose open is deferred: its socket and generation.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PendingOpen {
+    pub sock: u64,
+    pub start_ns: u64,
 }
 
 /// An exchange ended: the next request began at `hdr.ts_ns` (the end of the exchange's idle
@@ -90,6 +138,31 @@ pub const SHORT_RECORD_BYTES: usize =
 pub struct ShortCloseEvent {
     pub hdr: EventHeader,
     pub record: [u8; SHORT_RECORD_BYTES],
+}
+
+impl OpenEvent {
+    /// The open a close stands for, when its connection's open was deferred and never sent
+    /// ([`SockRecord::open_deferred`]): what the deferred open event would have said, as of
+    /// the close (the owner may be better known by then).
+    pub fn stood_for_by(close: &CloseEvent) -> Self {
+        let rec = &close.record;
+        Self {
+            hdr: EventHeader {
+                kind: kind::OPEN,
+                _pad: 0,
+                ts_ns: rec.established_ns,
+                sock: close.hdr.sock,
+                start_ns: close.hdr.start_ns,
+            },
+            endpoints: rec.endpoints,
+            task: rec.task,
+            role: rec.role,
+            flags: 0,
+            state: tcp_state::ESTABLISHED,
+            deferred: 1,
+            _pad: [0; 4],
+        }
+    }
 }
 
 impl ShortCloseEvent {

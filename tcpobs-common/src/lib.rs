@@ -22,7 +22,10 @@
 //!   event of its own, and one that hangs in `SYN_SENT` is announced after the first SYN
 //!   timeout (one second);
 //! - [`OpenEvent`] of kind [`kind::OPEN`] when a socket reaches `ESTABLISHED`, or when a socket
-//!   that was already open is seen for the first time (flag [`FLAG_PARTIAL`]);
+//!   that was already open is seen for the first time (flag [`FLAG_PARTIAL`]). While the
+//!   daemon allows it ([`names::DEFER_OPENS_MAP`]), the open of an established connection is
+//!   deferred instead ([`PendingOpens`]): most connections that churn close before it would be
+//!   sent, and their close ([`SockRecord::open_deferred`]) then stands for it;
 //! - [`BurstEvent`] when an exchange ends (the next request begins), carrying its request and
 //!   response bursts, only while the daemon asks for every exchange
 //!   ([`names::EXCHANGE_EVENTS_MAP`]: a JSON event or justniffer line per exchange, or metric
@@ -57,7 +60,8 @@ pub mod seed;
 
 pub use diag::{DiagOffsets, DiagStats, ListenSample, ListenSock, SockSample};
 pub use events::{
-    BurstEvent, CloseEvent, EventHeader, OpenEvent, SHORT_RECORD_BYTES, ShortCloseEvent, StateEvent,
+    BurstEvent, CloseEvent, EventHeader, OPEN_DEFER_NS, OpenEvent, PENDING_OPEN_SLOTS, PendingOpen,
+    PendingOpens, SHORT_RECORD_BYTES, ShortCloseEvent, StateEvent,
 };
 pub use exchanges::DataSink;
 pub use folds::{FoldConfig, Folds, HistSlot, RoleFolds};
@@ -356,7 +360,10 @@ pub struct SockRecord {
     pub first_teardown: u8,
     /// The state the socket left when it reached `CLOSE`.
     pub final_state: u8,
-    pub _pad: [u8; 3],
+    /// 1 while the connection's open is deferred ([`PendingOpens`]): established, and no open
+    /// event sent yet. A close that carries it stands for the open too.
+    pub open_deferred: u8,
+    pub _pad: [u8; 2],
     /// Generation: SYN time, or first sighting for partial records (ns).
     pub start_ns: u64,
     /// When the socket reached `ESTABLISHED` (ns); 0 if it never did (or was already there).
@@ -477,6 +484,7 @@ mod pod {
     unsafe impl aya::Pod for super::Endpoints {}
     unsafe impl aya::Pod for super::FoldConfig {}
     unsafe impl aya::Pod for super::Folds {}
+    unsafe impl aya::Pod for super::PendingOpens {}
 }
 
 #[cfg(test)]

@@ -20,6 +20,11 @@ pub const STOPPING_MAP: &str = "STOPPING";
 /// 1 while the daemon waits for the next event with no drain timer running (`Array<u32>`, one
 /// entry): the next program to send an event wakes the reader and sets it back to 0.
 pub const READER_IDLE_MAP: &str = "READER_IDLE";
+/// 1 while the daemon allows the programs to defer opens (`Array<u32>`, one entry): it can
+/// flush them ([`crate::PendingOpens`]).
+pub const DEFER_OPENS_MAP: &str = "DEFER_OPENS";
+/// Each CPU's deferred opens (`PerCpuArray<PendingOpens>`, one entry).
+pub const PENDING_OPENS_MAP: &str = "PENDING_OPENS";
 /// Ports for the port filter (`HashMap<u16, u8>`), host byte order.
 pub const PORT_FILTER_MAP: &str = "PORT_FILTER";
 /// IPv4 networks for the CIDR filter (`LpmTrie<[u8; 4], u8>`), network byte order.

@@ -6,6 +6,8 @@
 //! `READER_IDLE`: the first event after it wakes the reader. Every failed reservation is
 //! counted in `STATS`.
 
+mod deferred;
+
 use aya_ebpf::bindings::{
     BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, BPF_RB_RING_SIZE,
 };
@@ -15,6 +17,7 @@ use tcpobs_common::{
     StateEvent, kind, role, seed, spill_tag, stat, tcp_state, teardown,
 };
 
+pub use self::deferred::{announce, defer_open, flush_here};
 use crate::{
     filter::{allowed, is_listening_port, listener},
     helpers::{current_owner, current_task, kread, now_ns, zero},

@@ -243,6 +243,25 @@ impl Daemon {
         }
     }
 
+    /// Polls the live table until it holds `n` connections on `port`: the daemon has learnt
+    /// of them (a connection's open may be deferred for a moment, see `PendingOpens`).
+    pub fn wait_live(&self, port: u16, n: u64) {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let (status, body) = self.api("GET", &format!("/connections?port={port}"), None, None);
+            assert_eq!(status, 200, "{body}");
+            let table: Value = serde_json::from_str(&body).unwrap();
+            if table["total"].as_u64() >= Some(n) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {n} live connections on port {port}: {body}"
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// `curl` against the daemon's API: (status, body). `/connections` and `/config` go to the
     /// admin API's socket, the rest to the metrics API.
     pub fn api(

@@ -11,8 +11,12 @@ use std::{
 
 use tcpobs::{
     kernel::loader::{FAMILIES, Strategy, StrategyChoice, TracepointMode},
-    model::{CloseKind, CloseOriginator, ConnectFailure, ExchangeClass, PartialReason, Role, Side},
+    model::{
+        CloseKind, CloseOriginator, ConnectFailure, ExchangeClass, PartialReason, Record, Role,
+        Side,
+    },
 };
+use tcpobs_common::kind;
 use tcpobs_tests::{
     Capture, by_role, closed_port, connections, exchanges_of, listen, options, read_n, secs,
     set_linger_zero,
@@ -442,6 +446,50 @@ fn stop_flushes_open_connections() {
         assert_eq!(connection.bytes_sent + connection.bytes_received, 6);
     }
     drop((client, server));
+}
+
+/// Connections that close within moments of opening cost no open event: the programs defer
+/// each open, and the close stands for it (the open is reported all the same, with its
+/// handshake). One that stays open is announced when its CPU's list is flushed, and is live.
+#[test]
+fn short_connections_need_no_open_event() {
+    const SHORT: usize = 20;
+    let (listener, addr) = listen("127.0.0.1:0");
+    let capture = Capture::start(&[addr.port()]);
+    let opened = |records: &[Record]| {
+        records
+            .iter()
+            .filter(|record| matches!(record, Record::Opened(_)))
+            .count()
+    };
+    for _ in 0..SHORT {
+        let mut client = TcpStream::connect(addr).unwrap();
+        let (mut server, _) = listener.accept().unwrap();
+        write_all(&mut client, b"q");
+        assert_eq!(read_n(&mut server, 1), b"q");
+        drop((client, server));
+    }
+    let held = TcpStream::connect(addr).unwrap();
+    let (held_server, _) = listener.accept().unwrap();
+    capture.wait_for("the held connection announced", |records| {
+        (opened(records) == 2 * SHORT + 2).then_some(())
+    });
+    drop((held, held_server));
+    let closed = capture.wait_connections(2 * SHORT + 2);
+    let (records, stats) = capture.stop();
+    assert_eq!(opened(&records), 2 * SHORT + 2, "one open a connection end");
+    for connection in &closed {
+        assert_eq!(connection.partial, None, "{connection:#?}");
+        assert!(connection.connect_ns.is_some(), "{connection:#?}");
+    }
+    let open_events = stats.reader.events[kind::OPEN as usize - 1];
+    assert!(
+        open_events <= SHORT as u64 + 2,
+        "{open_events} open events for {} connection ends, most of which closed at once",
+        2 * SHORT + 2
+    );
+    assert_eq!(stats.kernel.ringbuf_full, 0);
+    assert_eq!((stats.tracker.unmatched, stats.tracker.lost), (0, 0));
 }
 
 /// The peer closes, the server writes anyway and gets a reset while in CLOSE_WAIT, then

@@ -170,9 +170,11 @@ fn connections_carry_the_cgroup_container_and_pod_of_their_process() {
     let plain_pid = in_plain.id();
     let plain_server = answer(&listener);
 
-    // A marker connection, opened and closed after both: once its events are written, the
-    // daemon has handled both shells' connections being established, which is when their
-    // metadata is looked up.
+    // Both shells' connections live in the daemon's table (their opens may be deferred for a
+    // moment), then a marker connection, opened and closed after both: once its events are
+    // written, the daemon has handled both shells' connections being announced, which is when
+    // their metadata is looked up.
+    daemon.wait_live(addr.port(), 4);
     let marker = TcpStream::connect(addr).unwrap();
     let marker_port = marker.local_addr().unwrap().port();
     drop(marker);

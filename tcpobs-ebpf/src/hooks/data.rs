@@ -42,7 +42,7 @@ use super::libcalls::tls;
 use crate::{
     helpers::now_ns,
     maps::{exchange_events, fold_config, folds, offsets},
-    record::{Adoption, claim, emit_exchange, record_or_adopt},
+    record::{Adoption, announce, claim, emit_exchange, record_or_adopt},
     socket::{Direct, Probe, Read, Sock},
 };
 
@@ -289,6 +289,7 @@ fn exchange_done(sock: u64, rec: &mut SockRecord, next_ns: u64) {
         }] += 1;
     }
     if exchange_events() {
+        announce(sock, rec);
         emit_exchange(sock, rec, next_ns, seq);
     }
 }

@@ -44,8 +44,8 @@ use crate::{
     helpers::now_ns,
     maps::{connect_hooked, offsets},
     record::{
-        Adoption, app_closed, emit_open, emit_state, finish, first_teardown, judge_server,
-        learn_local_port, mark_closed, record_or_adopt, start, traced_record,
+        Adoption, announce, app_closed, defer_open, emit_open, emit_state, finish, first_teardown,
+        judge_server, learn_local_port, mark_closed, record_or_adopt, start, traced_record,
     },
     socket::{Direct, Probe, Read, Sock},
 };
@@ -186,6 +186,9 @@ fn established<R: Read>(o: &Offsets, sk: Sock<R>, old: u8, now: u64) {
     if rec.role == role::SERVER && !judge_server(o, sk, rec) {
         return;
     }
+    if defer_open(sk.key(), rec, now) {
+        return;
+    }
     if emit_open(kind::OPEN, sk.key(), rec, now) {
         rec.flags |= FLAG_ANNOUNCED;
     }
@@ -228,8 +231,14 @@ fn teardown_step<R: Read>(o: &Offsets, sk: Sock<R>, old: u8, new: u8, now: u64) 
     }
     rec.state = new;
     // Only the states a connection can hang in are worth an event; the daemon reads the others
-    // from the record when it needs them.
+    // from the record when it needs them. A connection whose open is deferred says it is in
+    // `CLOSE_WAIT` with its open (or its close, usually microseconds away); `FIN_WAIT2` can
+    // last for good on a socket the application still holds, so its open goes now.
     if matches!(new, tcp_state::CLOSE_WAIT | tcp_state::FIN_WAIT2) {
+        if new == tcp_state::CLOSE_WAIT && rec.open_deferred != 0 {
+            return;
+        }
+        announce(sk.key(), rec);
         emit_state(sk.key(), rec, old, new, now);
     }
 }

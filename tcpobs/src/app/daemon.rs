@@ -35,6 +35,7 @@ use crate::{
         libcalls::{LibcallStats, RESCAN_INTERVAL},
         loader::{self, LoadError, LoadOptions, Loaded, families::family},
         misses::ProgramMisses,
+        opens::DeferredOpens,
         reader::{Feed, KernelStats, Reader, ReaderStats, SocketTable},
         report::FamilyAttach,
     },
@@ -102,6 +103,9 @@ pub struct Tracer {
     samples: Vec<SockSample>,
     /// When the kernel's folds were last read.
     folds_read: Instant,
+    /// The deferred opens, if the sampler can flush them (else the programs send every open
+    /// at once).
+    opens: Option<DeferredOpens>,
 }
 
 /// How many times every live connection is audited after the kernel reported dropped closes:
@@ -131,6 +135,12 @@ impl Tracer {
         // SAFETY: malloc_trim only releases free memory; it has no preconditions.
         unsafe { libc::malloc_trim(0) };
         let (reader, sockets) = Reader::new(&mut loaded.ebpf)?;
+        let opens = match &loaded.sampler {
+            Ok(_) => DeferredOpens::start(&mut loaded.ebpf)
+                .map_err(|err| warn!("{err}; every open is sent at once"))
+                .ok(),
+            Err(_) => None,
+        };
         let sockets = Arc::new(sockets);
         let table = Arc::clone(&sockets);
         lock(&tracker)
@@ -166,6 +176,7 @@ impl Tracer {
             suspects: Vec::new(),
             samples: Vec::new(),
             folds_read: Instant::now(),
+            opens,
         })
     }
 
@@ -241,8 +252,16 @@ impl Tracer {
         written
     }
 
+    /// Has the sampler flush the deferred opens that have waited long enough.
+    fn flush_opens(&mut self) {
+        if let (Some(opens), Ok(sampler)) = (&mut self.opens, &self.loaded.sampler) {
+            opens.tick(&self.loaded.ebpf, sampler);
+        }
+    }
+
     /// Drains the ring buffer once into the metrics and `sink`. Returns how many events.
     pub(crate) fn pump(&mut self, sink: &mut dyn Sink) -> io::Result<usize> {
+        self.flush_opens();
         let read = {
             let mut tracker = lock(&self.tracker);
             self.reader
@@ -269,6 +288,7 @@ impl Tracer {
         sink: &mut dyn Sink,
     ) -> io::Result<SweepReport> {
         let started = Instant::now();
+        self.flush_opens();
         let now = monotonic_now_ns();
         let (stalls, listening) = self.read_live(now, thresholds);
         self.read_folds();
@@ -457,6 +477,9 @@ impl Tracer {
     pub fn stop(mut self, sink: &mut dyn Sink) -> io::Result<Stats> {
         let attached = self.loaded.families.len();
         let libcalls = self.libcall_stats();
+        if let (Some(opens), Ok(sampler)) = (&mut self.opens, &self.loaded.sampler) {
+            opens.stop(&self.loaded.ebpf, sampler);
+        }
         if let Err(err) = self.reader.stop_sources() {
             warn!("{err}; events sent while detaching will be counted as lost");
         }

@@ -12,6 +12,7 @@ pub mod folds;
 pub mod libcalls;
 pub mod loader;
 pub(crate) mod misses;
+pub(crate) mod opens;
 #[cfg(test)]
 mod proptests;
 pub(crate) mod reader;

@@ -85,6 +85,14 @@ impl RecentCloses {
         });
     }
 
+    /// Whether this generation on `sock` is among the recent closes.
+    pub(super) fn contains(&self, sock: u64, start_ns: u64) -> bool {
+        self.0
+            .iter()
+            .rev()
+            .any(|closed| closed.sock == sock && closed.start_ns == start_ns)
+    }
+
     fn find(&mut self, sock: u64, start_ns: u64) -> Option<&mut Closed> {
         self.0
             .iter_mut()

@@ -354,6 +354,9 @@ impl Tracker {
 
     fn on_open(&mut self, open: &OpenEvent, out: &mut Vec<Record>) {
         let sock = open.hdr.sock;
+        if open.deferred != 0 && self.stood_for(sock, open.hdr.start_ns) {
+            return;
+        }
         if self.replace(sock, open.hdr.start_ns, out) {
             let id = self.next_id();
             self.insert(sock, Conn::from_event(id, open));
@@ -378,15 +381,30 @@ impl Tracker {
         let conn = self.conns.get_mut(sock).expect("inserted or known");
         conn.link_dns(&self.dns);
         if open.flags & FLAG_PARTIAL == 0 {
-            conn.established_ns = NonZeroU64::new(open.hdr.ts_ns);
-            out.push(Record::Opened(OpenedRecord {
-                id: conn.id,
-                role: conn.role,
-                addrs: conn.addrs,
-                process: conn.process(),
-                connect_ns: open.hdr.ts_ns.saturating_sub(conn.start_ns),
-            }));
+            Self::established(conn, open.hdr.ts_ns, out);
         }
+    }
+
+    /// Whether a deferred open (`OpenEvent::deferred`) has already been stood for: its
+    /// connection is known (the close came first and made it, or is under way), or closed
+    /// recently. The kernel sends it late, and the close may have been read first.
+    fn stood_for(&mut self, sock: u64, start_ns: u64) -> bool {
+        self.conns
+            .get(sock)
+            .is_some_and(|conn| conn.start_ns == start_ns)
+            || self.recent_closes.contains(sock, start_ns)
+    }
+
+    /// The connection was established at `ts_ns`: its open is reported.
+    fn established(conn: &mut Conn, ts_ns: u64, out: &mut Vec<Record>) {
+        conn.established_ns = NonZeroU64::new(ts_ns);
+        out.push(Record::Opened(OpenedRecord {
+            id: conn.id,
+            role: conn.role,
+            addrs: conn.addrs,
+            process: conn.process(),
+            connect_ns: ts_ns.saturating_sub(conn.start_ns),
+        }));
     }
 
     fn on_state(&mut self, state: &StateEvent, out: &mut Vec<Record>) {
@@ -417,10 +435,19 @@ impl Tracker {
                     }
                 }
                 let id = self.next_id();
-                let mut conn = Conn::from_close(id, event);
-                if conn.partial == Some(PartialReason::MissedOpen) {
-                    self.stats.unmatched += 1;
-                }
+                let mut conn = if event.record.open_deferred != 0 {
+                    // Closed while its open was deferred: the close stands for the open.
+                    let open = OpenEvent::stood_for_by(event);
+                    let mut conn = Conn::from_event(id, &open);
+                    Self::established(&mut conn, open.hdr.ts_ns, out);
+                    conn
+                } else {
+                    let conn = Conn::from_close(id, event);
+                    if conn.partial == Some(PartialReason::MissedOpen) {
+                        self.stats.unmatched += 1;
+                    }
+                    conn
+                };
                 conn.link_dns(&self.dns);
                 conn
             }

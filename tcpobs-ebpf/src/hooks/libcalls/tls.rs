@@ -46,8 +46,8 @@ use tcpobs_common::{
 use crate::{
     filter::current_process_allowed,
     helpers::{current_task, now_ns},
-    maps::count,
-    record::emit,
+    maps::{SOCKETS, count},
+    record::{announce, emit},
 };
 
 /// The handshake call each thread is in. Not LRU: every entry is counted in `TLS_ACTIVE`.
@@ -241,6 +241,15 @@ fn on_free(ssl: u64) {
 fn emit_tls(ssl: u64, handshake: &TlsPending, ret: i32, step: u8) {
     if handshake.sock == 0 && !current_process_allowed() {
         return;
+    }
+    // The daemon ties the handshake to its connection: a deferred open goes first.
+    // SAFETY: as in `record_or_adopt`.
+    if let Some(rec) = SOCKETS
+        .get_ptr_mut(handshake.sock)
+        .map(|rec| unsafe { &mut *rec })
+        && rec.start_ns == handshake.sock_start_ns
+    {
+        announce(handshake.sock, rec);
     }
     let now = now_ns();
     // SAFETY: the pointer is a reserved ring buffer slot of a `TlsEvent`; every field is

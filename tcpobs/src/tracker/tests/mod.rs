@@ -27,6 +27,7 @@ use tcpobs_common::{
 };
 
 mod close;
+mod deferred;
 mod exchanges;
 mod libcalls;
 mod live;
@@ -189,7 +190,8 @@ impl Sock {
             role: self.rec.role,
             flags: self.rec.flags,
             state: self.rec.state,
-            _pad: [0; 5],
+            deferred: 0,
+            _pad: [0; 4],
         }));
         self
     }
