@@ -148,8 +148,6 @@ pub mod sample {
     pub const SOCKS: u64 = 1;
     /// Listening sockets: fills `LISTEN_SAMPLES`.
     pub const LISTENERS: u64 = 2;
-    /// Flushes the deferred opens of the CPU it runs on ([`crate::PendingOpens`]); no socket.
-    pub const OPENS: u64 = 3;
     /// Sockets per run (the twelve arguments of a raw tracepoint, less the kind).
     pub const PER_RUN: usize = 11;
 }

@@ -40,48 +40,67 @@ pub struct OpenEvent {
 }
 
 /// The deferred opens of one CPU (the one entry of the per-CPU array
-/// [`names::PENDING_OPENS_MAP`](crate::names::PENDING_OPENS_MAP)).
+/// [`names::PENDING_OPENS_MAP`](crate::names::PENDING_OPENS_MAP)), oldest first: a ring of
+/// [`PENDING_OPEN_SLOTS`] entries, `entries[head % PENDING_OPEN_SLOTS]` the oldest.
 ///
 /// When a connection is established the state program notes it here instead of sending its
-/// open event ([`SockRecord::open_deferred`] set). The list is flushed, the open of every
-/// connection still deferred sent (kind [`kind::OPEN`](crate::kind::OPEN) with
-/// [`OpenEvent::deferred`], and its `CLOSE_WAIT` state event if it is in that state), when it is
-/// full, when a connection is established and the oldest entry is older than
-/// [`OPEN_DEFER_NS`], and when the daemon runs the sampler on the CPU
-/// ([`sample::OPENS`](crate::diag::sample::OPENS)) because the list has stayed there as long.
-/// Any other event about a deferred connection (an exchange, a TLS handshake, `FIN_WAIT2`)
-/// sends its open first. A connection that closes while deferred needs no open event: its close
-/// carries the flag and the daemon makes the open from the record. Churned connections, most
-/// of which close before their open would be sent, then cost the kernel one ring buffer event
-/// a socket instead of two or three.
+/// open event ([`SockRecord::open_deferred`]). An entry is taken out when the list is full or
+/// the entry is [`OPEN_DEFER_NS`] old (by the CPU's next establishment, at most two each: the
+/// work is constant, with no loop for the verifier to walk), or when the daemon runs the
+/// `flush_opens` program on the CPU for a list that has waited that long, or has to be emptied.
+/// Taking an entry out sends the open of its connection if it is still deferred (kind
+/// [`kind::OPEN`](crate::kind::OPEN) with [`OpenEvent::deferred`], then its `CLOSE_WAIT` state
+/// event if it is in that state). Any other event about a deferred connection (an exchange, a
+/// TLS handshake, `FIN_WAIT2`) sends its open first. A connection that closes while deferred
+/// needs no open event: its close carries the mark and the daemon makes the open from the
+/// record. Churned connections, most of which close before their entry is taken out, then cost
+/// the kernel one ring buffer event a socket instead of two or three.
 ///
 /// Only programs on the list's own CPU touch it; `busy` keeps a program that interrupts another
-/// mid-update (a softirq over a process-context run, or the sampler's run on the CPU) off it:
-/// that one sends its open at once instead.
+/// mid-update (a softirq over a process-context run, or the flush program's run on the CPU) off
+/// it: that one sends its open at once instead.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PendingOpens {
     pub busy: u32,
-    /// Entries in use, from the first.
-    pub count: u32,
-    /// When the first entry was added (`CLOCK_MONOTONIC` ns).
-    pub oldest_ns: u64,
+    pub _pad: u32,
+    /// Entries taken out so far (counts on, wrapping).
+    pub head: u32,
+    /// Entries put in so far (counts on, wrapping); `tail - head` are waiting.
+    pub tail: u32,
     pub entries: [PendingOpen; PENDING_OPEN_SLOTS],
 }
 
-/// Entries in a CPU's [`PendingOpens`].
+impl PendingOpens {
+    /// Entries waiting.
+    pub fn waiting(&self) -> u32 {
+        self.tail.wrapping_sub(self.head)
+    }
+
+    /// The oldest entry waiting, if any.
+    pub fn oldest(&self) -> Option<&PendingOpen> {
+        (self.waiting() != 0).then(|| &self.entries[self.head as usize % PENDING_OPEN_SLOTS])
+    }
+}
+
+/// Entries in a CPU's [`PendingOpens`] (a power of two).
 pub const PENDING_OPEN_SLOTS: usize = 256;
 
-/// How long an open may stay deferred, about: the list is flushed once its oldest entry is
-/// this old (on the CPU's next establishment, or by the daemon's next check).
+/// Entries one run of the `flush_opens` program takes out (the verifier walks each run's loop
+/// whole: a short one keeps the program quick to load on old kernels).
+pub const OPENS_PER_FLUSH: usize = 16;
+
+/// How long an open may stay deferred, about: an entry this old is taken out by the CPU's next
+/// establishment, or by the daemon's next look (every [`OPEN_DEFER_NS`]).
 pub const OPEN_DEFER_NS: u64 = 100_000_000;
 
-/// A connection whose open is deferred: its socket and generation.
+/// A connection whose open is deferred: its socket and generation, and when it was noted.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PendingOpen {
     pub sock: u64,
     pub start_ns: u64,
+    pub deferred_ns: u64,
 }
 
 /// An exchange ended: the next request began at `hdr.ts_ns` (the end of the exchange's idle
@@ -143,7 +162,9 @@ pub struct ShortCloseEvent {
 impl OpenEvent {
     /// The open a close stands for, when its connection's open was deferred and never sent
     /// ([`SockRecord::open_deferred`]): what the deferred open event would have said, as of
-    /// the close (the owner may be better known by then).
+    /// the close (the owner may be better known by then), but for the flags, which by then
+    /// also say how it ended (an open of a deferred connection is never partial, the one flag
+    /// the daemon reads of an open).
     pub fn stood_for_by(close: &CloseEvent) -> Self {
         let rec = &close.record;
         Self {

@@ -60,8 +60,8 @@ pub mod seed;
 
 pub use diag::{DiagOffsets, DiagStats, ListenSample, ListenSock, SockSample};
 pub use events::{
-    BurstEvent, CloseEvent, EventHeader, OPEN_DEFER_NS, OpenEvent, PENDING_OPEN_SLOTS, PendingOpen,
-    PendingOpens, SHORT_RECORD_BYTES, ShortCloseEvent, StateEvent,
+    BurstEvent, CloseEvent, EventHeader, OPEN_DEFER_NS, OPENS_PER_FLUSH, OpenEvent,
+    PENDING_OPEN_SLOTS, PendingOpen, PendingOpens, SHORT_RECORD_BYTES, ShortCloseEvent, StateEvent,
 };
 pub use exchanges::DataSink;
 pub use folds::{FoldConfig, Folds, HistSlot, RoleFolds};
@@ -82,6 +82,17 @@ pub mod tcp_state {
     pub const LISTEN: u8 = 10;
     pub const CLOSING: u8 = 11;
     pub const NEW_SYN_RECV: u8 = 12;
+}
+
+/// `SockRecord::open_deferred` values.
+pub mod deferral {
+    /// Not deferred (the open was sent at once, or the connection never got that far).
+    pub const NONE: u8 = 0;
+    /// Established, and no open event sent yet.
+    pub const PENDING: u8 = 1;
+    /// The deferred open was sent late (the connection is announced, as
+    /// [`FLAG_ANNOUNCED`](crate::FLAG_ANNOUNCED) says of the others).
+    pub const SENT: u8 = 2;
 }
 
 /// `EventHeader::kind` values.
@@ -360,8 +371,8 @@ pub struct SockRecord {
     pub first_teardown: u8,
     /// The state the socket left when it reached `CLOSE`.
     pub final_state: u8,
-    /// 1 while the connection's open is deferred ([`PendingOpens`]): established, and no open
-    /// event sent yet. A close that carries it stands for the open too.
+    /// Where the connection's open stands if it was deferred ([`PendingOpens`]): one of
+    /// [`deferral`]. A close that says [`deferral::PENDING`] stands for the open too.
     pub open_deferred: u8,
     pub _pad: [u8; 2],
     /// Generation: SYN time, or first sighting for partial records (ns).

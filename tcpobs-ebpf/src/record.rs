@@ -14,10 +14,10 @@ use aya_ebpf::bindings::{
 use tcpobs_common::{
     BurstEvent, CloseEvent, EventHeader, FLAG_ANNOUNCED, FLAG_APP_CLOSED, FLAG_IGNORED,
     FLAG_PARTIAL, Offsets, OpenEvent, Owner, SHORT_RECORD_BYTES, ShortCloseEvent, SockRecord,
-    StateEvent, kind, role, seed, spill_tag, stat, tcp_state, teardown,
+    StateEvent, deferral, kind, role, seed, spill_tag, stat, tcp_state, teardown,
 };
 
-pub use self::deferred::{announce, defer_open, flush_here};
+pub use self::deferred::{announce, defer_open, flush_some};
 use crate::{
     filter::{allowed, is_listening_port, listener},
     helpers::{current_owner, current_task, kread, now_ns, zero},
@@ -202,6 +202,11 @@ pub fn finish<R: Read>(sk: Sock<R>, rec: &mut SockRecord, ts_ns: u64) {
     sk.diag_at_close(&offsets().diag, &mut rec.diag);
     let hdr = header(kind::CLOSE, ts_ns, sock, rec);
     if !stopping() {
+        // Read before the slot is reserved, and sent as read: a flush on another CPU marks a
+        // deferred open sent once its own slot is reserved, so a close that reads it sent is
+        // read after that open, and one that reads it pending stands for it.
+        // SAFETY: a field of the record, a map value valid while the program runs.
+        let deferred = unsafe { core::ptr::read_volatile(&rec.open_deferred) };
         // SAFETY (both closures): the pointer is a reserved ring buffer slot of the event's
         // size, and every byte is written before submit.
         let sent = if rec.exchanges.kept == 0 {
@@ -214,11 +219,13 @@ pub fn finish<R: Read>(sk: Sock<R>, rec: &mut SockRecord, ts_ns: u64) {
                     (&raw mut (*event).record).cast::<u64>(),
                     SHORT_RECORD_BYTES / 8,
                 );
+                (*event).record[OPEN_DEFERRED_BYTE] = deferred;
             })
         } else {
             send(|event: *mut CloseEvent| unsafe {
                 (*event).hdr = hdr;
                 (*event).record = *rec;
+                (*event).record.open_deferred = deferred;
             })
         };
         if !sent {
@@ -226,7 +233,7 @@ pub fn finish<R: Read>(sk: Sock<R>, rec: &mut SockRecord, ts_ns: u64) {
                 count(stat::CLOSE_SPILLED);
             } else {
                 count(stat::RINGBUF_FULL);
-                let group = if rec.flags & FLAG_ANNOUNCED != 0 {
+                let group = if announced(rec) {
                     stat::CLOSE_DROPPED
                 } else {
                     stat::CLOSE_UNSEEN
@@ -236,6 +243,17 @@ pub fn finish<R: Read>(sk: Sock<R>, rec: &mut SockRecord, ts_ns: u64) {
         }
     }
     let _: Result<(), i32> = SOCKETS.remove(sock);
+}
+
+/// Where a record's short close carries `SockRecord::open_deferred`.
+const OPEN_DEFERRED_BYTE: usize = core::mem::offset_of!(SockRecord, open_deferred);
+const _: () = assert!(OPEN_DEFERRED_BYTE < SHORT_RECORD_BYTES);
+
+/// Whether an open or connect event of the connection got through: the daemon holds it as
+/// live.
+#[inline(always)]
+fn announced(rec: &SockRecord) -> bool {
+    rec.flags & FLAG_ANNOUNCED != 0 || rec.open_deferred == deferral::SENT
 }
 
 /// Keeps a close record the ring buffer cannot take: a copy in `SOCKETS` under its
@@ -250,7 +268,7 @@ fn spill(mut hdr: EventHeader, rec: &SockRecord) -> bool {
     if SOCKETS.insert(hdr.start_ns, rec, BPF_NOEXIST).is_err() {
         return false;
     }
-    hdr._pad = spill_tag::of(rec.role, rec.flags & FLAG_ANNOUNCED != 0);
+    hdr._pad = spill_tag::of(rec.role, announced(rec));
     if SPILLED.push(hdr, 0).is_err() {
         // Unless the daemon took the copy meanwhile (a newer connection on the socket made it
         // look): then the close is reported.

@@ -10,9 +10,10 @@
 //! The libcall families ([`libcalls`]) are uprobes on user-space libraries (the C library's
 //! `getaddrinfo`, OpenSSL's handshake functions), attached to every copy the daemon finds.
 //!
-//! Three programs are not hooks: the [`sampler`], a raw tracepoint program the daemon runs on
-//! demand to read live sockets by address, and two iterators the daemon runs once at start-up:
-//! [`listeners`] finds the listening sockets opened before it, then [`seed`] the connections.
+//! Four programs are not hooks: the [`sampler`], a raw tracepoint program the daemon runs on
+//! demand to read live sockets by address; [`opens`], one it runs to flush a CPU's deferred
+//! opens; and two iterators the daemon runs once at start-up: [`listeners`] finds the listening
+//! sockets opened before it, then [`seed`] the connections.
 
 mod accept;
 mod close;
@@ -21,6 +22,7 @@ mod data;
 mod drops;
 pub mod libcalls;
 mod listeners;
+mod opens;
 mod probes;
 mod resets;
 mod retransmit;

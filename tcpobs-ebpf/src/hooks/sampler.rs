@@ -27,7 +27,7 @@ use tcpobs_common::{ListenSample, SockSample, diag::sample, tcp_state};
 use crate::{
     helpers::zero,
     maps::{LISTEN_SOCKS, offsets},
-    record::{flush_here, traced_record},
+    record::traced_record,
     socket::{Probe, Sock, is_connected_state},
 };
 
@@ -44,10 +44,6 @@ const AF_INET6: u16 = 10;
 #[raw_tracepoint]
 pub fn sample_socks(ctx: RawTracePointContext) -> i32 {
     let kind: u64 = ctx.arg(0);
-    if kind == sample::OPENS {
-        flush_here();
-        return 0;
-    }
     // Constant indexes: the verifier refuses a context read at a computed offset.
     let socks: [u64; sample::PER_RUN] = [
         ctx.arg(1),

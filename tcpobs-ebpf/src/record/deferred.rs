@@ -3,23 +3,25 @@
 //! about it is sent first). A connection that closes before that needs no open event: its close
 //! carries `SockRecord::open_deferred`, and the daemon makes the open from it.
 
+use core::sync::atomic::{Ordering, compiler_fence};
+
 use aya_ebpf::{
     macros::map,
     maps::{Array, PerCpuArray},
 };
 use tcpobs_common::{
-    FLAG_ANNOUNCED, FLAG_CONNECT_SENT, OPEN_DEFER_NS, OpenEvent, PENDING_OPEN_SLOTS, PendingOpens,
-    SockRecord, kind, tcp_state,
+    EventHeader, FLAG_CONNECT_SENT, OPEN_DEFER_NS, OPENS_PER_FLUSH, OpenEvent, PENDING_OPEN_SLOTS,
+    PendingOpen, PendingOpens, SockRecord, deferral, kind, stat, tcp_state,
 };
 
-use super::{emit, emit_state, header};
+use super::{emit_state, submit_flags};
 use crate::{
     helpers::zero,
-    maps::{READER_IDLE, SOCKETS, stopping},
+    maps::{EVENTS, READER_IDLE, SOCKETS, count, stopping},
 };
 
-/// 1 while the daemon allows deferring opens: it can flush a quiet CPU's list (with the
-/// sampler), and will flush them all before it stops reading.
+/// 1 while the daemon allows deferring opens: it can flush a quiet CPU's list (`flush_opens`),
+/// and will flush them all before it stops reading.
 #[map]
 static DEFER_OPENS: Array<u32> = Array::with_max_entries(1, 0);
 
@@ -27,11 +29,12 @@ static DEFER_OPENS: Array<u32> = Array::with_max_entries(1, 0);
 #[map]
 static PENDING_OPENS: PerCpuArray<PendingOpens> = PerCpuArray::with_max_entries(1, 0);
 
-/// Defers the open of `rec`, just established: notes it on this CPU's list (flushed first if
-/// full or old) and marks the record. False if it cannot be deferred (the daemon does not allow
+/// Defers the open of `rec`, just established: notes it on this CPU's list and marks the
+/// record, after taking out the list's oldest entry if the list is full or the entry has waited
+/// [`OPEN_DEFER_NS`] (twice at most). False if it cannot be deferred (the daemon does not allow
 /// it; the daemon already knows the connection from its connect event; the reader is idle,
-/// waiting for an event to wake it, so that the open would wait for the next sweep; or the list
-/// is busy under this run): the caller sends the open.
+/// waiting for an event to wake it; or the list is busy under this run): the caller sends the
+/// open.
 #[inline(never)]
 pub fn defer_open(sock: u64, rec: &mut SockRecord, now: u64) -> bool {
     if rec.flags & FLAG_CONNECT_SENT != 0
@@ -44,47 +47,55 @@ pub fn defer_open(sock: u64, rec: &mut SockRecord, now: u64) -> bool {
     let Some(list) = own_list() else {
         return false;
     };
-    let waiting = list.count as usize;
-    if waiting >= PENDING_OPEN_SLOTS
-        || (waiting > 0 && now.saturating_sub(list.oldest_ns) >= OPEN_DEFER_NS)
-    {
-        flush(list);
+    for _ in 0..2 {
+        let Some(oldest) = list.oldest().copied() else {
+            break;
+        };
+        if (list.waiting() as usize) < PENDING_OPEN_SLOTS
+            && now.saturating_sub(oldest.deferred_ns) < OPEN_DEFER_NS
+        {
+            break;
+        }
+        list.head = list.head.wrapping_add(1);
+        take_out(oldest.sock, oldest.start_ns);
     }
-    let index = list.count as usize;
-    let deferred = match list.entries.get_mut(index) {
-        Some(entry) => {
-            entry.sock = sock;
-            entry.start_ns = rec.start_ns;
-            true
-        }
-        None => false,
-    };
+    let deferred = (list.waiting() as usize) < PENDING_OPEN_SLOTS;
     if deferred {
-        if index == 0 {
-            list.oldest_ns = now;
-        }
-        list.count = index as u32 + 1;
-        rec.open_deferred = 1;
+        list.entries[list.tail as usize % PENDING_OPEN_SLOTS] = PendingOpen {
+            sock,
+            start_ns: rec.start_ns,
+            deferred_ns: now,
+        };
+        list.tail = list.tail.wrapping_add(1);
+        rec.open_deferred = deferral::PENDING;
     }
     release(list);
     deferred
 }
 
-/// Flushes this CPU's list (the sampler's run, on the CPU the daemon chose).
-#[inline(never)]
-pub fn flush_here() {
-    if let Some(list) = own_list() {
-        flush(list);
-        release(list);
+/// Takes out up to [`OPENS_PER_FLUSH`] entries of this CPU's list, oldest first, whatever their
+/// age (the `flush_opens` program's run).
+#[inline(always)]
+pub fn flush_some() {
+    let Some(list) = own_list() else {
+        return;
+    };
+    for _ in 0..OPENS_PER_FLUSH {
+        let Some(oldest) = list.oldest().copied() else {
+            break;
+        };
+        list.head = list.head.wrapping_add(1);
+        take_out(oldest.sock, oldest.start_ns);
     }
+    release(list);
 }
 
-/// Sends the open of `rec` if it is still deferred: before any other event about the
+/// Sends the open of `rec`, if it is still deferred: before any other event about the
 /// connection.
 #[inline(always)]
 pub fn announce(sock: u64, rec: &mut SockRecord) {
-    if rec.open_deferred != 0 {
-        send_open(sock, rec);
+    if rec.open_deferred == deferral::PENDING {
+        send_open(sock, rec.start_ns, rec);
     }
 }
 
@@ -100,48 +111,55 @@ fn own_list() -> Option<&'static mut PendingOpens> {
             return None;
         }
         core::ptr::write_volatile(&mut list.busy, 1);
+        // Nor may the compiler move the list's reads and writes out from under `busy`.
+        compiler_fence(Ordering::SeqCst);
         Some(list)
     }
 }
 
 #[inline(always)]
 fn release(list: &mut PendingOpens) {
+    compiler_fence(Ordering::SeqCst);
     // SAFETY: a field of the list taken by `own_list`.
     unsafe { core::ptr::write_volatile(&mut list.busy, 0) };
 }
 
-/// Sends the open of every listed connection still deferred (its record still in the table,
-/// same generation) and empties the list.
+/// An entry taken out of a list: sends the open of its connection if it is still deferred
+/// (its record still in the table, same generation).
 #[inline(never)]
-fn flush(list: &mut PendingOpens) {
-    let waiting = list.count as usize;
-    for index in 0..PENDING_OPEN_SLOTS {
-        if index >= waiting {
-            break;
-        }
-        let entry = list.entries[index];
-        // SAFETY: as in `record_or_adopt`.
-        if let Some(rec) = SOCKETS
-            .get_ptr_mut(entry.sock)
-            .map(|rec| unsafe { &mut *rec })
-            && rec.start_ns == entry.start_ns
-        {
-            announce(entry.sock, rec);
-        }
+fn take_out(sock: u64, start_ns: u64) {
+    // SAFETY: as in `record_or_adopt`.
+    if let Some(rec) = SOCKETS.get_ptr_mut(sock).map(|rec| unsafe { &mut *rec })
+        && rec.start_ns == start_ns
+        && rec.open_deferred == deferral::PENDING
+    {
+        send_open(sock, start_ns, rec);
     }
-    list.count = 0;
 }
 
-/// The deferred open of `rec`, with when it was established, then its `CLOSE_WAIT` state
-/// event if it is in that state (skipped while the open was deferred).
+/// The deferred open of generation `start_ns` of `rec`, with when it was established, then its
+/// `CLOSE_WAIT` state event if it is in that state (skipped while the open was deferred). If
+/// the ring buffer is full the open stays deferred (counted): the close stands for it, or the
+/// next event about the connection sends it.
 #[inline(never)]
-fn send_open(sock: u64, rec: &mut SockRecord) {
-    let rec_ptr: *mut SockRecord = rec;
-    // SAFETY: the pointer is a reserved ring buffer slot of an `OpenEvent`, every field written
-    // before submit; `rec_ptr` is the record, a map value valid while the program runs.
-    let sent = emit(|event: *mut OpenEvent| unsafe {
-        let rec = &mut *rec_ptr;
-        (*event).hdr = header(kind::OPEN, rec.established_ns, sock, rec);
+fn send_open(sock: u64, start_ns: u64, rec: &mut SockRecord) {
+    if stopping() {
+        return;
+    }
+    let Some(mut entry) = EVENTS.reserve::<OpenEvent>(0) else {
+        count(stat::RINGBUF_FULL);
+        return;
+    };
+    let event = entry.as_mut_ptr();
+    // SAFETY: a reserved ring buffer slot of an `OpenEvent`, every field written before submit.
+    unsafe {
+        (*event).hdr = EventHeader {
+            kind: kind::OPEN,
+            _pad: 0,
+            ts_ns: rec.established_ns,
+            sock,
+            start_ns,
+        };
         (*event).endpoints = rec.endpoints;
         (*event).task = rec.task;
         (*event).role = rec.role;
@@ -149,23 +167,28 @@ fn send_open(sock: u64, rec: &mut SockRecord) {
         (*event).state = tcp_state::ESTABLISHED;
         (*event).deferred = 1;
         zero(&mut (*event)._pad);
-        // Cleared while the slot is reserved and not yet submitted: a close on another CPU
-        // that no longer sees the flag reserves its slot after this one, so the daemon reads
-        // this open first. One that saw it set stands for the open too; the daemon keeps the
-        // first of the two it reads.
-        core::ptr::write_volatile(&mut rec.open_deferred, 0);
-    });
-    rec.open_deferred = 0;
-    if sent {
-        rec.flags |= FLAG_ANNOUNCED;
-        if rec.state == tcp_state::CLOSE_WAIT {
-            emit_state(
-                sock,
-                rec,
-                tcp_state::ESTABLISHED,
-                tcp_state::CLOSE_WAIT,
-                rec.close_wait_ns,
-            );
-        }
+    }
+    // A flush reads records of other CPUs' sockets: the connection may have closed and its
+    // record's memory gone to another meanwhile (the table reuses freed elements), or another
+    // run sent the open first.
+    if rec.start_ns != start_ns || rec.open_deferred != deferral::PENDING {
+        entry.discard(0);
+        return;
+    }
+    // Marked sent while the slot is reserved and not yet submitted: a close (`finish`) reads
+    // the mark before it reserves its own slot, so one that reads it sent is read after this
+    // open; one that read it pending stands for the open too, and the daemon keeps the first
+    // of the two it reads. Not `FLAG_ANNOUNCED`: `flags` is written by the socket's own CPU.
+    // SAFETY: a field of the record, a map value valid while the program runs.
+    unsafe { core::ptr::write_volatile(&mut rec.open_deferred, deferral::SENT) };
+    entry.submit(submit_flags());
+    if rec.state == tcp_state::CLOSE_WAIT {
+        emit_state(
+            sock,
+            rec,
+            tcp_state::ESTABLISHED,
+            tcp_state::CLOSE_WAIT,
+            rec.close_wait_ns,
+        );
     }
 }

@@ -103,8 +103,8 @@ pub struct Tracer {
     samples: Vec<SockSample>,
     /// When the kernel's folds were last read.
     folds_read: Instant,
-    /// The deferred opens, if the sampler can flush them (else the programs send every open
-    /// at once).
+    /// The deferred opens, if their flush program runs here (else the programs send every
+    /// open at once).
     opens: Option<DeferredOpens>,
 }
 
@@ -135,12 +135,9 @@ impl Tracer {
         // SAFETY: malloc_trim only releases free memory; it has no preconditions.
         unsafe { libc::malloc_trim(0) };
         let (reader, sockets) = Reader::new(&mut loaded.ebpf)?;
-        let opens = match &loaded.sampler {
-            Ok(_) => DeferredOpens::start(&mut loaded.ebpf)
-                .map_err(|err| warn!("{err}; every open is sent at once"))
-                .ok(),
-            Err(_) => None,
-        };
+        let opens = DeferredOpens::start(&mut loaded.ebpf)
+            .map_err(|err| warn!("deferred opens: {err}; every open is sent at once"))
+            .ok();
         let sockets = Arc::new(sockets);
         let table = Arc::clone(&sockets);
         lock(&tracker)
@@ -252,10 +249,10 @@ impl Tracer {
         written
     }
 
-    /// Has the sampler flush the deferred opens that have waited long enough.
+    /// Flushes the deferred opens that have waited long enough.
     fn flush_opens(&mut self) {
-        if let (Some(opens), Ok(sampler)) = (&mut self.opens, &self.loaded.sampler) {
-            opens.tick(&self.loaded.ebpf, sampler);
+        if let Some(opens) = &mut self.opens {
+            opens.tick(&self.loaded.ebpf);
         }
     }
 
@@ -458,6 +455,10 @@ impl Tracer {
         if let Err(err) = self.reader.set_idle(idle) {
             warn!("{err}; the reader drains on its timer from now on");
             pacing.disable();
+        } else if idle && let Some(opens) = &mut self.opens {
+            // The programs defer nothing from now on, and what they deferred is no event to
+            // wake the reader: flushed now, it is read by the next drain (which then resumes).
+            opens.flush_all(&self.loaded.ebpf);
         }
     }
 
@@ -477,8 +478,8 @@ impl Tracer {
     pub fn stop(mut self, sink: &mut dyn Sink) -> io::Result<Stats> {
         let attached = self.loaded.families.len();
         let libcalls = self.libcall_stats();
-        if let (Some(opens), Ok(sampler)) = (&mut self.opens, &self.loaded.sampler) {
-            opens.stop(&self.loaded.ebpf, sampler);
+        if let Some(opens) = &mut self.opens {
+            opens.stop(&self.loaded.ebpf);
         }
         if let Err(err) = self.reader.stop_sources() {
             warn!("{err}; events sent while detaching will be counted as lost");

@@ -71,22 +71,6 @@ impl Sampler {
 
     /// Runs the sampler once over `socks` (at most [`sample::PER_RUN`]).
     fn run(&self, ebpf: &Ebpf, kind: u64, socks: &[u64]) -> Result<(), SamplerError> {
-        self.run_on(ebpf, kind, socks, None)
-    }
-
-    /// Flushes the deferred opens of `cpu` (`tcpobs_common::PendingOpens`): a run on that
-    /// CPU.
-    pub(crate) fn flush_opens(&self, ebpf: &Ebpf, cpu: u32) -> Result<(), SamplerError> {
-        self.run_on(ebpf, sample::OPENS, &[], Some(cpu))
-    }
-
-    fn run_on(
-        &self,
-        ebpf: &Ebpf,
-        kind: u64,
-        socks: &[u64],
-        cpu: Option<u32>,
-    ) -> Result<(), SamplerError> {
         let program: &RawTracePoint = ebpf
             .program(SAMPLER_PROGRAM)
             .ok_or_else(|| SamplerError::Run("the program is gone".to_owned()))?
@@ -98,7 +82,7 @@ impl Sampler {
             *slot = *sock;
         }
         program
-            .test_run(RawTracePointRunOptions { args, cpu })
+            .test_run(RawTracePointRunOptions { args, cpu: None })
             .map(|_| ())
             .map_err(|err| SamplerError::Run(error_chain(&err)))
     }

@@ -1,32 +1,34 @@
 //! Deferred opens, the daemon's side (`tcpobs_common::PendingOpens`): the programs may defer
-//! opens only while the daemon can flush a CPU's list, with the sampler. The daemon flushes
-//! the lists that have waited [`OPEN_DEFER_NS`] (a CPU where no connection has been established
-//! since: a busy one flushes its own), and every list before it stops reading. A connection
-//! whose open is deferred is therefore unknown to the daemon (its live table, the open
-//! connections gauge, `/connections`) for [`OPEN_DEFER_NS`] to twice that, unless it closes
-//! first: its close then stands for its open.
+//! opens only while the daemon can take entries out of a CPU's list, with the `flush_opens`
+//! program. The daemon flushes the lists that have waited [`OPEN_DEFER_NS`] (a CPU where no
+//! connection has been established since: a busy one takes its own entries out), every list
+//! when the reader goes idle, and every list before it stops reading. A connection whose open
+//! is deferred is therefore unknown to the daemon (its live table, the open connections gauge,
+//! `/connections`) for up to twice [`OPEN_DEFER_NS`], unless it closes first: its close then
+//! stands for its open.
 
 use std::time::{Duration, Instant};
 
 use aya::{
     Ebpf,
     maps::{Array, MapData, PerCpuArray},
+    programs::{RawTracePoint, RawTracePointRunOptions, TestRun as _},
 };
-use tcpobs_common::{OPEN_DEFER_NS, PendingOpens, names};
-use tracing::debug;
+use tcpobs_common::{OPEN_DEFER_NS, OPENS_PER_FLUSH, PendingOpens, names};
+use tracing::warn;
 
 use crate::{
     clock::monotonic_now_ns,
     kernel::{
-        diag::Sampler,
-        report::{MapError, take_map},
+        loader::families::FLUSH_OPENS_PROGRAM,
+        report::{ProgramFailure, error_chain, program_mut, take_map},
     },
 };
 
 /// How often the lists are looked at.
 const CHECK_EVERY: Duration = Duration::from_nanos(OPEN_DEFER_NS);
 
-/// The switch and the lists.
+/// The switch, the lists and their flush program.
 pub(crate) struct DeferredOpens {
     allowed: Array<MapData, u32>,
     lists: PerCpuArray<MapData, PendingOpens>,
@@ -34,59 +36,105 @@ pub(crate) struct DeferredOpens {
 }
 
 impl DeferredOpens {
-    /// Takes the maps and allows the programs to defer opens.
-    pub(crate) fn start(ebpf: &mut Ebpf) -> Result<Self, MapError> {
+    /// Loads the flush program, takes the maps and allows the programs to defer opens; why
+    /// not, if any of it fails (the programs then send every open at once).
+    pub(crate) fn start(ebpf: &mut Ebpf) -> Result<Self, String> {
+        let program: &mut RawTracePoint =
+            program_mut(ebpf, FLUSH_OPENS_PROGRAM).map_err(|err| err.to_string())?;
+        program
+            .load()
+            .map_err(|err| ProgramFailure::from(err).to_string())?;
         let mut opens = Self {
-            allowed: take_map(ebpf, names::DEFER_OPENS_MAP)?,
-            lists: take_map(ebpf, names::PENDING_OPENS_MAP)?,
+            allowed: take_map(ebpf, names::DEFER_OPENS_MAP).map_err(|err| err.to_string())?,
+            lists: take_map(ebpf, names::PENDING_OPENS_MAP).map_err(|err| err.to_string())?,
             checked: Instant::now(),
         };
         opens
             .allowed
             .set(0, 1, 0)
-            .map_err(|err| MapError::new(names::DEFER_OPENS_MAP, err))?;
+            .map_err(|err| format!("{}: {err}", names::DEFER_OPENS_MAP))?;
         Ok(opens)
     }
 
     /// Flushes the lists that have waited long enough, if it is time to look.
-    pub(crate) fn tick(&mut self, ebpf: &Ebpf, sampler: &Sampler) {
+    pub(crate) fn tick(&mut self, ebpf: &Ebpf) {
         if self.checked.elapsed() < CHECK_EVERY {
             return;
         }
         self.checked = Instant::now();
         let due = monotonic_now_ns().saturating_sub(OPEN_DEFER_NS);
-        self.flush(ebpf, sampler, |list| list.oldest_ns <= due);
+        self.flush(ebpf, |list| {
+            list.oldest()
+                .is_some_and(|oldest| oldest.deferred_ns <= due)
+        });
+    }
+
+    /// Flushes every list: the reader is about to wait for the kernel's next event (the
+    /// programs defer nothing while it waits), and a deferred open is not one.
+    pub(crate) fn flush_all(&mut self, ebpf: &Ebpf) {
+        self.flush(ebpf, |_| true);
     }
 
     /// No more deferring: flushes every list (twice, for an open deferred by a program that
     /// read the switch just before it turned). What a program still held on its CPU at both
     /// flushes (microseconds wide) stays unreported if its connection outlives the daemon.
-    pub(crate) fn stop(&mut self, ebpf: &Ebpf, sampler: &Sampler) {
-        if let Err(err) = self.allowed.set(0, 0, 0) {
-            debug!("deferred opens: {err}");
-        }
+    pub(crate) fn stop(&mut self, ebpf: &Ebpf) {
+        self.disallow();
         for _ in 0..2 {
-            self.flush(ebpf, sampler, |_| true);
+            self.flush(ebpf, |_| true);
         }
     }
 
-    /// Runs the sampler on every CPU whose list holds an entry that `due` picks.
-    fn flush(&self, ebpf: &Ebpf, sampler: &Sampler, due: impl Fn(&PendingOpens) -> bool) {
+    fn disallow(&mut self) {
+        if let Err(err) = self.allowed.set(0, 0, 0) {
+            warn!("deferred opens: {err}");
+        }
+    }
+
+    /// Runs the flush program on every CPU whose list `due` picks, as many times as its
+    /// entries need. If a run fails, the programs stop deferring opens (warned): what is left
+    /// on the lists is announced by the connections' next events, or stood for by their
+    /// closes.
+    fn flush(&mut self, ebpf: &Ebpf, due: impl Fn(&PendingOpens) -> bool) {
         let lists = match self.lists.get(&0, 0) {
             Ok(lists) => lists,
             Err(err) => {
-                debug!("deferred opens: {err}");
+                warn!("deferred opens: {err}; every open is sent at once from now on");
+                self.disallow();
                 return;
             }
         };
         for (cpu, list) in lists.iter().enumerate() {
-            if list.count == 0 || !due(list) {
+            if list.waiting() == 0 || !due(list) {
                 continue;
             }
-            // A CPU whose list is busy under a program skips this run; the next check retries.
-            if let Err(err) = sampler.flush_opens(ebpf, cpu as u32) {
-                debug!("deferred opens of CPU {cpu}: {err}");
+            // A CPU whose list is busy under a program skips a run; the next check retries.
+            for _ in 0..(list.waiting() as usize).div_ceil(OPENS_PER_FLUSH) {
+                if let Err(err) = run_on(ebpf, cpu as u32) {
+                    warn!(
+                        "flushing the deferred opens of CPU {cpu}: {err}; every open is sent \
+                         at once from now on"
+                    );
+                    self.disallow();
+                    return;
+                }
             }
         }
     }
+}
+
+/// One run of the flush program on `cpu`.
+fn run_on(ebpf: &Ebpf, cpu: u32) -> Result<(), String> {
+    let program: &RawTracePoint = ebpf
+        .program(FLUSH_OPENS_PROGRAM)
+        .ok_or("the program is gone")?
+        .try_into()
+        .map_err(|err: aya::programs::ProgramError| err.to_string())?;
+    program
+        .test_run(RawTracePointRunOptions {
+            args: [0; 12],
+            cpu: Some(cpu),
+        })
+        .map(|_| ())
+        .map_err(|err| error_chain(&err))
 }

@@ -45,8 +45,9 @@ pub struct KernelStats {
     pub adopted: u64,
     /// TLS handshake calls not followed (the kernel's per-thread table was full).
     pub tls_untracked: u64,
-    /// Connection ends of which nothing reached the daemon (their close record and their open
-    /// were both dropped from a full ring buffer), by role: `[client, server, unknown]`.
+    /// Connection ends of which nothing reached the daemon (their close record dropped from a
+    /// full ring buffer, their open dropped too or deferred), by role: `[client, server,
+    /// unknown]`.
     pub connections_lost: [u64; 3],
     /// Close records dropped from a full ring buffer after the connection's open arrived, by
     /// role (`[client, server, unknown]`): the daemon's audit reports these connections

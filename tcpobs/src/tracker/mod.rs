@@ -44,7 +44,9 @@ mod tests;
 
 use std::{num::NonZeroU64, sync::Arc};
 
-use tcpobs_common::{CloseEvent, FLAG_PARTIAL, OpenEvent, SockRecord, StateEvent, direction};
+use tcpobs_common::{
+    CloseEvent, FLAG_PARTIAL, OpenEvent, SockRecord, StateEvent, deferral, direction,
+};
 
 #[cfg(test)]
 pub(crate) use self::conn::LiveView;
@@ -385,13 +387,14 @@ impl Tracker {
         }
     }
 
-    /// Whether a deferred open (`OpenEvent::deferred`) has already been stood for: its
-    /// connection is known (the close came first and made it, or is under way), or closed
-    /// recently. The kernel sends it late, and the close may have been read first.
-    fn stood_for(&mut self, sock: u64, start_ns: u64) -> bool {
+    /// Whether a deferred open (`OpenEvent::deferred`) comes too late to count: its connection
+    /// is known (another copy of the open came first), or closed recently (its close, read
+    /// first, stood for it), or a newer connection has the socket (it closed, its close read
+    /// first, longer ago than the recent closes go back).
+    fn stood_for(&self, sock: u64, start_ns: u64) -> bool {
         self.conns
             .get(sock)
-            .is_some_and(|conn| conn.start_ns == start_ns)
+            .is_some_and(|conn| conn.start_ns >= start_ns)
             || self.recent_closes.contains(sock, start_ns)
     }
 
@@ -435,7 +438,7 @@ impl Tracker {
                     }
                 }
                 let id = self.next_id();
-                let mut conn = if event.record.open_deferred != 0 {
+                let mut conn = if event.record.open_deferred == deferral::PENDING {
                     // Closed while its open was deferred: the close stands for the open.
                     let open = OpenEvent::stood_for_by(event);
                     let mut conn = Conn::from_event(id, &open);

@@ -153,9 +153,10 @@ impl Collector for Scrape {
         counter(
             &mut encoder,
             "tcpobs_connections_lost",
-            "Connection ends tcpobs never reported, by role and reason: ringbuf_full (their open \
-             and close events were both dropped from the full ring buffer), spill_evicted (their \
-             open was dropped and their spilled close evicted from the full socket table). With \
+            "Connection ends tcpobs never reported, by role and reason: ringbuf_full (their \
+             close event dropped from the full ring buffer, their open never sent: dropped too, \
+             or deferred), spill_evicted (their open never sent, their spilled close evicted \
+             from the full socket table). With \
              the connections reported (complete or partial) they add up to every connection end \
              the kernel saw",
             ROLES

@@ -470,6 +470,9 @@ pub const FAMILIES: [Family; 10] = [
 /// The sampler: a raw tracepoint program the daemon runs with `BPF_PROG_TEST_RUN` to read live
 /// sockets by address (never attached).
 pub const SAMPLER_PROGRAM: &str = "sample_socks";
+/// The flush of deferred opens: a raw tracepoint program the daemon runs on a CPU with
+/// `BPF_PROG_TEST_RUN` (never attached).
+pub const FLUSH_OPENS_PROGRAM: &str = "flush_opens";
 /// The iterator (`iter/task_file`) that finds the listening sockets opened before tcpobs.
 pub const LISTENERS_ITERATOR: &str = "find_listeners";
 /// The iterator (`iter/task_file`) that seeds the connections opened before tcpobs.
@@ -587,6 +590,7 @@ mod tests {
             }
         }
         programs.push((SAMPLER_PROGRAM, "raw_tp"));
+        programs.push((FLUSH_OPENS_PROGRAM, "raw_tp"));
         programs.push((LISTENERS_ITERATOR, "iter"));
         programs.push((SEED_ITERATOR, "iter"));
         for probe in LIBCALL_FAMILIES.iter().flat_map(|family| family.probes) {

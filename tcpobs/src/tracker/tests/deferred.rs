@@ -1,7 +1,7 @@
 //! Connections whose open the kernel deferred (`tcpobs_common::PendingOpens`): the close stands
 //! for the open, or the open comes late, before or after the close, or twice.
 
-use tcpobs_common::ShortCloseEvent;
+use tcpobs_common::{ShortCloseEvent, deferral};
 
 use super::*;
 
@@ -32,7 +32,7 @@ fn deferred(events: &[OwnedEvent]) -> Vec<OwnedEvent> {
         .map(|event| match event {
             OwnedEvent::Close(close) => {
                 let mut close = *close;
-                close.record.open_deferred = 1;
+                close.record.open_deferred = deferral::PENDING;
                 OwnedEvent::Close(close)
             }
             other => *other,
@@ -169,4 +169,19 @@ fn a_flushed_open_makes_a_live_connection() {
     assert_eq!(opened(&got).len(), 1);
     assert_eq!(opened(&got)[0].connect_ns, 40 * US);
     assert_eq!(tracker.live().count(), 1);
+}
+
+/// A late open of a connection whose socket already carries a newer one (its close, read long
+/// before, is out of the recent closes' reach): dropped, and the newer connection stays.
+#[test]
+fn a_late_open_of_an_older_generation_leaves_the_newer_one() {
+    let old = served();
+    let newer = Sock::server(10 * MS).established(10 * MS + 40 * US);
+    let mut events = newer.events.clone();
+    events.push(late_open(&old));
+    let (got, tracker) = records(&events);
+    assert_eq!(opened(&got).len(), 1, "the newer one's");
+    assert!(connections(&got).is_empty(), "{got:#?}");
+    assert_eq!(tracker.live().count(), 1, "the newer one, live");
+    assert_eq!(tracker.stats(), TrackerStats::default(), "nothing lost");
 }
