@@ -83,8 +83,9 @@ impl PendingOpens {
     }
 }
 
-/// Entries in a CPU's [`PendingOpens`] (a power of two).
+/// Entries in a CPU's [`PendingOpens`] (a power of two: the counters wrap).
 pub const PENDING_OPEN_SLOTS: usize = 256;
+const _: () = assert!(PENDING_OPEN_SLOTS.is_power_of_two());
 
 /// Entries one run of the `flush_opens` program takes out (the verifier walks each run's loop
 /// whole: a short one keeps the program quick to load on old kernels).

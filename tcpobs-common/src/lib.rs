@@ -35,7 +35,9 @@
 //!   [`SockRecord::fold_exchange`]: the rules, shared with the daemon's tests);
 //! - [`StateEvent`] when a socket enters a state it can hang in (`CLOSE_WAIT`, `FIN_WAIT2`);
 //!   the other teardown states usually last one round trip, are kept in the record, and
-//!   the daemon reads them from the table when it needs them;
+//!   the daemon reads them from the table when it needs them. A connection whose open is still
+//!   deferred holds its `CLOSE_WAIT` back: it follows the late open (dated when it happened),
+//!   or the close stands for both;
 //! - [`CloseEvent`] once, when the socket is done, carrying the whole record: the exchange in
 //!   progress (its last) and the summary of the others; or, for a record that kept no
 //!   timeline span (a connection that made one request), a [`ShortCloseEvent`], the record
@@ -93,6 +95,9 @@ pub mod deferral {
     /// The deferred open was sent late (the connection is announced, as
     /// [`FLAG_ANNOUNCED`](crate::FLAG_ANNOUNCED) says of the others).
     pub const SENT: u8 = 2;
+    /// Pending when the close was sent: a late open that finds this discards itself (the
+    /// close stands for it). Never in an event: the close carries `PENDING`.
+    pub const CLOSED: u8 = 3;
 }
 
 /// `EventHeader::kind` values.
@@ -512,6 +517,28 @@ mod tests {
         assert_eq!(stat::by_role(stat::CLOSE_DROPPED, 200), stat::CLOSE_DROPPED);
         const _: () = assert!(stat::by_role(stat::CLOSE_DROPPED, role::SERVER) < stat::COUNT);
         const _: () = assert!(stat::CLOSE_UNSEEN + 2 < stat::CLOSE_DROPPED);
+    }
+
+    #[test]
+    fn the_deferred_opens_ring_wraps() {
+        let mut list = PendingOpens {
+            busy: 0,
+            _pad: 0,
+            head: u32::MAX - 1,
+            tail: u32::MAX - 1,
+            entries: [PendingOpen::default(); PENDING_OPEN_SLOTS],
+        };
+        assert_eq!((list.waiting(), list.oldest()), (0, None));
+        for sock in 1..=4u64 {
+            list.entries[list.tail as usize % PENDING_OPEN_SLOTS].sock = sock;
+            list.tail = list.tail.wrapping_add(1);
+        }
+        assert_eq!(list.waiting(), 4, "across the wrap");
+        assert_eq!(list.oldest().map(|entry| entry.sock), Some(1));
+        list.head = list.head.wrapping_add(3);
+        assert_eq!(list.waiting(), 1);
+        assert_eq!(list.oldest().map(|entry| entry.sock), Some(4));
+        assert_eq!(list.tail, 2);
     }
 
     #[test]

@@ -202,11 +202,16 @@ pub fn finish<R: Read>(sk: Sock<R>, rec: &mut SockRecord, ts_ns: u64) {
     sk.diag_at_close(&offsets().diag, &mut rec.diag);
     let hdr = header(kind::CLOSE, ts_ns, sock, rec);
     if !stopping() {
-        // Read before the slot is reserved, and sent as read: a flush on another CPU marks a
-        // deferred open sent once its own slot is reserved, so a close that reads it sent is
-        // read after that open, and one that reads it pending stands for it.
-        // SAFETY: a field of the record, a map value valid while the program runs.
+        // Read before the slot is reserved, and sent as read: a late open on another CPU marks
+        // itself sent once its own slot is reserved, so a close that reads it sent is read
+        // after that open, and one that reads it pending stands for it; a late open that
+        // checks the mark after this (`CLOSED`) discards itself.
+        // SAFETY: fields of the record, a map value valid while the program runs.
         let deferred = unsafe { core::ptr::read_volatile(&rec.open_deferred) };
+        if deferred == deferral::PENDING {
+            // SAFETY: as above.
+            unsafe { core::ptr::write_volatile(&mut rec.open_deferred, deferral::CLOSED) };
+        }
         // SAFETY (both closures): the pointer is a reserved ring buffer slot of the event's
         // size, and every byte is written before submit.
         let sent = if rec.exchanges.kept == 0 {
@@ -229,6 +234,10 @@ pub fn finish<R: Read>(sk: Sock<R>, rec: &mut SockRecord, ts_ns: u64) {
             })
         };
         if !sent {
+            // The spilled copy stands for the open as the close would have.
+            if rec.open_deferred == deferral::CLOSED {
+                rec.open_deferred = deferral::PENDING;
+            }
             if spill(hdr, rec) {
                 count(stat::CLOSE_SPILLED);
             } else {

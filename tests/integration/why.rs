@@ -18,7 +18,7 @@ use socket2::{Domain, Socket, Type};
 use tcpobs::{
     config::live::Thresholds,
     kernel::loader::FAMILIES,
-    model::{CloseKind, ConnectionRecord, Role, Stuck, drop_reason_name},
+    model::{CloseKind, ConnectionRecord, Record, Role, Stuck, drop_reason_name},
 };
 use tcpobs_tests::{
     Capture, PATIENCE, anomalies, by_role, connections,
@@ -629,6 +629,45 @@ fn retransmits_are_segments_as_the_kernel_counts_them() {
     assert_eq!(metric, retrans_segs as f64, "tcpobs_retransmits_total");
     eprintln!(
         "lossy loopback: retransmits {total} = metric {metric} = TcpRetransSegs {retrans_segs}"
+    );
+}
+
+/// A CLOSE_WAIT leak on a connection whose open was announced before the peer closed (late,
+/// if the kernel deferred it, as it does while events flow): the state event still goes out,
+/// and the leak is flagged.
+#[test]
+fn a_close_wait_leak_after_a_late_open_is_flagged() {
+    let (listener, addr) = listen("127.0.0.1:0");
+    let thresholds = Thresholds {
+        close_wait_s: 1.0,
+        ..Thresholds::default()
+    };
+    let capture = Capture::start_full(options(&[addr.port()]), runtime(thresholds));
+    let mut client = TcpStream::connect(addr).unwrap();
+    let (mut server, _) = listener.accept().unwrap();
+    client.write_all(b"ping").unwrap();
+    let mut request = [0u8; 4];
+    server.read_exact(&mut request).unwrap();
+    capture.wait_for("both ends announced", |records| {
+        let opened = records
+            .iter()
+            .filter(|record| matches!(record, Record::Opened(_)))
+            .count();
+        (opened == 2).then_some(())
+    });
+    drop(client);
+    let flagged = capture.wait_for("the close_wait anomaly", |records| {
+        anomalies(records)
+            .into_iter()
+            .find(|a| a.stuck == Stuck::CloseWait)
+    });
+    assert_eq!(flagged.role, Role::Server);
+    drop(server);
+    let (_, stats) = capture.stop();
+    assert_eq!(
+        stats.reader.events[tcpobs_common::kind::STATE as usize - 1],
+        1,
+        "the server's CLOSE_WAIT, sent as a state event"
     );
 }
 

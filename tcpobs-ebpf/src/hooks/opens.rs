@@ -9,8 +9,9 @@ use aya_ebpf::{macros::raw_tracepoint, programs::RawTracePointContext};
 
 use crate::record::flush_some;
 
+/// Returns 0 if it took out what it could, 1 if the list was busy under another program or the
+/// ring buffer full (the daemon runs it again).
 #[raw_tracepoint]
 pub fn flush_opens(_ctx: RawTracePointContext) -> i32 {
-    flush_some();
-    0
+    i32::from(!flush_some())
 }

@@ -35,8 +35,8 @@ use aya_ebpf::{
     programs::{BtfTracePointContext, ProbeContext, TracePointContext},
 };
 use tcpobs_common::{
-    FLAG_ANNOUNCED, FLAG_APP_CLOSED, FLAG_CLOSE_WAIT, FLAG_PARTIAL, FLAG_RST_RECV, Offsets, kind,
-    role, tcp_state, teardown,
+    FLAG_ANNOUNCED, FLAG_APP_CLOSED, FLAG_CLOSE_WAIT, FLAG_PARTIAL, FLAG_RST_RECV, Offsets,
+    deferral, kind, role, tcp_state, teardown,
 };
 
 use crate::{
@@ -235,7 +235,7 @@ fn teardown_step<R: Read>(o: &Offsets, sk: Sock<R>, old: u8, new: u8, now: u64) 
     // `CLOSE_WAIT` with its open (or its close, usually microseconds away); `FIN_WAIT2` can
     // last for good on a socket the application still holds, so its open goes now.
     if matches!(new, tcp_state::CLOSE_WAIT | tcp_state::FIN_WAIT2) {
-        if new == tcp_state::CLOSE_WAIT && rec.open_deferred != 0 {
+        if new == tcp_state::CLOSE_WAIT && rec.open_deferred == deferral::PENDING {
             return;
         }
         announce(sk.key(), rec);

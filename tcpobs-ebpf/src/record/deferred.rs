@@ -51,13 +51,13 @@ pub fn defer_open(sock: u64, rec: &mut SockRecord, now: u64) -> bool {
         let Some(oldest) = list.oldest().copied() else {
             break;
         };
-        if (list.waiting() as usize) < PENDING_OPEN_SLOTS
-            && now.saturating_sub(oldest.deferred_ns) < OPEN_DEFER_NS
+        if ((list.waiting() as usize) < PENDING_OPEN_SLOTS
+            && now.saturating_sub(oldest.deferred_ns) < OPEN_DEFER_NS)
+            || !take_out(oldest.sock, oldest.start_ns)
         {
             break;
         }
         list.head = list.head.wrapping_add(1);
-        take_out(oldest.sock, oldest.start_ns);
     }
     let deferred = (list.waiting() as usize) < PENDING_OPEN_SLOTS;
     if deferred {
@@ -74,20 +74,26 @@ pub fn defer_open(sock: u64, rec: &mut SockRecord, now: u64) -> bool {
 }
 
 /// Takes out up to [`OPENS_PER_FLUSH`] entries of this CPU's list, oldest first, whatever their
-/// age (the `flush_opens` program's run).
+/// age (the `flush_opens` program's run). False if the list was busy under the run this one
+/// interrupted, or the ring buffer had no room for an open: the daemon tries again.
 #[inline(always)]
-pub fn flush_some() {
+pub fn flush_some() -> bool {
     let Some(list) = own_list() else {
-        return;
+        return false;
     };
+    let mut done = true;
     for _ in 0..OPENS_PER_FLUSH {
         let Some(oldest) = list.oldest().copied() else {
             break;
         };
+        if !take_out(oldest.sock, oldest.start_ns) {
+            done = false;
+            break;
+        }
         list.head = list.head.wrapping_add(1);
-        take_out(oldest.sock, oldest.start_ns);
     }
     release(list);
+    done
 }
 
 /// Sends the open of `rec`, if it is still deferred: before any other event about the
@@ -95,7 +101,7 @@ pub fn flush_some() {
 #[inline(always)]
 pub fn announce(sock: u64, rec: &mut SockRecord) {
     if rec.open_deferred == deferral::PENDING {
-        send_open(sock, rec.start_ns, rec);
+        let _ = send_open(sock, rec.start_ns, rec);
     }
 }
 
@@ -104,7 +110,9 @@ pub fn announce(sock: u64, rec: &mut SockRecord) {
 fn own_list() -> Option<&'static mut PendingOpens> {
     // SAFETY: this CPU's slot of a one-entry per-CPU array, valid while the program runs; only
     // programs on this CPU touch it, and `busy`, read and written volatile (the program order
-    // is all that matters on one CPU), keeps a nested run off it.
+    // is all that matters on one CPU), keeps a nested run off it. Every program that takes it
+    // runs with preemption off (tracepoints, kprobes, the flush's test run), so none is
+    // descheduled between the read and the write for another to run in between.
     unsafe {
         let list = &mut *PENDING_OPENS.get_ptr_mut(0)?;
         if core::ptr::read_volatile(&list.busy) != 0 {
@@ -124,31 +132,32 @@ fn release(list: &mut PendingOpens) {
     unsafe { core::ptr::write_volatile(&mut list.busy, 0) };
 }
 
-/// An entry taken out of a list: sends the open of its connection if it is still deferred
-/// (its record still in the table, same generation).
+/// An entry to take out of a list: sends the open of its connection if it is still deferred
+/// (its record still in the table, same generation). False if the ring buffer had no room
+/// (the entry stays, the oldest, for the next try).
 #[inline(never)]
-fn take_out(sock: u64, start_ns: u64) {
+fn take_out(sock: u64, start_ns: u64) -> bool {
     // SAFETY: as in `record_or_adopt`.
-    if let Some(rec) = SOCKETS.get_ptr_mut(sock).map(|rec| unsafe { &mut *rec })
-        && rec.start_ns == start_ns
-        && rec.open_deferred == deferral::PENDING
-    {
-        send_open(sock, start_ns, rec);
+    match SOCKETS.get_ptr_mut(sock).map(|rec| unsafe { &mut *rec }) {
+        Some(rec) if rec.start_ns == start_ns && rec.open_deferred == deferral::PENDING => {
+            send_open(sock, start_ns, rec)
+        }
+        _ => true,
     }
 }
 
 /// The deferred open of generation `start_ns` of `rec`, with when it was established, then its
-/// `CLOSE_WAIT` state event if it is in that state (skipped while the open was deferred). If
-/// the ring buffer is full the open stays deferred (counted): the close stands for it, or the
-/// next event about the connection sends it.
+/// `CLOSE_WAIT` state event if it is in that state (held back while the open was deferred).
+/// False if the ring buffer had no room (counted): the open stays deferred, its entry on the
+/// list if it has one, and the close stands for it if it comes first.
 #[inline(never)]
-fn send_open(sock: u64, start_ns: u64, rec: &mut SockRecord) {
+fn send_open(sock: u64, start_ns: u64, rec: &mut SockRecord) -> bool {
     if stopping() {
-        return;
+        return true;
     }
     let Some(mut entry) = EVENTS.reserve::<OpenEvent>(0) else {
         count(stat::RINGBUF_FULL);
-        return;
+        return false;
     };
     let event = entry.as_mut_ptr();
     // SAFETY: a reserved ring buffer slot of an `OpenEvent`, every field written before submit.
@@ -173,7 +182,7 @@ fn send_open(sock: u64, start_ns: u64, rec: &mut SockRecord) {
     // run sent the open first.
     if rec.start_ns != start_ns || rec.open_deferred != deferral::PENDING {
         entry.discard(0);
-        return;
+        return true;
     }
     // Marked sent while the slot is reserved and not yet submitted: a close (`finish`) reads
     // the mark before it reserves its own slot, so one that reads it sent is read after this
@@ -191,4 +200,5 @@ fn send_open(sock: u64, start_ns: u64, rec: &mut SockRecord) {
             rec.close_wait_ns,
         );
     }
+    true
 }

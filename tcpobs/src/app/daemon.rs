@@ -258,7 +258,6 @@ impl Tracer {
 
     /// Drains the ring buffer once into the metrics and `sink`. Returns how many events.
     pub(crate) fn pump(&mut self, sink: &mut dyn Sink) -> io::Result<usize> {
-        self.flush_opens();
         let read = {
             let mut tracker = lock(&self.tracker);
             self.reader
@@ -275,6 +274,8 @@ impl Tracer {
         if read > 0 {
             sink.flush()?;
         }
+        // After the drain, when the ring buffer has the most room; the next drain reads them.
+        self.flush_opens();
         Ok(read)
     }
 
@@ -445,6 +446,10 @@ impl Tracer {
             Step::Wait => {
                 self.reader.count_idle_wait();
                 lock(&self.health).reader = self.reader.stats();
+                // An open deferred by a program that read the flag just before it was set.
+                if let Some(opens) = &mut self.opens {
+                    opens.flush_all(&self.loaded.ebpf);
+                }
                 return;
             }
             Step::Resume => {

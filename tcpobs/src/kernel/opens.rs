@@ -2,10 +2,11 @@
 //! opens only while the daemon can take entries out of a CPU's list, with the `flush_opens`
 //! program. The daemon flushes the lists that have waited [`OPEN_DEFER_NS`] (a CPU where no
 //! connection has been established since: a busy one takes its own entries out), every list
-//! when the reader goes idle, and every list before it stops reading. A connection whose open
-//! is deferred is therefore unknown to the daemon (its live table, the open connections gauge,
-//! `/connections`) for up to twice [`OPEN_DEFER_NS`], unless it closes first: its close then
-//! stands for its open.
+//! when the reader goes idle (and once more when it stops its timer), and every list before it
+//! stops reading. A connection whose open is deferred is therefore unknown to the daemon (its
+//! live table, the open connections gauge, `/connections`) for up to about twice
+//! [`OPEN_DEFER_NS`] (a run that finds a list busy waits for the next look, or sweep), unless
+//! it closes first: its close then stands for its open.
 
 use std::time::{Duration, Instant};
 
@@ -14,7 +15,7 @@ use aya::{
     maps::{Array, MapData, PerCpuArray},
     programs::{RawTracePoint, RawTracePointRunOptions, TestRun as _},
 };
-use tcpobs_common::{OPEN_DEFER_NS, OPENS_PER_FLUSH, PendingOpens, names};
+use tcpobs_common::{OPEN_DEFER_NS, OPENS_PER_FLUSH, PENDING_OPEN_SLOTS, PendingOpens, names};
 use tracing::warn;
 
 use crate::{
@@ -33,6 +34,8 @@ pub(crate) struct DeferredOpens {
     allowed: Array<MapData, u32>,
     lists: PerCpuArray<MapData, PendingOpens>,
     checked: Instant,
+    /// A flush failed: deferring is off (warned).
+    failed: bool,
 }
 
 impl DeferredOpens {
@@ -48,6 +51,7 @@ impl DeferredOpens {
             allowed: take_map(ebpf, names::DEFER_OPENS_MAP).map_err(|err| err.to_string())?,
             lists: take_map(ebpf, names::PENDING_OPENS_MAP).map_err(|err| err.to_string())?,
             checked: Instant::now(),
+            failed: false,
         };
         opens
             .allowed
@@ -87,20 +91,21 @@ impl DeferredOpens {
 
     fn disallow(&mut self) {
         if let Err(err) = self.allowed.set(0, 0, 0) {
-            warn!("deferred opens: {err}");
+            warn!("deferred opens: turning them off: {err}");
         }
     }
 
     /// Runs the flush program on every CPU whose list `due` picks, as many times as its
-    /// entries need. If a run fails, the programs stop deferring opens (warned): what is left
-    /// on the lists is announced by the connections' next events, or stood for by their
+    /// entries need (a run that finds the list busy, or the ring buffer full, is tried again,
+    /// up to twice the runs a full list needs). If a run fails, the programs stop deferring
+    /// opens (warned once) and the other CPUs' lists are still flushed: what is left on the
+    /// failing CPU's list is announced by the connections' next events, or stood for by their
     /// closes.
     fn flush(&mut self, ebpf: &Ebpf, due: impl Fn(&PendingOpens) -> bool) {
         let lists = match self.lists.get(&0, 0) {
             Ok(lists) => lists,
             Err(err) => {
-                warn!("deferred opens: {err}; every open is sent at once from now on");
-                self.disallow();
+                self.fail(&format!("reading the lists: {err}"));
                 return;
             }
         };
@@ -108,23 +113,37 @@ impl DeferredOpens {
             if list.waiting() == 0 || !due(list) {
                 continue;
             }
-            // A CPU whose list is busy under a program skips a run; the next check retries.
-            for _ in 0..(list.waiting() as usize).div_ceil(OPENS_PER_FLUSH) {
-                if let Err(err) = run_on(ebpf, cpu as u32) {
-                    warn!(
-                        "flushing the deferred opens of CPU {cpu}: {err}; every open is sent \
-                         at once from now on"
-                    );
-                    self.disallow();
-                    return;
+            let mut runs = (list.waiting() as usize)
+                .min(PENDING_OPEN_SLOTS)
+                .div_ceil(OPENS_PER_FLUSH);
+            for _ in 0..2 * PENDING_OPEN_SLOTS / OPENS_PER_FLUSH {
+                match run_on(ebpf, cpu as u32) {
+                    Ok(true) => runs -= 1,
+                    Ok(false) => {}
+                    Err(err) => {
+                        self.fail(&format!("flushing CPU {cpu}: {err}"));
+                        break;
+                    }
+                }
+                if runs == 0 {
+                    break;
                 }
             }
         }
     }
+
+    fn fail(&mut self, why: &str) {
+        if !self.failed {
+            self.failed = true;
+            warn!("deferred opens: {why}; every open is sent at once from now on");
+            self.disallow();
+        }
+    }
 }
 
-/// One run of the flush program on `cpu`.
-fn run_on(ebpf: &Ebpf, cpu: u32) -> Result<(), String> {
+/// One run of the flush program on `cpu`: whether it took out what it could (false: the list
+/// was busy, or the ring buffer full).
+fn run_on(ebpf: &Ebpf, cpu: u32) -> Result<bool, String> {
     let program: &RawTracePoint = ebpf
         .program(FLUSH_OPENS_PROGRAM)
         .ok_or("the program is gone")?
@@ -135,6 +154,6 @@ fn run_on(ebpf: &Ebpf, cpu: u32) -> Result<(), String> {
             args: [0; 12],
             cpu: Some(cpu),
         })
-        .map(|_| ())
+        .map(|result| result.return_value == 0)
         .map_err(|err| error_chain(&err))
 }
