@@ -156,6 +156,7 @@ pub fn options(ports: &[u16]) -> LoadOptions {
         libcalls: LibcallOptions::default(),
         // No folding: every exchange comes as an event, which the tests read as records.
         exchanges: ExchangeOptions::default(),
+        defer_opens: true,
     }
 }
 

@@ -40,6 +40,7 @@ fn help_explains_every_setting() {
         "--drain-interval",
         "--log-level",
         "--phases",
+        "--defer-opens",
     ] {
         assert!(
             help.contains(flag),

@@ -632,17 +632,31 @@ fn retransmits_are_segments_as_the_kernel_counts_them() {
     );
 }
 
+/// Traces `port` with a 1 s CLOSE_WAIT threshold.
+fn close_wait_capture(port: u16) -> Capture {
+    let thresholds = Thresholds {
+        close_wait_s: 1.0,
+        ..Thresholds::default()
+    };
+    Capture::start_full(options(&[port]), runtime(thresholds))
+}
+
+/// The first CLOSE_WAIT anomaly.
+fn wait_close_wait(capture: &Capture) -> tcpobs::model::AnomalyRecord {
+    capture.wait_for("the close_wait anomaly", |records| {
+        anomalies(records)
+            .into_iter()
+            .find(|a| a.stuck == Stuck::CloseWait)
+    })
+}
+
 /// A CLOSE_WAIT leak on a connection whose open was announced before the peer closed (late,
 /// if the kernel deferred it, as it does while events flow): the state event still goes out,
 /// and the leak is flagged.
 #[test]
 fn a_close_wait_leak_after_a_late_open_is_flagged() {
     let (listener, addr) = listen("127.0.0.1:0");
-    let thresholds = Thresholds {
-        close_wait_s: 1.0,
-        ..Thresholds::default()
-    };
-    let capture = Capture::start_full(options(&[addr.port()]), runtime(thresholds));
+    let capture = close_wait_capture(addr.port());
     let mut client = TcpStream::connect(addr).unwrap();
     let (mut server, _) = listener.accept().unwrap();
     client.write_all(b"ping").unwrap();
@@ -656,11 +670,7 @@ fn a_close_wait_leak_after_a_late_open_is_flagged() {
         (opened == 2).then_some(())
     });
     drop(client);
-    let flagged = capture.wait_for("the close_wait anomaly", |records| {
-        anomalies(records)
-            .into_iter()
-            .find(|a| a.stuck == Stuck::CloseWait)
-    });
+    let flagged = wait_close_wait(&capture);
     assert_eq!(flagged.role, Role::Server);
     drop(server);
     let (_, stats) = capture.stop();
@@ -676,11 +686,7 @@ fn a_close_wait_leak_after_a_late_open_is_flagged() {
 #[test]
 fn a_close_wait_leak_names_its_process() {
     let (listener, addr) = listen("127.0.0.1:0");
-    let thresholds = Thresholds {
-        close_wait_s: 1.0,
-        ..Thresholds::default()
-    };
-    let capture = Capture::start_full(options(&[addr.port()]), runtime(thresholds));
+    let capture = close_wait_capture(addr.port());
     let (told, comm) = mpsc::channel();
     let server = thread::Builder::new()
         .name("leaky-server".into())
@@ -697,11 +703,7 @@ fn a_close_wait_leak_names_its_process() {
     client.write_all(b"ping").unwrap();
     let comm = comm.recv().unwrap();
     drop(client);
-    let flagged = capture.wait_for("the close_wait anomaly", |records| {
-        anomalies(records)
-            .into_iter()
-            .find(|a| a.stuck == Stuck::CloseWait)
-    });
+    let flagged = wait_close_wait(&capture);
     assert_eq!(flagged.role, Role::Server);
     let process = flagged
         .process

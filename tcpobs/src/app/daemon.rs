@@ -135,9 +135,14 @@ impl Tracer {
         // SAFETY: malloc_trim only releases free memory; it has no preconditions.
         unsafe { libc::malloc_trim(0) };
         let (reader, sockets) = Reader::new(&mut loaded.ebpf)?;
-        let opens = DeferredOpens::start(&mut loaded.ebpf)
-            .map_err(|err| warn!("deferred opens: {err}; every open is sent at once"))
-            .ok();
+        let opens = options
+            .defer_opens
+            .then(|| {
+                DeferredOpens::start(&mut loaded.ebpf)
+                    .map_err(|err| warn!("deferred opens: {err}; every open is sent at once"))
+                    .ok()
+            })
+            .flatten();
         let sockets = Arc::new(sockets);
         let table = Arc::clone(&sockets);
         lock(&tracker)

@@ -251,6 +251,7 @@ impl Cli {
                     enabled: self.phases == Switch::On,
                     lib_root: self.phases_lib_root,
                 },
+                defer_opens: self.defer_opens == Switch::On,
                 // Whether to fold is the metrics' call (`app::run`).
                 exchanges: ExchangeOptions {
                     fold: None,

@@ -74,6 +74,8 @@ pub struct LoadOptions {
     pub libcalls: LibcallOptions,
     /// Whether the kernel folds exchanges into histograms.
     pub exchanges: ExchangeOptions,
+    /// Whether the programs may defer opens (`--defer-opens`, `tcpobs_common::PendingOpens`).
+    pub defer_opens: bool,
 }
 
 /// The loaded object and how each family is attached. Dropping it detaches everything.
