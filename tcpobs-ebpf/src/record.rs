@@ -146,14 +146,33 @@ pub fn emit_open(kind: u32, sock: u64, rec: &SockRecord, ts_ns: u64) -> bool {
     // SAFETY (all `emit` closures): the pointer is a reserved ring buffer slot of the event's
     // size, and every field is written before submit.
     emit(|event: *mut OpenEvent| unsafe {
-        (*event).hdr = header(kind, ts_ns, sock, rec);
+        write_open(event, header(kind, ts_ns, sock, rec), rec, rec.state, 0);
+    })
+}
+
+/// Writes every field of an open event of `rec` into a reserved ring buffer slot.
+///
+/// # Safety
+/// `event` is a reserved ring buffer slot of an `OpenEvent`, not yet submitted.
+#[inline(always)]
+unsafe fn write_open(
+    event: *mut OpenEvent,
+    hdr: EventHeader,
+    rec: &SockRecord,
+    state: u8,
+    deferred: u8,
+) {
+    // SAFETY: the caller's.
+    unsafe {
+        (*event).hdr = hdr;
         (*event).endpoints = rec.endpoints;
         (*event).task = rec.task;
         (*event).role = rec.role;
         (*event).flags = rec.flags;
-        (*event).state = rec.state;
+        (*event).state = state;
+        (*event).deferred = deferred;
         zero(&mut (*event)._pad);
-    })
+    }
 }
 
 /// Sends the exchange that the next request (at `next_ns`) ended: the held request and the

@@ -14,11 +14,8 @@ use tcpobs_common::{
     PendingOpen, PendingOpens, SockRecord, deferral, kind, stat, tcp_state,
 };
 
-use super::{emit_state, submit_flags};
-use crate::{
-    helpers::zero,
-    maps::{EVENTS, READER_IDLE, SOCKETS, count, stopping},
-};
+use super::{emit_state, submit_flags, write_open};
+use crate::maps::{EVENTS, READER_IDLE, SOCKETS, count, stopping};
 
 /// 1 while the daemon allows deferring opens: it can flush a quiet CPU's list (`flush_opens`),
 /// and will flush them all before it stops reading.
@@ -48,16 +45,13 @@ pub fn defer_open(sock: u64, rec: &mut SockRecord, now: u64) -> bool {
         return false;
     };
     for _ in 0..2 {
-        let Some(oldest) = list.oldest().copied() else {
-            break;
-        };
-        if ((list.waiting() as usize) < PENDING_OPEN_SLOTS
-            && now.saturating_sub(oldest.deferred_ns) < OPEN_DEFER_NS)
-            || !take_out(oldest.sock, oldest.start_ns)
-        {
+        let due = list.oldest().is_some_and(|oldest| {
+            list.waiting() as usize >= PENDING_OPEN_SLOTS
+                || now.saturating_sub(oldest.deferred_ns) >= OPEN_DEFER_NS
+        });
+        if !due || !take_oldest(list) {
             break;
         }
-        list.head = list.head.wrapping_add(1);
     }
     let deferred = (list.waiting() as usize) < PENDING_OPEN_SLOTS;
     if deferred {
@@ -83,14 +77,13 @@ pub fn flush_some() -> bool {
     };
     let mut done = true;
     for _ in 0..OPENS_PER_FLUSH {
-        let Some(oldest) = list.oldest().copied() else {
+        if list.waiting() == 0 {
             break;
-        };
-        if !take_out(oldest.sock, oldest.start_ns) {
+        }
+        if !take_oldest(list) {
             done = false;
             break;
         }
-        list.head = list.head.wrapping_add(1);
     }
     release(list);
     done
@@ -132,9 +125,23 @@ fn release(list: &mut PendingOpens) {
     unsafe { core::ptr::write_volatile(&mut list.busy, 0) };
 }
 
-/// An entry to take out of a list: sends the open of its connection if it is still deferred
-/// (its record still in the table, same generation). False if the ring buffer had no room
-/// (the entry stays, the oldest, for the next try).
+/// Takes the oldest entry out of a taken list: sends the open of its connection if it is still
+/// deferred (its record still in the table, same generation). False if the list is empty, or
+/// the ring buffer had no room (the entry stays, the oldest, for the next try).
+#[inline(always)]
+fn take_oldest(list: &mut PendingOpens) -> bool {
+    let Some(&PendingOpen { sock, start_ns, .. }) = list.oldest() else {
+        return false;
+    };
+    if !take_out(sock, start_ns) {
+        return false;
+    }
+    list.head = list.head.wrapping_add(1);
+    true
+}
+
+/// Sends the open of an entry's connection if it is still deferred. False if the ring buffer
+/// had no room.
 #[inline(never)]
 fn take_out(sock: u64, start_ns: u64) -> bool {
     // SAFETY: as in `record_or_adopt`.
@@ -159,24 +166,15 @@ fn send_open(sock: u64, start_ns: u64, rec: &mut SockRecord) -> bool {
         count(stat::RINGBUF_FULL);
         return false;
     };
-    let event = entry.as_mut_ptr();
-    // SAFETY: a reserved ring buffer slot of an `OpenEvent`, every field written before submit.
-    unsafe {
-        (*event).hdr = EventHeader {
-            kind: kind::OPEN,
-            _pad: 0,
-            ts_ns: rec.established_ns,
-            sock,
-            start_ns,
-        };
-        (*event).endpoints = rec.endpoints;
-        (*event).task = rec.task;
-        (*event).role = rec.role;
-        (*event).flags = rec.flags;
-        (*event).state = tcp_state::ESTABLISHED;
-        (*event).deferred = 1;
-        zero(&mut (*event)._pad);
-    }
+    let hdr = EventHeader {
+        kind: kind::OPEN,
+        _pad: 0,
+        ts_ns: rec.established_ns,
+        sock,
+        start_ns,
+    };
+    // SAFETY: a reserved ring buffer slot of an `OpenEvent`, submitted or discarded below.
+    unsafe { write_open(entry.as_mut_ptr(), hdr, rec, tcp_state::ESTABLISHED, 1) };
     // A flush reads records of other CPUs' sockets: the connection may have closed and its
     // record's memory gone to another meanwhile (the table reuses freed elements), or another
     // run sent the open first.
