@@ -39,9 +39,11 @@ pub struct OpenEvent {
     pub _pad: [u8; 4],
 }
 
-/// The deferred opens of one CPU (the one entry of the per-CPU array
-/// [`names::PENDING_OPENS_MAP`](crate::names::PENDING_OPENS_MAP)), oldest first: a ring of
-/// [`PENDING_OPEN_SLOTS`] entries, `entries[head % PENDING_OPEN_SLOTS]` the oldest.
+/// The counters of one CPU's deferred opens (the one entry of the per-CPU array
+/// [`names::PENDING_LISTS_MAP`](crate::names::PENDING_LISTS_MAP)); the entries are in
+/// [`PendingOpens`], a ring of [`PENDING_OPEN_SLOTS`], oldest first: `entries[head %
+/// PENDING_OPEN_SLOTS]` is the oldest. Apart, so that the daemon's look at every CPU's list
+/// copies 16 bytes a CPU, not the entries.
 ///
 /// When a connection is established the state program notes it here instead of sending its
 /// open event ([`SockRecord::open_deferred`]). An entry is taken out when the list is full or
@@ -60,30 +62,44 @@ pub struct OpenEvent {
 /// mid-update (a softirq over a process-context run, or the flush program's run on the CPU) off
 /// it: that one sends its open at once instead.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct PendingOpens {
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PendingList {
     pub busy: u32,
     pub _pad: u32,
     /// Entries taken out so far (counts on, wrapping).
     pub head: u32,
     /// Entries put in so far (counts on, wrapping); `tail - head` are waiting.
     pub tail: u32,
-    pub entries: [PendingOpen; PENDING_OPEN_SLOTS],
 }
 
-impl PendingOpens {
+impl PendingList {
     /// Entries waiting.
     pub fn waiting(&self) -> u32 {
         self.tail.wrapping_sub(self.head)
     }
+}
 
-    /// The oldest entry waiting, if any.
-    pub fn oldest(&self) -> Option<&PendingOpen> {
-        (self.waiting() != 0).then(|| &self.entries[self.head as usize % PENDING_OPEN_SLOTS])
+/// The entries of one CPU's deferred opens (the one entry of the per-CPU array
+/// [`names::PENDING_OPENS_MAP`](crate::names::PENDING_OPENS_MAP)); [`PendingList`] counts them.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PendingOpens {
+    pub entries: [PendingOpen; PENDING_OPEN_SLOTS],
+}
+
+impl PendingOpens {
+    /// The oldest entry waiting on `list`, if any.
+    pub fn oldest(&self, list: &PendingList) -> Option<&PendingOpen> {
+        (list.waiting() != 0).then(|| &self.entries[list.head as usize % PENDING_OPEN_SLOTS])
+    }
+
+    /// The slot the next entry of `list` goes to.
+    pub fn next_mut(&mut self, list: &PendingList) -> &mut PendingOpen {
+        &mut self.entries[list.tail as usize % PENDING_OPEN_SLOTS]
     }
 }
 
-/// Entries in a CPU's [`PendingOpens`] (a power of two: the counters wrap).
+/// Entries in a CPU's [`PendingOpens`] (a power of two: the counters of [`PendingList`] wrap).
 pub const PENDING_OPEN_SLOTS: usize = 256;
 const _: () = assert!(PENDING_OPEN_SLOTS.is_power_of_two());
 

@@ -24,7 +24,7 @@
 //! - [`OpenEvent`] of kind [`kind::OPEN`] when a socket reaches `ESTABLISHED`, or when a socket
 //!   that was already open is seen for the first time (flag [`FLAG_PARTIAL`]). While the
 //!   daemon allows it ([`names::DEFER_OPENS_MAP`]), the open of an established connection is
-//!   deferred instead ([`PendingOpens`]): most connections that churn close before it would be
+//!   deferred instead ([`PendingList`]): most connections that churn close before it would be
 //!   sent, and their close ([`SockRecord::open_deferred`]) then stands for it;
 //! - [`BurstEvent`] when an exchange ends (the next request begins), carrying its request and
 //!   response bursts, only while the daemon asks for every exchange
@@ -63,7 +63,8 @@ pub mod seed;
 pub use diag::{DiagOffsets, DiagStats, ListenSample, ListenSock, SockSample};
 pub use events::{
     BurstEvent, CloseEvent, EventHeader, OPEN_DEFER_NS, OPENS_PER_FLUSH, OpenEvent,
-    PENDING_OPEN_SLOTS, PendingOpen, PendingOpens, SHORT_RECORD_BYTES, ShortCloseEvent, StateEvent,
+    PENDING_OPEN_SLOTS, PendingList, PendingOpen, PendingOpens, SHORT_RECORD_BYTES,
+    ShortCloseEvent, StateEvent,
 };
 pub use exchanges::DataSink;
 pub use folds::{FoldConfig, Folds, HistSlot, RoleFolds};
@@ -376,7 +377,7 @@ pub struct SockRecord {
     pub first_teardown: u8,
     /// The state the socket left when it reached `CLOSE`.
     pub final_state: u8,
-    /// Where the connection's open stands if it was deferred ([`PendingOpens`]): one of
+    /// Where the connection's open stands if it was deferred ([`PendingList`]): one of
     /// [`deferral`]. A close that says [`deferral::PENDING`] stands for the open too.
     pub open_deferred: u8,
     pub _pad: [u8; 2],
@@ -500,7 +501,7 @@ mod pod {
     unsafe impl aya::Pod for super::Endpoints {}
     unsafe impl aya::Pod for super::FoldConfig {}
     unsafe impl aya::Pod for super::Folds {}
-    unsafe impl aya::Pod for super::PendingOpens {}
+    unsafe impl aya::Pod for super::PendingList {}
 }
 
 #[cfg(test)]
@@ -521,23 +522,25 @@ mod tests {
 
     #[test]
     fn the_deferred_opens_ring_wraps() {
-        let mut list = PendingOpens {
-            busy: 0,
-            _pad: 0,
+        let mut list = PendingList {
             head: u32::MAX - 1,
             tail: u32::MAX - 1,
+            ..PendingList::default()
+        };
+        let mut opens = PendingOpens {
             entries: [PendingOpen::default(); PENDING_OPEN_SLOTS],
         };
-        assert_eq!((list.waiting(), list.oldest()), (0, None));
+        assert_eq!((list.waiting(), opens.oldest(&list)), (0, None));
         for sock in 1..=4u64 {
-            list.entries[list.tail as usize % PENDING_OPEN_SLOTS].sock = sock;
+            opens.next_mut(&list).sock = sock;
             list.tail = list.tail.wrapping_add(1);
         }
         assert_eq!(list.waiting(), 4, "across the wrap");
-        assert_eq!(list.oldest().map(|entry| entry.sock), Some(1));
+        assert_eq!(opens.oldest(&list).map(|entry| entry.sock), Some(1));
+        assert_eq!(opens.entries[1].sock, 4, "the fourth after the wrap");
         list.head = list.head.wrapping_add(3);
         assert_eq!(list.waiting(), 1);
-        assert_eq!(list.oldest().map(|entry| entry.sock), Some(4));
+        assert_eq!(opens.oldest(&list).map(|entry| entry.sock), Some(4));
         assert_eq!(list.tail, 2);
     }
 

@@ -21,8 +21,10 @@ pub const STOPPING_MAP: &str = "STOPPING";
 /// entry): the next program to send an event wakes the reader and sets it back to 0.
 pub const READER_IDLE_MAP: &str = "READER_IDLE";
 /// 1 while the daemon allows the programs to defer opens (`Array<u32>`, one entry): it can
-/// run the `flush_opens` program ([`crate::PendingOpens`]).
+/// run the `flush_opens` program ([`crate::PendingList`]).
 pub const DEFER_OPENS_MAP: &str = "DEFER_OPENS";
+/// The counters of each CPU's deferred opens (`PerCpuArray<PendingList>`, one entry).
+pub const PENDING_LISTS_MAP: &str = "PENDING_LISTS";
 /// Each CPU's deferred opens (`PerCpuArray<PendingOpens>`, one entry).
 pub const PENDING_OPENS_MAP: &str = "PENDING_OPENS";
 /// Ports for the port filter (`HashMap<u16, u8>`), host byte order.

@@ -1,4 +1,4 @@
-//! The flush of deferred opens (`tcpobs_common::PendingOpens`): a raw tracepoint program that is
+//! The flush of deferred opens (`tcpobs_common::PendingList`): a raw tracepoint program that is
 //! never attached. The daemon runs it with `BPF_PROG_TEST_RUN` (raw tracepoints since Linux
 //! 5.10) on a CPU whose list has waited `OPEN_DEFER_NS` (a CPU where no connection has been
 //! established since: a busy one takes its own entries out), and on every CPU when the reader

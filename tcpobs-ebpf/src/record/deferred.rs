@@ -1,4 +1,4 @@
-//! Deferred opens (`tcpobs_common::PendingOpens`): the open of an established connection waits
+//! Deferred opens (`tcpobs_common::PendingList`): the open of an established connection waits
 //! on its CPU's list, and is sent only if the connection outlives the list (or something else
 //! about it is sent first). A connection that closes before that needs no open event: its close
 //! carries `SockRecord::open_deferred`, and the daemon makes the open from it.
@@ -11,7 +11,7 @@ use aya_ebpf::{
 };
 use tcpobs_common::{
     EventHeader, FLAG_CONNECT_SENT, OPEN_DEFER_NS, OPENS_PER_FLUSH, OpenEvent, PENDING_OPEN_SLOTS,
-    PendingOpen, PendingOpens, SockRecord, deferral, kind, stat, tcp_state,
+    PendingList, PendingOpen, PendingOpens, SockRecord, deferral, kind, stat, tcp_state,
 };
 
 use super::{emit_state, submit_flags, write_open};
@@ -22,9 +22,31 @@ use crate::maps::{EVENTS, READER_IDLE, SOCKETS, count, stopping};
 #[map]
 static DEFER_OPENS: Array<u32> = Array::with_max_entries(1, 0);
 
+/// The counters of each CPU's deferred opens; the daemon reads them.
+#[map]
+static PENDING_LISTS: PerCpuArray<PendingList> = PerCpuArray::with_max_entries(1, 0);
+
 /// Each CPU's deferred opens.
 #[map]
 static PENDING_OPENS: PerCpuArray<PendingOpens> = PerCpuArray::with_max_entries(1, 0);
+
+/// This CPU's list, taken: its counters and its entries.
+struct List {
+    counts: &'static mut PendingList,
+    opens: &'static mut PendingOpens,
+}
+
+impl List {
+    #[inline(always)]
+    fn waiting(&self) -> u32 {
+        self.counts.waiting()
+    }
+
+    #[inline(always)]
+    fn oldest(&self) -> Option<&PendingOpen> {
+        self.opens.oldest(self.counts)
+    }
+}
 
 /// Defers the open of `rec`, just established: notes it on this CPU's list and marks the
 /// record, after taking out the list's oldest entry if the list is full or the entry has waited
@@ -41,7 +63,7 @@ pub fn defer_open(sock: u64, rec: &mut SockRecord, now: u64) -> bool {
     {
         return false;
     }
-    let Some(list) = own_list() else {
+    let Some(mut list) = own_list() else {
         return false;
     };
     for _ in 0..2 {
@@ -49,18 +71,18 @@ pub fn defer_open(sock: u64, rec: &mut SockRecord, now: u64) -> bool {
             list.waiting() as usize >= PENDING_OPEN_SLOTS
                 || now.saturating_sub(oldest.deferred_ns) >= OPEN_DEFER_NS
         });
-        if !due || !take_oldest(list) {
+        if !due || !take_oldest(&mut list) {
             break;
         }
     }
     let deferred = (list.waiting() as usize) < PENDING_OPEN_SLOTS;
     if deferred {
-        list.entries[list.tail as usize % PENDING_OPEN_SLOTS] = PendingOpen {
+        *list.opens.next_mut(list.counts) = PendingOpen {
             sock,
             start_ns: rec.start_ns,
             deferred_ns: now,
         };
-        list.tail = list.tail.wrapping_add(1);
+        list.counts.tail = list.counts.tail.wrapping_add(1);
         rec.open_deferred = deferral::PENDING;
     }
     release(list);
@@ -72,7 +94,7 @@ pub fn defer_open(sock: u64, rec: &mut SockRecord, now: u64) -> bool {
 /// interrupted, or the ring buffer had no room for an open: the daemon tries again.
 #[inline(always)]
 pub fn flush_some() -> bool {
-    let Some(list) = own_list() else {
+    let Some(mut list) = own_list() else {
         return false;
     };
     let mut done = true;
@@ -80,7 +102,7 @@ pub fn flush_some() -> bool {
         if list.waiting() == 0 {
             break;
         }
-        if !take_oldest(list) {
+        if !take_oldest(&mut list) {
             done = false;
             break;
         }
@@ -100,43 +122,44 @@ pub fn announce(sock: u64, rec: &mut SockRecord) {
 
 /// This CPU's list, taken (`busy`); `None` if a run this one interrupted holds it.
 #[inline(always)]
-fn own_list() -> Option<&'static mut PendingOpens> {
+fn own_list() -> Option<List> {
     // SAFETY: this CPU's slot of a one-entry per-CPU array, valid while the program runs; only
     // programs on this CPU touch it, and `busy`, read and written volatile (the program order
     // is all that matters on one CPU), keeps a nested run off it. Every program that takes it
     // runs with preemption off (tracepoints, kprobes, the flush's test run), so none is
     // descheduled between the read and the write for another to run in between.
     unsafe {
-        let list = &mut *PENDING_OPENS.get_ptr_mut(0)?;
-        if core::ptr::read_volatile(&list.busy) != 0 {
+        let counts = &mut *PENDING_LISTS.get_ptr_mut(0)?;
+        let opens = &mut *PENDING_OPENS.get_ptr_mut(0)?;
+        if core::ptr::read_volatile(&counts.busy) != 0 {
             return None;
         }
-        core::ptr::write_volatile(&mut list.busy, 1);
+        core::ptr::write_volatile(&mut counts.busy, 1);
         // Nor may the compiler move the list's reads and writes out from under `busy`.
         compiler_fence(Ordering::SeqCst);
-        Some(list)
+        Some(List { counts, opens })
     }
 }
 
 #[inline(always)]
-fn release(list: &mut PendingOpens) {
+fn release(list: List) {
     compiler_fence(Ordering::SeqCst);
     // SAFETY: a field of the list taken by `own_list`.
-    unsafe { core::ptr::write_volatile(&mut list.busy, 0) };
+    unsafe { core::ptr::write_volatile(&mut list.counts.busy, 0) };
 }
 
 /// Takes the oldest entry out of a taken list: sends the open of its connection if it is still
 /// deferred (its record still in the table, same generation). False if the list is empty, or
 /// the ring buffer had no room (the entry stays, the oldest, for the next try).
 #[inline(always)]
-fn take_oldest(list: &mut PendingOpens) -> bool {
+fn take_oldest(list: &mut List) -> bool {
     let Some(&PendingOpen { sock, start_ns, .. }) = list.oldest() else {
         return false;
     };
     if !take_out(sock, start_ns) {
         return false;
     }
-    list.head = list.head.wrapping_add(1);
+    list.counts.head = list.counts.head.wrapping_add(1);
     true
 }
 

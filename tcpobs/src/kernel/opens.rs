@@ -1,4 +1,4 @@
-//! Deferred opens, the daemon's side (`tcpobs_common::PendingOpens`): the programs may defer
+//! Deferred opens, the daemon's side (`tcpobs_common::PendingList`): the programs may defer
 //! opens only while the daemon can take entries out of a CPU's list, with the `flush_opens`
 //! program. The daemon flushes the lists that have waited [`OPEN_DEFER_NS`] (a CPU where no
 //! connection has been established since: a busy one takes its own entries out), every list
@@ -15,25 +15,24 @@ use aya::{
     maps::{Array, MapData, PerCpuArray},
     programs::{RawTracePoint, RawTracePointRunOptions, TestRun as _},
 };
-use tcpobs_common::{OPEN_DEFER_NS, OPENS_PER_FLUSH, PENDING_OPEN_SLOTS, PendingOpens, names};
+use tcpobs_common::{OPEN_DEFER_NS, OPENS_PER_FLUSH, PENDING_OPEN_SLOTS, PendingList, names};
 use tracing::warn;
 
-use crate::{
-    clock::monotonic_now_ns,
-    kernel::{
-        loader::families::FLUSH_OPENS_PROGRAM,
-        report::{ProgramFailure, error_chain, program_mut, take_map},
-    },
+use crate::kernel::{
+    loader::families::FLUSH_OPENS_PROGRAM,
+    report::{ProgramFailure, error_chain, program_mut, take_map},
 };
 
 /// How often the lists are looked at.
 const CHECK_EVERY: Duration = Duration::from_nanos(OPEN_DEFER_NS);
 
-/// The switch, the lists and their flush program.
+/// The switch, the lists' counters and their flush program.
 pub(crate) struct DeferredOpens {
     allowed: Array<MapData, u32>,
-    lists: PerCpuArray<MapData, PendingOpens>,
+    lists: PerCpuArray<MapData, PendingList>,
     checked: Instant,
+    /// Each CPU's `tail` at the last look (empty before the first).
+    seen: Vec<u32>,
     /// A flush failed: deferring is off (warned).
     failed: bool,
 }
@@ -49,8 +48,9 @@ impl DeferredOpens {
             .map_err(|err| ProgramFailure::from(err).to_string())?;
         let mut opens = Self {
             allowed: take_map(ebpf, names::DEFER_OPENS_MAP).map_err(|err| err.to_string())?,
-            lists: take_map(ebpf, names::PENDING_OPENS_MAP).map_err(|err| err.to_string())?,
+            lists: take_map(ebpf, names::PENDING_LISTS_MAP).map_err(|err| err.to_string())?,
             checked: Instant::now(),
+            seen: Vec::new(),
             failed: false,
         };
         opens
@@ -60,23 +60,30 @@ impl DeferredOpens {
         Ok(opens)
     }
 
-    /// Flushes the lists that have waited long enough, if it is time to look.
+    /// Flushes the lists that have waited long enough, if it is time to look: those that still
+    /// hold an entry they held at the last look, [`CHECK_EVERY`] ago or more (the entries'
+    /// own times are not read: the look copies each CPU's counters only).
     pub(crate) fn tick(&mut self, ebpf: &Ebpf) {
         if self.checked.elapsed() < CHECK_EVERY {
             return;
         }
         self.checked = Instant::now();
-        let due = monotonic_now_ns().saturating_sub(OPEN_DEFER_NS);
-        self.flush(ebpf, |list| {
-            list.oldest()
-                .is_some_and(|oldest| oldest.deferred_ns <= due)
+        let mut seen = std::mem::take(&mut self.seen);
+        self.flush(ebpf, |cpu, list| {
+            let due = seen.get(cpu).is_some_and(|&tail| waited(tail, list));
+            match seen.get_mut(cpu) {
+                Some(tail) => *tail = list.tail,
+                None => seen.push(list.tail),
+            }
+            due
         });
+        self.seen = seen;
     }
 
     /// Flushes every list: the reader is about to wait for the kernel's next event (the
     /// programs defer nothing while it waits), and a deferred open is not one.
     pub(crate) fn flush_all(&mut self, ebpf: &Ebpf) {
-        self.flush(ebpf, |_| true);
+        self.flush(ebpf, |_, _| true);
     }
 
     /// No more deferring: flushes every list (twice, for an open deferred by a program that
@@ -85,7 +92,7 @@ impl DeferredOpens {
     pub(crate) fn stop(&mut self, ebpf: &Ebpf) {
         self.disallow();
         for _ in 0..2 {
-            self.flush(ebpf, |_| true);
+            self.flush(ebpf, |_, _| true);
         }
     }
 
@@ -95,13 +102,14 @@ impl DeferredOpens {
         }
     }
 
-    /// Runs the flush program on every CPU whose list `due` picks, as many times as its
+    /// Runs the flush program on every CPU whose list `due` picks (it sees every CPU's, in
+    /// order, waiting or not), as many times as its
     /// entries need (a run that finds the list busy, or the ring buffer full, is tried again,
     /// up to twice the runs a full list needs). If a run fails, the programs stop deferring
     /// opens (warned once) and the other CPUs' lists are still flushed: what is left on the
     /// failing CPU's list is announced by the connections' next events, or stood for by their
     /// closes.
-    fn flush(&mut self, ebpf: &Ebpf, due: impl Fn(&PendingOpens) -> bool) {
+    fn flush(&mut self, ebpf: &Ebpf, mut due: impl FnMut(usize, &PendingList) -> bool) {
         let lists = match self.lists.get(&0, 0) {
             Ok(lists) => lists,
             Err(err) => {
@@ -110,7 +118,7 @@ impl DeferredOpens {
             }
         };
         for (cpu, list) in lists.iter().enumerate() {
-            if list.waiting() == 0 || !due(list) {
+            if !due(cpu, list) || list.waiting() == 0 {
                 continue;
             }
             let mut runs = (list.waiting() as usize)
@@ -141,6 +149,12 @@ impl DeferredOpens {
     }
 }
 
+/// Whether `list` still holds an entry it held when its tail was `tail` (its head has not
+/// passed that tail). The counters wrap.
+fn waited(tail: u32, list: &PendingList) -> bool {
+    (tail.wrapping_sub(list.head) as i32) > 0
+}
+
 /// One run of the flush program on `cpu`: whether it took out what it could (false: the list
 /// was busy, or the ring buffer full).
 fn run_on(ebpf: &Ebpf, cpu: u32) -> Result<bool, String> {
@@ -156,4 +170,33 @@ fn run_on(ebpf: &Ebpf, cpu: u32) -> Result<bool, String> {
         })
         .map(|result| result.return_value == 0)
         .map_err(|err| error_chain(&err))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn list(head: u32, tail: u32) -> PendingList {
+        PendingList {
+            head,
+            tail,
+            ..PendingList::default()
+        }
+    }
+
+    #[test]
+    fn a_list_is_due_while_it_holds_an_entry_it_held_at_the_last_look() {
+        // The last look saw tail 10: entries up to the tenth were there.
+        assert!(waited(10, &list(9, 12)), "the tenth entry is still waiting");
+        assert!(!waited(10, &list(10, 12)), "only entries put in since");
+        assert!(!waited(10, &list(10, 10)), "empty");
+        assert!(
+            !waited(10, &list(12, 12)),
+            "emptied, then refilled and emptied"
+        );
+        // Across the counters' wrap.
+        assert!(waited(2, &list(u32::MAX, 3)));
+        assert!(!waited(u32::MAX, &list(u32::MAX, 3)));
+        assert!(!waited(u32::MAX, &list(1, 3)));
+    }
 }
