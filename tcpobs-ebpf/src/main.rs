@@ -12,7 +12,8 @@
 //! Imports go one way: hooks -> record -> {socket, filter, maps} -> helpers.
 #![no_std]
 #![no_main]
-// `atomic_xadd` for the TLS in-progress counter (see `hooks::libcalls::tls`).
+// `atomic_xadd` for the TLS in-progress counter (see `hooks::libcalls::tls`) and
+// `record::store_load_fence`.
 #![feature(core_intrinsics)]
 #![expect(
     internal_features,

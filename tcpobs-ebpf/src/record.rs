@@ -8,6 +8,8 @@
 
 mod deferred;
 
+use core::intrinsics::{AtomicOrdering, atomic_xadd};
+
 use aya_ebpf::bindings::{
     BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, BPF_RB_RING_SIZE,
 };
@@ -86,6 +88,25 @@ fn header(kind: u32, ts_ns: u64, sock: u64, rec: &SockRecord) -> EventHeader {
 pub fn claim(rec: &mut SockRecord) {
     if rec.task.pid == 0 {
         current_task(&mut rec.task);
+    }
+}
+
+/// A full barrier between this CPU's stores before it and its loads after it, for the two
+/// sides of `CLOSE_WAIT` on a deferred connection: the state program stores the state, then
+/// loads the deferral mark; a late open on another CPU stores the mark, then loads the state.
+/// Without it both loads can miss the other's store (store buffers), and neither sends the
+/// `CLOSE_WAIT` event; with it one of them does (or both: the daemon takes the second as a
+/// repeat). An atomic add of nothing to the record: x86's JIT makes it `lock add`, a full
+/// barrier (and Linux 5.10 has that instruction, not the fetching atomics). arm64's JIT makes
+/// no barrier of it; there the race stays as narrow as the two programs' few instructions.
+#[inline(always)]
+pub fn store_load_fence(rec: &mut SockRecord) {
+    // SAFETY: an aligned `u64` of a map value, valid while the program runs; adding 0 keeps its
+    // value whatever another CPU writes to it (the add is atomic).
+    unsafe {
+        // Hidden from the compiler, which would otherwise make a plain load of an add of 0.
+        let nothing = core::hint::black_box(0);
+        atomic_xadd::<u64, u64, { AtomicOrdering::SeqCst }>(&raw mut rec.close_wait_ns, nothing);
     }
 }
 

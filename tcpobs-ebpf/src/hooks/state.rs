@@ -45,7 +45,8 @@ use crate::{
     maps::{connect_hooked, offsets},
     record::{
         Adoption, announce, app_closed, defer_open, emit_open, emit_state, finish, first_teardown,
-        judge_server, learn_local_port, mark_closed, record_or_adopt, start, traced_record,
+        judge_server, learn_local_port, mark_closed, record_or_adopt, start, store_load_fence,
+        traced_record,
     },
     socket::{Direct, Probe, Read, Sock},
 };
@@ -235,8 +236,11 @@ fn teardown_step<R: Read>(o: &Offsets, sk: Sock<R>, old: u8, new: u8, now: u64) 
     // `CLOSE_WAIT` with its open (or its close, usually microseconds away); `FIN_WAIT2` can
     // last for good on a socket the application still holds, so its open goes now.
     if matches!(new, tcp_state::CLOSE_WAIT | tcp_state::FIN_WAIT2) {
-        if new == tcp_state::CLOSE_WAIT && rec.open_deferred == deferral::PENDING {
-            return;
+        if new == tcp_state::CLOSE_WAIT {
+            store_load_fence(rec);
+            if rec.open_deferred == deferral::PENDING {
+                return;
+            }
         }
         announce(sk.key(), rec);
         emit_state(sk.key(), rec, old, new, now);

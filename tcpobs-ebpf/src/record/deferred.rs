@@ -14,7 +14,7 @@ use tcpobs_common::{
     PendingList, PendingOpen, PendingOpens, SockRecord, deferral, kind, stat, tcp_state,
 };
 
-use super::{emit_state, submit_flags, write_open};
+use super::{emit_state, store_load_fence, submit_flags, write_open};
 use crate::maps::{EVENTS, READER_IDLE, SOCKETS, count, stopping};
 
 /// 1 while the daemon allows deferring opens: it can flush a quiet CPU's list (`flush_opens`),
@@ -212,6 +212,7 @@ fn send_open(sock: u64, start_ns: u64, rec: &mut SockRecord) -> bool {
     // SAFETY: a field of the record, a map value valid while the program runs.
     unsafe { core::ptr::write_volatile(&mut rec.open_deferred, deferral::SENT) };
     entry.submit(submit_flags());
+    store_load_fence(rec);
     if rec.state == tcp_state::CLOSE_WAIT {
         emit_state(
             sock,
