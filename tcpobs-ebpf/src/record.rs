@@ -110,6 +110,29 @@ pub fn store_load_fence(rec: &mut SockRecord) {
     }
 }
 
+/// Drops the record of a server's child socket that closes without ever being established,
+/// accepted or used: not a connection, and not reported. True if it was one. The kernel makes
+/// such a child when two CPUs complete the same handshake at once (the final ACK and the first
+/// data segment each create a child from the request; the one that loses the race into the
+/// established table is closed on the spot, and its segment goes to the winner), when the
+/// listener closes as the child is queued (the client's side reports that reset), and for a
+/// Fast Open child whose handshake is reset or times out before anyone accepted it. Reported,
+/// the first would be a second, failed server connection for one handshake. Nothing about such
+/// a socket has been sent: a server's open waits for its establishment.
+#[inline(always)]
+pub fn forget_unborn_child(sock: u64, rec: &SockRecord) -> bool {
+    let unborn = rec.role == role::SERVER
+        && rec.established_ns == 0
+        && rec.flags & FLAG_PARTIAL == 0
+        && rec.task.pid == 0
+        && rec.bytes_sent == 0
+        && rec.bytes_recv == 0;
+    if unborn {
+        let _ = SOCKETS.remove(sock);
+    }
+    unborn
+}
+
 /// Notes the first sign of teardown (FIN or reset, either way), if it is the first.
 #[inline(always)]
 pub fn first_teardown(rec: &mut SockRecord, how: u8, now: u64) {

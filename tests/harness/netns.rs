@@ -222,6 +222,26 @@ pub fn nft(ns: &str, ruleset: &str) {
     );
 }
 
+/// Sets a sysctl of namespace `ns` (`net.ipv4.tcp_fastopen`: per namespace).
+pub fn sysctl(ns: &str, key: &str, value: &str) {
+    let output = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            ns,
+            "sysctl",
+            "-qw",
+            &format!("{key}={value}"),
+        ])
+        .output()
+        .expect("ip netns exec ... sysctl (procps)");
+    assert!(
+        output.status.success(),
+        "sysctl {key}={value} in {ns}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
 /// Sets the MTU of namespace `ns`'s loopback (1500 makes TSO build buffers of several
 /// segments, as on a real link).
 pub fn set_loopback_mtu(ns: &str, mtu: u32) {

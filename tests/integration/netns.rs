@@ -1,5 +1,6 @@
 //! Loss and silence, in network namespaces the test makes: retransmissions, an established
-//! connection that times out, a SYN nobody answers, and an unreachable host.
+//! connection that times out, a SYN nobody answers, an unreachable host, and a server's child
+//! socket reset before its handshake completed.
 
 use std::{
     io::{ErrorKind, Read, Write},
@@ -12,8 +13,8 @@ use std::{
 use socket2::{Domain, Socket, Type};
 use tcpobs::model::{CloseKind, CloseOriginator, ConnectFailure, ConnectionRecord, Role};
 use tcpobs_tests::{
-    Capture, closed_port,
-    netns::{NetnsPair, in_netns},
+    Capture, closed_port, connections,
+    netns::{NetnsPair, in_netns, nft, sysctl, tcp_counters},
 };
 
 fn client_socket(configure: impl FnOnce(&Socket)) -> Socket {
@@ -164,4 +165,80 @@ fn unresolvable_neighbor_is_unreachable() {
         Some(ConnectFailure::Unreachable),
         "{record:#?}\n{families:#?}"
     );
+}
+
+/// A server's child socket that is closed before its handshake completes, never accepted, is
+/// not a connection: no server record. Staged with Fast Open, where the server's kernel makes
+/// the child from the SYN (data and all) and the client's side answers its SYN-ACK with a
+/// reset; the child is freed with its listener. The same rule keeps out the child that loses a
+/// race of two CPUs completing one handshake (closed on the spot, its segment going to the
+/// winner), which cannot be staged. The client's failed connect is reported.
+#[test]
+fn a_server_child_reset_before_its_handshake_is_not_a_connection() {
+    let pair = NetnsPair::create();
+    let port = closed_port();
+    // Fast Open without cookies: a as a client (1 | 4), b on every listener (2 | 0x200 | 0x400).
+    sysctl(&pair.a, "net.ipv4.tcp_fastopen", "5");
+    sysctl(&pair.b, "net.ipv4.tcp_fastopen", "1538");
+    nft(
+        &pair.a,
+        &format!(
+            "table inet tcpobs_reset {{\n chain input {{\n type filter hook input priority 0;\n \
+             tcp sport {port} tcp flags & syn == syn reject with tcp reset\n }}\n}}\n"
+        ),
+    );
+    let server_addr: SocketAddr = format!("{}:{port}", pair.addr_b()).parse().unwrap();
+    let listener = in_netns(&pair.b, move || TcpListener::bind(server_addr).unwrap())
+        .join()
+        .unwrap();
+    let capture = Capture::start(&[port]);
+    let before = tcp_counters(&pair.b);
+    let client = in_netns(&pair.a, move || {
+        let socket = client_socket(|s| s.set_nonblocking(true).unwrap());
+        // Non-blocking, without a cookie: the data leaves in the SYN at once.
+        let sent = socket.send_to_with_flags(b"hello", &server_addr.into(), libc::MSG_FASTOPEN);
+        assert_eq!(sent.as_ref().ok(), Some(&5), "{sent:?}");
+        socket
+    })
+    .join()
+    .unwrap();
+    // b made a Fast Open child and saw it reset in SYN_RECV (an attempt that failed).
+    let counter = |name: &str, counters: &std::collections::HashMap<String, u64>| {
+        counters.get(name).copied().unwrap_or(0)
+    };
+    for _ in 0..200 {
+        if counter("Tcp.AttemptFails", &tcp_counters(&pair.b))
+            > counter("Tcp.AttemptFails", &before)
+        {
+            break;
+        }
+        thread::sleep(Duration::from_millis(25));
+    }
+    let after = tcp_counters(&pair.b);
+    assert!(
+        counter("TcpExt.TCPFastOpenPassive", &after)
+            > counter("TcpExt.TCPFastOpenPassive", &before),
+        "no Fast Open child: {after:?}"
+    );
+    assert!(
+        counter("Tcp.AttemptFails", &after) > counter("Tcp.AttemptFails", &before),
+        "the child was not reset: {after:?}"
+    );
+    // Closed in SYN_SENT: the client's connect fails. The listener frees the child it queued.
+    drop(client);
+    drop(listener);
+    let client = capture.wait_for("the client's failed connect", |records| {
+        connections(records)
+            .into_iter()
+            .find(|c| c.role == Role::Client)
+    });
+    assert_eq!(client.addrs.remote(), server_addr, "{client:#?}");
+    assert!(client.connect_failure.is_some(), "{client:#?}");
+    let (records, _) = capture.stop();
+    let all = connections(&records);
+    assert!(
+        all.iter().all(|c| c.role != Role::Server),
+        "a server connection for a child never established: {all:#?}"
+    );
+    assert_eq!(all.len(), 1, "{all:#?}");
 }

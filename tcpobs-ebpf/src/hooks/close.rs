@@ -24,7 +24,7 @@ use tcpobs_common::{FLAG_APP_CLOSED, FLAG_CLOSE_WAIT, FLAG_IGNORED};
 use crate::{
     helpers::now_ns,
     maps::{SOCKETS, offsets},
-    record::{app_closed, finish, mark_closed, traced_record},
+    record::{app_closed, finish, forget_unborn_child, mark_closed, traced_record},
     socket::{Direct, Probe, Read, Sock},
 };
 
@@ -108,6 +108,9 @@ fn on_destroy<R: Read>(sk: Sock<R>) {
     let rec = unsafe { &mut *rec };
     if rec.flags & FLAG_IGNORED != 0 {
         let _ = SOCKETS.remove(sk.key());
+        return;
+    }
+    if forget_unborn_child(sk.key(), rec) {
         return;
     }
     let now = now_ns();

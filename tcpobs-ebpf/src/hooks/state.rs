@@ -45,8 +45,8 @@ use crate::{
     maps::{connect_hooked, offsets},
     record::{
         Adoption, announce, app_closed, defer_open, emit_open, emit_state, finish, first_teardown,
-        judge_server, learn_local_port, mark_closed, record_or_adopt, start, store_load_fence,
-        traced_record,
+        forget_unborn_child, judge_server, learn_local_port, mark_closed, record_or_adopt, start,
+        store_load_fence, traced_record,
     },
     socket::{Direct, Probe, Read, Sock},
 };
@@ -201,6 +201,9 @@ fn closed<R: Read>(o: &Offsets, sk: Sock<R>, old: u8, now: u64) {
     let Some(rec) = record_or_adopt(o, sk, Some(old), adoption) else {
         return;
     };
+    if old == tcp_state::SYN_RECV && forget_unborn_child(sk.key(), rec) {
+        return;
+    }
     learn_local_port(o, sk, rec);
     mark_closed(o, sk, rec, old, now);
     // The peer had closed and the application has not yet: it learns of the reset or error
