@@ -135,7 +135,10 @@ pub struct BurstEvent {
     pub task: Task,
     /// The exchange's number on its connection, from 1.
     pub seq: u32,
-    pub _pad: u32,
+    /// 1 if the kernel also folded the exchange into its histograms (the daemon must not
+    /// count it again).
+    pub folded: u8,
+    pub _pad: [u8; 3],
 }
 
 /// A teardown state transition.

@@ -92,6 +92,29 @@ pub struct Folds {
     pub roles: [RoleFolds; 3],
 }
 
+/// Label slots: with `pod`/`namespace` metric labels, the daemon gives each combination of
+/// label values a slot (up to this many) and each socket cgroup its combination's slot
+/// ([`names::LABEL_SLOTS_MAP`](crate::names::LABEL_SLOTS_MAP)); the data hooks fold the
+/// exchanges of a socket whose cgroup has a slot into that slot's [`RoleFolds`]
+/// ([`names::LABELED_FOLDS_MAP`](crate::names::LABELED_FOLDS_MAP), per CPU, entry
+/// [`labeled_index`]), and send the others as events, which the daemon observes itself.
+pub const LABEL_SLOTS: u32 = 16;
+
+/// Socket cgroups the daemon can give a slot (the size of the table).
+pub const LABELED_CGROUPS: u32 = 16_384;
+
+/// The `LABELED_FOLDS` entry of a slot and a socket role: clients and servers only (a socket
+/// of unknown role has no labeled series to fold into).
+#[inline(always)]
+pub fn labeled_index(slot: u32, socket_role: u8) -> Option<u32> {
+    let side = match socket_role {
+        role::CLIENT => 0,
+        role::SERVER => 1,
+        _ => return None,
+    };
+    (slot < LABEL_SLOTS).then_some(slot * 2 + side)
+}
+
 /// The `FOLD_CONFIG` global, written by the loader.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -99,9 +122,10 @@ pub struct FoldConfig {
     /// Bucket limits per [`layout`], ascending, padded with `u64::MAX`.
     pub limits: [[u64; BUCKETS]; layout::COUNT],
     /// 1 to fold exchanges into the histograms (no optional metric label); 0 when the daemon
-    /// observes every exchange itself.
+    /// observes every exchange itself, or folds them by label slot (`labeled`).
     pub fold: u32,
-    pub _pad: u32,
+    /// 1 to fold the exchanges of sockets whose cgroup has a label slot ([`LABEL_SLOTS`]).
+    pub labeled: u32,
 }
 
 impl FoldConfig {
@@ -109,7 +133,7 @@ impl FoldConfig {
     pub const UNSET: Self = Self {
         limits: [[u64::MAX; BUCKETS]; layout::COUNT],
         fold: 0,
-        _pad: 0,
+        labeled: 0,
     };
 
     /// Folding with these layouts' limits (ascending; at most `BUCKETS - 1` each).
@@ -120,6 +144,15 @@ impl FoldConfig {
         }
         config.fold = 1;
         config
+    }
+
+    /// Folding by label slot with these layouts' limits.
+    pub fn folding_labeled(layouts: [&[u64]; layout::COUNT]) -> Self {
+        Self {
+            fold: 0,
+            labeled: 1,
+            ..Self::folding(layouts)
+        }
     }
 }
 

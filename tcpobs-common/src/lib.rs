@@ -501,6 +501,7 @@ mod pod {
     unsafe impl aya::Pod for super::Endpoints {}
     unsafe impl aya::Pod for super::FoldConfig {}
     unsafe impl aya::Pod for super::Folds {}
+    unsafe impl aya::Pod for super::RoleFolds {}
     unsafe impl aya::Pod for super::PendingList {}
 }
 

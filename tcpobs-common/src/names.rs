@@ -50,8 +50,15 @@ pub const FOLD_CONFIG_GLOBAL: &str = "FOLD_CONFIG";
 /// What the kernel folded: per-exchange histograms, exchanges by class and bytes, by role
 /// (`PerCpuArray<Folds>`, one entry).
 pub const FOLDS_MAP: &str = "FOLDS";
-/// 1 while the daemon wants an event for every exchange (`Array<u32>`, one entry, written by
-/// the daemon when the event selection changes).
+/// Label slots' folds: [`crate::folds::RoleFolds`] by [`crate::folds::labeled_index`]
+/// (`PerCpuArray<RoleFolds>`, `2 * LABEL_SLOTS` entries).
+pub const LABELED_FOLDS_MAP: &str = "LABELED_FOLDS";
+/// Socket cgroups' label slots (`HashMap<u64, u32>`, cgroup id to slot, written by the daemon;
+/// [`crate::folds::LABEL_SLOTS`]).
+pub const LABEL_SLOTS_MAP: &str = "LABEL_SLOTS";
+/// 1 while the daemon wants an event for every exchange; 0: only for the exchanges the kernel
+/// did not fold (none when it folds them all, every one when it folds none) (`Array<u32>`, one
+/// entry, written by the daemon when the event selection changes).
 pub const EXCHANGE_EVENTS_MAP: &str = "EXCHANGE_EVENTS";
 
 /// 1 when a `tcp_connect` program (fentry or kprobe) starts client records, so that the state

@@ -6,7 +6,9 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, Queue, RingBuf},
 };
 use tcpobs_common::{
-    EventHeader, FoldConfig, Folds, ListenKey, ListenSock, Offsets, SockRecord, stat,
+    EventHeader, FoldConfig, Folds, ListenKey, ListenSock, Offsets, RoleFolds, SockRecord,
+    folds::{LABEL_SLOTS as SLOTS, LABELED_CGROUPS, labeled_index},
+    stat,
 };
 
 use crate::helpers::current_task;
@@ -154,11 +156,31 @@ pub fn folds() -> Option<&'static mut Folds> {
     FOLDS.get_ptr_mut(0).map(|folds| unsafe { &mut *folds })
 }
 
-/// 1 while the daemon wants an event for every exchange.
+/// What the data hooks folded by label slot (`tcpobs_common::folds::LABEL_SLOTS`), per CPU.
+#[map]
+pub static LABELED_FOLDS: PerCpuArray<RoleFolds> = PerCpuArray::with_max_entries(2 * SLOTS, 0);
+
+/// Socket cgroups' label slots, written by the daemon.
+#[map]
+pub static LABEL_SLOTS: HashMap<u64, u32> = HashMap::with_max_entries(LABELED_CGROUPS, 0);
+
+/// This CPU's folds for the label slot of a socket's cgroup, if the daemon gave it one.
+#[inline(always)]
+pub fn labeled_folds(cgroup: u64, socket_role: u8) -> Option<&'static mut RoleFolds> {
+    // SAFETY: a plain value copied out of the map.
+    let slot = unsafe { LABEL_SLOTS.get(cgroup) }.copied()?;
+    let index = labeled_index(slot, socket_role)?;
+    // SAFETY: as in `folds`.
+    LABELED_FOLDS
+        .get_ptr_mut(index)
+        .map(|folds| unsafe { &mut *folds })
+}
+
+/// 1 while the daemon wants an event for every exchange; 0: only for those not folded.
 #[map]
 pub static EXCHANGE_EVENTS: Array<u32> = Array::with_max_entries(1, 0);
 
-/// Whether to send each exchange to the daemon.
+/// Whether to send each exchange to the daemon, folded or not.
 #[inline(always)]
 pub fn exchange_events() -> bool {
     EXCHANGE_EVENTS.get(0).is_some_and(|wanted| *wanted != 0)

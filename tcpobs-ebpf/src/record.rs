@@ -222,14 +222,15 @@ unsafe fn write_open(
 /// Sends the exchange that the next request (at `next_ns`) ended: the held request and the
 /// response that just completed.
 #[inline(never)]
-pub fn emit_exchange(sock: u64, rec: &SockRecord, next_ns: u64, seq: u32) {
+pub fn emit_exchange(sock: u64, rec: &SockRecord, next_ns: u64, seq: u32, folded: bool) {
     let _ = emit(|event: *mut BurstEvent| unsafe {
         (*event).hdr = header(kind::BURST, next_ns, sock, rec);
         (*event).request = rec.held;
         (*event).response = rec.burst;
         (*event).task = rec.task;
         (*event).seq = seq;
-        (*event)._pad = 0;
+        (*event).folded = u8::from(folded);
+        zero(&mut (*event)._pad);
     });
 }
 

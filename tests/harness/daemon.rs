@@ -244,7 +244,7 @@ impl Daemon {
     }
 
     /// Polls the live table until it holds `n` connections on `port`: the daemon has learnt
-    /// of them (a connection's open may be deferred for a moment, see `PendingOpens`).
+    /// of them (a connection's open may be deferred for a moment, see `PendingList`).
     pub fn wait_live(&self, port: u16, n: u64) {
         let deadline = Instant::now() + PATIENCE;
         loop {
@@ -257,6 +257,23 @@ impl Daemon {
             assert!(
                 Instant::now() < deadline,
                 "timed out waiting for {n} live connections on port {port}: {body}"
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Polls `/metrics` until the sample (`name{labels}`, present) passes `check`; returns it.
+    pub fn wait_metric(&self, sample: &str, check: impl Fn(f64) -> bool) -> f64 {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let (status, body) = self.api("GET", "/metrics", None, None);
+            assert_eq!(status, 200, "{body}");
+            if let Some(value) = sample_value(&body, sample).filter(|&value| check(value)) {
+                return value;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for `{sample}`: {body}"
             );
             thread::sleep(Duration::from_millis(50));
         }

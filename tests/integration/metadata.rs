@@ -2,14 +2,16 @@
 //! plain one, and one laid out as the kubelet and containerd name a pod's container), connect
 //! on loopback, and their connections carry that cgroup, the container id, and the pod's
 //! namespace and name from a pod log directory the test lays out; the same values label the
-//! metrics with `--label pod --label namespace`.
+//! metrics with `--label pod --label namespace`, under which the kernel folds a pod's
+//! exchanges.
 
 use std::{
     fs,
-    io::Write as _,
+    io::{BufRead as _, BufReader, Read as _, Write as _},
     net::{TcpListener, TcpStream},
     path::PathBuf,
     process::{Child, Command, Stdio},
+    thread,
 };
 
 use serde_json::Value;
@@ -282,5 +284,105 @@ fn pod_and_namespace_label_the_metrics() {
             "tcpobs_exchanges_total{role=\"client\",class=\"unique\",pod=\"checkout-0\",namespace=\"shop\"}"
         ),
         1.0
+    );
+}
+
+/// With only `pod`/`namespace` labels the kernel folds exchanges by label slot: once the daemon
+/// has given the cgroups of a connection's ends a slot (it does when it learns of the
+/// connection), their exchanges cost no event, and the labeled counts and histograms are exact
+/// (those before the slot counted from their events, the others from the kernel's folds).
+#[test]
+fn a_pods_exchanges_are_folded_under_its_labels() {
+    let layout = Layout::new();
+    let pod = layout.cgroup(&format!("kubepods/burstable/pod{POD_UID}/{CONTAINER_ID}"));
+    fs::create_dir_all(layout.pod_logs.join(format!("shop_checkout-0_{POD_UID}"))).unwrap();
+    let (listener, addr) = listen("127.0.0.1:0");
+    let port = addr.port().to_string();
+    let daemon = Daemon::start(&[
+        "--port",
+        &port,
+        "--cgroup-root",
+        layout.cgroup_root.to_str().unwrap(),
+        "--pod-log-root",
+        layout.pod_logs.to_str().unwrap(),
+        "--label",
+        "pod",
+        "--label",
+        "namespace",
+    ]);
+    // A shell in the pod makes as many `ping`/`ok` exchanges as each line of its input says
+    // (answering `done`), on one connection, and closes it when its input ends.
+    let procs = layout.dir(&pod).join("cgroup.procs");
+    let mut shell = Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "echo $$ > {} && exec 3<>/dev/tcp/127.0.0.1/{} && while read -r n; do \
+             for ((i = 0; i < n; i++)); do printf ping >&3 && read -r -N 2 -u 3 _; done; \
+             echo done; done",
+            procs.display(),
+            addr.port()
+        ))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let server = thread::spawn(move || {
+        let (mut stream, _) = listener.accept().unwrap();
+        let mut request = [0u8; 4];
+        while stream.read_exact(&mut request).is_ok() {
+            assert_eq!(&request, b"ping");
+            write_all(&mut stream, b"ok");
+        }
+    });
+    let mut input = shell.stdin.take().unwrap();
+    let mut output = BufReader::new(shell.stdout.take().unwrap());
+    let mut exchange = |n: u32| {
+        writeln!(input, "{n}").unwrap();
+        let mut line = String::new();
+        output.read_line(&mut line).unwrap();
+        assert_eq!(line, "done\n");
+    };
+    exchange(5);
+    daemon.wait_live(addr.port(), 2);
+    // Both ends' cgroups (the pod's, and this test's for the accepted end) get a slot.
+    daemon.wait_metric("tcpobs_label_slot_cgroups", |cgroups| cgroups >= 2.0);
+    assert!(daemon.metric("tcpobs_label_slots") >= 2.0);
+    let burst = "tcpobs_events_total{kind=\"burst\"}";
+    let events = daemon.metric(burst);
+    exchange(20);
+    let labels = "pod=\"checkout-0\",namespace=\"shop\"";
+    // The fifth exchange ended when the sixth request began, and so on: 24 ended by a request.
+    let continued =
+        format!("tcpobs_exchanges_total{{role=\"client\",class=\"continue\",{labels}}}");
+    daemon.wait_metric(&continued, |count| count >= 23.0);
+    assert_eq!(daemon.metric(burst), events, "folded, not sent");
+    drop(input);
+    assert!(shell.wait().unwrap().success());
+    server.join().unwrap();
+    let last = format!("tcpobs_exchanges_total{{role=\"client\",class=\"last\",{labels}}}");
+    daemon.wait_metric(&last, |count| count >= 1.0);
+    let count = |sample: String| daemon.metric(&sample);
+    assert_eq!(
+        count(format!(
+            "tcpobs_exchanges_total{{role=\"client\",class=\"start\",{labels}}}"
+        )),
+        1.0
+    );
+    assert_eq!(count(continued.clone()), 23.0);
+    assert_eq!(count(last), 1.0);
+    // Every exchange has a response time, under the pod's labels on the client's side and no
+    // pod's on the server's.
+    assert_eq!(
+        count(format!(
+            "tcpobs_response_duration_seconds_count{{role=\"client\",{labels}}}"
+        )),
+        25.0
+    );
+    assert_eq!(
+        count(
+            "tcpobs_response_duration_seconds_count{role=\"server\",pod=\"\",namespace=\"\"}"
+                .to_owned()
+        ),
+        25.0
     );
 }

@@ -41,7 +41,7 @@ use tcpobs_common::{
 use super::libcalls::tls;
 use crate::{
     helpers::now_ns,
-    maps::{exchange_events, fold_config, folds, offsets},
+    maps::{exchange_events, fold_config, folds, labeled_folds, offsets},
     record::{Adoption, announce, claim, emit_exchange, record_or_adopt},
     socket::{Direct, Probe, Read, Sock},
 };
@@ -265,13 +265,16 @@ impl DataSink for Fold {
     }
 }
 
-/// Folds an exchange the next request ended (at `next_ns`), and sends it if the daemon asks.
+/// Folds an exchange the next request ended (at `next_ns`), and sends it if the daemon asks,
+/// or if it could not be folded (metric labels the kernel has no slot for).
 /// A BPF function of its own: inlined, it would add its stack to both data programs'.
 #[inline(never)]
 fn exchange_done(sock: u64, rec: &mut SockRecord, next_ns: u64) {
     let config = fold_config();
     let mut slots = if config.fold != 0 {
         folds().map(|folds| &mut folds.roles[role_index(rec.role)])
+    } else if config.labeled != 0 {
+        labeled_folds(rec.task.cgroup, rec.role)
     } else {
         None
     };
@@ -281,6 +284,7 @@ fn exchange_done(sock: u64, rec: &mut SockRecord, next_ns: u64) {
             slots.hists[hist].observe(&config.limits[layout], value);
         }
     });
+    let folded = slots.is_some();
     if let Some(slots) = slots {
         slots.exchanges[if seq == 1 {
             class::START
@@ -288,8 +292,8 @@ fn exchange_done(sock: u64, rec: &mut SockRecord, next_ns: u64) {
             class::CONTINUE
         }] += 1;
     }
-    if exchange_events() {
+    if !folded || exchange_events() {
         announce(sock, rec);
-        emit_exchange(sock, rec, next_ns, seq);
+        emit_exchange(sock, rec, next_ns, seq, folded);
     }
 }

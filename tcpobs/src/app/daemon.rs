@@ -39,7 +39,7 @@ use crate::{
         reader::{Feed, KernelStats, Reader, ReaderStats, SocketTable},
         report::FamilyAttach,
     },
-    model::{Record, Stuck},
+    model::{Record, Role, Stuck},
     sync::lock,
     tracker::{
         KernelFacts, KernelTable, KernelView, Listening, StallViews, StuckThresholds, SweepReport,
@@ -154,7 +154,6 @@ impl Tracer {
                 .iter()
                 .any(|family| family.family == family::PROBES),
         });
-        lock(&tracker).set_kernel_folds(options.exchanges.fold.is_some());
         {
             let mut health = lock(&health);
             health.probes = loaded.families.clone();
@@ -596,6 +595,18 @@ fn read_folds(folds: &mut FoldReader, metrics: Option<&Metrics>, tracker: &Mutex
     };
     if let Some(metrics) = metrics {
         metrics.add_folded(&growth);
+        // Label slots: the cgroups' new slots first (a slot keeps its values, so what each
+        // slot folded before counts under the same values either way), then what they folded.
+        folds.write_slots(&metrics.take_slot_writes());
+        metrics.note_label_slots();
+        match folds.labeled_growth(metrics.label_slots_used()) {
+            Ok(grown) => {
+                for (slot, role, growth) in grown {
+                    metrics.add_folded_labeled(slot, Role::from_kernel(role), &growth);
+                }
+            }
+            Err(err) => warn!("{err}"),
+        }
     }
     let bytes = |role| growth.roles[fold_index(role)].bytes;
     lock(tracker).add_kernel_bytes(&[

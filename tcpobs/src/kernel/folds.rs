@@ -7,18 +7,28 @@
 //! read, which the daemon adds to its histograms and counters bucket by bucket: the metrics say
 //! what they would have said with one event per exchange.
 //!
+//! With `pod`/`namespace` labels only, the kernel folds by label slot instead
+//! (`export::metrics::slots`): [`FoldReader`] also makes the daemon's changes to the cgroups'
+//! slots and reads each slot's folds.
+//!
 //! An exchange is also sent as an event while something needs each one
 //! ([`ExchangeSwitch`], which follows the runtime event selection): a JSON event or a
-//! justniffer line per exchange, or metric labels the kernel cannot resolve (then the kernel
-//! does not fold, and the daemon observes every exchange itself).
+//! justniffer line per exchange. An exchange the kernel did not fold is sent in any case: with
+//! metric labels the kernel cannot resolve (it folds none, and the daemon observes every
+//! exchange itself), or of a cgroup without a label slot.
 
 use std::sync::{Arc, Mutex};
 
 use aya::{
     Ebpf,
-    maps::{Array, MapData, PerCpuArray},
+    maps::{Array, HashMap, MapData, PerCpuArray},
 };
-use tcpobs_common::{FoldConfig, Folds, names};
+use tcpobs_common::{
+    FoldConfig, Folds, RoleFolds,
+    folds::{HistSlot, LABEL_SLOTS},
+    names,
+};
+use tracing::warn;
 
 use crate::{
     config::live::EventSelection,
@@ -29,19 +39,18 @@ use crate::{
 /// How exchanges are handled in the kernel.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ExchangeOptions {
-    /// Fold exchanges into histograms with these limits; `None` when the daemon must see each
-    /// exchange for its metrics (optional labels).
+    /// Fold exchanges into histograms with these limits (all of them, or by label slot);
+    /// `None` when the daemon must see each exchange for its metrics (optional labels other
+    /// than `pod` and `namespace`).
     pub fold: Option<FoldConfig>,
     /// The output is justniffer lines (one per exchange unless `--events none`).
     pub justniffer: bool,
 }
 
 impl ExchangeOptions {
-    /// Whether the kernel must send every exchange under this event selection.
+    /// Whether the kernel must send every exchange under this event selection, folded or not
+    /// (those it did not fold it sends in any case).
     pub(crate) fn events_wanted(&self, selection: EventSelection) -> bool {
-        if self.fold.is_none() {
-            return true;
-        }
         if self.justniffer {
             selection != EventSelection::None
         } else {
@@ -82,6 +91,17 @@ impl ExchangeSwitch {
 pub(crate) struct FoldReader {
     map: PerCpuArray<MapData, Folds>,
     last: Box<Folds>,
+    labeled: Labeled,
+}
+
+/// The label slots' side: the cgroup table and the slots' folds, with their last totals
+/// (`LABELED_FOLDS` entry order).
+struct Labeled {
+    cgroups: HashMap<MapData, u64, u32>,
+    folds: PerCpuArray<MapData, RoleFolds>,
+    last: Vec<RoleFolds>,
+    /// A write to the cgroup table failed (warned once).
+    warned: bool,
 }
 
 impl FoldReader {
@@ -89,6 +109,13 @@ impl FoldReader {
         Ok(Self {
             map: take_map(ebpf, names::FOLDS_MAP)?,
             last: Box::default(),
+            labeled: Labeled {
+                cgroups: take_map(ebpf, names::LABEL_SLOTS_MAP)?,
+                folds: take_map(ebpf, names::LABELED_FOLDS_MAP)?,
+                last: vec![RoleFolds::default(); 2 * LABEL_SLOTS as usize],
+                // (One entry each when the loader made them smallest: no label slots.)
+                warned: false,
+            },
         })
     }
 
@@ -107,24 +134,90 @@ impl FoldReader {
         self.last = total;
         Ok(growth)
     }
+
+    /// Makes the daemon's changes to the cgroups' label slots. A failed write leaves that
+    /// cgroup's exchanges sent as events (or folded under its previous slot's values, for a
+    /// removal): warned once.
+    pub(crate) fn write_slots(&mut self, writes: &[(u64, Option<u32>)]) {
+        let labeled = &mut self.labeled;
+        for &(cgroup, slot) in writes {
+            let written = match slot {
+                Some(slot) => labeled.cgroups.insert(cgroup, slot, 0),
+                None => labeled.cgroups.remove(&cgroup),
+            };
+            if let Err(err) = written
+                && !labeled.warned
+            {
+                labeled.warned = true;
+                warn!(
+                    cgroup,
+                    "{}: {err}; the exchanges of this cgroup's sockets are sent as events \
+                     instead of folded (warned once)",
+                    names::LABEL_SLOTS_MAP
+                );
+            }
+        }
+    }
+
+    /// What was folded under each of the first `used` label slots since the previous call:
+    /// `(slot, socket role, growth)`, the slots that grew only.
+    pub(crate) fn labeled_growth(
+        &mut self,
+        used: u32,
+    ) -> Result<Vec<(u32, u8, RoleFolds)>, MapError> {
+        let labeled = &mut self.labeled;
+        let mut grown = Vec::new();
+        for index in 0..2 * used.min(LABEL_SLOTS) {
+            let per_cpu = labeled
+                .folds
+                .get(&index, 0)
+                .map_err(|err| MapError::new(names::LABELED_FOLDS_MAP, err))?;
+            let mut total = RoleFolds::default();
+            for folds in per_cpu.iter() {
+                role_into(&mut total, folds, u64::wrapping_add);
+            }
+            let last = &mut labeled.last[index as usize];
+            let mut growth = total;
+            role_into(&mut growth, last, u64::wrapping_sub);
+            *last = total;
+            if growth != RoleFolds::default() {
+                let role = if index % 2 == 0 {
+                    tcpobs_common::role::CLIENT
+                } else {
+                    tcpobs_common::role::SERVER
+                };
+                grown.push((index / 2, role, growth));
+            }
+        }
+        Ok(grown)
+    }
 }
 
 /// Applies `op` to every counter of `into` with the matching one of `other`.
 fn fold_into(into: &mut Folds, other: &Folds, op: fn(u64, u64) -> u64) {
     for (role, more) in into.roles.iter_mut().zip(&other.roles) {
-        for (slot, more) in role.hists.iter_mut().zip(&more.hists) {
-            for (bucket, more) in slot.buckets.iter_mut().zip(&more.buckets) {
-                *bucket = op(*bucket, *more);
-            }
-            slot.sum = op(slot.sum, more.sum);
-        }
-        for (count, more) in role.exchanges.iter_mut().zip(&more.exchanges) {
-            *count = op(*count, *more);
-        }
-        for (bytes, more) in role.bytes.iter_mut().zip(&more.bytes) {
-            *bytes = op(*bytes, *more);
-        }
+        role_into(role, more, op);
     }
+}
+
+/// [`fold_into`] for one role's folds.
+fn role_into(into: &mut RoleFolds, other: &RoleFolds, op: fn(u64, u64) -> u64) {
+    for (slot, more) in into.hists.iter_mut().zip(&other.hists) {
+        hist_into(slot, more, op);
+    }
+    for (count, more) in into.exchanges.iter_mut().zip(&other.exchanges) {
+        *count = op(*count, *more);
+    }
+    for (bytes, more) in into.bytes.iter_mut().zip(&other.bytes) {
+        *bytes = op(*bytes, *more);
+    }
+}
+
+fn hist_into(into: &mut HistSlot, other: &HistSlot, op: fn(u64, u64) -> u64) {
+    for (bucket, more) in into.buckets.iter_mut().zip(&other.buckets) {
+        *bucket = op(*bucket, *more);
+    }
+    into.sum = op(into.sum, other.sum);
 }
 
 #[cfg(test)]
@@ -147,12 +240,10 @@ mod tests {
             ..folding
         };
         assert_eq!(wanted(justniffer), [false, true, true, true]);
+        // With no folding the kernel sends every exchange whatever the switch says (it sends
+        // those it did not fold): the switch follows the output alone.
         let labels = ExchangeOptions::default();
-        assert_eq!(
-            wanted(labels),
-            [true; 4],
-            "no folding: the metrics need them"
-        );
+        assert_eq!(wanted(labels), wanted(folding));
     }
 
     #[test]

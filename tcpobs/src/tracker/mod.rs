@@ -162,8 +162,6 @@ pub(crate) struct Tracker {
     facts: KernelFacts,
     /// Listening sockets and their accept queues.
     listeners: ListenerWatch,
-    /// The kernel folds exchanges into its histograms: exchange events are already counted.
-    kernel_folds: bool,
     /// The kernel's socket table, once loaded (for [`Tracker::live_view`]).
     kernel: Option<KernelTable>,
     /// Sweeps left that audit every live connection ([`Tracker::audit_all`]), each one in
@@ -231,12 +229,6 @@ impl Tracker {
         self.listeners.observe(now, threshold_ns, listeners, out)
     }
 
-    /// Says whether the kernel folds exchanges into its histograms (so that the exchange
-    /// records made from its events are marked as counted).
-    pub(crate) fn set_kernel_folds(&mut self, folds: bool) {
-        self.kernel_folds = folds;
-    }
-
     /// Adds payload bytes the kernel counted (by [`role_index`], `[sent, received]`).
     pub(crate) fn add_kernel_bytes(&mut self, bytes: &[[u64; 2]; 3]) {
         for (total, more) in self.counts.bytes.iter_mut().zip(bytes) {
@@ -278,7 +270,7 @@ impl Tracker {
             KernelEvent::Connect(connect) => self.on_connect(connect, out),
             KernelEvent::Open(open) => self.on_open(open, out),
             KernelEvent::Burst(exchange) => {
-                let folded = self.kernel_folds;
+                let folded = exchange.folded != 0;
                 let Some(conn) = self.matching(exchange.hdr.sock, exchange.hdr.start_ns) else {
                     return;
                 };

@@ -133,7 +133,24 @@ impl fmt::Display for LabelSpec {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub(crate) struct Dims([Option<Arc<str>>; 5]);
 
+/// Whether every dimension of `specs` follows from a socket's cgroup alone (`pod`,
+/// `namespace`), so that the kernel can fold exchanges by label slot ([`super::slots`]).
+pub(crate) fn by_cgroup(specs: &[LabelSpec]) -> bool {
+    !specs.is_empty()
+        && specs
+            .iter()
+            .all(|spec| matches!(spec.dim, Dim::Pod | Dim::Namespace))
+}
+
 impl Dims {
+    /// Only a `namespace` value.
+    #[cfg(test)]
+    pub(crate) fn of_namespace(value: Arc<str>) -> Self {
+        let mut dims = Self::default();
+        dims.0[Dim::Namespace as usize] = Some(value);
+        dims
+    }
+
     fn encode(&self, encoder: &mut LabelSetEncoder) -> Result<(), fmt::Error> {
         for (dim, value) in Dim::ALL.iter().zip(&self.0) {
             if let Some(value) = value {

@@ -22,6 +22,7 @@ mod histogram;
 pub(crate) mod labels;
 mod libcalls;
 pub(crate) mod listeners;
+mod slots;
 
 use std::{
     collections::HashMap,
@@ -37,11 +38,12 @@ use prometheus_client::{
     registry::Registry,
 };
 use tcpobs_common::{
-    FoldConfig, Folds,
+    FoldConfig, Folds, RoleFolds,
     folds::{class, hist as folded_hist, layout, role_index as fold_index},
     role as socket_role,
 };
 
+pub(crate) use self::slots::SlotWrite;
 use self::{
     families::{
         Buckets, CLASSES, Counters, HISTOGRAMS, Hist, Histograms, KINDS, NS, ORIGINATORS, ROLES,
@@ -51,6 +53,7 @@ use self::{
     labels::{ConnLabels, Dims, Fixed, LabelPolicy, LabelSpec},
     libcalls::LibcallMetrics,
     listeners::ListenerMetrics,
+    slots::LabelSlots,
 };
 use crate::{
     metadata::Metadata,
@@ -121,6 +124,11 @@ pub(crate) struct Metrics {
     handles: HandleCache,
     /// Where the `pod` and `namespace` label values come from.
     metadata: Option<Arc<Metadata>>,
+    /// With `pod`/`namespace` labels only: the kernel folds exchanges by label slot.
+    slots: Option<Arc<Mutex<LabelSlots>>>,
+    /// Label slots with values, and cgroups with a slot (as of the last fold read).
+    label_slots: Gauge,
+    label_slot_cgroups: Gauge,
 }
 
 fn role_labels<const N: usize>(
@@ -157,6 +165,9 @@ impl Metrics {
             fast: None,
             handles: Arc::default(),
             metadata: None,
+            slots: labels::by_cgroup(labels).then(Arc::default),
+            label_slots: Gauge::default(),
+            label_slot_cgroups: Gauge::default(),
         };
         for ((_, name, help, _), family) in HISTOGRAMS.iter().zip(&metrics.histograms) {
             registry.register(*name, *help, family.clone());
@@ -215,6 +226,18 @@ impl Metrics {
             "tcpobs_event_delay_seconds",
             "From a connection's close in the kernel to its record reaching the outputs",
             metrics.delay.clone(),
+        );
+        registry.register(
+            "tcpobs_label_slots",
+            "With only pod/namespace labels: combinations of label values the kernel folds \
+             exchanges for (at most 16; exchanges of the others are sent to the daemon)",
+            metrics.label_slots.clone(),
+        );
+        registry.register(
+            "tcpobs_label_slot_cgroups",
+            "With only pod/namespace labels: cgroups whose sockets' exchanges the kernel folds \
+             under their label values",
+            metrics.label_slot_cgroups.clone(),
         );
         registry.register(
             "tcpobs_sweep_duration_seconds",
@@ -287,10 +310,13 @@ impl Metrics {
         }
     }
 
-    /// The kernel's fold settings: the exchange histograms' limits, when no optional dimension
-    /// is on (`None`: the kernel must send every exchange).
+    /// The kernel's fold settings: the exchange histograms' limits, folded as they are when no
+    /// optional dimension is on, or by label slot with `pod`/`namespace` labels only (`None`,
+    /// with the other labels: the kernel must send every exchange).
     pub(crate) fn fold_config(&self) -> Option<FoldConfig> {
-        self.fast.as_ref()?;
+        if self.fast.is_none() && self.slots.is_none() {
+            return None;
+        }
         let limits = |buckets: Buckets| {
             use prometheus_client::metrics::family::MetricConstructor as _;
             buckets.new_metric().limits().to_vec()
@@ -304,7 +330,11 @@ impl Metrics {
         layouts[layout::LATENCY] = &latency;
         layouts[layout::IDLE] = &idle;
         layouts[layout::LIFETIME] = &lifetime;
-        Some(FoldConfig::folding(layouts))
+        Some(if self.fast.is_some() {
+            FoldConfig::folding(layouts)
+        } else {
+            FoldConfig::folding_labeled(layouts)
+        })
     }
 
     /// Adds what the kernel folded (the growth since the last call) to the exchange
@@ -317,23 +347,66 @@ impl Metrics {
             .into_iter()
             .enumerate()
         {
-            let folded = &folds.roles[fold_index(role)];
-            for (index, slot) in folded.hists.iter().enumerate() {
-                if slot.buckets.iter().any(|&count| count != 0) {
-                    let hist = Hist::Request as usize + index - folded_hist::REQUEST;
-                    fast.histograms[hist][r].add(&slot.buckets, slot.sum);
-                }
-            }
-            for (class, exchange_class) in [
-                (class::START, ExchangeClass::Start),
-                (class::CONTINUE, ExchangeClass::Continue),
-            ] {
-                if folded.exchanges[class] != 0 {
-                    fast.exchanges[r][index_of(&CLASSES, exchange_class)]
-                        .inc_by(folded.exchanges[class]);
-                }
-            }
+            add_role_folds(
+                &folds.roles[fold_index(role)],
+                |hist| &fast.histograms[hist][r],
+                |class| &fast.exchanges[r][class],
+            );
         }
+    }
+
+    /// The changes to the kernel's cgroup slots since the last call (none without label
+    /// slots).
+    pub(crate) fn take_slot_writes(&self) -> Vec<SlotWrite> {
+        let Some(slots) = &self.slots else {
+            return Vec::new();
+        };
+        lock(slots).take_writes()
+    }
+
+    /// Sets the label slot gauges, once the slot writes are made.
+    pub(crate) fn note_label_slots(&self) {
+        if let Some(slots) = &self.slots {
+            let slots = lock(slots);
+            self.label_slots.set(i64::from(slots.used()));
+            self.label_slot_cgroups.set(slots.cgroups() as i64);
+        }
+    }
+
+    /// How many label slots have values (0 without label slots).
+    pub(crate) fn label_slots_used(&self) -> u32 {
+        self.slots.as_ref().map_or(0, |slots| lock(slots).used())
+    }
+
+    /// Adds what the kernel folded for a label slot's sockets of `role` (the growth since the
+    /// last call) to the series of the slot's label values.
+    pub(crate) fn add_folded_labeled(&self, slot: u32, role: Role, folds: &RoleFolds) {
+        let Some(dims) = self
+            .slots
+            .as_ref()
+            .and_then(|slots| lock(slots).values(slot).cloned())
+        else {
+            return;
+        };
+        let handles = self.handles(&dims);
+        let handles = &handles[role_index(role)];
+        add_role_folds(
+            folds,
+            |hist| {
+                handles.histograms[hist].get_or_init(|| {
+                    let labels = role_labels([("role", role.as_str())], &dims);
+                    self.histograms[hist].get_or_create(&labels).clone()
+                })
+            },
+            |class| {
+                handles.exchanges[class].get_or_init(|| {
+                    let fixed = [("role", role.as_str()), ("class", CLASSES[class].as_str())];
+                    self.exchanges
+                        .get_or_create(&role_labels(fixed, &dims))
+                        .clone()
+                })
+            },
+        );
     }
 
     /// Records how late a closed connection's record is, `now_ns` being the kernel clock.
@@ -388,6 +461,9 @@ impl Metrics {
             Some((fast, r)) => Series::Fast(fast, r),
             None => {
                 let dims = self.dims(addrs, process);
+                if let (Some(slots), Some(process)) = (&self.slots, process) {
+                    lock(slots).assign(process.cgroup, &dims);
+                }
                 let handles = self.handles(&dims);
                 Series::Labeled(dims, handles)
             }
@@ -570,6 +646,29 @@ impl Metrics {
             self.stuck
                 .get_or_create(&[("phase", kind.as_str())])
                 .set(i64::try_from(*count).unwrap_or(i64::MAX));
+        }
+    }
+}
+
+/// Adds one role's folds to its exchange histograms (`histogram`, by [`Hist`] index) and
+/// exchange counters (`exchanges`, by [`CLASSES`] index).
+fn add_role_folds<'a>(
+    folded: &RoleFolds,
+    histogram: impl Fn(usize) -> &'a Histogram,
+    exchanges: impl Fn(usize) -> &'a Counter,
+) {
+    for (index, slot) in folded.hists.iter().enumerate() {
+        if slot.buckets.iter().any(|&count| count != 0) {
+            histogram(Hist::Request as usize + index - folded_hist::REQUEST)
+                .add(&slot.buckets, slot.sum);
+        }
+    }
+    for (class, exchange_class) in [
+        (class::START, ExchangeClass::Start),
+        (class::CONTINUE, ExchangeClass::Continue),
+    ] {
+        if folded.exchanges[class] != 0 {
+            exchanges(index_of(&CLASSES, exchange_class)).inc_by(folded.exchanges[class]);
         }
     }
 }

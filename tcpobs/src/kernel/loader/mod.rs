@@ -156,12 +156,19 @@ pub fn load(options: &LoadOptions) -> Result<Loaded, LoadError> {
             loader.map_max_entries(map, 64);
         }
     }
+    if fold.labeled == 0 {
+        // No label slots: the smallest tables (a lookup past the first slot finds nothing, and
+        // nothing is folded by label).
+        loader
+            .map_max_entries(names::LABELED_FOLDS_MAP, 1)
+            .map_max_entries(names::LABEL_SLOTS_MAP, 1);
+    }
     let mut ebpf = loader
         .load(OBJECT)
         .map_err(|err| LoadError::Load(error_chain(&err)))?;
     let exchange_events = ExchangeSwitch::take(&mut ebpf, options.exchanges)?;
-    // Until the daemon's loop applies its event selection: without folding, every exchange
-    // must reach the daemon from the first.
+    // Until the daemon's loop applies its event selection: the kernel sends only the exchanges
+    // it does not fold (every one, without folding).
     exchange_events.apply(crate::config::live::EventSelection::None)?;
     let folds = FoldReader::take(&mut ebpf)?;
     let resolved = Resolved::new(&options.filters)?;

@@ -54,7 +54,6 @@ fn late_open(events: &[OwnedEvent]) -> OwnedEvent {
 /// Every record the tracker makes of `events`, and the tracker.
 fn records(events: &[OwnedEvent]) -> (Vec<Record>, Tracker) {
     let mut tracker = Tracker::new();
-    tracker.set_kernel_folds(true);
     let mut out = Vec::new();
     for event in events {
         tracker.handle(&event.event(), &mut out);

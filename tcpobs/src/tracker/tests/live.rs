@@ -13,7 +13,6 @@ const S: u64 = 1_000_000_000;
 /// Plays a connection's events as the tracker gets them by default (no exchange events).
 fn folded(sock: &Sock) -> Tracker {
     let mut tracker = Tracker::new();
-    tracker.set_kernel_folds(true);
     let mut out = Vec::new();
     for event in sock
         .events

@@ -100,7 +100,9 @@ impl DataSink for KernelPart<'_> {
             response: rec.burst,
             task: rec.task,
             seq,
-            _pad: 0,
+            // As the kernel does by default; `run_events` says otherwise when asked.
+            folded: 1,
+            _pad: [0; 3],
         }));
     }
 }
@@ -325,9 +327,11 @@ fn run_events(
     kernel_folds: bool,
 ) -> (Vec<ExchangeRecord>, Vec<ConnectionRecord>, Tracker) {
     let mut tracker = Tracker::new();
-    tracker.set_kernel_folds(kernel_folds);
     let mut out = Vec::new();
-    for event in events {
+    for mut event in events {
+        if let OwnedEvent::Burst(exchange) = &mut event {
+            exchange.folded = u8::from(kernel_folds);
+        }
         tracker.handle(&event.event(), &mut out);
     }
     split(out, tracker)
