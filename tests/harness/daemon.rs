@@ -196,12 +196,12 @@ impl Daemon {
         self.child.id()
     }
 
+    /// The output's complete lines: a line the daemon is writing as the file is read (a read
+    /// can see part of a write) waits for the next call.
     pub fn lines(&self) -> Vec<String> {
-        fs::read_to_string(&self.output)
-            .unwrap_or_default()
-            .lines()
-            .map(str::to_owned)
-            .collect()
+        let text = fs::read_to_string(&self.output).unwrap_or_default();
+        let complete = text.rfind('\n').map_or("", |end| &text[..end]);
+        complete.lines().map(str::to_owned).collect()
     }
 
     /// The output's JSON events.
