@@ -17,8 +17,10 @@
 //! not see. Calls are coalesced in the socket record into bursts, and bursts into exchanges:
 //! an exchange ends when the next request begins. Its bytes, timings and class are folded
 //! here, into this CPU's `FOLDS` (bucket by bucket, with the daemon's limits) and the record's
-//! summary; it goes to the daemon as an event only while the daemon asks for every exchange
-//! (`EXCHANGE_EVENTS`). So the ring buffer carries nothing per exchange by default, whatever
+//! summary (with `pod`/`namespace` metric labels, into `LABELED_FOLDS`, by the label slot the
+//! daemon gave the socket's cgroup); it goes to the daemon as an event only while the daemon
+//! asks for every exchange (`EXCHANGE_EVENTS`), or if it could not be folded (other labels, a
+//! cgroup without a slot). So the ring buffer carries nothing per exchange by default, whatever
 //! the number of syscalls or bytes; a connection's last exchange goes with its close. The rules
 //! are `SockRecord::add_data` and `SockRecord::fold_exchange`, in tcpobs-common, shared with
 //! the daemon's tracker tests. Failed calls (`ret <= 0`) and `MSG_PEEK` reads move no data and

@@ -599,14 +599,10 @@ fn read_folds(folds: &mut FoldReader, metrics: Option<&Metrics>, tracker: &Mutex
         // slot folded before counts under the same values either way), then what they folded.
         folds.write_slots(&metrics.take_slot_writes());
         metrics.note_label_slots();
-        match folds.labeled_growth(metrics.label_slots_used()) {
-            Ok(grown) => {
-                for (slot, role, growth) in grown {
-                    metrics.add_folded_labeled(slot, Role::from_kernel(role), &growth);
-                }
-            }
-            Err(err) => warn!("{err}"),
+        for (slot, role, growth) in folds.labeled_growth(metrics.label_slots()) {
+            metrics.add_folded_labeled(slot, Role::from_kernel(role), &growth);
         }
+        metrics.maintain_label_slots();
     }
     let bytes = |role| growth.roles[fold_index(role)].bytes;
     lock(tracker).add_kernel_bytes(&[

@@ -100,7 +100,7 @@ struct Labeled {
     cgroups: HashMap<MapData, u64, u32>,
     folds: PerCpuArray<MapData, RoleFolds>,
     last: Vec<RoleFolds>,
-    /// A write to the cgroup table failed (warned once).
+    /// A write to the cgroup table or a read of the folds failed (warned once).
     warned: bool,
 }
 
@@ -159,19 +159,26 @@ impl FoldReader {
         }
     }
 
-    /// What was folded under each of the first `used` label slots since the previous call:
-    /// `(slot, socket role, growth)`, the slots that grew only.
-    pub(crate) fn labeled_growth(
-        &mut self,
-        used: u32,
-    ) -> Result<Vec<(u32, u8, RoleFolds)>, MapError> {
+    /// What was folded under each of the first `slots` label slots since the previous call:
+    /// `(slot, socket role, growth)`, the slots that grew only. A slot that cannot be read is
+    /// read in full next time (warned once).
+    pub(crate) fn labeled_growth(&mut self, slots: u32) -> Vec<(u32, u8, RoleFolds)> {
         let labeled = &mut self.labeled;
         let mut grown = Vec::new();
-        for index in 0..2 * used.min(LABEL_SLOTS) {
-            let per_cpu = labeled
-                .folds
-                .get(&index, 0)
-                .map_err(|err| MapError::new(names::LABELED_FOLDS_MAP, err))?;
+        for index in 0..2 * slots.min(LABEL_SLOTS) {
+            let per_cpu = match labeled.folds.get(&index, 0) {
+                Ok(per_cpu) => per_cpu,
+                Err(err) => {
+                    if !labeled.warned {
+                        labeled.warned = true;
+                        warn!(
+                            "{} (warned once)",
+                            MapError::new(names::LABELED_FOLDS_MAP, err)
+                        );
+                    }
+                    continue;
+                }
+            };
             let mut total = RoleFolds::default();
             for folds in per_cpu.iter() {
                 role_into(&mut total, folds, u64::wrapping_add);
@@ -189,7 +196,7 @@ impl FoldReader {
                 grown.push((index / 2, role, growth));
             }
         }
-        Ok(grown)
+        grown
     }
 }
 

@@ -200,11 +200,14 @@ struct DimState {
 }
 
 impl DimState {
-    fn value(&mut self, raw: &str) -> Arc<str> {
+    /// The label value of `raw`; `counted`: the observation counts towards the top N.
+    fn value(&mut self, raw: &str, counted: bool) -> Arc<str> {
         if raw.is_empty() {
             return Arc::clone(&self.empty);
         }
-        if let Keep::Top(n) = self.keep {
+        if let Keep::Top(n) = self.keep
+            && counted
+        {
             if let Some(count) = self.counts.get_mut(raw) {
                 *count += 1;
             } else {
@@ -287,6 +290,23 @@ impl LabelPolicy {
         process: Option<&Process>,
         metadata: Option<&Metadata>,
     ) -> Dims {
+        self.resolve(Some(addrs), process, metadata, true)
+    }
+
+    /// The values a process's connections have now, for dimensions that depend on the
+    /// process's cgroup alone (`pod`, `namespace`: [`by_cgroup`]), without counting towards
+    /// the top N (a look, not a connection).
+    pub(crate) fn cgroup_dims(&mut self, process: &Process, metadata: Option<&Metadata>) -> Dims {
+        self.resolve(None, Some(process), metadata, false)
+    }
+
+    fn resolve(
+        &mut self,
+        addrs: Option<&Addrs>,
+        process: Option<&Process>,
+        metadata: Option<&Metadata>,
+        counted: bool,
+    ) -> Dims {
         if self.dims.is_empty() {
             return Dims::default();
         }
@@ -296,8 +316,12 @@ impl LabelPolicy {
         for state in &mut self.dims {
             let mut digits = [0u8; 20];
             let raw = match state.dim {
-                Dim::LocalPort => decimal(u64::from(addrs.local().port()), &mut digits),
-                Dim::RemotePort => decimal(u64::from(addrs.remote().port()), &mut digits),
+                Dim::LocalPort => addrs.map_or("", |addrs| {
+                    decimal(u64::from(addrs.local().port()), &mut digits)
+                }),
+                Dim::RemotePort => addrs.map_or("", |addrs| {
+                    decimal(u64::from(addrs.remote().port()), &mut digits)
+                }),
                 Dim::Comm => process.map_or("unknown", |p| p.comm.as_str()),
                 Dim::Pod | Dim::Namespace => {
                     let meta = meta
@@ -311,7 +335,7 @@ impl LabelPolicy {
                     value.unwrap_or_default()
                 }
             };
-            dims.0[state.dim as usize] = Some(state.value(raw));
+            dims.0[state.dim as usize] = Some(state.value(raw, counted));
         }
         if self.admitted.contains(&dims) {
             return dims;

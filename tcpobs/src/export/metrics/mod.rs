@@ -28,7 +28,7 @@ use std::{
     collections::HashMap,
     hash::BuildHasherDefault,
     sync::{Arc, Mutex, OnceLock, atomic::AtomicU64},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use prometheus_client::{
@@ -373,9 +373,27 @@ impl Metrics {
         }
     }
 
-    /// How many label slots have values (0 without label slots).
-    pub(crate) fn label_slots_used(&self) -> u32 {
-        self.slots.as_ref().map_or(0, |slots| lock(slots).used())
+    /// How many label slots there are to read (0 without label slots).
+    pub(crate) fn label_slots(&self) -> u32 {
+        self.slots.as_ref().map_or(0, |slots| lock(slots).slots())
+    }
+
+    /// Keeps the label slots current (`slots::LabelSlots::maintain`): call it after their
+    /// folds were read.
+    pub(crate) fn maintain_label_slots(&self) {
+        let Some(slots) = &self.slots else {
+            return;
+        };
+        let mut policy = lock(&self.policy);
+        let metadata = self.metadata.as_deref();
+        lock(slots).maintain(Instant::now(), |cgroup, pid| {
+            let process = Process {
+                pid,
+                cgroup,
+                ..Process::default()
+            };
+            policy.cgroup_dims(&process, metadata)
+        });
     }
 
     /// Adds what the kernel folded for a label slot's sockets of `role` (the growth since the
@@ -462,7 +480,7 @@ impl Metrics {
             None => {
                 let dims = self.dims(addrs, process);
                 if let (Some(slots), Some(process)) = (&self.slots, process) {
-                    lock(slots).assign(process.cgroup, &dims);
+                    lock(slots).assign(process.cgroup, process.pid, &dims, Instant::now());
                 }
                 let handles = self.handles(&dims);
                 Series::Labeled(dims, handles)
