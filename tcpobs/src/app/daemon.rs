@@ -595,14 +595,16 @@ fn read_folds(folds: &mut FoldReader, metrics: Option<&Metrics>, tracker: &Mutex
     };
     if let Some(metrics) = metrics {
         metrics.add_folded(&growth);
-        // Label slots: the cgroups' new slots first (a slot keeps its values, so what each
-        // slot folded before counts under the same values either way), then what they folded.
+        // Label slots: the cgroups' new slots first (a slot is given new values only once two
+        // complete reads have followed its last cgroup's removal, so what it folded before
+        // counts under the values it had), then what they folded, then the upkeep.
         folds.write_slots(&metrics.take_slot_writes());
         metrics.note_label_slots();
-        for (slot, role, growth) in folds.labeled_growth(metrics.label_slots()) {
+        let (grown, read_all) = folds.labeled_growth(metrics.label_slots());
+        for (slot, role, growth) in grown {
             metrics.add_folded_labeled(slot, Role::from_kernel(role), &growth);
         }
-        metrics.maintain_label_slots();
+        metrics.maintain_label_slots(read_all);
     }
     let bytes = |role| growth.roles[fold_index(role)].bytes;
     lock(tracker).add_kernel_bytes(&[

@@ -160,15 +160,17 @@ impl FoldReader {
     }
 
     /// What was folded under each of the first `slots` label slots since the previous call:
-    /// `(slot, socket role, growth)`, the slots that grew only. A slot that cannot be read is
-    /// read in full next time (warned once).
-    pub(crate) fn labeled_growth(&mut self, slots: u32) -> Vec<(u32, u8, RoleFolds)> {
+    /// `(slot, socket role, growth)`, the slots that grew only, and whether every slot was
+    /// read. A slot that cannot be read is read in full next time (warned once).
+    pub(crate) fn labeled_growth(&mut self, slots: u32) -> (Vec<(u32, u8, RoleFolds)>, bool) {
         let labeled = &mut self.labeled;
         let mut grown = Vec::new();
+        let mut read_all = true;
         for index in 0..2 * slots.min(LABEL_SLOTS) {
             let per_cpu = match labeled.folds.get(&index, 0) {
                 Ok(per_cpu) => per_cpu,
                 Err(err) => {
+                    read_all = false;
                     if !labeled.warned {
                         labeled.warned = true;
                         warn!(
@@ -196,7 +198,7 @@ impl FoldReader {
                 grown.push((index / 2, role, growth));
             }
         }
-        grown
+        (grown, read_all)
     }
 }
 

@@ -379,14 +379,25 @@ impl Metrics {
     }
 
     /// Keeps the label slots current (`slots::LabelSlots::maintain`): call it after their
-    /// folds were read.
-    pub(crate) fn maintain_label_slots(&self) {
+    /// folds were read (`read_all`: every slot's, after the writes before were made).
+    pub(crate) fn maintain_label_slots(&self, read_all: bool) {
         let Some(slots) = &self.slots else {
             return;
         };
+        let now = Instant::now();
+        {
+            let mut slots = lock(slots);
+            if read_all {
+                slots.note_read();
+            }
+            if !slots.due(now) {
+                return;
+            }
+        }
+        // The policy's lock before the slots', as `series` takes them.
         let mut policy = lock(&self.policy);
         let metadata = self.metadata.as_deref();
-        lock(slots).maintain(Instant::now(), |cgroup, pid| {
+        lock(slots).maintain(now, |cgroup, pid| {
             let process = Process {
                 pid,
                 cgroup,

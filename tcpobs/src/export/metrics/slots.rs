@@ -15,8 +15,9 @@
 //! a namespace that left the top N), so a long-lived connection's exchanges move to their
 //! current values within [`REFRESH`] as they would with one event each; a cgroup no record
 //! has shown for [`EXPIRE`] leaves the table (a container gone; one still busy is back with
-//! its next unfolded exchange); and a slot no cgroup has had for two maintenance rounds is
-//! freed for other values, its last folds read under its old values first.
+//! its next unfolded exchange); and a slot no cgroup has had since a round is freed for other
+//! values at a later one, once two complete reads of the folds have followed (so that a fold
+//! made as its last cgroup was taken out counts under its old values).
 
 use std::{
     collections::HashMap,
@@ -50,8 +51,11 @@ struct Cgroup {
 pub(crate) struct LabelSlots {
     /// Each slot's label values (`None`: free).
     values: Vec<Option<Dims>>,
-    /// Slots no cgroup had at the last maintenance round (freed at the next if still so).
-    unused: Vec<bool>,
+    /// For each slot no cgroup has, the complete reads of the folds when that was found (freed
+    /// once two more have been made).
+    unused_since: Vec<Option<u64>>,
+    /// Complete reads of the slots' folds so far ([`LabelSlots::note_read`]).
+    reads: u64,
     by_cgroup: HashMap<u64, Cgroup>,
     /// Changes not yet made to the kernel's table, oldest first.
     writes: Vec<SlotWrite>,
@@ -62,7 +66,8 @@ impl Default for LabelSlots {
     fn default() -> Self {
         Self {
             values: Vec::new(),
-            unused: Vec::new(),
+            unused_since: Vec::new(),
+            reads: 0,
             by_cgroup: HashMap::new(),
             writes: Vec::new(),
             maintained: Instant::now(),
@@ -121,29 +126,38 @@ impl LabelSlots {
             .iter()
             .position(|values| values.as_ref() == Some(dims))
         {
-            self.unused[slot] = false;
+            self.unused_since[slot] = None;
             return Some(slot as u32);
         }
         let slot = match self.values.iter().position(Option::is_none) {
             Some(free) => free,
             None if self.values.len() < LABEL_SLOTS as usize => {
                 self.values.push(None);
-                self.unused.push(false);
+                self.unused_since.push(None);
                 self.values.len() - 1
             }
             None => return None,
         };
         self.values[slot] = Some(dims.clone());
-        self.unused[slot] = false;
+        self.unused_since[slot] = None;
         Some(slot as u32)
+    }
+
+    /// Notes a read of every slot's folds (after the writes before it were made).
+    pub(crate) fn note_read(&mut self) {
+        self.reads += 1;
+    }
+
+    /// Whether a maintenance round is due.
+    pub(crate) fn due(&self, now: Instant) -> bool {
+        now.duration_since(self.maintained) >= REFRESH
     }
 
     /// Every [`REFRESH`]: resolves each cgroup's values again with `resolve(cgroup, pid)`
     /// (moving it if they changed), takes out cgroups no record has shown for [`EXPIRE`], and
-    /// frees the slots no cgroup has had since the last round. Call it after the slots' folds
-    /// were read, so that what a freed slot folded last counts under its old values.
+    /// frees the slots no cgroup has had since an earlier round with two complete reads since.
     pub(crate) fn maintain(&mut self, now: Instant, mut resolve: impl FnMut(u64, u32) -> Dims) {
-        if now.duration_since(self.maintained) < REFRESH {
+        if !self.due(now) {
             return;
         }
         self.maintained = now;
@@ -167,12 +181,16 @@ impl LabelSlots {
         }
         for (slot, held) in held.into_iter().enumerate() {
             if held || self.values[slot].is_none() {
-                self.unused[slot] = false;
-            } else if self.unused[slot] {
-                self.values[slot] = None;
-                self.unused[slot] = false;
-            } else {
-                self.unused[slot] = true;
+                self.unused_since[slot] = None;
+                continue;
+            }
+            match self.unused_since[slot] {
+                Some(since) if self.reads >= since + 2 => {
+                    self.values[slot] = None;
+                    self.unused_since[slot] = None;
+                }
+                Some(_) => {}
+                None => self.unused_since[slot] = Some(self.reads),
             }
         }
     }
@@ -273,9 +291,15 @@ mod tests {
         slots.maintain(first, current);
         assert_eq!(slots.take_writes(), [(7, Some(2))]);
         assert_eq!(slots.values(0), Some(&namespace("")), "kept one round");
+        // Its last folds are read twice over before it goes: one read is not enough.
+        slots.note_read();
         let second = first + REFRESH;
         slots.maintain(second, current);
-        assert_eq!(slots.values(0), None, "no cgroup for two rounds: freed");
+        assert_eq!(slots.values(0), Some(&namespace("")), "one read since");
+        slots.note_read();
+        let second = second + REFRESH;
+        slots.maintain(second, current);
+        assert_eq!(slots.values(0), None, "two reads since: freed");
         assert_eq!((slots.used(), slots.slots()), (2, 3));
         // A freed slot takes the next new values.
         slots.assign(9, 90, &namespace("cart"), second);
