@@ -199,9 +199,15 @@ impl Daemon {
     /// The output's complete lines: a line the daemon is writing as the file is read (a read
     /// can see part of a write) waits for the next call.
     pub fn lines(&self) -> Vec<String> {
-        let text = fs::read_to_string(&self.output).unwrap_or_default();
-        let complete = text.rfind('\n').map_or("", |end| &text[..end]);
-        complete.lines().map(str::to_owned).collect()
+        let bytes = fs::read(&self.output).unwrap_or_default();
+        let complete = bytes
+            .iter()
+            .rposition(|&byte| byte == b'\n')
+            .map_or(&[][..], |end| &bytes[..end]);
+        String::from_utf8_lossy(complete)
+            .lines()
+            .map(str::to_owned)
+            .collect()
     }
 
     /// The output's JSON events.
