@@ -19,7 +19,7 @@ use tcpobs::{
 use tcpobs_common::kind;
 use tcpobs_tests::{
     Capture, by_role, closed_port, connections, exchanges_of, listen, options, read_n, secs,
-    set_linger_zero,
+    set_linger_zero, strategy,
     traffic::{one_exchange, paced_exchanges},
     write_all,
 };
@@ -475,12 +475,26 @@ fn short_connections_need_no_open_event() {
         (opened(records) == 2 * SHORT + 2).then_some(())
     });
     drop((held, held_server));
-    let closed = capture.wait_connections(2 * SHORT + 2);
+    // Every end is reported. With kprobes, the kernel skips a program's run on a CPU where any
+    // kprobe or tracepoint program is running (an interrupt's softirq over one: likelier in the
+    // kernel matrix's emulated CPUs, and not counted before Linux 6.7); a skipped destroy
+    // leaves its end to the audit, which reports it `lost`.
+    let lost_allowed = strategy().all == Some(Strategy::Kprobe);
+    let ends = capture.wait_for("every connection end reported", |records| {
+        let ends = connections(records);
+        (ends.len() >= 2 * SHORT + 2).then_some(ends)
+    });
     let (records, stats) = capture.stop();
     assert_eq!(opened(&records), 2 * SHORT + 2, "one open a connection end");
-    for connection in &closed {
-        assert_eq!(connection.partial, None, "{connection:#?}");
+    let mut lost = 0;
+    for connection in &ends {
         assert!(connection.connect_ns.is_some(), "{connection:#?}");
+        if connection.partial == Some(PartialReason::Lost) && lost_allowed {
+            lost += 1;
+            continue;
+        }
+        assert_eq!(connection.partial, None, "{connection:#?}");
+        assert!(connection.close.is_some(), "{connection:#?}");
     }
     let open_events = stats.reader.events[kind::OPEN as usize - 1];
     assert!(
@@ -489,7 +503,7 @@ fn short_connections_need_no_open_event() {
         2 * SHORT + 2
     );
     assert_eq!(stats.kernel.ringbuf_full, 0);
-    assert_eq!((stats.tracker.unmatched, stats.tracker.lost), (0, 0));
+    assert_eq!((stats.tracker.unmatched, stats.tracker.lost), (0, lost));
 }
 
 /// The peer closes, the server writes anyway and gets a reset while in CLOSE_WAIT, then
