@@ -8,7 +8,7 @@
 use std::{
     fs,
     io::{BufRead as _, BufReader, Read as _, Write as _},
-    net::{TcpListener, TcpStream},
+    net::{SocketAddr, TcpListener, TcpStream},
     path::PathBuf,
     process::{Child, Command, Stdio},
     thread,
@@ -240,10 +240,9 @@ fn connections_carry_the_cgroup_container_and_pod_of_their_process() {
     assert_eq!(code, Some(0));
 }
 
-/// `--label pod --label namespace`: a pod's connections count under its pod, the others under
-/// no pod (the empty value).
-#[test]
-fn pod_and_namespace_label_the_metrics() {
+/// A pod's cgroup (namespace `shop`, pod `checkout-0`) and log directory, a listener, and a
+/// daemon tracing its port with `--label pod --label namespace`.
+fn labeled_pod() -> (Layout, String, TcpListener, SocketAddr, Daemon) {
     let layout = Layout::new();
     let pod = layout.cgroup(&format!("kubepods/burstable/pod{POD_UID}/{CONTAINER_ID}"));
     fs::create_dir_all(layout.pod_logs.join(format!("shop_checkout-0_{POD_UID}"))).unwrap();
@@ -261,6 +260,14 @@ fn pod_and_namespace_label_the_metrics() {
         "--label",
         "namespace",
     ]);
+    (layout, pod, listener, addr, daemon)
+}
+
+/// `--label pod --label namespace`: a pod's connections count under its pod, the others under
+/// no pod (the empty value).
+#[test]
+fn pod_and_namespace_label_the_metrics() {
+    let (layout, pod, listener, addr, daemon) = labeled_pod();
     let in_pod = connect_from(&layout, &pod, addr.port());
     let pod_pid = in_pod.id();
     let server = answer(&listener);
@@ -293,23 +300,7 @@ fn pod_and_namespace_label_the_metrics() {
 /// (those before the slot counted from their events, the others from the kernel's folds).
 #[test]
 fn a_pods_exchanges_are_folded_under_its_labels() {
-    let layout = Layout::new();
-    let pod = layout.cgroup(&format!("kubepods/burstable/pod{POD_UID}/{CONTAINER_ID}"));
-    fs::create_dir_all(layout.pod_logs.join(format!("shop_checkout-0_{POD_UID}"))).unwrap();
-    let (listener, addr) = listen("127.0.0.1:0");
-    let port = addr.port().to_string();
-    let daemon = Daemon::start(&[
-        "--port",
-        &port,
-        "--cgroup-root",
-        layout.cgroup_root.to_str().unwrap(),
-        "--pod-log-root",
-        layout.pod_logs.to_str().unwrap(),
-        "--label",
-        "pod",
-        "--label",
-        "namespace",
-    ]);
+    let (layout, pod, listener, addr, daemon) = labeled_pod();
     // A shell in the pod makes as many `ping`/`ok` exchanges as each line of its input says
     // (answering `done`), on one connection, and closes it when its input ends.
     let procs = layout.dir(&pod).join("cgroup.procs");
