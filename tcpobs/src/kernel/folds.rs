@@ -21,13 +21,9 @@ use std::sync::{Arc, Mutex};
 
 use aya::{
     Ebpf,
-    maps::{Array, HashMap, MapData, PerCpuArray},
+    maps::{Array, HashMap, MapData, PerCpuArray, PerCpuValues},
 };
-use tcpobs_common::{
-    FoldConfig, Folds, RoleFolds,
-    folds::{HistSlot, LABEL_SLOTS},
-    names,
-};
+use tcpobs_common::{FoldConfig, Folds, RoleFolds, folds::LABEL_SLOTS, names};
 use tracing::warn;
 
 use crate::{
@@ -100,8 +96,10 @@ struct Labeled {
     cgroups: HashMap<MapData, u64, u32>,
     folds: PerCpuArray<MapData, RoleFolds>,
     last: Vec<RoleFolds>,
-    /// A write to the cgroup table or a read of the folds failed (warned once).
-    warned: bool,
+    /// A write to the cgroup table failed (warned once).
+    write_warned: bool,
+    /// A read of a slot's folds failed (warned once).
+    read_warned: bool,
 }
 
 impl FoldReader {
@@ -114,7 +112,8 @@ impl FoldReader {
                 folds: take_map(ebpf, names::LABELED_FOLDS_MAP)?,
                 last: vec![RoleFolds::default(); 2 * LABEL_SLOTS as usize],
                 // (One entry each when the loader made them smallest: no label slots.)
-                warned: false,
+                write_warned: false,
+                read_warned: false,
             },
         })
     }
@@ -125,14 +124,7 @@ impl FoldReader {
             .map
             .get(&0, 0)
             .map_err(|err| MapError::new(names::FOLDS_MAP, err))?;
-        let mut total = Box::<Folds>::default();
-        for folds in per_cpu.iter() {
-            fold_into(&mut total, folds, u64::wrapping_add);
-        }
-        let mut growth = total.clone();
-        fold_into(&mut growth, &self.last, u64::wrapping_sub);
-        self.last = total;
-        Ok(growth)
+        Ok(Box::new(growth_of(&per_cpu, &mut self.last, fold_into)))
     }
 
     /// Makes the daemon's changes to the cgroups' label slots. A failed write leaves that
@@ -146,9 +138,9 @@ impl FoldReader {
                 None => labeled.cgroups.remove(&cgroup),
             };
             if let Err(err) = written
-                && !labeled.warned
+                && !labeled.write_warned
             {
-                labeled.warned = true;
+                labeled.write_warned = true;
                 warn!(
                     cgroup,
                     "{}: {err}; the exchanges of this cgroup's sockets are sent as events \
@@ -171,8 +163,8 @@ impl FoldReader {
                 Ok(per_cpu) => per_cpu,
                 Err(err) => {
                     read_all = false;
-                    if !labeled.warned {
-                        labeled.warned = true;
+                    if !labeled.read_warned {
+                        labeled.read_warned = true;
                         warn!(
                             "{} (warned once)",
                             MapError::new(names::LABELED_FOLDS_MAP, err)
@@ -181,14 +173,7 @@ impl FoldReader {
                     continue;
                 }
             };
-            let mut total = RoleFolds::default();
-            for folds in per_cpu.iter() {
-                role_into(&mut total, folds, u64::wrapping_add);
-            }
-            let last = &mut labeled.last[index as usize];
-            let mut growth = total;
-            role_into(&mut growth, last, u64::wrapping_sub);
-            *last = total;
+            let growth = growth_of(&per_cpu, &mut labeled.last[index as usize], role_into);
             if growth != RoleFolds::default() {
                 let role = if index % 2 == 0 {
                     tcpobs_common::role::CLIENT
@@ -202,17 +187,39 @@ impl FoldReader {
     }
 }
 
+/// An operation on two counters (`wrapping_add`, `wrapping_sub`).
+type Op = fn(u64, u64) -> u64;
+
+/// What the per-CPU values add up to now, less `last` (which becomes that total).
+fn growth_of<T: aya::Pod + Default>(
+    per_cpu: &PerCpuValues<T>,
+    last: &mut T,
+    into: fn(&mut T, &T, Op),
+) -> T {
+    let mut total = T::default();
+    for value in per_cpu.iter() {
+        into(&mut total, value, u64::wrapping_add);
+    }
+    let mut growth = total;
+    into(&mut growth, last, u64::wrapping_sub);
+    *last = total;
+    growth
+}
+
 /// Applies `op` to every counter of `into` with the matching one of `other`.
-fn fold_into(into: &mut Folds, other: &Folds, op: fn(u64, u64) -> u64) {
+fn fold_into(into: &mut Folds, other: &Folds, op: Op) {
     for (role, more) in into.roles.iter_mut().zip(&other.roles) {
         role_into(role, more, op);
     }
 }
 
 /// [`fold_into`] for one role's folds.
-fn role_into(into: &mut RoleFolds, other: &RoleFolds, op: fn(u64, u64) -> u64) {
+fn role_into(into: &mut RoleFolds, other: &RoleFolds, op: Op) {
     for (slot, more) in into.hists.iter_mut().zip(&other.hists) {
-        hist_into(slot, more, op);
+        for (bucket, more) in slot.buckets.iter_mut().zip(&more.buckets) {
+            *bucket = op(*bucket, *more);
+        }
+        slot.sum = op(slot.sum, more.sum);
     }
     for (count, more) in into.exchanges.iter_mut().zip(&other.exchanges) {
         *count = op(*count, *more);
@@ -220,13 +227,6 @@ fn role_into(into: &mut RoleFolds, other: &RoleFolds, op: fn(u64, u64) -> u64) {
     for (bytes, more) in into.bytes.iter_mut().zip(&other.bytes) {
         *bytes = op(*bytes, *more);
     }
-}
-
-fn hist_into(into: &mut HistSlot, other: &HistSlot, op: fn(u64, u64) -> u64) {
-    for (bucket, more) in into.buckets.iter_mut().zip(&other.buckets) {
-        *bucket = op(*bucket, *more);
-    }
-    into.sum = op(into.sum, other.sum);
 }
 
 #[cfg(test)]

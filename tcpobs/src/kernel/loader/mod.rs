@@ -74,7 +74,7 @@ pub struct LoadOptions {
     pub libcalls: LibcallOptions,
     /// Whether the kernel folds exchanges into histograms.
     pub exchanges: ExchangeOptions,
-    /// Whether the programs may defer opens (`--defer-opens`, `tcpobs_common::PendingOpens`).
+    /// Whether the programs may defer opens (`--defer-opens`, `tcpobs_common::PendingList`).
     pub defer_opens: bool,
 }
 

@@ -1,4 +1,4 @@
-//! Connections whose open the kernel deferred (`tcpobs_common::PendingOpens`): the close stands
+//! Connections whose open the kernel deferred (`tcpobs_common::PendingList`): the close stands
 //! for the open, or the open comes late, before or after the close, or twice.
 
 use tcpobs_common::{ShortCloseEvent, deferral};
