@@ -37,9 +37,8 @@ pub struct Daemon {
     log_thread: Option<thread::JoinHandle<()>>,
 }
 
-/// How a daemon stopped.
+/// What a daemon that stopped cleanly left.
 pub struct Stopped {
-    pub code: Option<i32>,
     /// Its output file's lines.
     pub lines: Vec<String>,
     /// Its whole log.
@@ -140,7 +139,9 @@ impl Daemon {
         let kept = Arc::clone(&log);
         let log_thread = thread::spawn(move || {
             let mut api = None;
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            // Lossy: a line that is not UTF-8 must not end the log (and hide what follows).
+            for line in BufReader::new(stderr).split(b'\n').map_while(Result::ok) {
+                let line = String::from_utf8_lossy(&line).into_owned();
                 eprintln!("tcpobs: {line}");
                 kept.lock().unwrap().push(line.clone());
                 if let Some(addr) = line.split("addr=").nth(1) {
@@ -340,7 +341,7 @@ impl Daemon {
     }
 
     /// SIGTERM; fails the test if the daemon has not exited after [`PATIENCE`] (it is then
-    /// killed).
+    /// killed) or did not exit with success.
     pub fn terminate_within_patience(mut self) -> Stopped {
         self.signal(libc::SIGTERM);
         let deadline = Instant::now() + PATIENCE;
@@ -359,8 +360,12 @@ impl Daemon {
         if let Some(thread) = self.log_thread.take() {
             let _ = thread.join();
         }
+        assert!(
+            status.success(),
+            "tcpobs did not stop cleanly on SIGTERM ({status}): {:#?}",
+            self.log()
+        );
         Stopped {
-            code: status.code(),
             lines: self.lines(),
             log: self.log(),
         }

@@ -323,6 +323,9 @@ fn stopping_under_churn_neither_adopts_nor_loses_silently() {
     let (ip, port, _nginx, daemon) = flooded_nginx(&[]);
     let stop = std::sync::atomic::AtomicBool::new(false);
     let stopped = thread::scope(|scope| {
+        // The churn stops however this closure ends: a failed assertion in it would otherwise
+        // leave the scope waiting for the churning threads for good.
+        let churn = StopOnDrop(&stop);
         for _ in 0..4 {
             scope.spawn(|| {
                 while !stop.load(Ordering::Relaxed) {
@@ -351,7 +354,7 @@ fn stopping_under_churn_neither_adopts_nor_loses_silently() {
             filled = full();
         }
         let stopped = daemon.terminate_within_patience();
-        stop.store(true, Ordering::Relaxed);
+        drop(churn);
         assert!(filled, "the churn never filled the ring buffer");
         stopped
     });
@@ -391,6 +394,15 @@ fn stopping_under_churn_neither_adopts_nor_loses_silently() {
         warned,
         "every lost event was warned about"
     );
+}
+
+/// Sets its flag when dropped, unwinding included.
+struct StopOnDrop<'a>(&'a std::sync::atomic::AtomicBool);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
 }
 
 /// A record that outlived its socket (the kernel skips a program's run rather than nest it,

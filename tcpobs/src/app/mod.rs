@@ -15,7 +15,11 @@ use std::{io, net::SocketAddr, path::Path, sync::Arc};
 use axum::{Router, middleware::from_fn_with_state};
 use prometheus_client::{metrics::info::Info, registry::Registry};
 use thiserror::Error;
-use tokio::{net::TcpListener, sync::watch};
+use tokio::{
+    net::TcpListener,
+    signal::unix::{Signal, SignalKind, signal},
+    sync::watch,
+};
 use tracing::{error, info, warn};
 
 use self::{
@@ -342,8 +346,10 @@ pub async fn run(
         servers.push(tokio::spawn(server.run(http_stopped)));
     }
 
-    // Before loading, so that an early SIGHUP does not stop tcpobs.
+    // Installed before loading (here, not in the task, which may start later), so that an
+    // early SIGHUP does not stop tcpobs.
     tokio::spawn(on_sighup(
+        hangup_signal(),
         sources.filter(|_| settings.config.is_some()),
         settings.clone(),
         Arc::clone(&control),
@@ -361,6 +367,8 @@ pub async fn run(
         .attach_exchange_switch(tracer.exchange_switch())
         .map_err(LoadError::from)?;
     tracer.set_metrics(metrics);
+    // Before anyone hears that tcpobs is ready: a SIGTERM from then on stops it cleanly.
+    let shutdown = shutdown_signal();
     readiness.set_ready();
     let notifier = Notifier::from_env();
     if let Some(notifier) = &notifier {
@@ -394,9 +402,7 @@ pub async fn run(
         output: &mut output,
         otlp: otlp.as_mut(),
     };
-    tracer
-        .run(&mut sinks, timing, live, shutdown_signal())
-        .await?;
+    tracer.run(&mut sinks, timing, live, shutdown).await?;
     if let Some(notifier) = &notifier {
         notifier.notify("STOPPING=1\nSTATUS=stopping: draining events");
     }
@@ -438,18 +444,26 @@ fn reload_web(web: &Web) {
     }
 }
 
+/// SIGHUP's handler, installed now; `None` (warned) if it cannot be.
+fn hangup_signal() -> Option<Signal> {
+    let hangups = signal(SignalKind::hangup());
+    if hangups.is_err() {
+        warn!("cannot install the SIGHUP handler; SIGHUP will stop tcpobs");
+    }
+    hangups.ok()
+}
+
 /// On every SIGHUP: reopens the output file (log rotation), re-reads the web config and, with
 /// `--config`, re-reads the settings and applies the runtime ones.
 async fn on_sighup(
+    hangups: Option<Signal>,
     sources: Option<Sources>,
     started: Settings,
     control: Arc<Control>,
     reopen: ReopenHandle,
     web: Option<Arc<Web>>,
 ) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let Ok(mut hangups) = signal(SignalKind::hangup()) else {
-        warn!("cannot install the SIGHUP handler; SIGHUP will stop tcpobs");
+    let Some(mut hangups) = hangups else {
         return;
     };
     while hangups.recv().await.is_some() {
@@ -484,5 +498,78 @@ async fn on_sighup(
                 err.to_string().trim()
             ),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{process::Command, time::Duration};
+
+    use tokio::time::timeout;
+
+    use super::{daemon::shutdown_signal, hangup_signal};
+
+    /// Set in the child process that runs a signal test ([`in_child`]).
+    const CHILD: &str = "TCPOBS_SIGNAL_TEST_CHILD";
+
+    /// A bound on a wait that should end at once: a hang becomes a failure.
+    const PATIENCE: Duration = Duration::from_secs(60);
+
+    /// True in a child process made to run this module's test `name` alone; in the test
+    /// binary itself, runs that child and checks that it passed. A handler tokio installs stays
+    /// for the life of the process: in the test binary, a SIGINT or SIGTERM meant to stop it
+    /// would then be caught and ignored. Without a handler, the signal ends the child.
+    fn in_child(name: &str) -> bool {
+        if std::env::var_os(CHILD).is_some() {
+            return true;
+        }
+        let child = Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                &format!("app::tests::{name}"),
+                "--test-threads=1",
+            ])
+            .env(CHILD, "1")
+            .output()
+            .unwrap();
+        assert!(
+            child.status.success(),
+            "{name}, run in a child process: {}\n{}{}",
+            child.status,
+            String::from_utf8_lossy(&child.stdout),
+            String::from_utf8_lossy(&child.stderr)
+        );
+        false
+    }
+
+    fn raise(signal: libc::c_int) {
+        // SAFETY: kill and getpid have no preconditions.
+        assert_eq!(unsafe { libc::kill(libc::getpid(), signal) }, 0);
+    }
+
+    /// The handlers are in place once `shutdown_signal` returns, before its future is polled
+    /// (the daemon announces itself ready in between).
+    #[tokio::test]
+    async fn a_sigterm_before_the_first_poll_is_caught() {
+        if !in_child("a_sigterm_before_the_first_poll_is_caught") {
+            return;
+        }
+        let shutdown = shutdown_signal();
+        raise(libc::SIGTERM);
+        timeout(PATIENCE, shutdown)
+            .await
+            .expect("the shutdown future completes");
+    }
+
+    /// SIGHUP's handler is in place once `hangup_signal` returns, before the task that waits
+    /// on it runs.
+    #[tokio::test]
+    async fn a_sighup_before_the_task_runs_is_caught() {
+        if !in_child("a_sighup_before_the_task_runs_is_caught") {
+            return;
+        }
+        let mut hangups = hangup_signal().expect("a SIGHUP handler");
+        raise(libc::SIGHUP);
+        assert_eq!(timeout(PATIENCE, hangups.recv()).await, Ok(Some(())));
     }
 }

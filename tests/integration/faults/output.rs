@@ -133,8 +133,7 @@ fn a_full_disk_costs_counted_events_and_leaves_only_whole_lines() {
     let dropped = after.sum("tcpobs_output_events_dropped_total");
     let errors = after.sum("tcpobs_output_errors_total");
 
-    let stopped = daemon.terminate_within_patience();
-    assert_eq!(stopped.code, Some(0));
+    daemon.terminate_within_patience();
     let events = json_lines(&fs::read_to_string(&out).unwrap());
     assert_eq!(of_type(&events, "connection").len() as f64, after.written());
     let stats = events.last().unwrap();
@@ -190,8 +189,7 @@ fn log_rotation_reopens_the_file_on_sighup() {
     churn(&listener, addr, 2);
     wait_until("4 events in the recreated file", || connections(&out) == 4);
 
-    let stopped = daemon.terminate_within_patience();
-    assert_eq!(stopped.code, Some(0));
+    daemon.terminate_within_patience();
     let events = json_lines(&fs::read_to_string(&out).unwrap());
     assert_eq!(of_type(&events, "connection").len(), 4);
     assert_eq!(events.last().unwrap()["type"], "stats");
@@ -301,8 +299,7 @@ fn a_slow_reader_costs_counted_events_never_tracing() {
     });
     let dropped = caught_up.sum("tcpobs_output_events_dropped_total");
 
-    let stopped = daemon.terminate_within_patience();
-    assert_eq!(stopped.code, Some(0));
+    daemon.terminate_within_patience();
     let lines = reader.finish();
     let stats = lines.last().unwrap();
     assert_eq!(stats["type"], "stats");
@@ -339,7 +336,6 @@ fn sigterm_stops_tcpobs_while_nobody_reads_its_output() {
     // The writer is blocked in write(2) on a full pipe; the daemon stops anyway, and says
     // what it could not write.
     let stopped = daemon.terminate_within_patience();
-    assert_eq!(stopped.code, Some(0), "{:#?}", stopped.log);
     let said = |needle: &str| stopped.log.iter().any(|line| line.contains(needle));
     assert!(
         said("the output did not take the last events within 5s")
@@ -390,12 +386,8 @@ fn a_closed_stdout_pipe_is_counted_and_survived() {
     assert!(daemon.running(), "EPIPE (and SIGPIPE) are survived");
     assert_eq!(daemon.api("GET", "/healthz", None, None).0, 200);
     at_most_throttled(logged(&daemon, "cannot write events"), since);
+    // A clean stop (exit code 0), not a death by SIGPIPE: the harness checks it.
     let stopped = daemon.terminate_within_patience();
-    assert_eq!(
-        stopped.code,
-        Some(0),
-        "a clean stop, not a death by SIGPIPE"
-    );
     assert!(
         stopped
             .log

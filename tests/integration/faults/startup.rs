@@ -131,7 +131,6 @@ fn kill_9_leaves_nothing_attached_and_a_restart_is_clean() {
     churn(&listener, addr, 2);
     wait_until("4 events", || Scrape::of(&second).written() == 4.0);
     let stopped = second.terminate_within_patience();
-    assert_eq!(stopped.code, Some(0));
     assert!(
         stopped
             .log
