@@ -28,6 +28,26 @@ pub(crate) enum StallView {
 pub(crate) type StallViews = HashMap<u64, (u64, StallView), BuildHasherDefault<SockHasher>>;
 
 const ICSK_TIME_PROBE0: u8 = 3;
+
+/// Unanswered zero-window probes that make a black hole, early in a stall. A live receiver
+/// can leave probes unanswered: it answers one (an out-of-window pure ACK) with a duplicate ACK
+/// at most once per 500 ms (`net.ipv4.tcp_invalid_ratelimit`'s default), and the probes come 1,
+/// 3, 7, 15… RTOs after the stall began (2, 4, 8… apart; the RTO at least 200 ms). So the first
+/// two can both fall within 500 ms of an earlier duplicate ACK; the third comes at least 1.2 s
+/// after the first and is answered, but a reading taken as it leaves, before its answer is back,
+/// sees 3. Measured on loopback: the second probe went unanswered (`TcpExtTCPACKSkippedSeq`),
+/// the count stayed 1 for 0.8 s while the last ACK grew 1.3 s old, and the third was answered.
+/// A peer that dies at once reaches 4 at the fourth probe, 3 s after the stall began at the
+/// smallest RTO, well within the default `--threshold-blackhole` (10 s).
+const PROBES_UNANSWERED: u8 = 4;
+
+/// Unanswered probes that make a black hole once the probes are spread out (`icsk_backoff` at
+/// least 4: every probe since the third at least 800 ms after the one before, beyond the rate
+/// limit's reach, so a live receiver shows at most the one in flight). A peer that dies after a
+/// long stall, its probes already 2 minutes apart, is then found at its second unanswered
+/// probe rather than its fourth.
+const PROBES_UNANSWERED_SPREAD: u8 = 2;
+const SPREAD_BACKOFF: u8 = 4;
 const TCP_CHRONO_RWND_LIMITED: u8 = 2;
 
 /// What a sampler reading says (`hz` converts the kernel's jiffies; `None` if unknown). The
@@ -49,7 +69,12 @@ pub(crate) fn classify(sample: &SockSample, hz: u64) -> Option<StallView> {
         u64::from((sample.jiffies as u32).wrapping_sub(jiffies)) * 1_000_000_000 / hz
     };
     let in_flight = sample.packets_out > 0 || sample.unacked > 0;
-    let probes_unanswered = sample.pending == ICSK_TIME_PROBE0 && sample.probes_out >= 2;
+    let unanswered = if sample.backoff >= SPREAD_BACKOFF {
+        PROBES_UNANSWERED_SPREAD
+    } else {
+        PROBES_UNANSWERED
+    };
+    let probes_unanswered = sample.pending == ICSK_TIME_PROBE0 && sample.probes_out >= unanswered;
     Some(
         if (in_flight && sample.retransmits > 0) || probes_unanswered {
             StallView::Blackhole {
@@ -126,18 +151,35 @@ mod tests {
                 since_ns: 100 * S - 9_500_000_000
             })
         );
-        // A zero-window peer that died: its probes go unanswered.
-        let dead = SockSample {
+        // A live receiver whose duplicate ACKs the rate limit skipped: the first two probes
+        // unanswered, the third just sent (backoff 3), the last ACK 1.3 s old. Still stalled.
+        let rate_limited = SockSample {
             probes_out: 3,
-            rcv_tstamp: (100 * HZ - 1_000) as u32,
+            backoff: 3,
+            rcv_tstamp: (100 * HZ - 325) as u32,
             ..stalled
         };
-        assert_eq!(
-            classify(&dead, HZ),
-            Some(StallView::Blackhole {
-                since_ns: 100 * S - 4 * S
-            })
-        );
+        assert!(matches!(
+            classify(&rate_limited, HZ),
+            Some(StallView::StalledReceiver { .. })
+        ));
+        // Zero-window peers that died: after a long stall (its probes minutes apart), two
+        // probes unanswered; at once, its first four.
+        for (probes_out, backoff, ago_s) in [(2, 9, 60), (4, 4, 4)] {
+            let dead = SockSample {
+                probes_out,
+                backoff,
+                rcv_tstamp: (100 * HZ - ago_s * HZ) as u32,
+                ..stalled
+            };
+            assert_eq!(
+                classify(&dead, HZ),
+                Some(StallView::Blackhole {
+                    since_ns: 100 * S - ago_s * S
+                }),
+                "{probes_out} probes unanswered, backoff {backoff}"
+            );
+        }
         // Data in flight and acknowledged: moving.
         let moving = SockSample {
             snd_wnd: 65_535,
