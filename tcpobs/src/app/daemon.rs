@@ -613,25 +613,3 @@ fn read_folds(folds: &mut FoldReader, metrics: Option<&Metrics>, tracker: &Mutex
         bytes(role::UNKNOWN),
     ]);
 }
-
-/// Completes on SIGINT or SIGTERM, delivered at any time after this call. The handlers are
-/// installed here, not when the future is first polled: the daemon announces itself ready
-/// before its loop polls the future, and a signal in between would otherwise take the default
-/// action (exit at once, with no final drain and no `stats` event).
-pub(crate) fn shutdown_signal() -> impl Future<Output = ()> + use<> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let signals = (
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::terminate()),
-    );
-    async move {
-        let (Ok(mut interrupt), Ok(mut terminate)) = signals else {
-            warn!("cannot install signal handlers; stop tcpobs with SIGKILL");
-            return std::future::pending().await;
-        };
-        tokio::select! {
-            _ = interrupt.recv() => info!("SIGINT: stopping"),
-            _ = terminate.recv() => info!("SIGTERM: stopping"),
-        }
-    }
-}

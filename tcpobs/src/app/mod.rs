@@ -23,7 +23,7 @@ use tokio::{
 use tracing::{error, info, warn};
 
 use self::{
-    daemon::{Stats, Timing, Tracer, shutdown_signal},
+    daemon::{Stats, Timing, Tracer},
     notify::Notifier,
 };
 use crate::{
@@ -444,6 +444,27 @@ fn reload_web(web: &Web) {
     }
 }
 
+/// Completes on SIGINT or SIGTERM, delivered at any time after this call. The handlers are
+/// installed here, not when the future is first polled: the daemon announces itself ready
+/// before its loop polls the future, and a signal in between would otherwise take the default
+/// action (exit at once, with no final drain and no `stats` event).
+fn shutdown_signal() -> impl Future<Output = ()> + use<> {
+    let signals = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    );
+    async move {
+        let (Ok(mut interrupt), Ok(mut terminate)) = signals else {
+            warn!("cannot install signal handlers; stop tcpobs with SIGKILL");
+            return std::future::pending().await;
+        };
+        tokio::select! {
+            _ = interrupt.recv() => info!("SIGINT: stopping"),
+            _ = terminate.recv() => info!("SIGTERM: stopping"),
+        }
+    }
+}
+
 /// SIGHUP's handler, installed now; `None` (warned) if it cannot be.
 fn hangup_signal() -> Option<Signal> {
     let hangups = signal(SignalKind::hangup());
@@ -507,7 +528,7 @@ mod tests {
 
     use tokio::time::timeout;
 
-    use super::{daemon::shutdown_signal, hangup_signal};
+    use super::{hangup_signal, shutdown_signal};
 
     /// Set in the child process that runs a signal test ([`in_child`]).
     const CHILD: &str = "TCPOBS_SIGNAL_TEST_CHILD";

@@ -28,6 +28,7 @@ pub(crate) enum StallView {
 pub(crate) type StallViews = HashMap<u64, (u64, StallView), BuildHasherDefault<SockHasher>>;
 
 const ICSK_TIME_PROBE0: u8 = 3;
+const TCP_CHRONO_RWND_LIMITED: u8 = 2;
 
 /// Unanswered zero-window probes that make a black hole, early in a stall. A live receiver
 /// can leave probes unanswered: it answers one (an out-of-window pure ACK) with a duplicate ACK
@@ -47,8 +48,8 @@ const PROBES_UNANSWERED: u8 = 4;
 /// long stall, its probes already 2 minutes apart, is then found at its second unanswered
 /// probe rather than its fourth.
 const PROBES_UNANSWERED_SPREAD: u8 = 2;
+/// The `icsk_backoff` from which [`PROBES_UNANSWERED_SPREAD`] applies.
 const SPREAD_BACKOFF: u8 = 4;
-const TCP_CHRONO_RWND_LIMITED: u8 = 2;
 
 /// What a sampler reading says (`hz` converts the kernel's jiffies; `None` if unknown). The
 /// signatures were measured on the kernel (notes `kernel-reads.md` §5): a stalled receiver
