@@ -156,14 +156,23 @@ fn unresolvable_neighbor_is_unreachable() {
     })
     .join()
     .unwrap();
-    assert_eq!(err.raw_os_error(), Some(libc::EHOSTUNREACH), "{err}");
+    // The kernel reports EHOSTUNREACH. Once (5.10 under emulation, in CI) the poll woke with
+    // POLLHUP and `SO_ERROR` empty, socket2's "no error set after POLLHUP": the handshake had
+    // failed all the same, and what this test is about is tcpobs's verdict below, which then
+    // shows the socket's `sk_err` as tcpobs read it at the close. A timeout, a connection or
+    // another errno still fails here.
+    let pollhup_without_error = err.raw_os_error().is_none() && err.kind() == ErrorKind::Other;
+    assert!(
+        err.raw_os_error() == Some(libc::EHOSTUNREACH) || pollhup_without_error,
+        "{err:?}"
+    );
     let record = client_of(&capture.wait_connections(1));
     // Where the error comes from (the errors family, or the SYN's drop) if it goes wrong.
     let families = capture.families();
     assert_eq!(
         record.connect_failure,
         Some(ConnectFailure::Unreachable),
-        "{record:#?}\n{families:#?}"
+        "the application saw {err:?}\n{record:#?}\n{families:#?}"
     );
 }
 
