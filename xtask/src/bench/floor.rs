@@ -39,15 +39,10 @@ impl Floor {
     pub fn attach() -> Result<Self> {
         let mut fds = Vec::new();
         for (tracepoint, _) in TRACEPOINTS {
-            let program = load(&program_name(tracepoint))?;
-            let name = CString::new(tracepoint)?;
-            // union bpf_attr for BPF_RAW_TRACEPOINT_OPEN: name (pointer), prog_fd.
-            let mut attr = [0u8; 128];
-            attr[..8].copy_from_slice(&(name.as_ptr() as u64).to_ne_bytes());
-            attr[8..12].copy_from_slice(&(program.as_raw_fd() as u32).to_ne_bytes());
+            let program = load_raw_tracepoint(&program_name(tracepoint), &EMPTY)?;
             // A kernel without this tracepoint (sock_*_length came in Linux 6.3) has no floor
             // for it: its row is left out, the rest of the measurement goes on.
-            match bpf(BPF_RAW_TRACEPOINT_OPEN, &attr) {
+            match attach_raw_tracepoint(tracepoint, &program) {
                 Ok(link) => fds.extend([program, link]),
                 Err(err) => eprintln!("no floor for {tracepoint}: {err}"),
             }
@@ -87,17 +82,28 @@ fn program_name(tracepoint: &str) -> String {
     name
 }
 
-fn load(name: &str) -> Result<OwnedFd> {
+/// Loads `insns` as a raw tracepoint program named `name` (15 bytes at most).
+pub fn load_raw_tracepoint(name: &str, insns: &[[u8; 8]]) -> Result<OwnedFd> {
     let license = c"GPL";
     // union bpf_attr for BPF_PROG_LOAD: prog_type, insn_cnt, insns, license, log_level,
     // log_size, log_buf, kern_version, prog_flags, prog_name[16].
     let mut attr = [0u8; 128];
     attr[..4].copy_from_slice(&BPF_PROG_TYPE_RAW_TRACEPOINT.to_ne_bytes());
-    attr[4..8].copy_from_slice(&(EMPTY.len() as u32).to_ne_bytes());
-    attr[8..16].copy_from_slice(&(EMPTY.as_ptr() as u64).to_ne_bytes());
+    attr[4..8].copy_from_slice(&(insns.len() as u32).to_ne_bytes());
+    attr[8..16].copy_from_slice(&(insns.as_ptr() as u64).to_ne_bytes());
     attr[16..24].copy_from_slice(&(license.as_ptr() as u64).to_ne_bytes());
     attr[48..48 + name.len()].copy_from_slice(name.as_bytes());
-    bpf(BPF_PROG_LOAD, &attr).map_err(|err| anyhow!("loading an empty program: {err}"))
+    bpf(BPF_PROG_LOAD, &attr).map_err(|err| anyhow!("loading the program {name}: {err}"))
+}
+
+/// Attaches `program` to `tracepoint` as a raw tracepoint; the link's descriptor.
+pub fn attach_raw_tracepoint(tracepoint: &str, program: &OwnedFd) -> Result<OwnedFd> {
+    let name = CString::new(tracepoint)?;
+    // union bpf_attr for BPF_RAW_TRACEPOINT_OPEN: name (pointer), prog_fd.
+    let mut attr = [0u8; 128];
+    attr[..8].copy_from_slice(&(name.as_ptr() as u64).to_ne_bytes());
+    attr[8..12].copy_from_slice(&(program.as_raw_fd() as u32).to_ne_bytes());
+    bpf(BPF_RAW_TRACEPOINT_OPEN, &attr).map_err(|err| anyhow!("attaching to {tracepoint}: {err}"))
 }
 
 #[cfg(test)]

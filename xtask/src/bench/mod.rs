@@ -13,6 +13,7 @@ pub(crate) mod http;
 mod load;
 mod otlp;
 mod programs;
+mod record_floor;
 pub(crate) mod report;
 pub(crate) mod tracer;
 
@@ -227,6 +228,12 @@ fn where_time_goes(
     run: impl Fn() -> Result<http::WrkResult>,
     report: &mut Report,
 ) -> Result<()> {
+    // With churn, a run of its own first: what keeping a record per socket costs at the least.
+    let record_floor = if churn {
+        Some(record_floor_run(&run)?)
+    } else {
+        None
+    };
     let running = tracer::start(Tracer::Tcpobs, binary, &[])?;
     let pid = running.pid().context("tcpobs pid")?;
     let (result, before, after, cpu, floors) = {
@@ -257,6 +264,19 @@ fn where_time_goes(
             what: format!("floor: an empty program on {tracepoint}"),
             detail: format!("{runs:.2} × {ns:.0} ns"),
             per_request: String::new(),
+            goal: String::new(),
+            met: None,
+        });
+    }
+    if let Some((runs, ns)) = record_floor {
+        report.push_cost(Cost {
+            workload: workload.to_owned(),
+            what: format!(
+                "floor: a record per socket in an LRU hash on {} (a run without tcpobs)",
+                record_floor::TRACEPOINT
+            ),
+            detail: format!("{runs:.2} × {ns:.0} ns"),
+            per_request: format!("{:.0} ns", runs * ns),
             goal: String::new(),
             met: None,
         });
@@ -313,6 +333,25 @@ fn where_time_goes(
         met: Some(daemon <= goal),
     });
     Ok(())
+}
+
+/// One run with only [`record_floor`]'s program attached (and the program statistics on): its
+/// runs per request and ns per run.
+fn record_floor_run(run: impl Fn() -> Result<http::WrkResult>) -> Result<(f64, f64)> {
+    let _stats = programs::StatsEnabled::new()?;
+    let _floor = record_floor::RecordFloor::attach()?;
+    let own = std::process::id();
+    let before = programs::snapshot(own)?;
+    let result = run()?;
+    let costs = programs::costs(&before, &programs::snapshot(own)?);
+    let cost = costs
+        .iter()
+        .find(|cost| cost.name == record_floor::PROGRAM)
+        .context("the record floor's program ran no statistics")?;
+    Ok((
+        cost.runs as f64 / result.requests.max(1) as f64,
+        cost.ns_per_run,
+    ))
 }
 
 /// One traced stress run: connections/s, events lost, daemon CPU µs per connection, and the
