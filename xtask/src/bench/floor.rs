@@ -82,8 +82,12 @@ fn program_name(tracepoint: &str) -> String {
     name
 }
 
-/// Loads `insns` as a raw tracepoint program named `name` (15 bytes at most).
+/// Loads `insns` as a raw tracepoint program named `name` (15 bytes at most, as the kernel
+/// keeps). If the verifier refuses it, the error carries the verifier's log.
 pub fn load_raw_tracepoint(name: &str, insns: &[[u8; 8]]) -> Result<OwnedFd> {
+    if name.len() > 15 {
+        return Err(anyhow!("program name {name:?} is longer than 15 bytes"));
+    }
     let license = c"GPL";
     // union bpf_attr for BPF_PROG_LOAD: prog_type, insn_cnt, insns, license, log_level,
     // log_size, log_buf, kern_version, prog_flags, prog_name[16].
@@ -93,7 +97,21 @@ pub fn load_raw_tracepoint(name: &str, insns: &[[u8; 8]]) -> Result<OwnedFd> {
     attr[8..16].copy_from_slice(&(insns.as_ptr() as u64).to_ne_bytes());
     attr[16..24].copy_from_slice(&(license.as_ptr() as u64).to_ne_bytes());
     attr[48..48 + name.len()].copy_from_slice(name.as_bytes());
-    bpf(BPF_PROG_LOAD, &attr).map_err(|err| anyhow!("loading the program {name}: {err}"))
+    bpf(BPF_PROG_LOAD, &attr).or_else(|err| {
+        // Again with the verifier's log, to say why.
+        let mut log = vec![0u8; 64 * 1024];
+        attr[24..28].copy_from_slice(&1u32.to_ne_bytes());
+        attr[28..32].copy_from_slice(&(log.len() as u32).to_ne_bytes());
+        attr[32..40].copy_from_slice(&(log.as_mut_ptr() as u64).to_ne_bytes());
+        let retried = bpf(BPF_PROG_LOAD, &attr);
+        let end = log.iter().position(|&byte| byte == 0).unwrap_or(log.len());
+        retried.map_err(|_| {
+            anyhow!(
+                "loading the program {name}: {err}\n{}",
+                String::from_utf8_lossy(&log[..end]).trim_end()
+            )
+        })
+    })
 }
 
 /// Attaches `program` to `tracepoint` as a raw tracepoint; the link's descriptor.

@@ -229,10 +229,10 @@ fn where_time_goes(
     report: &mut Report,
 ) -> Result<()> {
     // With churn, a run of its own first: what keeping a record per socket costs at the least.
-    let record_floor = if churn {
-        Some(record_floor_run(&run)?)
+    let record_floors = if churn {
+        record_floor_run(&run)?
     } else {
-        None
+        Vec::new()
     };
     let running = tracer::start(Tracer::Tcpobs, binary, &[])?;
     let pid = running.pid().context("tcpobs pid")?;
@@ -268,14 +268,16 @@ fn where_time_goes(
             met: None,
         });
     }
-    if let Some((runs, ns)) = record_floor {
+    for floor in record_floors {
+        let (runs, ns) = (floor.runs_per_request, floor.ns_per_run);
+        let above = floor
+            .empty_ns_per_run
+            .map(|empty| format!(" ({:.0} above the empty program)", ns - empty))
+            .unwrap_or_default();
         report.push_cost(Cost {
             workload: workload.to_owned(),
-            what: format!(
-                "floor: a record per socket in an LRU hash on {} (a run without tcpobs)",
-                record_floor::TRACEPOINT
-            ),
-            detail: format!("{runs:.2} × {ns:.0} ns"),
+            what: format!("record floor on {} (a run of its own)", floor.tracepoint),
+            detail: format!("{runs:.2} × {ns:.0} ns{above}"),
             per_request: format!("{:.0} ns", runs * ns),
             goal: String::new(),
             met: None,
@@ -335,23 +337,50 @@ fn where_time_goes(
     Ok(())
 }
 
-/// One run with only [`record_floor`]'s program attached (and the program statistics on): its
-/// runs per request and ns per run.
-fn record_floor_run(run: impl Fn() -> Result<http::WrkResult>) -> Result<(f64, f64)> {
+/// A record floor program's cost, measured in [`record_floor_run`].
+struct RecordFloorCost {
+    tracepoint: &'static str,
+    runs_per_request: f64,
+    ns_per_run: f64,
+    /// The empty program's on the same tracepoint, in the same run.
+    empty_ns_per_run: Option<f64>,
+}
+
+/// One run with only [`record_floor`]'s programs and the empty ones attached (and the program
+/// statistics on). A floor that cannot be measured is reported and left out; the rest of the
+/// bench goes on.
+fn record_floor_run(run: impl Fn() -> Result<http::WrkResult>) -> Result<Vec<RecordFloorCost>> {
     let _stats = programs::StatsEnabled::new()?;
-    let _floor = record_floor::RecordFloor::attach()?;
+    let (_floor, _record_floor) =
+        match (floor::Floor::attach(), record_floor::RecordFloor::attach()) {
+            (Ok(floor), Ok(record_floor)) => (floor, record_floor),
+            (Err(err), _) | (_, Err(err)) => {
+                eprintln!("no record floor: {err:#}");
+                return Ok(Vec::new());
+            }
+        };
     let own = std::process::id();
     let before = programs::snapshot(own)?;
     let result = run()?;
-    let costs = programs::costs(&before, &programs::snapshot(own)?);
-    let cost = costs
+    let after = programs::snapshot(own)?;
+    let costs = programs::costs(&before, &after);
+    let empty = floor::Floor::measured(&before, &after);
+    let requests = result.requests.max(1) as f64;
+    Ok(record_floor::PROGRAMS
         .iter()
-        .find(|cost| cost.name == record_floor::PROGRAM)
-        .context("the record floor's program ran no statistics")?;
-    Ok((
-        cost.runs as f64 / result.requests.max(1) as f64,
-        cost.ns_per_run,
-    ))
+        .filter_map(|&(tracepoint, name)| {
+            let cost = costs.iter().find(|cost| cost.name == name)?;
+            Some(RecordFloorCost {
+                tracepoint,
+                runs_per_request: cost.runs as f64 / requests,
+                ns_per_run: cost.ns_per_run,
+                empty_ns_per_run: empty
+                    .iter()
+                    .find(|(measured, ..)| *measured == tracepoint)
+                    .map(|&(.., ns)| ns),
+            })
+        })
+        .collect())
 }
 
 /// One traced stress run: connections/s, events lost, daemon CPU µs per connection, and the

@@ -1,12 +1,15 @@
-//! A second floor under the state program: the least a program can do that keeps a record
-//! per socket in a hash table, as tcpobs does. On `inet_sock_set_state` it inserts a zeroed
-//! record the size of tcpobs's (456 bytes, copied from a per-CPU array) when a socket opens
-//! (`CLOSE -> SYN_SENT`, `LISTEN -> SYN_RECV`), looks it up and sets a bit in it on every other
-//! transition, and deletes it when the socket reaches `CLOSE`; an LRU hash of tcpobs's default
-//! size (`--max-sockets`). It is measured in a run of its own, without tcpobs (attached beside
-//! it, it would add its cost to the traced runs), so what the state program costs above it is
-//! what tcpobs's own logic costs, and what it costs above the empty program is what the table
-//! costs: the cache lines of a record last touched by the other CPU, the hashing, the LRU lists.
+//! A second floor under the state program: what keeping a record per socket in a hash table
+//! costs at the least, laid out as tcpobs lays its own on a kernel with `tp_btf` (this host):
+//! on `inet_sock_set_state` a program inserts a zeroed record of tcpobs's size (456 bytes,
+//! copied from a per-CPU array) when a socket opens (`CLOSE -> SYN_SENT`, `LISTEN -> SYN_RECV`),
+//! looks it up and sets a bit in it at every later transition but the last, and does nothing
+//! at `-> CLOSE` (as tcpobs's state program returns early there for a closed socket); a second
+//! program on `tcp_destroy_sock` deletes it. The table is an LRU hash of tcpobs's default size
+//! (`--max-sockets`). They are measured in a churn run of their own, without tcpobs (attached
+//! beside it, they would add their cost to the traced runs), with the empty programs of
+//! [`super::floor`] in the same run; so what tcpobs's state program costs above this floor is
+//! what its own logic costs beyond the table's work, and what the floor costs above the empty
+//! program is the table's work.
 
 use std::os::fd::{AsRawFd as _, OwnedFd};
 
@@ -17,9 +20,11 @@ use super::{
     programs::bpf,
 };
 
-/// The tracepoint it runs on, and the program's name (15 bytes at most).
-pub const TRACEPOINT: &str = "inet_sock_set_state";
-pub const PROGRAM: &str = "floor_record";
+/// The tracepoints, each with its program's name (15 bytes at most).
+pub const PROGRAMS: [(&str, &str); 2] = [
+    ("inet_sock_set_state", "floor_rec_state"),
+    ("tcp_destroy_sock", "floor_rec_close"),
+];
 
 /// tcpobs's `SockRecord`, and its table's default size.
 const RECORD_BYTES: u32 = 456;
@@ -35,7 +40,7 @@ const SYN_RECV: i32 = 3;
 const CLOSE: i32 = 7;
 const LISTEN: i32 = 10;
 
-/// The program, its link and its two maps, attached while this lives.
+/// The programs, their links and their two maps, attached while this lives.
 pub struct RecordFloor {
     _fds: Vec<OwnedFd>,
 }
@@ -46,12 +51,17 @@ impl RecordFloor {
             .context("creating the record floor's table")?;
         let zero = create_map(BPF_MAP_TYPE_PERCPU_ARRAY, 4, RECORD_BYTES, 1)
             .context("creating the record floor's zeroed record")?;
-        let insns = program(table.as_raw_fd(), zero.as_raw_fd());
-        let program = load_raw_tracepoint(PROGRAM, &insns)?;
-        let link = attach_raw_tracepoint(TRACEPOINT, &program)?;
-        Ok(Self {
-            _fds: vec![program, link, table, zero],
-        })
+        let (table_fd, zero_fd) = (table.as_raw_fd(), zero.as_raw_fd());
+        let mut fds = vec![table, zero];
+        for ((tracepoint, name), insns) in PROGRAMS
+            .into_iter()
+            .zip([state_program(table_fd, zero_fd), close_program(table_fd)])
+        {
+            let program = load_raw_tracepoint(name, &insns)?;
+            let link = attach_raw_tracepoint(tracepoint, &program)?;
+            fds.extend([program, link]);
+        }
+        Ok(Self { _fds: fds })
     }
 }
 
@@ -160,15 +170,17 @@ const LOOKUP: i32 = 1;
 const UPDATE: i32 = 2;
 const DELETE: i32 = 3;
 
-/// The raw tracepoint's context is the tracepoint's arguments, 8 bytes each: `sk`,
-/// `oldstate`, `newstate`. The key (`sk`) is at `fp - 8`, the per-CPU array's key at `fp - 16`.
-fn program(table: i32, zero: i32) -> Vec<[u8; 8]> {
+/// On `inet_sock_set_state`, whose raw tracepoint context is its arguments, 8 bytes each:
+/// `sk`, `oldstate`, `newstate`. The key (`sk`) is at `fp - 8`, the per-CPU array's key at
+/// `fp - 16`.
+fn state_program(table: i32, zero: i32) -> Vec<[u8; 8]> {
     let mut ops = vec![
         load_u64(R6, R1, 0),
         load_u64(R8, R1, 8),
         load_u64(R9, R1, 16),
         store_u64(FP, -8, R6),
         jump_eq(R9, LISTEN, "exit"),
+        jump_eq(R9, CLOSE, "exit"),
         jump_eq(R8, LISTEN, "from_listen"),
         jump_ne(R8, CLOSE, "lookup"),
         jump_eq(R9, SYN_SENT, "insert"),
@@ -181,15 +193,13 @@ fn program(table: i32, zero: i32) -> Vec<[u8; 8]> {
     ops.extend(map_and_key(table, -8));
     ops.extend([
         call(LOOKUP),
-        jump_eq(R0, 0, "delete"),
+        jump_eq(R0, 0, "exit"),
         load_u64(R1, R0, 0),
         insn(0x47, R1, 0, 0, 1),
         store_u64(R0, 0, R1),
-        Op::Label("delete"),
-        jump_ne(R9, CLOSE, "exit"),
+        jump("exit"),
+        Op::Label("insert"),
     ]);
-    ops.extend(map_and_key(table, -8));
-    ops.extend([call(DELETE), jump("exit"), Op::Label("insert")]);
     ops.push(insn(0x62, FP, 0, -16, 0));
     ops.extend(map_and_key(zero, -16));
     ops.extend([call(LOOKUP), jump_eq(R0, 0, "exit"), mov_reg(R3, R0)]);
@@ -201,6 +211,14 @@ fn program(table: i32, zero: i32) -> Vec<[u8; 8]> {
         mov_imm(R0, 0),
         insn(0x95, 0, 0, 0, 0),
     ]);
+    assemble(&ops)
+}
+
+/// On `tcp_destroy_sock`, whose one argument is `sk`: the record's delete.
+fn close_program(table: i32) -> Vec<[u8; 8]> {
+    let mut ops = vec![load_u64(R6, R1, 0), store_u64(FP, -8, R6)];
+    ops.extend(map_and_key(table, -8));
+    ops.extend([call(DELETE), mov_imm(R0, 0), insn(0x95, 0, 0, 0, 0)]);
     assemble(&ops)
 }
 
@@ -258,17 +276,23 @@ mod tests {
     }
 
     #[test]
-    fn the_program_ends_with_exit_and_loads_its_maps_as_pseudo_fds() {
-        let insns = program(7, 9);
-        assert_eq!(insns.last().unwrap()[0], 0x95);
-        let maps: Vec<i32> = insns
-            .iter()
-            .filter(|insn| insn[0] == 0x18)
-            .map(|insn| {
-                assert_eq!(insn[1] >> 4, 1, "BPF_PSEUDO_MAP_FD");
-                i32::from_le_bytes([insn[4], insn[5], insn[6], insn[7]])
-            })
-            .collect();
-        assert_eq!(maps, [7, 7, 9, 7]);
+    fn the_programs_end_with_exit_and_load_their_maps_as_pseudo_fds() {
+        let maps = |insns: &[[u8; 8]]| -> Vec<i32> {
+            assert_eq!(insns.last().unwrap()[0], 0x95);
+            insns
+                .iter()
+                .filter(|insn| insn[0] == 0x18)
+                .map(|insn| {
+                    assert_eq!(insn[1] >> 4, 1, "BPF_PSEUDO_MAP_FD");
+                    i32::from_le_bytes([insn[4], insn[5], insn[6], insn[7]])
+                })
+                .collect()
+        };
+        // The lookup, then the zeroed record and the insert.
+        assert_eq!(maps(&state_program(7, 9)), [7, 9, 7]);
+        assert_eq!(maps(&close_program(7)), [7]);
+        for (_, name) in PROGRAMS {
+            assert!(name.len() <= 15, "{name}");
+        }
     }
 }

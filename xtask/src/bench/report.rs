@@ -206,11 +206,12 @@ impl Report {
                  empty program on each hot tracepoint, measured in the same run: what any \
                  program there costs before its first instruction (the tracepoint's dispatch \
                  and the statistics' clock reads); a program's figure above its floor is its \
-                 own code's. With churn, the record floor is a program that only keeps a \
-                 record of tcpobs's size per socket in an LRU hash (inserted at the open, \
-                 looked up at every transition, deleted at the close), measured in a run of \
-                 its own: what a per-socket table costs at the least. The goals are judged on \
-                 the whole figure:\n\n\
+                 own code's. With churn, the record floor rows are two programs that only keep \
+                 a record of tcpobs's size per socket in an LRU hash, as tcpobs does (inserted \
+                 at the open, looked up at the later state changes but the last, deleted by \
+                 `tcp_destroy_sock`), measured in a run of their own with the empty programs: \
+                 what a per-socket table costs at the least. The goals are judged on the whole \
+                 figure:\n\n\
                  | workload | what | runs per request × ns per run | per request | goal | met |\n\
                  |---|---|---|---|---|---|\n",
             );
