@@ -27,8 +27,16 @@ const BPF_PROG_LOAD: libc::c_long = 5;
 const BPF_RAW_TRACEPOINT_OPEN: libc::c_long = 17;
 const BPF_PROG_TYPE_RAW_TRACEPOINT: u32 = 17;
 
-/// `mov64 r0, 0` then `exit` (struct bpf_insn: code, regs, off, imm).
-const EMPTY: [[u8; 8]; 2] = [[0xb7, 0, 0, 0, 0, 0, 0, 0], [0x95, 0, 0, 0, 0, 0, 0, 0]];
+/// `mov64 r0, 0` then `exit`.
+const EMPTY: [[u8; 8]; 2] = [encode(0xb7, 0, 0, 0, 0), encode(0x95, 0, 0, 0, 0)];
+
+/// One `struct bpf_insn`: opcode, destination and source registers (low and high nibble),
+/// offset, immediate.
+pub const fn encode(code: u8, dst: u8, src: u8, off: i16, imm: i32) -> [u8; 8] {
+    let [off0, off1] = off.to_le_bytes();
+    let [imm0, imm1, imm2, imm3] = imm.to_le_bytes();
+    [code, dst | (src << 4), off0, off1, imm0, imm1, imm2, imm3]
+}
 
 /// The empty programs, attached while this lives (program and link descriptors).
 pub struct Floor {

@@ -16,7 +16,7 @@ use std::os::fd::{AsRawFd as _, OwnedFd};
 use anyhow::{Context as _, Result, anyhow};
 
 use super::{
-    floor::{attach_raw_tracepoint, load_raw_tracepoint},
+    floor::{attach_raw_tracepoint, encode, load_raw_tracepoint},
     programs::bpf,
 };
 
@@ -99,14 +99,12 @@ const R8: u8 = 8;
 const R9: u8 = 9;
 const FP: u8 = 10;
 
-/// `struct bpf_insn`: opcode, destination and source registers, offset, immediate.
 fn insn(code: u8, dst: u8, src: u8, off: i16, imm: i32) -> Op {
-    let mut bytes = [0u8; 8];
-    bytes[0] = code;
-    bytes[1] = dst | (src << 4);
-    bytes[2..4].copy_from_slice(&off.to_le_bytes());
-    bytes[4..8].copy_from_slice(&imm.to_le_bytes());
-    Op::Insn(bytes)
+    Op::Insn(encode(code, dst, src, off, imm))
+}
+
+fn exit() -> Op {
+    insn(0x95, 0, 0, 0, 0)
 }
 
 fn load_u64(dst: u8, src: u8, off: i16) -> Op {
@@ -209,7 +207,7 @@ fn state_program(table: i32, zero: i32) -> Vec<[u8; 8]> {
         call(UPDATE),
         Op::Label("exit"),
         mov_imm(R0, 0),
-        insn(0x95, 0, 0, 0, 0),
+        exit(),
     ]);
     assemble(&ops)
 }
@@ -218,7 +216,7 @@ fn state_program(table: i32, zero: i32) -> Vec<[u8; 8]> {
 fn close_program(table: i32) -> Vec<[u8; 8]> {
     let mut ops = vec![load_u64(R6, R1, 0), store_u64(FP, -8, R6)];
     ops.extend(map_and_key(table, -8));
-    ops.extend([call(DELETE), mov_imm(R0, 0), insn(0x95, 0, 0, 0, 0)]);
+    ops.extend([call(DELETE), mov_imm(R0, 0), exit()]);
     assemble(&ops)
 }
 
@@ -244,11 +242,9 @@ fn assemble(ops: &[Op]) -> Vec<[u8; 8]> {
         match *op {
             Op::Insn(bytes) => insns.push(bytes),
             Op::Jump { code, dst, imm, to } => {
-                let off = target(to) - (insns.len() as i32 + 1);
-                match insn(code, dst, 0, off as i16, imm) {
-                    Op::Insn(bytes) => insns.push(bytes),
-                    _ => unreachable!(),
-                }
+                let off = i16::try_from(target(to) - (insns.len() as i32 + 1))
+                    .expect("a jump within 32,767 instructions");
+                insns.push(encode(code, dst, 0, off, imm));
             }
             Op::Label(_) => {}
         }
