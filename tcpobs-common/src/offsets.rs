@@ -82,7 +82,12 @@ pub struct Offsets {
     /// unknown): a seeded socket whose local port neither listens nor is ephemeral is not
     /// taken for a client ([`crate::seed::role_of`]).
     pub ephemeral_low: u16,
-    pub _pad: [u16; 2],
+    /// `sock:sock_send_length` and `sock:sock_recv_length` records (one event class,
+    /// `sock_msg_length`, so one layout): `family` and `protocol`, with which the classic data
+    /// programs leave sockets other than TCP before any table lookup. 0 where unknown (the two
+    /// formats disagree, or lack the fields): then the programs look every socket up.
+    pub tp_length_family: u16,
+    pub tp_length_protocol: u16,
     /// Wake the reader once this many bytes are waiting in the ring buffer; below that the
     /// reader polls on a timer (events are submitted with `BPF_RB_NO_WAKEUP`).
     pub wakeup_bytes: u64,
@@ -127,7 +132,8 @@ impl Offsets {
         recv_flags_arg: 0,
         sk_flags: 0,
         ephemeral_low: 0,
-        _pad: [0; 2],
+        tp_length_family: 0,
+        tp_length_protocol: 0,
         wakeup_bytes: 0,
         diag: crate::DiagOffsets::UNSET,
     };
@@ -143,6 +149,7 @@ mod tests {
     fn layout_is_pinned() {
         assert_eq!(size_of::<Offsets>(), 168);
         assert_eq!(offset_of!(Offsets, sk_flags), 64);
+        assert_eq!(offset_of!(Offsets, tp_length_family), 68);
         assert_eq!(offset_of!(Offsets, wakeup_bytes), 72);
         assert_eq!(offset_of!(Offsets, diag), 80);
         assert_eq!(Offsets::UNSET, Offsets::default());

@@ -32,6 +32,13 @@ const SOCK_STREAM: u16 = 1;
 /// refers to it any more.
 const SOCK_DEAD: u64 = 1;
 
+/// An IPv4 or IPv6 socket of `IPPROTO_TCP` (`protocol` is read only for those families): what
+/// a tracepoint's record can say of a socket without reading it.
+#[inline(always)]
+pub fn inet_tcp(family: u16, protocol: impl FnOnce() -> u16) -> bool {
+    (family == AF_INET || family == AF_INET6) && protocol() == IPPROTO_TCP
+}
+
 /// How a program reads kernel memory at a socket.
 pub trait Read: Copy {
     /// A `T` at `base + offset`; zero if it cannot be read.
@@ -136,10 +143,9 @@ impl<R: Read> Sock<R> {
     /// valid on full sockets (not request or time-wait sockets).
     #[inline(always)]
     pub fn is_tcp(self, o: &Offsets) -> bool {
-        let family = self.read::<u16>(o.sk_family);
-        (family == AF_INET || family == AF_INET6)
-            && self.read::<u16>(o.sk_protocol) == IPPROTO_TCP
-            && self.read::<u16>(o.sk_type) == SOCK_STREAM
+        inet_tcp(self.read::<u16>(o.sk_family), || {
+            self.read::<u16>(o.sk_protocol)
+        }) && self.read::<u16>(o.sk_type) == SOCK_STREAM
     }
 
     /// The kernel's TCP counters (`struct tcp_sock`), where the loader found their offsets.

@@ -45,7 +45,7 @@ use crate::{
     helpers::now_ns,
     maps::{exchange_events, fold_config, folds, labeled_folds, offsets},
     record::{Adoption, announce, claim, emit_exchange, record_or_adopt},
-    socket::{Direct, Probe, Read, Sock},
+    socket::{Direct, Probe, Read, Sock, inet_tcp},
 };
 
 const MSG_PEEK: i32 = 2;
@@ -73,10 +73,16 @@ pub fn recv_len_btf(ctx: BtfTracePointContext) -> i32 {
 
 #[inline(always)]
 fn try_len_btf(ctx: &BtfTracePointContext, dir: u8) -> Result<i32, i32> {
-    let sk: *const u8 = ctx.arg(0);
+    let o = offsets();
+    let sk = Sock::<Direct>::new(ctx.arg(0));
+    // These tracepoints fire for every socket (Unix, UDP, netlink): the others leave here, for
+    // the price of three loads, not a table lookup's.
+    if !sk.is_tcp(o) {
+        return Ok(0);
+    }
     let ret: i32 = ctx.arg(1);
     let flags: i32 = ctx.arg(2);
-    on_data(offsets(), Sock::<Direct>::new(sk), ret, flags, dir);
+    on_data(o, sk, ret, flags, dir);
     Ok(0)
 }
 
@@ -112,6 +118,19 @@ pub fn recv_len_tp(ctx: TracePointContext) -> u32 {
 #[inline(always)]
 fn try_len_tp(ctx: &TracePointContext, o: &Offsets, fields: [u16; 3], dir: u8) -> Result<u32, u32> {
     let [sk, ret, flags] = fields.map(usize::from);
+    if o.tp_length_family != 0 {
+        // As in `try_len_btf`, but from the record: sockets other than TCP leave here.
+        // SAFETY: the offsets come from the format files of both data tracepoints.
+        let (family, protocol) = unsafe {
+            (
+                ctx.read_at::<u16>(usize::from(o.tp_length_family)),
+                ctx.read_at::<u16>(usize::from(o.tp_length_protocol)),
+            )
+        };
+        if !inet_tcp(family.unwrap_or(0), || protocol.unwrap_or(0)) {
+            return Ok(0);
+        }
+    }
     // SAFETY: the offsets come from this tracepoint's format file.
     let (sk, ret, flags) = unsafe {
         (

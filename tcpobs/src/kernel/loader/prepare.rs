@@ -220,6 +220,18 @@ pub(super) fn tracepoint_offsets(offsets: &mut Offsets) -> Result<Unreadable, Tr
     };
     offsets.diag.tp_retransmit_err = optional("tcp", "tcp_retransmit_skb", "err");
     offsets.diag.tp_kfree_rx_sk = optional("skb", "kfree_skb", "rx_sk");
+    // The data records' `family` and `protocol`: one event class, so the send record's offsets
+    // serve both programs, unless the two formats disagree.
+    let length = |name: &str| {
+        [
+            optional("sock", name, "family"),
+            optional("sock", name, "protocol"),
+        ]
+    };
+    let send = length("sock_send_length");
+    if send == length("sock_recv_length") {
+        [offsets.tp_length_family, offsets.tp_length_protocol] = send;
+    }
     Ok(unreadable)
 }
 
