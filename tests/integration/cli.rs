@@ -68,6 +68,11 @@ fn invalid_settings_exit_2_and_name_the_setting() {
         (&["--probe-strategy", "uprobe"], "--probe-strategy"),
         (&["--probe-strategy", "state=fentry"], "no fentry strategy"),
         (&["--probe-strategy", "dns=kprobe"], "unknown hook family"),
+        (&["--probe-strategy", "state=off"], "cannot be turned off"),
+        (
+            &["--probe-strategy", "off"],
+            "optional families: drops, accept",
+        ),
     ] {
         let output = tcpobs(args);
         let stderr = String::from_utf8_lossy(&output.stderr);

@@ -252,7 +252,7 @@ fn every_strategy_gives_the_same_records() {
         let mut capture_options = options(&[addr.port()]);
         capture_options.strategy = StrategyChoice {
             all: Some(strategy),
-            families: Vec::new(),
+            ..StrategyChoice::default()
         };
         capture_options.tracepoints = mode;
         let label = format!("{} ({mode:?})", strategy.as_str());

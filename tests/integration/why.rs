@@ -338,6 +338,28 @@ fn an_accept_after_a_pause_is_its_wait() {
     assert_eq!(client.diag.parts().accept_wait_ns, None);
 }
 
+/// `--probe-strategy accept=off`: the accept family is not attached (on the tracepoint
+/// strategy its system call tracepoint slows every system call on the host), and a connection
+/// accepted after a pause has no `accept_wait`, while the rest of its record is there.
+#[test]
+fn the_accept_family_turned_off_is_not_attached() {
+    let (listener, addr) = listen("127.0.0.1:0");
+    let mut options = options(&[addr.port()]);
+    options.strategy = format!("{},accept=off", options.strategy).parse().unwrap();
+    let capture = Capture::start_with(options);
+    assert!(!attached(&capture, "accept"));
+    assert!(attached(&capture, "state"));
+    let client = TcpStream::connect(addr).unwrap();
+    thread::sleep(Duration::from_millis(100));
+    let (server, _) = listener.accept().unwrap();
+    drop(server);
+    drop(client);
+    let connections = capture.wait_connections(2);
+    let server = by_role(&connections, Role::Server);
+    assert_eq!(server.diag.parts().accept_wait_ns, None, "{server:#?}");
+    assert!(server.established_ns.is_some(), "{server:#?}");
+}
+
 /// The receiver stops reading for 3 s while the sender writes 8 MB: `stalled_receiver` on the
 /// sender, with its process, and at close the time limited by the peer's window equal to what
 /// the kernel's `tcp_info` says, close to the stall.

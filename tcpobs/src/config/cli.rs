@@ -287,7 +287,11 @@ pub struct Cli {
     /// kprobe whose programs all load and attach), one of `fentry`, `tracepoint`, `kprobe`
     /// (every family that has it must use it; the others choose as with auto), and/or
     /// `family=strategy` for one family (families: state, connect, data, close, resets,
-    /// retransmits), comma-separated, e.g. `kprobe,state=tracepoint`.
+    /// retransmits, errors, accept, drops, probes), comma-separated, e.g.
+    /// `kprobe,state=tracepoint`. An optional family (errors, accept, drops, probes) can be
+    /// `family=off`, not attached: `accept=off` when the accept family falls back to the system
+    /// call tracepoint (`tcpobs --check` says `family=accept strategy=tracepoint`), which slows
+    /// every system call on the host by a few nanoseconds; `accept_wait_s` is then null.
     #[arg(long, value_name = "STRATEGY", default_value = "auto", env = "TCPOBS_PROBE_STRATEGY",
           value_parser = parse_strategy_choice)]
     pub(crate) probe_strategy: StrategyChoice,

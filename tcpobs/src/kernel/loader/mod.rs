@@ -186,6 +186,14 @@ pub fn load(options: &LoadOptions) -> Result<Loaded, LoadError> {
     let mut families = Vec::with_capacity(FAMILIES.len());
     let mut unattached = Vec::new();
     for family in &FAMILIES {
+        if options.strategy.is_off(family) {
+            info!(family = family.name, "not attached: turned off");
+            unattached.push((
+                family.name,
+                format!("turned off by --probe-strategy {}=off", family.name),
+            ));
+            continue;
+        }
         let attached = match attach_family(&mut ebpf, &kernel, family, &options.strategy) {
             Ok(attached) => attached,
             Err(err) if family.optional => {

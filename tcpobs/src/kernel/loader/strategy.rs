@@ -23,20 +23,32 @@ pub enum TracepointMode {
 }
 
 /// `--probe-strategy`: `auto`, one strategy for every family that has it, and/or
-/// `family=strategy` for one family, comma-separated (`kprobe,state=tracepoint`).
+/// `family=strategy` for one family, comma-separated (`kprobe,state=tracepoint`); an optional
+/// family can also be `family=off`, not attached at all.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct StrategyChoice {
     /// Every family that has this strategy must use it; the others choose as with `auto`.
     pub all: Option<Strategy>,
     /// These families must use these strategies.
     pub families: Vec<(&'static str, Strategy)>,
+    /// These optional families are not attached (`family=off`).
+    pub off: Vec<&'static str>,
 }
 
 /// Why a `--probe-strategy` value does not parse.
 #[derive(Clone, Debug, Error, PartialEq, Eq)]
 pub enum StrategyError {
-    #[error("unknown strategy `{0}` (expected fentry, tracepoint or kprobe)")]
+    #[error(
+        "unknown strategy `{0}` (expected fentry, tracepoint or kprobe; or `off` for one of the \
+         optional families: {optional})",
+        optional = optional_names()
+    )]
     UnknownStrategy(String),
+    #[error(
+        "the {name} family cannot be turned off: tcpobs needs it (optional families: {})",
+        optional_names()
+    )]
+    Required { name: &'static str },
     #[error("unknown hook family `{name}` (expected one of: {})", family_names())]
     UnknownFamily { name: String },
     #[error(
@@ -78,11 +90,19 @@ impl FromStr for StrategyChoice {
                         .ok_or_else(|| StrategyError::UnknownFamily {
                             name: name.to_owned(),
                         })?;
+                    choice.families.retain(|(other, _)| *other != family.name);
+                    choice.off.retain(|other| *other != family.name);
+                    if strategy == "off" {
+                        if !family.optional {
+                            return Err(StrategyError::Required { name: family.name });
+                        }
+                        choice.off.push(family.name);
+                        continue;
+                    }
                     let strategy = parse_strategy(strategy)?;
                     if !family.ways.iter().any(|way| way.strategy == strategy) {
                         return Err(StrategyError::NoSuchWay { family, strategy });
                     }
-                    choice.families.retain(|(other, _)| *other != family.name);
                     choice.families.push((family.name, strategy));
                 }
             }
@@ -99,6 +119,7 @@ impl fmt::Display for StrategyChoice {
                 .iter()
                 .map(|(family, strategy)| format!("{family}={}", strategy.as_str())),
         );
+        items.extend(self.off.iter().map(|family| format!("{family}=off")));
         if items.is_empty() {
             f.write_str("auto")
         } else {
@@ -111,6 +132,15 @@ fn family_names() -> String {
     FAMILIES.map(|family| family.name).join(", ")
 }
 
+fn optional_names() -> String {
+    FAMILIES
+        .iter()
+        .filter(|family| family.optional)
+        .map(|family| family.name)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 fn strategies_of(family: &Family) -> String {
     family
         .ways
@@ -121,6 +151,11 @@ fn strategies_of(family: &Family) -> String {
 }
 
 impl StrategyChoice {
+    /// Whether `family` is turned off (`family=off`).
+    pub(super) fn is_off(&self, family: &Family) -> bool {
+        self.off.contains(&family.name)
+    }
+
     /// The ways to try for `family`, in order, and whether one was forced.
     pub(super) fn ways(&self, family: &Family) -> (Vec<Way>, bool) {
         let forced = self
@@ -143,5 +178,54 @@ impl StrategyChoice {
             ),
             None => (family.ways.to_vec(), false),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernel::loader::families::family;
+
+    fn family(name: &str) -> &'static Family {
+        FAMILIES.iter().find(|f| f.name == name).unwrap()
+    }
+
+    #[test]
+    fn an_optional_family_can_be_turned_off() {
+        let choice: StrategyChoice = "kprobe,accept=off,drops=tracepoint".parse().unwrap();
+        assert_eq!(choice.all, Some(Strategy::Kprobe));
+        assert_eq!(choice.off, [family::ACCEPT]);
+        assert!(choice.is_off(family(family::ACCEPT)));
+        assert!(!choice.is_off(family(family::DROPS)));
+        assert_eq!(choice.to_string(), "kprobe,drops=tracepoint,accept=off");
+        assert_eq!(choice.to_string().parse::<StrategyChoice>(), Ok(choice));
+    }
+
+    #[test]
+    fn the_last_word_on_a_family_wins() {
+        let off_then_on: StrategyChoice = "accept=off,accept=tracepoint".parse().unwrap();
+        assert!(off_then_on.off.is_empty());
+        assert_eq!(
+            off_then_on.families,
+            [(family::ACCEPT, Strategy::Tracepoint)]
+        );
+        let on_then_off: StrategyChoice = "accept=tracepoint,accept=off".parse().unwrap();
+        assert!(on_then_off.families.is_empty());
+        assert_eq!(on_then_off.off, [family::ACCEPT]);
+    }
+
+    #[test]
+    fn a_required_family_cannot_be_turned_off() {
+        let err = "state=off".parse::<StrategyChoice>().unwrap_err();
+        assert_eq!(
+            err,
+            StrategyError::Required {
+                name: family::STATE
+            }
+        );
+        let text = err.to_string();
+        assert!(text.contains("accept") && text.contains("drops"), "{text}");
+        let err = "off".parse::<StrategyChoice>().unwrap_err();
+        assert!(err.to_string().contains("`off` for one of"), "{err}");
     }
 }
