@@ -75,12 +75,12 @@ pub fn recv_len_btf(ctx: BtfTracePointContext) -> i32 {
 fn try_len_btf(ctx: &BtfTracePointContext, dir: u8) -> Result<i32, i32> {
     let o = offsets();
     let sk = Sock::<Direct>::new(ctx.arg(0));
+    let ret: i32 = ctx.arg(1);
     // These tracepoints fire for every socket (Unix, UDP, netlink): the others leave here, for
     // the price of three loads, not a table lookup's.
-    if !sk.is_tcp(o) {
+    if ret <= 0 || sk.is_null() || !sk.is_tcp(o) {
         return Ok(0);
     }
-    let ret: i32 = ctx.arg(1);
     let flags: i32 = ctx.arg(2);
     on_data(o, sk, ret, flags, dir);
     Ok(0)
@@ -119,15 +119,11 @@ pub fn recv_len_tp(ctx: TracePointContext) -> u32 {
 fn try_len_tp(ctx: &TracePointContext, o: &Offsets, fields: [u16; 3], dir: u8) -> Result<u32, u32> {
     let [sk, ret, flags] = fields.map(usize::from);
     if o.tp_length_family != 0 {
-        // As in `try_len_btf`, but from the record: sockets other than TCP leave here.
+        // As in `try_len_btf`, but from the record: sockets of other families and protocols
+        // leave here (a raw socket of `IPPROTO_TCP` goes on, to be refused by `adopt`).
         // SAFETY: the offsets come from the format files of both data tracepoints.
-        let (family, protocol) = unsafe {
-            (
-                ctx.read_at::<u16>(usize::from(o.tp_length_family)),
-                ctx.read_at::<u16>(usize::from(o.tp_length_protocol)),
-            )
-        };
-        if !inet_tcp(family.unwrap_or(0), || protocol.unwrap_or(0)) {
+        let field = |offset: u16| unsafe { ctx.read_at::<u16>(usize::from(offset)) }.unwrap_or(0);
+        if !inet_tcp(field(o.tp_length_family), || field(o.tp_length_protocol)) {
             return Ok(0);
         }
     }

@@ -229,7 +229,7 @@ pub(super) fn tracepoint_offsets(offsets: &mut Offsets) -> Result<Unreadable, Tr
         ]
     };
     let send = length("sock_send_length");
-    if send == length("sock_recv_length") {
+    if !send.contains(&0) && send == length("sock_recv_length") {
         [offsets.tp_length_family, offsets.tp_length_protocol] = send;
     }
     Ok(unreadable)
