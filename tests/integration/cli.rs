@@ -202,6 +202,30 @@ fn check_reports_every_family_or_what_is_missing() {
     }
 }
 
+/// `--probe-strategy accept=off`: the check passes and says the family is off, and which
+/// field that leaves empty.
+#[test]
+fn check_names_a_family_turned_off() {
+    let output = tcpobs(&["--check", "--probe-strategy", "accept=off"]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    let why = "turned off by --probe-strategy accept=off";
+    assert!(
+        stdout.contains(&format!(
+            "family=accept strategy=none programs=none why=\"{why}\""
+        )),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!(
+            "read=accept_wait source=none why=\"{why}: accept_wait_s null or 0\""
+        )),
+        "{stdout}"
+    );
+    assert!(stdout.contains("family=state strategy="), "{stdout}");
+}
+
 fn json(line: &str) -> Value {
     serde_json::from_str(line).unwrap_or_else(|err| panic!("not JSON ({err}): {line}"))
 }

@@ -287,8 +287,8 @@ pub struct Cli {
     /// kprobe whose programs all load and attach), one of `fentry`, `tracepoint`, `kprobe`
     /// (every family that has it must use it; the others choose as with auto), and/or
     /// `family=strategy` for one family (families: state, connect, data, close, resets,
-    /// retransmits, errors, accept, drops, probes), comma-separated, e.g.
-    /// `kprobe,state=tracepoint`. An optional family (errors, accept, drops, probes) can be
+    /// retransmits, drops, accept, probes, errors), comma-separated, e.g.
+    /// `kprobe,state=tracepoint`. An optional family (drops, accept, probes, errors) can be
     /// `family=off`, not attached: `accept=off` when the accept family falls back to the system
     /// call tracepoint (`tcpobs --check` says `family=accept strategy=tracepoint`), which slows
     /// every system call on the host by a few nanoseconds; `accept_wait_s` is then null.

@@ -106,7 +106,7 @@ proptest! {
 
     #[test]
     fn any_probe_strategy_is_refused_or_round_trips(
-        value in text(&["auto", "fentry", "tracepoint", "kprobe", "state=", "data=", "close=", "connect=", "resets=", "retransmits=", ","]),
+        value in text(&["auto", "fentry", "tracepoint", "kprobe", "state=", "data=", "close=", "connect=", "resets=", "retransmits=", "errors=", "accept=", "drops=", "probes=", "off", ","]),
     ) {
         if let Ok(choice) = value.parse::<StrategyChoice>() {
             prop_assert_eq!(choice.to_string().parse::<StrategyChoice>(), Ok(choice));

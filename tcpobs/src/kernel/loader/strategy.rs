@@ -186,7 +186,7 @@ mod tests {
     use super::*;
     use crate::kernel::loader::families::family;
 
-    fn family(name: &str) -> &'static Family {
+    fn by_name(name: &str) -> &'static Family {
         FAMILIES.iter().find(|f| f.name == name).unwrap()
     }
 
@@ -195,8 +195,8 @@ mod tests {
         let choice: StrategyChoice = "kprobe,accept=off,drops=tracepoint".parse().unwrap();
         assert_eq!(choice.all, Some(Strategy::Kprobe));
         assert_eq!(choice.off, [family::ACCEPT]);
-        assert!(choice.is_off(family(family::ACCEPT)));
-        assert!(!choice.is_off(family(family::DROPS)));
+        assert!(choice.is_off(by_name(family::ACCEPT)));
+        assert!(!choice.is_off(by_name(family::DROPS)));
         assert_eq!(choice.to_string(), "kprobe,drops=tracepoint,accept=off");
         assert_eq!(choice.to_string().parse::<StrategyChoice>(), Ok(choice));
     }
