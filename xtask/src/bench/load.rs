@@ -1,11 +1,9 @@
 //! Rust load generators on loopback: connection churn as fast as the machine allows, a bulk
-//! stream, many idle connections, and what tcpobs does not trace (Unix and UDP sockets, a
-//! system call).
+//! stream, and many idle connections.
 
 use std::{
     io::{BufRead as _, BufReader, Read, Write},
-    net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket},
-    os::unix::net::UnixStream,
+    net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream},
     process::{Child, Command, Stdio},
     sync::{
         Arc,
@@ -98,71 +96,6 @@ pub fn bulk(duration: Duration) -> Result<f64> {
         .join()
         .map_err(|_| anyhow::anyhow!("receiver panicked"))??;
     Ok(received as f64 / started.elapsed().as_secs_f64())
-}
-
-/// What each of the loads below does once, on one thread.
-#[derive(Clone, Copy, Debug)]
-pub enum Untraced {
-    /// A 1-byte write on one end of a Unix stream socket pair, and the read on the other.
-    UnixMessage,
-    /// A 1-byte datagram sent over loopback and received.
-    UdpDatagram,
-    /// `getppid()`: a system call with no socket at all.
-    SystemCall,
-}
-
-impl Untraced {
-    pub const ALL: [Self; 3] = [Self::UnixMessage, Self::UdpDatagram, Self::SystemCall];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::UnixMessage => "a Unix socket message, 1 byte written and read (not traced)",
-            Self::UdpDatagram => "a UDP datagram on loopback, sent and received (not traced)",
-            Self::SystemCall => "a system call, getppid() (not traced)",
-        }
-    }
-
-    /// Does it for `duration`, in batches. Returns how many a second.
-    pub fn run(self, duration: Duration) -> Result<f64> {
-        match self {
-            Self::UnixMessage => {
-                let (mut sender, mut receiver) = UnixStream::pair()?;
-                let mut byte = [0u8; 1];
-                per_second(duration, || {
-                    sender.write_all(&byte)?;
-                    receiver.read_exact(&mut byte)
-                })
-            }
-            Self::UdpDatagram => {
-                let receiver = UdpSocket::bind("127.0.0.1:0")?;
-                let sender = UdpSocket::bind("127.0.0.1:0")?;
-                sender.connect(receiver.local_addr()?)?;
-                let mut byte = [0u8; 1];
-                per_second(duration, || {
-                    sender.send(&byte)?;
-                    receiver.recv(&mut byte).map(drop)
-                })
-            }
-            Self::SystemCall => per_second(duration, || {
-                std::hint::black_box(std::os::unix::process::parent_id());
-                Ok(())
-            }),
-        }
-    }
-}
-
-/// How many times a second `op` runs, over `duration`.
-fn per_second(duration: Duration, mut op: impl FnMut() -> std::io::Result<()>) -> Result<f64> {
-    const BATCH: u64 = 1_000;
-    let started = Instant::now();
-    let mut done = 0u64;
-    while started.elapsed() < duration {
-        for _ in 0..BATCH {
-            op()?;
-        }
-        done += BATCH;
-    }
-    Ok(done as f64 / started.elapsed().as_secs_f64())
 }
 
 /// Idle connections held open by helper processes (one process may hold only as many

@@ -16,6 +16,7 @@ mod programs;
 mod record_floor;
 pub(crate) mod report;
 pub(crate) mod tracer;
+mod untraced;
 
 use std::{
     path::Path,
@@ -101,7 +102,7 @@ pub fn run(root: &Path, binary: &Path, mode: Mode, only: &[String], output: &Pat
         bulk(binary, mode, &mut report)?;
     }
     if wanted("untraced") {
-        untraced(binary, mode, &mut report)?;
+        untraced::run(binary, mode, &mut report)?;
     }
     if wanted("scale") {
         scale(binary, mode, &mut report)?;
@@ -546,47 +547,6 @@ fn bulk(binary: &Path, mode: Mode, report: &mut Report) -> Result<()> {
         String::new(),
         None,
     ));
-    Ok(())
-}
-
-/// What tcpobs costs the rest of the host: operations it does not trace (Unix and UDP
-/// sockets, a system call), each in a loop on one thread, with no tracer, with the default
-/// daemon and with `--probe-strategy accept=off`, alternated. The data tracepoints fire for
-/// every socket, and on the tracepoint strategy the accept family's system call tracepoint
-/// puts every system call on the kernel's slower path.
-fn untraced(binary: &Path, mode: Mode, report: &mut Report) -> Result<()> {
-    let duration = mode.bulk / 2;
-    let loads = load::Untraced::ALL;
-    let each = || -> Result<Vec<f64>> { loads.iter().map(|load| load.run(duration)).collect() };
-    let arms: [(&str, &[&str]); 2] = [
-        ("", &[]),
-        (
-            ", --probe-strategy accept=off",
-            &["--probe-strategy", "accept=off"],
-        ),
-    ];
-    let mut pairs = vec![vec![Vec::new(); loads.len()]; arms.len()];
-    for _ in 0..mode.pairs {
-        let base = each()?;
-        for (arm, (_, args)) in arms.iter().enumerate() {
-            let traced = under(binary, Tracer::Tcpobs, args, each)?;
-            for (index, pair) in pairs[arm].iter_mut().enumerate() {
-                pair.push((base[index], traced[index]));
-            }
-        }
-    }
-    for ((suffix, _), pairs) in arms.iter().zip(&pairs) {
-        for (load, pairs) in loads.iter().zip(pairs) {
-            report.push(Row::ratio(
-                &format!("{}{suffix}", load.name()),
-                "operations/s",
-                pairs,
-                &[],
-                None,
-                |v| format!("{:.0} ns each", 1e9 / v),
-            ));
-        }
-    }
     Ok(())
 }
 
