@@ -9,6 +9,7 @@
 
 // `soak` reuses nginx, wrk, the tracer's runner and the machine line.
 mod floor;
+mod host;
 pub(crate) mod http;
 mod load;
 mod otlp;
@@ -16,7 +17,6 @@ mod programs;
 mod record_floor;
 pub(crate) mod report;
 pub(crate) mod tracer;
-mod untraced;
 
 use std::{
     path::Path,
@@ -84,7 +84,7 @@ fn ratios(pairs: &[(f64, f64)]) -> Vec<f64> {
 }
 
 /// The workload groups, for `--only`.
-pub const WORKLOADS: [&str; 6] = ["http", "stress", "bulk", "untraced", "scale", "otlp"];
+pub const WORKLOADS: [&str; 6] = ["http", "stress", "bulk", "host", "scale", "otlp"];
 
 /// Runs every workload (or those in `only`) and prints (and, for a full run of everything,
 /// writes) the report.
@@ -101,8 +101,8 @@ pub fn run(root: &Path, binary: &Path, mode: Mode, only: &[String], output: &Pat
     if wanted("bulk") {
         bulk(binary, mode, &mut report)?;
     }
-    if wanted("untraced") {
-        untraced::run(binary, mode, &mut report)?;
+    if wanted("host") {
+        host::run(binary, mode, &mut report)?;
     }
     if wanted("scale") {
         scale(binary, mode, &mut report)?;

@@ -1,12 +1,13 @@
 //! What tcpobs costs the rest of the host: operations it does not trace (a Unix socket message,
-//! a UDP datagram, a system call), each in a loop on one thread, with no tracer, with the
-//! default daemon and with `--probe-strategy accept=off`. The data tracepoints fire for every
-//! socket, and on the tracepoint strategy the accept family's system call tracepoint puts every
-//! system call on the kernel's slower path.
+//! a UDP datagram, a system call) and a name resolution (which the dns phase times, through
+//! uprobes), each in a loop on one thread, with no tracer, with the default daemon and with
+//! `--probe-strategy accept=off`. The data tracepoints fire for every socket, and on the
+//! tracepoint strategy the accept family's system call tracepoint puts every system call on the
+//! kernel's slower path.
 
 use std::{
     io::{Read as _, Write as _},
-    net::UdpSocket,
+    net::{ToSocketAddrs as _, UdpSocket},
     os::unix::net::UnixStream,
     path::Path,
     time::{Duration, Instant},
@@ -75,16 +76,27 @@ enum Load {
     UdpDatagram,
     /// `getppid()`: a system call with no socket at all.
     SystemCall,
+    /// `getaddrinfo("localhost")` (the C library's, answered from `/etc/hosts`): the dns
+    /// phase's uprobes fire on its entry and return.
+    NameResolution,
 }
 
 impl Load {
-    const ALL: [Self; 3] = [Self::UnixMessage, Self::UdpDatagram, Self::SystemCall];
+    const ALL: [Self; 4] = [
+        Self::UnixMessage,
+        Self::UdpDatagram,
+        Self::SystemCall,
+        Self::NameResolution,
+    ];
 
     fn name(self) -> &'static str {
         match self {
             Self::UnixMessage => "a Unix socket message, 1 byte written and read (not traced)",
             Self::UdpDatagram => "a UDP datagram on loopback, sent and received (not traced)",
             Self::SystemCall => "a system call, getppid() (not traced)",
+            Self::NameResolution => {
+                "a name resolution, getaddrinfo(\"localhost\") (timed by the dns phase)"
+            }
         }
     }
 
@@ -115,6 +127,10 @@ impl Load {
                 std::hint::black_box(std::os::unix::process::parent_id());
                 Ok(())
             }),
+            // The standard library resolves through the C library's `getaddrinfo`.
+            Self::NameResolution => {
+                per_second(duration, || ("localhost", 80).to_socket_addrs().map(drop))
+            }
         }
     }
 }
