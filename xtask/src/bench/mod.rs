@@ -598,7 +598,8 @@ fn scale(binary: &Path, mode: Mode, report: &mut Report) -> Result<()> {
     }
     let waited = waiting.elapsed().as_secs_f64() + 3.0;
     // Runs the kernel skipped (a hook firing in an interrupt during the same program's run),
-    // and the closes among them, which the stall check reports lost.
+    // and the closes the programs did not see (in a skipped run, or with the record gone from
+    // the table), which the stall check finds and reports partial: not a subset of the runs.
     let missed = running.metric_sum("tcpobs_program_runs_missed_total")?;
     let unseen = running.metric("tcpobs_closes_unseen_total")?;
     running.stop()?;
@@ -620,7 +621,7 @@ fn scale(binary: &Path, mode: Mode, report: &mut Report) -> Result<()> {
         format!("{} ends", 2 * mode.idle),
         format!(
             "{reported} / {ends_lost} (within {waited:.1} s; {missed} program runs skipped by \
-             the kernel, {unseen} closes among them found by the stall check)"
+             the kernel; {unseen} closes the programs did not see, found by the stall check)"
         ),
         String::new(),
         None,
