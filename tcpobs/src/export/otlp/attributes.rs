@@ -1,28 +1,25 @@
 //! What spans and log records say about a record: its JSON event's fields as OTLP attributes
-//! (the same fields, so the two outputs never drift apart: the event is written by
-//! `json::events` and read back), renamed to OpenTelemetry's semantic conventions where one
+//! (the same fields, so the two outputs never drift apart: `json::events` writes both, through
+//! [`Fields`]), renamed to OpenTelemetry's semantic conventions where one
 //! exists and `tcpobs.<field>` otherwise; the error a connection ended with; and the trace
 //! and span ids, derived from the connection id so that every record of a connection (its
 //! exchanges, anomalies and handshake, logged before it closes) names the trace its close
 //! will send.
 
 use std::{
-    fmt,
     net::IpAddr,
     sync::atomic::{AtomicU64, Ordering},
 };
 
-use serde::{
-    Deserializer as _,
-    de::{MapAccess, Visitor},
-};
-use serde_json::Value as Json;
-
 use super::{
     proto::{AnyValue, KeyValue, Value},
-    wire::{Attributes, Scalar, Writer},
+    wire::{Scalar, Writer},
 };
-use crate::model::{CloseKind, ConnectFailure, ConnectionRecord, Side};
+use crate::{
+    clock::WallClock,
+    export::output::json::{Fields, Key, Line, ip_text, time_text},
+    model::{CloseKind, ConnectFailure, ConnectionRecord, Side, Timeline},
+};
 
 pub(crate) fn kv(key: impl Into<String>, value: Value) -> KeyValue {
     KeyValue {
@@ -62,44 +59,129 @@ fn attribute_key(field: &str) -> Option<[&str; 2]> {
     Some(["", conventional])
 }
 
-/// Writes the fields of one JSON event line as attributes (durations, `*_s`, as doubles);
-/// spans leave out the timeline (the child spans are) and the start (the span's).
-struct Fields<'w> {
+/// Writes an event's fields ([`events`](crate::export::output::json::events)) as
+/// attributes: keys by [`attribute_key`], durations (`*_s`) as doubles, times as their JSON
+/// text, nulls left out. Spans leave out the timeline (the child spans are) and the start
+/// (the span's).
+pub(crate) struct EventAttributes<'w> {
     writer: &'w mut Writer,
+    /// Where times and addresses are formatted.
+    text: &'w mut Line,
 }
 
-impl<'de> Visitor<'de> for Fields<'_> {
-    type Value = ();
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a JSON event")
+impl<'w> EventAttributes<'w> {
+    pub(crate) fn new(writer: &'w mut Writer, text: &'w mut Line) -> Self {
+        Self { writer, text }
     }
 
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-        // Keys are plain ASCII names: borrowed from the line.
-        while let Some(field) = map.next_key::<&'de str>()? {
-            let value: Json = map.next_value()?;
-            if let Some(key) = attribute_key(field) {
-                let not_on_span = matches!(field, "phases" | "start");
-                self.writer
-                    .json(&key, &value, field.ends_with("_s"), not_on_span);
-            }
+    /// The attribute key of field `key`, and whether spans leave it out.
+    #[inline(always)]
+    fn key(key: Key) -> Option<([&'static str; 2], bool)> {
+        let field = key.name();
+        Some((attribute_key(field)?, matches!(field, "phases" | "start")))
+    }
+
+    fn put(&mut self, key: Key, value: Scalar<'_>) -> &mut Self {
+        if let Some((parts, span_leaves_out)) = Self::key(key) {
+            self.writer.attribute(&parts, value, span_leaves_out);
         }
-        Ok(())
+        self
     }
 }
 
-/// The attributes of a JSON event line, then what `extra` adds.
-pub(crate) fn from_event(line: &[u8], extra: impl FnOnce(&mut Writer)) -> Attributes {
-    let mut writer = Writer::with_capacity(line.len() * 2, 48);
-    let parsed = serde_json::Deserializer::from_slice(line).deserialize_map(Fields {
-        writer: &mut writer,
-    });
-    if parsed.is_err() {
-        return Attributes::default();
+impl Fields for EventAttributes<'_> {
+    fn str(&mut self, key: Key, value: &str) -> &mut Self {
+        self.put(key, Scalar::Str(value))
     }
-    extra(&mut writer);
-    writer.finish()
+
+    fn u64(&mut self, key: Key, value: u64) -> &mut Self {
+        let value = if key.name().ends_with("_s") {
+            Scalar::Double(value as f64)
+        } else {
+            Scalar::Int(i64::try_from(value).unwrap_or(i64::MAX))
+        };
+        self.put(key, value)
+    }
+
+    fn bool(&mut self, key: Key, value: bool) -> &mut Self {
+        self.put(key, Scalar::Bool(value))
+    }
+
+    fn null(&mut self, _key: Key) -> &mut Self {
+        self
+    }
+
+    fn ip(&mut self, key: Key, value: IpAddr) -> &mut Self {
+        let Some((parts, span_leaves_out)) = Self::key(key) else {
+            return self;
+        };
+        let text = ip_text(self.text, value);
+        self.writer
+            .attribute(&parts, Scalar::Str(text), span_leaves_out);
+        self
+    }
+
+    fn secs(&mut self, key: Key, ns: Option<u64>) -> &mut Self {
+        match ns {
+            // Exact below 2^53 ns (104 days), and then the double nearest the JSON decimal.
+            Some(ns) => self.put(key, Scalar::Double(ns as f64 / 1e9)),
+            None => self,
+        }
+    }
+
+    fn time(&mut self, key: Key, unix_ns: i64) -> &mut Self {
+        let Some((parts, span_leaves_out)) = Self::key(key) else {
+            return self;
+        };
+        let text = time_text(self.text, unix_ns);
+        self.writer
+            .attribute(&parts, Scalar::Str(text), span_leaves_out);
+        self
+    }
+
+    fn strs<'s>(&mut self, key: Key, values: impl IntoIterator<Item = &'s str>) -> &mut Self {
+        if let Some((parts, span_leaves_out)) = Self::key(key) {
+            self.writer.array(&parts, span_leaves_out, |items| {
+                for value in values {
+                    items.scalar(Scalar::Str(value));
+                }
+            });
+        }
+        self
+    }
+
+    fn ips(&mut self, key: Key, values: impl IntoIterator<Item = IpAddr>) -> &mut Self {
+        if let Some((parts, span_leaves_out)) = Self::key(key) {
+            let text = &mut *self.text;
+            self.writer.array(&parts, span_leaves_out, |items| {
+                for ip in values {
+                    items.scalar(Scalar::Str(ip_text(text, ip)));
+                }
+            });
+        }
+        self
+    }
+
+    fn timeline(&mut self, key: Key, timeline: &Timeline, clock: &impl WallClock) -> &mut Self {
+        if let Some((parts, span_leaves_out)) = Self::key(key) {
+            let text = &mut *self.text;
+            self.writer.array(&parts, span_leaves_out, |items| {
+                for entry in timeline.entries() {
+                    let start = time_text(text, clock.unix_ns(entry.start_ns));
+                    items.kvlist(&[
+                        ("name", Some(Scalar::Str(entry.name))),
+                        ("start", Some(Scalar::Str(start))),
+                        (
+                            "duration_s",
+                            Some(Scalar::Double(entry.duration_ns as f64 / 1e9)),
+                        ),
+                        ("seq", entry.seq.map(|seq| Scalar::Int(i64::from(seq)))),
+                    ]);
+                }
+            });
+        }
+        self
+    }
 }
 
 /// `network.transport` and `network.type` of a connection.
@@ -251,17 +333,79 @@ impl Ids {
 
 #[cfg(test)]
 mod tests {
+    use std::fmt;
+
     use prost::Message as _;
+    use serde::{
+        Deserializer as _,
+        de::{MapAccess, Visitor},
+    };
+    use serde_json::Value as Json;
 
     use super::{
-        super::proto::{ArrayValue, KeyValueList},
+        super::{
+            proto::{ArrayValue, KeyValueList},
+            wire::{Attributes, json},
+        },
         *,
     };
+    use crate::{
+        clock::BootEpoch as Epoch,
+        export::output::json::{
+            events,
+            tests::{Sample, samples},
+        },
+    };
+
+    /// The oracle: the fields of one JSON event line, parsed back, as attributes (durations, `*_s`, as doubles);
+    /// spans leave out the timeline (the child spans are) and the start (the span's).
+    struct JsonFields<'w> {
+        writer: &'w mut Writer,
+    }
+
+    impl<'de> Visitor<'de> for JsonFields<'_> {
+        type Value = ();
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a JSON event")
+        }
+
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+            // Keys are plain ASCII names: borrowed from the line.
+            while let Some(field) = map.next_key::<&'de str>()? {
+                let value: Json = map.next_value()?;
+                if let Some(key) = attribute_key(field) {
+                    let not_on_span = matches!(field, "phases" | "start");
+                    json::attribute(
+                        self.writer,
+                        &key,
+                        &value,
+                        field.ends_with("_s"),
+                        not_on_span,
+                    );
+                }
+            }
+            Ok(())
+        }
+    }
+
+    /// The attributes of a JSON event line, then what `extra` adds.
+    fn from_event(line: &[u8], extra: impl FnOnce(&mut Writer)) -> Attributes {
+        let mut writer = Writer::with_capacity(line.len() * 2, 48);
+        let parsed = serde_json::Deserializer::from_slice(line).deserialize_map(JsonFields {
+            writer: &mut writer,
+        });
+        if parsed.is_err() {
+            return Attributes::default();
+        }
+        extra(&mut writer);
+        writer.finish()
+    }
 
     fn decoded(attributes: &Attributes, on_span: bool) -> Vec<KeyValue> {
-        let mut buf = bytes::BytesMut::new();
+        let mut buf = Vec::new();
         super::super::wire::Message::new(&mut buf).attributes(1, attributes, on_span);
-        KeyValueList::decode(buf.freeze()).unwrap().values
+        KeyValueList::decode(&buf[..]).unwrap().values
     }
 
     fn find<'a>(attributes: &'a [KeyValue], key: &str) -> Option<&'a Value> {
@@ -269,6 +413,150 @@ mod tests {
             .iter()
             .find(|kv| kv.key == key)
             .and_then(|kv| kv.value.as_ref()?.value.as_ref())
+    }
+
+    /// `record`'s attributes as the exporter writes them, and as the oracle reads them from
+    /// its JSON event.
+    fn both_ways(sample: &Sample) -> (Attributes, Attributes) {
+        let mut writer = Writer::default();
+        let mut text = Line::default();
+        events::fields_of(
+            &mut EventAttributes::new(&mut writer, &mut text),
+            &sample.record,
+            &sample.anomalies,
+            sample.meta.as_ref(),
+            &Epoch,
+        );
+        let mut line = Line::default();
+        sample.write_json(&mut line);
+        (writer.finish(), from_event(line.as_bytes(), |_| {}))
+    }
+
+    /// Equal, or doubles within a unit in the last place (the JSON decimal read back by
+    /// serde_json, which does not always round to the nearest).
+    fn same(ours: &Value, theirs: &Value) -> bool {
+        let any = |a: &AnyValue, b: &AnyValue| match (&a.value, &b.value) {
+            (Some(a), Some(b)) => same(a, b),
+            (a, b) => a == b,
+        };
+        match (ours, theirs) {
+            (Value::Double(a), Value::Double(b)) => (a - b).abs() <= f64::EPSILON * a.abs(),
+            (Value::Array(a), Value::Array(b)) => {
+                a.values.len() == b.values.len()
+                    && a.values.iter().zip(&b.values).all(|(a, b)| any(a, b))
+            }
+            // In the event's order here, the oracle's map sorts them: the order of an
+            // object's fields means nothing.
+            (Value::Kvlist(a), Value::Kvlist(b)) => {
+                let sorted = |list: &KeyValueList| {
+                    let mut values = list.values.clone();
+                    values.sort_by(|a, b| a.key.cmp(&b.key));
+                    values
+                };
+                let (a, b) = (sorted(a), sorted(b));
+                a.len() == b.len()
+                    && a.iter().zip(&b).all(|(a, b)| {
+                        a.key == b.key
+                            && match (&a.value, &b.value) {
+                                (Some(a), Some(b)) => any(a, b),
+                                (a, b) => a == b,
+                            }
+                    })
+            }
+            (a, b) => a == b,
+        }
+    }
+
+    /// The attributes written from the events' fields are the JSON event's, read back: the
+    /// same keys in the same order, the same values, for every event type with every field
+    /// set and unset, on spans and on log records.
+    #[test]
+    fn attributes_are_the_json_event_read_back() {
+        let samples = samples();
+        assert_eq!(samples.len(), 7);
+        for sample in &samples {
+            let (ours, theirs) = both_ways(sample);
+            for on_span in [true, false] {
+                let (ours, theirs) = (decoded(&ours, on_span), decoded(&theirs, on_span));
+                let keys =
+                    |kvs: &[KeyValue]| kvs.iter().map(|kv| kv.key.clone()).collect::<Vec<_>>();
+                assert_eq!(keys(&ours), keys(&theirs));
+                for (a, b) in ours.iter().zip(&theirs) {
+                    let value = |kv: &KeyValue| kv.value.clone().and_then(|v| v.value);
+                    let (key, a, b) = (&a.key, value(a).unwrap(), value(b).unwrap());
+                    assert!(same(&a, &b), "{key}: {a:?} against {b:?}");
+                }
+            }
+        }
+    }
+
+    /// What a connection's attributes say, by their conventional names.
+    #[test]
+    fn a_connection_s_attributes() {
+        let samples = samples();
+        let (attributes, _) = both_ways(&samples[0]);
+        let on_span = decoded(&attributes, true);
+        for (key, value) in [
+            ("tcpobs.connection.id", Value::Int(7)),
+            ("network.local.address", string("10.0.0.1")),
+            ("network.peer.address", string("2001:db8::1")),
+            ("network.peer.port", Value::Int(443)),
+            ("process.pid", Value::Int(42)),
+            ("process.executable.name", string("curl")),
+            ("server.address", string("api.test")),
+            ("k8s.namespace.name", string("shop")),
+            ("tcpobs.connect_s", Value::Double(0.00007)),
+            ("tcpobs.close_wait_s", Value::Double(0.0)),
+            ("tcpobs.open", Value::Bool(false)),
+            ("tcpobs.tls_ok", Value::Bool(false)),
+        ] {
+            assert_eq!(find(&on_span, key), Some(&value), "{key}");
+        }
+        assert_eq!(
+            find(&on_span, "tcpobs.stuck"),
+            Some(&Value::Array(ArrayValue {
+                values: ["syn_sent", "idle"]
+                    .map(|s| AnyValue {
+                        value: Some(string(s))
+                    })
+                    .to_vec()
+            }))
+        );
+        for gone in [
+            "tcpobs.type",
+            "tcpobs.time",
+            "tcpobs.phases",
+            "tcpobs.start",
+        ] {
+            assert_eq!(find(&on_span, gone), None, "{gone}");
+        }
+        // Null fields are left out.
+        assert_eq!(find(&on_span, "tcpobs.rtt_var_s"), None);
+        let logged = decoded(&attributes, false);
+        assert_eq!(
+            logged.len(),
+            on_span.len() + 2,
+            "the start and the timeline"
+        );
+        assert_eq!(
+            find(&logged, "tcpobs.start"),
+            Some(&string("1970-01-01T00:00:00.002000Z"))
+        );
+        let Some(Value::Array(phases)) = find(&logged, "tcpobs.phases") else {
+            panic!("{logged:?}");
+        };
+        assert_eq!(phases.values.len(), 6);
+        assert_eq!(
+            phases.values[3].value,
+            Some(Value::Kvlist(KeyValueList {
+                values: vec![
+                    kv("name", string("exchange")),
+                    kv("start", string("1970-01-01T00:00:00.006000Z")),
+                    kv("duration_s", Value::Double(0.0015)),
+                    kv("seq", Value::Int(1)),
+                ]
+            }))
+        );
     }
 
     #[test]

@@ -15,9 +15,9 @@ use std::sync::Arc;
 
 use super::{
     Item,
-    attributes::{self, Failure, Ids, SpanOf},
+    attributes::{self, EventAttributes, Failure, Ids, SpanOf},
     proto::{SeverityNumber, SpanKind, StatusCode},
-    wire::{Attributes, Message, Messages, Scalar},
+    wire::{Attributes, Message, Messages, Scalar, Writer},
 };
 use crate::{
     clock::{Clock, WallClock as _},
@@ -85,11 +85,15 @@ fn put_span(out: &mut Messages, span: &SpanFields<'_>) {
     out.end();
 }
 
-/// One lane's converter (it keeps a buffer for the JSON events).
+/// What a record's attributes take, about (a connection's: ~1.8 KiB with its timeline).
+const ATTRIBUTES_BYTES: usize = 2048;
+
+/// One lane's converter.
 pub(crate) struct Convert {
     clock: Clock,
     ids: Arc<Ids>,
-    line: Line,
+    /// Where times and addresses are formatted.
+    text: Line,
 }
 
 impl Convert {
@@ -97,48 +101,46 @@ impl Convert {
         Self {
             clock,
             ids,
-            line: Line::default(),
+            text: Line::default(),
         }
     }
 
-    /// The record's JSON event as attributes, worked out once per record for both lanes.
+    /// The record's event fields as attributes (and a connection's extra ones), worked out
+    /// once per record for both lanes.
     fn attributes<'a>(&mut self, item: &'a Item) -> &'a Attributes {
         item.attributes.get_or_init(|| {
-            let (line, clock) = (&mut self.line, &self.clock);
-            line.clear();
-            let meta = item.meta.as_deref();
-            match &item.record {
-                Record::Connection(connection) => {
-                    let anomalies = anomalies_of(connection, &item.limits);
-                    events::connection(line, connection, &anomalies, meta, clock);
+            let mut writer = Writer::with_capacity(ATTRIBUTES_BYTES, 64);
+            let anomalies = match &item.record {
+                Record::Connection(connection) => anomalies_of(connection, &item.limits),
+                _ => Default::default(),
+            };
+            events::fields_of(
+                &mut EventAttributes::new(&mut writer, &mut self.text),
+                &item.record,
+                &anomalies,
+                item.meta.as_deref(),
+                &self.clock,
+            );
+            if let Record::Connection(connection) = &item.record {
+                attributes::network(&mut writer, connection.addrs.local().ip());
+                // The idle gaps and response times its exchanges had at most (the JSON
+                // event only shows them through `anomalies`).
+                for (key, ns) in [
+                    ("tcpobs.max_idle_s", connection.max_idle_ns),
+                    (
+                        "tcpobs.max_response_begin_s",
+                        connection.max_response_begin_ns,
+                    ),
+                ] {
+                    if let Some(ns) = ns {
+                        writer.scalar(key, Scalar::Double(ns as f64 / 1e9));
+                    }
                 }
-                Record::Exchange(exchange) => events::exchange(line, exchange, meta, clock),
-                Record::Anomaly(anomaly) => events::anomaly(line, anomaly, meta, clock),
-                Record::Dns(dns) => events::dns(line, dns, clock),
-                Record::Tls(tls) => events::tls(line, tls, clock),
-                Record::Opened(_) | Record::Unstuck(..) => {}
+                if let Some(failure) = attributes::failures(connection).first() {
+                    writer.scalar("error.type", Scalar::Str(failure.error_type));
+                }
             }
-            attributes::from_event(line.as_bytes(), |writer| {
-                if let Record::Connection(connection) = &item.record {
-                    attributes::network(writer, connection.addrs.local().ip());
-                    // The idle gaps and response times its exchanges had at most (the JSON
-                    // event only shows them through `anomalies`).
-                    for (key, ns) in [
-                        ("tcpobs.max_idle_s", connection.max_idle_ns),
-                        (
-                            "tcpobs.max_response_begin_s",
-                            connection.max_response_begin_ns,
-                        ),
-                    ] {
-                        if let Some(ns) = ns {
-                            writer.scalar(key, Scalar::Double(ns as f64 / 1e9));
-                        }
-                    }
-                    if let Some(failure) = attributes::failures(connection).first() {
-                        writer.scalar("error.type", Scalar::Str(failure.error_type));
-                    }
-                }
-            })
+            writer.finish()
         })
     }
 

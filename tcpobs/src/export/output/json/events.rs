@@ -4,7 +4,7 @@
 //! final counters). The field writers are in the parent module; [`super::SCHEMA_VERSION`] is
 //! bumped on any incompatible change here.
 
-use super::{Key, Line, Object, key};
+use super::{Fields, Line, Object, key};
 use crate::{
     clock::WallClock,
     export::output::OutputTotals,
@@ -14,52 +14,27 @@ use crate::{
     },
     metadata::Meta,
     model::{
-        AnomalyRecord, ConnectionRecord, DnsRecord, ExchangeRecord, Stuck, Timeline, TlsRecord,
+        AnomalyRecord, ConnectionRecord, DnsRecord, ExchangeRecord, Record, Stuck, TlsRecord,
         drop_reason_name, eai_name, state_name,
     },
     tracker::TrackerStats,
 };
 
-/// Schema helpers shared by several events.
-impl Object<'_> {
-    /// A connection's timeline: `[{"name": ..., "start": ..., "duration_s": ...}, ...]`
-    /// (exchanges also have `seq`).
-    pub(super) fn timeline(
-        &mut self,
-        key: Key,
-        timeline: &Timeline,
-        clock: &impl WallClock,
-    ) -> &mut Self {
-        self.key(key);
-        self.out().push(b'[');
-        for (index, entry) in timeline.entries().iter().enumerate() {
-            if index > 0 {
-                self.out().push(b',');
-            }
-            self.nested(|item| {
-                item.str(key!("name"), entry.name)
-                    .time(key!("start"), clock.unix_ns(entry.start_ns))
-                    .secs(key!("duration_s"), Some(entry.duration_ns));
-                if let Some(seq) = entry.seq {
-                    item.u64(key!("seq"), u64::from(seq));
-                }
-            });
-        }
-        self.out().push(b']');
-        self
-    }
-
-    /// Where the process runs: `cgroup`, `container_id`, `pod_uid`, `namespace`, `pod`
-    /// (`null` when unknown).
-    pub(super) fn meta(&mut self, meta: Option<&Meta>) -> &mut Self {
-        self.opt_str(key!("cgroup"), meta.map(|m| &*m.cgroup))
-            .opt_str(
-                key!("container_id"),
-                meta.and_then(|m| m.container_id.as_deref()),
-            )
-            .opt_str(key!("pod_uid"), meta.and_then(|m| m.pod_uid.as_deref()))
-            .opt_str(key!("namespace"), meta.and_then(Meta::namespace))
-            .opt_str(key!("pod"), meta.and_then(Meta::pod_name))
+/// The fields of `record`'s event, if it makes one (`Opened` and `Unstuck` make none).
+pub(crate) fn fields_of(
+    object: &mut impl Fields,
+    record: &Record,
+    anomalies: &[&str],
+    meta: Option<&Meta>,
+    clock: &impl WallClock,
+) {
+    match record {
+        Record::Connection(record) => connection_fields(object, record, anomalies, meta, clock),
+        Record::Exchange(record) => exchange_fields(object, record, meta, clock),
+        Record::Anomaly(record) => anomaly_fields(object, record, meta, clock),
+        Record::Dns(record) => dns_fields(object, record, clock),
+        Record::Tls(record) => tls_fields(object, record, clock),
+        Record::Opened(_) | Record::Unstuck(..) => {}
     }
 }
 
@@ -73,6 +48,18 @@ pub(crate) fn connection(
     clock: &impl WallClock,
 ) {
     let mut object = Object::new(out, "connection");
+    connection_fields(&mut object, record, anomalies, meta, clock);
+    object.end();
+}
+
+/// The fields of a `connection` event, in order (`type` and `schema_version` aside).
+pub(crate) fn connection_fields(
+    object: &mut impl Fields,
+    record: &ConnectionRecord,
+    anomalies: &[&str],
+    meta: Option<&Meta>,
+    clock: &impl WallClock,
+) {
     let end_ns = record.start_ns + record.lifetime_ns;
     object
         .u64(key!("id"), record.id)
@@ -168,7 +155,6 @@ pub(crate) fn connection(
         .strs(key!("anomalies"), anomalies.iter().copied())
         .timeline(key!("phases"), &record.timeline(), clock)
         .u64(key!("phases_omitted"), u64::from(record.timeline_omitted()));
-    object.end();
 }
 
 /// An `exchange` event.
@@ -178,8 +164,19 @@ pub(crate) fn exchange(
     meta: Option<&Meta>,
     clock: &impl WallClock,
 ) {
-    let (client, server) = record.addrs.client_server(record.role);
     let mut object = Object::new(out, "exchange");
+    exchange_fields(&mut object, record, meta, clock);
+    object.end();
+}
+
+/// The fields of a `exchange` event, in order (`type` and `schema_version` aside).
+pub(crate) fn exchange_fields(
+    object: &mut impl Fields,
+    record: &ExchangeRecord,
+    meta: Option<&Meta>,
+    clock: &impl WallClock,
+) {
+    let (client, server) = record.addrs.client_server(record.role);
     object
         .u64(key!("conn_id"), record.conn_id)
         .time(key!("time"), clock.unix_ns(record.start_ns))
@@ -206,7 +203,6 @@ pub(crate) fn exchange(
             key!("close_originator"),
             record.close_originator.map(|o| o.as_str()),
         );
-    object.end();
 }
 
 /// An `anomaly` event: a live connection stuck (its `phase`: how).
@@ -216,9 +212,20 @@ pub(crate) fn anomaly(
     meta: Option<&Meta>,
     clock: &impl WallClock,
 ) {
+    let mut object = Object::new(out, "anomaly");
+    anomaly_fields(&mut object, record, meta, clock);
+    object.end();
+}
+
+/// The fields of a `anomaly` event, in order (`type` and `schema_version` aside).
+pub(crate) fn anomaly_fields(
+    object: &mut impl Fields,
+    record: &AnomalyRecord,
+    meta: Option<&Meta>,
+    clock: &impl WallClock,
+) {
     // A listener stuck with a full accept queue is no connection: no id, no remote end.
     let listener = record.stuck == Stuck::AcceptQueueFull;
-    let mut object = Object::new(out, "anomaly");
     object
         .opt_u64(key!("conn_id"), (!listener).then_some(record.conn_id))
         .time(key!("time"), clock.unix_ns(record.at_ns))
@@ -244,12 +251,17 @@ pub(crate) fn anomaly(
         .process(record.process.as_ref())
         .meta(meta)
         .str(key!("hint"), record.stuck.hint());
-    object.end();
 }
 
 /// A `dns` event: one `getaddrinfo` call.
 pub(crate) fn dns(out: &mut Line, record: &DnsRecord, clock: &impl WallClock) {
     let mut object = Object::new(out, "dns");
+    dns_fields(&mut object, record, clock);
+    object.end();
+}
+
+/// The fields of a `dns` event, in order (`type` and `schema_version` aside).
+pub(crate) fn dns_fields(object: &mut impl Fields, record: &DnsRecord, clock: &impl WallClock) {
     object
         .time(
             key!("time"),
@@ -268,12 +280,17 @@ pub(crate) fn dns(out: &mut Line, record: &DnsRecord, clock: &impl WallClock) {
         )
         .ips(key!("addresses"), record.addrs.as_slice().iter().copied())
         .bool(key!("addresses_truncated"), record.addrs.more);
-    object.end();
 }
 
 /// A `tls` event: one handshake, once its outcome is known.
 pub(crate) fn tls(out: &mut Line, record: &TlsRecord, clock: &impl WallClock) {
     let mut object = Object::new(out, "tls");
+    tls_fields(&mut object, record, clock);
+    object.end();
+}
+
+/// The fields of a `tls` event, in order (`type` and `schema_version` aside).
+pub(crate) fn tls_fields(object: &mut impl Fields, record: &TlsRecord, clock: &impl WallClock) {
     object
         .opt_u64(key!("conn_id"), record.conn_id)
         .time(
@@ -299,7 +316,6 @@ pub(crate) fn tls(out: &mut Line, record: &TlsRecord, clock: &impl WallClock) {
         .secs(key!("duration_s"), Some(record.duration_ns))
         .bool(key!("ok"), record.ok)
         .u64(key!("calls"), u64::from(record.calls));
-    object.end();
 }
 
 /// The `stats` event: tcpobs's final loss and health counters, written when it stops.

@@ -12,6 +12,12 @@ pub(crate) mod events;
 
 use std::{io::Write as _, mem::MaybeUninit, net::IpAddr};
 
+use crate::{
+    clock::WallClock,
+    metadata::Meta,
+    model::{Process, Timeline},
+};
+
 /// Bumped on any incompatible change to the JSON events.
 pub(crate) const SCHEMA_VERSION: u32 = 1;
 
@@ -36,6 +42,7 @@ impl Default for Line {
 
 impl Line {
     /// The lines written since the last `clear`.
+    #[cfg(test)]
     pub(crate) fn as_bytes(&self) -> &[u8] {
         &self.bytes
     }
@@ -98,6 +105,12 @@ impl Key {
     pub(crate) const fn new(text: &'static str) -> Self {
         Self(text)
     }
+
+    /// The field's name (`name` of `,"name":`).
+    #[inline(always)]
+    pub(crate) fn name(self) -> &'static str {
+        &self.0[2..self.0.len() - 2]
+    }
 }
 
 /// The [`Key`] of a field name (a literal that needs no escaping).
@@ -107,6 +120,84 @@ macro_rules! key {
     };
 }
 pub(crate) use key;
+
+/// Where an event's fields go: a JSON object on a line ([`Object`]), or OTLP attributes
+/// (`otlp::attributes`). [`events`] says once, for both, what each event holds and in what
+/// order, so that the two outputs cannot drift apart. A `null` in JSON is an attribute left
+/// out in OTLP.
+pub(crate) trait Fields: Sized {
+    fn str(&mut self, key: Key, value: &str) -> &mut Self;
+
+    fn u64(&mut self, key: Key, value: u64) -> &mut Self;
+
+    fn bool(&mut self, key: Key, value: bool) -> &mut Self;
+
+    /// A field with no value.
+    fn null(&mut self, key: Key) -> &mut Self;
+
+    fn ip(&mut self, key: Key, value: IpAddr) -> &mut Self;
+
+    /// Nanoseconds as seconds (`null` for `None`).
+    fn secs(&mut self, key: Key, ns: Option<u64>) -> &mut Self;
+
+    /// A UTC timestamp with microseconds (`2026-11-21T09:30:00.123456Z`) from Unix nanoseconds.
+    fn time(&mut self, key: Key, unix_ns: i64) -> &mut Self;
+
+    /// A list of strings.
+    fn strs<'s>(&mut self, key: Key, values: impl IntoIterator<Item = &'s str>) -> &mut Self;
+
+    /// A list of addresses.
+    fn ips(&mut self, key: Key, values: impl IntoIterator<Item = IpAddr>) -> &mut Self;
+
+    /// A connection's timeline: a list of `{"name", "start", "duration_s"}` objects
+    /// (exchanges also have `seq`).
+    fn timeline(&mut self, key: Key, timeline: &Timeline, clock: &impl WallClock) -> &mut Self;
+
+    #[inline(always)]
+    fn opt_str(&mut self, key: Key, value: Option<&str>) -> &mut Self {
+        match value {
+            Some(value) => self.str(key, value),
+            None => self.null(key),
+        }
+    }
+
+    #[inline(always)]
+    fn opt_u64(&mut self, key: Key, value: Option<u64>) -> &mut Self {
+        match value {
+            Some(value) => self.u64(key, value),
+            None => self.null(key),
+        }
+    }
+
+    #[inline(always)]
+    fn opt_bool(&mut self, key: Key, value: Option<bool>) -> &mut Self {
+        match value {
+            Some(value) => self.bool(key, value),
+            None => self.null(key),
+        }
+    }
+
+    /// `pid` and `comm` of the owning process, `null` for both when unknown.
+    #[inline(always)]
+    fn process(&mut self, process: Option<&Process>) -> &mut Self {
+        self.opt_u64(key!("pid"), process.map(|p| u64::from(p.pid)))
+            .opt_str(key!("comm"), process.map(|p| p.comm.as_str()))
+    }
+
+    /// Where the process runs: `cgroup`, `container_id`, `pod_uid`, `namespace`, `pod`
+    /// (`null` when unknown).
+    #[inline(always)]
+    fn meta(&mut self, meta: Option<&Meta>) -> &mut Self {
+        self.opt_str(key!("cgroup"), meta.map(|m| &*m.cgroup))
+            .opt_str(
+                key!("container_id"),
+                meta.and_then(|m| m.container_id.as_deref()),
+            )
+            .opt_str(key!("pod_uid"), meta.and_then(|m| m.pod_uid.as_deref()))
+            .opt_str(key!("namespace"), meta.and_then(Meta::namespace))
+            .opt_str(key!("pod"), meta.and_then(Meta::pod_name))
+    }
+}
 
 /// Builds one JSON object on a line.
 ///
@@ -153,55 +244,35 @@ impl<'a> Object<'a> {
         }
     }
 
+    /// Closes the object and the line.
+    pub(crate) fn end(self) {
+        self.line.bytes.extend_from_slice(b"}\n");
+    }
+}
+
+impl Fields for Object<'_> {
     #[inline(always)]
-    pub(crate) fn str(&mut self, key: Key, value: &str) -> &mut Self {
+    fn str(&mut self, key: Key, value: &str) -> &mut Self {
         self.key(key);
         escape_into(self.out(), value);
         self
     }
 
     #[inline(always)]
-    pub(crate) fn opt_str(&mut self, key: Key, value: Option<&str>) -> &mut Self {
-        match value {
-            Some(value) => self.str(key, value),
-            None => self.null(key),
-        }
-    }
-
-    /// `pid` and `comm` of the owning process, `null` for both when unknown.
-    #[inline(always)]
-    pub(crate) fn process(&mut self, process: Option<&crate::model::Process>) -> &mut Self {
-        self.opt_u64(key!("pid"), process.map(|p| u64::from(p.pid)))
-            .opt_str(key!("comm"), process.map(|p| p.comm.as_str()))
-    }
-
-    #[inline(always)]
-    pub(crate) fn ip(&mut self, key: Key, value: IpAddr) -> &mut Self {
+    fn ip(&mut self, key: Key, value: IpAddr) -> &mut Self {
         self.key(key);
         push_ip(self.out(), value);
         self
     }
 
     #[inline(always)]
-    pub(crate) fn u64(&mut self, key: Key, value: u64) -> &mut Self {
+    fn u64(&mut self, key: Key, value: u64) -> &mut Self {
         self.key(key);
         push_u64(self.out(), value);
         self
     }
 
-    #[inline(always)]
-    pub(crate) fn opt_u64(&mut self, key: Key, value: Option<u64>) -> &mut Self {
-        match value {
-            Some(value) => self.u64(key, value),
-            None => self.null(key),
-        }
-    }
-
-    pub(crate) fn strs<'s>(
-        &mut self,
-        key: Key,
-        values: impl IntoIterator<Item = &'s str>,
-    ) -> &mut Self {
+    fn strs<'s>(&mut self, key: Key, values: impl IntoIterator<Item = &'s str>) -> &mut Self {
         self.key(key);
         let out = self.out();
         out.push(b'[');
@@ -215,7 +286,7 @@ impl<'a> Object<'a> {
         self
     }
 
-    pub(crate) fn ips(&mut self, key: Key, values: impl IntoIterator<Item = IpAddr>) -> &mut Self {
+    fn ips(&mut self, key: Key, values: impl IntoIterator<Item = IpAddr>) -> &mut Self {
         self.key(key);
         let out = self.out();
         out.push(b'[');
@@ -230,15 +301,7 @@ impl<'a> Object<'a> {
     }
 
     #[inline(always)]
-    pub(crate) fn opt_bool(&mut self, key: Key, value: Option<bool>) -> &mut Self {
-        match value {
-            Some(value) => self.bool(key, value),
-            None => self.null(key),
-        }
-    }
-
-    #[inline(always)]
-    pub(crate) fn bool(&mut self, key: Key, value: bool) -> &mut Self {
+    fn bool(&mut self, key: Key, value: bool) -> &mut Self {
         self.key(key);
         let text: &[u8] = if value { b"true" } else { b"false" };
         self.out().extend_from_slice(text);
@@ -246,15 +309,15 @@ impl<'a> Object<'a> {
     }
 
     #[inline(always)]
-    pub(crate) fn null(&mut self, key: Key) -> &mut Self {
+    fn null(&mut self, key: Key) -> &mut Self {
         self.key(key);
         self.out().extend_from_slice(b"null");
         self
     }
 
-    /// Nanoseconds as decimal seconds, trailing zeros trimmed.
+    /// Decimal seconds, trailing zeros trimmed.
     #[inline(always)]
-    pub(crate) fn secs(&mut self, key: Key, ns: Option<u64>) -> &mut Self {
+    fn secs(&mut self, key: Key, ns: Option<u64>) -> &mut Self {
         match ns {
             Some(ns) => {
                 self.key(key);
@@ -265,17 +328,31 @@ impl<'a> Object<'a> {
         }
     }
 
-    /// A UTC timestamp with microseconds (`2026-11-21T09:30:00.123456Z`) from Unix nanoseconds.
     #[inline(always)]
-    pub(crate) fn time(&mut self, key: Key, unix_ns: i64) -> &mut Self {
+    fn time(&mut self, key: Key, unix_ns: i64) -> &mut Self {
         self.key(key);
         push_time(self.line, unix_ns);
         self
     }
 
-    /// Closes the object and the line.
-    pub(crate) fn end(self) {
-        self.line.bytes.extend_from_slice(b"}\n");
+    fn timeline(&mut self, key: Key, timeline: &Timeline, clock: &impl WallClock) -> &mut Self {
+        self.key(key);
+        self.out().push(b'[');
+        for (index, entry) in timeline.entries().iter().enumerate() {
+            if index > 0 {
+                self.out().push(b',');
+            }
+            self.nested(|item| {
+                item.str(key!("name"), entry.name)
+                    .time(key!("start"), clock.unix_ns(entry.start_ns))
+                    .secs(key!("duration_s"), Some(entry.duration_ns));
+                if let Some(seq) = entry.seq {
+                    item.u64(key!("seq"), u64::from(seq));
+                }
+            });
+        }
+        self.out().push(b']');
+        self
     }
 }
 
@@ -445,9 +522,28 @@ fn push_time(line: &mut Line, unix_ns: i64) {
 /// A timestamp as the events print it (`2026-11-21T09:30:00.123456Z`: UTC, microseconds),
 /// from Unix nanoseconds, for what is not an event but should read like one (`/connections`).
 pub(crate) fn timestamp(unix_ns: i64) -> String {
-    let mut line = Line::default();
-    push_time(&mut line, unix_ns);
-    line.as_str().trim_matches('"').to_owned()
+    time_text(&mut Line::default(), unix_ns).to_owned()
+}
+
+/// The same in `line` (cleared first, its cached second kept): no allocation.
+pub(crate) fn time_text(line: &mut Line, unix_ns: i64) -> &str {
+    line.clear();
+    push_time(line, unix_ns);
+    unquoted(line)
+}
+
+/// An address as the events print it, in `line` (cleared first).
+pub(crate) fn ip_text(line: &mut Line, ip: IpAddr) -> &str {
+    line.clear();
+    push_ip(&mut line.bytes, ip);
+    unquoted(line)
+}
+
+/// A string value written alone on `line`, without its quotes.
+fn unquoted(line: &Line) -> &str {
+    let text = line.as_str();
+    text.get(1..text.len().saturating_sub(1))
+        .unwrap_or_default()
 }
 
 /// The proleptic Gregorian (year, month, day) of a count of days since 1970-01-01
@@ -521,4 +617,4 @@ fn escape_into(out: &mut Vec<u8>, value: &str) {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -13,7 +13,7 @@ use super::{
 use crate::{
     clock::BootEpoch as Epoch,
     metadata::Meta,
-    model::{Addrs, Comm, DnsRecord, Process, Resolved, Role, TlsRecord},
+    model::{Addrs, Comm, DnsRecord, Process, Record, Resolved, Role, TlsRecord},
 };
 
 #[test]
@@ -148,24 +148,38 @@ fn process() -> Process {
     }
 }
 
-/// The bytes of every event type, pinned: a change here is a change of the JSON schema
-/// (bump `SCHEMA_VERSION` if it is incompatible).
-#[test]
-fn every_event_is_pinned_byte_for_byte() {
+/// A record of each kind that makes an event, with what its event is written with.
+pub(crate) struct Sample {
+    pub record: Record,
+    pub anomalies: Vec<&'static str>,
+    pub meta: Option<Meta>,
+}
+
+impl Sample {
+    /// Its JSON event, appended to `out`.
+    pub(crate) fn write_json(&self, out: &mut Line) {
+        let meta = self.meta.as_ref();
+        match &self.record {
+            Record::Connection(record) => connection(out, record, &self.anomalies, meta, &Epoch),
+            Record::Exchange(record) => exchange(out, record, meta, &Epoch),
+            Record::Anomaly(record) => anomaly(out, record, meta, &Epoch),
+            Record::Dns(record) => dns(out, record, &Epoch),
+            Record::Tls(record) => tls(out, record, &Epoch),
+            Record::Opened(_) | Record::Unstuck(..) => {}
+        }
+    }
+}
+
+/// Every event type, with every field set in one and unset in another: the events pinned
+/// below, and what OTLP's attributes are checked against (`otlp::attributes`).
+pub(crate) fn samples() -> Vec<Sample> {
     use crate::{
-        app::daemon::Stats,
-        export::output::OutputTotals,
-        kernel::{
-            libcalls::LibcallStats,
-            reader::{KernelStats, ReaderStats},
-        },
-        metadata::{Meta, PodName},
+        metadata::PodName,
         model::{
             AnomalyRecord, Close, CloseKind, CloseOriginator, ConnectionRecord, Diagnosis,
             DiagnosisParts, DnsLink, ExchangeClass, ExchangeRecord, ExchangeSpan, PartialReason,
             Side, Stuck, StuckSet, TcpCounters, TimelineSpans, TlsLink,
         },
-        tracker::TrackerStats,
     };
 
     const MS: u64 = 1_000_000;
@@ -317,6 +331,55 @@ fn every_event_is_pinned_byte_for_byte() {
         calls: 3,
         after_close: true,
     };
+    let full = record.clone();
+    record.spans = None;
+    record.close = None;
+    record.tcp = None;
+    record.partial = None;
+    record.process = None;
+    record.stuck = StuckSet::default();
+    record.diag = Diagnosis::default();
+    let listener = AnomalyRecord {
+        conn_id: 0,
+        stuck: Stuck::AcceptQueueFull,
+        role: Role::Server,
+        addrs: Addrs::new(
+            "0.0.0.0:8080".parse().unwrap(),
+            "0.0.0.0:0".parse().unwrap(),
+        ),
+        state: 10,
+        ..anomaly_record.clone()
+    };
+    let sample = |record, anomalies: &[&'static str], meta: Option<&Meta>| Sample {
+        record,
+        anomalies: anomalies.to_vec(),
+        meta: meta.cloned(),
+    };
+    vec![
+        sample(Record::Connection(full), &["reset", "stuck"], Some(&meta)),
+        sample(Record::Connection(record), &[], None),
+        sample(Record::Exchange(exchange_record), &[], Some(&meta)),
+        sample(Record::Anomaly(anomaly_record), &[], None),
+        sample(Record::Anomaly(listener), &[], None),
+        sample(Record::Dns(dns_record), &[], None),
+        sample(Record::Tls(tls_record), &[], None),
+    ]
+}
+
+/// The bytes of every event type, pinned: a change here is a change of the JSON schema
+/// (bump `SCHEMA_VERSION` if it is incompatible).
+#[test]
+fn every_event_is_pinned_byte_for_byte() {
+    use crate::{
+        app::daemon::Stats,
+        export::output::OutputTotals,
+        kernel::{
+            libcalls::LibcallStats,
+            reader::{KernelStats, ReaderStats},
+        },
+        tracker::TrackerStats,
+    };
+
     let stats = Stats {
         reader: ReaderStats {
             events: [1, 2, 3, 4, 5, 6, 7],
@@ -355,31 +418,9 @@ fn every_event_is_pinned_byte_for_byte() {
     };
 
     let mut out = Line::default();
-    connection(&mut out, &record, &["reset", "stuck"], Some(&meta), &Epoch);
-    record.spans = None;
-    record.close = None;
-    record.tcp = None;
-    record.partial = None;
-    record.process = None;
-    record.stuck = StuckSet::default();
-    record.diag = Diagnosis::default();
-    connection(&mut out, &record, &[], None, &Epoch);
-    exchange(&mut out, &exchange_record, Some(&meta), &Epoch);
-    anomaly(&mut out, &anomaly_record, None, &Epoch);
-    let listener = AnomalyRecord {
-        conn_id: 0,
-        stuck: Stuck::AcceptQueueFull,
-        role: Role::Server,
-        addrs: Addrs::new(
-            "0.0.0.0:8080".parse().unwrap(),
-            "0.0.0.0:0".parse().unwrap(),
-        ),
-        state: 10,
-        ..anomaly_record.clone()
-    };
-    anomaly(&mut out, &listener, None, &Epoch);
-    dns(&mut out, &dns_record, &Epoch);
-    tls(&mut out, &tls_record, &Epoch);
+    for sample in samples() {
+        sample.write_json(&mut out);
+    }
     out.push_str(&stats.to_json_line());
     let mut line = Line::default();
     events::stats(
