@@ -24,17 +24,15 @@ use std::{
 };
 
 use bytes::Bytes;
+use prost::Message as _;
 use tokio::{sync::mpsc, time::Instant};
 use tracing::{info, warn};
 
 use super::{
     Item,
     convert::Convert,
-    proto::{
-        ExportLogsServiceRequest, ExportTraceServiceRequest, InstrumentationScope, ResourceLogs,
-        ResourceSpans, ScopeLogs, ScopeSpans,
-    },
-    transport::{Client, ExportError, framed},
+    proto::InstrumentationScope,
+    transport::{Client, ExportError},
     wire::Messages,
 };
 use crate::config::otlp::{Batching, Signal, Target};
@@ -258,6 +256,13 @@ pub(crate) fn start(
     (lane, task)
 }
 
+/// What every request of a lane carries around its records: the resource and the scope,
+/// encoded.
+struct Envelope {
+    resource: Vec<u8>,
+    scope: Vec<u8>,
+}
+
 async fn run(
     mut receiver: mpsc::Receiver<Arc<Item>>,
     batching: Batching,
@@ -265,9 +270,13 @@ async fn run(
     resource: super::proto::Resource,
     mut sender: Sender,
 ) {
+    let envelope = Envelope {
+        resource: resource.encode_to_vec(),
+        scope: scope().encode_to_vec(),
+    };
     let mut batch: Vec<Arc<Item>> = Vec::with_capacity(batching.batch);
-    // Bytes per record of the last batch: the next one's buffer is sized from it.
-    let mut per_item = 2048;
+    // One buffer for every batch's records (a request is a copy of them).
+    let mut out = Messages::default();
     loop {
         // Wait for a first record, then for the batch to fill or its delay to pass.
         let Some(first) = receiver.recv().await else {
@@ -281,51 +290,26 @@ async fn run(
                 Ok(None) | Err(_) => break,
             }
         }
-        let mut out = Messages::with_capacity(batch.len() * per_item);
-        let message = encode(sender.signal, &batch, &mut convert, &resource, &mut out);
-        per_item = message.len() / batch.len() + 64;
+        let message = encode(sender.signal, &batch, &mut convert, &envelope, &mut out);
         sender.send(message, batch.len() as u64).await;
         batch.clear();
     }
 }
 
+/// A batch as one export request.
 fn encode(
     signal: Signal,
     batch: &[Arc<Item>],
     convert: &mut Convert,
-    resource: &super::proto::Resource,
+    envelope: &Envelope,
     out: &mut Messages,
 ) -> Bytes {
-    let resource = Some(resource.clone());
-    match signal {
-        Signal::Traces => {
-            for item in batch {
-                convert.spans(item, out);
-            }
-            framed(&ExportTraceServiceRequest {
-                resource_spans: vec![ResourceSpans {
-                    resource,
-                    scope_spans: vec![ScopeSpans {
-                        scope: Some(scope()),
-                        spans: out.take(),
-                    }],
-                }],
-            })
-        }
-        // (Metrics have a task of their own.)
-        Signal::Logs | Signal::Metrics => {
-            for item in batch {
-                convert.log(item, out);
-            }
-            framed(&ExportLogsServiceRequest {
-                resource_logs: vec![ResourceLogs {
-                    resource,
-                    scope_logs: vec![ScopeLogs {
-                        scope: Some(scope()),
-                        log_records: out.take(),
-                    }],
-                }],
-            })
+    for item in batch {
+        match signal {
+            Signal::Traces => convert.spans(item, out),
+            // (Metrics have a task of their own.)
+            Signal::Logs | Signal::Metrics => convert.log(item, out),
         }
     }
+    out.request(&envelope.resource, &envelope.scope)
 }

@@ -11,11 +11,13 @@
 //! integration tests decode these messages with the official Python bindings.
 //!
 //! Spans and log records, the bulk of what is sent, are written by hand ([`wire`](super::wire):
-//! a record's attributes are encoded once and copied into its span and its log record), so
-//! the scopes hold them as encoded messages (`repeated bytes`: on the wire, a `bytes` field
-//! and an embedded message are the same). `Span` and `LogRecord` here are how the schema
-//! reads them back, for the tests.
+//! a record's attributes are encoded once and copied into its span and its log record), and
+//! so are the traces and logs Export requests around them (`Messages::request`). The
+//! requests, scopes, `Span` and `LogRecord` here are how the schema reads them back, for the
+//! tests (the scopes hold the records as `repeated bytes`: on the wire, a `bytes` field and
+//! an embedded message are the same).
 
+#[cfg(test)]
 use bytes::Bytes;
 
 /// `opentelemetry.proto.common.v1.AnyValue`.
@@ -82,6 +84,7 @@ pub(crate) struct Resource {
 }
 
 /// `opentelemetry.proto.collector.trace.v1.ExportTraceServiceRequest`.
+#[cfg(test)]
 #[derive(Clone, PartialEq, prost::Message)]
 pub(crate) struct ExportTraceServiceRequest {
     #[prost(message, repeated, tag = "1")]
@@ -89,6 +92,7 @@ pub(crate) struct ExportTraceServiceRequest {
 }
 
 /// `opentelemetry.proto.trace.v1.ResourceSpans`.
+#[cfg(test)]
 #[derive(Clone, PartialEq, prost::Message)]
 pub(crate) struct ResourceSpans {
     #[prost(message, optional, tag = "1")]
@@ -98,6 +102,7 @@ pub(crate) struct ResourceSpans {
 }
 
 /// `opentelemetry.proto.trace.v1.ScopeSpans`.
+#[cfg(test)]
 #[derive(Clone, PartialEq, prost::Message)]
 pub(crate) struct ScopeSpans {
     #[prost(message, optional, tag = "1")]
@@ -167,6 +172,7 @@ pub(crate) enum StatusCode {
 }
 
 /// `opentelemetry.proto.collector.logs.v1.ExportLogsServiceRequest`.
+#[cfg(test)]
 #[derive(Clone, PartialEq, prost::Message)]
 pub(crate) struct ExportLogsServiceRequest {
     #[prost(message, repeated, tag = "1")]
@@ -174,6 +180,7 @@ pub(crate) struct ExportLogsServiceRequest {
 }
 
 /// `opentelemetry.proto.logs.v1.ResourceLogs`.
+#[cfg(test)]
 #[derive(Clone, PartialEq, prost::Message)]
 pub(crate) struct ResourceLogs {
     #[prost(message, optional, tag = "1")]
@@ -183,6 +190,7 @@ pub(crate) struct ResourceLogs {
 }
 
 /// `opentelemetry.proto.logs.v1.ScopeLogs`.
+#[cfg(test)]
 #[derive(Clone, PartialEq, prost::Message)]
 pub(crate) struct ScopeLogs {
     #[prost(message, optional, tag = "1")]

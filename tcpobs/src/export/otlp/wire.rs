@@ -252,10 +252,22 @@ impl<'a> Message<'a> {
 
     pub(crate) fn bytes(&mut self, field: u32, bytes: &[u8]) -> &mut Self {
         if !bytes.is_empty() {
-            self.field_key(field, LENGTH_DELIMITED);
-            put_varint(self.buf, bytes.len() as u64);
-            self.buf.extend_from_slice(bytes);
+            self.bytes_always(field, bytes);
         }
+        self
+    }
+
+    /// A length-delimited field, even when empty (an embedded message that is present).
+    pub(crate) fn bytes_always(&mut self, field: u32, bytes: &[u8]) -> &mut Self {
+        self.header(field, bytes.len());
+        self.buf.extend_from_slice(bytes);
+        self
+    }
+
+    /// The key and length of an embedded message of `len` bytes, written next.
+    pub(crate) fn header(&mut self, field: u32, len: usize) -> &mut Self {
+        self.field_key(field, LENGTH_DELIMITED);
+        put_varint(self.buf, len as u64);
         self
     }
 
@@ -326,8 +338,7 @@ impl<'a> Message<'a> {
         } else {
             1 + varint_len(code as u64)
         };
-        self.field_key(field, LENGTH_DELIMITED);
-        put_varint(self.buf, (message_len + code_len) as u64);
+        self.header(field, message_len + code_len);
         let mut status = Message::new(self.buf);
         status.bytes(2, message.as_bytes()).varint(3, code as u64);
         self
@@ -342,35 +353,54 @@ pub(crate) struct Messages {
 }
 
 impl Messages {
-    pub(crate) fn with_capacity(bytes: usize) -> Self {
-        Self {
-            buf: Vec::with_capacity(bytes),
-            ends: Vec::new(),
-        }
-    }
-
     /// Marks the end of the message just written.
     pub(crate) fn end(&mut self) {
         self.ends.push(self.buf.len());
     }
 
-    /// The messages written, one [`Bytes`] each (sharing one buffer).
-    pub(crate) fn take(&mut self) -> Vec<Bytes> {
-        let buf = Bytes::from(std::mem::take(&mut self.buf));
+    /// The messages written, as an export request of one resource and one scope (the
+    /// encoded `resource` and `scope`), after gRPC's 5-byte frame header
+    /// ([`framed`](super::transport::framed)'s layout). Traces and logs share the shape:
+    /// `Export{Trace,Logs}ServiceRequest { resource_{spans,logs} = 1 { resource = 1,
+    /// scope_{spans,logs} = 2 { scope = 1, {spans,log_records} = 2 } } }`. Each message is
+    /// copied once, into a buffer of the request's size.
+    pub(crate) fn request(&mut self, resource: &[u8], scope: &[u8]) -> Bytes {
+        let mut start = 0;
+        let mut records = 0;
+        for &end in &self.ends {
+            records += delimited_len(end - start);
+            start = end;
+        }
+        let scope_body = delimited_len(scope.len()) + records;
+        let resource_body = delimited_len(resource.len()) + delimited_len(scope_body);
+        let request = delimited_len(resource_body);
+        let mut buf = Vec::with_capacity(5 + request);
+        buf.push(0);
+        buf.extend_from_slice(&u32::try_from(request).unwrap_or(u32::MAX).to_be_bytes());
+        let mut message = Message::new(&mut buf);
+        message.header(1, resource_body).bytes_always(1, resource);
+        message.header(2, scope_body).bytes_always(1, scope);
+        let mut start = 0;
+        for end in self.ends.drain(..) {
+            message.bytes_always(2, &self.buf[start..end]);
+            start = end;
+        }
+        self.buf.clear();
+        Bytes::from(buf)
+    }
+
+    /// The messages written, one each.
+    #[cfg(test)]
+    pub(crate) fn finish(self) -> Vec<Bytes> {
         let mut start = 0;
         self.ends
-            .drain(..)
-            .map(|end| {
-                let message = buf.slice(start..end);
+            .iter()
+            .map(|&end| {
+                let message = Bytes::copy_from_slice(&self.buf[start..end]);
                 start = end;
                 message
             })
             .collect()
-    }
-
-    #[cfg(test)]
-    pub(crate) fn finish(mut self) -> Vec<Bytes> {
-        self.take()
     }
 }
 
@@ -631,6 +661,60 @@ mod tests {
         assert_eq!(attributes.len(true), 3, "spans leave the timeline out");
         for ours in attributes.each(false) {
             assert_eq!(ours, KeyValue::decode(ours).unwrap().encode_to_vec());
+        }
+    }
+
+    /// A request written around the messages is what prost writes for the schema's
+    /// structs, traces and logs, and the buffer is ready for the next batch.
+    #[test]
+    fn requests_match_prost_s_encoding() {
+        use super::super::{
+            proto::{
+                ExportLogsServiceRequest, ExportTraceServiceRequest, InstrumentationScope,
+                Resource, ResourceLogs, ResourceSpans, ScopeLogs, ScopeSpans,
+            },
+            transport::framed,
+        };
+        let resource = Resource {
+            attributes: vec![kv("service.name", Value::String("tcpobs".into()))],
+        };
+        let scope = InstrumentationScope {
+            name: "tcpobs".into(),
+            version: "1".into(),
+        };
+        let (encoded_resource, encoded_scope) = (resource.encode_to_vec(), scope.encode_to_vec());
+        let mut out = Messages::default();
+        for messages in [
+            vec![],
+            vec![vec![1u8; 3]],
+            vec![vec![7; 200], vec![], vec![9; 20_000]],
+        ] {
+            for message in &messages {
+                out.buf.extend_from_slice(message);
+                out.end();
+            }
+            let records: Vec<Bytes> = messages.iter().cloned().map(Bytes::from).collect();
+            let traces = framed(&ExportTraceServiceRequest {
+                resource_spans: vec![ResourceSpans {
+                    resource: Some(resource.clone()),
+                    scope_spans: vec![ScopeSpans {
+                        scope: Some(scope.clone()),
+                        spans: records.clone(),
+                    }],
+                }],
+            });
+            let logs = framed(&ExportLogsServiceRequest {
+                resource_logs: vec![ResourceLogs {
+                    resource: Some(resource.clone()),
+                    scope_logs: vec![ScopeLogs {
+                        scope: Some(scope.clone()),
+                        log_records: records,
+                    }],
+                }],
+            });
+            assert_eq!(traces, logs, "one shape");
+            assert_eq!(out.request(&encoded_resource, &encoded_scope), traces);
+            assert!(out.buf.is_empty() && out.ends.is_empty());
         }
     }
 
