@@ -74,16 +74,21 @@ impl<'w> EventAttributes<'w> {
         Self { writer, text }
     }
 
-    /// The attribute key of field `key`, and whether spans leave it out.
+    /// The attribute key of field `key` (one string: `tcpobs.<field>` is the key's own
+    /// constant), and whether spans leave it out.
     #[inline(always)]
-    fn key(key: Key) -> Option<([&'static str; 2], bool)> {
+    fn key(key: Key) -> Option<([&'static str; 1], bool)> {
         let field = key.name();
-        Some((attribute_key(field)?, matches!(field, "phases" | "start")))
+        let name = match attribute_key(field)? {
+            ["", conventional] => conventional,
+            _ => key.attribute(),
+        };
+        Some(([name], matches!(field, "phases" | "start")))
     }
 
     fn put(&mut self, key: Key, value: Scalar<'_>) -> &mut Self {
-        if let Some((parts, span_leaves_out)) = Self::key(key) {
-            self.writer.attribute(&parts, value, span_leaves_out);
+        if let Some((name, span_leaves_out)) = Self::key(key) {
+            self.writer.attribute(&name, value, span_leaves_out);
         }
         self
     }
@@ -112,12 +117,12 @@ impl Fields for EventAttributes<'_> {
     }
 
     fn ip(&mut self, key: Key, value: IpAddr) -> &mut Self {
-        let Some((parts, span_leaves_out)) = Self::key(key) else {
+        let Some((name, span_leaves_out)) = Self::key(key) else {
             return self;
         };
         let text = ip_text(self.text, value);
         self.writer
-            .attribute(&parts, Scalar::Str(text), span_leaves_out);
+            .attribute(&name, Scalar::Str(text), span_leaves_out);
         self
     }
 
@@ -130,18 +135,18 @@ impl Fields for EventAttributes<'_> {
     }
 
     fn time(&mut self, key: Key, unix_ns: i64) -> &mut Self {
-        let Some((parts, span_leaves_out)) = Self::key(key) else {
+        let Some((name, span_leaves_out)) = Self::key(key) else {
             return self;
         };
         let text = time_text(self.text, unix_ns);
         self.writer
-            .attribute(&parts, Scalar::Str(text), span_leaves_out);
+            .attribute(&name, Scalar::Str(text), span_leaves_out);
         self
     }
 
     fn strs<'s>(&mut self, key: Key, values: impl IntoIterator<Item = &'s str>) -> &mut Self {
-        if let Some((parts, span_leaves_out)) = Self::key(key) {
-            self.writer.array(&parts, span_leaves_out, |items| {
+        if let Some((name, span_leaves_out)) = Self::key(key) {
+            self.writer.array(&name, span_leaves_out, |items| {
                 for value in values {
                     items.scalar(Scalar::Str(value));
                 }
@@ -151,9 +156,9 @@ impl Fields for EventAttributes<'_> {
     }
 
     fn ips(&mut self, key: Key, values: impl IntoIterator<Item = IpAddr>) -> &mut Self {
-        if let Some((parts, span_leaves_out)) = Self::key(key) {
+        if let Some((name, span_leaves_out)) = Self::key(key) {
             let text = &mut *self.text;
-            self.writer.array(&parts, span_leaves_out, |items| {
+            self.writer.array(&name, span_leaves_out, |items| {
                 for ip in values {
                     items.scalar(Scalar::Str(ip_text(text, ip)));
                 }
@@ -163,9 +168,9 @@ impl Fields for EventAttributes<'_> {
     }
 
     fn timeline(&mut self, key: Key, timeline: &Timeline, clock: &impl WallClock) -> &mut Self {
-        if let Some((parts, span_leaves_out)) = Self::key(key) {
+        if let Some((name, span_leaves_out)) = Self::key(key) {
             let text = &mut *self.text;
-            self.writer.array(&parts, span_leaves_out, |items| {
+            self.writer.array(&name, span_leaves_out, |items| {
                 for entry in timeline.entries() {
                     let start = time_text(text, clock.unix_ns(entry.start_ns));
                     items.kvlist(&[

@@ -95,15 +95,17 @@ impl Line {
 }
 
 /// A field's key as written after the previous field: `,"name":` (an object's first field
-/// leaves the comma out). Made by [`key!`] from a literal, so that writing a key is one copy
-/// of a constant.
+/// leaves the comma out), and as an OTLP attribute's key outside the semantic conventions,
+/// `tcpobs.name`. Made by [`key!`] from a literal, so that writing a key is one copy of a
+/// constant.
 #[derive(Clone, Copy, Debug)]
-pub(crate) struct Key(&'static str);
+pub(crate) struct Key(&'static str, &'static str);
 
 impl Key {
-    /// `text` must be `,"name":` with a name that needs no escaping (see [`key!`]).
-    pub(crate) const fn new(text: &'static str) -> Self {
-        Self(text)
+    /// `text` must be `,"name":` with a name that needs no escaping, `attribute`
+    /// `tcpobs.name` (see [`key!`]).
+    pub(crate) const fn new(text: &'static str, attribute: &'static str) -> Self {
+        Self(text, attribute)
     }
 
     /// The field's name (`name` of `,"name":`).
@@ -111,12 +113,21 @@ impl Key {
     pub(crate) fn name(self) -> &'static str {
         &self.0[2..self.0.len() - 2]
     }
+
+    /// `tcpobs.name`.
+    #[inline(always)]
+    pub(crate) fn attribute(self) -> &'static str {
+        self.1
+    }
 }
 
 /// The [`Key`] of a field name (a literal that needs no escaping).
 macro_rules! key {
     ($name:literal) => {
-        $crate::export::output::json::Key::new(concat!(",\"", $name, "\":"))
+        $crate::export::output::json::Key::new(
+            concat!(",\"", $name, "\":"),
+            concat!("tcpobs.", $name),
+        )
     };
 }
 pub(crate) use key;

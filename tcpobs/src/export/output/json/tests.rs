@@ -91,7 +91,7 @@ fn times_in_one_object_match_chrono() {
     for (index, unix_ns) in stamps.iter().enumerate() {
         // A key made at run time, as `key!` makes them from literals.
         let name: &'static str = Box::leak(format!(",\"t{index}\":").into_boxed_str());
-        object.time(Key::new(name), *unix_ns);
+        object.time(Key::new(name, ""), *unix_ns);
     }
     object.end();
     let out = line.as_str();
