@@ -18,7 +18,7 @@ use super::{
     Mode,
     http::{self, Nginx, Shape},
     report::{Report, Row, spread},
-    tracer::{self, Tracer, cpu_seconds},
+    tracer::{self, Tracer, cpu_seconds, threads_cpu_seconds},
 };
 
 /// rotel's collector with OTLP receivers and no output.
@@ -88,6 +88,19 @@ impl Drop for Collector {
     }
 }
 
+/// The threads the exporter's lanes run on (the daemon's tokio runtime, which also serves
+/// its HTTP APIs: the bench reads `/metrics` a few times a run).
+const EXPORT_THREADS: &str = "tokio-rt-worker";
+
+/// A counter of one signal.
+fn otlp_signal(metrics: &str, name: &str, signal: &str) -> f64 {
+    let series = format!("{name}{{signal=\"{signal}\"}} ");
+    metrics
+        .lines()
+        .filter_map(|line| line.strip_prefix(&series)?.parse::<f64>().ok())
+        .sum()
+}
+
 /// Sums a counter over the traces and logs signals (and every reason, for drops).
 fn otlp_total(metrics: &str, name: &str) -> f64 {
     metrics
@@ -136,22 +149,26 @@ pub fn run(root: &Path, binary: &Path, mode: Mode, report: &mut Report) -> Resul
         .map(|(name, close)| (format!("{name}, {shape}"), close, shape))
     });
     for (name, close, shape) in runs {
-        let (mut pairs, mut micros) = (Vec::new(), Vec::new());
+        let (mut pairs, mut micros, mut per_end) = (Vec::new(), Vec::new(), Vec::new());
         let (mut exported, mut dropped) = (0.0, 0.0);
         for _ in 0..mode.pairs {
             let base = http::wrk(nginx.port, mode.http, close, shape)?;
             let running = tracer::start(Tracer::Tcpobs, binary, &args)?;
             let pid = running.pid().context("tcpobs pid")?;
             let cpu_before = cpu_seconds(pid)?;
+            let export_before = threads_cpu_seconds(pid, EXPORT_THREADS)?;
             let traced = http::wrk(nginx.port, mode.http, close, shape)?;
             let metrics = settle(&running)?;
             let cpu = cpu_seconds(pid)? - cpu_before;
+            let export = threads_cpu_seconds(pid, EXPORT_THREADS)? - export_before;
+            let ends = otlp_signal(&metrics, "tcpobs_otlp_exported_total", "traces");
             running.stop()?;
             exported += otlp_total(&metrics, "tcpobs_otlp_exported_total");
             dropped += otlp_total(&metrics, "tcpobs_otlp_dropped_total");
             let requests = traced.requests_per_s * mode.http.as_secs_f64();
             pairs.push((base.requests_per_s, traced.requests_per_s));
             micros.push(cpu / requests.max(1.0) * 1e6);
+            per_end.push(export / ends.max(1.0) * 1e6);
         }
         report.push(Row::ratio(&name, "requests/s", &pairs, &[], None, |v| {
             format!("{v:.0}")
@@ -165,6 +182,19 @@ pub fn run(root: &Path, binary: &Path, mode: Mode, report: &mut Report) -> Resul
             String::new(),
             None,
         ));
+        if close {
+            // A churned connection's ends are what the lanes work on; keep-alive exports a
+            // handful, and the figure would be the threads' other work.
+            let (median, low, high) = spread(&per_end);
+            report.push(Row::single(
+                &name,
+                "export threads' CPU per connection end exported (a trace and a log record)",
+                String::new(),
+                format!("{median:.2} µs ({low:.2}–{high:.2})"),
+                String::new(),
+                None,
+            ));
+        }
         report.push(Row::single(
             &name,
             "OTLP records exported / dropped (all runs)",
@@ -192,5 +222,14 @@ tcpobs_otlp_exported_total{signal=\"traces\"} 10
         assert_eq!(otlp_total(exposition, "tcpobs_otlp_dropped_total"), 7.0);
         assert_eq!(otlp_total(exposition, "tcpobs_otlp_exported_total"), 10.0);
         assert_eq!(otlp_total(exposition, "tcpobs_otlp_offered_total"), 0.0);
+        assert_eq!(
+            otlp_signal(exposition, "tcpobs_otlp_exported_total", "traces"),
+            10.0
+        );
+        assert_eq!(
+            otlp_signal(exposition, "tcpobs_otlp_dropped_total", "traces"),
+            0.0,
+            "a series with other labels is not the signal's"
+        );
     }
 }

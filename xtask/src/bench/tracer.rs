@@ -244,24 +244,7 @@ pub fn histogram_quantile(exposition: &str, name: &str, q: f64) -> Option<f64> {
 /// (`/proc/PID/task/*/schedstat`), or user + system ticks (`/proc/PID/stat`, 10 ms steps) where
 /// schedstat is missing. Threads that have exited are not counted.
 pub fn cpu_seconds(pid: u32) -> Result<f64> {
-    let mut ns = 0u64;
-    let mut found = false;
-    if let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) {
-        for task in tasks.flatten() {
-            let Ok(schedstat) = fs::read_to_string(task.path().join("schedstat")) else {
-                continue;
-            };
-            if let Some(on_cpu) = schedstat
-                .split_whitespace()
-                .next()
-                .and_then(|v| v.parse::<u64>().ok())
-            {
-                ns += on_cpu;
-                found = true;
-            }
-        }
-    }
-    if found {
+    if let Some(ns) = threads_cpu_ns(pid, |_| true) {
         return Ok(ns as f64 / 1e9);
     }
     let stat = fs::read_to_string(format!("/proc/{pid}/stat"))?;
@@ -277,6 +260,37 @@ pub fn cpu_seconds(pid: u32) -> Result<f64> {
     // SAFETY: sysconf has no preconditions.
     let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
     Ok((utime + stime) / ticks)
+}
+
+/// CPU time of the threads whose name starts with `prefix`, in seconds (schedstat; see
+/// [`cpu_seconds`]).
+pub fn threads_cpu_seconds(pid: u32, prefix: &str) -> Result<f64> {
+    threads_cpu_ns(pid, |name| name.starts_with(prefix))
+        .map(|ns| ns as f64 / 1e9)
+        .with_context(|| format!("no schedstat for the {prefix} threads of {pid}"))
+}
+
+/// The scheduler's time on the CPU of the threads whose name `wanted` accepts (`None`
+/// without schedstat, or without such a thread).
+fn threads_cpu_ns(pid: u32, wanted: impl Fn(&str) -> bool) -> Option<u64> {
+    let mut ns = None;
+    for task in fs::read_dir(format!("/proc/{pid}/task")).ok()?.flatten() {
+        let name = fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        if !wanted(name.trim_end()) {
+            continue;
+        }
+        let Ok(schedstat) = fs::read_to_string(task.path().join("schedstat")) else {
+            continue;
+        };
+        if let Some(on_cpu) = schedstat
+            .split_whitespace()
+            .next()
+            .and_then(|v| v.parse::<u64>().ok())
+        {
+            *ns.get_or_insert(0) += on_cpu;
+        }
+    }
+    ns
 }
 
 /// Times a process's threads gave up the CPU to wait (voluntary context switches, summed over
