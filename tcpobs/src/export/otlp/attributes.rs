@@ -362,8 +362,9 @@ mod tests {
         },
     };
 
-    /// The oracle: the fields of one JSON event line, parsed back, as attributes (durations, `*_s`, as doubles);
-    /// spans leave out the timeline (the child spans are) and the start (the span's).
+    /// The oracle: the fields of one JSON event line, parsed back, as attributes (durations,
+    /// `*_s`, as doubles); spans leave out the timeline (the child spans are) and the start
+    /// (the span's). How the exporter wrote them until it took the fields from the events.
     struct JsonFields<'w> {
         writer: &'w mut Writer,
     }
