@@ -125,14 +125,16 @@ pub fn idle(count: usize) -> Result<Idle> {
     let per_holder = usize::try_from(limit.saturating_sub(256) / 2)
         .unwrap_or(usize::MAX)
         .max(1);
-    let exe = std::env::current_exe().context("finding the xtask binary")?;
+    // The running binary itself, not its path: cargo replaces the file when xtask is rebuilt
+    // during a bench, and the kernel keeps the running one reachable here.
+    let exe = "/proc/self/exe";
     let mut idle = Idle {
         holders: Vec::new(),
     };
     let mut opened = 0;
     while opened < count {
         let batch = per_holder.min(count - opened);
-        let mut holder = Command::new(&exe)
+        let mut holder = Command::new(exe)
             .args(["bench-hold", &batch.to_string(), &opened.to_string()])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
