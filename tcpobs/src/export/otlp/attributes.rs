@@ -32,11 +32,22 @@ pub(crate) fn string(value: impl Into<String>) -> Value {
     Value::String(value.into())
 }
 
-/// The attribute a JSON event field becomes, as the two parts of its key.
-fn attribute_key(field: &str) -> Option<[&str; 2]> {
-    let conventional = match field {
+/// What a JSON event field becomes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum AttributeKey {
+    /// Nothing: the record itself carries it.
+    Carried,
+    /// The attribute of a semantic convention.
+    Conventional(&'static str),
+    /// `tcpobs.<field>`.
+    Own,
+}
+
+/// What the JSON event field `field` becomes.
+pub(super) fn attribute_key(field: &str) -> AttributeKey {
+    AttributeKey::Conventional(match field {
         // Carried by the record itself: its event name and timestamp.
-        "type" | "schema_version" | "time" => return None,
+        "type" | "schema_version" | "time" => return AttributeKey::Carried,
         "id" | "conn_id" => "tcpobs.connection.id",
         "local_ip" => "network.local.address",
         "local_port" => "network.local.port",
@@ -54,9 +65,8 @@ fn attribute_key(field: &str) -> Option<[&str; 2]> {
         "pod_uid" => "k8s.pod.uid",
         "namespace" => "k8s.namespace.name",
         "pod" => "k8s.pod.name",
-        other => return Some(["tcpobs.", other]),
-    };
-    Some(["", conventional])
+        _ => return AttributeKey::Own,
+    })
 }
 
 /// Writes an event's fields ([`events`](crate::export::output::json::events)) as
@@ -74,21 +84,22 @@ impl<'w> EventAttributes<'w> {
         Self { writer, text }
     }
 
-    /// The attribute key of field `key` (one string: `tcpobs.<field>` is the key's own
-    /// constant), and whether spans leave it out.
+    /// The attribute key of field `key` (`tcpobs.<field>` is the key's own constant), and
+    /// whether spans leave it out.
     #[inline(always)]
-    fn key(key: Key) -> Option<([&'static str; 1], bool)> {
+    fn key(key: Key) -> Option<(&'static str, bool)> {
         let field = key.name();
-        let name = match attribute_key(field)? {
-            ["", conventional] => conventional,
-            _ => key.attribute(),
+        let name = match attribute_key(field) {
+            AttributeKey::Carried => return None,
+            AttributeKey::Conventional(name) => name,
+            AttributeKey::Own => key.attribute(),
         };
-        Some(([name], matches!(field, "phases" | "start")))
+        Some((name, matches!(field, "phases" | "start")))
     }
 
     fn put(&mut self, key: Key, value: Scalar<'_>) -> &mut Self {
         if let Some((name, span_leaves_out)) = Self::key(key) {
-            self.writer.attribute(&name, value, span_leaves_out);
+            self.writer.attribute(name, value, span_leaves_out);
         }
         self
     }
@@ -122,13 +133,14 @@ impl Fields for EventAttributes<'_> {
         };
         let text = ip_text(self.text, value);
         self.writer
-            .attribute(&name, Scalar::Str(text), span_leaves_out);
+            .attribute(name, Scalar::Str(text), span_leaves_out);
         self
     }
 
     fn secs(&mut self, key: Key, ns: Option<u64>) -> &mut Self {
         match ns {
-            // Exact below 2^53 ns (104 days), and then the double nearest the JSON decimal.
+            // The double nearest the JSON decimal below 2^53 ns (104 days), within a unit in
+            // the last place above.
             Some(ns) => self.put(key, Scalar::Double(ns as f64 / 1e9)),
             None => self,
         }
@@ -140,13 +152,13 @@ impl Fields for EventAttributes<'_> {
         };
         let text = time_text(self.text, unix_ns);
         self.writer
-            .attribute(&name, Scalar::Str(text), span_leaves_out);
+            .attribute(name, Scalar::Str(text), span_leaves_out);
         self
     }
 
     fn strs<'s>(&mut self, key: Key, values: impl IntoIterator<Item = &'s str>) -> &mut Self {
         if let Some((name, span_leaves_out)) = Self::key(key) {
-            self.writer.array(&name, span_leaves_out, |items| {
+            self.writer.array(name, span_leaves_out, |items| {
                 for value in values {
                     items.scalar(Scalar::Str(value));
                 }
@@ -158,7 +170,7 @@ impl Fields for EventAttributes<'_> {
     fn ips(&mut self, key: Key, values: impl IntoIterator<Item = IpAddr>) -> &mut Self {
         if let Some((name, span_leaves_out)) = Self::key(key) {
             let text = &mut *self.text;
-            self.writer.array(&name, span_leaves_out, |items| {
+            self.writer.array(name, span_leaves_out, |items| {
                 for ip in values {
                     items.scalar(Scalar::Str(ip_text(text, ip)));
                 }
@@ -170,7 +182,7 @@ impl Fields for EventAttributes<'_> {
     fn timeline(&mut self, key: Key, timeline: &Timeline, clock: &impl WallClock) -> &mut Self {
         if let Some((name, span_leaves_out)) = Self::key(key) {
             let text = &mut *self.text;
-            self.writer.array(&name, span_leaves_out, |items| {
+            self.writer.array(name, span_leaves_out, |items| {
                 for entry in timeline.entries() {
                     let start = time_text(text, clock.unix_ns(entry.start_ns));
                     items.kvlist(&[
@@ -338,19 +350,12 @@ impl Ids {
 
 #[cfg(test)]
 mod tests {
-    use std::fmt;
-
     use prost::Message as _;
-    use serde::{
-        Deserializer as _,
-        de::{MapAccess, Visitor},
-    };
-    use serde_json::Value as Json;
 
     use super::{
         super::{
             proto::{ArrayValue, KeyValueList},
-            wire::{Attributes, json},
+            wire::{Attributes, oracle},
         },
         *,
     };
@@ -360,53 +365,8 @@ mod tests {
             events,
             tests::{Sample, samples},
         },
+        model::{Addrs, Record, Resolved},
     };
-
-    /// The oracle: the fields of one JSON event line, parsed back, as attributes (durations,
-    /// `*_s`, as doubles); spans leave out the timeline (the child spans are) and the start
-    /// (the span's). How the exporter wrote them until it took the fields from the events.
-    struct JsonFields<'w> {
-        writer: &'w mut Writer,
-    }
-
-    impl<'de> Visitor<'de> for JsonFields<'_> {
-        type Value = ();
-
-        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            f.write_str("a JSON event")
-        }
-
-        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-            // Keys are plain ASCII names: borrowed from the line.
-            while let Some(field) = map.next_key::<&'de str>()? {
-                let value: Json = map.next_value()?;
-                if let Some(key) = attribute_key(field) {
-                    let not_on_span = matches!(field, "phases" | "start");
-                    json::attribute(
-                        self.writer,
-                        &key,
-                        &value,
-                        field.ends_with("_s"),
-                        not_on_span,
-                    );
-                }
-            }
-            Ok(())
-        }
-    }
-
-    /// The attributes of a JSON event line, then what `extra` adds.
-    fn from_event(line: &[u8], extra: impl FnOnce(&mut Writer)) -> Attributes {
-        let mut writer = Writer::with_capacity(line.len() * 2, 48);
-        let parsed = serde_json::Deserializer::from_slice(line).deserialize_map(JsonFields {
-            writer: &mut writer,
-        });
-        if parsed.is_err() {
-            return Attributes::default();
-        }
-        extra(&mut writer);
-        writer.finish()
-    }
 
     fn decoded(attributes: &Attributes, on_span: bool) -> Vec<KeyValue> {
         let mut buf = Vec::new();
@@ -435,7 +395,7 @@ mod tests {
         );
         let mut line = Line::default();
         sample.write_json(&mut line);
-        (writer.finish(), from_event(line.as_bytes(), |_| {}))
+        (writer.finish(), oracle::from_event(line.as_bytes()))
     }
 
     /// Equal, or doubles within a unit in the last place (the JSON decimal read back by
@@ -473,15 +433,77 @@ mod tests {
         }
     }
 
+    /// What the pinned samples leave out: counters past `i64::MAX`, a TLS handshake with its
+    /// addresses, resolutions with no address and with IPv6 ones, an anomaly and an exchange
+    /// with metadata and a process, IPv4-mapped and link-local addresses.
+    fn more_samples(samples: &[Sample]) -> Vec<Sample> {
+        let meta = samples[0].meta.clone();
+        let process = match &samples[0].record {
+            Record::Connection(connection) => connection.process,
+            _ => None,
+        };
+        let mut more = Vec::new();
+        for sample in samples {
+            let mut record = sample.record.clone();
+            match &mut record {
+                Record::Connection(connection) => {
+                    connection.bytes_sent = u64::MAX;
+                    connection.bytes_received = 1 << 63;
+                    connection.lifetime_ns = 1 << 60;
+                    connection.addrs = Addrs::new(
+                        "[::ffff:10.0.0.1]:40000".parse().unwrap(),
+                        "[fe80::1]:443".parse().unwrap(),
+                    );
+                }
+                Record::Exchange(exchange) => exchange.process = process,
+                Record::Anomaly(_) => {}
+                Record::Dns(dns) => {
+                    dns.addrs = Resolved::default();
+                    dns.code = 0;
+                    more.push(Sample {
+                        record: Record::Dns(dns.clone()),
+                        anomalies: Vec::new(),
+                        meta: None,
+                    });
+                    dns.addrs.push("2001:db8::2".parse().unwrap());
+                    dns.addrs.push("192.0.2.9".parse().unwrap());
+                }
+                Record::Tls(tls) => {
+                    tls.conn_id = Some(u64::MAX);
+                    tls.addrs = Some(Addrs::new(
+                        "127.0.0.1:40000".parse().unwrap(),
+                        "[::1]:443".parse().unwrap(),
+                    ));
+                    tls.ok = true;
+                }
+                Record::Opened(_) | Record::Unstuck(..) => continue,
+            }
+            more.push(Sample {
+                record,
+                anomalies: vec!["slow"],
+                meta: meta.clone(),
+            });
+        }
+        more
+    }
+
     /// The attributes written from the events' fields are the JSON event's, read back: the
     /// same keys in the same order, the same values, for every event type with every field
     /// set and unset, on spans and on log records.
     #[test]
     fn attributes_are_the_json_event_read_back() {
-        let samples = samples();
+        let mut samples = samples();
         assert_eq!(samples.len(), 7);
+        samples.extend(more_samples(&samples));
         for sample in &samples {
             let (ours, theirs) = both_ways(sample);
+            // Each attribute is what prost writes for the `KeyValue` it decodes to.
+            for attribute in ours.each(false) {
+                assert_eq!(
+                    attribute,
+                    KeyValue::decode(attribute).unwrap().encode_to_vec()
+                );
+            }
             for on_span in [true, false] {
                 let (ours, theirs) = (decoded(&ours, on_span), decoded(&theirs, on_span));
                 let keys =
@@ -510,7 +532,11 @@ mod tests {
             ("process.pid", Value::Int(42)),
             ("process.executable.name", string("curl")),
             ("server.address", string("api.test")),
+            ("network.local.port", Value::Int(40000)),
+            ("container.id", string("abc")),
+            ("k8s.pod.uid", string("1")),
             ("k8s.namespace.name", string("shop")),
+            ("k8s.pod.name", string("web-0")),
             ("tcpobs.connect_s", Value::Double(0.00007)),
             ("tcpobs.close_wait_s", Value::Double(0.0)),
             ("tcpobs.open", Value::Bool(false)),
@@ -561,86 +587,6 @@ mod tests {
                     kv("duration_s", Value::Double(0.0015)),
                     kv("seq", Value::Int(1)),
                 ]
-            }))
-        );
-    }
-
-    #[test]
-    fn event_fields_become_conventional_attributes() {
-        let line = br#"{"type":"connection","schema_version":1,"id":7,"time":"t","start":"s","local_ip":"127.0.0.1","local_port":40000,"remote_port":443,"pid":9,"comm":"curl","dns_host":"api.example","connect_s":0.000078527,"teardown_s":0,"container_id":"c0ffee","pod_uid":"u-1","namespace":"shop","pod":"web-1","stuck":[],"phases":[{"name":"dns","seq":null}],"open":false}
-"#;
-        let encoded = from_event(line, |writer| {
-            writer.scalar("error.type", Scalar::Str("reset"));
-        });
-        let attributes = decoded(&encoded, true);
-        assert_eq!(
-            find(&attributes, "tcpobs.connection.id"),
-            Some(&Value::Int(7))
-        );
-        assert_eq!(
-            find(&attributes, "network.local.address"),
-            Some(&string("127.0.0.1"))
-        );
-        assert_eq!(
-            find(&attributes, "network.peer.port"),
-            Some(&Value::Int(443))
-        );
-        assert_eq!(find(&attributes, "process.pid"), Some(&Value::Int(9)));
-        assert_eq!(
-            find(&attributes, "process.executable.name"),
-            Some(&string("curl"))
-        );
-        assert_eq!(
-            find(&attributes, "server.address"),
-            Some(&string("api.example"))
-        );
-        assert_eq!(
-            find(&attributes, "tcpobs.connect_s"),
-            Some(&Value::Double(0.000078527))
-        );
-        assert_eq!(
-            find(&attributes, "tcpobs.teardown_s"),
-            Some(&Value::Double(0.0)),
-            "durations stay doubles"
-        );
-        assert_eq!(find(&attributes, "tcpobs.open"), Some(&Value::Bool(false)));
-        assert_eq!(
-            find(&attributes, "tcpobs.stuck"),
-            Some(&Value::Array(ArrayValue { values: vec![] }))
-        );
-        assert_eq!(find(&attributes, "error.type"), Some(&string("reset")));
-        for (key, value) in [
-            ("container.id", "c0ffee"),
-            ("k8s.pod.uid", "u-1"),
-            ("k8s.namespace.name", "shop"),
-            ("k8s.pod.name", "web-1"),
-        ] {
-            assert_eq!(find(&attributes, key), Some(&string(value)), "{key}");
-        }
-        for gone in [
-            "type",
-            "tcpobs.type",
-            "tcpobs.time",
-            "tcpobs.pod",
-            "tcpobs.phases",
-            "tcpobs.start",
-        ] {
-            assert_eq!(find(&attributes, gone), None, "{gone}");
-        }
-        assert_eq!(
-            attributes[0].key, "tcpobs.connection.id",
-            "in the event's order"
-        );
-        let logged = decoded(&encoded, false);
-        assert_eq!(logged.len(), attributes.len() + 2);
-        assert_eq!(find(&logged, "tcpobs.start"), Some(&string("s")));
-        let Some(Value::Array(phases)) = find(&logged, "tcpobs.phases") else {
-            panic!("{logged:?}");
-        };
-        assert_eq!(
-            phases.values[0].value,
-            Some(Value::Kvlist(KeyValueList {
-                values: vec![kv("name", string("dns"))]
             }))
         );
     }

@@ -94,6 +94,7 @@ pub(crate) struct Convert {
     ids: Arc<Ids>,
     /// Where times and addresses are formatted.
     text: Line,
+    writer: Writer,
 }
 
 impl Convert {
@@ -102,6 +103,7 @@ impl Convert {
             clock,
             ids,
             text: Line::default(),
+            writer: Writer::new(ATTRIBUTES_BYTES),
         }
     }
 
@@ -109,20 +111,20 @@ impl Convert {
     /// once per record for both lanes.
     fn attributes<'a>(&mut self, item: &'a Item) -> &'a Attributes {
         item.attributes.get_or_init(|| {
-            let mut writer = Writer::with_capacity(ATTRIBUTES_BYTES, 64);
+            let writer = &mut self.writer;
             let anomalies = match &item.record {
                 Record::Connection(connection) => anomalies_of(connection, &item.limits),
                 _ => Default::default(),
             };
             events::fields_of(
-                &mut EventAttributes::new(&mut writer, &mut self.text),
+                &mut EventAttributes::new(writer, &mut self.text),
                 &item.record,
                 &anomalies,
                 item.meta.as_deref(),
                 &self.clock,
             );
             if let Record::Connection(connection) = &item.record {
-                attributes::network(&mut writer, connection.addrs.local().ip());
+                attributes::network(writer, connection.addrs.local().ip());
                 // The idle gaps and response times its exchanges had at most (the JSON
                 // event only shows them through `anomalies`).
                 for (key, ns) in [

@@ -90,14 +90,16 @@ fn kv_len(key_len: usize, value: Scalar<'_>) -> usize {
     delimited_len(key_len) + delimited_len(scalar_len(value))
 }
 
-/// A `KeyValue`'s body: the concatenation of `key_parts` as its key, `value` as its value.
-fn put_kv_body(buf: &mut Vec<u8>, key_parts: &[&str], value: Scalar<'_>) {
-    let key_len: usize = key_parts.iter().map(|part| part.len()).sum();
+/// A `KeyValue`'s key (field 1).
+fn put_kv_key(buf: &mut Vec<u8>, name: &str) {
     buf.push(key(1, LENGTH_DELIMITED));
-    put_varint(buf, key_len as u64);
-    for part in key_parts {
-        buf.extend_from_slice(part.as_bytes());
-    }
+    put_varint(buf, name.len() as u64);
+    buf.extend_from_slice(name.as_bytes());
+}
+
+/// A `KeyValue`'s body: `name` as its key, `value` as its value.
+fn put_kv_body(buf: &mut Vec<u8>, name: &str, value: Scalar<'_>) {
+    put_kv_key(buf, name);
     buf.push(key(2, LENGTH_DELIMITED));
     put_varint(buf, scalar_len(value) as u64);
     put_scalar(buf, value);
@@ -133,7 +135,7 @@ impl Array<'_> {
         for (name, value) in present() {
             self.buf.push(key(1, LENGTH_DELIMITED));
             put_varint(self.buf, kv_len(name.len(), value) as u64);
-            put_kv_body(self.buf, &[name], value);
+            put_kv_body(self.buf, name, value);
         }
     }
 }
@@ -147,7 +149,8 @@ pub(crate) struct Attributes {
 }
 
 impl Attributes {
-    fn each(&self, on_span: bool) -> impl Iterator<Item = &[u8]> {
+    /// Each attribute's `KeyValue` body (all, or those spans carry).
+    pub(crate) fn each(&self, on_span: bool) -> impl Iterator<Item = &[u8]> {
         let mut start = 0;
         self.ends.iter().filter_map(move |&(end, span_leaves_out)| {
             let attribute = &self.buf[start..end as usize];
@@ -162,62 +165,59 @@ impl Attributes {
     }
 }
 
-/// Writes attributes.
+/// Writes attributes, one record's at a time ([`Writer::finish`] hands them over).
 #[derive(Default)]
 pub(crate) struct Writer {
     buf: Vec<u8>,
     ends: Vec<(u32, bool)>,
-    /// An array attribute's items, before their length is known.
+    /// An array attribute's items, before their length is known (kept from record to record).
     items: Vec<u8>,
+    /// What a record's attributes take, about: each one's buffer starts with as much room.
+    record_bytes: usize,
 }
 
 impl Writer {
-    pub(crate) fn with_capacity(bytes: usize, attributes: usize) -> Self {
+    pub(crate) fn new(record_bytes: usize) -> Self {
         Self {
-            buf: Vec::with_capacity(bytes),
-            ends: Vec::with_capacity(attributes),
-            items: Vec::new(),
+            buf: Vec::with_capacity(record_bytes),
+            record_bytes,
+            ..Self::default()
         }
     }
 
-    fn end(&mut self, span_leaves_out: bool) {
+    pub(super) fn end(&mut self, span_leaves_out: bool) {
         self.ends.push((self.buf.len() as u32, span_leaves_out));
     }
 
-    /// Adds an attribute.
-    pub(crate) fn scalar(&mut self, key: &str, value: Scalar<'_>) {
-        self.attribute(&[key], value, false);
+    /// Where the attribute being written goes.
+    #[cfg(test)]
+    pub(super) fn buf(&mut self) -> &mut Vec<u8> {
+        &mut self.buf
     }
 
-    /// Adds an attribute whose key is the concatenation of `key_parts`. `span_leaves_out`:
-    /// only log records carry it.
-    pub(crate) fn attribute(
-        &mut self,
-        key_parts: &[&str],
-        value: Scalar<'_>,
-        span_leaves_out: bool,
-    ) {
-        put_kv_body(&mut self.buf, key_parts, value);
+    /// Adds an attribute.
+    pub(crate) fn scalar(&mut self, name: &str, value: Scalar<'_>) {
+        self.attribute(name, value, false);
+    }
+
+    /// Adds an attribute; `span_leaves_out`: only log records carry it.
+    pub(crate) fn attribute(&mut self, name: &str, value: Scalar<'_>, span_leaves_out: bool) {
+        put_kv_body(&mut self.buf, name, value);
         self.end(span_leaves_out);
     }
 
     /// Adds an array attribute holding the items `fill` writes.
     pub(crate) fn array(
         &mut self,
-        key_parts: &[&str],
+        name: &str,
         span_leaves_out: bool,
         fill: impl FnOnce(&mut Array<'_>),
     ) {
         let mut items = std::mem::take(&mut self.items);
         items.clear();
         fill(&mut Array { buf: &mut items });
-        let key_len: usize = key_parts.iter().map(|part| part.len()).sum();
         let buf = &mut self.buf;
-        buf.push(key(1, LENGTH_DELIMITED));
-        put_varint(buf, key_len as u64);
-        for part in key_parts {
-            buf.extend_from_slice(part.as_bytes());
-        }
+        put_kv_key(buf, name);
         buf.push(key(2, LENGTH_DELIMITED));
         put_varint(buf, delimited_len(items.len()) as u64);
         buf.push(key(5, LENGTH_DELIMITED));
@@ -227,10 +227,14 @@ impl Writer {
         self.end(span_leaves_out);
     }
 
-    pub(crate) fn finish(self) -> Attributes {
+    /// The attributes written since the last call, in a buffer of their own.
+    pub(crate) fn finish(&mut self) -> Attributes {
+        let mut buf = std::mem::replace(&mut self.buf, Vec::with_capacity(self.record_bytes));
+        // Records wait in the queues with their attributes: no room left unused.
+        buf.shrink_to_fit();
         Attributes {
-            buf: self.buf,
-            ends: self.ends,
+            buf,
+            ends: std::mem::take(&mut self.ends),
         }
     }
 }
@@ -314,7 +318,7 @@ impl<'a> Message<'a> {
     pub(crate) fn attribute(&mut self, field: u32, key: &str, value: Scalar<'_>) -> &mut Self {
         self.field_key(field, LENGTH_DELIMITED);
         put_varint(self.buf, kv_len(key.len(), value) as u64);
-        put_kv_body(self.buf, &[key], value);
+        put_kv_body(self.buf, key, value);
         self
     }
 
@@ -345,7 +349,8 @@ impl<'a> Message<'a> {
     }
 }
 
-/// Ends of the messages written into one buffer, to cut it into one [`Bytes`] each.
+/// Messages written into one buffer, and where each ends: a batch's spans or log records,
+/// before [`Messages::request`] puts them in an Export request.
 #[derive(Default)]
 pub(crate) struct Messages {
     pub buf: Vec<u8>,
@@ -404,127 +409,8 @@ impl Messages {
     }
 }
 
-/// The attributes of a JSON event line as the exporter wrote them before it took the fields
-/// from the events' writers: the line parsed back, each value encoded. What the exporter writes
-/// now is checked against it (`attributes`' tests).
 #[cfg(test)]
-pub(crate) mod json {
-    use serde_json::Value as Json;
-
-    use super::*;
-
-    /// A JSON value as an `AnyValue` body (`None` for null, which is left out), and its length.
-    pub(super) fn json_scalar(value: &Json, double: bool) -> Option<Scalar<'_>> {
-        Some(match value {
-            Json::Null | Json::Array(_) | Json::Object(_) => return None,
-            Json::Bool(b) => Scalar::Bool(*b),
-            Json::Number(n) if double => Scalar::Double(n.as_f64().unwrap_or(0.0)),
-            Json::Number(n) => match (n.as_i64(), n.as_u64()) {
-                (Some(i), _) => Scalar::Int(i),
-                (None, Some(u)) => Scalar::Int(i64::try_from(u).unwrap_or(i64::MAX)),
-                _ => Scalar::Double(n.as_f64().unwrap_or(f64::NAN)),
-            },
-            Json::String(s) => Scalar::Str(s),
-        })
-    }
-
-    fn any_len(value: &Json, double: bool) -> Option<usize> {
-        match value {
-            Json::Array(items) => Some(delimited_len(
-                items
-                    .iter()
-                    .filter_map(|item| any_len(item, false))
-                    .map(delimited_len)
-                    .sum(),
-            )),
-            Json::Object(fields) => Some(delimited_len(
-                fields
-                    .iter()
-                    .filter_map(|(k, v)| json_kv_len(&["", k], v, k.ends_with("_s")))
-                    .map(delimited_len)
-                    .sum(),
-            )),
-            scalar => json_scalar(scalar, double).map(scalar_len),
-        }
-    }
-
-    fn put_any(buf: &mut Vec<u8>, value: &Json, double: bool) {
-        match value {
-            Json::Array(items) => {
-                buf.push(key(5, LENGTH_DELIMITED));
-                let body: usize = items
-                    .iter()
-                    .filter_map(|item| any_len(item, false))
-                    .map(delimited_len)
-                    .sum();
-                put_varint(buf, body as u64);
-                for item in items {
-                    if let Some(len) = any_len(item, false) {
-                        buf.push(key(1, LENGTH_DELIMITED));
-                        put_varint(buf, len as u64);
-                        put_any(buf, item, false);
-                    }
-                }
-            }
-            Json::Object(fields) => {
-                buf.push(key(6, LENGTH_DELIMITED));
-                let body: usize = fields
-                    .iter()
-                    .filter_map(|(k, v)| json_kv_len(&["", k], v, k.ends_with("_s")))
-                    .map(delimited_len)
-                    .sum();
-                put_varint(buf, body as u64);
-                for (k, v) in fields {
-                    let double = k.ends_with("_s");
-                    if let Some(len) = json_kv_len(&["", k], v, double) {
-                        buf.push(key(1, LENGTH_DELIMITED));
-                        put_varint(buf, len as u64);
-                        put_json_kv_body(buf, &["", k], v, double);
-                    }
-                }
-            }
-            scalar => {
-                if let Some(scalar) = json_scalar(scalar, double) {
-                    put_scalar(buf, scalar);
-                }
-            }
-        }
-    }
-
-    /// The body of a `KeyValue` whose key is the concatenation of `key`'s parts.
-    fn json_kv_len(key: &[&str; 2], value: &Json, double: bool) -> Option<usize> {
-        let key_len: usize = key.iter().map(|part| part.len()).sum();
-        Some(delimited_len(key_len) + delimited_len(any_len(value, double)?))
-    }
-
-    fn put_json_kv_body(buf: &mut Vec<u8>, key_parts: &[&str; 2], value: &Json, double: bool) {
-        let key_len: usize = key_parts.iter().map(|part| part.len()).sum();
-        buf.push(key(1, LENGTH_DELIMITED));
-        put_varint(buf, key_len as u64);
-        for part in key_parts {
-            buf.extend_from_slice(part.as_bytes());
-        }
-        if let Some(len) = any_len(value, double) {
-            buf.push(key(2, LENGTH_DELIMITED));
-            put_varint(buf, len as u64);
-            put_any(buf, value, double);
-        }
-    }
-
-    /// Adds an attribute from a JSON value (`double`: numbers as doubles); nothing for null.
-    pub(crate) fn attribute(
-        writer: &mut Writer,
-        key: &[&str; 2],
-        value: &Json,
-        double: bool,
-        span_leaves_out: bool,
-    ) {
-        if json_kv_len(key, value, double).is_some() {
-            put_json_kv_body(&mut writer.buf, key, value, double);
-            writer.end(span_leaves_out);
-        }
-    }
-}
+pub(crate) mod oracle;
 
 #[cfg(test)]
 mod tests {
@@ -536,7 +422,7 @@ mod tests {
         *,
     };
 
-    fn decoded(writer: Writer) -> Vec<KeyValue> {
+    fn decoded(mut writer: Writer) -> Vec<KeyValue> {
         let attributes = writer.finish();
         attributes
             .each(false)
@@ -555,52 +441,16 @@ mod tests {
     #[test]
     fn attributes_decode_as_key_values() {
         let mut writer = Writer::default();
-        json::attribute(
+        oracle::attribute(&mut writer, "tcpobs.name", &json!("curl"), false, false);
+        oracle::attribute(&mut writer, "process.pid", &json!(300), false, false);
+        oracle::attribute(&mut writer, "tcpobs.lifetime_s", &json!(2), true, false);
+        oracle::attribute(&mut writer, "tcpobs.open", &json!(false), false, false);
+        oracle::attribute(&mut writer, "tcpobs.gone", &json!(null), false, false);
+        oracle::attribute(&mut writer, "tcpobs.big", &json!(u64::MAX), false, false);
+        oracle::attribute(&mut writer, "tcpobs.negative", &json!(-5), false, false);
+        oracle::attribute(
             &mut writer,
-            &["tcpobs.", "name"],
-            &json!("curl"),
-            false,
-            false,
-        );
-        json::attribute(&mut writer, &["", "process.pid"], &json!(300), false, false);
-        json::attribute(
-            &mut writer,
-            &["tcpobs.", "lifetime_s"],
-            &json!(2),
-            true,
-            false,
-        );
-        json::attribute(
-            &mut writer,
-            &["tcpobs.", "open"],
-            &json!(false),
-            false,
-            false,
-        );
-        json::attribute(
-            &mut writer,
-            &["tcpobs.", "gone"],
-            &json!(null),
-            false,
-            false,
-        );
-        json::attribute(
-            &mut writer,
-            &["tcpobs.", "big"],
-            &json!(u64::MAX),
-            false,
-            false,
-        );
-        json::attribute(
-            &mut writer,
-            &["tcpobs.", "negative"],
-            &json!(-5),
-            false,
-            false,
-        );
-        json::attribute(
-            &mut writer,
-            &["tcpobs.", "phases"],
+            "tcpobs.phases",
             &json!([{"name": "dns", "duration_s": 0.5, "seq": null}, "x"]),
             false,
             true,
@@ -639,17 +489,17 @@ mod tests {
         assert_eq!(attributes, expected);
         // Byte for byte what prost writes.
         let mut writer = Writer::default();
-        json::attribute(
+        oracle::attribute(
             &mut writer,
-            &["tcpobs.", "phases"],
+            "tcpobs.phases",
             &json!([{"name": "dns"}]),
             false,
             true,
         );
         writer.scalar("k", Scalar::Double(1.5));
-        writer.attribute(&["tcpobs.", "open"], Scalar::Bool(true), false);
-        writer.array(&["tcpobs.", "stuck"], false, |_| {});
-        writer.array(&["", "addresses"], true, |items| {
+        writer.attribute("tcpobs.open", Scalar::Bool(true), false);
+        writer.array("tcpobs.stuck", false, |_| {});
+        writer.array("addresses", true, |items| {
             items.scalar(Scalar::Str("::1"));
             items.kvlist(&[
                 ("name", Some(Scalar::Str("dns"))),

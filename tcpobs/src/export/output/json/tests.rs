@@ -170,8 +170,8 @@ impl Sample {
     }
 }
 
-/// Every event type, with every field set in one and unset in another: the events pinned
-/// below, and what OTLP's attributes are checked against (`otlp::attributes`).
+/// Every event type (a connection with every field set, and one with each unset): the events
+/// pinned below, and what OTLP's attributes are checked against (`otlp::attributes`).
 pub(crate) fn samples() -> Vec<Sample> {
     use crate::{
         metadata::PodName,
