@@ -103,6 +103,16 @@ impl<'w> EventAttributes<'w> {
         }
         self
     }
+
+    /// An attribute whose value is the text `format` writes in `text` (only if it is one).
+    fn put_text(&mut self, key: Key, format: impl FnOnce(&mut Line) -> &str) -> &mut Self {
+        if let Some((name, span_leaves_out)) = Self::key(key) {
+            let text = format(self.text);
+            self.writer
+                .attribute(name, Scalar::Str(text), span_leaves_out);
+        }
+        self
+    }
 }
 
 impl Fields for EventAttributes<'_> {
@@ -128,13 +138,7 @@ impl Fields for EventAttributes<'_> {
     }
 
     fn ip(&mut self, key: Key, value: IpAddr) -> &mut Self {
-        let Some((name, span_leaves_out)) = Self::key(key) else {
-            return self;
-        };
-        let text = ip_text(self.text, value);
-        self.writer
-            .attribute(name, Scalar::Str(text), span_leaves_out);
-        self
+        self.put_text(key, |line| ip_text(line, value))
     }
 
     fn secs(&mut self, key: Key, ns: Option<u64>) -> &mut Self {
@@ -147,13 +151,7 @@ impl Fields for EventAttributes<'_> {
     }
 
     fn time(&mut self, key: Key, unix_ns: i64) -> &mut Self {
-        let Some((name, span_leaves_out)) = Self::key(key) else {
-            return self;
-        };
-        let text = time_text(self.text, unix_ns);
-        self.writer
-            .attribute(name, Scalar::Str(text), span_leaves_out);
-        self
+        self.put_text(key, |line| time_text(line, unix_ns))
     }
 
     fn strs<'s>(&mut self, key: Key, values: impl IntoIterator<Item = &'s str>) -> &mut Self {

@@ -169,7 +169,7 @@ pub(crate) fn exchange(
     object.end();
 }
 
-/// The fields of a `exchange` event, in order (`type` and `schema_version` aside).
+/// The fields of an `exchange` event, in order (`type` and `schema_version` aside).
 pub(crate) fn exchange_fields(
     object: &mut impl Fields,
     record: &ExchangeRecord,
@@ -217,7 +217,7 @@ pub(crate) fn anomaly(
     object.end();
 }
 
-/// The fields of a `anomaly` event, in order (`type` and `schema_version` aside).
+/// The fields of an `anomaly` event, in order (`type` and `schema_version` aside).
 pub(crate) fn anomaly_fields(
     object: &mut impl Fields,
     record: &AnomalyRecord,
