@@ -7,8 +7,8 @@
 //!   retryable failure is retried after 0.5 s, then 1 s (three attempts in all), and then the
 //!   batch is dropped and counted (`export_failed`). Meanwhile the task does not read its
 //!   queue, which fills: memory stays bounded by the queue and one batch (with the buffer it
-//!   is encoded in, kept from batch to batch). The next batch
-//!   tries again, so export resumes by itself once the collector is back.
+//!   is encoded in, kept from batch to batch). The next batch tries again, so export resumes
+//!   by itself once the collector is back.
 //! - Metrics are not queued: their task sends a snapshot of the exposition every interval
 //!   and a last one when tcpobs stops (cumulative, so a snapshot lost while the collector is
 //!   down costs resolution, not counts).
