@@ -17,7 +17,7 @@ use anyhow::{Context as _, Result, bail};
 use super::{
     Mode,
     http::{self, Nginx, Shape},
-    report::{Report, Row, spread},
+    report::{Report, Row},
     tracer::{self, Tracer, cpu_seconds, threads_cpu_seconds},
 };
 
@@ -173,26 +173,18 @@ pub fn run(root: &Path, binary: &Path, mode: Mode, report: &mut Report) -> Resul
         report.push(Row::ratio(&name, "requests/s", &pairs, &[], None, |v| {
             format!("{v:.0}")
         }));
-        let (median, low, high) = spread(&micros);
-        report.push(Row::single(
+        report.push(Row::micros(
             &name,
             "daemon CPU per request (both ends, export included)",
-            String::new(),
-            format!("{median:.2} µs ({low:.2}–{high:.2})"),
-            String::new(),
-            None,
+            &micros,
         ));
         if close {
             // A churned connection's ends are what the lanes work on; keep-alive exports a
             // handful, and the figure would be the threads' other work.
-            let (median, low, high) = spread(&per_end);
-            report.push(Row::single(
+            report.push(Row::micros(
                 &name,
                 "export threads' CPU per connection end exported (a trace and a log record)",
-                String::new(),
-                format!("{median:.2} µs ({low:.2}–{high:.2})"),
-                String::new(),
-                None,
+                &per_end,
             ));
         }
         report.push(Row::single(

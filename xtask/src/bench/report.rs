@@ -70,6 +70,19 @@ impl Row {
         }
     }
 
+    /// Microseconds measured in several runs: their median and spread, with no goal.
+    pub fn micros(workload: &str, metric: &str, values: &[f64]) -> Self {
+        let (median, low, high) = spread(values);
+        Self::single(
+            workload,
+            metric,
+            String::new(),
+            format!("{median:.2} µs ({low:.2}–{high:.2})"),
+            String::new(),
+            None,
+        )
+    }
+
     /// A figure that is not a ratio (or a single one).
     pub fn single(
         workload: &str,

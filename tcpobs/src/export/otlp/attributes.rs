@@ -143,9 +143,7 @@ impl Fields for EventAttributes<'_> {
 
     fn secs(&mut self, key: Key, ns: Option<u64>) -> &mut Self {
         match ns {
-            // The double nearest the JSON decimal below 2^53 ns (104 days), within a unit in
-            // the last place above.
-            Some(ns) => self.put(key, Scalar::Double(ns as f64 / 1e9)),
+            Some(ns) => self.put(key, Scalar::seconds(ns)),
             None => self,
         }
     }
@@ -186,10 +184,7 @@ impl Fields for EventAttributes<'_> {
                     items.kvlist(&[
                         ("name", Some(Scalar::Str(entry.name))),
                         ("start", Some(Scalar::Str(start))),
-                        (
-                            "duration_s",
-                            Some(Scalar::Double(entry.duration_ns as f64 / 1e9)),
-                        ),
+                        ("duration_s", Some(Scalar::seconds(entry.duration_ns))),
                         ("seq", entry.seq.map(|seq| Scalar::Int(i64::from(seq)))),
                     ]);
                 }

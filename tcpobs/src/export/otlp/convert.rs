@@ -85,9 +85,6 @@ fn put_span(out: &mut Messages, span: &SpanFields<'_>) {
     out.end();
 }
 
-/// What a record's attributes take, about (a connection's: ~1.8 KiB with its timeline).
-const ATTRIBUTES_BYTES: usize = 2048;
-
 /// One lane's converter.
 pub(crate) struct Convert {
     clock: Clock,
@@ -103,7 +100,7 @@ impl Convert {
             clock,
             ids,
             text: Line::default(),
-            writer: Writer::new(ATTRIBUTES_BYTES),
+            writer: Writer::default(),
         }
     }
 
@@ -135,7 +132,7 @@ impl Convert {
                     ),
                 ] {
                     if let Some(ns) = ns {
-                        writer.scalar(key, Scalar::Double(ns as f64 / 1e9));
+                        writer.scalar(key, Scalar::seconds(ns));
                     }
                 }
                 if let Some(failure) = attributes::failures(connection).first() {

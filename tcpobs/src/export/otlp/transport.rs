@@ -83,13 +83,18 @@ impl Reason {
 /// length, big-endian): OTLP/gRPC sends it all, OTLP/HTTP from the sixth byte, and neither
 /// copies the message again.
 pub(crate) fn framed(message: &impl prost::Message) -> Bytes {
-    let len = message.encoded_len();
-    let mut buf = Vec::with_capacity(5 + len);
-    buf.push(0);
-    buf.extend_from_slice(&u32::try_from(len).unwrap_or(u32::MAX).to_be_bytes());
+    let mut buf = frame(message.encoded_len());
     // A Vec grows as needed: encoding into it cannot fail.
     let _ = message.encode(&mut buf);
     Bytes::from(buf)
+}
+
+/// gRPC's frame header for a message of `len` bytes, in a buffer with room for the message.
+pub(crate) fn frame(len: usize) -> Vec<u8> {
+    let mut buf = Vec::with_capacity(5 + len);
+    buf.push(0);
+    buf.extend_from_slice(&u32::try_from(len).unwrap_or(u32::MAX).to_be_bytes());
+    buf
 }
 
 fn transport(err: impl fmt::Display) -> ExportError {

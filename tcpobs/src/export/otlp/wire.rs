@@ -11,6 +11,8 @@
 
 use bytes::Bytes;
 
+use super::transport::frame;
+
 /// Protobuf's wire types used here.
 const VARINT: u8 = 0;
 const FIXED64: u8 = 1;
@@ -44,6 +46,12 @@ fn delimited_len(len: usize) -> usize {
     1 + varint_len(len as u64) + len
 }
 
+/// The key and length of a length-delimited `field` (below 16) of `len` bytes, written next.
+fn put_header(buf: &mut Vec<u8>, field: u8, len: usize) {
+    buf.push(key(field, LENGTH_DELIMITED));
+    put_varint(buf, len as u64);
+}
+
 /// An attribute value: what the events hold.
 #[derive(Clone, Copy, Debug)]
 pub(crate) enum Scalar<'a> {
@@ -51,6 +59,14 @@ pub(crate) enum Scalar<'a> {
     Int(i64),
     Double(f64),
     Bool(bool),
+}
+
+impl Scalar<'_> {
+    /// Nanoseconds as seconds: the double nearest the events' decimal below 2^53 ns (104
+    /// days), within a unit in the last place above.
+    pub(crate) fn seconds(ns: u64) -> Self {
+        Scalar::Double(ns as f64 / 1e9)
+    }
 }
 
 /// The body of an `AnyValue` holding `value`, and its length.
@@ -66,8 +82,7 @@ fn scalar_len(value: Scalar<'_>) -> usize {
 fn put_scalar(buf: &mut Vec<u8>, value: Scalar<'_>) {
     match value {
         Scalar::Str(s) => {
-            buf.push(key(1, LENGTH_DELIMITED));
-            put_varint(buf, s.len() as u64);
+            put_header(buf, 1, s.len());
             buf.extend_from_slice(s.as_bytes());
         }
         Scalar::Bool(b) => {
@@ -92,16 +107,14 @@ fn kv_len(key_len: usize, value: Scalar<'_>) -> usize {
 
 /// A `KeyValue`'s key (field 1).
 fn put_kv_key(buf: &mut Vec<u8>, name: &str) {
-    buf.push(key(1, LENGTH_DELIMITED));
-    put_varint(buf, name.len() as u64);
+    put_header(buf, 1, name.len());
     buf.extend_from_slice(name.as_bytes());
 }
 
 /// A `KeyValue`'s body: `name` as its key, `value` as its value.
 fn put_kv_body(buf: &mut Vec<u8>, name: &str, value: Scalar<'_>) {
     put_kv_key(buf, name);
-    buf.push(key(2, LENGTH_DELIMITED));
-    put_varint(buf, scalar_len(value) as u64);
+    put_header(buf, 2, scalar_len(value));
     put_scalar(buf, value);
 }
 
@@ -113,8 +126,7 @@ pub(crate) struct Array<'a> {
 impl Array<'_> {
     /// An item holding `value`.
     pub(crate) fn scalar(&mut self, value: Scalar<'_>) {
-        self.buf.push(key(1, LENGTH_DELIMITED));
-        put_varint(self.buf, scalar_len(value) as u64);
+        put_header(self.buf, 1, scalar_len(value));
         put_scalar(self.buf, value);
     }
 
@@ -128,13 +140,10 @@ impl Array<'_> {
         let body: usize = present()
             .map(|(key, value)| delimited_len(kv_len(key.len(), value)))
             .sum();
-        self.buf.push(key(1, LENGTH_DELIMITED));
-        put_varint(self.buf, delimited_len(body) as u64);
-        self.buf.push(key(6, LENGTH_DELIMITED));
-        put_varint(self.buf, body as u64);
+        put_header(self.buf, 1, delimited_len(body));
+        put_header(self.buf, 6, body);
         for (name, value) in present() {
-            self.buf.push(key(1, LENGTH_DELIMITED));
-            put_varint(self.buf, kv_len(name.len(), value) as u64);
+            put_header(self.buf, 1, kv_len(name.len(), value));
             put_kv_body(self.buf, name, value);
         }
     }
@@ -172,19 +181,9 @@ pub(crate) struct Writer {
     ends: Vec<(u32, bool)>,
     /// An array attribute's items, before their length is known (kept from record to record).
     items: Vec<u8>,
-    /// What a record's attributes take, about: each one's buffer starts with as much room.
-    record_bytes: usize,
 }
 
 impl Writer {
-    pub(crate) fn new(record_bytes: usize) -> Self {
-        Self {
-            buf: Vec::with_capacity(record_bytes),
-            record_bytes,
-            ..Self::default()
-        }
-    }
-
     pub(super) fn end(&mut self, span_leaves_out: bool) {
         self.ends.push((self.buf.len() as u32, span_leaves_out));
     }
@@ -218,23 +217,23 @@ impl Writer {
         fill(&mut Array { buf: &mut items });
         let buf = &mut self.buf;
         put_kv_key(buf, name);
-        buf.push(key(2, LENGTH_DELIMITED));
-        put_varint(buf, delimited_len(items.len()) as u64);
-        buf.push(key(5, LENGTH_DELIMITED));
-        put_varint(buf, items.len() as u64);
+        put_header(buf, 2, delimited_len(items.len()));
+        put_header(buf, 5, items.len());
         buf.extend_from_slice(&items);
         self.items = items;
         self.end(span_leaves_out);
     }
 
-    /// The attributes written since the last call, in a buffer of their own.
+    /// The attributes written since the last call, in buffers of their own. The next
+    /// record's start with the room this one took (records of a kind are alike).
     pub(crate) fn finish(&mut self) -> Attributes {
-        let mut buf = std::mem::replace(&mut self.buf, Vec::with_capacity(self.record_bytes));
+        let (bytes, count) = (self.buf.len(), self.ends.len());
+        let mut buf = std::mem::replace(&mut self.buf, Vec::with_capacity(bytes));
         // Records wait in the queues with their attributes: no room left unused.
         buf.shrink_to_fit();
         Attributes {
             buf,
-            ends: std::mem::take(&mut self.ends),
+            ends: std::mem::replace(&mut self.ends, Vec::with_capacity(count)),
         }
     }
 }
@@ -307,25 +306,21 @@ impl<'a> Message<'a> {
         on_span: bool,
     ) -> &mut Self {
         for attribute in attributes.each(on_span) {
-            self.field_key(field, LENGTH_DELIMITED);
-            put_varint(self.buf, attribute.len() as u64);
-            self.buf.extend_from_slice(attribute);
+            self.bytes_always(field, attribute);
         }
         self
     }
 
     /// One `KeyValue` of repeated `field`.
     pub(crate) fn attribute(&mut self, field: u32, key: &str, value: Scalar<'_>) -> &mut Self {
-        self.field_key(field, LENGTH_DELIMITED);
-        put_varint(self.buf, kv_len(key.len(), value) as u64);
+        self.header(field, kv_len(key.len(), value));
         put_kv_body(self.buf, key, value);
         self
     }
 
     /// An `AnyValue` holding a string, as `field`.
     pub(crate) fn any_string(&mut self, field: u32, value: &str) -> &mut Self {
-        self.field_key(field, LENGTH_DELIMITED);
-        put_varint(self.buf, scalar_len(Scalar::Str(value)) as u64);
+        self.header(field, scalar_len(Scalar::Str(value)));
         put_scalar(self.buf, Scalar::Str(value));
         self
     }
@@ -363,6 +358,16 @@ impl Messages {
         self.ends.push(self.buf.len());
     }
 
+    /// Each message written.
+    fn each(&self) -> impl Iterator<Item = &[u8]> {
+        let mut start = 0;
+        self.ends.iter().map(move |&end| {
+            let message = &self.buf[start..end];
+            start = end;
+            message
+        })
+    }
+
     /// The messages written, as an export request of one resource and one scope (the
     /// encoded `resource` and `scope`), after gRPC's 5-byte frame header
     /// ([`framed`](super::transport::framed)'s layout). Traces and logs share the shape:
@@ -370,42 +375,25 @@ impl Messages {
     /// scope_{spans,logs} = 2 { scope = 1, {spans,log_records} = 2 } } }`. Each message is
     /// copied once, into a buffer of the request's size.
     pub(crate) fn request(&mut self, resource: &[u8], scope: &[u8]) -> Bytes {
-        let mut start = 0;
-        let mut records = 0;
-        for &end in &self.ends {
-            records += delimited_len(end - start);
-            start = end;
-        }
+        let records: usize = self.each().map(|record| delimited_len(record.len())).sum();
         let scope_body = delimited_len(scope.len()) + records;
         let resource_body = delimited_len(resource.len()) + delimited_len(scope_body);
-        let request = delimited_len(resource_body);
-        let mut buf = Vec::with_capacity(5 + request);
-        buf.push(0);
-        buf.extend_from_slice(&u32::try_from(request).unwrap_or(u32::MAX).to_be_bytes());
+        let mut buf = frame(delimited_len(resource_body));
         let mut message = Message::new(&mut buf);
         message.header(1, resource_body).bytes_always(1, resource);
         message.header(2, scope_body).bytes_always(1, scope);
-        let mut start = 0;
-        for end in self.ends.drain(..) {
-            message.bytes_always(2, &self.buf[start..end]);
-            start = end;
+        for record in self.each() {
+            message.bytes_always(2, record);
         }
         self.buf.clear();
+        self.ends.clear();
         Bytes::from(buf)
     }
 
     /// The messages written, one each.
     #[cfg(test)]
     pub(crate) fn finish(self) -> Vec<Bytes> {
-        let mut start = 0;
-        self.ends
-            .iter()
-            .map(|&end| {
-                let message = Bytes::copy_from_slice(&self.buf[start..end]);
-                start = end;
-                message
-            })
-            .collect()
+        self.each().map(Bytes::copy_from_slice).collect()
     }
 }
 

@@ -54,34 +54,30 @@ fn any_len(value: &Json, double: bool) -> Option<usize> {
 fn put_any(buf: &mut Vec<u8>, value: &Json, double: bool) {
     match value {
         Json::Array(items) => {
-            buf.push(key(5, LENGTH_DELIMITED));
             let body: usize = items
                 .iter()
                 .filter_map(|item| any_len(item, false))
                 .map(delimited_len)
                 .sum();
-            put_varint(buf, body as u64);
+            put_header(buf, 5, body);
             for item in items {
                 if let Some(len) = any_len(item, false) {
-                    buf.push(key(1, LENGTH_DELIMITED));
-                    put_varint(buf, len as u64);
+                    put_header(buf, 1, len);
                     put_any(buf, item, false);
                 }
             }
         }
         Json::Object(fields) => {
-            buf.push(key(6, LENGTH_DELIMITED));
             let body: usize = fields
                 .iter()
                 .filter_map(|(k, v)| json_kv_len(k, v, k.ends_with("_s")))
                 .map(delimited_len)
                 .sum();
-            put_varint(buf, body as u64);
+            put_header(buf, 6, body);
             for (k, v) in fields {
                 let double = k.ends_with("_s");
                 if let Some(len) = json_kv_len(k, v, double) {
-                    buf.push(key(1, LENGTH_DELIMITED));
-                    put_varint(buf, len as u64);
+                    put_header(buf, 1, len);
                     put_json_kv_body(buf, k, v, double);
                 }
             }
@@ -102,8 +98,7 @@ fn json_kv_len(name: &str, value: &Json, double: bool) -> Option<usize> {
 fn put_json_kv_body(buf: &mut Vec<u8>, name: &str, value: &Json, double: bool) {
     put_kv_key(buf, name);
     if let Some(len) = any_len(value, double) {
-        buf.push(key(2, LENGTH_DELIMITED));
-        put_varint(buf, len as u64);
+        put_header(buf, 2, len);
         put_any(buf, value, double);
     }
 }

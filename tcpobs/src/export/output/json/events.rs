@@ -20,6 +20,13 @@ use crate::{
     tracker::TrackerStats,
 };
 
+/// One event of type `kind` on `out`: `fields`, then the end of the object and the line.
+fn write(out: &mut Line, kind: &str, fields: impl FnOnce(&mut Object<'_>)) {
+    let mut object = Object::new(out, kind);
+    fields(&mut object);
+    object.end();
+}
+
 /// The fields of `record`'s event, if it makes one (`Opened` and `Unstuck` make none).
 pub(crate) fn fields_of(
     object: &mut impl Fields,
@@ -47,9 +54,9 @@ pub(crate) fn connection(
     meta: Option<&Meta>,
     clock: &impl WallClock,
 ) {
-    let mut object = Object::new(out, "connection");
-    connection_fields(&mut object, record, anomalies, meta, clock);
-    object.end();
+    write(out, "connection", |object| {
+        connection_fields(object, record, anomalies, meta, clock)
+    });
 }
 
 /// The fields of a `connection` event, in order (`type` and `schema_version` aside).
@@ -164,9 +171,9 @@ pub(crate) fn exchange(
     meta: Option<&Meta>,
     clock: &impl WallClock,
 ) {
-    let mut object = Object::new(out, "exchange");
-    exchange_fields(&mut object, record, meta, clock);
-    object.end();
+    write(out, "exchange", |object| {
+        exchange_fields(object, record, meta, clock)
+    });
 }
 
 /// The fields of an `exchange` event, in order (`type` and `schema_version` aside).
@@ -212,9 +219,9 @@ pub(crate) fn anomaly(
     meta: Option<&Meta>,
     clock: &impl WallClock,
 ) {
-    let mut object = Object::new(out, "anomaly");
-    anomaly_fields(&mut object, record, meta, clock);
-    object.end();
+    write(out, "anomaly", |object| {
+        anomaly_fields(object, record, meta, clock)
+    });
 }
 
 /// The fields of an `anomaly` event, in order (`type` and `schema_version` aside).
@@ -255,9 +262,7 @@ pub(crate) fn anomaly_fields(
 
 /// A `dns` event: one `getaddrinfo` call.
 pub(crate) fn dns(out: &mut Line, record: &DnsRecord, clock: &impl WallClock) {
-    let mut object = Object::new(out, "dns");
-    dns_fields(&mut object, record, clock);
-    object.end();
+    write(out, "dns", |object| dns_fields(object, record, clock));
 }
 
 /// The fields of a `dns` event, in order (`type` and `schema_version` aside).
@@ -284,9 +289,7 @@ pub(crate) fn dns_fields(object: &mut impl Fields, record: &DnsRecord, clock: &i
 
 /// A `tls` event: one handshake, once its outcome is known.
 pub(crate) fn tls(out: &mut Line, record: &TlsRecord, clock: &impl WallClock) {
-    let mut object = Object::new(out, "tls");
-    tls_fields(&mut object, record, clock);
-    object.end();
+    write(out, "tls", |object| tls_fields(object, record, clock));
 }
 
 /// The fields of a `tls` event, in order (`type` and `schema_version` aside).
@@ -328,29 +331,29 @@ pub(crate) fn stats(
     output: &OutputTotals,
 ) {
     let lost = reader.connections_lost(kernel);
-    let mut object = Object::new(out, "stats");
-    object
-        .u64(key!("events_received"), reader.total())
-        .u64(key!("events_undecodable"), reader.undecodable)
-        .u64(key!("events_lost"), kernel.ringbuf_full)
-        .u64(key!("sockets_untracked"), kernel.table_insert_failed)
-        .u64(key!("sockets_adopted"), kernel.adopted)
-        .u64(key!("sockets_seeded"), kernel.seeded)
-        .u64(key!("sockets_evicted"), tracker.lost)
-        .u64(key!("closes_unseen"), tracker.closes_unseen)
-        .u64(key!("unmatched_events"), tracker.unmatched)
-        .u64(key!("dns_cache_evicted"), tracker.dns_evicted)
-        .u64(key!("tls_untracked"), kernel.tls_untracked)
-        .u64(key!("tls_abandoned"), libcalls.tls_abandoned)
-        .u64(key!("phase_libraries_skipped"), libcalls.skipped)
-        .u64(key!("output_events_dropped"), output.events_dropped)
-        .u64(key!("output_write_errors"), output.write_errors)
-        .u64(key!("connections_lost_client"), lost[0])
-        .u64(key!("connections_lost_server"), lost[1])
-        .u64(key!("connections_lost_unknown"), lost[2])
-        .u64(key!("close_events_lost"), kernel.closes_lost_total())
-        .u64(key!("close_events_spilled"), kernel.closes_spilled)
-        .u64(key!("close_events_spill_evicted"), reader.spills_evicted)
-        .u64(key!("state_events_skipped"), kernel.states_skipped);
-    object.end();
+    write(out, "stats", |object| {
+        object
+            .u64(key!("events_received"), reader.total())
+            .u64(key!("events_undecodable"), reader.undecodable)
+            .u64(key!("events_lost"), kernel.ringbuf_full)
+            .u64(key!("sockets_untracked"), kernel.table_insert_failed)
+            .u64(key!("sockets_adopted"), kernel.adopted)
+            .u64(key!("sockets_seeded"), kernel.seeded)
+            .u64(key!("sockets_evicted"), tracker.lost)
+            .u64(key!("closes_unseen"), tracker.closes_unseen)
+            .u64(key!("unmatched_events"), tracker.unmatched)
+            .u64(key!("dns_cache_evicted"), tracker.dns_evicted)
+            .u64(key!("tls_untracked"), kernel.tls_untracked)
+            .u64(key!("tls_abandoned"), libcalls.tls_abandoned)
+            .u64(key!("phase_libraries_skipped"), libcalls.skipped)
+            .u64(key!("output_events_dropped"), output.events_dropped)
+            .u64(key!("output_write_errors"), output.write_errors)
+            .u64(key!("connections_lost_client"), lost[0])
+            .u64(key!("connections_lost_server"), lost[1])
+            .u64(key!("connections_lost_unknown"), lost[2])
+            .u64(key!("close_events_lost"), kernel.closes_lost_total())
+            .u64(key!("close_events_spilled"), kernel.closes_spilled)
+            .u64(key!("close_events_spill_evicted"), reader.spills_evicted)
+            .u64(key!("state_events_skipped"), kernel.states_skipped);
+    });
 }

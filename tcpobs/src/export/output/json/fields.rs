@@ -10,9 +10,9 @@ use crate::{
 };
 
 /// Where an event's fields go: a JSON object on a line ([`Object`](super::Object)), or OTLP
-/// attributes (`otlp::attributes`). [`events`](super::events) says once, for both, what each event holds and in what
-/// order, so that the two outputs cannot drift apart. A `null` in JSON is an attribute left
-/// out in OTLP.
+/// attributes (`otlp::attributes`). [`events`](super::events) says once, for both, what each
+/// event holds and in what order, so that the two outputs cannot drift apart. A `null` in
+/// JSON is an attribute left out in OTLP.
 pub(crate) trait Fields: Sized {
     fn str(&mut self, key: Key, value: &str) -> &mut Self;
 
